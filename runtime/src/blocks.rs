@@ -1,0 +1,164 @@
+//! The one definition of every quantized layout, shared by the packer, the CPU kernels and
+//! (later) the CUDA kernels. `docs/FORMAT.md` restates these formulas; this code is the contract.
+//!
+//! # Nested 8-bit codes (`Encoding::Nested8`)
+//! Each weight has an unsigned 8-bit code `q` in a group of `group_size` weights along a row.
+//! The group stores `(scale, min)` as f16. The code's bits are split into planes, most
+//! significant first, each plane stored contiguously for the whole tensor:
+//!
+//! | plane | bit positions | bits/weight | read by views |
+//! |-------|---------------|-------------|---------------|
+//! | 0     | 7..6          | 2           | 2, 3, 4, 8    |
+//! | 1     | 5             | 1           | 3, 4, 8       |
+//! | 2     | 4             | 1           | 4, 8          |
+//! | 3     | 3..0          | 4           | 8             |
+//!
+//! A `k`-bit view uses the top `k` bits, `q_k = q >> (8 - k)`, and reconstructs the centre of
+//! the bucket those bits name:
+//! ```text
+//! step   = scale * 2^(8-k)                     (exact: a power-of-two multiple)
+//! offset = min + scale * (2^(8-k) - 1) / 2     (one f32 multiply, one f32 add)
+//! w      = q_k * step + offset                 (one f32 multiply, one f32 add; no FMA)
+//! ```
+//! so the 8-bit view is `w = q * scale + min`.
+
+use half::f16;
+
+/// Per-group quantization parameters of [`crate::format::Encoding::Nested8`].
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct GroupParams {
+    pub scale: f16,
+    pub min: f16,
+}
+
+impl GroupParams {
+    pub const SIZE: usize = 4;
+}
+const _: () = assert!(core::mem::size_of::<GroupParams>() == GroupParams::SIZE);
+
+/// One plane of the nested codes: `bits` adjacent bit positions starting at `shift`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneSpec {
+    pub bits: u8,
+    pub shift: u8,
+}
+
+/// The planes of `Nested8`, most significant first (file order).
+pub const NESTED8_PLANES: [PlaneSpec; 4] = [
+    PlaneSpec { bits: 2, shift: 6 },
+    PlaneSpec { bits: 1, shift: 5 },
+    PlaneSpec { bits: 1, shift: 4 },
+    PlaneSpec { bits: 4, shift: 0 },
+];
+
+/// Bit widths a `Nested8` tensor can be viewed at.
+pub const NESTED8_VIEWS: [u8; 4] = [2, 3, 4, 8];
+
+/// How many planes (a prefix of [`NESTED8_PLANES`]) a `view_bits` view reads, or `None` if the
+/// view is not one of [`NESTED8_VIEWS`].
+pub fn nested8_planes_for_view(view_bits: u8) -> Option<usize> {
+    match view_bits {
+        2 => Some(1),
+        3 => Some(2),
+        4 => Some(3),
+        8 => Some(4),
+        _ => None,
+    }
+}
+
+/// `(step, offset)` of a `view_bits` view of a group, per the formulas above.
+#[inline]
+pub fn nested8_step_offset(p: GroupParams, view_bits: u8) -> (f32, f32) {
+    let drop = 8 - view_bits as u32;
+    let scale = p.scale.to_f32();
+    let step = scale * (1u32 << drop) as f32;
+    let centre = ((1u32 << drop) - 1) as f32 * 0.5;
+    (step, p.min.to_f32() + scale * centre)
+}
+
+/// Read the `bits`-wide field of weight `i` from a plane.
+#[inline]
+pub fn plane_field(plane: &[u8], bits: u8, i: usize) -> u8 {
+    let bit = i * bits as usize;
+    (plane[bit / 8] >> (bit % 8)) & ((1u16 << bits) - 1) as u8
+}
+
+/// The top `view_bits` of weight `i`'s code, assembled from the first planes.
+#[inline]
+pub fn nested8_code(planes: &[&[u8]], view_bits: u8, i: usize) -> u8 {
+    let n = nested8_planes_for_view(view_bits).unwrap_or(0).min(planes.len());
+    let mut q = 0u8;
+    for (p, spec) in planes[..n].iter().zip(NESTED8_PLANES) {
+        q |= plane_field(p, spec.bits, i) << spec.shift;
+    }
+    q >> (8 - view_bits)
+}
+
+/// Scalar reference dequantization of `out.len()` weights starting at flat index `start`
+/// (which must be a multiple of `group_size`). This is the contract every kernel matches.
+pub fn dequant_nested8(
+    params: &[GroupParams],
+    planes: &[&[u8]],
+    group_size: usize,
+    view_bits: u8,
+    start: usize,
+    out: &mut [f32],
+) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let i = start + j;
+        let (step, offset) = nested8_step_offset(params[i / group_size], view_bits);
+        *o = nested8_code(planes, view_bits, i) as f32 * step + offset;
+    }
+}
+
+/// Pack 8-bit codes into the [`NESTED8_PLANES`] (used by the packer and by tests).
+pub fn pack_nested8_planes(codes: &[u8]) -> [alloc::vec::Vec<u8>; 4] {
+    NESTED8_PLANES.map(|spec| {
+        let mut plane = alloc::vec![0u8; codes.len() * spec.bits as usize / 8];
+        let mask = ((1u16 << spec.bits) - 1) as u8;
+        for (i, &q) in codes.iter().enumerate() {
+            let bit = i * spec.bits as usize;
+            plane[bit / 8] |= ((q >> spec.shift) & mask) << (bit % 8);
+        }
+        plane
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_round_trip_every_view() {
+        let codes: alloc::vec::Vec<u8> = (0..64u32).map(|i| (i * 37 % 256) as u8).collect();
+        let planes = pack_nested8_planes(&codes);
+        let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+        for &v in &NESTED8_VIEWS {
+            for (i, &q) in codes.iter().enumerate() {
+                assert_eq!(nested8_code(&refs, v, i), q >> (8 - v), "view {v} weight {i}");
+            }
+        }
+        // A 2-bit view needs only plane 0: passing only that plane gives the same codes.
+        for (i, &q) in codes.iter().enumerate() {
+            assert_eq!(nested8_code(&refs[..1], 2, i), q >> 6);
+        }
+    }
+
+    #[test]
+    fn view_reconstructs_bucket_centre() {
+        let p = GroupParams { scale: f16::from_f32(0.5), min: f16::from_f32(-64.0) };
+        let codes = [0u8, 255, 128, 77, 8, 16, 250, 3];
+        let planes = pack_nested8_planes(&codes);
+        let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+        let mut out = [0f32; 8];
+        dequant_nested8(&[p], &refs, 8, 8, 0, &mut out);
+        for (o, &q) in out.iter().zip(&codes) {
+            assert_eq!(*o, q as f32 * 0.5 - 64.0);
+        }
+        dequant_nested8(&[p], &refs, 8, 2, 0, &mut out);
+        // 2-bit view of code 255 is 3: bucket [192, 255], centre 223.5.
+        assert_eq!(out[1], 223.5 * 0.5 - 64.0);
+        assert_eq!(out[0], 31.5 * 0.5 - 64.0);
+    }
+}

@@ -1,0 +1,80 @@
+//! Model hyperparameters, read from checkpoint metadata.
+
+use crate::error::{Error, Result};
+use crate::format::{keys, Checkpoint};
+
+/// Hyperparameters of a Llama-family model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Residual stream width.
+    pub dim: usize,
+    /// SwiGLU inner width.
+    pub hidden_dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    /// Longest context the model was trained for.
+    pub max_seq_len: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    /// The output head reuses the token embedding.
+    pub tied_embeddings: bool,
+}
+
+impl Config {
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn from_checkpoint(ck: &Checkpoint<'_>) -> Result<Self> {
+        let arch = ck.get_str(keys::ARCH).ok_or(Error::MissingMeta { key: keys::ARCH })?;
+        if arch != "llama" {
+            return Err(Error::UnsupportedArchitecture { arch: arch.into() });
+        }
+        let u = |key: &'static str| -> Result<usize> {
+            let v = ck.get_u64(key).ok_or(Error::MissingMeta { key })?;
+            // Bound every dimension: no file-supplied count may drive a huge allocation.
+            if v == 0 || v > (1 << 24) {
+                return Err(Error::Corrupt { what: alloc::format!("metadata '{key}' = {v} is out of range") });
+            }
+            Ok(v as usize)
+        };
+        let f = |key: &'static str| -> Result<f32> {
+            let v = ck.get_f32(key).ok_or(Error::MissingMeta { key })?;
+            if !v.is_finite() || v <= 0.0 {
+                return Err(Error::Corrupt { what: alloc::format!("metadata '{key}' = {v} is out of range") });
+            }
+            Ok(v)
+        };
+        let c = Config {
+            dim: u(keys::DIM)?,
+            hidden_dim: u(keys::HIDDEN_DIM)?,
+            n_layers: u(keys::N_LAYERS)?,
+            n_heads: u(keys::N_HEADS)?,
+            n_kv_heads: u(keys::N_KV_HEADS)?,
+            head_dim: u(keys::HEAD_DIM)?,
+            vocab_size: u(keys::VOCAB_SIZE)?,
+            max_seq_len: u(keys::CONTEXT_LENGTH)?,
+            norm_eps: f(keys::NORM_EPS)?,
+            rope_theta: f(keys::ROPE_THETA)?,
+            tied_embeddings: ck.get_bool(keys::TIED_EMBEDDINGS).unwrap_or(false),
+        };
+        if c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 || c.n_layers > 4096 {
+            return Err(Error::Corrupt {
+                what: alloc::format!(
+                    "inconsistent attention config: {} heads, {} kv heads, head_dim {}",
+                    c.n_heads,
+                    c.n_kv_heads,
+                    c.head_dim
+                ),
+            });
+        }
+        Ok(c)
+    }
+}

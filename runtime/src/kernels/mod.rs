@@ -1,0 +1,232 @@
+//! Matrix kernels over weights as they are stored (never dequantized whole at load).
+//!
+//! A [`Matrix`] borrows one weight tensor from the checkpoint through a [`WeightView`]. Two
+//! products are defined on it:
+//! - [`matvec`]: `out[r] = Σ_c W[r, c] · x[c]` (decode: one token);
+//! - [`matmul`]: `out[t, r] = Σ_c W[r, c] · x[t, c]` (prefill and evaluation: many tokens).
+//!
+//! [`reference`] holds the plain scalar definitions that are the specification; the products
+//! used by the model dequantize one row (or a tile of rows) at a time into a small scratch
+//! buffer and multiply with f32 arithmetic (`matrixmultiply` for tiles).
+
+pub mod reference;
+
+use alloc::format;
+use half::{bf16, f16};
+
+use crate::blocks::{self, GroupParams, NESTED8_PLANES};
+use crate::error::{Error, Result};
+use crate::format::{Encoding, SegmentKind, TensorInfo};
+
+/// How a matrix's values are stored.
+#[derive(Debug, Clone, Copy)]
+pub enum WeightView<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+    /// Nested 8-bit codes read at `view_bits` (2, 3, 4 or 8): only the first planes are held.
+    Nested8 { params: &'a [GroupParams], planes: [&'a [u8]; 4], group_size: usize, view_bits: u8 },
+}
+
+/// A 2-D weight, `[rows, cols]` row-major (rows = output features).
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub view: WeightView<'a>,
+}
+
+fn cast<'a, T: bytemuck::Pod>(name: &str, bytes: &'a [u8]) -> Result<&'a [T]> {
+    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
+        what: format!("tensor '{name}'"),
+        align: core::mem::align_of::<T>(),
+    })
+}
+
+impl<'a> Matrix<'a> {
+    /// Borrow a tensor as a matrix. `view_bits` picks the view of a nested tensor (8 if `None`);
+    /// a 1-D tensor is a single row.
+    pub fn from_tensor(t: &TensorInfo<'a>, view_bits: Option<u8>) -> Result<Self> {
+        let (rows, cols) = match t.shape.as_slice() {
+            [c] => (1u64, *c),
+            [r, c] => (*r, *c),
+            _ => return Err(Error::Corrupt { what: format!("tensor '{}' is not a matrix", t.name) }),
+        };
+        let (rows, cols) = (rows as usize, cols as usize);
+        let values = || {
+            t.segment(SegmentKind::Values)
+                .map(|s| s.bytes)
+                .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no values", t.name) })
+        };
+        let view = match t.encoding {
+            Encoding::F32 => WeightView::F32(cast(t.name, values()?)?),
+            Encoding::F16 => WeightView::F16(cast(t.name, values()?)?),
+            Encoding::Bf16 => WeightView::Bf16(cast(t.name, values()?)?),
+            Encoding::Nested8 => {
+                let view_bits = view_bits.unwrap_or(8);
+                let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
+                    what: format!("no {view_bits}-bit view exists (choose 2, 3, 4 or 8)"),
+                })?;
+                let params = t
+                    .segment(SegmentKind::GroupParams)
+                    .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no group params", t.name) })?;
+                let mut planes: [&[u8]; 4] = [&[]; 4];
+                for (i, p) in t.planes().take(n).enumerate() {
+                    planes[i] = p.bytes;
+                }
+                WeightView::Nested8 {
+                    params: cast(t.name, params.bytes)?,
+                    planes,
+                    group_size: t.group_size as usize,
+                    view_bits,
+                }
+            }
+        };
+        Ok(Matrix { rows, cols, view })
+    }
+
+    /// Bytes this view reads (what must be resident to use it).
+    pub fn view_bytes(&self) -> usize {
+        match self.view {
+            WeightView::F32(w) => w.len() * 4,
+            WeightView::F16(w) => w.len() * 2,
+            WeightView::Bf16(w) => w.len() * 2,
+            WeightView::Nested8 { params, planes, .. } => {
+                params.len() * GroupParams::SIZE + planes.iter().map(|p| p.len()).sum::<usize>()
+            }
+        }
+    }
+
+    /// Dequantize row `r` into `out[..cols]`.
+    pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        let start = r * self.cols;
+        match self.view {
+            WeightView::F32(w) => out.copy_from_slice(&w[start..start + self.cols]),
+            WeightView::F16(w) => {
+                use half::slice::HalfFloatSliceExt;
+                w[start..start + self.cols].convert_to_f32_slice(out);
+            }
+            WeightView::Bf16(w) => {
+                use half::slice::HalfFloatSliceExt;
+                w[start..start + self.cols].convert_to_f32_slice(out);
+            }
+            WeightView::Nested8 { params, planes, group_size, view_bits } => {
+                dequant_nested8_row(params, &planes, group_size, view_bits, start, out)
+            }
+        }
+    }
+}
+
+/// Row dequantization of nested codes, group by group: the same arithmetic as
+/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once.
+fn dequant_nested8_row(
+    params: &[GroupParams],
+    planes: &[&[u8]; 4],
+    group_size: usize,
+    view_bits: u8,
+    start: usize,
+    out: &mut [f32],
+) {
+    let n_planes = blocks::nested8_planes_for_view(view_bits).unwrap_or(4);
+    let drop = 8 - view_bits;
+    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
+        let first = start + g * group_size;
+        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let i = first + j;
+            let mut q = 0u8;
+            for (plane, spec) in planes[..n_planes].iter().zip(NESTED8_PLANES) {
+                q |= blocks::plane_field(plane, spec.bits, i) << spec.shift;
+            }
+            *o = (q >> drop) as f32 * step + offset;
+        }
+    }
+}
+
+/// f32 dot product with eight independent partial sums, so the compiler may use SIMD lanes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_tail) = b[..a.len()].split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        s += x * y;
+    }
+    s
+}
+
+/// `out[r] = W[r, :] · x` for every row. `row_buf` holds at least `cols` floats.
+pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], row_buf: &mut [f32]) {
+    debug_assert!(x.len() >= m.cols && out.len() >= m.rows);
+    match m.view {
+        WeightView::F32(w) => {
+            for (r, o) in out[..m.rows].iter_mut().enumerate() {
+                *o = dot(&w[r * m.cols..(r + 1) * m.cols], x);
+            }
+        }
+        _ => {
+            let row = &mut row_buf[..m.cols];
+            for (r, o) in out[..m.rows].iter_mut().enumerate() {
+                m.dequant_row(r, row);
+                *o = dot(row, x);
+            }
+        }
+    }
+}
+
+/// Rows dequantized per tile in [`matmul`]; `tile_buf` must hold `MATMUL_TILE_ROWS * cols`.
+pub const MATMUL_TILE_ROWS: usize = 64;
+
+/// `out[t, r] = W[r, :] · x[t, :]` for `n` tokens (`x`: (n, cols), `out`: (n, rows)).
+/// Dequantizes `MATMUL_TILE_ROWS` rows at a time into `tile_buf` and multiplies with sgemm.
+pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], tile_buf: &mut [f32]) {
+    debug_assert!(x.len() >= n * m.cols && out.len() >= n * m.rows);
+    if n == 1 {
+        return matvec(m, x, out, tile_buf);
+    }
+    let mut r0 = 0;
+    while r0 < m.rows {
+        let tr = MATMUL_TILE_ROWS.min(m.rows - r0);
+        let tile: &[f32] = match m.view {
+            WeightView::F32(w) => &w[r0 * m.cols..(r0 + tr) * m.cols],
+            _ => {
+                for i in 0..tr {
+                    m.dequant_row(r0 + i, &mut tile_buf[i * m.cols..(i + 1) * m.cols]);
+                }
+                &tile_buf[..tr * m.cols]
+            }
+        };
+        // C (n x tr, row stride = rows) = X (n x cols) * tile^T (cols x tr).
+        // SAFETY:
+        // - `x` holds n*cols floats (asserted above), read with strides (cols, 1);
+        // - `tile` holds tr*cols floats, read as its transpose with strides (1, cols);
+        // - `out` holds n*rows floats; C's element (t, i) is out[t*rows + r0 + i] with
+        //   r0 + i < rows, so every write is in bounds and no two writes alias.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                m.cols,
+                tr,
+                1.0,
+                x.as_ptr(),
+                m.cols as isize,
+                1,
+                tile.as_ptr(),
+                1,
+                m.cols as isize,
+                0.0,
+                out.as_mut_ptr().add(r0),
+                m.rows as isize,
+                1,
+            );
+        }
+        r0 += tr;
+    }
+}

@@ -1,0 +1,24 @@
+//! edge-runtime: the inference core of edge-run.
+//!
+//! `no_std` (core + alloc) unless the `std` feature is on; `std` adds memory-mapped loading,
+//! threads and CPU-feature probing. Reading order for newcomers:
+//! [`format`] (the checkpoint), [`blocks`] (quantized layouts), [`config`], [`model`] (the
+//! forward pass), [`kernels`] (matrix-vector and matrix-matrix products), [`sampler`].
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+extern crate alloc;
+
+pub mod blocks;
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod kernels;
+pub mod model;
+pub mod sampler;
+#[cfg(feature = "std")]
+pub mod load;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use format::Checkpoint;
+pub use model::Model;

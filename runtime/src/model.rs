@@ -1,0 +1,394 @@
+//! The Llama forward pass, top to bottom, in the order the math happens (after llama2.c).
+//!
+//! Weights are borrowed from the checkpoint bytes (an mmap or an aligned buffer) as stored;
+//! every run-time buffer is allocated once in [`Model::new`], sized for `max_batch` tokens and
+//! `max_seq_len` positions. Nothing is allocated per token.
+//!
+//! Canonical tensor names (GGUF's) and shapes (`[out, in]`, row-major):
+//! `token_embd.weight` (vocab, dim), `output_norm.weight` (dim), `output.weight` (vocab, dim;
+//! absent when tied), and per layer `blk.{l}.`: `attn_norm.weight` (dim), `attn_q.weight`
+//! (n_heads*head_dim, dim), `attn_k.weight` / `attn_v.weight` (kv_dim, dim),
+//! `attn_output.weight` (dim, n_heads*head_dim), `ffn_norm.weight` (dim), `ffn_gate.weight` /
+//! `ffn_up.weight` (hidden, dim), `ffn_down.weight` (dim, hidden). The rows of q and k are in
+//! interleaved RoPE order: each head rotates adjacent pairs `(2i, 2i+1)`.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{Checkpoint, Encoding, TensorInfo};
+use crate::kernels::{self, Matrix, MATMUL_TILE_ROWS};
+
+/// One transformer block's weights.
+#[derive(Debug, Clone)]
+pub struct Layer<'a> {
+    pub attn_norm: &'a [f32], // (dim)
+    pub wq: Matrix<'a>,       // (q_dim, dim)
+    pub wk: Matrix<'a>,       // (kv_dim, dim)
+    pub wv: Matrix<'a>,       // (kv_dim, dim)
+    pub wo: Matrix<'a>,       // (dim, q_dim)
+    pub ffn_norm: &'a [f32],  // (dim)
+    pub w_gate: Matrix<'a>,   // (hidden, dim)
+    pub w_up: Matrix<'a>,     // (hidden, dim)
+    pub w_down: Matrix<'a>,   // (dim, hidden)
+}
+
+/// All weights, borrowed from the checkpoint.
+#[derive(Debug, Clone)]
+pub struct Weights<'a> {
+    pub token_embd: Matrix<'a>, // (vocab, dim)
+    pub layers: Vec<Layer<'a>>,
+    pub output_norm: &'a [f32], // (dim)
+    pub output: Matrix<'a>,     // (vocab, dim); the embedding itself when tied
+}
+
+/// Options fixed when a model is instantiated.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelOptions {
+    /// Positions the KV cache holds (capped at the model's trained context). 0 = the model's.
+    pub max_seq_len: usize,
+    /// Most tokens one [`Model::forward_batch`] call processes.
+    pub max_batch: usize,
+    /// View (bits) of every nested-plane tensor; `None` = 8.
+    pub view_bits: Option<u8>,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions { max_seq_len: 2048, max_batch: 64, view_bits: None }
+    }
+}
+
+/// Run-time buffers, allocated once.
+#[derive(Debug)]
+struct RunState {
+    x: Vec<f32>,         // (batch, dim) residual stream
+    xb: Vec<f32>,        // (batch, dim) normed input of a sub-block
+    q: Vec<f32>,         // (batch, q_dim)
+    k: Vec<f32>,         // (batch, kv_dim)
+    v: Vec<f32>,         // (batch, kv_dim)
+    att_out: Vec<f32>,   // (batch, q_dim) attention output before wo
+    proj: Vec<f32>,      // (batch, dim) output of wo / w_down
+    hb: Vec<f32>,        // (batch, hidden) gate, then silu(gate) * up
+    hb2: Vec<f32>,       // (batch, hidden) up
+    scores: Vec<f32>,    // (max_seq_len) attention scores of one head
+    logits: Vec<f32>,    // (batch, vocab)
+    key_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
+    value_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
+    rope_cos: Vec<f32>,  // (max_seq_len, head_dim/2)
+    rope_sin: Vec<f32>,  // (max_seq_len, head_dim/2)
+    tile: Vec<f32>,      // (MATMUL_TILE_ROWS, max(dim, hidden, q_dim)) dequantized weight rows
+}
+
+/// A model ready to run: config, borrowed weights and preallocated state.
+#[derive(Debug)]
+pub struct Model<'a> {
+    pub config: Config,
+    pub weights: Weights<'a>,
+    pub max_seq_len: usize,
+    pub max_batch: usize,
+    state: RunState,
+}
+
+fn require<'c, 'a>(ck: &'c Checkpoint<'a>, name: &str) -> Result<&'c TensorInfo<'a>> {
+    ck.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.into() })
+}
+
+fn check_shape(t: &TensorInfo<'_>, expected: &[usize]) -> Result<()> {
+    let exp: Vec<u64> = expected.iter().map(|&d| d as u64).collect();
+    if t.shape != exp {
+        return Err(Error::ShapeMismatch { name: t.name.into(), expected: exp, found: t.shape.clone() });
+    }
+    Ok(())
+}
+
+fn matrix<'a>(ck: &Checkpoint<'a>, name: &str, rows: usize, cols: usize, view: Option<u8>) -> Result<Matrix<'a>> {
+    let t = require(ck, name)?;
+    check_shape(t, &[rows, cols])?;
+    Matrix::from_tensor(t, view)
+}
+
+fn norm<'a>(ck: &Checkpoint<'a>, name: &str, dim: usize) -> Result<&'a [f32]> {
+    let t = require(ck, name)?;
+    check_shape(t, &[dim])?;
+    if t.encoding != Encoding::F32 {
+        return Err(Error::Corrupt { what: format!("norm '{name}' must be f32, is {}", t.encoding.name()) });
+    }
+    match Matrix::from_tensor(t, None)?.view {
+        kernels::WeightView::F32(w) => Ok(w),
+        _ => Err(Error::Corrupt { what: format!("norm '{name}' must be f32") }),
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// Borrow every weight, checking names and shapes against the config.
+    pub fn from_checkpoint(ck: &Checkpoint<'a>, c: &Config, view_bits: Option<u8>) -> Result<Self> {
+        let token_embd = matrix(ck, "token_embd.weight", c.vocab_size, c.dim, view_bits)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| -> String { format!("blk.{l}.{s}.weight") };
+            layers.push(Layer {
+                attn_norm: norm(ck, &n("attn_norm"), c.dim)?,
+                wq: matrix(ck, &n("attn_q"), c.q_dim(), c.dim, view_bits)?,
+                wk: matrix(ck, &n("attn_k"), c.kv_dim(), c.dim, view_bits)?,
+                wv: matrix(ck, &n("attn_v"), c.kv_dim(), c.dim, view_bits)?,
+                wo: matrix(ck, &n("attn_output"), c.dim, c.q_dim(), view_bits)?,
+                ffn_norm: norm(ck, &n("ffn_norm"), c.dim)?,
+                w_gate: matrix(ck, &n("ffn_gate"), c.hidden_dim, c.dim, view_bits)?,
+                w_up: matrix(ck, &n("ffn_up"), c.hidden_dim, c.dim, view_bits)?,
+                w_down: matrix(ck, &n("ffn_down"), c.dim, c.hidden_dim, view_bits)?,
+            });
+        }
+        let output_norm = norm(ck, "output_norm.weight", c.dim)?;
+        let output = if c.tied_embeddings {
+            token_embd
+        } else {
+            matrix(ck, "output.weight", c.vocab_size, c.dim, view_bits)?
+        };
+        Ok(Weights { token_embd, layers, output_norm, output })
+    }
+
+    /// Bytes the weights' current views read.
+    pub fn view_bytes(&self, tied: bool) -> usize {
+        let mut n = self.token_embd.view_bytes() + self.output_norm.len() * 4;
+        if !tied {
+            n += self.output.view_bytes();
+        }
+        for l in &self.layers {
+            n += (l.attn_norm.len() + l.ffn_norm.len()) * 4;
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                n += m.view_bytes();
+            }
+        }
+        n
+    }
+}
+
+/// `out = x / rms(x) * weight`, per token row.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * inv);
+    }
+}
+
+/// In-place numerically stable softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Rotate adjacent pairs `(2i, 2i+1)` of every head of `x` by the angles of position `pos`.
+fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..head_dim / 2 {
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos[i] - b * sin[i];
+            head[2 * i + 1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+/// Which logits a forward call produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (evaluation).
+    All,
+}
+
+impl<'a> Model<'a> {
+    pub fn new(ck: &Checkpoint<'a>, opts: ModelOptions) -> Result<Self> {
+        let config = Config::from_checkpoint(ck)?;
+        let weights = Weights::from_checkpoint(ck, &config, opts.view_bits)?;
+        Self::with_weights(config, weights, opts)
+    }
+
+    pub fn with_weights(config: Config, weights: Weights<'a>, opts: ModelOptions) -> Result<Self> {
+        let c = &config;
+        let max_seq_len = match opts.max_seq_len {
+            0 => c.max_seq_len,
+            n => n.min(c.max_seq_len),
+        };
+        let max_batch = opts.max_batch.max(1);
+        if max_batch > 1 << 16 || max_seq_len > 1 << 22 {
+            return Err(Error::InvalidArgument { what: format!("batch {max_batch} or context {max_seq_len} too large") });
+        }
+        let half = c.head_dim / 2;
+        let mut rope_cos = vec![0f32; max_seq_len * half];
+        let mut rope_sin = vec![0f32; max_seq_len * half];
+        for pos in 0..max_seq_len {
+            for i in 0..half {
+                // Angles in f64 (libm, so std and no_std builds agree): the table is built once.
+                let freq = libm::pow(c.rope_theta as f64, -2.0 * i as f64 / c.head_dim as f64);
+                let angle = pos as f64 * freq;
+                rope_cos[pos * half + i] = libm::cos(angle) as f32;
+                rope_sin[pos * half + i] = libm::sin(angle) as f32;
+            }
+        }
+        let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
+        let kv = c.n_layers * max_seq_len * c.kv_dim();
+        let state = RunState {
+            x: vec![0.0; max_batch * c.dim],
+            xb: vec![0.0; max_batch * c.dim],
+            q: vec![0.0; max_batch * c.q_dim()],
+            k: vec![0.0; max_batch * c.kv_dim()],
+            v: vec![0.0; max_batch * c.kv_dim()],
+            att_out: vec![0.0; max_batch * c.q_dim()],
+            proj: vec![0.0; max_batch * c.dim],
+            hb: vec![0.0; max_batch * c.hidden_dim],
+            hb2: vec![0.0; max_batch * c.hidden_dim],
+            scores: vec![0.0; max_seq_len],
+            logits: vec![0.0; max_batch * c.vocab_size],
+            key_cache: vec![0.0; kv],
+            value_cache: vec![0.0; kv],
+            rope_cos,
+            rope_sin,
+            tile: vec![0.0; MATMUL_TILE_ROWS * widest],
+        };
+        Ok(Model { config, weights, max_seq_len, max_batch, state })
+    }
+
+    /// Bytes of the run-time state (activations, logits, KV cache, tables).
+    pub fn state_bytes(&self) -> usize {
+        let s = &self.state;
+        4 * [
+            &s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.scores, &s.logits,
+            &s.key_cache, &s.value_cache, &s.rope_cos, &s.rope_sin, &s.tile,
+        ]
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>()
+    }
+
+    /// Run one token at `pos` and return its next-token logits (vocab).
+    pub fn forward(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
+        self.forward_batch(&[token], pos, Logits::Last)
+    }
+
+    /// Run `tokens` at positions `pos..pos+len`, filling the KV cache. Returns the logits of the
+    /// last token (vocab) or of every token (len, vocab).
+    pub fn forward_batch(&mut self, tokens: &[u32], pos: usize, want: Logits) -> Result<&[f32]> {
+        let c = self.config;
+        let n = tokens.len();
+        if n == 0 || n > self.max_batch {
+            return Err(Error::InvalidArgument {
+                what: format!("batch of {n} tokens (1..={} allowed)", self.max_batch),
+            });
+        }
+        if pos + n > self.max_seq_len {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "positions {pos}..{} exceed the context of {} tokens; use a shorter prompt or a larger --ctx",
+                    pos + n,
+                    self.max_seq_len
+                ),
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::InvalidArgument { what: format!("token id {bad} is outside the vocabulary of {}", c.vocab_size) });
+        }
+        let (dim, kv_dim, q_dim, hidden, hd) = (c.dim, c.kv_dim(), c.q_dim(), c.hidden_dim, c.head_dim);
+        let group = c.n_heads / c.n_kv_heads; // query heads per kv head
+        let half = hd / 2;
+        let w = &self.weights;
+        let s = &mut self.state;
+
+        // Token embeddings into the residual stream.
+        for (t, &tok) in tokens.iter().enumerate() {
+            w.token_embd.dequant_row(tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
+        }
+
+        for (l, layer) in w.layers.iter().enumerate() {
+            // Attention: RMSNorm, then q, k, v projections.
+            for t in 0..n {
+                rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.attn_norm, c.norm_eps);
+            }
+            kernels::matmul(&layer.wq, &s.xb, n, &mut s.q, &mut s.tile);
+            kernels::matmul(&layer.wk, &s.xb, n, &mut s.k, &mut s.tile);
+            kernels::matmul(&layer.wv, &s.xb, n, &mut s.v, &mut s.tile);
+
+            // RoPE on q and k; then k and v go into the cache at their positions.
+            let loff = l * self.max_seq_len * kv_dim; // this layer's slice of the cache
+            for t in 0..n {
+                let p = pos + t;
+                let (cos, sin) = (&s.rope_cos[p * half..(p + 1) * half], &s.rope_sin[p * half..(p + 1) * half]);
+                rope(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, cos, sin);
+                rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, cos, sin);
+                let at = loff + p * kv_dim;
+                s.key_cache[at..at + kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
+                s.value_cache[at..at + kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+
+            // Causal grouped-query attention: token t at position p attends to positions 0..=p.
+            let scale = 1.0 / libm::sqrtf(hd as f32);
+            for t in 0..n {
+                let p = pos + t;
+                for h in 0..c.n_heads {
+                    let q = &s.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let kv_off = (h / group) * hd;
+                    let scores = &mut s.scores[..=p];
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        let k = &s.key_cache[loff + j * kv_dim + kv_off..][..hd];
+                        *sc = kernels::dot(q, k) * scale;
+                    }
+                    softmax(scores);
+                    let out = &mut s.att_out[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    out.fill(0.0);
+                    for (j, &a) in scores.iter().enumerate() {
+                        let v = &s.value_cache[loff + j * kv_dim + kv_off..][..hd];
+                        for (o, vv) in out.iter_mut().zip(v) {
+                            *o += a * vv;
+                        }
+                    }
+                }
+            }
+
+            // Output projection and residual.
+            kernels::matmul(&layer.wo, &s.att_out, n, &mut s.proj, &mut s.tile);
+            for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
+                *x += p;
+            }
+
+            // Feed-forward: RMSNorm, SwiGLU, down projection, residual.
+            for t in 0..n {
+                rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.ffn_norm, c.norm_eps);
+            }
+            kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.tile);
+            kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.tile);
+            for (g, u) in s.hb[..n * hidden].iter_mut().zip(&s.hb2) {
+                *g = *g / (1.0 + libm::expf(-*g)) * u; // silu(gate) * up
+            }
+            kernels::matmul(&layer.w_down, &s.hb, n, &mut s.proj, &mut s.tile);
+            for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
+                *x += p;
+            }
+        }
+
+        // Final norm and the output head, for the rows asked for.
+        let first = match want {
+            Logits::Last => n - 1,
+            Logits::All => 0,
+        };
+        let rows = n - first;
+        for t in first..n {
+            let i = t - first;
+            rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &s.x[t * dim..(t + 1) * dim], w.output_norm, c.norm_eps);
+        }
+        kernels::matmul(&w.output, &s.xb, rows, &mut s.logits, &mut s.tile);
+        Ok(&s.logits[..rows * c.vocab_size])
+    }
+}
+

@@ -1,0 +1,15 @@
+//! edge-pack: turns a model (GGUF, Hugging Face folder, llama2.c `.bin`) into one `.edge` file.
+//!
+//! Every importer produces a [`SourceModel`]: the Llama config, the tensors under their
+//! canonical (GGUF) names as f32 with q/k rows in interleaved RoPE order, and the tokenizer
+//! and chat template. [`pack::pack_model`] encodes it and writes the checkpoint atomically.
+
+pub mod gguf;
+pub mod hf;
+pub mod llama2c;
+pub mod pack;
+pub mod source;
+pub mod tokenizer;
+
+pub use pack::{pack_file, PackOptions, PackReport, WeightEncoding};
+pub use source::{detect_format, load_source, SourceFormat, SourceModel, SourceTensor};

@@ -1,0 +1,53 @@
+//! The common in-memory form every importer produces.
+
+use std::path::Path;
+
+use edge_runtime::Config;
+
+/// One tensor, dequantized to f32, under its canonical name, shape outermost first.
+#[derive(Debug, Clone)]
+pub struct SourceTensor {
+    /// Canonical GGUF name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// `[rows, cols]` for matrices (`[out, in]`), `[n]` for vectors.
+    pub shape: Vec<u64>,
+    pub data: Vec<f32>,
+}
+
+/// A model as read from any source format.
+#[derive(Debug, Clone)]
+pub struct SourceModel {
+    pub config: Config,
+    /// Every tensor the model needs; q/k rows in interleaved RoPE order.
+    pub tensors: Vec<SourceTensor>,
+    /// Hugging Face `tokenizer.json` text, if the source has (or implies) one.
+    pub tokenizer_json: Option<String>,
+    /// Jinja chat template, if any.
+    pub chat_template: Option<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub add_bos: bool,
+    /// Human-readable model name.
+    pub name: String,
+    /// Where it came from (file name and format), for `inspect`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Gguf,
+    HuggingFace,
+    Llama2c,
+    Edge,
+}
+
+/// Decide the format of `path` from its contents (magic bytes) or, for a folder, its files.
+pub fn detect_format(path: &Path) -> anyhow::Result<SourceFormat> {
+    crate::source_detect::detect(path)
+}
+
+/// Read any supported source into a [`SourceModel`]. `tokenizer` overrides where the tokenizer
+/// comes from (a `tokenizer.json`).
+pub fn load_source(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
+    crate::source_detect::load(path, tokenizer)
+}
