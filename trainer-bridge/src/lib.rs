@@ -10,6 +10,7 @@ pub mod llama2c;
 pub mod pack;
 pub mod source;
 pub mod tokenizer;
+mod source_detect;
 
 pub use pack::{pack_file, PackOptions, PackReport, WeightEncoding};
 pub use source::{detect_format, load_source, SourceFormat, SourceModel, SourceTensor};

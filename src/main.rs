@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("edge-run: being written");
+    std::process::exit(2);
+}

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("edge-pack: being written");
+    std::process::exit(2);
+}
