@@ -1,0 +1,99 @@
+//! The model's matrix products against the scalar reference, for every encoding and view, on
+//! random inputs of every length class (tails, one block, many blocks).
+
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
+use edge_runtime::kernels::{self, reference, Matrix};
+use half::{bf16, f16};
+
+fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, seed: u64) -> TensorData {
+    let v = rand_f32(rows * cols, seed);
+    let segments = match enc {
+        Encoding::F32 => vec![bytemuck::cast_slice(&v).to_vec()],
+        Encoding::F16 => vec![bytemuck::cast_slice(&v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()).to_vec()],
+        Encoding::Bf16 => vec![bytemuck::cast_slice(&v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).to_vec()],
+        Encoding::Nested8 => {
+            let codes: Vec<u8> = v.iter().map(|&x| ((x + 1.0) * 127.5) as u8).collect();
+            let params: Vec<GroupParams> = (0..rows * cols / group)
+                .map(|g| GroupParams { scale: f16::from_f32(0.008 + g as f32 * 1e-4), min: f16::from_f32(-1.0) })
+                .collect();
+            let mut s = vec![bytemuck::cast_slice(&params).to_vec()];
+            s.extend(pack_nested8_planes(&codes));
+            s
+        }
+    };
+    TensorData { name: name.into(), encoding: enc, shape: vec![rows as u64, cols as u64], group_size: if enc == Encoding::Nested8 { group as u32 } else { 0 }, segments }
+}
+
+#[test]
+fn matvec_and_matmul_match_reference() {
+    // (rows, cols): a tail-only row, one block, several blocks with a tail, a tall matrix
+    // spanning several matmul tiles.
+    let shapes = [(3usize, 8usize), (5, 32), (7, 96), (130, 64)];
+    let encs = [Encoding::F32, Encoding::F16, Encoding::Bf16, Encoding::Nested8];
+    let mut w = CheckpointWriter::new();
+    for (i, &(r, c)) in shapes.iter().enumerate() {
+        for (j, &e) in encs.iter().enumerate() {
+            w.add_tensor(tensor(&format!("t{i}_{j}"), e, r, c, 8, (i * 10 + j) as u64 + 1)).unwrap();
+        }
+    }
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes, |_, _| {}).unwrap();
+    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
+        for j in 0..encs.len() {
+            let t = ck.tensor(&format!("t{i}_{j}")).unwrap();
+            let views: &[Option<u8>] = if t.encoding == Encoding::Nested8 {
+                &[Some(NESTED8_VIEWS[0]), Some(NESTED8_VIEWS[1]), Some(NESTED8_VIEWS[2]), Some(NESTED8_VIEWS[3])]
+            } else {
+                &[None]
+            };
+            for &view in views {
+                let m = Matrix::from_tensor(t, view).unwrap();
+                for n in [1usize, 2, 5] {
+                    let x = rand_f32(n * cols, 99 + n as u64);
+                    let mut want = vec![0f32; n * rows];
+                    reference::matmul(&m, &x, n, &mut want);
+                    let mut got = vec![0f32; n * rows];
+                    let mut tile = vec![0f32; kernels::MATMUL_TILE_ROWS * cols];
+                    kernels::matmul(&m, &x, n, &mut got, &mut tile);
+                    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                        // f32 accumulation vs the f64 reference: relative to the sum of |terms|.
+                        let tol = 1e-5 * cols as f32;
+                        assert!((g - w).abs() <= tol, "{} view {view:?} n={n} out[{k}]: {g} vs {w}", t.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lower_views_read_fewer_bytes() {
+    let mut w = CheckpointWriter::new();
+    w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes, |_, _| {}).unwrap();
+    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    let t = ck.tensor("n").unwrap();
+    let sizes: Vec<usize> = NESTED8_VIEWS.iter().map(|&v| Matrix::from_tensor(t, Some(v)).unwrap().view_bytes()).collect();
+    let params = 16 * 64 / 32 * 4;
+    assert_eq!(sizes, vec![params + 256, params + 384, params + 512, params + 1024]);
+    assert!(Matrix::from_tensor(t, Some(5)).is_err());
+}
