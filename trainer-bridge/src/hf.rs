@@ -1,11 +1,387 @@
-//! Hugging Face folder reader: config.json, model.safetensors (or sharded), tokenizer.json.
-//! (Helper-owned: being written.)
+//! Hugging Face folder reader: `config.json`, `model.safetensors` (or sharded with
+//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`.
+//!
+//! Hugging Face stores the q and k projections with their rows permuted for the "rotate half"
+//! RoPE formulation; they are un-permuted here to the interleaved order every other source
+//! (and the runtime) uses: for head `h`, interleaved row `h*hd + 2*i + p` is HF row
+//! `h*hd + p*(hd/2) + i` (`p` in {0, 1}, `i < hd/2`).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use crate::source::SourceModel;
+use anyhow::{anyhow, bail, Context};
+use edge_runtime::Config;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
 
+use crate::source::{SourceModel, SourceTensor};
+
+fn parse_tokenizer(text: &str) -> anyhow::Result<tokenizers::Tokenizer> {
+    text.parse::<tokenizers::Tokenizer>().map_err(|e| anyhow!("{e}"))
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("'{}' is not valid JSON", path.display()))
+}
+
+/// A token id that may be given as an integer or a list of integers (the first is used).
+fn token_id(v: Option<&Value>) -> Option<u32> {
+    match v? {
+        Value::Number(n) => n.as_u64().and_then(|x| u32::try_from(x).ok()),
+        Value::Array(a) => token_id(a.first()),
+        _ => None,
+    }
+}
+
+/// A special token given in `tokenizer_config.json` as a string or as `{"content": ...}`.
+fn token_text(v: Option<&Value>) -> Option<&str> {
+    match v? {
+        Value::String(s) => Some(s),
+        Value::Object(o) => o.get("content").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+struct HfConfig {
+    config: Config,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    name: Option<String>,
+}
+
+fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
+    let arch = cfg
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let model_type = cfg.get("model_type").and_then(Value::as_str);
+    match (arch.as_deref(), model_type) {
+        (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => {}
+        (Some(a), _) | (None, Some(a)) => bail!(
+            "unsupported architecture '{a}' in '{}': edge-pack reads Llama-family models (LlamaForCausalLM)",
+            path.display()
+        ),
+        (None, None) => bail!(
+            "'{}' names no architecture (no 'architectures' or 'model_type'): edge-pack reads Llama-family models (LlamaForCausalLM)",
+            path.display()
+        ),
+    }
+    if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
+        if act != "silu" {
+            bail!("unsupported activation '{act}' in '{}': edge-pack runs SwiGLU (silu) models", path.display());
+        }
+    }
+    for key in ["attention_bias", "mlp_bias"] {
+        if cfg.get(key).and_then(Value::as_bool) == Some(true) {
+            bail!("'{}' sets {key}: models with bias terms are not supported", path.display());
+        }
+    }
+    if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
+        let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
+        bail!(
+            "'{}' sets rope_scaling (type '{kind}'), which edge-run does not implement; the model would run with wrong positions",
+            path.display()
+        );
+    }
+    let u = |key: &str| -> anyhow::Result<Option<usize>> {
+        match cfg.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|&x| x > 0 && x <= 1 << 24)
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| anyhow!("'{}': '{key}' = {v} is not a valid size", path.display())),
+        }
+    };
+    let need = |key: &str| -> anyhow::Result<usize> {
+        u(key)?.ok_or_else(|| anyhow!("'{}' lacks '{key}'", path.display()))
+    };
+    let f = |key: &str, default: f32| -> anyhow::Result<f32> {
+        match cfg.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| anyhow!("'{}': '{key}' = {v} is not a positive number", path.display())),
+        }
+    };
+    let dim = need("hidden_size")?;
+    let n_heads = need("num_attention_heads")?;
+    let n_kv_heads = u("num_key_value_heads")?.unwrap_or(n_heads);
+    let head_dim = match u("head_dim")? {
+        Some(h) => h,
+        None => {
+            if dim % n_heads != 0 {
+                bail!("'{}': hidden_size {dim} is not divisible by {n_heads} heads", path.display());
+            }
+            dim / n_heads
+        }
+    };
+    if n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
+        bail!(
+            "'{}': inconsistent attention config ({n_heads} heads, {n_kv_heads} kv heads, head_dim {head_dim})",
+            path.display()
+        );
+    }
+    let config = Config {
+        dim,
+        hidden_dim: need("intermediate_size")?,
+        n_layers: need("num_hidden_layers")?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        vocab_size: need("vocab_size")?,
+        max_seq_len: u("max_position_embeddings")?.unwrap_or(2048),
+        norm_eps: f("rms_norm_eps", 1e-6)?,
+        rope_theta: f("rope_theta", 10000.0)?,
+        tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+    };
+    // `_name_or_path` is a hub id or a local path; its last component names the model.
+    let name = cfg
+        .get("_name_or_path")
+        .and_then(Value::as_str)
+        .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    Ok(HfConfig { config, bos: token_id(cfg.get("bos_token_id")), eos: token_id(cfg.get("eos_token_id")), name })
+}
+
+/// Where a Hugging Face tensor goes.
+enum Mapped {
+    Canonical(String),
+    /// Present in some checkpoints, not needed (e.g. cached rotary frequencies).
+    Ignored,
+}
+
+fn map_name(hf: &str) -> Option<Mapped> {
+    if hf == "lm_head.weight" {
+        return Some(Mapped::Canonical("output.weight".into()));
+    }
+    let s = hf.strip_prefix("model.").unwrap_or(hf);
+    match s {
+        "embed_tokens.weight" => return Some(Mapped::Canonical("token_embd.weight".into())),
+        "norm.weight" => return Some(Mapped::Canonical("output_norm.weight".into())),
+        _ => {}
+    }
+    let rest = s.strip_prefix("layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let canon = match part {
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        "input_layernorm.weight" => "attn_norm",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "self_attn.rotary_emb.inv_freq" => return Some(Mapped::Ignored),
+        _ => return None,
+    };
+    Some(Mapped::Canonical(format!("blk.{layer}.{canon}.weight")))
+}
+
+/// Reorder the rows of a q or k projection from rotate-half to interleaved order.
+pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let dst = h * head_dim + 2 * i + p;
+                let src = h * head_dim + p * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => {
+            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        Dtype::BF16 => {
+            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        other => bail!("tensor '{name}' has dtype {other:?}, which edge-pack cannot read (F32, F16 and BF16 are supported)"),
+    })
+}
+
+/// The safetensors files of the folder: one `model.safetensors`, or the shards an index names.
+fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v = read_json(&index)?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| anyhow!("'{}' has no 'weight_map'", index.display()))?;
+        let mut files: Vec<String> = Vec::new();
+        for f in map.values() {
+            let f = f.as_str().ok_or_else(|| anyhow!("'{}': weight_map values must be file names", index.display()))?;
+            if f.contains('/') || f.contains('\\') || f == ".." {
+                bail!("'{}' names a shard outside the folder: '{f}'", index.display());
+            }
+            if !files.iter().any(|g| g == f) {
+                files.push(f.to_owned());
+            }
+        }
+        files.sort();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
+        bail!(
+            "'{}' holds PyTorch .bin weights; edge-pack reads safetensors (convert with transformers: \
+             model.save_pretrained(dir, safe_serialization=True))",
+            dir.display()
+        );
+    }
+    bail!("'{}' has no model.safetensors or model.safetensors.index.json", dir.display())
+}
+
+/// Read a Hugging Face Llama folder. `tokenizer` overrides the folder's `tokenizer.json`.
 pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
-    let _ = (dir, tokenizer);
-    anyhow::bail!("HF import is being written")
+    let config_path = dir.join("config.json");
+    let cfg = read_json(&config_path)?;
+    let HfConfig { mut config, bos, eos, name } = parse_config(&config_path, &cfg)?;
+
+    let mut found: BTreeMap<String, SourceTensor> = BTreeMap::new();
+    for file in weight_files(dir)? {
+        let f = std::fs::File::open(&file).with_context(|| format!("cannot open '{}'", file.display()))?;
+        // SAFETY: read-only map of a file we only read while it is mapped; a concurrent
+        // truncation by another process is outside what any mmap reader can defend against.
+        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot map '{}'", file.display()))?;
+        let st = SafeTensors::deserialize(&map)
+            .map_err(|e| anyhow!("'{}' is not a valid safetensors file: {e}", file.display()))?;
+        for (hf_name, view) in st.iter() {
+            let canon = match map_name(hf_name) {
+                Some(Mapped::Canonical(c)) => c,
+                Some(Mapped::Ignored) => continue,
+                None => bail!(
+                    "'{}' holds tensor '{hf_name}', which a Llama model does not have; is this a Llama variant edge-pack does not support?",
+                    file.display()
+                ),
+            };
+            let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+            let data = to_f32(hf_name, view.dtype(), view.data())?;
+            if found.insert(canon.clone(), SourceTensor { name: canon, shape, data }).is_some() {
+                bail!("tensor '{hf_name}' appears twice in the safetensors files of '{}'", dir.display());
+            }
+        }
+    }
+
+    // Tied output head: by the config flag, or because the checkpoint has none.
+    if config.tied_embeddings {
+        found.remove("output.weight");
+    } else if !found.contains_key("output.weight") {
+        config.tied_embeddings = true;
+    }
+
+    // Un-permute q and k rows (rotate-half -> interleaved).
+    for l in 0..config.n_layers {
+        for (part, heads) in [("attn_q", config.n_heads), ("attn_k", config.n_kv_heads)] {
+            let name = format!("blk.{l}.{part}.weight");
+            if let Some(t) = found.get_mut(&name) {
+                let rows = (heads * config.head_dim) as u64;
+                if t.shape.len() != 2 || t.shape[0] != rows {
+                    bail!(
+                        "tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {})",
+                        t.shape,
+                        config.head_dim
+                    );
+                }
+                t.data = unpermute_rotary(&t.data, heads, config.head_dim, t.shape[1] as usize);
+            }
+        }
+    }
+
+    // Order the tensors canonically; missing, extra or misshapen ones are errors.
+    let mut tensors = Vec::with_capacity(found.len());
+    for (name, shape) in crate::pack::expected_tensors(&config) {
+        let t = found.remove(&name).ok_or_else(|| anyhow!("'{}' lacks tensor '{name}'", dir.display()))?;
+        if t.shape != shape {
+            bail!("tensor '{name}' has shape {:?}, the config implies {shape:?}", t.shape);
+        }
+        tensors.push(t);
+    }
+    if let Some(extra) = found.keys().next() {
+        bail!("'{}' has tensor '{extra}' beyond the {} layers its config declares", dir.display(), config.n_layers);
+    }
+
+    // Tokenizer, chat template, special tokens.
+    let tok_path = match tokenizer {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(dir.join("tokenizer.json")).filter(|p| p.is_file()),
+    };
+    let tokenizer_json = tok_path.as_deref().map(crate::tokenizer::read_tokenizer_json).transpose()?;
+    let parsed_tok = tokenizer_json.as_deref().map(parse_tokenizer).transpose()?;
+    let tok_cfg_path = dir.join("tokenizer_config.json");
+    let tok_cfg = if tok_cfg_path.is_file() { Some(read_json(&tok_cfg_path)?) } else { None };
+    let gen_cfg_path = dir.join("generation_config.json");
+    let gen_cfg = if gen_cfg_path.is_file() { read_json(&gen_cfg_path).ok() } else { None };
+
+    let chat_template = match tok_cfg.as_ref().and_then(|c| c.get("chat_template")) {
+        Some(Value::String(s)) => Some(s.clone()),
+        // Older files: a list of named templates; take the default one.
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        _ => None,
+    };
+    let chat_template = match chat_template {
+        Some(t) => Some(t),
+        None => {
+            let p = dir.join("chat_template.jinja");
+            if p.is_file() {
+                Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read '{}'", p.display()))?)
+            } else {
+                None
+            }
+        }
+    };
+    let by_text = |key: &str| -> Option<u32> {
+        let text = token_text(tok_cfg.as_ref()?.get(key))?;
+        parsed_tok.as_ref()?.token_to_id(text)
+    };
+    let gen = |key: &str| token_id(gen_cfg.as_ref()?.get(key));
+    let bos_token_id = bos.or_else(|| gen("bos_token_id")).or_else(|| by_text("bos_token"));
+    let eos_token_id = eos.or_else(|| gen("eos_token_id")).or_else(|| by_text("eos_token"));
+    let add_bos = match tok_cfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool) {
+        Some(b) => b,
+        // No explicit flag: does the tokenizer's post-processor put BOS first?
+        None => match (&parsed_tok, bos_token_id) {
+            (Some(t), Some(b)) => t.encode("a", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false),
+            _ => false,
+        },
+    };
+
+    let folder = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let folder_name = folder.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    Ok(SourceModel {
+        config,
+        tensors,
+        tokenizer_json,
+        chat_template,
+        bos_token_id,
+        eos_token_id,
+        add_bos,
+        name: name.unwrap_or_else(|| folder_name.clone()),
+        source: format!("{folder_name} (Hugging Face safetensors)"),
+    })
 }

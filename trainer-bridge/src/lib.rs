@@ -12,5 +12,5 @@ pub mod source;
 pub mod tokenizer;
 mod source_detect;
 
-pub use pack::{pack_file, PackOptions, PackReport, WeightEncoding};
+pub use pack::{pack_file, pack_model, PackOptions, PackReport, WeightEncoding};
 pub use source::{detect_format, load_source, SourceFormat, SourceModel, SourceTensor};
