@@ -49,3 +49,32 @@ impl CheckpointBytes {
         }
     }
 }
+
+impl CheckpointBytes {
+    /// Tell the OS that the file range `(offset, len)` is no longer needed (a view was lowered):
+    /// for a mapping, its whole pages inside the range are dropped from the resident set and
+    /// would be read back from the file if touched again. An owned buffer cannot give back
+    /// part of one allocation, so this is a no-op there. Returns the bytes released.
+    pub fn release(&self, offset: u64, len: u64) -> u64 {
+        match self {
+            CheckpointBytes::Mapped(m) => {
+                let page = 4096u64;
+                let start = offset.div_ceil(page) * page;
+                let end = (offset + len) / page * page;
+                if end <= start || end > m.len() as u64 {
+                    return 0;
+                }
+                // SAFETY:
+                // - the range lies inside the mapping (checked above) and is page-aligned;
+                // - the mapping is a read-only file mapping, so MADV_DONTNEED only
+                //   drops clean pages, which the kernel re-reads from the file on the next
+                //   access: no data visible through any `&[u8]` changes.
+                let r = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+                };
+                if r.is_ok() { end - start } else { 0 }
+            }
+            CheckpointBytes::Owned { .. } => 0,
+        }
+    }
+}

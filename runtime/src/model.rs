@@ -43,6 +43,40 @@ pub struct Weights<'a> {
     pub layers: Vec<Layer<'a>>,
     pub output_norm: &'a [f32], // (dim)
     pub output: Matrix<'a>,     // (vocab, dim); the embedding itself when tied
+    /// The output head is the token embedding.
+    pub tied: bool,
+}
+
+/// Which view (bit width) each nested-plane tensor is read at. Keys of `overrides` are a
+/// tensor name (`blk.3.ffn_up.weight`), a layer prefix (`blk.3`) or a tensor kind shared by all
+/// layers (`ffn_up`); the most specific match wins (name, then layer, then kind).
+/// Dense tensors (f16, f32) ignore views.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ViewPlan {
+    /// Bits of every tensor without an override; `None` = 8.
+    pub default_bits: Option<u8>,
+    pub overrides: Vec<(String, u8)>,
+}
+
+impl ViewPlan {
+    pub fn uniform(bits: u8) -> Self {
+        ViewPlan { default_bits: Some(bits), overrides: Vec::new() }
+    }
+
+    /// The view of tensor `name`, or `None` for the encoding's default.
+    pub fn bits_for(&self, name: &str) -> Option<u8> {
+        let stem = name.strip_suffix(".weight").unwrap_or(name);
+        let (layer, kind) = match stem.rsplit_once('.') {
+            Some((l, k)) if l.starts_with("blk.") => (Some(l), k),
+            _ => (None, stem),
+        };
+        let find = |key: &str| self.overrides.iter().rev().find(|(k, _)| k == key).map(|(_, b)| *b);
+        find(name)
+            .or_else(|| find(stem))
+            .or_else(|| layer.and_then(find))
+            .or_else(|| find(kind))
+            .or(self.default_bits)
+    }
 }
 
 /// Options fixed when a model is instantiated.
@@ -105,10 +139,10 @@ fn check_shape(t: &TensorInfo<'_>, expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
-fn matrix<'a>(ck: &Checkpoint<'a>, name: &str, rows: usize, cols: usize, view: Option<u8>) -> Result<Matrix<'a>> {
+fn matrix<'a>(ck: &Checkpoint<'a>, name: &str, rows: usize, cols: usize, plan: &ViewPlan) -> Result<Matrix<'a>> {
     let t = require(ck, name)?;
     check_shape(t, &[rows, cols])?;
-    Matrix::from_tensor(t, view)
+    Matrix::from_tensor(t, plan.bits_for(name))
 }
 
 fn norm<'a>(ck: &Checkpoint<'a>, name: &str, dim: usize) -> Result<&'a [f32]> {
@@ -124,31 +158,72 @@ fn norm<'a>(ck: &Checkpoint<'a>, name: &str, dim: usize) -> Result<&'a [f32]> {
 }
 
 impl<'a> Weights<'a> {
-    /// Borrow every weight, checking names and shapes against the config.
-    pub fn from_checkpoint(ck: &Checkpoint<'a>, c: &Config, view_bits: Option<u8>) -> Result<Self> {
-        let token_embd = matrix(ck, "token_embd.weight", c.vocab_size, c.dim, view_bits)?;
+    /// Borrow every weight at the views `plan` picks, checking names and shapes against the
+    /// config.
+    pub fn from_checkpoint(ck: &Checkpoint<'a>, c: &Config, plan: &ViewPlan) -> Result<Self> {
+        let token_embd = matrix(ck, "token_embd.weight", c.vocab_size, c.dim, plan)?;
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let n = |s: &str| -> String { format!("blk.{l}.{s}.weight") };
             layers.push(Layer {
                 attn_norm: norm(ck, &n("attn_norm"), c.dim)?,
-                wq: matrix(ck, &n("attn_q"), c.q_dim(), c.dim, view_bits)?,
-                wk: matrix(ck, &n("attn_k"), c.kv_dim(), c.dim, view_bits)?,
-                wv: matrix(ck, &n("attn_v"), c.kv_dim(), c.dim, view_bits)?,
-                wo: matrix(ck, &n("attn_output"), c.dim, c.q_dim(), view_bits)?,
+                wq: matrix(ck, &n("attn_q"), c.q_dim(), c.dim, plan)?,
+                wk: matrix(ck, &n("attn_k"), c.kv_dim(), c.dim, plan)?,
+                wv: matrix(ck, &n("attn_v"), c.kv_dim(), c.dim, plan)?,
+                wo: matrix(ck, &n("attn_output"), c.dim, c.q_dim(), plan)?,
                 ffn_norm: norm(ck, &n("ffn_norm"), c.dim)?,
-                w_gate: matrix(ck, &n("ffn_gate"), c.hidden_dim, c.dim, view_bits)?,
-                w_up: matrix(ck, &n("ffn_up"), c.hidden_dim, c.dim, view_bits)?,
-                w_down: matrix(ck, &n("ffn_down"), c.dim, c.hidden_dim, view_bits)?,
+                w_gate: matrix(ck, &n("ffn_gate"), c.hidden_dim, c.dim, plan)?,
+                w_up: matrix(ck, &n("ffn_up"), c.hidden_dim, c.dim, plan)?,
+                w_down: matrix(ck, &n("ffn_down"), c.dim, c.hidden_dim, plan)?,
             });
         }
         let output_norm = norm(ck, "output_norm.weight", c.dim)?;
         let output = if c.tied_embeddings {
             token_embd
         } else {
-            matrix(ck, "output.weight", c.vocab_size, c.dim, view_bits)?
+            matrix(ck, "output.weight", c.vocab_size, c.dim, plan)?
         };
-        Ok(Weights { token_embd, layers, output_norm, output })
+        Ok(Weights { token_embd, layers, output_norm, output, tied: c.tied_embeddings })
+    }
+
+    /// Every matrix with its canonical name, in file order of the model.
+    pub fn matrices(&self) -> Vec<(String, &Matrix<'a>)> {
+        let mut v = vec![(String::from("token_embd.weight"), &self.token_embd)];
+        for (l, x) in self.layers.iter().enumerate() {
+            for (kind, m) in [
+                ("attn_q", &x.wq),
+                ("attn_k", &x.wk),
+                ("attn_v", &x.wv),
+                ("attn_output", &x.wo),
+                ("ffn_gate", &x.w_gate),
+                ("ffn_up", &x.w_up),
+                ("ffn_down", &x.w_down),
+            ] {
+                v.push((format!("blk.{l}.{kind}.weight"), m));
+            }
+        }
+        if !self.tied {
+            v.push((String::from("output.weight"), &self.output));
+        }
+        v
+    }
+
+    /// (file offset, length) of every byte range the current views read, `file` being the
+    /// bytes the weights borrow from.
+    pub fn read_ranges(&self, file: &[u8]) -> Vec<(u64, u64)> {
+        let base = file.as_ptr() as usize;
+        let mut out = Vec::new();
+        let mut add = |s: &[u8]| {
+            if !s.is_empty() {
+                out.push(((s.as_ptr() as usize - base) as u64, s.len() as u64));
+            }
+        };
+        for (_, m) in self.matrices() {
+            m.for_each_slice(&mut add);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Bytes the weights' current views read.
@@ -211,9 +286,28 @@ pub enum Logits {
 
 impl<'a> Model<'a> {
     pub fn new(ck: &Checkpoint<'a>, opts: ModelOptions) -> Result<Self> {
+        let plan = ViewPlan { default_bits: opts.view_bits, overrides: Vec::new() };
+        Self::with_plan(ck, opts, &plan)
+    }
+
+    /// Instantiate with per-tensor views (`opts.view_bits` is ignored in favour of `plan`).
+    pub fn with_plan(ck: &Checkpoint<'a>, opts: ModelOptions, plan: &ViewPlan) -> Result<Self> {
         let config = Config::from_checkpoint(ck)?;
-        let weights = Weights::from_checkpoint(ck, &config, opts.view_bits)?;
+        let weights = Weights::from_checkpoint(ck, &config, plan)?;
         Self::with_weights(config, weights, opts)
+    }
+
+    /// Change the views of a live model without reloading: the KV cache and buffers stay, the
+    /// weights are re-borrowed from `ck` (the checkpoint the model was made from) at the views
+    /// `plan` picks. Returns the byte ranges of the file (offset, length) that the old views
+    /// read and the new ones do not, so a loader can release them (see
+    /// `load::CheckpointBytes::release`).
+    pub fn set_views(&mut self, ck: &Checkpoint<'a>, plan: &ViewPlan) -> Result<Vec<(u64, u64)>> {
+        let weights = Weights::from_checkpoint(ck, &self.config, plan)?;
+        let before = self.weights.read_ranges(ck.bytes());
+        let after = weights.read_ranges(ck.bytes());
+        self.weights = weights;
+        Ok(before.into_iter().filter(|r| !after.contains(r)).collect())
     }
 
     pub fn with_weights(config: Config, weights: Weights<'a>, opts: ModelOptions) -> Result<Self> {

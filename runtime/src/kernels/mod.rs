@@ -97,6 +97,21 @@ impl<'a> Matrix<'a> {
         }
     }
 
+    /// Call `f` with every byte slice this view reads.
+    pub fn for_each_slice(&self, f: &mut impl FnMut(&[u8])) {
+        match self.view {
+            WeightView::F32(w) => f(bytemuck::cast_slice(w)),
+            WeightView::F16(w) => f(bytemuck::cast_slice(w)),
+            WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
+            WeightView::Nested8 { params, planes, .. } => {
+                f(bytemuck::cast_slice(params));
+                for p in planes {
+                    f(p);
+                }
+            }
+        }
+    }
+
     /// Dequantize row `r` into `out[..cols]`.
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let out = &mut out[..self.cols];

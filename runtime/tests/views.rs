@@ -1,0 +1,125 @@
+//! Views on a live model: per-tensor plans, switching without reloading, released ranges.
+
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
+use edge_runtime::format::{keys, Checkpoint, CheckpointWriter, Encoding, MetaValue, TensorData};
+use edge_runtime::model::{Model, ModelOptions, ViewPlan};
+use half::f16;
+
+fn rand_u8(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 56) as u8
+        })
+        .collect()
+}
+
+/// A random tiny Llama (dim 32, 2 layers, GQA 4/2, vocab 64) with nested 8-bit weights.
+fn tiny_model() -> Vec<u8> {
+    let (dim, hidden, layers, heads, kv_heads, vocab, g) = (32usize, 64usize, 2usize, 4usize, 2usize, 64usize, 16usize);
+    let hd = dim / heads;
+    let mut w = CheckpointWriter::new();
+    let mut seed = 1;
+    let mut nested = |name: String, rows: usize, cols: usize, w: &mut CheckpointWriter| {
+        seed += 1;
+        let codes = rand_u8(rows * cols, seed);
+        let params = vec![GroupParams { scale: f16::from_f32(0.6 / 255.0), min: f16::from_f32(-0.3) }; rows * cols / g];
+        let mut segments = vec![bytemuck::cast_slice(&params).to_vec()];
+        segments.extend(pack_nested8_planes(&codes));
+        w.add_tensor(TensorData { name, encoding: Encoding::Nested8, shape: vec![rows as u64, cols as u64], group_size: g as u32, segments })
+            .unwrap();
+    };
+    let ones = |name: String, w: &mut CheckpointWriter| {
+        let v = vec![1f32; dim];
+        w.add_tensor(TensorData { name, encoding: Encoding::F32, shape: vec![dim as u64], group_size: 0, segments: vec![bytemuck::cast_slice(&v).to_vec()] })
+            .unwrap();
+    };
+    nested("token_embd.weight".into(), vocab, dim, &mut w);
+    ones("output_norm.weight".into(), &mut w);
+    for l in 0..layers {
+        ones(format!("blk.{l}.attn_norm.weight"), &mut w);
+        ones(format!("blk.{l}.ffn_norm.weight"), &mut w);
+        nested(format!("blk.{l}.attn_q.weight"), dim, dim, &mut w);
+        nested(format!("blk.{l}.attn_k.weight"), kv_heads * hd, dim, &mut w);
+        nested(format!("blk.{l}.attn_v.weight"), kv_heads * hd, dim, &mut w);
+        nested(format!("blk.{l}.attn_output.weight"), dim, dim, &mut w);
+        nested(format!("blk.{l}.ffn_gate.weight"), hidden, dim, &mut w);
+        nested(format!("blk.{l}.ffn_up.weight"), hidden, dim, &mut w);
+        nested(format!("blk.{l}.ffn_down.weight"), dim, hidden, &mut w);
+    }
+    w.set_meta(keys::ARCH, MetaValue::Str("llama"));
+    for (k, v) in [
+        (keys::DIM, dim),
+        (keys::HIDDEN_DIM, hidden),
+        (keys::N_LAYERS, layers),
+        (keys::N_HEADS, heads),
+        (keys::N_KV_HEADS, kv_heads),
+        (keys::HEAD_DIM, hd),
+        (keys::VOCAB_SIZE, vocab),
+        (keys::CONTEXT_LENGTH, 64),
+    ] {
+        w.set_meta(k, MetaValue::U64(v as u64));
+    }
+    w.set_meta(keys::NORM_EPS, MetaValue::F32(1e-5));
+    w.set_meta(keys::ROPE_THETA, MetaValue::F32(10000.0));
+    w.set_meta(keys::TIED_EMBEDDINGS, MetaValue::Bool(true));
+    let mut out = Vec::new();
+    w.write_to(&mut out, |_, _| {}).unwrap();
+    out
+}
+
+fn aligned(bytes: &[u8]) -> Vec<u128> {
+    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
+    buf
+}
+
+#[test]
+fn plan_precedence_name_then_layer_then_kind() {
+    let plan = ViewPlan {
+        default_bits: Some(4),
+        overrides: vec![("ffn_up".into(), 3), ("blk.1".into(), 8), ("blk.1.ffn_up.weight".into(), 2)],
+    };
+    assert_eq!(plan.bits_for("blk.0.attn_q.weight"), Some(4));
+    assert_eq!(plan.bits_for("blk.0.ffn_up.weight"), Some(3));
+    assert_eq!(plan.bits_for("blk.1.attn_q.weight"), Some(8));
+    assert_eq!(plan.bits_for("blk.1.ffn_up.weight"), Some(2));
+    assert_eq!(plan.bits_for("token_embd.weight"), Some(4));
+}
+
+#[test]
+fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
+    let bytes = tiny_model();
+    let buf = aligned(&bytes);
+    let file = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
+    let ck = Checkpoint::parse(file).unwrap();
+    let opts = ModelOptions { max_seq_len: 0, max_batch: 8, view_bits: None };
+    let mut m = Model::new(&ck, opts).unwrap();
+    let tokens = [1u32, 5, 9, 12];
+    let run = |m: &mut Model<'_>| m.forward_batch(&tokens, 0, edge_runtime::model::Logits::Last).unwrap().to_vec();
+    let full = run(&mut m);
+    let full_bytes = m.weights.view_bytes(true);
+
+    let released = m.set_views(&ck, &ViewPlan::uniform(2)).unwrap();
+    let low = run(&mut m);
+    let low_bytes = m.weights.view_bytes(true);
+    assert_ne!(full, low, "a 2-bit view computes different logits");
+    assert!(low_bytes * 2 < full_bytes, "2-bit view reads {low_bytes} bytes vs {full_bytes} at 8 bits");
+    // Released: planes 1..3 of every matrix (3 per matrix), exactly the bytes no longer read.
+    let n_matrices = 1 + 2 * 7;
+    assert_eq!(released.len(), 3 * n_matrices);
+    assert_eq!(released.iter().map(|r| r.1 as usize).sum::<usize>(), full_bytes - low_bytes);
+
+    // Per-layer plan: only layer 1 lowered reads bytes in between.
+    let plan = ViewPlan { default_bits: Some(8), overrides: vec![("blk.1".into(), 3)] };
+    m.set_views(&ck, &plan).unwrap();
+    let mixed = m.weights.view_bytes(true);
+    assert!(low_bytes < mixed && mixed < full_bytes);
+
+    m.set_views(&ck, &ViewPlan::uniform(8)).unwrap();
+    assert_eq!(run(&mut m), full, "back at 8 bits the logits are bit-identical");
+    assert!(m.set_views(&ck, &ViewPlan::uniform(5)).is_err(), "no 5-bit view exists");
+}
