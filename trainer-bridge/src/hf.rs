@@ -96,9 +96,8 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
                 .ok_or_else(|| anyhow!("'{}': '{key}' = {v} is not a valid size", path.display())),
         }
     };
-    let need = |key: &str| -> anyhow::Result<usize> {
-        u(key)?.ok_or_else(|| anyhow!("'{}' lacks '{key}'", path.display()))
-    };
+    let need =
+        |key: &str| -> anyhow::Result<usize> { u(key)?.ok_or_else(|| anyhow!("'{}' lacks '{key}'", path.display())) };
     let f = |key: &str, default: f32| -> anyhow::Result<f32> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(default),
@@ -211,7 +210,9 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
         Dtype::BF16 => {
             bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
         }
-        other => bail!("tensor '{name}' has dtype {other:?}, which edge-pack cannot read (F32, F16 and BF16 are supported)"),
+        other => {
+            bail!("tensor '{name}' has dtype {other:?}, which edge-pack cannot read (F32, F16 and BF16 are supported)")
+        }
     })
 }
 

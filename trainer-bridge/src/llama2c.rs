@@ -45,8 +45,10 @@ impl Llama2cHeader {
         if bytes.len() < HEADER_BYTES as usize {
             return None;
         }
-        let v: Vec<i32> =
-            bytes[..HEADER_BYTES as usize].chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v: Vec<i32> = bytes[..HEADER_BYTES as usize]
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let (dim, hidden, layers, heads, kv_heads, vocab, seq) = (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
         let pos = |x: i32, max: i32| x > 0 && x <= max;
         if !(pos(dim, 1 << 16)
@@ -150,10 +152,8 @@ fn take_floats<'a>(rest: &mut &'a [f32], n: u64) -> &'a [f32] {
 pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
     let h = check_file(path, &bytes)?;
-    let floats: Vec<f32> = bytes[HEADER_BYTES as usize..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let floats: Vec<f32> =
+        bytes[HEADER_BYTES as usize..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     drop(bytes);
 
     let (d, hd, l, v) = (h.dim, h.hidden_dim, h.n_layers, h.vocab_size);

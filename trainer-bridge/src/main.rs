@@ -101,7 +101,8 @@ fn default_output(input: &Path) -> PathBuf {
         input
     };
     let stem = if p.is_dir() { p.file_name() } else { p.file_stem() };
-    let stem = stem.map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty()).unwrap_or_else(|| "model".into());
+    let stem =
+        stem.map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty()).unwrap_or_else(|| "model".into());
     PathBuf::from(format!("{stem}.edge"))
 }
 
@@ -188,11 +189,13 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's first line is "error: ..."; keep it, drop the usage lines.
+            // clap's message is "error: ..." (maybe continued on indented lines), then a blank
+            // line, tips and usage: keep the message, drop the rest.
             let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("edge-pack: error: {} (see edge-pack --help)", one_line(first));
+            let msg: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).collect();
+            let msg = msg.join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            eprintln!("edge-pack: error: {} (see edge-pack --help)", one_line(msg));
             return ExitCode::from(1);
         }
     };

@@ -146,12 +146,7 @@ pub fn expected_tensors(config: &Config) -> Vec<(String, Vec<u64>)> {
 pub fn validate_model(model: &SourceModel) -> anyhow::Result<()> {
     let c = &model.config;
     if c.n_heads == 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 {
-        bail!(
-            "inconsistent attention config: {} heads, {} kv heads, head_dim {}",
-            c.n_heads,
-            c.n_kv_heads,
-            c.head_dim
-        );
+        bail!("inconsistent attention config: {} heads, {} kv heads, head_dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
     }
     let expected = expected_tensors(c);
     for (name, shape) in &expected {
@@ -212,7 +207,12 @@ fn f16_at_least(x: f32) -> f16 {
 
 /// Quantize row-major `data` (rows of `cols`) to nested 8-bit codes in groups of `group`
 /// along each row. Returns the per-group parameters and the codes.
-pub fn quantize_nested8(name: &str, data: &[f32], cols: usize, group: usize) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
+pub fn quantize_nested8(
+    name: &str,
+    data: &[f32],
+    cols: usize,
+    group: usize,
+) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
     if group == 0 || cols % group != 0 {
         bail!("group size {group} does not divide the rows ({cols} values) of tensor '{name}'");
     }
@@ -269,17 +269,28 @@ pub fn encode_tensor(t: &SourceTensor, encoding: WeightEncoding, group_size: u32
             let cols = *t.shape.last().unwrap_or(&0) as usize;
             let (params, codes) = quantize_nested8(&t.name, &t.data, cols, group_size as usize)?;
             let mut segs = Vec::with_capacity(5);
-            segs.push(params.iter().flat_map(|p| {
-                let mut b = [0u8; 4];
-                b[..2].copy_from_slice(&p.scale.to_bits().to_le_bytes());
-                b[2..].copy_from_slice(&p.min.to_bits().to_le_bytes());
-                b
-            }).collect());
+            segs.push(
+                params
+                    .iter()
+                    .flat_map(|p| {
+                        let mut b = [0u8; 4];
+                        b[..2].copy_from_slice(&p.scale.to_bits().to_le_bytes());
+                        b[2..].copy_from_slice(&p.min.to_bits().to_le_bytes());
+                        b
+                    })
+                    .collect(),
+            );
             segs.extend(pack_nested8_planes(&codes));
             segs
         }
     };
-    Ok(TensorData { name: t.name.clone(), encoding: enc.encoding(), shape: t.shape.clone(), group_size: group, segments })
+    Ok(TensorData {
+        name: t.name.clone(),
+        encoding: enc.encoding(),
+        shape: t.shape.clone(),
+        group_size: group,
+        segments,
+    })
 }
 
 fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {

@@ -68,9 +68,8 @@ pub(crate) fn load(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sour
         SourceFormat::Gguf => crate::gguf::load_gguf(path, tokenizer),
         SourceFormat::HuggingFace => crate::hf::load_hf(path, tokenizer),
         SourceFormat::Llama2c => crate::llama2c::load_llama2c(path, tokenizer),
-        SourceFormat::Edge => bail!(
-            "'{}' is already an .edge checkpoint; nothing to pack (run it with edge-run)",
-            path.display()
-        ),
+        SourceFormat::Edge => {
+            bail!("'{}' is already an .edge checkpoint; nothing to pack (run it with edge-run)", path.display())
+        }
     }
 }

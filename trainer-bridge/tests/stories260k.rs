@@ -55,7 +55,8 @@ fn unpermute_is_needed_for_q_and_k() {
     }
     let a = load_llama2c(&stories_bin(), None).unwrap();
     let b = load_hf(&stories_hf(), None).unwrap();
-    let q = |m: &edge_pack::SourceModel| m.tensors.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap().data.clone();
+    let q =
+        |m: &edge_pack::SourceModel| m.tensors.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap().data.clone();
     let c = a.config;
     let permuted_back = {
         // Apply the HF permutation to the interleaved rows; it must differ from them.

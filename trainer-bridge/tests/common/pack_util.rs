@@ -8,9 +8,11 @@ use edge_runtime::load::CheckpointBytes;
 use edge_runtime::model::ModelOptions;
 use edge_runtime::{Checkpoint, Config, Model};
 
-/// The shared model folder (`EDGE_MODELS_DIR` overrides `/work/shared/models`).
+/// The shared model folder: `EDGE_MODELS_DIR`, else `shared/models` beside the checkout.
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("EDGE_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/work/shared/models"))
+    std::env::var_os("EDGE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"))
 }
 
 pub fn stories_bin() -> PathBuf {
@@ -32,7 +34,8 @@ pub fn have_models() -> bool {
 
 /// The llama2.c `run.c` greedy oracle from BOS, `-t 0 -n 61` (see the models README).
 pub fn stories_oracle() -> Vec<u32> {
-    let mut ids: Vec<u32> = vec![461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 362, 409, 283, 264, 283, 452, 288, 13];
+    let mut ids: Vec<u32> =
+        vec![461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 362, 409, 283, 264, 283, 452, 288, 13];
     ids.extend(std::iter::repeat_n(431, 13));
     ids.extend([
         293, 430, 417, 363, 416, 315, 342, 418, 424, 400, 442, 402, 303, 266, 299, 374, 466, 396, 303, 271, 362, 390,
