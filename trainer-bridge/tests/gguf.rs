@@ -885,7 +885,7 @@ fn hostile_counts_and_offsets() {
     let off = u64::from_le_bytes(b[pos..pos + 8].try_into().unwrap());
     b[pos..pos + 8].copy_from_slice(&(off + 4).to_le_bytes());
     assert!(load_err(&b).contains("not a multiple of the alignment 32"));
-    b[pos..pos + 8].copy_from_slice(&(u64::MAX & !31).to_le_bytes());
+    b[pos..pos + 8].copy_from_slice(&(!31u64).to_le_bytes());
     let e = load_err(&b);
     assert!(e.contains("truncated GGUF: tensor 'output_norm.weight' data ends at byte"), "{e}");
     // Dimensions whose product overflows.
