@@ -858,6 +858,10 @@ impl GgufFile {
         let version = r.u32()?;
         match version {
             2 | 3 => {}
+            v if matches!(v.swap_bytes(), 2 | 3) => bail!(
+                "unsupported GGUF version {v}: this is a big-endian GGUF (version {}), and edge-pack reads little-endian files; re-convert the model without --bigendian",
+                v.swap_bytes()
+            ),
             1 => bail!("unsupported GGUF version 1 (edge-pack reads versions 2 and 3); re-convert the model with a current llama.cpp"),
             v => bail!("unsupported GGUF version {v} (edge-pack reads versions 2 and 3); the file may be corrupt, or newer than edge-pack"),
         }

@@ -771,7 +771,7 @@ fn wrong_magic() {
 
 #[test]
 fn unsupported_version() {
-    for (v, what) in [(1u32, "unsupported GGUF version 1"), (4, "unsupported GGUF version 4"), (0x0300_0000, "unsupported GGUF version")] {
+    for (v, what) in [(1u32, "unsupported GGUF version 1"), (4, "unsupported GGUF version 4"), (0x0300_0000, "big-endian GGUF (version 3)")] {
         let mut w = tiny_llama(Tiny::default());
         w.version = v;
         let e = load_err(&w.to_bytes());
