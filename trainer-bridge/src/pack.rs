@@ -19,7 +19,7 @@ use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{keys, CheckpointWriter, Encoding, MetaValue, TensorData};
 use edge_runtime::Config;
 use half::{bf16, f16};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
 use crate::source::{SourceModel, SourceTensor};
 
@@ -353,7 +353,9 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
     }
 
     let bar = if opts.progress {
+        // Cleared when dropped too, so an error message is not left under a stale bar.
         ProgressBar::with_draw_target(Some(model.tensors.len() as u64), ProgressDrawTarget::stderr())
+            .with_finish(ProgressFinish::AndClear)
     } else {
         ProgressBar::hidden()
     };
@@ -445,6 +447,11 @@ pub fn pack_file(input: &Path, output: &Path, opts: &PackOptions) -> anyhow::Res
         bail!("'{}' is already an .edge checkpoint; nothing to pack (run it with edge-run)", input.display());
     }
     check_output(output, opts.force)?;
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        if a == b {
+            bail!("output '{}' is the input; choose another output file", output.display());
+        }
+    }
     let model = crate::load_source(input, opts.tokenizer.as_deref())?;
     pack_model(&model, output, opts)
 }
