@@ -1,4 +1,72 @@
+//! `edge-run`: the device CLI. Generation (default), `eval` (perplexity, KL divergence) and
+//! `inspect` (checkpoint contents and checksums).
+//!
+//! Every failure ends as one line on stderr, `edge-run: error: <what is wrong and what to do>`,
+//! with exit code 1: argument errors, I/O, corrupt checkpoints, and (as a last resort) panics.
+
+mod cli;
+mod eval;
+mod generate;
+mod inspect;
+mod loader;
+mod stats;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+fn fail(msg: &str) -> ! {
+    eprintln!("edge-run: error: {}", loader::one_line(msg));
+    std::process::exit(1);
+}
+
 fn main() {
-    eprintln!("edge-run: being written");
-    std::process::exit(2);
+    // A panic is a bug, but the user still gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        fail(&format!("internal error: {msg}{at}; please report this bug"));
+    }));
+
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            _ => {
+                // clap's message: "error: <what>\n\n<tip/usage>"; keep the first line.
+                let rendered = e.render().to_string();
+                let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+                let first = first.trim_start_matches("error: ");
+                fail(&format!("{first}; see `edge-run --help`"));
+            }
+        },
+    };
+
+    let model_args = match &cli.command {
+        None => Some(&cli.generate.model),
+        Some(cli::Command::Generate(g)) => Some(&g.model),
+        Some(cli::Command::Eval(e)) => Some(&e.model),
+        Some(cli::Command::Inspect(_)) => None,
+    };
+    if let Some(n) = model_args.and_then(|m| m.threads) {
+        // Read once by the matrix-product thread pool, before any thread exists.
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    }
+
+    let result = match &cli.command {
+        None => generate::run(&cli.generate),
+        Some(cli::Command::Generate(g)) => generate::run(g),
+        Some(cli::Command::Eval(e)) => eval::run(e),
+        Some(cli::Command::Inspect(i)) => inspect::run(i),
+    };
+    if let Err(e) = result {
+        fail(&format!("{e:#}"));
+    }
 }

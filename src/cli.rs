@@ -1,0 +1,287 @@
+//! Command-line arguments (clap derive).
+//!
+//! `edge-run` with no subcommand generates text (`edge-run -m MODEL -p PROMPT`), as llama.cpp's
+//! `llama-cli` does; `eval` measures perplexity and `inspect` describes a checkpoint.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Generate from a prompt (a GGUF, Hugging Face folder or llama2.c .bin is packed once into a cache)
+  edge-run -m SmolLM2-135M-Instruct.Q4_1.gguf -p \"Once upon a time\" -n 64
+
+  # Greedy decoding, chat template, JSON output
+  edge-run -m model.edge -p \"What is the capital of France?\" --chat --temp 0 --json
+
+  # Perplexity on 4 windows of 512 tokens, as llama-perplexity computes it
+  edge-run eval -m model.edge --data wiki.test.raw --ctx 512 --chunks 4
+
+  # KL divergence of a 4-bit view against the full-precision checkpoint
+  edge-run eval -m model-nested8.edge --bits 4 --kl-base model-f16.edge --data wiki.test.raw
+
+  # Describe a checkpoint and verify every tensor checksum
+  edge-run inspect model.edge --verify
+
+Environment:
+  EDGE_RUN_CACHE    where auto-packed models are cached (default $XDG_CACHE_HOME/edge-run,
+                    else $HOME/.cache/edge-run)";
+
+/// Run compressible LLMs on constrained devices.
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-run",
+    version,
+    about = "Run compressible LLMs on constrained devices",
+    long_about = "Run compressible LLMs on constrained devices.\n\n\
+        With no subcommand, edge-run generates text from a prompt and streams it to stdout; \
+        timings and memory go to stderr. `eval` measures perplexity (and KL divergence against \
+        a base model), `inspect` describes a checkpoint.\n\n\
+        MODEL is an .edge checkpoint, or a GGUF file, a Hugging Face folder or a llama2.c .bin, \
+        which is packed once (f16 unless --pack-encoding says otherwise) into a cache and reused.",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt (the default when no subcommand is given).
+    #[command(visible_alias = "gen", after_help = EXAMPLES)]
+    Generate(GenerateArgs),
+    /// Measure perplexity on a text file, exactly as llama.cpp's llama-perplexity does.
+    #[command(
+        long_about = "Measure perplexity on a text file, exactly as llama.cpp's llama-perplexity does.\n\n\
+            The file is read as is (bytes, CRLF kept) and tokenized whole (BOS only if the model \
+            adds one). It is split into non-overlapping windows of --ctx tokens; each window is \
+            run from position 0 and the second half of its positions is scored. With --kl-base, \
+            the same windows run through a base model too and the KL divergence \
+            KL(P_base || P_model) and top-1 agreement are reported.",
+        after_help = "Examples:\n  edge-run eval -m model.edge --data wiki.test.raw --ctx 512 --chunks 4\n  \
+            edge-run eval -m model.edge --bits 4 --kl-base model.edge --data wiki.test.raw --json"
+    )]
+    Eval(EvalArgs),
+    /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums.
+    #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json")]
+    Inspect(InspectArgs),
+}
+
+/// How auto-packed weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PackEncoding {
+    F32,
+    F16,
+    Bf16,
+    /// 8-bit nested bit planes: views of 8, 4, 3 and 2 bits (--bits).
+    Nested8,
+}
+
+impl PackEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            PackEncoding::F32 => "f32",
+            PackEncoding::F16 => "f16",
+            PackEncoding::Bf16 => "bf16",
+            PackEncoding::Nested8 => "nested8",
+        }
+    }
+    pub fn to_pack(self) -> edge_pack::WeightEncoding {
+        match self {
+            PackEncoding::F32 => edge_pack::WeightEncoding::F32,
+            PackEncoding::F16 => edge_pack::WeightEncoding::F16,
+            PackEncoding::Bf16 => edge_pack::WeightEncoding::Bf16,
+            PackEncoding::Nested8 => edge_pack::WeightEncoding::Nested8,
+        }
+    }
+}
+
+fn parse_bits(s: &str) -> Result<u8, String> {
+    match s.parse::<u8>() {
+        Ok(b @ (2 | 3 | 4 | 8)) => Ok(b),
+        _ => Err(format!("'{s}' is not a view width; choose 2, 3, 4 or 8")),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a positive integer")),
+    }
+}
+
+fn parse_prob(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("'{s}' is not in (0, 1]")),
+    }
+}
+
+fn parse_temp(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("'{s}' is not a temperature (a number >= 0; 0 = greedy)")),
+    }
+}
+
+/// Where the model comes from and how it is loaded.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model: an .edge checkpoint, or a GGUF file, Hugging Face folder or llama2.c .bin
+    /// (packed once into the cache, see EDGE_RUN_CACHE).
+    #[arg(short = 'm', long, value_name = "PATH", required = true)]
+    pub model: Option<PathBuf>,
+
+    /// Read the checkpoint into memory instead of memory-mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
+
+    /// View width in bits of nested-plane weights (2, 3, 4 or 8; default 8). Ignored, with a
+    /// warning, for checkpoints without nested tensors.
+    #[arg(long, value_name = "B", value_parser = parse_bits)]
+    pub bits: Option<u8>,
+
+    /// Weight encoding used when auto-packing a non-.edge model.
+    #[arg(long, value_enum, default_value_t = PackEncoding::F16, value_name = "ENC")]
+    pub pack_encoding: PackEncoding,
+
+    /// Group size used when auto-packing with a grouped encoding (nested8).
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    pub group_size: usize,
+
+    /// Threads for matrix products (default: physical cores, at most 4).
+    #[arg(short = 't', long, value_name = "N", value_parser = parse_positive)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Prompt text.
+    #[arg(short = 'p', long, value_name = "TEXT", conflicts_with_all = ["file", "prompt_ids"])]
+    pub prompt: Option<String>,
+
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long, value_name = "FILE", conflicts_with = "prompt_ids")]
+    pub file: Option<PathBuf>,
+
+    /// Prompt as token ids ("1 2 3" or "1,2,3"), for checkpoints without a tokenizer; the output
+    /// is then token ids too.
+    #[arg(long, value_name = "IDS")]
+    pub prompt_ids: Option<String>,
+
+    /// Number of tokens to generate.
+    #[arg(short = 'n', long = "n-predict", visible_alias = "tokens", default_value_t = 128, value_name = "N")]
+    pub n_predict: usize,
+
+    /// Sampling temperature; 0 = greedy (argmax).
+    #[arg(long, visible_alias = "temperature", default_value_t = 0.8, value_name = "T", value_parser = parse_temp)]
+    pub temp: f32,
+
+    /// Sample only from the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40, value_name = "K")]
+    pub top_k: usize,
+
+    /// Sample from the smallest set of tokens whose probability reaches P (1.0 = all).
+    #[arg(long, default_value_t = 0.95, value_name = "P", value_parser = parse_prob)]
+    pub top_p: f32,
+
+    /// Random seed (default: random; the seed used is reported).
+    #[arg(short = 's', long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// Wrap the prompt in the checkpoint's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+
+    /// System message for --chat.
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    pub system: Option<String>,
+
+    /// Context size in tokens (prompt + generated; capped at the model's trained context).
+    #[arg(short = 'c', long, default_value_t = 2048, value_name = "N", value_parser = parse_positive)]
+    pub ctx: usize,
+
+    /// Prompt tokens processed per forward pass during prefill.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    pub batch: usize,
+
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+
+    /// Print special tokens (e.g. <|im_end|>) in the output text.
+    #[arg(long)]
+    pub special: bool,
+
+    /// Print one JSON object (text, token ids, timings, memory) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Text file to evaluate on (read as is, e.g. wikitext-2-raw/wiki.test.raw).
+    #[arg(short = 'd', long, value_name = "FILE", required = true)]
+    pub data: PathBuf,
+
+    /// Window size in tokens; the second half of each window is scored.
+    #[arg(short = 'c', long, default_value_t = 512, value_name = "N", value_parser = parse_positive)]
+    pub ctx: usize,
+
+    /// Evaluate at most N windows (default: every full window of the file).
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub chunks: Option<usize>,
+
+    /// Tokens per forward pass (default: min(ctx, 512)).
+    #[arg(short = 'b', long = "batch-size", value_name = "N", value_parser = parse_positive)]
+    pub batch: Option<usize>,
+
+    /// Base model (checkpoint or any model path) to compare against: reports
+    /// KL(P_base || P_model), top-1 agreement and the base's perplexity.
+    #[arg(long, value_name = "PATH")]
+    pub kl_base: Option<PathBuf>,
+
+    /// View width of the base model's nested-plane weights (default 8).
+    #[arg(long, value_name = "B", value_parser = parse_bits, requires = "kl_base")]
+    pub kl_base_bits: Option<u8>,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The .edge checkpoint to describe.
+    #[arg(value_name = "MODEL", required_unless_present = "model_opt")]
+    pub model: Option<PathBuf>,
+
+    /// The checkpoint, as an option (same as MODEL).
+    #[arg(short = 'm', long = "model", value_name = "PATH", conflicts_with = "model")]
+    pub model_opt: Option<PathBuf>,
+
+    /// Verify the checksum of every tensor segment (reads the whole file).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Read the file into memory instead of memory-mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,356 @@
+//! `edge-run [generate]`: prompt in, streamed continuation out.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use edge_runtime::model::{Logits, ModelOptions};
+use edge_runtime::sampler::{Sampler, SamplerConfig};
+use edge_runtime::{Config, Model};
+use serde_json::json;
+
+use crate::cli::GenerateArgs;
+use crate::loader::{self, Tok};
+use crate::stats;
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Eos,
+    Length,
+    Context,
+    /// stdout was closed (e.g. piped into `head`).
+    Closed,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Eos => "eos",
+            Stop::Length => "length",
+            Stop::Context => "context",
+            Stop::Closed => "closed",
+        }
+    }
+}
+
+/// Writes the continuation as it grows: decodes every generated id (with a few prompt ids as
+/// left context, so tokenizers that strip a leading space decode the first word right), and
+/// prints the new suffix. Text ending in an incomplete UTF-8 sequence (U+FFFD) waits for the
+/// next token.
+struct Streamer<'t> {
+    tok: Option<&'t Tok>,
+    context: Vec<u32>,
+    context_text: String,
+    skip_special: bool,
+    printed: String,
+    enabled: bool,
+    out: std::io::StdoutLock<'static>,
+    closed: bool,
+}
+
+impl<'t> Streamer<'t> {
+    fn new(tok: Option<&'t Tok>, prompt: &[u32], skip_special: bool, enabled: bool) -> Result<Self> {
+        let context: Vec<u32> = prompt[prompt.len().saturating_sub(4)..].to_vec();
+        let context_text = match tok {
+            Some(t) => t.decode(&context, skip_special)?,
+            None => String::new(),
+        };
+        Ok(Streamer {
+            tok,
+            context,
+            context_text,
+            skip_special,
+            printed: String::new(),
+            enabled,
+            out: std::io::stdout().lock(),
+            closed: false,
+        })
+    }
+
+    /// The decoded continuation of `generated`.
+    fn text(&self, generated: &[u32]) -> Result<String> {
+        let Some(t) = self.tok else {
+            return Ok(generated.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+        };
+        let mut ids = self.context.clone();
+        ids.extend_from_slice(generated);
+        let full = t.decode(&ids, self.skip_special)?;
+        Ok(match full.strip_prefix(&self.context_text) {
+            Some(rest) => rest.to_owned(),
+            // Decoding the context alone differs from its decoding within the longer sequence:
+            // fall back to decoding the continuation by itself.
+            None => t.decode(generated, self.skip_special)?,
+        })
+    }
+
+    /// Print what `generated` adds to the text printed so far. `last`: flush even an incomplete
+    /// character.
+    fn update(&mut self, generated: &[u32], last: bool) -> Result<()> {
+        let text = self.text(generated)?;
+        if !last && text.ends_with('\u{FFFD}') {
+            return Ok(());
+        }
+        if let Some(new) = text.strip_prefix(self.printed.as_str()) {
+            if self.enabled && !new.is_empty() {
+                let new = new.to_owned();
+                self.write(new.as_bytes());
+            }
+        }
+        // Otherwise an earlier piece decodes differently now (rare: bytes merging across
+        // tokens); what was printed stays, and printing continues from the new text's end.
+        self.printed = text;
+        Ok(())
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        if self.closed {
+            return;
+        }
+        if self.out.write_all(b).and_then(|_| self.out.flush()).is_err() {
+            // EPIPE and the like: the reader went away; stop writing, finish quietly.
+            self.closed = true;
+        }
+    }
+}
+
+fn config_json(c: &Config) -> serde_json::Value {
+    json!({
+        "dim": c.dim,
+        "hidden_dim": c.hidden_dim,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "context_length": c.max_seq_len,
+        "norm_eps": f32_json(c.norm_eps),
+        "rope_theta": f32_json(c.rope_theta),
+        "tied_embeddings": c.tied_embeddings,
+    })
+}
+
+/// An f32 as the shortest decimal that reads back to it (1e-5, not 9.999999747378752e-6).
+pub fn f32_json(v: f32) -> serde_json::Value {
+    v.to_string().parse::<f64>().map(|f| json!(f)).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn config_to_json(c: &Config) -> serde_json::Value {
+    config_json(c)
+}
+
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15
+}
+
+/// Bytes of the KV cache for `ctx` positions.
+pub fn kv_bytes(c: &Config, ctx: usize) -> usize {
+    2 * c.n_layers * ctx * c.kv_dim() * std::mem::size_of::<f32>()
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let quiet = args.json;
+    let t_load = Instant::now();
+    let file = loader::open_model(&args.model, quiet)?;
+    let ck = file.parse()?;
+    loader::check_bits(&ck, args.model.bits, quiet);
+    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let mut tok = Tok::from_checkpoint(&ck)?;
+
+    // The prompt, as token ids.
+    let (prompt_text, prompt_ids) = if let Some(ids) = &args.prompt_ids {
+        let ids = loader::parse_ids(ids)?;
+        if ids.is_empty() {
+            bail!("--prompt-ids is empty; give at least one token id");
+        }
+        if args.chat {
+            bail!("--chat needs a text prompt (--prompt), not --prompt-ids");
+        }
+        (None, ids)
+    } else {
+        let text = match (&args.prompt, &args.file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| anyhow!("cannot read prompt file {}: {e}", f.display()))?,
+            (None, None) => bail!("no prompt given; pass --prompt TEXT (or --file FILE, or --prompt-ids IDS)"),
+        };
+        if text.is_empty() {
+            bail!("the prompt is empty; pass a non-empty --prompt");
+        }
+        let t = tok.as_mut().ok_or_else(|| {
+            anyhow!("this checkpoint has no tokenizer; pass the prompt as token ids with --prompt-ids \"1 2 3\"")
+        })?;
+        let ids = if args.chat {
+            let rendered = t.render_chat(args.system.as_deref(), &text)?;
+            t.encode(&rendered, true)?
+        } else {
+            t.encode(&text, true)?
+        };
+        if ids.is_empty() {
+            bail!("the prompt tokenizes to no tokens; pass a non-empty --prompt");
+        }
+        (Some(text), ids)
+    };
+    if let Some(&bad) = prompt_ids.iter().find(|&&i| i as usize >= config.vocab_size) {
+        bail!("prompt token id {bad} is outside the vocabulary (0..{})", config.vocab_size);
+    }
+
+    let ctx = if args.ctx > config.max_seq_len {
+        if !quiet {
+            eprintln!(
+                "edge-run: warning: --ctx {} exceeds the model's trained context; using {}",
+                args.ctx, config.max_seq_len
+            );
+        }
+        config.max_seq_len
+    } else {
+        args.ctx
+    };
+    if prompt_ids.len() > ctx {
+        bail!(
+            "the prompt is {} tokens but the context holds {ctx}; raise --ctx (the model allows up to {}) or shorten the prompt",
+            prompt_ids.len(),
+            config.max_seq_len
+        );
+    }
+
+    let batch = args.batch.min(ctx);
+    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: args.model.bits };
+    let mut model = Model::new(&ck, opts).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let weight_bytes = model.weights.view_bytes(config.tied_embeddings);
+    let state_bytes = model.state_bytes();
+    let kv = kv_bytes(&config, ctx);
+    let load_s = t_load.elapsed().as_secs_f64() - file.resolve_seconds;
+    if !quiet {
+        let name = ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model");
+        eprintln!(
+            "edge-run: loaded {} ({name}, {} layers, {} weights, {}) in {load_s:.2} s",
+            file.path.display(),
+            config.n_layers,
+            stats::human_bytes(weight_bytes as u64),
+            if file.mmap { "mmap" } else { "read" },
+        );
+    }
+
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let scfg = SamplerConfig { temperature: args.temp, top_k: args.top_k, top_p: args.top_p, seed };
+    let mut sampler = Sampler::new(scfg, config.vocab_size);
+    let stops: Vec<u32> = match &tok {
+        Some(t) => t.stops.clone(),
+        None => ck
+            .get_u64(edge_runtime::format::keys::EOS_ID)
+            .and_then(|v| u32::try_from(v).ok())
+            .into_iter()
+            .collect(),
+    };
+
+    // Prefill in batches; the last batch's logits give the first token.
+    let t_prefill = Instant::now();
+    let mut pos = 0;
+    let mut next = 0u32;
+    for chunk in prompt_ids.chunks(batch) {
+        let logits = model.forward_batch(chunk, pos, Logits::Last)?;
+        pos += chunk.len();
+        if pos == prompt_ids.len() {
+            next = sampler.sample(logits);
+        }
+    }
+    let prefill_s = t_prefill.elapsed().as_secs_f64();
+
+    let mut streamer = Streamer::new(tok.as_ref(), &prompt_ids, !args.special, !args.json)?;
+    let mut generated: Vec<u32> = Vec::with_capacity(args.n_predict);
+    let t_decode = Instant::now();
+    let mut decode_tokens = 0usize;
+    let stop = if args.n_predict == 0 {
+        Stop::Length
+    } else {
+        loop {
+            generated.push(next);
+            if !args.ignore_eos && stops.contains(&next) {
+                break Stop::Eos;
+            }
+            streamer.update(&generated, false)?;
+            if streamer.closed {
+                break Stop::Closed;
+            }
+            if generated.len() >= args.n_predict {
+                break Stop::Length;
+            }
+            if pos >= ctx {
+                break Stop::Context;
+            }
+            let logits = model.forward(next, pos)?;
+            pos += 1;
+            decode_tokens += 1;
+            next = sampler.sample(logits);
+        }
+    };
+    let decode_s = t_decode.elapsed().as_secs_f64();
+    streamer.update(&generated, true)?;
+    let text = streamer.text(&generated)?;
+    let peak = stats::peak_rss_bytes();
+
+    if args.json {
+        let obj = json!({
+            "model": args.model.model.as_ref().map(|p| p.display().to_string()),
+            "checkpoint": file.path.display().to_string(),
+            "packed": file.origin.name(),
+            "prompt": prompt_text,
+            "chat": args.chat,
+            "prompt_tokens": prompt_ids,
+            "n_prompt_tokens": prompt_ids.len(),
+            "text": text,
+            "tokens": generated,
+            "n_generated": generated.len(),
+            "stop_reason": stop.name(),
+            "prefill": { "tokens": prompt_ids.len(), "seconds": prefill_s,
+                         "tokens_per_second": stats::rate(prompt_ids.len(), prefill_s) },
+            "decode": { "tokens": decode_tokens, "seconds": decode_s,
+                        "tokens_per_second": stats::rate(decode_tokens, decode_s) },
+            "load_seconds": load_s,
+            "peak_rss_bytes": peak,
+            "weight_bytes": weight_bytes,
+            "kv_cache_bytes": kv,
+            "state_bytes": state_bytes,
+            "mmap": file.mmap,
+            "ctx": ctx,
+            "batch_size": batch,
+            "bits": args.model.bits,
+            "sampler": { "temperature": f32_json(args.temp), "top_k": args.top_k, "top_p": f32_json(args.top_p), "seed": seed },
+            "config": config_json(&config),
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{obj}");
+        return Ok(());
+    }
+
+    streamer.write(b"\n");
+    if stop == Stop::Closed {
+        return Ok(());
+    }
+    eprintln!();
+    eprintln!(
+        "edge-run: {} prompt tokens, {} generated (stop: {}), seed {seed}",
+        prompt_ids.len(),
+        generated.len(),
+        stop.name()
+    );
+    eprintln!(
+        "edge-run: prefill {:>5} tokens in {prefill_s:>7.3} s = {}",
+        prompt_ids.len(),
+        stats::fmt_rate(stats::rate(prompt_ids.len(), prefill_s))
+    );
+    eprintln!(
+        "edge-run: decode  {decode_tokens:>5} tokens in {decode_s:>7.3} s = {}",
+        stats::fmt_rate(stats::rate(decode_tokens, decode_s))
+    );
+    eprintln!(
+        "edge-run: memory: peak RSS {}; weights {}; KV cache {} (ctx {ctx}); run-time state {}",
+        peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),
+        stats::human_bytes(weight_bytes as u64),
+        stats::human_bytes(kv as u64),
+        stats::human_bytes(state_bytes as u64),
+    );
+    Ok(())
+}
