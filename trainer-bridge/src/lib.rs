@@ -11,6 +11,7 @@ pub mod pack;
 pub mod source;
 pub mod tokenizer;
 mod source_detect;
+pub use source_detect::resolve_input;
 
 pub use pack::{pack_file, pack_model, PackOptions, PackReport, WeightEncoding};
 pub use source::{detect_format, load_source, SourceFormat, SourceModel, SourceTensor};

@@ -15,7 +15,36 @@ fn not_a_model(path: &Path, why: &str) -> anyhow::Error {
     )
 }
 
+/// The file or folder that holds the model at `path`: a folder with safetensors weights is a
+/// Hugging Face folder; a folder without them that holds exactly one `.gguf` file (a GGUF
+/// release with its tokenizer.json beside it) stands for that file.
+pub fn resolve_input(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let has_safetensors = path.join("model.safetensors").is_file() || path.join("model.safetensors.index.json").is_file();
+    if has_safetensors {
+        return Ok(path.to_path_buf());
+    }
+    let ggufs: Vec<_> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot list '{}'", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(path.to_path_buf()),
+        many => bail!(
+            "'{}' holds {} GGUF files and no safetensors: name the one to use (e.g. '{}')",
+            path.display(),
+            many.len(),
+            many[0].display()
+        ),
+    }
+}
+
 pub(crate) fn detect(path: &Path) -> anyhow::Result<SourceFormat> {
+    let path = &resolve_input(path)?;
     let meta = std::fs::metadata(path).with_context(|| format!("cannot open '{}'", path.display()))?;
     if meta.is_dir() {
         if path.join("config.json").is_file() {
@@ -64,6 +93,7 @@ pub(crate) fn detect(path: &Path) -> anyhow::Result<SourceFormat> {
 }
 
 pub(crate) fn load(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
+    let path = &resolve_input(path)?;
     match detect(path)? {
         SourceFormat::Gguf => crate::gguf::load_gguf(path, tokenizer),
         SourceFormat::HuggingFace => crate::hf::load_hf(path, tokenizer),

@@ -15,6 +15,12 @@ fn formats_are_detected() {
     }
     assert_eq!(edge_pack::detect_format(&stories_bin()).unwrap(), SourceFormat::Llama2c);
     assert_eq!(edge_pack::detect_format(&stories_hf()).unwrap(), SourceFormat::HuggingFace);
+    // A GGUF release folder (config.json and tokenizer.json beside one .gguf, no safetensors)
+    // stands for its GGUF file.
+    let smollm = models_dir().join("smollm2-135m-instruct-q4_1");
+    assert_eq!(edge_pack::detect_format(&smollm).unwrap(), SourceFormat::Gguf);
+    assert_eq!(edge_pack::resolve_input(&smollm).unwrap(), smollm.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert_eq!(edge_pack::resolve_input(&stories_hf()).unwrap(), stories_hf());
 }
 
 #[test]
