@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod hf;
 pub mod llama2c;
 pub mod pack;
+pub mod quant;
 pub mod source;
 pub mod tokenizer;
 mod source_detect;

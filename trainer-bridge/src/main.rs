@@ -10,6 +10,21 @@ use clap::{Parser, ValueEnum};
 use edge_pack::{pack_file, PackOptions, PackReport, WeightEncoding};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ObjectiveArg {
+    AllViews,
+    MinMax,
+}
+
+impl From<ObjectiveArg> for edge_pack::quant::NestedObjective {
+    fn from(o: ObjectiveArg) -> Self {
+        match o {
+            ObjectiveArg::AllViews => edge_pack::quant::NestedObjective::AllViews,
+            ObjectiveArg::MinMax => edge_pack::quant::NestedObjective::MinMax,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum EncodingArg {
     /// 16-bit floats (half the size of f32, near-lossless).
     F16,
@@ -68,6 +83,12 @@ struct Cli {
     /// divides every row of every matrix.
     #[arg(short, long, value_name = "N", default_value_t = 64)]
     group_size: u32,
+
+    /// How q8 codes are chosen: `all-views` searches each group's range to minimise the error of
+    /// the 8, 4, 3 and 2-bit views together (each against round-to-nearest at its width);
+    /// `min-max` spans each group's min and max (best for the 8-bit view alone, faster).
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::AllViews)]
+    objective: ObjectiveArg,
 
     /// Embed this tokenizer.json instead of the one found with the model.
     #[arg(short, long, value_name = "FILE")]
@@ -149,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         allow_no_tokenizer: cli.allow_no_tokenizer,
         force: cli.force,
         progress: !cli.quiet,
+        objective: cli.objective.into(),
     };
     let report = pack_file(&cli.input, &output, &opts)?;
     let mut out = std::io::stdout().lock();

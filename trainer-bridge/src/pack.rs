@@ -82,6 +82,8 @@ pub struct PackOptions {
     pub force: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// How nested codes are chosen (q8 only).
+    pub objective: crate::quant::NestedObjective,
 }
 
 impl Default for PackOptions {
@@ -93,6 +95,7 @@ impl Default for PackOptions {
             allow_no_tokenizer: false,
             force: false,
             progress: false,
+            objective: crate::quant::NestedObjective::default(),
         }
     }
 }
@@ -212,9 +215,16 @@ pub fn quantize_nested8(
     data: &[f32],
     cols: usize,
     group: usize,
+    objective: crate::quant::NestedObjective,
 ) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
     if group == 0 || cols % group != 0 {
         bail!("group size {group} does not divide the rows ({cols} values) of tensor '{name}'");
+    }
+    if objective == crate::quant::NestedObjective::AllViews {
+        if let Some(x) = data.iter().find(|x| !x.is_finite() || x.abs() > f16::MAX.to_f32() / 2.0) {
+            bail!("tensor '{name}' holds {x}, beyond the range of 8-bit parameters; use --encoding bf16 or f32");
+        }
+        return Ok(crate::quant::quantize_nested8_all_views(data, group));
     }
     let f16_max = f16::MAX.to_f32();
     let mut params = Vec::with_capacity(data.len() / group);
@@ -250,7 +260,12 @@ pub fn quantize_nested8(
 }
 
 /// Encode one tensor: vectors (norms) as f32, matrices per `encoding`.
-pub fn encode_tensor(t: &SourceTensor, encoding: WeightEncoding, group_size: u32) -> anyhow::Result<TensorData> {
+pub fn encode_tensor(
+    t: &SourceTensor,
+    encoding: WeightEncoding,
+    group_size: u32,
+    objective: crate::quant::NestedObjective,
+) -> anyhow::Result<TensorData> {
     let is_matrix = t.shape.len() == 2;
     let enc = if is_matrix { encoding } else { WeightEncoding::F32 };
     let mut group = 0u32;
@@ -267,7 +282,7 @@ pub fn encode_tensor(t: &SourceTensor, encoding: WeightEncoding, group_size: u32
         WeightEncoding::Nested8 => {
             group = group_size;
             let cols = *t.shape.last().unwrap_or(&0) as usize;
-            let (params, codes) = quantize_nested8(&t.name, &t.data, cols, group_size as usize)?;
+            let (params, codes) = quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?;
             let mut segs = Vec::with_capacity(5);
             segs.push(
                 params
@@ -407,7 +422,7 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
     for (name, _) in expected_tensors(c) {
         let t = model.tensors.iter().find(|t| t.name == name).expect("checked by validate_model");
         n_params += t.data.len() as u64;
-        w.add_tensor(encode_tensor(t, opts.encoding, opts.group_size)?).map_err(|e| anyhow!("{e}"))?;
+        w.add_tensor(encode_tensor(t, opts.encoding, opts.group_size, opts.objective)?).map_err(|e| anyhow!("{e}"))?;
         bar.inc(1);
     }
 

@@ -9,6 +9,7 @@ use std::process::Command;
 use edge_pack::hf::load_hf;
 use edge_pack::llama2c::load_llama2c;
 use edge_pack::pack::quantize_nested8;
+use edge_pack::quant::NestedObjective;
 use edge_pack::{pack_file, pack_model, PackOptions, WeightEncoding};
 use edge_runtime::format::{keys, Encoding};
 use edge_runtime::kernels::{Matrix, WeightView};
@@ -172,7 +173,7 @@ fn nested8_every_weight_within_half_a_step() {
     for (seed, tied, group) in [(1, true, 64u32), (2, false, 32), (3, false, 8), (4, true, 16)] {
         let model = synthetic_model(seed, tied);
         let out = dir.path().join(format!("q8-{seed}.edge"));
-        let o = PackOptions { group_size: group, ..opts(WeightEncoding::Nested8) };
+        let o = PackOptions { group_size: group, objective: NestedObjective::MinMax, ..opts(WeightEncoding::Nested8) };
         let report = pack_model(&model, &out, &o).unwrap();
         assert_eq!(report.group_size, group);
         let bytes = read_bytes(&out);
@@ -223,7 +224,7 @@ fn nested8_quantizer_edge_cases() {
         ("two values", (0..16).map(|i| if i % 2 == 0 { -1.0 } else { 1.0 }).collect()),
     ];
     for (what, data) in cases {
-        let (params, codes) = quantize_nested8(what, &data, 16, 8).unwrap();
+        let (params, codes) = quantize_nested8(what, &data, 16, 8, NestedObjective::MinMax).unwrap();
         assert_eq!(params.len(), 2);
         for (i, (&w, &q)) in data.iter().zip(&codes).enumerate() {
             let p = params[i / 8];
@@ -235,10 +236,10 @@ fn nested8_quantizer_edge_cases() {
         }
     }
     // Exactly representable constants come back exactly.
-    let (p, c) = quantize_nested8("c", &[0.5; 8], 8, 8).unwrap();
+    let (p, c) = quantize_nested8("c", &[0.5; 8], 8, 8, NestedObjective::MinMax).unwrap();
     assert_eq!((p[0].scale.to_f32(), p[0].min.to_f32(), c[0]), (0.0, 0.5, 0));
     // Out of the f16 range: a clear error, not infinities.
-    let e = quantize_nested8("big", &[1e6; 8], 8, 8).unwrap_err().to_string();
+    let e = quantize_nested8("big", &[1e6; 8], 8, 8, NestedObjective::MinMax).unwrap_err().to_string();
     assert!(e.contains("f16 range"), "{e}");
 }
 
