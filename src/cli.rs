@@ -207,9 +207,10 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "TEXT", requires = "chat")]
     pub system: Option<String>,
 
-    /// Context size in tokens (prompt + generated; capped at the model's trained context).
-    #[arg(short = 'c', long, default_value_t = 2048, value_name = "N", value_parser = parse_positive)]
-    pub ctx: usize,
+    /// Context size in tokens, prompt + generated [default: 2048, or the model's trained
+    /// context if smaller].
+    #[arg(short = 'c', long, value_name = "N", value_parser = parse_positive)]
+    pub ctx: Option<usize>,
 
     /// Prompt tokens processed per forward pass during prefill.
     #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_positive)]

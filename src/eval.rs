@@ -136,7 +136,7 @@ fn read_text(path: &Path, quiet: bool) -> Result<String> {
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     let quiet = args.json;
-    let file = loader::open_model(&args.model, quiet)?;
+    let file = loader::open_model(&args.model)?;
     let ck = file.parse()?;
     loader::check_bits(&ck, args.model.bits, quiet);
     let mut tok = Tok::from_checkpoint(&ck)?.ok_or_else(|| {
@@ -149,7 +149,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let batch = args.batch.unwrap_or(512).min(ctx);
     let base_file = match &args.kl_base {
-        Some(p) => Some(loader::open_path(p, args.model.pack_encoding, args.model.group_size, !args.model.no_mmap, quiet)?),
+        Some(p) => Some(loader::open_path(p, args.model.pack_encoding, args.model.group_size, !args.model.no_mmap)?),
         None => None,
     };
     let base_ck = match &base_file {

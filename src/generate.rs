@@ -149,10 +149,13 @@ pub fn kv_bytes(c: &Config, ctx: usize) -> usize {
     2 * c.n_layers * ctx * c.kv_dim() * std::mem::size_of::<f32>()
 }
 
+/// Context size when --ctx is not given (capped at the model's).
+const DEFAULT_CTX: usize = 2048;
+
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let quiet = args.json;
     let t_load = Instant::now();
-    let file = loader::open_model(&args.model, quiet)?;
+    let file = loader::open_model(&args.model)?;
     let ck = file.parse()?;
     loader::check_bits(&ck, args.model.bits, quiet);
     let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
@@ -196,16 +199,18 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         bail!("prompt token id {bad} is outside the vocabulary (0..{})", config.vocab_size);
     }
 
-    let ctx = if args.ctx > config.max_seq_len {
-        if !quiet {
-            eprintln!(
-                "edge-run: warning: --ctx {} exceeds the model's trained context; using {}",
-                args.ctx, config.max_seq_len
-            );
+    let ctx = match args.ctx {
+        Some(c) if c > config.max_seq_len => {
+            if !quiet {
+                eprintln!(
+                    "edge-run: warning: --ctx {c} exceeds the model's trained context; using {}",
+                    config.max_seq_len
+                );
+            }
+            config.max_seq_len
         }
-        config.max_seq_len
-    } else {
-        args.ctx
+        Some(c) => c,
+        None => DEFAULT_CTX.min(config.max_seq_len),
     };
     if prompt_ids.len() > ctx {
         bail!(

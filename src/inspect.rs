@@ -56,8 +56,9 @@ fn parse_for_inspect<'a>(path: &Path, bytes: &'a [u8]) -> Result<Checkpoint<'a>>
             if let Ok(fmt) = edge_pack::detect_format(path) {
                 if fmt != edge_pack::SourceFormat::Edge {
                     return anyhow!(
-                        "{} is a {fmt:?} model, not an .edge checkpoint; pack it with `edge-pack` (or run it with `edge-run --model`, which packs it into a cache)",
-                        path.display()
+                        "{} is a {} model, not an .edge checkpoint; pack it with `edge-pack` (or run it with `edge-run --model`, which packs it into a cache)",
+                        path.display(),
+                        loader::format_name(fmt)
                     );
                 }
             }
@@ -117,7 +118,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     let total_params: u64 = totals.values().map(|t| t.params).sum();
     let total_bytes: u64 = totals.values().map(|t| t.bytes).sum();
     let seg_status = if !args.verify {
-        "not checked (use --verify)".to_string()
+        "segments not checked (use --verify)".to_string()
     } else if failed.is_empty() {
         format!("all {n_segments} segments OK")
     } else {
@@ -186,7 +187,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             ck.meta.len(),
             ck.tensors.len()
         ));
-        line(format!("checksums     header, metadata, tensor table OK; segments {seg_status}"));
+        line(format!("checksums     header, metadata, tensor table OK; {seg_status}"));
         for f in &failed {
             line(format!("  FAILED      {f}"));
         }

@@ -59,18 +59,18 @@ impl ModelFile {
 }
 
 /// Resolve `args.model` to an `.edge` file (packing it into the cache if needed), then open it.
-pub fn open_model(args: &ModelArgs, quiet: bool) -> Result<ModelFile> {
+pub fn open_model(args: &ModelArgs) -> Result<ModelFile> {
     let path = args
         .model
         .as_deref()
         .ok_or_else(|| anyhow!("no model given; pass --model PATH (see `edge-run --help`)"))?;
-    open_path(path, args.pack_encoding, args.group_size, !args.no_mmap, quiet)
+    open_path(path, args.pack_encoding, args.group_size, !args.no_mmap)
 }
 
 /// Like [`open_model`] for an explicit path (e.g. `--kl-base`).
-pub fn open_path(path: &Path, enc: PackEncoding, group: usize, mmap: bool, quiet: bool) -> Result<ModelFile> {
+pub fn open_path(path: &Path, enc: PackEncoding, group: usize, mmap: bool) -> Result<ModelFile> {
     let t = std::time::Instant::now();
-    let r = resolve(path, enc, group, quiet)?;
+    let r = resolve(path, enc, group)?;
     let resolve_seconds = t.elapsed().as_secs_f64();
     let bytes = open_bytes(&r.path, mmap)?;
     Ok(ModelFile { path: r.path, origin: r.origin, mmap, bytes, resolve_seconds })
@@ -92,7 +92,8 @@ fn starts_with_magic(path: &Path) -> bool {
 }
 
 /// Decide whether `path` is an `.edge` file, or pack it into the cache.
-pub fn resolve(path: &Path, enc: PackEncoding, group: usize, quiet: bool) -> Result<Resolved> {
+/// Packing and cache messages go to stderr in every mode (JSON goes to stdout).
+pub fn resolve(path: &Path, enc: PackEncoding, group: usize) -> Result<Resolved> {
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow!(
@@ -106,35 +107,27 @@ pub fn resolve(path: &Path, enc: PackEncoding, group: usize, quiet: bool) -> Res
     if meta.is_file() && (starts_with_magic(path) || path.extension().is_some_and(|e| e == "edge")) {
         return Ok(Resolved { path: path.to_path_buf(), origin: Origin::Direct });
     }
-    let format = edge_pack::detect_format(path).map_err(|e| {
-        anyhow!(
-            "'{}' is not a model edge-run can read ({}); expected an .edge checkpoint, a GGUF file, a Hugging Face folder or a llama2.c .bin",
-            path.display(),
-            one_line(&format!("{e:#}"))
-        )
-    })?;
+    let format = edge_pack::detect_format(path)
+        .map_err(|e| anyhow!("{}; or pass an .edge checkpoint", one_line(&format!("{e:#}"))))?;
     if format == edge_pack::SourceFormat::Edge {
         return Ok(Resolved { path: path.to_path_buf(), origin: Origin::Direct });
     }
     let dir = cache_dir()?;
     let target = dir.join(cache_file_name(path, &meta, enc, group)?);
     if target.is_file() {
-        if !quiet {
-            eprintln!("edge-run: using cached pack of {}: {}", path.display(), target.display());
-        }
+        eprintln!("edge-run: using cached pack of {}: {}", path.display(), target.display());
         return Ok(Resolved { path: target, origin: Origin::Cached { source: path.to_path_buf() } });
     }
     std::fs::create_dir_all(&dir).map_err(|e| {
         anyhow!("cannot create cache directory {}: {e}; set EDGE_RUN_CACHE to a writable directory", dir.display())
     })?;
-    if !quiet {
-        eprintln!(
-            "edge-run: packing {} ({format:?}, {}) into {} (first run only)",
-            path.display(),
-            enc.name(),
-            target.display()
-        );
-    }
+    eprintln!(
+        "edge-run: packing {} ({}, {}) into {} (first run only)",
+        path.display(),
+        format_name(format),
+        enc.name(),
+        target.display()
+    );
     // Pack to a temporary name in the cache directory, then rename: a crash or a failed pack
     // never leaves a half-written file under the name a later run would reuse.
     let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -142,10 +135,10 @@ pub fn resolve(path: &Path, enc: PackEncoding, group: usize, quiet: bool) -> Res
     let opts = edge_pack::PackOptions {
         encoding: enc.to_pack(),
         group_size: group as u32,
-        tokenizer: None,
         allow_no_tokenizer: true,
         force: true,
-        progress: !quiet,
+        progress: true,
+        ..Default::default()
     };
     let result = edge_pack::pack_file(path, &tmp, &opts)
         .map_err(|e| anyhow!("cannot pack {}: {}", path.display(), one_line(&format!("{e:#}"))))
@@ -158,6 +151,16 @@ pub fn resolve(path: &Path, enc: PackEncoding, group: usize, quiet: bool) -> Res
         return Err(e);
     }
     Ok(Resolved { path: target, origin: Origin::Packed { source: path.to_path_buf() } })
+}
+
+/// A source format's usual name.
+pub fn format_name(f: edge_pack::SourceFormat) -> &'static str {
+    match f {
+        edge_pack::SourceFormat::Gguf => "GGUF",
+        edge_pack::SourceFormat::HuggingFace => "Hugging Face",
+        edge_pack::SourceFormat::Llama2c => "llama2.c",
+        edge_pack::SourceFormat::Edge => ".edge",
+    }
 }
 
 /// The cache directory: `$EDGE_RUN_CACHE`, else `$XDG_CACHE_HOME/edge-run`, else
@@ -248,7 +251,14 @@ fn cache_file_name(path: &Path, meta: &std::fs::Metadata, enc: PackEncoding, gro
 
 /// Collapse a possibly multi-line message to one line.
 pub fn one_line(s: &str) -> String {
-    s.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    let mut out = String::new();
+    for l in s.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') || out.ends_with(';') { " " } else { "; " });
+        }
+        out.push_str(l);
+    }
+    out
 }
 
 /// Warn when `--bits` cannot apply to this checkpoint.

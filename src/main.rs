@@ -40,10 +40,13 @@ fn main() {
                 std::process::exit(0);
             }
             _ => {
-                // clap's message: "error: <what>\n\n<tip/usage>"; keep the first line.
+                // clap's message: "error: <what>\n  <details>\n\n  tip: ...\n\nUsage: ...": keep
+                // what comes before the usage, on one line.
                 let rendered = e.render().to_string();
-                let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-                let first = first.trim_start_matches("error: ");
+                let what = rendered.split("\nUsage:").next().unwrap_or_default();
+                let what = loader::one_line(what);
+                let first = what.trim_start_matches("error: ");
+                let first = if first.is_empty() { "invalid arguments" } else { first };
                 fail(&format!("{first}; see `edge-run --help`"));
             }
         },

@@ -1,0 +1,182 @@
+//! Failures end as one line `edge-run: error: ...` with exit code 1 (never a panic), and
+//! auto-packing through `--model` goes to the cache and is reused.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::*;
+
+fn gen_err(model: &Path) -> String {
+    run(["-m", model.to_str().unwrap(), "-p", "Hello", "-n", "4"]).one_line_error()
+}
+
+#[test]
+fn truncated_checkpoint() {
+    if !have_models() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("truncated.edge");
+    corrupt_copy(&smollm_f16(), &p, |b| b.truncate(b.len() / 2));
+    let e = gen_err(&p);
+    assert!(e.contains("truncated") && e.contains("truncated.edge"), "{e}");
+    let e = run(["inspect", p.to_str().unwrap()]).one_line_error();
+    assert!(e.contains("truncated"), "{e}");
+    // Shorter than the header.
+    std::fs::write(&p, b"EDGERUN\0\x01").unwrap();
+    assert!(gen_err(&p).contains("truncated"));
+}
+
+#[test]
+fn flipped_byte_in_the_header() {
+    if !have_models() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("header.edge");
+    corrupt_copy(&smollm_f16(), &p, |b| b[40] ^= 0x01);
+    let e = gen_err(&p);
+    assert!(e.contains("checksum mismatch in header"), "{e}");
+    let e = run(["inspect", p.to_str().unwrap()]).one_line_error();
+    assert!(e.contains("checksum mismatch in header"), "{e}");
+}
+
+#[test]
+fn format_version_99() {
+    if !have_models() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v99.edge");
+    corrupt_copy(&smollm_f16(), &p, |b| b[8..12].copy_from_slice(&99u32.to_le_bytes()));
+    let e = gen_err(&p);
+    assert!(e.contains("version 99") && e.contains("re-pack"), "{e}");
+    let e = run(["eval", "-m", p.to_str().unwrap(), "--data", wiki_test().to_str().unwrap()]).one_line_error();
+    assert!(e.contains("version 99"), "{e}");
+}
+
+#[test]
+fn wrong_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    // Named .edge: read as a checkpoint, rejected by its magic.
+    let p = dir.path().join("notes.edge");
+    std::fs::write(&p, "These are my notes, not a model.\n".repeat(10)).unwrap();
+    let e = gen_err(&p);
+    assert!(e.contains("not an .edge checkpoint"), "{e}");
+    let e = run(["inspect", p.to_str().unwrap()]).one_line_error();
+    assert!(e.contains("not an .edge checkpoint"), "{e}");
+    // Any other name: not a format edge-pack can read either.
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "These are my notes, not a model.\n".repeat(10)).unwrap();
+    let e = gen_err(&p);
+    assert!(e.contains("notes.txt") && e.contains(".edge checkpoint"), "{e}");
+    // Nothing was written beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn nonexistent_model() {
+    let e = gen_err(Path::new("/nonexistent/model.edge"));
+    assert!(e.contains("/nonexistent/model.edge") && e.contains("does not exist"), "{e}");
+    let e = run(["inspect", "/nonexistent/model.edge"]).one_line_error();
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn empty_and_over_long_prompts() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_f16();
+    let e = run(["-m", m.to_str().unwrap(), "-p", ""]).one_line_error();
+    assert!(e.contains("prompt is empty"), "{e}");
+    let e = run(["-m", m.to_str().unwrap()]).one_line_error();
+    assert!(e.contains("no prompt"), "{e}");
+
+    let long = "This prompt is far too long for a context of sixteen tokens, by a wide margin.";
+    let e = run(["-m", m.to_str().unwrap(), "--ctx", "16", "-p", long]).one_line_error();
+    assert!(e.contains("tokens but the context holds 16") && e.contains("--ctx"), "{e}");
+
+    let e = run(["-m", m.to_str().unwrap(), "--prompt-ids", "1 99999999"]).one_line_error();
+    assert!(e.contains("99999999") && e.contains("vocabulary"), "{e}");
+}
+
+#[test]
+fn bad_arguments_are_one_line() {
+    for args in [
+        vec!["--bogus"],
+        vec!["-m", "x.edge", "-p", "hi", "--bits", "5"],
+        vec!["-m", "x.edge", "-p", "hi", "--temp", "-1"],
+        vec!["-m", "x.edge", "-p", "hi", "--top-p", "1.5"],
+        vec!["eval", "-m", "x.edge"],
+        vec!["inspect"],
+        vec![],
+    ] {
+        let e = run(&args).one_line_error();
+        assert!(e.contains("--help"), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn help_has_examples_and_version_works() {
+    let r = run(["--help"]);
+    r.ok();
+    for want in ["Examples:", "--model", "--prompt", "--chat", "--json", "eval", "inspect", "EDGE_RUN_CACHE"] {
+        assert!(r.stdout.contains(want), "--help lacks {want}");
+    }
+    let r = run(["eval", "--help"]);
+    r.ok();
+    assert!(r.stdout.contains("--kl-base") && r.stdout.contains("--chunks"));
+    let r = run(["--version"]);
+    r.ok();
+    assert!(r.stdout.starts_with("edge-run "));
+}
+
+#[test]
+fn gguf_through_model_is_packed_into_the_cache_once() {
+    if !have_models() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("EDGE_RUN_CACHE", cache.path().as_os_str())];
+    let gguf = smollm_gguf();
+    let args = ["-m", gguf.to_str().unwrap(), "-p", "Once upon a time", "-n", "8", "--temp", "0", "--json"];
+    let first = run_env(args, &env);
+    let v1 = first.json();
+    assert!(first.stderr.contains("packing"), "{}", first.stderr);
+    assert_eq!(v1["packed"], "packed");
+    let files: Vec<String> =
+        std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].starts_with("SmolLM2-135M-Instruct.Q4_1-") && files[0].ends_with(".edge"), "{files:?}");
+
+    let second = run_env(args, &env);
+    let v2 = second.json();
+    assert!(second.stderr.contains("using cached pack"), "{}", second.stderr);
+    assert_eq!(v2["packed"], "cached");
+    assert_eq!(v1["tokens"], v2["tokens"]);
+    assert_eq!(v1["checkpoint"], v2["checkpoint"]);
+    // Same greedy tokens as the checkpoint the other tests pack.
+    assert_eq!(ids(&v1), ids(&greedy_json(&smollm_f16(), "Once upon a time", 8, &[])));
+}
+
+#[test]
+fn cache_falls_back_to_xdg_then_home() {
+    let bin = stories_bin();
+    if !bin.is_file() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", bin.display());
+        return;
+    }
+    let xdg = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let args = ["-m", bin.to_str().unwrap(), "--prompt-ids", "1", "-n", "3", "--temp", "0"];
+    let empty = OsStr::new("");
+    run_env(args, &[("EDGE_RUN_CACHE", empty), ("XDG_CACHE_HOME", xdg.path().as_os_str())]).ok();
+    let n = std::fs::read_dir(xdg.path().join("edge-run")).unwrap().count();
+    assert_eq!(n, 1);
+    run_env(args, &[("EDGE_RUN_CACHE", empty), ("XDG_CACHE_HOME", empty), ("HOME", home.path().as_os_str())]).ok();
+    let n = std::fs::read_dir(home.path().join(".cache").join("edge-run")).unwrap().count();
+    assert_eq!(n, 1);
+}

@@ -1,0 +1,117 @@
+//! `edge-run inspect` on the packed SmolLM2 checkpoint, and `--verify` on a corrupted copy.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn inspect_lists_every_tensor_and_the_config() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_f16();
+    let r = run(["inspect", m.to_str().unwrap()]);
+    r.ok();
+    let out = &r.stdout;
+    // 30 layers x 9 tensors + token_embd + output_norm (tied: no output.weight).
+    assert!(out.contains("272 tensors"), "{out}");
+    let rows = out.lines().filter(|l| l.trim_start().starts_with("blk.")).count();
+    assert_eq!(rows, 270);
+    assert!(out.lines().any(|l| l.trim_start().starts_with("token_embd.weight") && l.contains("49152 x 576")));
+    assert!(out.lines().any(|l| l.trim_start().starts_with("output_norm.weight")));
+    for want in [
+        "version 1",
+        "architecture  llama",
+        "layers 30",
+        "heads 9 (kv 3)",
+        "vocab 49152",
+        "tied embeddings yes",
+        "tokenizer     yes",
+        "<|im_start|>",
+        "chat template yes",
+        "totals by encoding",
+        "segments not checked",
+    ] {
+        assert!(out.contains(want), "inspect output lacks {want:?}:\n{out}");
+    }
+    let f16 = out.lines().find(|l| l.trim_start().starts_with("f16 ")).expect("f16 total");
+    assert!(f16.contains("211 tensors"), "{f16}");
+    let f32 = out.lines().find(|l| l.trim_start().starts_with("f32 ")).expect("f32 total");
+    assert!(f32.contains("61 tensors"), "{f32}");
+    assert!(out.contains("134515008 params"), "{out}");
+    // The tokenizer JSON is elided, not printed.
+    let tj = out.lines().find(|l| l.trim_start().starts_with("tokenizer.huggingface.json")).expect("tokenizer line");
+    assert!(tj.ends_with("chars)") && tj.len() < 200, "{tj}");
+    assert!(out.len() < 100_000);
+}
+
+#[test]
+fn inspect_json_and_verify() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_f16();
+    let v = run(["inspect", m.to_str().unwrap(), "--json", "--verify"]).json();
+    assert_eq!(v["n_tensors"], 272);
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["config"]["n_layers"], 30);
+    assert_eq!(v["tokenizer"]["present"], true);
+    assert_eq!(v["tokenizer"]["vocab_size"], 49152);
+    assert_eq!(v["tokenizer"]["eos"], "<|im_end|>");
+    assert_eq!(v["tokenizer"]["chat_template"], true);
+    assert_eq!(v["totals"]["f16"]["tensors"], 211);
+    assert_eq!(v["totals"]["f32"]["tensors"], 61);
+    assert_eq!(v["params"], 134_515_008u64);
+    assert_eq!(v["checksums"]["segments"], "ok");
+    assert_eq!(v["checksums"]["segments_total"], 272);
+    assert_eq!(v["metadata"]["general.architecture"], "llama");
+    assert_eq!(v["metadata"]["tokenizer.huggingface.json"]["elided"], true);
+
+    let r = run(["inspect", "--verify", m.to_str().unwrap()]);
+    r.ok();
+    assert!(r.stdout.contains("all 272 segments OK"), "{}", r.stdout);
+}
+
+#[test]
+fn verify_names_the_tensor_with_a_flipped_byte() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_f16();
+    // Where blk.5.ffn_up.weight's data lies in the file.
+    let bytes = edge_runtime::load::CheckpointBytes::read(&m).unwrap();
+    let ck = edge_runtime::Checkpoint::parse(bytes.as_bytes()).unwrap();
+    let seg = &ck.tensor("blk.5.ffn_up.weight").unwrap().segments[0];
+    let at = (seg.file_offset + seg.bytes.len() as u64 / 2) as usize;
+    drop(ck);
+    drop(bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("flipped.edge");
+    corrupt_copy(&m, &bad, |b| b[at] ^= 0x10);
+
+    // Parsing checks only header, metadata and table: plain inspect still works...
+    let r = run(["inspect", bad.to_str().unwrap()]);
+    r.ok();
+    // ...and --verify finds the tensor.
+    let r = run(["inspect", "--verify", bad.to_str().unwrap()]);
+    let e = r.one_line_error();
+    assert!(e.contains("blk.5.ffn_up.weight"), "{e}");
+    assert!(e.contains("1 of 272 segments"), "{e}");
+    assert!(r.stdout.contains("FAILED") && r.stdout.contains("blk.5.ffn_up.weight"), "{}", r.stdout);
+    let r = run(["inspect", "--verify", "--json", bad.to_str().unwrap()]);
+    r.one_line_error();
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["checksums"]["segments"], "failed");
+    assert!(v["checksums"]["failed"][0].as_str().unwrap().contains("blk.5.ffn_up.weight"));
+}
+
+#[test]
+fn inspect_of_a_gguf_says_to_pack_it() {
+    if !have_models() {
+        return;
+    }
+    let e = run(["inspect", smollm_gguf().to_str().unwrap()]).one_line_error();
+    assert!(e.contains("GGUF") && e.contains("edge-pack"), "{e}");
+}
