@@ -337,7 +337,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
 
     let mut out = std::io::stdout().lock();
-    let mut lines = vec![format!("PPL = {ppl:.4} +/- {ppl_se:.5}  ({scored} tokens scored in {n_windows} windows of {ctx})")];
+    let windows = if n_windows == 1 { "window" } else { "windows" };
+    let mut lines = vec![format!("PPL = {ppl:.4} +/- {ppl_se:.5}  ({scored} tokens scored in {n_windows} {windows} of {ctx})")];
     if let Some(b) = &base {
         let (bp, bse) = nll_base.ppl();
         lines.push(format!("base PPL = {bp:.4} +/- {bse:.5}  ({})", b.file.path.display()));

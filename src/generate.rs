@@ -351,8 +351,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         stats::fmt_rate(stats::rate(decode_tokens, decode_s))
     );
     eprintln!(
-        "edge-run: memory: peak RSS {}; weights {}; KV cache {} (ctx {ctx}); run-time state {}",
+        "edge-run: memory: peak RSS {}{}; weights {}; KV cache {} (ctx {ctx}); run-time state {}",
         peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),
+        if matches!(file.origin, loader::Origin::Packed { .. }) { " (includes packing)" } else { "" },
         stats::human_bytes(weight_bytes as u64),
         stats::human_bytes(kv as u64),
         stats::human_bytes(state_bytes as u64),

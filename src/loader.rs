@@ -348,34 +348,60 @@ impl Tok {
         let tmpl = self.chat_template.as_deref().ok_or_else(|| {
             anyhow!("this checkpoint has no chat template; drop --chat (or re-pack with a tokenizer that has one)")
         })?;
-        let mut env = minijinja::Environment::new();
-        // Hugging Face renders templates with trim_blocks and lstrip_blocks.
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_function("strftime_now", |fmt: String| -> String {
-            // No clock formatting here: templates use it for "today's date" lines only.
-            let _ = fmt;
-            String::new()
-        });
-        env.add_template("chat", tmpl).map_err(|e| anyhow!("the chat template does not parse: {}", one_line(&e.to_string())))?;
-        let mut messages = Vec::new();
-        if let Some(s) = system {
-            messages.push(minijinja::context! { role => "system", content => s });
-        }
-        messages.push(minijinja::context! { role => "user", content => user });
-        let t = env.get_template("chat").map_err(|e| anyhow!("chat template: {e}"))?;
-        t.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => self.token_text(self.bos),
-            eos_token => self.token_text(self.eos),
-        })
-        .map_err(|e| anyhow!("cannot render the chat template: {}", one_line(&e.to_string())))
+        render_chat_template(tmpl, system, user, &self.token_text(self.bos), &self.token_text(self.eos))
     }
+}
+
+/// Render a Hugging Face chat template (Jinja) for one user message, with
+/// `add_generation_prompt=true`, the way `transformers` does: `trim_blocks` and `lstrip_blocks`,
+/// Python string methods, `raise_exception` and `strftime_now`.
+pub fn render_chat_template(tmpl: &str, system: Option<&str>, user: &str, bos: &str, eos: &str) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+    env.add_template("chat", tmpl)
+        .map_err(|e| anyhow!("the chat template does not parse: {}", one_line(&e.to_string())))?;
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(minijinja::context! { role => "system", content => s });
+    }
+    messages.push(minijinja::context! { role => "user", content => user });
+    let t = env.get_template("chat").map_err(|e| anyhow!("chat template: {e}"))?;
+    t.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => bos,
+        eos_token => eos,
+    })
+    .map_err(|e| anyhow!("cannot render the chat template: {}", one_line(&e.to_string())))
+}
+
+/// The local time formatted with C's `strftime` (templates use it for a "today" line).
+#[cfg(unix)]
+fn strftime_now(fmt: &str) -> String {
+    let Ok(cfmt) = std::ffi::CString::new(fmt) else { return String::new() };
+    let mut buf = [0u8; 256];
+    // SAFETY: `time` and `localtime_r` write only into the locals passed; `strftime` writes at
+    // most `buf.len()` bytes into `buf` and returns how many (0 on overflow).
+    let n = unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return String::new();
+        }
+        libc::strftime(buf.as_mut_ptr().cast(), buf.len(), cfmt.as_ptr(), &tm)
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[cfg(not(unix))]
+fn strftime_now(_fmt: &str) -> String {
+    String::new()
 }
 
 /// Parse `--prompt-ids`: integers separated by spaces and/or commas.
@@ -384,4 +410,60 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
         .filter(|t| !t.is_empty())
         .map(|t| t.parse::<u32>().map_err(|_| anyhow!("--prompt-ids: '{t}' is not a token id (expected e.g. \"1 2 3\")")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_like_transformers() {
+        let r = render_chat_template(CHATML, None, "Hi?", "<s>", "</s>").unwrap();
+        assert_eq!(r, "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n");
+        let r = render_chat_template(CHATML, Some("Be brief"), "Hi?", "<s>", "</s>").unwrap();
+        assert!(r.starts_with("<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\n"), "{r}");
+    }
+
+    #[test]
+    fn python_methods_blocks_and_exceptions() {
+        // trim_blocks/lstrip_blocks, .strip(), bos_token, raise_exception, strftime_now.
+        let t = "{{ bos_token }}\n  {% for m in messages %}\n[{{ m['role'] }}] {{ m['content'].strip() }}\n  {% endfor %}\n{% if strftime_now('%Y') | length != 4 %}{{ raise_exception('no year') }}{% endif %}";
+        let r = render_chat_template(t, None, "  spaced  ", "<s>", "</s>").unwrap();
+        assert_eq!(r, "<s>\n[user] spaced\n");
+        let bad = "{{ raise_exception('Only user and assistant roles are supported') }}";
+        let e = render_chat_template(bad, None, "x", "", "").unwrap_err().to_string();
+        assert!(e.contains("Only user and assistant roles") && !e.contains('\n'), "{e}");
+        assert!(render_chat_template("{% for %}", None, "x", "", "").is_err());
+    }
+
+    #[test]
+    fn prompt_ids_and_one_line() {
+        assert_eq!(parse_ids("1 2,3 ,\t4").unwrap(), [1, 2, 3, 4]);
+        assert!(parse_ids("1 -2").is_err());
+        assert_eq!(one_line("a\n\n  b:\n  c\r\n"), "a; b: c");
+    }
+
+    #[test]
+    fn cache_names_are_stable_and_depend_on_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("My Model.gguf");
+        std::fs::write(&f, b"x").unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        let a = cache_file_name(&f, &m, PackEncoding::F16, 64).unwrap();
+        assert_eq!(a, cache_file_name(&f, &m, PackEncoding::F16, 64).unwrap());
+        assert!(a.starts_with("My_Model-") && a.ends_with(".edge"), "{a}");
+        assert_ne!(a, cache_file_name(&f, &m, PackEncoding::Nested8, 64).unwrap());
+        // Group size only matters for grouped encodings.
+        assert_eq!(a, cache_file_name(&f, &m, PackEncoding::F16, 32).unwrap());
+        assert_ne!(
+            cache_file_name(&f, &m, PackEncoding::Nested8, 32).unwrap(),
+            cache_file_name(&f, &m, PackEncoding::Nested8, 64).unwrap()
+        );
+        // A changed file gets a new name.
+        std::fs::write(&f, b"xy").unwrap();
+        let m2 = std::fs::metadata(&f).unwrap();
+        assert_ne!(a, cache_file_name(&f, &m2, PackEncoding::F16, 64).unwrap());
+    }
 }

@@ -71,6 +71,12 @@ fn kl_against_itself_is_zero_with_full_agreement() {
     assert_eq!(kl["base_ppl"], v["ppl"]);
     assert_eq!(v["tokens_scored"], 2 * 63);
 
+    // Forward passes of 50 tokens (3 per window) score the same as whole windows.
+    let b = run(args.iter().chain(&["--json", "--batch-size", "50"])).json();
+    let (p1, p2) = (v["ppl"].as_f64().unwrap(), b["ppl"].as_f64().unwrap());
+    assert!((p1 - p2).abs() / p1 < 1e-4, "batch 128: {p1}, batch 50: {p2}");
+    assert_eq!(b["batch_size"], 50);
+
     // The text report says the same on stdout.
     let r = run(args);
     r.ok();

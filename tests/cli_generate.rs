@@ -192,6 +192,11 @@ fn llama2c_without_tokenizer_runs_on_ids_and_matches_run_c() {
         r.stdout.trim(),
         "461 461 401 401 401 461 378 455 473 456 435 299 362 409 283 264 283 452 288 13 431 431 431 431 431 431 431 431 431 431"
     );
+    // The Hugging Face conversion of the same model (a folder) packs and runs the same.
+    let hf = models_dir().join("stories260K-hf");
+    let r2 = run_env(["-m", hf.to_str().unwrap(), "--prompt-ids", "1", "-n", "30", "--temp", "0"], &env);
+    r2.ok();
+    assert_eq!(r2.stdout, r.stdout);
     // A text prompt needs a tokenizer: a clear error.
     let e = run_env(["-m", bin.to_str().unwrap(), "-p", "hello"], &env).one_line_error();
     assert!(e.contains("no tokenizer") && e.contains("--prompt-ids"), "{e}");
