@@ -156,7 +156,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub group_size: usize,
 
-    /// Threads for matrix products (default: physical cores, at most 4).
+    /// Threads for matrix products (default: every available core).
     #[arg(short = 't', long, value_name = "N", value_parser = parse_positive)]
     pub threads: Option<usize>,
 }

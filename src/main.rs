@@ -59,8 +59,7 @@ fn main() {
         Some(cli::Command::Inspect(_)) => None,
     };
     if let Some(n) = model_args.and_then(|m| m.threads) {
-        // Read once by the matrix-product thread pool, before any thread exists.
-        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+        edge_runtime::kernels::set_threads(n);
     }
 
     let result = match &cli.command {

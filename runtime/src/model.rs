@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{Checkpoint, Encoding, TensorInfo};
-use crate::kernels::{self, Matrix, MATMUL_TILE_ROWS};
+use crate::kernels::{self, Matrix};
 
 /// One transformer block's weights.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ struct RunState {
     value_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
     rope_cos: Vec<f32>,  // (max_seq_len, head_dim/2)
     rope_sin: Vec<f32>,  // (max_seq_len, head_dim/2)
-    tile: Vec<f32>,      // (MATMUL_TILE_ROWS, max(dim, hidden, q_dim)) dequantized weight rows
+    tile: Vec<f32>,      // (threads, MATMUL_TILE_ROWS, max(dim, hidden, q_dim)) dequantized weight rows
 }
 
 /// A model ready to run: config, borrowed weights and preallocated state.
@@ -275,6 +275,40 @@ fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// Where in a layer an [`Observer`] sees activations: the inputs of the linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Normed input of `attn_q`, `attn_k`, `attn_v`: (n, dim).
+    AttnIn,
+    /// Input of `attn_output`: (n, q_dim).
+    AttnOut,
+    /// Normed input of `ffn_gate`, `ffn_up`: (n, dim).
+    FfnIn,
+    /// Input of `ffn_down`: (n, hidden).
+    FfnDown,
+    /// Normed input of the output head: (n, dim), only the rows logits are computed for.
+    Head,
+}
+
+impl Site {
+    /// The tensor kinds that read this site's activations.
+    pub fn consumers(self) -> &'static [&'static str] {
+        match self {
+            Site::AttnIn => &["attn_q", "attn_k", "attn_v"],
+            Site::AttnOut => &["attn_output"],
+            Site::FfnIn => &["ffn_gate", "ffn_up"],
+            Site::FfnDown => &["ffn_down"],
+            Site::Head => &["output"],
+        }
+    }
+}
+
+/// Sees the input activations of every linear layer during a forward pass (calibration,
+/// sensitivity profiling). `x` is (n, width) row-major; `layer` is `None` for the head.
+pub trait Observer {
+    fn observe(&mut self, layer: Option<usize>, site: Site, n: usize, x: &[f32]);
+}
+
 /// Which logits a forward call produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -350,7 +384,7 @@ impl<'a> Model<'a> {
             value_cache: vec![0.0; kv],
             rope_cos,
             rope_sin,
-            tile: vec![0.0; MATMUL_TILE_ROWS * widest],
+            tile: vec![0.0; kernels::scratch_len(widest, kernels::threads())],
         };
         Ok(Model { config, weights, max_seq_len, max_batch, state })
     }
@@ -375,6 +409,22 @@ impl<'a> Model<'a> {
     /// Run `tokens` at positions `pos..pos+len`, filling the KV cache. Returns the logits of the
     /// last token (vocab) or of every token (len, vocab).
     pub fn forward_batch(&mut self, tokens: &[u32], pos: usize, want: Logits) -> Result<&[f32]> {
+        self.forward_observed(tokens, pos, want, None)
+    }
+
+    /// [`Model::forward_batch`], showing every linear layer's input to `observer`.
+    pub fn forward_observed(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        want: Logits,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<&[f32]> {
+        let mut see = |layer: Option<usize>, site: Site, n: usize, x: &[f32]| {
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(layer, site, n, x);
+            }
+        };
         let c = self.config;
         let n = tokens.len();
         if n == 0 || n > self.max_batch {
@@ -410,6 +460,7 @@ impl<'a> Model<'a> {
             for t in 0..n {
                 rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.attn_norm, c.norm_eps);
             }
+            see(Some(l), Site::AttnIn, n, &s.xb[..n * dim]);
             kernels::matmul(&layer.wq, &s.xb, n, &mut s.q, &mut s.tile);
             kernels::matmul(&layer.wk, &s.xb, n, &mut s.k, &mut s.tile);
             kernels::matmul(&layer.wv, &s.xb, n, &mut s.v, &mut s.tile);
@@ -451,6 +502,7 @@ impl<'a> Model<'a> {
             }
 
             // Output projection and residual.
+            see(Some(l), Site::AttnOut, n, &s.att_out[..n * q_dim]);
             kernels::matmul(&layer.wo, &s.att_out, n, &mut s.proj, &mut s.tile);
             for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
                 *x += p;
@@ -460,11 +512,13 @@ impl<'a> Model<'a> {
             for t in 0..n {
                 rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.ffn_norm, c.norm_eps);
             }
+            see(Some(l), Site::FfnIn, n, &s.xb[..n * dim]);
             kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.tile);
             kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.tile);
             for (g, u) in s.hb[..n * hidden].iter_mut().zip(&s.hb2) {
                 *g = *g / (1.0 + libm::expf(-*g)) * u; // silu(gate) * up
             }
+            see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);
             kernels::matmul(&layer.w_down, &s.hb, n, &mut s.proj, &mut s.tile);
             for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
                 *x += p;
@@ -481,6 +535,7 @@ impl<'a> Model<'a> {
             let i = t - first;
             rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &s.x[t * dim..(t + 1) * dim], w.output_norm, c.norm_eps);
         }
+        see(None, Site::Head, rows, &s.xb[..rows * dim]);
         kernels::matmul(&w.output, &s.xb, rows, &mut s.logits, &mut s.tile);
         Ok(&s.logits[..rows * c.vocab_size])
     }

@@ -64,17 +64,18 @@ fn matvec_and_matmul_match_reference() {
             };
             for &view in views {
                 let m = Matrix::from_tensor(t, view).unwrap();
-                for n in [1usize, 2, 5] {
+                for (n, threads) in [(1usize, 1usize), (1, 3), (2, 1), (5, 3)] {
+                    kernels::set_threads(threads);
                     let x = rand_f32(n * cols, 99 + n as u64);
                     let mut want = vec![0f32; n * rows];
                     reference::matmul(&m, &x, n, &mut want);
                     let mut got = vec![0f32; n * rows];
-                    let mut tile = vec![0f32; kernels::MATMUL_TILE_ROWS * cols];
+                    let mut tile = vec![0f32; kernels::scratch_len(cols, threads)];
                     kernels::matmul(&m, &x, n, &mut got, &mut tile);
                     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                         // f32 accumulation vs the f64 reference: relative to the sum of |terms|.
                         let tol = 1e-5 * cols as f32;
-                        assert!((g - w).abs() <= tol, "{} view {view:?} n={n} out[{k}]: {g} vs {w}", t.name);
+                        assert!((g - w).abs() <= tol, "{} view {view:?} n={n} threads={threads} out[{k}]: {g} vs {w}", t.name);
                     }
                 }
             }

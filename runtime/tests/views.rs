@@ -123,3 +123,29 @@ fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
     assert_eq!(run(&mut m), full, "back at 8 bits the logits are bit-identical");
     assert!(m.set_views(&ck, &ViewPlan::uniform(5)).is_err(), "no 5-bit view exists");
 }
+
+#[test]
+fn observer_sees_every_linear_input_once_per_layer() {
+    use edge_runtime::model::{Logits, Observer, Site};
+    struct Log(Vec<(Option<usize>, Site, usize, usize)>);
+    impl Observer for Log {
+        fn observe(&mut self, layer: Option<usize>, site: Site, n: usize, x: &[f32]) {
+            assert!(x.iter().all(|v| v.is_finite()));
+            self.0.push((layer, site, n, x.len() / n));
+        }
+    }
+    let bytes = tiny_model();
+    let buf = aligned(&bytes);
+    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 8, view_bits: None }).unwrap();
+    let mut log = Log(Vec::new());
+    let plain = m.forward_batch(&[3, 4, 5], 0, Logits::All).unwrap().to_vec();
+    let seen = m.forward_observed(&[3, 4, 5], 0, Logits::All, Some(&mut log)).unwrap().to_vec();
+    assert_eq!(plain, seen, "observing changes nothing");
+    let mut want = Vec::new();
+    for l in 0..2 {
+        want.extend([(Some(l), Site::AttnIn, 3, 32), (Some(l), Site::AttnOut, 3, 32), (Some(l), Site::FfnIn, 3, 32), (Some(l), Site::FfnDown, 3, 64)]);
+    }
+    want.push((None, Site::Head, 3, 32));
+    assert_eq!(log.0, want);
+}

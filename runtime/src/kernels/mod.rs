@@ -177,19 +177,108 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `out[r] = W[r, :] · x` for every row. `row_buf` holds at least `cols` floats.
-pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], row_buf: &mut [f32]) {
-    debug_assert!(x.len() >= m.cols && out.len() >= m.rows);
+/// Threads the products use (std: set by [`set_threads`], default all available cores;
+/// without std: 1).
+#[cfg(feature = "std")]
+static THREADS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Use `n` threads for matrix products (0 = all available cores).
+#[cfg(feature = "std")]
+pub fn set_threads(n: usize) {
+    THREADS.store(n, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Threads the products will use.
+pub fn threads() -> usize {
+    #[cfg(feature = "std")]
+    {
+        match THREADS.load(core::sync::atomic::Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        1
+    }
+}
+
+/// Scratch floats a product over `m` needs with `threads` threads.
+pub fn scratch_len(cols: usize, threads: usize) -> usize {
+    threads * MATMUL_TILE_ROWS * cols
+}
+
+/// Split rows `0..rows` into at most `threads()` contiguous, tile-aligned ranges, limited by
+/// the scratch available (`scratch` floats, `per_thread` each), and run `f(first, rows)` for
+/// each range with its own scratch slice, in parallel (std) or in turn.
+fn for_row_ranges(rows: usize, scratch: &mut [f32], per_thread: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    let by_scratch = scratch.len() / per_thread.max(1);
+    let n = threads().min(by_scratch).min(rows.div_ceil(MATMUL_TILE_ROWS)).max(1);
+    if n == 1 {
+        return f(0, rows, scratch);
+    }
+    let chunk = rows.div_ceil(n).div_ceil(MATMUL_TILE_ROWS) * MATMUL_TILE_ROWS;
+    #[cfg(feature = "std")]
+    std::thread::scope(|s| {
+        for (i, buf) in scratch.chunks_mut(per_thread).take(n).enumerate() {
+            let first = i * chunk;
+            if first >= rows {
+                break;
+            }
+            let f = &f;
+            s.spawn(move || f(first, chunk.min(rows - first), buf));
+        }
+    });
+    #[cfg(not(feature = "std"))]
+    for (i, buf) in scratch.chunks_mut(per_thread).take(n).enumerate() {
+        let first = i * chunk;
+        if first < rows {
+            f(first, chunk.min(rows - first), buf);
+        }
+    }
+}
+
+/// A raw output pointer that threads writing disjoint elements may share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: used only by `matvec`/`matmul`, whose threads write disjoint output elements (their
+// own row ranges) and finish before the borrow of `out` ends (scoped threads).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not field access), so closures capture the whole `Send + Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[r] = W[r, :] · x` for every row. `scratch` holds at least `cols` floats; with
+/// [`scratch_len`]`(cols, t)` floats the rows are split over `t` threads.
+pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    assert!(x.len() >= m.cols && out.len() >= m.rows && scratch.len() >= m.cols);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    for_row_ranges(m.rows, scratch, MATMUL_TILE_ROWS * m.cols, |first, rows, buf| {
+        // SAFETY: rows first..first+rows are this range's alone and lie inside `out`
+        // (asserted above), so this slice aliases no other thread's.
+        let out = unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(first), rows) };
+        matvec_rows(m, x, first, out, buf);
+    });
+}
+
+/// [`matvec`] over rows `first..first + out.len()`.
+fn matvec_rows(m: &Matrix<'_>, x: &[f32], first: usize, out: &mut [f32], row_buf: &mut [f32]) {
     match m.view {
         WeightView::F32(w) => {
-            for (r, o) in out[..m.rows].iter_mut().enumerate() {
+            for (i, o) in out.iter_mut().enumerate() {
+                let r = first + i;
                 *o = dot(&w[r * m.cols..(r + 1) * m.cols], x);
             }
         }
         _ => {
             let row = &mut row_buf[..m.cols];
-            for (r, o) in out[..m.rows].iter_mut().enumerate() {
-                m.dequant_row(r, row);
+            for (i, o) in out.iter_mut().enumerate() {
+                m.dequant_row(first + i, row);
                 *o = dot(row, x);
             }
         }
@@ -200,15 +289,25 @@ pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], row_buf: &mut [f32]) {
 pub const MATMUL_TILE_ROWS: usize = 64;
 
 /// `out[t, r] = W[r, :] · x[t, :]` for `n` tokens (`x`: (n, cols), `out`: (n, rows)).
-/// Dequantizes `MATMUL_TILE_ROWS` rows at a time into `tile_buf` and multiplies with sgemm.
-pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], tile_buf: &mut [f32]) {
-    debug_assert!(x.len() >= n * m.cols && out.len() >= n * m.rows);
+/// Dequantizes `MATMUL_TILE_ROWS` rows at a time into scratch and multiplies with sgemm;
+/// `scratch` holds at least `MATMUL_TILE_ROWS * cols` floats, and [`scratch_len`]`(cols, t)`
+/// floats split the rows over `t` threads.
+pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mut [f32]) {
+    assert!(x.len() >= n * m.cols && out.len() >= n * m.rows && scratch.len() >= MATMUL_TILE_ROWS * m.cols);
     if n == 1 {
-        return matvec(m, x, out, tile_buf);
+        return matvec(m, x, out, scratch);
     }
-    let mut r0 = 0;
-    while r0 < m.rows {
-        let tr = MATMUL_TILE_ROWS.min(m.rows - r0);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    for_row_ranges(m.rows, scratch, MATMUL_TILE_ROWS * m.cols, |first, rows, buf| {
+        matmul_rows(m, x, n, out_ptr, first, first + rows, buf)
+    });
+}
+
+/// [`matmul`] over weight rows `r_begin..r_end`, writing only those columns of `out`.
+fn matmul_rows(m: &Matrix<'_>, x: &[f32], n: usize, out: OutPtr, r_begin: usize, r_end: usize, tile_buf: &mut [f32]) {
+    let mut r0 = r_begin;
+    while r0 < r_end {
+        let tr = MATMUL_TILE_ROWS.min(r_end - r0);
         let tile: &[f32] = match m.view {
             WeightView::F32(w) => &w[r0 * m.cols..(r0 + tr) * m.cols],
             _ => {
@@ -222,8 +321,9 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], tile_buf: &m
         // SAFETY:
         // - `x` holds n*cols floats (asserted above), read with strides (cols, 1);
         // - `tile` holds tr*cols floats, read as its transpose with strides (1, cols);
-        // - `out` holds n*rows floats; C's element (t, i) is out[t*rows + r0 + i] with
-        //   r0 + i < rows, so every write is in bounds and no two writes alias.
+        // - `out` holds n*rows floats (asserted in `matmul`); C's element (t, i) is
+        //   out[t*rows + r0 + i] with r0 + i < r_end <= rows, so every write is in bounds, and
+        //   columns r_begin..r_end belong to this call alone, so no other thread writes them.
         unsafe {
             matrixmultiply::sgemm(
                 n,
@@ -237,7 +337,7 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], tile_buf: &m
                 1,
                 m.cols as isize,
                 0.0,
-                out.as_mut_ptr().add(r0),
+                out.get().add(r0),
                 m.rows as isize,
                 1,
             );
