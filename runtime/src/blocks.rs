@@ -3,7 +3,10 @@
 //!
 //! # Nested 8-bit codes (`Encoding::Nested8`)
 //! Each weight has an unsigned 8-bit code `q` in a group of `group_size` weights along a row.
-//! The group stores `(scale, min)` as f16. The code's bits are split into planes, most
+//! The group stores `(scale, min)` as f16. A row is stored padded to a whole number of groups
+//! (`padded_cols = ceil(cols / group_size) * group_size`; padding codes are 0, never read), so
+//! the weight in row `r`, column `c` has flat index `i = r * padded_cols + c`, its group is
+//! `i / group_size`, and every row starts on a byte boundary of every plane. The code's bits are split into planes, most
 //! significant first, each plane stored contiguously for the whole tensor:
 //!
 //! | plane | bit positions | bits/weight | read by views |
@@ -96,7 +99,8 @@ pub fn nested8_code(planes: &[&[u8]], view_bits: u8, i: usize) -> u8 {
 }
 
 /// Scalar reference dequantization of `out.len()` weights starting at flat index `start`
-/// (which must be a multiple of `group_size`). This is the contract every kernel matches.
+/// (in the padded layout; a multiple of `group_size`). This is the contract every kernel
+/// matches.
 pub fn dequant_nested8(
     params: &[GroupParams],
     planes: &[&[u8]],

@@ -25,8 +25,15 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
         Encoding::F16 => vec![bytemuck::cast_slice(&v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()).to_vec()],
         Encoding::Bf16 => vec![bytemuck::cast_slice(&v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).to_vec()],
         Encoding::Nested8 => {
-            let codes: Vec<u8> = v.iter().map(|&x| ((x + 1.0) * 127.5) as u8).collect();
-            let params: Vec<GroupParams> = (0..rows * cols / group)
+            // Rows padded to whole groups, as the format stores them.
+            let padded = cols.div_ceil(group) * group;
+            let mut codes = vec![0u8; rows * padded];
+            for r in 0..rows {
+                for c in 0..cols {
+                    codes[r * padded + c] = ((v[r * cols + c] + 1.0) * 127.5) as u8;
+                }
+            }
+            let params: Vec<GroupParams> = (0..rows * padded / group)
                 .map(|g| GroupParams { scale: f16::from_f32(0.008 + g as f32 * 1e-4), min: f16::from_f32(-1.0) })
                 .collect();
             let mut s = vec![bytemuck::cast_slice(&params).to_vec()];
@@ -41,7 +48,8 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
 fn matvec_and_matmul_match_reference() {
     // (rows, cols): a tail-only row, one block, several blocks with a tail, a tall matrix
     // spanning several matmul tiles.
-    let shapes = [(3usize, 8usize), (5, 32), (7, 96), (130, 64)];
+    // (3, 20) and (4, 44) have rows that are not a whole number of 8-weight groups (padded).
+    let shapes = [(3usize, 8usize), (5, 32), (7, 96), (130, 64), (3, 20), (4, 44)];
     let encs = [Encoding::F32, Encoding::F16, Encoding::Bf16, Encoding::Nested8];
     let mut w = CheckpointWriter::new();
     for (i, &(r, c)) in shapes.iter().enumerate() {

@@ -79,8 +79,8 @@ struct Cli {
     #[arg(short, long, value_enum, default_value_t = EncodingArg::F16)]
     encoding: EncodingArg,
 
-    /// Weights per (scale, min) group along each row, for --encoding q8. A multiple of 8 that
-    /// divides every row of every matrix.
+    /// Weights per (scale, min) group along each row, for --encoding q8. A multiple of 8; rows
+    /// that are not a whole number of groups are padded.
     #[arg(short, long, value_name = "N", default_value_t = 64)]
     group_size: u32,
 

@@ -180,36 +180,9 @@ pub fn validate_model(model: &SourceModel) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Largest f16 not above `x` (`x` within the f16 range).
-fn f16_at_most(x: f32) -> f16 {
-    let h = f16::from_f32(x);
-    if h.to_f32() <= x {
-        return h;
-    }
-    let b = h.to_bits();
-    f16::from_bits(match b {
-        0x0000 | 0x8000 => 0x8001,
-        b if b & 0x8000 == 0 => b - 1,
-        b => b + 1,
-    })
-}
-
-/// Smallest f16 not below `x` (`x` within the f16 range).
-fn f16_at_least(x: f32) -> f16 {
-    let h = f16::from_f32(x);
-    if h.to_f32() >= x {
-        return h;
-    }
-    let b = h.to_bits();
-    f16::from_bits(match b {
-        0x0000 | 0x8000 => 0x0001,
-        b if b & 0x8000 == 0 => b + 1,
-        b => b - 1,
-    })
-}
-
 /// Quantize row-major `data` (rows of `cols`) to nested 8-bit codes in groups of `group`
-/// along each row. Returns the per-group parameters and the codes.
+/// along each row, each row padded to whole groups (padding codes 0; the last group of a row
+/// may hold fewer real weights). Returns the per-group parameters and the padded codes.
 pub fn quantize_nested8(
     name: &str,
     data: &[f32],
@@ -217,45 +190,37 @@ pub fn quantize_nested8(
     group: usize,
     objective: crate::quant::NestedObjective,
 ) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
-    if group == 0 || cols % group != 0 {
-        bail!("group size {group} does not divide the rows ({cols} values) of tensor '{name}'");
-    }
-    if objective == crate::quant::NestedObjective::AllViews {
-        if let Some(x) = data.iter().find(|x| !x.is_finite() || x.abs() > f16::MAX.to_f32() / 2.0) {
-            bail!("tensor '{name}' holds {x}, beyond the range of 8-bit parameters; use --encoding bf16 or f32");
-        }
-        return Ok(crate::quant::quantize_nested8_all_views(data, group));
+    if group == 0 || group % 8 != 0 || cols == 0 {
+        bail!("group size {group} is not a positive multiple of 8 (tensor '{name}')");
     }
     let f16_max = f16::MAX.to_f32();
-    let mut params = Vec::with_capacity(data.len() / group);
-    let mut codes = vec![0u8; data.len()];
-    for (g, (vals, out)) in data.chunks_exact(group).zip(codes.chunks_exact_mut(group)).enumerate() {
-        let (mn, mx) = vals.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-        if mn < -f16_max || mx > f16_max {
-            bail!(
-                "tensor '{name}' group {g} holds values in [{mn}, {mx}], beyond the f16 range of 8-bit parameters; use --encoding bf16 or f32"
-            );
-        }
-        let min_h = f16_at_most(mn);
-        let range = mx - min_h.to_f32();
-        let scale_h = if range > 0.0 { f16_at_least(range / 255.0) } else { f16::ZERO };
-        // `range / 255` rounded in f32 may land a hair low; make sure the top code reaches `mx`.
-        let scale_h = if scale_h.to_f32() * 255.0 + min_h.to_f32() < mx {
-            f16::from_bits(scale_h.to_bits() + 1)
-        } else {
-            scale_h
-        };
-        if !scale_h.is_finite() {
-            bail!("tensor '{name}' group {g} spans [{mn}, {mx}], too wide for f16 scales; use --encoding bf16 or f32");
-        }
-        let (s, m) = (scale_h.to_f32(), min_h.to_f32());
-        if s > 0.0 {
-            for (o, &w) in out.iter_mut().zip(vals) {
-                *o = ((w - m) / s).round().clamp(0.0, 255.0) as u8;
-            }
-        }
-        params.push(GroupParams { scale: scale_h, min: min_h });
+    if let Some(x) = data.iter().find(|x| !x.is_finite() || x.abs() > f16_max / 2.0) {
+        bail!("tensor '{name}' holds {x}, beyond the f16 range of 8-bit parameters; use --encoding bf16 or f32");
     }
+    let padded = edge_runtime::format::nested8_padded_cols(cols as u64, group as u64) as usize;
+    let rows = data.len() / cols;
+    let groups_per_row = padded / group;
+    let mut params = vec![GroupParams { scale: f16::ZERO, min: f16::ZERO }; rows * groups_per_row];
+    let mut codes = vec![0u8; rows * padded];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+    let rows_per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let chunks = params
+            .chunks_mut(rows_per * groups_per_row)
+            .zip(codes.chunks_mut(rows_per * padded))
+            .zip(data.chunks(rows_per * cols));
+        for ((p, c), w) in chunks {
+            s.spawn(move || {
+                for ((prow, crow), wrow) in
+                    p.chunks_mut(groups_per_row).zip(c.chunks_mut(padded)).zip(w.chunks(cols))
+                {
+                    for ((pg, cg), wg) in prow.iter_mut().zip(crow.chunks_mut(group)).zip(wrow.chunks(group)) {
+                        *pg = crate::quant::quantize_group(wg, objective, &mut cg[..wg.len()]);
+                    }
+                }
+            });
+        }
+    });
     Ok((params, codes))
 }
 
@@ -332,16 +297,6 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
     }
     check_output(output, opts.force)?;
     validate_model(model)?;
-    if grouped {
-        let g = opts.group_size as u64;
-        if let Some(t) = model.tensors.iter().find(|t| t.shape.len() == 2 && t.shape[1] % g != 0) {
-            bail!(
-                "group size {g} does not divide the rows of tensor '{}' ({} values); choose a group size that divides every row, or another --encoding",
-                t.name,
-                t.shape[1]
-            );
-        }
-    }
 
     // Tokenizer: the override wins, else the one found with the model.
     let tokenizer_json = match &opts.tokenizer {

@@ -35,6 +35,34 @@ fn params_for(lo: f32, hi: f32) -> GroupParams {
     GroupParams { scale, min }
 }
 
+/// f16 parameters whose 8-bit span covers `[lo, hi]`: min rounded down and scale up, so every
+/// weight is within `scale / 2` of its 8-bit reconstruction.
+fn covering_params(lo: f32, hi: f32) -> GroupParams {
+    let mut min = f16::from_f32(lo);
+    if min.to_f32() > lo {
+        min = f16::from_bits(next_down(min.to_bits()));
+    }
+    if hi <= min.to_f32() {
+        return GroupParams { scale: f16::ZERO, min };
+    }
+    let mut scale = f16::from_f32((hi - min.to_f32()) / 255.0);
+    while scale.to_f32() * 255.0 + min.to_f32() < hi {
+        scale = f16::from_bits(scale.to_bits() + 1);
+    }
+    GroupParams { scale, min }
+}
+
+/// The bits of the next f16 below the finite f16 with bits `b`.
+fn next_down(b: u16) -> u16 {
+    if b & 0x7fff == 0 {
+        0x8001 // below ±0: the smallest negative subnormal
+    } else if b & 0x8000 == 0 {
+        b - 1
+    } else {
+        b + 1
+    }
+}
+
 fn sq_err(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| ((x - y) * (x - y)) as f64).sum()
 }
@@ -61,11 +89,13 @@ pub fn view_errors(w: &[f32], p: GroupParams, q: &[u8]) -> [f64; 4] {
 pub fn quantize_group(w: &[f32], objective: NestedObjective, codes: &mut [u8]) -> GroupParams {
     let lo = w.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if objective == NestedObjective::MinMax || hi <= lo {
+        let p = covering_params(lo, hi);
+        codes_for(w, p, codes);
+        return p;
+    }
     let base = params_for(lo, hi);
     codes_for(w, base, codes);
-    if objective == NestedObjective::MinMax || hi <= lo {
-        return base;
-    }
     let base_err = view_errors(w, base, codes);
     // Each view's error is measured against what round-to-nearest at that width achieves on
     // this group, so no view is sacrificed for another.
@@ -96,26 +126,6 @@ pub fn quantize_group(w: &[f32], objective: NestedObjective, codes: &mut [u8]) -
     }
     codes_for(w, best.1, codes);
     best.1
-}
-
-/// Quantize a whole tensor (rows of a multiple of `group` values) with
-/// [`NestedObjective::AllViews`], one group at a time, on every core.
-pub fn quantize_nested8_all_views(data: &[f32], group: usize) -> (Vec<GroupParams>, Vec<u8>) {
-    let n_groups = data.len() / group;
-    let mut params = vec![GroupParams { scale: f16::ZERO, min: f16::ZERO }; n_groups];
-    let mut codes = vec![0u8; data.len()];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(n_groups.max(1));
-    let per = n_groups.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        for ((p, c), w) in params.chunks_mut(per).zip(codes.chunks_mut(per * group)).zip(data.chunks(per * group)) {
-            s.spawn(move || {
-                for ((pg, cg), wg) in p.iter_mut().zip(c.chunks_mut(group)).zip(w.chunks(group)) {
-                    *pg = quantize_group(wg, NestedObjective::AllViews, cg);
-                }
-            });
-        }
-    });
-    (params, codes)
 }
 
 /// Round-to-nearest baseline: asymmetric `bits`-bit quantization per group with f16

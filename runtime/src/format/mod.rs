@@ -133,11 +133,13 @@ pub fn expected_segments(
         Encoding::Nested8 => {
             let cols = *shape.last()?;
             let g = group_size as u64;
-            // Groups never straddle rows, and every plane of a group fills whole bytes.
-            if g == 0 || g % 8 != 0 || cols % g != 0 {
+            // Every plane of a group fills whole bytes; a row whose length is not a multiple
+            // of the group is padded to one (padding codes are 0 and never read).
+            if g == 0 || g % 8 != 0 {
                 return None;
             }
-            let groups = numel / g;
+            let padded = numel / cols * nested8_padded_cols(cols, g);
+            let groups = padded / g;
             out.push(SegmentSpec {
                 kind: SegmentKind::GroupParams,
                 bits: 0,
@@ -149,12 +151,17 @@ pub fn expected_segments(
                     kind: SegmentKind::Plane,
                     bits: plane.bits,
                     shift: plane.shift,
-                    len: numel.checked_mul(plane.bits as u64)? / 8,
+                    len: padded.checked_mul(plane.bits as u64)? / 8,
                 });
             }
         }
     }
     Some(out)
+}
+
+/// Codes stored per row of a nested tensor with `cols` columns: rounded up to whole groups.
+pub fn nested8_padded_cols(cols: u64, group_size: u64) -> u64 {
+    cols.div_ceil(group_size) * group_size
 }
 
 /// A tiny fixed-capacity list, so `expected_segments` needs no allocation.

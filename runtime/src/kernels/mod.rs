@@ -25,7 +25,8 @@ pub enum WeightView<'a> {
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
     /// Nested 8-bit codes read at `view_bits` (2, 3, 4 or 8): only the first planes are held.
-    Nested8 { params: &'a [GroupParams], planes: [&'a [u8]; 4], group_size: usize, view_bits: u8 },
+    /// Rows are stored `row_stride` codes apart (the column count padded to whole groups).
+    Nested8 { params: &'a [GroupParams], planes: [&'a [u8]; 4], group_size: usize, view_bits: u8, row_stride: usize },
 }
 
 /// A 2-D weight, `[rows, cols]` row-major (rows = output features).
@@ -74,11 +75,13 @@ impl<'a> Matrix<'a> {
                 for (i, p) in t.planes().take(n).enumerate() {
                     planes[i] = p.bytes;
                 }
+                let group_size = t.group_size as usize;
                 WeightView::Nested8 {
                     params: cast(t.name, params.bytes)?,
                     planes,
-                    group_size: t.group_size as usize,
+                    group_size,
                     view_bits,
+                    row_stride: crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize,
                 }
             }
         };
@@ -126,8 +129,8 @@ impl<'a> Matrix<'a> {
                 use half::slice::HalfFloatSliceExt;
                 w[start..start + self.cols].convert_to_f32_slice(out);
             }
-            WeightView::Nested8 { params, planes, group_size, view_bits } => {
-                dequant_nested8_row(params, &planes, group_size, view_bits, start, out)
+            WeightView::Nested8 { params, planes, group_size, view_bits, row_stride } => {
+                dequant_nested8_row(params, &planes, group_size, view_bits, r * row_stride, out)
             }
         }
     }
