@@ -14,6 +14,7 @@ pub mod error;
 pub mod format;
 pub mod kernels;
 pub mod model;
+pub mod plan;
 pub mod sampler;
 #[cfg(feature = "std")]
 pub mod load;
