@@ -164,7 +164,9 @@ impl CheckpointWriter {
             }
             table.extend_from_slice(&t.group_size.to_le_bytes());
             table.push(t.segments.len() as u8);
-            let specs = expected_segments(t.encoding, &t.shape, t.group_size).expect("checked in add_tensor");
+            // add_tensor validated this combination; an error here would be a bug, not bad input.
+            let specs = expected_segments(t.encoding, &t.shape, t.group_size)
+                .ok_or_else(|| std::io::Error::other(format!("tensor '{}' has an invalid layout", t.name)))?;
             for ((spec, data), off) in specs.iter().zip(&t.segments).zip(offs) {
                 table.push(spec.kind as u8);
                 table.push(spec.bits);
