@@ -21,12 +21,33 @@ Examples:
   # KL divergence of a 4-bit view against the full-precision checkpoint
   edge-run eval -m model-nested8.edge --bits 4 --kl-base model-f16.edge --data wiki.test.raw
 
+  # Views chosen per layer: from a plan file, or from the sensitivity profile for a budget
+  edge-run -m model-q8.edge --plan plan.toml -p \"Hello\"
+  edge-run -m model-q8.edge --target-bits 3.5 -p \"Hello\"
+  edge-run -m model-q8.edge --weight-budget 90MB -p \"Hello\"
+
   # Describe a checkpoint and verify every tensor checksum
   edge-run inspect model.edge --verify
 
 Environment:
   EDGE_RUN_CACHE    where auto-packed models are cached (default $XDG_CACHE_HOME/edge-run,
                     else $HOME/.cache/edge-run)";
+
+const EVAL_HELP: &str = "\
+Examples:
+  edge-run eval -m model.edge --data wiki.test.raw --ctx 512 --chunks 4
+  edge-run eval -m model.edge --bits 4 --kl-base model.edge --data wiki.test.raw --json
+  edge-run eval -m model-q8.edge --target-bits 3.5 --kl-base model-f16.edge --data wiki.test.raw
+  edge-run eval --sweep -m model-q8.edge --kl-base model-f16.edge --data wiki.test.raw --chunks 8 \\
+      --baselines rtn4.edge,rtn3.edge --budgets 2.5,3,3.5,4,5,6 --out sweep/
+
+Compressibility score (--sweep):
+  The area under the quality-vs-bits curve of the uniform views, normalised to [0, 1]:
+      score = 1/6 * integral from b=2 to b=8 of exp(-KL(b)) db
+  where KL(b) is the measured mean KL(P_base || P_view) in nats/token of the uniform b-bit view
+  and the curve is piecewise linear through b = 2, 3, 4, 8 (trapezoid rule). 1 means every view
+  is indistinguishable from the base; perfect 4- and 8-bit views with useless 2- and 3-bit ones
+  (exp(-KL) = 0) score 0.75. sweep.json also gives the same area for top-1 agreement.";
 
 /// Run compressible LLMs on constrained devices.
 #[derive(Debug, Parser)]
@@ -65,8 +86,7 @@ pub enum Command {
             run from position 0 and the second half of its positions is scored. With --kl-base, \
             the same windows run through a base model too and the KL divergence \
             KL(P_base || P_model) and top-1 agreement are reported.",
-        after_help = "Examples:\n  edge-run eval -m model.edge --data wiki.test.raw --ctx 512 --chunks 4\n  \
-            edge-run eval -m model.edge --bits 4 --kl-base model.edge --data wiki.test.raw --json"
+        after_help = EVAL_HELP
     )]
     Eval(EvalArgs),
     /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums.
@@ -110,6 +130,34 @@ fn parse_bits(s: &str) -> Result<u8, String> {
     }
 }
 
+fn parse_target_bits(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(b) if b.is_finite() && b > 0.0 => Ok(b),
+        _ => Err(format!("'{s}' is not an average bit width (a number such as 3.5)")),
+    }
+}
+
+/// `90MB`, `1.5 GiB`, `123456` (bytes), case-insensitive.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), t[split..].trim());
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("'{s}' has an unknown unit '{unit}'; use B, KB, MB, GB, KiB, MiB or GiB (e.g. 90MB)")),
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * mult < 1.8e19 => Ok((v * mult).round() as u64),
+        _ => Err(format!("'{s}' is not a size (e.g. 90MB, 1.5GiB or a number of bytes)")),
+    }
+}
+
 fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -143,10 +191,40 @@ pub struct ModelArgs {
     #[arg(long)]
     pub no_mmap: bool,
 
-    /// View width in bits of nested-plane weights (2, 3, 4 or 8; default 8). Ignored, with a
-    /// warning, for checkpoints without nested tensors.
-    #[arg(long, value_name = "B", value_parser = parse_bits)]
+    /// View width in bits of nested-plane weights (2, 3, 4 or 8; default 8), the same for every
+    /// tensor. Ignored, with a warning, for checkpoints without nested tensors.
+    #[arg(long, value_name = "B", value_parser = parse_bits, help_heading = "Views")]
     pub bits: Option<u8>,
+
+    /// Per-layer/per-tensor views from a TOML file: `default = 4` and a `[views]` table whose
+    /// keys are layers ("blk.0"), tensor kinds ("ffn_down", "token_embd"), or tensor names
+    /// ("blk.3.ffn_up.weight"), each = 2, 3, 4 or 8. The most specific key wins (name, then
+    /// layer, then kind); tensors no key names take `default` (8 if absent).
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Views",
+        conflicts_with_all = ["bits", "target_bits", "weight_budget"]
+    )]
+    pub plan: Option<PathBuf>,
+
+    /// Choose views from the checkpoint's sensitivity profile (`edge-pack --calibrate`) for an
+    /// average of BITS bits per weight (over every matrix, group scales included: the 2-bit
+    /// view of group size 64 is 2.5). The plan is printed; see `runtime::plan` for the method.
+    #[arg(
+        long,
+        value_name = "BITS",
+        value_parser = parse_target_bits,
+        help_heading = "Views",
+        conflicts_with_all = ["bits", "weight_budget"]
+    )]
+    pub target_bits: Option<f64>,
+
+    /// Choose views from the sensitivity profile so that the weights (norms included) take at
+    /// most SIZE bytes: a number with B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (of
+    /// 1024), e.g. 90MB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
+    pub weight_budget: Option<u64>,
 
     /// Weight encoding used when auto-packing a non-.edge model.
     #[arg(long, value_enum, default_value_t = PackEncoding::F16, value_name = "ENC")]
@@ -259,9 +337,41 @@ pub struct EvalArgs {
     #[arg(long, value_name = "B", value_parser = parse_bits, requires = "kl_base")]
     pub kl_base_bits: Option<u8>,
 
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text (with --sweep: the object sweep.json holds).
     #[arg(long)]
     pub json: bool,
+
+    /// The degradation sweep: on the same windows, evaluate the --kl-base model, the uniform
+    /// 8/4/3/2-bit views of --model, every --baselines file and the plans the sensitivity
+    /// profile picks for each of --budgets; print a table, write sweep.json and sweep.svg into
+    /// --out, and report the compressibility score (see the section below).
+    #[arg(
+        long,
+        help_heading = "Sweep",
+        requires = "kl_base",
+        conflicts_with_all = ["bits", "plan", "target_bits", "weight_budget"]
+    )]
+    pub sweep: bool,
+
+    /// Checkpoints to compare in the sweep (comma-separated), e.g. round-to-nearest baselines
+    /// from `edge-pack --rtn-baseline` (their weight bytes are the ones they record).
+    #[arg(long, value_name = "FILES", value_delimiter = ',', requires = "sweep", help_heading = "Sweep")]
+    pub baselines: Vec<PathBuf>,
+
+    /// Average bits per weight of the profile-chosen plans in the sweep (comma-separated).
+    #[arg(
+        long,
+        value_name = "BITS",
+        value_delimiter = ',',
+        value_parser = parse_target_bits,
+        default_value = "2.5,3,3.5,4,5,6",
+        help_heading = "Sweep"
+    )]
+    pub budgets: Vec<f64>,
+
+    /// Folder for sweep.json and sweep.svg (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".", requires = "sweep", help_heading = "Sweep")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

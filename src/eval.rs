@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use edge_runtime::model::{Logits, ModelOptions};
+use edge_runtime::model::{Logits, ModelOptions, ViewPlan};
 use edge_runtime::{Config, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::cli::EvalArgs;
 use crate::loader::{self, Tok};
 use crate::stats;
+use crate::views::{self, Footprint};
 
 /// Log-sum-exp of `logits` in f64.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
@@ -90,32 +91,215 @@ impl Mean {
     }
 }
 
-struct Loaded<'f> {
-    file: &'f loader::ModelFile,
-    model: Model<'f>,
-    config: Config,
-    weight_bytes: usize,
+impl Mean {
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+    pub fn max(&self) -> f64 {
+        self.max
+    }
 }
 
-fn load<'f>(
-    file: &'f loader::ModelFile,
+/// The evaluation text, tokenized, and its windows.
+pub struct Corpus {
+    pub tokens: Vec<u32>,
+    pub ctx: usize,
+    /// Windows evaluated.
+    pub n_windows: usize,
+    /// Full windows in the file.
+    pub available: usize,
+    /// Whether each window starts with BOS.
+    pub add_bos: bool,
+    pub bos: Option<u32>,
+    pub tokenize_seconds: f64,
+}
+
+impl Corpus {
+    /// Read `data` and tokenize it whole, as llama-perplexity does (special tokens are plain
+    /// text); check `ctx` and count the windows.
+    pub fn new(tok: &mut Tok, data: &Path, ctx: usize, chunks: Option<usize>, quiet: bool) -> Result<Corpus> {
+        if ctx < 4 {
+            bail!("--ctx {ctx} is too small: a window scores positions ctx/2..ctx-1; use at least 4 (512 is usual)");
+        }
+        let text = read_text(data, quiet)?;
+        let t_tok = Instant::now();
+        let tokens = tok.encode(&text, false)?;
+        let tokenize_seconds = t_tok.elapsed().as_secs_f64();
+        let add_bos = tok.add_bos == Some(true)
+            || (tok.add_bos.is_none() && tok.bos.is_some() && tokens.first() == tok.bos.as_ref());
+        let available = tokens.len() / ctx;
+        if available == 0 {
+            bail!(
+                "{} has {} tokens, fewer than one window of --ctx {ctx}; use a smaller --ctx or a longer file",
+                data.display(),
+                tokens.len()
+            );
+        }
+        let n_windows = chunks.map_or(available, |c| c.min(available));
+        Ok(Corpus { tokens, ctx, n_windows, available, add_bos, bos: tok.bos, tokenize_seconds })
+    }
+
+    /// First scored position.
+    pub fn first(&self) -> usize {
+        self.ctx / 2
+    }
+
+    /// Scored positions per window (`j` in `[ctx/2, ctx-1)`).
+    pub fn scored_per_window(&self) -> usize {
+        self.ctx - 1 - self.first()
+    }
+
+    /// The tokens of window `w` (BOS first when the model adds one).
+    pub fn window(&self, w: usize, out: &mut [u32]) {
+        out.copy_from_slice(&self.tokens[w * self.ctx..(w + 1) * self.ctx]);
+        if self.add_bos {
+            if let Some(b) = self.bos {
+                out[0] = b;
+            }
+        }
+    }
+
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        if let Some(&bad) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {vocab}; re-pack the model");
+        }
+        Ok(())
+    }
+
+    /// The line `eval` prints before it starts.
+    pub fn describe(&self, data: &Path) -> String {
+        format!(
+            "edge-run: {} tokens in {} (tokenized in {:.2} s); {} of {} windows of {}, {} scored per window{}",
+            self.tokens.len(),
+            data.display(),
+            self.tokenize_seconds,
+            self.n_windows,
+            self.available,
+            self.ctx,
+            self.scored_per_window(),
+            if self.add_bos { ", BOS first" } else { "" }
+        )
+    }
+}
+
+/// What a model scores on the windows: NLL of the next token, and against a base's logits the
+/// KL divergence and top-1 agreement.
+#[derive(Debug, Default, Clone)]
+pub struct Scores {
+    pub nll: Mean,
+    pub kl: Mean,
+    pub agree: u64,
+}
+
+impl Scores {
+    /// Score one position: the model's logits `row`, the true next token, the base's logits.
+    pub fn add(&mut self, row: &[f32], target: u32, base: Option<&[f32]>) {
+        self.nll.add(nll(row, target));
+        if let Some(b) = base {
+            self.kl.add(kl_divergence(b, row));
+            if edge_runtime::sampler::argmax(b) == edge_runtime::sampler::argmax(row) {
+                self.agree += 1;
+            }
+        }
+    }
+
+    /// Top-1 agreement with the base (a fraction) and its standard error.
+    pub fn agreement(&self) -> (f64, f64) {
+        let n = self.kl.count();
+        if n == 0 {
+            return (f64::NAN, 0.0);
+        }
+        let p = self.agree as f64 / n as f64;
+        let se = if n > 1 { (p * (1.0 - p) / (n as f64 - 1.0)).sqrt() } else { 0.0 };
+        (p, se)
+    }
+}
+
+/// Run `model` over window `window` (positions 0..ctx, from an empty cache) in forward passes
+/// of at most `batch` tokens, and score its scored positions into `scores` (against `base`,
+/// the base model's logits of the same positions, one row per position, when given). `keep`
+/// collects the logits of the scored positions (to serve as the base of other models).
+pub fn score_window(
+    model: &mut Model<'_>,
+    corpus: &Corpus,
+    window: &[u32],
+    batch: usize,
+    base: Option<&[f32]>,
+    scores: &mut Scores,
+    mut keep: Option<&mut Vec<f32>>,
+) -> Result<()> {
+    let ctx = corpus.ctx;
+    let first = corpus.first();
+    let vocab = model.config.vocab_size;
+    if let Some(k) = keep.as_deref_mut() {
+        k.clear();
+    }
+    // Unscored first half: only the KV cache matters.
+    let mut pos = 0;
+    while pos < first {
+        let n = batch.min(first - pos);
+        model.forward_batch(&window[pos..pos + n], pos, Logits::Last)?;
+        pos += n;
+    }
+    // Scored second half: every position's logits.
+    while pos < ctx {
+        let n = batch.min(ctx - pos);
+        let logits = model.forward_batch(&window[pos..pos + n], pos, Logits::All)?;
+        for r in 0..n {
+            let j = pos + r;
+            if j + 1 >= ctx {
+                break;
+            }
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let b = base.map(|b| &b[(j - first) * vocab..(j - first + 1) * vocab]);
+            scores.add(row, window[j + 1], b);
+            if let Some(k) = keep.as_deref_mut() {
+                k.extend_from_slice(row);
+            }
+        }
+        pos += n;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal (hidden otherwise); `true` when shown.
+pub fn progress_bar(len: u64, what: &str) -> (ProgressBar, bool) {
+    let tty = std::io::stderr().is_terminal();
+    let pb = if tty { ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template(&format!("{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {what}  {{msg}}  ETA {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    (pb, tty)
+}
+
+/// A model instantiated for evaluation.
+pub struct Loaded<'f> {
+    pub model: Model<'f>,
+    pub config: Config,
+    pub footprint: Footprint,
+}
+
+/// Instantiate `ck` (from `path`) for windows of `ctx` tokens at the views `plan` picks.
+pub fn load<'f>(
+    path: &Path,
     ck: &edge_runtime::Checkpoint<'f>,
     ctx: usize,
     batch: usize,
-    bits: Option<u8>,
+    plan: &ViewPlan,
 ) -> Result<Loaded<'f>> {
-    let config = Config::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let config = Config::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if ctx > config.max_seq_len {
         bail!(
             "--ctx {ctx} exceeds the trained context of {} ({} tokens); use a smaller --ctx",
-            file.path.display(),
+            path.display(),
             config.max_seq_len
         );
     }
-    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: bits };
-    let model = Model::new(ck, opts).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    let weight_bytes = model.weights.view_bytes(config.tied_embeddings);
-    Ok(Loaded { file, model, config, weight_bytes })
+    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: None };
+    let model = Model::with_plan(ck, opts, plan).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let footprint = Footprint::of(&model.weights);
+    Ok(Loaded { model, config, footprint })
 }
 
 fn read_text(path: &Path, quiet: bool) -> Result<String> {
@@ -135,18 +319,19 @@ fn read_text(path: &Path, quiet: bool) -> Result<String> {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    if args.sweep {
+        return crate::sweep::run(args);
+    }
     let quiet = args.json;
     let file = loader::open_model(&args.model)?;
     let ck = file.parse()?;
-    loader::check_bits(&ck, args.model.bits, quiet);
+    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let selection = views::select(&ck, &config, &args.model, &file.path, quiet)?;
     let mut tok = Tok::from_checkpoint(&ck)?.ok_or_else(|| {
         anyhow!("{} has no tokenizer, so it cannot be evaluated on text; re-pack it with a tokenizer", file.path.display())
     })?;
 
     let ctx = args.ctx;
-    if ctx < 4 {
-        bail!("--ctx {ctx} is too small: a window scores positions ctx/2..ctx-1; use at least 4 (512 is usual)");
-    }
     let batch = args.batch.unwrap_or(512).min(ctx);
     let base_file = match &args.kl_base {
         Some(p) => Some(loader::open_path(p, args.model.pack_encoding, args.model.group_size, !args.model.no_mmap)?),
@@ -157,28 +342,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
 
-    // Tokenize the whole file, as llama-perplexity does (special tokens are plain text).
-    let text = read_text(&args.data, quiet)?;
-    let t_tok = Instant::now();
-    let tokens = tok.encode(&text, false)?;
-    let tokenize_s = t_tok.elapsed().as_secs_f64();
-    let add_bos = tok.add_bos == Some(true)
-        || (tok.add_bos.is_none() && tok.bos.is_some() && tokens.first() == tok.bos.as_ref());
-    let available = tokens.len() / ctx;
-    if available == 0 {
-        bail!(
-            "{} has {} tokens, fewer than one window of --ctx {ctx}; use a smaller --ctx or a longer file",
-            args.data.display(),
-            tokens.len()
-        );
-    }
-    let n_windows = args.chunks.map_or(available, |c| c.min(available));
+    let corpus = Corpus::new(&mut tok, &args.data, ctx, args.chunks, quiet)?;
+    let n_windows = corpus.n_windows;
 
-    let mut main = load(&file, &ck, ctx, batch, args.model.bits)?;
+    let mut main = load(&file.path, &ck, ctx, batch, &selection.plan)?;
     let mut base = match (&base_file, &base_ck) {
         (Some(f), Some(c)) => {
             loader::check_bits(c, args.kl_base_bits, quiet);
-            let b = load(f, c, ctx, batch, args.kl_base_bits)?;
+            let plan = ViewPlan { default_bits: args.kl_base_bits, overrides: Vec::new() };
+            let b = load(&f.path, c, ctx, batch, &plan)?;
             if b.config.vocab_size != main.config.vocab_size {
                 bail!(
                     "--kl-base has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
@@ -190,88 +362,33 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         _ => None,
     };
-    let vocab = main.config.vocab_size;
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {vocab}; re-pack the model");
-    }
+    corpus.check_vocab(main.config.vocab_size)?;
 
     if !quiet {
-        eprintln!(
-            "edge-run: {} tokens in {} (tokenized in {tokenize_s:.2} s); {n_windows} of {available} windows of {ctx}, {} scored per window{}",
-            tokens.len(),
-            args.data.display(),
-            ctx - 1 - ctx / 2,
-            if add_bos { ", BOS first" } else { "" }
-        );
+        eprintln!("{}", corpus.describe(&args.data));
+        if !selection.is_default() {
+            eprintln!("{}", selection.describe(&main.footprint));
+        }
     }
 
-    let tty = std::io::stderr().is_terminal();
-    let pb = if tty {
-        ProgressBar::with_draw_target(Some(n_windows as u64), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} windows  {msg}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-
-    let first = ctx / 2;
-    let mut nll_main = Mean::default();
-    let mut nll_base = Mean::default();
-    let mut kl = Mean::default();
-    let mut agree = 0u64;
+    let (pb, tty) = progress_bar(n_windows as u64, "windows");
+    let mut scores = Scores::default();
+    let mut base_scores = Scores::default();
+    let mut base_rows: Vec<f32> = Vec::new();
     let mut window_ppl = Vec::with_capacity(n_windows);
     let t0 = Instant::now();
     let mut window = vec![0u32; ctx];
     for w in 0..n_windows {
-        window.copy_from_slice(&tokens[w * ctx..(w + 1) * ctx]);
-        if add_bos {
-            if let Some(b) = tok.bos {
-                window[0] = b;
-            }
+        corpus.window(w, &mut window);
+        if let Some(b) = base.as_mut() {
+            score_window(&mut b.model, &corpus, &window, batch, None, &mut base_scores, Some(&mut base_rows))?;
         }
-        // Unscored first half: only the KV cache matters.
-        let mut pos = 0;
-        while pos < first {
-            let n = batch.min(first - pos);
-            main.model.forward_batch(&window[pos..pos + n], pos, Logits::Last)?;
-            if let Some(b) = base.as_mut() {
-                b.model.forward_batch(&window[pos..pos + n], pos, Logits::Last)?;
-            }
-            pos += n;
-        }
-        // Scored second half: every position's logits.
-        while pos < ctx {
-            let n = batch.min(ctx - pos);
-            let lm = main.model.forward_batch(&window[pos..pos + n], pos, Logits::All)?;
-            let lb = match base.as_mut() {
-                Some(b) => Some(b.model.forward_batch(&window[pos..pos + n], pos, Logits::All)?),
-                None => None,
-            };
-            for r in 0..n {
-                let j = pos + r;
-                if j + 1 >= ctx {
-                    break;
-                }
-                let target = window[j + 1];
-                let row_m = &lm[r * vocab..(r + 1) * vocab];
-                nll_main.add(nll(row_m, target));
-                if let Some(lb) = lb {
-                    let row_b = &lb[r * vocab..(r + 1) * vocab];
-                    nll_base.add(nll(row_b, target));
-                    kl.add(kl_divergence(row_b, row_m));
-                    if edge_runtime::sampler::argmax(row_b) == edge_runtime::sampler::argmax(row_m) {
-                        agree += 1;
-                    }
-                }
-            }
-            pos += n;
-        }
-        let (p, _) = nll_main.ppl();
+        let base_logits = base.as_ref().map(|_| base_rows.as_slice());
+        score_window(&mut main.model, &corpus, &window, batch, base_logits, &mut scores, None)?;
+        let (p, _) = scores.nll.ppl();
         window_ppl.push(p);
         let msg = match &base {
-            Some(_) => format!("PPL {p:.4}  KL {:.6}", kl.mean()),
+            Some(_) => format!("PPL {p:.4}  KL {:.6}", scores.kl.mean()),
             None => format!("PPL {p:.4}"),
         };
         pb.set_message(msg.clone());
@@ -283,53 +400,55 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
     let processed = n_windows * ctx * if base.is_some() { 2 } else { 1 };
-    let scored = nll_main.n;
-    let (ppl, ppl_se) = nll_main.ppl();
+    let scored = scores.nll.count();
+    let (ppl, ppl_se) = scores.nll.ppl();
     let peak = stats::peak_rss_bytes();
-    let n_scored = scored.max(1) as f64;
-    let agree_p = agree as f64 / n_scored;
-    let agree_se = if scored > 1 { (agree_p * (1.0 - agree_p) / (n_scored - 1.0)).sqrt() } else { 0.0 };
+    let (agree_p, agree_se) = scores.agreement();
+    let kl = &scores.kl;
+    let weight_bytes = main.footprint.weight_bytes;
 
     if args.json {
-        let kl_obj = base.as_ref().map(|b| {
-            let (bp, bse) = nll_base.ppl();
+        let kl_obj = base_file.as_ref().map(|bf| {
+            let (bp, bse) = base_scores.nll.ppl();
             json!({
                 "base": args.kl_base.as_ref().map(|p| p.display().to_string()),
-                "base_checkpoint": b.file.path.display().to_string(),
+                "base_checkpoint": bf.path.display().to_string(),
                 "base_bits": args.kl_base_bits,
                 "base_ppl": bp,
                 "base_ppl_stderr": bse,
                 "mean_kl": kl.mean(),
                 "kl_stderr": kl.stderr(),
-                "max_kl": kl.max,
+                "max_kl": kl.max(),
                 "top1_agreement_percent": 100.0 * agree_p,
                 "top1_agreement_stderr_percent": 100.0 * agree_se,
-                "ln_ppl_ratio": nll_main.mean() - nll_base.mean(),
+                "ln_ppl_ratio": scores.nll.mean() - base_scores.nll.mean(),
             })
         });
         let obj = json!({
             "model": args.model.model.as_ref().map(|p| p.display().to_string()),
-            "checkpoint": main.file.path.display().to_string(),
-            "packed": main.file.origin.name(),
+            "checkpoint": file.path.display().to_string(),
+            "packed": file.origin.name(),
             "data": args.data.display().to_string(),
             "ctx": ctx,
             "batch_size": batch,
             "bits": args.model.bits,
-            "add_bos": add_bos,
-            "n_tokens": tokens.len(),
+            "plan": selection.to_json(&main.footprint),
+            "add_bos": corpus.add_bos,
+            "n_tokens": corpus.tokens.len(),
             "windows": n_windows,
-            "windows_available": available,
+            "windows_available": corpus.available,
             "tokens_scored": scored,
-            "mean_nll": nll_main.mean(),
+            "mean_nll": scores.nll.mean(),
             "ppl": ppl,
             "ppl_stderr": ppl_se,
             "window_ppl": window_ppl,
             "seconds": seconds,
-            "tokenize_seconds": tokenize_s,
+            "tokenize_seconds": corpus.tokenize_seconds,
             "tokens_per_second": stats::rate(processed, seconds),
             "scored_tokens_per_second": stats::rate(scored as usize, seconds),
             "peak_rss_bytes": peak,
-            "weight_bytes": main.weight_bytes,
+            "weight_bytes": weight_bytes,
+            "bits_per_weight": main.footprint.bits_per_weight(),
             "kl": kl_obj,
         });
         let _ = writeln!(std::io::stdout().lock(), "{obj}");
@@ -339,10 +458,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let windows = if n_windows == 1 { "window" } else { "windows" };
     let mut lines = vec![format!("PPL = {ppl:.4} +/- {ppl_se:.5}  ({scored} tokens scored in {n_windows} {windows} of {ctx})")];
-    if let Some(b) = &base {
-        let (bp, bse) = nll_base.ppl();
-        lines.push(format!("base PPL = {bp:.4} +/- {bse:.5}  ({})", b.file.path.display()));
-        lines.push(format!("Mean KL(base || model) = {:.6} +/- {:.6}  (max {:.6})", kl.mean(), kl.stderr(), kl.max));
+    if let Some(bf) = &base_file {
+        let (bp, bse) = base_scores.nll.ppl();
+        lines.push(format!("base PPL = {bp:.4} +/- {bse:.5}  ({})", bf.path.display()));
+        lines.push(format!("Mean KL(base || model) = {:.6} +/- {:.6}  (max {:.6})", kl.mean(), kl.stderr(), kl.max()));
         lines.push(format!("Same top-1 = {:.3} +/- {:.3} %", 100.0 * agree_p, 100.0 * agree_se));
     }
     for l in lines {
@@ -353,7 +472,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         stats::fmt_rate(stats::rate(processed, seconds)),
         if base.is_some() { " and the base" } else { "" },
         peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),
-        stats::human_bytes(main.weight_bytes as u64),
+        stats::human_bytes(weight_bytes),
     );
     Ok(())
 }

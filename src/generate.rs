@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::cli::GenerateArgs;
 use crate::loader::{self, Tok};
 use crate::stats;
+use crate::views;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,8 +158,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let t_load = Instant::now();
     let file = loader::open_model(&args.model)?;
     let ck = file.parse()?;
-    loader::check_bits(&ck, args.model.bits, quiet);
     let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let selection = views::select(&ck, &config, &args.model, &file.path, quiet)?;
     let mut tok = Tok::from_checkpoint(&ck)?;
 
     // The prompt, as token ids.
@@ -221,9 +222,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
 
     let batch = args.batch.min(ctx);
-    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: args.model.bits };
-    let mut model = Model::new(&ck, opts).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    let weight_bytes = model.weights.view_bytes(config.tied_embeddings);
+    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: None };
+    let mut model = Model::with_plan(&ck, opts, &selection.plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let footprint = views::Footprint::of(&model.weights);
+    let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
     let kv = kv_bytes(&config, ctx);
     let load_s = t_load.elapsed().as_secs_f64() - file.resolve_seconds;
@@ -236,6 +238,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             stats::human_bytes(weight_bytes as u64),
             if file.mmap { "mmap" } else { "read" },
         );
+        if !selection.is_default() {
+            eprintln!("{}", selection.describe(&footprint));
+        }
     }
 
     let seed = args.seed.unwrap_or_else(random_seed);
@@ -322,6 +327,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "ctx": ctx,
             "batch_size": batch,
             "bits": args.model.bits,
+            "plan": selection.to_json(&footprint),
+            "bits_per_weight": footprint.bits_per_weight(),
             "sampler": { "temperature": f32_json(args.temp), "top_k": args.top_k, "top_p": f32_json(args.top_p), "seed": seed },
             "config": config_json(&config),
         });

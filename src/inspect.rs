@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::cli::InspectArgs;
 use crate::loader::{self, Tok};
+use crate::profile::{Baseline, Profile};
 use crate::stats::human_bytes;
 
 /// Longest metadata string shown in full.
@@ -67,6 +68,44 @@ fn parse_for_inspect<'a>(path: &Path, bytes: &'a [u8]) -> Result<Checkpoint<'a>>
     })
 }
 
+/// The sensitivity profile as a table: one row per unit, one column per view, KL in nats/token.
+fn profile_lines(p: &Profile) -> Vec<String> {
+    let mut out = vec![format!(
+        "sensitivity profile: mean {} (nats/token) from the {} when only that unit is lowered{}{}",
+        p.metric.as_deref().unwrap_or("kl").to_uppercase(),
+        p.reference.as_deref().unwrap_or("8-bit view"),
+        p.calibration.as_deref().map(|c| format!("; calibration: {c}")).unwrap_or_default(),
+        p.tokens.map(|t| format!(" ({t} tokens)")).unwrap_or_default(),
+    )];
+    let views: Vec<u8> = p.views().into_iter().filter(|&b| b != 8).collect();
+    let nw = p.units.iter().map(|u| u.name.len()).max().unwrap_or(4).max(5);
+    let mut head = format!("  {:<nw$}", "unit");
+    for b in &views {
+        head.push_str(&format!("  {:>10}", format!("{b}-bit")));
+    }
+    out.push(head);
+    let mut totals = vec![0.0f64; views.len()];
+    for u in &p.units {
+        let mut l = format!("  {:<nw$}", u.name);
+        for (i, &b) in views.iter().enumerate() {
+            match u.kl_at(b) {
+                Some(k) => {
+                    totals[i] += k;
+                    l.push_str(&format!("  {k:>10.6}"));
+                }
+                None => l.push_str(&format!("  {:>10}", "-")),
+            }
+        }
+        out.push(l);
+    }
+    let mut l = format!("  {:<nw$}", "sum");
+    for t in totals {
+        l.push_str(&format!("  {t:>10.6}"));
+    }
+    out.push(l);
+    out
+}
+
 #[derive(Default)]
 struct Totals {
     tensors: usize,
@@ -94,6 +133,8 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     let file_len = bytes.as_bytes().len() as u64;
     let config = Config::from_checkpoint(&ck);
     let tok = Tok::from_checkpoint(&ck);
+    let profile = Profile::from_checkpoint(&ck);
+    let baseline = Baseline::from_checkpoint(&ck);
 
     // Segment checksums.
     let n_segments: usize = ck.tensors.iter().map(|t| t.segments.len()).sum();
@@ -150,6 +191,16 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "config_error": config.as_ref().err().map(|e| e.to_string()),
             "tokenizer": tok_json,
             "metadata": ck.meta.iter().map(|(k, v)| (k.to_string(), meta_json(v))).collect::<serde_json::Map<_, _>>(),
+            "sensitivity_profile": match &profile {
+                Ok(Some(p)) => serde_json::to_value(p).unwrap_or_default(),
+                Ok(None) => serde_json::Value::Null,
+                Err(e) => json!({ "error": loader::one_line(&format!("{e:#}")) }),
+            },
+            "baseline": match &baseline {
+                Ok(Some(b)) => serde_json::to_value(b).unwrap_or_default(),
+                Ok(None) => serde_json::Value::Null,
+                Err(e) => json!({ "error": loader::one_line(&format!("{e:#}")) }),
+            },
             "n_tensors": ck.tensors.len(),
             "params": total_params,
             "tensor_bytes": total_bytes,
@@ -236,6 +287,27 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         let kw = ck.meta.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (k, v) in &ck.meta {
             line(format!("  {k:<kw$}  {}", meta_text(v)));
+        }
+        match &profile {
+            Ok(Some(p)) => {
+                for l in profile_lines(p) {
+                    line(l);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => line(format!("sensitivity   unreadable: {}", loader::one_line(&format!("{e:#}")))),
+        }
+        match &baseline {
+            Ok(Some(b)) => line(format!(
+                "baseline      {} {}-bit{}, weights {} ({} bytes stored at that width)",
+                b.method,
+                b.bits,
+                b.group_size.map(|g| format!(", group {g}")).unwrap_or_default(),
+                human_bytes(b.weight_bytes),
+                b.weight_bytes
+            )),
+            Ok(None) => {}
+            Err(e) => line(format!("baseline      unreadable: {}", loader::one_line(&format!("{e:#}")))),
         }
         line(format!("tensors ({})", ck.tensors.len()));
         let nw = ck.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);

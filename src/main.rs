@@ -9,7 +9,11 @@ mod eval;
 mod generate;
 mod inspect;
 mod loader;
+mod plot;
+mod profile;
 mod stats;
+mod sweep;
+mod views;
 
 use clap::error::ErrorKind;
 use clap::Parser;

@@ -186,3 +186,96 @@ pub fn corrupt_copy(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     f(&mut b);
     std::fs::write(dst, b).unwrap();
 }
+
+/// A file packed once into the scratch directory by `pack` (to a temporary name, then renamed),
+/// reused while it is newer than this test binary.
+fn packed_once(name: &str, pack: impl FnOnce(&Path)) -> PathBuf {
+    let out = scratch().join(name);
+    let exe_time = std::env::current_exe().and_then(|e| e.metadata()).and_then(|m| m.modified()).ok();
+    let fresh = out.metadata().and_then(|m| m.modified()).ok().is_some_and(|t| exe_time.is_none_or(|e| t >= e));
+    if !fresh {
+        let tmp = out.with_extension(format!("partial-{}", std::process::id()));
+        pack(&tmp);
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// SmolLM2-135M-Instruct packed as nested8 (q8, group 64) with the fast min-max objective
+/// (seconds, not minutes: these tests exercise views and plans, not the quantizer's quality).
+pub fn smollm_q8() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        packed_once("smollm2-135m-q8-minmax.edge", |tmp| {
+            let opts = edge_pack::PackOptions {
+                encoding: edge_pack::WeightEncoding::Nested8,
+                group_size: 64,
+                objective: edge_pack::quant::NestedObjective::MinMax,
+                force: true,
+                ..Default::default()
+            };
+            edge_pack::pack_file(&smollm_gguf(), tmp, &opts).expect("packing SmolLM2 as q8");
+        })
+    })
+    .clone()
+}
+
+/// A copy of checkpoint `src` at `dst` with metadata `extra` added (or replaced): every tensor
+/// and every other metadata entry copied as is.
+pub fn with_metadata(src: &Path, dst: &Path, extra: &[(&str, &str)]) {
+    use edge_runtime::format::{CheckpointWriter, MetaValue, TensorData};
+    let bytes = std::fs::read(src).unwrap();
+    let ck = edge_runtime::Checkpoint::parse(&bytes).unwrap();
+    let mut w = CheckpointWriter::new();
+    for (k, v) in &ck.meta {
+        w.set_meta(k, *v);
+    }
+    for (k, v) in extra {
+        w.set_meta(k, MetaValue::Str(v));
+    }
+    for t in &ck.tensors {
+        w.add_tensor(TensorData {
+            name: t.name.to_string(),
+            encoding: t.encoding,
+            shape: t.shape.clone(),
+            group_size: t.group_size,
+            segments: t.segments.iter().map(|s| s.bytes.to_vec()).collect(),
+        })
+        .unwrap();
+    }
+    let tmp = dst.with_extension(format!("partial-{}", std::process::id()));
+    w.write_file(&tmp, true, |_, _| {}).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+/// A synthetic sensitivity profile for SmolLM2 (30 layers and token_embd), in the format
+/// `edge-pack --calibrate` writes: the first and last layers and the embedding are the most
+/// sensitive, and KL falls with the view width.
+pub fn synthetic_profile(n_layers: usize) -> String {
+    let mut units = Vec::new();
+    let unit = |name: String, f: f64| {
+        serde_json::json!({ "name": name, "kl": { "2": 0.30 * f, "3": 0.06 * f, "4": 0.012 * f } })
+    };
+    units.push(unit("token_embd".into(), 6.0));
+    for l in 0..n_layers {
+        let f = if l == 0 || l + 1 == n_layers { 4.0 } else { 1.0 + 0.3 * (l % 5) as f64 };
+        units.push(unit(format!("blk.{l}"), f));
+    }
+    serde_json::json!({
+        "version": 1, "metric": "kl", "reference": "8-bit view",
+        "calibration": "synthetic (test)", "tokens": 1000, "units": units,
+    })
+    .to_string()
+}
+
+/// SmolLM2 q8 with [`synthetic_profile`] in its metadata.
+pub fn smollm_q8_profiled() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let src = smollm_q8();
+        packed_once("smollm2-135m-q8-profiled.edge", |tmp| {
+            with_metadata(&src, tmp, &[("edge.sensitivity", &synthetic_profile(30))]);
+        })
+    })
+    .clone()
+}

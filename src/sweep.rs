@@ -1,0 +1,472 @@
+//! `edge-run eval --sweep`: the degradation curve of one checkpoint. On the same windows, the
+//! base model (`--kl-base`), the uniform 8/4/3/2-bit views of `--model` (one model instance,
+//! its views switched live), every `--baselines` file and the plans the sensitivity profile
+//! picks for each `--budgets` value are scored against the base's logits, which are computed
+//! once per window. Output: a table, `sweep.json`, `sweep.svg`, and the compressibility score.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use edge_runtime::format::Encoding;
+use edge_runtime::model::{ViewPlan, Weights};
+use edge_runtime::{Checkpoint, Config};
+use serde_json::json;
+
+use crate::cli::EvalArgs;
+use crate::eval::{self, Corpus, Scores};
+use crate::loader::{self, ModelFile, Tok};
+use crate::plot::{self, PlotData, Point};
+use crate::profile::{Baseline, Profile};
+use crate::stats::{self, human_bytes};
+use crate::views::{Footprint, Planner};
+
+/// The uniform views the sweep evaluates, widest first.
+const UNIFORM: [u8; 4] = [8, 4, 3, 2];
+
+/// How the compressibility score is defined (also in `edge-run eval --help` and sweep.json).
+pub const SCORE_DEFINITION: &str = "area under exp(-KL) of the uniform 8/4/3/2-bit views against the view width in bits, piecewise linear through b = 2, 3, 4, 8 (trapezoid rule), over [2, 8], divided by 6; KL = mean KL(P_base || P_view) in nats/token; 1 = every view indistinguishable from the base";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Base,
+    Uniform(u8),
+    Plan(f64),
+    Baseline(usize),
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Base => "base",
+            Kind::Uniform(_) => "uniform",
+            Kind::Plan(_) => "plan",
+            Kind::Baseline(_) => "baseline",
+        }
+    }
+}
+
+/// One configuration of the sweep.
+struct Row {
+    label: String,
+    kind: Kind,
+    checkpoint: PathBuf,
+    /// The views of `--model` (uniform and plan rows).
+    plan: Option<ViewPlan>,
+    units: Vec<(String, u8)>,
+    predicted_kl: Option<f64>,
+    weight_bytes: u64,
+    bits_per_weight: f64,
+    scores: Scores,
+}
+
+impl Row {
+    fn kl(&self) -> f64 {
+        if self.kind == Kind::Base {
+            0.0
+        } else {
+            self.scores.kl.mean()
+        }
+    }
+    fn agreement(&self) -> f64 {
+        if self.kind == Kind::Base {
+            1.0
+        } else {
+            self.scores.agreement().0
+        }
+    }
+}
+
+/// Normalised area under `points` (x ascending) over `[lo, hi]`, trapezoid rule. `None` unless
+/// the points span `[lo, hi]`.
+pub fn area(points: &[(f64, f64)], lo: f64, hi: f64) -> Option<f64> {
+    let mut p: Vec<(f64, f64)> = points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let first = p.first()?;
+    let last = p.last()?;
+    if first.0 > lo || last.0 < hi || hi <= lo {
+        return None;
+    }
+    let a: f64 = p
+        .windows(2)
+        .map(|w| {
+            let (x0, y0) = w[0];
+            let (x1, y1) = w[1];
+            // Clip each segment to [lo, hi].
+            let (a, b) = (x0.max(lo), x1.min(hi));
+            if b <= a {
+                return 0.0;
+            }
+            let at = |x: f64| y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+            0.5 * (at(a) + at(b)) * (b - a)
+        })
+        .sum();
+    Some(a / (hi - lo))
+}
+
+fn encoding_label(ck: &Checkpoint<'_>) -> &'static str {
+    ck.tensor("token_embd.weight").map(|t| t.encoding.name()).unwrap_or("?")
+}
+
+fn footprint_at(ck: &Checkpoint<'_>, config: &Config, plan: &ViewPlan) -> Result<Footprint> {
+    let w = Weights::from_checkpoint(ck, config, plan).map_err(|e| anyhow!("{e}"))?;
+    Ok(Footprint::of(&w))
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let quiet = args.json;
+    let base_path = args.kl_base.as_ref().ok_or_else(|| anyhow!("--sweep needs --kl-base (the full-precision model)"))?;
+    let file = loader::open_model(&args.model)?;
+    let ck = file.parse()?;
+    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    if !ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8) {
+        bail!(
+            "--sweep lowers the views of --model, but {} has no nested-plane tensors; pack it with `edge-pack --encoding q8`",
+            file.path.display()
+        );
+    }
+    let mut tok = Tok::from_checkpoint(&ck)?.ok_or_else(|| {
+        anyhow!("{} has no tokenizer, so it cannot be evaluated on text; re-pack it with a tokenizer", file.path.display())
+    })?;
+    let ctx = args.ctx;
+    let batch = args.batch.unwrap_or(512).min(ctx);
+    let mmap = !args.model.no_mmap;
+    let base_file = loader::open_path(base_path, args.model.pack_encoding, args.model.group_size, mmap)?;
+    let base_ck = base_file.parse()?;
+    loader::check_bits(&base_ck, args.kl_base_bits, quiet);
+    let baseline_files: Vec<ModelFile> = args
+        .baselines
+        .iter()
+        .map(|p| loader::open_path(p, args.model.pack_encoding, args.model.group_size, mmap))
+        .collect::<Result<_>>()?;
+    let baseline_cks: Vec<Checkpoint<'_>> = baseline_files.iter().map(|f| f.parse()).collect::<Result<_>>()?;
+
+    let corpus = Corpus::new(&mut tok, &args.data, ctx, args.chunks, quiet)?;
+    corpus.check_vocab(config.vocab_size)?;
+
+    // The configurations.
+    let mut notes: Vec<String> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let base_plan = ViewPlan { default_bits: args.kl_base_bits, overrides: Vec::new() };
+    let mut base = eval::load(&base_file.path, &base_ck, ctx, batch, &base_plan)?;
+    if base.config.vocab_size != config.vocab_size {
+        bail!(
+            "--kl-base has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
+            base.config.vocab_size,
+            config.vocab_size
+        );
+    }
+    let base_label = match args.kl_base_bits {
+        Some(b) => format!("base ({} @{b})", encoding_label(&base_ck)),
+        None => format!("base ({})", encoding_label(&base_ck)),
+    };
+    rows.push(Row {
+        label: base_label,
+        kind: Kind::Base,
+        checkpoint: base_file.path.clone(),
+        plan: None,
+        units: Vec::new(),
+        predicted_kl: None,
+        weight_bytes: base.footprint.weight_bytes,
+        bits_per_weight: base.footprint.bits_per_weight(),
+        scores: Scores::default(),
+    });
+    for b in UNIFORM {
+        let plan = ViewPlan::uniform(b);
+        let fp = footprint_at(&ck, &config, &plan)?;
+        rows.push(Row {
+            label: format!("uniform {b}-bit"),
+            kind: Kind::Uniform(b),
+            checkpoint: file.path.clone(),
+            plan: Some(plan),
+            units: Vec::new(),
+            predicted_kl: None,
+            weight_bytes: fp.weight_bytes,
+            bits_per_weight: fp.bits_per_weight(),
+            scores: Scores::default(),
+        });
+    }
+    let profile = Profile::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    match &profile {
+        None => notes.push(format!(
+            "{} has no sensitivity profile, so the sweep has no plans (re-pack with `edge-pack --calibrate`)",
+            file.path.display()
+        )),
+        Some(p) => {
+            let planner = Planner::new(&ck, &config, p).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+            let mut budgets = args.budgets.clone();
+            budgets.sort_by(|a, b| b.total_cmp(a));
+            budgets.dedup();
+            for t in budgets {
+                match planner.for_bits(t) {
+                    Ok(chosen) => {
+                        let plan = chosen.view_plan(&planner.units);
+                        let fp = footprint_at(&ck, &config, &plan)?;
+                        rows.push(Row {
+                            label: format!("plan {t} bits"),
+                            kind: Kind::Plan(t),
+                            checkpoint: file.path.clone(),
+                            plan: Some(plan),
+                            units: planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect(),
+                            predicted_kl: Some(chosen.kl),
+                            weight_bytes: fp.weight_bytes,
+                            bits_per_weight: fp.bits_per_weight(),
+                            scores: Scores::default(),
+                        });
+                    }
+                    Err(e) => notes.push(format!("budget {t} skipped: {}", loader::one_line(&format!("{e:#}")))),
+                }
+            }
+        }
+    }
+    let mut baselines = Vec::with_capacity(baseline_files.len());
+    for (i, (f, c)) in baseline_files.iter().zip(&baseline_cks).enumerate() {
+        let l = eval::load(&f.path, c, ctx, batch, &ViewPlan::default())?;
+        if l.config.vocab_size != config.vocab_size {
+            bail!(
+                "baseline {} has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
+                f.path.display(),
+                l.config.vocab_size,
+                config.vocab_size
+            );
+        }
+        let meta = Baseline::from_checkpoint(c).map_err(|e| anyhow!("{}: {e}", f.path.display()))?;
+        let stem = f.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let (label, weight_bytes) = match &meta {
+            Some(m) => (m.label(), m.weight_bytes),
+            None => {
+                notes.push(format!(
+                    "{} records no baseline (edge.baseline): its weight bytes are its own size",
+                    f.path.display()
+                ));
+                (stem, l.footprint.weight_bytes)
+            }
+        };
+        let bits_per_weight = l.footprint.bits_for(weight_bytes.saturating_sub(l.footprint.weight_bytes - l.footprint.matrix_bytes));
+        rows.push(Row {
+            label,
+            kind: Kind::Baseline(i),
+            checkpoint: f.path.clone(),
+            plan: None,
+            units: Vec::new(),
+            predicted_kl: None,
+            weight_bytes,
+            bits_per_weight,
+            scores: Scores::default(),
+        });
+        baselines.push(l);
+    }
+
+    let first_plan = ViewPlan::uniform(8);
+    let mut main = eval::load(&file.path, &ck, ctx, batch, &first_plan)?;
+    let mut current: Option<ViewPlan> = Some(first_plan);
+
+    if !quiet {
+        eprintln!("{}", corpus.describe(&args.data));
+        eprintln!(
+            "edge-run: sweep of {} configurations ({} + the base), each scored against the base's logits",
+            rows.len() - 1,
+            rows.iter().skip(1).map(|r| r.label.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        for n in &notes {
+            eprintln!("edge-run: note: {n}");
+        }
+    }
+
+    let n_windows = corpus.n_windows;
+    let (pb, tty) = eval::progress_bar((n_windows * rows.len()) as u64, "passes");
+    let t0 = Instant::now();
+    let mut window = vec![0u32; ctx];
+    let mut base_rows: Vec<f32> = Vec::new();
+    for w in 0..n_windows {
+        corpus.window(w, &mut window);
+        for r in rows.iter_mut() {
+            pb.set_message(format!("window {}/{n_windows}: {}", w + 1, r.label));
+            match r.kind {
+                Kind::Base => {
+                    eval::score_window(&mut base.model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
+                }
+                Kind::Uniform(_) | Kind::Plan(_) => {
+                    let plan = r.plan.as_ref().expect("a view plan");
+                    if current.as_ref() != Some(plan) {
+                        main.model.set_views(&ck, plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+                        current = Some(plan.clone());
+                    }
+                    eval::score_window(&mut main.model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
+                }
+                Kind::Baseline(i) => eval::score_window(
+                    &mut baselines[i].model,
+                    &corpus,
+                    &window,
+                    batch,
+                    Some(&base_rows),
+                    &mut r.scores,
+                    None,
+                )?,
+            }
+            pb.inc(1);
+        }
+        if !tty && !quiet {
+            eprintln!("edge-run: [{}/{n_windows}] windows through all {} configurations", w + 1, rows.len());
+        }
+    }
+    pb.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+
+    // The compressibility score.
+    let uniform_points = |q: fn(&Row) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| match r.kind {
+                Kind::Uniform(b) => Some((b as f64, q(r))),
+                _ => None,
+            })
+            .collect()
+    };
+    let exp_kl = uniform_points(|r| (-r.kl()).exp());
+    let top1 = uniform_points(|r| r.agreement());
+    let score = area(&exp_kl, 2.0, 8.0);
+    let top1_auc = area(&top1, 2.0, 8.0);
+
+    // Files.
+    std::fs::create_dir_all(&args.out).map_err(|e| anyhow!("cannot create --out folder {}: {e}", args.out.display()))?;
+    let json_path = args.out.join("sweep.json");
+    let svg_path = args.out.join("sweep.svg");
+    let row_json = |r: &Row| {
+        let (ppl, ppl_se) = r.scores.nll.ppl();
+        let (agree, agree_se) = (r.agreement(), if r.kind == Kind::Base { 0.0 } else { r.scores.agreement().1 });
+        json!({
+            "config": r.label,
+            "kind": r.kind.name(),
+            "bits": match r.kind { Kind::Uniform(b) => Some(b), _ => None },
+            "target_bits": match r.kind { Kind::Plan(t) => Some(t), _ => None },
+            "checkpoint": r.checkpoint.display().to_string(),
+            "weight_bytes": r.weight_bytes,
+            "bits_per_weight": r.bits_per_weight,
+            "ppl": ppl,
+            "ppl_stderr": ppl_se,
+            "mean_kl": r.kl(),
+            "kl_stderr": if r.kind == Kind::Base { 0.0 } else { r.scores.kl.stderr() },
+            "max_kl": if r.kind == Kind::Base { 0.0 } else { r.scores.kl.max() },
+            "top1_agreement_percent": 100.0 * agree,
+            "top1_agreement_stderr_percent": 100.0 * agree_se,
+            "predicted_kl": r.predicted_kl,
+            "views": if r.units.is_empty() { serde_json::Value::Null } else {
+                r.units.iter().map(|(k, b)| (k.clone(), json!(b))).collect::<serde_json::Map<_, _>>().into()
+            },
+        })
+    };
+    let obj = json!({
+        "model": args.model.model.as_ref().map(|p| p.display().to_string()),
+        "checkpoint": file.path.display().to_string(),
+        "base": base_file.path.display().to_string(),
+        "data": args.data.display().to_string(),
+        "ctx": ctx,
+        "batch_size": batch,
+        "windows": n_windows,
+        "windows_available": corpus.available,
+        "tokens_scored": rows[0].scores.nll.count(),
+        "profile": profile.is_some(),
+        "budgets": args.budgets,
+        "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "compressibility": {
+            "score": score,
+            "top1_auc": top1_auc,
+            "exp_neg_kl": exp_kl,
+            "top1_agreement": top1,
+            "definition": SCORE_DEFINITION,
+        },
+        "notes": notes,
+        "seconds": seconds,
+        "peak_rss_bytes": stats::peak_rss_bytes(),
+        "files": { "json": json_path.display().to_string(), "plot": svg_path.display().to_string() },
+    });
+    write_file(&json_path, format!("{obj:#}\n").as_bytes())?;
+
+    let to_point = |r: &Row, label: String| Point {
+        label,
+        mib: r.weight_bytes as f64 / (1024.0 * 1024.0),
+        ppl: r.scores.nll.ppl().0,
+        kl: r.kl(),
+    };
+    let mut data = PlotData {
+        title: format!(
+            "{}: degradation sweep ({} windows of {ctx} tokens, {}; compressibility {})",
+            ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model"),
+            n_windows,
+            args.data.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "n/a".into())
+        ),
+        ..Default::default()
+    };
+    for r in &rows {
+        match r.kind {
+            Kind::Base => data.base = Some(to_point(r, r.label.clone())),
+            Kind::Uniform(b) => data.uniform.push(to_point(r, format!("{b}-bit"))),
+            Kind::Plan(t) => data.plans.push(to_point(r, format!("{t}"))),
+            Kind::Baseline(_) => data.baselines.push(to_point(r, r.label.clone())),
+        }
+    }
+    plot::write_svg(&svg_path, &data)?;
+
+    if args.json {
+        let _ = writeln!(std::io::stdout().lock(), "{obj}");
+        return Ok(());
+    }
+    let mut out = String::new();
+    let lw = rows.iter().map(|r| r.label.len()).max().unwrap_or(6).max(6);
+    out.push_str(&format!(
+        "{:<lw$}  {:>14}  {:>11}  {:>7}  {:>12}  {:>10}  {:>8}\n",
+        "config", "weight bytes", "", "bits/w", "PPL", "KL", "top-1 %"
+    ));
+    for r in &rows {
+        let (ppl, _) = r.scores.nll.ppl();
+        out.push_str(&format!(
+            "{:<lw$}  {:>14}  {:>11}  {:>7.3}  {:>12.4}  {:>10.6}  {:>8.2}\n",
+            r.label,
+            r.weight_bytes,
+            human_bytes(r.weight_bytes),
+            r.bits_per_weight,
+            ppl,
+            r.kl(),
+            100.0 * r.agreement()
+        ));
+    }
+    out.push_str(&format!(
+        "compressibility score = {}  (area under exp(-KL) vs view bits over [2, 8], uniform views; top-1 area {})\n",
+        score.map(|s| format!("{s:.4}")).unwrap_or_else(|| "n/a".into()),
+        top1_auc.map(|s| format!("{s:.4}")).unwrap_or_else(|| "n/a".into()),
+    ));
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    eprintln!(
+        "edge-run: sweep took {seconds:.1} s ({} windows x {} configurations); wrote {} and {}",
+        n_windows,
+        rows.len(),
+        json_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_is_normalised_trapezoid() {
+        let perfect = [(2.0, 1.0), (3.0, 1.0), (4.0, 1.0), (8.0, 1.0)];
+        assert!((area(&perfect, 2.0, 8.0).unwrap() - 1.0).abs() < 1e-12);
+        // Useless 2 and 3 bits, perfect 4 and 8: (0 + 0.5 + 4) / 6.
+        let low = [(8.0, 1.0), (2.0, 0.0), (3.0, 0.0), (4.0, 1.0)];
+        assert!((area(&low, 2.0, 8.0).unwrap() - 0.75).abs() < 1e-12);
+        // A straight line from 0 to 1.
+        assert!((area(&[(2.0, 0.0), (8.0, 1.0)], 2.0, 8.0).unwrap() - 0.5).abs() < 1e-12);
+        // Must span the interval.
+        assert_eq!(area(&[(3.0, 1.0), (8.0, 1.0)], 2.0, 8.0), None);
+        assert_eq!(area(&[], 2.0, 8.0), None);
+    }
+}

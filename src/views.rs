@@ -1,0 +1,469 @@
+//! Which view each nested-plane tensor is read at: `--bits`, `--plan FILE`, or a plan chosen
+//! from the checkpoint's sensitivity profile for `--target-bits` / `--weight-budget`
+//! (`edge_runtime::plan`); and how many bytes and bits per weight a choice costs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use edge_runtime::format::Encoding;
+use edge_runtime::kernels::Matrix;
+use edge_runtime::model::{ViewPlan, Weights};
+use edge_runtime::plan::{self, Unit, ViewCost};
+use edge_runtime::{Checkpoint, Config};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cli::ModelArgs;
+use crate::profile::Profile;
+use crate::stats::human_bytes;
+
+/// Where a model's views came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// No view flag: every nested tensor at 8 bits.
+    Default,
+    /// `--bits`.
+    Uniform(u8),
+    /// `--plan FILE`.
+    File(PathBuf),
+    /// `--target-bits`.
+    TargetBits(f64),
+    /// `--weight-budget` (bytes).
+    WeightBudget(u64),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Uniform(_) => "bits",
+            Source::File(_) => "file",
+            Source::TargetBits(_) => "target-bits",
+            Source::WeightBudget(_) => "weight-budget",
+        }
+    }
+}
+
+/// The views chosen for a model.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub plan: ViewPlan,
+    pub source: Source,
+    /// For profile-chosen plans: each unit's bits, and the predicted KL (sum over units).
+    pub units: Vec<(String, u8)>,
+    pub predicted_kl: Option<f64>,
+}
+
+/// Weight bytes of a model at its views.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    /// Bytes every weight reads, norms included (what `weight_bytes` reports everywhere).
+    pub weight_bytes: u64,
+    /// Bytes of the matrices alone (embedding, linear layers, output head), group scales included.
+    pub matrix_bytes: u64,
+    /// Weights of those matrices.
+    pub matrix_weights: u64,
+}
+
+impl Footprint {
+    pub fn of(w: &Weights<'_>) -> Footprint {
+        let mut matrix_bytes = 0u64;
+        let mut matrix_weights = 0u64;
+        for (_, m) in w.matrices() {
+            matrix_bytes += m.view_bytes() as u64;
+            matrix_weights += (m.rows * m.cols) as u64;
+        }
+        Footprint { weight_bytes: w.view_bytes(w.tied) as u64, matrix_bytes, matrix_weights }
+    }
+
+    /// Average bits per matrix weight (group scales included, norms excluded).
+    pub fn bits_per_weight(&self) -> f64 {
+        self.bits_for(self.matrix_bytes)
+    }
+
+    /// Bits per matrix weight that `bytes` of matrices amount to.
+    pub fn bits_for(&self, bytes: u64) -> f64 {
+        8.0 * bytes as f64 / self.matrix_weights.max(1) as f64
+    }
+}
+
+fn has_nested(ck: &Checkpoint<'_>) -> bool {
+    ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8)
+}
+
+/// Whether a view-plan key names tensor `name` (the runtime's own matching).
+fn key_matches(key: &str, name: &str) -> bool {
+    ViewPlan { default_bits: None, overrides: vec![(key.to_string(), 2)] }.bits_for(name).is_some()
+}
+
+/// The names of the model's matrices (as the forward pass reads them).
+fn matrix_names(ck: &Checkpoint<'_>, config: &Config) -> Result<Vec<String>> {
+    let w = Weights::from_checkpoint(ck, config, &ViewPlan::default()).map_err(|e| anyhow!("{e}"))?;
+    Ok(w.matrices().into_iter().map(|(n, _)| n).collect())
+}
+
+fn valid_keys_hint(config: &Config) -> String {
+    format!(
+        "keys are layers (blk.0 .. blk.{}), kinds (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, token_embd{}) or tensor names (blk.0.ffn_up.weight)",
+        config.n_layers.saturating_sub(1),
+        if config.tied_embeddings { "" } else { ", output" }
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    default: Option<toml::Value>,
+    #[serde(default)]
+    views: BTreeMap<String, toml::Value>,
+}
+
+fn show(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Boolean(b) => b.to_string(),
+        _ => "a table or array".into(),
+    }
+}
+
+fn view_bits(v: &toml::Value) -> Option<u8> {
+    match v.as_integer() {
+        Some(b @ (2 | 3 | 4 | 8)) => Some(b as u8),
+        _ => None,
+    }
+}
+
+/// Read and check a plan file against the model's tensors.
+pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Result<ViewPlan> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read plan file {}: {e}", path.display()))?;
+    let pf: PlanFile = toml::from_str(&text).map_err(|e| {
+        anyhow!(
+            "plan file {} is not a valid plan: {}; expected `default = 4` and a [views] table such as \"blk.0\" = 8",
+            path.display(),
+            crate::loader::one_line(e.message())
+        )
+    })?;
+    let default_bits = match &pf.default {
+        None => None,
+        Some(v) => Some(view_bits(v).ok_or_else(|| {
+            anyhow!("plan file {}: default = {} is not a view width; choose 2, 3, 4 or 8", path.display(), show(v))
+        })?),
+    };
+    let names = matrix_names(ck, config)?;
+    let mut unknown = Vec::new();
+    let mut overrides = Vec::new();
+    for (k, v) in &pf.views {
+        let b = view_bits(v).ok_or_else(|| {
+            anyhow!("plan file {}: \"{k}\" = {} is not a view width; choose 2, 3, 4 or 8", path.display(), show(v))
+        })?;
+        if !names.iter().any(|n| key_matches(k, n)) {
+            unknown.push(if k == "output" && config.tied_embeddings {
+                "'output' (the output head is token_embd in this model)".to_string()
+            } else {
+                format!("'{k}'")
+            });
+        }
+        overrides.push((k.clone(), b));
+    }
+    if !unknown.is_empty() {
+        bail!(
+            "plan file {} names {} not in this model: {}; {}",
+            path.display(),
+            if unknown.len() == 1 { "a unit" } else { "units" },
+            unknown.join(", "),
+            valid_keys_hint(config)
+        );
+    }
+    Ok(ViewPlan { default_bits, overrides })
+}
+
+/// The profile's units with their bytes at every view, and what lies outside them.
+pub struct Planner {
+    pub units: Vec<Unit>,
+    /// Weight bytes outside the units: norms, and matrices no unit covers (read at 8 bits).
+    pub fixed_bytes: u64,
+    /// Matrix bytes outside the units.
+    pub fixed_matrix_bytes: u64,
+    pub matrix_weights: u64,
+}
+
+impl Planner {
+    pub fn new(ck: &Checkpoint<'_>, config: &Config, profile: &Profile) -> Result<Planner> {
+        let w = Weights::from_checkpoint(ck, config, &ViewPlan::default()).map_err(|e| anyhow!("{e}"))?;
+        let at8 = Footprint::of(&w);
+        let names: Vec<String> = w.matrices().into_iter().map(|(n, _)| n).collect();
+        let mut members: Vec<Vec<&str>> = vec![Vec::new(); profile.units.len()];
+        let mut fixed_matrix_bytes = 0u64;
+        for n in &names {
+            let owners: Vec<usize> =
+                profile.units.iter().enumerate().filter(|(_, u)| key_matches(&u.name, n)).map(|(i, _)| i).collect();
+            match owners.as_slice() {
+                [] => {
+                    let t = ck.tensor(n).ok_or_else(|| anyhow!("tensor {n} is missing"))?;
+                    fixed_matrix_bytes += Matrix::from_tensor(t, None).map_err(|e| anyhow!("{e}"))?.view_bytes() as u64;
+                }
+                [i] => members[*i].push(n),
+                [a, b, ..] => bail!(
+                    "the sensitivity profile's units '{}' and '{}' both cover {n}; re-pack with `edge-pack --calibrate`",
+                    profile.units[*a].name,
+                    profile.units[*b].name
+                ),
+            }
+        }
+        let mut units = Vec::with_capacity(profile.units.len());
+        for (pu, tensors) in profile.units.iter().zip(&members) {
+            if tensors.is_empty() {
+                bail!(
+                    "the sensitivity profile's unit '{}' names no tensor of this model; re-pack with `edge-pack --calibrate`",
+                    pu.name
+                );
+            }
+            let mut views = Vec::new();
+            for bits in plan::VIEWS {
+                let Some(kl) = pu.kl_at(bits) else { continue };
+                let mut bytes = 0u64;
+                for n in tensors {
+                    let t = ck.tensor(n).ok_or_else(|| anyhow!("tensor {n} is missing"))?;
+                    bytes += Matrix::from_tensor(t, Some(bits)).map_err(|e| anyhow!("{e}"))?.view_bytes() as u64;
+                }
+                views.push(ViewCost { bits, bytes, kl: kl.max(0.0) });
+            }
+            units.push(Unit { name: pu.name.clone(), views });
+        }
+        let fixed_bytes = at8.weight_bytes - at8.matrix_bytes + fixed_matrix_bytes;
+        Ok(Planner { units, fixed_bytes, fixed_matrix_bytes, matrix_weights: at8.matrix_weights })
+    }
+
+    fn bits(&self, matrix_bytes: u64) -> f64 {
+        8.0 * matrix_bytes as f64 / self.matrix_weights.max(1) as f64
+    }
+
+    /// Smallest and largest useful average bits per weight.
+    pub fn bits_range(&self) -> (f64, f64) {
+        (
+            self.bits(plan::min_bytes(&self.units) + self.fixed_matrix_bytes),
+            self.bits(plan::max_useful_bytes(&self.units) + self.fixed_matrix_bytes),
+        )
+    }
+
+    /// Smallest and largest useful weight bytes (norms included).
+    pub fn bytes_range(&self) -> (u64, u64) {
+        (plan::min_bytes(&self.units) + self.fixed_bytes, plan::max_useful_bytes(&self.units) + self.fixed_bytes)
+    }
+
+    /// The plan for an average of `target` bits per matrix weight.
+    pub fn for_bits(&self, target: f64) -> Result<plan::Plan> {
+        let (lo, hi) = self.bits_range();
+        // A hair of tolerance: 2.5 bits over a whole number of groups is exact, but the decimal
+        // the user typed need not be.
+        if target < lo - 1e-9 {
+            bail!(
+                "--target-bits {target} is below the smallest plan of this checkpoint ({lo:.3} bits/weight, every unit at its lowest view); use at least {:.2}",
+                (lo * 100.0).ceil() / 100.0
+            );
+        }
+        if target > hi + 1e-9 {
+            bail!(
+                "--target-bits {target} is above the largest plan of this checkpoint ({hi:.3} bits/weight, the 8-bit view); use --bits 8 for the full checkpoint"
+            );
+        }
+        let budget = (target * self.matrix_weights as f64 / 8.0 + 1e-6).floor() as u64;
+        let budget = budget.saturating_sub(self.fixed_matrix_bytes).max(plan::min_bytes(&self.units));
+        plan::choose(&self.units, budget).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The plan whose weights (norms included) take at most `bytes`; a budget above the
+    /// 8-bit view's size reads everything at 8 bits.
+    pub fn for_bytes(&self, bytes: u64) -> Result<plan::Plan> {
+        let (lo, _) = self.bytes_range();
+        if bytes < lo {
+            bail!(
+                "--weight-budget {} ({bytes} bytes) is below the smallest plan of this checkpoint: {} ({lo} bytes, every unit at its lowest view)",
+                human_bytes(bytes),
+                human_bytes(lo)
+            );
+        }
+        plan::choose(&self.units, bytes - self.fixed_bytes).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+fn no_profile(path: &Path, flag: &str) -> anyhow::Error {
+    anyhow!(
+        "{} has no sensitivity profile: re-pack with `edge-pack --calibrate` (needed by {flag}; or choose views with --bits or --plan)",
+        path.display()
+    )
+}
+
+/// A checkpoint's planner, or the reason there is none.
+pub fn planner(ck: &Checkpoint<'_>, config: &Config, path: &Path, flag: &str) -> Result<Planner> {
+    let profile = Profile::from_checkpoint(ck)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        .ok_or_else(|| no_profile(path, flag))?;
+    Planner::new(ck, config, &profile).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The views the flags of `args` choose for checkpoint `ck` (at `path`).
+pub fn select(ck: &Checkpoint<'_>, config: &Config, args: &ModelArgs, path: &Path, quiet: bool) -> Result<Selection> {
+    let warn_dense = |flag: &str| {
+        if !has_nested(ck) && !quiet {
+            eprintln!(
+                "edge-run: warning: {flag} ignored: this checkpoint has no nested-plane tensors (pack with `edge-pack --encoding q8`)"
+            );
+        }
+    };
+    if let Some(b) = args.bits {
+        warn_dense(&format!("--bits {b}"));
+        return Ok(Selection { plan: ViewPlan::uniform(b), source: Source::Uniform(b), units: Vec::new(), predicted_kl: None });
+    }
+    if let Some(f) = &args.plan {
+        let plan = read_plan_file(f, ck, config)?;
+        warn_dense("--plan");
+        return Ok(Selection { plan, source: Source::File(f.clone()), units: Vec::new(), predicted_kl: None });
+    }
+    let (source, chosen, planner) = if let Some(t) = args.target_bits {
+        let p = planner(ck, config, path, "--target-bits")?;
+        (Source::TargetBits(t), p.for_bits(t)?, p)
+    } else if let Some(b) = args.weight_budget {
+        let p = planner(ck, config, path, "--weight-budget")?;
+        (Source::WeightBudget(b), p.for_bytes(b)?, p)
+    } else {
+        return Ok(Selection { plan: ViewPlan::default(), source: Source::Default, units: Vec::new(), predicted_kl: None });
+    };
+    let units = planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect();
+    Ok(Selection { plan: chosen.view_plan(&planner.units), source, units, predicted_kl: Some(chosen.kl) })
+}
+
+/// `blk.0-3,7` style: layer numbers collapsed into ranges, other names as they are.
+pub fn compact_names(names: &[&str]) -> String {
+    let mut layers: Vec<usize> = Vec::new();
+    let mut others: Vec<&str> = Vec::new();
+    for n in names {
+        match n.strip_prefix("blk.").and_then(|r| r.parse::<usize>().ok()) {
+            Some(l) => layers.push(l),
+            None => others.push(n),
+        }
+    }
+    layers.sort_unstable();
+    let mut parts: Vec<String> = others.iter().map(|s| s.to_string()).collect();
+    if !layers.is_empty() {
+        let mut ranges: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < layers.len() {
+            let mut j = i;
+            while j + 1 < layers.len() && layers[j + 1] == layers[j] + 1 {
+                j += 1;
+            }
+            ranges.push(if j > i { format!("{}-{}", layers[i], layers[j]) } else { layers[i].to_string() });
+            i = j + 1;
+        }
+        parts.push(format!("blk.{}", ranges.join(",")));
+    }
+    parts.join(", ")
+}
+
+impl Selection {
+    /// Whether anything other than the default was asked for.
+    pub fn is_default(&self) -> bool {
+        self.source == Source::Default
+    }
+
+    /// The views in a few words: `8-bit token_embd, blk.0-1 | 4-bit blk.2-29`.
+    pub fn views_text(&self) -> String {
+        if !self.units.is_empty() {
+            let mut by_bits: BTreeMap<std::cmp::Reverse<u8>, Vec<&str>> = BTreeMap::new();
+            for (n, b) in &self.units {
+                by_bits.entry(std::cmp::Reverse(*b)).or_default().push(n);
+            }
+            return by_bits
+                .iter()
+                .map(|(b, names)| format!("{}-bit {}", b.0, compact_names(names)))
+                .collect::<Vec<_>>()
+                .join(" | ");
+        }
+        let mut parts = vec![format!("default {}-bit", self.plan.default_bits.unwrap_or(8))];
+        parts.extend(self.plan.overrides.iter().map(|(k, b)| format!("{k} {b}-bit")));
+        parts.join(", ")
+    }
+
+    /// One stderr line describing the plan and what it costs.
+    pub fn describe(&self, fp: &Footprint) -> String {
+        let why = match &self.source {
+            Source::Default => "default".to_string(),
+            Source::Uniform(b) => format!("--bits {b}"),
+            Source::File(p) => format!("--plan {}", p.display()),
+            Source::TargetBits(t) => format!("--target-bits {t}, from the sensitivity profile"),
+            Source::WeightBudget(b) => format!("--weight-budget {}, from the sensitivity profile", human_bytes(*b)),
+        };
+        let kl = self.predicted_kl.map(|k| format!(", predicted KL {k:.4}")).unwrap_or_default();
+        format!(
+            "edge-run: plan ({why}): {}; weights {} ({} bytes), {:.3} bits/weight{kl}",
+            self.views_text(),
+            human_bytes(fp.weight_bytes),
+            fp.weight_bytes,
+            fp.bits_per_weight()
+        )
+    }
+
+    /// The plan as JSON, with what it costs.
+    pub fn to_json(&self, fp: &Footprint) -> serde_json::Value {
+        let views: serde_json::Map<String, serde_json::Value> = if self.units.is_empty() {
+            self.plan.overrides.iter().map(|(k, b)| (k.clone(), json!(b))).collect()
+        } else {
+            self.units.iter().map(|(k, b)| (k.clone(), json!(b))).collect()
+        };
+        json!({
+            "source": self.source.name(),
+            "file": match &self.source { Source::File(p) => Some(p.display().to_string()), _ => None },
+            "target_bits": match self.source { Source::TargetBits(t) => Some(t), _ => None },
+            "weight_budget": match self.source { Source::WeightBudget(b) => Some(b), _ => None },
+            "default_bits": self.plan.default_bits,
+            "views": views,
+            "weight_bytes": fp.weight_bytes,
+            "matrix_bytes": fp.matrix_bytes,
+            "bits_per_weight": fp.bits_per_weight(),
+            "predicted_kl": self.predicted_kl,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_layer_ranges() {
+        assert_eq!(compact_names(&["blk.0", "blk.1", "blk.2", "blk.5", "token_embd", "blk.7", "blk.8"]), "token_embd, blk.0-2,5,7-8");
+        assert_eq!(compact_names(&["blk.3"]), "blk.3");
+        assert_eq!(compact_names(&[]), "");
+    }
+
+    #[test]
+    fn keys_match_like_the_runtime() {
+        assert!(key_matches("blk.3", "blk.3.ffn_up.weight"));
+        assert!(!key_matches("blk.3", "blk.30.ffn_up.weight"));
+        assert!(key_matches("ffn_up", "blk.30.ffn_up.weight"));
+        assert!(key_matches("token_embd", "token_embd.weight"));
+        assert!(key_matches("blk.3.ffn_up.weight", "blk.3.ffn_up.weight"));
+        assert!(key_matches("blk.3.ffn_up", "blk.3.ffn_up.weight"));
+        assert!(!key_matches("output", "token_embd.weight"));
+    }
+
+    #[test]
+    fn sizes() {
+        use crate::cli::parse_size;
+        assert_eq!(parse_size("90MB"), Ok(90_000_000));
+        assert_eq!(parse_size("90 mb"), Ok(90_000_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(1_610_612_736));
+        assert_eq!(parse_size("512KiB"), Ok(524_288));
+        assert_eq!(parse_size("7KB"), Ok(7000));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("123B"), Ok(123));
+        assert!(parse_size("90XB").unwrap_err().contains("unit"));
+        assert!(parse_size("MB").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-5MB").is_err());
+    }
+}
