@@ -365,6 +365,7 @@ pub struct EvalArgs {
         value_delimiter = ',',
         value_parser = parse_target_bits,
         default_value = "2.5,3,3.5,4,5,6",
+        requires = "sweep",
         help_heading = "Sweep"
     )]
     pub budgets: Vec<f64>,

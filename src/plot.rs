@@ -47,6 +47,15 @@ pub fn write_svg(path: &Path, d: &PlotData) -> Result<()> {
     Ok(())
 }
 
+/// A log-axis tick: `0.01`, `2.5`, `300`, `1e5`.
+fn tick(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-3) {
+        return format!("{v:.0e}");
+    }
+    let s = format!("{v:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn panel(area: &Area<'_>, d: &PlotData, y: fn(&Point) -> f64, y_desc: &str, caption: &str) -> DrawResult {
@@ -67,7 +76,13 @@ fn panel(area: &Area<'_>, d: &PlotData, y: fn(&Point) -> f64, y_desc: &str, capt
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d((x0 - pad)..(x1 + pad), (y0 / 1.5..y1 * 1.5).log_scale())?;
-    chart.configure_mesh().x_desc("weight bytes (MiB)").y_desc(y_desc).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("weight bytes (MiB)")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|v| tick(*v))
+        .draw()?;
 
     let font = ("sans-serif", 12).into_font();
     let line = |pts: &[Point]| -> Vec<(f64, f64)> {
@@ -129,4 +144,18 @@ fn panel(area: &Area<'_>, d: &PlotData, y: fn(&Point) -> f64, y_desc: &str, capt
         .label_font(("sans-serif", 13))
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(10000000.0), "1e7");
+        assert_eq!(tick(300.0), "300");
+        assert_eq!(tick(2.5), "2.5");
+        assert_eq!(tick(0.01), "0.01");
+        assert_eq!(tick(0.0001), "1e-4");
+    }
 }

@@ -391,9 +391,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     let mut data = PlotData {
         title: format!(
-            "{}: degradation sweep ({} windows of {ctx} tokens, {}; compressibility {})",
+            "{}: degradation sweep ({n_windows} {} of {ctx} tokens, {}; compressibility {})",
             ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model"),
-            n_windows,
+            if n_windows == 1 { "window" } else { "windows" },
             args.data.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "n/a".into())
         ),
@@ -439,8 +439,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     ));
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     eprintln!(
-        "edge-run: sweep took {seconds:.1} s ({} windows x {} configurations); wrote {} and {}",
-        n_windows,
+        "edge-run: sweep took {seconds:.1} s ({n_windows} {} x {} configurations); wrote {} and {}",
+        if n_windows == 1 { "window" } else { "windows" },
         rows.len(),
         json_path.display(),
         svg_path.display()

@@ -189,7 +189,7 @@ pub fn corrupt_copy(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<u8>)) {
 
 /// A file packed once into the scratch directory by `pack` (to a temporary name, then renamed),
 /// reused while it is newer than this test binary.
-fn packed_once(name: &str, pack: impl FnOnce(&Path)) -> PathBuf {
+pub fn packed_once(name: &str, pack: impl FnOnce(&Path)) -> PathBuf {
     let out = scratch().join(name);
     let exe_time = std::env::current_exe().and_then(|e| e.metadata()).and_then(|m| m.modified()).ok();
     let fresh = out.metadata().and_then(|m| m.modified()).ok().is_some_and(|t| exe_time.is_none_or(|e| t >= e));
