@@ -222,7 +222,7 @@ pub struct ModelArgs {
 
     /// Choose views from the sensitivity profile so that the weights (norms included) take at
     /// most SIZE bytes: a number with B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (of
-    /// 1024), e.g. 90MB.
+    /// 1024), e.g. 90MB. A budget at or above the 8-bit view's size reads every unit at 8 bits.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
