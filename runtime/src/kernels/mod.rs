@@ -256,17 +256,13 @@ impl OutPtr {
     }
 }
 
-/// `out[r] = W[r, :] · x` for every row. `scratch` holds at least `cols` floats; with
-/// [`scratch_len`]`(cols, t)` floats the rows are split over `t` threads.
+/// `out[r] = W[r, :] · x` for every row. `scratch` holds at least `cols` floats.
+///
+/// Runs on the calling thread: splitting one token's rows over threads spawned per product
+/// measured slower than one thread here (docs/RESULTS.md); a persistent pool will split it.
 pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut [f32]) {
     assert!(x.len() >= m.cols && out.len() >= m.rows && scratch.len() >= m.cols);
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    for_row_ranges(m.rows, scratch, MATMUL_TILE_ROWS * m.cols, |first, rows, buf| {
-        // SAFETY: rows first..first+rows are this range's alone and lie inside `out`
-        // (asserted above), so this slice aliases no other thread's.
-        let out = unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(first), rows) };
-        matvec_rows(m, x, first, out, buf);
-    });
+    matvec_rows(m, x, 0, &mut out[..m.rows], scratch);
 }
 
 /// [`matvec`] over rows `first..first + out.len()`.
