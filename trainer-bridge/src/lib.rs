@@ -4,11 +4,13 @@
 //! canonical (GGUF) names as f32 with q/k rows in interleaved RoPE order, and the tokenizer
 //! and chat template. [`pack::pack_model`] encodes it and writes the checkpoint atomically.
 
+pub mod calibrate;
 pub mod gguf;
 pub mod hf;
 pub mod llama2c;
 pub mod pack;
 pub mod quant;
+pub mod sensitivity;
 pub mod source;
 pub mod tokenizer;
 mod source_detect;

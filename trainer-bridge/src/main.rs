@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use edge_pack::calibrate::{CalibrationOptions, CalibrationSource};
 use edge_pack::{pack_file, PackOptions, PackReport, WeightEncoding};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,6 +56,9 @@ Examples:
   edge-pack ./stories260K-hf --allow-no-tokenizer -o stories.edge --encoding f32
   edge-pack stories260K.bin --tokenizer tok512.json --encoding q8 --group-size 32
   edge-pack model-dir --json -q > report.json
+  edge-pack SmolLM2-135M-Instruct.Q4_1.gguf --calibrate-self -o smollm2-q8.edge
+      -> nested q8 with GPTQ from 1024 self-sampled tokens and a sensitivity profile
+  edge-pack stories260K.bin --allow-no-tokenizer --rtn-baseline 4 -o rtn4.edge
 
 The input format is detected from the contents: a GGUF file, a Hugging Face folder
 (config.json + model.safetensors or a sharded index, F32/F16/BF16), or a llama2.c legacy
@@ -75,9 +79,10 @@ struct Cli {
     #[arg(short, long, value_name = "OUTPUT")]
     output: Option<PathBuf>,
 
-    /// How matrices (embeddings and output head included) are stored.
-    #[arg(short, long, value_enum, default_value_t = EncodingArg::F16)]
-    encoding: EncodingArg,
+    /// How matrices (embeddings and output head included) are stored [default: f16; q8 with
+    /// --calibrate or --calibrate-self].
+    #[arg(short, long, value_enum)]
+    encoding: Option<EncodingArg>,
 
     /// Weights per (scale, min) group along each row, for --encoding q8. A multiple of 8; rows
     /// that are not a whole number of groups are padded.
@@ -89,6 +94,54 @@ struct Cli {
     /// `min-max` spans each group's min and max (best for the 8-bit view alone, faster).
     #[arg(long, value_enum, default_value_t = ObjectiveArg::AllViews)]
     objective: ObjectiveArg,
+
+    /// Calibrate on windows of this text file (implies --encoding q8): GPTQ-style codes from its
+    /// activations, and the per-layer sensitivity profile stored in the checkpoint. Never the
+    /// evaluation text (a file named wiki.test.raw is refused).
+    #[arg(long, value_name = "FILE", group = "calib")]
+    calibrate: Option<PathBuf>,
+
+    /// Calibrate on sequences sampled from the model itself (temperature 1, from BOS; needs no
+    /// dataset or tokenizer). Implies --encoding q8.
+    #[arg(long, group = "calib")]
+    calibrate_self: bool,
+
+    /// Calibration tokens in all (split into sequences of --calibrate-seq-len).
+    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_TOKENS, requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    calibrate_tokens: usize,
+
+    /// Length of each calibration sequence (capped at the model's context).
+    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_SEQ_LEN, requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=1_000_000))]
+    calibrate_seq_len: usize,
+
+    /// Seed of --calibrate-self's sampling.
+    #[arg(long, value_name = "S", default_value_t = 0, requires = "calib")]
+    calibrate_seed: u64,
+
+    /// Calibration tokens the sensitivity profile is measured on (3 forward passes per layer
+    /// over them) [default: as many as about 4 TFLOP of forward passes allow, at least one
+    /// calibration sequence: 256 for SmolLM2-135M (about 2.5 minutes on two cores), all of them
+    /// for small models].
+    #[arg(long, value_name = "N", requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    profile_tokens: Option<usize>,
+
+    /// GPTQ: `joint` compensates the rounding error of every view at once (a compensated copy
+    /// of each row per view, codes chosen for the least summed error); `2`, `3`, `4` or `8`
+    /// compensates that view alone (the others get worse: codes are shared); `off` keeps the
+    /// all-views quantizer and only measures the profile.
+    #[arg(long, value_name = "TARGET", default_value = "joint", requires = "calib", value_parser = ["joint", "off", "2", "3", "4", "8"])]
+    gptq: String,
+
+    /// GPTQ's dampening of the Hessian, as a fraction of its mean diagonal (0.1: GPTQ's usual
+    /// 0.01 overfits the ~1000 calibration tokens of a default run).
+    #[arg(long, value_name = "F", default_value_t = edge_pack::calibrate::DEFAULT_DAMP, requires = "calib")]
+    gptq_damp: f64,
+
+    /// Write the plain round-to-nearest baseline at BITS (2, 3, 4 or 8) instead: an f16
+    /// checkpoint whose matrices are quantized and dequantized per group of --group-size along
+    /// each row, with its would-be size in metadata (edge.baseline).
+    #[arg(long, value_name = "BITS", value_parser = ["2", "3", "4", "8"], conflicts_with = "calib")]
+    rtn_baseline: Option<String>,
 
     /// Embed this tokenizer.json instead of the one found with the model.
     #[arg(short, long, value_name = "FILE")]
@@ -128,11 +181,12 @@ fn default_output(input: &Path) -> PathBuf {
 }
 
 fn summary(r: &PackReport) -> String {
-    let enc = match r.group_size {
-        0 => r.encoding.name().to_string(),
-        g => format!("{} (groups of {g})", r.encoding.name()),
+    let enc = match (r.group_size, &r.baseline) {
+        (0, _) => r.encoding.name().to_string(),
+        (g, Some(_)) => format!("a round-to-nearest baseline in f16 (groups of {g})"),
+        (g, None) => format!("{} (groups of {g})", r.encoding.name()),
     };
-    format!(
+    let mut s = format!(
         "Packed {}, {} parameters read from {}, as {enc} into {}: {} bytes, {} tensors, {}, {:.2} s.",
         r.name,
         r.n_params,
@@ -142,11 +196,41 @@ fn summary(r: &PackReport) -> String {
         r.n_tensors,
         if r.has_tokenizer { "tokenizer embedded" } else { "no tokenizer (token ids only)" },
         r.seconds
-    )
+    );
+    if let Some(c) = &r.calibration {
+        let gptq = match c.gptq {
+            edge_pack::calibrate::GptqTarget::Off => "no GPTQ".to_string(),
+            t => format!("GPTQ (target {}) on {} matrices", t.name(), c.gptq_matrices),
+        };
+        s.push_str(&format!(
+            " Calibrated on {} tokens ({}); {gptq}; sensitivity profile of {} units on {} tokens.",
+            c.tokens, c.description, c.units, c.profile_tokens
+        ));
+    }
+    if let Some(b) = &r.baseline {
+        s.push_str(&format!(" Baseline: {b}."));
+    }
+    s
 }
 
 fn json(r: &PackReport) -> String {
+    let calibration = r.calibration.as_ref().map(|c| {
+        serde_json::json!({
+            "description": c.description,
+            "tokens": c.tokens,
+            "profile_tokens": c.profile_tokens,
+            "units": c.units,
+            "gptq": c.gptq.name(),
+            "gptq_matrices": c.gptq_matrices,
+        })
+    });
+    let baseline: Option<serde_json::Value> = r.baseline.as_deref().and_then(|b| serde_json::from_str(b).ok());
+    let timings: serde_json::Map<String, serde_json::Value> =
+        r.timings.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
     serde_json::json!({
+        "calibration": calibration,
+        "baseline": baseline,
+        "timings": timings,
         "output": r.output.display().to_string(),
         "bytes": r.bytes,
         "tensors": r.n_tensors,
@@ -163,8 +247,37 @@ fn json(r: &PackReport) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output.clone().unwrap_or_else(|| default_output(&cli.input));
+    let calibrating = cli.calibrate.is_some() || cli.calibrate_self;
+    let encoding: WeightEncoding = match cli.encoding {
+        Some(e) => e.into(),
+        None if calibrating => WeightEncoding::Nested8,
+        None => WeightEncoding::F16,
+    };
+    if calibrating && encoding != WeightEncoding::Nested8 {
+        anyhow::bail!("--calibrate and --calibrate-self need --encoding q8 (the default with them), not {}", encoding.name());
+    }
+    let rtn_baseline = cli.rtn_baseline.as_deref().map(|b| b.parse::<u8>().expect("checked by clap"));
+    if rtn_baseline.is_some() && encoding != WeightEncoding::F16 {
+        anyhow::bail!("--rtn-baseline writes an f16 checkpoint; it takes no --encoding {}", encoding.name());
+    }
+    let calibration = calibrating.then(|| {
+        let source = match &cli.calibrate {
+            Some(p) => CalibrationSource::File(p.clone()),
+            None => CalibrationSource::SelfSampled,
+        };
+        let mut c = CalibrationOptions::new(source);
+        c.tokens = cli.calibrate_tokens;
+        c.seq_len = cli.calibrate_seq_len;
+        c.seed = cli.calibrate_seed;
+        c.profile_tokens = cli.profile_tokens;
+        c.gptq = cli.gptq.parse().expect("checked by clap");
+        c.damp = cli.gptq_damp;
+        c
+    });
     let opts = PackOptions {
-        encoding: cli.encoding.into(),
+        encoding,
+        calibration,
+        rtn_baseline,
         group_size: cli.group_size,
         tokenizer: cli.tokenizer.clone(),
         allow_no_tokenizer: cli.allow_no_tokenizer,

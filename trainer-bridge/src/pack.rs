@@ -17,10 +17,11 @@ use std::time::Instant;
 use anyhow::{anyhow, bail};
 use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{keys, CheckpointWriter, Encoding, MetaValue, TensorData};
-use edge_runtime::Config;
+use edge_runtime::{Checkpoint, Config};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
+use crate::calibrate::{self, AlignedBytes, CalibrationOptions, CalibrationSource, GptqFactor, GptqTarget};
 use crate::source::{SourceModel, SourceTensor};
 
 /// How linear weights (and embeddings) are stored. Norms are always f32.
@@ -84,6 +85,12 @@ pub struct PackOptions {
     pub progress: bool,
     /// How nested codes are chosen (q8 only).
     pub objective: crate::quant::NestedObjective,
+    /// Calibrate (q8 only): GPTQ-style codes from calibration activations and the
+    /// sensitivity profile (`edge.sensitivity`).
+    pub calibration: Option<CalibrationOptions>,
+    /// Write the round-to-nearest baseline at these bits instead (f16 values that are
+    /// `rtn_fake_quant`ed per group of `group_size` along each row; `edge.baseline`).
+    pub rtn_baseline: Option<u8>,
 }
 
 impl Default for PackOptions {
@@ -96,6 +103,8 @@ impl Default for PackOptions {
             force: false,
             progress: false,
             objective: crate::quant::NestedObjective::default(),
+            calibration: None,
+            rtn_baseline: None,
         }
     }
 }
@@ -117,6 +126,27 @@ pub struct PackReport {
     pub n_params: u64,
     /// Whether a tokenizer was embedded.
     pub has_tokenizer: bool,
+    /// What a calibrated pack did (`None` without calibration).
+    pub calibration: Option<CalibrationReport>,
+    /// The `edge.baseline` JSON of a round-to-nearest baseline.
+    pub baseline: Option<String>,
+    /// Seconds spent per phase, in order.
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+/// What calibration did.
+#[derive(Debug, Clone)]
+pub struct CalibrationReport {
+    /// The calibration tokens (source, sequences x length, seed).
+    pub description: String,
+    pub tokens: usize,
+    /// Tokens the profile was measured on.
+    pub profile_tokens: usize,
+    /// The GPTQ target, and how many matrices it quantized.
+    pub gptq: GptqTarget,
+    pub gptq_matrices: usize,
+    /// Units profiled.
+    pub units: usize,
 }
 
 /// The tensors a model of `config` has, canonical names and shapes, in file order.
@@ -231,6 +261,18 @@ pub fn encode_tensor(
     group_size: u32,
     objective: crate::quant::NestedObjective,
 ) -> anyhow::Result<TensorData> {
+    encode_tensor_with(t, encoding, group_size, objective, None)
+}
+
+/// [`encode_tensor`], with nested codes chosen by GPTQ when `gptq` gives the factor of the
+/// tensor's input Hessian and the target.
+pub fn encode_tensor_with(
+    t: &SourceTensor,
+    encoding: WeightEncoding,
+    group_size: u32,
+    objective: crate::quant::NestedObjective,
+    gptq: Option<(&GptqFactor, GptqTarget)>,
+) -> anyhow::Result<TensorData> {
     let is_matrix = t.shape.len() == 2;
     let enc = if is_matrix { encoding } else { WeightEncoding::F32 };
     let mut group = 0u32;
@@ -247,7 +289,12 @@ pub fn encode_tensor(
         WeightEncoding::Nested8 => {
             group = group_size;
             let cols = *t.shape.last().unwrap_or(&0) as usize;
-            let (params, codes) = quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?;
+            let (params, codes) = match gptq {
+                Some((f, target)) if target != GptqTarget::Off => {
+                    calibrate::gptq_nested8(&t.name, &t.data, cols, group_size as usize, f, target, objective)?
+                }
+                _ => quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?,
+            };
             let mut segs = Vec::with_capacity(5);
             segs.push(
                 params
@@ -288,12 +335,140 @@ fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The metadata every checkpoint of `model` carries.
+fn base_writer(model: &SourceModel, tokenizer_json: Option<&str>) -> CheckpointWriter {
+    let c = &model.config;
+    let mut w = CheckpointWriter::new();
+    w.set_meta(keys::ARCH, MetaValue::Str("llama"));
+    w.set_meta(keys::NAME, MetaValue::Str(&model.name));
+    w.set_meta(keys::SOURCE, MetaValue::Str(&model.source));
+    let packed_by = format!("edge-pack {}", env!("CARGO_PKG_VERSION"));
+    w.set_meta(keys::PACKED_BY, MetaValue::Str(&packed_by));
+    for (key, v) in [
+        (keys::DIM, c.dim),
+        (keys::HIDDEN_DIM, c.hidden_dim),
+        (keys::N_LAYERS, c.n_layers),
+        (keys::N_HEADS, c.n_heads),
+        (keys::N_KV_HEADS, c.n_kv_heads),
+        (keys::HEAD_DIM, c.head_dim),
+        (keys::VOCAB_SIZE, c.vocab_size),
+        (keys::CONTEXT_LENGTH, c.max_seq_len),
+    ] {
+        w.set_meta(key, MetaValue::U64(v as u64));
+    }
+    w.set_meta(keys::NORM_EPS, MetaValue::F32(c.norm_eps));
+    w.set_meta(keys::ROPE_THETA, MetaValue::F32(c.rope_theta));
+    w.set_meta(keys::TIED_EMBEDDINGS, MetaValue::Bool(c.tied_embeddings));
+    if let Some(t) = tokenizer_json {
+        w.set_meta(keys::TOKENIZER_JSON, MetaValue::Str(t));
+    }
+    if let Some(t) = &model.chat_template {
+        w.set_meta(keys::CHAT_TEMPLATE, MetaValue::Str(t));
+    }
+    if let Some(b) = model.bos_token_id {
+        w.set_meta(keys::BOS_ID, MetaValue::U64(b as u64));
+    }
+    if let Some(e) = model.eos_token_id {
+        w.set_meta(keys::EOS_ID, MetaValue::U64(e as u64));
+    }
+    w.set_meta(keys::ADD_BOS, MetaValue::Bool(model.add_bos));
+    w
+}
+
+/// `model`'s tensors in canonical order.
+fn canonical_tensors(model: &SourceModel) -> Vec<&SourceTensor> {
+    expected_tensors(&model.config)
+        .into_iter()
+        .map(|(name, _)| model.tensors.iter().find(|t| t.name == name).expect("checked by validate_model"))
+        .collect()
+}
+
+/// A full-precision copy of `model` in memory (f32 below 50M parameters, else f16 when every
+/// value fits it): what calibration samples from and takes activations of.
+pub fn full_precision_in_memory(model: &SourceModel) -> anyhow::Result<AlignedBytes> {
+    let n: usize = model.tensors.iter().map(|t| t.data.len()).sum();
+    let fits_f16 = model.tensors.iter().all(|t| t.data.iter().all(|x| x.abs() <= f16::MAX.to_f32()));
+    let enc = if n < 50_000_000 || !fits_f16 { WeightEncoding::F32 } else { WeightEncoding::F16 };
+    let mut w = base_writer(model, None);
+    for t in canonical_tensors(model) {
+        w.add_tensor(encode_tensor(t, enc, 0, crate::quant::NestedObjective::MinMax)?).map_err(|e| anyhow!("{e}"))?;
+    }
+    AlignedBytes::from_writer(&w)
+}
+
+/// Apply the round-to-nearest baseline to every row of a matrix (groups of `group` along the
+/// row, the last one possibly shorter, as the nested pack groups them).
+pub fn rtn_rows(data: &[f32], cols: usize, bits: u8, group: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for (row, o) in data.chunks(cols).zip(out.chunks_mut(cols)) {
+        crate::quant::rtn_fake_quant(row, bits, group, o);
+    }
+    out
+}
+
+/// The bytes the weights of `model` would take as a `bits`-bit round-to-nearest format:
+/// every matrix at `bits` per weight plus 4 bytes (f16 scale and min) per group of `group`
+/// along each row, norms as f32.
+pub fn rtn_weight_bytes(model: &SourceModel, bits: u8, group: usize) -> u64 {
+    model
+        .tensors
+        .iter()
+        .map(|t| match t.shape.as_slice() {
+            [rows, cols] => (rows * cols * bits as u64).div_ceil(8) + 4 * rows * cols.div_ceil(group as u64),
+            _ => 4 * t.data.len() as u64,
+        })
+        .sum()
+}
+
+/// A progress bar on stderr (hidden unless `show`), cleared when dropped.
+fn progress_bar(show: bool) -> ProgressBar {
+    if show {
+        // Cleared when dropped too, so an error message is not left under a stale bar.
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()).with_finish(ProgressFinish::AndClear)
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+fn phase(bar: &ProgressBar, msg: &'static str, len: u64, unit: &str) {
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{msg:>9}} [{{bar:40}}] {{pos}}/{{len}} {unit}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg);
+    bar.set_length(len);
+    bar.set_position(0);
+}
+
 /// Encode `model` and write it atomically to `output`.
 pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> anyhow::Result<PackReport> {
     let start = Instant::now();
-    let grouped = opts.encoding == WeightEncoding::Nested8;
+    let grouped = opts.encoding == WeightEncoding::Nested8 || opts.rtn_baseline.is_some();
     if grouped && (opts.group_size == 0 || opts.group_size % 8 != 0) {
         bail!("group size {} is invalid: it must be a positive multiple of 8", opts.group_size);
+    }
+    if opts.calibration.is_some() && opts.encoding != WeightEncoding::Nested8 {
+        bail!("calibration needs the q8 encoding (nested bit planes), not {}", opts.encoding.name());
+    }
+    if let Some(b) = opts.rtn_baseline {
+        if ![2, 3, 4, 8].contains(&b) {
+            bail!("the round-to-nearest baseline takes 2, 3, 4 or 8 bits, not {b}");
+        }
+        if opts.calibration.is_some() || opts.encoding == WeightEncoding::Nested8 {
+            bail!("the round-to-nearest baseline is written as f16 values; it takes neither q8 nor calibration");
+        }
+    }
+    if let Some(co) = &opts.calibration {
+        if let CalibrationSource::File(p) = &co.source {
+            calibrate::check_calibration_file(p)?;
+        }
+        if !(co.damp > 0.0 && co.damp.is_finite()) {
+            bail!("GPTQ dampening {} is invalid: give a positive fraction of the Hessian's mean diagonal, e.g. 0.1", co.damp);
+        }
+        if co.tokens == 0 || co.seq_len < 2 {
+            bail!("calibration needs at least one sequence of 2 or more tokens");
+        }
     }
     check_output(output, opts.force)?;
     validate_model(model)?;
@@ -322,63 +497,144 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         None => {}
     }
 
-    let bar = if opts.progress {
-        // Cleared when dropped too, so an error message is not left under a stale bar.
-        ProgressBar::with_draw_target(Some(model.tensors.len() as u64), ProgressDrawTarget::stderr())
-            .with_finish(ProgressFinish::AndClear)
-    } else {
-        ProgressBar::hidden()
+    let bar = progress_bar(opts.progress);
+    let mut timings = Vec::new();
+    let mut lap = Instant::now();
+    let mut tick = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
+        timings.push((name, lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
     };
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} tensors")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message("encoding");
-
     let c = &model.config;
-    let mut w = CheckpointWriter::new();
-    w.set_meta(keys::ARCH, MetaValue::Str("llama"));
-    w.set_meta(keys::NAME, MetaValue::Str(&model.name));
-    w.set_meta(keys::SOURCE, MetaValue::Str(&model.source));
-    let packed_by = format!("edge-pack {}", env!("CARGO_PKG_VERSION"));
-    w.set_meta(keys::PACKED_BY, MetaValue::Str(&packed_by));
-    for (key, v) in [
-        (keys::DIM, c.dim),
-        (keys::HIDDEN_DIM, c.hidden_dim),
-        (keys::N_LAYERS, c.n_layers),
-        (keys::N_HEADS, c.n_heads),
-        (keys::N_KV_HEADS, c.n_kv_heads),
-        (keys::HEAD_DIM, c.head_dim),
-        (keys::VOCAB_SIZE, c.vocab_size),
-        (keys::CONTEXT_LENGTH, c.max_seq_len),
-    ] {
-        w.set_meta(key, MetaValue::U64(v as u64));
-    }
-    w.set_meta(keys::NORM_EPS, MetaValue::F32(c.norm_eps));
-    w.set_meta(keys::ROPE_THETA, MetaValue::F32(c.rope_theta));
-    w.set_meta(keys::TIED_EMBEDDINGS, MetaValue::Bool(c.tied_embeddings));
-    if let Some(t) = &tokenizer_json {
-        w.set_meta(keys::TOKENIZER_JSON, MetaValue::Str(t));
-    }
-    if let Some(t) = &model.chat_template {
-        w.set_meta(keys::CHAT_TEMPLATE, MetaValue::Str(t));
-    }
-    if let Some(b) = model.bos_token_id {
-        w.set_meta(keys::BOS_ID, MetaValue::U64(b as u64));
-    }
-    if let Some(e) = model.eos_token_id {
-        w.set_meta(keys::EOS_ID, MetaValue::U64(e as u64));
-    }
-    w.set_meta(keys::ADD_BOS, MetaValue::Bool(model.add_bos));
 
-    // Canonical order, whatever order the importer produced.
+    // Calibration: tokens, then (for GPTQ) the Hessians of a full-precision pass.
+    let mut calib = None;
+    if let Some(co) = &opts.calibration {
+        let fp = full_precision_in_memory(model)?;
+        let fp_ck = Checkpoint::parse(fp.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+        let set = match &co.source {
+            CalibrationSource::File(p) => calibrate::tokenize_file(
+                p,
+                tokenizer_json.as_deref(),
+                model.bos_token_id,
+                model.add_bos,
+                c,
+                co,
+            )?,
+            CalibrationSource::SelfSampled => {
+                phase(&bar, "sampling", co.tokens as u64, "tokens");
+                calibrate::sample_self(&fp_ck, model.bos_token_id, co, |n| bar.inc(n as u64))?
+            }
+            CalibrationSource::Tokens(set) => {
+                if set.sequences.iter().all(|s| s.is_empty()) {
+                    bail!("no calibration tokens given");
+                }
+                if let Some(&bad) = set.sequences.iter().flatten().find(|&&t| t as usize >= c.vocab_size) {
+                    bail!("calibration token {bad} is outside the vocabulary of {}", c.vocab_size);
+                }
+                set.clone()
+            }
+        };
+        tick("calibration tokens", &mut timings);
+        let hessians = if co.gptq != GptqTarget::Off {
+            phase(&bar, "observing", set.n_tokens() as u64, "tokens");
+            let h = calibrate::collect_hessians(&fp_ck, &set.sequences, !c.tied_embeddings, |n| bar.inc(n as u64))?;
+            tick("activation statistics", &mut timings);
+            Some(h)
+        } else {
+            None
+        };
+        calib = Some((co, set, hessians));
+    }
+
+    let tensors = canonical_tensors(model);
+    phase(&bar, "encoding", tensors.len() as u64, "tensors");
+    let mut w = base_writer(model, tokenizer_json.as_deref());
     let mut n_params = 0u64;
-    for (name, _) in expected_tensors(c) {
-        let t = model.tensors.iter().find(|t| t.name == name).expect("checked by validate_model");
+    let mut gptq_matrices = 0;
+    // The factor of the last input site: q/k/v (and gate/up) share one.
+    let mut factor: Option<((Option<usize>, usize), GptqFactor)> = None;
+    let mut done_layer: Option<usize> = None;
+    for t in tensors {
         n_params += t.data.len() as u64;
-        w.add_tensor(encode_tensor(t, opts.encoding, opts.group_size, opts.objective)?).map_err(|e| anyhow!("{e}"))?;
+        let td = if let Some(bits) = opts.rtn_baseline.filter(|_| t.shape.len() == 2) {
+            let cols = t.shape[1] as usize;
+            let q = SourceTensor { name: t.name.clone(), shape: t.shape.clone(), data: rtn_rows(&t.data, cols, bits, opts.group_size as usize) };
+            encode_tensor(&q, WeightEncoding::F16, 0, opts.objective)?
+        } else {
+            let mut gptq = None;
+            if let Some((co, _, Some(h))) = &mut calib {
+                let layer = calibrate::tensor_site(&t.name).and_then(|(l, _)| l);
+                if let (Some(prev), Some(l)) = (done_layer, layer) {
+                    if l != prev {
+                        h.drop_layer(prev);
+                    }
+                }
+                done_layer = layer.or(done_layer);
+                if let (Some(key), Some((hm, n))) = (calibrate::tensor_site(&t.name), h.for_tensor(&t.name)) {
+                    if factor.as_ref().map(|(k, _)| *k) != Some(key) {
+                        let mut f =
+                            GptqFactor::new(hm, n, co.damp).map_err(|e| anyhow!("tensor '{}': {e}", t.name))?;
+                        f.view_weights = co.view_weights;
+                        factor = Some((key, f));
+                    }
+                    gptq = factor.as_ref().map(|(_, f)| (f, co.gptq));
+                }
+            }
+            gptq_matrices += gptq.is_some() as usize;
+            encode_tensor_with(t, opts.encoding, opts.group_size, opts.objective, gptq)?
+        };
+        w.add_tensor(td).map_err(|e| anyhow!("{e}"))?;
         bar.inc(1);
+    }
+    drop(factor);
+    tick("encoding", &mut timings);
+
+    let mut baseline = None;
+    if let Some(bits) = opts.rtn_baseline {
+        let json = serde_json::json!({
+            "method": "rtn",
+            "bits": bits,
+            "group_size": opts.group_size,
+            "weight_bytes": rtn_weight_bytes(model, bits, opts.group_size as usize),
+        })
+        .to_string();
+        w.set_meta("edge.baseline", MetaValue::Str(&json));
+        baseline = Some(json);
+    }
+
+    // The profile, measured on the encoded checkpoint in memory; then the file is written once.
+    let mut calibration = None;
+    if let Some((co, set, _)) = calib {
+        let bytes = AlignedBytes::from_writer(&w)?;
+        let ck = Checkpoint::parse(bytes.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+        let available = set.n_tokens();
+        let m = co.profile_tokens.unwrap_or_else(|| crate::sensitivity::default_profile_tokens(c, set.sequences.iter().map(|s| s.len()).max().unwrap_or(0), available)).min(available);
+        let windows = set.profile_windows(m);
+        let n_windows = windows.len();
+        let profile_tokens: usize = windows.iter().map(|w| w.len()).sum();
+        let units = crate::sensitivity::units(c);
+        phase(&bar, "profiling", units.len() as u64, "units");
+        let measured = crate::sensitivity::measure(&ck, &windows, |_| bar.inc(1))?;
+        let profile = crate::sensitivity::Profile {
+            calibration: format!(
+                "{}; profile on {} x {} tokens",
+                set.description,
+                n_windows,
+                windows.first().map_or(0, |w| w.len())
+            ),
+            tokens: profile_tokens,
+            units: measured,
+        };
+        w.set_meta(crate::sensitivity::SENSITIVITY_KEY, MetaValue::Str(&profile.to_json()));
+        tick("profile", &mut timings);
+        calibration = Some(CalibrationReport {
+            description: set.description.clone(),
+            tokens: available,
+            profile_tokens,
+            gptq: co.gptq,
+            gptq_matrices,
+            units: units.len(),
+        });
     }
 
     bar.set_message("writing");
@@ -395,6 +651,7 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         })
         .map_err(|e| anyhow!("cannot write '{}': {e}", output.display()))?;
     bar.finish_and_clear();
+    tick("writing", &mut timings);
 
     Ok(PackReport {
         output: output.to_path_buf(),
@@ -407,6 +664,9 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         group_size: if grouped { opts.group_size } else { 0 },
         n_params,
         has_tokenizer: tokenizer_json.is_some(),
+        calibration,
+        baseline,
+        timings,
     })
 }
 
@@ -417,6 +677,9 @@ pub fn pack_file(input: &Path, output: &Path, opts: &PackOptions) -> anyhow::Res
         bail!("'{}' is already an .edge checkpoint; nothing to pack (run it with edge-run)", input.display());
     }
     check_output(output, opts.force)?;
+    if let Some(CalibrationOptions { source: CalibrationSource::File(p), .. }) = &opts.calibration {
+        calibrate::check_calibration_file(p)?;
+    }
     if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
         if a == b {
             bail!("output '{}' is the input; choose another output file", output.display());

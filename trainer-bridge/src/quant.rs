@@ -225,6 +225,17 @@ fn all_views_params_grid(w: &[f32], coarse: &[i32], refine: i32) -> GroupParams 
     at(best.1, best.2)
 }
 
+/// The parameters `objective` chooses for a group (codes are then the nearest to each weight).
+pub fn group_params(w: &[f32], objective: NestedObjective) -> GroupParams {
+    let lo = w.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if objective == NestedObjective::MinMax || hi <= lo {
+        covering_params(lo, hi)
+    } else {
+        all_views_params(w)
+    }
+}
+
 /// Quantize one group: returns its parameters and fills `codes`.
 pub fn quantize_group(w: &[f32], objective: NestedObjective, codes: &mut [u8]) -> GroupParams {
     let lo = w.iter().copied().fold(f32::INFINITY, f32::min);

@@ -1,0 +1,211 @@
+//! The per-unit sensitivity profile (`edge.sensitivity`) and the KL measurements behind it.
+//!
+//! A unit is one transformer layer (`blk.N`, all seven of its matrices), the token embedding
+//! (`token_embd`, which is also the output head when the embeddings are tied) and an untied
+//! output head (`output`): the keys a [`ViewPlan`] takes. For every unit and every view 2, 3,
+//! 4 the profile holds the mean KL(P_ref || P) per token over the calibration tokens, P_ref
+//! being the model with every unit at 8 bits and P the model with only that unit lowered. All
+//! measurements switch views on one live model ([`Model::set_views`]).
+
+use anyhow::Result;
+use edge_runtime::model::{Logits, ModelOptions, ViewPlan};
+use edge_runtime::{Checkpoint, Config, Model};
+use serde::Serialize;
+
+/// Metadata key of the profile.
+pub const SENSITIVITY_KEY: &str = "edge.sensitivity";
+/// The views the profile measures.
+pub const PROFILED_VIEWS: [u8; 3] = [2, 3, 4];
+
+/// The units of a model of `config`, in file order of the layers (`blk.0..`), then
+/// `token_embd`, then `output` when untied.
+pub fn units(config: &Config) -> Vec<String> {
+    let mut u: Vec<String> = (0..config.n_layers).map(|l| format!("blk.{l}")).collect();
+    u.push("token_embd".into());
+    if !config.tied_embeddings {
+        u.push("output".into());
+    }
+    u
+}
+
+/// Log-probabilities and probabilities of reference logits, row by row.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    vocab: usize,
+    logp: Vec<f32>,
+    p: Vec<f32>,
+}
+
+/// `log softmax(logits)` into `out` (f64 accumulation).
+fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    for (o, &l) in out.iter_mut().zip(logits) {
+        *o = (l as f64 - lse) as f32;
+    }
+}
+
+impl Reference {
+    pub fn new(vocab: usize) -> Self {
+        Reference { vocab, logp: Vec::new(), p: Vec::new() }
+    }
+
+    /// Append the distributions of `logits` (rows of `vocab`).
+    pub fn push(&mut self, logits: &[f32]) {
+        let start = self.logp.len();
+        self.logp.resize(start + logits.len(), 0.0);
+        for (row, out) in logits.chunks(self.vocab).zip(self.logp[start..].chunks_mut(self.vocab)) {
+            log_softmax(row, out);
+        }
+        self.p.extend(self.logp[start..].iter().map(|&l| l.exp()));
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.logp.len() / self.vocab.max(1)
+    }
+
+    /// Sum over rows `first..` of KL(P_ref || softmax(logits)) for the rows of `logits`.
+    pub fn kl_sum(&self, first: usize, logits: &[f32]) -> f64 {
+        let v = self.vocab;
+        let mut total = 0f64;
+        for (i, row) in logits.chunks(v).enumerate() {
+            let r = first + i;
+            let (lp, p) = (&self.logp[r * v..(r + 1) * v], &self.p[r * v..(r + 1) * v]);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+            let lse = max as f64 + sum.ln();
+            let kl: f64 = p.iter().zip(lp).zip(row).map(|((&p, &lp), &l)| p as f64 * (lp as f64 - (l as f64 - lse))).sum();
+            total += kl.max(0.0);
+        }
+        total
+    }
+}
+
+/// Run every window through `model` and collect its distributions.
+pub fn reference_of(model: &mut Model<'_>, windows: &[Vec<u32>]) -> Result<Reference> {
+    let mut r = Reference::new(model.config.vocab_size);
+    for w in windows {
+        r.push(model.forward_batch(w, 0, Logits::All)?);
+    }
+    Ok(r)
+}
+
+/// Mean KL(P_ref || P_model) per token over `windows` (the windows `reference` was made from).
+pub fn mean_kl(model: &mut Model<'_>, reference: &Reference, windows: &[Vec<u32>]) -> Result<f64> {
+    let mut total = 0f64;
+    let mut row = 0;
+    for w in windows {
+        let logits = model.forward_batch(w, 0, Logits::All)?;
+        total += reference.kl_sum(row, logits);
+        row += w.len();
+    }
+    Ok(total / row.max(1) as f64)
+}
+
+/// A model over `ck` sized for `windows`, at the views of `plan`.
+pub fn model_for<'a>(ck: &Checkpoint<'a>, windows: &[Vec<u32>], plan: &ViewPlan) -> Result<Model<'a>> {
+    let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1).max(1);
+    Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest, view_bits: None }, plan)?)
+}
+
+/// One unit's measured KL per profiled view (2, 3, 4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitKl {
+    pub name: String,
+    pub kl: [f64; 3],
+}
+
+/// The profile as stored in the checkpoint.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Human description of the calibration tokens.
+    pub calibration: String,
+    /// Tokens the KL means are over.
+    pub tokens: usize,
+    pub units: Vec<UnitKl>,
+}
+
+#[derive(Serialize)]
+struct JsonUnit<'a> {
+    name: &'a str,
+    kl: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Serialize)]
+struct JsonProfile<'a> {
+    version: u32,
+    metric: &'a str,
+    reference: &'a str,
+    calibration: &'a str,
+    tokens: usize,
+    units: Vec<JsonUnit<'a>>,
+}
+
+impl Profile {
+    /// The `edge.sensitivity` JSON:
+    /// `{"version":1,"metric":"kl","reference":"8-bit view","calibration":"...","tokens":N,
+    ///   "units":[{"name":"blk.0","kl":{"2":0.12,"3":0.031,"4":0.007}}, ...]}`.
+    pub fn to_json(&self) -> String {
+        let units = self
+            .units
+            .iter()
+            .map(|u| JsonUnit {
+                name: &u.name,
+                kl: PROFILED_VIEWS.iter().zip(u.kl).map(|(b, k)| (b.to_string(), k.max(0.0))).collect(),
+            })
+            .collect();
+        serde_json::to_string(&JsonProfile {
+            version: 1,
+            metric: "kl",
+            reference: "8-bit view",
+            calibration: &self.calibration,
+            tokens: self.tokens,
+            units,
+        })
+        .expect("a profile serialises")
+    }
+}
+
+/// Measure every unit of the nested checkpoint `ck` at views 2, 3, 4 against all units at 8
+/// bits, on `windows`. `progress(unit)` is called after each unit.
+pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
+    let config = Config::from_checkpoint(ck)?;
+    let _one_thread = (flops_per_token(&config) < 2e7).then(crate::calibrate::SingleThread::new);
+    let eight = ViewPlan::uniform(8);
+    let mut model = model_for(ck, windows, &eight)?;
+    let reference = reference_of(&mut model, windows)?;
+    let mut out = Vec::new();
+    for unit in units(&config) {
+        let mut kl = [0f64; 3];
+        for (k, &bits) in PROFILED_VIEWS.iter().enumerate() {
+            let plan = ViewPlan { default_bits: Some(8), overrides: vec![(unit.clone(), bits)] };
+            model.set_views(ck, &plan)?;
+            kl[k] = mean_kl(&mut model, &reference, windows)?;
+        }
+        progress(&unit);
+        out.push(UnitKl { name: unit, kl });
+    }
+    model.set_views(ck, &eight)?;
+    Ok(out)
+}
+
+/// Forward-pass FLOPs per token of a model of `config` (2 per weight; attention ignored).
+pub fn flops_per_token(config: &Config) -> f64 {
+    let c = config;
+    let per_layer = c.dim * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * c.dim + 3 * c.dim * c.hidden_dim;
+    2.0 * (c.n_layers * per_layer + c.vocab_size * c.dim) as f64
+}
+
+/// Forward-pass FLOPs the default profile may spend.
+pub const PROFILE_FLOP_BUDGET: f64 = 4e12;
+
+/// Profile tokens by default: as many (a multiple of 64) as fit the [`PROFILE_FLOP_BUDGET`]
+/// over the `3 x units + 1` passes, but at least one calibration sequence (`seq_len`), at
+/// most `available`. SmolLM2-135M: one sequence of 256 tokens (about 2.5 minutes on two
+/// cores); stories260K: all of them.
+pub fn default_profile_tokens(config: &Config, seq_len: usize, available: usize) -> usize {
+    let passes = (3 * units(config).len() + 1) as f64;
+    let fit = (PROFILE_FLOP_BUDGET / (passes * flops_per_token(config))) as usize;
+    (fit / 64 * 64).max(seq_len).min(available)
+}
