@@ -749,6 +749,21 @@ mod tests {
     }
 
     #[test]
+    fn profile_windows_are_few_and_long() {
+        let set = CalibrationSet { sequences: (0..4).map(|i| vec![i; 256]).collect(), description: String::new() };
+        let lens = |t: usize| set.profile_windows(t).iter().map(|w| w.len()).collect::<Vec<_>>();
+        assert_eq!(lens(256), [256]);
+        assert_eq!(lens(100), [100]);
+        assert_eq!(lens(300), [150, 150]);
+        assert_eq!(lens(1024), [256; 4]);
+        assert_eq!(lens(5000), [256; 4]);
+        assert_eq!(set.profile_windows(300)[1][0], 1, "prefixes of successive sequences");
+        assert_eq!(split_tokens(1024, 256), (4, 256));
+        assert_eq!(split_tokens(300, 256), (2, 150));
+        assert_eq!(split_tokens(100, 256), (1, 100));
+    }
+
+    #[test]
     fn cholesky_reconstructs() {
         let n = 37;
         let h = hessian(n, 100, 3);

@@ -209,3 +209,73 @@ pub fn default_profile_tokens(config: &Config, seq_len: usize, available: usize)
     let fit = (PROFILE_FLOP_BUDGET / (passes * flops_per_token(config))) as usize;
     (fit / 64 * 64).max(seq_len).min(available)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dim: usize, hidden: usize, layers: usize, heads: usize, kv: usize, vocab: usize, tied: bool) -> Config {
+        Config {
+            dim,
+            hidden_dim: hidden,
+            n_layers: layers,
+            n_heads: heads,
+            n_kv_heads: kv,
+            head_dim: dim / heads,
+            vocab_size: vocab,
+            max_seq_len: 2048,
+            norm_eps: 1e-5,
+            rope_theta: 1e4,
+            tied_embeddings: tied,
+        }
+    }
+
+    #[test]
+    fn units_and_default_profile_tokens() {
+        let smollm = config(576, 1536, 30, 9, 3, 49152, true);
+        let stories = config(64, 172, 5, 8, 4, 512, true);
+        assert_eq!(units(&smollm).len(), 31);
+        assert_eq!(units(&config(64, 128, 2, 4, 2, 96, false)), ["blk.0", "blk.1", "token_embd", "output"]);
+        // 2 x 134.5M FLOPs per token over 94 passes: 4 TFLOP hold ~158 tokens, so one sequence.
+        assert!((flops_per_token(&smollm) / 2.0 - 134_217_728.0).abs() < 1e6);
+        assert_eq!(default_profile_tokens(&smollm, 256, 1024), 256);
+        assert_eq!(default_profile_tokens(&stories, 256, 1024), 1024);
+        assert_eq!(default_profile_tokens(&stories, 256, 100), 100);
+    }
+
+    #[test]
+    fn kl_of_identical_and_shifted_distributions() {
+        let logits = [1.0f32, 2.0, 3.0, -1.0, 0.5, 0.5, 0.5, 0.5];
+        let mut r = Reference::new(4);
+        r.push(&logits);
+        assert_eq!(r.n_rows(), 2);
+        // A constant shift of the logits is the same distribution.
+        let shifted: Vec<f32> = logits.iter().map(|x| x + 7.0).collect();
+        assert!(r.kl_sum(0, &shifted).abs() < 1e-6);
+        let other = [3.0f32, 2.0, 1.0, -1.0];
+        let kl = r.kl_sum(0, &other);
+        // By hand: p = softmax(1, 2, 3, -1), q = softmax(3, 2, 1, -1).
+        let sm = |v: [f64; 4]| {
+            let z: f64 = v.iter().map(|x| x.exp()).sum();
+            v.map(|x| x.exp() / z)
+        };
+        let (p, q) = (sm([1.0, 2.0, 3.0, -1.0]), sm([3.0, 2.0, 1.0, -1.0]));
+        let want: f64 = (0..4).map(|i| p[i] * (p[i] / q[i]).ln()).sum();
+        assert!((kl - want).abs() < 1e-5, "{kl} vs {want}");
+    }
+
+    #[test]
+    fn profile_json_has_the_documented_schema() {
+        let p = Profile {
+            calibration: "test".into(),
+            tokens: 64,
+            units: vec![UnitKl { name: "blk.0".into(), kl: [0.5, 0.1, -1e-12] }],
+        };
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"version":1,"metric":"kl","reference":"8-bit view","calibration":"test","tokens":64,
+                "units":[{"name":"blk.0","kl":{"2":0.5,"3":0.1,"4":0.0}}]})
+        );
+    }
+}
