@@ -114,7 +114,7 @@ struct RunState {
     value_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
     rope_cos: Vec<f32>,  // (max_seq_len, head_dim/2)
     rope_sin: Vec<f32>,  // (max_seq_len, head_dim/2)
-    tile: Vec<f32>,      // (threads, MATMUL_TILE_ROWS, max(dim, hidden, q_dim)) dequantized weight rows
+    scratch: kernels::Scratch, // product buffers: (threads, MATMUL_TILE_ROWS, max(widest, batch)) tiles, quantized activations
 }
 
 /// A model ready to run: config, borrowed weights and preallocated state.
@@ -384,7 +384,7 @@ impl<'a> Model<'a> {
             value_cache: vec![0.0; kv],
             rope_cos,
             rope_sin,
-            tile: vec![0.0; kernels::scratch_len(widest, kernels::threads())],
+            scratch: kernels::Scratch::new(widest, max_batch, kernels::threads()),
         };
         Ok(Model { config, weights, max_seq_len, max_batch, state })
     }
@@ -394,11 +394,12 @@ impl<'a> Model<'a> {
         let s = &self.state;
         4 * [
             &s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.scores, &s.logits,
-            &s.key_cache, &s.value_cache, &s.rope_cos, &s.rope_sin, &s.tile,
+            &s.key_cache, &s.value_cache, &s.rope_cos, &s.rope_sin,
         ]
         .iter()
         .map(|b| b.len())
         .sum::<usize>()
+            + s.scratch.bytes()
     }
 
     /// Run one token at `pos` and return its next-token logits (vocab).
@@ -461,9 +462,9 @@ impl<'a> Model<'a> {
                 rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.attn_norm, c.norm_eps);
             }
             see(Some(l), Site::AttnIn, n, &s.xb[..n * dim]);
-            kernels::matmul(&layer.wq, &s.xb, n, &mut s.q, &mut s.tile);
-            kernels::matmul(&layer.wk, &s.xb, n, &mut s.k, &mut s.tile);
-            kernels::matmul(&layer.wv, &s.xb, n, &mut s.v, &mut s.tile);
+            kernels::matmul(&layer.wq, &s.xb, n, &mut s.q, &mut s.scratch);
+            kernels::matmul(&layer.wk, &s.xb, n, &mut s.k, &mut s.scratch);
+            kernels::matmul(&layer.wv, &s.xb, n, &mut s.v, &mut s.scratch);
 
             // RoPE on q and k; then k and v go into the cache at their positions.
             let loff = l * self.max_seq_len * kv_dim; // this layer's slice of the cache
@@ -503,7 +504,7 @@ impl<'a> Model<'a> {
 
             // Output projection and residual.
             see(Some(l), Site::AttnOut, n, &s.att_out[..n * q_dim]);
-            kernels::matmul(&layer.wo, &s.att_out, n, &mut s.proj, &mut s.tile);
+            kernels::matmul(&layer.wo, &s.att_out, n, &mut s.proj, &mut s.scratch);
             for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
                 *x += p;
             }
@@ -513,13 +514,13 @@ impl<'a> Model<'a> {
                 rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.ffn_norm, c.norm_eps);
             }
             see(Some(l), Site::FfnIn, n, &s.xb[..n * dim]);
-            kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.tile);
-            kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.tile);
+            kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.scratch);
+            kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.scratch);
             for (g, u) in s.hb[..n * hidden].iter_mut().zip(&s.hb2) {
                 *g = *g / (1.0 + libm::expf(-*g)) * u; // silu(gate) * up
             }
             see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);
-            kernels::matmul(&layer.w_down, &s.hb, n, &mut s.proj, &mut s.tile);
+            kernels::matmul(&layer.w_down, &s.hb, n, &mut s.proj, &mut s.scratch);
             for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
                 *x += p;
             }
@@ -536,7 +537,7 @@ impl<'a> Model<'a> {
             rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &s.x[t * dim..(t + 1) * dim], w.output_norm, c.norm_eps);
         }
         see(None, Site::Head, rows, &s.xb[..rows * dim]);
-        kernels::matmul(&w.output, &s.xb, rows, &mut s.logits, &mut s.tile);
+        kernels::matmul(&w.output, &s.xb, rows, &mut s.logits, &mut s.scratch);
         Ok(&s.logits[..rows * c.vocab_size])
     }
 }

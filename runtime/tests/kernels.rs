@@ -78,12 +78,36 @@ fn matvec_and_matmul_match_reference() {
                     let mut want = vec![0f32; n * rows];
                     reference::matmul(&m, &x, n, &mut want);
                     let mut got = vec![0f32; n * rows];
-                    let mut tile = vec![0f32; kernels::scratch_len(cols, threads)];
+                    let mut tile = kernels::Scratch::new(cols, n, threads);
                     kernels::matmul(&m, &x, n, &mut got, &mut tile);
+                    // Nested weights meet int8 activations: the spec is the quantized-activation
+                    // reference, matched to float-reordering tolerance; against the f32 product
+                    // the difference is the activations' rounding (half a step of 1/127 of each
+                    // block's max |x| <= 1, times Σ_c |W[r, c]|).
+                    let mut want_q = vec![0f32; n * rows];
+                    if let kernels::WeightView::Nested8(w) = &m.view {
+                        let mut acts = kernels::QActs::default();
+                        reference::quantize_acts(&x, n, cols, w.group_size, &mut acts);
+                        for tok in 0..n {
+                            for r in 0..rows {
+                                want_q[tok * rows + r] = reference::nested8_row_dot(w, r, &acts, tok);
+                            }
+                        }
+                    }
                     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                        // f32 accumulation vs the f64 reference: relative to the sum of |terms|.
-                        let tol = 1e-5 * cols as f32;
-                        assert!((g - w).abs() <= tol, "{} view {view:?} n={n} threads={threads} out[{k}]: {g} vs {w}", t.name);
+                        if let kernels::WeightView::Nested8(_) = &m.view {
+                            let tol = 1e-5 * cols as f32;
+                            let wq = want_q[k];
+                            assert!((g - wq).abs() <= tol, "{} view {view:?} n={n} threads={threads} out[{k}]: {g} vs spec {wq}", t.name);
+                            let mut row = vec![0f32; cols];
+                            m.dequant_row(k % rows, &mut row);
+                            let act_tol = 0.5 / 127.0 * row.iter().map(|v| v.abs()).sum::<f32>() + 1e-4;
+                            assert!((g - w).abs() <= act_tol, "{} view {view:?} n={n}: {g} vs f32 product {w}", t.name);
+                        } else {
+                            // f32 accumulation vs the f64 reference: relative to the sum of |terms|.
+                            let tol = 1e-5 * cols as f32;
+                            assert!((g - w).abs() <= tol, "{} view {view:?} n={n} threads={threads} out[{k}]: {g} vs {w}", t.name);
+                        }
                     }
                 }
             }

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use edge_runtime::blocks::{nested8_step_offset, GroupParams, NESTED8_VIEWS};
 use edge_runtime::format::CheckpointWriter;
-use edge_runtime::kernels::{self, Matrix, WeightView, MATMUL_TILE_ROWS};
+use edge_runtime::kernels::{self, Matrix, WeightView};
 use edge_runtime::model::{Logits, ModelOptions, Observer, Site};
 use edge_runtime::sampler::{Sampler, SamplerConfig};
 use edge_runtime::{Checkpoint, Config, Model};
@@ -380,7 +380,7 @@ struct HessianObserver<'h> {
     want_head: bool,
     xt: Vec<f32>,
     prod: Vec<f32>,
-    scratch: Vec<f32>,
+    scratch: kernels::Scratch,
 }
 
 impl Observer for HessianObserver<'_> {
@@ -397,10 +397,6 @@ impl Observer for HessianObserver<'_> {
             }
         }
         self.prod.resize(d * d, 0.0);
-        let need = kernels::scratch_len(n, kernels::threads());
-        if self.scratch.len() < need {
-            self.scratch.resize(need, 0.0);
-        }
         let m = Matrix { rows: d, cols: n, view: WeightView::F32(&self.xt) };
         kernels::matmul(&m, &self.xt, d, &mut self.prod, &mut self.scratch);
         let entry = self.h.map.entry((layer, site_index(site))).or_insert_with(|| (d, vec![0f32; d * d]));
@@ -420,7 +416,7 @@ pub fn collect_hessians(ck: &Checkpoint<'_>, sequences: &[Vec<u32>], want_head: 
         if s.is_empty() {
             continue;
         }
-        let mut obs = HessianObserver { h: &mut h, want_head, xt: Vec::new(), prod: Vec::new(), scratch: Vec::new() };
+        let mut obs = HessianObserver { h: &mut h, want_head, xt: Vec::new(), prod: Vec::new(), scratch: kernels::Scratch::default() };
         let want = if want_head { Logits::All } else { Logits::Last };
         model.forward_observed(s, 0, want, Some(&mut obs))?;
         h.n_tokens += s.len();
@@ -621,7 +617,7 @@ impl GptqCtx<'_> {
         // err[s][r * group + j]: w - deq_view(q) of the current group's columns.
         let mut err = vec![vec![0f32; rows * group]; ns];
         let mut out = Vec::new();
-        let mut scratch = vec![0f32; MATMUL_TILE_ROWS * group];
+        let mut scratch = kernels::Scratch::new(group, 1, 1);
         let mut wt = [0f32; 4];
         let mut wbar = vec![vec![0f32; group]; ns];
         // The stream whose compensated weights choose the group parameters.
@@ -688,7 +684,7 @@ impl GptqCtx<'_> {
                     } else {
                         (0..rows).flat_map(|r| err[s][r * group..r * group + width].iter().copied()).collect()
                     };
-                    kernels::matmul(&m, &e, rows, &mut out, &mut scratch[..MATMUL_TILE_ROWS * width]);
+                    kernels::matmul(&m, &e, rows, &mut out, &mut scratch);
                     for r in 0..rows {
                         let dst = &mut pre[s][r * cols + b1..(r + 1) * cols];
                         for (d, o) in dst.iter_mut().zip(&out[r * later..(r + 1) * later]) {

@@ -142,7 +142,7 @@ fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::Source
         assert_eq!(t.encoding, Encoding::Nested8, "{}", src.name);
         assert_eq!(t.group_size, group);
         let m = Matrix::from_tensor(t, Some(8)).unwrap();
-        let WeightView::Nested8 { params, .. } = m.view else { panic!("not nested") };
+        let WeightView::Nested8(edge_runtime::kernels::Nested8 { params, .. }) = m.view else { panic!("not nested") };
         assert_eq!(params.len(), src.data.len() / group as usize);
         let mut row = vec![0f32; m.cols];
         for r in 0..m.rows {

@@ -5,13 +5,30 @@
 //! - [`matvec`]: `out[r] = Σ_c W[r, c] · x[c]` (decode: one token);
 //! - [`matmul`]: `out[t, r] = Σ_c W[r, c] · x[t, c]` (prefill and evaluation: many tokens).
 //!
-//! [`reference`] holds the plain scalar definitions that are the specification; the products
-//! used by the model dequantize one row (or a tile of rows) at a time into a small scratch
-//! buffer and multiply with f32 arithmetic (`matrixmultiply` for tiles).
+//! [`reference`] holds the plain scalar definitions that are the specification. Nested weights
+//! meet activations quantized to int8 per group ([`acts`]) in integer dot products, through the
+//! [`dispatch`] table (scalar reference, or the SIMD kernels of `x86_64/` and `aarch64/`).
+//! Float weights (f32/f16/bf16) dequantize one row (or a tile of rows) at a time into scratch
+//! and multiply with f32 arithmetic (`matrixmultiply` for tiles).
 
+pub mod acts;
+pub mod dispatch;
+mod parallel;
 pub mod reference;
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+pub use acts::QActs;
+pub use dispatch::{kernels, Kernels};
+#[cfg(feature = "std")]
+pub use parallel::set_threads;
+pub use parallel::threads;
+use parallel::{for_row_ranges, OutPtr};
 
 use alloc::format;
+use alloc::vec::Vec;
 use half::{bf16, f16};
 
 use crate::blocks::{self, GroupParams, NESTED8_PLANES};
@@ -24,9 +41,45 @@ pub enum WeightView<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
-    /// Nested 8-bit codes read at `view_bits` (2, 3, 4 or 8): only the first planes are held.
-    /// Rows are stored `row_stride` codes apart (the column count padded to whole groups).
-    Nested8 { params: &'a [GroupParams], planes: [&'a [u8]; 4], group_size: usize, view_bits: u8, row_stride: usize },
+    /// Nested 8-bit codes read at a view: only the first planes are held.
+    Nested8(Nested8<'a>),
+}
+
+/// A nested tensor at one view (see [`crate::blocks`] for the layout and dequantization).
+#[derive(Debug, Clone, Copy)]
+pub struct Nested8<'a> {
+    /// (rows, row_stride / group_size) group scales and minima.
+    pub params: &'a [GroupParams],
+    /// The planes the view reads (`blocks::nested8_planes_for_view(view_bits)` of them); the
+    /// others are empty. Plane `p` holds `NESTED8_PLANES[p].bits` bits per code, LSB first;
+    /// row `r`'s bits start at code index `r * row_stride`, a whole byte in every plane.
+    pub planes: [&'a [u8]; 4],
+    pub group_size: usize,
+    /// 2, 3, 4 or 8.
+    pub view_bits: u8,
+    /// Codes from one row to the next: the column count padded to whole groups.
+    pub row_stride: usize,
+}
+
+/// Buffers the products need, allocated once (see [`Scratch::new`]).
+#[derive(Debug, Default, Clone)]
+pub struct Scratch {
+    /// (threads, MATMUL_TILE_ROWS, max(cols, tokens)) dequantized weight rows or output tiles.
+    pub tile: Vec<f32>,
+    /// The current input's activations, quantized for nested weights.
+    pub acts: QActs,
+}
+
+impl Scratch {
+    /// Scratch for products over matrices of up to `cols` columns and batches of up to
+    /// `tokens` tokens, split over `threads` threads.
+    pub fn new(cols: usize, tokens: usize, threads: usize) -> Self {
+        Scratch { tile: alloc::vec![0.0; scratch_len(cols.max(tokens), threads)], acts: QActs::default() }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.tile.len() * 4 + self.acts.q.len() + self.acts.aux.len() + self.acts.d.len() * 8
+    }
 }
 
 /// A 2-D weight, `[rows, cols]` row-major (rows = output features).
@@ -76,13 +129,13 @@ impl<'a> Matrix<'a> {
                     planes[i] = p.bytes;
                 }
                 let group_size = t.group_size as usize;
-                WeightView::Nested8 {
+                WeightView::Nested8(Nested8 {
                     params: cast(t.name, params.bytes)?,
                     planes,
                     group_size,
                     view_bits,
                     row_stride: crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize,
-                }
+                })
             }
         };
         Ok(Matrix { rows, cols, view })
@@ -94,7 +147,7 @@ impl<'a> Matrix<'a> {
             WeightView::F32(w) => w.len() * 4,
             WeightView::F16(w) => w.len() * 2,
             WeightView::Bf16(w) => w.len() * 2,
-            WeightView::Nested8 { params, planes, .. } => {
+            WeightView::Nested8(Nested8 { params, planes, .. }) => {
                 params.len() * GroupParams::SIZE + planes.iter().map(|p| p.len()).sum::<usize>()
             }
         }
@@ -106,7 +159,7 @@ impl<'a> Matrix<'a> {
             WeightView::F32(w) => f(bytemuck::cast_slice(w)),
             WeightView::F16(w) => f(bytemuck::cast_slice(w)),
             WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
-            WeightView::Nested8 { params, planes, .. } => {
+            WeightView::Nested8(Nested8 { params, planes, .. }) => {
                 f(bytemuck::cast_slice(params));
                 for p in planes {
                     f(p);
@@ -129,7 +182,7 @@ impl<'a> Matrix<'a> {
                 use half::slice::HalfFloatSliceExt;
                 w[start..start + self.cols].convert_to_f32_slice(out);
             }
-            WeightView::Nested8 { params, planes, group_size, view_bits, row_stride } => {
+            WeightView::Nested8(Nested8 { params, planes, group_size, view_bits, row_stride }) => {
                 dequant_nested8_row(params, &planes, group_size, view_bits, r * row_stride, out)
             }
         }
@@ -180,89 +233,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Threads the products use (std: set by [`set_threads`], default all available cores;
-/// without std: 1).
-#[cfg(feature = "std")]
-static THREADS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-/// Use `n` threads for matrix products (0 = all available cores).
-#[cfg(feature = "std")]
-pub fn set_threads(n: usize) {
-    THREADS.store(n, core::sync::atomic::Ordering::Relaxed);
-}
-
-/// Threads the products will use.
-pub fn threads() -> usize {
-    #[cfg(feature = "std")]
-    {
-        match THREADS.load(core::sync::atomic::Ordering::Relaxed) {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-    }
-    #[cfg(not(feature = "std"))]
-    {
-        1
-    }
-}
-
-/// Scratch floats a product over `m` needs with `threads` threads.
+/// Scratch floats a product over `cols` columns needs with `threads` threads.
 pub fn scratch_len(cols: usize, threads: usize) -> usize {
     threads * MATMUL_TILE_ROWS * cols
-}
-
-/// Split rows `0..rows` into at most `threads()` contiguous, tile-aligned ranges, limited by
-/// the scratch available (`scratch` floats, `per_thread` each), and run `f(first, rows)` for
-/// each range with its own scratch slice, in parallel (std) or in turn.
-fn for_row_ranges(rows: usize, scratch: &mut [f32], per_thread: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    let by_scratch = scratch.len() / per_thread.max(1);
-    let n = threads().min(by_scratch).min(rows.div_ceil(MATMUL_TILE_ROWS)).max(1);
-    if n == 1 {
-        return f(0, rows, scratch);
-    }
-    let chunk = rows.div_ceil(n).div_ceil(MATMUL_TILE_ROWS) * MATMUL_TILE_ROWS;
-    #[cfg(feature = "std")]
-    std::thread::scope(|s| {
-        for (i, buf) in scratch.chunks_mut(per_thread).take(n).enumerate() {
-            let first = i * chunk;
-            if first >= rows {
-                break;
-            }
-            let f = &f;
-            s.spawn(move || f(first, chunk.min(rows - first), buf));
-        }
-    });
-    #[cfg(not(feature = "std"))]
-    for (i, buf) in scratch.chunks_mut(per_thread).take(n).enumerate() {
-        let first = i * chunk;
-        if first < rows {
-            f(first, chunk.min(rows - first), buf);
-        }
-    }
-}
-
-/// A raw output pointer that threads writing disjoint elements may share.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: used only by `matvec`/`matmul`, whose threads write disjoint output elements (their
-// own row ranges) and finish before the borrow of `out` ends (scoped threads).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method (not field access), so closures capture the whole `Send + Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `out[r] = W[r, :] · x` for every row. `scratch` holds at least `cols` floats.
 ///
 /// Runs on the calling thread: splitting one token's rows over threads spawned per product
 /// measured slower than one thread here (docs/RESULTS.md); a persistent pool will split it.
-pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut [f32]) {
-    assert!(x.len() >= m.cols && out.len() >= m.rows && scratch.len() >= m.cols);
-    matvec_rows(m, x, 0, &mut out[..m.rows], scratch);
+pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+    assert!(x.len() >= m.cols && out.len() >= m.rows);
+    if let WeightView::Nested8(w) = &m.view {
+        let k = kernels();
+        (k.quantize_acts)(&x[..m.cols], 1, m.cols, w.group_size, &mut scratch.acts);
+        return (k.nested8_matvec[dispatch::view_index(w.view_bits)])(w, &scratch.acts, 0, &mut out[..m.rows]);
+    }
+    if scratch.tile.len() < m.cols {
+        scratch.tile.resize(m.cols, 0.0);
+    }
+    matvec_rows(m, x, 0, &mut out[..m.rows], &mut scratch.tile);
 }
 
 /// [`matvec`] over rows `first..first + out.len()`.
@@ -288,16 +278,45 @@ fn matvec_rows(m: &Matrix<'_>, x: &[f32], first: usize, out: &mut [f32], row_buf
 pub const MATMUL_TILE_ROWS: usize = 64;
 
 /// `out[t, r] = W[r, :] · x[t, :]` for `n` tokens (`x`: (n, cols), `out`: (n, rows)).
-/// Dequantizes `MATMUL_TILE_ROWS` rows at a time into scratch and multiplies with sgemm;
-/// `scratch` holds at least `MATMUL_TILE_ROWS * cols` floats, and [`scratch_len`]`(cols, t)`
-/// floats split the rows over `t` threads.
-pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mut [f32]) {
-    assert!(x.len() >= n * m.cols && out.len() >= n * m.rows && scratch.len() >= MATMUL_TILE_ROWS * m.cols);
+/// Float weights: dequantizes `MATMUL_TILE_ROWS` rows at a time into scratch and multiplies
+/// with sgemm. Nested weights: quantizes the activations once, then each thread runs the
+/// table's kernel on tiles of `MATMUL_TILE_ROWS` rows. `scratch.tile` holds at least
+/// `MATMUL_TILE_ROWS * max(cols, n)` floats; [`scratch_len`]`(max(cols, n), t)` floats split the
+/// rows over `t` threads.
+pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
+    let per_thread = MATMUL_TILE_ROWS * m.cols.max(n);
+    assert!(x.len() >= n * m.cols && out.len() >= n * m.rows);
+    if scratch.tile.len() < per_thread {
+        scratch.tile.resize(per_thread, 0.0);
+    }
     if n == 1 {
         return matvec(m, x, out, scratch);
     }
     let out_ptr = OutPtr(out.as_mut_ptr());
-    for_row_ranges(m.rows, scratch, MATMUL_TILE_ROWS * m.cols, |first, rows, buf| {
+    if let WeightView::Nested8(w) = &m.view {
+        let k = kernels();
+        (k.quantize_acts)(&x[..n * m.cols], n, m.cols, w.group_size, &mut scratch.acts);
+        let acts = &scratch.acts;
+        let kernel = k.nested8_matmul[dispatch::view_index(w.view_bits)];
+        return for_row_ranges(m.rows, MATMUL_TILE_ROWS, &mut scratch.tile, per_thread, |first, rows, buf| {
+            let mut r0 = first;
+            while r0 < first + rows {
+                let tr = MATMUL_TILE_ROWS.min(first + rows - r0);
+                let tile = &mut buf[..n * tr];
+                kernel(w, acts, r0, tile);
+                for t in 0..n {
+                    // SAFETY: out holds n*rows floats (asserted above); element (t, r0 + i) with
+                    // r0 + i < first + rows <= m.rows is in bounds, and rows first..first+rows
+                    // belong to this call alone, so no other thread writes them.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(tile.as_ptr().add(t * tr), out_ptr.get().add(t * m.rows + r0), tr);
+                    }
+                }
+                r0 += tr;
+            }
+        });
+    }
+    for_row_ranges(m.rows, MATMUL_TILE_ROWS, &mut scratch.tile, per_thread, |first, rows, buf| {
         matmul_rows(m, x, n, out_ptr, first, first + rows, buf)
     });
 }

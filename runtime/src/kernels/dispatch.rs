@@ -1,0 +1,86 @@
+//! The kernel table: filled with the scalar reference, then each architecture's `plug`
+//! overwrites the entries its CPU can serve. With `std` the CPU is probed once at first use;
+//! without `std` only features enabled at compile time (`-C target-feature`) are used.
+//!
+//! Every SIMD kernel is a private `#[target_feature]` function of its architecture's module,
+//! reachable only through this table, which is only ever filled after the CPU reported the
+//! feature.
+
+use super::acts::QActs;
+use super::{reference, Nested8};
+
+/// Quantize `x` ((n, cols) row-major) into `acts` in blocks of `block` values (the contract of
+/// [`super::acts`]; `aux` in this table's order).
+pub type QuantizeActsFn = fn(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs);
+/// Decode: `out[i] = row (first + i) · token 0 of acts` (see [`reference::nested8_row_dot`]).
+pub type Nested8MatvecFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
+/// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
+pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
+
+/// Function pointers for every product the model runs.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// What filled the table, e.g. `"scalar"`, `"avx2"`, `"neon+dotprod"`.
+    pub name: &'static str,
+    pub quantize_acts: QuantizeActsFn,
+    /// Indexed by [`view_index`] (2, 3, 4, 8 bits).
+    pub nested8_matvec: [Nested8MatvecFn; 4],
+    pub nested8_matmul: [Nested8MatmulFn; 4],
+}
+
+impl core::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kernels").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Slot of a view in the per-view arrays.
+pub fn view_index(view_bits: u8) -> usize {
+    match view_bits {
+        2 => 0,
+        3 => 1,
+        4 => 2,
+        _ => 3,
+    }
+}
+
+impl Kernels {
+    /// The scalar reference everywhere.
+    pub const SCALAR: Kernels = Kernels {
+        name: "scalar",
+        quantize_acts: reference::quantize_acts,
+        nested8_matvec: [reference::nested8_matvec; 4],
+        nested8_matmul: [reference::nested8_matmul; 4],
+    };
+
+    /// The best table for this CPU (probed once with `std`).
+    pub fn detect() -> Kernels {
+        #[allow(unused_mut)]
+        let mut k = Kernels::SCALAR;
+        #[cfg(target_arch = "x86_64")]
+        super::x86_64::plug(&mut k);
+        #[cfg(target_arch = "aarch64")]
+        super::aarch64::plug(&mut k);
+        k
+    }
+}
+
+#[cfg(feature = "std")]
+static SELECTED: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+
+/// The table the products use: [`Kernels::detect`] once, or the scalar reference when the
+/// environment variable `EDGE_RUN_KERNELS=scalar` is set (to compare outputs).
+#[cfg(feature = "std")]
+pub fn kernels() -> Kernels {
+    *SELECTED.get_or_init(|| match std::env::var("EDGE_RUN_KERNELS").as_deref() {
+        Ok("scalar") => Kernels::SCALAR,
+        _ => Kernels::detect(),
+    })
+}
+
+/// The table the products use: without std, `detect` consults only the features enabled at
+/// compile time (`-C target-feature=+avx2,+fma`, `+dotprod`), which costs nothing to repeat.
+#[cfg(not(feature = "std"))]
+pub fn kernels() -> Kernels {
+    Kernels::detect()
+}
