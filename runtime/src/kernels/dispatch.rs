@@ -63,6 +63,19 @@ impl Kernels {
         super::aarch64::plug(&mut k);
         k
     }
+
+    /// Every table this architecture defines, each built on top of the scalar one, with `None`
+    /// where this CPU lacks the features (name, table): the kernel tests run each against the
+    /// reference and report the missing ones.
+    pub fn variants() -> alloc::vec::Vec<(&'static str, Option<Kernels>)> {
+        #[allow(unused_mut)]
+        let mut v = alloc::vec![("scalar", Some(Kernels::SCALAR))];
+        #[cfg(target_arch = "x86_64")]
+        super::x86_64::variants(&mut v);
+        #[cfg(target_arch = "aarch64")]
+        super::aarch64::variants(&mut v);
+        v
+    }
 }
 
 #[cfg(feature = "std")]
