@@ -130,3 +130,37 @@ fn lower_views_read_fewer_bytes() {
     assert_eq!(sizes, vec![params + 256, params + 384, params + 512, params + 1024]);
     assert!(Matrix::from_tensor(t, Some(5)).is_err());
 }
+
+#[test]
+fn portable_table_is_bit_identical_to_the_scalar_spec() {
+    // Group sizes 8 and 32, rows with padding, 1 and 3 tokens, every view.
+    for (rows, cols, group) in [(5usize, 20usize, 8usize), (9, 96, 32), (3, 70, 32)] {
+        let mut w = CheckpointWriter::new();
+        w.add_tensor(tensor("n", Encoding::Nested8, rows, cols, group, rows as u64)).unwrap();
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes, |_, _| {}).unwrap();
+        let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+        let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+        for view in NESTED8_VIEWS {
+            let m = Matrix::from_tensor(ck.tensor("n").unwrap(), Some(view)).unwrap();
+            let kernels::WeightView::Nested8(nw) = &m.view else { unreachable!() };
+            for n in [1usize, 3] {
+                let x = rand_f32(n * cols, 7 + n as u64);
+                let (s, p) = (kernels::Kernels::SCALAR, kernels::Kernels::PORTABLE);
+                let mut acts = kernels::QActs::default();
+                (s.quantize_acts)(&x, n, cols, group, &mut acts);
+                let vi = kernels::dispatch::view_index(view);
+                let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                if n == 1 {
+                    (s.nested8_matvec[vi])(nw, &acts, 0, &mut a);
+                    (p.nested8_matvec[vi])(nw, &acts, 0, &mut b);
+                } else {
+                    (s.nested8_matmul[vi])(nw, &acts, 0, &mut a);
+                    (p.nested8_matmul[vi])(nw, &acts, 0, &mut b);
+                }
+                assert_eq!(a, b, "view {view} rows {rows} cols {cols} group {group} tokens {n}");
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! feature.
 
 use super::acts::QActs;
-use super::{reference, Nested8};
+use super::{portable, reference, Nested8};
 
 /// Quantize `x` ((n, cols) row-major) into `acts` in blocks of `block` values (the contract of
 /// [`super::acts`]; `aux` in this table's order).
@@ -53,10 +53,19 @@ impl Kernels {
         nested8_matmul: [reference::nested8_matmul; 4],
     };
 
+    /// The reference arithmetic with each group's codes unpacked once ([`portable`]):
+    /// bit-identical to [`Kernels::SCALAR`], what CPUs without a SIMD table run.
+    pub const PORTABLE: Kernels = Kernels {
+        name: "portable",
+        quantize_acts: reference::quantize_acts,
+        nested8_matvec: [portable::nested8_matvec; 4],
+        nested8_matmul: [portable::nested8_matmul; 4],
+    };
+
     /// The best table for this CPU (probed once with `std`).
     pub fn detect() -> Kernels {
         #[allow(unused_mut)]
-        let mut k = Kernels::SCALAR;
+        let mut k = Kernels::PORTABLE;
         #[cfg(target_arch = "x86_64")]
         super::x86_64::plug(&mut k);
         #[cfg(target_arch = "aarch64")]
@@ -69,7 +78,7 @@ impl Kernels {
     /// reference and report the missing ones.
     pub fn variants() -> alloc::vec::Vec<(&'static str, Option<Kernels>)> {
         #[allow(unused_mut)]
-        let mut v = alloc::vec![("scalar", Some(Kernels::SCALAR))];
+        let mut v = alloc::vec![("scalar", Some(Kernels::SCALAR)), ("portable", Some(Kernels::PORTABLE))];
         #[cfg(target_arch = "x86_64")]
         super::x86_64::variants(&mut v);
         #[cfg(target_arch = "aarch64")]
@@ -82,11 +91,13 @@ impl Kernels {
 static SELECTED: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
 
 /// The table the products use: [`Kernels::detect`] once, or the scalar reference when the
-/// environment variable `EDGE_RUN_KERNELS=scalar` is set (to compare outputs).
+/// environment variable `EDGE_RUN_KERNELS=scalar` is set (to compare outputs;
+/// `portable` picks [`Kernels::PORTABLE`]).
 #[cfg(feature = "std")]
 pub fn kernels() -> Kernels {
     *SELECTED.get_or_init(|| match std::env::var("EDGE_RUN_KERNELS").as_deref() {
         Ok("scalar") => Kernels::SCALAR,
+        Ok("portable") => Kernels::PORTABLE,
         _ => Kernels::detect(),
     })
 }

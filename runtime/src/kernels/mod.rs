@@ -14,6 +14,7 @@
 pub mod acts;
 pub mod dispatch;
 mod parallel;
+mod portable;
 pub mod reference;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
