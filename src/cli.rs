@@ -90,7 +90,7 @@ pub enum Command {
     )]
     Eval(EvalArgs),
     /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums.
-    #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json")]
+    #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json\n  edge-run inspect model.edge --verify --bits 4    # only what the 4-bit view reads")]
     Inspect(InspectArgs),
 }
 
@@ -388,6 +388,12 @@ pub struct InspectArgs {
     /// Verify the checksum of every tensor segment (reads the whole file).
     #[arg(long)]
     pub verify: bool,
+
+    /// With --verify: check only the segments the B-bit view reads (nested tensors' group
+    /// parameters and first planes; every segment of other tensors), so verifying a 2-bit view
+    /// reads about a quarter of the nested bytes.
+    #[arg(long, value_name = "B", value_parser = parse_bits, requires = "verify")]
+    pub bits: Option<u8>,
 
     /// Read the file into memory instead of memory-mapping it.
     #[arg(long)]

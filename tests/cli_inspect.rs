@@ -115,3 +115,38 @@ fn inspect_of_a_gguf_says_to_pack_it() {
     let e = run(["inspect", smollm_gguf().to_str().unwrap()]).one_line_error();
     assert!(e.contains("GGUF") && e.contains("edge-pack"), "{e}");
 }
+
+#[test]
+fn verify_of_a_view_reads_only_its_planes() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8();
+    // Flip a byte in the last plane (bits 3-0) of one nested tensor: only the 8-bit view reads it.
+    let bytes = edge_runtime::load::CheckpointBytes::read(&m).unwrap();
+    let ck = edge_runtime::Checkpoint::parse(bytes.as_bytes()).unwrap();
+    let t = ck.tensor("blk.5.ffn_up.weight").unwrap();
+    let low = t.planes().nth(3).expect("four planes");
+    let at = (low.file_offset + low.bytes.len() as u64 / 2) as usize;
+    let n_segments: usize = ck.tensors.iter().map(|t| t.segments.len()).sum();
+    drop(ck);
+    drop(bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("flipped-plane.edge");
+    corrupt_copy(&m, &bad, |b| b[at] ^= 0x01);
+
+    for bits in ["2", "3", "4"] {
+        let v = run(["inspect", "--verify", "--bits", bits, "--json", bad.to_str().unwrap()]).ok().json();
+        assert_eq!(v["checksums"]["segments"], "ok", "{bits}-bit view");
+        let checked = v["checksums"]["segments_checked"].as_u64().unwrap();
+        assert!(checked < n_segments as u64, "{bits}-bit view checked {checked} of {n_segments}");
+    }
+    let v2 = run(["inspect", "--verify", "--bits", "2", "--json", bad.to_str().unwrap()]).json();
+    let v4 = run(["inspect", "--verify", "--bits", "4", "--json", bad.to_str().unwrap()]).json();
+    assert!(v2["checksums"]["bytes_checked"].as_u64() < v4["checksums"]["bytes_checked"].as_u64());
+    let r = run(["inspect", "--verify", "--bits", "8", bad.to_str().unwrap()]);
+    let e = r.one_line_error();
+    assert!(e.contains("blk.5.ffn_up.weight") && e.contains("8-bit view"), "{e}");
+    let e = run(["inspect", "--bits", "4", bad.to_str().unwrap()]).one_line_error();
+    assert!(e.contains("--verify"), "{e}");
+}
