@@ -1,0 +1,152 @@
+//! Rebuilding a view's codes from the bit planes, 32 codes at a time, in natural order, so the
+//! activations are read as [`super::super::acts`] stores them.
+//!
+//! For a chunk of 32 codes starting at flat code index `i` (a multiple of 32) the planes hold
+//! 8 bytes (plane 0, 2 bits/code), 4 + 4 bytes (planes 1 and 2, 1 bit/code) and 16 bytes
+//! (plane 3, 4 bits/code). Every lane of the two output vectors (codes 0..16 and 16..32 of the
+//! chunk) is rebuilt with table lookups and per-lane shifts:
+//! - plane 0: `tbl` spreads byte `L / 4` to lane `L`, `ushl` by `pos - 2 (L % 4)` moves the
+//!   field to its place in the view code, a mask keeps it;
+//! - planes 1, 2: `tbl` spreads byte `L / 8` to lane `L`, `cmtst` with `1 << (L % 8)` gives
+//!   0 or -1, which is masked (or, at bit 0, subtracted) into the code;
+//! - plane 3: low nibbles are the even codes, high nibbles the odd ones, `zip` interleaves them.
+//!
+//! Views of up to 4 bits produce `q_k` (0..=15) directly. The 8-bit view produces its top
+//! nibble (`q >> 4`, the 4-bit view's code) and plane 3 (`q & 15`) separately, because
+//! `sdot`/`smull` multiply signed bytes: `q · x = 16 (q >> 4) · x + (q & 15) · x`.
+//!
+//! These helpers are `#[inline(always)]` so they compile inside the `#[target_feature]`
+//! kernels of [`super::nested8`] that call them.
+
+use core::arch::aarch64::*;
+
+/// Position of plane 0's field in a view's code (the 8-bit view builds its top nibble).
+const fn plane0_pos(view_bits: u8) -> i8 {
+    match view_bits {
+        2 => 0,
+        3 => 1,
+        _ => 2,
+    }
+}
+
+/// Constant vectors of the unpacking, built once per kernel call.
+#[derive(Clone, Copy)]
+pub(super) struct Consts {
+    /// `tbl` indices of plane 0: lane `L` of codes 0..16 reads byte `L / 4`, of codes 16..32
+    /// byte `4 + L / 4`.
+    p0_idx_lo: uint8x16_t,
+    p0_idx_hi: uint8x16_t,
+    /// Per-lane shift bringing field `L % 4` (at bit `2 (L % 4)`) to the view's position.
+    p0_shift: int8x16_t,
+    /// The two bits of plane 0 in the view code.
+    p0_mask: uint8x16_t,
+    /// `tbl` indices of a 1-bit plane: lane `L` reads byte `L / 8` (codes 0..16), `2 + L / 8`
+    /// (codes 16..32).
+    bit_idx_lo: uint8x16_t,
+    bit_idx_hi: uint8x16_t,
+    /// `1 << (L % 8)`.
+    bit_sel: uint8x16_t,
+    /// Bit 1 (plane 1's place in the 4-bit code).
+    two: uint8x16_t,
+    nibble: uint8x16_t,
+}
+
+impl Consts {
+    /// # Safety
+    /// The CPU must support NEON (every kernel calling this is `#[target_feature(enable = "neon")]`).
+    #[inline(always)]
+    pub(super) unsafe fn new<const V: u8>() -> Consts {
+        let pos = plane0_pos(V);
+        let mut p0_idx_lo = [0u8; 16];
+        let mut p0_idx_hi = [0u8; 16];
+        let mut p0_shift = [0i8; 16];
+        let mut bit_idx_lo = [0u8; 16];
+        let mut bit_idx_hi = [0u8; 16];
+        let mut bit_sel = [0u8; 16];
+        for l in 0..16 {
+            p0_idx_lo[l] = (l / 4) as u8;
+            p0_idx_hi[l] = (4 + l / 4) as u8;
+            p0_shift[l] = pos - 2 * (l % 4) as i8;
+            bit_idx_lo[l] = (l / 8) as u8;
+            bit_idx_hi[l] = (2 + l / 8) as u8;
+            bit_sel[l] = 1 << (l % 8);
+        }
+        Consts {
+            p0_idx_lo: vld1q_u8(p0_idx_lo.as_ptr()),
+            p0_idx_hi: vld1q_u8(p0_idx_hi.as_ptr()),
+            p0_shift: vld1q_s8(p0_shift.as_ptr()),
+            p0_mask: vdupq_n_u8(3 << pos),
+            bit_idx_lo: vld1q_u8(bit_idx_lo.as_ptr()),
+            bit_idx_hi: vld1q_u8(bit_idx_hi.as_ptr()),
+            bit_sel: vld1q_u8(bit_sel.as_ptr()),
+            two: vdupq_n_u8(2),
+            nibble: vdupq_n_u8(0x0f),
+        }
+    }
+}
+
+/// Raw starts of the planes a kernel reads (bounds checked by the kernel before any read).
+pub(super) type Planes = [*const u8; 4];
+
+/// Merge a 1-bit plane into the codes at bit `POS` (0 or 1).
+///
+/// # Safety
+/// `plane.add(i / 8)` must be readable for 4 bytes; NEON present.
+#[inline(always)]
+unsafe fn merge_bit_plane<const POS: u8>(
+    plane: *const u8,
+    i: usize,
+    k: &Consts,
+    lo: uint8x16_t,
+    hi: uint8x16_t,
+) -> (uint8x16_t, uint8x16_t) {
+    let bytes = vreinterpretq_u8_u32(vdupq_n_u32((plane.add(i / 8) as *const u32).read_unaligned()));
+    let set_lo = vtstq_u8(vqtbl1q_u8(bytes, k.bit_idx_lo), k.bit_sel);
+    let set_hi = vtstq_u8(vqtbl1q_u8(bytes, k.bit_idx_hi), k.bit_sel);
+    if POS == 0 {
+        // `set` is 0 or 0xff (-1), and bit 0 of the code is still clear: subtracting adds 1.
+        (vsubq_u8(lo, set_lo), vsubq_u8(hi, set_hi))
+    } else {
+        (vorrq_u8(lo, vandq_u8(set_lo, k.two)), vorrq_u8(hi, vandq_u8(set_hi, k.two)))
+    }
+}
+
+/// The view codes of the 32-code chunk at flat code index `i` (a multiple of 32), natural
+/// order: `[top_lo, top_hi, low_lo, low_hi]` where `lo` is codes 0..16 and `hi` codes 16..32
+/// of the chunk. For `V` < 8, `top` is `q_V` and `low` is zero; for `V` = 8, `top` is `q >> 4`
+/// and `low` is `q & 15`. All values are in 0..=15.
+///
+/// # Safety
+/// The first `nested8_planes_for_view(V)` planes must be readable for the chunk's bytes
+/// (`i / 4 .. i / 4 + 8`, `i / 8 .. i / 8 + 4`, `i / 2 .. i / 2 + 16`); NEON present.
+#[inline(always)]
+pub(super) unsafe fn unpack32<const V: u8>(planes: &Planes, i: usize, k: &Consts) -> [int8x16_t; 4] {
+    // Plane 0: 8 bytes, 4 codes each.
+    let p0 = vld1_u8(planes[0].add(i / 4));
+    let p0 = vcombine_u8(p0, p0);
+    let mut lo = vandq_u8(vshlq_u8(vqtbl1q_u8(p0, k.p0_idx_lo), k.p0_shift), k.p0_mask);
+    let mut hi = vandq_u8(vshlq_u8(vqtbl1q_u8(p0, k.p0_idx_hi), k.p0_shift), k.p0_mask);
+    match V {
+        3 => (lo, hi) = merge_bit_plane::<0>(planes[1], i, k, lo, hi),
+        4 | 8 => {
+            (lo, hi) = merge_bit_plane::<1>(planes[1], i, k, lo, hi);
+            (lo, hi) = merge_bit_plane::<0>(planes[2], i, k, lo, hi);
+        }
+        _ => {}
+    }
+    let (mut low_lo, mut low_hi) = (vdupq_n_u8(0), vdupq_n_u8(0));
+    if V == 8 {
+        // Plane 3: 16 bytes, the even code in the low nibble, the odd one in the high nibble.
+        let p3 = vld1q_u8(planes[3].add(i / 2));
+        let even = vandq_u8(p3, k.nibble);
+        let odd = vshrq_n_u8::<4>(p3);
+        low_lo = vzip1q_u8(even, odd);
+        low_hi = vzip2q_u8(even, odd);
+    }
+    [
+        vreinterpretq_s8_u8(lo),
+        vreinterpretq_s8_u8(hi),
+        vreinterpretq_s8_u8(low_lo),
+        vreinterpretq_s8_u8(low_hi),
+    ]
+}
