@@ -370,6 +370,11 @@ pub struct EvalArgs {
     )]
     pub budgets: Vec<f64>,
 
+    /// Weight-byte budgets of more profile-chosen plans in the sweep (comma-separated sizes
+    /// like --weight-budget's), e.g. the sizes of llama.cpp files to compare at equal bytes.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, requires = "sweep", help_heading = "Sweep")]
+    pub byte_budgets: Vec<u64>,
+
     /// Folder for sweep.json and sweep.svg (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".", requires = "sweep", help_heading = "Sweep")]
     pub out: PathBuf,

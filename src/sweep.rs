@@ -33,6 +33,8 @@ enum Kind {
     Base,
     Uniform(u8),
     Plan(f64),
+    /// A plan for a weight-byte budget.
+    PlanBytes(u64),
     Baseline(usize),
 }
 
@@ -41,7 +43,7 @@ impl Kind {
         match self {
             Kind::Base => "base",
             Kind::Uniform(_) => "uniform",
-            Kind::Plan(_) => "plan",
+            Kind::Plan(_) | Kind::PlanBytes(_) => "plan",
             Kind::Baseline(_) => "baseline",
         }
     }
@@ -218,6 +220,29 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     Err(e) => notes.push(format!("budget {t} skipped: {}", loader::one_line(&format!("{e:#}")))),
                 }
             }
+            let mut byte_budgets = args.byte_budgets.clone();
+            byte_budgets.sort_unstable_by(|a, b| b.cmp(a));
+            byte_budgets.dedup();
+            for b in byte_budgets {
+                match planner.for_bytes(b) {
+                    Ok(chosen) => {
+                        let plan = chosen.view_plan(&planner.units);
+                        let fp = footprint_at(&ck, &config, &plan)?;
+                        rows.push(Row {
+                            label: format!("plan <= {}", human_bytes(b)),
+                            kind: Kind::PlanBytes(b),
+                            checkpoint: file.path.clone(),
+                            plan: Some(plan),
+                            units: planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect(),
+                            predicted_kl: Some(chosen.kl),
+                            weight_bytes: fp.weight_bytes,
+                            bits_per_weight: fp.bits_per_weight(),
+                            scores: Scores::default(),
+                        });
+                    }
+                    Err(e) => notes.push(format!("byte budget {b} skipped: {}", loader::one_line(&format!("{e:#}")))),
+                }
+            }
         }
     }
     let mut baselines = Vec::with_capacity(baseline_files.len());
@@ -287,7 +312,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 Kind::Base => {
                     eval::score_window(&mut base.model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
                 }
-                Kind::Uniform(_) | Kind::Plan(_) => {
+                Kind::Uniform(_) | Kind::Plan(_) | Kind::PlanBytes(_) => {
                     let plan = r.plan.as_ref().expect("a view plan");
                     if current.as_ref() != Some(plan) {
                         main.model.set_views(&ck, plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
@@ -340,6 +365,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "kind": r.kind.name(),
             "bits": match r.kind { Kind::Uniform(b) => Some(b), _ => None },
             "target_bits": match r.kind { Kind::Plan(t) => Some(t), _ => None },
+            "byte_budget": match r.kind { Kind::PlanBytes(b) => Some(b), _ => None },
             "checkpoint": r.checkpoint.display().to_string(),
             "weight_bytes": r.weight_bytes,
             "bits_per_weight": r.bits_per_weight,
@@ -368,6 +394,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "tokens_scored": rows[0].scores.nll.count(),
         "profile": profile.is_some(),
         "budgets": args.budgets,
+        "byte_budgets": args.byte_budgets,
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
         "compressibility": {
             "score": score,
@@ -404,6 +431,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             Kind::Base => data.base = Some(to_point(r, r.label.clone())),
             Kind::Uniform(b) => data.uniform.push(to_point(r, format!("{b}-bit"))),
             Kind::Plan(t) => data.plans.push(to_point(r, format!("{t}"))),
+            Kind::PlanBytes(b) => data.plans.push(to_point(r, human_bytes(b))),
             Kind::Baseline(_) => data.baselines.push(to_point(r, r.label.clone())),
         }
     }

@@ -59,7 +59,7 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
     let out = dir.path().join("sweep-out");
     let baseline = fake_baseline();
     let mut args = sweep_args(&smollm_q8_profiled(), &out, "128");
-    args.extend(["--budgets", "3,4", "--baselines"].map(String::from));
+    args.extend(["--budgets", "3,4", "--byte-budgets", "80MB", "--baselines"].map(String::from));
     args.push(baseline.to_str().unwrap().to_string());
     let r = run(&args);
     r.ok();
@@ -87,11 +87,11 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
     // sweep.json: every row, on the same scored tokens.
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 8, "{v:#}");
+    assert_eq!(rows.len(), 9, "{v:#}");
     assert_eq!(v["tokens_scored"], 63);
     assert_eq!(v["profile"], true);
     let kinds: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["base", "uniform", "uniform", "uniform", "uniform", "plan", "plan", "baseline"]);
+    assert_eq!(kinds, ["base", "uniform", "uniform", "uniform", "uniform", "plan", "plan", "plan", "baseline"]);
     let base = &rows[0];
     assert_eq!(f(&base["mean_kl"]), 0.0);
     assert_eq!(f(&base["top1_agreement_percent"]), 100.0);
@@ -107,9 +107,13 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
         assert!(f(&r["predicted_kl"]) > 0.0);
     }
     assert!(rows[5]["weight_bytes"].as_u64() > rows[6]["weight_bytes"].as_u64());
+    // The byte-budget plan fits its budget.
+    assert_eq!(rows[7]["byte_budget"].as_u64(), Some(80_000_000));
+    assert!(rows[7]["weight_bytes"].as_u64().unwrap() <= 80_000_000, "{}", rows[7]);
+    assert_eq!(rows[7]["views"].as_object().unwrap().len(), 31);
     // The baseline is worth the bytes it records, not its f16 size.
-    assert_eq!(rows[7]["weight_bytes"].as_u64(), Some(BASELINE_BYTES));
-    assert_eq!(rows[7]["config"], "rtn-4 g64");
+    assert_eq!(rows[8]["weight_bytes"].as_u64(), Some(BASELINE_BYTES));
+    assert_eq!(rows[8]["config"], "rtn-4 g64");
     let c = &v["compressibility"];
     let score = f(&c["score"]);
     assert!(score > 0.0 && score <= 1.0, "{c}");
