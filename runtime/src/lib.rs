@@ -15,6 +15,8 @@ pub mod format;
 pub mod kernels;
 pub mod model;
 pub mod plan;
+#[cfg(feature = "std")]
+pub mod pool;
 pub mod sampler;
 #[cfg(feature = "std")]
 pub mod load;

@@ -239,21 +239,39 @@ pub fn scratch_len(cols: usize, threads: usize) -> usize {
     threads * MATMUL_TILE_ROWS * cols
 }
 
+/// Rows of a decode product's share on one thread are a multiple of this (whole blocks for the
+/// SIMD kernels).
+pub const MATVEC_ALIGN: usize = 16;
+
 /// `out[r] = W[r, :] · x` for every row. `scratch` holds at least `cols` floats.
 ///
-/// Runs on the calling thread: splitting one token's rows over threads spawned per product
-/// measured slower than one thread here (docs/RESULTS.md); a persistent pool will split it.
+/// With `std` and more than one thread ([`set_threads`]), the rows are split in multiples of
+/// [`MATVEC_ALIGN`] over the persistent pool (`crate::pool`); nested weights quantize the
+/// activations once, on the calling thread, then every thread runs the table's matvec kernel
+/// on its rows. Every row is computed exactly as on one thread, so the result does not depend
+/// on the thread count.
 pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut Scratch) {
     assert!(x.len() >= m.cols && out.len() >= m.rows);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    // SAFETY (both closures below): `out` holds at least m.rows floats (asserted), each range
+    // first..first+rows lies within 0..m.rows and belongs to one call alone, and
+    // `for_row_ranges` returns only after every call has, within the borrow of `out`.
+    let out_rows = |first: usize, rows: usize| unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(first), rows) };
     if let WeightView::Nested8(w) = &m.view {
         let k = kernels();
         (k.quantize_acts)(&x[..m.cols], 1, m.cols, w.group_size, &mut scratch.acts);
-        return (k.nested8_matvec[dispatch::view_index(w.view_bits)])(w, &scratch.acts, 0, &mut out[..m.rows]);
+        let acts = &scratch.acts;
+        let kernel = k.nested8_matvec[dispatch::view_index(w.view_bits)];
+        return for_row_ranges(m.rows, MATVEC_ALIGN, m.cols, &mut [], 0, |first, rows, _| {
+            kernel(w, acts, first, out_rows(first, rows))
+        });
     }
     if scratch.tile.len() < m.cols {
         scratch.tile.resize(m.cols, 0.0);
     }
-    matvec_rows(m, x, 0, &mut out[..m.rows], &mut scratch.tile);
+    for_row_ranges(m.rows, MATVEC_ALIGN, m.cols, &mut scratch.tile, m.cols, |first, rows, buf| {
+        matvec_rows(m, x, first, out_rows(first, rows), buf)
+    });
 }
 
 /// [`matvec`] over rows `first..first + out.len()`.
@@ -299,7 +317,7 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mu
         (k.quantize_acts)(&x[..n * m.cols], n, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
         let kernel = k.nested8_matmul[dispatch::view_index(w.view_bits)];
-        return for_row_ranges(m.rows, MATMUL_TILE_ROWS, &mut scratch.tile, per_thread, |first, rows, buf| {
+        return for_row_ranges(m.rows, MATMUL_TILE_ROWS, m.cols * n, &mut scratch.tile, per_thread, |first, rows, buf| {
             let mut r0 = first;
             while r0 < first + rows {
                 let tr = MATMUL_TILE_ROWS.min(first + rows - r0);
@@ -317,7 +335,7 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mu
             }
         });
     }
-    for_row_ranges(m.rows, MATMUL_TILE_ROWS, &mut scratch.tile, per_thread, |first, rows, buf| {
+    for_row_ranges(m.rows, MATMUL_TILE_ROWS, m.cols * n, &mut scratch.tile, per_thread, |first, rows, buf| {
         matmul_rows(m, x, n, out_ptr, first, first + rows, buf)
     });
 }

@@ -1,22 +1,23 @@
-//! Splitting a product's output rows over threads.
+//! Splitting a product's output rows over threads: the persistent pool of [`crate::pool`] with
+//! `std`, the calling thread alone without.
 
-/// Threads the products use (std: set by [`set_threads`], default all available cores;
-/// without std: 1).
+/// Threads the products use (std: set by [`set_threads`]; 0 = the default).
 #[cfg(feature = "std")]
 static THREADS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
-/// Use `n` threads for matrix products (0 = all available cores).
+/// Use `n` threads for matrix products (0 = the default, see [`threads`]).
 #[cfg(feature = "std")]
 pub fn set_threads(n: usize) {
     THREADS.store(n, core::sync::atomic::Ordering::Relaxed);
 }
 
-/// Threads the products will use.
+/// Threads the products will use: as set by [`set_threads`], by default the physical cores
+/// this process may run on (see [`default_threads`]); without std, 1.
 pub fn threads() -> usize {
     #[cfg(feature = "std")]
     {
         match THREADS.load(core::sync::atomic::Ordering::Relaxed) {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => default_threads(),
             n => n,
         }
     }
@@ -26,48 +27,92 @@ pub fn threads() -> usize {
     }
 }
 
+/// The default thread count: physical cores (Linux: distinct (package, core) pairs in
+/// `/sys/devices/system/cpu/cpu*/topology`, so SMT siblings count once), capped by
+/// `available_parallelism` (which honours affinity masks and cgroup quotas). Elsewhere, or when
+/// the topology is unreadable, `available_parallelism`, which counts logical CPUs. Computed
+/// once.
+#[cfg(feature = "std")]
+pub fn default_threads() -> usize {
+    static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+        physical_cores().map_or(logical, |p| p.clamp(1, logical))
+    })
+}
+
+#[cfg(feature = "std")]
+fn physical_cores() -> Option<usize> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let mut cores = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/sys/devices/system/cpu").ok()?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("cpu") && name[3..].bytes().all(|b| b.is_ascii_digit()) && name.len() > 3) {
+            continue;
+        }
+        let read = |f: &str| std::fs::read_to_string(e.path().join("topology").join(f)).ok();
+        let (Some(pkg), Some(core)) = (read("physical_package_id"), read("core_id")) else { continue };
+        cores.insert((pkg.trim().to_owned(), core.trim().to_owned()));
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
+/// Smallest share of a product (weights, rows x cols) worth handing to another thread: below
+/// it, waking a worker (~1-5 µs) costs about what the share saves.
+pub(crate) const MIN_WEIGHTS_PER_THREAD: usize = 32 * 1024;
+
 /// Split rows `0..rows` into at most `threads()` contiguous ranges whose starts are multiples of
-/// `align`, limited by the scratch available (`scratch` floats, `per_thread` each), and run
-/// `f(first, rows, scratch)` for each range with its own scratch slice, in parallel (std) or in
+/// `align`, limited by the scratch available (`scratch` floats, `per_thread` each) and by `cost`
+/// (each range gets at least [`MIN_WEIGHTS_PER_THREAD`] / `cost` rows, `cost` being a row's
+/// weights times tokens), and run `f(first, rows, scratch)` for each range with its own scratch
+/// slice (`per_thread == 0`: no scratch, empty slices), in parallel on the pool (std) or in
 /// turn.
 pub(crate) fn for_row_ranges(
     rows: usize,
     align: usize,
+    cost: usize,
     scratch: &mut [f32],
     per_thread: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    let by_scratch = scratch.len() / per_thread.max(1);
-    let n = threads().min(by_scratch).min(rows.div_ceil(align)).max(1);
+    let by_scratch = if per_thread == 0 { usize::MAX } else { scratch.len() / per_thread };
+    let by_work = (rows * cost.max(1) / MIN_WEIGHTS_PER_THREAD).max(1);
+    let n = threads().min(by_scratch).min(rows.div_ceil(align)).min(by_work).max(1);
     if n == 1 {
         return f(0, rows, scratch);
     }
     let chunk = rows.div_ceil(n).div_ceil(align) * align;
+    // Ranges actually non-empty (rounding up `chunk` may leave the last ones without rows).
+    let n = rows.div_ceil(chunk);
     #[cfg(feature = "std")]
-    std::thread::scope(|s| {
-        for (i, buf) in scratch.chunks_mut(per_thread).take(n).enumerate() {
+    {
+        let base = OutPtr(scratch.as_mut_ptr());
+        crate::pool::run(n, &|i| {
             let first = i * chunk;
-            if first >= rows {
-                break;
-            }
-            let f = &f;
-            s.spawn(move || f(first, chunk.min(rows - first), buf));
-        }
-    });
+            // SAFETY: `i < n <= by_scratch`, so `(i + 1) * per_thread <= scratch.len()` (with
+            // `per_thread == 0`, an empty slice at the start);
+            // the pool runs each index exactly once, so the slices are disjoint, and `run`
+            // returns only after every call has, within the borrow of `scratch`.
+            let buf = unsafe { core::slice::from_raw_parts_mut(base.get().add(i * per_thread), per_thread) };
+            f(first, chunk.min(rows - first), buf)
+        });
+    }
     #[cfg(not(feature = "std"))]
-    for (i, buf) in scratch.chunks_mut(per_thread).take(n).enumerate() {
+    for i in 0..n {
         let first = i * chunk;
-        if first < rows {
-            f(first, chunk.min(rows - first), buf);
-        }
+        f(first, chunk.min(rows - first), &mut scratch[i * per_thread..(i + 1) * per_thread]);
     }
 }
 
 /// A raw output pointer that threads writing disjoint elements may share.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: used only by the products, whose threads write disjoint output elements (their own
-// row ranges) and finish before the borrow of `out` ends (scoped threads).
+// SAFETY: used only by the products, whose threads write disjoint elements (their own row
+// ranges, or their own scratch slices) and finish before the borrow ends (the pool's `run`
+// returns only after every index has).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 

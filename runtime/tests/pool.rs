@@ -1,0 +1,214 @@
+//! The persistent thread pool: every index runs exactly once, panics propagate without
+//! hanging, concurrent and nested callers complete, and the products give the same bits on
+//! any thread count.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::Mutex;
+
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
+use edge_runtime::kernels::{self, Matrix};
+use edge_runtime::pool;
+use half::f16;
+
+/// `set_threads` is process-wide, and `idle_workers_park` measures the process's CPU time:
+/// the tests take turns.
+static THREADS: Mutex<()> = Mutex::new(());
+
+fn lock_threads() -> std::sync::MutexGuard<'static, ()> {
+    THREADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn every_index_runs_exactly_once() {
+    let _g = lock_threads();
+    let counts: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+    for round in 0..200 {
+        for n in [0usize, 1, 2, 3, 4, 5, 8, 17, 64] {
+            pool::run(n, &|i| {
+                counts[i].fetch_add(1, Relaxed);
+            });
+            for (i, c) in counts.iter().enumerate() {
+                let want = usize::from(i < n);
+                assert_eq!(c.swap(0, Relaxed), want, "round {round}, n {n}, index {i}");
+            }
+        }
+    }
+    assert!(pool::workers() >= 1);
+}
+
+#[test]
+fn jobs_see_the_callers_writes_and_the_caller_sees_theirs() {
+    let _g = lock_threads();
+    // Each index writes its own slot; the caller reads them after `run` returns.
+    let mut data = vec![0u64; 4096];
+    for round in 1..300u64 {
+        let ptr = data.as_mut_ptr() as usize;
+        let n = 1 + (round as usize % 4);
+        pool::run(n, &|i| {
+            let chunk = 4096 / n;
+            for j in i * chunk..(i + 1) * chunk {
+                // SAFETY: index i writes only its own chunk; `run` returns after every index.
+                unsafe { *(ptr as *mut u64).add(j) = round * 10_000 + j as u64 };
+            }
+        });
+        let chunk = 4096 / n;
+        for (j, v) in data.iter().enumerate().take(n * chunk) {
+            assert_eq!(*v, round * 10_000 + j as u64);
+        }
+    }
+}
+
+#[test]
+fn a_panicking_job_propagates_and_the_pool_survives() {
+    let _g = lock_threads();
+    for bad in [0usize, 1, 2] {
+        let ran = AtomicUsize::new(0);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool::run(3, &|i| {
+                ran.fetch_add(1, Relaxed);
+                if i == bad {
+                    panic!("job {i} fails on purpose");
+                }
+            })
+        }));
+        assert!(r.is_err(), "the panic of index {bad} must reach the caller");
+        assert_eq!(ran.load(Relaxed), 3, "every index still ran");
+        // The pool still works.
+        let sum = AtomicUsize::new(0);
+        pool::run(3, &|i| {
+            sum.fetch_add(i + 1, Relaxed);
+        });
+        assert_eq!(sum.load(Relaxed), 6);
+    }
+}
+
+#[test]
+fn concurrent_and_nested_callers_complete() {
+    let _g = lock_threads();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                for round in 0..500 {
+                    let sum = AtomicUsize::new(0);
+                    pool::run(2 + (t + round) % 3, &|i| {
+                        // A job that itself splits (nested): runs serially on its thread.
+                        let inner = AtomicUsize::new(0);
+                        pool::run(3, &|j| {
+                            inner.fetch_add(j, Relaxed);
+                        });
+                        assert_eq!(inner.load(Relaxed), 3);
+                        sum.fetch_add(i + 1, Relaxed);
+                    });
+                    let n = 2 + (t + round) % 3;
+                    assert_eq!(sum.load(Relaxed), n * (n + 1) / 2);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn idle_workers_park() {
+    let _g = lock_threads(); // no other test of this binary computing meanwhile
+    pool::run(2, &|_| {});
+    std::thread::sleep(pool::SPIN * 20);
+    // After the spin window the workers sleep: this process's CPU time stops growing.
+    #[cfg(target_os = "linux")]
+    {
+        let cpu = || {
+            let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+            let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap() // utime + stime, ticks
+        };
+        let before = cpu();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let used = cpu() - before;
+        assert!(used <= 5, "{used} ticks of CPU in 300 ms while idle");
+    }
+}
+
+fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A checkpoint with an f16 and a nested tensor of (rows, cols), in a 16-byte aligned buffer,
+/// and its length in bytes.
+fn checkpoint_bytes(rows: usize, cols: usize, group: usize) -> (Vec<u128>, usize) {
+    let v = rand_f32(rows * cols, 7);
+    let mut w = CheckpointWriter::new();
+    let f16s: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+    w.add_tensor(TensorData {
+        name: "f16".into(),
+        encoding: Encoding::F16,
+        shape: vec![rows as u64, cols as u64],
+        group_size: 0,
+        segments: vec![bytemuck::cast_slice(&f16s).to_vec()],
+    })
+    .unwrap();
+    let codes: Vec<u8> = v.iter().map(|&x| ((x + 1.0) * 127.5) as u8).collect();
+    let params: Vec<GroupParams> = (0..rows * cols / group)
+        .map(|g| GroupParams { scale: f16::from_f32(0.008 + (g % 97) as f32 * 1e-4), min: f16::from_f32(-1.0) })
+        .collect();
+    let mut segments = vec![bytemuck::cast_slice(&params).to_vec()];
+    segments.extend(pack_nested8_planes(&codes));
+    w.add_tensor(TensorData {
+        name: "nested".into(),
+        encoding: Encoding::Nested8,
+        shape: vec![rows as u64, cols as u64],
+        group_size: group as u32,
+        segments,
+    })
+    .unwrap();
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes, |_, _| {}).unwrap();
+    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+    (buf, bytes.len())
+}
+
+#[test]
+fn products_are_bit_identical_on_any_thread_count() {
+    // Big enough that every thread count splits (the pool skips shares below
+    // MIN_WEIGHTS_PER_THREAD), with a row count that is not a multiple of the alignment.
+    let (rows, cols) = (1000usize, 576usize);
+    let (buf, len) = checkpoint_bytes(rows, cols, 64);
+    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..len]).unwrap();
+    let _g = lock_threads();
+    for name in ["f16", "nested"] {
+        let t = ck.tensor(name).unwrap();
+        let views: Vec<Option<u8>> =
+            if name == "nested" { NESTED8_VIEWS.iter().map(|&v| Some(v)).collect() } else { vec![None] };
+        for view in views {
+            let m = Matrix::from_tensor(t, view).unwrap();
+            for n in [1usize, 3, 70] {
+                let x = rand_f32(n * cols, 11 + n as u64);
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1usize, 2, 3, 4, 7] {
+                    kernels::set_threads(threads);
+                    let mut out = vec![f32::NAN; n * rows];
+                    let mut scratch = kernels::Scratch::new(cols, n, threads);
+                    kernels::matmul(&m, &x, n, &mut out, &mut scratch);
+                    assert!(out.iter().all(|v| v.is_finite()), "{name} {view:?} n={n} threads={threads}: rows left unwritten");
+                    match &first {
+                        None => first = Some(out),
+                        Some(f) => {
+                            let same = f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "{name} {view:?} n={n}: threads={threads} differs from 1 thread");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    kernels::set_threads(0);
+}
