@@ -1,0 +1,905 @@
+//! AVX2 kernels for nested 8-bit weights, bit-identical to [`super::super::reference`].
+//!
+//! # Decode (`avx2_nested8_matvec`): planes as they are stored, activations permuted
+//! The product is linear in the planes: `q_k = Σ_p w_p · plane_p` (view 8: `64·p0 + 32·p1 +
+//! 16·p2 + p3`), so each plane is unpacked in its natural SIMD order (`(v >> s) & mask` over a
+//! register) and multiplied (`maddubs`, plane values ≤ 15 so it never saturates) with a copy of
+//! the activations permuted to that order, which [`avx2_quantize_acts`] writes once per token
+//! into `acts.aux` ("part A"). A lower view reads and computes only its planes.
+//!
+//! The unit is a *superchunk* of 256 codes (8 subgroups of 32, each inside one group because
+//! group sizes are multiples of 32). The plane registers are rearranged (a few dword shuffles
+//! per superchunk) so that i32 lane `m` of every plane covers the same subgroup `PI[m]`; the
+//! planes of the high nibble (`4·p0 + 2·p1 + p2`, planes 1 and 2 merged into 2-bit fields
+//! first) then add up in i16 (a lane sums at most 16 codes × 15 × 127 = 30480), plane 3 in a
+//! second i16 accumulator, and one `madd` per superchunk widens to i32. Group sums are exact
+//! integers; each group's float term `d · (step · isum + offset · sum)` is computed lane-wise
+//! with separate multiplies and adds (no FMA) and added to the row's sum in group order, so
+//! the result equals the reference bit for bit.
+//!
+//! # Prefill (`avx2_nested8_matmul`): codes unpacked once, tokens in lanes
+//! With at least [`PREFILL_MIN_TOKENS`] tokens, the rows of the tile are unpacked once into
+//! natural-order byte codes (view 8: high and low nibble separately, so `maddubs` never
+//! saturates), and an int8 micro-kernel computes `ROWS` rows × 8 tokens: the activations are
+//! stored token-interleaved (`aux` "part B": 4 codes of each of 8 tokens per 32-byte register),
+//! one broadcast dword of a row's codes meets all 8 tokens in one `maddubs`, and lane `t` of
+//! the accumulator is token `t`, so no horizontal sums are needed. Group scales and sums of the
+//! 8 tokens are stored side by side ("part C") so the float terms are lane-wise as well, again
+//! in the reference's order. Fewer tokens run the decode kernel once per token (part A for each).
+
+use core::arch::x86_64::*;
+
+use alloc::vec;
+
+use super::super::acts::{quantize_block, quantize_reference, QActs};
+use super::super::dispatch::Kernels;
+use super::super::{reference, Nested8};
+use crate::blocks::{self, GroupParams};
+
+/// Codes per decode superchunk.
+const SC: usize = 256;
+/// Bytes of decode-order activations per superchunk: plane 0 order, planes 1/2 order, plane 3
+/// order, 256 each.
+const SC_AUX: usize = 3 * SC;
+/// From this many tokens on, `matmul` uses the prefill micro-kernel (below it, the decode
+/// kernel per token).
+const PREFILL_MIN_TOKENS: usize = 4;
+/// Tokens per prefill block (i32 lanes of a register).
+const TOK: usize = 8;
+/// Groups per decode segment (stack buffers); 64 groups of a multiple of 32 codes are a whole
+/// number of superchunks.
+const SEG: usize = 64;
+/// Bytes per (token block, group) in part C: 8 scales `d` then 8 sums as f32.
+const C_ENTRY: usize = 64;
+
+/// Subgroup of the superchunk held by i32 lane `m` of every plane register.
+const PI: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// Part A: `aux[i] = q[PERM_A[i]]` within each superchunk. Derived from the register layouts
+/// in [`superchunk`]:
+/// - plane 0, register `reg` (A'/B'), field `k`: byte `4m + c` is code `32·PI[m] + 16·reg + 4c + k`;
+/// - planes 1/2 merged, register `reg` (M/N), field `k`: code `32·PI[m] + 8c + 2k + reg`;
+/// - plane 3, dword row `j`, nibble `nib`: code `32·PI[m] + 8j + 2c + nib`.
+const PERM_A: [u8; SC_AUX] = perm_a();
+
+const fn perm_a() -> [u8; SC_AUX] {
+    let mut p = [0u8; SC_AUX];
+    let mut m = 0;
+    while m < 8 {
+        let base = 32 * PI[m];
+        let mut c = 0;
+        while c < 4 {
+            let mut k = 0;
+            while k < 4 {
+                let mut reg = 0;
+                while reg < 2 {
+                    p[(reg * 4 + k) * 32 + 4 * m + c] = (base + 16 * reg + 4 * c + k) as u8;
+                    p[SC + (reg * 4 + k) * 32 + 4 * m + c] = (base + 8 * c + 2 * k + reg) as u8;
+                    p[2 * SC + (k * 2 + reg) * 32 + 4 * m + c] = (base + 8 * k + 2 * c + reg) as u8;
+                    reg += 1;
+                }
+                k += 1;
+            }
+            c += 1;
+        }
+        m += 1;
+    }
+    p
+}
+
+/// Where each part of `acts.aux` lives (a function of `n`, `padded_cols` and `block` only).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// Part A bytes per token.
+    a_len: usize,
+    /// Tokens with a part A (all when below [`PREFILL_MIN_TOKENS`], else token 0 only).
+    a_tokens: usize,
+    /// Part B: (token blocks, padded_cols / 4, 8 tokens, 4 codes).
+    b_off: usize,
+    /// Part C: (token blocks, blocks, [`C_ENTRY`] bytes).
+    c_off: usize,
+    total: usize,
+}
+
+impl Layout {
+    fn new(n: usize, padded_cols: usize, block: usize) -> Self {
+        let a_len = padded_cols.div_ceil(SC) * SC_AUX;
+        let prefill = n >= PREFILL_MIN_TOKENS;
+        let a_tokens = if prefill { 1 } else { n };
+        let tbs = if prefill { n.div_ceil(TOK) } else { 0 };
+        let b_off = a_tokens * a_len;
+        let c_off = b_off + tbs * TOK * padded_cols;
+        let total = c_off + tbs * (padded_cols / block.max(1)) * C_ENTRY;
+        Layout { a_len, a_tokens, b_off, c_off, total }
+    }
+}
+
+/// Whether the fast kernels serve `w` with `acts` (else the reference does): groups of a
+/// multiple of 32, activations from this table's `quantize_acts` for this matrix.
+fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
+    w.group_size % 32 == 0
+        && w.view_bits == view
+        && acts.block == w.group_size
+        && acts.padded_cols == w.row_stride
+        && acts.n > 0
+        && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
+}
+
+/// Panics unless rows `first..first + rows` lie inside every plane the view reads and inside
+/// `params` (so every load below is in bounds).
+fn check_bounds(w: &Nested8<'_>, first: usize, rows: usize) {
+    let codes = (first + rows) * w.row_stride;
+    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(4);
+    for (p, spec) in w.planes[..n_planes].iter().zip(blocks::NESTED8_PLANES) {
+        assert!(p.len() * 8 >= codes * spec.bits as usize, "plane too short for the rows asked");
+    }
+    assert!(w.params.len() >= codes / w.group_size, "group params too short for the rows asked");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization
+// ---------------------------------------------------------------------------------------------
+
+/// Quantize one full block of `x.len()` values (a multiple of 32) into `q`; returns `(d, sum)`,
+/// bit-identical to [`quantize_block`]: the same `amax` (max is exact in any order), the same
+/// scalar `d` and `id`, and `cvtps2dq` rounds half to even like the reference.
+///
+/// # Safety
+/// The CPU supports AVX2; `q.len() >= x.len()`, `x.len() % 32 == 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    debug_assert!(x.len() % 32 == 0 && q.len() >= x.len());
+    let xp = x.as_ptr();
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for i in (0..x.len()).step_by(8) {
+        // SAFETY: i + 8 <= x.len().
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(xp.add(i)) }));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2)));
+    let (d, id) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+    let idv = _mm256_set1_ps(id);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut s32 = _mm256_setzero_si256();
+    for i in (0..x.len()).step_by(32) {
+        // SAFETY: i + 32 <= x.len() <= q.len().
+        unsafe {
+            let a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xp.add(i)), idv));
+            let b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xp.add(i + 8)), idv));
+            let c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xp.add(i + 16)), idv));
+            let e = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xp.add(i + 24)), idv));
+            s32 = _mm256_add_epi32(s32, _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, e)));
+            // packs interleave 128-bit lanes: dwords come out as a0 b0 c0 e0 a1 b1 c1 e1.
+            let p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, e));
+            _mm256_storeu_si256(q.as_mut_ptr().add(i) as *mut __m256i, _mm256_permutevar8x32_epi32(p, order));
+        }
+    }
+    (d, hsum_epi32(s32))
+}
+
+/// Sum of the eight i32 lanes.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// 8×8 transpose of i32: lane `j` of output `d` is lane `d` of input `j`.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
+}
+
+/// Part A of one token: `q` (padded_cols values) permuted superchunk by superchunk, zero past
+/// the end.
+fn fill_part_a(q: &[i8], out: &mut [i8]) {
+    let mut chunk = [0i8; SC];
+    for (s, dst) in out.chunks_exact_mut(SC_AUX).enumerate() {
+        let src = &q[(s * SC).min(q.len())..((s + 1) * SC).min(q.len())];
+        chunk[..src.len()].copy_from_slice(src);
+        chunk[src.len()..].fill(0);
+        for (d, &i) in dst.iter_mut().zip(PERM_A.iter()) {
+            *d = chunk[i as usize];
+        }
+    }
+}
+
+/// Part B of token block `tb`: 4 codes of each of 8 tokens per 32 bytes (tokens past `n` zero).
+///
+/// # Safety
+/// The CPU supports AVX2; `q` holds `n * padded_cols` values, `padded_cols % 32 == 0`,
+/// `out.len() == TOK * padded_cols`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_fill_part_b(q: &[i8], n: usize, padded_cols: usize, tb: usize, out: &mut [i8]) {
+    assert!(out.len() == TOK * padded_cols && q.len() >= n * padded_cols && padded_cols % 32 == 0);
+    for k0 in (0..padded_cols).step_by(32) {
+        let mut r = [_mm256_setzero_si256(); 8];
+        for (j, rj) in r.iter_mut().enumerate() {
+            let t = tb * TOK + j;
+            if t < n {
+                // SAFETY: t < n and k0 + 32 <= padded_cols, so the 32 bytes lie inside q.
+                *rj = unsafe { _mm256_loadu_si256(q.as_ptr().add(t * padded_cols + k0) as *const __m256i) };
+            }
+        }
+        let o = transpose8x8(r);
+        for (d, od) in o.iter().enumerate() {
+            // SAFETY: (k0 / 4 + d) * 32 + 32 <= padded_cols * 8 = out.len().
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add((k0 / 4 + d) * 32) as *mut __m256i, *od) };
+        }
+    }
+}
+
+/// `quantize_acts` of the table: the reference contract (natural `q`, `d`, `sum`, bit-identical)
+/// plus the permuted copies in `aux` (see the module docs and [`Layout`]).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_quantize_acts(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs) {
+    if block % 32 != 0 {
+        // Kernels fall back to the reference for such groups; no aux needed.
+        return quantize_reference(x, n, cols, block, acts);
+    }
+    assert!(x.len() >= n * cols);
+    acts.reset(n, cols, block);
+    let blocks = acts.blocks();
+    let pc = acts.padded_cols;
+    for t in 0..n {
+        let xr = &x[t * cols..(t + 1) * cols];
+        for b in 0..blocks {
+            let lo = b * block;
+            let q = &mut acts.q[t * pc + lo..t * pc + lo + block];
+            let (d, s) = if lo + block <= cols {
+                // SAFETY: AVX2 is enabled here; the block is whole (block % 32 == 0).
+                unsafe { avx2_quantize_block(&xr[lo..lo + block], q) }
+            } else {
+                quantize_block(&xr[lo.min(cols)..cols], q)
+            };
+            acts.d[t * blocks + b] = d;
+            acts.sum[t * blocks + b] = s;
+        }
+    }
+    let lay = Layout::new(n, pc, block);
+    if acts.aux.len() < lay.total {
+        acts.aux.resize(lay.total, 0);
+    }
+    for t in 0..lay.a_tokens {
+        fill_part_a(&acts.q[t * pc..(t + 1) * pc], &mut acts.aux[t * lay.a_len..(t + 1) * lay.a_len]);
+    }
+    if n >= PREFILL_MIN_TOKENS {
+        for tb in 0..n.div_ceil(TOK) {
+            let out = &mut acts.aux[lay.b_off + tb * TOK * pc..lay.b_off + (tb + 1) * TOK * pc];
+            // SAFETY: AVX2 is enabled here; q holds n * pc values, pc % 32 == 0.
+            unsafe { avx2_fill_part_b(&acts.q, n, pc, tb, out) };
+            for g in 0..blocks {
+                let e = lay.c_off + (tb * blocks + g) * C_ENTRY;
+                for j in 0..TOK {
+                    let t = tb * TOK + j;
+                    let (d, s) = if t < n { (acts.d[t * blocks + g], acts.sum[t * blocks + g] as f32) } else { (0.0, 0.0) };
+                    let dst = &mut acts.aux[e + 4 * j..e + 4 * j + 4];
+                    dst.copy_from_slice(&bytemuck::cast::<f32, [i8; 4]>(d));
+                    let dst = &mut acts.aux[e + 32 + 4 * j..e + 32 + 4 * j + 4];
+                    dst.copy_from_slice(&bytemuck::cast::<f32, [i8; 4]>(s));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode
+// ---------------------------------------------------------------------------------------------
+
+/// `Σ q_V · x` over one superchunk of one row, as 8 i32 lanes (lane `m`: subgroup `PI[m]`).
+/// `p[i]` points at the superchunk's bytes in plane `i` (64, 32, 32, 128 bytes; only the
+/// planes of view `V` are read), `a` at its part A (768 bytes).
+///
+/// # Safety
+/// The CPU supports AVX2; the pointers are readable for those lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn superchunk<const V: u8>(p: [*const u8; 4], a: *const i8) -> __m256i {
+    // SAFETY (whole body): every load reads inside the ranges the caller guarantees: plane 0
+    // at +0/+32 (64 bytes), planes 1/2 at +0 (32), plane 3 at +0..+96 (128), part A registers
+    // 0..24 (768 bytes).
+    unsafe {
+        macro_rules! ld {
+            ($q:expr) => {
+                _mm256_loadu_si256($q as *const __m256i)
+            };
+        }
+        macro_rules! xa {
+            ($r:expr) => {
+                _mm256_loadu_si256(a.add($r * 32) as *const __m256i)
+            };
+        }
+        macro_rules! mad {
+            ($acc:ident, $u:expr, $r:expr) => {
+                $acc = _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, xa!($r)))
+            };
+        }
+        // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
+        // dword of each subgroup, B' the second, both in lane order PI.
+        let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let a0 = _mm256_permutevar8x32_epi32(ld!(p[0]), spread);
+        let b0 = _mm256_permutevar8x32_epi32(ld!(p[0].add(32)), spread);
+        let ra = _mm256_unpacklo_epi64(a0, b0);
+        let rb = _mm256_unpackhi_epi64(a0, b0);
+        let mut h0 = _mm256_setzero_si256();
+        let mut h1 = _mm256_setzero_si256();
+        // Plane 0 enters with weight 1 (view 2), 2 (view 3) or 4 (views 4, 8): the field is
+        // shifted to sit under the mask 3, 6 or 12.
+        if V == 2 {
+            let m = _mm256_set1_epi8(3);
+            mad!(h0, _mm256_and_si256(ra, m), 0);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), 1);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), 2);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(ra), m), 3);
+            mad!(h0, _mm256_and_si256(rb, m), 4);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), 5);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), 6);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(rb), m), 7);
+        } else if V == 3 {
+            let m = _mm256_set1_epi8(6);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(ra), m), 0);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(ra), m), 1);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(ra), m), 2);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(ra), m), 3);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(rb), m), 4);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(rb), m), 5);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(rb), m), 6);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(rb), m), 7);
+        } else {
+            let m = _mm256_set1_epi8(12);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(ra), m), 0);
+            mad!(h1, _mm256_and_si256(ra, m), 1);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), 2);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), 3);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(rb), m), 4);
+            mad!(h1, _mm256_and_si256(rb, m), 5);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), 6);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), 7);
+        }
+        if V >= 3 {
+            // Planes 1 and 2 (1 bit/code): dword l = subgroup l; reorder to lanes PI.
+            let to_pi = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            let q1 = _mm256_permutevar8x32_epi32(ld!(p[1]), to_pi);
+            let one = _mm256_set1_epi8(1);
+            let a12 = SC;
+            if V == 3 {
+                // Bit b = 2k + reg of byte 4m + c is code 32·PI[m] + 8c + b: register reg*4 + k.
+                mad!(h0, _mm256_and_si256(q1, one), a12 / 32);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(q1), one), a12 / 32 + 1);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(q1), one), a12 / 32 + 2);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(q1), one), a12 / 32 + 3);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<1>(q1), one), a12 / 32 + 4);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<3>(q1), one), a12 / 32 + 5);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<5>(q1), one), a12 / 32 + 6);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<7>(q1), one), a12 / 32 + 7);
+            } else {
+                // Merge into 2-bit fields 2·p1 + p2: M holds even bits (codes 8b + 2k),
+                // N odd bits (codes 8b + 2k + 1).
+                let q2 = _mm256_permutevar8x32_epi32(ld!(p[2]), to_pi);
+                let odd = _mm256_set1_epi8(0xAAu8 as i8);
+                let even = _mm256_set1_epi8(0x55);
+                let mm = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_slli_epi16::<1>(q1), odd),
+                    _mm256_and_si256(q2, even),
+                );
+                let nn = _mm256_or_si256(
+                    _mm256_and_si256(q1, odd),
+                    _mm256_and_si256(_mm256_srli_epi16::<1>(q2), even),
+                );
+                let m = _mm256_set1_epi8(3);
+                mad!(h0, _mm256_and_si256(mm, m), a12 / 32);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(mm), m), a12 / 32 + 1);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(mm), m), a12 / 32 + 2);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(mm), m), a12 / 32 + 3);
+                mad!(h0, _mm256_and_si256(nn, m), a12 / 32 + 4);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(nn), m), a12 / 32 + 5);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(nn), m), a12 / 32 + 6);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a12 / 32 + 7);
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        if V != 8 {
+            return _mm256_madd_epi16(_mm256_add_epi16(h0, h1), ones);
+        }
+        // Plane 3 (4 bits/code): 4 registers of 2 subgroups each; a 4×4 dword transpose in
+        // each 128-bit half gives T_j, lane m = dword j of subgroup PI[m].
+        let r0 = ld!(p[3]);
+        let r1 = ld!(p[3].add(32));
+        let r2 = ld!(p[3].add(64));
+        let r3 = ld!(p[3].add(96));
+        let t0 = _mm256_unpacklo_epi32(r0, r1);
+        let t1 = _mm256_unpackhi_epi32(r0, r1);
+        let t2 = _mm256_unpacklo_epi32(r2, r3);
+        let t3 = _mm256_unpackhi_epi32(r2, r3);
+        let tj = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        let nib = _mm256_set1_epi8(0x0F);
+        let mut l0 = _mm256_setzero_si256();
+        let mut l1 = _mm256_setzero_si256();
+        let a3 = 2 * SC / 32;
+        mad!(l0, _mm256_and_si256(tj[0], nib), a3);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[0]), nib), a3 + 1);
+        mad!(l0, _mm256_and_si256(tj[1], nib), a3 + 2);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[1]), nib), a3 + 3);
+        mad!(l0, _mm256_and_si256(tj[2], nib), a3 + 4);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a3 + 5);
+        mad!(l0, _mm256_and_si256(tj[3], nib), a3 + 6);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a3 + 7);
+        _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_add_epi16(h0, h1), _mm256_set1_epi16(16)),
+            _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones),
+        )
+    }
+}
+
+/// Scales and minima of 8 groups starting at `i` (zero past the end of `params`).
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_params8(params: &[GroupParams], i: usize) -> (__m256, __m256) {
+    let v = if i + 8 <= params.len() {
+        // SAFETY: 8 params (32 bytes) from i lie inside the slice.
+        unsafe { _mm256_loadu_si256(params.as_ptr().add(i) as *const __m256i) }
+    } else {
+        let mut buf = [<GroupParams as bytemuck::Zeroable>::zeroed(); 8];
+        let have = params.len().saturating_sub(i).min(8);
+        buf[..have].copy_from_slice(&params[i..i + have]);
+        // SAFETY: buf is 32 bytes.
+        unsafe { _mm256_loadu_si256(buf.as_ptr() as *const __m256i) }
+    };
+    // u32 lanes are (scale | min << 16): pack to [s0..s3 m0..m3 | s4..s7 m4..m7] u16, then
+    // gather the halves.
+    let s = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+    let m = _mm256_srli_epi32::<16>(v);
+    let sm = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(s, m));
+    (_mm256_cvtph_ps(_mm256_castsi256_si128(sm)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(sm)))
+}
+
+/// `out[i] = ` the reference `nested8_row_dot(first + i)` for one token, given its part A
+/// (`aux`), block scales `d` and sums `sum`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `usable(w, ..)` held for the activations these come
+/// from (group size a multiple of 32, `aux` at least `Layout::a_len` bytes).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
+    let g = w.group_size;
+    let rs = w.row_stride;
+    let gpr = rs / g;
+    assert!(g % 32 == 0 && aux.len() >= rs.div_ceil(SC) * SC_AUX && d.len() >= gpr && sum.len() >= gpr);
+    check_bounds(w, first, out.len());
+    let drop = 8 - V as u32;
+    let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
+    let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
+    // Superchunk byte lengths per plane, and where each plane's bytes are.
+    const LEN: [usize; 4] = [64, 32, 32, 128];
+    let n_planes = blocks::nested8_planes_for_view(V).unwrap_or(4);
+    let mut tail = [[0u8; 128]; 4];
+    for seg_g0 in (0..gpr).step_by(SEG) {
+        let ng = SEG.min(gpr - seg_g0);
+        let mut dseg = [0f32; SEG + 8];
+        let mut sseg = [0f32; SEG + 8];
+        for j in 0..ng {
+            dseg[j] = d[seg_g0 + j];
+            sseg[j] = sum[seg_g0 + j] as f32;
+        }
+        let code0 = seg_g0 * g;
+        let nsc = (ng * g).div_ceil(SC);
+        for (i, o) in out.iter_mut().enumerate() {
+            let row = first + i;
+            let mut isums = [0i32; SEG + 8];
+            for sc in 0..nsc {
+                let c = row * rs + code0 + sc * SC;
+                let mut ptr = [core::ptr::null::<u8>(); 4];
+                for p in 0..n_planes {
+                    let off = c * blocks::NESTED8_PLANES[p].bits as usize / 8;
+                    let plane = w.planes[p];
+                    if off + LEN[p] <= plane.len() {
+                        // SAFETY: off + LEN[p] <= plane.len().
+                        ptr[p] = unsafe { plane.as_ptr().add(off) };
+                    } else {
+                        // Last row's last superchunk: the bytes past the plane read as zero
+                        // (they meet zero activations anyway).
+                        let have = plane.len() - off.min(plane.len());
+                        tail[p][..have].copy_from_slice(&plane[off.min(plane.len())..]);
+                        tail[p][have..LEN[p]].fill(0);
+                        ptr[p] = tail[p].as_ptr();
+                    }
+                }
+                let sc_all = (code0 + sc * SC) / SC;
+                // SAFETY: every used ptr[p] is readable for LEN[p] bytes (above); part A holds
+                // rs.div_ceil(SC) superchunks (asserted) and sc_all is below that.
+                let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add(sc_all * SC_AUX)) };
+                // Lanes → group sums (index sc * 8 / (g / 32) .., at most ng + 7 < SEG + 8).
+                // SAFETY (stores): the written ranges are inside isums as bounded above.
+                match g {
+                    32 => unsafe {
+                        let nat = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                        _mm256_storeu_si256(isums.as_mut_ptr().add(sc * 8) as *mut __m256i, nat);
+                    },
+                    64 => unsafe {
+                        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                        _mm_storeu_si128(isums.as_mut_ptr().add(sc * 4) as *mut __m128i, s);
+                    },
+                    128 => unsafe {
+                        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                        _mm_storel_epi64(isums.as_mut_ptr().add(sc * 2) as *mut __m128i, _mm_hadd_epi32(s, s));
+                    },
+                    _ => {
+                        let mut lanes = [0i32; 8];
+                        // SAFETY: lanes is 32 bytes.
+                        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
+                        let per = g / 32;
+                        for (m, &sg) in PI.iter().enumerate() {
+                            let gi = (sc * 8 + sg) / per;
+                            if gi < ng {
+                                isums[gi] += lanes[m];
+                            }
+                        }
+                    }
+                }
+            }
+            // Float terms, 8 groups per register, added in group order.
+            let mut acc = if seg_g0 == 0 { 0f32 } else { *o };
+            for g8 in (0..ng).step_by(8) {
+                let (scale, min) = load_params8(w.params, row * gpr + seg_g0 + g8);
+                let step = _mm256_mul_ps(scale, step_mul);
+                let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+                let mut t = [0f32; 8];
+                // SAFETY: g8 + 8 <= SEG + 8 for the three buffers; t is 8 floats.
+                unsafe {
+                    let isum = _mm256_cvtepi32_ps(_mm256_loadu_si256(isums.as_ptr().add(g8) as *const __m256i));
+                    let dv = _mm256_loadu_ps(dseg.as_ptr().add(g8));
+                    let sv = _mm256_loadu_ps(sseg.as_ptr().add(g8));
+                    let term = _mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv)));
+                    _mm256_storeu_ps(t.as_mut_ptr(), term);
+                }
+                for &tj in &t[..8.min(ng - g8)] {
+                    acc += tj;
+                }
+            }
+            *o = acc;
+        }
+    }
+}
+
+/// Decode: `out[i] = row (first + i) · token 0`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    if !usable(w, acts, V) {
+        return reference::nested8_matvec(w, acts, first, out);
+    }
+    let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
+    // SAFETY: usable() held; the features are enabled here.
+    unsafe { avx2_rows_dot::<V>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill
+// ---------------------------------------------------------------------------------------------
+
+/// Unpack row `row` of view `V` into natural-order byte codes: `hi` gets `q_V` (view 8: the
+/// high nibble `q >> 4`), `lo` (view 8 only) the low nibble.
+///
+/// # Safety
+/// The CPU supports AVX2; `check_bounds` held for the row; `hi.len() >= row_stride`, and
+/// `lo.len() >= row_stride` for view 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_unpack_row<const V: u8>(w: &Nested8<'_>, row: usize, hi: &mut [u8], lo: &mut [u8]) {
+    let rs = w.row_stride;
+    assert!(hi.len() >= rs && (V != 8 || lo.len() >= rs) && rs % 32 == 0);
+    // Weights of each plane in the high part: view 2: p0; view 3: 2·p0 + p1; 4/8: 4·p0 + 2·p1 + p2.
+    let w0: i8 = match V {
+        2 => 1,
+        3 => 2,
+        _ => 4,
+    };
+    let w1: i8 = if V == 3 { 1 } else { 2 };
+    // Byte j of the broadcast register takes source byte j / 4 (plane 0) or j / 8 (planes 1/2).
+    let rep4 = _mm256_setr_epi8(
+        0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7,
+    );
+    let rep8 = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let lo_bit = _mm256_set1_epi32(0x4010_0401);
+    let hi_bit = _mm256_set1_epi32(0x8020_0802u32 as i32);
+    let bit8 = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let nib = _mm_set1_epi8(0x0F);
+    let base = row * rs;
+    for c in (0..rs).step_by(32) {
+        let code = base + c;
+        // SAFETY: check_bounds covers codes up to (row + 1) * rs, so the 8/4/4/16 bytes of
+        // these 32 codes are inside the planes; the stores write hi/lo[c..c + 32], c + 32 <= rs.
+        unsafe {
+            let b0 = _mm256_set1_epi64x((w.planes[0].as_ptr().add(code / 4) as *const i64).read_unaligned());
+            let r0 = _mm256_shuffle_epi8(b0, rep4);
+            let f_lo = _mm256_cmpeq_epi8(_mm256_and_si256(r0, lo_bit), lo_bit);
+            let f_hi = _mm256_cmpeq_epi8(_mm256_and_si256(r0, hi_bit), hi_bit);
+            let mut h = _mm256_or_si256(
+                _mm256_and_si256(f_lo, _mm256_set1_epi8(w0)),
+                _mm256_and_si256(f_hi, _mm256_set1_epi8(2 * w0)),
+            );
+            if V >= 3 {
+                let b1 = _mm256_set1_epi32((w.planes[1].as_ptr().add(code / 8) as *const i32).read_unaligned());
+                let f1 = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b1, rep8), bit8), bit8);
+                h = _mm256_or_si256(h, _mm256_and_si256(f1, _mm256_set1_epi8(w1)));
+            }
+            if V >= 4 {
+                let b2 = _mm256_set1_epi32((w.planes[2].as_ptr().add(code / 8) as *const i32).read_unaligned());
+                let f2 = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b2, rep8), bit8), bit8);
+                h = _mm256_or_si256(h, _mm256_and_si256(f2, _mm256_set1_epi8(1)));
+            }
+            _mm256_storeu_si256(hi.as_mut_ptr().add(c) as *mut __m256i, h);
+            if V == 8 {
+                let v = _mm_loadu_si128(w.planes[3].as_ptr().add(code / 2) as *const __m128i);
+                let l = _mm_and_si128(v, nib);
+                let u = _mm_and_si128(_mm_srli_epi16::<4>(v), nib);
+                let codes = _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u));
+                _mm256_storeu_si256(lo.as_mut_ptr().add(c) as *mut __m256i, codes);
+            }
+        }
+    }
+}
+
+/// `R` rows × 8 tokens over all groups: lane `t` of result `r` is the reference row dot of row
+/// `r` and token `tb * 8 + t`. `hi[r]`/`lo[r]`: the row's unpacked codes; `so[r]`: its
+/// (step, offset) per group; `xb`: the token block's part B; `cb`: its part C.
+///
+/// # Safety
+/// The CPU supports AVX2; `hi[r]` (and `lo[r]` for view 8) readable for `gpr * g` bytes,
+/// `so[r]` for `2 * gpr` floats, `xb` for `8 * gpr * g` bytes, `cb` for `gpr * C_ENTRY` bytes;
+/// `g % 4 == 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn micro<const V: u8, const R: usize>(
+    hi: [*const u8; R],
+    lo: [*const u8; R],
+    so: [*const f32; R],
+    xb: *const i8,
+    cb: *const u8,
+    g: usize,
+    gpr: usize,
+) -> [__m256; R] {
+    // Dword steps an i16 lane may take before widening: each adds ≤ 2 · max_code · 127.
+    let flush = match V {
+        2 => 32, // 2·3·127·32 = 24384
+        3 => 16, // 2·7·127·16 = 28448
+        _ => 8,  // 2·15·127·8 = 30480
+    };
+    let steps = g / 4;
+    let ones = _mm256_set1_epi16(1);
+    let sixteen = _mm256_set1_epi16(16);
+    let mut facc = [_mm256_setzero_ps(); R];
+    // SAFETY (whole body): every offset stays inside the lengths the caller guarantees:
+    // codes k < gpr * g, part B at k * 8 + 32 <= 8 * gpr * g, part C at gi * 64 + 64.
+    unsafe {
+        for gi in 0..gpr {
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut s = 0;
+            while s < steps {
+                let e = steps.min(s + flush);
+                let mut h16 = [_mm256_setzero_si256(); R];
+                let mut l16 = [_mm256_setzero_si256(); R];
+                for st in s..e {
+                    let k = gi * g + st * 4;
+                    let x = _mm256_loadu_si256(xb.add(k * 8) as *const __m256i);
+                    for r in 0..R {
+                        let wv = _mm256_set1_epi32((hi[r].add(k) as *const i32).read_unaligned());
+                        h16[r] = _mm256_add_epi16(h16[r], _mm256_maddubs_epi16(wv, x));
+                        if V == 8 {
+                            let lv = _mm256_set1_epi32((lo[r].add(k) as *const i32).read_unaligned());
+                            l16[r] = _mm256_add_epi16(l16[r], _mm256_maddubs_epi16(lv, x));
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let wide = if V == 8 {
+                        _mm256_add_epi32(_mm256_madd_epi16(h16[r], sixteen), _mm256_madd_epi16(l16[r], ones))
+                    } else {
+                        _mm256_madd_epi16(h16[r], ones)
+                    };
+                    isum[r] = _mm256_add_epi32(isum[r], wide);
+                }
+                s = e;
+            }
+            let dv = _mm256_loadu_ps(cb.add(gi * C_ENTRY) as *const f32);
+            let sv = _mm256_loadu_ps(cb.add(gi * C_ENTRY + 32) as *const f32);
+            for r in 0..R {
+                let step = _mm256_set1_ps(*so[r].add(2 * gi));
+                let offset = _mm256_set1_ps(*so[r].add(2 * gi + 1));
+                let term = _mm256_mul_ps(
+                    dv,
+                    _mm256_add_ps(_mm256_mul_ps(step, _mm256_cvtepi32_ps(isum[r])), _mm256_mul_ps(offset, sv)),
+                );
+                facc[r] = _mm256_add_ps(facc[r], term);
+            }
+        }
+    }
+    facc
+}
+
+/// Rows per micro-kernel call for view `V` (view 8 keeps two i16 accumulators per row).
+const fn rows_per_micro(v: u8) -> usize {
+    if v == 8 {
+        2
+    } else {
+        4
+    }
+}
+
+/// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    if !usable(w, acts, V) {
+        return reference::nested8_matmul(w, acts, first, out);
+    }
+    let n = acts.n;
+    let len = out.len() / n;
+    let lay = Layout::new(n, acts.padded_cols, acts.block);
+    if n < PREFILL_MIN_TOKENS {
+        for t in 0..n {
+            let aux = &acts.aux[t * lay.a_len..(t + 1) * lay.a_len];
+            // SAFETY: usable() held (part A exists for every token below the threshold).
+            unsafe { avx2_rows_dot::<V>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
+        }
+        return;
+    }
+    check_bounds(w, first, len);
+    let g = w.group_size;
+    let rs = w.row_stride;
+    let gpr = rs / g;
+    let parts = if V == 8 { 2 } else { 1 };
+    // Unpacked codes of the tile's rows (hi then lo), and (step, offset) per row and group.
+    let mut codes = vec![0u8; parts * len * rs];
+    let mut so = vec![0f32; 2 * len * gpr];
+    {
+        let (hi, lo) = codes.split_at_mut(len * rs);
+        for r in 0..len {
+            let lo_r = if V == 8 { &mut lo[r * rs..(r + 1) * rs] } else { &mut [][..] };
+            // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
+            unsafe { avx2_unpack_row::<V>(w, first + r, &mut hi[r * rs..(r + 1) * rs], lo_r) };
+            for gi in 0..gpr {
+                let (step, offset) = blocks::nested8_step_offset(w.params[(first + r) * gpr + gi], V);
+                so[2 * (r * gpr + gi)] = step;
+                so[2 * (r * gpr + gi) + 1] = offset;
+            }
+        }
+    }
+    let blocks = acts.blocks();
+    let rows = rows_per_micro(V);
+    let lo_base = if V == 8 { len * rs } else { 0 };
+    for tb in 0..n.div_ceil(TOK) {
+        let xb = &acts.aux[lay.b_off + tb * TOK * rs..lay.b_off + (tb + 1) * TOK * rs];
+        let cb = &acts.aux[lay.c_off + tb * blocks * C_ENTRY..lay.c_off + (tb + 1) * blocks * C_ENTRY];
+        let tokens = TOK.min(n - tb * TOK);
+        let mut r0 = 0;
+        while r0 < len {
+            let nr = rows.min(len - r0);
+            // Rows past the tile repeat the last one (computed, never stored).
+            let row_of = |j: usize| r0 + j.min(nr - 1);
+            let hi_p = |j: usize| codes[row_of(j) * rs..].as_ptr();
+            let lo_p = |j: usize| codes[lo_base + row_of(j) * rs..].as_ptr();
+            let so_p = |j: usize| so[2 * row_of(j) * gpr..].as_ptr();
+            let xp = xb.as_ptr();
+            let cp = cb.as_ptr() as *const u8;
+            let mut res = [[0f32; TOK]; 4];
+            // SAFETY: the pointers cover a whole row of codes (rs = gpr * g bytes), its 2 * gpr
+            // (step, offset) floats, the token block's part B (8 * rs bytes) and part C
+            // (blocks * 64 bytes); g % 32 == 0.
+            unsafe {
+                if rows == 4 {
+                    let acc = micro::<V, 4>(
+                        [hi_p(0), hi_p(1), hi_p(2), hi_p(3)],
+                        [lo_p(0), lo_p(1), lo_p(2), lo_p(3)],
+                        [so_p(0), so_p(1), so_p(2), so_p(3)],
+                        xp,
+                        cp,
+                        g,
+                        gpr,
+                    );
+                    for (r, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(res[r].as_mut_ptr(), *a);
+                    }
+                } else {
+                    let acc = micro::<V, 2>([hi_p(0), hi_p(1)], [lo_p(0), lo_p(1)], [so_p(0), so_p(1)], xp, cp, g, gpr);
+                    for (r, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(res[r].as_mut_ptr(), *a);
+                    }
+                }
+            }
+            for (r, res_r) in res.iter().enumerate().take(nr) {
+                for (t, &v) in res_r.iter().enumerate().take(tokens) {
+                    out[(tb * TOK + t) * len + r0 + r] = v;
+                }
+            }
+            r0 += nr;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------------------------
+
+/// Safe table entries: each calls one `#[target_feature]` kernel and exists only in [`TABLE`],
+/// which `plug`/`variants` hand out only after the CPU reported AVX2, FMA and F16C.
+macro_rules! entries {
+    ($kernel:ident: $($name:ident = $v:literal),+) => {$(
+        fn $name(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+            // SAFETY: private, reachable only through TABLE, which is installed only after
+            // the CPU reported avx2, fma and f16c (x86_64::plug / variants).
+            unsafe { $kernel::<$v>(w, acts, first, out) }
+        }
+    )+};
+}
+
+entries!(avx2_nested8_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v8 = 8);
+entries!(avx2_nested8_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v8 = 8);
+
+fn avx2_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs) {
+    // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
+    // avx2, fma and f16c.
+    unsafe { avx2_quantize_acts(x, n, cols, block, acts) }
+}
+
+/// The AVX2 table (install only after probing the CPU).
+pub(super) const TABLE: Kernels = Kernels {
+    name: "avx2",
+    quantize_acts: avx2_quantize,
+    nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v8],
+    nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v8],
+};

@@ -1,0 +1,293 @@
+//! Every kernel table of this architecture (`Kernels::variants()`) against the scalar
+//! reference (`Kernels::SCALAR`), on random inputs of every length class. Arch-neutral: a table
+//! the CPU lacks is reported loudly as NOT tested.
+//!
+//! What is compared:
+//! - `quantize_acts`: `q`, `d`, `sum` bit-identical (the contract of `kernels::acts`);
+//! - `nested8_matvec` / `nested8_matmul`, every view: within `TOL` (relative to the sum of the
+//!   absolute group terms, so cancellation does not inflate it) — a table may add the per-group
+//!   float terms in another order; integer parts must be exact, which the `exact_*` cases check
+//!   with inputs where every float operation is exact (so any integer error shows as a
+//!   mismatch). Tables listed in `BIT_EXACT` promise equality everywhere and are held to it.
+
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_runtime::kernels::dispatch::view_index;
+use edge_runtime::kernels::{Kernels, Nested8, QActs};
+use half::f16;
+
+/// Relative tolerance for tables that reorder the float sum over groups.
+const TOL: f32 = 1e-5;
+/// Tables whose outputs equal the reference bit for bit (documented in their modules).
+const BIT_EXACT: &[&str] = &["avx2", "neon", "neon+dotprod", "neon+i8mm"];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Tables to test; prints the ones this CPU cannot run.
+fn tables() -> Vec<Kernels> {
+    let mut out = Vec::new();
+    for (name, k) in Kernels::variants() {
+        match k {
+            Some(k) if name != "scalar" => out.push(k),
+            Some(_) => {}
+            None => {
+                eprintln!("!!!!!!!! {name} not available on this CPU: {name} kernels NOT tested !!!!!!!!");
+                println!("!!!!!!!! {name} not available on this CPU: {name} kernels NOT tested !!!!!!!!");
+            }
+        }
+    }
+    if out.is_empty() {
+        eprintln!("!!!!!!!! no SIMD kernel table on this CPU: only the scalar reference exists !!!!!!!!");
+    }
+    out
+}
+
+/// A nested tensor of `rows` × `cols` (rows padded to whole groups) with random codes over
+/// 0..=255 and random group parameters.
+struct Tensor {
+    params: Vec<GroupParams>,
+    planes: [Vec<u8>; 4],
+    group: usize,
+    stride: usize,
+    cols: usize,
+}
+
+impl Tensor {
+    fn random(rows: usize, cols: usize, group: usize, rng: &mut Rng) -> Self {
+        let stride = cols.div_ceil(group) * group;
+        let mut codes = vec![0u8; rows * stride];
+        for r in 0..rows {
+            for c in 0..cols {
+                codes[r * stride + c] = rng.below(256) as u8;
+            }
+        }
+        let params = (0..rows * stride / group)
+            .map(|_| GroupParams {
+                scale: f16::from_f32(0.001 + 0.05 * (rng.f32() + 1.0)),
+                min: f16::from_f32(-2.0 * rng.f32().abs()),
+            })
+            .collect();
+        Tensor { params, planes: pack_nested8_planes(&codes), group, stride, cols }
+    }
+
+    /// A tensor whose float terms are exact: scale 1, min chosen so every offset is an
+    /// integer, one group per row (used with activations of block amax 127, d = 1).
+    fn exact(rows: usize, group: usize, rng: &mut Rng) -> Self {
+        let mut t = Tensor::random(rows, group, group, rng);
+        for p in &mut t.params {
+            p.scale = f16::from_f32(1.0);
+            p.min = f16::from_f32(-(rng.below(64) as f32) - 0.5);
+        }
+        t
+    }
+
+    fn view(&self, view_bits: u8) -> Nested8<'_> {
+        let n = match view_bits {
+            2 => 1,
+            3 => 2,
+            4 => 3,
+            _ => 4,
+        };
+        let mut planes: [&[u8]; 4] = [&[]; 4];
+        for (i, p) in self.planes.iter().take(n).enumerate() {
+            planes[i] = p;
+        }
+        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride }
+    }
+}
+
+/// Random activations with zeros, an all-zero block, large magnitudes and exact halves.
+fn acts_input(n: usize, cols: usize, group: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..n * cols)
+        .map(|i| match rng.below(10) {
+            0 => 0.0,
+            1 => rng.f32() * 1e4,
+            2 => (i % 7) as f32 - 3.0,
+            _ => rng.f32() * 3.0,
+        })
+        .collect();
+    // An all-zero block in token 0 when there are several blocks, and a block with one huge value.
+    if cols >= 2 * group {
+        x[group..2 * group].fill(0.0);
+    }
+    if n > 1 {
+        x[cols] = 3e6;
+    }
+    x
+}
+
+fn assert_acts_eq(name: &str, got: &QActs, want: &QActs, what: &str) {
+    let (n, pc, b) = (want.n, want.padded_cols, want.blocks());
+    assert_eq!((got.n, got.padded_cols, got.block), (want.n, want.padded_cols, want.block), "{name} {what}: shape");
+    assert_eq!(&got.q[..n * pc], &want.q[..n * pc], "{name} {what}: q");
+    let (gd, wd) = (&got.d[..n * b], &want.d[..n * b]);
+    assert!(gd.iter().zip(wd).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} {what}: d");
+    assert_eq!(&got.sum[..n * b], &want.sum[..n * b], "{name} {what}: sum");
+}
+
+/// Compare `got` with `want`; `scale[i]` bounds the magnitude of the terms summed into `want[i]`.
+fn assert_close(name: &str, exact: bool, got: &[f32], want: &[f32], scale: &[f32], what: &str) {
+    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        if exact {
+            assert!(g.to_bits() == w.to_bits(), "{name} {what}: [{i}] got {g:e} want {w:e} (bit-exact table)");
+        } else {
+            assert!((g - w).abs() <= TOL * s.max(f32::MIN_POSITIVE), "{name} {what}: [{i}] got {g:e} want {w:e}");
+        }
+    }
+}
+
+/// Σ_g |term_g| of the reference sum for each output (rows first.., tokens 0..n).
+fn term_scale(w: &Nested8<'_>, acts: &QActs, rows: usize) -> Vec<f32> {
+    let gpr = w.row_stride / w.group_size;
+    let mut out = vec![0f32; acts.n * rows];
+    for t in 0..acts.n {
+        for r in 0..rows {
+            let mut s = 0f32;
+            for g in 0..gpr {
+                let (step, offset) = edge_runtime::blocks::nested8_step_offset(w.params[r * gpr + g], w.view_bits);
+                let d = acts.d_row(t)[g];
+                let q = &acts.q_row(t)[g * w.group_size..(g + 1) * w.group_size];
+                let qa: i32 = q.iter().map(|v| (*v as i32).abs()).sum();
+                s += d * (step.abs() * 255.0 * qa as f32 + offset.abs() * qa as f32);
+            }
+            out[t * rows + r] = s;
+        }
+    }
+    out
+}
+
+#[test]
+fn quantize_acts_bit_identical() {
+    let mut rng = Rng(0x1234_5678);
+    for k in tables() {
+        for &group in &[8usize, 32, 64, 128] {
+            for &cols in &[group, 3 * group, 3 * group + 5, 5 * group + 37, 576] {
+                for &n in &[1usize, 2, 3, 7, 9, 64] {
+                    let x = acts_input(n, cols, group, &mut rng);
+                    let mut want = QActs::default();
+                    (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want);
+                    let mut got = QActs::default();
+                    (k.quantize_acts)(&x, n, cols, group, &mut got);
+                    assert_acts_eq(k.name, &got, &want, &format!("group {group} cols {cols} n {n}"));
+                    // Reusing a buffer that held a bigger input must give the same result.
+                    let mut reused = QActs::default();
+                    let big = acts_input(64, 640, group, &mut rng);
+                    (k.quantize_acts)(&big, 64, 640, group, &mut reused);
+                    (k.quantize_acts)(&x, n, cols, group, &mut reused);
+                    assert_acts_eq(k.name, &reused, &want, &format!("reused, group {group} cols {cols} n {n}"));
+                }
+            }
+        }
+    }
+}
+
+/// Every view, group size and shape class, decode and prefill, against the reference.
+#[test]
+fn nested8_products_match_reference() {
+    let mut rng = Rng(0xDEAD_BEEF);
+    let tables = tables();
+    for k in &tables {
+        let exact = BIT_EXACT.contains(&k.name);
+        for &group in &[8usize, 32, 64, 128, 96, 256] {
+            // cols: one group, several groups, several with a tail that is not a multiple of
+            // a 256-code chunk, one short of a group.
+            for &cols in &[group, 4 * group, 5 * group + 40, 576 + group / 2, 9 * group - 1] {
+                for &rows in &[1usize, 3, 70] {
+                    let t = Tensor::random(rows + 2, cols, group, &mut rng);
+                    for &view in &NESTED8_VIEWS {
+                        let w = t.view(view);
+                        let vi = view_index(view);
+                        // Decode: rows 1..=rows (not starting at 0), and the last row too.
+                        let x = acts_input(1, t.cols, group, &mut rng);
+                        let mut want_a = QActs::default();
+                        (Kernels::SCALAR.quantize_acts)(&x, 1, cols, group, &mut want_a);
+                        let mut got_a = QActs::default();
+                        (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
+                        for first in [1usize, 2] {
+                            let mut want = vec![0f32; rows];
+                            (Kernels::SCALAR.nested8_matvec[vi])(&w, &want_a, first, &mut want);
+                            let mut got = vec![f32::NAN; rows];
+                            (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
+                            let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
+                            let what = format!("matvec view {view} group {group} cols {cols} rows {rows} first {first}");
+                            assert_close(k.name, exact, &got, &want, scale, &what);
+                        }
+                        // Prefill.
+                        for &n in &[1usize, 2, 3, 7, 64] {
+                            if n == 64 && rows > 3 && cols > 600 {
+                                continue; // keep the reference's runtime down
+                            }
+                            let x = acts_input(n, t.cols, group, &mut rng);
+                            let mut want_a = QActs::default();
+                            (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want_a);
+                            let mut got_a = QActs::default();
+                            (k.quantize_acts)(&x, n, cols, group, &mut got_a);
+                            let first = 2;
+                            let mut want = vec![0f32; n * rows];
+                            (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, first, &mut want);
+                            let mut got = vec![f32::NAN; n * rows];
+                            (k.nested8_matmul[vi])(&w, &got_a, first, &mut got);
+                            let all = term_scale(&w, &want_a, rows + 2);
+                            let scale: Vec<f32> =
+                                (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
+                            let what = format!("matmul view {view} group {group} cols {cols} rows {rows} tokens {n}");
+                            assert_close(k.name, exact, &got, &want, &scale, &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One group per row, scale 1, integer-plus-half offsets and activation blocks with amax
+/// 127 (d = 1): every float operation of the reference is exact, so any table, whatever its
+/// float order, must give equal outputs — this checks the integer sums exactly.
+#[test]
+fn exact_integer_sums() {
+    let mut rng = Rng(0xFEED_F00D);
+    for k in tables() {
+        for &group in &[8usize, 32, 64, 128, 256] {
+            for &view in &NESTED8_VIEWS {
+                let rows = 67;
+                let t = Tensor::exact(rows, group, &mut rng);
+                let w = t.view(view);
+                let vi = view_index(view);
+                for &n in &[1usize, 2, 3, 7, 64] {
+                    let mut x: Vec<f32> = (0..n * group).map(|_| (rng.below(255) as f32) - 127.0).collect();
+                    for tk in 0..n {
+                        x[tk * group] = 127.0;
+                    }
+                    let mut want_a = QActs::default();
+                    (Kernels::SCALAR.quantize_acts)(&x, n, group, group, &mut want_a);
+                    assert!(want_a.d.iter().all(|&d| d == 1.0));
+                    let mut got_a = QActs::default();
+                    (k.quantize_acts)(&x, n, group, group, &mut got_a);
+                    let mut want = vec![0f32; n * rows];
+                    let mut got = vec![f32::NAN; n * rows];
+                    if n == 1 {
+                        (Kernels::SCALAR.nested8_matvec[vi])(&w, &want_a, 0, &mut want);
+                        (k.nested8_matvec[vi])(&w, &got_a, 0, &mut got);
+                    } else {
+                        (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, 0, &mut want);
+                        (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
+                    }
+                    assert_eq!(got, want, "{} exact sums: view {view} group {group} tokens {n}", k.name);
+                }
+            }
+        }
+    }
+}
