@@ -60,8 +60,10 @@ const PI: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// - plane 0, register `reg` (A'/B'), field `k`: byte `4m + c` is code `32·PI[m] + 16·reg + 4c + k`;
 /// - planes 1/2 merged, register `reg` (M/N), field `k`: code `32·PI[m] + 8c + 2k + reg`;
 /// - plane 3, dword row `j`, nibble `nib`: code `32·PI[m] + 8j + 2c + nib`.
+#[cfg(test)]
 const PERM_A: [u8; SC_AUX] = perm_a();
 
+#[cfg(test)]
 const fn perm_a() -> [u8; SC_AUX] {
     let mut p = [0u8; SC_AUX];
     let mut m = 0;
@@ -87,6 +89,13 @@ const fn perm_a() -> [u8; SC_AUX] {
     p
 }
 
+/// Part A bytes per token: one slot per superchunk (the last one zero-padded), plus, when
+/// the row ends inside a superchunk, one "tail" slot: the row's last `t` subgroups repeated
+/// `8 / t` times, so that `8 / t` rows' tails are multiplied in one superchunk.
+fn part_a_len(padded_cols: usize) -> usize {
+    (padded_cols.div_ceil(SC) + usize::from(padded_cols % SC != 0)) * SC_AUX
+}
+
 /// Where each part of `acts.aux` lives (a function of `n`, `padded_cols` and `block` only).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -103,7 +112,7 @@ struct Layout {
 
 impl Layout {
     fn new(n: usize, padded_cols: usize, block: usize) -> Self {
-        let a_len = padded_cols.div_ceil(SC) * SC_AUX;
+        let a_len = part_a_len(padded_cols);
         let prefill = n >= PREFILL_MIN_TOKENS;
         let a_tokens = if prefill { 1 } else { n };
         let tbs = if prefill { n.div_ceil(TOK) } else { 0 };
@@ -227,16 +236,169 @@ unsafe fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// Part A of one token: `q` (padded_cols values) permuted superchunk by superchunk, zero past
-/// the end.
-fn fill_part_a(q: &[i8], out: &mut [i8]) {
+/// In-lane byte shuffles that gather, for each part-A order, the 4 bytes one dword of a
+/// subgroup contributes (see [`avx2_permute_superchunk`]); 0x80 zeroes.
+const IDX_P0: [u8; 32] = idx_p0();
+const IDX_P3: [u8; 32] = idx_p3();
+const IDX_P12: [[u8; 32]; 2] = idx_p12();
+
+/// Plane 0: dword `4·reg + k` (reg = 128-bit half) takes subgroup bytes `16·reg + 4c + k`.
+const fn idx_p0() -> [u8; 32] {
+    let mut p = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        let (k, c) = ((i % 16) / 4, i % 4);
+        p[i] = (4 * c + k) as u8;
+        i += 1;
+    }
+    p
+}
+
+/// Plane 3: dword `2j + nib` takes subgroup bytes `8j + 2c + nib` (j = 0, 1 low half; 2, 3 high).
+const fn idx_p3() -> [u8; 32] {
+    let mut p = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        let (dd, c) = ((i % 16) / 4, i % 4);
+        p[i] = (8 * (dd / 2) + 2 * c + dd % 2) as u8;
+        i += 1;
+    }
+    p
+}
+
+/// Planes 1/2: dword `4·reg + k` takes subgroup bytes `8c + 2k + reg`, which span both halves:
+/// `[0]` applies to the subgroup, `[1]` to it with halves swapped, the results are or-ed.
+const fn idx_p12() -> [[u8; 32]; 2] {
+    let mut p = [[0x80u8; 32]; 2];
+    let mut i = 0;
+    while i < 32 {
+        let (reg, k, c) = (i / 16, (i % 16) / 4, i % 4);
+        let from_low_half = c < 2;
+        let at = (8 * (c % 2) + 2 * k + reg) as u8;
+        // Output half `reg` reads its own half of the subgroup when that is where the byte is
+        // (low half: c < 2 and reg 0; high half: c >= 2 and reg 1), else the swapped copy.
+        if from_low_half == (reg == 0) {
+            p[0][i] = at;
+        } else {
+            p[1][i] = at;
+        }
+        i += 1;
+    }
+    p
+}
+
+/// Part A of one superchunk: `src` 256 codes → `dst` 768 bytes in the three orders of
+/// [`PERM_A`]. Each order is an in-lane byte shuffle of every subgroup followed by an 8×8
+/// dword transpose (lane `m` of output register `d` = dword `d` of subgroup `PI[m]`).
+///
+/// # Safety
+/// The CPU supports AVX2; `src` readable for 256 bytes, `dst` writable for 768.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_permute_superchunk(src: *const i8, dst: *mut i8) {
+    // SAFETY (whole body): loads at src + 32·l (l < 8), stores at dst + 256·part + 32·d
+    // (part < 3, d < 8), inside the ranges the caller guarantees; the index tables are 32 bytes.
+    unsafe {
+        let mut y = [_mm256_setzero_si256(); 8];
+        for (l, yl) in y.iter_mut().enumerate() {
+            *yl = _mm256_loadu_si256(src.add(32 * l) as *const __m256i);
+        }
+        let i0 = _mm256_loadu_si256(IDX_P0.as_ptr() as *const __m256i);
+        let i3 = _mm256_loadu_si256(IDX_P3.as_ptr() as *const __m256i);
+        let ia = _mm256_loadu_si256(IDX_P12[0].as_ptr() as *const __m256i);
+        let ib = _mm256_loadu_si256(IDX_P12[1].as_ptr() as *const __m256i);
+        for part in 0..3 {
+            let mut t = [_mm256_setzero_si256(); 8];
+            for (m, tm) in t.iter_mut().enumerate() {
+                let yl = y[PI[m]];
+                *tm = match part {
+                    0 => _mm256_shuffle_epi8(yl, i0),
+                    1 => _mm256_or_si256(
+                        _mm256_shuffle_epi8(yl, ia),
+                        _mm256_shuffle_epi8(_mm256_permute2x128_si256::<0x01>(yl, yl), ib),
+                    ),
+                    _ => _mm256_shuffle_epi8(yl, i3),
+                };
+            }
+            let o = transpose8x8(t);
+            for (dd, od) in o.iter().enumerate() {
+                _mm256_storeu_si256(dst.add(part * SC + 32 * dd) as *mut __m256i, *od);
+            }
+        }
+    }
+}
+
+/// Part A of one token: `q` (padded_cols values, a multiple of 32) permuted superchunk by
+/// superchunk (zero past the end), then the tail slot (see [`part_a_len`]).
+///
+/// # Safety
+/// The CPU supports AVX2; `out.len() == part_a_len(q.len())`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8]) {
+    let pc = q.len();
+    assert!(out.len() == part_a_len(pc));
     let mut chunk = [0i8; SC];
+    let slots = pc.div_ceil(SC);
     for (s, dst) in out.chunks_exact_mut(SC_AUX).enumerate() {
-        let src = &q[(s * SC).min(q.len())..((s + 1) * SC).min(q.len())];
-        chunk[..src.len()].copy_from_slice(src);
-        chunk[src.len()..].fill(0);
+        let src = if (s + 1) * SC <= pc {
+            &q[s * SC..(s + 1) * SC]
+        } else {
+            chunk.fill(0);
+            if s < slots {
+                chunk[..pc - s * SC].copy_from_slice(&q[s * SC..]);
+            } else {
+                let tail = &q[pc / SC * SC..];
+                for j in 0..SC / tail.len() {
+                    chunk[j * tail.len()..(j + 1) * tail.len()].copy_from_slice(tail);
+                }
+            }
+            &chunk[..]
+        };
+        // SAFETY: src is 256 bytes, dst 768 (chunks_exact_mut).
+        unsafe { avx2_permute_superchunk(src.as_ptr(), dst.as_mut_ptr()) };
+    }
+}
+
+/// Scalar statement of part A, kept as the specification of the SIMD permutation.
+#[cfg(test)]
+fn fill_part_a_scalar(q: &[i8], out: &mut [i8]) {
+    let pc = q.len();
+    let mut chunk = [0i8; SC];
+    let slots = pc.div_ceil(SC);
+    for (s, dst) in out.chunks_exact_mut(SC_AUX).enumerate() {
+        chunk.fill(0);
+        if s < slots {
+            let src = &q[s * SC..((s + 1) * SC).min(pc)];
+            chunk[..src.len()].copy_from_slice(src);
+        } else {
+            let tail = &q[pc / SC * SC..];
+            for j in 0..SC / tail.len() {
+                chunk[j * tail.len()..(j + 1) * tail.len()].copy_from_slice(tail);
+            }
+        }
         for (d, &i) in dst.iter_mut().zip(PERM_A.iter()) {
             *d = chunk[i as usize];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_part_a_matches_permutation() {
+        if !super::super::avx2_available() {
+            eprintln!("!!!!!!!! avx2 not available on this CPU: part A permutation NOT tested !!!!!!!!");
+            return;
+        }
+        for pc in [32usize, 64, 224, 256, 576, 1536, 1600] {
+            let q: Vec<i8> = (0..pc).map(|i| (i * 7 % 251) as i8).collect();
+            let mut want = vec![0i8; part_a_len(pc)];
+            let mut got = vec![1i8; part_a_len(pc)];
+            fill_part_a_scalar(&q, &mut want);
+            // SAFETY: AVX2 reported above; got has part_a_len(pc) bytes.
+            unsafe { avx2_fill_part_a(&q, &mut got) };
+            assert_eq!(got, want, "padded_cols {pc}");
         }
     }
 }
@@ -301,7 +463,8 @@ unsafe fn avx2_quantize_acts(x: &[f32], n: usize, cols: usize, block: usize, act
         acts.aux.resize(lay.total, 0);
     }
     for t in 0..lay.a_tokens {
-        fill_part_a(&acts.q[t * pc..(t + 1) * pc], &mut acts.aux[t * lay.a_len..(t + 1) * lay.a_len]);
+        // SAFETY: AVX2 is enabled here; the slice is part_a_len(pc) bytes.
+        unsafe { avx2_fill_part_a(&acts.q[t * pc..(t + 1) * pc], &mut acts.aux[t * lay.a_len..(t + 1) * lay.a_len]) };
     }
     if n >= PREFILL_MIN_TOKENS {
         for tb in 0..n.div_ceil(TOK) {
@@ -502,26 +665,104 @@ unsafe fn load_params8(params: &[GroupParams], i: usize) -> (__m256, __m256) {
     (_mm256_cvtph_ps(_mm256_castsi256_si128(sm)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(sm)))
 }
 
+/// Add the group sums of superchunk `sc` of a segment (lanes `v` in order [`PI`]) into
+/// `isums` (indices up to `ng + 7`, inside `SEG + 8`).
+///
+/// # Safety
+/// The CPU supports AVX2; `sc * 8 / (g / 32) <= SEG`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn add_group_sums(isums: &mut [i32; SEG + 8], sc: usize, v: __m256i, g: usize) {
+    // SAFETY (stores): sc * (256 / g) + 256 / g <= SEG + 8 for g in 32, 64, 128.
+    match g {
+        32 => unsafe {
+            let nat = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(isums.as_mut_ptr().add(sc * 8) as *mut __m256i, nat);
+        },
+        64 => unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            _mm_storeu_si128(isums.as_mut_ptr().add(sc * 4) as *mut __m128i, s);
+        },
+        128 => unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            _mm_storel_epi64(isums.as_mut_ptr().add(sc * 2) as *mut __m128i, _mm_hadd_epi32(s, s));
+        },
+        _ => {
+            let mut lanes = [0i32; 8];
+            // SAFETY: lanes is 32 bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
+            let per = g / 32;
+            for (m, &sg) in PI.iter().enumerate() {
+                let gi = (sc * 8 + sg) / per;
+                if gi < SEG + 8 {
+                    isums[gi] += lanes[m];
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for lengths that are a multiple of `unit` (4, 8 or 16) bytes,
+/// without a `memcpy` call for these few bytes.
+#[inline]
+fn copy_units(src: &[u8], dst: &mut [u8], unit: usize) {
+    assert!(src.len() == dst.len() && src.len() % unit == 0);
+    match unit {
+        4 => {
+            for (d, s) in dst.chunks_exact_mut(4).zip(src.chunks_exact(4)) {
+                d.copy_from_slice(s);
+            }
+        }
+        8 => {
+            for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+                d.copy_from_slice(s);
+            }
+        }
+        _ => {
+            for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+                d.copy_from_slice(s);
+            }
+        }
+    }
+}
+
+/// Rows per decode block: the float terms of 8 rows are transposed so that lane `r` of one
+/// register accumulates row `r` in group order.
+const RB: usize = 8;
+
 /// `out[i] = ` the reference `nested8_row_dot(first + i)` for one token, given its part A
 /// (`aux`), block scales `d` and sums `sum`.
 ///
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C; `usable(w, ..)` held for the activations these come
-/// from (group size a multiple of 32, `aux` at least `Layout::a_len` bytes).
+/// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
     let g = w.group_size;
     let rs = w.row_stride;
     let gpr = rs / g;
-    assert!(g % 32 == 0 && aux.len() >= rs.div_ceil(SC) * SC_AUX && d.len() >= gpr && sum.len() >= gpr);
+    assert!(g % 32 == 0 && aux.len() >= part_a_len(rs) && d.len() >= gpr && sum.len() >= gpr);
     check_bounds(w, first, out.len());
     let drop = 8 - V as u32;
     let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
     let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
-    // Superchunk byte lengths per plane, and where each plane's bytes are.
+    // Bytes of one superchunk / one subgroup in each plane.
     const LEN: [usize; 4] = [64, 32, 32, 128];
+    const SUB: [usize; 4] = [8, 4, 4, 16];
     let n_planes = blocks::nested8_planes_for_view(V).unwrap_or(4);
-    let mut tail = [[0u8; 128]; 4];
+    let byte = |p: usize, code: usize| code * blocks::NESTED8_PLANES[p].bits as usize / 8;
+    // The row's tail: `tail_sg` subgroups past the last whole superchunk; `pack` rows' tails
+    // share one superchunk (part A's tail slot).
+    let tail_sg = (rs % SC) / 32;
+    let pack = if tail_sg > 0 { 8 / tail_sg } else { 0 };
+    let tail_slot = rs.div_ceil(SC) * SC_AUX;
+    let per = g / 32;
+    // Tail lanes: lane m of a packed superchunk is (row slot, group within the segment's
+    // tail) = (PI[m] / tail_sg, (whole superchunks' subgroups + PI[m] % tail_sg) / per),
+    // computed per segment below (no divisions in the row loop).
+    let mut lane_slot = [usize::MAX; 8];
+    let mut lane_group = [0usize; 8];
+    let mut buf = [[0u8; 128]; 4];
+    let mut isums = [[0i32; SEG + 8]; RB];
     for seg_g0 in (0..gpr).step_by(SEG) {
         let ng = SEG.min(gpr - seg_g0);
         let mut dseg = [0f32; SEG + 8];
@@ -531,81 +772,119 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
             sseg[j] = sum[seg_g0 + j] as f32;
         }
         let code0 = seg_g0 * g;
-        let nsc = (ng * g).div_ceil(SC);
-        for (i, o) in out.iter_mut().enumerate() {
-            let row = first + i;
-            let mut isums = [0i32; SEG + 8];
-            for sc in 0..nsc {
-                let c = row * rs + code0 + sc * SC;
-                let mut ptr = [core::ptr::null::<u8>(); 4];
-                for p in 0..n_planes {
-                    let off = c * blocks::NESTED8_PLANES[p].bits as usize / 8;
-                    let plane = w.planes[p];
-                    if off + LEN[p] <= plane.len() {
-                        // SAFETY: off + LEN[p] <= plane.len().
-                        ptr[p] = unsafe { plane.as_ptr().add(off) };
-                    } else {
-                        // Last row's last superchunk: the bytes past the plane read as zero
-                        // (they meet zero activations anyway).
-                        let have = plane.len() - off.min(plane.len());
-                        tail[p][..have].copy_from_slice(&plane[off.min(plane.len())..]);
-                        tail[p][have..LEN[p]].fill(0);
-                        ptr[p] = tail[p].as_ptr();
+        let nfull = ng * g / SC;
+        let has_tail = ng * g % SC != 0;
+        if has_tail && pack >= 2 {
+            for (m, &vsg) in PI.iter().enumerate() {
+                lane_slot[m] = vsg / tail_sg;
+                lane_group[m] = (nfull * 8 + vsg % tail_sg) / per;
+            }
+        }
+        for rb in (0..out.len()).step_by(RB) {
+            let nr = RB.min(out.len() - rb);
+            for isum in &mut isums[..nr] {
+                isum[..ng + 8].fill(0);
+            }
+            // Whole superchunks, row by row.
+            for (r, isum) in isums.iter_mut().enumerate().take(nr) {
+                let c = (first + rb + r) * rs + code0;
+                for sc in 0..nfull {
+                    let cc = c + sc * SC;
+                    let mut ptr = [core::ptr::null::<u8>(); 4];
+                    for (p, pp) in ptr.iter_mut().enumerate().take(n_planes) {
+                        // SAFETY: the superchunk lies inside row first + rb + r, inside the
+                        // plane (check_bounds).
+                        *pp = unsafe { w.planes[p].as_ptr().add(byte(p, cc)) };
                     }
+                    // SAFETY: ptr[p] readable for LEN[p] bytes (above); part A holds slot
+                    // (code0 + sc * SC) / SC (aux.len() asserted).
+                    let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add((code0 / SC + sc) * SC_AUX)) };
+                    // SAFETY: AVX2 is enabled; sc < nfull <= ng * g / 256.
+                    unsafe { add_group_sums(isum, sc, v, g) };
                 }
-                let sc_all = (code0 + sc * SC) / SC;
-                // SAFETY: every used ptr[p] is readable for LEN[p] bytes (above); part A holds
-                // rs.div_ceil(SC) superchunks (asserted) and sc_all is below that.
-                let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add(sc_all * SC_AUX)) };
-                // Lanes → group sums (index sc * 8 / (g / 32) .., at most ng + 7 < SEG + 8).
-                // SAFETY (stores): the written ranges are inside isums as bounded above.
-                match g {
-                    32 => unsafe {
-                        let nat = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-                        _mm256_storeu_si256(isums.as_mut_ptr().add(sc * 8) as *mut __m256i, nat);
-                    },
-                    64 => unsafe {
-                        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                        _mm_storeu_si128(isums.as_mut_ptr().add(sc * 4) as *mut __m128i, s);
-                    },
-                    128 => unsafe {
-                        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                        _mm_storel_epi64(isums.as_mut_ptr().add(sc * 2) as *mut __m128i, _mm_hadd_epi32(s, s));
-                    },
-                    _ => {
-                        let mut lanes = [0i32; 8];
-                        // SAFETY: lanes is 32 bytes.
-                        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
-                        let per = g / 32;
-                        for (m, &sg) in PI.iter().enumerate() {
-                            let gi = (sc * 8 + sg) / per;
-                            if gi < ng {
-                                isums[gi] += lanes[m];
-                            }
+            }
+            // The tails: `pack` rows per superchunk, copied side by side.
+            if has_tail && pack >= 2 {
+                for r0 in (0..nr).step_by(pack) {
+                    let k = pack.min(nr - r0);
+                    // Slots past k keep stale bytes: their lanes are ignored below, and the
+                    // bytes past pack * tail_sg subgroups meet zero activations.
+                    for (p, b) in buf.iter_mut().enumerate().take(n_planes) {
+                        let len = tail_sg * SUB[p];
+                        for j in 0..k {
+                            let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
+                            copy_units(&w.planes[p][at..at + len], &mut b[j * len..(j + 1) * len], SUB[p]);
+                        }
+                    }
+                    let ptr = [buf[0].as_ptr(), buf[1].as_ptr(), buf[2].as_ptr(), buf[3].as_ptr()];
+                    // SAFETY: buf holds 128 bytes per plane; the tail slot is inside part A.
+                    let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add(tail_slot)) };
+                    let mut lanes = [0i32; 8];
+                    // SAFETY: lanes is 32 bytes.
+                    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
+                    for m in 0..8 {
+                        if lane_slot[m] < k {
+                            isums[r0 + lane_slot[m]][lane_group[m]] += lanes[m];
                         }
                     }
                 }
+            } else if has_tail {
+                for (r, isum) in isums.iter_mut().enumerate().take(nr) {
+                    let cc = (first + rb + r) * rs + code0 + nfull * SC;
+                    let mut ptr = [core::ptr::null::<u8>(); 4];
+                    for (p, pp) in ptr.iter_mut().enumerate().take(n_planes) {
+                        let off = byte(p, cc);
+                        let plane = w.planes[p];
+                        if off + LEN[p] <= plane.len() {
+                            // SAFETY: off + LEN[p] <= plane.len().
+                            *pp = unsafe { plane.as_ptr().add(off) };
+                        } else {
+                            // Past the plane's end: the bytes read as zero (they meet zero
+                            // activations anyway).
+                            let have = plane.len() - off;
+                            buf[p][..have].copy_from_slice(&plane[off..]);
+                            buf[p][have..LEN[p]].fill(0);
+                            *pp = buf[p].as_ptr();
+                        }
+                    }
+                    // SAFETY: ptr[p] readable for LEN[p] bytes; slot code0 / SC + nfull (the
+                    // zero-padded last one) is inside part A.
+                    let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add((code0 / SC + nfull) * SC_AUX)) };
+                    // SAFETY: AVX2 is enabled; nfull * 8 / per < ng + 8.
+                    unsafe { add_group_sums(isum, nfull, v, g) };
+                }
             }
-            // Float terms, 8 groups per register, added in group order.
-            let mut acc = if seg_g0 == 0 { 0f32 } else { *o };
+            // Float terms: per row 8 groups per register, transposed so that lane r holds
+            // row r, then added in group order.
+            let mut accv = [0f32; RB];
+            if seg_g0 > 0 {
+                accv[..nr].copy_from_slice(&out[rb..rb + nr]);
+            }
+            // SAFETY: accv is 8 floats.
+            let mut acc = unsafe { _mm256_loadu_ps(accv.as_ptr()) };
             for g8 in (0..ng).step_by(8) {
-                let (scale, min) = load_params8(w.params, row * gpr + seg_g0 + g8);
-                let step = _mm256_mul_ps(scale, step_mul);
-                let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
-                let mut t = [0f32; 8];
-                // SAFETY: g8 + 8 <= SEG + 8 for the three buffers; t is 8 floats.
-                unsafe {
-                    let isum = _mm256_cvtepi32_ps(_mm256_loadu_si256(isums.as_ptr().add(g8) as *const __m256i));
-                    let dv = _mm256_loadu_ps(dseg.as_ptr().add(g8));
-                    let sv = _mm256_loadu_ps(sseg.as_ptr().add(g8));
-                    let term = _mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv)));
-                    _mm256_storeu_ps(t.as_mut_ptr(), term);
+                let mut tv = [_mm256_setzero_si256(); RB];
+                for (r, t) in tv.iter_mut().enumerate().take(nr) {
+                    let (scale, min) = load_params8(w.params, (first + rb + r) * gpr + seg_g0 + g8);
+                    let step = _mm256_mul_ps(scale, step_mul);
+                    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+                    // SAFETY: g8 + 8 <= SEG + 8 for the three buffers.
+                    unsafe {
+                        let isum = _mm256_cvtepi32_ps(_mm256_loadu_si256(isums[r].as_ptr().add(g8) as *const __m256i));
+                        let dv = _mm256_loadu_ps(dseg.as_ptr().add(g8));
+                        let sv = _mm256_loadu_ps(sseg.as_ptr().add(g8));
+                        let term = _mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv)));
+                        *t = _mm256_castps_si256(term);
+                    }
                 }
-                for &tj in &t[..8.min(ng - g8)] {
-                    acc += tj;
+                let tt = transpose8x8(tv);
+                for t in &tt[..8.min(ng - g8)] {
+                    acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
                 }
             }
-            *o = acc;
+            // SAFETY: accv is 8 floats.
+            unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
+            out[rb..rb + nr].copy_from_slice(&accv[..nr]);
         }
     }
 }

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 /// Whether this CPU runs the `avx2` table: AVX2 (integer kernels), FMA (part of the contract
 /// name; the kernels do not fuse, to stay bit-identical) and F16C (group parameters).
-fn avx2_available() -> bool {
+pub(super) fn avx2_available() -> bool {
     #[cfg(feature = "std")]
     {
         std::is_x86_feature_detected!("avx2")

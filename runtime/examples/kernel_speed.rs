@@ -1,0 +1,151 @@
+//! Single-thread throughput of the nested8 kernel tables (not a test):
+//! `cargo run --release -p edge-runtime --example kernel_speed [-- scalar]`
+//!
+//! Decode: quantize one token + matvec over all rows, GB/s of weight bytes the view reads.
+//! Prefill: quantize n tokens + matmul in tiles of 64 rows (as `kernels::matmul` calls it),
+//! GFLOP/s (2 · rows · cols · n). Then the per-token decode time of every matrix of
+//! SmolLM2-135M (30 layers + the tied head) at each view. Medians of several runs.
+
+use std::time::Instant;
+
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_runtime::kernels::dispatch::view_index;
+use edge_runtime::kernels::{Kernels, Nested8, QActs};
+use half::f16;
+
+struct Tensor {
+    params: Vec<GroupParams>,
+    planes: [Vec<u8>; 4],
+    stride: usize,
+}
+
+fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
+    let stride = cols.div_ceil(group) * group;
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let codes: Vec<u8> = (0..rows * stride)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 56) as u8
+        })
+        .collect();
+    let params = (0..rows * stride / group)
+        .map(|g| GroupParams { scale: f16::from_f32(0.01 + (g % 7) as f32 * 1e-3), min: f16::from_f32(-1.0) })
+        .collect();
+    Tensor { params, planes: pack_nested8_planes(&codes), stride }
+}
+
+fn view(t: &Tensor, group: usize, bits: u8) -> Nested8<'_> {
+    let n = [1, 2, 3, 4][view_index(bits)];
+    let mut planes: [&[u8]; 4] = [&[]; 4];
+    for (i, p) in t.planes.iter().take(n).enumerate() {
+        planes[i] = p;
+    }
+    Nested8 { params: &t.params, planes, group_size: group, view_bits: bits, row_stride: t.stride }
+}
+
+fn view_bytes(w: &Nested8<'_>) -> usize {
+    w.params.len() * 4 + w.planes.iter().map(|p| p.len()).sum::<usize>()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over `reps` runs (after one warm-up).
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn decode_secs(k: &Kernels, w: &Nested8<'_>, rows: usize, cols: usize, reps: usize) -> f64 {
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+    let mut acts = QActs::default();
+    let mut out = vec![0f32; rows];
+    time(reps, || {
+        (k.quantize_acts)(&x, 1, cols, w.group_size, &mut acts);
+        (k.nested8_matvec[view_index(w.view_bits)])(w, &acts, 0, &mut out);
+    })
+}
+
+fn prefill_secs(k: &Kernels, w: &Nested8<'_>, rows: usize, cols: usize, n: usize, reps: usize) -> f64 {
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+    let mut acts = QActs::default();
+    let mut tile = vec![0f32; 64 * n];
+    time(reps, || {
+        (k.quantize_acts)(&x, n, cols, w.group_size, &mut acts);
+        let mut r0 = 0;
+        while r0 < rows {
+            let tr = 64.min(rows - r0);
+            (k.nested8_matmul[view_index(w.view_bits)])(w, &acts, r0, &mut tile[..n * tr]);
+            r0 += tr;
+        }
+    })
+}
+
+fn main() {
+    let only: Option<String> = std::env::args().nth(1);
+    let group = 64;
+    let tables: Vec<Kernels> = Kernels::variants()
+        .into_iter()
+        .filter_map(|(_, k)| k)
+        .filter(|k| only.as_deref().is_none_or(|o| o == k.name))
+        .collect();
+    let shapes = [(576usize, 1536usize), (49152, 576)];
+    let tensors: Vec<Tensor> = shapes.iter().map(|&(r, c)| tensor(r, c, group)).collect();
+    for k in &tables {
+        println!("== {} (group {group}, single thread)", k.name);
+        for (&(rows, cols), t) in shapes.iter().zip(&tensors) {
+            for &bits in &NESTED8_VIEWS {
+                let w = view(t, group, bits);
+                let reps = if k.name == "scalar" { 3 } else { 15 };
+                let dt = decode_secs(k, &w, rows, cols, reps);
+                let n = if k.name == "scalar" { 16 } else { 128 };
+                let pt = prefill_secs(k, &w, rows, cols, n, if k.name == "scalar" { 1 } else { 5 });
+                println!(
+                    "{rows:>6}x{cols:<5} view {bits}: decode {:>8.1} us {:>6.2} GB/s  | prefill n={n} {:>7.2} GFLOP/s",
+                    dt * 1e6,
+                    view_bytes(&w) as f64 / dt / 1e9,
+                    2.0 * (rows * cols * n) as f64 / pt / 1e9
+                );
+            }
+        }
+        // SmolLM2-135M: per layer q, k, v, o, gate, up, down; 30 layers; tied head.
+        let layer: [(usize, usize); 7] =
+            [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+        let lt: Vec<Tensor> = layer.iter().map(|&(r, c)| tensor(r, c, group)).collect();
+        for &bits in &NESTED8_VIEWS {
+            let reps = if k.name == "scalar" { 3 } else { 21 };
+            let mut per_token = 0.0;
+            let mut pp = 0.0;
+            let n = 128;
+            for (&(r, c), t) in layer.iter().zip(&lt) {
+                let w = view(t, group, bits);
+                per_token += 30.0 * decode_secs(k, &w, r, c, reps);
+                if k.name != "scalar" {
+                    pp += 30.0 * prefill_secs(k, &w, r, c, n, 3);
+                }
+            }
+            let head = view(&tensors[1], group, bits);
+            per_token += decode_secs(k, &head, 49152, 576, reps.min(7));
+            if k.name != "scalar" {
+                pp += prefill_secs(k, &head, 49152, 576, n, 1);
+            }
+            print!("SmolLM2-135M view {bits}: decode matrices {:.2} ms/token single thread", per_token * 1e3);
+            if k.name != "scalar" {
+                print!(", prefill matrices {:.0} tok/s single thread (n={n})", n as f64 / pp);
+            }
+            println!();
+        }
+    }
+}
