@@ -17,7 +17,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::unpack::{unpack32, Consts, Planes};
+use super::unpack::{block_pair, load_block, unpack32, Consts, Planes, BLOCK};
 use crate::blocks::{self, NESTED8_PLANES};
 use crate::kernels::acts::QActs;
 use crate::kernels::{reference, Nested8};
@@ -31,6 +31,22 @@ pub(super) trait Dot {
     /// The CPU must have the instruction set the implementation names; only called inside
     /// `#[target_feature]` kernels enabling it.
     unsafe fn dot32(acc: int32x4_t, w_lo: int8x16_t, w_hi: int8x16_t, x_lo: int8x16_t, x_hi: int8x16_t) -> int32x4_t;
+
+    /// Accumulators of a block-order product ([`super::unpack`]: lane `b` holds code `8b + k`).
+    type Block: Copy;
+    /// # Safety
+    /// As [`Dot::dot32`].
+    unsafe fn block_zero() -> Self::Block;
+    /// `acc` plus the products of two block vectors `(w0, w1)` with `(x0, x1)`.
+    ///
+    /// # Safety
+    /// As [`Dot::dot32`].
+    unsafe fn block_acc(acc: Self::Block, w0: int8x16_t, w1: int8x16_t, x0: int8x16_t, x1: int8x16_t) -> Self::Block;
+    /// The sums of the block's 4 chunks of 32 codes (lane `j`: codes `32j..32j + 32`).
+    ///
+    /// # Safety
+    /// As [`Dot::dot32`].
+    unsafe fn block_chunks(acc: Self::Block) -> int32x4_t;
 }
 
 /// `smull`/`smlal` then `sadalp`: every 16-bit lane sums 4 products of at most 15 · 127.
@@ -44,6 +60,27 @@ impl Dot for NeonDot {
         let p = vmlal_s8(p, vget_low_s8(w_hi), vget_low_s8(x_hi));
         let p = vmlal_high_s8(p, w_hi, x_hi);
         vpadalq_s16(acc, p)
+    }
+
+    /// Lanes 0..8 (codes of chunks 0, 1) and 8..16 (chunks 2, 3) accumulate apart.
+    type Block = (int32x4_t, int32x4_t);
+
+    #[inline(always)]
+    unsafe fn block_zero() -> Self::Block {
+        (vdupq_n_s32(0), vdupq_n_s32(0))
+    }
+
+    #[inline(always)]
+    unsafe fn block_acc(acc: Self::Block, w0: int8x16_t, w1: int8x16_t, x0: int8x16_t, x1: int8x16_t) -> Self::Block {
+        let lo = vmlal_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), vget_low_s8(w1), vget_low_s8(x1));
+        let hi = vmlal_high_s8(vmull_high_s8(w0, x0), w1, x1);
+        (vpadalq_s16(acc.0, lo), vpadalq_s16(acc.1, hi))
+    }
+
+    #[inline(always)]
+    unsafe fn block_chunks(acc: Self::Block) -> int32x4_t {
+        // acc.0 lanes: bytes 0..4, 4..8 (chunk 0), 8..12, 12..16 of the low halves (chunk 1).
+        vpaddq_s32(acc.0, acc.1)
     }
 }
 
@@ -69,6 +106,23 @@ impl Dot for SdotDot {
     #[inline(always)]
     unsafe fn dot32(acc: int32x4_t, w_lo: int8x16_t, w_hi: int8x16_t, x_lo: int8x16_t, x_hi: int8x16_t) -> int32x4_t {
         sdot(sdot(acc, w_lo, x_lo), w_hi, x_hi)
+    }
+
+    type Block = int32x4_t;
+
+    #[inline(always)]
+    unsafe fn block_zero() -> Self::Block {
+        vdupq_n_s32(0)
+    }
+
+    #[inline(always)]
+    unsafe fn block_acc(acc: Self::Block, w0: int8x16_t, w1: int8x16_t, x0: int8x16_t, x1: int8x16_t) -> Self::Block {
+        sdot(sdot(acc, w0, x0), w1, x1)
+    }
+
+    #[inline(always)]
+    unsafe fn block_chunks(acc: Self::Block) -> int32x4_t {
+        acc
     }
 }
 
@@ -125,7 +179,44 @@ unsafe fn group_isum<const V: u8>(top: int32x4_t, low: int32x4_t) -> int32x4_t {
     }
 }
 
-/// Decode for `V`, tokens 0 of `acts`, rows `first..first + out.len()`.
+/// The products of one block (128 codes at flat index `i`) with the transposed activations at
+/// `xt`: per-chunk integer sums (lane `j`: codes `32j..32j + 32`), exact.
+///
+/// # Safety
+/// The planes hold the block, `xt` 128 bytes; the CPU has what `D` needs.
+#[inline(always)]
+unsafe fn block_isums<const V: u8, D: Dot>(planes: &Planes, i: usize, xt: *const i8) -> int32x4_t {
+    let blk = load_block::<V>(planes, i);
+    let (mut top, mut low) = (D::block_zero(), D::block_zero());
+    macro_rules! pair {
+        ($p:literal) => {{
+            let [(t0, l0), (t1, l1)] = block_pair::<V, $p>(&blk);
+            let (x0, x1) = (vld1q_s8(xt.add(32 * $p)), vld1q_s8(xt.add(32 * $p + 16)));
+            top = D::block_acc(top, t0, t1, x0, x1);
+            if V == 8 {
+                low = D::block_acc(low, l0, l1, x0, x1);
+            }
+        }};
+    }
+    pair!(0);
+    pair!(1);
+    pair!(2);
+    pair!(3);
+    group_isum::<V>(D::block_chunks(top), D::block_chunks(low))
+}
+
+/// Decode activations in block order (`aux[..padded_cols]` from this architecture's
+/// `quantize_acts` for one token), if present.
+fn block_acts(acts: &QActs) -> Option<*const i8> {
+    let pc = acts.padded_cols;
+    let ok = acts.n == 1 && (acts.aux.len() == pc || acts.aux.len() == pc + pair_aux_len(acts));
+    ok.then(|| acts.aux.as_ptr())
+}
+
+/// Decode for `V`, token 0 of `acts`, rows `first..first + out.len()`: whole blocks of 128
+/// codes in block order (when `aux` has the transposed activations), the rest 32 codes at a
+/// time in natural order. Chunk sums are added into the group's exact `isum`; each finished
+/// group adds its float term in group order, as the reference.
 ///
 /// # Safety
 /// The CPU has what `D` needs; called only from the `#[target_feature]` kernels below.
@@ -141,24 +232,40 @@ unsafe fn matvec_body<const V: u8, D: Dot>(w: &Nested8<'_>, acts: &QActs, first:
     let planes = plane_ptrs(w);
     let gs = w.group_size;
     let (x, d, sum) = (acts.q.as_ptr(), acts.d_row(0), acts.sum_row(0));
+    let xt = block_acts(acts);
+    let blocks = if xt.is_some() { w.row_stride / BLOCK } else { 0 };
     for (ri, o) in out.iter_mut().enumerate() {
         let base = (first + ri) * w.row_stride;
+        let params = &w.params[base / gs..];
         let mut acc = 0f32;
-        for g in 0..w.row_stride / gs {
-            let (mut top, mut low) = (vdupq_n_s32(0), vdupq_n_s32(0));
-            for c in (g * gs..(g + 1) * gs).step_by(32) {
-                // SAFETY (bounds): `fast_path` checked the planes hold rows up to first +
-                // out.len() and the activations hold row_stride values.
-                let q = unpack32::<V>(&planes, base + c, &k);
-                let (x_lo, x_hi) = (vld1q_s8(x.add(c)), vld1q_s8(x.add(c + 16)));
-                top = D::dot32(top, q[0], q[1], x_lo, x_hi);
-                if V == 8 {
-                    low = D::dot32(low, q[2], q[3], x_lo, x_hi);
-                }
+        let (mut isum, mut left, mut g) = (0i32, gs, 0usize);
+        // Add one 32-code chunk's sum; at a group's end, its float term.
+        let mut chunk = |s: i32| {
+            isum += s;
+            left -= 32;
+            if left == 0 {
+                let (step, offset) = blocks::nested8_step_offset(params[g], V);
+                acc += d[g] * (step * isum as f32 + offset * sum[g] as f32);
+                (isum, left, g) = (0, gs, g + 1);
             }
-            let isum = vaddvq_s32(group_isum::<V>(top, low));
-            let (step, offset) = blocks::nested8_step_offset(w.params[base / gs + g], V);
-            acc += d[g] * (step * isum as f32 + offset * sum[g] as f32);
+        };
+        if let Some(xt) = xt {
+            for b in 0..blocks {
+                // SAFETY (bounds): `fast_path` checked the planes hold the rows and the
+                // activations (and their block-order copy) hold row_stride values.
+                let s = block_isums::<V, D>(&planes, base + b * BLOCK, xt.add(b * BLOCK));
+                chunk(vgetq_lane_s32::<0>(s));
+                chunk(vgetq_lane_s32::<1>(s));
+                chunk(vgetq_lane_s32::<2>(s));
+                chunk(vgetq_lane_s32::<3>(s));
+            }
+        }
+        for c in (blocks * BLOCK..w.row_stride).step_by(32) {
+            let q = unpack32::<V>(&planes, base + c, &k);
+            let (x_lo, x_hi) = (vld1q_s8(x.add(c)), vld1q_s8(x.add(c + 16)));
+            let top = D::dot32(vdupq_n_s32(0), q[0], q[1], x_lo, x_hi);
+            let low = if V == 8 { D::dot32(vdupq_n_s32(0), q[2], q[3], x_lo, x_hi) } else { vdupq_n_s32(0) };
+            chunk(vaddvq_s32(group_isum::<V>(top, low)));
         }
         *o = acc;
     }
@@ -248,6 +355,15 @@ pub(super) fn pair_aux_len(acts: &QActs) -> usize {
     acts.n.div_ceil(2) * 2 * acts.padded_cols
 }
 
+/// Bytes of `acts.aux` holding the decode copy in block order: one token's, before the pairs.
+pub(super) fn block_aux_len(acts: &QActs) -> usize {
+    if acts.n == 1 {
+        acts.padded_cols
+    } else {
+        0
+    }
+}
+
 /// Token pairs per pass of the `i8mm` prefill (each chunk's codes serve `2 * this` tokens).
 const MATMUL_PAIRS: usize = 2;
 
@@ -257,7 +373,7 @@ const MATMUL_PAIRS: usize = 2;
 ///
 /// # Safety
 /// `i8mm` present; `fast_path` returned true for these rows; `aux` holds
-/// [`pair_aux_len`] bytes; `p0 + PB <= acts.n.div_ceil(2)`.
+/// [`block_aux_len`] + [`pair_aux_len`] bytes; `p0 + PB <= acts.n.div_ceil(2)`.
 #[inline(always)]
 unsafe fn i8mm_matmul_pairs<const V: u8, const PB: usize>(
     w: &Nested8<'_>,
@@ -271,7 +387,7 @@ unsafe fn i8mm_matmul_pairs<const V: u8, const PB: usize>(
     let planes = plane_ptrs(w);
     let gs = w.group_size;
     let (n, pc, blocks) = (acts.n, acts.padded_cols, acts.blocks());
-    let x = acts.aux.as_ptr().add(p0 * 2 * pc);
+    let x = acts.aux.as_ptr().add(block_aux_len(acts) + p0 * 2 * pc);
     let mut ri = 0;
     while ri < len {
         let rows = [first + ri, first + (ri + 1).min(len - 1)];
@@ -347,7 +463,7 @@ unsafe fn i8mm_matmul_body<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: us
     if n == 0 || len == 0 {
         return;
     }
-    if acts.aux.len() < pair_aux_len(acts) {
+    if acts.aux.len() != block_aux_len(acts) + pair_aux_len(acts) {
         return matmul_body::<V, SdotDot>(w, acts, first, out);
     }
     if !fast_path(w, acts, first, len) {

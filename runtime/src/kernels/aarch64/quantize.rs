@@ -6,7 +6,8 @@
 
 use core::arch::aarch64::*;
 
-use super::nested8::pair_aux_len;
+use super::nested8::{block_aux_len, pair_aux_len};
+use super::unpack::{transpose_block, BLOCK};
 use crate::kernels::acts::{self, QActs};
 
 /// One whole block of `x.len()` (a multiple of 16) values into `q`; returns `(d, sum)`.
@@ -38,8 +39,9 @@ unsafe fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     (d, vaddvq_s32(sum))
 }
 
-/// The contract's quantization; with `pairs`, also the token-pair interleaved copy the `i8mm`
-/// prefill reads ([`pair_aux_len`] bytes of `aux`).
+/// The contract's quantization, and in `aux` the decode copy in block order
+/// ([`block_aux_len`] bytes) and, with `pairs`, the token-pair interleaved copy the `i8mm`
+/// prefill reads ([`pair_aux_len`] bytes).
 ///
 /// # Safety
 /// NEON present.
@@ -62,21 +64,28 @@ unsafe fn quantize_body(x: &[f32], n: usize, cols: usize, block: usize, acts: &m
             acts.sum[t * blocks + b] = s;
         }
     }
-    if pairs && pc % 8 == 0 {
-        // aux[p][j] = [token 2p values 8j..8j+8, token 2p+1 values 8j..8j+8] (zero past n).
-        acts.aux.clear();
-        acts.aux.resize(pair_aux_len(acts), 0);
+    // aux: for one token (decode), its values in block order ([`transpose_block`] per whole
+    // block of 128; the tail, read in natural order from `q`, is left zero); with `pairs`, then
+    // the token pairs of the `i8mm` prefill: aux[p][j] = [token 2p values 8j..8j+8, token
+    // 2p+1 values 8j..8j+8] (zero past n). Rewritten on every call, so no stale copy survives.
+    acts.aux.clear();
+    let block_len = block_aux_len(acts);
+    let pair_len = if pairs && pc % 8 == 0 { pair_aux_len(acts) } else { 0 };
+    acts.aux.resize(block_len + pair_len, 0);
+    if block_len > 0 {
+        for (src, dst) in acts.q[..pc].chunks_exact(BLOCK).zip(acts.aux.chunks_exact_mut(BLOCK)) {
+            transpose_block(src, dst);
+        }
+    }
+    if pair_len > 0 {
         for t in 0..n {
             let (p, tp) = (t / 2, t % 2);
             let src = &acts.q[t * pc..(t + 1) * pc];
-            let dst = &mut acts.aux[p * 2 * pc..(p + 1) * 2 * pc];
+            let dst = &mut acts.aux[block_len + p * 2 * pc..][..2 * pc];
             for (j, s) in src.chunks_exact(8).enumerate() {
                 dst[16 * j + 8 * tp..][..8].copy_from_slice(s);
             }
         }
-    } else {
-        // No stale copy survives: the i8mm prefill runs only on a copy this call wrote.
-        acts.aux.clear();
     }
 }
 

@@ -150,3 +150,105 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &Planes, i: usize, k: &Consts
         vreinterpretq_s8_u8(low_hi),
     ]
 }
+
+// ---------------------------------------------------------------------------------------------
+// Block order: 128 codes at a time, each plane unpacked in the order its bits lie in the
+// register. Byte `b` (0..16) of a 1-bit plane's 16 bytes holds codes `8b..8b + 8`, so
+// `(plane >> k) & 1` is code `8b + k` in lane `b`; plane 0's 32 bytes, de-interleaved into even
+// and odd bytes (`uzp`), give the same order with fields `k % 4`, and plane 3's 64 bytes
+// loaded 4-way de-interleaved (`ld4`) give it in the low and high nibbles. So vector `k`
+// (0..8) of the block holds codes `8b + k` for every plane, and the activations are read in
+// that order from a transposed copy ([`transpose_block`]). `sdot` lane `j` then sums bytes
+// `4j..4j + 4`, codes `32j..32j + 32`: one 32-code chunk per lane, so group sums (groups of 32
+// codes or more) stay separable.
+// ---------------------------------------------------------------------------------------------
+
+/// Codes per block of the block order.
+pub(super) const BLOCK: usize = 128;
+
+/// Position `8b + k` of a block goes to `16k + b` in the transposed activations.
+pub(super) fn transpose_block(src: &[i8], dst: &mut [i8]) {
+    for k in 0..8 {
+        for b in 0..16 {
+            dst[16 * k + b] = src[8 * b + k];
+        }
+    }
+}
+
+/// The planes of one 128-code block, loaded (the planes a view does not read are zero).
+#[derive(Clone, Copy)]
+pub(super) struct Block {
+    /// Plane 0's even and odd bytes: lane `b` holds codes `8b..8b + 4` and `8b + 4..8b + 8`.
+    even: uint8x16_t,
+    odd: uint8x16_t,
+    p1: uint8x16_t,
+    p2: uint8x16_t,
+    /// Plane 3, bytes `4b + j` in `p3.j`: codes `8b + 2j` (low nibble) and `8b + 2j + 1`.
+    p3: uint8x16x4_t,
+}
+
+/// Load the block at flat code index `i` (a multiple of 128).
+///
+/// # Safety
+/// The view's planes must be readable for the block's bytes (`i / 4 .. + 32`, `i / 8 .. + 16`,
+/// `i / 2 .. + 64`); NEON present.
+#[inline(always)]
+pub(super) unsafe fn load_block<const V: u8>(planes: &Planes, i: usize) -> Block {
+    let zero = vdupq_n_u8(0);
+    let (a, b) = (vld1q_u8(planes[0].add(i / 4)), vld1q_u8(planes[0].add(i / 4 + 16)));
+    Block {
+        even: vuzp1q_u8(a, b),
+        odd: vuzp2q_u8(a, b),
+        p1: if V >= 3 { vld1q_u8(planes[1].add(i / 8)) } else { zero },
+        p2: if V >= 4 { vld1q_u8(planes[2].add(i / 8)) } else { zero },
+        p3: if V == 8 { vld4q_u8(planes[3].add(i / 2)) } else { uint8x16x4_t(zero, zero, zero, zero) },
+    }
+}
+
+/// `v >> N`, with `N = 0` allowed.
+macro_rules! shr {
+    ($v:expr, 0) => {
+        $v
+    };
+    ($v:expr, $n:literal) => {
+        vshrq_n_u8::<$n>($v)
+    };
+}
+
+/// Vector `K` of a block: `[top, low]` codes `8b + K` in lane `b`, as in [`unpack32`] (`top`
+/// is `q_V`, or `q >> 4` for the 8-bit view; `low` is `q & 15` for the 8-bit view).
+macro_rules! block_codes {
+    ($V:ident, $blk:expr, $k:tt, $half:ident, $field:tt, $nib:tt, $nib_hi:tt) => {{
+        let blk = &$blk;
+        let a = shr!(blk.$half, $field);
+        let top = match $V {
+            2 => vandq_u8(a, vdupq_n_u8(3)),
+            3 => vandq_u8(vsliq_n_u8::<1>(shr!(blk.p1, $k), a), vdupq_n_u8(7)),
+            _ => vandq_u8(vsliq_n_u8::<2>(vsliq_n_u8::<1>(shr!(blk.p2, $k), shr!(blk.p1, $k)), a), vdupq_n_u8(15)),
+        };
+        let low = if $V == 8 {
+            if $nib_hi {
+                vshrq_n_u8::<4>(blk.p3.$nib)
+            } else {
+                vandq_u8(blk.p3.$nib, vdupq_n_u8(15))
+            }
+        } else {
+            vdupq_n_u8(0)
+        };
+        (vreinterpretq_s8_u8(top), vreinterpretq_s8_u8(low))
+    }};
+}
+
+/// Vectors `2P` and `2P + 1` of a block: `((top_2P, low_2P), (top_2P+1, low_2P+1))`.
+///
+/// # Safety
+/// NEON present.
+#[inline(always)]
+pub(super) unsafe fn block_pair<const V: u8, const P: usize>(blk: &Block) -> [(int8x16_t, int8x16_t); 2] {
+    match P {
+        0 => [block_codes!(V, blk, 0, even, 0, 0, false), block_codes!(V, blk, 1, even, 2, 0, true)],
+        1 => [block_codes!(V, blk, 2, even, 4, 1, false), block_codes!(V, blk, 3, even, 6, 1, true)],
+        2 => [block_codes!(V, blk, 4, odd, 0, 2, false), block_codes!(V, blk, 5, odd, 2, 2, true)],
+        _ => [block_codes!(V, blk, 6, odd, 4, 3, false), block_codes!(V, blk, 7, odd, 6, 3, true)],
+    }
+}
