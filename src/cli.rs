@@ -1,7 +1,8 @@
 //! Command-line arguments (clap derive).
 //!
 //! `edge-run` with no subcommand generates text (`edge-run -m MODEL -p PROMPT`), as llama.cpp's
-//! `llama-cli` does; `eval` measures perplexity and `inspect` describes a checkpoint.
+//! `llama-cli` does; `eval` measures perplexity, `bench` speed, and `inspect` describes a
+//! checkpoint.
 
 use std::path::PathBuf;
 
@@ -49,6 +50,11 @@ Compressibility score (--sweep):
   is indistinguishable from the base; perfect 4- and 8-bit views with useless 2- and 3-bit ones
   (exp(-KL) = 0) score 0.75. sweep.json also gives the same area for top-1 agreement.";
 
+const BENCH_HELP: &str = "\
+Examples:
+  edge-run bench -m model-q8.edge --bits 8,4,2 -t 1,2
+  edge-run bench -m model.edge -p 128 -n 32 -r 3 --json";
+
 /// Run compressible LLMs on constrained devices.
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +95,18 @@ pub enum Command {
         after_help = EVAL_HELP
     )]
     Eval(EvalArgs),
+    /// Measure prompt-processing and generation speed per view and thread count, like llama-bench.
+    #[command(
+        long_about = "Measure prompt-processing and generation speed per view and thread count, like llama.cpp's llama-bench.\n\n\
+            For every view (--bits 8,4,3,2, or the one view --plan, --target-bits or --weight-budget picks) \
+            and every thread count (-t 1,2), two tests run from an empty context with fixed pseudo-random \
+            tokens: ppN, one forward pass over N prompt tokens (logits of the last only), and tgN, N \
+            single-token forward passes. Each runs once to warm up, then --repetitions times; the table \
+            shows the median tokens/s ± the standard deviation, the view's weight bytes, the kernel table \
+            and the peak RSS of each (view, threads) combination.",
+        after_help = BENCH_HELP
+    )]
+    Bench(BenchArgs),
     /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums.
     #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json\n  edge-run inspect model.edge --verify --bits 4    # only what the 4-bit view reads")]
     Inspect(InspectArgs),
@@ -234,9 +252,72 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub group_size: usize,
 
-    /// Threads for matrix products (default: every available core).
+    /// Threads for matrix products (default: the physical cores this process may use).
     #[arg(short = 't', long, value_name = "N", value_parser = parse_positive)]
     pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Model: an .edge checkpoint, or a GGUF file, Hugging Face folder or llama2.c .bin
+    /// (packed once into the cache, see EDGE_RUN_CACHE).
+    #[arg(short = 'm', long, value_name = "PATH", required = true)]
+    pub model: Option<PathBuf>,
+
+    /// Read the checkpoint into memory instead of memory-mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
+
+    /// View widths to measure, comma-separated (2, 3, 4, 8), each the same for every tensor
+    /// (default: the 8-bit view, or the dense weights).
+    #[arg(long, value_name = "B,..", value_delimiter = ',', value_parser = parse_bits, help_heading = "Views")]
+    pub bits: Vec<u8>,
+
+    /// Measure the views of a plan file instead (see `edge-run --help`).
+    #[arg(long, value_name = "FILE", help_heading = "Views", conflicts_with_all = ["bits", "target_bits", "weight_budget"])]
+    pub plan: Option<PathBuf>,
+
+    /// Measure the plan the sensitivity profile picks for an average of BITS bits per weight.
+    #[arg(
+        long,
+        value_name = "BITS",
+        value_parser = parse_target_bits,
+        help_heading = "Views",
+        conflicts_with_all = ["bits", "weight_budget"]
+    )]
+    pub target_bits: Option<f64>,
+
+    /// Measure the plan the sensitivity profile picks for a weight budget (e.g. 90MB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
+    pub weight_budget: Option<u64>,
+
+    /// Weight encoding used when auto-packing a non-.edge model.
+    #[arg(long, value_enum, default_value_t = PackEncoding::F16, value_name = "ENC")]
+    pub pack_encoding: PackEncoding,
+
+    /// Group size used when auto-packing with a grouped encoding (nested8).
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    pub group_size: usize,
+
+    /// Thread counts to measure, comma-separated (default: the physical cores).
+    #[arg(short = 't', long, value_name = "N,..", value_delimiter = ',', value_parser = parse_positive)]
+    pub threads: Vec<usize>,
+
+    /// Prompt tokens of the prefill test (0 = skip it).
+    #[arg(short = 'p', long, default_value_t = 512, value_name = "N")]
+    pub n_prompt: usize,
+
+    /// Generated tokens of the decode test (0 = skip it).
+    #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
+    pub n_gen: usize,
+
+    /// Measured repetitions of each test, after one warm-up run.
+    #[arg(short = 'r', long, default_value_t = 5, value_name = "N", value_parser = parse_positive)]
+    pub repetitions: usize,
+
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,9 +1,10 @@
-//! `edge-run`: the device CLI. Generation (default), `eval` (perplexity, KL divergence) and
-//! `inspect` (checkpoint contents and checksums).
+//! `edge-run`: the device CLI. Generation (default), `eval` (perplexity, KL divergence), `bench`
+//! (speed) and `inspect` (checkpoint contents and checksums).
 //!
 //! Every failure ends as one line on stderr, `edge-run: error: <what is wrong and what to do>`,
 //! with exit code 1: argument errors, I/O, corrupt checkpoints, and (as a last resort) panics.
 
+mod bench;
 mod cli;
 mod eval;
 mod generate;
@@ -60,7 +61,8 @@ fn main() {
         None => Some(&cli.generate.model),
         Some(cli::Command::Generate(g)) => Some(&g.model),
         Some(cli::Command::Eval(e)) => Some(&e.model),
-        Some(cli::Command::Inspect(_)) => None,
+        // bench sets the thread count of each measurement itself.
+        Some(cli::Command::Bench(_) | cli::Command::Inspect(_)) => None,
     };
     if let Some(n) = model_args.and_then(|m| m.threads) {
         edge_runtime::kernels::set_threads(n);
@@ -70,6 +72,7 @@ fn main() {
         None => generate::run(&cli.generate),
         Some(cli::Command::Generate(g)) => generate::run(g),
         Some(cli::Command::Eval(e)) => eval::run(e),
+        Some(cli::Command::Bench(b)) => bench::run(b),
         Some(cli::Command::Inspect(i)) => inspect::run(i),
     };
     if let Err(e) = result {

@@ -1,0 +1,355 @@
+//! `edge-run bench`: prompt-processing and generation speed, as llama.cpp's `llama-bench`
+//! measures them.
+//!
+//! For every view (`--bits 8,4,...`, or the one view `--plan`/`--target-bits`/`--weight-budget`
+//! or the default picks) and every thread count (`-t 1,2`), two tests run from an empty
+//! context:
+//! - `ppN`: one forward pass over N prompt tokens (positions 0..N), logits of the last only;
+//! - `tgN`: N single-token forward passes (positions 0..N), as decoding runs them.
+//!
+//! Tokens are fixed pseudo-random ids, the same on every run. Each test runs once to warm up,
+//! then `-r` times; the table reports the median tokens/s ± the standard deviation of the
+//! repetitions (JSON: every sample, median, mean, stddev, min, max). The model is instantiated
+//! anew for each (view, threads), so its buffers are sized for that thread count; on Linux the
+//! mapped weights are released and the peak-RSS mark reset between combinations, so each row's
+//! peak RSS is its own.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use edge_runtime::format::{keys, Encoding};
+use edge_runtime::kernels;
+use edge_runtime::model::{Logits, ModelOptions};
+use edge_runtime::{Config, Model};
+use serde_json::json;
+
+use crate::cli::{BenchArgs, ModelArgs};
+use crate::loader;
+use crate::stats;
+use crate::views::{self, Footprint, Selection};
+
+/// Summary of one test's repetitions, in tokens per second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub samples: Vec<f64>,
+    pub median: f64,
+    pub mean: f64,
+    /// Sample standard deviation (0 for one sample).
+    pub stddev: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    pub fn of(samples: Vec<f64>) -> Summary {
+        let n = samples.len().max(1) as f64;
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = match sorted.len() {
+            0 => 0.0,
+            l if l % 2 == 1 => sorted[l / 2],
+            l => (sorted[l / 2 - 1] + sorted[l / 2]) / 2.0,
+        };
+        let mean = samples.iter().sum::<f64>() / n;
+        let var = if samples.len() > 1 {
+            samples.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Summary {
+            median,
+            mean,
+            stddev: var.sqrt(),
+            min: sorted.first().copied().unwrap_or(0.0),
+            max: sorted.last().copied().unwrap_or(0.0),
+            samples,
+        }
+    }
+}
+
+/// One row of the results: a test at one view and thread count.
+struct Row {
+    view: String,
+    selection: serde_json::Value,
+    footprint: Footprint,
+    threads: usize,
+    test: String,
+    tokens: usize,
+    tps: Summary,
+    peak_rss: Option<u64>,
+}
+
+/// The views to measure: one [`ModelArgs`] each (with its label), from `--bits 8,4,...` or the
+/// single selection the other view flags (or none) make.
+fn view_args(args: &BenchArgs) -> Vec<ModelArgs> {
+    let base = ModelArgs {
+        model: args.model.clone(),
+        no_mmap: args.no_mmap,
+        bits: None,
+        plan: args.plan.clone(),
+        target_bits: args.target_bits,
+        weight_budget: args.weight_budget,
+        pack_encoding: args.pack_encoding,
+        group_size: args.group_size,
+        threads: None,
+    };
+    if args.bits.is_empty() {
+        return vec![base];
+    }
+    let mut seen = Vec::new();
+    args.bits
+        .iter()
+        .filter(|b| {
+            let new = !seen.contains(*b);
+            seen.push(**b);
+            new
+        })
+        .map(|&b| ModelArgs { bits: Some(b), ..base.clone() })
+        .collect()
+}
+
+/// A short label of a selection: `8-bit`, `f16`, `plan.toml`, `target 3.5`, `budget 90.0 MiB`.
+fn view_label(sel: &Selection, nested: bool, dense_encoding: &str) -> String {
+    match &sel.source {
+        views::Source::Default if nested => "8-bit".into(),
+        views::Source::Default => dense_encoding.into(),
+        views::Source::Uniform(b) => format!("{b}-bit"),
+        views::Source::File(p) => p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        views::Source::TargetBits(t) => format!("target {t}"),
+        views::Source::WeightBudget(b) => format!("budget {}", stats::human_bytes(*b)),
+    }
+}
+
+/// Fixed pseudo-random token ids in `0..vocab` (xorshift; the same on every run).
+fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
+
+/// Reset the process's peak-RSS mark to its current RSS (Linux `clear_refs` 5); best effort.
+fn reset_peak_rss() {
+    if cfg!(target_os = "linux") {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.n_prompt == 0 && args.n_gen == 0 {
+        bail!("nothing to measure: --n-prompt and --n-gen are both 0");
+    }
+    let threads: Vec<usize> = if args.threads.is_empty() { vec![kernels::threads()] } else { args.threads.clone() };
+    let views = view_args(args);
+    let file = loader::open_model(&views[0])?;
+    let ck = file.parse()?;
+    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    for (flag, n) in [("--n-prompt", args.n_prompt), ("--n-gen", args.n_gen)] {
+        if n > config.max_seq_len {
+            bail!("{flag} {n} exceeds the model's context of {} tokens; use at most {}", config.max_seq_len, config.max_seq_len);
+        }
+    }
+    let nested = ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8);
+    if !args.bits.is_empty() && !nested {
+        bail!(
+            "--bits needs a checkpoint with nested-plane tensors; {} has none (pack with `edge-pack --encoding q8`)",
+            file.path.display()
+        );
+    }
+    let dense_encoding = ck
+        .tensors
+        .iter()
+        .find(|t| t.shape.len() == 2)
+        .map_or("dense", |t| t.encoding.name());
+    let name = ck
+        .get_str(keys::NAME)
+        .map(str::to_owned)
+        .unwrap_or_else(|| file.path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()));
+    let selections: Vec<Selection> =
+        views.iter().map(|v| views::select(&ck, &config, v, &file.path, true)).collect::<Result<_>>()?;
+
+    let tests: Vec<(String, usize)> = [("pp", args.n_prompt), ("tg", args.n_gen)]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(t, n)| (format!("{t}{n}"), n))
+        .collect();
+    let kernel_name = kernels::kernels().name;
+    let tokens = bench_tokens(args.n_prompt.max(args.n_gen), config.vocab_size);
+    let combos = (selections.len() * threads.len()) as u64;
+    let (pb, shown) = crate::eval::progress_bar(combos * tests.len() as u64 * (args.repetitions as u64 + 1), "runs");
+    if !args.json && !shown {
+        eprintln!(
+            "edge-run: bench {} ({name}): {} view(s) x {} thread count(s), {} repetitions after a warm-up, kernels {kernel_name}",
+            file.path.display(),
+            selections.len(),
+            threads.len(),
+            args.repetitions
+        );
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    for sel in &selections {
+        for &t in &threads {
+            kernels::set_threads(t);
+            // Drop what the previous combination left resident, then measure this one's peak.
+            file.bytes.release(0, file.bytes.as_bytes().len() as u64);
+            reset_peak_rss();
+            let ctx = args.n_prompt.max(args.n_gen);
+            let opts = ModelOptions { max_seq_len: ctx, max_batch: args.n_prompt.max(1), view_bits: None };
+            let mut model = Model::with_plan(&ck, opts, &sel.plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+            let footprint = Footprint::of(&model.weights);
+            let label = view_label(sel, nested, dense_encoding);
+            let mut results = Vec::new();
+            for (test, n) in &tests {
+                pb.set_message(format!("{label}, {t} thread(s), {test}"));
+                let mut samples = Vec::with_capacity(args.repetitions);
+                for rep in 0..=args.repetitions {
+                    let start = Instant::now();
+                    if test.starts_with("pp") {
+                        model.forward_batch(&tokens[..*n], 0, Logits::Last)?;
+                    } else {
+                        for (pos, &tok) in tokens[..*n].iter().enumerate() {
+                            model.forward(tok, pos)?;
+                        }
+                    }
+                    let s = start.elapsed().as_secs_f64();
+                    if rep > 0 {
+                        samples.push(*n as f64 / s.max(1e-9));
+                    }
+                    pb.inc(1);
+                }
+                results.push((test.clone(), *n, Summary::of(samples)));
+            }
+            let peak_rss = stats::peak_rss_bytes();
+            for (test, n, tps) in results {
+                rows.push(Row {
+                    view: label.clone(),
+                    selection: sel.to_json(&footprint),
+                    footprint,
+                    threads: t,
+                    test,
+                    tokens: n,
+                    tps,
+                    peak_rss,
+                });
+            }
+        }
+    }
+    pb.finish_and_clear();
+    kernels::set_threads(0);
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "view": r.view,
+                    "plan": r.selection,
+                    "weight_bytes": r.footprint.weight_bytes,
+                    "bits_per_weight": r.footprint.bits_per_weight(),
+                    "threads": r.threads,
+                    "test": r.test,
+                    "n_tokens": r.tokens,
+                    "tokens_per_second": {
+                        "median": r.tps.median, "mean": r.tps.mean, "stddev": r.tps.stddev,
+                        "min": r.tps.min, "max": r.tps.max, "samples": r.tps.samples,
+                    },
+                    "peak_rss_bytes": r.peak_rss,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "model": args.model.as_ref().map(|p| p.display().to_string()),
+            "checkpoint": file.path.display().to_string(),
+            "name": name,
+            "kernels": kernel_name,
+            "mmap": file.mmap,
+            "n_prompt": args.n_prompt,
+            "n_gen": args.n_gen,
+            "repetitions": args.repetitions,
+            "config": crate::generate::config_to_json(&config),
+            "results": results,
+        });
+        let _ = writeln!(out, "{doc}");
+        return Ok(());
+    }
+    let _ = writeln!(out, "{}", table(&name, kernel_name, &rows));
+    Ok(())
+}
+
+/// The markdown table, columns aligned as llama-bench prints them.
+fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
+    let header = ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS"];
+    let right = [false, false, true, true, false, true, true, true, true];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                name.to_string(),
+                r.view.clone(),
+                format!("{:.2}", r.footprint.bits_per_weight()),
+                format!("{:.2} MiB", r.footprint.weight_bytes as f64 / (1024.0 * 1024.0)),
+                kernel_name.to_string(),
+                r.threads.to_string(),
+                r.test.clone(),
+                format!("{:.2} ± {:.2}", r.tps.median, r.tps.stddev),
+                r.peak_rss.map_or_else(|| "n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| cells.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |vals: &[String]| {
+        let parts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(c, v)| if right[c] { format!("{v:>w$}", w = widths[c]) } else { format!("{v:<w$}", w = widths[c]) })
+            .collect();
+        format!("| {} |", parts.join(" | "))
+    };
+    let mut s = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    let rule: Vec<String> = widths
+        .iter()
+        .zip(right)
+        .map(|(&w, r)| if r { format!("{}:", "-".repeat(w + 1)) } else { "-".repeat(w + 2) })
+        .collect();
+    s.push('\n');
+    s.push_str(&format!("|{}|", rule.join("|")));
+    for r in &cells {
+        s.push('\n');
+        s.push_str(&line(r));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_statistics() {
+        let s = Summary::of(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(s.median, 2.5);
+        assert_eq!(s.mean, 4.0);
+        assert_eq!((s.min, s.max), (1.0, 10.0));
+        assert!((s.stddev - (38.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        let one = Summary::of(vec![5.0]);
+        assert_eq!((one.median, one.stddev), (5.0, 0.0));
+    }
+
+    #[test]
+    fn tokens_are_fixed_and_in_range() {
+        let a = bench_tokens(100, 512);
+        assert_eq!(a, bench_tokens(100, 512));
+        assert!(a.iter().all(|&t| t < 512));
+        assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 50);
+    }
+}
