@@ -118,7 +118,8 @@ pub enum PackEncoding {
     F32,
     F16,
     Bf16,
-    /// 8-bit nested bit planes: views of 8, 4, 3 and 2 bits (--bits).
+    /// 8-bit nested bit planes: views of 8, 4, 3 and 2 bits (--bits); `q8` as in edge-pack.
+    #[value(alias = "q8")]
     Nested8,
 }
 
@@ -396,6 +397,12 @@ pub struct EvalArgs {
     /// Text file to evaluate on (read as is, e.g. wikitext-2-raw/wiki.test.raw).
     #[arg(short = 'd', long, value_name = "FILE", required = true)]
     pub data: PathBuf,
+
+    /// --data holds token ids (whitespace- or comma-separated, or a JSON array), used as they
+    /// are: for models without a tokenizer, e.g. sequences sampled from the full-precision
+    /// model (`edge-run --prompt-ids 1 --temp 1 --ignore-eos --json` gives them).
+    #[arg(long)]
+    pub token_ids: bool,
 
     /// Window size in tokens; the second half of each window is scored.
     #[arg(short = 'c', long, default_value_t = 512, value_name = "N", value_parser = parse_positive)]

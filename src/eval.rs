@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::model::{Logits, ModelOptions, ViewPlan};
-use edge_runtime::{Config, Model};
+use edge_runtime::{Checkpoint, Config, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -116,17 +116,28 @@ pub struct Corpus {
 
 impl Corpus {
     /// Read `data` and tokenize it whole, as llama-perplexity does (special tokens are plain
-    /// text); check `ctx` and count the windows.
-    pub fn new(tok: &mut Tok, data: &Path, ctx: usize, chunks: Option<usize>, quiet: bool) -> Result<Corpus> {
+    /// text), or, with `token_ids`, read it as token ids (whitespace- or comma-separated, or a
+    /// JSON array) used as they are; check `ctx` and count the windows.
+    pub fn new(tok: Option<&mut Tok>, data: &Path, ctx: usize, chunks: Option<usize>, quiet: bool) -> Result<Corpus> {
         if ctx < 4 {
             bail!("--ctx {ctx} is too small: a window scores positions ctx/2..ctx-1; use at least 4 (512 is usual)");
         }
         let text = read_text(data, quiet)?;
         let t_tok = Instant::now();
-        let tokens = tok.encode(&text, false)?;
+        let (tokens, add_bos, bos) = match tok {
+            Some(tok) => {
+                let tokens = tok.encode(&text, false)?;
+                let add_bos = tok.add_bos == Some(true)
+                    || (tok.add_bos.is_none() && tok.bos.is_some() && tokens.first() == tok.bos.as_ref());
+                (tokens, add_bos, tok.bos)
+            }
+            None => {
+                let ids = loader::parse_ids(text.trim().trim_start_matches('[').trim_end_matches(']'))
+                    .map_err(|e| anyhow!("{}: {}", data.display(), e.to_string().replace("--prompt-ids: ", "")))?;
+                (ids, false, None)
+            }
+        };
         let tokenize_seconds = t_tok.elapsed().as_secs_f64();
-        let add_bos = tok.add_bos == Some(true)
-            || (tok.add_bos.is_none() && tok.bos.is_some() && tokens.first() == tok.bos.as_ref());
         let available = tokens.len() / ctx;
         if available == 0 {
             bail!(
@@ -136,7 +147,7 @@ impl Corpus {
             );
         }
         let n_windows = chunks.map_or(available, |c| c.min(available));
-        Ok(Corpus { tokens, ctx, n_windows, available, add_bos, bos: tok.bos, tokenize_seconds })
+        Ok(Corpus { tokens, ctx, n_windows, available, add_bos, bos, tokenize_seconds })
     }
 
     /// First scored position.
@@ -318,6 +329,19 @@ fn read_text(path: &Path, quiet: bool) -> Result<String> {
     })
 }
 
+/// The tokenizer the evaluation text needs (none when `--token-ids` gives ids).
+pub fn corpus_tokenizer(ck: &Checkpoint<'_>, path: &Path, token_ids: bool) -> Result<Option<Tok>> {
+    if token_ids {
+        return Ok(None);
+    }
+    Ok(Some(Tok::from_checkpoint(ck)?.ok_or_else(|| {
+        anyhow!(
+            "{} has no tokenizer, so it cannot be evaluated on text; re-pack it with a tokenizer, or pass token ids with --token-ids",
+            path.display()
+        )
+    })?))
+}
+
 pub fn run(args: &EvalArgs) -> Result<()> {
     if args.sweep {
         return crate::sweep::run(args);
@@ -327,9 +351,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let ck = file.parse()?;
     let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
     let selection = views::select(&ck, &config, &args.model, &file.path, quiet)?;
-    let mut tok = Tok::from_checkpoint(&ck)?.ok_or_else(|| {
-        anyhow!("{} has no tokenizer, so it cannot be evaluated on text; re-pack it with a tokenizer", file.path.display())
-    })?;
+    let mut tok = corpus_tokenizer(&ck, &file.path, args.token_ids)?;
 
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
@@ -342,7 +364,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
 
-    let corpus = Corpus::new(&mut tok, &args.data, ctx, args.chunks, quiet)?;
+    let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     let n_windows = corpus.n_windows;
 
     let mut main = load(&file.path, &ck, ctx, batch, &selection.plan)?;

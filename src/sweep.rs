@@ -128,9 +128,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             file.path.display()
         );
     }
-    let mut tok = Tok::from_checkpoint(&ck)?.ok_or_else(|| {
-        anyhow!("{} has no tokenizer, so it cannot be evaluated on text; re-pack it with a tokenizer", file.path.display())
-    })?;
+    let mut tok = eval::corpus_tokenizer(&ck, &file.path, args.token_ids)?;
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
     let mmap = !args.model.no_mmap;
@@ -144,7 +142,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let baseline_cks: Vec<Checkpoint<'_>> = baseline_files.iter().map(|f| f.parse()).collect::<Result<_>>()?;
 
-    let corpus = Corpus::new(&mut tok, &args.data, ctx, args.chunks, quiet)?;
+    let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     corpus.check_vocab(config.vocab_size)?;
 
     // The configurations.

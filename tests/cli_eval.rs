@@ -99,3 +99,51 @@ fn eval_rejects_a_file_shorter_than_one_window() {
     let e = run(["eval", "-m", smollm_f16().to_str().unwrap(), "--data", "/nonexistent/wiki.raw"]).one_line_error();
     assert!(e.contains("/nonexistent/wiki.raw"), "{e}");
 }
+
+#[test]
+fn token_ids_evaluate_a_model_without_a_tokenizer() {
+    let bin = stories_bin();
+    if !bin.is_file() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", bin.display());
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("EDGE_RUN_CACHE", cache.path().as_os_str())];
+    // Three sequences of 64 tokens sampled from the model itself (BOS + 63).
+    let mut ids: Vec<String> = Vec::new();
+    for seed in ["1", "2", "3"] {
+        let r = run_env(
+            ["-m", bin.to_str().unwrap(), "--prompt-ids", "1", "-n", "63", "--temp", "1", "--seed", seed, "--ignore-eos"],
+            &env,
+        );
+        r.ok();
+        ids.push("1".into());
+        ids.extend(r.stdout.split_whitespace().map(String::from));
+    }
+    assert_eq!(ids.len(), 192);
+    let data = cache.path().join("sampled.ids");
+    std::fs::write(&data, ids.join(" ")).unwrap();
+    let (b, d) = (bin.to_str().unwrap(), data.to_str().unwrap());
+    let v = run_env(["eval", "-m", b, "--data", d, "--token-ids", "--ctx", "64", "--json", "--kl-base", b], &env).ok().json();
+    assert_eq!(v["windows"], 3);
+    assert_eq!(v["tokens_scored"], 3 * 31);
+    let ppl = v["ppl"].as_f64().unwrap();
+    // Text the model sampled itself is far more predictable than uniform over 512 tokens.
+    assert!(ppl > 1.0 && ppl < 100.0, "{ppl}");
+    assert_eq!(v["kl"]["mean_kl"].as_f64(), Some(0.0), "{v}");
+    // A JSON array works too; a 2-bit view of a q8 pack diverges from its 8-bit view.
+    std::fs::write(&data, format!("[{}]", ids.join(", "))).unwrap();
+    let v2 = run_env(
+        ["eval", "-m", b, "--pack-encoding", "q8", "--bits", "2", "--data", d, "--token-ids", "--ctx", "64", "--json", "--kl-base", b],
+        &env,
+    )
+    .ok()
+    .json();
+    assert!(v2["kl"]["mean_kl"].as_f64().unwrap() > 0.01, "{v2}");
+    // Without --token-ids a model without a tokenizer says what to do; bad ids are named.
+    let e = run_env(["eval", "-m", b, "--data", d, "--ctx", "64"], &env).one_line_error();
+    assert!(e.contains("--token-ids"), "{e}");
+    std::fs::write(&data, "1 2 x3").unwrap();
+    let e = run_env(["eval", "-m", b, "--data", d, "--token-ids", "--ctx", "4"], &env).one_line_error();
+    assert!(e.contains("x3") && e.contains("sampled.ids"), "{e}");
+}
