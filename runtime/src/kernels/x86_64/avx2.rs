@@ -490,24 +490,98 @@ unsafe fn avx2_quantize_acts(x: &[f32], n: usize, cols: usize, block: usize, act
 // Decode
 // ---------------------------------------------------------------------------------------------
 
-/// `Σ q_V · x` over one superchunk of one row, as 8 i32 lanes (lane `m`: subgroup `PI[m]`).
-/// `p[i]` points at the superchunk's bytes in plane `i` (64, 32, 32, 128 bytes; only the
-/// planes of view `V` are read), `a` at its part A (768 bytes).
+/// The 8 registers of one superchunk's planes, loaded from `p[i]` (the superchunk's bytes in
+/// plane `i`: 64, 32, 32, 128 bytes; only the planes of view `V` are read): plane 0 in
+/// registers 0-1, plane 1 in 2, plane 2 in 3, plane 3 in 4-7 (unread ones zero).
 ///
 /// # Safety
-/// The CPU supports AVX2; the pointers are readable for those lengths.
+/// The CPU supports AVX2; the pointers of the view's planes are readable for those lengths.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn superchunk<const V: u8>(p: [*const u8; 4], a: *const i8) -> __m256i {
-    // SAFETY (whole body): every load reads inside the ranges the caller guarantees: plane 0
-    // at +0/+32 (64 bytes), planes 1/2 at +0 (32), plane 3 at +0..+96 (128), part A registers
-    // 0..24 (768 bytes).
+unsafe fn load_superchunk<const V: u8>(p: [*const u8; 4]) -> [__m256i; 8] {
+    let mut r = [_mm256_setzero_si256(); 8];
+    // SAFETY: inside the ranges the caller guarantees.
     unsafe {
-        macro_rules! ld {
-            ($q:expr) => {
-                _mm256_loadu_si256($q as *const __m256i)
-            };
+        r[0] = _mm256_loadu_si256(p[0] as *const __m256i);
+        r[1] = _mm256_loadu_si256(p[0].add(32) as *const __m256i);
+        if V >= 3 {
+            r[2] = _mm256_loadu_si256(p[1] as *const __m256i);
         }
+        if V >= 4 {
+            r[3] = _mm256_loadu_si256(p[2] as *const __m256i);
+        }
+        if V == 8 {
+            for (i, ri) in r[4..].iter_mut().enumerate() {
+                *ri = _mm256_loadu_si256(p[3].add(32 * i) as *const __m256i);
+            }
+        }
+    }
+    r
+}
+
+/// The registers of a superchunk made of `k <= 8 / t` rows' tails of `t` subgroups each
+/// (t = 1, 2 or 4), side by side; `rows[j]` points at row `j`'s tail in each plane (slots past
+/// `k` repeat row 0: their lanes are ignored).
+///
+/// # Safety
+/// The CPU supports AVX2; `rows[j][p]` readable for `t` subgroups of plane `p` (8, 4, 4, 16
+/// bytes each) for the view's planes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_tails<const V: u8>(rows: &[[*const u8; 4]; 8], t: usize) -> [__m256i; 8] {
+    let mut r = [_mm256_setzero_si256(); 8];
+    // Register `reg` of a plane whose row unit is `u` bytes: slots reg·32/u.. (u < 32) or
+    // the part of slot reg·32/u at (reg·32) % u (u >= 32).
+    macro_rules! unit_reg {
+        ($p:expr, $u:expr, $reg:expr) => {{
+            let (p, u, reg): (usize, usize, usize) = ($p, $u, $reg);
+            match u {
+                4 => {
+                    let s = |j: usize| (rows[reg * 8 + j][p] as *const i32).read_unaligned();
+                    _mm256_setr_epi32(s(0), s(1), s(2), s(3), s(4), s(5), s(6), s(7))
+                }
+                8 => {
+                    let s = |j: usize| (rows[reg * 4 + j][p] as *const i64).read_unaligned();
+                    _mm256_setr_epi64x(s(0), s(1), s(2), s(3))
+                }
+                16 => _mm256_loadu2_m128i(
+                    rows[reg * 2 + 1][p] as *const __m128i,
+                    rows[reg * 2][p] as *const __m128i,
+                ),
+                _ => _mm256_loadu_si256(rows[reg * 32 / u][p].add(reg * 32 % u) as *const __m256i),
+            }
+        }};
+    }
+    // SAFETY: each read is one row's unit (or a 32-byte piece of it) inside the caller's
+    // ranges.
+    unsafe {
+        r[0] = unit_reg!(0, 8 * t, 0);
+        r[1] = unit_reg!(0, 8 * t, 1);
+        if V >= 3 {
+            r[2] = unit_reg!(1, 4 * t, 0);
+        }
+        if V >= 4 {
+            r[3] = unit_reg!(2, 4 * t, 0);
+        }
+        if V == 8 {
+            for (i, ri) in r[4..].iter_mut().enumerate() {
+                *ri = unit_reg!(3, 16 * t, i);
+            }
+        }
+    }
+    r
+}
+
+/// `Σ q_V · x` over one superchunk of one row, as 8 i32 lanes (lane `m`: subgroup `PI[m]`),
+/// from its plane registers (see [`load_superchunk`]) and `a`, its part A (768 bytes).
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
+    // SAFETY (whole body): the loads read part A registers 0..24 (768 bytes).
+    unsafe {
         macro_rules! xa {
             ($r:expr) => {
                 _mm256_loadu_si256(a.add($r * 32) as *const __m256i)
@@ -521,8 +595,8 @@ unsafe fn superchunk<const V: u8>(p: [*const u8; 4], a: *const i8) -> __m256i {
         // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
         // dword of each subgroup, B' the second, both in lane order PI.
         let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let a0 = _mm256_permutevar8x32_epi32(ld!(p[0]), spread);
-        let b0 = _mm256_permutevar8x32_epi32(ld!(p[0].add(32)), spread);
+        let a0 = _mm256_permutevar8x32_epi32(regs[0], spread);
+        let b0 = _mm256_permutevar8x32_epi32(regs[1], spread);
         let ra = _mm256_unpacklo_epi64(a0, b0);
         let rb = _mm256_unpackhi_epi64(a0, b0);
         let mut h0 = _mm256_setzero_si256();
@@ -563,7 +637,7 @@ unsafe fn superchunk<const V: u8>(p: [*const u8; 4], a: *const i8) -> __m256i {
         if V >= 3 {
             // Planes 1 and 2 (1 bit/code): dword l = subgroup l; reorder to lanes PI.
             let to_pi = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-            let q1 = _mm256_permutevar8x32_epi32(ld!(p[1]), to_pi);
+            let q1 = _mm256_permutevar8x32_epi32(regs[2], to_pi);
             let one = _mm256_set1_epi8(1);
             let a12 = SC;
             if V == 3 {
@@ -579,7 +653,7 @@ unsafe fn superchunk<const V: u8>(p: [*const u8; 4], a: *const i8) -> __m256i {
             } else {
                 // Merge into 2-bit fields 2·p1 + p2: M holds even bits (codes 8b + 2k),
                 // N odd bits (codes 8b + 2k + 1).
-                let q2 = _mm256_permutevar8x32_epi32(ld!(p[2]), to_pi);
+                let q2 = _mm256_permutevar8x32_epi32(regs[3], to_pi);
                 let odd = _mm256_set1_epi8(0xAAu8 as i8);
                 let even = _mm256_set1_epi8(0x55);
                 let mm = _mm256_or_si256(
@@ -607,10 +681,7 @@ unsafe fn superchunk<const V: u8>(p: [*const u8; 4], a: *const i8) -> __m256i {
         }
         // Plane 3 (4 bits/code): 4 registers of 2 subgroups each; a 4×4 dword transpose in
         // each 128-bit half gives T_j, lane m = dword j of subgroup PI[m].
-        let r0 = ld!(p[3]);
-        let r1 = ld!(p[3].add(32));
-        let r2 = ld!(p[3].add(64));
-        let r3 = ld!(p[3].add(96));
+        let [r0, r1, r2, r3] = [regs[4], regs[5], regs[6], regs[7]];
         let t0 = _mm256_unpacklo_epi32(r0, r1);
         let t1 = _mm256_unpackhi_epi32(r0, r1);
         let t2 = _mm256_unpacklo_epi32(r2, r3);
@@ -753,7 +824,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
     // The row's tail: `tail_sg` subgroups past the last whole superchunk; `pack` rows' tails
     // share one superchunk (part A's tail slot).
     let tail_sg = (rs % SC) / 32;
-    let pack = if tail_sg > 0 { 8 / tail_sg } else { 0 };
+    let pack = 8usize.checked_div(tail_sg).unwrap_or(0);
     let tail_slot = rs.div_ceil(SC) * SC_AUX;
     let per = g / 32;
     // Tail lanes: lane m of a packed superchunk is (row slot, group within the segment's
@@ -798,7 +869,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                     }
                     // SAFETY: ptr[p] readable for LEN[p] bytes (above); part A holds slot
                     // (code0 + sc * SC) / SC (aux.len() asserted).
-                    let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add((code0 / SC + sc) * SC_AUX)) };
+                    let v = unsafe { superchunk::<V>(load_superchunk::<V>(ptr), aux.as_ptr().add((code0 / SC + sc) * SC_AUX)) };
                     // SAFETY: AVX2 is enabled; sc < nfull <= ng * g / 256.
                     unsafe { add_group_sums(isum, sc, v, g) };
                 }
@@ -807,18 +878,33 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
             if has_tail && pack >= 2 {
                 for r0 in (0..nr).step_by(pack) {
                     let k = pack.min(nr - r0);
-                    // Slots past k keep stale bytes: their lanes are ignored below, and the
-                    // bytes past pack * tail_sg subgroups meet zero activations.
-                    for (p, b) in buf.iter_mut().enumerate().take(n_planes) {
-                        let len = tail_sg * SUB[p];
-                        for j in 0..k {
-                            let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
-                            copy_units(&w.planes[p][at..at + len], &mut b[j * len..(j + 1) * len], SUB[p]);
+                    let regs = if tail_sg == 3 {
+                        // Slots past k keep stale bytes: their lanes are ignored below, and the
+                        // bytes past pack * tail_sg subgroups meet zero activations.
+                        for (p, b) in buf.iter_mut().enumerate().take(n_planes) {
+                            let len = tail_sg * SUB[p];
+                            for j in 0..k {
+                                let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
+                                copy_units(&w.planes[p][at..at + len], &mut b[j * len..(j + 1) * len], SUB[p]);
+                            }
                         }
-                    }
-                    let ptr = [buf[0].as_ptr(), buf[1].as_ptr(), buf[2].as_ptr(), buf[3].as_ptr()];
-                    // SAFETY: buf holds 128 bytes per plane; the tail slot is inside part A.
-                    let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add(tail_slot)) };
+                        let ptr = [buf[0].as_ptr(), buf[1].as_ptr(), buf[2].as_ptr(), buf[3].as_ptr()];
+                        // SAFETY: buf holds 128 bytes per plane.
+                        unsafe { load_superchunk::<V>(ptr) }
+                    } else {
+                        let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
+                        for (j, rj) in rows.iter_mut().enumerate().take(pack) {
+                            let row = first + rb + r0 + if j < k { j } else { 0 };
+                            for (p, pp) in rj.iter_mut().enumerate().take(n_planes) {
+                                // SAFETY: the tail lies inside the row, inside the plane.
+                                *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
+                            }
+                        }
+                        // SAFETY: each rows[j][p] is readable for tail_sg subgroups (the tail).
+                        unsafe { load_tails::<V>(&rows, tail_sg) }
+                    };
+                    // SAFETY: the tail slot is inside part A.
+                    let v = unsafe { superchunk::<V>(regs, aux.as_ptr().add(tail_slot)) };
                     let mut lanes = [0i32; 8];
                     // SAFETY: lanes is 32 bytes.
                     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
@@ -849,7 +935,9 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                     }
                     // SAFETY: ptr[p] readable for LEN[p] bytes; slot code0 / SC + nfull (the
                     // zero-padded last one) is inside part A.
-                    let v = unsafe { superchunk::<V>(ptr, aux.as_ptr().add((code0 / SC + nfull) * SC_AUX)) };
+                    let v = unsafe {
+                        superchunk::<V>(load_superchunk::<V>(ptr), aux.as_ptr().add((code0 / SC + nfull) * SC_AUX))
+                    };
                     // SAFETY: AVX2 is enabled; nfull * 8 / per < ng + 8.
                     unsafe { add_group_sums(isum, nfull, v, g) };
                 }
