@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::cli::EvalArgs;
 use crate::eval::{self, Corpus, Scores};
-use crate::loader::{self, ModelFile, Tok};
+use crate::loader::{self, ModelFile};
 use crate::plot::{self, PlotData, Point};
 use crate::profile::{Baseline, Profile};
 use crate::stats::{self, human_bytes};
