@@ -5,8 +5,10 @@
 //! - `i8mm`: `smmla` on 2 weight rows x 2 tokens (prefill only), activations read from the
 //!   token-pair interleaved copy in `acts.aux` that [`super::quantize`] writes.
 //!
-//! Every kernel rebuilds 32 codes at a time with [`super::unpack`] and multiplies them with the
-//! activations in natural order. Per group the integer sum `isum` is exact (as the reference's);
+//! Decode reads whole blocks of 128 codes in block order (activations transposed once per call
+//! of `quantize_acts`, in `aux`) and the row's tail 32 codes at a time in natural order; prefill
+//! rebuilds 32 codes at a time in natural order and multiplies them with several tokens (see
+//! [`super::unpack`] for both orders). Per group the integer sum `isum` is exact (as the reference's);
 //! the float combination `d · (step · isum + offset · sum)` is then added per row and token in
 //! group order with the reference's expression, so outputs are bit-identical to
 //! [`reference`]. Group sizes that are not a multiple of 32 run the reference.
