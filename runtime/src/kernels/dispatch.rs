@@ -87,17 +87,40 @@ impl Kernels {
     }
 }
 
+/// Whether nested weights meet f32 activations instead of int8 ones (measurement only: the
+/// weights' own quality, as a round-to-nearest f16 baseline is measured; slow).
+static FLOAT_ACTIVATIONS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Multiply nested weights with f32 activations (rows dequantized, as float weights are) instead
+/// of int8-quantized ones: isolates weight quantization error from activation rounding when
+/// comparing views with float baselines. Also set by `EDGE_RUN_KERNELS=float` (std).
+pub fn set_float_activations(on: bool) {
+    FLOAT_ACTIVATIONS.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_float_activations`].
+pub fn float_activations() -> bool {
+    #[cfg(feature = "std")]
+    let _ = kernels();
+    FLOAT_ACTIVATIONS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(feature = "std")]
 static SELECTED: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
 
 /// The table the products use: [`Kernels::detect`] once, or the scalar reference when the
 /// environment variable `EDGE_RUN_KERNELS=scalar` is set (to compare outputs;
-/// `portable` picks [`Kernels::PORTABLE`]).
+/// `portable` picks [`Kernels::PORTABLE`]; `float` multiplies nested weights with f32
+/// activations, see [`set_float_activations`]).
 #[cfg(feature = "std")]
 pub fn kernels() -> Kernels {
     *SELECTED.get_or_init(|| match std::env::var("EDGE_RUN_KERNELS").as_deref() {
         Ok("scalar") => Kernels::SCALAR,
         Ok("portable") => Kernels::PORTABLE,
+        Ok("float") => {
+            set_float_activations(true);
+            Kernels::PORTABLE
+        }
         _ => Kernels::detect(),
     })
 }

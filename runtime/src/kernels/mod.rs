@@ -257,7 +257,7 @@ pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut Scratch)
     // first..first+rows lies within 0..m.rows and belongs to one call alone, and
     // `for_row_ranges` returns only after every call has, within the borrow of `out`.
     let out_rows = |first: usize, rows: usize| unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(first), rows) };
-    if let WeightView::Nested8(w) = &m.view {
+    if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
         (k.quantize_acts)(&x[..m.cols], 1, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
@@ -312,7 +312,7 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mu
         return matvec(m, x, out, scratch);
     }
     let out_ptr = OutPtr(out.as_mut_ptr());
-    if let WeightView::Nested8(w) = &m.view {
+    if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
         (k.quantize_acts)(&x[..n * m.cols], n, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
