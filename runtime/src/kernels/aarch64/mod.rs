@@ -114,7 +114,7 @@ fn tables() -> [(&'static str, Option<Kernels>); 3] {
 
 /// Overwrite the entries of `k` this CPU can serve faster.
 pub(crate) fn plug(k: &mut Kernels) {
-    if let Some(best) = tables().into_iter().filter_map(|(_, t)| t).last() {
+    if let Some(best) = tables().into_iter().filter_map(|(_, t)| t).next_back() {
         *k = best;
     }
 }

@@ -212,7 +212,7 @@ unsafe fn block_isums<const V: u8, D: Dot>(planes: &Planes, i: usize, xt: *const
 fn block_acts(acts: &QActs) -> Option<*const i8> {
     let pc = acts.padded_cols;
     let ok = acts.n == 1 && (acts.aux.len() == pc || acts.aux.len() == pc + pair_aux_len(acts));
-    ok.then(|| acts.aux.as_ptr())
+    ok.then_some(acts.aux.as_ptr())
 }
 
 /// Decode for `V`, token 0 of `acts`, rows `first..first + out.len()`: whole blocks of 128

@@ -261,7 +261,7 @@ fn matmul_matches_reference() {
 
 #[test]
 fn detect_picks_the_best_available_table() {
-    let best = Kernels::variants().into_iter().filter_map(|(_, k)| k).last().unwrap();
+    let best = Kernels::variants().into_iter().filter_map(|(_, k)| k).next_back().unwrap();
     let detected = Kernels::detect();
     assert_eq!(detected.name, best.name);
     std::eprintln!("aarch64 kernel table detected: {}", detected.name);
