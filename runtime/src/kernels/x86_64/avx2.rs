@@ -728,8 +728,18 @@ unsafe fn load_params8(params: &[GroupParams], i: usize) -> (__m256, __m256) {
         // SAFETY: buf is 32 bytes.
         unsafe { _mm256_loadu_si256(buf.as_ptr() as *const __m256i) }
     };
-    // u32 lanes are (scale | min << 16): pack to [s0..s3 m0..m3 | s4..s7 m4..m7] u16, then
-    // gather the halves.
+    // SAFETY: F16C is enabled here.
+    unsafe { params_to_f32(v) }
+}
+
+/// Scales and minima of 8 groups given as u32 lanes `scale | min << 16`.
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn params_to_f32(v: __m256i) -> (__m256, __m256) {
+    // Pack to [s0..s3 m0..m3 | s4..s7 m4..m7] u16, then gather the halves.
     let s = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
     let m = _mm256_srli_epi32::<16>(v);
     let sm = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(s, m));
@@ -797,6 +807,59 @@ fn copy_units(src: &[u8], dst: &mut [u8], unit: usize) {
     }
 }
 
+/// [`superchunk`] of the superchunk starting at flat code `c` (a multiple of 8 codes, so a
+/// whole byte in every plane), with part A slot `a`.
+///
+/// # Safety
+/// The CPU supports AVX2; the superchunk's bytes lie inside the view's planes; `a` readable
+/// for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn superchunk_at<const V: u8>(w: &Nested8<'_>, c: usize, a: *const i8) -> __m256i {
+    let mut ptr = [core::ptr::null::<u8>(); 4];
+    // SAFETY: the caller guarantees the superchunk's bytes are inside the planes.
+    unsafe {
+        ptr[0] = w.planes[0].as_ptr().add(c / 4);
+        if V >= 3 {
+            ptr[1] = w.planes[1].as_ptr().add(c / 8);
+        }
+        if V >= 4 {
+            ptr[2] = w.planes[2].as_ptr().add(c / 8);
+        }
+        if V == 8 {
+            ptr[3] = w.planes[3].as_ptr().add(c / 2);
+        }
+        superchunk::<V>(load_superchunk::<V>(ptr), a)
+    }
+}
+
+/// The float terms `d · (step · isum + offset · sum)` of 8 groups of one row (params from
+/// index `pi`), each computed exactly as the reference does (no FMA).
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C; `d` and `sum` hold at least 8 values.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn group_terms(
+    params: &[GroupParams],
+    pi: usize,
+    step_mul: __m256,
+    centre: __m256,
+    isum: __m256i,
+    d: &[f32],
+    sum: &[f32],
+) -> __m256i {
+    assert!(d.len() >= 8 && sum.len() >= 8);
+    // SAFETY: F16C is enabled here.
+    let (scale, min) = unsafe { load_params8(params, pi) };
+    let step = _mm256_mul_ps(scale, step_mul);
+    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+    // SAFETY: 8 floats each (asserted).
+    let (dv, sv) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr())) };
+    let isum = _mm256_cvtepi32_ps(isum);
+    _mm256_castps_si256(_mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv))))
+}
+
 /// Rows per decode block: the float terms of 8 rows are transposed so that lane `r` of one
 /// register accumulates row `r` in group order.
 const RB: usize = 8;
@@ -834,6 +897,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
     let mut lane_group = [0usize; 8];
     let mut buf = [[0u8; 128]; 4];
     let mut isums = [[0i32; SEG + 8]; RB];
+    let nat = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for seg_g0 in (0..gpr).step_by(SEG) {
         let ng = SEG.min(gpr - seg_g0);
         let mut dseg = [0f32; SEG + 8];
@@ -845,129 +909,217 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
         let code0 = seg_g0 * g;
         let nfull = ng * g / SC;
         let has_tail = ng * g % SC != 0;
+        // Whole superchunks per block of 8 groups (0: sums go through `isums` only).
+        let sc_per_block = match g {
+            32 => 1,
+            64 => 2,
+            128 => 4,
+            _ => 0,
+        };
+        let reg_blocks = nfull.checked_div(sc_per_block).unwrap_or(0);
+        let g_reg = reg_blocks * 8;
+        let sc_rest = reg_blocks * sc_per_block;
+        // After the register blocks only the tails remain, packed from registers (t = 1, 2, 4):
+        // their sums go to columns instead of `isums`.
+        let column_tail = has_tail && sc_rest == nfull && pack >= 2 && tail_sg != 3;
         if has_tail && pack >= 2 {
             for (m, &vsg) in PI.iter().enumerate() {
                 lane_slot[m] = vsg / tail_sg;
-                lane_group[m] = (nfull * 8 + vsg % tail_sg) / per;
+                lane_group[m] = (nfull * 8 + vsg % tail_sg) / per - g_reg;
             }
         }
         for rb in (0..out.len()).step_by(RB) {
             let nr = RB.min(out.len() - rb);
-            for isum in &mut isums[..nr] {
-                isum[..ng + 8].fill(0);
-            }
-            // Whole superchunks, row by row.
-            for (r, isum) in isums.iter_mut().enumerate().take(nr) {
-                let c = (first + rb + r) * rs + code0;
-                for sc in 0..nfull {
-                    let cc = c + sc * SC;
-                    let mut ptr = [core::ptr::null::<u8>(); 4];
-                    for (p, pp) in ptr.iter_mut().enumerate().take(n_planes) {
-                        // SAFETY: the superchunk lies inside row first + rb + r, inside the
-                        // plane (check_bounds).
-                        *pp = unsafe { w.planes[p].as_ptr().add(byte(p, cc)) };
-                    }
-                    // SAFETY: ptr[p] readable for LEN[p] bytes (above); part A holds slot
-                    // (code0 + sc * SC) / SC (aux.len() asserted).
-                    let v = unsafe { superchunk::<V>(load_superchunk::<V>(ptr), aux.as_ptr().add((code0 / SC + sc) * SC_AUX)) };
-                    // SAFETY: AVX2 is enabled; sc < nfull <= ng * g / 256.
-                    unsafe { add_group_sums(isum, sc, v, g) };
-                }
-            }
-            // The tails: `pack` rows per superchunk, copied side by side.
-            if has_tail && pack >= 2 {
-                for r0 in (0..nr).step_by(pack) {
-                    let k = pack.min(nr - r0);
-                    let regs = if tail_sg == 3 {
-                        // Slots past k keep stale bytes: their lanes are ignored below, and the
-                        // bytes past pack * tail_sg subgroups meet zero activations.
-                        for (p, b) in buf.iter_mut().enumerate().take(n_planes) {
-                            let len = tail_sg * SUB[p];
-                            for j in 0..k {
-                                let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
-                                copy_units(&w.planes[p][at..at + len], &mut b[j * len..(j + 1) * len], SUB[p]);
-                            }
-                        }
-                        let ptr = [buf[0].as_ptr(), buf[1].as_ptr(), buf[2].as_ptr(), buf[3].as_ptr()];
-                        // SAFETY: buf holds 128 bytes per plane.
-                        unsafe { load_superchunk::<V>(ptr) }
-                    } else {
-                        let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
-                        for (j, rj) in rows.iter_mut().enumerate().take(pack) {
-                            let row = first + rb + r0 + if j < k { j } else { 0 };
-                            for (p, pp) in rj.iter_mut().enumerate().take(n_planes) {
-                                // SAFETY: the tail lies inside the row, inside the plane.
-                                *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
-                            }
-                        }
-                        // SAFETY: each rows[j][p] is readable for tail_sg subgroups (the tail).
-                        unsafe { load_tails::<V>(&rows, tail_sg) }
-                    };
-                    // SAFETY: the tail slot is inside part A.
-                    let v = unsafe { superchunk::<V>(regs, aux.as_ptr().add(tail_slot)) };
-                    let mut lanes = [0i32; 8];
-                    // SAFETY: lanes is 32 bytes.
-                    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
-                    for m in 0..8 {
-                        if lane_slot[m] < k {
-                            isums[r0 + lane_slot[m]][lane_group[m]] += lanes[m];
-                        }
-                    }
-                }
-            } else if has_tail {
-                for (r, isum) in isums.iter_mut().enumerate().take(nr) {
-                    let cc = (first + rb + r) * rs + code0 + nfull * SC;
-                    let mut ptr = [core::ptr::null::<u8>(); 4];
-                    for (p, pp) in ptr.iter_mut().enumerate().take(n_planes) {
-                        let off = byte(p, cc);
-                        let plane = w.planes[p];
-                        if off + LEN[p] <= plane.len() {
-                            // SAFETY: off + LEN[p] <= plane.len().
-                            *pp = unsafe { plane.as_ptr().add(off) };
-                        } else {
-                            // Past the plane's end: the bytes read as zero (they meet zero
-                            // activations anyway).
-                            let have = plane.len() - off;
-                            buf[p][..have].copy_from_slice(&plane[off..]);
-                            buf[p][have..LEN[p]].fill(0);
-                            *pp = buf[p].as_ptr();
-                        }
-                    }
-                    // SAFETY: ptr[p] readable for LEN[p] bytes; slot code0 / SC + nfull (the
-                    // zero-padded last one) is inside part A.
-                    let v = unsafe {
-                        superchunk::<V>(load_superchunk::<V>(ptr), aux.as_ptr().add((code0 / SC + nfull) * SC_AUX))
-                    };
-                    // SAFETY: AVX2 is enabled; nfull * 8 / per < ng + 8.
-                    unsafe { add_group_sums(isum, nfull, v, g) };
-                }
-            }
-            // Float terms: per row 8 groups per register, transposed so that lane r holds
-            // row r, then added in group order.
+            // Lane r of `acc` sums row rb + r's group terms in group order.
             let mut accv = [0f32; RB];
             if seg_g0 > 0 {
                 accv[..nr].copy_from_slice(&out[rb..rb + nr]);
             }
             // SAFETY: accv is 8 floats.
             let mut acc = unsafe { _mm256_loadu_ps(accv.as_ptr()) };
-            for g8 in (0..ng).step_by(8) {
+            // Groups below g_reg: blocks of 8 groups from whole superchunks, in registers.
+            for blk in 0..reg_blocks {
                 let mut tv = [_mm256_setzero_si256(); RB];
                 for (r, t) in tv.iter_mut().enumerate().take(nr) {
-                    let (scale, min) = load_params8(w.params, (first + rb + r) * gpr + seg_g0 + g8);
-                    let step = _mm256_mul_ps(scale, step_mul);
-                    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
-                    // SAFETY: g8 + 8 <= SEG + 8 for the three buffers.
-                    unsafe {
-                        let isum = _mm256_cvtepi32_ps(_mm256_loadu_si256(isums[r].as_ptr().add(g8) as *const __m256i));
-                        let dv = _mm256_loadu_ps(dseg.as_ptr().add(g8));
-                        let sv = _mm256_loadu_ps(sseg.as_ptr().add(g8));
-                        let term = _mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv)));
-                        *t = _mm256_castps_si256(term);
+                    let row = first + rb + r;
+                    let c = row * rs + code0 + blk * sc_per_block * SC;
+                    let slot = aux.as_ptr().wrapping_add((code0 / SC + blk * sc_per_block) * SC_AUX);
+                    // SAFETY: the superchunks lie inside the row (blk < reg_blocks covers only
+                    // whole superchunks) and their part A slots inside aux.
+                    let isum = unsafe {
+                        let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                        match sc_per_block {
+                            1 => _mm256_permutevar8x32_epi32(superchunk_at::<V>(w, c, slot), nat),
+                            2 => {
+                                let v0 = superchunk_at::<V>(w, c, slot);
+                                let v1 = superchunk_at::<V>(w, c + SC, slot.add(SC_AUX));
+                                _mm256_set_m128i(fold(v1), fold(v0))
+                            }
+                            _ => {
+                                let v0 = superchunk_at::<V>(w, c, slot);
+                                let v1 = superchunk_at::<V>(w, c + SC, slot.add(SC_AUX));
+                                let v2 = superchunk_at::<V>(w, c + 2 * SC, slot.add(2 * SC_AUX));
+                                let v3 = superchunk_at::<V>(w, c + 3 * SC, slot.add(3 * SC_AUX));
+                                _mm256_set_m128i(
+                                    _mm_hadd_epi32(fold(v2), fold(v3)),
+                                    _mm_hadd_epi32(fold(v0), fold(v1)),
+                                )
+                            }
+                        }
+                    };
+                    let g8 = blk * 8;
+                    // SAFETY: g8 + 8 <= ng <= SEG for dseg/sseg.
+                    *t = unsafe {
+                        group_terms(w.params, row * gpr + seg_g0 + g8, step_mul, centre, isum, &dseg[g8..], &sseg[g8..])
+                    };
+                }
+                for t in &transpose8x8(tv) {
+                    acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
+                }
+            }
+            if g_reg < ng && column_tail {
+                // Only the packed tails remain: their group sums land in columns (lane = row),
+                // and each tail group's terms are one register, added in group order.
+                let mut col = [[0i32; RB]; 4];
+                for r0 in (0..nr).step_by(pack) {
+                    let k = pack.min(nr - r0);
+                    let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
+                    for (j, rj) in rows.iter_mut().enumerate().take(pack) {
+                        let row = first + rb + r0 + if j < k { j } else { 0 };
+                        for (p, pp) in rj.iter_mut().enumerate().take(n_planes) {
+                            // SAFETY: the tail lies inside the row, inside the plane.
+                            *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
+                        }
+                    }
+                    // SAFETY: each rows[j][p] is readable for tail_sg subgroups; the tail slot
+                    // is inside part A.
+                    let v = unsafe { superchunk::<V>(load_tails::<V>(&rows, tail_sg), aux.as_ptr().add(tail_slot)) };
+                    let mut lanes = [0i32; 8];
+                    // SAFETY: lanes is 32 bytes.
+                    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
+                    for m in 0..8 {
+                        if lane_slot[m] < k {
+                            col[lane_group[m]][r0 + lane_slot[m]] += lanes[m];
+                        }
                     }
                 }
-                let tt = transpose8x8(tv);
-                for t in &tt[..8.min(ng - g8)] {
-                    acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
+                for (gi, c) in col.iter().enumerate().take(ng - g_reg) {
+                    let g_seg = g_reg + gi;
+                    let mut pv = [0u32; RB];
+                    for (r, p) in pv.iter_mut().enumerate().take(nr) {
+                        *p = bytemuck::cast(w.params[(first + rb + r) * gpr + seg_g0 + g_seg]);
+                    }
+                    // SAFETY: pv and c are 8 lanes; F16C is enabled here.
+                    let term = unsafe {
+                        let (scale, min) = params_to_f32(_mm256_loadu_si256(pv.as_ptr() as *const __m256i));
+                        let step = _mm256_mul_ps(scale, step_mul);
+                        let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+                        let isum = _mm256_cvtepi32_ps(_mm256_loadu_si256(c.as_ptr() as *const __m256i));
+                        let dv = _mm256_set1_ps(dseg[g_seg]);
+                        let sv = _mm256_set1_ps(sseg[g_seg]);
+                        _mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv)))
+                    };
+                    acc = _mm256_add_ps(acc, term);
+                }
+            } else if g_reg < ng {
+                // The other groups: sums gathered in `isums` (index relative to g_reg).
+                let nrest = ng - g_reg;
+                for isum in &mut isums[..nr] {
+                    isum[..nrest + 8].fill(0);
+                }
+                for (r, isum) in isums.iter_mut().enumerate().take(nr) {
+                    let c = (first + rb + r) * rs + code0;
+                    for sc in sc_rest..nfull {
+                        let slot = aux.as_ptr().wrapping_add((code0 / SC + sc) * SC_AUX);
+                        // SAFETY: the superchunk lies inside row first + rb + r, inside the
+                        // plane (check_bounds); its part A slot inside aux (asserted).
+                        let v = unsafe { superchunk_at::<V>(w, c + sc * SC, slot) };
+                        // SAFETY: AVX2 is enabled; (sc - sc_rest) * 256 / g < nrest.
+                        unsafe { add_group_sums(isum, sc - sc_rest, v, g) };
+                    }
+                }
+                // The tails: `pack` rows per superchunk, side by side.
+                if has_tail && pack >= 2 {
+                    for r0 in (0..nr).step_by(pack) {
+                        let k = pack.min(nr - r0);
+                        let regs = if tail_sg == 3 {
+                            // Slots past k keep stale bytes: their lanes are ignored below, and
+                            // the bytes past pack * tail_sg subgroups meet zero activations.
+                            for (p, b) in buf.iter_mut().enumerate().take(n_planes) {
+                                let len = tail_sg * SUB[p];
+                                for j in 0..k {
+                                    let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
+                                    copy_units(&w.planes[p][at..at + len], &mut b[j * len..(j + 1) * len], SUB[p]);
+                                }
+                            }
+                            let ptr = [buf[0].as_ptr(), buf[1].as_ptr(), buf[2].as_ptr(), buf[3].as_ptr()];
+                            // SAFETY: buf holds 128 bytes per plane.
+                            unsafe { load_superchunk::<V>(ptr) }
+                        } else {
+                            let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
+                            for (j, rj) in rows.iter_mut().enumerate().take(pack) {
+                                let row = first + rb + r0 + if j < k { j } else { 0 };
+                                for (p, pp) in rj.iter_mut().enumerate().take(n_planes) {
+                                    // SAFETY: the tail lies inside the row, inside the plane.
+                                    *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
+                                }
+                            }
+                            // SAFETY: each rows[j][p] is readable for tail_sg subgroups (the tail).
+                            unsafe { load_tails::<V>(&rows, tail_sg) }
+                        };
+                        // SAFETY: the tail slot is inside part A.
+                        let v = unsafe { superchunk::<V>(regs, aux.as_ptr().add(tail_slot)) };
+                        let mut lanes = [0i32; 8];
+                        // SAFETY: lanes is 32 bytes.
+                        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
+                        for m in 0..8 {
+                            if lane_slot[m] < k {
+                                isums[r0 + lane_slot[m]][lane_group[m]] += lanes[m];
+                            }
+                        }
+                    }
+                } else if has_tail {
+                    for (r, isum) in isums.iter_mut().enumerate().take(nr) {
+                        let cc = (first + rb + r) * rs + code0 + nfull * SC;
+                        let mut ptr = [core::ptr::null::<u8>(); 4];
+                        for (p, pp) in ptr.iter_mut().enumerate().take(n_planes) {
+                            let off = byte(p, cc);
+                            let plane = w.planes[p];
+                            if off + LEN[p] <= plane.len() {
+                                // SAFETY: off + LEN[p] <= plane.len().
+                                *pp = unsafe { plane.as_ptr().add(off) };
+                            } else {
+                                // Past the plane's end: the bytes read as zero (they meet zero
+                                // activations anyway).
+                                let have = plane.len() - off;
+                                buf[p][..have].copy_from_slice(&plane[off..]);
+                                buf[p][have..LEN[p]].fill(0);
+                                *pp = buf[p].as_ptr();
+                            }
+                        }
+                        // SAFETY: ptr[p] readable for LEN[p] bytes; slot code0 / SC + nfull (the
+                        // zero-padded last one) is inside part A.
+                        let v = unsafe {
+                            superchunk::<V>(load_superchunk::<V>(ptr), aux.as_ptr().add((code0 / SC + nfull) * SC_AUX))
+                        };
+                        // SAFETY: AVX2 is enabled; (nfull - sc_rest) * 8 / per < nrest + 8.
+                        unsafe { add_group_sums(isum, nfull - sc_rest, v, g) };
+                    }
+                }
+                for g8 in (0..nrest).step_by(8) {
+                    let mut tv = [_mm256_setzero_si256(); RB];
+                    for (r, t) in tv.iter_mut().enumerate().take(nr) {
+                        // SAFETY: g8 + 8 <= nrest + 8 <= SEG + 8 for the three buffers.
+                        *t = unsafe {
+                            let isum = _mm256_loadu_si256(isums[r].as_ptr().add(g8) as *const __m256i);
+                            let gi = g_reg + g8;
+                            group_terms(w.params, (first + rb + r) * gpr + seg_g0 + gi, step_mul, centre, isum, &dseg[gi..], &sseg[gi..])
+                        };
+                    }
+                    let tt = transpose8x8(tv);
+                    for t in &tt[..8.min(nrest - g8)] {
+                        acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
+                    }
                 }
             }
             // SAFETY: accv is 8 floats.
