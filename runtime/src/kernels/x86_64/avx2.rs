@@ -1322,6 +1322,9 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
     let rs = w.row_stride;
     let gpr = rs / g;
     let parts = if V == 8 { 2 } else { 1 };
+    let drop = 8 - V as u32;
+    let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
+    let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
     // Unpacked codes of the tile's rows (hi then lo), and (step, offset) per row and group.
     let mut codes = vec![0u8; parts * len * rs];
     let mut so = vec![0f32; 2 * len * gpr];
@@ -1331,10 +1334,21 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
             let lo_r = if V == 8 { &mut lo[r * rs..(r + 1) * rs] } else { &mut [][..] };
             // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
             unsafe { avx2_unpack_row::<V>(w, first + r, &mut hi[r * rs..(r + 1) * rs], lo_r) };
-            for gi in 0..gpr {
-                let (step, offset) = blocks::nested8_step_offset(w.params[(first + r) * gpr + gi], V);
-                so[2 * (r * gpr + gi)] = step;
-                so[2 * (r * gpr + gi) + 1] = offset;
+            // (step, offset) as blocks::nested8_step_offset computes them, 8 groups at a time.
+            for gi in (0..gpr).step_by(8) {
+                let mut pair = [0f32; 16];
+                // SAFETY: F16C is enabled here; pair holds 16 floats.
+                unsafe {
+                    let (scale, min) = load_params8(w.params, (first + r) * gpr + gi);
+                    let step = _mm256_mul_ps(scale, step_mul);
+                    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+                    let lo = _mm256_unpacklo_ps(step, offset);
+                    let hi = _mm256_unpackhi_ps(step, offset);
+                    _mm256_storeu_ps(pair.as_mut_ptr(), _mm256_permute2f128_ps::<0x20>(lo, hi));
+                    _mm256_storeu_ps(pair.as_mut_ptr().add(8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+                }
+                let k = 2 * 8.min(gpr - gi);
+                so[2 * (r * gpr + gi)..2 * (r * gpr + gi) + k].copy_from_slice(&pair[..k]);
             }
         }
     }
