@@ -291,3 +291,41 @@ fn exact_integer_sums() {
         }
     }
 }
+
+/// Rows of more than 64 groups (the decode kernels may work in segments of groups): decode and
+/// prefill over several segments, with a tail.
+#[test]
+fn wide_rows_match_reference() {
+    let mut rng = Rng(0xC0FF_EE00);
+    for k in tables() {
+        let exact = BIT_EXACT.contains(&k.name);
+        for &group in &[32usize, 64, 96] {
+            let cols = 130 * group + 40;
+            let rows = 9;
+            let t = Tensor::random(rows, cols, group, &mut rng);
+            for &view in &NESTED8_VIEWS {
+                let w = t.view(view);
+                let vi = view_index(view);
+                for &n in &[1usize, 2, 5] {
+                    let x = acts_input(n, cols, group, &mut rng);
+                    let mut want_a = QActs::default();
+                    (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want_a);
+                    let mut got_a = QActs::default();
+                    (k.quantize_acts)(&x, n, cols, group, &mut got_a);
+                    let mut want = vec![0f32; n * rows];
+                    let mut got = vec![f32::NAN; n * rows];
+                    if n == 1 {
+                        (Kernels::SCALAR.nested8_matvec[vi])(&w, &want_a, 0, &mut want);
+                        (k.nested8_matvec[vi])(&w, &got_a, 0, &mut got);
+                    } else {
+                        (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, 0, &mut want);
+                        (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
+                    }
+                    let scale = term_scale(&w, &want_a, rows);
+                    let what = format!("wide rows: view {view} group {group} cols {cols} tokens {n}");
+                    assert_close(k.name, exact, &got, &want, &scale, &what);
+                }
+            }
+        }
+    }
+}
