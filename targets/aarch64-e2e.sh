@@ -7,8 +7,9 @@
 # every view, greedy generation and perplexity, once with the best kernel table for QEMU_CPU
 # and once with EDGE_RUN_KERNELS=scalar, and requires identical token ids and identical
 # perplexity (the SIMD tables are bit-identical to the reference). With E2E_SMOLLM=1 it also
-# runs SmolLM2-135M (GGUF, packed as nested8) at the 4- and 8-bit views (a few minutes more
-# under qemu).
+# runs SmolLM2-135M (GGUF, packed as nested8) at the 4- and 8-bit views; packing it under qemu
+# takes over 10 minutes, so E2E_PACKER=path/to/host/edge-run packs it natively first (the
+# cache key does not depend on the architecture).
 #
 # The edge-run CLI integration tests (tests/cli_*.rs) spawn the binary themselves, which needs
 # binfmt_misc to run aarch64 executables; this script stands in for them under plain qemu-user.
@@ -59,6 +60,9 @@ done
 
 if [ "${E2E_SMOLLM:-0}" = 1 ]; then
   smol=(-m "$MODELS/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf" --pack-encoding nested8 -t 2)
+  if [ -n "${E2E_PACKER:-}" ]; then
+    "$E2E_PACKER" "${smol[@]}" -p "Hi" -n 1 --temp 0 >/dev/null 2>>"$log"
+  fi
   for bits in 8 4; do
     same text "${smol[@]}" --bits "$bits" -p "The capital of France is" --temp 0 -n 8
     same ppl eval "${smol[@]}" --bits "$bits" -d "$DATA/wikitext-2-raw/wiki.test.raw" -c 64 --chunks 1
