@@ -1211,25 +1211,26 @@ unsafe fn avx2_unpack_row<const V: u8>(w: &Nested8<'_>, row: usize, hi: &mut [u8
     }
 }
 
-/// `R` rows × 8 tokens over all groups: lane `t` of result `r` is the reference row dot of row
-/// `r` and token `tb * 8 + t`. `hi[r]`/`lo[r]`: the row's unpacked codes; `so[r]`: its
-/// (step, offset) per group; `xb`: the token block's part B; `cb`: its part C.
+/// `R` rows × `B` blocks of 8 tokens over all groups: lane `t` of result `[b][r]` is the
+/// reference row dot of row `r` and token `t` of block `b`. `hi[r]`/`lo[r]`: the row's
+/// unpacked codes; `so[r]`: its (step, offset) per group; `xb[b]`: the token block's part B;
+/// `cb[b]`: its part C. Each broadcast dword of codes meets `B` activation registers.
 ///
 /// # Safety
 /// The CPU supports AVX2; `hi[r]` (and `lo[r]` for view 8) readable for `gpr * g` bytes,
-/// `so[r]` for `2 * gpr` floats, `xb` for `8 * gpr * g` bytes, `cb` for `gpr * C_ENTRY` bytes;
-/// `g % 4 == 0`.
+/// `so[r]` for `2 * gpr` floats, `xb[b]` for `8 * gpr * g` bytes, `cb[b]` for `gpr * C_ENTRY`
+/// bytes; `g % 4 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn micro<const V: u8, const R: usize>(
+unsafe fn micro<const V: u8, const R: usize, const B: usize>(
     hi: [*const u8; R],
     lo: [*const u8; R],
     so: [*const f32; R],
-    xb: *const i8,
-    cb: *const u8,
+    xb: [*const i8; B],
+    cb: [*const u8; B],
     g: usize,
     gpr: usize,
-) -> [__m256; R] {
+) -> [[__m256; R]; B] {
     // Dword steps an i16 lane may take before widening: each adds ≤ 2 · max_code · 127.
     let flush = match V {
         2 => 32, // 2·3·127·32 = 24384
@@ -1239,49 +1240,60 @@ unsafe fn micro<const V: u8, const R: usize>(
     let steps = g / 4;
     let ones = _mm256_set1_epi16(1);
     let sixteen = _mm256_set1_epi16(16);
-    let mut facc = [_mm256_setzero_ps(); R];
+    let mut facc = [[_mm256_setzero_ps(); R]; B];
     // SAFETY (whole body): every offset stays inside the lengths the caller guarantees:
     // codes k < gpr * g, part B at k * 8 + 32 <= 8 * gpr * g, part C at gi * 64 + 64.
     unsafe {
         for gi in 0..gpr {
-            let mut isum = [_mm256_setzero_si256(); R];
+            let mut isum = [[_mm256_setzero_si256(); R]; B];
             let mut s = 0;
             while s < steps {
                 let e = steps.min(s + flush);
-                let mut h16 = [_mm256_setzero_si256(); R];
-                let mut l16 = [_mm256_setzero_si256(); R];
+                let mut h16 = [[_mm256_setzero_si256(); R]; B];
+                let mut l16 = [[_mm256_setzero_si256(); R]; B];
                 for st in s..e {
                     let k = gi * g + st * 4;
-                    let x = _mm256_loadu_si256(xb.add(k * 8) as *const __m256i);
+                    let mut x = [_mm256_setzero_si256(); B];
+                    for (xv, p) in x.iter_mut().zip(xb) {
+                        *xv = _mm256_loadu_si256(p.add(k * 8) as *const __m256i);
+                    }
                     for r in 0..R {
                         let wv = _mm256_set1_epi32((hi[r].add(k) as *const i32).read_unaligned());
-                        h16[r] = _mm256_add_epi16(h16[r], _mm256_maddubs_epi16(wv, x));
+                        for b in 0..B {
+                            h16[b][r] = _mm256_add_epi16(h16[b][r], _mm256_maddubs_epi16(wv, x[b]));
+                        }
                         if V == 8 {
                             let lv = _mm256_set1_epi32((lo[r].add(k) as *const i32).read_unaligned());
-                            l16[r] = _mm256_add_epi16(l16[r], _mm256_maddubs_epi16(lv, x));
+                            for b in 0..B {
+                                l16[b][r] = _mm256_add_epi16(l16[b][r], _mm256_maddubs_epi16(lv, x[b]));
+                            }
                         }
                     }
                 }
-                for r in 0..R {
-                    let wide = if V == 8 {
-                        _mm256_add_epi32(_mm256_madd_epi16(h16[r], sixteen), _mm256_madd_epi16(l16[r], ones))
-                    } else {
-                        _mm256_madd_epi16(h16[r], ones)
-                    };
-                    isum[r] = _mm256_add_epi32(isum[r], wide);
+                for b in 0..B {
+                    for r in 0..R {
+                        let wide = if V == 8 {
+                            _mm256_add_epi32(_mm256_madd_epi16(h16[b][r], sixteen), _mm256_madd_epi16(l16[b][r], ones))
+                        } else {
+                            _mm256_madd_epi16(h16[b][r], ones)
+                        };
+                        isum[b][r] = _mm256_add_epi32(isum[b][r], wide);
+                    }
                 }
                 s = e;
             }
-            let dv = _mm256_loadu_ps(cb.add(gi * C_ENTRY) as *const f32);
-            let sv = _mm256_loadu_ps(cb.add(gi * C_ENTRY + 32) as *const f32);
-            for r in 0..R {
-                let step = _mm256_set1_ps(*so[r].add(2 * gi));
-                let offset = _mm256_set1_ps(*so[r].add(2 * gi + 1));
-                let term = _mm256_mul_ps(
-                    dv,
-                    _mm256_add_ps(_mm256_mul_ps(step, _mm256_cvtepi32_ps(isum[r])), _mm256_mul_ps(offset, sv)),
-                );
-                facc[r] = _mm256_add_ps(facc[r], term);
+            for b in 0..B {
+                let dv = _mm256_loadu_ps(cb[b].add(gi * C_ENTRY) as *const f32);
+                let sv = _mm256_loadu_ps(cb[b].add(gi * C_ENTRY + 32) as *const f32);
+                for r in 0..R {
+                    let step = _mm256_set1_ps(*so[r].add(2 * gi));
+                    let offset = _mm256_set1_ps(*so[r].add(2 * gi + 1));
+                    let term = _mm256_mul_ps(
+                        dv,
+                        _mm256_add_ps(_mm256_mul_ps(step, _mm256_cvtepi32_ps(isum[b][r])), _mm256_mul_ps(offset, sv)),
+                    );
+                    facc[b][r] = _mm256_add_ps(facc[b][r], term);
+                }
             }
         }
     }
@@ -1355,10 +1367,15 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
     let blocks = acts.blocks();
     let rows = rows_per_micro(V);
     let lo_base = if V == 8 { len * rs } else { 0 };
-    for tb in 0..n.div_ceil(TOK) {
-        let xb = &acts.aux[lay.b_off + tb * TOK * rs..lay.b_off + (tb + 1) * TOK * rs];
-        let cb = &acts.aux[lay.c_off + tb * blocks * C_ENTRY..lay.c_off + (tb + 1) * blocks * C_ENTRY];
-        let tokens = TOK.min(n - tb * TOK);
+    let tbs = n.div_ceil(TOK);
+    let mut tb = 0;
+    while tb < tbs {
+        // Two token blocks per call while two remain.
+        let nb = if tb + 1 < tbs { 2 } else { 1 };
+        let xb = |b: usize| acts.aux[lay.b_off + (tb + b) * TOK * rs..lay.b_off + (tb + b + 1) * TOK * rs].as_ptr();
+        let cb = |b: usize| {
+            acts.aux[lay.c_off + (tb + b) * blocks * C_ENTRY..lay.c_off + (tb + b + 1) * blocks * C_ENTRY].as_ptr() as *const u8
+        };
         let mut r0 = 0;
         while r0 < len {
             let nr = rows.min(len - r0);
@@ -1367,40 +1384,41 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
             let hi_p = |j: usize| codes[row_of(j) * rs..].as_ptr();
             let lo_p = |j: usize| codes[lo_base + row_of(j) * rs..].as_ptr();
             let so_p = |j: usize| so[2 * row_of(j) * gpr..].as_ptr();
-            let xp = xb.as_ptr();
-            let cp = cb.as_ptr() as *const u8;
-            let mut res = [[0f32; TOK]; 4];
-            // SAFETY: the pointers cover a whole row of codes (rs = gpr * g bytes), its 2 * gpr
-            // (step, offset) floats, the token block's part B (8 * rs bytes) and part C
-            // (blocks * 64 bytes); g % 32 == 0.
-            unsafe {
-                if rows == 4 {
-                    let acc = micro::<V, 4>(
-                        [hi_p(0), hi_p(1), hi_p(2), hi_p(3)],
-                        [lo_p(0), lo_p(1), lo_p(2), lo_p(3)],
-                        [so_p(0), so_p(1), so_p(2), so_p(3)],
-                        xp,
-                        cp,
-                        g,
-                        gpr,
-                    );
-                    for (r, a) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(res[r].as_mut_ptr(), *a);
+            let mut res = [[[0f32; TOK]; 4]; 2];
+            macro_rules! run {
+                ($r:literal, $b:literal) => {{
+                    let hi: [*const u8; $r] = core::array::from_fn(hi_p);
+                    let lo: [*const u8; $r] = core::array::from_fn(lo_p);
+                    let so: [*const f32; $r] = core::array::from_fn(so_p);
+                    // SAFETY: the pointers cover whole rows of codes (rs = gpr * g bytes), their
+                    // 2 * gpr (step, offset) floats, the token blocks' part B (8 * rs bytes) and
+                    // part C (blocks * 64 bytes); g % 32 == 0.
+                    let acc = unsafe { micro::<V, $r, $b>(hi, lo, so, core::array::from_fn(xb), core::array::from_fn(cb), g, gpr) };
+                    for (b, acc_b) in acc.iter().enumerate() {
+                        for (r, a) in acc_b.iter().enumerate() {
+                            // SAFETY: res[b][r] holds 8 floats.
+                            unsafe { _mm256_storeu_ps(res[b][r].as_mut_ptr(), *a) };
+                        }
                     }
-                } else {
-                    let acc = micro::<V, 2>([hi_p(0), hi_p(1)], [lo_p(0), lo_p(1)], [so_p(0), so_p(1)], xp, cp, g, gpr);
-                    for (r, a) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(res[r].as_mut_ptr(), *a);
-                    }
-                }
+                }};
             }
-            for (r, res_r) in res.iter().enumerate().take(nr) {
-                for (t, &v) in res_r.iter().enumerate().take(tokens) {
-                    out[(tb * TOK + t) * len + r0 + r] = v;
+            match (rows, nb) {
+                (4, 2) => run!(4, 2),
+                (4, _) => run!(4, 1),
+                (_, 2) => run!(2, 2),
+                _ => run!(2, 1),
+            }
+            for (b, res_b) in res.iter().enumerate().take(nb) {
+                let tokens = TOK.min(n - (tb + b) * TOK);
+                for (r, res_r) in res_b.iter().enumerate().take(nr) {
+                    for (t, &v) in res_r.iter().enumerate().take(tokens) {
+                        out[((tb + b) * TOK + t) * len + r0 + r] = v;
+                    }
                 }
             }
             r0 += nr;
         }
+        tb += nb;
     }
 }
 
