@@ -1,33 +1,38 @@
 //! A small persistent thread pool for the matrix products (std only).
 //!
-//! [`run`]`(n, f)` calls `f(i)` once for every `i` in `0..n`: index 0 on the calling thread,
-//! the others on pool workers, and returns when all of them have finished. Decode runs ~200
-//! products per token, each 10-50 µs, so a job must cost little: publishing one is a few atomic
-//! stores, nothing is allocated, and workers that are already spinning pick it up without a
-//! system call.
+//! [`run`]`(n, threads, f)` calls `f(i)` once for every task `i` in `0..n`, on the calling
+//! thread and up to `threads - 1` pool workers, and returns when all of them have finished. Decode runs ~200 products
+//! per token, each 10-50 µs, so a job must cost little: publishing one is a few atomic stores,
+//! nothing is allocated, and workers that are already spinning pick it up without a system call.
 //!
-//! - Workers are spawned lazily, the first time a job needs them (`n - 1` of them at most), and
-//!   live until the process exits. Between jobs a worker spins for [`SPIN`], then parks, so an
-//!   idle pool burns no CPU.
+//! - Workers are spawned lazily, the first time a job needs them, and live until the process
+//!   exits. Between jobs a worker spins for [`SPIN`], then parks, so an idle pool burns no CPU.
+//! - Indices are claimed from a shared counter: the caller claims too, and keeps claiming after
+//!   its first index, so a worker that is slow to wake (a busy machine, a parked worker) costs
+//!   at most its own lateness, never the caller's waiting for its share: with no worker awake,
+//!   the caller runs every index itself.
 //! - One job runs at a time. A second thread calling [`run`] while a job is in flight, or a job
 //!   calling [`run`] from inside (nested), runs its indices in turn on its own thread instead of
 //!   waiting: correct, never a deadlock.
-//! - A panic in `f` on a worker is caught there, the job still completes (every other index
-//!   runs), and [`run`] then panics on the caller. A panic on the caller's own index is
-//!   re-raised only after every worker has finished with `f`, so `f` is never used after the
-//!   borrow it came from ends.
+//! - A panic in `f` is caught where it happens (worker or caller), the job still completes
+//!   (every other index runs), and [`run`] then re-raises the first panic on the caller, only
+//!   after no worker uses `f` any more, so `f` is never used after the borrow it came from ends.
 //!
-//! Protocol. The pool's `word` holds `(sequence << 16) | n` of the latest job. A worker
-//! remembers the last word it saw; a new word with `n` above its index means "run `f(index)`",
-//! where `f` is read through `job`, a pointer the caller stored before it published the word
-//! (Release/Acquire). The caller waits until `pending` (the workers still running) reaches 0
-//! before it returns or publishes another job, so a participating worker never misses a job and
-//! never reads a stale or dangling `job`. Sleeping uses a flag per waiter: the waiter sets its
-//! flag, re-checks its condition, then parks; the waker changes the condition, then takes the
-//! flag and unparks (SeqCst on both sides, so one of them always sees the other; `unpark` before
+//! Protocol. `word` holds `(sequence << 16) | t` of the job in flight, `t` the threads it may
+//! use (`t = 0`: no job). A worker that sees a new word with `t` above its index registers in
+//! `active`, checks that the word is still the same (else it leaves), and only then reads the
+//! job (`job`, a pointer to the closure, and `tasks`, both stored before the word was
+//! published) and claims tasks from `next`. The caller, once `done` counts all the tasks,
+//! closes the job (`t = 0`) and waits until `active` is 0 before it returns: a worker either
+//! registered before the close, and is waited for, or sees the closed word and never touches
+//! the job (every access is SeqCst, so of the worker's register-then-check and the caller's
+//! close-then-check, one sees the other).
+//! Sleeping uses a flag per waiter: the waiter raises its flag, re-checks its condition, then
+//! parks; the waker changes the condition, then takes the flag and unparks (`unpark` before
 //! `park` makes `park` return at once).
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::{self, Thread};
@@ -41,43 +46,49 @@ pub const SPIN: Duration = Duration::from_micros(100);
 /// Most threads one job can use (the `n` field of the published word).
 pub const MAX_THREADS: usize = 1 << 15;
 
-/// What one job's workers read: the borrowed closure and who to wake when they are done.
-struct Job<'a> {
-    f: &'a (dyn Fn(usize) + Sync + 'a),
-    caller: Thread,
-}
-
 struct Worker {
     thread: Thread,
     sleeping: Arc<AtomicBool>,
 }
 
-/// The lock the caller of a job holds: the workers, and the sequence number of the last job.
+/// What the caller of a job holds (the lock): the workers and the sequence of the last job.
 struct Roster {
     workers: Vec<Worker>,
     seq: usize,
 }
 
 struct Pool {
-    /// `(seq << 16) | n` of the latest job (0 before the first).
+    /// `(seq << 16) | threads` of the job in flight; `threads = 0` when none is.
     word: AtomicUsize,
-    /// `*const Job` of the latest job, valid while its `pending` is above 0.
+    /// `*const &dyn Fn(usize)` of the job in flight: valid while registered in `active`.
     job: AtomicPtr<()>,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
-    /// A worker's `f` panicked during the current job.
-    panicked: AtomicBool,
-    /// The `seq` of the job whose caller is parked waiting for `pending` to reach 0, or 0.
-    caller_wait: AtomicUsize,
+    /// Tasks of the job in flight.
+    tasks: AtomicUsize,
+    /// The next task to claim.
+    next: AtomicUsize,
+    /// Indices finished.
+    done: AtomicUsize,
+    /// Workers registered on the current job (they may read `job`).
+    active: AtomicUsize,
+    /// The first panic of an `f(i)` in the current job, re-raised on the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// The caller is parked (or about to park) waiting on `done` or `active`.
+    caller_parked: AtomicBool,
+    /// The thread of the job in flight's caller, to unpark.
+    caller: Mutex<Option<Thread>>,
     roster: Mutex<Roster>,
 }
 
 static POOL: Pool = Pool {
     word: AtomicUsize::new(0),
     job: AtomicPtr::new(core::ptr::null_mut()),
-    pending: AtomicUsize::new(0),
-    panicked: AtomicBool::new(false),
-    caller_wait: AtomicUsize::new(0),
+    tasks: AtomicUsize::new(0),
+    next: AtomicUsize::new(0),
+    done: AtomicUsize::new(0),
+    active: AtomicUsize::new(0),
+    panic: Mutex::new(None),
+    caller_parked: AtomicBool::new(false),
+    caller: Mutex::new(None),
     roster: Mutex::new(Roster { workers: Vec::new(), seq: 0 }),
 };
 
@@ -86,61 +97,73 @@ thread_local! {
     static IS_WORKER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
-/// Spin on `ready` for [`SPIN`], then park until it holds. `arm` raises this waiter's "parked"
-/// flag before the last check (the waker takes the flag and unparks), `disarm` lowers it when
-/// that check succeeds.
-fn wait_until<T>(mut ready: impl FnMut() -> Option<T>, arm: impl Fn(), disarm: impl Fn()) -> T {
+/// Spin on `ready` for [`SPIN`], then park until it holds. `flag` is this waiter's "parked"
+/// flag: raised before the last check, lowered by the waker (or here when that check succeeds).
+fn wait_until(ready: impl Fn() -> bool, flag: &AtomicBool) {
     let start = Instant::now();
     let mut spins = 0u32;
-    loop {
-        if let Some(v) = ready() {
-            return v;
-        }
+    while !ready() {
         core::hint::spin_loop();
         spins += 1;
         if spins % 64 == 0 && start.elapsed() > SPIN {
-            break;
+            loop {
+                flag.store(true, SeqCst);
+                if ready() {
+                    flag.store(false, SeqCst);
+                    return;
+                }
+                thread::park();
+            }
         }
     }
-    loop {
-        arm();
-        if let Some(v) = ready() {
-            disarm();
-            return v;
+}
+
+/// Wake the caller if it is parked (after changing what it waits on).
+fn wake_caller() {
+    if POOL.caller_parked.swap(false, SeqCst) {
+        if let Some(t) = POOL.caller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            t.unpark();
         }
-        thread::park();
+    }
+}
+
+/// Claim and run indices of the job until none is left.
+fn claim_all(f: &(dyn Fn(usize) + Sync), n: usize) {
+    loop {
+        let i = POOL.next.fetch_add(1, SeqCst);
+        if i >= n {
+            return;
+        }
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+            POOL.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+        }
+        if POOL.done.fetch_add(1, SeqCst) + 1 == n {
+            wake_caller();
+        }
     }
 }
 
 fn worker_loop(index: usize, sleeping: Arc<AtomicBool>) {
     IS_WORKER.with(|w| w.set(true));
-    let pool = &POOL;
     let mut seen = 0usize;
     loop {
-        let word = wait_until(
-            || Some(pool.word.load(SeqCst)).filter(|&w| w != seen),
-            || sleeping.store(true, SeqCst),
-            || sleeping.store(false, SeqCst),
-        );
+        wait_until(|| POOL.word.load(SeqCst) != seen, &sleeping);
+        let word = POOL.word.load(SeqCst);
         seen = word;
         if index >= word & 0xffff {
-            continue; // not in this job
+            continue; // no job, or not one for this worker
         }
-        // SAFETY: `job` was stored before `word` was published, and its caller does not return
-        // (ending the borrows in `Job`) or store another job before this worker decrements
-        // `pending` below; the word we saw is the caller's latest (a job that includes this
-        // worker cannot be followed by another before this worker finishes it).
-        let job = unsafe { &*(pool.job.load(Acquire) as *const Job<'static>) };
-        if catch_unwind(AssertUnwindSafe(|| (job.f)(index))).is_err() {
-            pool.panicked.store(true, SeqCst);
+        POOL.active.fetch_add(1, SeqCst);
+        if POOL.word.load(SeqCst) == word {
+            // SAFETY: registered in `active` while the job is still published: its caller
+            // does not return (ending the borrow of `f` and of the `&dyn Fn` that `job` points
+            // to) before `active` is 0 again, and stores no other job before it returns.
+            let f = unsafe { *(POOL.job.load(SeqCst) as *const &'static (dyn Fn(usize) + Sync)) };
+            claim_all(f, POOL.tasks.load(SeqCst));
         }
-        let caller = job.caller.clone();
-        // `job` must not be touched after this decrement: the caller may return at once.
-        if pool.pending.fetch_sub(1, SeqCst) == 1 {
-            let seq = word >> 16;
-            if pool.caller_wait.compare_exchange(seq, 0, SeqCst, SeqCst).is_ok() {
-                caller.unpark();
-            }
+        // No use of the job after this.
+        if POOL.active.fetch_sub(1, SeqCst) == 1 {
+            wake_caller();
         }
     }
 }
@@ -163,18 +186,18 @@ pub fn workers() -> usize {
     POOL.roster.lock().map_or_else(|e| e.into_inner().workers.len(), |r| r.workers.len())
 }
 
-/// Call `f(i)` once for every `i` in `0..n`, in parallel on the calling thread (`i = 0`) and up
-/// to `n - 1` pool workers; return when every call has returned.
+/// Call `f(i)` once for every task `i` in `0..n`, in parallel on the calling thread and up to
+/// `min(n, threads) - 1` pool workers (each claims tasks until none is left); return when every
+/// call has returned.
 ///
-/// Runs the indices in turn on the calling thread when `n <= 1`, when called from inside a job,
-/// while another thread's job holds the pool, or when no worker could be spawned for an index
-/// (then the caller runs the indices the workers could not take).
+/// Runs the tasks in turn on the calling thread when `n <= 1` or `threads <= 1`, when called
+/// from inside a job, or while another thread's job holds the pool.
 ///
 /// # Panics
-/// If any `f(i)` panicked: the caller's own panic is re-raised, a worker's is reported as
-/// "a thread-pool worker panicked" (its message was printed by the panic hook on that thread).
-pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    if n <= 1 || IS_WORKER.with(|w| w.get()) {
+/// If any `f(i)` panicked (on any thread), with the first such panic's payload, after every
+/// other index has run.
+pub fn run(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    if n <= 1 || threads <= 1 || IS_WORKER.with(|w| w.get()) {
         return (0..n).for_each(f);
     }
     let mut roster = match POOL.roster.try_lock() {
@@ -183,43 +206,43 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
         Err(TryLockError::Poisoned(e)) => e.into_inner(),
         Err(TryLockError::WouldBlock) => return (0..n).for_each(f),
     };
-    grow(&mut roster, (n - 1).min(MAX_THREADS - 1));
-    let helpers = roster.workers.len().min(n - 1).min(MAX_THREADS - 1);
+    let helpers = (n.min(threads) - 1).min(MAX_THREADS - 1);
+    grow(&mut roster, helpers);
+    let helpers = helpers.min(roster.workers.len());
     roster.seq = roster.seq % (usize::MAX >> 16) + 1;
-    let seq = roster.seq;
-    let job = Job { f, caller: thread::current() };
-    // SAFETY (the lifetime erased here): workers read `job` (and through it `f`) as
-    // `Job<'static>`, but only between seeing this job's word and decrementing `pending`; this
-    // function does not return, and does not unwind (the caller's own panic is caught), before
-    // `pending` is 0, so `job` and the borrow `f` outlive every use. The lock held in `roster`
-    // keeps any other caller from overwriting `job` meanwhile.
-    POOL.panicked.store(false, Relaxed);
-    POOL.pending.store(helpers, SeqCst);
-    POOL.job.store(&job as *const Job<'_> as *mut (), SeqCst);
-    POOL.word.store((seq << 16) | (helpers + 1), SeqCst);
+    let word = (roster.seq << 16) | (helpers + 1);
+    {
+        let mut caller = POOL.caller.lock().unwrap_or_else(|e| e.into_inner());
+        if caller.as_ref().map(Thread::id) != Some(thread::current().id()) {
+            *caller = Some(thread::current());
+        }
+    }
+    // SAFETY (the lifetime erased here): workers read `f` through `job` as
+    // `&'static dyn Fn`, but only while registered in `active` on this job's word; this
+    // function does not return, and does not unwind (its own calls of `f` are caught), before
+    // it has closed the word and seen `active` at 0, so `f` outlives every use. The lock held
+    // in `roster` keeps any other caller from storing another job meanwhile.
+    POOL.job.store(&f as *const &(dyn Fn(usize) + Sync) as *mut (), SeqCst);
+    POOL.tasks.store(n, SeqCst);
+    POOL.next.store(0, SeqCst);
+    POOL.done.store(0, SeqCst);
+    POOL.word.store(word, SeqCst);
     for w in &roster.workers[..helpers] {
         if w.sleeping.swap(false, SeqCst) {
             w.thread.unpark();
         }
     }
-    // The caller's share: index 0, and the indices no worker could be spawned for.
-    let own = catch_unwind(AssertUnwindSafe(|| {
-        f(0);
-        (helpers + 1..n).for_each(f);
-    }));
-    // Wait for the workers even if `f` panicked here: they still borrow `f` through `job`.
-    wait_until(
-        || (POOL.pending.load(SeqCst) == 0).then_some(()),
-        || POOL.caller_wait.store(seq, SeqCst),
-        || POOL.caller_wait.store(0, SeqCst),
-    );
-    POOL.caller_wait.store(0, SeqCst);
-    let worker_panicked = POOL.panicked.load(SeqCst);
+    // The caller's share: whatever it claims (all of it when no worker is awake). Panics of
+    // `f` are caught inside, so nothing unwinds past the waits below.
+    claim_all(f, n);
+    wait_until(|| POOL.done.load(SeqCst) >= n, &POOL.caller_parked);
+    // Close the job, then wait for the workers still registered on it.
+    POOL.word.store(roster.seq << 16, SeqCst);
+    wait_until(|| POOL.active.load(SeqCst) == 0, &POOL.caller_parked);
+    let panic = POOL.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(roster);
-    if let Err(p) = own {
+    if let Some(p) = panic {
+        // The panic hook already reported it on the thread where it happened.
         resume_unwind(p);
-    }
-    if worker_panicked {
-        panic!("a thread-pool worker panicked while running a matrix product (its message is above)");
     }
 }

@@ -24,14 +24,16 @@ fn lock_threads() -> std::sync::MutexGuard<'static, ()> {
 fn every_index_runs_exactly_once() {
     let _g = lock_threads();
     let counts: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
-    for round in 0..200 {
+    for round in 0..100 {
         for n in [0usize, 1, 2, 3, 4, 5, 8, 17, 64] {
-            pool::run(n, &|i| {
-                counts[i].fetch_add(1, Relaxed);
-            });
-            for (i, c) in counts.iter().enumerate() {
-                let want = usize::from(i < n);
-                assert_eq!(c.swap(0, Relaxed), want, "round {round}, n {n}, index {i}");
+            for threads in [1usize, 2, 3, 4, 8] {
+                pool::run(n, threads, &|i| {
+                    counts[i].fetch_add(1, Relaxed);
+                });
+                for (i, c) in counts.iter().enumerate() {
+                    let want = usize::from(i < n);
+                    assert_eq!(c.swap(0, Relaxed), want, "round {round}, n {n}, threads {threads}, index {i}");
+                }
             }
         }
     }
@@ -46,7 +48,7 @@ fn jobs_see_the_callers_writes_and_the_caller_sees_theirs() {
     for round in 1..300u64 {
         let ptr = data.as_mut_ptr() as usize;
         let n = 1 + (round as usize % 4);
-        pool::run(n, &|i| {
+        pool::run(n, n, &|i| {
             let chunk = 4096 / n;
             for j in i * chunk..(i + 1) * chunk {
                 // SAFETY: index i writes only its own chunk; `run` returns after every index.
@@ -66,18 +68,20 @@ fn a_panicking_job_propagates_and_the_pool_survives() {
     for bad in [0usize, 1, 2] {
         let ran = AtomicUsize::new(0);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            pool::run(3, &|i| {
+            pool::run(3, 3, &|i| {
                 ran.fetch_add(1, Relaxed);
                 if i == bad {
                     panic!("job {i} fails on purpose");
                 }
             })
         }));
-        assert!(r.is_err(), "the panic of index {bad} must reach the caller");
+        let payload = r.expect_err("the panic must reach the caller");
+        let msg = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert_eq!(msg, format!("job {bad} fails on purpose"), "the first panic's own message");
         assert_eq!(ran.load(Relaxed), 3, "every index still ran");
         // The pool still works.
         let sum = AtomicUsize::new(0);
-        pool::run(3, &|i| {
+        pool::run(3, 3, &|i| {
             sum.fetch_add(i + 1, Relaxed);
         });
         assert_eq!(sum.load(Relaxed), 6);
@@ -92,10 +96,10 @@ fn concurrent_and_nested_callers_complete() {
             s.spawn(move || {
                 for round in 0..500 {
                     let sum = AtomicUsize::new(0);
-                    pool::run(2 + (t + round) % 3, &|i| {
+                    pool::run(2 + (t + round) % 3, 4, &|i| {
                         // A job that itself splits (nested): runs serially on its thread.
                         let inner = AtomicUsize::new(0);
-                        pool::run(3, &|j| {
+                        pool::run(3, 3, &|j| {
                             inner.fetch_add(j, Relaxed);
                         });
                         assert_eq!(inner.load(Relaxed), 3);
@@ -112,7 +116,7 @@ fn concurrent_and_nested_callers_complete() {
 #[test]
 fn idle_workers_park() {
     let _g = lock_threads(); // no other test of this binary computing meanwhile
-    pool::run(2, &|_| {});
+    pool::run(2, 2, &|_| {});
     std::thread::sleep(pool::SPIN * 20);
     // After the spin window the workers sleep: this process's CPU time stops growing.
     #[cfg(target_os = "linux")]

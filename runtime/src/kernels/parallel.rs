@@ -64,12 +64,18 @@ fn physical_cores() -> Option<usize> {
 /// it, waking a worker (~1-5 µs) costs about what the share saves.
 pub(crate) const MIN_WEIGHTS_PER_THREAD: usize = 32 * 1024;
 
-/// Split rows `0..rows` into at most `threads()` contiguous ranges whose starts are multiples of
-/// `align`, limited by the scratch available (`scratch` floats, `per_thread` each) and by `cost`
-/// (each range gets at least [`MIN_WEIGHTS_PER_THREAD`] / `cost` rows, `cost` being a row's
-/// weights times tokens), and run `f(first, rows, scratch)` for each range with its own scratch
-/// slice (`per_thread == 0`: no scratch, empty slices), in parallel on the pool (std) or in
-/// turn.
+/// Row ranges per thread of a product that needs no scratch (see [`for_row_ranges`]).
+pub(crate) const TASKS_PER_THREAD: usize = 4;
+
+/// Split rows `0..rows` into contiguous ranges whose starts are multiples of `align` and run
+/// `f(first, rows, scratch)` for each, with its own scratch slice (`per_thread` floats of
+/// `scratch`; `per_thread == 0`: no scratch, empty slices), on up to `threads()` threads of the
+/// pool (std) or in turn.
+///
+/// Each range holds at least [`MIN_WEIGHTS_PER_THREAD`] / `cost` rows (`cost`: a row's weights
+/// times tokens). With scratch there is one range per thread (as many as the scratch holds);
+/// without, up to [`TASKS_PER_THREAD`] per thread, so a thread that starts late (a busy
+/// machine) leaves its share to the others.
 pub(crate) fn for_row_ranges(
     rows: usize,
     align: usize,
@@ -78,10 +84,11 @@ pub(crate) fn for_row_ranges(
     per_thread: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    let by_scratch = if per_thread == 0 { usize::MAX } else { scratch.len() / per_thread };
+    let threads = threads();
+    let (by_scratch, split) = if per_thread == 0 { (usize::MAX, TASKS_PER_THREAD) } else { (scratch.len() / per_thread, 1) };
     let by_work = (rows * cost.max(1) / MIN_WEIGHTS_PER_THREAD).max(1);
-    let n = threads().min(by_scratch).min(rows.div_ceil(align)).min(by_work).max(1);
-    if n == 1 {
+    let n = (threads * split).min(by_scratch).min(rows.div_ceil(align)).min(by_work).max(1);
+    if n == 1 || threads == 1 {
         return f(0, rows, scratch);
     }
     let chunk = rows.div_ceil(n).div_ceil(align) * align;
@@ -90,12 +97,12 @@ pub(crate) fn for_row_ranges(
     #[cfg(feature = "std")]
     {
         let base = OutPtr(scratch.as_mut_ptr());
-        crate::pool::run(n, &|i| {
+        crate::pool::run(n, threads, &|i| {
             let first = i * chunk;
             // SAFETY: `i < n <= by_scratch`, so `(i + 1) * per_thread <= scratch.len()` (with
-            // `per_thread == 0`, an empty slice at the start);
-            // the pool runs each index exactly once, so the slices are disjoint, and `run`
-            // returns only after every call has, within the borrow of `scratch`.
+            // `per_thread == 0`, an empty slice at the start); the pool runs each index exactly
+            // once, so the slices are disjoint, and `run` returns only after every call has,
+            // within the borrow of `scratch`.
             let buf = unsafe { core::slice::from_raw_parts_mut(base.get().add(i * per_thread), per_thread) };
             f(first, chunk.min(rows - first), buf)
         });
