@@ -3,7 +3,7 @@
 //!
 //! Decode: quantize one token + matvec over all rows, GB/s of weight bytes the view reads.
 //! Prefill: quantize n tokens + matmul in tiles of 64 rows (as `kernels::matmul` calls it),
-//! GFLOP/s (2 · rows · cols · n). Then the per-token decode time of every matrix of
+//! GFLOP/s (2 · rows · cols · n); the model estimate uses n = 512 (pp512). Then the per-token decode time of every matrix of
 //! SmolLM2-135M (30 layers + the tied head) at each view. Fastest of several runs (shared machine).
 
 use std::time::Instant;
@@ -79,19 +79,27 @@ fn decode_secs(k: &Kernels, w: &Nested8<'_>, rows: usize, cols: usize, reps: usi
     })
 }
 
+/// Prefill seconds: quantize n tokens once, then matmul in tiles of 64 rows (as
+/// `kernels::matmul` calls the table). Tall matrices are timed in slices of 2048 rows (fastest
+/// run of each, summed), so that a run long enough to be preempted is not the measure.
 fn prefill_secs(k: &Kernels, w: &Nested8<'_>, rows: usize, cols: usize, n: usize, reps: usize) -> f64 {
     let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
     let mut acts = QActs::default();
     let mut tile = vec![0f32; 64 * n];
-    time(reps, || {
-        (k.quantize_acts)(&x, n, cols, w.group_size, &mut acts);
-        let mut r0 = 0;
-        while r0 < rows {
-            let tr = 64.min(rows - r0);
-            (k.nested8_matmul[view_index(w.view_bits)])(w, &acts, r0, &mut tile[..n * tr]);
-            r0 += tr;
-        }
-    })
+    let q = time(reps, || (k.quantize_acts)(&x, n, cols, w.group_size, &mut acts));
+    let mut total = q;
+    for s0 in (0..rows).step_by(2048) {
+        let s1 = rows.min(s0 + 2048);
+        total += time(reps, || {
+            let mut r0 = s0;
+            while r0 < s1 {
+                let tr = 64.min(s1 - r0);
+                (k.nested8_matmul[view_index(w.view_bits)])(w, &acts, r0, &mut tile[..n * tr]);
+                r0 += tr;
+            }
+        });
+    }
+    total
 }
 
 fn main() {
@@ -129,7 +137,7 @@ fn main() {
             let reps = if k.name == "scalar" { 3 } else { 21 };
             let mut per_token = 0.0;
             let mut pp = 0.0;
-            let n = 128;
+            let n = 512;
             for (&(r, c), t) in layer.iter().zip(&lt) {
                 let w = view(t, group, bits);
                 per_token += 30.0 * decode_secs(k, &w, r, c, reps);
@@ -140,7 +148,7 @@ fn main() {
             let head = view(&tensors[1], group, bits);
             per_token += decode_secs(k, &head, 49152, 576, reps.min(7));
             if k.name != "scalar" {
-                pp += prefill_secs(k, &head, 49152, 576, n, 1);
+                pp += prefill_secs(k, &head, 49152, 576, n, 3);
             }
             print!("SmolLM2-135M view {bits}: decode matrices {:.2} ms/token single thread", per_token * 1e3);
             if k.name != "scalar" {

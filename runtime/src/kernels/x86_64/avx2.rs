@@ -13,19 +13,27 @@
 //! planes of the high nibble (`4·p0 + 2·p1 + p2`, planes 1 and 2 merged into 2-bit fields
 //! first) then add up in i16 (a lane sums at most 16 codes × 15 × 127 = 30480), plane 3 in a
 //! second i16 accumulator, and one `madd` per superchunk widens to i32. Group sums are exact
-//! integers; each group's float term `d · (step · isum + offset · sum)` is computed lane-wise
-//! with separate multiplies and adds (no FMA) and added to the row's sum in group order, so
-//! the result equals the reference bit for bit.
+//! integers; each group's float term `d · (step · isum + offset · sum)` is computed with
+//! separate multiplies and adds (no FMA), 8 groups of a row per register, then an 8×8 transpose
+//! puts 8 rows in the lanes of one accumulator that adds the terms in group order, so the
+//! result equals the reference bit for bit. Rows go in blocks of 8; a row that ends inside a
+//! superchunk (576 = 2 × 256 + 64 columns) has its tail packed with the tails of the next rows
+//! into one superchunk (part A holds a matching "tail slot") instead of costing a whole one.
+//! Whole blocks of 8 groups (group sizes 32, 64, 128) are summed in registers; other group
+//! sizes that are multiples of 32 go through a small buffer of group sums. Groups of 8 or 16
+//! fall back to the reference.
 //!
 //! # Prefill (`avx2_nested8_matmul`): codes unpacked once, tokens in lanes
 //! With at least [`PREFILL_MIN_TOKENS`] tokens, the rows of the tile are unpacked once into
 //! natural-order byte codes (view 8: high and low nibble separately, so `maddubs` never
-//! saturates), and an int8 micro-kernel computes `ROWS` rows × 8 tokens: the activations are
-//! stored token-interleaved (`aux` "part B": 4 codes of each of 8 tokens per 32-byte register),
-//! one broadcast dword of a row's codes meets all 8 tokens in one `maddubs`, and lane `t` of
-//! the accumulator is token `t`, so no horizontal sums are needed. Group scales and sums of the
-//! 8 tokens are stored side by side ("part C") so the float terms are lane-wise as well, again
-//! in the reference's order. Fewer tokens run the decode kernel once per token (part A for each).
+//! saturates), and an int8 micro-kernel computes 4 rows (view 8: 2) × 16 tokens: the
+//! activations are stored token-interleaved (`aux` "part B": 4 codes of each of 8 tokens per
+//! 32-byte register), one broadcast dword of a row's codes meets 8 tokens in one `maddubs` (two
+//! blocks of 8 per broadcast), and lane `t` of the accumulator is token `t`, so no horizontal
+//! sums are needed. Group scales and sums of the 8 tokens are stored side by side ("part C") so
+//! the float terms are lane-wise as well, again in the reference's order. Fewer tokens run the
+//! decode kernel once per token (part A for each). The unpacked tile (rows × padded columns
+//! bytes, twice for view 8) is allocated per call; decode allocates nothing.
 
 use core::arch::x86_64::*;
 
