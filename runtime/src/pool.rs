@@ -1,21 +1,22 @@
 //! A small persistent thread pool for the matrix products (std only).
 //!
 //! [`run`]`(n, threads, f)` calls `f(i)` once for every task `i` in `0..n`, on the calling
-//! thread and up to `threads - 1` pool workers, and returns when all of them have finished. Decode runs ~200 products
-//! per token, each 10-50 µs, so a job must cost little: publishing one is a few atomic stores,
-//! nothing is allocated, and workers that are already spinning pick it up without a system call.
+//! thread and up to `threads - 1` pool workers, and returns when all of them have finished.
+//! Decode runs ~200 products per token, each 10-50 µs, so a job must cost little: publishing
+//! one is a few atomic stores, nothing is allocated, and workers that are already spinning
+//! pick it up without a system call.
 //!
 //! - Workers are spawned lazily, the first time a job needs them, and live until the process
 //!   exits. Between jobs a worker spins for [`SPIN`], then parks, so an idle pool burns no CPU.
-//! - Indices are claimed from a shared counter: the caller claims too, and keeps claiming after
-//!   its first index, so a worker that is slow to wake (a busy machine, a parked worker) costs
-//!   at most its own lateness, never the caller's waiting for its share: with no worker awake,
-//!   the caller runs every index itself.
+//! - Tasks are claimed from a shared counter: the caller claims too, and keeps claiming after
+//!   its first task, so a worker that is slow to wake (a busy machine, a parked worker) does
+//!   not hold back the tasks it has not claimed: with no worker awake, the caller runs every
+//!   task itself.
 //! - One job runs at a time. A second thread calling [`run`] while a job is in flight, or a job
-//!   calling [`run`] from inside (nested), runs its indices in turn on its own thread instead of
+//!   calling [`run`] from inside (nested), runs its tasks in turn on its own thread instead of
 //!   waiting: correct, never a deadlock.
 //! - A panic in `f` is caught where it happens (worker or caller), the job still completes
-//!   (every other index runs), and [`run`] then re-raises the first panic on the caller, only
+//!   (every other task runs), and [`run`] then re-raises the first panic on the caller, only
 //!   after no worker uses `f` any more, so `f` is never used after the borrow it came from ends.
 //!
 //! Protocol. `word` holds `(sequence << 16) | t` of the job in flight, `t` the threads it may
@@ -27,6 +28,7 @@
 //! registered before the close, and is waited for, or sees the closed word and never touches
 //! the job (every access is SeqCst, so of the worker's register-then-check and the caller's
 //! close-then-check, one sees the other).
+//!
 //! Sleeping uses a flag per waiter: the waiter raises its flag, re-checks its condition, then
 //! parks; the waker changes the condition, then takes the flag and unparks (`unpark` before
 //! `park` makes `park` return at once).
@@ -43,7 +45,7 @@ use std::time::{Duration, Instant};
 /// awake for the next product, and parking costs a system call on both sides.
 pub const SPIN: Duration = Duration::from_micros(100);
 
-/// Most threads one job can use (the `n` field of the published word).
+/// Most threads one job can use (the `t` field of the published word).
 pub const MAX_THREADS: usize = 1 << 15;
 
 struct Worker {
@@ -66,7 +68,7 @@ struct Pool {
     tasks: AtomicUsize,
     /// The next task to claim.
     next: AtomicUsize,
-    /// Indices finished.
+    /// Tasks finished.
     done: AtomicUsize,
     /// Workers registered on the current job (they may read `job`).
     active: AtomicUsize,
@@ -93,7 +95,7 @@ static POOL: Pool = Pool {
 };
 
 thread_local! {
-    /// Set on pool workers: a job that calls [`run`] runs its indices serially.
+    /// Set on pool workers: a job that calls [`run`] runs its tasks serially.
     static IS_WORKER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
@@ -127,7 +129,7 @@ fn wake_caller() {
     }
 }
 
-/// Claim and run indices of the job until none is left.
+/// Claim and run tasks of the job until none is left.
 fn claim_all(f: &(dyn Fn(usize) + Sync), n: usize) {
     loop {
         let i = POOL.next.fetch_add(1, SeqCst);
@@ -195,7 +197,7 @@ pub fn workers() -> usize {
 ///
 /// # Panics
 /// If any `f(i)` panicked (on any thread), with the first such panic's payload, after every
-/// other index has run.
+/// other task has run.
 pub fn run(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     if n <= 1 || threads <= 1 || IS_WORKER.with(|w| w.get()) {
         return (0..n).for_each(f);

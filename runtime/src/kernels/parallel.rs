@@ -85,7 +85,10 @@ pub(crate) fn for_row_ranges(
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let threads = threads();
-    let (by_scratch, split) = if per_thread == 0 { (usize::MAX, TASKS_PER_THREAD) } else { (scratch.len() / per_thread, 1) };
+    let (by_scratch, split) = match scratch.len().checked_div(per_thread) {
+        Some(fit) => (fit, 1),
+        None => (usize::MAX, TASKS_PER_THREAD), // no scratch needed
+    };
     let by_work = (rows * cost.max(1) / MIN_WEIGHTS_PER_THREAD).max(1);
     let n = (threads * split).min(by_scratch).min(rows.div_ceil(align)).min(by_work).max(1);
     if n == 1 || threads == 1 {
