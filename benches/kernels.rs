@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
 use edge_runtime::kernels::{self, Matrix, Scratch};
@@ -98,6 +98,9 @@ fn products(c: &mut Criterion) {
         let token_counts: &[usize] = if rows > 4096 { &[64] } else { &[64, 512] };
         for &tokens in token_counts {
             let mut g = c.benchmark_group(format!("matmul/{shape}/{tokens}"));
+            // Products of milliseconds: the same iteration count per sample (10 samples take
+            // 10 iterations, not the 55 of linear sampling).
+            g.sampling_mode(SamplingMode::Flat);
             g.throughput(Throughput::Elements((2 * rows * cols * tokens) as u64));
             let x = rand_f32(tokens * cols, 6);
             let mut out = vec![0f32; tokens * rows];
