@@ -134,6 +134,12 @@ fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The 1-minute load average (Linux `/proc/loadavg`): more runnable threads than cores make
+/// multi-threaded timings unreliable (a worker descheduled mid-product stalls the product).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Reset the process's peak-RSS mark to its current RSS (Linux `clear_refs` 5); best effort.
 fn reset_peak_rss() {
     if cfg!(target_os = "linux") {
@@ -193,6 +199,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
 
+    let load_before = load_average();
     let mut rows: Vec<Row> = Vec::new();
     for sel in &selections {
         for &t in &threads {
@@ -271,6 +278,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "name": name,
             "kernels": kernel_name,
             "mmap": file.mmap,
+            "load_average_1m": { "before": load_before, "after": load_average() },
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
             "repetitions": args.repetitions,
@@ -281,6 +289,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     let _ = writeln!(out, "{}", table(&name, kernel_name, &rows));
+    if let (Some(b), Some(a)) = (load_before, load_average()) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if b.max(a) > cores as f64 {
+            eprintln!(
+                "edge-run: note: load average {b:.1} before, {a:.1} after, on {cores} cores: other processes competed for the CPU, multi-threaded rows suffer most"
+            );
+        }
+    }
     Ok(())
 }
 
