@@ -5,10 +5,9 @@
 //! - `i8mm`: `smmla` on 2 weight rows x 2 tokens (prefill only), activations read from the
 //!   token-pair interleaved copy in `acts.aux` that [`super::quantize`] writes.
 //!
-//! Decode reads whole blocks of 128 codes in block order (activations transposed once per call
-//! of `quantize_acts`, in `aux`) and the row's tail 32 codes at a time in natural order; prefill
-//! rebuilds 32 codes at a time in natural order and multiplies them with several tokens (see
-//! [`super::unpack`] for both orders). Per group the integer sum `isum` is exact (as the reference's);
+//! Whole blocks of 128 codes are read in block order (activations transposed once per call of
+//! `quantize_acts`, in `aux`), the row's tail 32 codes at a time in natural order (see
+//! [`super::unpack`] for both orders); prefill multiplies each rebuilt block with 4 tokens. Per group the integer sum `isum` is exact (as the reference's);
 //! the float combination `d · (step · isum + offset · sum)` is then added per row and token in
 //! group order with the reference's expression, so outputs are bit-identical to
 //! [`reference`]. Group sizes that are not a multiple of 32 run the reference.
@@ -207,11 +206,11 @@ unsafe fn block_isums<const V: u8, D: Dot>(planes: &Planes, i: usize, xt: *const
     group_isum::<V>(D::block_chunks(top), D::block_chunks(low))
 }
 
-/// Decode activations in block order (`aux[..padded_cols]` from this architecture's
-/// `quantize_acts` for one token), if present.
+/// The activations in block order (`aux[..n * padded_cols]`, token `t` at `t * padded_cols`,
+/// from this architecture's `quantize_acts`), if present.
 fn block_acts(acts: &QActs) -> Option<*const i8> {
-    let pc = acts.padded_cols;
-    let ok = acts.n == 1 && (acts.aux.len() == pc || acts.aux.len() == pc + pair_aux_len(acts));
+    let len = block_aux_len(acts);
+    let ok = acts.n > 0 && (acts.aux.len() == len || acts.aux.len() == len + pair_aux_len(acts));
     ok.then_some(acts.aux.as_ptr())
 }
 
@@ -273,8 +272,11 @@ unsafe fn matvec_body<const V: u8, D: Dot>(w: &Nested8<'_>, acts: &QActs, first:
     }
 }
 
-/// Prefill for `V` with `TB` tokens `t0..t0 + TB` at a time: each chunk's codes are rebuilt
-/// once and multiplied with all `TB` tokens.
+/// Prefill for `V` with `TB` tokens `t0..t0 + TB` at a time: each block's (or chunk's) codes
+/// are rebuilt once and multiplied with all `TB` tokens. Whole blocks of 128 codes run in block
+/// order when `aux` holds the tokens' transposed copies, the rest in natural order; chunk sums
+/// go into each token's exact group `isum`, finished groups add their float terms in group
+/// order, as the reference.
 ///
 /// # Safety
 /// As [`matvec_body`]; `fast_path` returned true for these rows and `t0 + TB <= acts.n`.
@@ -290,31 +292,78 @@ unsafe fn matmul_tokens<const V: u8, D: Dot, const TB: usize>(
 ) {
     let planes = plane_ptrs(w);
     let gs = w.group_size;
-    let (pc, blocks) = (acts.padded_cols, acts.blocks());
+    let (pc, nb) = (acts.padded_cols, acts.blocks());
     let x = acts.q.as_ptr().add(t0 * pc);
+    let xt = block_acts(acts).map(|p| p.add(t0 * pc));
+    let n_blocks = if xt.is_some() { w.row_stride / BLOCK } else { 0 };
+    let (d, sum) = (&acts.d[t0 * nb..], &acts.sum[t0 * nb..]);
     for ri in 0..len {
         let base = (first + ri) * w.row_stride;
+        let params = &w.params[base / gs..];
         let mut acc = [0f32; TB];
-        for g in 0..w.row_stride / gs {
-            let mut top = [vdupq_n_s32(0); TB];
-            let mut low = [vdupq_n_s32(0); TB];
-            for c in (g * gs..(g + 1) * gs).step_by(32) {
-                let q = unpack32::<V>(&planes, base + c, k);
+        let (mut isum, mut left, mut g) = ([0i32; TB], gs, 0usize);
+        // Add one 32-code chunk's sums (one per token); at a group's end, its float terms.
+        let mut chunk = |s: [i32; TB]| {
+            for t in 0..TB {
+                isum[t] += s[t];
+            }
+            left -= 32;
+            if left == 0 {
+                let (step, offset) = blocks::nested8_step_offset(params[g], V);
                 for t in 0..TB {
-                    let xt = x.add(t * pc + c);
-                    let (x_lo, x_hi) = (vld1q_s8(xt), vld1q_s8(xt.add(16)));
-                    top[t] = D::dot32(top[t], q[0], q[1], x_lo, x_hi);
-                    if V == 8 {
-                        low[t] = D::dot32(low[t], q[2], q[3], x_lo, x_hi);
+                    let b = t * nb + g;
+                    acc[t] += d[b] * (step * isum[t] as f32 + offset * sum[b] as f32);
+                }
+                (isum, left, g) = ([0; TB], gs, g + 1);
+            }
+        };
+        if let Some(xt) = xt {
+            for bi in 0..n_blocks {
+                let blk = load_block::<V>(&planes, base + bi * BLOCK);
+                let mut top = [D::block_zero(); TB];
+                let mut low = [D::block_zero(); TB];
+                macro_rules! pair {
+                    ($p:literal) => {{
+                        let [(t0, l0), (t1, l1)] = block_pair::<V, $p>(&blk);
+                        for t in 0..TB {
+                            let xp = xt.add(t * pc + bi * BLOCK + 32 * $p);
+                            let (x0, x1) = (vld1q_s8(xp), vld1q_s8(xp.add(16)));
+                            top[t] = D::block_acc(top[t], t0, t1, x0, x1);
+                            if V == 8 {
+                                low[t] = D::block_acc(low[t], l0, l1, x0, x1);
+                            }
+                        }
+                    }};
+                }
+                pair!(0);
+                pair!(1);
+                pair!(2);
+                pair!(3);
+                // (chunk, token) sums.
+                let mut sums = [[0i32; TB]; 4];
+                for t in 0..TB {
+                    let mut lanes = [0i32; 4];
+                    vst1q_s32(lanes.as_mut_ptr(), group_isum::<V>(D::block_chunks(top[t]), D::block_chunks(low[t])));
+                    for (s, lane) in sums.iter_mut().zip(lanes) {
+                        s[t] = lane;
                     }
                 }
+                for s in sums {
+                    chunk(s);
+                }
             }
-            let (step, offset) = blocks::nested8_step_offset(w.params[base / gs + g], V);
-            for t in 0..TB {
-                let isum = vaddvq_s32(group_isum::<V>(top[t], low[t]));
-                let b = (t0 + t) * blocks + g;
-                acc[t] += acts.d[b] * (step * isum as f32 + offset * acts.sum[b] as f32);
+        }
+        for c in (n_blocks * BLOCK..w.row_stride).step_by(32) {
+            let q = unpack32::<V>(&planes, base + c, k);
+            let mut s = [0i32; TB];
+            for (t, st) in s.iter_mut().enumerate() {
+                let xp = x.add(t * pc + c);
+                let (x_lo, x_hi) = (vld1q_s8(xp), vld1q_s8(xp.add(16)));
+                let top = D::dot32(vdupq_n_s32(0), q[0], q[1], x_lo, x_hi);
+                let low = if V == 8 { D::dot32(vdupq_n_s32(0), q[2], q[3], x_lo, x_hi) } else { vdupq_n_s32(0) };
+                *st = vaddvq_s32(group_isum::<V>(top, low));
             }
+            chunk(s);
         }
         for t in 0..TB {
             out[(t0 + t) * len + ri] = acc[t];
@@ -357,13 +406,9 @@ pub(super) fn pair_aux_len(acts: &QActs) -> usize {
     acts.n.div_ceil(2) * 2 * acts.padded_cols
 }
 
-/// Bytes of `acts.aux` holding the decode copy in block order: one token's, before the pairs.
+/// Bytes of `acts.aux` holding the copy in block order (every token's), before the pairs.
 pub(super) fn block_aux_len(acts: &QActs) -> usize {
-    if acts.n == 1 {
-        acts.padded_cols
-    } else {
-        0
-    }
+    acts.n * acts.padded_cols
 }
 
 /// Token pairs per pass of the `i8mm` prefill (each chunk's codes serve `2 * this` tokens).

@@ -39,7 +39,7 @@ unsafe fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     (d, vaddvq_s32(sum))
 }
 
-/// The contract's quantization, and in `aux` the decode copy in block order
+/// The contract's quantization, and in `aux` the copy in block order
 /// ([`block_aux_len`] bytes) and, with `pairs`, the token-pair interleaved copy the `i8mm`
 /// prefill reads ([`pair_aux_len`] bytes).
 ///
@@ -64,17 +64,18 @@ unsafe fn quantize_body(x: &[f32], n: usize, cols: usize, block: usize, acts: &m
             acts.sum[t * blocks + b] = s;
         }
     }
-    // aux: for one token (decode), its values in block order ([`transpose_block`] per whole
-    // block of 128; the tail, read in natural order from `q`, is left zero); with `pairs`, then
+    // aux: every token's values in block order ([`transpose_block`] per whole block of 128;
+    // the tail, read in natural order from `q`, is left zero); with `pairs`, then
     // the token pairs of the `i8mm` prefill: aux[p][j] = [token 2p values 8j..8j+8, token
     // 2p+1 values 8j..8j+8] (zero past n). Rewritten on every call, so no stale copy survives.
     acts.aux.clear();
     let block_len = block_aux_len(acts);
     let pair_len = if pairs && pc % 8 == 0 { pair_aux_len(acts) } else { 0 };
     acts.aux.resize(block_len + pair_len, 0);
-    if block_len > 0 {
-        for (src, dst) in acts.q[..pc].chunks_exact(BLOCK).zip(acts.aux.chunks_exact_mut(BLOCK)) {
-            transpose_block(src, dst);
+    for t in 0..n {
+        let (src, dst) = (&acts.q[t * pc..(t + 1) * pc], &mut acts.aux[t * pc..(t + 1) * pc]);
+        for (s, d) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(BLOCK)) {
+            transpose_block(s, d);
         }
     }
     if pair_len > 0 {
