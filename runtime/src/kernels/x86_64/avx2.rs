@@ -171,7 +171,9 @@ unsafe fn avx2_quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let mut m = _mm256_setzero_ps();
     for i in (0..x.len()).step_by(8) {
         // SAFETY: i + 8 <= x.len().
-        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(xp.add(i)) }));
+        let a = _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(xp.add(i)) });
+        // maxps returns its second operand when one is NaN: NaNs are skipped, as f32::max does.
+        m = _mm256_max_ps(a, m);
     }
     let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
     let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
