@@ -25,17 +25,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    // A panic is a bug, but the user still gets one line, not a backtrace.
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        fail(&format!("internal error: {msg}{at}; please report this bug"));
-    }));
+    edge_pack::install_one_line_panic_hook("edge-run");
 
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,

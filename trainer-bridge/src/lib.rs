@@ -18,3 +18,21 @@ pub use source_detect::resolve_input;
 
 pub use pack::{pack_file, pack_model, PackOptions, PackReport, WeightEncoding};
 pub use source::{detect_format, load_source, SourceFormat, SourceModel, SourceTensor};
+
+/// Install a panic hook that prints `PROGRAM: error: internal error: MESSAGE at FILE:LINE;
+/// please report this bug` on one line and exits with status 1 (both binaries use it: a panic
+/// is a bug, but the user still gets one line, not a backtrace).
+pub fn install_one_line_panic_hook(program: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let line = format!("internal error: {msg}{at}; please report this bug").replace(['\n', '\r'], " ");
+        eprintln!("{program}: error: {line}");
+        std::process::exit(1);
+    }));
+}

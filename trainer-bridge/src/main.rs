@@ -305,17 +305,7 @@ fn one_line(s: &str) -> String {
 
 fn main() -> ExitCode {
     // A bug must still end in one line and exit status 1, not a backtrace.
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        eprintln!("edge-pack: error: internal error (please report): {}{at}", one_line(&msg));
-        std::process::exit(1);
-    }));
+    edge_pack::install_one_line_panic_hook("edge-pack");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
