@@ -108,7 +108,8 @@ struct RunState {
     proj: Vec<f32>,      // (batch, dim) output of wo / w_down
     hb: Vec<f32>,        // (batch, hidden) gate, then silu(gate) * up
     hb2: Vec<f32>,       // (batch, hidden) up
-    scores: Vec<f32>,    // (max_seq_len) attention scores of one head
+    scores: Vec<f32>,    // (max_seq_len) attention scores of one head (decode)
+    att: Vec<f32>,       // (att_slots, att_rows, max_seq_len) score blocks of batched attention, one per thread
     logits: Vec<f32>,    // (batch, vocab)
     key_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
     value_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
@@ -124,6 +125,8 @@ pub struct Model<'a> {
     pub weights: Weights<'a>,
     pub max_seq_len: usize,
     pub max_batch: usize,
+    /// Tokens per block of batched attention (rows of a score block in `RunState::att`).
+    att_rows: usize,
     state: RunState,
 }
 
@@ -244,15 +247,89 @@ impl<'a> Weights<'a> {
 
 /// `out = x / rms(x) * weight`, per token row.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ss = sum_lanes(x, |v| v * v) / x.len() as f32;
     let inv = 1.0 / libm::sqrtf(ss + eps);
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (v * inv);
     }
 }
 
-/// In-place numerically stable softmax.
+/// `Σ f(x[i])` with eight independent partial sums, so the loop vectorizes.
+#[inline]
+fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (x8, tail) = x.split_at(x.len() / 8 * 8);
+    for c in x8.chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] += f(c[k]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// Largest element (`-inf` for an empty slice), with eight lanes so the loop vectorizes.
+#[inline]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (x8, tail) = x.split_at(x.len() / 8 * 8);
+    for c in x8.chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    acc.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `e^x` in plain f32 arithmetic that vectorizes (no calls, no table, no branches): Cephes'
+/// `expf`. `x = n ln2 + r` with `n = round(x / ln2)` (the 1.5·2^23 trick, which also yields
+/// the integer) and `|r| <= ln2 / 2` (ln2 in two parts, Cody-Waite), `e^r` by a degree-7
+/// polynomial, then `2^n` as two exact power-of-two factors so subnormal results and the
+/// overflow to `inf` come out right. Within 2 ulp of `libm::expf` (the reference; see
+/// `runtime/tests/attention.rs`) for normal results; `x < -104` gives 0, `x > 88.8` `inf`.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // 0.693359375: few mantissa bits, so n * LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let xc = x.clamp(-104.0, 88.8); // NaN stays NaN
+    let t = xc * LOG2E + ROUND; // round to nearest: n in the low mantissa bits
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32); // -150..=128
+    let nf = t - ROUND;
+    let r = xc - nf * LN2_HI - nf * LN2_LO;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    let y = p * r * r + r + 1.0;
+    let n1 = n >> 1; // two factors 2^n1 * 2^(n - n1), each a normal float
+    let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n - n1 + 127) as u32) << 23);
+    let e = y * s1 * s2;
+    if x < -104.0 {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// In-place numerically stable softmax: subtract the max, [`exp_fast`], normalize.
 pub fn softmax(x: &mut [f32]) {
+    let max = max_lanes(x);
+    for v in x.iter_mut() {
+        *v = exp_fast(*v - max);
+    }
+    let inv = 1.0 / sum_lanes(x, |v| v);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// The reference softmax: max subtracted, `libm::expf`, sequential sum (what [`softmax`]
+/// replaced; kept for tests).
+pub fn softmax_reference(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
@@ -318,6 +395,123 @@ pub enum Logits {
     All,
 }
 
+/// Most tokens of one block of batched attention: a score block is (ATT_ROWS, positions).
+const ATT_ROWS: usize = 64;
+/// Most floats of one score block (so long contexts take fewer rows per block, bounding
+/// memory at ATT_BLOCK_FLOATS per thread).
+const ATT_BLOCK_FLOATS: usize = 256 * 1024;
+
+/// Shapes of one layer's batched attention.
+struct AttnGeometry {
+    /// Tokens, at positions `pos..pos + n`.
+    n: usize,
+    pos: usize,
+    hd: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    /// Query heads per kv head.
+    group: usize,
+    n_heads: usize,
+    scale: f32,
+    /// Tokens per score block.
+    chunk: usize,
+    /// Floats per row a score block may use (max_seq_len).
+    stride: usize,
+}
+
+/// A pointer that tasks writing disjoint elements share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: the tasks of `attention_batch` write disjoint elements (their own heads' columns of
+// the output, their own score block) and finish before the borrows end.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+impl SharedMut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Causal GQA attention of `n` tokens with sgemm, head by head and block of tokens by block:
+/// `S = scale · Q_h K_h^T` (block rows × visible positions), the causal mask and softmax per
+/// row, then `O_h = P V_h` straight into the head's columns of `out` (n, q_dim). `q` is
+/// (n, q_dim); `keys` / `values` are the layer's cache rows `0..pos + n` (kv_dim each). Heads
+/// are split over the threads, each with its own score block of `att`.
+fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32], att: &mut [f32]) {
+    let block = g.chunk * g.stride;
+    assert!(g.chunk > 0 && att.len() >= block && q.len() >= g.n * g.q_dim && out.len() >= g.n * g.q_dim);
+    assert!(keys.len() >= (g.pos + g.n) * g.kv_dim && values.len() >= (g.pos + g.n) * g.kv_dim);
+    let slots = (att.len() / block).min(g.n_heads).min(kernels::threads()).max(1);
+    let per = g.n_heads.div_ceil(slots);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let att_ptr = SharedMut(att.as_mut_ptr());
+    let task = |i: usize| {
+        // SAFETY: slot `i < slots <= att.len() / block` owns `att[i * block..(i + 1) * block]`;
+        // each task runs once.
+        let s = unsafe { core::slice::from_raw_parts_mut(att_ptr.get().add(i * block), block) };
+        for h in i * per..((i + 1) * per).min(g.n_heads) {
+            let kv_off = (h / g.group) * g.hd;
+            let mut t0 = 0;
+            while t0 < g.n {
+                let rows = g.chunk.min(g.n - t0);
+                let width = g.pos + t0 + rows; // positions the block's last token sees
+                // SAFETY (both products): every pointer offset and stride stays inside the
+                // slice it came from (asserted above: q and out hold n rows of q_dim, keys and
+                // values pos + n rows of kv_dim, `s` rows * width <= block floats); the output
+                // columns h*hd..(h+1)*hd of `out` belong to this task's head alone.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        g.hd,
+                        width,
+                        g.scale,
+                        q.as_ptr().add(t0 * g.q_dim + h * g.hd),
+                        g.q_dim as isize,
+                        1,
+                        keys.as_ptr().add(kv_off),
+                        1,
+                        g.kv_dim as isize,
+                        0.0,
+                        s.as_mut_ptr(),
+                        width as isize,
+                        1,
+                    );
+                }
+                for r in 0..rows {
+                    let row = &mut s[r * width..(r + 1) * width];
+                    let seen = g.pos + t0 + r + 1; // causal: positions 0..=pos + t0 + r
+                    softmax(&mut row[..seen]);
+                    row[seen..].fill(0.0);
+                }
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        width,
+                        g.hd,
+                        1.0,
+                        s.as_ptr(),
+                        width as isize,
+                        1,
+                        values.as_ptr().add(kv_off),
+                        g.kv_dim as isize,
+                        1,
+                        0.0,
+                        out_ptr.get().add(t0 * g.q_dim + h * g.hd),
+                        g.q_dim as isize,
+                        1,
+                    );
+                }
+                t0 += rows;
+            }
+        }
+    };
+    let tasks = g.n_heads.div_ceil(per);
+    #[cfg(feature = "std")]
+    crate::pool::run(tasks, tasks, &task);
+    #[cfg(not(feature = "std"))]
+    (0..tasks).for_each(task);
+}
+
 impl<'a> Model<'a> {
     pub fn new(ck: &Checkpoint<'a>, opts: ModelOptions) -> Result<Self> {
         let plan = ViewPlan { default_bits: opts.view_bits, overrides: Vec::new() };
@@ -368,6 +562,10 @@ impl<'a> Model<'a> {
         }
         let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
         let kv = c.n_layers * max_seq_len * c.kv_dim();
+        // Batched attention scores: blocks of `att_rows` tokens by all positions, one block per
+        // thread that runs heads (at most one per head), bounded at ATT_BLOCK_FLOATS a block.
+        let att_rows = if max_batch > 1 { (ATT_BLOCK_FLOATS / max_seq_len).clamp(1, ATT_ROWS.min(max_batch)) } else { 0 };
+        let att_slots = if max_batch > 1 { kernels::threads().clamp(1, c.n_heads.max(1)) } else { 0 };
         let state = RunState {
             x: vec![0.0; max_batch * c.dim],
             xb: vec![0.0; max_batch * c.dim],
@@ -379,6 +577,7 @@ impl<'a> Model<'a> {
             hb: vec![0.0; max_batch * c.hidden_dim],
             hb2: vec![0.0; max_batch * c.hidden_dim],
             scores: vec![0.0; max_seq_len],
+            att: vec![0.0; att_slots * att_rows * max_seq_len],
             logits: vec![0.0; max_batch * c.vocab_size],
             key_cache: vec![0.0; kv],
             value_cache: vec![0.0; kv],
@@ -386,14 +585,14 @@ impl<'a> Model<'a> {
             rope_sin,
             scratch: kernels::Scratch::new(widest, max_batch, kernels::threads()),
         };
-        Ok(Model { config, weights, max_seq_len, max_batch, state })
+        Ok(Model { config, weights, max_seq_len, max_batch, att_rows, state })
     }
 
     /// Bytes of the run-time state (activations, logits, KV cache, tables).
     pub fn state_bytes(&self) -> usize {
         let s = &self.state;
         4 * [
-            &s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.scores, &s.logits,
+            &s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.scores, &s.att, &s.logits,
             &s.key_cache, &s.value_cache, &s.rope_cos, &s.rope_sin,
         ]
         .iter()
@@ -480,10 +679,11 @@ impl<'a> Model<'a> {
 
             // Causal grouped-query attention: token t at position p attends to positions 0..=p.
             let scale = 1.0 / libm::sqrtf(hd as f32);
-            for t in 0..n {
-                let p = pos + t;
+            if n == 1 {
+                // Decode: one query per head, dot products against the cache.
+                let p = pos;
                 for h in 0..c.n_heads {
-                    let q = &s.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let q = &s.q[h * hd..(h + 1) * hd];
                     let kv_off = (h / group) * hd;
                     let scores = &mut s.scores[..=p];
                     for (j, sc) in scores.iter_mut().enumerate() {
@@ -491,7 +691,7 @@ impl<'a> Model<'a> {
                         *sc = kernels::dot(q, k) * scale;
                     }
                     softmax(scores);
-                    let out = &mut s.att_out[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let out = &mut s.att_out[h * hd..(h + 1) * hd];
                     out.fill(0.0);
                     for (j, &a) in scores.iter().enumerate() {
                         let v = &s.value_cache[loff + j * kv_dim + kv_off..][..hd];
@@ -500,6 +700,22 @@ impl<'a> Model<'a> {
                         }
                     }
                 }
+            } else {
+                let geo = AttnGeometry {
+                    n,
+                    pos,
+                    hd,
+                    q_dim,
+                    kv_dim,
+                    group,
+                    n_heads: c.n_heads,
+                    scale,
+                    chunk: self.att_rows,
+                    stride: self.max_seq_len,
+                };
+                let keys = &s.key_cache[loff..loff + (pos + n) * kv_dim];
+                let values = &s.value_cache[loff..loff + (pos + n) * kv_dim];
+                attention_batch(&geo, &s.q, keys, values, &mut s.att_out, &mut s.att);
             }
 
             // Output projection and residual.
@@ -517,7 +733,7 @@ impl<'a> Model<'a> {
             kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.scratch);
             kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.scratch);
             for (g, u) in s.hb[..n * hidden].iter_mut().zip(&s.hb2) {
-                *g = *g / (1.0 + libm::expf(-*g)) * u; // silu(gate) * up
+                *g = *g / (1.0 + exp_fast(-*g)) * u; // silu(gate) * up
             }
             see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);
             kernels::matmul(&layer.w_down, &s.hb, n, &mut s.proj, &mut s.scratch);
