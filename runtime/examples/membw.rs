@@ -22,8 +22,8 @@ fn main() {
                         // Eight independent sums so the loop is load-bound, not add-latency-bound.
                         let mut acc = [0u64; 8];
                         for w in c.chunks_exact(8) {
-                            for k in 0..8 {
-                                acc[k] = acc[k].wrapping_add(w[k]);
+                            for (a, x) in acc.iter_mut().zip(w) {
+                                *a = a.wrapping_add(*x);
                             }
                         }
                         acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
