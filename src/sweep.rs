@@ -195,40 +195,27 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         )),
         Some(p) => {
             let planner = Planner::new(&ck, &config, p).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+            // One row per budget: average bits (--budgets), then weight bytes (--byte-budgets).
             let mut budgets = args.budgets.clone();
             budgets.sort_by(|a, b| b.total_cmp(a));
             budgets.dedup();
-            for t in budgets {
-                match planner.for_bits(t) {
-                    Ok(chosen) => {
-                        let plan = chosen.view_plan(&planner.units);
-                        let fp = footprint_at(&ck, &config, &plan)?;
-                        rows.push(Row {
-                            label: format!("plan {t} bits"),
-                            kind: Kind::Plan(t),
-                            checkpoint: file.path.clone(),
-                            plan: Some(plan),
-                            units: planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect(),
-                            predicted_kl: Some(chosen.kl),
-                            weight_bytes: fp.weight_bytes,
-                            bits_per_weight: fp.bits_per_weight(),
-                            scores: Scores::default(),
-                        });
-                    }
-                    Err(e) => notes.push(format!("budget {t} skipped: {}", loader::one_line(&format!("{e:#}")))),
-                }
-            }
             let mut byte_budgets = args.byte_budgets.clone();
             byte_budgets.sort_unstable_by(|a, b| b.cmp(a));
             byte_budgets.dedup();
-            for b in byte_budgets {
-                match planner.for_bytes(b) {
+            let wanted = budgets
+                .into_iter()
+                .map(|t| (format!("plan {t} bits"), Kind::Plan(t), planner.for_bits(t), format!("budget {t}")))
+                .chain(byte_budgets.into_iter().map(|b| {
+                    (format!("plan <= {}", human_bytes(b)), Kind::PlanBytes(b), planner.for_bytes(b), format!("byte budget {b}"))
+                }));
+            for (label, kind, chosen, what) in wanted {
+                match chosen {
                     Ok(chosen) => {
                         let plan = chosen.view_plan(&planner.units);
                         let fp = footprint_at(&ck, &config, &plan)?;
                         rows.push(Row {
-                            label: format!("plan <= {}", human_bytes(b)),
-                            kind: Kind::PlanBytes(b),
+                            label,
+                            kind,
                             checkpoint: file.path.clone(),
                             plan: Some(plan),
                             units: planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect(),
@@ -238,7 +225,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                             scores: Scores::default(),
                         });
                     }
-                    Err(e) => notes.push(format!("byte budget {b} skipped: {}", loader::one_line(&format!("{e:#}")))),
+                    Err(e) => notes.push(format!("{what} skipped: {}", loader::one_line(&format!("{e:#}")))),
                 }
             }
         }
