@@ -356,7 +356,8 @@ mod tests {
         assert_eq!(s.median, 2.5);
         assert_eq!(s.mean, 4.0);
         assert_eq!((s.min, s.max), (1.0, 10.0));
-        assert!((s.stddev - (38.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        // Sample standard deviation: squared deviations 1 + 9 + 4 + 36 = 50, over n - 1 = 3.
+        assert!((s.stddev - (50.0f64 / 3.0).sqrt()).abs() < 1e-12);
         let one = Summary::of(vec![5.0]);
         assert_eq!((one.median, one.stddev), (5.0, 0.0));
     }

@@ -5,8 +5,14 @@ mod common;
 
 use common::*;
 
-/// stories260K packed as nested8 (group 32): every view exists.
+/// stories260K packed as nested8 (group 32): every view exists. Packed once per test binary
+/// (tests run in parallel threads of one process, so they would share the temporary name).
 fn stories_q8() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(stories_q8_pack).clone()
+}
+
+fn stories_q8_pack() -> std::path::PathBuf {
     packed_once("stories260K-q8-bench.edge", |tmp| {
         let opts = edge_pack::PackOptions {
             encoding: edge_pack::WeightEncoding::Nested8,
