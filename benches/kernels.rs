@@ -11,6 +11,9 @@
 //! benches the scalar reference). Measurement is kept short so `cargo bench --bench kernels`
 //! finishes in a few minutes on 2 cores; filter with e.g. `cargo bench --bench kernels -- matvec`.
 
+#[path = "../runtime/tests/support/mod.rs"]
+mod support;
+use support::rand_f32;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
@@ -26,17 +29,6 @@ const VIEWS: [(&str, Option<u8>); 5] =
     [("f16", None), ("q8", Some(8)), ("q4", Some(4)), ("q3", Some(3)), ("q2", Some(2))];
 const THREADS: [usize; 2] = [1, 2];
 
-fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// A checkpoint holding one (rows, cols) matrix as f16 ("f16") and as nested8 ("nested"), in a
 /// 16-byte aligned buffer, and its length.

@@ -1,22 +1,12 @@
 //! Checkpoint format: round trip, and robustness against truncated, corrupt and hostile files.
 
+mod support;
+use support::rand_f32;
 use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, MetaValue, TensorData};
 use edge_runtime::Error;
 use half::f16;
 
-/// Deterministic pseudo-random floats in [-1, 1).
-fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn sample_writer() -> CheckpointWriter {
     let mut w = CheckpointWriter::new();

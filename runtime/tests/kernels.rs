@@ -1,22 +1,13 @@
 //! The model's matrix products against the scalar reference, for every encoding and view, on
 //! random inputs of every length class (tails, one block, many blocks).
 
+mod support;
+use support::rand_f32;
 use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
 use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
 use edge_runtime::kernels::{self, reference, Matrix};
 use half::{bf16, f16};
 
-fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, seed: u64) -> TensorData {
     let v = rand_f32(rows * cols, seed);

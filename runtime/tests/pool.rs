@@ -2,6 +2,8 @@
 //! hanging, concurrent and nested callers complete, and the products give the same bits on
 //! any thread count.
 
+mod support;
+use support::rand_f32;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::Mutex;
@@ -133,17 +135,6 @@ fn idle_workers_park() {
     }
 }
 
-fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// A checkpoint with an f16 and a nested tensor of (rows, cols), in a 16-byte aligned buffer,
 /// and its length in bytes.
