@@ -108,7 +108,7 @@ struct RunState {
     proj: Vec<f32>,      // (batch, dim) output of wo / w_down
     hb: Vec<f32>,        // (batch, hidden) gate, then silu(gate) * up
     hb2: Vec<f32>,       // (batch, hidden) up
-    scores: Vec<f32>,    // (max_seq_len) attention scores of one head (decode)
+    scores: Vec<f32>,    // (n_heads, max_seq_len) attention scores of each head (decode)
     att: Vec<f32>,       // (att_slots, att_rows, max_seq_len) score blocks of batched attention, one per thread
     logits: Vec<f32>,    // (batch, vocab)
     key_cache: Vec<f32>, // (layer, max_seq_len, kv_dim)
@@ -512,6 +512,61 @@ fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], ou
     (0..tasks).for_each(task);
 }
 
+/// Shapes of one layer's decode attention (one token at position `pos`).
+struct DecodeGeometry {
+    pos: usize,
+    hd: usize,
+    kv_dim: usize,
+    /// Query heads per kv head.
+    group: usize,
+    scale: f32,
+    /// Floats of each head's row of scores (max_seq_len).
+    stride: usize,
+}
+
+/// Attention of one token at position `pos` to positions `0..=pos`, head by head, heads spread
+/// over the threads: `s = scale · q_h · k_j`, softmax, `out_h = Σ_j s_j v_j`. `q` and `out` are
+/// (q_dim); `keys` / `values` the layer's cache rows `0..=pos` (kv_dim each); `scores` holds a
+/// row of `stride` floats per head.
+fn attention_decode(g: &DecodeGeometry, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32], scores: &mut [f32]) {
+    let n_heads = q.len() / g.hd;
+    assert!(g.pos < g.stride && scores.len() >= n_heads * g.stride && out.len() >= n_heads * g.hd);
+    assert!(keys.len() >= (g.pos + 1) * g.kv_dim && values.len() >= (g.pos + 1) * g.kv_dim);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let scores_ptr = SharedMut(scores.as_mut_ptr());
+    let head = |h: usize| {
+        // SAFETY: head `h < n_heads` alone owns its row of scores and its hd columns of `out`
+        // (both in bounds, asserted above); each task runs once, before the borrows end.
+        let (sc, o) = unsafe {
+            (
+                core::slice::from_raw_parts_mut(scores_ptr.get().add(h * g.stride), g.pos + 1),
+                core::slice::from_raw_parts_mut(out_ptr.get().add(h * g.hd), g.hd),
+            )
+        };
+        let q = &q[h * g.hd..(h + 1) * g.hd];
+        let kv_off = (h / g.group) * g.hd;
+        for (j, s) in sc.iter_mut().enumerate() {
+            *s = kernels::dot(q, &keys[j * g.kv_dim + kv_off..][..g.hd]) * g.scale;
+        }
+        softmax(sc);
+        o.fill(0.0);
+        for (j, &a) in sc.iter().enumerate() {
+            for (o, v) in o.iter_mut().zip(&values[j * g.kv_dim + kv_off..][..g.hd]) {
+                *o += a * v;
+            }
+        }
+    };
+    // Below a few thousand multiply-adds a head, waking a worker costs more than it saves.
+    let threads = if (g.pos + 1) * g.hd * 2 >= 4096 { kernels::threads() } else { 1 };
+    #[cfg(feature = "std")]
+    crate::pool::run(n_heads, threads, &head);
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = threads;
+        (0..n_heads).for_each(head);
+    }
+}
+
 impl<'a> Model<'a> {
     pub fn new(ck: &Checkpoint<'a>, opts: ModelOptions) -> Result<Self> {
         let plan = ViewPlan { default_bits: opts.view_bits, overrides: Vec::new() };
@@ -576,7 +631,7 @@ impl<'a> Model<'a> {
             proj: vec![0.0; max_batch * c.dim],
             hb: vec![0.0; max_batch * c.hidden_dim],
             hb2: vec![0.0; max_batch * c.hidden_dim],
-            scores: vec![0.0; max_seq_len],
+            scores: vec![0.0; c.n_heads * max_seq_len],
             att: vec![0.0; att_slots * att_rows * max_seq_len],
             logits: vec![0.0; max_batch * c.vocab_size],
             key_cache: vec![0.0; kv],
@@ -661,9 +716,14 @@ impl<'a> Model<'a> {
                 rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.attn_norm, c.norm_eps);
             }
             see(Some(l), Site::AttnIn, n, &s.xb[..n * dim]);
-            kernels::matmul(&layer.wq, &s.xb, n, &mut s.q, &mut s.scratch);
-            kernels::matmul(&layer.wk, &s.xb, n, &mut s.k, &mut s.scratch);
-            kernels::matmul(&layer.wv, &s.xb, n, &mut s.v, &mut s.scratch);
+            if n == 1 {
+                let outs: &mut [&mut [f32]] = &mut [&mut s.q, &mut s.k, &mut s.v];
+                kernels::matvec_shared(&[&layer.wq, &layer.wk, &layer.wv], &s.xb, outs, &mut s.scratch);
+            } else {
+                kernels::matmul(&layer.wq, &s.xb, n, &mut s.q, &mut s.scratch);
+                kernels::matmul(&layer.wk, &s.xb, n, &mut s.k, &mut s.scratch);
+                kernels::matmul(&layer.wv, &s.xb, n, &mut s.v, &mut s.scratch);
+            }
 
             // RoPE on q and k; then k and v go into the cache at their positions.
             let loff = l * self.max_seq_len * kv_dim; // this layer's slice of the cache
@@ -680,26 +740,11 @@ impl<'a> Model<'a> {
             // Causal grouped-query attention: token t at position p attends to positions 0..=p.
             let scale = 1.0 / libm::sqrtf(hd as f32);
             if n == 1 {
-                // Decode: one query per head, dot products against the cache.
-                let p = pos;
-                for h in 0..c.n_heads {
-                    let q = &s.q[h * hd..(h + 1) * hd];
-                    let kv_off = (h / group) * hd;
-                    let scores = &mut s.scores[..=p];
-                    for (j, sc) in scores.iter_mut().enumerate() {
-                        let k = &s.key_cache[loff + j * kv_dim + kv_off..][..hd];
-                        *sc = kernels::dot(q, k) * scale;
-                    }
-                    softmax(scores);
-                    let out = &mut s.att_out[h * hd..(h + 1) * hd];
-                    out.fill(0.0);
-                    for (j, &a) in scores.iter().enumerate() {
-                        let v = &s.value_cache[loff + j * kv_dim + kv_off..][..hd];
-                        for (o, vv) in out.iter_mut().zip(v) {
-                            *o += a * vv;
-                        }
-                    }
-                }
+                // Decode: one query per head, heads spread over the threads.
+                let keys = &s.key_cache[loff..loff + (pos + 1) * kv_dim];
+                let values = &s.value_cache[loff..loff + (pos + 1) * kv_dim];
+                let geo = DecodeGeometry { pos, hd, kv_dim, group, scale, stride: self.max_seq_len };
+                attention_decode(&geo, &s.q[..q_dim], keys, values, &mut s.att_out[..q_dim], &mut s.scores);
             } else {
                 let geo = AttnGeometry {
                     n,
@@ -730,8 +775,13 @@ impl<'a> Model<'a> {
                 rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.ffn_norm, c.norm_eps);
             }
             see(Some(l), Site::FfnIn, n, &s.xb[..n * dim]);
-            kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.scratch);
-            kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.scratch);
+            if n == 1 {
+                let outs: &mut [&mut [f32]] = &mut [&mut s.hb, &mut s.hb2];
+                kernels::matvec_shared(&[&layer.w_gate, &layer.w_up], &s.xb, outs, &mut s.scratch);
+            } else {
+                kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.scratch);
+                kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.scratch);
+            }
             for (g, u) in s.hb[..n * hidden].iter_mut().zip(&s.hb2) {
                 *g = *g / (1.0 + exp_fast(-*g)) * u; // silu(gate) * up
             }

@@ -207,3 +207,48 @@ fn products_are_bit_identical_on_any_thread_count() {
     }
     kernels::set_threads(0);
 }
+
+#[test]
+fn shared_input_products_equal_separate_ones() {
+    // q/k/v-like: matrices of different heights over one input, each split over the threads
+    // in one job; they must give matvec's bits, for nested views and for a float fallback.
+    let cols = 576usize;
+    let mats: Vec<(Vec<u128>, usize)> = [1000usize, 192, 40].iter().map(|&r| checkpoint_bytes(r, cols, 64)).collect();
+    let cks: Vec<Checkpoint<'_>> =
+        mats.iter().map(|(b, len)| Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(b)[..*len]).unwrap()).collect();
+    let _g = lock_threads();
+    let x = rand_f32(cols, 5);
+    for view in [Some(2u8), Some(3), Some(4), Some(8), None] {
+        let ms: Vec<Matrix<'_>> = cks
+            .iter()
+            .enumerate()
+            // view None: the middle one is f16, so the call falls back to one product each.
+            .map(|(i, ck)| match view {
+                Some(v) => Matrix::from_tensor(ck.tensor("nested").unwrap(), Some(v)).unwrap(),
+                None if i == 1 => Matrix::from_tensor(ck.tensor("f16").unwrap(), None).unwrap(),
+                None => Matrix::from_tensor(ck.tensor("nested").unwrap(), Some(4)).unwrap(),
+            })
+            .collect();
+        for threads in [1usize, 2, 3, 7] {
+            kernels::set_threads(threads);
+            let mut scratch = kernels::Scratch::new(cols, 1, threads);
+            let want: Vec<Vec<f32>> = ms
+                .iter()
+                .map(|m| {
+                    let mut o = vec![f32::NAN; m.rows];
+                    kernels::matvec(m, &x, &mut o, &mut scratch);
+                    o
+                })
+                .collect();
+            let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; m.rows]).collect();
+            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let refs: Vec<&Matrix<'_>> = ms.iter().collect();
+            kernels::matvec_shared(&refs, &x, &mut outs, &mut scratch);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "view {view:?}, threads {threads}, matrix {i}: shared product differs from matvec");
+            }
+        }
+    }
+    kernels::set_threads(0);
+}

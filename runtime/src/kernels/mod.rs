@@ -26,7 +26,7 @@ pub use dispatch::{kernels, Kernels};
 #[cfg(feature = "std")]
 pub use parallel::set_threads;
 pub use parallel::threads;
-use parallel::{for_row_ranges, OutPtr};
+use parallel::{for_row_ranges, OutPtr, TASKS_PER_THREAD};
 
 use alloc::format;
 use alloc::vec::Vec;
@@ -273,6 +273,65 @@ pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut Scratch)
         matvec_rows(m, x, first, out_rows(first, rows), buf)
     });
 }
+
+/// Most matrices one [`matvec_shared`] call takes.
+pub const MAX_SHARED: usize = 4;
+
+/// `outs[i] = ms[i] · x` for matrices that read the same input (q, k and v; gate and up), as
+/// [`matvec`] computes each, bit for bit. When all are nested weights with one group size, the
+/// activations are quantized once and every matrix's row ranges go to the threads as one job:
+/// one wake-up and one wait instead of one per matrix.
+pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scratch: &mut Scratch) {
+    assert!(ms.len() == outs.len() && (1..=MAX_SHARED).contains(&ms.len()));
+    // The nested views, when every matrix is one with the first one's columns and group size.
+    let mut ws: [Option<&Nested8<'_>>; MAX_SHARED] = [None; MAX_SHARED];
+    for (w, m) in ws.iter_mut().zip(ms) {
+        if let WeightView::Nested8(n) = &m.view {
+            *w = Some(n);
+        }
+    }
+    let shared = ws[0].map(|w0| {
+        ms.iter().zip(&ws).all(|(m, w)| m.cols == ms[0].cols && w.is_some_and(|w| w.group_size == w0.group_size))
+    });
+    if shared != Some(true) || dispatch::float_activations() {
+        for (m, out) in ms.iter().zip(outs.iter_mut()) {
+            matvec(m, x, out, scratch);
+        }
+        return;
+    }
+    let cols = ms[0].cols;
+    let k = kernels();
+    (k.quantize_acts)(&x[..cols], 1, cols, ws[0].map_or(0, |w| w.group_size), &mut scratch.acts);
+    let acts = &scratch.acts;
+    // Every matrix's row ranges, as [`matvec`] would split them: (matrix, first row, rows).
+    let mut tasks = [(0usize, 0usize, 0usize); MAX_SHARED * MAX_TASKS];
+    let mut n_tasks = 0;
+    let mut ptrs = [OutPtr(core::ptr::null_mut()); MAX_SHARED];
+    for (i, (m, out)) in ms.iter().zip(outs.iter_mut()).enumerate() {
+        assert!(x.len() >= m.cols && out.len() >= m.rows);
+        ptrs[i] = OutPtr(out.as_mut_ptr());
+        let (chunk, n) = parallel::split_rows(m.rows, MATVEC_ALIGN, m.cols, (threads() * TASKS_PER_THREAD).min(MAX_TASKS));
+        for j in 0..n {
+            tasks[n_tasks] = (i, j * chunk, chunk.min(m.rows - j * chunk));
+            n_tasks += 1;
+        }
+    }
+    let run = |t: usize| {
+        let (i, first, rows) = tasks[t];
+        let Some(w) = ws[i] else { return };
+        // SAFETY: `outs[i]` holds at least `ms[i].rows` floats (asserted above); the ranges of
+        // one matrix are disjoint and each task runs once, before the borrows of `outs` end.
+        let out = unsafe { core::slice::from_raw_parts_mut(ptrs[i].get().add(first), rows) };
+        k.nested8_matvec[dispatch::view_index(w.view_bits)](w, acts, first, out)
+    };
+    #[cfg(feature = "std")]
+    crate::pool::run(n_tasks, threads(), &run);
+    #[cfg(not(feature = "std"))]
+    (0..n_tasks).for_each(run);
+}
+
+/// Most ranges [`matvec_shared`] splits one matrix into.
+const MAX_TASKS: usize = 64;
 
 /// [`matvec`] over rows `first..first + out.len()`.
 fn matvec_rows(m: &Matrix<'_>, x: &[f32], first: usize, out: &mut [f32], row_buf: &mut [f32]) {

@@ -89,14 +89,10 @@ pub(crate) fn for_row_ranges(
         Some(fit) => (fit, 1),
         None => (usize::MAX, TASKS_PER_THREAD), // no scratch needed
     };
-    let by_work = (rows * cost.max(1) / MIN_WEIGHTS_PER_THREAD).max(1);
-    let n = (threads * split).min(by_scratch).min(rows.div_ceil(align)).min(by_work).max(1);
+    let (chunk, n) = split_rows(rows, align, cost, (threads * split).min(by_scratch));
     if n == 1 || threads == 1 {
         return f(0, rows, scratch);
     }
-    let chunk = rows.div_ceil(n).div_ceil(align) * align;
-    // Ranges actually non-empty (rounding up `chunk` may leave the last ones without rows).
-    let n = rows.div_ceil(chunk);
     #[cfg(feature = "std")]
     {
         let base = OutPtr(scratch.as_mut_ptr());
@@ -115,6 +111,17 @@ pub(crate) fn for_row_ranges(
         let first = i * chunk;
         f(first, chunk.min(rows - first), &mut scratch[i * per_thread..(i + 1) * per_thread]);
     }
+}
+
+/// How [`for_row_ranges`] splits `rows` into at most `most` ranges: `(chunk, n)`, `n`
+/// non-empty ranges of `chunk` rows (the last one shorter), `chunk` a multiple of `align`, each
+/// range at least [`MIN_WEIGHTS_PER_THREAD`] / `cost` rows.
+pub(crate) fn split_rows(rows: usize, align: usize, cost: usize, most: usize) -> (usize, usize) {
+    let by_work = (rows * cost.max(1) / MIN_WEIGHTS_PER_THREAD).max(1);
+    let n = most.min(rows.div_ceil(align)).min(by_work).max(1);
+    let chunk = rows.div_ceil(n).div_ceil(align) * align;
+    // Ranges actually non-empty (rounding up `chunk` may leave the last ones without rows).
+    (chunk, rows.div_ceil(chunk))
 }
 
 /// A raw output pointer that threads writing disjoint elements may share.
