@@ -64,8 +64,12 @@ fn physical_cores() -> Option<usize> {
 /// it, waking a worker (~1-5 µs) costs about what the share saves.
 pub(crate) const MIN_WEIGHTS_PER_THREAD: usize = 32 * 1024;
 
-/// Row ranges per thread of a product that needs no scratch (see [`for_row_ranges`]).
-pub(crate) const TASKS_PER_THREAD: usize = 4;
+/// Row ranges per thread of a product that needs no scratch (see [`for_row_ranges`]). More
+/// than one lets a thread that starts late (a busy machine) leave part of its share to the
+/// others, but each range pays a kernel call's set-up: on the quiet 2-core development machine,
+/// decode (tg128, SmolLM2, 2 threads) ran 4-bit 207-213 tok/s with 1 range per thread, 197-200
+/// with 2 and 192-193 with 4 (2-bit: 301-303, 284-295, 274-288), back to back.
+pub(crate) const TASKS_PER_THREAD: usize = 1;
 
 /// Split rows `0..rows` into contiguous ranges whose starts are multiples of `align` and run
 /// `f(first, rows, scratch)` for each, with its own scratch slice (`per_thread` floats of
@@ -74,8 +78,7 @@ pub(crate) const TASKS_PER_THREAD: usize = 4;
 ///
 /// Each range holds at least [`MIN_WEIGHTS_PER_THREAD`] / `cost` rows (`cost`: a row's weights
 /// times tokens). With scratch there is one range per thread (as many as the scratch holds);
-/// without, up to [`TASKS_PER_THREAD`] per thread, so a thread that starts late (a busy
-/// machine) leaves its share to the others.
+/// without, up to [`TASKS_PER_THREAD`] per thread.
 pub(crate) fn for_row_ranges(
     rows: usize,
     align: usize,
