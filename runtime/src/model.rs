@@ -512,6 +512,31 @@ fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], ou
     (0..tasks).for_each(task);
 }
 
+/// `[kernels::dot(q, k[i]) for i in 0..4]`, bit for bit, with the four dependency chains
+/// interleaved.
+#[inline]
+fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    let n = q.len() / 8 * 8;
+    let mut acc = [[0f32; 8]; 4];
+    let ks = k[0][..n].chunks_exact(8).zip(k[1][..n].chunks_exact(8)).zip(k[2][..n].chunks_exact(8)).zip(k[3][..n].chunks_exact(8));
+    for (x, (((k0, k1), k2), k3)) in q[..n].chunks_exact(8).zip(ks) {
+        for l in 0..8 {
+            acc[0][l] += x[l] * k0[l];
+            acc[1][l] += x[l] * k1[l];
+            acc[2][l] += x[l] * k2[l];
+            acc[3][l] += x[l] * k3[l];
+        }
+    }
+    let mut out = [0f32; 4];
+    for ((o, a), k) in out.iter_mut().zip(&acc).zip(&k) {
+        *o = a.iter().sum::<f32>();
+        for (x, y) in q[n..].iter().zip(&k[n..]) {
+            *o += x * y;
+        }
+    }
+    out
+}
+
 /// Shapes of one layer's decode attention (one token at position `pos`).
 struct DecodeGeometry {
     pos: usize,
@@ -545,13 +570,31 @@ fn attention_decode(g: &DecodeGeometry, q: &[f32], keys: &[f32], values: &[f32],
         };
         let q = &q[h * g.hd..(h + 1) * g.hd];
         let kv_off = (h / g.group) * g.hd;
-        for (j, s) in sc.iter_mut().enumerate() {
-            *s = kernels::dot(q, &keys[j * g.kv_dim + kv_off..][..g.hd]) * g.scale;
+        let krow = |j: usize| &keys[j * g.kv_dim + kv_off..][..g.hd];
+        let vrow = |j: usize| &values[j * g.kv_dim + kv_off..][..g.hd];
+        // Four positions at a time: independent dependency chains the CPU overlaps, each still
+        // exactly `kernels::dot` (and the values added in the same order as one at a time).
+        let quads = sc.len() / 4 * 4;
+        for j in (0..quads).step_by(4) {
+            let d = dot4(q, [krow(j), krow(j + 1), krow(j + 2), krow(j + 3)]);
+            for (s, d) in sc[j..j + 4].iter_mut().zip(d) {
+                *s = d * g.scale;
+            }
+        }
+        for (j, s) in sc.iter_mut().enumerate().skip(quads) {
+            *s = kernels::dot(q, krow(j)) * g.scale;
         }
         softmax(sc);
         o.fill(0.0);
-        for (j, &a) in sc.iter().enumerate() {
-            for (o, v) in o.iter_mut().zip(&values[j * g.kv_dim + kv_off..][..g.hd]) {
+        for j in (0..quads).step_by(4) {
+            let a = [sc[j], sc[j + 1], sc[j + 2], sc[j + 3]];
+            let rows = vrow(j).iter().zip(vrow(j + 1)).zip(vrow(j + 2)).zip(vrow(j + 3));
+            for (o, (((v0, v1), v2), v3)) in o.iter_mut().zip(rows) {
+                *o = *o + a[0] * v0 + a[1] * v1 + a[2] * v2 + a[3] * v3;
+            }
+        }
+        for (j, &a) in sc.iter().enumerate().skip(quads) {
+            for (o, v) in o.iter_mut().zip(vrow(j)) {
                 *o += a * v;
             }
         }
@@ -808,3 +851,27 @@ impl<'a> Model<'a> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot4_is_four_dots_bit_for_bit() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let mut r = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for len in [1usize, 7, 8, 9, 63, 64, 65, 128] {
+            let q: Vec<f32> = (0..len).map(|_| r()).collect();
+            let k: Vec<Vec<f32>> = (0..4).map(|_| (0..len).map(|_| r()).collect()).collect();
+            let got = dot4(&q, [&k[0], &k[1], &k[2], &k[3]]);
+            for (g, k) in got.iter().zip(&k) {
+                assert_eq!(g.to_bits(), kernels::dot(&q, k).to_bits(), "length {len}");
+            }
+        }
+    }
+}
