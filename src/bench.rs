@@ -209,7 +209,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             reset_peak_rss();
             let ctx = args.n_prompt.max(args.n_gen);
             let opts = ModelOptions { max_seq_len: ctx, max_batch: args.n_prompt.max(1), view_bits: None };
-            let mut model = Model::with_plan(&ck, opts, &sel.plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+            let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
+            let mut model = Model::with_plan_releasing(&ck, opts, &sel.plan, &release)
+                .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
             let footprint = Footprint::of(&model.weights);
             let label = view_label(sel, nested, dense_encoding);
             let mut results = Vec::new();

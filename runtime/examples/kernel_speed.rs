@@ -42,7 +42,7 @@ fn view(t: &Tensor, group: usize, bits: u8) -> Nested8<'_> {
     for (i, p) in t.planes.iter().take(n).enumerate() {
         planes[i] = p;
     }
-    Nested8 { params: &t.params, planes, group_size: group, view_bits: bits, row_stride: t.stride }
+    Nested8 { params: &t.params, planes, group_size: group, view_bits: bits, row_stride: t.stride, nibbles: (bits == 4 && std::env::var("NIB").is_ok()).then(|| std::sync::Arc::from(edge_runtime::blocks::repack_top_nibbles([&t.planes[0], &t.planes[1], &t.planes[2]], t.planes[1].len() * 8))) }
 }
 
 fn view_bytes(w: &Nested8<'_>) -> usize {

@@ -160,31 +160,51 @@ fn norm<'a>(ck: &Checkpoint<'a>, name: &str, dim: usize) -> Result<&'a [f32]> {
     }
 }
 
+/// `s`'s (offset, length) inside `file`, if it is a non-empty part of it (a view's copies on
+/// the heap are not).
+fn file_range(file: &[u8], s: &[u8]) -> Option<(u64, u64)> {
+    let (base, at) = (file.as_ptr() as usize, s.as_ptr() as usize);
+    (!s.is_empty() && at >= base && at + s.len() <= base + file.len()).then(|| ((at - base) as u64, s.len() as u64))
+}
+
 impl<'a> Weights<'a> {
     /// Borrow every weight at the views `plan` picks, checking names and shapes against the
     /// config.
     pub fn from_checkpoint(ck: &Checkpoint<'a>, c: &Config, plan: &ViewPlan) -> Result<Self> {
-        let token_embd = matrix(ck, "token_embd.weight", c.vocab_size, c.dim, plan)?;
+        Self::from_checkpoint_releasing(ck, c, plan, &|_, _| {})
+    }
+
+    /// [`Weights::from_checkpoint`], calling `release` with each repacked tensor's unread
+    /// plane ranges (see [`Model::with_plan_releasing`]).
+    pub fn from_checkpoint_releasing(ck: &Checkpoint<'a>, c: &Config, plan: &ViewPlan, release: &dyn Fn(u64, u64)) -> Result<Self> {
+        let get = |name: &str, rows: usize, cols: usize| -> Result<Matrix<'a>> {
+            let m = matrix(ck, name, rows, cols, plan)?;
+            for (o, l) in m.repacked_planes().iter().filter_map(|p| file_range(ck.bytes(), p)) {
+                release(o, l);
+            }
+            Ok(m)
+        };
+        let token_embd = get("token_embd.weight", c.vocab_size, c.dim)?;
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let n = |s: &str| -> String { format!("blk.{l}.{s}.weight") };
             layers.push(Layer {
                 attn_norm: norm(ck, &n("attn_norm"), c.dim)?,
-                wq: matrix(ck, &n("attn_q"), c.q_dim(), c.dim, plan)?,
-                wk: matrix(ck, &n("attn_k"), c.kv_dim(), c.dim, plan)?,
-                wv: matrix(ck, &n("attn_v"), c.kv_dim(), c.dim, plan)?,
-                wo: matrix(ck, &n("attn_output"), c.dim, c.q_dim(), plan)?,
+                wq: get(&n("attn_q"), c.q_dim(), c.dim)?,
+                wk: get(&n("attn_k"), c.kv_dim(), c.dim)?,
+                wv: get(&n("attn_v"), c.kv_dim(), c.dim)?,
+                wo: get(&n("attn_output"), c.dim, c.q_dim())?,
                 ffn_norm: norm(ck, &n("ffn_norm"), c.dim)?,
-                w_gate: matrix(ck, &n("ffn_gate"), c.hidden_dim, c.dim, plan)?,
-                w_up: matrix(ck, &n("ffn_up"), c.hidden_dim, c.dim, plan)?,
-                w_down: matrix(ck, &n("ffn_down"), c.dim, c.hidden_dim, plan)?,
+                w_gate: get(&n("ffn_gate"), c.hidden_dim, c.dim)?,
+                w_up: get(&n("ffn_up"), c.hidden_dim, c.dim)?,
+                w_down: get(&n("ffn_down"), c.dim, c.hidden_dim)?,
             });
         }
         let output_norm = norm(ck, "output_norm.weight", c.dim)?;
         let output = if c.tied_embeddings {
-            token_embd
+            token_embd.clone()
         } else {
-            matrix(ck, "output.weight", c.vocab_size, c.dim, plan)?
+            get("output.weight", c.vocab_size, c.dim)?
         };
         Ok(Weights { token_embd, layers, output_norm, output, tied: c.tied_embeddings })
     }
@@ -214,15 +234,22 @@ impl<'a> Weights<'a> {
     /// (file offset, length) of every byte range the current views read, `file` being the
     /// bytes the weights borrow from.
     pub fn read_ranges(&self, file: &[u8]) -> Vec<(u64, u64)> {
-        let base = file.as_ptr() as usize;
         let mut out = Vec::new();
-        let mut add = |s: &[u8]| {
-            if !s.is_empty() {
-                out.push(((s.as_ptr() as usize - base) as u64, s.len() as u64));
-            }
-        };
         for (_, m) in self.matrices() {
-            m.for_each_slice(&mut add);
+            m.for_each_slice(&mut |s| out.extend(file_range(file, s)));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// File ranges (offset, length) of the planes that repacked 4-bit views no longer read
+    /// (their codes were copied into `Nested8::nibbles` at load): a caller with a mapped file
+    /// may drop them from the resident set, as it does for the planes a lowered view leaves.
+    pub fn repacked_ranges(&self, file: &[u8]) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for (_, m) in self.matrices() {
+            out.extend(m.repacked_planes().iter().filter_map(|p| file_range(file, p)));
         }
         out.sort_unstable();
         out.dedup();
@@ -618,8 +645,16 @@ impl<'a> Model<'a> {
 
     /// Instantiate with per-tensor views (`opts.view_bits` is ignored in favour of `plan`).
     pub fn with_plan(ck: &Checkpoint<'a>, opts: ModelOptions, plan: &ViewPlan) -> Result<Self> {
+        Self::with_plan_releasing(ck, opts, plan, &|_, _| {})
+    }
+
+    /// [`Model::with_plan`], calling `release(offset, length)` with the file ranges that a
+    /// repacked view stops reading as soon as each tensor is repacked (see
+    /// [`Weights::repacked_ranges`]), so that a mapped file's pages can leave the resident set
+    /// before the next tensor's copy is made.
+    pub fn with_plan_releasing(ck: &Checkpoint<'a>, opts: ModelOptions, plan: &ViewPlan, release: &dyn Fn(u64, u64)) -> Result<Self> {
         let config = Config::from_checkpoint(ck)?;
-        let weights = Weights::from_checkpoint(ck, &config, plan)?;
+        let weights = Weights::from_checkpoint_releasing(ck, &config, plan, release)?;
         Self::with_weights(config, weights, opts)
     }
 

@@ -10,7 +10,12 @@
 //!   with inputs where every float operation is exact (so any integer error shows as a
 //!   mismatch). Tables listed in `BIT_EXACT` promise equality everywhere and are held to it.
 
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_runtime::blocks::{pack_nested8_planes, repack_top_nibbles, GroupParams};
+use std::sync::Arc;
+
+/// Every view, and the 4-bit one again with its codes repacked as nibbles (what the tables
+/// with `Kernels::nibbles` read).
+const VIEWS: [(u8, bool); 5] = [(2, false), (3, false), (4, false), (4, true), (8, false)];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
 use half::f16;
@@ -94,7 +99,9 @@ impl Tensor {
         t
     }
 
-    fn view(&self, view_bits: u8) -> Nested8<'_> {
+    /// The `view_bits` view; with `nibbles`, also the 4-bit codes repacked as
+    /// `Matrix::from_tensor` does for tables that read them.
+    fn view(&self, view_bits: u8, nibbles: bool) -> Nested8<'_> {
         let n = match view_bits {
             2 => 1,
             3 => 2,
@@ -105,7 +112,11 @@ impl Tensor {
         for (i, p) in self.planes.iter().take(n).enumerate() {
             planes[i] = p;
         }
-        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride }
+        let nibbles = nibbles.then(|| {
+            let numel = self.planes[1].len() * 8;
+            Arc::from(repack_top_nibbles([&self.planes[0], &self.planes[1], &self.planes[2]], numel))
+        });
+        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, nibbles }
     }
 }
 
@@ -207,8 +218,8 @@ fn nested8_products_match_reference() {
             for &cols in &[group, 4 * group, 5 * group + 40, 576 + group / 2, 9 * group - 1] {
                 for &rows in &[1usize, 3, 70] {
                     let t = Tensor::random(rows + 2, cols, group, &mut rng);
-                    for &view in &NESTED8_VIEWS {
-                        let w = t.view(view);
+                    for &(view, nib) in &VIEWS {
+                        let w = t.view(view, nib);
                         let vi = view_index(view);
                         // Decode: rows 1..=rows (not starting at 0), and the last row too.
                         let x = acts_input(1, t.cols, group, &mut rng);
@@ -222,7 +233,7 @@ fn nested8_products_match_reference() {
                             let mut got = vec![f32::NAN; rows];
                             (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
                             let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
-                            let what = format!("matvec view {view} group {group} cols {cols} rows {rows} first {first}");
+                            let what = format!("matvec view {view} (nibbles {nib}) group {group} cols {cols} rows {rows} first {first}");
                             assert_close(k.name, exact, &got, &want, scale, &what);
                         }
                         // Prefill.
@@ -243,7 +254,7 @@ fn nested8_products_match_reference() {
                             let all = term_scale(&w, &want_a, rows + 2);
                             let scale: Vec<f32> =
                                 (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
-                            let what = format!("matmul view {view} group {group} cols {cols} rows {rows} tokens {n}");
+                            let what = format!("matmul view {view} (nibbles {nib}) group {group} cols {cols} rows {rows} tokens {n}");
                             assert_close(k.name, exact, &got, &want, &scale, &what);
                         }
                     }
@@ -261,10 +272,10 @@ fn exact_integer_sums() {
     let mut rng = Rng(0xFEED_F00D);
     for k in tables() {
         for &group in &[8usize, 32, 64, 128, 256] {
-            for &view in &NESTED8_VIEWS {
+            for &(view, nib) in &VIEWS {
                 let rows = 67;
                 let t = Tensor::exact(rows, group, &mut rng);
-                let w = t.view(view);
+                let w = t.view(view, nib);
                 let vi = view_index(view);
                 for &n in &[1usize, 2, 3, 7, 64] {
                     let mut x: Vec<f32> = (0..n * group).map(|_| (rng.below(255) as f32) - 127.0).collect();
@@ -285,7 +296,7 @@ fn exact_integer_sums() {
                         (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, 0, &mut want);
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
-                    assert_eq!(got, want, "{} exact sums: view {view} group {group} tokens {n}", k.name);
+                    assert_eq!(got, want, "{} exact sums: view {view} (nibbles {nib}) group {group} tokens {n}", k.name);
                 }
             }
         }
@@ -303,8 +314,8 @@ fn wide_rows_match_reference() {
             let cols = 130 * group + 40;
             let rows = 9;
             let t = Tensor::random(rows, cols, group, &mut rng);
-            for &view in &NESTED8_VIEWS {
-                let w = t.view(view);
+            for &(view, nib) in &VIEWS {
+                let w = t.view(view, nib);
                 let vi = view_index(view);
                 for &n in &[1usize, 2, 5] {
                     let x = acts_input(n, cols, group, &mut rng);
@@ -322,7 +333,7 @@ fn wide_rows_match_reference() {
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
                     let scale = term_scale(&w, &want_a, rows);
-                    let what = format!("wide rows: view {view} group {group} cols {cols} tokens {n}");
+                    let what = format!("wide rows: view {view} (nibbles {nib}) group {group} cols {cols} tokens {n}");
                     assert_close(k.name, exact, &got, &want, &scale, &what);
                 }
             }

@@ -26,6 +26,9 @@ pub struct Kernels {
     /// Indexed by [`view_index`] (2, 3, 4, 8 bits).
     pub nested8_matvec: [Nested8MatvecFn; 4],
     pub nested8_matmul: [Nested8MatmulFn; 4],
+    /// Whether this table's 4-bit kernels read [`Nested8::nibbles`] when present (groups of a
+    /// multiple of 32), so that [`super::Matrix::from_tensor`] repacks such 4-bit views at load.
+    pub nibbles: bool,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -51,6 +54,7 @@ impl Kernels {
         quantize_acts: reference::quantize_acts,
         nested8_matvec: [reference::nested8_matvec; 4],
         nested8_matmul: [reference::nested8_matmul; 4],
+        nibbles: false,
     };
 
     /// The reference arithmetic with each group's codes unpacked once ([`portable`]):
@@ -60,6 +64,7 @@ impl Kernels {
         quantize_acts: reference::quantize_acts,
         nested8_matvec: [portable::nested8_matvec; 4],
         nested8_matmul: [portable::nested8_matmul; 4],
+        nibbles: false,
     };
 
     /// The best table for this CPU (probed once with `std`).

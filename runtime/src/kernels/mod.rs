@@ -29,6 +29,7 @@ pub use parallel::threads;
 use parallel::{for_row_ranges, OutPtr, TASKS_PER_THREAD};
 
 use alloc::format;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use half::{bf16, f16};
 
@@ -37,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::format::{Encoding, SegmentKind, TensorInfo};
 
 /// How a matrix's values are stored.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum WeightView<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
@@ -47,7 +48,7 @@ pub enum WeightView<'a> {
 }
 
 /// A nested tensor at one view (see [`crate::blocks`] for the layout and dequantization).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Nested8<'a> {
     /// (rows, row_stride / group_size) group scales and minima.
     pub params: &'a [GroupParams],
@@ -60,6 +61,10 @@ pub struct Nested8<'a> {
     pub view_bits: u8,
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
+    /// The 4-bit view's codes `q >> 4` repacked at load into one plane of 4 bits per code in
+    /// plane 3's layout, for the kernel tables that read them faster that way
+    /// ([`Kernels::nibbles`]); `None` otherwise. Equal to what planes 0-2 hold.
+    pub nibbles: Option<Arc<[u8]>>,
 }
 
 /// Buffers the products need, allocated once (see [`Scratch::new`]).
@@ -84,7 +89,7 @@ impl Scratch {
 }
 
 /// A 2-D weight, `[rows, cols]` row-major (rows = output features).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Matrix<'a> {
     pub rows: usize,
     pub cols: usize,
@@ -130,13 +135,10 @@ impl<'a> Matrix<'a> {
                     planes[i] = p.bytes;
                 }
                 let group_size = t.group_size as usize;
-                WeightView::Nested8(Nested8 {
-                    params: cast(t.name, params.bytes)?,
-                    planes,
-                    group_size,
-                    view_bits,
-                    row_stride: crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize,
-                })
+                let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
+                let nibbles = (view_bits == 4 && group_size % 32 == 0 && kernels().nibbles && !dispatch::float_activations())
+                    .then(|| Arc::from(blocks::repack_top_nibbles([planes[0], planes[1], planes[2]], rows * row_stride)));
+                WeightView::Nested8(Nested8 { params: cast(t.name, params.bytes)?, planes, group_size, view_bits, row_stride, nibbles })
             }
         };
         Ok(Matrix { rows, cols, view })
@@ -160,12 +162,23 @@ impl<'a> Matrix<'a> {
             WeightView::F32(w) => f(bytemuck::cast_slice(w)),
             WeightView::F16(w) => f(bytemuck::cast_slice(w)),
             WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
-            WeightView::Nested8(Nested8 { params, planes, .. }) => {
+            WeightView::Nested8(Nested8 { params, planes, ref nibbles, .. }) => {
                 f(bytemuck::cast_slice(params));
-                for p in planes {
-                    f(p);
+                match nibbles {
+                    // The copy replaces planes 0-2 (see [`Matrix::repacked_planes`]).
+                    Some(n) => f(n),
+                    None => planes.iter().for_each(|p| f(p)),
                 }
             }
+        }
+    }
+
+    /// The planes a repacked 4-bit view no longer reads (its codes are read from
+    /// [`Nested8::nibbles`]): planes 0-2, or nothing.
+    pub fn repacked_planes(&self) -> &[&'a [u8]] {
+        match &self.view {
+            WeightView::Nested8(n) if n.nibbles.is_some() => &n.planes[..3],
+            _ => &[],
         }
     }
 
@@ -183,9 +196,25 @@ impl<'a> Matrix<'a> {
                 use half::slice::HalfFloatSliceExt;
                 w[start..start + self.cols].convert_to_f32_slice(out);
             }
-            WeightView::Nested8(Nested8 { params, planes, group_size, view_bits, row_stride }) => {
-                dequant_nested8_row(params, &planes, group_size, view_bits, r * row_stride, out)
+            WeightView::Nested8(Nested8 { params, planes, group_size, view_bits, row_stride, ref nibbles }) => {
+                // A repacked 4-bit view reads its codes from the copy, not planes 0-2.
+                match nibbles {
+                    Some(n) => dequant_nibbles_row(params, n, group_size, r * row_stride, out),
+                    None => dequant_nested8_row(params, &planes, group_size, view_bits, r * row_stride, out),
+                }
             }
+        }
+    }
+}
+
+/// [`dequant_nested8_row`] of a 4-bit view whose codes `q >> 4` come from its nibble copy
+/// ([`Nested8::nibbles`], plane 3's layout).
+fn dequant_nibbles_row(params: &[GroupParams], nibbles: &[u8], group_size: usize, start: usize, out: &mut [f32]) {
+    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
+        let first = start + g * group_size;
+        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], 4);
+        for (j, o) in chunk.iter_mut().enumerate() {
+            *o = blocks::plane_field(nibbles, 4, first + j) as f32 * step + offset;
         }
     }
 }

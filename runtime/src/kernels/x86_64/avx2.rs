@@ -44,6 +44,31 @@ use super::super::dispatch::Kernels;
 use super::super::{reference, Nested8};
 use crate::blocks::{self, GroupParams};
 
+/// Pseudo-view of the decode functions below: the 4-bit view read from [`Nested8::nibbles`]
+/// (one 4-bit plane in plane 3's layout, held in `planes[3]` of the view handed to them)
+/// instead of planes 0-2: one `maddubs` per 32 codes instead of two.
+const V4N: u8 = 16;
+
+/// The view a (pseudo-)view computes.
+const fn view_bits(v: u8) -> u8 {
+    if v == V4N {
+        4
+    } else {
+        v
+    }
+}
+
+/// Whether (pseudo-)view `v` reads plane `p`.
+const fn reads_plane(v: u8, p: usize) -> bool {
+    match v {
+        V4N => p == 3,
+        2 => p == 0,
+        3 => p <= 1,
+        4 => p <= 2,
+        _ => true,
+    }
+}
+
 /// Codes per decode superchunk.
 const SC: usize = 256;
 /// Bytes of decode-order activations per superchunk: plane 0 order, planes 1/2 order, plane 3
@@ -512,15 +537,17 @@ unsafe fn load_superchunk<const V: u8>(p: [*const u8; 4]) -> [__m256i; 8] {
     let mut r = [_mm256_setzero_si256(); 8];
     // SAFETY: inside the ranges the caller guarantees.
     unsafe {
-        r[0] = _mm256_loadu_si256(p[0] as *const __m256i);
-        r[1] = _mm256_loadu_si256(p[0].add(32) as *const __m256i);
-        if V >= 3 {
+        if reads_plane(V, 0) {
+            r[0] = _mm256_loadu_si256(p[0] as *const __m256i);
+            r[1] = _mm256_loadu_si256(p[0].add(32) as *const __m256i);
+        }
+        if reads_plane(V, 1) {
             r[2] = _mm256_loadu_si256(p[1] as *const __m256i);
         }
-        if V >= 4 {
+        if reads_plane(V, 2) {
             r[3] = _mm256_loadu_si256(p[2] as *const __m256i);
         }
-        if V == 8 {
+        if reads_plane(V, 3) {
             for (i, ri) in r[4..].iter_mut().enumerate() {
                 *ri = _mm256_loadu_si256(p[3].add(32 * i) as *const __m256i);
             }
@@ -565,15 +592,17 @@ unsafe fn load_tails<const V: u8>(rows: &[[*const u8; 4]; 8], t: usize) -> [__m2
     // SAFETY: each read is one row's unit (or a 32-byte piece of it) inside the caller's
     // ranges.
     unsafe {
-        r[0] = unit_reg!(0, 8 * t, 0);
-        r[1] = unit_reg!(0, 8 * t, 1);
-        if V >= 3 {
+        if reads_plane(V, 0) {
+            r[0] = unit_reg!(0, 8 * t, 0);
+            r[1] = unit_reg!(0, 8 * t, 1);
+        }
+        if reads_plane(V, 1) {
             r[2] = unit_reg!(1, 4 * t, 0);
         }
-        if V >= 4 {
+        if reads_plane(V, 2) {
             r[3] = unit_reg!(2, 4 * t, 0);
         }
-        if V == 8 {
+        if reads_plane(V, 3) {
             for (i, ri) in r[4..].iter_mut().enumerate() {
                 *ri = unit_reg!(3, 16 * t, i);
             }
@@ -604,6 +633,10 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
         }
         // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
         // dword of each subgroup, B' the second, both in lane order PI.
+        let ones = _mm256_set1_epi16(1);
+        if V == V4N {
+            return plane3_dot(regs, a, ones);
+        }
         let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let a0 = _mm256_permutevar8x32_epi32(regs[0], spread);
         let b0 = _mm256_permutevar8x32_epi32(regs[1], spread);
@@ -685,9 +718,32 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
                 mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a12 / 32 + 7);
             }
         }
-        let ones = _mm256_set1_epi16(1);
         if V != 8 {
             return _mm256_madd_epi16(_mm256_add_epi16(h0, h1), ones);
+        }
+        _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(h0, h1), _mm256_set1_epi16(16)), plane3_dot(regs, a, ones))
+    }
+}
+
+/// `Σ p3 · x` over one superchunk, as 8 i32 lanes (lane `m`: subgroup `PI[m]`), from plane 3's
+/// registers (`regs[4..8]`) and part A's plane-3 order.
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
+    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
+    unsafe {
+        macro_rules! xa {
+            ($r:expr) => {
+                _mm256_loadu_si256(a.add($r * 32) as *const __m256i)
+            };
+        }
+        macro_rules! mad {
+            ($acc:ident, $u:expr, $r:expr) => {
+                $acc = _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, xa!($r)))
+            };
         }
         // Plane 3 (4 bits/code): 4 registers of 2 subgroups each; a 4×4 dword transpose in
         // each 128-bit half gives T_j, lane m = dword j of subgroup PI[m].
@@ -714,10 +770,7 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
         mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a3 + 5);
         mad!(l0, _mm256_and_si256(tj[3], nib), a3 + 6);
         mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a3 + 7);
-        _mm256_add_epi32(
-            _mm256_madd_epi16(_mm256_add_epi16(h0, h1), _mm256_set1_epi16(16)),
-            _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones),
-        )
+        _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones)
     }
 }
 
@@ -829,14 +882,16 @@ unsafe fn superchunk_at<const V: u8>(w: &Nested8<'_>, c: usize, a: *const i8) ->
     let mut ptr = [core::ptr::null::<u8>(); 4];
     // SAFETY: the caller guarantees the superchunk's bytes are inside the planes.
     unsafe {
-        ptr[0] = w.planes[0].as_ptr().add(c / 4);
-        if V >= 3 {
+        if reads_plane(V, 0) {
+            ptr[0] = w.planes[0].as_ptr().add(c / 4);
+        }
+        if reads_plane(V, 1) {
             ptr[1] = w.planes[1].as_ptr().add(c / 8);
         }
-        if V >= 4 {
+        if reads_plane(V, 2) {
             ptr[2] = w.planes[2].as_ptr().add(c / 8);
         }
-        if V == 8 {
+        if reads_plane(V, 3) {
             ptr[3] = w.planes[3].as_ptr().add(c / 2);
         }
         superchunk::<V>(load_superchunk::<V>(ptr), a)
@@ -886,13 +941,12 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
     let gpr = rs / g;
     assert!(g % 32 == 0 && aux.len() >= part_a_len(rs) && d.len() >= gpr && sum.len() >= gpr);
     check_bounds(w, first, out.len());
-    let drop = 8 - V as u32;
+    let drop = 8 - view_bits(V) as u32;
     let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
     let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
     // Bytes of one superchunk / one subgroup in each plane.
     const LEN: [usize; 4] = [64, 32, 32, 128];
     const SUB: [usize; 4] = [8, 4, 4, 16];
-    let n_planes = blocks::nested8_planes_for_view(V).unwrap_or(4);
     let byte = |p: usize, code: usize| code * blocks::NESTED8_PLANES[p].bits as usize / 8;
     // The row's tail: `tail_sg` subgroups past the last whole superchunk; `pack` rows' tails
     // share one superchunk (part A's tail slot).
@@ -996,7 +1050,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                     let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
                     for (j, rj) in rows.iter_mut().enumerate().take(pack) {
                         let row = first + rb + r0 + if j < k { j } else { 0 };
-                        for (p, pp) in rj.iter_mut().enumerate().take(n_planes) {
+                        for (p, pp) in rj.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
                             // SAFETY: the tail lies inside the row, inside the plane.
                             *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
                         }
@@ -1055,7 +1109,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                         let regs = if tail_sg == 3 {
                             // Slots past k keep stale bytes: their lanes are ignored below, and
                             // the bytes past pack * tail_sg subgroups meet zero activations.
-                            for (p, b) in buf.iter_mut().enumerate().take(n_planes) {
+                            for (p, b) in buf.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
                                 let len = tail_sg * SUB[p];
                                 for j in 0..k {
                                     let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
@@ -1069,7 +1123,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                             let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
                             for (j, rj) in rows.iter_mut().enumerate().take(pack) {
                                 let row = first + rb + r0 + if j < k { j } else { 0 };
-                                for (p, pp) in rj.iter_mut().enumerate().take(n_planes) {
+                                for (p, pp) in rj.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
                                     // SAFETY: the tail lies inside the row, inside the plane.
                                     *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
                                 }
@@ -1092,7 +1146,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                     for (r, isum) in isums.iter_mut().enumerate().take(nr) {
                         let cc = (first + rb + r) * rs + code0 + nfull * SC;
                         let mut ptr = [core::ptr::null::<u8>(); 4];
-                        for (p, pp) in ptr.iter_mut().enumerate().take(n_planes) {
+                        for (p, pp) in ptr.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
                             let off = byte(p, cc);
                             let plane = w.planes[p];
                             if off + LEN[p] <= plane.len() {
@@ -1149,8 +1203,46 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
         return reference::nested8_matvec(w, acts, first, out);
     }
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
+    let (aux, d, sum) = (&acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0));
+    if let (4, Some(nib)) = (V, w.nibbles.as_deref()) {
+        assert!(nib.len() * 2 >= (first + out.len()) * w.row_stride, "nibble plane too short for the rows asked");
+        // The same view with the nibbles as its plane 3 (planes 0-2 kept for check_bounds).
+        let sub = Nested8 {
+            params: w.params,
+            planes: [w.planes[0], w.planes[1], w.planes[2], nib],
+            group_size: w.group_size,
+            view_bits: 4,
+            row_stride: w.row_stride,
+            nibbles: None,
+        };
+        // SAFETY: usable() held; the features are enabled here; the nibbles cover the rows.
+        return unsafe { avx2_rows_dot::<V4N>(&sub, aux, d, sum, first, out) };
+    }
     // SAFETY: usable() held; the features are enabled here.
-    unsafe { avx2_rows_dot::<V>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
+    unsafe { avx2_rows_dot::<V>(w, aux, d, sum, first, out) }
+}
+
+/// Unpack row `row`'s codes from a 4-bit plane (plane 3's layout: [`Nested8::nibbles`], or
+/// plane 3 itself) into natural-order bytes.
+///
+/// # Safety
+/// The CPU supports AVX2; `plane` holds the row's `row_stride / 2` bytes; `out.len() >=
+/// row_stride`, a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_unpack_nibbles(plane: &[u8], row: usize, row_stride: usize, out: &mut [u8]) {
+    assert!(out.len() >= row_stride && row_stride % 32 == 0 && plane.len() * 2 >= (row + 1) * row_stride);
+    let nib = _mm_set1_epi8(0x0F);
+    for c in (0..row_stride).step_by(32) {
+        // SAFETY: 16 bytes at (row·row_stride + c) / 2 lie inside the row (asserted); the store
+        // writes out[c..c + 32], c + 32 <= row_stride <= out.len().
+        unsafe {
+            let v = _mm_loadu_si128(plane.as_ptr().add((row * row_stride + c) / 2) as *const __m128i);
+            let l = _mm_and_si128(v, nib);
+            let u = _mm_and_si128(_mm_srli_epi16::<4>(v), nib);
+            let codes = _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u));
+            _mm256_storeu_si256(out.as_mut_ptr().add(c) as *mut __m256i, codes);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1184,7 +1276,6 @@ unsafe fn avx2_unpack_row<const V: u8>(w: &Nested8<'_>, row: usize, hi: &mut [u8
     let lo_bit = _mm256_set1_epi32(0x4010_0401);
     let hi_bit = _mm256_set1_epi32(0x8020_0802u32 as i32);
     let bit8 = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    let nib = _mm_set1_epi8(0x0F);
     let base = row * rs;
     for c in (0..rs).step_by(32) {
         let code = base + c;
@@ -1210,14 +1301,11 @@ unsafe fn avx2_unpack_row<const V: u8>(w: &Nested8<'_>, row: usize, hi: &mut [u8
                 h = _mm256_or_si256(h, _mm256_and_si256(f2, _mm256_set1_epi8(1)));
             }
             _mm256_storeu_si256(hi.as_mut_ptr().add(c) as *mut __m256i, h);
-            if V == 8 {
-                let v = _mm_loadu_si128(w.planes[3].as_ptr().add(code / 2) as *const __m128i);
-                let l = _mm_and_si128(v, nib);
-                let u = _mm_and_si128(_mm_srli_epi16::<4>(v), nib);
-                let codes = _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u));
-                _mm256_storeu_si256(lo.as_mut_ptr().add(c) as *mut __m256i, codes);
-            }
         }
+    }
+    if V == 8 {
+        // SAFETY: check_bounds covers the row in plane 3; lo holds rs bytes (asserted).
+        unsafe { avx2_unpack_nibbles(w.planes[3], row, rs, lo) };
     }
 }
 
@@ -1354,8 +1442,13 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
         let (hi, lo) = codes.split_at_mut(len * rs);
         for r in 0..len {
             let lo_r = if V == 8 { &mut lo[r * rs..(r + 1) * rs] } else { &mut [][..] };
-            // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
-            unsafe { avx2_unpack_row::<V>(w, first + r, &mut hi[r * rs..(r + 1) * rs], lo_r) };
+            let hi_r = &mut hi[r * rs..(r + 1) * rs];
+            match (V, w.nibbles.as_deref()) {
+                // SAFETY: the nibbles hold every row of the tensor (Matrix::from_tensor).
+                (4, Some(nib)) => unsafe { avx2_unpack_nibbles(nib, first + r, rs, hi_r) },
+                // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
+                _ => unsafe { avx2_unpack_row::<V>(w, first + r, hi_r, lo_r) },
+            }
             // (step, offset) as blocks::nested8_step_offset computes them, 8 groups at a time.
             for gi in (0..gpr).step_by(8) {
                 let mut pair = [0f32; 16];
@@ -1463,4 +1556,5 @@ pub(super) const TABLE: Kernels = Kernels {
     quantize_acts: avx2_quantize,
     nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v8],
     nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v8],
+    nibbles: true,
 };
