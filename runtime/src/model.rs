@@ -177,7 +177,21 @@ impl<'a> Weights<'a> {
     /// [`Weights::from_checkpoint`], calling `release` with each repacked tensor's unread
     /// plane ranges (see [`Model::with_plan_releasing`]).
     pub fn from_checkpoint_releasing(ck: &Checkpoint<'a>, c: &Config, plan: &ViewPlan, release: &dyn Fn(u64, u64)) -> Result<Self> {
+        Self::build(ck, c, plan, release, None)
+    }
+
+    /// The weights at `plan`'s views; a matrix of `reuse` already at its planned view is kept
+    /// as it is (a repacked copy is not made again).
+    fn build(ck: &Checkpoint<'a>, c: &Config, plan: &ViewPlan, release: &dyn Fn(u64, u64), reuse: Option<&Weights<'a>>) -> Result<Self> {
+        let old: Vec<(String, &Matrix<'a>)> = reuse.map(|w| w.matrices()).unwrap_or_default();
         let get = |name: &str, rows: usize, cols: usize| -> Result<Matrix<'a>> {
+            let same = |m: &Matrix<'a>| match &m.view {
+                kernels::WeightView::Nested8(n) => n.view_bits == plan.bits_for(name).unwrap_or(8),
+                _ => true,
+            };
+            if let Some((_, m)) = old.iter().find(|(n, m)| n == name && same(m)) {
+                return Ok((*m).clone());
+            }
             let m = matrix(ck, name, rows, cols, plan)?;
             for (o, l) in m.repacked_planes().iter().filter_map(|p| file_range(ck.bytes(), p)) {
                 release(o, l);
@@ -660,11 +674,11 @@ impl<'a> Model<'a> {
 
     /// Change the views of a live model without reloading: the KV cache and buffers stay, the
     /// weights are re-borrowed from `ck` (the checkpoint the model was made from) at the views
-    /// `plan` picks. Returns the byte ranges of the file (offset, length) that the old views
+    /// `plan` picks (matrices whose view does not change are kept, repacked copies included). Returns the byte ranges of the file (offset, length) that the old views
     /// read and the new ones do not, so a loader can release them (see
     /// `load::CheckpointBytes::release`).
     pub fn set_views(&mut self, ck: &Checkpoint<'a>, plan: &ViewPlan) -> Result<Vec<(u64, u64)>> {
-        let weights = Weights::from_checkpoint(ck, &self.config, plan)?;
+        let weights = Weights::build(ck, &self.config, plan, &|_, _| {}, Some(&self.weights))?;
         let before = self.weights.read_ranges(ck.bytes());
         let after = weights.read_ranges(ck.bytes());
         self.weights = weights;

@@ -198,4 +198,14 @@ fn repacked_4bit_views_release_their_planes_and_compute_the_same() {
     let mut p = Model::with_weights(m.config, plain, opts).unwrap();
     assert_eq!(run(&mut p, &tokens), prefill);
     assert_eq!(run(&mut p, &tokens[..1]), decode);
+
+    // A live switch keeps the copies of matrices whose view stays 4 bits and drops the others'.
+    let copy = |m: &kernels::Matrix<'_>| match &m.view {
+        WeightView::Nested8(n) => n.nibbles.as_ref().map(|a| a.as_ptr()),
+        _ => None,
+    };
+    let kept = copy(&m.weights.layers[0].wq).expect("repacked");
+    m.set_views(&ck, &ViewPlan { default_bits: Some(4), overrides: vec![("blk.1".into(), 8)] }).unwrap();
+    assert_eq!(copy(&m.weights.layers[0].wq), Some(kept), "an unchanged view was repacked again");
+    assert_eq!(copy(&m.weights.layers[1].wq), None, "an 8-bit view holds no copy");
 }
