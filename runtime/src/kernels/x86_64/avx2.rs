@@ -611,6 +611,13 @@ unsafe fn load_tails<const V: u8>(rows: &[[*const u8; 4]; 8], t: usize) -> [__m2
     r
 }
 
+/// `$acc += maddubs($u, register $r of part A at $a)`, in i16 lanes.
+macro_rules! mad {
+    ($acc:ident, $u:expr, $a:ident, $r:expr) => {
+        $acc = _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, _mm256_loadu_si256($a.add($r * 32) as *const __m256i)))
+    };
+}
+
 /// `Σ q_V · x` over one superchunk of one row, as 8 i32 lanes (lane `m`: subgroup `PI[m]`),
 /// from its plane registers (see [`load_superchunk`]) and `a`, its part A (768 bytes).
 ///
@@ -621,16 +628,6 @@ unsafe fn load_tails<const V: u8>(rows: &[[*const u8; 4]; 8], t: usize) -> [__m2
 unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
     // SAFETY (whole body): the loads read part A registers 0..24 (768 bytes).
     unsafe {
-        macro_rules! xa {
-            ($r:expr) => {
-                _mm256_loadu_si256(a.add($r * 32) as *const __m256i)
-            };
-        }
-        macro_rules! mad {
-            ($acc:ident, $u:expr, $r:expr) => {
-                $acc = _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, xa!($r)))
-            };
-        }
         // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
         // dword of each subgroup, B' the second, both in lane order PI.
         let ones = _mm256_set1_epi16(1);
@@ -648,34 +645,34 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
         // shifted to sit under the mask 3, 6 or 12.
         if V == 2 {
             let m = _mm256_set1_epi8(3);
-            mad!(h0, _mm256_and_si256(ra, m), 0);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), 1);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), 2);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(ra), m), 3);
-            mad!(h0, _mm256_and_si256(rb, m), 4);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), 5);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), 6);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(rb), m), 7);
+            mad!(h0, _mm256_and_si256(ra, m), a, 0);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 1);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 2);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(ra), m), a, 3);
+            mad!(h0, _mm256_and_si256(rb, m), a, 4);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 5);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 6);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(rb), m), a, 7);
         } else if V == 3 {
             let m = _mm256_set1_epi8(6);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(ra), m), 0);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(ra), m), 1);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(ra), m), 2);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(ra), m), 3);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(rb), m), 4);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(rb), m), 5);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(rb), m), 6);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(rb), m), 7);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(ra), m), a, 0);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(ra), m), a, 1);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(ra), m), a, 2);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(ra), m), a, 3);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(rb), m), a, 4);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(rb), m), a, 5);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(rb), m), a, 6);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(rb), m), a, 7);
         } else {
             let m = _mm256_set1_epi8(12);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(ra), m), 0);
-            mad!(h1, _mm256_and_si256(ra, m), 1);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), 2);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), 3);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(rb), m), 4);
-            mad!(h1, _mm256_and_si256(rb, m), 5);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), 6);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), 7);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(ra), m), a, 0);
+            mad!(h1, _mm256_and_si256(ra, m), a, 1);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 2);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 3);
+            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(rb), m), a, 4);
+            mad!(h1, _mm256_and_si256(rb, m), a, 5);
+            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 6);
+            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 7);
         }
         if V >= 3 {
             // Planes 1 and 2 (1 bit/code): dword l = subgroup l; reorder to lanes PI.
@@ -685,14 +682,14 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
             let a12 = SC;
             if V == 3 {
                 // Bit b = 2k + reg of byte 4m + c is code 32·PI[m] + 8c + b: register reg*4 + k.
-                mad!(h0, _mm256_and_si256(q1, one), a12 / 32);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(q1), one), a12 / 32 + 1);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(q1), one), a12 / 32 + 2);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(q1), one), a12 / 32 + 3);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<1>(q1), one), a12 / 32 + 4);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<3>(q1), one), a12 / 32 + 5);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<5>(q1), one), a12 / 32 + 6);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<7>(q1), one), a12 / 32 + 7);
+                mad!(h0, _mm256_and_si256(q1, one), a, a12 / 32);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(q1), one), a, a12 / 32 + 1);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(q1), one), a, a12 / 32 + 2);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(q1), one), a, a12 / 32 + 3);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<1>(q1), one), a, a12 / 32 + 4);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<3>(q1), one), a, a12 / 32 + 5);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<5>(q1), one), a, a12 / 32 + 6);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<7>(q1), one), a, a12 / 32 + 7);
             } else {
                 // Merge into 2-bit fields 2·p1 + p2: M holds even bits (codes 8b + 2k),
                 // N odd bits (codes 8b + 2k + 1).
@@ -708,14 +705,14 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
                     _mm256_and_si256(_mm256_srli_epi16::<1>(q2), even),
                 );
                 let m = _mm256_set1_epi8(3);
-                mad!(h0, _mm256_and_si256(mm, m), a12 / 32);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(mm), m), a12 / 32 + 1);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(mm), m), a12 / 32 + 2);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(mm), m), a12 / 32 + 3);
-                mad!(h0, _mm256_and_si256(nn, m), a12 / 32 + 4);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(nn), m), a12 / 32 + 5);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(nn), m), a12 / 32 + 6);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a12 / 32 + 7);
+                mad!(h0, _mm256_and_si256(mm, m), a, a12 / 32);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(mm), m), a, a12 / 32 + 1);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(mm), m), a, a12 / 32 + 2);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(mm), m), a, a12 / 32 + 3);
+                mad!(h0, _mm256_and_si256(nn, m), a, a12 / 32 + 4);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(nn), m), a, a12 / 32 + 5);
+                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(nn), m), a, a12 / 32 + 6);
+                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a, a12 / 32 + 7);
             }
         }
         if V != 8 {
@@ -735,16 +732,6 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
 unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
     // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
     unsafe {
-        macro_rules! xa {
-            ($r:expr) => {
-                _mm256_loadu_si256(a.add($r * 32) as *const __m256i)
-            };
-        }
-        macro_rules! mad {
-            ($acc:ident, $u:expr, $r:expr) => {
-                $acc = _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, xa!($r)))
-            };
-        }
         // Plane 3 (4 bits/code): 4 registers of 2 subgroups each; a 4×4 dword transpose in
         // each 128-bit half gives T_j, lane m = dword j of subgroup PI[m].
         let [r0, r1, r2, r3] = [regs[4], regs[5], regs[6], regs[7]];
@@ -762,14 +749,14 @@ unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i
         let mut l0 = _mm256_setzero_si256();
         let mut l1 = _mm256_setzero_si256();
         let a3 = 2 * SC / 32;
-        mad!(l0, _mm256_and_si256(tj[0], nib), a3);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[0]), nib), a3 + 1);
-        mad!(l0, _mm256_and_si256(tj[1], nib), a3 + 2);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[1]), nib), a3 + 3);
-        mad!(l0, _mm256_and_si256(tj[2], nib), a3 + 4);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a3 + 5);
-        mad!(l0, _mm256_and_si256(tj[3], nib), a3 + 6);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a3 + 7);
+        mad!(l0, _mm256_and_si256(tj[0], nib), a, a3);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[0]), nib), a, a3 + 1);
+        mad!(l0, _mm256_and_si256(tj[1], nib), a, a3 + 2);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[1]), nib), a, a3 + 3);
+        mad!(l0, _mm256_and_si256(tj[2], nib), a, a3 + 4);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a, a3 + 5);
+        mad!(l0, _mm256_and_si256(tj[3], nib), a, a3 + 6);
+        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a, a3 + 7);
         _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones)
     }
 }
