@@ -1,82 +1,17 @@
 //! Batched attention (prefill) against token-by-token decode, and the fast `exp` of the
 //! softmax against `libm::expf`.
 
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
-use edge_runtime::format::{keys, Checkpoint, CheckpointWriter, Encoding, MetaValue, TensorData};
-use edge_runtime::model::{exp_fast, softmax, softmax_reference, Logits, Model, ModelOptions};
-use half::f16;
+mod support;
+use support::{aligned, rand_u8, TinyLlama};
 
-fn rand_u8(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 56) as u8
-        })
-        .collect()
-}
+use edge_runtime::format::Checkpoint;
+use edge_runtime::model::{exp_fast, softmax, softmax_reference, Logits, Model, ModelOptions};
 
 /// A random small Llama (dim 64, 2 layers, GQA 4/2, head_dim 16, vocab 96, context 256) with
 /// nested 8-bit weights.
 fn small_model() -> Vec<u8> {
-    let (dim, hidden, layers, heads, kv_heads, vocab, g) = (64usize, 128usize, 2usize, 4usize, 2usize, 96usize, 16usize);
-    let hd = dim / heads;
-    let mut w = CheckpointWriter::new();
-    let mut seed = 7;
-    let mut nested = |name: String, rows: usize, cols: usize, w: &mut CheckpointWriter| {
-        seed += 1;
-        let codes = rand_u8(rows * cols, seed);
-        let params = vec![GroupParams { scale: f16::from_f32(0.8 / 255.0), min: f16::from_f32(-0.4) }; rows * cols / g];
-        let mut segments = vec![bytemuck::cast_slice(&params).to_vec()];
-        segments.extend(pack_nested8_planes(&codes));
-        w.add_tensor(TensorData { name, encoding: Encoding::Nested8, shape: vec![rows as u64, cols as u64], group_size: g as u32, segments })
-            .unwrap();
-    };
-    let ones = |name: String, w: &mut CheckpointWriter| {
-        let v = vec![1f32; dim];
-        w.add_tensor(TensorData { name, encoding: Encoding::F32, shape: vec![dim as u64], group_size: 0, segments: vec![bytemuck::cast_slice(&v).to_vec()] })
-            .unwrap();
-    };
-    nested("token_embd.weight".into(), vocab, dim, &mut w);
-    ones("output_norm.weight".into(), &mut w);
-    for l in 0..layers {
-        ones(format!("blk.{l}.attn_norm.weight"), &mut w);
-        ones(format!("blk.{l}.ffn_norm.weight"), &mut w);
-        nested(format!("blk.{l}.attn_q.weight"), dim, dim, &mut w);
-        nested(format!("blk.{l}.attn_k.weight"), kv_heads * hd, dim, &mut w);
-        nested(format!("blk.{l}.attn_v.weight"), kv_heads * hd, dim, &mut w);
-        nested(format!("blk.{l}.attn_output.weight"), dim, dim, &mut w);
-        nested(format!("blk.{l}.ffn_gate.weight"), hidden, dim, &mut w);
-        nested(format!("blk.{l}.ffn_up.weight"), hidden, dim, &mut w);
-        nested(format!("blk.{l}.ffn_down.weight"), dim, hidden, &mut w);
-    }
-    w.set_meta(keys::ARCH, MetaValue::Str("llama"));
-    for (k, v) in [
-        (keys::DIM, dim),
-        (keys::HIDDEN_DIM, hidden),
-        (keys::N_LAYERS, layers),
-        (keys::N_HEADS, heads),
-        (keys::N_KV_HEADS, kv_heads),
-        (keys::HEAD_DIM, hd),
-        (keys::VOCAB_SIZE, vocab),
-        (keys::CONTEXT_LENGTH, 256),
-    ] {
-        w.set_meta(k, MetaValue::U64(v as u64));
-    }
-    w.set_meta(keys::NORM_EPS, MetaValue::F32(1e-5));
-    w.set_meta(keys::ROPE_THETA, MetaValue::F32(10000.0));
-    w.set_meta(keys::TIED_EMBEDDINGS, MetaValue::Bool(true));
-    let mut out = Vec::new();
-    w.write_to(&mut out, |_, _| {}).unwrap();
-    out
-}
-
-fn aligned(bytes: &[u8]) -> Vec<u128> {
-    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
-    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-    buf
+    let m = TinyLlama { dim: 64, hidden: 128, layers: 2, heads: 4, kv_heads: 2, vocab: 96, context: 256, group: 16, range: 0.8, seed: 7 };
+    m.bytes()
 }
 
 /// Logits of every token, one token per forward call (the decode path).
