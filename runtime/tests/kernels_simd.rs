@@ -303,8 +303,8 @@ fn exact_integer_sums() {
     }
 }
 
-/// Rows of more than 64 groups (the decode kernels may work in segments of groups): decode and
-/// prefill over several segments, with a tail.
+/// Long rows (130 groups and a partial one; part A of many slots at 32 · odd columns): decode
+/// and prefill.
 #[test]
 fn wide_rows_match_reference() {
     let mut rng = Rng(0xC0FF_EE00);

@@ -16,12 +16,13 @@
 //! integers; each group's float term `d · (step · isum + offset · sum)` is computed with
 //! separate multiplies and adds (no FMA), 8 groups of a row per register, then an 8×8 transpose
 //! puts 8 rows in the lanes of one accumulator that adds the terms in group order, so the
-//! result equals the reference bit for bit. Rows go in blocks of 8; a row that ends inside a
-//! superchunk (576 = 2 × 256 + 64 columns) has its tail packed with the tails of the next rows
-//! into one superchunk (part A holds a matching "tail slot") instead of costing a whole one.
-//! Whole blocks of 8 groups (group sizes 32, 64, 128) are summed in registers; other group
-//! sizes that are multiples of 32 go through a small buffer of group sums. Groups of 8 or 16
-//! fall back to the reference.
+//! result equals the reference bit for bit. Rows go in blocks of 8, whose codes are contiguous
+//! in every plane: the block is read as one stream of superchunks that run across row ends
+//! (576 columns: 8 rows are 18 superchunks), and part A holds one slot per starting column
+//! (`lcm(columns, 256) / 256` slots: 9 for 576), so no row ends in a partly used superchunk.
+//! Each superchunk's sums go straight to a small buffer of group sums (groups of 32, 64 and 128
+//! are folded in registers; other multiples of 32 afterwards). Groups of 8 or 16 fall back to
+//! the reference.
 //!
 //! # Prefill (`avx2_nested8_matmul`): codes unpacked once, tokens in lanes
 //! With at least [`PREFILL_MIN_TOKENS`] tokens, the rows of the tile are unpacked once into
@@ -79,9 +80,6 @@ const SC_AUX: usize = 3 * SC;
 const PREFILL_MIN_TOKENS: usize = 4;
 /// Tokens per prefill block (i32 lanes of a register).
 const TOK: usize = 8;
-/// Groups per decode segment (stack buffers); 64 groups of a multiple of 32 codes are a whole
-/// number of superchunks.
-const SEG: usize = 64;
 /// Bytes per (token block, group) in part C: 8 scales `d` then 8 sums as f32.
 const C_ENTRY: usize = 64;
 
@@ -122,11 +120,18 @@ const fn perm_a() -> [u8; SC_AUX] {
     p
 }
 
-/// Part A bytes per token: one slot per superchunk (the last one zero-padded), plus, when
-/// the row ends inside a superchunk, one "tail" slot: the row's last `t` subgroups repeated
-/// `8 / t` times, so that `8 / t` rows' tails are multiplied in one superchunk.
+/// Part A slots per token: `lcm(padded_cols, 256) / 256`. A decode block reads its rows'
+/// codes as one stream of superchunks that cross row ends, so superchunk `j` of a row (or of a
+/// run of rows) starts at column `256 · j mod padded_cols`; slot `j` holds the activations of
+/// columns `(256 · j + i) mod padded_cols`, `i < 256`, and the slots repeat after the last.
+/// (576 columns: 9 slots, one per superchunk of 4 rows; 1536: 6.)
+fn part_a_slots(padded_cols: usize) -> usize {
+    padded_cols >> padded_cols.trailing_zeros().min(SC.trailing_zeros())
+}
+
+/// Part A bytes per token.
 fn part_a_len(padded_cols: usize) -> usize {
-    (padded_cols.div_ceil(SC) + usize::from(padded_cols % SC != 0)) * SC_AUX
+    part_a_slots(padded_cols) * SC_AUX
 }
 
 /// Where each part of `acts.aux` lives (a function of `n`, `padded_cols` and `block` only).
@@ -163,6 +168,7 @@ fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
         && w.view_bits == view
         && acts.block == w.group_size
         && acts.padded_cols == w.row_stride
+        && w.row_stride / 32 <= MAX_SUB
         && acts.n > 0
         && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
 }
@@ -362,8 +368,8 @@ unsafe fn avx2_permute_superchunk(src: *const i8, dst: *mut i8) {
     }
 }
 
-/// Part A of one token: `q` (padded_cols values, a multiple of 32) permuted superchunk by
-/// superchunk (zero past the end), then the tail slot (see [`part_a_len`]).
+/// Part A of one token: the `q` of `padded_cols` values (a multiple of 32), repeated, in
+/// slots of 256 (see [`part_a_slots`]), each slot permuted by [`avx2_permute_superchunk`].
 ///
 /// # Safety
 /// The CPU supports AVX2; `out.len() == part_a_len(q.len())`.
@@ -372,19 +378,13 @@ unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8]) {
     let pc = q.len();
     assert!(out.len() == part_a_len(pc));
     let mut chunk = [0i8; SC];
-    let slots = pc.div_ceil(SC);
     for (s, dst) in out.chunks_exact_mut(SC_AUX).enumerate() {
-        let src = if (s + 1) * SC <= pc {
-            &q[s * SC..(s + 1) * SC]
+        let start = s * SC % pc;
+        let src = if start + SC <= pc {
+            &q[start..start + SC]
         } else {
-            chunk.fill(0);
-            if s < slots {
-                chunk[..pc - s * SC].copy_from_slice(&q[s * SC..]);
-            } else {
-                let tail = &q[pc / SC * SC..];
-                for j in 0..SC / tail.len() {
-                    chunk[j * tail.len()..(j + 1) * tail.len()].copy_from_slice(tail);
-                }
+            for (i, c) in chunk.iter_mut().enumerate() {
+                *c = q[(start + i) % pc];
             }
             &chunk[..]
         };
@@ -397,21 +397,9 @@ unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8]) {
 #[cfg(test)]
 fn fill_part_a_scalar(q: &[i8], out: &mut [i8]) {
     let pc = q.len();
-    let mut chunk = [0i8; SC];
-    let slots = pc.div_ceil(SC);
     for (s, dst) in out.chunks_exact_mut(SC_AUX).enumerate() {
-        chunk.fill(0);
-        if s < slots {
-            let src = &q[s * SC..((s + 1) * SC).min(pc)];
-            chunk[..src.len()].copy_from_slice(src);
-        } else {
-            let tail = &q[pc / SC * SC..];
-            for j in 0..SC / tail.len() {
-                chunk[j * tail.len()..(j + 1) * tail.len()].copy_from_slice(tail);
-            }
-        }
         for (d, &i) in dst.iter_mut().zip(PERM_A.iter()) {
-            *d = chunk[i as usize];
+            *d = q[(s * SC + i as usize) % pc];
         }
     }
 }
@@ -550,61 +538,6 @@ unsafe fn load_superchunk<const V: u8>(p: [*const u8; 4]) -> [__m256i; 8] {
         if reads_plane(V, 3) {
             for (i, ri) in r[4..].iter_mut().enumerate() {
                 *ri = _mm256_loadu_si256(p[3].add(32 * i) as *const __m256i);
-            }
-        }
-    }
-    r
-}
-
-/// The registers of a superchunk made of `k <= 8 / t` rows' tails of `t` subgroups each
-/// (t = 1, 2 or 4), side by side; `rows[j]` points at row `j`'s tail in each plane (slots past
-/// `k` repeat row 0: their lanes are ignored).
-///
-/// # Safety
-/// The CPU supports AVX2; `rows[j][p]` readable for `t` subgroups of plane `p` (8, 4, 4, 16
-/// bytes each) for the view's planes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn load_tails<const V: u8>(rows: &[[*const u8; 4]; 8], t: usize) -> [__m256i; 8] {
-    let mut r = [_mm256_setzero_si256(); 8];
-    // Register `reg` of a plane whose row unit is `u` bytes: slots reg·32/u.. (u < 32) or
-    // the part of slot reg·32/u at (reg·32) % u (u >= 32).
-    macro_rules! unit_reg {
-        ($p:expr, $u:expr, $reg:expr) => {{
-            let (p, u, reg): (usize, usize, usize) = ($p, $u, $reg);
-            match u {
-                4 => {
-                    let s = |j: usize| (rows[reg * 8 + j][p] as *const i32).read_unaligned();
-                    _mm256_setr_epi32(s(0), s(1), s(2), s(3), s(4), s(5), s(6), s(7))
-                }
-                8 => {
-                    let s = |j: usize| (rows[reg * 4 + j][p] as *const i64).read_unaligned();
-                    _mm256_setr_epi64x(s(0), s(1), s(2), s(3))
-                }
-                16 => _mm256_loadu2_m128i(
-                    rows[reg * 2 + 1][p] as *const __m128i,
-                    rows[reg * 2][p] as *const __m128i,
-                ),
-                _ => _mm256_loadu_si256(rows[reg * 32 / u][p].add(reg * 32 % u) as *const __m256i),
-            }
-        }};
-    }
-    // SAFETY: each read is one row's unit (or a 32-byte piece of it) inside the caller's
-    // ranges.
-    unsafe {
-        if reads_plane(V, 0) {
-            r[0] = unit_reg!(0, 8 * t, 0);
-            r[1] = unit_reg!(0, 8 * t, 1);
-        }
-        if reads_plane(V, 1) {
-            r[2] = unit_reg!(1, 4 * t, 0);
-        }
-        if reads_plane(V, 2) {
-            r[3] = unit_reg!(2, 4 * t, 0);
-        }
-        if reads_plane(V, 3) {
-            for (i, ri) in r[4..].iter_mut().enumerate() {
-                *ri = unit_reg!(3, 16 * t, i);
             }
         }
     }
@@ -796,67 +729,6 @@ unsafe fn params_to_f32(v: __m256i) -> (__m256, __m256) {
     (_mm256_cvtph_ps(_mm256_castsi256_si128(sm)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(sm)))
 }
 
-/// Add the group sums of superchunk `sc` of a segment (lanes `v` in order [`PI`]) into
-/// `isums` (indices up to `ng + 7`, inside `SEG + 8`).
-///
-/// # Safety
-/// The CPU supports AVX2; `sc * 8 / (g / 32) <= SEG`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn add_group_sums(isums: &mut [i32; SEG + 8], sc: usize, v: __m256i, g: usize) {
-    // SAFETY (stores): sc * (256 / g) + 256 / g <= SEG + 8 for g in 32, 64, 128.
-    match g {
-        32 => unsafe {
-            let nat = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_storeu_si256(isums.as_mut_ptr().add(sc * 8) as *mut __m256i, nat);
-        },
-        64 => unsafe {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            _mm_storeu_si128(isums.as_mut_ptr().add(sc * 4) as *mut __m128i, s);
-        },
-        128 => unsafe {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            _mm_storel_epi64(isums.as_mut_ptr().add(sc * 2) as *mut __m128i, _mm_hadd_epi32(s, s));
-        },
-        _ => {
-            let mut lanes = [0i32; 8];
-            // SAFETY: lanes is 32 bytes.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
-            let per = g / 32;
-            for (m, &sg) in PI.iter().enumerate() {
-                let gi = (sc * 8 + sg) / per;
-                if gi < SEG + 8 {
-                    isums[gi] += lanes[m];
-                }
-            }
-        }
-    }
-}
-
-/// `dst.copy_from_slice(src)` for lengths that are a multiple of `unit` (4, 8 or 16) bytes,
-/// without a `memcpy` call for these few bytes.
-#[inline]
-fn copy_units(src: &[u8], dst: &mut [u8], unit: usize) {
-    assert!(src.len() == dst.len() && src.len() % unit == 0);
-    match unit {
-        4 => {
-            for (d, s) in dst.chunks_exact_mut(4).zip(src.chunks_exact(4)) {
-                d.copy_from_slice(s);
-            }
-        }
-        8 => {
-            for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
-                d.copy_from_slice(s);
-            }
-        }
-        _ => {
-            for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
-                d.copy_from_slice(s);
-            }
-        }
-    }
-}
-
 /// [`superchunk`] of the superchunk starting at flat code `c` (a multiple of 8 codes, so a
 /// whole byte in every plane), with part A slot `a`.
 ///
@@ -885,11 +757,25 @@ unsafe fn superchunk_at<const V: u8>(w: &Nested8<'_>, c: usize, a: *const i8) ->
     }
 }
 
-/// The float terms `d · (step · isum + offset · sum)` of 8 groups of one row (params from
-/// index `pi`), each computed exactly as the reference does (no FMA).
+/// `d · (step · isum + offset · sum)` lane-wise, with `step = scale · step_mul` and `offset =
+/// min + scale · centre`: each product and sum computed separately, as the reference does
+/// (no FMA).
 ///
 /// # Safety
-/// The CPU supports AVX2 and F16C; `d` and `sum` hold at least 8 values.
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn terms(scale: __m256, min: __m256, step_mul: __m256, centre: __m256, isum: __m256i, d: __m256, sum: __m256) -> __m256 {
+    let step = _mm256_mul_ps(scale, step_mul);
+    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+    _mm256_mul_ps(d, _mm256_add_ps(_mm256_mul_ps(step, _mm256_cvtepi32_ps(isum)), _mm256_mul_ps(offset, sum)))
+}
+
+/// The float [`terms`] of 8 groups of one row (params from index `pi`, block scales and sums
+/// from `d[0..8]` and `sum[0..8]`).
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn group_terms(
@@ -899,25 +785,34 @@ unsafe fn group_terms(
     centre: __m256,
     isum: __m256i,
     d: &[f32],
-    sum: &[f32],
+    sum: &[i32],
 ) -> __m256i {
     assert!(d.len() >= 8 && sum.len() >= 8);
-    // SAFETY: F16C is enabled here.
-    let (scale, min) = unsafe { load_params8(params, pi) };
-    let step = _mm256_mul_ps(scale, step_mul);
-    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
-    // SAFETY: 8 floats each (asserted).
-    let (dv, sv) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr())) };
-    let isum = _mm256_cvtepi32_ps(isum);
-    _mm256_castps_si256(_mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv))))
+    // SAFETY: F16C is enabled here; 8 values each of d and sum (asserted).
+    unsafe {
+        let (scale, min) = load_params8(params, pi);
+        let dv = _mm256_loadu_ps(d.as_ptr());
+        let sv = _mm256_cvtepi32_ps(_mm256_loadu_si256(sum.as_ptr() as *const __m256i));
+        _mm256_castps_si256(terms(scale, min, step_mul, centre, isum, dv, sv))
+    }
 }
-
-/// Rows per decode block: the float terms of 8 rows are transposed so that lane `r` of one
-/// register accumulates row `r` in group order.
+/// Rows per decode block: lane `r` of the accumulator is row `r` of the block.
 const RB: usize = 8;
+
+/// Most subgroup sums one decode block holds (a row of up to 32768 columns still takes 8 rows
+/// a block; longer rows take fewer; see [`usable`]).
+const MAX_SUB: usize = 8192;
 
 /// `out[i] = ` the reference `nested8_row_dot(first + i)` for one token, given its part A
 /// (`aux`), block scales `d` and sums `sum`.
+///
+/// Rows go in blocks of 8 whose codes are contiguous in every plane, so the block is read as
+/// one stream of superchunks that run across row ends: superchunk `j` of a block meets part A
+/// slot `j mod slots` (see [`part_a_len`]), and no row needs a tail of its own. Each
+/// superchunk's 8 subgroup sums are stored in natural order; the sums of each group (whole
+/// subgroups, never across rows) are then folded in place, and the float terms added per row
+/// in group order: 8 groups of a row per register and an 8×8 transpose (lane = row), then the
+/// groups past a multiple of 8 one register per group (lane = row).
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C.
@@ -926,257 +821,110 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
     let g = w.group_size;
     let rs = w.row_stride;
     let gpr = rs / g;
-    assert!(g % 32 == 0 && aux.len() >= part_a_len(rs) && d.len() >= gpr && sum.len() >= gpr);
+    let per = g / 32;
+    let slots = part_a_slots(rs);
+    assert!(g % 32 == 0 && rs % g == 0 && rs / 32 <= MAX_SUB);
+    assert!(aux.len() >= slots * SC_AUX && d.len() >= gpr && sum.len() >= gpr);
     check_bounds(w, first, out.len());
     let drop = 8 - view_bits(V) as u32;
     let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
     let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
-    // Bytes of one superchunk / one subgroup in each plane.
+    // Bytes of one superchunk in each plane.
     const LEN: [usize; 4] = [64, 32, 32, 128];
-    const SUB: [usize; 4] = [8, 4, 4, 16];
     let byte = |p: usize, code: usize| code * blocks::NESTED8_PLANES[p].bits as usize / 8;
-    // The row's tail: `tail_sg` subgroups past the last whole superchunk; `pack` rows' tails
-    // share one superchunk (part A's tail slot).
-    let tail_sg = (rs % SC) / 32;
-    let pack = 8usize.checked_div(tail_sg).unwrap_or(0);
-    let tail_slot = rs.div_ceil(SC) * SC_AUX;
-    let per = g / 32;
-    // Tail lanes: lane m of a packed superchunk is (row slot, group within the segment's
-    // tail) = (PI[m] / tail_sg, (whole superchunks' subgroups + PI[m] % tail_sg) / per),
-    // computed per segment below (no divisions in the row loop).
-    let mut lane_slot = [usize::MAX; 8];
-    let mut lane_group = [0usize; 8];
+    let block_rows = RB.min(MAX_SUB / (rs / 32));
+    // The block's group sums: row r's group k at r · gpr + k (other group sizes than 32, 64
+    // and 128: its subgroup sums first, folded after).
+    let mut sub = [0i32; MAX_SUB + 8];
     let mut buf = [[0u8; 128]; 4];
-    let mut isums = [[0i32; SEG + 8]; RB];
     let nat = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for seg_g0 in (0..gpr).step_by(SEG) {
-        let ng = SEG.min(gpr - seg_g0);
-        let mut dseg = [0f32; SEG + 8];
-        let mut sseg = [0f32; SEG + 8];
-        for j in 0..ng {
-            dseg[j] = d[seg_g0 + j];
-            sseg[j] = sum[seg_g0 + j] as f32;
+    let full = gpr / 8 * 8;
+    for rb in (0..out.len()).step_by(block_rows) {
+        let nr = block_rows.min(out.len() - rb);
+        let row0 = first + rb;
+        let c0 = row0 * rs;
+        let nsc = (nr * rs).div_ceil(SC);
+        // The last superchunk may run past the rows asked (those lanes are never used) and, at
+        // the end of the tensor, past a plane's end: it is then read from a zero-padded copy.
+        let end_inside = (0..4).filter(|&p| reads_plane(V, p)).all(|p| byte(p, c0 + nsc * SC) <= w.planes[p].len());
+        let mut slot = 0;
+        for j in 0..nsc {
+            let c = c0 + j * SC;
+            let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
+            let v = if j + 1 < nsc || end_inside {
+                // SAFETY: the superchunk's bytes lie inside the planes (check_bounds covers the
+                // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
+                unsafe { superchunk_at::<V>(w, c, a) }
+            } else {
+                let mut ptr = [core::ptr::null::<u8>(); 4];
+                for (p, pp) in ptr.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
+                    let plane = w.planes[p];
+                    // c is inside the block's rows, so off < plane.len() (check_bounds).
+                    let off = byte(p, c);
+                    let have = (plane.len() - off).min(LEN[p]);
+                    buf[p][..have].copy_from_slice(&plane[off..off + have]);
+                    buf[p][have..LEN[p]].fill(0);
+                    *pp = buf[p].as_ptr();
+                }
+                // SAFETY: each buf[p] holds LEN[p] bytes; slot < slots, inside aux.
+                unsafe { superchunk::<V>(load_superchunk::<V>(ptr), a) }
+            };
+            // Lanes m and m + 4 of `v` are subgroups 2i and 2i + 1 of the superchunk
+            // ([`PI`]), so adding its halves gives the sums of 64-code groups in order.
+            let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            // SAFETY: (256 / g) · (j + 1) <= 8 · nsc <= nr · rs / 32 + 8 <= MAX_SUB + 8.
+            unsafe {
+                match per {
+                    2 => _mm_storeu_si128(sub.as_mut_ptr().add(4 * j) as *mut __m128i, fold(v)),
+                    4 => {
+                        let s = fold(v);
+                        _mm_storel_epi64(sub.as_mut_ptr().add(2 * j) as *mut __m128i, _mm_hadd_epi32(s, s));
+                    }
+                    _ => _mm256_storeu_si256(sub.as_mut_ptr().add(8 * j) as *mut __m256i, _mm256_permutevar8x32_epi32(v, nat)),
+                }
+            }
+            slot = if slot + 1 == slots { 0 } else { slot + 1 };
         }
-        let code0 = seg_g0 * g;
-        let nfull = ng * g / SC;
-        let has_tail = ng * g % SC != 0;
-        // Whole superchunks per block of 8 groups (0: sums go through `isums` only).
-        let sc_per_block = match g {
-            32 => 1,
-            64 => 2,
-            128 => 4,
-            _ => 0,
-        };
-        let reg_blocks = nfull.checked_div(sc_per_block).unwrap_or(0);
-        let g_reg = reg_blocks * 8;
-        let sc_rest = reg_blocks * sc_per_block;
-        // After the register blocks only the tails remain, packed from registers (t = 1, 2, 4):
-        // their sums go to columns instead of `isums`.
-        let column_tail = has_tail && sc_rest == nfull && pack >= 2 && tail_sg != 3;
-        if has_tail && pack >= 2 {
-            for (m, &vsg) in PI.iter().enumerate() {
-                lane_slot[m] = vsg / tail_sg;
-                lane_group[m] = (nfull * 8 + vsg % tail_sg) / per - g_reg;
+        // Other group sizes: the subgroup sums are stored in order; fold them in place (group k
+        // reads subgroups k · per.., at or after k, never one already overwritten).
+        if !matches!(per, 1 | 2 | 4) {
+            for k in 0..nr * gpr {
+                sub[k] = sub[k * per..(k + 1) * per].iter().sum();
             }
         }
-        for rb in (0..out.len()).step_by(RB) {
-            let nr = RB.min(out.len() - rb);
-            // Lane r of `acc` sums row rb + r's group terms in group order.
-            let mut accv = [0f32; RB];
-            if seg_g0 > 0 {
-                accv[..nr].copy_from_slice(&out[rb..rb + nr]);
+        // Lane r of `acc` sums row row0 + r's group terms in group order.
+        let mut acc = _mm256_setzero_ps();
+        for g8 in (0..full).step_by(8) {
+            let mut tv = [_mm256_setzero_si256(); RB];
+            for (r, t) in tv.iter_mut().enumerate().take(nr) {
+                // SAFETY: r · gpr + g8 + 8 <= nr · gpr; g8 + 8 <= gpr for d and sum.
+                *t = unsafe {
+                    let isum = _mm256_loadu_si256(sub.as_ptr().add(r * gpr + g8) as *const __m256i);
+                    group_terms(w.params, (row0 + r) * gpr + g8, step_mul, centre, isum, &d[g8..], &sum[g8..])
+                };
             }
-            // SAFETY: accv is 8 floats.
-            let mut acc = unsafe { _mm256_loadu_ps(accv.as_ptr()) };
-            // Groups below g_reg: blocks of 8 groups from whole superchunks, in registers.
-            for blk in 0..reg_blocks {
-                let mut tv = [_mm256_setzero_si256(); RB];
-                for (r, t) in tv.iter_mut().enumerate().take(nr) {
-                    let row = first + rb + r;
-                    let c = row * rs + code0 + blk * sc_per_block * SC;
-                    let slot = aux.as_ptr().wrapping_add((code0 / SC + blk * sc_per_block) * SC_AUX);
-                    // SAFETY: the superchunks lie inside the row (blk < reg_blocks covers only
-                    // whole superchunks) and their part A slots inside aux.
-                    let isum = unsafe {
-                        let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                        match sc_per_block {
-                            1 => _mm256_permutevar8x32_epi32(superchunk_at::<V>(w, c, slot), nat),
-                            2 => {
-                                let v0 = superchunk_at::<V>(w, c, slot);
-                                let v1 = superchunk_at::<V>(w, c + SC, slot.add(SC_AUX));
-                                _mm256_set_m128i(fold(v1), fold(v0))
-                            }
-                            _ => {
-                                let v0 = superchunk_at::<V>(w, c, slot);
-                                let v1 = superchunk_at::<V>(w, c + SC, slot.add(SC_AUX));
-                                let v2 = superchunk_at::<V>(w, c + 2 * SC, slot.add(2 * SC_AUX));
-                                let v3 = superchunk_at::<V>(w, c + 3 * SC, slot.add(3 * SC_AUX));
-                                _mm256_set_m128i(
-                                    _mm_hadd_epi32(fold(v2), fold(v3)),
-                                    _mm_hadd_epi32(fold(v0), fold(v1)),
-                                )
-                            }
-                        }
-                    };
-                    let g8 = blk * 8;
-                    // SAFETY: g8 + 8 <= ng <= SEG for dseg/sseg.
-                    *t = unsafe {
-                        group_terms(w.params, row * gpr + seg_g0 + g8, step_mul, centre, isum, &dseg[g8..], &sseg[g8..])
-                    };
-                }
-                for t in &transpose8x8(tv) {
-                    acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
-                }
+            for t in &transpose8x8(tv) {
+                acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
             }
-            if g_reg < ng && column_tail {
-                // Only the packed tails remain: their group sums land in columns (lane = row),
-                // and each tail group's terms are one register, added in group order.
-                let mut col = [[0i32; RB]; 4];
-                for r0 in (0..nr).step_by(pack) {
-                    let k = pack.min(nr - r0);
-                    let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
-                    for (j, rj) in rows.iter_mut().enumerate().take(pack) {
-                        let row = first + rb + r0 + if j < k { j } else { 0 };
-                        for (p, pp) in rj.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
-                            // SAFETY: the tail lies inside the row, inside the plane.
-                            *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
-                        }
-                    }
-                    // SAFETY: each rows[j][p] is readable for tail_sg subgroups; the tail slot
-                    // is inside part A.
-                    let v = unsafe { superchunk::<V>(load_tails::<V>(&rows, tail_sg), aux.as_ptr().add(tail_slot)) };
-                    let mut lanes = [0i32; 8];
-                    // SAFETY: lanes is 32 bytes.
-                    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
-                    for m in 0..8 {
-                        if lane_slot[m] < k {
-                            col[lane_group[m]][r0 + lane_slot[m]] += lanes[m];
-                        }
-                    }
-                }
-                for (gi, c) in col.iter().enumerate().take(ng - g_reg) {
-                    let g_seg = g_reg + gi;
-                    let mut pv = [0u32; RB];
-                    for (r, p) in pv.iter_mut().enumerate().take(nr) {
-                        *p = bytemuck::cast(w.params[(first + rb + r) * gpr + seg_g0 + g_seg]);
-                    }
-                    // SAFETY: pv and c are 8 lanes; F16C is enabled here.
-                    let term = unsafe {
-                        let (scale, min) = params_to_f32(_mm256_loadu_si256(pv.as_ptr() as *const __m256i));
-                        let step = _mm256_mul_ps(scale, step_mul);
-                        let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
-                        let isum = _mm256_cvtepi32_ps(_mm256_loadu_si256(c.as_ptr() as *const __m256i));
-                        let dv = _mm256_set1_ps(dseg[g_seg]);
-                        let sv = _mm256_set1_ps(sseg[g_seg]);
-                        _mm256_mul_ps(dv, _mm256_add_ps(_mm256_mul_ps(step, isum), _mm256_mul_ps(offset, sv)))
-                    };
-                    acc = _mm256_add_ps(acc, term);
-                }
-            } else if g_reg < ng {
-                // The other groups: sums gathered in `isums` (index relative to g_reg).
-                let nrest = ng - g_reg;
-                for isum in &mut isums[..nr] {
-                    isum[..nrest + 8].fill(0);
-                }
-                for (r, isum) in isums.iter_mut().enumerate().take(nr) {
-                    let c = (first + rb + r) * rs + code0;
-                    for sc in sc_rest..nfull {
-                        let slot = aux.as_ptr().wrapping_add((code0 / SC + sc) * SC_AUX);
-                        // SAFETY: the superchunk lies inside row first + rb + r, inside the
-                        // plane (check_bounds); its part A slot inside aux (asserted).
-                        let v = unsafe { superchunk_at::<V>(w, c + sc * SC, slot) };
-                        // SAFETY: AVX2 is enabled; (sc - sc_rest) * 256 / g < nrest.
-                        unsafe { add_group_sums(isum, sc - sc_rest, v, g) };
-                    }
-                }
-                // The tails: `pack` rows per superchunk, side by side.
-                if has_tail && pack >= 2 {
-                    for r0 in (0..nr).step_by(pack) {
-                        let k = pack.min(nr - r0);
-                        let regs = if tail_sg == 3 {
-                            // Slots past k keep stale bytes: their lanes are ignored below, and
-                            // the bytes past pack * tail_sg subgroups meet zero activations.
-                            for (p, b) in buf.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
-                                let len = tail_sg * SUB[p];
-                                for j in 0..k {
-                                    let at = byte(p, (first + rb + r0 + j) * rs + code0 + nfull * SC);
-                                    copy_units(&w.planes[p][at..at + len], &mut b[j * len..(j + 1) * len], SUB[p]);
-                                }
-                            }
-                            let ptr = [buf[0].as_ptr(), buf[1].as_ptr(), buf[2].as_ptr(), buf[3].as_ptr()];
-                            // SAFETY: buf holds 128 bytes per plane.
-                            unsafe { load_superchunk::<V>(ptr) }
-                        } else {
-                            let mut rows = [[core::ptr::null::<u8>(); 4]; 8];
-                            for (j, rj) in rows.iter_mut().enumerate().take(pack) {
-                                let row = first + rb + r0 + if j < k { j } else { 0 };
-                                for (p, pp) in rj.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
-                                    // SAFETY: the tail lies inside the row, inside the plane.
-                                    *pp = unsafe { w.planes[p].as_ptr().add(byte(p, row * rs + code0 + nfull * SC)) };
-                                }
-                            }
-                            // SAFETY: each rows[j][p] is readable for tail_sg subgroups (the tail).
-                            unsafe { load_tails::<V>(&rows, tail_sg) }
-                        };
-                        // SAFETY: the tail slot is inside part A.
-                        let v = unsafe { superchunk::<V>(regs, aux.as_ptr().add(tail_slot)) };
-                        let mut lanes = [0i32; 8];
-                        // SAFETY: lanes is 32 bytes.
-                        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v) };
-                        for m in 0..8 {
-                            if lane_slot[m] < k {
-                                isums[r0 + lane_slot[m]][lane_group[m]] += lanes[m];
-                            }
-                        }
-                    }
-                } else if has_tail {
-                    for (r, isum) in isums.iter_mut().enumerate().take(nr) {
-                        let cc = (first + rb + r) * rs + code0 + nfull * SC;
-                        let mut ptr = [core::ptr::null::<u8>(); 4];
-                        for (p, pp) in ptr.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
-                            let off = byte(p, cc);
-                            let plane = w.planes[p];
-                            if off + LEN[p] <= plane.len() {
-                                // SAFETY: off + LEN[p] <= plane.len().
-                                *pp = unsafe { plane.as_ptr().add(off) };
-                            } else {
-                                // Past the plane's end: the bytes read as zero (they meet zero
-                                // activations anyway).
-                                let have = plane.len() - off;
-                                buf[p][..have].copy_from_slice(&plane[off..]);
-                                buf[p][have..LEN[p]].fill(0);
-                                *pp = buf[p].as_ptr();
-                            }
-                        }
-                        // SAFETY: ptr[p] readable for LEN[p] bytes; slot code0 / SC + nfull (the
-                        // zero-padded last one) is inside part A.
-                        let v = unsafe {
-                            superchunk::<V>(load_superchunk::<V>(ptr), aux.as_ptr().add((code0 / SC + nfull) * SC_AUX))
-                        };
-                        // SAFETY: AVX2 is enabled; (nfull - sc_rest) * 8 / per < nrest + 8.
-                        unsafe { add_group_sums(isum, nfull - sc_rest, v, g) };
-                    }
-                }
-                for g8 in (0..nrest).step_by(8) {
-                    let mut tv = [_mm256_setzero_si256(); RB];
-                    for (r, t) in tv.iter_mut().enumerate().take(nr) {
-                        // SAFETY: g8 + 8 <= nrest + 8 <= SEG + 8 for the three buffers.
-                        *t = unsafe {
-                            let isum = _mm256_loadu_si256(isums[r].as_ptr().add(g8) as *const __m256i);
-                            let gi = g_reg + g8;
-                            group_terms(w.params, (first + rb + r) * gpr + seg_g0 + gi, step_mul, centre, isum, &dseg[gi..], &sseg[gi..])
-                        };
-                    }
-                    let tt = transpose8x8(tv);
-                    for t in &tt[..8.min(nrest - g8)] {
-                        acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
-                    }
-                }
-            }
-            // SAFETY: accv is 8 floats.
-            unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
-            out[rb..rb + nr].copy_from_slice(&accv[..nr]);
         }
+        for gi in full..gpr {
+            let mut pv = [0u32; RB];
+            let mut iv = [0i32; RB];
+            for r in 0..nr {
+                pv[r] = bytemuck::cast(w.params[(row0 + r) * gpr + gi]);
+                iv[r] = sub[r * gpr + gi];
+            }
+            // SAFETY: pv and iv are 8 lanes; F16C is enabled here.
+            acc = unsafe {
+                let (scale, min) = params_to_f32(_mm256_loadu_si256(pv.as_ptr() as *const __m256i));
+                let isum = _mm256_loadu_si256(iv.as_ptr() as *const __m256i);
+                _mm256_add_ps(acc, terms(scale, min, step_mul, centre, isum, _mm256_set1_ps(d[gi]), _mm256_set1_ps(sum[gi] as f32)))
+            };
+        }
+        let mut accv = [0f32; RB];
+        // SAFETY: accv is 8 floats.
+        unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
+        out[rb..rb + nr].copy_from_slice(&accv[..nr]);
     }
 }
 
