@@ -303,15 +303,15 @@ fn exact_integer_sums() {
     }
 }
 
-/// Long rows (130 groups and a partial one; part A of many slots at 32 · odd columns): decode
+/// Long rows (130 or 300 groups and a partial one; part A of many slots at 32 · odd columns;
+/// rows longer than 8192 columns, which the AVX2 decode takes fewer than 8 to a block): decode
 /// and prefill.
 #[test]
 fn wide_rows_match_reference() {
     let mut rng = Rng(0xC0FF_EE00);
     for k in tables() {
         let exact = BIT_EXACT.contains(&k.name);
-        for &group in &[32usize, 64, 96] {
-            let cols = 130 * group + 40;
+        for (group, cols) in [32usize, 64, 96].into_iter().flat_map(|g| [(g, 130 * g + 40), (g, 300 * g + 40)]) {
             let rows = 9;
             let t = Tensor::random(rows, cols, group, &mut rng);
             for &(view, nib) in &VIEWS {
@@ -336,6 +336,31 @@ fn wide_rows_match_reference() {
                     let what = format!("wide rows: view {view} (nibbles {nib}) group {group} cols {cols} tokens {n}");
                     assert_close(k.name, exact, &got, &want, &scale, &what);
                 }
+            }
+        }
+    }
+}
+
+/// Decode attention of one head: every table's entry equals the reference bit for bit (the
+/// same code, compiled with the table's features), scores and output, for head sizes with and
+/// without a tail of 8 and every count of positions modulo 4.
+#[test]
+fn attend_head_bit_identical() {
+    let mut rng = Rng(0xA77E_2D00);
+    for k in tables() {
+        for hd in [64usize, 48, 13] {
+            let stride = 3 * hd + 5;
+            for n in [1usize, 2, 3, 4, 5, 8, 63, 64, 65, 130] {
+                let q: Vec<f32> = (0..hd).map(|_| 2.0 * rng.f32()).collect();
+                let keys: Vec<f32> = (0..n * stride).map(|_| rng.f32()).collect();
+                let values: Vec<f32> = (0..n * stride).map(|_| rng.f32()).collect();
+                let run = |f: edge_runtime::kernels::dispatch::AttendHeadFn| {
+                    let (mut scores, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
+                    f(&q, &keys[1..], &values[1..], stride, 0.125, &mut scores, &mut out);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    (bits(&scores), bits(&out))
+                };
+                assert_eq!(run(k.attend_head), run(Kernels::SCALAR.attend_head), "{} attend_head: hd {hd}, {n} positions", k.name);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! feature.
 
 use super::acts::QActs;
-use super::{portable, reference, Nested8};
+use super::{portable, reference, vector, Nested8};
 
 /// Quantize `x` ((n, cols) row-major) into `acts` in blocks of `block` values (the contract of
 /// [`super::acts`]; `aux` in this table's order).
@@ -16,6 +16,9 @@ pub type QuantizeActsFn = fn(x: &[f32], n: usize, cols: usize, block: usize, act
 pub type Nested8MatvecFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
 /// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
 pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
+
+/// Decode attention of one query head: see [`vector::attend_head`], the definition.
+pub type AttendHeadFn = fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
 
 /// Function pointers for every product the model runs.
 #[derive(Clone, Copy)]
@@ -29,6 +32,8 @@ pub struct Kernels {
     /// Whether this table's 4-bit kernels read [`Nested8::nibbles`] when present (groups of a
     /// multiple of 32), so that [`super::Matrix::from_tensor`] repacks such 4-bit views at load.
     pub nibbles: bool,
+    /// Decode attention of one head (f32; bit-identical in every table).
+    pub attend_head: AttendHeadFn,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -55,6 +60,7 @@ impl Kernels {
         nested8_matvec: [reference::nested8_matvec; 4],
         nested8_matmul: [reference::nested8_matmul; 4],
         nibbles: false,
+        attend_head: vector::attend_head,
     };
 
     /// The reference arithmetic with each group's codes unpacked once ([`portable`]):
@@ -65,6 +71,7 @@ impl Kernels {
         nested8_matvec: [portable::nested8_matvec; 4],
         nested8_matmul: [portable::nested8_matmul; 4],
         nibbles: false,
+        attend_head: vector::attend_head,
     };
 
     /// The best table for this CPU (probed once with `std`).

@@ -16,6 +16,7 @@ pub mod dispatch;
 mod parallel;
 mod portable;
 pub mod reference;
+pub mod vector;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 #[cfg(target_arch = "x86_64")]

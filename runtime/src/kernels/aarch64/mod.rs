@@ -60,6 +60,7 @@ const NEON: Kernels = Kernels {
     nested8_matvec: [neon_matvec_v2, neon_matvec_v3, neon_matvec_v4, neon_matvec_v8],
     nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, neon_matmul_v8],
     nibbles: false,
+    attend_head: super::vector::attend_head,
 };
 
 const DOTPROD: Kernels = Kernels {
@@ -68,6 +69,7 @@ const DOTPROD: Kernels = Kernels {
     nested8_matvec: [dotprod_matvec_v2, dotprod_matvec_v3, dotprod_matvec_v4, dotprod_matvec_v8],
     nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, dotprod_matmul_v8],
     nibbles: false,
+    attend_head: super::vector::attend_head,
 };
 
 const I8MM: Kernels = Kernels {
@@ -76,6 +78,7 @@ const I8MM: Kernels = Kernels {
     nested8_matvec: DOTPROD.nested8_matvec,
     nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, i8mm_matmul_v8],
     nibbles: false,
+    attend_head: super::vector::attend_head,
 };
 
 /// What this CPU has: with `std` probed at run time, without it the compile-time features.

@@ -42,7 +42,7 @@ use alloc::vec;
 
 use super::super::acts::{quantize_block, quantize_reference, QActs};
 use super::super::dispatch::Kernels;
-use super::super::{reference, Nested8};
+use super::super::{reference, vector, Nested8};
 use crate::blocks::{self, GroupParams};
 
 /// Pseudo-view of the decode functions below: the 4-bit view read from [`Nested8::nibbles`]
@@ -383,8 +383,14 @@ unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8]) {
         let src = if start + SC <= pc {
             &q[start..start + SC]
         } else {
-            for (i, c) in chunk.iter_mut().enumerate() {
-                *c = q[(start + i) % pc];
+            // The slot wraps past the row's end: the rest of the row, then the row again.
+            let head = pc - start;
+            chunk[..head].copy_from_slice(&q[start..]);
+            let mut k = head;
+            while k < SC {
+                let n = (SC - k).min(pc);
+                chunk[k..k + n].copy_from_slice(&q[..n]);
+                k += n;
             }
             &chunk[..]
         };
@@ -799,9 +805,10 @@ unsafe fn group_terms(
 /// Rows per decode block: lane `r` of the accumulator is row `r` of the block.
 const RB: usize = 8;
 
-/// Most subgroup sums one decode block holds (a row of up to 32768 columns still takes 8 rows
-/// a block; longer rows take fewer; see [`usable`]).
-const MAX_SUB: usize = 8192;
+/// Most subgroup sums one decode block holds (rows of up to 8192 columns go 8 to a block,
+/// longer ones fewer, up to 65536 columns; see [`usable`]). The buffer is zeroed every call:
+/// keep it small.
+const MAX_SUB: usize = 2048;
 
 /// `out[i] = ` the reference `nested8_row_dot(first + i)` for one token, given its part A
 /// (`aux`), block scales `d` and sums `sum`.
@@ -1285,6 +1292,21 @@ fn avx2_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
     unsafe { avx2_quantize_acts(x, n, cols, block, acts) }
 }
 
+/// [`vector::head_body`] compiled for AVX2: the same operations in 8-wide registers.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_attend_head_impl(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    vector::head_body(q, keys, values, stride, scale, scores, out)
+}
+
+fn avx2_attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
+    // avx2, fma and f16c.
+    unsafe { avx2_attend_head_impl(q, keys, values, stride, scale, scores, out) }
+}
+
 /// The AVX2 table (install only after probing the CPU).
 pub(super) const TABLE: Kernels = Kernels {
     name: "avx2",
@@ -1292,4 +1314,5 @@ pub(super) const TABLE: Kernels = Kernels {
     nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v8],
     nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v8],
     nibbles: true,
+    attend_head: avx2_attend_head,
 };

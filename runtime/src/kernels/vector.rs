@@ -1,0 +1,186 @@
+//! f32 routines written so that they vectorize (eight independent lanes, no calls): sums,
+//! maxima, `exp`, softmax, and the decode attention of one query head, which the dispatch table
+//! serves ([`super::Kernels::attend_head`]): [`attend_head`] is its definition, and a SIMD
+//! table's entry is the same code compiled with that table's features ([`head_body`] is
+//! always inlined), so it is bit-identical: Rust never fuses a multiply and an add, and the
+//! lanes are written out, so wider registers change no operation and no order.
+
+/// `Σ f(x[i])` with eight independent partial sums, so the loop vectorizes.
+#[inline(always)]
+pub(crate) fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (x8, tail) = x.split_at(x.len() / 8 * 8);
+    for c in x8.chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] += f(c[k]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// Largest element (`-inf` for an empty slice), with eight lanes so the loop vectorizes.
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (x8, tail) = x.split_at(x.len() / 8 * 8);
+    for c in x8.chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    acc.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `e^x` in plain f32 arithmetic that vectorizes (no calls, no table, no branches): Cephes'
+/// `expf`. `x = n ln2 + r` with `n = round(x / ln2)` (the 1.5·2^23 trick, which also yields
+/// the integer) and `|r| <= ln2 / 2` (ln2 in two parts, Cody-Waite), `e^r` by a degree-7
+/// polynomial, then `2^n` as two exact power-of-two factors so subnormal results and the
+/// overflow to `inf` come out right. Within 2 ulp of `libm::expf` (the reference; see
+/// `runtime/tests/attention.rs`) for normal results; `x < -104` gives 0, `x > 88.8` `inf`.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // 0.693359375: few mantissa bits, so n * LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let xc = x.clamp(-104.0, 88.8); // NaN stays NaN
+    let t = xc * LOG2E + ROUND; // round to nearest: n in the low mantissa bits
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32); // -150..=128
+    let nf = t - ROUND;
+    let r = xc - nf * LN2_HI - nf * LN2_LO;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    let y = p * r * r + r + 1.0;
+    let n1 = n >> 1; // two factors 2^n1 * 2^(n - n1), each a normal float
+    let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n - n1 + 127) as u32) << 23);
+    let e = y * s1 * s2;
+    if x < -104.0 {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// In-place numerically stable softmax: subtract the max, [`exp_fast`], normalize.
+#[inline(always)]
+pub fn softmax(x: &mut [f32]) {
+    let max = max_lanes(x);
+    for v in x.iter_mut() {
+        *v = exp_fast(*v - max);
+    }
+    let inv = 1.0 / sum_lanes(x, |v| v);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// The reference softmax: max subtracted, `libm::expf`, sequential sum (what [`softmax`]
+/// replaced; kept for tests).
+pub fn softmax_reference(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// `[super::dot(q, k[i]) for i in 0..4]`, bit for bit, with the four dependency chains
+/// interleaved.
+#[inline(always)]
+fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    let n = q.len() / 8 * 8;
+    let mut acc = [[0f32; 8]; 4];
+    let ks = k[0][..n].chunks_exact(8).zip(k[1][..n].chunks_exact(8)).zip(k[2][..n].chunks_exact(8)).zip(k[3][..n].chunks_exact(8));
+    for (x, (((k0, k1), k2), k3)) in q[..n].chunks_exact(8).zip(ks) {
+        for l in 0..8 {
+            acc[0][l] += x[l] * k0[l];
+            acc[1][l] += x[l] * k1[l];
+            acc[2][l] += x[l] * k2[l];
+            acc[3][l] += x[l] * k3[l];
+        }
+    }
+    let mut out = [0f32; 4];
+    for ((o, a), k) in out.iter_mut().zip(&acc).zip(&k) {
+        *o = a.iter().sum::<f32>();
+        for (x, y) in q[n..].iter().zip(&k[n..]) {
+            *o += x * y;
+        }
+    }
+    out
+}
+
+/// One query head's attention for the token at the last cached position: `scores[j] =
+/// scale · q · k_j` for `j < scores.len()`, softmax, `out = Σ_j scores[j] · v_j`. Row `j` of
+/// the cache is `keys[j · stride..][..q.len()]` (likewise `values`). Positions go four at a
+/// time through [`dot4`] (each still exactly [`super::dot`]) and into `out` in position order.
+#[inline(always)]
+pub(crate) fn head_body(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let hd = q.len();
+    let n = scores.len();
+    assert!(out.len() == hd && n > 0 && keys.len() >= (n - 1) * stride + hd && values.len() >= (n - 1) * stride + hd);
+    let krow = |j: usize| &keys[j * stride..][..hd];
+    let vrow = |j: usize| &values[j * stride..][..hd];
+    let quads = n / 4 * 4;
+    for j in (0..quads).step_by(4) {
+        let d = dot4(q, [krow(j), krow(j + 1), krow(j + 2), krow(j + 3)]);
+        for (s, d) in scores[j..j + 4].iter_mut().zip(d) {
+            *s = d * scale;
+        }
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(quads) {
+        *s = super::dot(q, krow(j)) * scale;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for j in (0..quads).step_by(4) {
+        let a = [scores[j], scores[j + 1], scores[j + 2], scores[j + 3]];
+        let rows = vrow(j).iter().zip(vrow(j + 1)).zip(vrow(j + 2)).zip(vrow(j + 3));
+        for (o, (((v0, v1), v2), v3)) in out.iter_mut().zip(rows) {
+            *o = *o + a[0] * v0 + a[1] * v1 + a[2] * v2 + a[3] * v3;
+        }
+    }
+    for (j, &a) in scores.iter().enumerate().skip(quads) {
+        for (o, v) in out.iter_mut().zip(vrow(j)) {
+            *o += a * v;
+        }
+    }
+}
+
+/// The reference entry of [`super::Kernels::attend_head`]: [`head_body`] compiled for the
+/// baseline target.
+pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    head_body(q, keys, values, stride, scale, scores, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot4_is_four_dots_bit_for_bit() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let mut r = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for len in [1usize, 7, 8, 9, 63, 64, 65, 128] {
+            let q: Vec<f32> = (0..len).map(|_| r()).collect();
+            let k: Vec<Vec<f32>> = (0..4).map(|_| (0..len).map(|_| r()).collect()).collect();
+            let got = dot4(&q, [&k[0], &k[1], &k[2], &k[3]]);
+            for (g, k) in got.iter().zip(&k) {
+                assert_eq!(g.to_bits(), super::super::dot(&q, k).to_bits(), "length {len}");
+            }
+        }
+    }
+}
