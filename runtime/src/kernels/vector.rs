@@ -120,17 +120,30 @@ fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
 
 /// One query head's attention for the token at the last cached position: `scores[j] =
 /// scale · q · k_j` for `j < scores.len()`, softmax, `out = Σ_j scores[j] · v_j`. Row `j` of
-/// the cache is `keys[j · stride..][..q.len()]` (likewise `values`). Positions go four at a
-/// time through [`dot4`] (each still exactly [`super::dot`]) and into `out` in position order.
+/// the cache is `keys[j · stride..][..q.len()]` (likewise `values`).
 #[inline(always)]
 pub(crate) fn head_body(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    let hd = q.len();
-    let n = scores.len();
+    head_check(q, keys, values, stride, scores, out);
+    head_scores(q, keys, stride, scale, 0, scores);
+    head_mix(values, stride, scores, out);
+}
+
+/// The shapes [`head_body`] needs (so that its loops index in bounds).
+#[inline(always)]
+pub(crate) fn head_check(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scores: &[f32], out: &[f32]) {
+    let (hd, n) = (q.len(), scores.len());
     assert!(out.len() == hd && n > 0 && keys.len() >= (n - 1) * stride + hd && values.len() >= (n - 1) * stride + hd);
+}
+
+/// `scores[j] = scale · dot(q, k_j)` for positions `from..`: four at a time through [`dot4`]
+/// (each still exactly [`super::dot`]), then one at a time.
+#[inline(always)]
+pub(crate) fn head_scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, from: usize, scores: &mut [f32]) {
+    let hd = q.len();
     let krow = |j: usize| &keys[j * stride..][..hd];
-    let vrow = |j: usize| &values[j * stride..][..hd];
-    let quads = n / 4 * 4;
-    for j in (0..quads).step_by(4) {
+    let n = scores.len();
+    let quads = from + (n - from) / 4 * 4;
+    for j in (from..quads).step_by(4) {
         let d = dot4(q, [krow(j), krow(j + 1), krow(j + 2), krow(j + 3)]);
         for (s, d) in scores[j..j + 4].iter_mut().zip(d) {
             *s = d * scale;
@@ -139,8 +152,16 @@ pub(crate) fn head_body(q: &[f32], keys: &[f32], values: &[f32], stride: usize, 
     for (j, s) in scores.iter_mut().enumerate().skip(quads) {
         *s = super::dot(q, krow(j)) * scale;
     }
+}
+
+/// Softmax of `scores`, then `out = Σ_j scores[j] · v_j`, added in position order.
+#[inline(always)]
+pub(crate) fn head_mix(values: &[f32], stride: usize, scores: &mut [f32], out: &mut [f32]) {
+    let hd = out.len();
+    let vrow = |j: usize| &values[j * stride..][..hd];
     softmax(scores);
     out.fill(0.0);
+    let quads = scores.len() / 4 * 4;
     for j in (0..quads).step_by(4) {
         let a = [scores[j], scores[j + 1], scores[j + 2], scores[j + 3]];
         let rows = vrow(j).iter().zip(vrow(j + 1)).zip(vrow(j + 2)).zip(vrow(j + 3));
