@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::loader::{self, Tok};
+use crate::loader::{self, ModelFile, Tok};
 use crate::stats;
 use crate::views::{self, Footprint};
 
@@ -291,14 +291,16 @@ pub struct Loaded<'f> {
     pub footprint: Footprint,
 }
 
-/// Instantiate `ck` (from `path`) for windows of `ctx` tokens at the views `plan` picks.
+/// Instantiate `ck` (parsed from `file`) for windows of `ctx` tokens at the views `plan` picks;
+/// planes that repacked views stop reading leave the resident set as each tensor is repacked.
 pub fn load<'f>(
-    path: &Path,
+    file: &ModelFile,
     ck: &edge_runtime::Checkpoint<'f>,
     ctx: usize,
     batch: usize,
     plan: &ViewPlan,
 ) -> Result<Loaded<'f>> {
+    let path = &file.path;
     let config = Config::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if ctx > config.max_seq_len {
         bail!(
@@ -308,7 +310,8 @@ pub fn load<'f>(
         );
     }
     let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: None };
-    let model = Model::with_plan(ck, opts, plan).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
+    let model = Model::with_plan_releasing(ck, opts, plan, &release).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let footprint = Footprint::of(&model.weights);
     Ok(Loaded { model, config, footprint })
 }
@@ -367,12 +370,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     let n_windows = corpus.n_windows;
 
-    let mut main = load(&file.path, &ck, ctx, batch, &selection.plan)?;
+    let mut main = load(&file, &ck, ctx, batch, &selection.plan)?;
     let mut base = match (&base_file, &base_ck) {
         (Some(f), Some(c)) => {
             loader::check_bits(c, args.kl_base_bits, quiet);
             let plan = ViewPlan { default_bits: args.kl_base_bits, overrides: Vec::new() };
-            let b = load(&f.path, c, ctx, batch, &plan)?;
+            let b = load(f, c, ctx, batch, &plan)?;
             if b.config.vocab_size != main.config.vocab_size {
                 bail!(
                     "--kl-base has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",

@@ -149,7 +149,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut notes: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let base_plan = ViewPlan { default_bits: args.kl_base_bits, overrides: Vec::new() };
-    let mut base = eval::load(&base_file.path, &base_ck, ctx, batch, &base_plan)?;
+    let mut base = eval::load(&base_file, &base_ck, ctx, batch, &base_plan)?;
     if base.config.vocab_size != config.vocab_size {
         bail!(
             "--kl-base has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
@@ -232,7 +232,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let mut baselines = Vec::with_capacity(baseline_files.len());
     for (i, (f, c)) in baseline_files.iter().zip(&baseline_cks).enumerate() {
-        let l = eval::load(&f.path, c, ctx, batch, &ViewPlan::default())?;
+        let l = eval::load(f, c, ctx, batch, &ViewPlan::default())?;
         if l.config.vocab_size != config.vocab_size {
             bail!(
                 "baseline {} has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
@@ -269,7 +269,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
 
     let first_plan = ViewPlan::uniform(8);
-    let mut main = eval::load(&file.path, &ck, ctx, batch, &first_plan)?;
+    let mut main = eval::load(&file, &ck, ctx, batch, &first_plan)?;
     let mut current: Option<ViewPlan> = Some(first_plan);
 
     if !quiet {
