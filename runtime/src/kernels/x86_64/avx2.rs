@@ -777,31 +777,6 @@ unsafe fn terms(scale: __m256, min: __m256, step_mul: __m256, centre: __m256, is
     _mm256_mul_ps(d, _mm256_add_ps(_mm256_mul_ps(step, _mm256_cvtepi32_ps(isum)), _mm256_mul_ps(offset, sum)))
 }
 
-/// The float [`terms`] of 8 groups of one row (params from index `pi`, block scales and sums
-/// from `d[0..8]` and `sum[0..8]`).
-///
-/// # Safety
-/// The CPU supports AVX2 and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn group_terms(
-    params: &[GroupParams],
-    pi: usize,
-    step_mul: __m256,
-    centre: __m256,
-    isum: __m256i,
-    d: &[f32],
-    sum: &[i32],
-) -> __m256i {
-    assert!(d.len() >= 8 && sum.len() >= 8);
-    // SAFETY: F16C is enabled here; 8 values each of d and sum (asserted).
-    unsafe {
-        let (scale, min) = load_params8(params, pi);
-        let dv = _mm256_loadu_ps(d.as_ptr());
-        let sv = _mm256_cvtepi32_ps(_mm256_loadu_si256(sum.as_ptr() as *const __m256i));
-        _mm256_castps_si256(terms(scale, min, step_mul, centre, isum, dv, sv))
-    }
-}
 /// Rows per decode block: lane `r` of the accumulator is row `r` of the block.
 const RB: usize = 8;
 
@@ -902,12 +877,19 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
         // Lane r of `acc` sums row row0 + r's group terms in group order.
         let mut acc = _mm256_setzero_ps();
         for g8 in (0..full).step_by(8) {
+            // The token's block scales and sums of these 8 groups (the same for every row).
+            let (dv, sv) = (&d[g8..g8 + 8], &sum[g8..g8 + 8]);
+            // SAFETY: 8 values each.
+            let (dv, sv) = unsafe {
+                (_mm256_loadu_ps(dv.as_ptr()), _mm256_cvtepi32_ps(_mm256_loadu_si256(sv.as_ptr() as *const __m256i)))
+            };
             let mut tv = [_mm256_setzero_si256(); RB];
             for (r, t) in tv.iter_mut().enumerate().take(nr) {
-                // SAFETY: r · gpr + g8 + 8 <= nr · gpr; g8 + 8 <= gpr for d and sum.
+                // SAFETY: r · gpr + g8 + 8 <= nr · gpr, inside `sub`; F16C is enabled here.
                 *t = unsafe {
                     let isum = _mm256_loadu_si256(sub.as_ptr().add(r * gpr + g8) as *const __m256i);
-                    group_terms(w.params, (row0 + r) * gpr + g8, step_mul, centre, isum, &d[g8..], &sum[g8..])
+                    let (scale, min) = load_params8(w.params, (row0 + r) * gpr + g8);
+                    _mm256_castps_si256(terms(scale, min, step_mul, centre, isum, dv, sv))
                 };
             }
             for t in &transpose8x8(tv) {
