@@ -1,32 +1,29 @@
 //! Helpers shared by the runtime's tests and the kernel benches (`benches/kernels.rs` includes
 //! this file with `#[path]`).
 
+/// The xorshift64 stream both generators below draw from.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
 /// Deterministic pseudo-random floats in [-1, 1) (xorshift64).
 #[allow(dead_code)]
 pub fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut next = xorshift(seed);
+    (0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
 }
 
 /// Deterministic pseudo-random bytes (the same xorshift64 as [`rand_f32`]).
 #[allow(dead_code)]
 pub fn rand_u8(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 56) as u8
-        })
-        .collect()
+    let mut next = xorshift(seed);
+    (0..n).map(|_| (next() >> 56) as u8).collect()
 }
 
 /// Shape of a random Llama with nested 8-bit weights (tied embeddings, unit norms).
