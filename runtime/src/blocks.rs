@@ -148,6 +148,65 @@ pub fn repack_top_nibbles(planes: [&[u8]; 3], numel: usize) -> alloc::vec::Vec<u
     out
 }
 
+/// Bytes of one run of 256 codes in the 3-bit copy ([`repack_top3`]).
+pub const TOP3_RUN_BYTES: usize = 96;
+
+/// Subgroup of 32 codes held by dword `m` of every word of a [`repack_top3`] run (the lane
+/// order the x86 decode kernel works in).
+pub const TOP3_PI: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// Where code `j < 256` of a run sits in [`repack_top3`]'s layout: `(field r, byte b)`.
+/// Inverse of `j = 32·PI[m] + 8·(r / 2) + 2c + r mod 2` with `b = 4m + c`.
+fn top3_slot(j: usize) -> (usize, usize) {
+    let m = TOP3_PI.iter().position(|&g| g == j / 32).unwrap_or(0);
+    let w = j % 32;
+    (2 * (w / 8) + w % 2, 4 * m + (w % 8) / 2)
+}
+
+/// The 3-bit view's codes `q >> 5` of the first `numel` codes (a multiple of 8), repacked for
+/// kernels that read three bits per code in one pass (see `kernels::Nested8::repacked`), from
+/// planes 0 and 1. Codes go in runs of 256 (flat index; the last run padded with zero codes),
+/// 96 bytes each: words `A`, `B`, `C` of 32 bytes. Eight 3-bit fields `F0..F7` of 32 codes
+/// each share them: byte `b = 4m + c` (`m < 8`, `c < 4`) of field `r` is code
+/// `32·TOP3_PI[m] + 8·(r / 2) + 2c + r mod 2` of the run, and
+/// ```text
+/// A[b] = F0[b] | F1[b] << 3 | (F6[b] & 3) << 6
+/// B[b] = F2[b] | F3[b] << 3 | (F7[b] & 3) << 6
+/// C[b] = F4[b] | F5[b] << 3 | (F6[b] >> 2) << 6 | (F7[b] >> 2) << 7
+/// ```
+/// so each field is one or two shifts and masks of a word, and dword `m` of every field lies in
+/// subgroup `TOP3_PI[m]`. Same bits per code as planes 0 and 1 (3), in one stream.
+pub fn repack_top3(planes: [&[u8]; 2], numel: usize) -> alloc::vec::Vec<u8> {
+    assert!(numel % 8 == 0 && planes[0].len() >= numel / 4 && planes[1].len() >= numel / 8);
+    let runs = numel.div_ceil(256);
+    let mut out = alloc::vec![0u8; runs * TOP3_RUN_BYTES];
+    for (s, run) in out.chunks_exact_mut(TOP3_RUN_BYTES).enumerate() {
+        for j in 0..256.min(numel - 256 * s) {
+            let i = 256 * s + j;
+            let f = plane_field(planes[0], 2, i) << 1 | plane_field(planes[1], 1, i);
+            let (r, b) = top3_slot(j);
+            match r {
+                0..=5 => run[32 * (r / 2) + b] |= f << (3 * (r % 2)),
+                _ => {
+                    run[32 * (r - 6) + b] |= (f & 3) << 6;
+                    run[64 + b] |= (f >> 2) << r;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Code `i`'s 3-bit view `q >> 5`, read from [`repack_top3`]'s copy.
+pub fn top3_code(buf: &[u8], i: usize) -> u8 {
+    let run = &buf[(i / 256) * TOP3_RUN_BYTES..][..TOP3_RUN_BYTES];
+    let (r, b) = top3_slot(i % 256);
+    match r {
+        0..=5 => (run[32 * (r / 2) + b] >> (3 * (r % 2))) & 7,
+        _ => (run[32 * (r - 6) + b] >> 6) | ((run[64 + b] >> r) & 1) << 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +220,27 @@ mod tests {
         for (i, &q) in codes.iter().enumerate() {
             assert_eq!(plane_field(&nib, 4, i), q >> 4, "code {i}");
             assert_eq!(plane_field(&nib, 4, i), nested8_code(&refs, 4, i), "code {i}");
+        }
+    }
+
+    #[test]
+    fn repacked_top3_are_the_3bit_codes() {
+        // 4096 + 96 codes: whole runs and a padded last one.
+        let codes: alloc::vec::Vec<u8> = (0..4192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let planes = pack_nested8_planes(&codes);
+        let t3 = repack_top3([&planes[0], &planes[1]], codes.len());
+        assert_eq!(t3.len(), 17 * TOP3_RUN_BYTES);
+        let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+        for (i, &q) in codes.iter().enumerate() {
+            assert_eq!(top3_code(&t3, i), q >> 5, "code {i}");
+            assert_eq!(top3_code(&t3, i), nested8_code(&refs, 3, i), "code {i}");
+        }
+        // Every (field, byte) slot of a run holds exactly one code.
+        let mut seen = [false; 256];
+        for j in 0..256 {
+            let (r, b) = top3_slot(j);
+            assert!(r < 8 && b < 32 && !seen[r * 32 + b]);
+            seen[r * 32 + b] = true;
         }
     }
 

@@ -259,8 +259,8 @@ impl<'a> Weights<'a> {
         out
     }
 
-    /// File ranges (offset, length) of the planes that repacked 4-bit views no longer read
-    /// (their codes were copied into `Nested8::nibbles` at load): a caller with a mapped file
+    /// File ranges (offset, length) of the planes that repacked 3- and 4-bit views no longer
+    /// read (their codes were copied into `Nested8::repacked` at load): a caller with a mapped file
     /// may drop them from the resident set, as it does for the planes a lowered view leaves.
     pub fn repacked_ranges(&self, file: &[u8]) -> Vec<(u64, u64)> {
         let mut out = Vec::new();

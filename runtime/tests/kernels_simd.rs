@@ -10,12 +10,12 @@
 //!   with inputs where every float operation is exact (so any integer error shows as a
 //!   mismatch). Tables listed in `BIT_EXACT` promise equality everywhere and are held to it.
 
-use edge_runtime::blocks::{pack_nested8_planes, repack_top_nibbles, GroupParams};
+use edge_runtime::blocks::{pack_nested8_planes, repack_top3, repack_top_nibbles, GroupParams};
 use std::sync::Arc;
 
-/// Every view, and the 4-bit one again with its codes repacked as nibbles (what the tables
-/// with `Kernels::nibbles` read).
-const VIEWS: [(u8, bool); 5] = [(2, false), (3, false), (4, false), (4, true), (8, false)];
+/// Every view, and the 3- and 4-bit ones again with their codes repacked (what the tables with
+/// `Kernels::repacked` read).
+const VIEWS: [(u8, bool); 6] = [(2, false), (3, false), (3, true), (4, false), (4, true), (8, false)];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
 use half::f16;
@@ -99,9 +99,9 @@ impl Tensor {
         t
     }
 
-    /// The `view_bits` view; with `nibbles`, also the 4-bit codes repacked as
-    /// `Matrix::from_tensor` does for tables that read them.
-    fn view(&self, view_bits: u8, nibbles: bool) -> Nested8<'_> {
+    /// The `view_bits` view; with `repack`, also its codes repacked as `Matrix::from_tensor`
+    /// does for tables that read them (3 and 4 bits).
+    fn view(&self, view_bits: u8, repack: bool) -> Nested8<'_> {
         let n = match view_bits {
             2 => 1,
             3 => 2,
@@ -112,11 +112,12 @@ impl Tensor {
         for (i, p) in self.planes.iter().take(n).enumerate() {
             planes[i] = p;
         }
-        let nibbles = nibbles.then(|| {
-            let numel = self.planes[1].len() * 8;
-            Arc::from(repack_top_nibbles([&self.planes[0], &self.planes[1], &self.planes[2]], numel))
+        let numel = self.planes[1].len() * 8;
+        let repacked = repack.then(|| match view_bits {
+            3 => Arc::from(repack_top3([&self.planes[0], &self.planes[1]], numel)),
+            _ => Arc::from(repack_top_nibbles([&self.planes[0], &self.planes[1], &self.planes[2]], numel)),
         });
-        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, nibbles }
+        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked }
     }
 }
 
@@ -233,7 +234,7 @@ fn nested8_products_match_reference() {
                             let mut got = vec![f32::NAN; rows];
                             (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
                             let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
-                            let what = format!("matvec view {view} (nibbles {nib}) group {group} cols {cols} rows {rows} first {first}");
+                            let what = format!("matvec view {view} (repacked {nib}) group {group} cols {cols} rows {rows} first {first}");
                             assert_close(k.name, exact, &got, &want, scale, &what);
                         }
                         // Prefill.
@@ -254,7 +255,7 @@ fn nested8_products_match_reference() {
                             let all = term_scale(&w, &want_a, rows + 2);
                             let scale: Vec<f32> =
                                 (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
-                            let what = format!("matmul view {view} (nibbles {nib}) group {group} cols {cols} rows {rows} tokens {n}");
+                            let what = format!("matmul view {view} (repacked {nib}) group {group} cols {cols} rows {rows} tokens {n}");
                             assert_close(k.name, exact, &got, &want, &scale, &what);
                         }
                     }
@@ -296,7 +297,7 @@ fn exact_integer_sums() {
                         (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, 0, &mut want);
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
-                    assert_eq!(got, want, "{} exact sums: view {view} (nibbles {nib}) group {group} tokens {n}", k.name);
+                    assert_eq!(got, want, "{} exact sums: view {view} (repacked {nib}) group {group} tokens {n}", k.name);
                 }
             }
         }
@@ -333,7 +334,7 @@ fn wide_rows_match_reference() {
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
                     let scale = term_scale(&w, &want_a, rows);
-                    let what = format!("wide rows: view {view} (nibbles {nib}) group {group} cols {cols} tokens {n}");
+                    let what = format!("wide rows: view {view} (repacked {nib}) group {group} cols {cols} tokens {n}");
                     assert_close(k.name, exact, &got, &want, &scale, &what);
                 }
             }

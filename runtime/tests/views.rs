@@ -92,35 +92,41 @@ fn observer_sees_every_linear_input_once_per_layer() {
 }
 
 #[test]
-fn repacked_4bit_views_release_their_planes_and_compute_the_same() {
+fn repacked_3bit_and_4bit_views_release_their_planes_and_compute_the_same() {
+    for bits in [4u8, 3] {
+        repacked_view_releases_its_planes_and_computes_the_same(bits);
+    }
+}
+
+fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     let bytes = tiny_model_g(32);
     let buf = aligned(&bytes);
     let file = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
     let ck = Checkpoint::parse(file).unwrap();
     let opts = ModelOptions { max_seq_len: 0, max_batch: 8, view_bits: None };
     let released = std::cell::RefCell::new(Vec::new());
-    let mut m = Model::with_plan_releasing(&ck, opts, &ViewPlan::uniform(4), &|o, l| released.borrow_mut().push((o, l))).unwrap();
+    let mut m = Model::with_plan_releasing(&ck, opts, &ViewPlan::uniform(bits), &|o, l| released.borrow_mut().push((o, l))).unwrap();
     let k = kernels::kernels();
-    if !k.nibbles {
-        eprintln!("!!!!!!!! table {} does not repack 4-bit views: repacking NOT tested on this CPU !!!!!!!!", k.name);
+    if !k.repacked {
+        eprintln!("!!!!!!!! table {} does not repack {bits}-bit views: repacking NOT tested on this CPU !!!!!!!!", k.name);
         return;
     }
-    // Every matrix (7 per layer, the tied embedding once) gave back its planes 0-2, which its
-    // view no longer reads; the view's byte count is unchanged (the copy is as large).
+    // Every matrix (7 per layer, the tied embedding once) gave back the planes of its view
+    // (0-2 at 4 bits, 0-1 at 3), which it no longer reads.
     let mut got = released.into_inner();
     got.sort_unstable();
     let repacked = m.weights.repacked_ranges(file);
     assert_eq!(got, repacked);
-    assert_eq!(repacked.len(), 3 * (1 + 2 * 7));
+    assert_eq!(repacked.len(), (bits as usize - 1) * (1 + 2 * 7));
     let read = m.weights.read_ranges(file);
     assert!(repacked.iter().all(|r| !read.contains(r)), "a repacked plane is still read");
     let tokens = [1u32, 5, 9, 12, 3];
     let run = |m: &mut Model<'_>, t: &[u32]| m.forward_batch(t, 0, edge_runtime::model::Logits::All).unwrap().to_vec();
     let (prefill, decode) = (run(&mut m, &tokens), run(&mut m, &tokens[..1]));
-    // The same views without the copies read planes 0-2: bit-identical logits.
+    // The same views without the copies read their planes: bit-identical logits.
     let mut plain = m.weights.clone();
     let strip = |m: &mut kernels::Matrix<'_>| match &mut m.view {
-        WeightView::Nested8(n) => assert!(n.nibbles.take().is_some(), "a 4-bit view was not repacked"),
+        WeightView::Nested8(n) => assert!(n.repacked.take().is_some(), "a {bits}-bit view was not repacked"),
         _ => panic!("not nested"),
     };
     strip(&mut plain.token_embd);
@@ -134,13 +140,13 @@ fn repacked_4bit_views_release_their_planes_and_compute_the_same() {
     assert_eq!(run(&mut p, &tokens), prefill);
     assert_eq!(run(&mut p, &tokens[..1]), decode);
 
-    // A live switch keeps the copies of matrices whose view stays 4 bits and drops the others'.
+    // A live switch keeps the copies of matrices whose view stays and drops the others'.
     let copy = |m: &kernels::Matrix<'_>| match &m.view {
-        WeightView::Nested8(n) => n.nibbles.as_ref().map(|a| a.as_ptr()),
+        WeightView::Nested8(n) => n.repacked.as_ref().map(|a| a.as_ptr()),
         _ => None,
     };
     let kept = copy(&m.weights.layers[0].wq).expect("repacked");
-    m.set_views(&ck, &ViewPlan { default_bits: Some(4), overrides: vec![("blk.1".into(), 8)] }).unwrap();
+    m.set_views(&ck, &ViewPlan { default_bits: Some(bits), overrides: vec![("blk.1".into(), 8)] }).unwrap();
     assert_eq!(copy(&m.weights.layers[0].wq), Some(kept), "an unchanged view was repacked again");
     assert_eq!(copy(&m.weights.layers[1].wq), None, "an 8-bit view holds no copy");
 }

@@ -29,9 +29,9 @@ pub struct Kernels {
     /// Indexed by [`view_index`] (2, 3, 4, 8 bits).
     pub nested8_matvec: [Nested8MatvecFn; 4],
     pub nested8_matmul: [Nested8MatmulFn; 4],
-    /// Whether this table's 4-bit kernels read [`Nested8::nibbles`] when present (groups of a
-    /// multiple of 32), so that [`super::Matrix::from_tensor`] repacks such 4-bit views at load.
-    pub nibbles: bool,
+    /// Whether this table's 3- and 4-bit kernels read [`Nested8::repacked`] when present (groups
+    /// of a multiple of 32), so that [`super::Matrix::from_tensor`] repacks such views at load.
+    pub repacked: bool,
     /// Decode attention of one head (f32; bit-identical in every table).
     pub attend_head: AttendHeadFn,
 }
@@ -59,7 +59,7 @@ impl Kernels {
         quantize_acts: reference::quantize_acts,
         nested8_matvec: [reference::nested8_matvec; 4],
         nested8_matmul: [reference::nested8_matmul; 4],
-        nibbles: false,
+        repacked: false,
         attend_head: vector::attend_head,
     };
 
@@ -70,7 +70,7 @@ impl Kernels {
         quantize_acts: reference::quantize_acts,
         nested8_matvec: [portable::nested8_matvec; 4],
         nested8_matmul: [portable::nested8_matmul; 4],
-        nibbles: false,
+        repacked: false,
         attend_head: vector::attend_head,
     };
 

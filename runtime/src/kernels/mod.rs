@@ -62,10 +62,12 @@ pub struct Nested8<'a> {
     pub view_bits: u8,
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
-    /// The 4-bit view's codes `q >> 4` repacked at load into one plane of 4 bits per code in
-    /// plane 3's layout, for the kernel tables that read them faster that way
-    /// ([`Kernels::nibbles`]); `None` otherwise. Equal to what planes 0-2 hold.
-    pub nibbles: Option<Arc<[u8]>>,
+    /// The view's codes repacked at load for the kernel tables that read them faster that way
+    /// ([`Kernels::repacked`]); `None` otherwise. Equal to what the view's planes hold, in
+    /// another layout: the 4-bit view's `q >> 4` as one plane of 4 bits per code in plane 3's
+    /// layout ([`blocks::repack_top_nibbles`]); the 3-bit view's `q >> 5` in runs of 256 codes
+    /// ([`blocks::repack_top3`]).
+    pub repacked: Option<Arc<[u8]>>,
 }
 
 /// Buffers the products need, allocated once (see [`Scratch::new`]).
@@ -137,9 +139,14 @@ impl<'a> Matrix<'a> {
                 }
                 let group_size = t.group_size as usize;
                 let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
-                let nibbles = (view_bits == 4 && group_size % 32 == 0 && kernels().nibbles && !dispatch::float_activations())
-                    .then(|| Arc::from(blocks::repack_top_nibbles([planes[0], planes[1], planes[2]], rows * row_stride)));
-                WeightView::Nested8(Nested8 { params: cast(t.name, params.bytes)?, planes, group_size, view_bits, row_stride, nibbles })
+                let numel = rows * row_stride;
+                let repack = group_size % 32 == 0 && kernels().repacked && !dispatch::float_activations();
+                let repacked = match view_bits {
+                    4 if repack => Some(Arc::from(blocks::repack_top_nibbles([planes[0], planes[1], planes[2]], numel))),
+                    3 if repack => Some(Arc::from(blocks::repack_top3([planes[0], planes[1]], numel))),
+                    _ => None,
+                };
+                WeightView::Nested8(Nested8 { params: cast(t.name, params.bytes)?, planes, group_size, view_bits, row_stride, repacked })
             }
         };
         Ok(Matrix { rows, cols, view })
@@ -163,10 +170,10 @@ impl<'a> Matrix<'a> {
             WeightView::F32(w) => f(bytemuck::cast_slice(w)),
             WeightView::F16(w) => f(bytemuck::cast_slice(w)),
             WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
-            WeightView::Nested8(Nested8 { params, planes, ref nibbles, .. }) => {
+            WeightView::Nested8(Nested8 { params, planes, ref repacked, .. }) => {
                 f(bytemuck::cast_slice(params));
-                match nibbles {
-                    // The copy replaces planes 0-2 (see [`Matrix::repacked_planes`]).
+                match repacked {
+                    // The copy replaces the view's planes (see [`Matrix::repacked_planes`]).
                     Some(n) => f(n),
                     None => planes.iter().for_each(|p| f(p)),
                 }
@@ -174,11 +181,13 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// The planes a repacked 4-bit view no longer reads (its codes are read from
-    /// [`Nested8::nibbles`]): planes 0-2, or nothing.
+    /// The planes a repacked view no longer reads (its codes are read from
+    /// [`Nested8::repacked`]): all of the view's planes, or nothing.
     pub fn repacked_planes(&self) -> &[&'a [u8]] {
         match &self.view {
-            WeightView::Nested8(n) if n.nibbles.is_some() => &n.planes[..3],
+            WeightView::Nested8(n) if n.repacked.is_some() => {
+                &n.planes[..blocks::nested8_planes_for_view(n.view_bits).unwrap_or(0)]
+            }
             _ => &[],
         }
     }
@@ -197,10 +206,10 @@ impl<'a> Matrix<'a> {
                 use half::slice::HalfFloatSliceExt;
                 w[start..start + self.cols].convert_to_f32_slice(out);
             }
-            WeightView::Nested8(Nested8 { params, planes, group_size, view_bits, row_stride, ref nibbles }) => {
-                // A repacked 4-bit view reads its codes from the copy, not planes 0-2.
-                match nibbles {
-                    Some(n) => dequant_nibbles_row(params, n, group_size, r * row_stride, out),
+            WeightView::Nested8(Nested8 { params, planes, group_size, view_bits, row_stride, ref repacked }) => {
+                // A repacked view reads its codes from the copy, not from its planes.
+                match repacked {
+                    Some(n) => dequant_repacked_row(params, n, group_size, view_bits, r * row_stride, out),
                     None => dequant_nested8_row(params, &planes, group_size, view_bits, r * row_stride, out),
                 }
             }
@@ -208,14 +217,18 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// [`dequant_nested8_row`] of a 4-bit view whose codes `q >> 4` come from its nibble copy
-/// ([`Nested8::nibbles`], plane 3's layout).
-fn dequant_nibbles_row(params: &[GroupParams], nibbles: &[u8], group_size: usize, start: usize, out: &mut [f32]) {
+/// [`dequant_nested8_row`] of a view whose codes come from its repacked copy
+/// ([`Nested8::repacked`]).
+fn dequant_repacked_row(params: &[GroupParams], copy: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
     for (g, chunk) in out.chunks_mut(group_size).enumerate() {
         let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], 4);
+        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
         for (j, o) in chunk.iter_mut().enumerate() {
-            *o = blocks::plane_field(nibbles, 4, first + j) as f32 * step + offset;
+            let q = match view_bits {
+                3 => blocks::top3_code(copy, first + j),
+                _ => blocks::plane_field(copy, 4, first + j),
+            };
+            *o = q as f32 * step + offset;
         }
     }
 }

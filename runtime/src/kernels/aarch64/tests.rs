@@ -64,7 +64,7 @@ impl Tensor {
         for (p, plane) in planes.iter_mut().zip(&self.planes).take(n) {
             *p = plane;
         }
-        Nested8 { params: &self.params, planes, group_size: self.group_size, view_bits, row_stride: self.row_stride, nibbles: None }
+        Nested8 { params: &self.params, planes, group_size: self.group_size, view_bits, row_stride: self.row_stride, repacked: None }
     }
 }
 

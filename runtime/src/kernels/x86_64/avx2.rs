@@ -50,19 +50,33 @@ use crate::blocks::{self, GroupParams};
 /// instead of planes 0-2: one `maddubs` per 32 codes instead of two.
 const V4N: u8 = 16;
 
+/// Pseudo-view: the 3-bit view read from its [`blocks::repack_top3`] copy (held in `planes[3]`
+/// of the view handed to the decode functions) instead of planes 0 and 1: one `maddubs` per 32
+/// codes instead of two, and no lane shuffles.
+const V3T: u8 = 17;
+
 /// The view a (pseudo-)view computes.
 const fn view_bits(v: u8) -> u8 {
-    if v == V4N {
-        4
+    match v {
+        V4N => 4,
+        V3T => 3,
+        _ => v,
+    }
+}
+
+/// Bits per code of what (pseudo-)view `v` reads in plane slot `p`.
+const fn plane_bits(v: u8, p: usize) -> usize {
+    if v == V3T && p == 3 {
+        3
     } else {
-        v
+        blocks::NESTED8_PLANES[p].bits as usize
     }
 }
 
 /// Whether (pseudo-)view `v` reads plane `p`.
 const fn reads_plane(v: u8, p: usize) -> bool {
     match v {
-        V4N => p == 3,
+        V4N | V3T => p == 3,
         2 => p == 0,
         3 => p <= 1,
         4 => p <= 2,
@@ -542,7 +556,7 @@ unsafe fn load_superchunk<const V: u8>(p: [*const u8; 4]) -> [__m256i; 8] {
             r[3] = _mm256_loadu_si256(p[2] as *const __m256i);
         }
         if reads_plane(V, 3) {
-            for (i, ri) in r[4..].iter_mut().enumerate() {
+            for (i, ri) in r[4..4 + SC * plane_bits(V, 3) / 256].iter_mut().enumerate() {
                 *ri = _mm256_loadu_si256(p[3].add(32 * i) as *const __m256i);
             }
         }
@@ -572,6 +586,9 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
         let ones = _mm256_set1_epi16(1);
         if V == V4N {
             return plane3_dot(regs, a, ones);
+        }
+        if V == V3T {
+            return top3_dot(regs, a, ones);
         }
         let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let a0 = _mm256_permutevar8x32_epi32(regs[0], spread);
@@ -700,6 +717,63 @@ unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i
     }
 }
 
+/// The 8 fields of a [`blocks::repack_top3`] run from its words `A`, `B`, `C` (`regs[4..7]`):
+/// byte `4m + c` of field `r` is code `32·PI[m] + 8·(r / 2) + 2c + r mod 2`, part A's plane-3
+/// order (register `r`).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn top3_fields(regs: [__m256i; 8]) -> [__m256i; 8] {
+    let [a, b, c] = [regs[4], regs[5], regs[6]];
+    let m7 = _mm256_set1_epi8(7);
+    let m3 = _mm256_set1_epi8(3);
+    let m4 = _mm256_set1_epi8(4);
+    // 16-bit shifts move bits across bytes, but each mask keeps bits of the byte's own.
+    let f = |v: __m256i, s: i32| match s {
+        0 => _mm256_and_si256(v, m7),
+        _ => _mm256_and_si256(_mm256_srli_epi16::<3>(v), m7),
+    };
+    [
+        f(a, 0),
+        f(a, 3),
+        f(b, 0),
+        f(b, 3),
+        f(c, 0),
+        f(c, 3),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(a), m3), _mm256_and_si256(_mm256_srli_epi16::<4>(c), m4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(b), m3), _mm256_and_si256(_mm256_srli_epi16::<5>(c), m4)),
+    ]
+}
+
+/// `Σ q_3 · x` over one [`blocks::repack_top3`] run, as 8 i32 lanes (lane `m`: subgroup
+/// `PI[m]`), from its words (`regs[4..7]`) and part A's plane-3 order.
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn top3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
+    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes). Codes
+    // are at most 7, so a maddubs lane is at most 2 · 7 · 128 and four of them fit in i16.
+    unsafe {
+        let f = top3_fields(regs);
+        let mut l0 = _mm256_setzero_si256();
+        let mut l1 = _mm256_setzero_si256();
+        let a3 = 2 * SC / 32;
+        mad!(l0, f[0], a, a3);
+        mad!(l1, f[1], a, a3 + 1);
+        mad!(l0, f[2], a, a3 + 2);
+        mad!(l1, f[3], a, a3 + 3);
+        mad!(l0, f[4], a, a3 + 4);
+        mad!(l1, f[5], a, a3 + 5);
+        mad!(l0, f[6], a, a3 + 6);
+        mad!(l1, f[7], a, a3 + 7);
+        _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones)
+    }
+}
+
 /// Scales and minima of 8 groups starting at `i` (zero past the end of `params`).
 ///
 /// # Safety
@@ -757,7 +831,7 @@ unsafe fn superchunk_at<const V: u8>(w: &Nested8<'_>, c: usize, a: *const i8) ->
             ptr[2] = w.planes[2].as_ptr().add(c / 8);
         }
         if reads_plane(V, 3) {
-            ptr[3] = w.planes[3].as_ptr().add(c / 2);
+            ptr[3] = w.planes[3].as_ptr().add(c * plane_bits(V, 3) / 8);
         }
         superchunk::<V>(load_superchunk::<V>(ptr), a)
     }
@@ -812,40 +886,55 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
     let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
     let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
     // Bytes of one superchunk in each plane.
-    const LEN: [usize; 4] = [64, 32, 32, 128];
-    let byte = |p: usize, code: usize| code * blocks::NESTED8_PLANES[p].bits as usize / 8;
+    let len = |p: usize| SC * plane_bits(V, p) / 8;
+    let byte = |p: usize, code: usize| code * plane_bits(V, p) / 8;
     let block_rows = RB.min(MAX_SUB / (rs / 32));
     // The block's group sums: row r's group k at r · gpr + k (other group sizes than 32, 64
     // and 128: its subgroup sums first, folded after).
-    let mut sub = [0i32; MAX_SUB + 8];
-    let mut buf = [[0u8; 128]; 4];
+    // Not zeroed (8 KiB per call showed in profiles): every entry read below was written
+    // first in the same block (the superchunks' stores cover `nsc · 256 / g >= nr · gpr` groups,
+    // or `8 · nsc >= nr · rs / 32` subgroups before the fold, after the `lead` ones).
+    let mut sub = core::mem::MaybeUninit::<[i32; MAX_SUB + 16]>::uninit();
+    let sp = sub.as_mut_ptr() as *mut i32;
+    // Sums stored per superchunk: groups (32, 64, 128 codes) or subgroups (other sizes).
+    let unit = if matches!(per, 1 | 2 | 4) { g } else { 32 };
     let nat = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let full = gpr / 8 * 8;
     for rb in (0..out.len()).step_by(block_rows) {
         let nr = block_rows.min(out.len() - rb);
         let row0 = first + rb;
         let c0 = row0 * rs;
-        let nsc = (nr * rs).div_ceil(SC);
+        // The stream starts at the block's first code; a 3-bit copy's superchunks are its runs
+        // of 256 codes, so there it starts at the run holding that code and the first `lead`
+        // codes (earlier rows, whole groups) are summed but never read.
+        let s0 = if V == V3T { c0 / SC * SC } else { c0 };
+        let lead = c0 - s0;
+        // SAFETY: lead / unit < 256 / 32 = 8 entries, inside `sub`.
+        let sb = unsafe { sp.add(lead / unit) };
+        let nsc = (lead + nr * rs).div_ceil(SC);
         // The last superchunk may run past the rows asked (those lanes are never used) and, at
         // the end of the tensor, past a plane's end: it is then read from a zero-padded copy.
-        let end_inside = (0..4).filter(|&p| reads_plane(V, p)).all(|p| byte(p, c0 + nsc * SC) <= w.planes[p].len());
-        let mut slot = 0;
+        let end_inside = (0..4).filter(|&p| reads_plane(V, p)).all(|p| byte(p, s0 + nsc * SC) <= w.planes[p].len());
+        // Superchunk j starts at column (s0 + 256 j) mod rs: slot (s0 / 256 + j) mod slots when
+        // s0 is a multiple of 256, slot j when it is a row start (column 0).
+        let mut slot = if V == V3T { (s0 / SC) % slots } else { 0 };
         for j in 0..nsc {
-            let c = c0 + j * SC;
+            let c = s0 + j * SC;
             let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
             let v = if j + 1 < nsc || end_inside {
                 // SAFETY: the superchunk's bytes lie inside the planes (check_bounds covers the
                 // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
                 unsafe { superchunk_at::<V>(w, c, a) }
             } else {
+                let mut buf = [[0u8; SC / 2]; 4];
                 let mut ptr = [core::ptr::null::<u8>(); 4];
                 for (p, pp) in ptr.iter_mut().enumerate().filter(|(p, _)| reads_plane(V, *p)) {
                     let plane = w.planes[p];
                     // c is inside the block's rows, so off < plane.len() (check_bounds).
                     let off = byte(p, c);
-                    let have = (plane.len() - off).min(LEN[p]);
+                    let have = (plane.len() - off).min(len(p));
                     buf[p][..have].copy_from_slice(&plane[off..off + have]);
-                    buf[p][have..LEN[p]].fill(0);
+                    buf[p][have..len(p)].fill(0);
                     *pp = buf[p].as_ptr();
                 }
                 // SAFETY: each buf[p] holds LEN[p] bytes; slot < slots, inside aux.
@@ -854,15 +943,15 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
             // Lanes m and m + 4 of `v` are subgroups 2i and 2i + 1 of the superchunk
             // ([`PI`]), so adding its halves gives the sums of 64-code groups in order.
             let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            // SAFETY: (256 / g) · (j + 1) <= 8 · nsc <= nr · rs / 32 + 8 <= MAX_SUB + 8.
+            // SAFETY: (256 / unit) · (j + 1) <= 8 · nsc <= (lead + nr · rs) / 32 + 8 <= MAX_SUB + 16.
             unsafe {
                 match per {
-                    2 => _mm_storeu_si128(sub.as_mut_ptr().add(4 * j) as *mut __m128i, fold(v)),
+                    2 => _mm_storeu_si128(sp.add(4 * j) as *mut __m128i, fold(v)),
                     4 => {
                         let s = fold(v);
-                        _mm_storel_epi64(sub.as_mut_ptr().add(2 * j) as *mut __m128i, _mm_hadd_epi32(s, s));
+                        _mm_storel_epi64(sp.add(2 * j) as *mut __m128i, _mm_hadd_epi32(s, s));
                     }
-                    _ => _mm256_storeu_si256(sub.as_mut_ptr().add(8 * j) as *mut __m256i, _mm256_permutevar8x32_epi32(v, nat)),
+                    _ => _mm256_storeu_si256(sp.add(8 * j) as *mut __m256i, _mm256_permutevar8x32_epi32(v, nat)),
                 }
             }
             slot = if slot + 1 == slots { 0 } else { slot + 1 };
@@ -871,7 +960,9 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
         // reads subgroups k · per.., at or after k, never one already overwritten).
         if !matches!(per, 1 | 2 | 4) {
             for k in 0..nr * gpr {
-                sub[k] = sub[k * per..(k + 1) * per].iter().sum();
+                // SAFETY: lead / 32 + (k + 1) · per <= (lead + nr · rs) / 32 <= 8 · nsc entries,
+                // all written above.
+                unsafe { *sb.add(k) = (0..per).map(|i| *sb.add(k * per + i)).sum() };
             }
         }
         // Lane r of `acc` sums row row0 + r's group terms in group order.
@@ -885,9 +976,9 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
             };
             let mut tv = [_mm256_setzero_si256(); RB];
             for (r, t) in tv.iter_mut().enumerate().take(nr) {
-                // SAFETY: r · gpr + g8 + 8 <= nr · gpr, inside `sub`; F16C is enabled here.
+                // SAFETY: r · gpr + g8 + 8 <= nr · gpr, written above; F16C is enabled here.
                 *t = unsafe {
-                    let isum = _mm256_loadu_si256(sub.as_ptr().add(r * gpr + g8) as *const __m256i);
+                    let isum = _mm256_loadu_si256(sb.add(r * gpr + g8) as *const __m256i);
                     let (scale, min) = load_params8(w.params, (row0 + r) * gpr + g8);
                     _mm256_castps_si256(terms(scale, min, step_mul, centre, isum, dv, sv))
                 };
@@ -901,7 +992,8 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
             let mut iv = [0i32; RB];
             for r in 0..nr {
                 pv[r] = bytemuck::cast(w.params[(row0 + r) * gpr + gi]);
-                iv[r] = sub[r * gpr + gi];
+                // SAFETY: r · gpr + gi < nr · gpr, written above.
+                iv[r] = unsafe { *sb.add(r * gpr + gi) };
             }
             // SAFETY: pv and iv are 8 lanes; F16C is enabled here.
             acc = unsafe {
@@ -910,10 +1002,15 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                 _mm256_add_ps(acc, terms(scale, min, step_mul, centre, isum, _mm256_set1_ps(d[gi]), _mm256_set1_ps(sum[gi] as f32)))
             };
         }
-        let mut accv = [0f32; RB];
-        // SAFETY: accv is 8 floats.
-        unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
-        out[rb..rb + nr].copy_from_slice(&accv[..nr]);
+        if nr == RB {
+            // SAFETY: rb + 8 <= out.len() (nr = 8 rows of it remain).
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(rb), acc) };
+        } else {
+            let mut accv = [0f32; RB];
+            // SAFETY: accv is 8 floats.
+            unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
+            out[rb..rb + nr].copy_from_slice(&accv[..nr]);
+        }
     }
 }
 
@@ -928,7 +1025,7 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
     }
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
     let (aux, d, sum) = (&acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0));
-    if let (4, Some(nib)) = (V, w.nibbles.as_deref()) {
+    if let (4, Some(nib)) = (V, w.repacked.as_deref()) {
         assert!(nib.len() * 2 >= (first + out.len()) * w.row_stride, "nibble plane too short for the rows asked");
         // The same view with the nibbles as its plane 3 (planes 0-2 kept for check_bounds).
         let sub = Nested8 {
@@ -937,10 +1034,17 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
             group_size: w.group_size,
             view_bits: 4,
             row_stride: w.row_stride,
-            nibbles: None,
+            repacked: None,
         };
         // SAFETY: usable() held; the features are enabled here; the nibbles cover the rows.
         return unsafe { avx2_rows_dot::<V4N>(&sub, aux, d, sum, first, out) };
+    }
+    if let (3, Some(t3)) = (V, w.repacked.as_deref()) {
+        assert!(t3.len() >= ((first + out.len()) * w.row_stride).div_ceil(SC) * blocks::TOP3_RUN_BYTES, "3-bit copy too short for the rows asked");
+        // The same view with its copy as plane 3 (planes 0 and 1 kept for check_bounds).
+        let sub = Nested8 { planes: [w.planes[0], w.planes[1], &[], t3], repacked: None, ..w.clone() };
+        // SAFETY: usable() held; the features are enabled here; the copy covers the rows.
+        return unsafe { avx2_rows_dot::<V3T>(&sub, aux, d, sum, first, out) };
     }
     // SAFETY: usable() held; the features are enabled here.
     unsafe { avx2_rows_dot::<V>(w, aux, d, sum, first, out) }
@@ -966,6 +1070,40 @@ unsafe fn avx2_unpack_nibbles(plane: &[u8], row: usize, row_stride: usize, out: 
             let codes = _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u));
             _mm256_storeu_si256(out.as_mut_ptr().add(c) as *mut __m256i, codes);
         }
+    }
+}
+
+/// Unpack codes `start..start + out.len()` of a [`blocks::repack_top3`] copy into
+/// natural-order bytes (`out[i]` = code `start + i`'s `q >> 5`), a run of 256 at a time: its 8
+/// fields, an 8×8 dword transpose (register `m` = dword `m` of every field: subgroup `PI[m]`,
+/// byte `4r + c` = code `8·(r / 2) + 2c + r mod 2`), and one in-lane byte shuffle to natural order.
+///
+/// # Safety
+/// The CPU supports AVX2; `t3` holds every run that codes `start..start + out.len()` touch.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_unpack_top3(t3: &[u8], start: usize, out: &mut [u8]) {
+    let end = start + out.len();
+    assert!(t3.len() >= end.div_ceil(SC) * blocks::TOP3_RUN_BYTES);
+    // Destination byte w' (of either half) takes byte 4·(2·(w' / 8) + w' mod 2) + (w' mod 8) / 2.
+    let nat = _mm256_setr_epi8(
+        0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, 0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15,
+    );
+    let mut run = [0u8; SC];
+    for s in start / SC..end.div_ceil(SC) {
+        // SAFETY: run s's 96 bytes are inside t3 (asserted); `run` holds 8 × 32 bytes.
+        unsafe {
+            let p = t3.as_ptr().add(s * blocks::TOP3_RUN_BYTES);
+            let mut regs = [_mm256_setzero_si256(); 8];
+            for (i, r) in regs[4..7].iter_mut().enumerate() {
+                *r = _mm256_loadu_si256(p.add(32 * i) as *const __m256i);
+            }
+            let t = transpose8x8(top3_fields(regs));
+            for (m, v) in t.iter().enumerate() {
+                _mm256_storeu_si256(run.as_mut_ptr().add(32 * PI[m]) as *mut __m256i, _mm256_shuffle_epi8(*v, nat));
+            }
+        }
+        let (lo, hi) = ((s * SC).max(start), ((s + 1) * SC).min(end));
+        out[lo - start..hi - start].copy_from_slice(&run[lo - s * SC..hi - s * SC]);
     }
 }
 
@@ -1164,12 +1302,18 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
     let mut so = vec![0f32; 2 * len * gpr];
     {
         let (hi, lo) = codes.split_at_mut(len * rs);
+        if let (3, Some(t3)) = (V, w.repacked.as_deref()) {
+            // SAFETY: the copy holds every row of the tensor (Matrix::from_tensor), so every
+            // run of rows first..first + len (check_bounds held for them).
+            unsafe { avx2_unpack_top3(t3, first * rs, hi) };
+        }
         for r in 0..len {
             let lo_r = if V == 8 { &mut lo[r * rs..(r + 1) * rs] } else { &mut [][..] };
             let hi_r = &mut hi[r * rs..(r + 1) * rs];
-            match (V, w.nibbles.as_deref()) {
+            match (V, w.repacked.as_deref()) {
                 // SAFETY: the nibbles hold every row of the tensor (Matrix::from_tensor).
                 (4, Some(nib)) => unsafe { avx2_unpack_nibbles(nib, first + r, rs, hi_r) },
+                (3, Some(_)) => {} // unpacked above
                 // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
                 _ => unsafe { avx2_unpack_row::<V>(w, first + r, hi_r, lo_r) },
             }
@@ -1332,6 +1476,6 @@ pub(super) const TABLE: Kernels = Kernels {
     quantize_acts: avx2_quantize,
     nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v8],
     nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v8],
-    nibbles: true,
+    repacked: true,
     attend_head: avx2_attend_head,
 };
