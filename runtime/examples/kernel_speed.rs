@@ -45,15 +45,14 @@ fn view(t: &Tensor, group: usize, bits: u8) -> Nested8<'_> {
     Nested8 { params: &t.params, planes, group_size: group, view_bits: bits, row_stride: t.stride, repacked: repacked(t, bits) }
 }
 
-/// The copy `Matrix::from_tensor` makes for tables that read one (3 and 4 bits), unless
+/// The copy `Matrix::from_tensor` makes for tables that read one (2, 3 and 4 bits), unless
 /// `PLANES` is set in the environment (then the kernels read the planes).
 fn repacked(t: &Tensor, bits: u8) -> Option<std::sync::Arc<[u8]>> {
-    use edge_runtime::blocks::{repack_top3, repack_top_nibbles};
     let numel = t.planes[1].len() * 8;
+    let refs: Vec<&[u8]> = t.planes.iter().map(|p| p.as_slice()).collect();
     match bits {
         _ if std::env::var("PLANES").is_ok() || !edge_runtime::kernels::kernels().repacked => None,
-        3 => Some(repack_top3([&t.planes[0], &t.planes[1]], numel).into()),
-        4 => Some(repack_top_nibbles([&t.planes[0], &t.planes[1], &t.planes[2]], numel).into()),
+        2..=4 => Some(edge_runtime::blocks::repack_top(bits, &refs, numel).into()),
         _ => None,
     }
 }

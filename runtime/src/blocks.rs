@@ -129,81 +129,74 @@ pub fn pack_nested8_planes(codes: &[u8]) -> [alloc::vec::Vec<u8>; 4] {
     })
 }
 
-/// The 4-bit view's codes `q >> 4` of the first `numel` codes (a multiple of 8) as one plane
-/// of 4 bits per code in plane 3's layout (code `i` at bits `4·(i mod 2)` of byte `i / 2`),
-/// from planes 0, 1 and 2: a copy some kernels read faster than three planes (see
-/// `kernels::Nested8::nibbles`). Eight codes at a time: one byte of planes 1 and 2, two of
-/// plane 0, four of the result.
-pub fn repack_top_nibbles(planes: [&[u8]; 3], numel: usize) -> alloc::vec::Vec<u8> {
-    assert!(numel % 8 == 0 && planes[0].len() >= numel / 4 && planes[1].len() >= numel / 8 && planes[2].len() >= numel / 8);
-    let mut out = alloc::vec![0u8; numel / 2];
-    let p0 = planes[0][..numel / 4].chunks_exact(2);
-    for (((o, p0), &b1), &b2) in out.chunks_exact_mut(4).zip(p0).zip(planes[1]).zip(planes[2]) {
-        let f0 = u16::from_le_bytes([p0[0], p0[1]]); // 2-bit fields of the 8 codes
-        let nib = |k: usize| (((f0 >> (2 * k)) & 3) << 2) as u8 | ((b1 >> k) & 1) << 1 | ((b2 >> k) & 1);
-        for (m, o) in o.iter_mut().enumerate() {
-            *o = nib(2 * m) | nib(2 * m + 1) << 4;
-        }
-    }
-    out
+/// Codes per run of a repacked copy ([`repack_top`]).
+pub const RUN_CODES: usize = 256;
+
+/// Subgroup of 32 codes held by dword `m` of every word of a [`repack_top`] run (the lane order
+/// the x86 decode kernel works in).
+pub const RUN_PI: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// Bytes of one run of 256 codes of a `view_bits`-bit copy ([`repack_top`]).
+pub const fn run_bytes(view_bits: u8) -> usize {
+    32 * view_bits as usize
 }
 
-/// Bytes of one run of 256 codes in the 3-bit copy ([`repack_top3`]).
-pub const TOP3_RUN_BYTES: usize = 96;
-
-/// Subgroup of 32 codes held by dword `m` of every word of a [`repack_top3`] run (the lane
-/// order the x86 decode kernel works in).
-pub const TOP3_PI: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
-
-/// Where code `j < 256` of a run sits in [`repack_top3`]'s layout: `(field r, byte b)`.
-/// Inverse of `j = 32·PI[m] + 8·(r / 2) + 2c + r mod 2` with `b = 4m + c`.
-fn top3_slot(j: usize) -> (usize, usize) {
-    let m = TOP3_PI.iter().position(|&g| g == j / 32).unwrap_or(0);
+/// Where code `j < 256` of a run sits in [`repack_top`]'s layout: `(field r, byte b)`.
+/// Inverse of `j = 32·RUN_PI[m] + 8·(r / 2) + 2c + r mod 2` with `b = 4m + c`.
+fn run_slot(j: usize) -> (usize, usize) {
+    let m = RUN_PI.iter().position(|&g| g == j / 32).unwrap_or(0);
     let w = j % 32;
     (2 * (w / 8) + w % 2, 4 * m + (w % 8) / 2)
 }
 
-/// The 3-bit view's codes `q >> 5` of the first `numel` codes (a multiple of 8), repacked for
-/// kernels that read three bits per code in one pass (see `kernels::Nested8::repacked`), from
-/// planes 0 and 1. Codes go in runs of 256 (flat index; the last run padded with zero codes),
-/// 96 bytes each: words `A`, `B`, `C` of 32 bytes. Eight 3-bit fields `F0..F7` of 32 codes
-/// each share them: byte `b = 4m + c` (`m < 8`, `c < 4`) of field `r` is code
-/// `32·TOP3_PI[m] + 8·(r / 2) + 2c + r mod 2` of the run, and
+/// The `view_bits`-bit view's codes `q >> (8 - view_bits)` (2, 3 or 4 bits) of the first
+/// `numel` codes (a multiple of 8), repacked from the view's planes for kernels that read a
+/// code in one pass (see `kernels::Nested8::repacked`). Codes go in runs of 256 (flat index;
+/// the last run padded with zero codes), `32 · view_bits` bytes each: `view_bits` words of 32
+/// bytes. Eight fields `F0..F7` of 32 codes each share them: byte `b = 4m + c` (`m < 8`,
+/// `c < 4`) of field `r` is code `32·RUN_PI[m] + 8·(r / 2) + 2c + r mod 2` of the run, and
 /// ```text
-/// A[b] = F0[b] | F1[b] << 3 | (F6[b] & 3) << 6
-/// B[b] = F2[b] | F3[b] << 3 | (F7[b] & 3) << 6
-/// C[b] = F4[b] | F5[b] << 3 | (F6[b] >> 2) << 6 | (F7[b] >> 2) << 7
+/// 2 bits:  A[b] = F0 | F1 << 2 | F2 << 4 | F3 << 6          B[b] = F4 | F5 << 2 | F6 << 4 | F7 << 6
+/// 3 bits:  A[b] = F0 | F1 << 3 | (F6 & 3) << 6              B[b] = F2 | F3 << 3 | (F7 & 3) << 6
+///          C[b] = F4 | F5 << 3 | (F6 >> 2) << 6 | (F7 >> 2) << 7
+/// 4 bits:  W_i[b] = F_2i | F_2i+1 << 4   (i < 4)
 /// ```
-/// so each field is one or two shifts and masks of a word, and dword `m` of every field lies in
-/// subgroup `TOP3_PI[m]`. Same bits per code as planes 0 and 1 (3), in one stream.
-pub fn repack_top3(planes: [&[u8]; 2], numel: usize) -> alloc::vec::Vec<u8> {
-    assert!(numel % 8 == 0 && planes[0].len() >= numel / 4 && planes[1].len() >= numel / 8);
-    let runs = numel.div_ceil(256);
-    let mut out = alloc::vec![0u8; runs * TOP3_RUN_BYTES];
-    for (s, run) in out.chunks_exact_mut(TOP3_RUN_BYTES).enumerate() {
-        for j in 0..256.min(numel - 256 * s) {
-            let i = 256 * s + j;
-            let f = plane_field(planes[0], 2, i) << 1 | plane_field(planes[1], 1, i);
-            let (r, b) = top3_slot(j);
-            match r {
-                0..=5 => run[32 * (r / 2) + b] |= f << (3 * (r % 2)),
-                _ => {
+/// (each `F` at byte `b`), so each field is one or two shifts and masks of a word, and dword `m`
+/// of every field lies in subgroup `RUN_PI[m]`. Same bits per code as the view's planes.
+pub fn repack_top(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
+    assert!(matches!(view_bits, 2..=4) && numel % 8 == 0);
+    let n = nested8_planes_for_view(view_bits).unwrap_or(0);
+    assert!(planes.len() >= n && planes.iter().zip(NESTED8_PLANES).take(n).all(|(p, s)| p.len() * 8 >= numel * s.bits as usize));
+    let rb = run_bytes(view_bits);
+    let mut out = alloc::vec![0u8; numel.div_ceil(RUN_CODES) * rb];
+    for (s, run) in out.chunks_exact_mut(rb).enumerate() {
+        for j in 0..RUN_CODES.min(numel - RUN_CODES * s) {
+            let f = nested8_code(planes, view_bits, RUN_CODES * s + j);
+            let (r, b) = run_slot(j);
+            match (view_bits, r) {
+                (2, _) => run[32 * (r / 4) + b] |= f << (2 * (r % 4)),
+                (3, 0..=5) => run[32 * (r / 2) + b] |= f << (3 * (r % 2)),
+                (3, _) => {
                     run[32 * (r - 6) + b] |= (f & 3) << 6;
                     run[64 + b] |= (f >> 2) << r;
                 }
+                _ => run[32 * (r / 2) + b] |= f << (4 * (r % 2)),
             }
         }
     }
     out
 }
 
-/// Code `i`'s 3-bit view `q >> 5`, read from [`repack_top3`]'s copy.
-pub fn top3_code(buf: &[u8], i: usize) -> u8 {
-    let run = &buf[(i / 256) * TOP3_RUN_BYTES..][..TOP3_RUN_BYTES];
-    let (r, b) = top3_slot(i % 256);
-    match r {
-        0..=5 => (run[32 * (r / 2) + b] >> (3 * (r % 2))) & 7,
-        _ => (run[32 * (r - 6) + b] >> 6) | ((run[64 + b] >> r) & 1) << 2,
+/// Code `i`'s view `q >> (8 - view_bits)`, read from [`repack_top`]'s copy.
+pub fn top_code(view_bits: u8, buf: &[u8], i: usize) -> u8 {
+    let rb = run_bytes(view_bits);
+    let run = &buf[(i / RUN_CODES) * rb..][..rb];
+    let (r, b) = run_slot(i % RUN_CODES);
+    match (view_bits, r) {
+        (2, _) => (run[32 * (r / 4) + b] >> (2 * (r % 4))) & 3,
+        (3, 0..=5) => (run[32 * (r / 2) + b] >> (3 * (r % 2))) & 7,
+        (3, _) => (run[32 * (r - 6) + b] >> 6) | ((run[64 + b] >> r) & 1) << 2,
+        _ => (run[32 * (r / 2) + b] >> (4 * (r % 2))) & 15,
     }
 }
 
@@ -212,33 +205,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repacked_nibbles_are_the_4bit_codes() {
-        let codes: alloc::vec::Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let planes = pack_nested8_planes(&codes);
-        let nib = repack_top_nibbles([&planes[0], &planes[1], &planes[2]], codes.len());
-        let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
-        for (i, &q) in codes.iter().enumerate() {
-            assert_eq!(plane_field(&nib, 4, i), q >> 4, "code {i}");
-            assert_eq!(plane_field(&nib, 4, i), nested8_code(&refs, 4, i), "code {i}");
-        }
-    }
-
-    #[test]
-    fn repacked_top3_are_the_3bit_codes() {
+    fn repacked_copies_hold_the_view_codes() {
         // 4096 + 96 codes: whole runs and a padded last one.
         let codes: alloc::vec::Vec<u8> = (0..4192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let planes = pack_nested8_planes(&codes);
-        let t3 = repack_top3([&planes[0], &planes[1]], codes.len());
-        assert_eq!(t3.len(), 17 * TOP3_RUN_BYTES);
         let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
-        for (i, &q) in codes.iter().enumerate() {
-            assert_eq!(top3_code(&t3, i), q >> 5, "code {i}");
-            assert_eq!(top3_code(&t3, i), nested8_code(&refs, 3, i), "code {i}");
+        for v in [2u8, 3, 4] {
+            let copy = repack_top(v, &refs, codes.len());
+            assert_eq!(copy.len(), 17 * run_bytes(v));
+            for (i, &q) in codes.iter().enumerate() {
+                assert_eq!(top_code(v, &copy, i), q >> (8 - v), "view {v} code {i}");
+            }
+            // Only the view's planes are read.
+            let n = nested8_planes_for_view(v).unwrap();
+            assert_eq!(repack_top(v, &refs[..n], codes.len()), copy);
         }
         // Every (field, byte) slot of a run holds exactly one code.
         let mut seen = [false; 256];
         for j in 0..256 {
-            let (r, b) = top3_slot(j);
+            let (r, b) = run_slot(j);
             assert!(r < 8 && b < 32 && !seen[r * 32 + b]);
             seen[r * 32 + b] = true;
         }

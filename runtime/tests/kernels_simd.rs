@@ -10,12 +10,12 @@
 //!   with inputs where every float operation is exact (so any integer error shows as a
 //!   mismatch). Tables listed in `BIT_EXACT` promise equality everywhere and are held to it.
 
-use edge_runtime::blocks::{pack_nested8_planes, repack_top3, repack_top_nibbles, GroupParams};
+use edge_runtime::blocks::{pack_nested8_planes, repack_top, GroupParams};
 use std::sync::Arc;
 
-/// Every view, and the 3- and 4-bit ones again with their codes repacked (what the tables with
-/// `Kernels::repacked` read).
-const VIEWS: [(u8, bool); 6] = [(2, false), (3, false), (3, true), (4, false), (4, true), (8, false)];
+/// Every view, and the 2-, 3- and 4-bit ones again with their codes repacked (what the tables
+/// with `Kernels::repacked` read).
+const VIEWS: [(u8, bool); 7] = [(2, false), (2, true), (3, false), (3, true), (4, false), (4, true), (8, false)];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
 use half::f16;
@@ -100,7 +100,7 @@ impl Tensor {
     }
 
     /// The `view_bits` view; with `repack`, also its codes repacked as `Matrix::from_tensor`
-    /// does for tables that read them (3 and 4 bits).
+    /// does for tables that read them (2, 3 and 4 bits).
     fn view(&self, view_bits: u8, repack: bool) -> Nested8<'_> {
         let n = match view_bits {
             2 => 1,
@@ -113,10 +113,8 @@ impl Tensor {
             planes[i] = p;
         }
         let numel = self.planes[1].len() * 8;
-        let repacked = repack.then(|| match view_bits {
-            3 => Arc::from(repack_top3([&self.planes[0], &self.planes[1]], numel)),
-            _ => Arc::from(repack_top_nibbles([&self.planes[0], &self.planes[1], &self.planes[2]], numel)),
-        });
+        let refs: Vec<&[u8]> = self.planes.iter().map(|p| p.as_slice()).collect();
+        let repacked = repack.then(|| Arc::from(repack_top(view_bits, &refs, numel)));
         Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked }
     }
 }

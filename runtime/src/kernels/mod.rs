@@ -62,11 +62,10 @@ pub struct Nested8<'a> {
     pub view_bits: u8,
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
-    /// The view's codes repacked at load for the kernel tables that read them faster that way
-    /// ([`Kernels::repacked`]); `None` otherwise. Equal to what the view's planes hold, in
-    /// another layout: the 4-bit view's `q >> 4` as one plane of 4 bits per code in plane 3's
-    /// layout ([`blocks::repack_top_nibbles`]); the 3-bit view's `q >> 5` in runs of 256 codes
-    /// ([`blocks::repack_top3`]).
+    /// A 2-, 3- or 4-bit view's codes repacked at load for the kernel tables that read them
+    /// faster that way ([`Kernels::repacked`]); `None` otherwise. Equal to what the view's
+    /// planes hold, in runs of 256 codes whose fields need no lane shuffles
+    /// ([`blocks::repack_top`]).
     pub repacked: Option<Arc<[u8]>>,
 }
 
@@ -142,8 +141,7 @@ impl<'a> Matrix<'a> {
                 let numel = rows * row_stride;
                 let repack = group_size % 32 == 0 && kernels().repacked && !dispatch::float_activations();
                 let repacked = match view_bits {
-                    4 if repack => Some(Arc::from(blocks::repack_top_nibbles([planes[0], planes[1], planes[2]], numel))),
-                    3 if repack => Some(Arc::from(blocks::repack_top3([planes[0], planes[1]], numel))),
+                    2..=4 if repack => Some(Arc::from(blocks::repack_top(view_bits, &planes, numel))),
                     _ => None,
                 };
                 WeightView::Nested8(Nested8 { params: cast(t.name, params.bytes)?, planes, group_size, view_bits, row_stride, repacked })
@@ -224,11 +222,7 @@ fn dequant_repacked_row(params: &[GroupParams], copy: &[u8], group_size: usize, 
         let first = start + g * group_size;
         let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
         for (j, o) in chunk.iter_mut().enumerate() {
-            let q = match view_bits {
-                3 => blocks::top3_code(copy, first + j),
-                _ => blocks::plane_field(copy, 4, first + j),
-            };
-            *o = q as f32 * step + offset;
+            *o = blocks::top_code(view_bits, copy, first + j) as f32 * step + offset;
         }
     }
 }

@@ -45,29 +45,37 @@ use super::super::dispatch::Kernels;
 use super::super::{reference, vector, Nested8};
 use crate::blocks::{self, GroupParams};
 
-/// Pseudo-view of the decode functions below: the 4-bit view read from [`Nested8::nibbles`]
-/// (one 4-bit plane in plane 3's layout, held in `planes[3]` of the view handed to them)
-/// instead of planes 0-2: one `maddubs` per 32 codes instead of two.
-const V4N: u8 = 16;
+/// Pseudo-views of the decode functions below: the 2-, 3- and 4-bit views read from their
+/// [`blocks::repack_top`] copies (held in `planes[3]` of the view handed to them) instead of
+/// their planes: one `maddubs` per 32 codes (the planes need two at 3 and 4 bits), fields in
+/// part A's order as they are stored, so no lane shuffles.
+const V2T: u8 = 18;
+const V3T: u8 = 19;
+const V4T: u8 = 20;
 
-/// Pseudo-view: the 3-bit view read from its [`blocks::repack_top3`] copy (held in `planes[3]`
-/// of the view handed to the decode functions) instead of planes 0 and 1: one `maddubs` per 32
-/// codes instead of two, and no lane shuffles.
-const V3T: u8 = 17;
+/// The pseudo-view reading the copy of view `v`.
+const fn copy_view(v: u8) -> u8 {
+    v + 16
+}
+
+/// Whether `v` is one of the pseudo-views that read a copy.
+const fn reads_copy(v: u8) -> bool {
+    matches!(v, V2T | V3T | V4T)
+}
 
 /// The view a (pseudo-)view computes.
 const fn view_bits(v: u8) -> u8 {
-    match v {
-        V4N => 4,
-        V3T => 3,
-        _ => v,
+    if reads_copy(v) {
+        v - 16
+    } else {
+        v
     }
 }
 
 /// Bits per code of what (pseudo-)view `v` reads in plane slot `p`.
 const fn plane_bits(v: u8, p: usize) -> usize {
-    if v == V3T && p == 3 {
-        3
+    if reads_copy(v) && p == 3 {
+        view_bits(v) as usize
     } else {
         blocks::NESTED8_PLANES[p].bits as usize
     }
@@ -76,7 +84,7 @@ const fn plane_bits(v: u8, p: usize) -> usize {
 /// Whether (pseudo-)view `v` reads plane `p`.
 const fn reads_plane(v: u8, p: usize) -> bool {
     match v {
-        V4N | V3T => p == 3,
+        V2T | V3T | V4T => p == 3,
         2 => p == 0,
         3 => p <= 1,
         4 => p <= 2,
@@ -584,11 +592,8 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
         // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
         // dword of each subgroup, B' the second, both in lane order PI.
         let ones = _mm256_set1_epi16(1);
-        if V == V4N {
-            return plane3_dot(regs, a, ones);
-        }
-        if V == V3T {
-            return top3_dot(regs, a, ones);
+        if reads_copy(V) {
+            return copy_dot::<V>(regs, a, ones);
         }
         let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let a0 = _mm256_permutevar8x32_epi32(regs[0], spread);
@@ -717,48 +722,72 @@ unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i
     }
 }
 
-/// The 8 fields of a [`blocks::repack_top3`] run from its words `A`, `B`, `C` (`regs[4..7]`):
-/// byte `4m + c` of field `r` is code `32·PI[m] + 8·(r / 2) + 2c + r mod 2`, part A's plane-3
-/// order (register `r`).
+/// The 8 fields of a [`blocks::repack_top`] run of (pseudo-)view `V` (2, 3 or 4 bits) from its
+/// words (`regs[4..4 + bits]`): byte `4m + c` of field `r` is code
+/// `32·PI[m] + 8·(r / 2) + 2c + r mod 2`, part A's plane-3 order (register `r`). 16-bit shifts
+/// move bits across bytes, but each mask keeps only bits of the byte's own.
 ///
 /// # Safety
 /// The CPU supports AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn top3_fields(regs: [__m256i; 8]) -> [__m256i; 8] {
-    let [a, b, c] = [regs[4], regs[5], regs[6]];
-    let m7 = _mm256_set1_epi8(7);
-    let m3 = _mm256_set1_epi8(3);
-    let m4 = _mm256_set1_epi8(4);
-    // 16-bit shifts move bits across bytes, but each mask keeps bits of the byte's own.
-    let f = |v: __m256i, s: i32| match s {
-        0 => _mm256_and_si256(v, m7),
-        _ => _mm256_and_si256(_mm256_srli_epi16::<3>(v), m7),
-    };
-    [
-        f(a, 0),
-        f(a, 3),
-        f(b, 0),
-        f(b, 3),
-        f(c, 0),
-        f(c, 3),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(a), m3), _mm256_and_si256(_mm256_srli_epi16::<4>(c), m4)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(b), m3), _mm256_and_si256(_mm256_srli_epi16::<5>(c), m4)),
-    ]
+unsafe fn copy_fields<const V: u8>(regs: [__m256i; 8]) -> [__m256i; 8] {
+    let [_, _, _, _, a, b, c, d] = regs;
+    match view_bits(V) {
+        2 => {
+            let m = _mm256_set1_epi8(3);
+            [
+                _mm256_and_si256(a, m),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(a), m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(a), m),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(a), m),
+                _mm256_and_si256(b, m),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(b), m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(b), m),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(b), m),
+            ]
+        }
+        3 => {
+            let (m7, m3, m4) = (_mm256_set1_epi8(7), _mm256_set1_epi8(3), _mm256_set1_epi8(4));
+            [
+                _mm256_and_si256(a, m7),
+                _mm256_and_si256(_mm256_srli_epi16::<3>(a), m7),
+                _mm256_and_si256(b, m7),
+                _mm256_and_si256(_mm256_srli_epi16::<3>(b), m7),
+                _mm256_and_si256(c, m7),
+                _mm256_and_si256(_mm256_srli_epi16::<3>(c), m7),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(a), m3), _mm256_and_si256(_mm256_srli_epi16::<4>(c), m4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(b), m3), _mm256_and_si256(_mm256_srli_epi16::<5>(c), m4)),
+            ]
+        }
+        _ => {
+            let m = _mm256_set1_epi8(15);
+            [
+                _mm256_and_si256(a, m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(a), m),
+                _mm256_and_si256(b, m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(b), m),
+                _mm256_and_si256(c, m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(c), m),
+                _mm256_and_si256(d, m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(d), m),
+            ]
+        }
+    }
 }
 
-/// `Σ q_3 · x` over one [`blocks::repack_top3`] run, as 8 i32 lanes (lane `m`: subgroup
-/// `PI[m]`), from its words (`regs[4..7]`) and part A's plane-3 order.
+/// `Σ q · x` over one [`blocks::repack_top`] run of (pseudo-)view `V`, as 8 i32 lanes (lane
+/// `m`: subgroup `PI[m]`), from its words (`regs[4..]`) and part A's plane-3 order.
 ///
 /// # Safety
 /// The CPU supports AVX2; `a` readable for 768 bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn top3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
+unsafe fn copy_dot<const V: u8>(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
     // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes). Codes
-    // are at most 7, so a maddubs lane is at most 2 · 7 · 128 and four of them fit in i16.
+    // are at most 15, so a maddubs lane is at most 2 · 15 · 128 and four of them fit in i16.
     unsafe {
-        let f = top3_fields(regs);
+        let f = copy_fields::<V>(regs);
         let mut l0 = _mm256_setzero_si256();
         let mut l1 = _mm256_setzero_si256();
         let a3 = 2 * SC / 32;
@@ -907,7 +936,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
         // The stream starts at the block's first code; a 3-bit copy's superchunks are its runs
         // of 256 codes, so there it starts at the run holding that code and the first `lead`
         // codes (earlier rows, whole groups) are summed but never read.
-        let s0 = if V == V3T { c0 / SC * SC } else { c0 };
+        let s0 = if reads_copy(V) { c0 / SC * SC } else { c0 };
         let lead = c0 - s0;
         // SAFETY: lead / unit < 256 / 32 = 8 entries, inside `sub`.
         let sb = unsafe { sp.add(lead / unit) };
@@ -917,7 +946,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
         let end_inside = (0..4).filter(|&p| reads_plane(V, p)).all(|p| byte(p, s0 + nsc * SC) <= w.planes[p].len());
         // Superchunk j starts at column (s0 + 256 j) mod rs: slot (s0 / 256 + j) mod slots when
         // s0 is a multiple of 256, slot j when it is a row start (column 0).
-        let mut slot = if V == V3T { (s0 / SC) % slots } else { 0 };
+        let mut slot = if reads_copy(V) { (s0 / SC) % slots } else { 0 };
         for j in 0..nsc {
             let c = s0 + j * SC;
             let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
@@ -1025,33 +1054,25 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
     }
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
     let (aux, d, sum) = (&acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0));
-    if let (4, Some(nib)) = (V, w.repacked.as_deref()) {
-        assert!(nib.len() * 2 >= (first + out.len()) * w.row_stride, "nibble plane too short for the rows asked");
-        // The same view with the nibbles as its plane 3 (planes 0-2 kept for check_bounds).
-        let sub = Nested8 {
-            params: w.params,
-            planes: [w.planes[0], w.planes[1], w.planes[2], nib],
-            group_size: w.group_size,
-            view_bits: 4,
-            row_stride: w.row_stride,
-            repacked: None,
-        };
-        // SAFETY: usable() held; the features are enabled here; the nibbles cover the rows.
-        return unsafe { avx2_rows_dot::<V4N>(&sub, aux, d, sum, first, out) };
-    }
-    if let (3, Some(t3)) = (V, w.repacked.as_deref()) {
-        assert!(t3.len() >= ((first + out.len()) * w.row_stride).div_ceil(SC) * blocks::TOP3_RUN_BYTES, "3-bit copy too short for the rows asked");
-        // The same view with its copy as plane 3 (planes 0 and 1 kept for check_bounds).
-        let sub = Nested8 { planes: [w.planes[0], w.planes[1], &[], t3], repacked: None, ..w.clone() };
+    if let (2..=4, Some(copy)) = (V, w.repacked.as_deref()) {
+        let need = ((first + out.len()) * w.row_stride).div_ceil(SC) * blocks::run_bytes(V);
+        assert!(copy.len() >= need, "repacked copy too short for the rows asked");
+        // The same view with its copy as plane 3 (the planes kept for check_bounds).
+        let sub = Nested8 { planes: [w.planes[0], w.planes[1], w.planes[2], copy], repacked: None, ..w.clone() };
         // SAFETY: usable() held; the features are enabled here; the copy covers the rows.
-        return unsafe { avx2_rows_dot::<V3T>(&sub, aux, d, sum, first, out) };
+        return unsafe {
+            match V {
+                2 => avx2_rows_dot::<{ copy_view(2) }>(&sub, aux, d, sum, first, out),
+                3 => avx2_rows_dot::<{ copy_view(3) }>(&sub, aux, d, sum, first, out),
+                _ => avx2_rows_dot::<{ copy_view(4) }>(&sub, aux, d, sum, first, out),
+            }
+        };
     }
     // SAFETY: usable() held; the features are enabled here.
     unsafe { avx2_rows_dot::<V>(w, aux, d, sum, first, out) }
 }
 
-/// Unpack row `row`'s codes from a 4-bit plane (plane 3's layout: [`Nested8::nibbles`], or
-/// plane 3 itself) into natural-order bytes.
+/// Unpack row `row`'s codes from plane 3 (4 bits per code) into natural-order bytes.
 ///
 /// # Safety
 /// The CPU supports AVX2; `plane` holds the row's `row_stride / 2` bytes; `out.len() >=
@@ -1073,31 +1094,32 @@ unsafe fn avx2_unpack_nibbles(plane: &[u8], row: usize, row_stride: usize, out: 
     }
 }
 
-/// Unpack codes `start..start + out.len()` of a [`blocks::repack_top3`] copy into
-/// natural-order bytes (`out[i]` = code `start + i`'s `q >> 5`), a run of 256 at a time: its 8
+/// Unpack codes `start..start + out.len()` of a [`blocks::repack_top`] copy of (pseudo-)view `V`
+/// into natural-order bytes (`out[i]` = code `start + i`'s view), a run of 256 at a time: its 8
 /// fields, an 8×8 dword transpose (register `m` = dword `m` of every field: subgroup `PI[m]`,
 /// byte `4r + c` = code `8·(r / 2) + 2c + r mod 2`), and one in-lane byte shuffle to natural order.
 ///
 /// # Safety
-/// The CPU supports AVX2; `t3` holds every run that codes `start..start + out.len()` touch.
+/// The CPU supports AVX2; `copy` holds every run that codes `start..start + out.len()` touch.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_unpack_top3(t3: &[u8], start: usize, out: &mut [u8]) {
+unsafe fn avx2_unpack_copy<const V: u8>(copy: &[u8], start: usize, out: &mut [u8]) {
     let end = start + out.len();
-    assert!(t3.len() >= end.div_ceil(SC) * blocks::TOP3_RUN_BYTES);
+    let rb = blocks::run_bytes(view_bits(V));
+    assert!(copy.len() >= end.div_ceil(SC) * rb);
     // Destination byte w' (of either half) takes byte 4·(2·(w' / 8) + w' mod 2) + (w' mod 8) / 2.
     let nat = _mm256_setr_epi8(
         0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, 0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15,
     );
     let mut run = [0u8; SC];
     for s in start / SC..end.div_ceil(SC) {
-        // SAFETY: run s's 96 bytes are inside t3 (asserted); `run` holds 8 × 32 bytes.
+        // SAFETY: run s's bytes are inside the copy (asserted); `run` holds 8 × 32 bytes.
         unsafe {
-            let p = t3.as_ptr().add(s * blocks::TOP3_RUN_BYTES);
+            let p = copy.as_ptr().add(s * rb);
             let mut regs = [_mm256_setzero_si256(); 8];
-            for (i, r) in regs[4..7].iter_mut().enumerate() {
+            for (i, r) in regs[4..4 + rb / 32].iter_mut().enumerate() {
                 *r = _mm256_loadu_si256(p.add(32 * i) as *const __m256i);
             }
-            let t = transpose8x8(top3_fields(regs));
+            let t = transpose8x8(copy_fields::<V>(regs));
             for (m, v) in t.iter().enumerate() {
                 _mm256_storeu_si256(run.as_mut_ptr().add(32 * PI[m]) as *mut __m256i, _mm256_shuffle_epi8(*v, nat));
             }
@@ -1302,18 +1324,17 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
     let mut so = vec![0f32; 2 * len * gpr];
     {
         let (hi, lo) = codes.split_at_mut(len * rs);
-        if let (3, Some(t3)) = (V, w.repacked.as_deref()) {
+        if let (2..=4, Some(copy)) = (V, w.repacked.as_deref()) {
             // SAFETY: the copy holds every row of the tensor (Matrix::from_tensor), so every
             // run of rows first..first + len (check_bounds held for them).
-            unsafe { avx2_unpack_top3(t3, first * rs, hi) };
+            unsafe { avx2_unpack_copy::<V>(copy, first * rs, hi) };
         }
         for r in 0..len {
             let lo_r = if V == 8 { &mut lo[r * rs..(r + 1) * rs] } else { &mut [][..] };
             let hi_r = &mut hi[r * rs..(r + 1) * rs];
             match (V, w.repacked.as_deref()) {
                 // SAFETY: the nibbles hold every row of the tensor (Matrix::from_tensor).
-                (4, Some(nib)) => unsafe { avx2_unpack_nibbles(nib, first + r, rs, hi_r) },
-                (3, Some(_)) => {} // unpacked above
+                (2..=4, Some(_)) => {} // unpacked above
                 // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
                 _ => unsafe { avx2_unpack_row::<V>(w, first + r, hi_r, lo_r) },
             }
