@@ -51,8 +51,8 @@ fn repacked(t: &Tensor, bits: u8) -> Option<std::sync::Arc<[u8]>> {
     let numel = t.planes[1].len() * 8;
     let refs: Vec<&[u8]> = t.planes.iter().map(|p| p.as_slice()).collect();
     match bits {
-        _ if std::env::var("PLANES").is_ok() || !edge_runtime::kernels::kernels().repacked => None,
-        2..=4 => Some(edge_runtime::blocks::repack_top(bits, &refs, numel).into()),
+        _ if std::env::var("PLANES").is_ok() => None,
+        2..=4 => edge_runtime::kernels::kernels().repack.map(|f| f(bits, &refs, numel).into()),
         _ => None,
     }
 }

@@ -149,6 +149,17 @@ fn run_slot(j: usize) -> (usize, usize) {
     (2 * (w / 8) + w % 2, 4 * m + (w % 8) / 2)
 }
 
+/// `q[i] |= field i << shift` for the `8 / BITS` fields of `BITS` bits (1, 2 or 4) in each of
+/// `bytes`, least significant first.
+fn spread<const BITS: usize>(q: &mut [u8], bytes: &[u8], shift: u8) {
+    let mask = ((1u16 << BITS) - 1) as u8;
+    for (dst, &byte) in q.chunks_exact_mut(8 / BITS).zip(bytes) {
+        for (f, d) in dst.iter_mut().enumerate() {
+            *d |= ((byte >> (f * BITS)) & mask) << shift;
+        }
+    }
+}
+
 /// The `view_bits`-bit view's codes `q >> (8 - view_bits)` (2, 3 or 4 bits) of the first
 /// `numel` codes (a multiple of 8), repacked from the view's planes for kernels that read a
 /// code in one pass (see `kernels::Nested8::repacked`). Codes go in runs of 256 (flat index;
@@ -170,17 +181,37 @@ pub fn repack_top(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::
     let rb = run_bytes(view_bits);
     let mut out = alloc::vec![0u8; numel.div_ceil(RUN_CODES) * rb];
     for (s, run) in out.chunks_exact_mut(rb).enumerate() {
-        for j in 0..RUN_CODES.min(numel - RUN_CODES * s) {
-            let f = nested8_code(planes, view_bits, RUN_CODES * s + j);
-            let (r, b) = run_slot(j);
-            match (view_bits, r) {
-                (2, _) => run[32 * (r / 4) + b] |= f << (2 * (r % 4)),
-                (3, 0..=5) => run[32 * (r / 2) + b] |= f << (3 * (r % 2)),
-                (3, _) => {
-                    run[32 * (r - 6) + b] |= (f & 3) << 6;
-                    run[64 + b] |= (f >> 2) << r;
+        // The run's codes in natural order (zero past `numel`), plane by plane, a byte at a time.
+        let (lo, hi) = (RUN_CODES * s, (RUN_CODES * (s + 1)).min(numel));
+        let mut q = [0u8; RUN_CODES];
+        for (p, spec) in planes.iter().zip(NESTED8_PLANES).take(n) {
+            let bytes = &p[lo * spec.bits as usize / 8..hi * spec.bits as usize / 8];
+            match spec.bits {
+                1 => spread::<1>(&mut q, bytes, spec.shift),
+                2 => spread::<2>(&mut q, bytes, spec.shift),
+                _ => spread::<4>(&mut q, bytes, spec.shift),
+            }
+        }
+        q.iter_mut().for_each(|c| *c >>= 8 - view_bits);
+        for b in 0..32 {
+            // Field r of byte b = 4m + c: code 32·PI[m] + 2c + 8·(r / 2) + r mod 2.
+            let base = 32 * RUN_PI[b / 4] + 2 * (b % 4);
+            let f = |r: usize| q[(base + 8 * (r / 2) + r % 2) % RUN_CODES];
+            match view_bits {
+                2 => {
+                    run[b] = f(0) | f(1) << 2 | f(2) << 4 | f(3) << 6;
+                    run[32 + b] = f(4) | f(5) << 2 | f(6) << 4 | f(7) << 6;
                 }
-                _ => run[32 * (r / 2) + b] |= f << (4 * (r % 2)),
+                3 => {
+                    run[b] = f(0) | f(1) << 3 | (f(6) & 3) << 6;
+                    run[32 + b] = f(2) | f(3) << 3 | (f(7) & 3) << 6;
+                    run[64 + b] = f(4) | f(5) << 3 | (f(6) >> 2) << 6 | (f(7) >> 2) << 7;
+                }
+                _ => {
+                    for i in 0..4 {
+                        run[32 * i + b] = f(2 * i) | f(2 * i + 1) << 4;
+                    }
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use edge_runtime::blocks::{pack_nested8_planes, repack_top, GroupParams};
 use std::sync::Arc;
 
 /// Every view, and the 2-, 3- and 4-bit ones again with their codes repacked (what the tables
-/// with `Kernels::repacked` read).
+/// with `Kernels::repack` make).
 const VIEWS: [(u8, bool); 7] = [(2, false), (2, true), (3, false), (3, true), (4, false), (4, true), (8, false)];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
@@ -360,6 +360,26 @@ fn attend_head_bit_identical() {
                     (bits(&scores), bits(&out))
                 };
                 assert_eq!(run(k.attend_head), run(Kernels::SCALAR.attend_head), "{} attend_head: hd {hd}, {n} positions", k.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn repack_equals_the_definition() {
+    let mut rng = Rng(0x5E9A_C4ED);
+    for k in tables() {
+        let Some(repack) = k.repack else {
+            eprintln!("!!!!!!!! table {} makes no repacked copies: repack NOT tested !!!!!!!!", k.name);
+            continue;
+        };
+        // Single codes, one run, a run and a bit, many runs and a partial one.
+        for numel in [8usize, 248, 256, 264, 512, 4096 + 96] {
+            let codes: Vec<u8> = (0..numel).map(|_| rng.next() as u8).collect();
+            let planes = pack_nested8_planes(&codes);
+            let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+            for v in [2u8, 3, 4] {
+                assert_eq!(repack(v, &refs, numel), repack_top(v, &refs, numel), "{} repack: view {v}, {numel} codes", k.name);
             }
         }
     }

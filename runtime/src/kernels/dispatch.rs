@@ -18,6 +18,10 @@ pub type Nested8MatvecFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: 
 pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
 
 /// Decode attention of one query head: see [`vector::attend_head`], the definition.
+/// The copy of a 2-, 3- or 4-bit view that a table's kernels read: equal to
+/// [`crate::blocks::repack_top`]`(view_bits, planes, numel)`, however it is computed.
+pub type RepackFn = fn(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
+
 pub type AttendHeadFn = fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
 
 /// Function pointers for every product the model runs.
@@ -29,9 +33,9 @@ pub struct Kernels {
     /// Indexed by [`view_index`] (2, 3, 4, 8 bits).
     pub nested8_matvec: [Nested8MatvecFn; 4],
     pub nested8_matmul: [Nested8MatmulFn; 4],
-    /// Whether this table's 3- and 4-bit kernels read [`Nested8::repacked`] when present (groups
-    /// of a multiple of 32), so that [`super::Matrix::from_tensor`] repacks such views at load.
-    pub repacked: bool,
+    /// Set when this table's 2-, 3- and 4-bit kernels read [`Nested8::repacked`] (groups of a
+    /// multiple of 32): [`super::Matrix::from_tensor`] makes the copy with it at load.
+    pub repack: Option<RepackFn>,
     /// Decode attention of one head (f32; bit-identical in every table).
     pub attend_head: AttendHeadFn,
 }
@@ -59,7 +63,7 @@ impl Kernels {
         quantize_acts: reference::quantize_acts,
         nested8_matvec: [reference::nested8_matvec; 4],
         nested8_matmul: [reference::nested8_matmul; 4],
-        repacked: false,
+        repack: None,
         attend_head: vector::attend_head,
     };
 
@@ -70,7 +74,7 @@ impl Kernels {
         quantize_acts: reference::quantize_acts,
         nested8_matvec: [portable::nested8_matvec; 4],
         nested8_matmul: [portable::nested8_matmul; 4],
-        repacked: false,
+        repack: None,
         attend_head: vector::attend_head,
     };
 

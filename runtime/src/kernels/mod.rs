@@ -63,7 +63,7 @@ pub struct Nested8<'a> {
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
     /// A 2-, 3- or 4-bit view's codes repacked at load for the kernel tables that read them
-    /// faster that way ([`Kernels::repacked`]); `None` otherwise. Equal to what the view's
+    /// faster that way ([`Kernels::repack`]); `None` otherwise. Equal to what the view's
     /// planes hold, in runs of 256 codes whose fields need no lane shuffles
     /// ([`blocks::repack_top`]).
     pub repacked: Option<Arc<[u8]>>,
@@ -139,9 +139,9 @@ impl<'a> Matrix<'a> {
                 let group_size = t.group_size as usize;
                 let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
                 let numel = rows * row_stride;
-                let repack = group_size % 32 == 0 && kernels().repacked && !dispatch::float_activations();
-                let repacked = match view_bits {
-                    2..=4 if repack => Some(Arc::from(blocks::repack_top(view_bits, &planes, numel))),
+                let repack = kernels().repack.filter(|_| group_size % 32 == 0 && !dispatch::float_activations());
+                let repacked = match (view_bits, repack) {
+                    (2..=4, Some(f)) => Some(Arc::from(f(view_bits, &planes, numel))),
                     _ => None,
                 };
                 WeightView::Nested8(Nested8 { params: cast(t.name, params.bytes)?, planes, group_size, view_bits, row_stride, repacked })

@@ -59,7 +59,7 @@ const NEON: Kernels = Kernels {
     quantize_acts: neon_quantize,
     nested8_matvec: [neon_matvec_v2, neon_matvec_v3, neon_matvec_v4, neon_matvec_v8],
     nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, neon_matmul_v8],
-    repacked: false,
+    repack: None,
     attend_head: super::vector::attend_head,
 };
 
@@ -68,7 +68,7 @@ const DOTPROD: Kernels = Kernels {
     quantize_acts: neon_quantize,
     nested8_matvec: [dotprod_matvec_v2, dotprod_matvec_v3, dotprod_matvec_v4, dotprod_matvec_v8],
     nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, dotprod_matmul_v8],
-    repacked: false,
+    repack: None,
     attend_head: super::vector::attend_head,
 };
 
@@ -77,7 +77,7 @@ const I8MM: Kernels = Kernels {
     quantize_acts: i8mm_quantize,
     nested8_matvec: DOTPROD.nested8_matvec,
     nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, i8mm_matmul_v8],
-    repacked: false,
+    repack: None,
     attend_head: super::vector::attend_head,
 };
 
