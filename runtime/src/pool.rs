@@ -101,7 +101,7 @@ thread_local! {
 
 /// Spin on `ready` for [`SPIN`], then park until it holds. `flag` is this waiter's "parked"
 /// flag: raised before the last check, lowered by the waker (or here when that check succeeds).
-fn wait_until(ready: impl Fn() -> bool, flag: &AtomicBool) {
+fn wait_until(mut ready: impl FnMut() -> bool, flag: &AtomicBool) {
     let start = Instant::now();
     let mut spins = 0u32;
     while !ready() {
@@ -148,8 +148,15 @@ fn claim_all(f: &(dyn Fn(usize) + Sync), n: usize) {
 fn worker_loop(index: usize, sleeping: Arc<AtomicBool>) {
     IS_WORKER.with(|w| w.set(true));
     let mut seen = 0usize;
+    let mut cursor = [(0usize, 0usize); 2];
     loop {
-        wait_until(|| POOL.word.load(SeqCst) != seen, &sleeping);
+        wait_until(
+            || {
+                idle_prefetch(&mut cursor);
+                POOL.word.load(SeqCst) != seen
+            },
+            &sleeping,
+        );
         let word = POOL.word.load(SeqCst);
         seen = word;
         if index >= word & 0xffff {
@@ -166,6 +173,38 @@ fn worker_loop(index: usize, sleeping: Arc<AtomicBool>) {
         // No use of the job after this.
         if POOL.active.fetch_sub(1, SeqCst) == 1 {
             wake_caller();
+        }
+    }
+}
+
+/// Byte ranges `(start, end)` an idle worker may pull into its cache (see [`prefetch`]).
+static PF: [(AtomicUsize, AtomicUsize); 2] = [(AtomicUsize::new(0), AtomicUsize::new(0)), (AtomicUsize::new(0), AtomicUsize::new(0))];
+
+/// Ask idle workers to pull `ranges` (the start of the next product's weights) into their
+/// cache while the caller works alone; they stop at the next job.
+pub fn prefetch(ranges: [&[u8]; 2]) {
+    for (slot, r) in PF.iter().zip(ranges) {
+        slot.1.store(r.as_ptr() as usize + r.len(), SeqCst);
+        slot.0.store(r.as_ptr() as usize, SeqCst);
+    }
+}
+
+/// A few cache lines of the posted ranges, alternating between them.
+fn idle_prefetch(cursor: &mut [(usize, usize); 2]) {
+    for (c, slot) in cursor.iter_mut().zip(&PF) {
+        let start = slot.0.swap(0, SeqCst);
+        if start != 0 {
+            *c = (start, slot.1.load(SeqCst));
+        }
+        for _ in 0..4 {
+            if c.0 < c.1 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: prefetch never faults, whatever the address.
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(c.0 as *const i8)
+                };
+                c.0 += 64;
+            }
         }
     }
 }

@@ -367,6 +367,22 @@ pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scr
     (0..n_tasks).for_each(run);
 }
 
+/// Post the first `bytes` of each half of `m`'s codes for idle pool workers to prefetch
+/// (std; the next product's weights, while the caller works alone).
+pub fn prefetch_next(m: &Matrix<'_>, bytes: usize) {
+    #[cfg(feature = "std")]
+    if let WeightView::Nested8(n) = &m.view {
+        let data: &[u8] = match &n.repacked {
+            Some(c) => c,
+            None => n.planes[0],
+        };
+        let half = data.len() / 2;
+        crate::pool::prefetch([&data[..bytes.min(half)], &data[half..(half + bytes).min(data.len())]]);
+    }
+    #[cfg(not(feature = "std"))]
+    let _ = (m, bytes);
+}
+
 /// Most ranges [`matvec_shared`] splits one matrix into.
 const MAX_TASKS: usize = 64;
 
