@@ -748,9 +748,7 @@ impl<'a> Model<'a> {
                 kernels::matmul(&layer.w_gate, &s.xb, n, &mut s.hb, &mut s.scratch);
                 kernels::matmul(&layer.w_up, &s.xb, n, &mut s.hb2, &mut s.scratch);
             }
-            for (g, u) in s.hb[..n * hidden].iter_mut().zip(&s.hb2) {
-                *g = *g / (1.0 + exp_fast(-*g)) * u; // silu(gate) * up
-            }
+            (kernels::kernels().swiglu)(&mut s.hb[..n * hidden], &s.hb2[..n * hidden]); // silu(gate) * up
             see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);
             kernels::matmul(&layer.w_down, &s.hb, n, &mut s.proj, &mut s.scratch);
             if n == 1 {

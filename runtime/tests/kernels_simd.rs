@@ -384,3 +384,26 @@ fn repack_equals_the_definition() {
         }
     }
 }
+
+#[test]
+fn swiglu_bit_identical() {
+    let mut rng = Rng(0x5717_6100);
+    for k in tables() {
+        for n in [1usize, 7, 8, 9, 31, 1536, 1537] {
+            // Gates over exp's whole range (underflow, overflow), zeros, a NaN; ups of both signs.
+            let mut gate: Vec<f32> = (0..n).map(|_| (rng.f32() - 0.5) * 300.0).collect();
+            gate[0] = 0.0;
+            if n > 8 {
+                gate[3] = f32::NAN;
+                gate[5] = -104.5;
+                gate[6] = 89.0;
+            }
+            let up: Vec<f32> = (0..n).map(|_| (rng.f32() - 0.5) * 8.0).collect();
+            let (mut want, mut got) = (gate.clone(), gate.clone());
+            edge_runtime::kernels::vector::swiglu(&mut want, &up);
+            (k.swiglu)(&mut got, &up);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} swiglu, {n} values", k.name);
+        }
+    }
+}

@@ -22,6 +22,9 @@ pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: 
 /// [`crate::blocks::repack_top`]`(view_bits, planes, numel)`, however it is computed.
 pub type RepackFn = fn(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
 
+/// SwiGLU's gate in place: see [`vector::swiglu`], the definition.
+pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
+
 pub type AttendHeadFn = fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
 
 /// Function pointers for every product the model runs.
@@ -38,6 +41,8 @@ pub struct Kernels {
     pub repack: Option<RepackFn>,
     /// Decode attention of one head (f32; bit-identical in every table).
     pub attend_head: AttendHeadFn,
+    /// SwiGLU's elementwise step (f32; bit-identical in every table).
+    pub swiglu: SwigluFn,
 }
 
 impl core::fmt::Debug for Kernels {
@@ -65,6 +70,7 @@ impl Kernels {
         nested8_matmul: [reference::nested8_matmul; 4],
         repack: None,
         attend_head: vector::attend_head,
+        swiglu: vector::swiglu,
     };
 
     /// The reference arithmetic with each group's codes unpacked once ([`portable`]):
@@ -76,6 +82,7 @@ impl Kernels {
         nested8_matmul: [portable::nested8_matmul; 4],
         repack: None,
         attend_head: vector::attend_head,
+        swiglu: vector::swiglu,
     };
 
     /// The best table for this CPU (probed once with `std`).

@@ -66,6 +66,15 @@ pub fn exp_fast(x: f32) -> f32 {
     }
 }
 
+/// SwiGLU's gate in place: `gate[i] = silu(gate[i]) · up[i]`, `silu(g) = g / (1 + e^-g)` with
+/// [`exp_fast`], each operation in this order.
+#[inline(always)]
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp_fast(-*g)) * u;
+    }
+}
+
 /// In-place numerically stable softmax: subtract the max, [`exp_fast`], normalize.
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {

@@ -61,6 +61,7 @@ const NEON: Kernels = Kernels {
     nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, neon_matmul_v8],
     repack: None,
     attend_head: super::vector::attend_head,
+    swiglu: super::vector::swiglu,
 };
 
 const DOTPROD: Kernels = Kernels {
@@ -70,6 +71,7 @@ const DOTPROD: Kernels = Kernels {
     nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, dotprod_matmul_v8],
     repack: None,
     attend_head: super::vector::attend_head,
+    swiglu: super::vector::swiglu,
 };
 
 const I8MM: Kernels = Kernels {
@@ -79,6 +81,7 @@ const I8MM: Kernels = Kernels {
     nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, i8mm_matmul_v8],
     repack: None,
     attend_head: super::vector::attend_head,
+    swiglu: super::vector::swiglu,
 };
 
 /// What this CPU has: with `std` probed at run time, without it the compile-time features.

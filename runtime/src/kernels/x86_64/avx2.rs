@@ -1583,6 +1583,22 @@ fn avx2_attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scal
     unsafe { avx2_attend_head_impl(q, keys, values, stride, scale, scores, out) }
 }
 
+/// [`vector::swiglu`] compiled for AVX2 (eight lanes; the same operations in the same order, so
+/// bit-identical).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_swiglu_impl(gate: &mut [f32], up: &[f32]) {
+    vector::swiglu(gate, up)
+}
+
+fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
+    // avx2, fma and f16c.
+    unsafe { avx2_swiglu_impl(gate, up) }
+}
+
 /// The AVX2 table (install only after probing the CPU).
 pub(super) const TABLE: Kernels = Kernels {
     name: "avx2",
@@ -1591,4 +1607,5 @@ pub(super) const TABLE: Kernels = Kernels {
     nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v8],
     repack: Some(avx2_repack),
     attend_head: avx2_attend_head,
+    swiglu: avx2_swiglu,
 };
