@@ -296,6 +296,7 @@ pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut Scratch)
     let out_rows = |first: usize, rows: usize| unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(first), rows) };
     if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
+        scratch.acts.copy_order_only = reads_copy(w);
         (k.quantize_acts)(&x[..m.cols], 1, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
         let kernel = k.nested8_matvec[dispatch::view_index(w.view_bits)];
@@ -338,6 +339,7 @@ pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scr
     }
     let cols = ms[0].cols;
     let k = kernels();
+    scratch.acts.copy_order_only = ws[..ms.len()].iter().all(|w| w.is_some_and(reads_copy));
     (k.quantize_acts)(&x[..cols], 1, cols, ws[0].map_or(0, |w| w.group_size), &mut scratch.acts);
     let acts = &scratch.acts;
     // Every matrix's row ranges, as [`matvec`] would split them: (matrix, first row, rows).
@@ -383,6 +385,11 @@ pub fn prefetch_next(m: &Matrix<'_>, bytes: usize) {
     let _ = (m, bytes);
 }
 
+/// Whether `w`'s kernels read its repacked copy (see [`QActs::copy_order_only`]).
+fn reads_copy(w: &Nested8<'_>) -> bool {
+    matches!(w.view_bits, 2..=4) && w.repacked.is_some()
+}
+
 /// Most ranges [`matvec_shared`] splits one matrix into.
 const MAX_TASKS: usize = 64;
 
@@ -426,6 +433,7 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mu
     let out_ptr = OutPtr(out.as_mut_ptr());
     if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
+        scratch.acts.copy_order_only = reads_copy(w);
         (k.quantize_acts)(&x[..n * m.cols], n, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
         let kernel = k.nested8_matmul[dispatch::view_index(w.view_bits)];

@@ -193,6 +193,8 @@ fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
         && w.row_stride / 32 <= MAX_SUB
         && acts.n > 0
         && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
+        // Part A holds only the copies' order: the planes' kernels cannot run on it.
+        && (acts.n >= PREFILL_MIN_TOKENS || !acts.copy_order_only || (matches!(view, 2..=4) && w.repacked.is_some()))
 }
 
 /// Panics unless rows `first..first + rows` lie inside every plane the view reads and inside
@@ -351,13 +353,14 @@ const fn idx_p12() -> [[u8; 32]; 2] {
 }
 
 /// Part A of one superchunk: `src` 256 codes → `dst` 768 bytes in the three orders of
-/// [`PERM_A`]. Each order is an in-lane byte shuffle of every subgroup followed by an 8×8
-/// dword transpose (lane `m` of output register `d` = dword `d` of subgroup `PI[m]`).
+/// [`PERM_A`] (only the orders in `parts`: 2 alone is what the copies' kernels read). Each order
+/// is an in-lane byte shuffle of every subgroup followed by an 8×8 dword transpose (lane `m` of
+/// output register `d` = dword `d` of subgroup `PI[m]`).
 ///
 /// # Safety
 /// The CPU supports AVX2; `src` readable for 256 bytes, `dst` writable for 768.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_permute_superchunk(src: *const i8, dst: *mut i8) {
+unsafe fn avx2_permute_superchunk(src: *const i8, dst: *mut i8, parts: core::ops::Range<usize>) {
     // SAFETY (whole body): loads at src + 32·l (l < 8), stores at dst + 256·part + 32·d
     // (part < 3, d < 8), inside the ranges the caller guarantees; the index tables are 32 bytes.
     unsafe {
@@ -369,7 +372,7 @@ unsafe fn avx2_permute_superchunk(src: *const i8, dst: *mut i8) {
         let i3 = _mm256_loadu_si256(IDX_P3.as_ptr() as *const __m256i);
         let ia = _mm256_loadu_si256(IDX_P12[0].as_ptr() as *const __m256i);
         let ib = _mm256_loadu_si256(IDX_P12[1].as_ptr() as *const __m256i);
-        for part in 0..3 {
+        for part in parts {
             let mut t = [_mm256_setzero_si256(); 8];
             for (m, tm) in t.iter_mut().enumerate() {
                 let yl = y[PI[m]];
@@ -391,12 +394,13 @@ unsafe fn avx2_permute_superchunk(src: *const i8, dst: *mut i8) {
 }
 
 /// Part A of one token: the `q` of `padded_cols` values (a multiple of 32), repeated, in
-/// slots of 256 (see [`part_a_slots`]), each slot permuted by [`avx2_permute_superchunk`].
+/// slots of 256 (see [`part_a_slots`]), each slot permuted by [`avx2_permute_superchunk`]
+/// (with `copy_order_only`, only plane 3's order: see [`QActs::copy_order_only`]).
 ///
 /// # Safety
 /// The CPU supports AVX2; `out.len() == part_a_len(q.len())`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8]) {
+unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8], copy_order_only: bool) {
     let pc = q.len();
     assert!(out.len() == part_a_len(pc));
     let mut chunk = [0i8; SC];
@@ -417,7 +421,7 @@ unsafe fn avx2_fill_part_a(q: &[i8], out: &mut [i8]) {
             &chunk[..]
         };
         // SAFETY: src is 256 bytes, dst 768 (chunks_exact_mut).
-        unsafe { avx2_permute_superchunk(src.as_ptr(), dst.as_mut_ptr()) };
+        unsafe { avx2_permute_superchunk(src.as_ptr(), dst.as_mut_ptr(), if copy_order_only { 2..3 } else { 0..3 }) };
     }
 }
 
@@ -448,8 +452,15 @@ mod tests {
             let mut got = vec![1i8; part_a_len(pc)];
             fill_part_a_scalar(&q, &mut want);
             // SAFETY: AVX2 reported above; got has part_a_len(pc) bytes.
-            unsafe { avx2_fill_part_a(&q, &mut got) };
+            unsafe { avx2_fill_part_a(&q, &mut got, false) };
             assert_eq!(got, want, "padded_cols {pc}");
+            // Only the copies' order (plane 3's, the last 256 bytes of each slot).
+            let mut only = vec![1i8; part_a_len(pc)];
+            // SAFETY: as above.
+            unsafe { avx2_fill_part_a(&q, &mut only, true) };
+            for (s, (o, w)) in only.chunks(SC_AUX).zip(want.chunks(SC_AUX)).enumerate() {
+                assert_eq!(o[2 * SC..], w[2 * SC..], "padded_cols {pc} slot {s}, copies' order only");
+            }
         }
     }
 }
@@ -515,7 +526,9 @@ unsafe fn avx2_quantize_acts(x: &[f32], n: usize, cols: usize, block: usize, act
     }
     for t in 0..lay.a_tokens {
         // SAFETY: AVX2 is enabled here; the slice is part_a_len(pc) bytes.
-        unsafe { avx2_fill_part_a(&acts.q[t * pc..(t + 1) * pc], &mut acts.aux[t * lay.a_len..(t + 1) * lay.a_len]) };
+        unsafe {
+            avx2_fill_part_a(&acts.q[t * pc..(t + 1) * pc], &mut acts.aux[t * lay.a_len..(t + 1) * lay.a_len], acts.copy_order_only)
+        };
     }
     if n >= PREFILL_MIN_TOKENS {
         for tb in 0..n.div_ceil(TOK) {
@@ -1053,13 +1066,22 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
         return reference::nested8_matvec(w, acts, first, out);
     }
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
-    let (aux, d, sum) = (&acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0));
+    // SAFETY: usable() held; the features are enabled here.
+    unsafe { rows_dot_view::<V>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
+}
+
+/// [`avx2_rows_dot`] of view `V`, reading the view's repacked copy when it has one.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; [`usable`] held for `w` and the activations of `aux`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_dot_view<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
     if let (2..=4, Some(copy)) = (V, w.repacked.as_deref()) {
         let need = ((first + out.len()) * w.row_stride).div_ceil(SC) * blocks::run_bytes(V);
         assert!(copy.len() >= need, "repacked copy too short for the rows asked");
         // The same view with its copy as plane 3 (the planes kept for check_bounds).
         let sub = Nested8 { planes: [w.planes[0], w.planes[1], w.planes[2], copy], repacked: None, ..w.clone() };
-        // SAFETY: usable() held; the features are enabled here; the copy covers the rows.
+        // SAFETY: as the caller guarantees; the copy covers the rows (asserted).
         return unsafe {
             match V {
                 2 => avx2_rows_dot::<{ copy_view(2) }>(&sub, aux, d, sum, first, out),
@@ -1068,7 +1090,7 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
             }
         };
     }
-    // SAFETY: usable() held; the features are enabled here.
+    // SAFETY: as the caller guarantees.
     unsafe { avx2_rows_dot::<V>(w, aux, d, sum, first, out) }
 }
 
@@ -1399,7 +1421,7 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
         for t in 0..n {
             let aux = &acts.aux[t * lay.a_len..(t + 1) * lay.a_len];
             // SAFETY: usable() held (part A exists for every token below the threshold).
-            unsafe { avx2_rows_dot::<V>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
+            unsafe { rows_dot_view::<V>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
         }
         return;
     }
