@@ -33,7 +33,7 @@
 //! parks; the waker changes the condition, then takes the flag and unparks (`unpark` before
 //! `park` makes `park` return at once).
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, TryLockError};
@@ -148,7 +148,7 @@ fn claim_all(f: &(dyn Fn(usize) + Sync), n: usize) {
 fn worker_loop(index: usize, sleeping: Arc<AtomicBool>) {
     IS_WORKER.with(|w| w.set(true));
     let mut seen = 0usize;
-    let mut cursor = [(0usize, 0usize); 2];
+    let mut cursor = [(0u64, 0u64); 2];
     loop {
         wait_until(
             || {
@@ -177,31 +177,37 @@ fn worker_loop(index: usize, sleeping: Arc<AtomicBool>) {
     }
 }
 
-/// Byte ranges `(start, end)` an idle worker may pull into its cache (see [`prefetch`]).
-static PF: [(AtomicUsize, AtomicUsize); 2] = [(AtomicUsize::new(0), AtomicUsize::new(0)), (AtomicUsize::new(0), AtomicUsize::new(0))];
+/// Ranges an idle worker may pull into its cache (see [`prefetch`]), each in one word so that a
+/// worker never pairs one range's start with another's length: the address in the low 48 bits
+/// (user-space addresses fit), the length in 64-byte lines above; 0 = none.
+static PF: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+const PF_ADDR: u64 = (1 << 48) - 1;
 
 /// Ask idle workers to pull `ranges` (the start of the next product's weights) into their
-/// cache while the caller works alone; they stop at the next job.
+/// cache while the caller works alone; they stop at the next job. At most 4 MiB of each.
 pub fn prefetch(ranges: [&[u8]; 2]) {
     for (slot, r) in PF.iter().zip(ranges) {
-        slot.1.store(r.as_ptr() as usize + r.len(), SeqCst);
-        slot.0.store(r.as_ptr() as usize, SeqCst);
+        let lines = (r.len() as u64).div_ceil(64).min(0xFFFF);
+        slot.store((r.as_ptr() as u64 & PF_ADDR) | lines << 48, SeqCst);
     }
 }
 
-/// A few cache lines of the posted ranges, alternating between them.
-fn idle_prefetch(cursor: &mut [(usize, usize); 2]) {
+/// A few cache lines of the posted ranges, alternating between them. `cursor` holds each
+/// range's next and end address.
+fn idle_prefetch(cursor: &mut [(u64, u64); 2]) {
     for (c, slot) in cursor.iter_mut().zip(&PF) {
-        let start = slot.0.swap(0, SeqCst);
-        if start != 0 {
-            *c = (start, slot.1.load(SeqCst));
+        let w = slot.swap(0, SeqCst);
+        if w != 0 {
+            let start = w & PF_ADDR;
+            *c = (start, start + (w >> 48) * 64);
         }
         for _ in 0..4 {
             if c.0 < c.1 {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: prefetch never faults, whatever the address.
                 unsafe {
-                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(c.0 as *const i8)
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(c.0 as usize as *const i8)
                 };
                 c.0 += 64;
             }
