@@ -23,7 +23,7 @@ use half::f16;
 /// Relative tolerance for tables that reorder the float sum over groups.
 const TOL: f32 = 1e-5;
 /// Tables whose outputs equal the reference bit for bit (documented in their modules).
-const BIT_EXACT: &[&str] = &["avx2", "neon", "neon+dotprod", "neon+i8mm"];
+const BIT_EXACT: &[&str] = &["avx2", "avx512vnni", "neon", "neon+dotprod", "neon+i8mm"];
 
 struct Rng(u64);
 impl Rng {

@@ -585,11 +585,53 @@ unsafe fn load_superchunk<const V: u8>(p: [*const u8; 4]) -> [__m256i; 8] {
     r
 }
 
-/// `$acc += maddubs($u, register $r of part A at $a)`, in i16 lanes.
+/// `$acc += ` the products of `$u`'s unsigned bytes with register `$r` of part A at `$a`:
+/// without VNNI `maddubs` into i16 lanes (pairs of bytes), with VNNI `vpdpbusd` into i32 lanes
+/// (fours of bytes; [`widen`] makes both i32 sums of the same four bytes).
 macro_rules! mad {
-    ($acc:ident, $u:expr, $a:ident, $r:expr) => {
-        $acc = _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, _mm256_loadu_si256($a.add($r * 32) as *const __m256i)))
-    };
+    ($vnni:expr, $acc:ident, $u:expr, $a:ident, $r:expr) => {{
+        let x = _mm256_loadu_si256($a.add($r * 32) as *const __m256i);
+        $acc = if $vnni { dpbusd($acc, $u, x) } else { _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, x)) }
+    }};
+}
+
+/// `acc + Σ u·x` over each i32 lane's four bytes (`u` unsigned, `x` signed), without
+/// saturation: AVX-512 VNNI's `vpdpbusd` on 256 bits (EVEX, needs AVX512VL). Written as `asm!`
+/// so that the kernels around it keep one definition for both tables: an intrinsic would need
+/// every enclosing function compiled with the AVX-512 features.
+///
+/// # Safety
+/// The CPU supports AVX512_VNNI and AVX512VL (only the `avx512vnni` table passes `VNNI = true`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dpbusd(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: the caller guarantees the CPU has the instruction; it touches registers only.
+    unsafe {
+        core::arch::asm!(
+            "vpdpbusd {acc}, {u}, {x}",
+            acc = inout(ymm_reg) acc,
+            u = in(ymm_reg) u,
+            x = in(ymm_reg) x,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// i32 lane sums of what [`mad!`] accumulated into `h0` and `h1`, times `mul` (1 or 16).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen<const VNNI: bool>(h0: __m256i, h1: __m256i, mul: i16) -> __m256i {
+    if VNNI {
+        let s = _mm256_add_epi32(h0, h1);
+        if mul == 16 { _mm256_slli_epi32::<4>(s) } else { s }
+    } else {
+        _mm256_madd_epi16(_mm256_add_epi16(h0, h1), _mm256_set1_epi16(mul))
+    }
 }
 
 /// `Σ q_V · x` over one superchunk of one row, as 8 i32 lanes (lane `m`: subgroup `PI[m]`),
@@ -599,14 +641,13 @@ macro_rules! mad {
 /// The CPU supports AVX2; `a` readable for 768 bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
+unsafe fn superchunk<const V: u8, const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
     // SAFETY (whole body): the loads read part A registers 0..24 (768 bytes).
     unsafe {
         // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
         // dword of each subgroup, B' the second, both in lane order PI.
-        let ones = _mm256_set1_epi16(1);
         if reads_copy(V) {
-            return copy_dot::<V>(regs, a, ones);
+            return copy_dot::<V, VNNI>(regs, a);
         }
         let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let a0 = _mm256_permutevar8x32_epi32(regs[0], spread);
@@ -619,34 +660,34 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
         // shifted to sit under the mask 3, 6 or 12.
         if V == 2 {
             let m = _mm256_set1_epi8(3);
-            mad!(h0, _mm256_and_si256(ra, m), a, 0);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 1);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 2);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(ra), m), a, 3);
-            mad!(h0, _mm256_and_si256(rb, m), a, 4);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 5);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 6);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(rb), m), a, 7);
+            mad!(VNNI, h0, _mm256_and_si256(ra, m), a, 0);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 1);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 2);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(ra), m), a, 3);
+            mad!(VNNI, h0, _mm256_and_si256(rb, m), a, 4);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 5);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 6);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(rb), m), a, 7);
         } else if V == 3 {
             let m = _mm256_set1_epi8(6);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(ra), m), a, 0);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(ra), m), a, 1);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(ra), m), a, 2);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(ra), m), a, 3);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<1>(rb), m), a, 4);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<1>(rb), m), a, 5);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<3>(rb), m), a, 6);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<5>(rb), m), a, 7);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<1>(ra), m), a, 0);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<1>(ra), m), a, 1);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<3>(ra), m), a, 2);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<5>(ra), m), a, 3);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<1>(rb), m), a, 4);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<1>(rb), m), a, 5);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<3>(rb), m), a, 6);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<5>(rb), m), a, 7);
         } else {
             let m = _mm256_set1_epi8(12);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(ra), m), a, 0);
-            mad!(h1, _mm256_and_si256(ra, m), a, 1);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 2);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 3);
-            mad!(h0, _mm256_and_si256(_mm256_slli_epi16::<2>(rb), m), a, 4);
-            mad!(h1, _mm256_and_si256(rb, m), a, 5);
-            mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 6);
-            mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 7);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<2>(ra), m), a, 0);
+            mad!(VNNI, h1, _mm256_and_si256(ra, m), a, 1);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 2);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 3);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<2>(rb), m), a, 4);
+            mad!(VNNI, h1, _mm256_and_si256(rb, m), a, 5);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 6);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 7);
         }
         if V >= 3 {
             // Planes 1 and 2 (1 bit/code): dword l = subgroup l; reorder to lanes PI.
@@ -656,14 +697,14 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
             let a12 = SC;
             if V == 3 {
                 // Bit b = 2k + reg of byte 4m + c is code 32·PI[m] + 8c + b: register reg*4 + k.
-                mad!(h0, _mm256_and_si256(q1, one), a, a12 / 32);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(q1), one), a, a12 / 32 + 1);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(q1), one), a, a12 / 32 + 2);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(q1), one), a, a12 / 32 + 3);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<1>(q1), one), a, a12 / 32 + 4);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<3>(q1), one), a, a12 / 32 + 5);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<5>(q1), one), a, a12 / 32 + 6);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<7>(q1), one), a, a12 / 32 + 7);
+                mad!(VNNI, h0, _mm256_and_si256(q1, one), a, a12 / 32);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(q1), one), a, a12 / 32 + 1);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(q1), one), a, a12 / 32 + 2);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(q1), one), a, a12 / 32 + 3);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<1>(q1), one), a, a12 / 32 + 4);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<3>(q1), one), a, a12 / 32 + 5);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<5>(q1), one), a, a12 / 32 + 6);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<7>(q1), one), a, a12 / 32 + 7);
             } else {
                 // Merge into 2-bit fields 2·p1 + p2: M holds even bits (codes 8b + 2k),
                 // N odd bits (codes 8b + 2k + 1).
@@ -679,20 +720,20 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
                     _mm256_and_si256(_mm256_srli_epi16::<1>(q2), even),
                 );
                 let m = _mm256_set1_epi8(3);
-                mad!(h0, _mm256_and_si256(mm, m), a, a12 / 32);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(mm), m), a, a12 / 32 + 1);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(mm), m), a, a12 / 32 + 2);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(mm), m), a, a12 / 32 + 3);
-                mad!(h0, _mm256_and_si256(nn, m), a, a12 / 32 + 4);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<2>(nn), m), a, a12 / 32 + 5);
-                mad!(h0, _mm256_and_si256(_mm256_srli_epi16::<4>(nn), m), a, a12 / 32 + 6);
-                mad!(h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a, a12 / 32 + 7);
+                mad!(VNNI, h0, _mm256_and_si256(mm, m), a, a12 / 32);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(mm), m), a, a12 / 32 + 1);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(mm), m), a, a12 / 32 + 2);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(mm), m), a, a12 / 32 + 3);
+                mad!(VNNI, h0, _mm256_and_si256(nn, m), a, a12 / 32 + 4);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(nn), m), a, a12 / 32 + 5);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(nn), m), a, a12 / 32 + 6);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a, a12 / 32 + 7);
             }
         }
         if V != 8 {
-            return _mm256_madd_epi16(_mm256_add_epi16(h0, h1), ones);
+            return widen::<VNNI>(h0, h1, 1);
         }
-        _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(h0, h1), _mm256_set1_epi16(16)), plane3_dot(regs, a, ones))
+        _mm256_add_epi32(widen::<VNNI>(h0, h1, 16), plane3_dot::<VNNI>(regs, a))
     }
 }
 
@@ -703,7 +744,7 @@ unsafe fn superchunk<const V: u8>(regs: [__m256i; 8], a: *const i8) -> __m256i {
 /// The CPU supports AVX2; `a` readable for 768 bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
+unsafe fn plane3_dot<const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
     // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
     unsafe {
         // Plane 3 (4 bits/code): 4 registers of 2 subgroups each; a 4×4 dword transpose in
@@ -723,15 +764,15 @@ unsafe fn plane3_dot(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i
         let mut l0 = _mm256_setzero_si256();
         let mut l1 = _mm256_setzero_si256();
         let a3 = 2 * SC / 32;
-        mad!(l0, _mm256_and_si256(tj[0], nib), a, a3);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[0]), nib), a, a3 + 1);
-        mad!(l0, _mm256_and_si256(tj[1], nib), a, a3 + 2);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[1]), nib), a, a3 + 3);
-        mad!(l0, _mm256_and_si256(tj[2], nib), a, a3 + 4);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a, a3 + 5);
-        mad!(l0, _mm256_and_si256(tj[3], nib), a, a3 + 6);
-        mad!(l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a, a3 + 7);
-        _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones)
+        mad!(VNNI, l0, _mm256_and_si256(tj[0], nib), a, a3);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[0]), nib), a, a3 + 1);
+        mad!(VNNI, l0, _mm256_and_si256(tj[1], nib), a, a3 + 2);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[1]), nib), a, a3 + 3);
+        mad!(VNNI, l0, _mm256_and_si256(tj[2], nib), a, a3 + 4);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a, a3 + 5);
+        mad!(VNNI, l0, _mm256_and_si256(tj[3], nib), a, a3 + 6);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a, a3 + 7);
+        widen::<VNNI>(l0, l1, 1)
     }
 }
 
@@ -796,7 +837,7 @@ unsafe fn copy_fields<const V: u8>(regs: [__m256i; 8]) -> [__m256i; 8] {
 /// The CPU supports AVX2; `a` readable for 768 bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn copy_dot<const V: u8>(regs: [__m256i; 8], a: *const i8, ones: __m256i) -> __m256i {
+unsafe fn copy_dot<const V: u8, const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
     // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes). Codes
     // are at most 15, so a maddubs lane is at most 2 · 15 · 128 and four of them fit in i16.
     unsafe {
@@ -804,15 +845,15 @@ unsafe fn copy_dot<const V: u8>(regs: [__m256i; 8], a: *const i8, ones: __m256i)
         let mut l0 = _mm256_setzero_si256();
         let mut l1 = _mm256_setzero_si256();
         let a3 = 2 * SC / 32;
-        mad!(l0, f[0], a, a3);
-        mad!(l1, f[1], a, a3 + 1);
-        mad!(l0, f[2], a, a3 + 2);
-        mad!(l1, f[3], a, a3 + 3);
-        mad!(l0, f[4], a, a3 + 4);
-        mad!(l1, f[5], a, a3 + 5);
-        mad!(l0, f[6], a, a3 + 6);
-        mad!(l1, f[7], a, a3 + 7);
-        _mm256_madd_epi16(_mm256_add_epi16(l0, l1), ones)
+        mad!(VNNI, l0, f[0], a, a3);
+        mad!(VNNI, l1, f[1], a, a3 + 1);
+        mad!(VNNI, l0, f[2], a, a3 + 2);
+        mad!(VNNI, l1, f[3], a, a3 + 3);
+        mad!(VNNI, l0, f[4], a, a3 + 4);
+        mad!(VNNI, l1, f[5], a, a3 + 5);
+        mad!(VNNI, l0, f[6], a, a3 + 6);
+        mad!(VNNI, l1, f[7], a, a3 + 7);
+        widen::<VNNI>(l0, l1, 1)
     }
 }
 
@@ -859,7 +900,7 @@ unsafe fn params_to_f32(v: __m256i) -> (__m256, __m256) {
 /// for 768 bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn superchunk_at<const V: u8>(w: &Nested8<'_>, c: usize, a: *const i8) -> __m256i {
+unsafe fn superchunk_at<const V: u8, const VNNI: bool>(w: &Nested8<'_>, c: usize, a: *const i8) -> __m256i {
     let mut ptr = [core::ptr::null::<u8>(); 4];
     // SAFETY: the caller guarantees the superchunk's bytes are inside the planes.
     unsafe {
@@ -875,7 +916,7 @@ unsafe fn superchunk_at<const V: u8>(w: &Nested8<'_>, c: usize, a: *const i8) ->
         if reads_plane(V, 3) {
             ptr[3] = w.planes[3].as_ptr().add(c * plane_bits(V, 3) / 8);
         }
-        superchunk::<V>(load_superchunk::<V>(ptr), a)
+        superchunk::<V, VNNI>(load_superchunk::<V>(ptr), a)
     }
 }
 
@@ -915,7 +956,7 @@ const MAX_SUB: usize = 2048;
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
+unsafe fn avx2_rows_dot<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
     let g = w.group_size;
     let rs = w.row_stride;
     let gpr = rs / g;
@@ -966,7 +1007,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
             let v = if j + 1 < nsc || end_inside {
                 // SAFETY: the superchunk's bytes lie inside the planes (check_bounds covers the
                 // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
-                unsafe { superchunk_at::<V>(w, c, a) }
+                unsafe { superchunk_at::<V, VNNI>(w, c, a) }
             } else {
                 let mut buf = [[0u8; SC / 2]; 4];
                 let mut ptr = [core::ptr::null::<u8>(); 4];
@@ -980,7 +1021,7 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
                     *pp = buf[p].as_ptr();
                 }
                 // SAFETY: each buf[p] holds LEN[p] bytes; slot < slots, inside aux.
-                unsafe { superchunk::<V>(load_superchunk::<V>(ptr), a) }
+                unsafe { superchunk::<V, VNNI>(load_superchunk::<V>(ptr), a) }
             };
             // Lanes m and m + 4 of `v` are subgroups 2i and 2i + 1 of the superchunk
             // ([`PI`]), so adding its halves gives the sums of 64-code groups in order.
@@ -1061,13 +1102,13 @@ unsafe fn avx2_rows_dot<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+unsafe fn avx2_nested8_matvec<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     if !usable(w, acts, V) {
         return reference::nested8_matvec(w, acts, first, out);
     }
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
     // SAFETY: usable() held; the features are enabled here.
-    unsafe { rows_dot_view::<V>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
+    unsafe { rows_dot_view::<V, VNNI>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
 }
 
 /// [`avx2_rows_dot`] of view `V`, reading the view's repacked copy when it has one.
@@ -1075,7 +1116,7 @@ unsafe fn avx2_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; [`usable`] held for `w` and the activations of `aux`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_dot_view<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
+unsafe fn rows_dot_view<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum: &[i32], first: usize, out: &mut [f32]) {
     if let (2..=4, Some(copy)) = (V, w.repacked.as_deref()) {
         let need = ((first + out.len()) * w.row_stride).div_ceil(SC) * blocks::run_bytes(V);
         assert!(copy.len() >= need, "repacked copy too short for the rows asked");
@@ -1084,14 +1125,14 @@ unsafe fn rows_dot_view<const V: u8>(w: &Nested8<'_>, aux: &[i8], d: &[f32], sum
         // SAFETY: as the caller guarantees; the copy covers the rows (asserted).
         return unsafe {
             match V {
-                2 => avx2_rows_dot::<{ copy_view(2) }>(&sub, aux, d, sum, first, out),
-                3 => avx2_rows_dot::<{ copy_view(3) }>(&sub, aux, d, sum, first, out),
-                _ => avx2_rows_dot::<{ copy_view(4) }>(&sub, aux, d, sum, first, out),
+                2 => avx2_rows_dot::<{ copy_view(2) }, VNNI>(&sub, aux, d, sum, first, out),
+                3 => avx2_rows_dot::<{ copy_view(3) }, VNNI>(&sub, aux, d, sum, first, out),
+                _ => avx2_rows_dot::<{ copy_view(4) }, VNNI>(&sub, aux, d, sum, first, out),
             }
         };
     }
     // SAFETY: as the caller guarantees.
-    unsafe { avx2_rows_dot::<V>(w, aux, d, sum, first, out) }
+    unsafe { avx2_rows_dot::<V, VNNI>(w, aux, d, sum, first, out) }
 }
 
 /// Unpack row `row`'s codes from plane 3 (4 bits per code) into natural-order bytes.
@@ -1318,7 +1359,7 @@ fn avx2_repack(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec
 /// bytes; `g % 4 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn micro<const V: u8, const R: usize, const B: usize>(
+unsafe fn micro<const V: u8, const R: usize, const B: usize, const VNNI: bool>(
     hi: [*const u8; R],
     lo: [*const u8; R],
     so: [*const f32; R],
@@ -1327,8 +1368,10 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize>(
     g: usize,
     gpr: usize,
 ) -> [[__m256; R]; B] {
-    // Dword steps an i16 lane may take before widening: each adds ≤ 2 · max_code · 127.
+    // Dword steps an i16 lane may take before widening: each adds ≤ 2 · max_code · 127. With
+    // VNNI the products go straight to i32 (`hi` then holds whole 8-bit codes at view 8).
     let flush = match V {
+        _ if VNNI => usize::MAX,
         2 => 32, // 2·3·127·32 = 24384
         3 => 16, // 2·7·127·16 = 28448
         _ => 8,  // 2·15·127·8 = 30480
@@ -1344,7 +1387,24 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize>(
             let mut isum = [[_mm256_setzero_si256(); R]; B];
             let mut s = 0;
             while s < steps {
-                let e = steps.min(s + flush);
+                let e = steps.min(s.saturating_add(flush));
+                if VNNI {
+                    for st in s..e {
+                        let k = gi * g + st * 4;
+                        let mut x = [_mm256_setzero_si256(); B];
+                        for (xv, p) in x.iter_mut().zip(xb) {
+                            *xv = _mm256_loadu_si256(p.add(k * 8) as *const __m256i);
+                        }
+                        for r in 0..R {
+                            let wv = _mm256_set1_epi32((hi[r].add(k) as *const i32).read_unaligned());
+                            for b in 0..B {
+                                isum[b][r] = dpbusd(isum[b][r], wv, x[b]);
+                            }
+                        }
+                    }
+                    s = e;
+                    continue;
+                }
                 let mut h16 = [[_mm256_setzero_si256(); R]; B];
                 let mut l16 = [[_mm256_setzero_si256(); R]; B];
                 for st in s..e {
@@ -1396,9 +1456,10 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize>(
     facc
 }
 
-/// Rows per micro-kernel call for view `V` (view 8 keeps two i16 accumulators per row).
-const fn rows_per_micro(v: u8) -> usize {
-    if v == 8 {
+/// Rows per micro-kernel call for view `V` (view 8 without VNNI keeps two i16 accumulators per
+/// row).
+const fn rows_per_micro(v: u8, vnni: bool) -> usize {
+    if v == 8 && !vnni {
         2
     } else {
         4
@@ -1410,7 +1471,7 @@ const fn rows_per_micro(v: u8) -> usize {
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     if !usable(w, acts, V) {
         return reference::nested8_matmul(w, acts, first, out);
     }
@@ -1421,7 +1482,7 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
         for t in 0..n {
             let aux = &acts.aux[t * lay.a_len..(t + 1) * lay.a_len];
             // SAFETY: usable() held (part A exists for every token below the threshold).
-            unsafe { rows_dot_view::<V>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
+            unsafe { rows_dot_view::<V, VNNI>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
         }
         return;
     }
@@ -1452,6 +1513,13 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
                 // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
                 _ => unsafe { avx2_unpack_row::<V>(w, first + r, hi_r, lo_r) },
             }
+            if V == 8 && VNNI {
+                // Whole codes `16 · hi + lo` (up to 255): vpdpbusd takes unsigned bytes and does
+                // not saturate, so one product serves both nibbles.
+                for (h, l) in hi_r.iter_mut().zip(lo_r.iter()) {
+                    *h = (*h << 4) | *l;
+                }
+            }
             // (step, offset) as blocks::nested8_step_offset computes them, 8 groups at a time.
             for gi in (0..gpr).step_by(8) {
                 let mut pair = [0f32; 16];
@@ -1471,7 +1539,7 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
         }
     }
     let blocks = acts.blocks();
-    let rows = rows_per_micro(V);
+    let rows = rows_per_micro(V, VNNI);
     let lo_base = if V == 8 { len * rs } else { 0 };
     let tbs = n.div_ceil(TOK);
     let mut tb = 0;
@@ -1499,7 +1567,7 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
                     // SAFETY: the pointers cover whole rows of codes (rs = gpr * g bytes), their
                     // 2 * gpr (step, offset) floats, the token blocks' part B (8 * rs bytes) and
                     // part C (blocks * 64 bytes); g % 32 == 0.
-                    let acc = unsafe { micro::<V, $r, $b>(hi, lo, so, core::array::from_fn(xb), core::array::from_fn(cb), g, gpr) };
+                    let acc = unsafe { micro::<V, $r, $b, VNNI>(hi, lo, so, core::array::from_fn(xb), core::array::from_fn(cb), g, gpr) };
                     for (b, acc_b) in acc.iter().enumerate() {
                         for (r, a) in acc_b.iter().enumerate() {
                             // SAFETY: res[b][r] holds 8 floats.
@@ -1532,20 +1600,65 @@ unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first:
 // The table
 // ---------------------------------------------------------------------------------------------
 
-/// Safe table entries: each calls one `#[target_feature]` kernel and exists only in [`TABLE`],
-/// which `plug`/`variants` hand out only after the CPU reported AVX2, FMA and F16C.
+/// Decode of the `avx512vnni` table: the AVX2 kernel with `vpdpbusd` for its integer sums.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512_VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: the caller guarantees the features, VNNI's among them.
+    unsafe { avx2_nested8_matvec::<V, true>(w, acts, first, out) }
+}
+
+/// Prefill of the `avx512vnni` table: the AVX2 kernel with `vpdpbusd` for its integer sums
+/// (view 8: one product of whole 8-bit codes instead of two of nibbles, and 4 rows per call).
+///
+/// # Safety
+/// As [`avx512_nested8_matvec`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: the caller guarantees the features, VNNI's among them.
+    unsafe { avx2_nested8_matmul::<V, true>(w, acts, first, out) }
+}
+
+/// Decode of the `avx2` table.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: as the caller guarantees; VNNI off.
+    unsafe { avx2_nested8_matvec::<V, false>(w, acts, first, out) }
+}
+
+/// Prefill of the `avx2` table.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: as the caller guarantees; VNNI off.
+    unsafe { avx2_nested8_matmul::<V, false>(w, acts, first, out) }
+}
+
+/// Safe table entries: each calls one `#[target_feature]` kernel and exists only in [`TABLE`]
+/// (or [`TABLE_AVX512`]), which `plug`/`variants` hand out only after the CPU reported AVX2,
+/// FMA and F16C (and the AVX-512 features).
 macro_rules! entries {
     ($kernel:ident: $($name:ident = $v:literal),+) => {$(
         fn $name(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
-            // SAFETY: private, reachable only through TABLE, which is installed only after
-            // the CPU reported avx2, fma and f16c (x86_64::plug / variants).
+            // SAFETY: private, reachable only through TABLE (TABLE_AVX512), which is installed
+            // only after the CPU reported avx2, fma and f16c (and avx512f, avx512bw, avx512vl,
+            // avx512vnni) (x86_64::plug / variants).
             unsafe { $kernel::<$v>(w, acts, first, out) }
         }
     )+};
 }
 
-entries!(avx2_nested8_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v8 = 8);
-entries!(avx2_nested8_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v8 = 8);
+entries!(avx2_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v8 = 8);
+entries!(avx2_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v8 = 8);
+entries!(avx512_nested8_matvec: avx512_matvec_v2 = 2, avx512_matvec_v3 = 3, avx512_matvec_v4 = 4, avx512_matvec_v8 = 8);
+entries!(avx512_nested8_matmul: avx512_matmul_v2 = 2, avx512_matmul_v3 = 3, avx512_matmul_v4 = 4, avx512_matmul_v8 = 8);
 
 fn avx2_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs) {
     // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
@@ -1630,4 +1743,13 @@ pub(super) const TABLE: Kernels = Kernels {
     repack: Some(avx2_repack),
     attend_head: avx2_attend_head,
     swiglu: avx2_swiglu,
+};
+
+/// The AVX-512 VNNI table (install only after probing the CPU): the AVX2 table with
+/// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode and prefill.
+pub(super) const TABLE_AVX512: Kernels = Kernels {
+    name: "avx512vnni",
+    nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v8],
+    nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, avx512_matmul_v8],
+    ..TABLE
 };

@@ -1,11 +1,18 @@
-//! x86_64 kernels (AVX2 + FMA + F16C). Each kernel is a private `#[target_feature]` function;
-//! [`plug`] installs them into the dispatch table after the CPU reported the features.
+//! x86_64 kernels. Each kernel is a private `#[target_feature]` function; [`plug`] installs
+//! them into the dispatch table after the CPU reported the features.
 //!
-//! One table, `avx2` (every x86_64 CPU since Haswell / Zen 1), complete (built on the scalar
-//! one). Its outputs are bit-identical to [`super::reference`]: integer sums are exact and the
-//! float combination per group is done lane-wise in the reference's order, without FMA (see
-//! [`avx2`]). AVX-512 / VNNI is not written: the development machine lacks it, so it could not
-//! be tested; `variants` reports nothing for it.
+//! Two tables, best available wins:
+//! - `avx2` (AVX2 + FMA + F16C: every x86_64 CPU since Haswell / Zen 1), complete (built on the
+//!   scalar one);
+//! - `avx512vnni` (adds AVX512F/BW/VL and AVX512_VNNI: Ice Lake and later Xeons, Tiger Lake,
+//!   Zen 4/5): the `avx2` kernels with `vpdpbusd` for every integer sum of decode and prefill
+//!   (one instruction per 32 codes where `avx2` needs `vpmaddubsw` and a widening `vpmaddwd`,
+//!   no i16 flushes, whole 8-bit codes in one product at prefill).
+//!
+//! Both are bit-identical to [`super::reference`]: integer sums are exact and the float
+//! combination per group is done lane-wise in the reference's order, without FMA (see
+//! [`avx2`]). No development machine has AVX-512: its tests run under the Bochs emulator
+//! (`targets/avx512-emu.sh`), and `variants` reports it NOT tested on a CPU without it.
 
 mod avx2;
 
@@ -27,9 +34,34 @@ pub(super) fn avx2_available() -> bool {
     }
 }
 
+/// Whether this CPU runs the `avx512vnni` table: the `avx2` table's features plus AVX512F,
+/// AVX512BW, AVX512VL (256-bit EVEX forms) and AVX512_VNNI (`vpdpbusd`).
+pub(super) fn avx512vnni_available() -> bool {
+    #[cfg(feature = "std")]
+    {
+        avx2_available()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        avx2_available()
+            && cfg!(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            ))
+    }
+}
+
 /// Overwrite the entries of `k` this CPU can serve faster.
 pub(crate) fn plug(k: &mut Kernels) {
-    if avx2_available() {
+    if avx512vnni_available() {
+        *k = avx2::TABLE_AVX512;
+    } else if avx2_available() {
         *k = avx2::TABLE;
     }
 }
@@ -37,4 +69,5 @@ pub(crate) fn plug(k: &mut Kernels) {
 /// Every table of this architecture (`None` where the CPU lacks its features), for the tests.
 pub(crate) fn variants(v: &mut Vec<(&'static str, Option<Kernels>)>) {
     v.push(("avx2", avx2_available().then_some(avx2::TABLE)));
+    v.push(("avx512vnni", avx512vnni_available().then_some(avx2::TABLE_AVX512)));
 }
