@@ -134,7 +134,9 @@ static SELECTED: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
 /// The table the products use: [`Kernels::detect`] once, or the scalar reference when the
 /// environment variable `EDGE_RUN_KERNELS=scalar` is set (to compare outputs;
 /// `portable` picks [`Kernels::PORTABLE`]; `float` multiplies nested weights with f32
-/// activations, see [`set_float_activations`]).
+/// activations, see [`set_float_activations`]; the name of another table this CPU runs, such
+/// as `avx2` on an AVX-512 CPU, picks that table; a table it cannot run, or an unknown name,
+/// falls back to [`Kernels::detect`]).
 #[cfg(feature = "std")]
 pub fn kernels() -> Kernels {
     *SELECTED.get_or_init(|| match std::env::var("EDGE_RUN_KERNELS").as_deref() {
@@ -144,6 +146,10 @@ pub fn kernels() -> Kernels {
             set_float_activations(true);
             Kernels::PORTABLE
         }
+        Ok(name) => Kernels::variants()
+            .into_iter()
+            .find_map(|(n, k)| if n == name { k } else { None })
+            .unwrap_or_else(Kernels::detect),
         _ => Kernels::detect(),
     })
 }

@@ -1,5 +1,10 @@
 //! AVX2 kernels for nested 8-bit weights, bit-identical to [`super::super::reference`].
 //!
+//! The same functions make the `avx512vnni` table ([`TABLE_AVX512`]): their `VNNI` const
+//! parameter swaps each `maddubs` (i16 lanes) and its widening `madd` for one `vpdpbusd` (i32
+//! lanes; [`dpbusd`]), which gives the same exact integer sums, so every result stays
+//! bit-identical.
+//!
 //! # Decode (`avx2_nested8_matvec`): planes as they are stored, activations permuted
 //! The product is linear in the planes: `q_k = Σ_p w_p · plane_p` (view 8: `64·p0 + 32·p1 +
 //! 16·p2 + p3`), so each plane is unpacked in its natural SIMD order (`(v >> s) & mask` over a
@@ -981,7 +986,6 @@ unsafe fn avx2_rows_dot<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
     let sp = sub.as_mut_ptr() as *mut i32;
     // Sums stored per superchunk: groups (32, 64, 128 codes) or subgroups (other sizes).
     let unit = if matches!(per, 1 | 2 | 4) { g } else { 32 };
-    let nat = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let full = gpr / 8 * 8;
     for rb in (0..out.len()).step_by(block_rows) {
         let nr = block_rows.min(out.len() - rb);
@@ -1001,7 +1005,13 @@ unsafe fn avx2_rows_dot<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
         // Superchunk j starts at column (s0 + 256 j) mod rs: slot (s0 / 256 + j) mod slots when
         // s0 is a multiple of 256, slot j when it is a row start (column 0).
         let mut slot = if reads_copy(V) { (s0 / SC) % slots } else { 0 };
-        for j in 0..nsc {
+        if VNNI && reads_copy(V) && end_inside {
+            // SAFETY: VNNI = true only in the avx512vnni table (the CPU has its features); the
+            // stream's superchunks lie inside the copy (check_bounds, end_inside), the slots
+            // inside aux, the sums inside `sub` (as below).
+            unsafe { avx512_copy_stream::<V>(w, s0, nsc, slot, slots, aux, per, sp) };
+        }
+        for j in (0..nsc).filter(|_| !(VNNI && reads_copy(V) && end_inside)) {
             let c = s0 + j * SC;
             let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
             let v = if j + 1 < nsc || end_inside {
@@ -1023,20 +1033,8 @@ unsafe fn avx2_rows_dot<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
                 // SAFETY: each buf[p] holds LEN[p] bytes; slot < slots, inside aux.
                 unsafe { superchunk::<V, VNNI>(load_superchunk::<V>(ptr), a) }
             };
-            // Lanes m and m + 4 of `v` are subgroups 2i and 2i + 1 of the superchunk
-            // ([`PI`]), so adding its halves gives the sums of 64-code groups in order.
-            let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
             // SAFETY: (256 / unit) · (j + 1) <= 8 · nsc <= (lead + nr · rs) / 32 + 8 <= MAX_SUB + 16.
-            unsafe {
-                match per {
-                    2 => _mm_storeu_si128(sp.add(4 * j) as *mut __m128i, fold(v)),
-                    4 => {
-                        let s = fold(v);
-                        _mm_storel_epi64(sp.add(2 * j) as *mut __m128i, _mm_hadd_epi32(s, s));
-                    }
-                    _ => _mm256_storeu_si256(sp.add(8 * j) as *mut __m256i, _mm256_permutevar8x32_epi32(v, nat)),
-                }
-            }
+            unsafe { store_sums(per, v, sp, j) };
             slot = if slot + 1 == slots { 0 } else { slot + 1 };
         }
         // Other group sizes: the subgroup sums are stored in order; fold them in place (group k
@@ -1093,6 +1091,154 @@ unsafe fn avx2_rows_dot<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
             // SAFETY: accv is 8 floats.
             unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
             out[rb..rb + nr].copy_from_slice(&accv[..nr]);
+        }
+    }
+}
+
+/// Store superchunk `j`'s subgroup sums `v` (lane `m`: subgroup `PI[m]`) into the decode
+/// block's sums at `sp`: as group sums for groups of 64 (`per` = 2) and 128 (4) codes, else as
+/// the 8 subgroup sums in natural order.
+///
+/// # Safety
+/// The CPU supports AVX2; `sp` writable for `8 · (j + 1)` entries.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn store_sums(per: usize, v: __m256i, sp: *mut i32, j: usize) {
+    // Lanes m and m + 4 of `v` are subgroups 2i and 2i + 1 of the superchunk ([`PI`]), so
+    // adding its halves gives the sums of 64-code groups in order.
+    let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    // SAFETY: inside the entries the caller guarantees.
+    unsafe {
+        match per {
+            2 => _mm_storeu_si128(sp.add(4 * j) as *mut __m128i, fold(v)),
+            4 => {
+                let s = fold(v);
+                _mm_storel_epi64(sp.add(2 * j) as *mut __m128i, _mm_hadd_epi32(s, s));
+            }
+            _ => _mm256_storeu_si256(
+                sp.add(8 * j) as *mut __m256i,
+                _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)),
+            ),
+        }
+    }
+}
+
+/// The superchunk stream of one decode block of a repacked view (pseudo-view `V`), 512 bits
+/// at a time: superchunks `j` and `j + slots` meet the same part A slot, so one zmm holds a run
+/// of each (words side by side), the activations are one broadcast register per field, and one
+/// `vpdpbusd` covers 64 codes. The integer sums equal [`copy_dot`]'s lane for lane; superchunks
+/// without a partner take the 256-bit path. `slot0` is superchunk 0's slot.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512_VNNI; the `nsc`
+/// superchunks from code `s0` (a multiple of 256) lie inside the copy (`w.planes[3]`); `aux`
+/// holds `slots` part A slots; `sp` is writable for `8 · nsc` entries.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_copy_stream<const V: u8>(
+    w: &Nested8<'_>,
+    s0: usize,
+    nsc: usize,
+    slot0: usize,
+    slots: usize,
+    aux: &[i8],
+    per: usize,
+    sp: *mut i32,
+) {
+    let rb = blocks::run_bytes(view_bits(V));
+    let words = rb / 32;
+    let mut base = 0;
+    while base < nsc {
+        let span = (2 * slots).min(nsc - base);
+        let pairs = span.saturating_sub(slots);
+        for k in 0..slots.min(span) {
+            let j = base + k;
+            let slot = (slot0 + k) % slots;
+            // SAFETY (block): runs s0 / 256 + j (and + slots) are inside the copy, slot < slots
+            // inside aux, and the stores inside sp's 8 · nsc entries (the caller guarantees).
+            unsafe {
+                let a = aux.as_ptr().add(slot * SC_AUX);
+                if k < pairs {
+                    let lo = w.planes[3].as_ptr().add((s0 / SC + j) * rb);
+                    let hi = lo.add(slots * rb);
+                    let mut regs = [_mm512_setzero_si512(); 4];
+                    for (i, r) in regs.iter_mut().enumerate().take(words) {
+                        let l = _mm256_loadu_si256(lo.add(32 * i) as *const __m256i);
+                        let h = _mm256_loadu_si256(hi.add(32 * i) as *const __m256i);
+                        *r = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h);
+                    }
+                    let f = copy_fields512::<V>(regs);
+                    let mut l0 = _mm512_setzero_si512();
+                    let mut l1 = _mm512_setzero_si512();
+                    for (r, fr) in f.iter().enumerate() {
+                        let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(a.add(2 * SC + 32 * r) as *const __m256i));
+                        if r % 2 == 0 {
+                            l0 = _mm512_dpbusd_epi32(l0, *fr, x);
+                        } else {
+                            l1 = _mm512_dpbusd_epi32(l1, *fr, x);
+                        }
+                    }
+                    let v = _mm512_add_epi32(l0, l1);
+                    store_sums(per, _mm512_castsi512_si256(v), sp, j);
+                    store_sums(per, _mm512_extracti64x4_epi64::<1>(v), sp, j + slots);
+                } else {
+                    store_sums(per, superchunk_at::<V, true>(w, s0 + j * SC, a), sp, j);
+                }
+            }
+        }
+        base += 2 * slots;
+    }
+}
+
+/// [`copy_fields`] on two runs side by side (words `regs[..bits]`, run `j` in the low 256 bits).
+///
+/// # Safety
+/// The CPU supports AVX512F and AVX512BW.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn copy_fields512<const V: u8>(regs: [__m512i; 4]) -> [__m512i; 8] {
+    let [a, b, c, d] = regs;
+    let and = _mm512_and_si512;
+    let or = _mm512_or_si512;
+    match view_bits(V) {
+        2 => {
+            let m = _mm512_set1_epi8(3);
+            [
+                and(a, m),
+                and(_mm512_srli_epi16::<2>(a), m),
+                and(_mm512_srli_epi16::<4>(a), m),
+                and(_mm512_srli_epi16::<6>(a), m),
+                and(b, m),
+                and(_mm512_srli_epi16::<2>(b), m),
+                and(_mm512_srli_epi16::<4>(b), m),
+                and(_mm512_srli_epi16::<6>(b), m),
+            ]
+        }
+        3 => {
+            let (m7, m3, m4) = (_mm512_set1_epi8(7), _mm512_set1_epi8(3), _mm512_set1_epi8(4));
+            [
+                and(a, m7),
+                and(_mm512_srli_epi16::<3>(a), m7),
+                and(b, m7),
+                and(_mm512_srli_epi16::<3>(b), m7),
+                and(c, m7),
+                and(_mm512_srli_epi16::<3>(c), m7),
+                or(and(_mm512_srli_epi16::<6>(a), m3), and(_mm512_srli_epi16::<4>(c), m4)),
+                or(and(_mm512_srli_epi16::<6>(b), m3), and(_mm512_srli_epi16::<5>(c), m4)),
+            ]
+        }
+        _ => {
+            let m = _mm512_set1_epi8(15);
+            [
+                and(a, m),
+                and(_mm512_srli_epi16::<4>(a), m),
+                and(b, m),
+                and(_mm512_srli_epi16::<4>(b), m),
+                and(c, m),
+                and(_mm512_srli_epi16::<4>(c), m),
+                and(d, m),
+                and(_mm512_srli_epi16::<4>(d), m),
+            ]
         }
     }
 }
