@@ -175,7 +175,7 @@ fn spread<const BITS: usize>(q: &mut [u8], bytes: &[u8], shift: u8) {
 /// (each `F` at byte `b`), so each field is one or two shifts and masks of a word, and dword `m`
 /// of every field lies in subgroup `RUN_PI[m]`. Same bits per code as the view's planes.
 pub fn repack_top(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
-    assert!(matches!(view_bits, 2..=4) && numel % 8 == 0);
+    assert!(matches!(view_bits, 2..=4) && numel.is_multiple_of(8));
     let n = nested8_planes_for_view(view_bits).unwrap_or(0);
     assert!(planes.len() >= n && planes.iter().zip(NESTED8_PLANES).take(n).all(|(p, s)| p.len() * 8 >= numel * s.bits as usize));
     let rb = run_bytes(view_bits);

@@ -65,7 +65,7 @@ impl Config {
             rope_theta: f(keys::ROPE_THETA)?,
             tied_embeddings: ck.get_bool(keys::TIED_EMBEDDINGS).unwrap_or(false),
         };
-        if c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 || c.n_layers > 4096 {
+        if !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim.is_multiple_of(2) || c.n_layers > 4096 {
             return Err(Error::Corrupt {
                 what: alloc::format!(
                     "inconsistent attention config: {} heads, {} kv heads, head_dim {}",

@@ -107,7 +107,7 @@ fn wait_until(mut ready: impl FnMut() -> bool, flag: &AtomicBool) {
     while !ready() {
         core::hint::spin_loop();
         spins += 1;
-        if spins % 64 == 0 && start.elapsed() > SPIN {
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN {
             loop {
                 flag.store(true, SeqCst);
                 if ready() {

@@ -541,7 +541,7 @@ pub fn gptq_nested8(
     target: GptqTarget,
     objective: NestedObjective,
 ) -> Result<(Vec<GroupParams>, Vec<u8>)> {
-    if group == 0 || group % 8 != 0 || cols == 0 {
+    if group == 0 || !group.is_multiple_of(8) || cols == 0 {
         bail!("group size {group} is not a positive multiple of 8 (tensor '{name}')");
     }
     if factor.n != cols {

@@ -581,7 +581,7 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> anyhow::Re
     let (block, size) = ty
         .block_layout()
         .ok_or_else(|| anyhow!("GGUF type {ty} cannot be dequantized by edge-pack"))?;
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         bail!("{n} elements of type {ty} are not a whole number of {block}-element blocks");
     }
     let need = n / block * size;

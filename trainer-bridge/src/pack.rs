@@ -178,7 +178,7 @@ pub fn expected_tensors(config: &Config) -> Vec<(String, Vec<u64>)> {
 /// data lengths and only finite values.
 pub fn validate_model(model: &SourceModel) -> anyhow::Result<()> {
     let c = &model.config;
-    if c.n_heads == 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 {
+    if c.n_heads == 0 || c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim.is_multiple_of(2) {
         bail!("inconsistent attention config: {} heads, {} kv heads, head_dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
     }
     let expected = expected_tensors(c);
@@ -220,7 +220,7 @@ pub fn quantize_nested8(
     group: usize,
     objective: crate::quant::NestedObjective,
 ) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
-    if group == 0 || group % 8 != 0 || cols == 0 {
+    if group == 0 || !group.is_multiple_of(8) || cols == 0 {
         bail!("group size {group} is not a positive multiple of 8 (tensor '{name}')");
     }
     let f16_max = f16::MAX.to_f32();
@@ -445,7 +445,7 @@ fn phase(bar: &ProgressBar, msg: &'static str, len: u64, unit: &str) {
 pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> anyhow::Result<PackReport> {
     let start = Instant::now();
     let grouped = opts.encoding == WeightEncoding::Nested8 || opts.rtn_baseline.is_some();
-    if grouped && (opts.group_size == 0 || opts.group_size % 8 != 0) {
+    if grouped && (opts.group_size == 0 || !opts.group_size.is_multiple_of(8)) {
         bail!("group size {} is invalid: it must be a positive multiple of 8", opts.group_size);
     }
     if opts.calibration.is_some() && opts.encoding != WeightEncoding::Nested8 {

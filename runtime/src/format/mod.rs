@@ -135,7 +135,7 @@ pub fn expected_segments(
             let g = group_size as u64;
             // Every plane of a group fills whole bytes; a row whose length is not a multiple
             // of the group is padded to one (padding codes are 0 and never read).
-            if g == 0 || g % 8 != 0 {
+            if g == 0 || !g.is_multiple_of(8) {
                 return None;
             }
             let padded = numel / cols * nested8_padded_cols(cols, g);

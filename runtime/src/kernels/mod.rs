@@ -139,7 +139,7 @@ impl<'a> Matrix<'a> {
                 let group_size = t.group_size as usize;
                 let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
                 let numel = rows * row_stride;
-                let repack = kernels().repack.filter(|_| group_size % 32 == 0 && !dispatch::float_activations());
+                let repack = kernels().repack.filter(|_| group_size.is_multiple_of(32) && !dispatch::float_activations());
                 let repacked = match (view_bits, repack) {
                     (2..=4, Some(f)) => Some(Arc::from(f(view_bits, &planes, numel))),
                     _ => None,

@@ -191,7 +191,7 @@ impl Layout {
 /// Whether the fast kernels serve `w` with `acts` (else the reference does): groups of a
 /// multiple of 32, activations from this table's `quantize_acts` for this matrix.
 fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
-    w.group_size % 32 == 0
+    w.group_size.is_multiple_of(32)
         && w.view_bits == view
         && acts.block == w.group_size
         && acts.padded_cols == w.row_stride
@@ -225,7 +225,7 @@ fn check_bounds(w: &Nested8<'_>, first: usize, rows: usize) {
 /// The CPU supports AVX2; `q.len() >= x.len()`, `x.len() % 32 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    debug_assert!(x.len() % 32 == 0 && q.len() >= x.len());
+    debug_assert!(x.len().is_multiple_of(32) && q.len() >= x.len());
     let xp = x.as_ptr();
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_setzero_ps();
@@ -477,7 +477,7 @@ mod tests {
 /// `out.len() == TOK * padded_cols`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_fill_part_b(q: &[i8], n: usize, padded_cols: usize, tb: usize, out: &mut [i8]) {
-    assert!(out.len() == TOK * padded_cols && q.len() >= n * padded_cols && padded_cols % 32 == 0);
+    assert!(out.len() == TOK * padded_cols && q.len() >= n * padded_cols && padded_cols.is_multiple_of(32));
     for k0 in (0..padded_cols).step_by(32) {
         let mut r = [_mm256_setzero_si256(); 8];
         for (j, rj) in r.iter_mut().enumerate() {
@@ -502,7 +502,7 @@ unsafe fn avx2_fill_part_b(q: &[i8], n: usize, padded_cols: usize, tb: usize, ou
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_quantize_acts(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs) {
-    if block % 32 != 0 {
+    if !block.is_multiple_of(32) {
         // Kernels fall back to the reference for such groups; no aux needed.
         return quantize_reference(x, n, cols, block, acts);
     }
@@ -967,7 +967,7 @@ unsafe fn avx2_rows_dot<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
     let gpr = rs / g;
     let per = g / 32;
     let slots = part_a_slots(rs);
-    assert!(g % 32 == 0 && rs % g == 0 && rs / 32 <= MAX_SUB);
+    assert!(g.is_multiple_of(32) && rs.is_multiple_of(g) && rs / 32 <= MAX_SUB);
     assert!(aux.len() >= slots * SC_AUX && d.len() >= gpr && sum.len() >= gpr);
     check_bounds(w, first, out.len());
     let drop = 8 - view_bits(V) as u32;
@@ -1288,7 +1288,7 @@ unsafe fn rows_dot_view<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
 /// row_stride`, a multiple of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_unpack_nibbles(plane: &[u8], row: usize, row_stride: usize, out: &mut [u8]) {
-    assert!(out.len() >= row_stride && row_stride % 32 == 0 && plane.len() * 2 >= (row + 1) * row_stride);
+    assert!(out.len() >= row_stride && row_stride.is_multiple_of(32) && plane.len() * 2 >= (row + 1) * row_stride);
     let nib = _mm_set1_epi8(0x0F);
     for c in (0..row_stride).step_by(32) {
         // SAFETY: 16 bytes at (row·row_stride + c) / 2 lie inside the row (asserted); the store
@@ -1401,7 +1401,7 @@ unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_unpack_row<const V: u8>(w: &Nested8<'_>, row: usize, hi: &mut [u8], lo: &mut [u8]) {
     let rs = w.row_stride;
-    assert!(hi.len() >= rs && (V != 8 || lo.len() >= rs) && rs % 32 == 0);
+    assert!(hi.len() >= rs && (V != 8 || lo.len() >= rs) && rs.is_multiple_of(32));
     let base = row * rs;
     for c in (0..rs).step_by(32) {
         // SAFETY: check_bounds covers codes up to (row + 1) * rs, so the bytes of these 32
@@ -1424,7 +1424,7 @@ unsafe fn avx2_unpack_row<const V: u8>(w: &Nested8<'_>, row: usize, hi: &mut [u8
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
     let n = blocks::nested8_planes_for_view(V).unwrap_or(0);
-    assert!(numel % 8 == 0 && planes.len() >= n);
+    assert!(numel.is_multiple_of(8) && planes.len() >= n);
     assert!(planes.iter().zip(blocks::NESTED8_PLANES).take(n).all(|(p, s)| p.len() * 8 >= numel * s.bits as usize));
     let rb = blocks::run_bytes(V);
     let whole = numel / SC;
