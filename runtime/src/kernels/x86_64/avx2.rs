@@ -781,6 +781,55 @@ unsafe fn plane3_dot<const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m2
     }
 }
 
+/// The 8 fields of a [`blocks::repack_top`] run of `$bits` (2, 3 or 4) bits per code from its
+/// words `$a..$d`, with the given vector operations (one definition for [`copy_fields`] on 256
+/// bits and [`copy_fields512`] on two runs side by side).
+macro_rules! run_fields {
+    ($bits:expr, [$a:ident, $b:ident, $c:ident, $d:ident], $and:ident, $or:ident, $srli:ident, $set1:ident) => {
+        match $bits {
+            2 => {
+                let m = $set1(3);
+                [
+                    $and($a, m),
+                    $and($srli::<2>($a), m),
+                    $and($srli::<4>($a), m),
+                    $and($srli::<6>($a), m),
+                    $and($b, m),
+                    $and($srli::<2>($b), m),
+                    $and($srli::<4>($b), m),
+                    $and($srli::<6>($b), m),
+                ]
+            }
+            3 => {
+                let (m7, m3, m4) = ($set1(7), $set1(3), $set1(4));
+                [
+                    $and($a, m7),
+                    $and($srli::<3>($a), m7),
+                    $and($b, m7),
+                    $and($srli::<3>($b), m7),
+                    $and($c, m7),
+                    $and($srli::<3>($c), m7),
+                    $or($and($srli::<6>($a), m3), $and($srli::<4>($c), m4)),
+                    $or($and($srli::<6>($b), m3), $and($srli::<5>($c), m4)),
+                ]
+            }
+            _ => {
+                let m = $set1(15);
+                [
+                    $and($a, m),
+                    $and($srli::<4>($a), m),
+                    $and($b, m),
+                    $and($srli::<4>($b), m),
+                    $and($c, m),
+                    $and($srli::<4>($c), m),
+                    $and($d, m),
+                    $and($srli::<4>($d), m),
+                ]
+            }
+        }
+    };
+}
+
 /// The 8 fields of a [`blocks::repack_top`] run of (pseudo-)view `V` (2, 3 or 4 bits) from its
 /// words (`regs[4..4 + bits]`): byte `4m + c` of field `r` is code
 /// `32·PI[m] + 8·(r / 2) + 2c + r mod 2`, part A's plane-3 order (register `r`). 16-bit shifts
@@ -792,47 +841,7 @@ unsafe fn plane3_dot<const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m2
 #[inline]
 unsafe fn copy_fields<const V: u8>(regs: [__m256i; 8]) -> [__m256i; 8] {
     let [_, _, _, _, a, b, c, d] = regs;
-    match view_bits(V) {
-        2 => {
-            let m = _mm256_set1_epi8(3);
-            [
-                _mm256_and_si256(a, m),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(a), m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(a), m),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(a), m),
-                _mm256_and_si256(b, m),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(b), m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(b), m),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(b), m),
-            ]
-        }
-        3 => {
-            let (m7, m3, m4) = (_mm256_set1_epi8(7), _mm256_set1_epi8(3), _mm256_set1_epi8(4));
-            [
-                _mm256_and_si256(a, m7),
-                _mm256_and_si256(_mm256_srli_epi16::<3>(a), m7),
-                _mm256_and_si256(b, m7),
-                _mm256_and_si256(_mm256_srli_epi16::<3>(b), m7),
-                _mm256_and_si256(c, m7),
-                _mm256_and_si256(_mm256_srli_epi16::<3>(c), m7),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(a), m3), _mm256_and_si256(_mm256_srli_epi16::<4>(c), m4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<6>(b), m3), _mm256_and_si256(_mm256_srli_epi16::<5>(c), m4)),
-            ]
-        }
-        _ => {
-            let m = _mm256_set1_epi8(15);
-            [
-                _mm256_and_si256(a, m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(a), m),
-                _mm256_and_si256(b, m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(b), m),
-                _mm256_and_si256(c, m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(c), m),
-                _mm256_and_si256(d, m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(d), m),
-            ]
-        }
-    }
+    run_fields!(view_bits(V), [a, b, c, d], _mm256_and_si256, _mm256_or_si256, _mm256_srli_epi16, _mm256_set1_epi8)
 }
 
 /// `Σ q · x` over one [`blocks::repack_top`] run of (pseudo-)view `V`, as 8 i32 lanes (lane
@@ -1198,49 +1207,7 @@ unsafe fn avx512_copy_stream<const V: u8>(
 #[inline]
 unsafe fn copy_fields512<const V: u8>(regs: [__m512i; 4]) -> [__m512i; 8] {
     let [a, b, c, d] = regs;
-    let and = _mm512_and_si512;
-    let or = _mm512_or_si512;
-    match view_bits(V) {
-        2 => {
-            let m = _mm512_set1_epi8(3);
-            [
-                and(a, m),
-                and(_mm512_srli_epi16::<2>(a), m),
-                and(_mm512_srli_epi16::<4>(a), m),
-                and(_mm512_srli_epi16::<6>(a), m),
-                and(b, m),
-                and(_mm512_srli_epi16::<2>(b), m),
-                and(_mm512_srli_epi16::<4>(b), m),
-                and(_mm512_srli_epi16::<6>(b), m),
-            ]
-        }
-        3 => {
-            let (m7, m3, m4) = (_mm512_set1_epi8(7), _mm512_set1_epi8(3), _mm512_set1_epi8(4));
-            [
-                and(a, m7),
-                and(_mm512_srli_epi16::<3>(a), m7),
-                and(b, m7),
-                and(_mm512_srli_epi16::<3>(b), m7),
-                and(c, m7),
-                and(_mm512_srli_epi16::<3>(c), m7),
-                or(and(_mm512_srli_epi16::<6>(a), m3), and(_mm512_srli_epi16::<4>(c), m4)),
-                or(and(_mm512_srli_epi16::<6>(b), m3), and(_mm512_srli_epi16::<5>(c), m4)),
-            ]
-        }
-        _ => {
-            let m = _mm512_set1_epi8(15);
-            [
-                and(a, m),
-                and(_mm512_srli_epi16::<4>(a), m),
-                and(b, m),
-                and(_mm512_srli_epi16::<4>(b), m),
-                and(c, m),
-                and(_mm512_srli_epi16::<4>(c), m),
-                and(d, m),
-                and(_mm512_srli_epi16::<4>(d), m),
-            ]
-        }
-    }
+    run_fields!(view_bits(V), [a, b, c, d], _mm512_and_si512, _mm512_or_si512, _mm512_srli_epi16, _mm512_set1_epi8)
 }
 
 /// Decode: `out[i] = row (first + i) · token 0`.
