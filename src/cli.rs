@@ -144,8 +144,8 @@ impl PackEncoding {
 
 fn parse_bits(s: &str) -> Result<u8, String> {
     match s.parse::<u8>() {
-        Ok(b @ (2 | 3 | 4 | 8)) => Ok(b),
-        _ => Err(format!("'{s}' is not a view width; choose 2, 3, 4 or 8")),
+        Ok(b) if edge_runtime::blocks::is_nested8_view(b) => Ok(b),
+        _ => Err(format!("'{s}' is not a view width; choose 2, 3, 4, 5, 6 or 8")),
     }
 }
 
@@ -210,14 +210,14 @@ pub struct ModelArgs {
     #[arg(long)]
     pub no_mmap: bool,
 
-    /// View width in bits of nested-plane weights (2, 3, 4 or 8; default 8), the same for every
-    /// tensor. Ignored, with a warning, for checkpoints without nested tensors.
+    /// View width in bits of nested-plane weights (2, 3, 4, 5, 6 or 8; default 8), the same for
+    /// every tensor. Ignored, with a warning, for checkpoints without nested tensors.
     #[arg(long, value_name = "B", value_parser = parse_bits, help_heading = "Views")]
     pub bits: Option<u8>,
 
     /// Per-layer/per-tensor views from a TOML file: `default = 4` and a `[views]` table whose
     /// keys are layers ("blk.0"), tensor kinds ("ffn_down", "token_embd"), or tensor names
-    /// ("blk.3.ffn_up.weight"), each = 2, 3, 4 or 8. The most specific key wins (name, then
+    /// ("blk.3.ffn_up.weight"), each = 2, 3, 4, 5, 6 or 8. The most specific key wins (name, then
     /// layer, then kind); tensors no key names take `default` (8 if absent).
     #[arg(
         long,
@@ -269,7 +269,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_mmap: bool,
 
-    /// View widths to measure, comma-separated (2, 3, 4, 8), each the same for every tensor
+    /// View widths to measure, comma-separated (2, 3, 4, 5, 6, 8), each the same for every tensor
     /// (default: the 8-bit view, or the dense weights).
     #[arg(long, value_name = "B,..", value_delimiter = ',', value_parser = parse_bits, help_heading = "Views")]
     pub bits: Vec<u8>,
@@ -430,7 +430,7 @@ pub struct EvalArgs {
     pub json: bool,
 
     /// The degradation sweep: on the same windows, evaluate the --kl-base model, the uniform
-    /// 8/4/3/2-bit views of --model, every --baselines file and the plans the sensitivity
+    /// 8/6/5/4/3/2-bit views of --model, every --baselines file and the plans the sensitivity
     /// profile picks for each of --budgets; print a table, write sweep.json and sweep.svg into
     /// --out, and report the compressibility score (see the section below).
     #[arg(

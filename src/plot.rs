@@ -97,7 +97,7 @@ fn panel(area: &Area<'_>, d: &PlotData, y: fn(&Point) -> f64, y_desc: &str, capt
     if !d.uniform.is_empty() {
         chart
             .draw_series(LineSeries::new(line(&d.uniform), blue.stroke_width(2)))?
-            .label("uniform views (8/4/3/2 bits)")
+            .label("uniform views (8/6/5/4/3/2 bits)")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
         chart.draw_series(d.uniform.iter().filter(|p| shown(p)).map(|p| {
             EmptyElement::at((p.mib, y(p)))

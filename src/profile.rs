@@ -60,8 +60,8 @@ impl Profile {
             }
             for (k, v) in &u.kl {
                 match k.parse::<u8>() {
-                    Ok(2 | 3 | 4 | 8) => {}
-                    _ => bail!("unit '{}' has a KL for view '{k}'; views are 2, 3, 4 and 8", u.name),
+                    Ok(b) if edge_runtime::blocks::is_nested8_view(b) => {}
+                    _ => bail!("unit '{}' has a KL for view '{k}'; views are 2, 3, 4, 5, 6 and 8", u.name),
                 }
                 if !v.is_finite() || *v < -1e-9 {
                     bail!("unit '{}' has KL {v} at {k} bits; a KL is a finite number >= 0", u.name);
@@ -144,7 +144,7 @@ mod tests {
         for (bad, what) in [
             (r#"{"version":2,"units":[{"name":"a","kl":{}}]}"#, "version 2"),
             (r#"{"version":1,"units":[]}"#, "no units"),
-            (r#"{"version":1,"units":[{"name":"a","kl":{"5":1}}]}"#, "view '5'"),
+            (r#"{"version":1,"units":[{"name":"a","kl":{"7":1}}]}"#, "view '7'"),
             (r#"{"version":1,"units":[{"name":"a","kl":{"2":-1}}]}"#, "KL -1"),
             (r#"{"version":1,"units":[{"name":"a","kl":{}},{"name":"a","kl":{}}]}"#, "twice"),
             ("not json", "expected"),

@@ -1,5 +1,5 @@
 //! `edge-run eval --sweep`: the degradation curve of one checkpoint. On the same windows, the
-//! base model (`--kl-base`), the uniform 8/4/3/2-bit views of `--model` (one model instance,
+//! base model (`--kl-base`), the uniform 8/6/5/4/3/2-bit views of `--model` (one model instance,
 //! its views switched live), every `--baselines` file and the plans the sensitivity profile
 //! picks for each `--budgets` value are scored against the base's logits, which are computed
 //! once per window. Output: a table, `sweep.json`, `sweep.svg`, and the compressibility score.
@@ -23,7 +23,10 @@ use crate::stats::{self, human_bytes};
 use crate::views::{Footprint, Planner};
 
 /// The uniform views the sweep evaluates, widest first.
-const UNIFORM: [u8; 4] = [8, 4, 3, 2];
+const UNIFORM: [u8; 6] = [8, 6, 5, 4, 3, 2];
+/// The uniform views the compressibility score is taken over (the same four since the score
+/// was defined, so that scores of older and newer checkpoints compare).
+const SCORE_VIEWS: [u8; 4] = [2, 3, 4, 8];
 
 /// How the compressibility score is defined (also in `edge-run eval --help` and sweep.json).
 pub const SCORE_DEFINITION: &str = "area under exp(-KL) of the uniform 8/4/3/2-bit views against the view width in bits, piecewise linear through b = 2, 3, 4, 8 (trapezoid rule), over [2, 8], divided by 6; KL = mean KL(P_base || P_view) in nats/token; 1 = every view indistinguishable from the base";
@@ -328,7 +331,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let uniform_points = |q: fn(&Row) -> f64| -> Vec<(f64, f64)> {
         rows.iter()
             .filter_map(|r| match r.kind {
-                Kind::Uniform(b) => Some((b as f64, q(r))),
+                Kind::Uniform(b) if SCORE_VIEWS.contains(&b) => Some((b as f64, q(r))),
                 _ => None,
             })
             .collect()

@@ -131,7 +131,7 @@ fn show(v: &toml::Value) -> String {
 
 fn view_bits(v: &toml::Value) -> Option<u8> {
     match v.as_integer() {
-        Some(b @ (2 | 3 | 4 | 8)) => Some(b as u8),
+        Some(b) if (0..=8).contains(&b) && edge_runtime::blocks::is_nested8_view(b as u8) => Some(b as u8),
         _ => None,
     }
 }
@@ -149,7 +149,7 @@ pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Resu
     let default_bits = match &pf.default {
         None => None,
         Some(v) => Some(view_bits(v).ok_or_else(|| {
-            anyhow!("plan file {}: default = {} is not a view width; choose 2, 3, 4 or 8", path.display(), show(v))
+            anyhow!("plan file {}: default = {} is not a view width; choose 2, 3, 4, 5, 6 or 8", path.display(), show(v))
         })?),
     };
     let names = matrix_names(ck, config)?;
@@ -157,7 +157,7 @@ pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Resu
     let mut overrides = Vec::new();
     for (k, v) in &pf.views {
         let b = view_bits(v).ok_or_else(|| {
-            anyhow!("plan file {}: \"{k}\" = {} is not a view width; choose 2, 3, 4 or 8", path.display(), show(v))
+            anyhow!("plan file {}: \"{k}\" = {} is not a view width; choose 2, 3, 4, 5, 6 or 8", path.display(), show(v))
         })?;
         if !names.iter().any(|n| key_matches(k, n)) {
             unknown.push(if k == "output" && config.tied_embeddings {

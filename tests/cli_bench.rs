@@ -135,7 +135,7 @@ fn bad_input_is_one_line() {
         (&["bench", "-m", m, "-r", "0"], "not a positive integer"),
         (&["bench", "-m", m, "-p", "600"], "exceeds the model's context of 512"),
         (&["bench", "-m", m, "-n", "513"], "exceeds the model's context of 512"),
-        (&["bench", "-m", m, "--bits", "8,5"], "not a view width"),
+        (&["bench", "-m", m, "--bits", "8,7"], "not a view width"),
         (&["bench", "-m", m, "-t", "0"], "not a positive integer"),
         (&["bench", "-m", m, "-p", "0", "-n", "0"], "nothing to measure"),
         (&["bench", "-m", "/nonexistent/model.edge"], "does not exist"),

@@ -107,7 +107,7 @@ fn empty_and_over_long_prompts() {
 fn bad_arguments_are_one_line() {
     for args in [
         vec!["--bogus"],
-        vec!["-m", "x.edge", "-p", "hi", "--bits", "5"],
+        vec!["-m", "x.edge", "-p", "hi", "--bits", "7"],
         vec!["-m", "x.edge", "-p", "hi", "--temp", "-1"],
         vec!["-m", "x.edge", "-p", "hi", "--top-p", "1.5"],
         vec!["eval", "-m", "x.edge"],

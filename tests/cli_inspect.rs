@@ -20,7 +20,7 @@ fn inspect_lists_every_tensor_and_the_config() {
     assert!(out.lines().any(|l| l.trim_start().starts_with("token_embd.weight") && l.contains("49152 x 576")));
     assert!(out.lines().any(|l| l.trim_start().starts_with("output_norm.weight")));
     for want in [
-        "version 1",
+        "version 2",
         "architecture  llama",
         "layers 30",
         "heads 9 (kv 3)",
@@ -54,7 +54,7 @@ fn inspect_json_and_verify() {
     let v = run(["inspect", m.to_str().unwrap(), "--json", "--verify"]).json();
     assert_eq!(v["n_tensors"], 272);
     assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], edge_runtime::format::VERSION);
     assert_eq!(v["config"]["n_layers"], 30);
     assert_eq!(v["tokenizer"]["present"], true);
     assert_eq!(v["tokenizer"]["vocab_size"], 49152);

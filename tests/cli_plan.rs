@@ -32,7 +32,7 @@ fn profile_plans_respect_the_budget_and_are_reported() {
     assert_eq!(p["weight_bytes"], v35["weight_bytes"]);
     let views = p["views"].as_object().unwrap();
     assert_eq!(views.len(), 31, "{p}");
-    assert!(views.values().all(|b| [2, 3, 4, 8].contains(&u(b))), "{p}");
+    assert!(views.values().all(|b| [2, 3, 4, 5, 6, 8].contains(&u(b))), "{p}");
     // The sensitive units get more bits than the least sensitive ones.
     assert!(u(&views["token_embd"]) >= u(&views["blk.1"]), "{p}");
     assert!(u(&views["blk.0"]) >= u(&views["blk.5"]), "{p}");
@@ -165,9 +165,9 @@ fn plan_errors_are_one_line() {
     let e = err(&q8, &["--plan", p]);
     assert!(e.contains("not a valid plan") && e.contains("defaults"), "{e}");
     // A width that is not a view.
-    std::fs::write(&plan, "default = 5\n").unwrap();
+    std::fs::write(&plan, "default = 7\n").unwrap();
     let e = err(&q8, &["--plan", p]);
-    assert!(e.contains("default = 5") && e.contains("2, 3, 4 or 8"), "{e}");
+    assert!(e.contains("default = 7") && e.contains("2, 3, 4, 5, 6 or 8"), "{e}");
     std::fs::write(&plan, "[views]\n\"blk.1\" = \"four\"\n").unwrap();
     assert!(err(&q8, &["--plan", p]).contains("\"blk.1\" = \"four\""));
     // Units the model does not have are named.

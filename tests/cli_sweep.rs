@@ -64,17 +64,18 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
     let r = run(&args);
     r.ok();
 
-    // The table: header, 8 rows (base, uniform 8/4/3/2, plans 4 and 3, the baseline), score.
+    // The table: header, 11 rows (base, uniform 8/6/5/4/3/2, plans 4 and 3 and 80MB, the
+    // baseline), score.
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].starts_with("config") && lines[0].contains("bits/w") && lines[0].contains("top-1"), "{}", r.stdout);
     assert!(lines[1].starts_with("base (f16)"), "{}", r.stdout);
     let uniform: Vec<Vec<&str>> =
         lines.iter().filter(|l| l.starts_with("uniform ")).map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(uniform.len(), 4, "{}", r.stdout);
+    assert_eq!(uniform.len(), 6, "{}", r.stdout);
     // Rows by bytes (widest first) and KL growing as bits fall: columns are
     // "uniform", "8-bit", bytes, human (2 words), bits/w, PPL, KL, top-1.
     let bits: Vec<&str> = uniform.iter().map(|c| c[1]).collect();
-    assert_eq!(bits, ["8-bit", "4-bit", "3-bit", "2-bit"]);
+    assert_eq!(bits, ["8-bit", "6-bit", "5-bit", "4-bit", "3-bit", "2-bit"]);
     let bytes: Vec<u64> = uniform.iter().map(|c| c[2].parse().unwrap()).collect();
     let kl: Vec<f64> = uniform.iter().map(|c| c[7].parse().unwrap()).collect();
     assert!(bytes.windows(2).all(|w| w[0] > w[1]), "{bytes:?}");
@@ -87,11 +88,11 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
     // sweep.json: every row, on the same scored tokens.
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 9, "{v:#}");
+    assert_eq!(rows.len(), 11, "{v:#}");
     assert_eq!(v["tokens_scored"], 63);
     assert_eq!(v["profile"], true);
     let kinds: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["base", "uniform", "uniform", "uniform", "uniform", "plan", "plan", "plan", "baseline"]);
+    assert_eq!(kinds, ["base", "uniform", "uniform", "uniform", "uniform", "uniform", "uniform", "plan", "plan", "plan", "baseline"]);
     let base = &rows[0];
     assert_eq!(f(&base["mean_kl"]), 0.0);
     assert_eq!(f(&base["top1_agreement_percent"]), 100.0);
@@ -100,20 +101,20 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
         assert!(r["weight_bytes"].as_u64().unwrap() > 0);
     }
     // The 8-bit view is close to the base; the 2-bit view far from it.
-    assert!(f(&rows[1]["mean_kl"]) < 0.05 && f(&rows[4]["mean_kl"]) > 1.0, "{v:#}");
-    for r in &rows[5..7] {
+    assert!(f(&rows[1]["mean_kl"]) < 0.05 && f(&rows[6]["mean_kl"]) > 1.0, "{v:#}");
+    for r in &rows[7..9] {
         assert!(f(&r["bits_per_weight"]) <= f(&r["target_bits"]) + 1e-9, "{r}");
         assert_eq!(r["views"].as_object().unwrap().len(), 31);
         assert!(f(&r["predicted_kl"]) > 0.0);
     }
-    assert!(rows[5]["weight_bytes"].as_u64() > rows[6]["weight_bytes"].as_u64());
+    assert!(rows[7]["weight_bytes"].as_u64() > rows[8]["weight_bytes"].as_u64());
     // The byte-budget plan fits its budget.
-    assert_eq!(rows[7]["byte_budget"].as_u64(), Some(80_000_000));
-    assert!(rows[7]["weight_bytes"].as_u64().unwrap() <= 80_000_000, "{}", rows[7]);
-    assert_eq!(rows[7]["views"].as_object().unwrap().len(), 31);
+    assert_eq!(rows[9]["byte_budget"].as_u64(), Some(80_000_000));
+    assert!(rows[9]["weight_bytes"].as_u64().unwrap() <= 80_000_000, "{}", rows[9]);
+    assert_eq!(rows[9]["views"].as_object().unwrap().len(), 31);
     // The baseline is worth the bytes it records, not its f16 size.
-    assert_eq!(rows[8]["weight_bytes"].as_u64(), Some(BASELINE_BYTES));
-    assert_eq!(rows[8]["config"], "rtn-4 g64");
+    assert_eq!(rows[10]["weight_bytes"].as_u64(), Some(BASELINE_BYTES));
+    assert_eq!(rows[10]["config"], "rtn-4 g64");
     let c = &v["compressibility"];
     let score = f(&c["score"]);
     assert!(score > 0.0 && score <= 1.0, "{c}");
@@ -139,7 +140,7 @@ fn sweep_without_a_profile_has_no_plans_and_prints_json() {
     let r = run(&args);
     let v = r.json();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 5, "{v:#}");
+    assert_eq!(rows.len(), 7, "{v:#}");
     assert!(rows.iter().all(|r| r["kind"] != "plan"));
     assert_eq!(v["profile"], false);
     assert!(v["notes"][0].as_str().unwrap().contains("no sensitivity profile"), "{v:#}");

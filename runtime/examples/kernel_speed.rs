@@ -15,7 +15,7 @@ use half::f16;
 
 struct Tensor {
     params: Vec<GroupParams>,
-    planes: [Vec<u8>; 4],
+    planes: [Vec<u8>; 6],
     stride: usize,
 }
 
@@ -36,25 +36,16 @@ fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
     Tensor { params, planes: pack_nested8_planes(&codes), stride }
 }
 
+/// The view with the copies `Matrix::from_tensor` makes for the active table (2, 3 and 4 bits
+/// repacked, the 8-bit nibble plane), unless `PLANES` is set in the environment (then the 2-,
+/// 3- and 4-bit kernels read the planes).
 fn view(t: &Tensor, group: usize, bits: u8) -> Nested8<'_> {
-    let n = [1, 2, 3, 4][view_index(bits)];
-    let mut planes: [&[u8]; 4] = [&[]; 4];
-    for (i, p) in t.planes.iter().take(n).enumerate() {
-        planes[i] = p;
-    }
-    Nested8 { params: &t.params, planes, group_size: group, view_bits: bits, row_stride: t.stride, repacked: repacked(t, bits) }
-}
-
-/// The copy `Matrix::from_tensor` makes for tables that read one (2, 3 and 4 bits), unless
-/// `PLANES` is set in the environment (then the kernels read the planes).
-fn repacked(t: &Tensor, bits: u8) -> Option<std::sync::Arc<[u8]>> {
-    let numel = t.planes[1].len() * 8;
     let refs: Vec<&[u8]> = t.planes.iter().map(|p| p.as_slice()).collect();
-    match bits {
-        _ if std::env::var("PLANES").is_ok() => None,
-        2..=4 => edge_runtime::kernels::kernels().repack.map(|f| f(bits, &refs, numel).into()),
-        _ => None,
+    let mut w = Nested8::new(&t.params, &refs, group, bits, t.stride).expect("a valid view");
+    if std::env::var("PLANES").is_ok() {
+        w.repacked = None;
     }
+    w
 }
 
 fn view_bytes(w: &Nested8<'_>) -> usize {

@@ -9,12 +9,14 @@
 //! `i / group_size`, and every row starts on a byte boundary of every plane. The code's bits are split into planes, most
 //! significant first, each plane stored contiguously for the whole tensor:
 //!
-//! | plane | bit positions | bits/weight | read by views |
-//! |-------|---------------|-------------|---------------|
-//! | 0     | 7..6          | 2           | 2, 3, 4, 8    |
-//! | 1     | 5             | 1           | 3, 4, 8       |
-//! | 2     | 4             | 1           | 4, 8          |
-//! | 3     | 3..0          | 4           | 8             |
+//! | plane | bit positions | bits/weight | read by views      |
+//! |-------|---------------|-------------|--------------------|
+//! | 0     | 7..6          | 2           | 2, 3, 4, 5, 6, 8   |
+//! | 1     | 5             | 1           | 3, 4, 5, 6, 8      |
+//! | 2     | 4             | 1           | 4, 5, 6, 8         |
+//! | 3     | 3             | 1           | 5, 6, 8            |
+//! | 4     | 2             | 1           | 6, 8               |
+//! | 5     | 1..0          | 2           | 8                  |
 //!
 //! A `k`-bit view uses the top `k` bits, `q_k = q >> (8 - k)`, and reconstructs the centre of
 //! the bucket those bits name:
@@ -48,27 +50,92 @@ pub struct PlaneSpec {
 }
 
 /// The planes of `Nested8`, most significant first (file order).
-pub const NESTED8_PLANES: [PlaneSpec; 4] = [
+pub const NESTED8_PLANES: [PlaneSpec; 6] = [
     PlaneSpec { bits: 2, shift: 6 },
     PlaneSpec { bits: 1, shift: 5 },
     PlaneSpec { bits: 1, shift: 4 },
-    PlaneSpec { bits: 4, shift: 0 },
+    PlaneSpec { bits: 1, shift: 3 },
+    PlaneSpec { bits: 1, shift: 2 },
+    PlaneSpec { bits: 2, shift: 0 },
 ];
 
 /// Bit widths a `Nested8` tensor can be viewed at.
-pub const NESTED8_VIEWS: [u8; 4] = [2, 3, 4, 8];
+pub const NESTED8_VIEWS: [u8; 6] = [2, 3, 4, 5, 6, 8];
+
+/// Whether `view_bits` is one of [`NESTED8_VIEWS`].
+pub fn is_nested8_view(view_bits: u8) -> bool {
+    NESTED8_VIEWS.contains(&view_bits)
+}
 
 /// How many planes (a prefix of [`NESTED8_PLANES`]) a `view_bits` view reads, or `None` if the
 /// view is not one of [`NESTED8_VIEWS`].
 pub fn nested8_planes_for_view(view_bits: u8) -> Option<usize> {
     match view_bits {
         2 => Some(1),
-        3 => Some(2),
-        4 => Some(3),
-        8 => Some(4),
+        3..=6 => Some(view_bits as usize - 1),
+        8 => Some(6),
         _ => None,
     }
 }
+
+/// The planes the SIMD kernels read for the 8-bit view: planes 0..2 as stored, then the low
+/// nibble (bits 3..0), assembled at load from planes 3..5 by [`low_nibbles`] (the same bytes as
+/// those three planes, in one read per code pair).
+pub const NESTED8_KERNEL_PLANES: [PlaneSpec; 4] = [
+    PlaneSpec { bits: 2, shift: 6 },
+    PlaneSpec { bits: 1, shift: 5 },
+    PlaneSpec { bits: 1, shift: 4 },
+    PlaneSpec { bits: 4, shift: 0 },
+];
+
+/// The low nibble `q & 15` of the first `numel` codes (a multiple of 8), two per byte, least
+/// significant first (plane 3 of [`NESTED8_KERNEL_PLANES`]), from planes 3..5 of
+/// [`NESTED8_PLANES`] (`planes` holds all six).
+pub fn low_nibbles(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
+    assert!(planes.len() >= 6 && numel.is_multiple_of(8));
+    assert!(planes.iter().zip(NESTED8_PLANES).skip(3).all(|(p, s)| p.len() * 8 >= numel * s.bits as usize));
+    let mut out = alloc::vec![0u8; numel / 2];
+    // Codes 8k..8k+8: byte k of each 1-bit plane, bytes 2k and 2k+1 of the 2-bit one; code j's
+    // nibble is bits 4j..4j+4 of the little-endian word written.
+    for (k, dst) in out.chunks_exact_mut(4).enumerate() {
+        let word = SPREAD1[planes[3][k] as usize] << 3
+            | SPREAD1[planes[4][k] as usize] << 2
+            | SPREAD2[planes[5][2 * k] as usize]
+            | SPREAD2[planes[5][2 * k + 1] as usize] << 16;
+        dst.copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// Bit `j` of the index moved to bit `4j` (eight 1-bit fields to nibble positions).
+const SPREAD1: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[i] |= ((i as u32 >> j) & 1) << (4 * j);
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// 2-bit field `j` of the index moved to bits `4j..4j+2` (four fields to nibble positions).
+const SPREAD2: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut j = 0;
+        while j < 4 {
+            t[i] |= ((i as u32 >> (2 * j)) & 3) << (4 * j);
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// `(step, offset)` of a `view_bits` view of a group, per the formulas above.
 #[inline]
@@ -117,7 +184,7 @@ pub fn dequant_nested8(
 }
 
 /// Pack 8-bit codes into the [`NESTED8_PLANES`] (used by the packer and by tests).
-pub fn pack_nested8_planes(codes: &[u8]) -> [alloc::vec::Vec<u8>; 4] {
+pub fn pack_nested8_planes(codes: &[u8]) -> [alloc::vec::Vec<u8>; 6] {
     NESTED8_PLANES.map(|spec| {
         let mut plane = alloc::vec![0u8; codes.len() * spec.bits as usize / 8];
         let mask = ((1u16 << spec.bits) - 1) as u8;
@@ -274,6 +341,24 @@ mod tests {
         for (i, &q) in codes.iter().enumerate() {
             assert_eq!(nested8_code(&refs[..1], 2, i), q >> 6);
         }
+    }
+
+    #[test]
+    fn low_nibbles_assemble_the_last_three_planes() {
+        let codes: alloc::vec::Vec<u8> = (0..4192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let planes = pack_nested8_planes(&codes);
+        let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+        let nib = low_nibbles(&refs, codes.len());
+        assert_eq!(nib.len(), codes.len() / 2);
+        for (i, &q) in codes.iter().enumerate() {
+            assert_eq!(plane_field(&nib, 4, i), q & 15, "code {i}");
+        }
+        // Every view reads a strict prefix of the planes, one more plane per wider view.
+        let n: alloc::vec::Vec<usize> = NESTED8_VIEWS.iter().map(|&v| nested8_planes_for_view(v).unwrap()).collect();
+        assert_eq!(n, [1, 2, 3, 4, 5, 6]);
+        let bits: alloc::vec::Vec<u8> = n.iter().map(|&k| NESTED8_PLANES[..k].iter().map(|s| s.bits).sum()).collect();
+        assert_eq!(bits, NESTED8_VIEWS);
+        assert!(!is_nested8_view(7) && !is_nested8_view(1) && is_nested8_view(5));
     }
 
     #[test]

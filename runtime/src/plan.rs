@@ -1,4 +1,4 @@
-//! The view planner: which view (2, 3, 4 or 8 bits) each part of a model is read at, so that the
+//! The view planner: which view (2, 3, 4, 5, 6 or 8 bits) each part of a model is read at, so that the
 //! weights fit a byte budget and the model stays as close as possible to its 8-bit reference.
 //!
 //! # Problem
@@ -42,7 +42,7 @@ use core::fmt;
 use crate::model::ViewPlan;
 
 /// The views a nested-plane tensor has, in bits.
-pub const VIEWS: [u8; 4] = [2, 3, 4, 8];
+pub const VIEWS: [u8; 6] = crate::blocks::NESTED8_VIEWS;
 
 /// Most dynamic-programming states [`knapsack`] uses before it coarsens its byte grid.
 pub const MAX_STATES: u64 = 1 << 16;
@@ -320,7 +320,7 @@ mod tests {
                     // Sometimes 3 bits barely helps: a flat step, then a drop.
                     (k2 * (0.5 + 0.5 * r.unit()), k2 * 0.1 * r.unit())
                 };
-                let views = VIEWS
+                let views = [2u8, 3, 4, 8]
                     .iter()
                     .zip([k2, k3, k4, 0.0])
                     .map(|(&bits, kl)| ViewCost { bits, bytes: w * (2 * bits as u64 + 1) / 2, kl })
@@ -456,7 +456,7 @@ mod tests {
         let units: Vec<Unit> = (0..30)
             .map(|i| {
                 let w = 1_000_003 + r.below(1000);
-                let views = VIEWS
+                let views = [2u8, 3, 4, 8]
                     .iter()
                     .zip([1.0 + r.unit(), 0.3 * r.unit(), 0.05 * r.unit(), 0.0])
                     .map(|(&bits, kl)| ViewCost { bits, bytes: w * bits as u64 + r.below(7), kl })

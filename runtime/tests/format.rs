@@ -78,8 +78,8 @@ fn round_trip_preserves_metadata_and_tensors() {
         let v: &[f32] = bytemuck::cast_slice(t.segments[0].bytes);
         assert_eq!(v, rand_f32(48, 1).as_slice());
         let n = ck.tensor("nested").unwrap();
-        assert_eq!(n.segments.len(), 5);
-        assert_eq!(n.planes().map(|p| p.bytes.len()).collect::<Vec<_>>(), vec![32, 16, 16, 64]);
+        assert_eq!(n.segments.len(), 7);
+        assert_eq!(n.planes().map(|p| p.bytes.len()).collect::<Vec<_>>(), vec![32, 16, 16, 16, 16, 32]);
         for s in &n.segments {
             assert_eq!(s.file_offset % 64, 0, "segments are 64-byte aligned");
         }

@@ -10,12 +10,16 @@
 //!   with inputs where every float operation is exact (so any integer error shows as a
 //!   mismatch). Tables listed in `BIT_EXACT` promise equality everywhere and are held to it.
 
-use edge_runtime::blocks::{pack_nested8_planes, repack_top, GroupParams};
+use edge_runtime::blocks::{low_nibbles, nested8_planes_for_view, pack_nested8_planes, repack_top, GroupParams};
 use std::sync::Arc;
 
 /// Every view, and the 2-, 3- and 4-bit ones again with their codes repacked (what the tables
 /// with `Kernels::repack` make).
-const VIEWS: [(u8, bool); 7] = [(2, false), (2, true), (3, false), (3, true), (4, false), (4, true), (8, false)];
+/// (view, with the copy `Matrix::from_tensor` makes at load for SIMD tables: the repacked codes
+/// at 2, 3 and 4 bits, the nibble plane at 8). The 5- and 6-bit views run the portable kernels
+/// in every table; the 8-bit view without its nibble plane falls back to the reference.
+const VIEWS: [(u8, bool); 10] =
+    [(2, false), (2, true), (3, false), (3, true), (4, false), (4, true), (5, false), (6, false), (8, false), (8, true)];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
 use half::f16;
@@ -64,7 +68,7 @@ fn tables() -> Vec<Kernels> {
 /// 0..=255 and random group parameters.
 struct Tensor {
     params: Vec<GroupParams>,
-    planes: [Vec<u8>; 4],
+    planes: [Vec<u8>; 6],
     group: usize,
     stride: usize,
     cols: usize,
@@ -99,23 +103,19 @@ impl Tensor {
         t
     }
 
-    /// The `view_bits` view; with `repack`, also its codes repacked as `Matrix::from_tensor`
-    /// does for tables that read them (2, 3 and 4 bits).
-    fn view(&self, view_bits: u8, repack: bool) -> Nested8<'_> {
-        let n = match view_bits {
-            2 => 1,
-            3 => 2,
-            4 => 3,
-            _ => 4,
-        };
-        let mut planes: [&[u8]; 4] = [&[]; 4];
+    /// The `view_bits` view; with `copy`, also the copy `Matrix::from_tensor` makes for SIMD
+    /// tables: the codes repacked (2, 3 and 4 bits) or the nibble plane (8 bits).
+    fn view(&self, view_bits: u8, copy: bool) -> Nested8<'_> {
+        let n = nested8_planes_for_view(view_bits).unwrap();
+        let mut planes: [&[u8]; 6] = [&[]; 6];
         for (i, p) in self.planes.iter().take(n).enumerate() {
             planes[i] = p;
         }
         let numel = self.planes[1].len() * 8;
         let refs: Vec<&[u8]> = self.planes.iter().map(|p| p.as_slice()).collect();
-        let repacked = repack.then(|| Arc::from(repack_top(view_bits, &refs, numel)));
-        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked }
+        let repacked = (copy && view_bits <= 4).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
+        let low = (copy && view_bits == 8).then(|| Arc::from(low_nibbles(&refs, numel)));
+        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
     }
 }
 
@@ -227,7 +227,7 @@ fn nested8_products_match_reference() {
                         // Activations for repacked views are quantized for the copies alone, as
                         // `kernels::matvec` does; the 2-bit view on its planes gets them too,
                         // which its table must notice (and still compute exactly).
-                        let copies_only = nib || view == 2;
+                        let copies_only = (nib && view <= 4) || view == 2;
                         let mut got_a = QActs { copy_order_only: copies_only, ..QActs::default() };
                         (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
                         for first in [1usize, 2] {

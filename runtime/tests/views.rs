@@ -49,9 +49,9 @@ fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
     let low_bytes = m.weights.view_bytes(true);
     assert_ne!(full, low, "a 2-bit view computes different logits");
     assert!(low_bytes * 2 < full_bytes, "2-bit view reads {low_bytes} bytes vs {full_bytes} at 8 bits");
-    // Released: planes 1..3 of every matrix (3 per matrix), exactly the bytes no longer read.
+    // Released: planes 1..5 of every matrix (5 per matrix), exactly the bytes no longer read.
     let n_matrices = 1 + 2 * 7;
-    assert_eq!(released.len(), 3 * n_matrices);
+    assert_eq!(released.len(), 5 * n_matrices);
     assert_eq!(released.iter().map(|r| r.1 as usize).sum::<usize>(), full_bytes - low_bytes);
 
     // Per-layer plan: only layer 1 lowered reads bytes in between.
@@ -60,9 +60,19 @@ fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
     let mixed = m.weights.view_bytes(true);
     assert!(low_bytes < mixed && mixed < full_bytes);
 
+    // The 5- and 6-bit views: logits of their own, bytes between the 4- and the 8-bit view's.
+    let mut last = (m.set_views(&ck, &ViewPlan::uniform(4)).map(|_| m.weights.view_bytes(true)).unwrap(), run(&mut m));
+    for bits in [5u8, 6] {
+        m.set_views(&ck, &ViewPlan::uniform(bits)).unwrap();
+        let (b, logits) = (m.weights.view_bytes(true), run(&mut m));
+        assert!(last.0 < b && b < full_bytes, "{bits}-bit view reads {b} bytes");
+        assert!(logits != last.1 && logits != full, "the {bits}-bit view computes logits of its own");
+        last = (b, logits);
+    }
+
     m.set_views(&ck, &ViewPlan::uniform(8)).unwrap();
     assert_eq!(run(&mut m), full, "back at 8 bits the logits are bit-identical");
-    assert!(m.set_views(&ck, &ViewPlan::uniform(5)).is_err(), "no 5-bit view exists");
+    assert!(m.set_views(&ck, &ViewPlan::uniform(7)).is_err(), "no 7-bit view exists");
 }
 
 #[test]
@@ -93,7 +103,7 @@ fn observer_sees_every_linear_input_once_per_layer() {
 
 #[test]
 fn repacked_views_release_their_planes_and_compute_the_same() {
-    for bits in [4u8, 3, 2] {
+    for bits in [8u8, 4, 3, 2] {
         repacked_view_releases_its_planes_and_computes_the_same(bits);
     }
 }
@@ -107,17 +117,18 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     let released = std::cell::RefCell::new(Vec::new());
     let mut m = Model::with_plan_releasing(&ck, opts, &ViewPlan::uniform(bits), &|o, l| released.borrow_mut().push((o, l))).unwrap();
     let k = kernels::kernels();
-    if k.repack.is_none() {
-        eprintln!("!!!!!!!! table {} does not repack {bits}-bit views: repacking NOT tested on this CPU !!!!!!!!", k.name);
+    if (bits == 8 && k.nibbles.is_none()) || (bits < 8 && k.repack.is_none()) {
+        eprintln!("!!!!!!!! table {} makes no copy of {bits}-bit views: their copies are NOT tested on this CPU !!!!!!!!", k.name);
         return;
     }
-    // Every matrix (7 per layer, the tied embedding once) gave back the planes of its view
-    // (0-2 at 4 bits, 0-1 at 3), which it no longer reads.
+    // Every matrix (7 per layer, the tied embedding once) gave back the planes its copy holds
+    // (0-2 at 4 bits, 0-1 at 3, 3-5 at 8: the nibble plane), which it no longer reads.
     let mut got = released.into_inner();
     got.sort_unstable();
     let repacked = m.weights.repacked_ranges(file);
     assert_eq!(got, repacked);
-    assert_eq!(repacked.len(), (bits as usize - 1) * (1 + 2 * 7));
+    let per_matrix = if bits == 8 { 3 } else { bits as usize - 1 };
+    assert_eq!(repacked.len(), per_matrix * (1 + 2 * 7));
     let read = m.weights.read_ranges(file);
     assert!(repacked.iter().all(|r| !read.contains(r)), "a repacked plane is still read");
     let tokens = [1u32, 5, 9, 12, 3];
@@ -126,7 +137,7 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     // The same views without the copies read their planes: bit-identical logits.
     let mut plain = m.weights.clone();
     let strip = |m: &mut kernels::Matrix<'_>| match &mut m.view {
-        WeightView::Nested8(n) => assert!(n.repacked.take().is_some(), "a {bits}-bit view was not repacked"),
+        WeightView::Nested8(n) => assert!(n.repacked.take().or(n.low.take()).is_some(), "a {bits}-bit view was not copied"),
         _ => panic!("not nested"),
     };
     strip(&mut plain.token_embd);
@@ -142,11 +153,15 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
 
     // A live switch keeps the copies of matrices whose view stays and drops the others'.
     let copy = |m: &kernels::Matrix<'_>| match &m.view {
-        WeightView::Nested8(n) => n.repacked.as_ref().map(|a| a.as_ptr()),
+        WeightView::Nested8(n) => n.repacked.as_ref().or(n.low.as_ref()).map(|a| a.as_ptr()),
         _ => None,
     };
-    let kept = copy(&m.weights.layers[0].wq).expect("repacked");
-    m.set_views(&ck, &ViewPlan { default_bits: Some(bits), overrides: vec![("blk.1".into(), 8)] }).unwrap();
-    assert_eq!(copy(&m.weights.layers[0].wq), Some(kept), "an unchanged view was repacked again");
-    assert_eq!(copy(&m.weights.layers[1].wq), None, "an 8-bit view holds no copy");
+    let kept = copy(&m.weights.layers[0].wq).expect("copied");
+    let before = copy(&m.weights.layers[1].wq);
+    let other = if bits == 8 { 5 } else { 8 };
+    m.set_views(&ck, &ViewPlan { default_bits: Some(bits), overrides: vec![("blk.1".into(), other)] }).unwrap();
+    assert_eq!(copy(&m.weights.layers[0].wq), Some(kept), "an unchanged view was copied again");
+    let after = copy(&m.weights.layers[1].wq);
+    assert!(after != before, "a changed view kept its old copy");
+    assert_eq!(after.is_some(), other == 8, "only the 8-bit view holds a copy here (the 5-bit one reads its planes)");
 }

@@ -37,15 +37,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use edge_runtime::blocks::{nested8_step_offset, GroupParams, NESTED8_VIEWS};
+use edge_runtime::blocks::{nested8_step_offset, GroupParams};
 use edge_runtime::format::CheckpointWriter;
 use edge_runtime::kernels::{self, Matrix, WeightView};
 use edge_runtime::model::{Logits, ModelOptions, Observer, Site};
 use edge_runtime::sampler::{Sampler, SamplerConfig};
 use edge_runtime::{Checkpoint, Config, Model};
+
 use half::f16;
 
-use crate::quant::NestedObjective;
+use crate::quant::{NestedObjective, OBJECTIVE_VIEWS};
 
 /// The file name of the evaluation text, which must never be calibrated on.
 pub const EVAL_TEXT_NAME: &str = "wiki.test.raw";
@@ -597,11 +598,11 @@ struct GptqCtx<'a> {
 }
 
 impl GptqCtx<'_> {
-    /// Views whose compensated copies are kept, in [`NESTED8_VIEWS`] order indices.
+    /// Views whose compensated copies are kept, in [`OBJECTIVE_VIEWS`] order indices.
     fn streams(&self) -> Vec<usize> {
         match self.target {
             GptqTarget::Joint => vec![0, 1, 2, 3],
-            GptqTarget::View(b) => vec![NESTED8_VIEWS.iter().position(|&v| v == b).unwrap_or(3)],
+            GptqTarget::View(b) => vec![OBJECTIVE_VIEWS.iter().position(|&v| v == b).unwrap_or(3)],
             GptqTarget::Off => vec![3],
         }
     }
@@ -639,7 +640,7 @@ impl GptqCtx<'_> {
                 params[r * self.gpr + g] = p;
                 let scale = p.scale.to_f32();
                 let (min, inv) = (p.min.to_f32(), if scale > 0.0 { 1.0 / scale } else { 0.0 });
-                let so: [(f32, f32); 4] = NESTED8_VIEWS.map(|b| nested8_step_offset(p, b));
+                let so: [(f32, f32); 4] = OBJECTIVE_VIEWS.map(|b| nested8_step_offset(p, b));
                 for k in b0..b1 {
                     let j = k - b0;
                     let coef = &self.at[k * cols + b0..k * cols + k];
@@ -653,7 +654,7 @@ impl GptqCtx<'_> {
                             for q in (q8 - JOINT_REACH).max(0)..=(q8 + JOINT_REACH).min(255) {
                                 let mut cost = 0.0;
                                 for (v, &(step, offset)) in so.iter().enumerate() {
-                                    let deq = (q >> (8 - NESTED8_VIEWS[v])) as f32 * step + offset;
+                                    let deq = (q >> (8 - OBJECTIVE_VIEWS[v])) as f32 * step + offset;
                                     let e = (wt[v] - deq) / step.max(f32::MIN_POSITIVE);
                                     cost += self.weights[v] * e * e;
                                 }
@@ -668,7 +669,7 @@ impl GptqCtx<'_> {
                     codes[r * self.padded + k] = q;
                     for (s, &v) in streams.iter().enumerate() {
                         let (step, offset) = so[v];
-                        let deq = (q >> (8 - NESTED8_VIEWS[v])) as f32 * step + offset;
+                        let deq = (q >> (8 - OBJECTIVE_VIEWS[v])) as f32 * step + offset;
                         err[s][r * group + j] = wrow[k] - deq;
                     }
                 }

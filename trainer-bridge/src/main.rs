@@ -137,7 +137,7 @@ struct Cli {
     #[arg(long, value_name = "F", default_value_t = edge_pack::calibrate::DEFAULT_DAMP, requires = "calib")]
     gptq_damp: f64,
 
-    /// Write the plain round-to-nearest baseline at BITS (2, 3, 4 or 8) instead: an f16
+    /// Write the plain round-to-nearest baseline at BITS (2, 3, 4, 5, 6 or 8) instead: an f16
     /// checkpoint whose matrices are quantized and dequantized per group of --group-size along
     /// each row, with its would-be size in metadata (edge.baseline).
     #[arg(long, value_name = "BITS", value_parser = ["2", "3", "4", "8"], conflicts_with = "calib")]

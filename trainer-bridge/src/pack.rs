@@ -31,7 +31,7 @@ pub enum WeightEncoding {
     #[default]
     F16,
     Bf16,
-    /// 8-bit codes as nested bit planes (views of 8/4/3/2 bits).
+    /// 8-bit codes as nested bit planes (views of 8/6/5/4/3/2 bits).
     Nested8,
 }
 
@@ -452,8 +452,8 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         bail!("calibration needs the q8 encoding (nested bit planes), not {}", opts.encoding.name());
     }
     if let Some(b) = opts.rtn_baseline {
-        if ![2, 3, 4, 8].contains(&b) {
-            bail!("the round-to-nearest baseline takes 2, 3, 4 or 8 bits, not {b}");
+        if !edge_runtime::blocks::is_nested8_view(b) {
+            bail!("the round-to-nearest baseline takes 2, 3, 4, 5, 6 or 8 bits, not {b}");
         }
         if opts.calibration.is_some() || opts.encoding == WeightEncoding::Nested8 {
             bail!("the round-to-nearest baseline is written as f16 values; it takes neither q8 nor calibration");

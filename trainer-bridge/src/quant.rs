@@ -4,7 +4,13 @@
 //! Every reconstruction here goes through `edge_runtime::blocks` (the contract), so what the
 //! packer optimises is exactly what the runtime computes.
 
-use edge_runtime::blocks::{nested8_step_offset, GroupParams, NESTED8_VIEWS};
+use edge_runtime::blocks::{nested8_step_offset, GroupParams};
+
+/// The views the packer's code choice weighs (the range search and GPTQ's joint objective):
+/// 2, 3, 4 and 8 bits. The 5- and 6-bit views lie between the 4- and the 8-bit ones (their
+/// buckets nest inside the 4-bit view's and contain the 8-bit view's codes), so they are not
+/// weighed on their own.
+pub const OBJECTIVE_VIEWS: [u8; 4] = [2, 3, 4, 8];
 use half::f16;
 
 /// How nested codes are chosen.
@@ -68,10 +74,10 @@ fn sq_err(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| ((x - y) * (x - y)) as f64).sum()
 }
 
-/// Squared error of each view of codes `q` under `p`, in [`NESTED8_VIEWS`] order (2, 3, 4, 8).
+/// Squared error of each view of codes `q` under `p`, in [`OBJECTIVE_VIEWS`] order (2, 3, 4, 8).
 pub fn view_errors(w: &[f32], p: GroupParams, q: &[u8]) -> [f64; 4] {
     let mut e = [0f64; 4];
-    for (k, &bits) in NESTED8_VIEWS.iter().enumerate() {
+    for (k, &bits) in OBJECTIVE_VIEWS.iter().enumerate() {
         let (step, offset) = nested8_step_offset(p, bits);
         let drop = 8 - bits;
         e[k] = w
@@ -115,7 +121,7 @@ fn search_codes(w: &[f32], p: GroupParams, codes: &mut [u8]) {
 /// without storing the codes. Eight independent lanes, so that it vectorizes.
 fn search_errors(w: &[f32], p: GroupParams) -> [f32; 4] {
     let (min, inv) = (p.min.to_f32(), inv_scale(p));
-    let so: [(f32, f32); 4] = NESTED8_VIEWS.map(|b| nested8_step_offset(p, b));
+    let so: [(f32, f32); 4] = OBJECTIVE_VIEWS.map(|b| nested8_step_offset(p, b));
     let mut acc = [[0f32; 8]; 4];
     let chunks = w.chunks_exact(8);
     let rest = chunks.remainder();
@@ -126,7 +132,7 @@ fn search_errors(w: &[f32], p: GroupParams) -> [f32; 4] {
         }
         for k in 0..4 {
             let (step, offset) = so[k];
-            let drop = 8 - NESTED8_VIEWS[k] as i32;
+            let drop = 8 - OBJECTIVE_VIEWS[k] as i32;
             for j in 0..8 {
                 let d = c[j] - ((q[j] >> drop) as f32 * step + offset);
                 acc[k][j] += d * d;
@@ -137,7 +143,7 @@ fn search_errors(w: &[f32], p: GroupParams) -> [f32; 4] {
         let q = search_code(x, min, inv);
         for k in 0..4 {
             let (step, offset) = so[k];
-            let d = x - ((q >> (8 - NESTED8_VIEWS[k] as i32)) as f32 * step + offset);
+            let d = x - ((q >> (8 - OBJECTIVE_VIEWS[k] as i32)) as f32 * step + offset);
             acc[k][j] += d * d;
         }
     }
@@ -150,7 +156,7 @@ fn rtn_errors(w: &[f32]) -> [f32; 4] {
     let lo = w.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let min = f16::from_f32(lo).to_f32();
-    NESTED8_VIEWS.map(|bits| {
+    OBJECTIVE_VIEWS.map(|bits| {
         let levels = ((1u32 << bits) - 1) as f32;
         let scale = f16::from_f32((hi - min) / levels).to_f32();
         let e: f32 = w
@@ -296,7 +302,7 @@ mod tests {
         let base_err = view_errors(w, base, codes);
         let mut rtn = [0f64; 4];
         let mut tmp = vec![0f32; w.len()];
-        for (k, &bits) in NESTED8_VIEWS.iter().enumerate() {
+        for (k, &bits) in OBJECTIVE_VIEWS.iter().enumerate() {
             rtn_fake_quant(w, bits, w.len(), &mut tmp);
             rtn[k] = sq_err(w, &tmp).max(f64::MIN_POSITIVE);
         }
@@ -328,7 +334,7 @@ mod tests {
             let mut o = vec![0f32; w.len()];
             (0..4)
                 .map(|k| {
-                    rtn_fake_quant(w, NESTED8_VIEWS[k], w.len(), &mut o);
+                    rtn_fake_quant(w, OBJECTIVE_VIEWS[k], w.len(), &mut o);
                     e[k] / sq_err(w, &o).max(1e-30)
                 })
                 .sum::<f64>()
@@ -371,7 +377,7 @@ mod tests {
                     e_mm[k] += v2[k];
                 }
             }
-            for (k, &bits) in NESTED8_VIEWS.iter().enumerate() {
+            for (k, &bits) in OBJECTIVE_VIEWS.iter().enumerate() {
                 let r = rtn_err(&w, bits, g);
                 eprintln!("g={g} {bits}-bit: all-views {:.3e}  minmax {:.3e}  rtn {:.3e}  ratio {:.3}", e[k], e_mm[k], r, e[k] / r);
                 assert!(e[k] < r, "g={g} {bits}-bit view: {} is not below round-to-nearest {}", e[k], r);

@@ -15,7 +15,7 @@ use serde::Serialize;
 /// Metadata key of the profile.
 pub const SENSITIVITY_KEY: &str = "edge.sensitivity";
 /// The views the profile measures.
-pub const PROFILED_VIEWS: [u8; 3] = [2, 3, 4];
+pub const PROFILED_VIEWS: [u8; 5] = [2, 3, 4, 5, 6];
 
 /// The units of a model of `config`, in file order of the layers (`blk.0..`), then
 /// `token_embd`, then `output` when untied.
@@ -109,11 +109,11 @@ pub fn model_for<'a>(ck: &Checkpoint<'a>, windows: &[Vec<u32>], plan: &ViewPlan)
     Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest, view_bits: None }, plan)?)
 }
 
-/// One unit's measured KL per profiled view (2, 3, 4).
+/// One unit's measured KL per profiled view (2, 3, 4, 5, 6).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitKl {
     pub name: String,
-    pub kl: [f64; 3],
+    pub kl: [f64; PROFILED_VIEWS.len()],
 }
 
 /// The profile as stored in the checkpoint.
@@ -167,7 +167,7 @@ impl Profile {
     }
 }
 
-/// Measure every unit of the nested checkpoint `ck` at views 2, 3, 4 against all units at 8
+/// Measure every unit of the nested checkpoint `ck` at views 2..6 against all units at 8
 /// bits, on `windows`. `progress(unit)` is called after each unit.
 pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
     let config = Config::from_checkpoint(ck)?;
@@ -177,7 +177,7 @@ pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnM
     let reference = reference_of(&mut model, windows)?;
     let mut out = Vec::new();
     for unit in units(&config) {
-        let mut kl = [0f64; 3];
+        let mut kl = [0f64; PROFILED_VIEWS.len()];
         for (k, &bits) in PROFILED_VIEWS.iter().enumerate() {
             let plan = ViewPlan { default_bits: Some(8), overrides: vec![(unit.clone(), bits)] };
             model.set_views(ck, &plan)?;
@@ -269,13 +269,13 @@ mod tests {
         let p = Profile {
             calibration: "test".into(),
             tokens: 64,
-            units: vec![UnitKl { name: "blk.0".into(), kl: [0.5, 0.1, -1e-12] }],
+            units: vec![UnitKl { name: "blk.0".into(), kl: [0.5, 0.1, -1e-12, 0.01, 0.002] }],
         };
         let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"version":1,"metric":"kl","reference":"8-bit view","calibration":"test","tokens":64,
-                "units":[{"name":"blk.0","kl":{"2":0.5,"3":0.1,"4":0.0}}]})
+                "units":[{"name":"blk.0","kl":{"2":0.5,"3":0.1,"4":0.0,"5":0.01,"6":0.002}}]})
         );
     }
 }

@@ -20,8 +20,10 @@ pub use write::{CheckpointWriter, TensorData};
 
 /// First 8 bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"EDGERUN\0";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes and reads. Version 2 split the 8-bit code's low
+/// nibble into planes of bits 3, 2 and 1..0, adding the 5- and 6-bit views (version 1 files
+/// are re-packed with `edge-pack`).
+pub const VERSION: u32 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 128;
 /// Alignment of the data section and of every segment inside it (a cache line; also enough for

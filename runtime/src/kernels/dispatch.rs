@@ -22,6 +22,10 @@ pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: 
 /// [`crate::blocks::repack_top`]`(view_bits, planes, numel)`, however it is computed.
 pub type RepackFn = fn(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
 
+/// The low-nibble plane of an 8-bit view that a table's 8-bit kernels read: equal to
+/// [`crate::blocks::low_nibbles`]`(planes, numel)`.
+pub type NibblesFn = fn(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
+
 /// SwiGLU's gate in place: see [`vector::swiglu`], the definition.
 pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
 
@@ -33,12 +37,15 @@ pub struct Kernels {
     /// What filled the table, e.g. `"scalar"`, `"avx2"`, `"neon+dotprod"`.
     pub name: &'static str,
     pub quantize_acts: QuantizeActsFn,
-    /// Indexed by [`view_index`] (2, 3, 4, 8 bits).
-    pub nested8_matvec: [Nested8MatvecFn; 4],
-    pub nested8_matmul: [Nested8MatmulFn; 4],
+    /// Indexed by [`view_index`] (2, 3, 4, 5, 6, 8 bits).
+    pub nested8_matvec: [Nested8MatvecFn; VIEW_SLOTS],
+    pub nested8_matmul: [Nested8MatmulFn; VIEW_SLOTS],
     /// Set when this table's 2-, 3- and 4-bit kernels read [`Nested8::repacked`] (groups of a
     /// multiple of 32): [`super::Matrix::from_tensor`] makes the copy with it at load.
     pub repack: Option<RepackFn>,
+    /// Set when this table's 8-bit kernels read [`Nested8::low`] (groups of a multiple of 32)
+    /// through [`Nested8::kernel_form`]: [`super::Matrix::from_tensor`] builds it at load.
+    pub nibbles: Option<NibblesFn>,
     /// Decode attention of one head (f32; bit-identical in every table).
     pub attend_head: AttendHeadFn,
     /// SwiGLU's elementwise step (f32; bit-identical in every table).
@@ -51,14 +58,13 @@ impl core::fmt::Debug for Kernels {
     }
 }
 
-/// Slot of a view in the per-view arrays.
+/// Slots of the per-view arrays: one per [`crate::blocks::NESTED8_VIEWS`].
+pub const VIEW_SLOTS: usize = crate::blocks::NESTED8_VIEWS.len();
+
+/// Slot of a view in the per-view arrays (its place in [`crate::blocks::NESTED8_VIEWS`]; the
+/// 8-bit slot for anything else).
 pub fn view_index(view_bits: u8) -> usize {
-    match view_bits {
-        2 => 0,
-        3 => 1,
-        4 => 2,
-        _ => 3,
-    }
+    crate::blocks::NESTED8_VIEWS.iter().position(|&v| v == view_bits).unwrap_or(VIEW_SLOTS - 1)
 }
 
 impl Kernels {
@@ -66,9 +72,10 @@ impl Kernels {
     pub const SCALAR: Kernels = Kernels {
         name: "scalar",
         quantize_acts: reference::quantize_acts,
-        nested8_matvec: [reference::nested8_matvec; 4],
-        nested8_matmul: [reference::nested8_matmul; 4],
+        nested8_matvec: [reference::nested8_matvec; VIEW_SLOTS],
+        nested8_matmul: [reference::nested8_matmul; VIEW_SLOTS],
         repack: None,
+        nibbles: None,
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
     };
@@ -78,9 +85,10 @@ impl Kernels {
     pub const PORTABLE: Kernels = Kernels {
         name: "portable",
         quantize_acts: reference::quantize_acts,
-        nested8_matvec: [portable::nested8_matvec; 4],
-        nested8_matmul: [portable::nested8_matmul; 4],
+        nested8_matvec: [portable::nested8_matvec; VIEW_SLOTS],
+        nested8_matmul: [portable::nested8_matmul; VIEW_SLOTS],
         repack: None,
+        nibbles: None,
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
     };

@@ -34,7 +34,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use half::{bf16, f16};
 
-use crate::blocks::{self, GroupParams, NESTED8_PLANES};
+use crate::blocks::{self, GroupParams, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES};
 use crate::error::{Error, Result};
 use crate::format::{Encoding, SegmentKind, TensorInfo};
 
@@ -56,9 +56,10 @@ pub struct Nested8<'a> {
     /// The planes the view reads (`blocks::nested8_planes_for_view(view_bits)` of them); the
     /// others are empty. Plane `p` holds `NESTED8_PLANES[p].bits` bits per code, LSB first;
     /// row `r`'s bits start at code index `r * row_stride`, a whole byte in every plane.
-    pub planes: [&'a [u8]; 4],
+    /// (In the [`Nested8::kernel_form`] of an 8-bit view, slot 3 holds [`Nested8::low`].)
+    pub planes: [&'a [u8]; 6],
     pub group_size: usize,
-    /// 2, 3, 4 or 8.
+    /// One of [`blocks::NESTED8_VIEWS`]: 2, 3, 4, 5, 6 or 8.
     pub view_bits: u8,
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
@@ -67,6 +68,52 @@ pub struct Nested8<'a> {
     /// planes hold, in runs of 256 codes whose fields need no lane shuffles
     /// ([`blocks::repack_top`]).
     pub repacked: Option<Arc<[u8]>>,
+    /// An 8-bit view's low nibbles `q & 15` ([`blocks::low_nibbles`] of planes 3..5), built
+    /// at load for the kernel tables whose 8-bit kernels read a nibble plane
+    /// ([`Kernels::nibbles`]); `None` otherwise. Same bytes as the three planes it replaces.
+    pub low: Option<Arc<[u8]>>,
+}
+
+impl<'a> Nested8<'a> {
+    /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
+    /// file order; those past the view's are not read), with the copies the active kernel table
+    /// reads made now (see [`Nested8::repacked`] and [`Nested8::low`]).
+    pub fn new(params: &'a [GroupParams], all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
+        let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
+            what: format!("no {view_bits}-bit view exists (choose 2, 3, 4, 5, 6 or 8)"),
+        })?;
+        if all.len() < n || group_size == 0 || !row_stride.is_multiple_of(group_size) {
+            return Err(Error::InvalidArgument { what: format!("a {view_bits}-bit view needs {n} planes and whole groups") });
+        }
+        let mut planes: [&[u8]; 6] = [&[]; 6];
+        planes[..n].copy_from_slice(&all[..n]);
+        let numel = planes[0].len() * 4;
+        let simd = group_size.is_multiple_of(32) && !dispatch::float_activations();
+        let repacked = match (view_bits, kernels().repack.filter(|_| simd)) {
+            (2..=4, Some(f)) => Some(Arc::from(f(view_bits, &planes, numel))),
+            _ => None,
+        };
+        let low = match (view_bits, kernels().nibbles.filter(|_| simd)) {
+            (8, Some(f)) => Some(Arc::from(f(&planes, numel))),
+            _ => None,
+        };
+        Ok(Nested8 { params, planes, group_size, view_bits, row_stride, repacked, low })
+    }
+
+    /// What the SIMD kernels of an 8-bit view read: planes 0..2 as stored and [`Nested8::low`]
+    /// in slot 3 (the layout [`NESTED8_KERNEL_PLANES`]), or `self` unchanged when it has no
+    /// nibble plane. The reference and portable kernels read the stored planes instead.
+    pub fn kernel_form(&self) -> Nested8<'_> {
+        match (&self.low, self.view_bits) {
+            (Some(low), 8) => Nested8 {
+                planes: [self.planes[0], self.planes[1], self.planes[2], low, &[], &[]],
+                low: None,
+                repacked: None,
+                ..*self
+            },
+            _ => self.clone(),
+        }
+    }
 }
 
 /// Buffers the products need, allocated once (see [`Scratch::new`]).
@@ -125,26 +172,14 @@ impl<'a> Matrix<'a> {
             Encoding::F16 => WeightView::F16(cast(t.name, values()?)?),
             Encoding::Bf16 => WeightView::Bf16(cast(t.name, values()?)?),
             Encoding::Nested8 => {
-                let view_bits = view_bits.unwrap_or(8);
-                let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
-                    what: format!("no {view_bits}-bit view exists (choose 2, 3, 4 or 8)"),
-                })?;
                 let params = t
                     .segment(SegmentKind::GroupParams)
                     .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no group params", t.name) })?;
-                let mut planes: [&[u8]; 4] = [&[]; 4];
-                for (i, p) in t.planes().take(n).enumerate() {
-                    planes[i] = p.bytes;
-                }
+                let planes: Vec<&[u8]> = t.planes().map(|p| p.bytes).collect();
                 let group_size = t.group_size as usize;
                 let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
-                let numel = rows * row_stride;
-                let repack = kernels().repack.filter(|_| group_size.is_multiple_of(32) && !dispatch::float_activations());
-                let repacked = match (view_bits, repack) {
-                    (2..=4, Some(f)) => Some(Arc::from(f(view_bits, &planes, numel))),
-                    _ => None,
-                };
-                WeightView::Nested8(Nested8 { params: cast(t.name, params.bytes)?, planes, group_size, view_bits, row_stride, repacked })
+                let params = cast(t.name, params.bytes)?;
+                WeightView::Nested8(Nested8::new(params, &planes, group_size, view_bits.unwrap_or(8), row_stride)?)
             }
         };
         Ok(Matrix { rows, cols, view })
@@ -168,24 +203,29 @@ impl<'a> Matrix<'a> {
             WeightView::F32(w) => f(bytemuck::cast_slice(w)),
             WeightView::F16(w) => f(bytemuck::cast_slice(w)),
             WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
-            WeightView::Nested8(Nested8 { params, planes, ref repacked, .. }) => {
+            WeightView::Nested8(Nested8 { params, planes, ref repacked, ref low, .. }) => {
                 f(bytemuck::cast_slice(params));
-                match repacked {
-                    // The copy replaces the view's planes (see [`Matrix::repacked_planes`]).
-                    Some(n) => f(n),
-                    None => planes.iter().for_each(|p| f(p)),
+                // A copy replaces the planes it was made from (see [`Matrix::repacked_planes`]).
+                match (repacked, low) {
+                    (Some(n), _) => f(n),
+                    (None, Some(low)) => {
+                        planes[..3].iter().for_each(|p| f(p));
+                        f(low)
+                    }
+                    (None, None) => planes.iter().for_each(|p| f(p)),
                 }
             }
         }
     }
 
-    /// The planes a repacked view no longer reads (its codes are read from
-    /// [`Nested8::repacked`]): all of the view's planes, or nothing.
+    /// The planes a view no longer reads because a copy made at load holds their bits: all of
+    /// the view's planes for [`Nested8::repacked`], planes 3..5 for [`Nested8::low`], or nothing.
     pub fn repacked_planes(&self) -> &[&'a [u8]] {
         match &self.view {
             WeightView::Nested8(n) if n.repacked.is_some() => {
                 &n.planes[..blocks::nested8_planes_for_view(n.view_bits).unwrap_or(0)]
             }
+            WeightView::Nested8(n) if n.low.is_some() => &n.planes[3..],
             _ => &[],
         }
     }
@@ -204,11 +244,13 @@ impl<'a> Matrix<'a> {
                 use half::slice::HalfFloatSliceExt;
                 w[start..start + self.cols].convert_to_f32_slice(out);
             }
-            WeightView::Nested8(Nested8 { params, planes, group_size, view_bits, row_stride, ref repacked }) => {
-                // A repacked view reads its codes from the copy, not from its planes.
-                match repacked {
-                    Some(n) => dequant_repacked_row(params, n, group_size, view_bits, r * row_stride, out),
-                    None => dequant_nested8_row(params, &planes, group_size, view_bits, r * row_stride, out),
+            WeightView::Nested8(ref n) => {
+                // A view with a copy reads its codes from the copy, not from the planes it replaced.
+                let (params, gs, bits, start) = (n.params, n.group_size, n.view_bits, r * n.row_stride);
+                match (&n.repacked, &n.low) {
+                    (Some(c), _) => dequant_repacked_row(params, c, gs, bits, start, out),
+                    (None, Some(_)) => dequant_nested8_row(params, &n.kernel_form().planes[..4], &NESTED8_KERNEL_PLANES, gs, bits, start, out),
+                    (None, None) => dequant_nested8_row(params, &n.planes, &NESTED8_PLANES, gs, bits, start, out),
                 }
             }
         }
@@ -228,16 +270,18 @@ fn dequant_repacked_row(params: &[GroupParams], copy: &[u8], group_size: usize, 
 }
 
 /// Row dequantization of nested codes, group by group: the same arithmetic as
-/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once.
+/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once. `planes` are
+/// laid out as `specs` say (the stored planes, or an 8-bit view's kernel form).
 fn dequant_nested8_row(
     params: &[GroupParams],
-    planes: &[&[u8]; 4],
+    planes: &[&[u8]],
+    specs: &[PlaneSpec],
     group_size: usize,
     view_bits: u8,
     start: usize,
     out: &mut [f32],
 ) {
-    let n_planes = blocks::nested8_planes_for_view(view_bits).unwrap_or(4);
+    let n_planes = blocks::nested8_planes_for_view(view_bits).unwrap_or(6).min(planes.len());
     let drop = 8 - view_bits;
     for (g, chunk) in out.chunks_mut(group_size).enumerate() {
         let first = start + g * group_size;
@@ -245,7 +289,7 @@ fn dequant_nested8_row(
         for (j, o) in chunk.iter_mut().enumerate() {
             let i = first + j;
             let mut q = 0u8;
-            for (plane, spec) in planes[..n_planes].iter().zip(NESTED8_PLANES) {
+            for (plane, spec) in planes[..n_planes].iter().zip(specs) {
                 q |= blocks::plane_field(plane, spec.bits, i) << spec.shift;
             }
             *o = (q >> drop) as f32 * step + offset;

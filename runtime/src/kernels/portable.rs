@@ -12,7 +12,7 @@ const MAX_GROUP: usize = 512;
 
 /// Unpack the view's codes `q_k` of the `codes.len()` weights starting at flat index `first`.
 fn unpack_codes(w: &Nested8<'_>, first: usize, codes: &mut [u8]) {
-    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(4);
+    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(6);
     codes.fill(0);
     for (plane, spec) in w.planes[..n_planes].iter().zip(NESTED8_PLANES) {
         for (j, c) in codes.iter_mut().enumerate() {

@@ -54,12 +54,17 @@ fn i8mm_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
     unsafe { i8mm_quantize_acts(x, n, cols, block, acts) }
 }
 
+// The 5- and 6-bit views have no NEON kernels yet: the tables run the portable ones for them.
+const PORTABLE_MATVEC: super::dispatch::Nested8MatvecFn = super::portable::nested8_matvec;
+const PORTABLE_MATMUL: super::dispatch::Nested8MatmulFn = super::portable::nested8_matmul;
+
 const NEON: Kernels = Kernels {
     name: "neon",
     quantize_acts: neon_quantize,
-    nested8_matvec: [neon_matvec_v2, neon_matvec_v3, neon_matvec_v4, neon_matvec_v8],
-    nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, neon_matmul_v8],
+    nested8_matvec: [neon_matvec_v2, neon_matvec_v3, neon_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, neon_matvec_v8],
+    nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, neon_matmul_v8],
     repack: None,
+    nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
 };
@@ -67,9 +72,10 @@ const NEON: Kernels = Kernels {
 const DOTPROD: Kernels = Kernels {
     name: "neon+dotprod",
     quantize_acts: neon_quantize,
-    nested8_matvec: [dotprod_matvec_v2, dotprod_matvec_v3, dotprod_matvec_v4, dotprod_matvec_v8],
-    nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, dotprod_matmul_v8],
+    nested8_matvec: [dotprod_matvec_v2, dotprod_matvec_v3, dotprod_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, dotprod_matvec_v8],
+    nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, dotprod_matmul_v8],
     repack: None,
+    nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
 };
@@ -78,8 +84,9 @@ const I8MM: Kernels = Kernels {
     name: "neon+i8mm",
     quantize_acts: i8mm_quantize,
     nested8_matvec: DOTPROD.nested8_matvec,
-    nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, i8mm_matmul_v8],
+    nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, i8mm_matmul_v8],
     repack: None,
+    nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
 };

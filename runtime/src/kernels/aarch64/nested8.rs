@@ -19,7 +19,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::unpack::{block_pair, load_block, unpack32, Consts, Planes, BLOCK};
-use crate::blocks::{self, NESTED8_PLANES};
+use crate::blocks::{self, NESTED8_KERNEL_PLANES};
 use crate::kernels::acts::QActs;
 use crate::kernels::{reference, Nested8};
 
@@ -153,17 +153,25 @@ fn fast_path(w: &Nested8<'_>, acts: &QActs, first: usize, rows: usize) -> bool {
     assert!(acts.padded_cols >= w.row_stride, "activations shorter than the weight rows");
     let blocks = acts.padded_cols / gs;
     assert!(acts.q.len() >= acts.n * acts.padded_cols && acts.d.len() >= acts.n * blocks && acts.sum.len() >= acts.n * blocks);
+    // The 8-bit kernels read the nibble plane (`Nested8::kernel_form`), built at load.
+    if w.view_bits == 8 && w.low.is_none() {
+        return false;
+    }
     let end = (first + rows) * w.row_stride;
-    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(4);
-    for (plane, spec) in w.planes[..n_planes].iter().zip(NESTED8_PLANES) {
+    let kf = w.kernel_form();
+    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(6).min(4);
+    for (plane, spec) in kf.planes[..n_planes].iter().zip(NESTED8_KERNEL_PLANES) {
         assert!(plane.len() * 8 >= end * spec.bits as usize, "plane shorter than the rows read");
     }
     assert!(w.params.len() >= end / gs, "group params shorter than the rows read");
     true
 }
 
+/// The plane pointers the kernels read: those of `w`'s [`Nested8::kernel_form`] (its caller
+/// keeps `w`, and so the nibble plane, alive while they are used).
 fn plane_ptrs(w: &Nested8<'_>) -> Planes {
-    w.planes.map(|p| p.as_ptr())
+    let kf = w.kernel_form();
+    core::array::from_fn(|i| kf.planes[i].as_ptr())
 }
 
 /// The exact integer sum of a group from its accumulators (`top` holds `q >> 4` products for

@@ -46,7 +46,7 @@ use core::arch::x86_64::*;
 use alloc::vec;
 
 use super::super::acts::{quantize_block, quantize_reference, QActs};
-use super::super::dispatch::Kernels;
+use super::super::dispatch::{Kernels, Nested8MatmulFn, Nested8MatvecFn};
 use super::super::{reference, vector, Nested8};
 use crate::blocks::{self, GroupParams};
 
@@ -82,7 +82,7 @@ const fn plane_bits(v: u8, p: usize) -> usize {
     if reads_copy(v) && p == 3 {
         view_bits(v) as usize
     } else {
-        blocks::NESTED8_PLANES[p].bits as usize
+        blocks::NESTED8_KERNEL_PLANES[p].bits as usize
     }
 }
 
@@ -200,14 +200,16 @@ fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
         && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
         // Part A holds only the copies' order: the planes' kernels cannot run on it.
         && (acts.n >= PREFILL_MIN_TOKENS || !acts.copy_order_only || (matches!(view, 2..=4) && w.repacked.is_some()))
+        // The 8-bit kernels read the nibble plane (`Nested8::kernel_form`).
+        && (view != 8 || w.low.is_some())
 }
 
 /// Panics unless rows `first..first + rows` lie inside every plane the view reads and inside
 /// `params` (so every load below is in bounds).
 fn check_bounds(w: &Nested8<'_>, first: usize, rows: usize) {
     let codes = (first + rows) * w.row_stride;
-    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(4);
-    for (p, spec) in w.planes[..n_planes].iter().zip(blocks::NESTED8_PLANES) {
+    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(6).min(4);
+    for (p, spec) in w.planes[..n_planes].iter().zip(blocks::NESTED8_KERNEL_PLANES) {
         assert!(p.len() * 8 >= codes * spec.bits as usize, "plane too short for the rows asked");
     }
     assert!(w.params.len() >= codes / w.group_size, "group params too short for the rows asked");
@@ -1219,6 +1221,13 @@ unsafe fn avx2_nested8_matvec<const V: u8, const VNNI: bool>(w: &Nested8<'_>, ac
     if !usable(w, acts, V) {
         return reference::nested8_matvec(w, acts, first, out);
     }
+    let kf;
+    let w = if V == 8 {
+        kf = w.kernel_form();
+        &kf
+    } else {
+        w
+    };
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
     // SAFETY: usable() held; the features are enabled here.
     unsafe { rows_dot_view::<V, VNNI>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
@@ -1234,7 +1243,7 @@ unsafe fn rows_dot_view<const V: u8, const VNNI: bool>(w: &Nested8<'_>, aux: &[i
         let need = ((first + out.len()) * w.row_stride).div_ceil(SC) * blocks::run_bytes(V);
         assert!(copy.len() >= need, "repacked copy too short for the rows asked");
         // The same view with its copy as plane 3 (the planes kept for check_bounds).
-        let sub = Nested8 { planes: [w.planes[0], w.planes[1], w.planes[2], copy], repacked: None, ..w.clone() };
+        let sub = Nested8 { planes: [w.planes[0], w.planes[1], w.planes[2], copy, &[], &[]], repacked: None, ..w.clone() };
         // SAFETY: as the caller guarantees; the copy covers the rows (asserted).
         return unsafe {
             match V {
@@ -1588,6 +1597,13 @@ unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nested8<'_>, ac
     if !usable(w, acts, V) {
         return reference::nested8_matmul(w, acts, first, out);
     }
+    let kf;
+    let w = if V == 8 {
+        kf = w.kernel_form();
+        &kf
+    } else {
+        w
+    };
     let n = acts.n;
     let len = out.len() / n;
     let lay = Layout::new(n, acts.padded_cols, acts.block);
@@ -1768,6 +1784,7 @@ macro_rules! entries {
     )+};
 }
 
+// The 5- and 6-bit views have no SIMD kernels yet: the tables run the portable ones for them.
 entries!(avx2_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v8 = 8);
 entries!(avx2_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v8 = 8);
 entries!(avx512_nested8_matvec: avx512_matvec_v2 = 2, avx512_matvec_v3 = 3, avx512_matvec_v4 = 4, avx512_matvec_v8 = 8);
@@ -1847,13 +1864,17 @@ fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
     unsafe { avx2_swiglu_impl(gate, up) }
 }
 
+const PORTABLE_MATVEC: Nested8MatvecFn = super::super::portable::nested8_matvec;
+const PORTABLE_MATMUL: Nested8MatmulFn = super::super::portable::nested8_matmul;
+
 /// The AVX2 table (install only after probing the CPU).
 pub(super) const TABLE: Kernels = Kernels {
     name: "avx2",
     quantize_acts: avx2_quantize,
-    nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v8],
-    nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v8],
+    nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, avx2_matvec_v8],
+    nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, avx2_matmul_v8],
     repack: Some(avx2_repack),
+    nibbles: Some(blocks::low_nibbles),
     attend_head: avx2_attend_head,
     swiglu: avx2_swiglu,
 };
@@ -1862,7 +1883,7 @@ pub(super) const TABLE: Kernels = Kernels {
 /// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode and prefill.
 pub(super) const TABLE_AVX512: Kernels = Kernels {
     name: "avx512vnni",
-    nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v8],
-    nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, avx512_matmul_v8],
+    nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, avx512_matvec_v8],
+    nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, avx512_matmul_v8],
     ..TABLE
 };
