@@ -156,3 +156,32 @@ fn portable_table_is_bit_identical_to_the_scalar_spec() {
         }
     }
 }
+
+#[test]
+fn float_activations_scope_is_this_thread_only() {
+    use kernels::dispatch::{float_activations, with_float_activations};
+    if std::env::var("EDGE_RUN_KERNELS").as_deref() == Ok("float") {
+        eprintln!("EDGE_RUN_KERNELS=float sets float activations everywhere: the scope is NOT tested");
+        return;
+    }
+    assert!(!float_activations());
+    let (inside, other_thread) = with_float_activations(|| (float_activations(), std::thread::spawn(float_activations).join().unwrap()));
+    assert!(inside, "on inside the scope");
+    assert!(!other_thread, "another thread keeps int8 activations");
+    assert!(!float_activations(), "off again after the scope");
+    // A matrix loaded inside the scope makes no copies for the SIMD kernels: it is read as the
+    // float path reads it.
+    let mut w = CheckpointWriter::new();
+    w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes, |_, _| {}).unwrap();
+    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    let t = ck.tensor("n").unwrap();
+    for v in [4u8, 8] {
+        let m = with_float_activations(|| Matrix::from_tensor(t, Some(v)).unwrap());
+        let kernels::WeightView::Nested8(n) = &m.view else { unreachable!() };
+        assert!(n.repacked.is_none() && n.low.is_none(), "view {v}");
+    }
+}

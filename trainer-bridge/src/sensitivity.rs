@@ -3,11 +3,12 @@
 //! A unit is one transformer layer (`blk.N`, all seven of its matrices), the token embedding
 //! (`token_embd`, which is also the output head when the embeddings are tied) and an untied
 //! output head (`output`): the keys a [`ViewPlan`] takes. For every unit and every view 2, 3,
-//! 4 the profile holds the mean KL(P_ref || P) per token over the calibration tokens, P_ref
+//! 4, 5, 6 the profile holds the mean KL(P_ref || P) per token over the calibration tokens, P_ref
 //! being the model with every unit at 8 bits and P the model with only that unit lowered. All
 //! measurements switch views on one live model ([`Model::set_views`]).
 
 use anyhow::Result;
+use edge_runtime::kernels;
 use edge_runtime::model::{Logits, ModelOptions, ViewPlan};
 use edge_runtime::{Checkpoint, Config, Model};
 use serde::Serialize;
@@ -169,7 +170,17 @@ impl Profile {
 
 /// Measure every unit of the nested checkpoint `ck` at views 2..6 against all units at 8
 /// bits, on `windows`. `progress(unit)` is called after each unit.
-pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
+///
+/// Activations stay f32 throughout ([`kernels::dispatch::with_float_activations`]): the profile
+/// measures what the weights' views cost. With int8 activations every lowered unit would also
+/// pay a floor of flipped activation roundings (about 0.003-0.005 nats/token per layer of
+/// SmolLM2-135M, whatever the view), which would hide the difference between 5, 6 and 8 bits
+/// and does not add up over units.
+pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
+    kernels::dispatch::with_float_activations(|| measure_views(ck, windows, progress))
+}
+
+fn measure_views(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
     let config = Config::from_checkpoint(ck)?;
     let _one_thread = (flops_per_token(&config) < 2e7).then(crate::calibrate::SingleThread::new);
     let eight = ViewPlan::uniform(8);
@@ -201,11 +212,11 @@ pub fn flops_per_token(config: &Config) -> f64 {
 pub const PROFILE_FLOP_BUDGET: f64 = 4e12;
 
 /// Profile tokens by default: as many (a multiple of 64) as fit the [`PROFILE_FLOP_BUDGET`]
-/// over the `3 x units + 1` passes, but at least one calibration sequence (`seq_len`), at
+/// over the `views x units + 1` passes, but at least one calibration sequence (`seq_len`), at
 /// most `available`. SmolLM2-135M: one sequence of 256 tokens (about 2.5 minutes on two
 /// cores); stories260K: all of them.
 pub fn default_profile_tokens(config: &Config, seq_len: usize, available: usize) -> usize {
-    let passes = (3 * units(config).len() + 1) as f64;
+    let passes = (PROFILED_VIEWS.len() * units(config).len() + 1) as f64;
     let fit = (PROFILE_FLOP_BUDGET / (passes * flops_per_token(config))) as usize;
     (fit / 64 * 64).max(seq_len).min(available)
 }

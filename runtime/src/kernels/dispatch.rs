@@ -129,11 +129,37 @@ pub fn set_float_activations(on: bool) {
     FLOAT_ACTIVATIONS.store(on, core::sync::atomic::Ordering::Relaxed);
 }
 
-/// See [`set_float_activations`].
+/// See [`set_float_activations`] and [`with_float_activations`].
 pub fn float_activations() -> bool {
     #[cfg(feature = "std")]
-    let _ = kernels();
+    {
+        let _ = kernels();
+        if FLOAT_HERE.with(|f| f.get()) {
+            return true;
+        }
+    }
     FLOAT_ACTIVATIONS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    static FLOAT_HERE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Run `f` with nested weights meeting f32 activations on this thread only (models loaded and
+/// products called from it; the pool's workers run what it hands them). The sensitivity
+/// profile measures with it: with int8 activations, lowering any one layer flips activation
+/// roundings downstream, a KL floor that does not shrink with the weights' error.
+#[cfg(feature = "std")]
+pub fn with_float_activations<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FLOAT_HERE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FLOAT_HERE.with(|c| c.replace(true)));
+    f()
 }
 
 #[cfg(feature = "std")]

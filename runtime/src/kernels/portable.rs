@@ -11,6 +11,7 @@ use crate::blocks::{self, NESTED8_PLANES};
 const MAX_GROUP: usize = 512;
 
 /// Unpack the view's codes `q_k` of the `codes.len()` weights starting at flat index `first`.
+#[inline]
 fn unpack_codes(w: &Nested8<'_>, first: usize, codes: &mut [u8]) {
     let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(6);
     codes.fill(0);
@@ -26,6 +27,7 @@ fn unpack_codes(w: &Nested8<'_>, first: usize, codes: &mut [u8]) {
 }
 
 /// Row `row` against tokens `0..out.len()` of `acts` (one output per token, stride `stride`).
+#[inline]
 fn row_dots(w: &Nested8<'_>, row: usize, acts: &QActs, out: &mut [f32], stride: usize) {
     let gs = w.group_size;
     let mut codes = [0u8; MAX_GROUP];
@@ -45,6 +47,7 @@ fn row_dots(w: &Nested8<'_>, row: usize, acts: &QActs, out: &mut [f32], stride: 
     }
 }
 
+#[inline]
 pub fn nested8_matvec(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     if w.group_size > MAX_GROUP {
         return super::reference::nested8_matvec(w, acts, first, out);
@@ -54,6 +57,7 @@ pub fn nested8_matvec(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f3
     }
 }
 
+#[inline]
 pub fn nested8_matmul(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     if w.group_size > MAX_GROUP {
         return super::reference::nested8_matmul(w, acts, first, out);

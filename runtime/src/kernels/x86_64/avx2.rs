@@ -1784,7 +1784,8 @@ macro_rules! entries {
     )+};
 }
 
-// The 5- and 6-bit views have no SIMD kernels yet: the tables run the portable ones for them.
+// The 5- and 6-bit views have no SIMD kernels yet: the tables run the portable ones for them
+// (compiled for AVX2, `avx2_portable_matvec`).
 entries!(avx2_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v8 = 8);
 entries!(avx2_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v8 = 8);
 entries!(avx512_nested8_matvec: avx512_matvec_v2 = 2, avx512_matvec_v3 = 3, avx512_matvec_v4 = 4, avx512_matvec_v8 = 8);
@@ -1864,8 +1865,38 @@ fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
     unsafe { avx2_swiglu_impl(gate, up) }
 }
 
-const PORTABLE_MATVEC: Nested8MatvecFn = super::super::portable::nested8_matvec;
-const PORTABLE_MATMUL: Nested8MatmulFn = super::super::portable::nested8_matmul;
+/// The portable kernels (the 5- and 6-bit views, which have no SIMD kernels yet) compiled for
+/// AVX2: the same code, so bit-identical, with wider auto-vectorized integer dot products.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_portable_matvec(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    super::super::portable::nested8_matvec(w, acts, first, out)
+}
+
+/// As [`avx2_portable_matvec`], for prefill.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_portable_matmul(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    super::super::portable::nested8_matmul(w, acts, first, out)
+}
+
+fn portable_matvec(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: private, reachable only through TABLE (TABLE_AVX512), installed only after the
+    // CPU reported avx2, fma and f16c.
+    unsafe { avx2_portable_matvec(w, acts, first, out) }
+}
+
+fn portable_matmul(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: as `portable_matvec`.
+    unsafe { avx2_portable_matmul(w, acts, first, out) }
+}
+
+const PORTABLE_MATVEC: Nested8MatvecFn = portable_matvec;
+const PORTABLE_MATMUL: Nested8MatmulFn = portable_matmul;
 
 /// The AVX2 table (install only after probing the CPU).
 pub(super) const TABLE: Kernels = Kernels {
