@@ -137,10 +137,16 @@ struct Cli {
     #[arg(long, value_name = "F", default_value_t = edge_pack::calibrate::DEFAULT_DAMP, requires = "calib")]
     gptq_damp: f64,
 
+    /// Weights of the 2-, 3-, 4- and 8-bit views' errors in `--gptq joint`'s code choice,
+    /// comma-separated (each view's error in its own steps; the 5- and 6-bit views lie between
+    /// the 4- and the 8-bit ones). A larger last weight favours the 8-bit view.
+    #[arg(long, value_name = "W2,W3,W4,W8", default_value = "1,1,1,1", value_parser = parse_view_weights, requires = "calib")]
+    gptq_view_weights: ViewWeights,
+
     /// Write the plain round-to-nearest baseline at BITS (2, 3, 4, 5, 6 or 8) instead: an f16
     /// checkpoint whose matrices are quantized and dequantized per group of --group-size along
     /// each row, with its would-be size in metadata (edge.baseline).
-    #[arg(long, value_name = "BITS", value_parser = ["2", "3", "4", "8"], conflicts_with = "calib")]
+    #[arg(long, value_name = "BITS", value_parser = ["2", "3", "4", "5", "6", "8"], conflicts_with = "calib")]
     rtn_baseline: Option<String>,
 
     /// Embed this tokenizer.json instead of the one found with the model.
@@ -272,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         c.profile_tokens = cli.profile_tokens;
         c.gptq = cli.gptq.parse().expect("checked by clap");
         c.damp = cli.gptq_damp;
+        c.view_weights = cli.gptq_view_weights.0;
         c
     });
     let opts = PackOptions {
@@ -330,5 +337,17 @@ fn main() -> ExitCode {
             eprintln!("edge-pack: error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--gptq-view-weights`: four finite weights >= 0, not all zero.
+#[derive(Debug, Clone, Copy)]
+struct ViewWeights([f32; 4]);
+
+fn parse_view_weights(s: &str) -> Result<ViewWeights, String> {
+    let w: Vec<f32> = s.split(',').map(|x| x.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|_| format!("'{s}' is not four comma-separated numbers"))?;
+    match <[f32; 4]>::try_from(w) {
+        Ok(w) if w.iter().all(|x| x.is_finite() && *x >= 0.0) && w.iter().any(|x| *x > 0.0) => Ok(ViewWeights(w)),
+        _ => Err(format!("'{s}' is not four weights >= 0 (for the 2-, 3-, 4- and 8-bit views), not all zero")),
     }
 }
