@@ -35,6 +35,23 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
     TensorData { name: name.into(), encoding: enc, shape: vec![rows as u64, cols as u64], group_size: if enc == Encoding::Nested8 { group as u32 } else { 0 }, segments }
 }
 
+/// A written checkpoint in 16-byte-aligned memory (as a mapping would be).
+struct Aligned(Vec<u128>, usize);
+
+impl Aligned {
+    fn write(w: CheckpointWriter) -> Self {
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes, |_, _| {}).unwrap();
+        let mut buf = vec![0u128; bytes.len().div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+        Aligned(buf, bytes.len())
+    }
+
+    fn parse(&self) -> Checkpoint<'_> {
+        Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&self.0)[..self.1]).unwrap()
+    }
+}
+
 #[test]
 fn matvec_and_matmul_match_reference() {
     // (rows, cols): a tail-only row, one block, several blocks with a tail, a tall matrix
@@ -48,11 +65,8 @@ fn matvec_and_matmul_match_reference() {
             w.add_tensor(tensor(&format!("t{i}_{j}"), e, r, c, 8, (i * 10 + j) as u64 + 1)).unwrap();
         }
     }
-    let mut bytes = Vec::new();
-    w.write_to(&mut bytes, |_, _| {}).unwrap();
-    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
-    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
-    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    let buf = Aligned::write(w);
+    let ck = buf.parse();
     for (i, &(rows, cols)) in shapes.iter().enumerate() {
         for j in 0..encs.len() {
             let t = ck.tensor(&format!("t{i}_{j}")).unwrap();
@@ -110,11 +124,8 @@ fn matvec_and_matmul_match_reference() {
 fn lower_views_read_fewer_bytes() {
     let mut w = CheckpointWriter::new();
     w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
-    let mut bytes = Vec::new();
-    w.write_to(&mut bytes, |_, _| {}).unwrap();
-    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
-    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
-    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    let buf = Aligned::write(w);
+    let ck = buf.parse();
     let t = ck.tensor("n").unwrap();
     let sizes: Vec<usize> = NESTED8_VIEWS.iter().map(|&v| Matrix::from_tensor(t, Some(v)).unwrap().view_bytes()).collect();
     let params = 16 * 64 / 32 * 4;
@@ -129,11 +140,8 @@ fn portable_table_is_bit_identical_to_the_scalar_spec() {
     for (rows, cols, group) in [(5usize, 20usize, 8usize), (9, 96, 32), (3, 70, 32)] {
         let mut w = CheckpointWriter::new();
         w.add_tensor(tensor("n", Encoding::Nested8, rows, cols, group, rows as u64)).unwrap();
-        let mut bytes = Vec::new();
-        w.write_to(&mut bytes, |_, _| {}).unwrap();
-        let mut buf = vec![0u128; bytes.len().div_ceil(16)];
-        bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
-        let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+        let buf = Aligned::write(w);
+        let ck = buf.parse();
         for view in NESTED8_VIEWS {
             let m = Matrix::from_tensor(ck.tensor("n").unwrap(), Some(view)).unwrap();
             let kernels::WeightView::Nested8(nw) = &m.view else { unreachable!() };
@@ -173,11 +181,8 @@ fn float_activations_scope_is_this_thread_only() {
     // float path reads it.
     let mut w = CheckpointWriter::new();
     w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
-    let mut bytes = Vec::new();
-    w.write_to(&mut bytes, |_, _| {}).unwrap();
-    let mut buf = vec![0u128; bytes.len().div_ceil(16)];
-    bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
-    let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
+    let buf = Aligned::write(w);
+    let ck = buf.parse();
     let t = ck.tensor("n").unwrap();
     for v in [4u8, 8] {
         let m = with_float_activations(|| Matrix::from_tensor(t, Some(v)).unwrap());
