@@ -130,10 +130,7 @@ fn show(v: &toml::Value) -> String {
 }
 
 fn view_bits(v: &toml::Value) -> Option<u8> {
-    match v.as_integer() {
-        Some(b) if (0..=8).contains(&b) && edge_runtime::blocks::is_nested8_view(b as u8) => Some(b as u8),
-        _ => None,
-    }
+    v.as_integer().and_then(|b| u8::try_from(b).ok()).filter(|&b| edge_runtime::blocks::is_nested8_view(b))
 }
 
 /// Read and check a plan file against the model's tensors.

@@ -108,34 +108,24 @@ pub fn low_nibbles(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
 }
 
 /// Bit `j` of the index moved to bit `4j` (eight 1-bit fields to nibble positions).
-const SPREAD1: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut j = 0;
-        while j < 8 {
-            t[i] |= ((i as u32 >> j) & 1) << (4 * j);
-            j += 1;
-        }
-        i += 1;
-    }
-    t
-};
-
+const SPREAD1: [u32; 256] = spread_table(1);
 /// 2-bit field `j` of the index moved to bits `4j..4j+2` (four fields to nibble positions).
-const SPREAD2: [u32; 256] = {
+const SPREAD2: [u32; 256] = spread_table(2);
+
+/// For every byte, its `8 / bits` fields of `bits` bits, field `j` moved to bit `4j`.
+const fn spread_table(bits: u32) -> [u32; 256] {
     let mut t = [0u32; 256];
     let mut i = 0;
     while i < 256 {
         let mut j = 0;
-        while j < 4 {
-            t[i] |= ((i as u32 >> (2 * j)) & 3) << (4 * j);
+        while j < 8 / bits {
+            t[i] |= ((i as u32 >> (bits * j)) & ((1 << bits) - 1)) << (4 * j);
             j += 1;
         }
         i += 1;
     }
     t
-};
+}
 
 /// `(step, offset)` of a `view_bits` view of a group, per the formulas above.
 #[inline]
