@@ -27,7 +27,8 @@ use serde_json::json;
 use crate::cli::{BenchArgs, ModelArgs};
 use crate::loader;
 use crate::stats;
-use crate::views::{self, Footprint, Selection};
+use crate::views::{self, Selection};
+use edge_runtime::plan::Footprint;
 
 /// Summary of one test's repetitions, in tokens per second.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,11 +209,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             file.bytes.release(0, file.bytes.as_bytes().len() as u64);
             reset_peak_rss();
             let ctx = args.n_prompt.max(args.n_gen);
-            let opts = ModelOptions { max_seq_len: ctx, max_batch: args.n_prompt.max(1), view_bits: None };
+            let opts = ModelOptions { max_seq_len: ctx, max_batch: args.n_prompt.max(1) };
             let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
             let mut model = Model::with_plan_releasing(&ck, opts, &sel.plan, &release)
                 .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-            let footprint = Footprint::of(&model.weights);
+            let footprint = views::footprint(&ck, &config, &sel.plan)?;
             let label = view_label(sel, nested, dense_encoding);
             let mut results = Vec::new();
             for (test, n) in &tests {

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use edge_runtime::model::{Logits, ModelOptions, ViewPlan};
+use edge_runtime::model::{Logits, ModelOptions};
+use edge_runtime::plan::ViewPlan;
 use edge_runtime::{Checkpoint, Config, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -19,7 +20,8 @@ use serde_json::json;
 use crate::cli::EvalArgs;
 use crate::loader::{self, ModelFile, Tok};
 use crate::stats;
-use crate::views::{self, Footprint};
+use crate::views;
+use edge_runtime::plan::Footprint;
 
 /// Log-sum-exp of `logits` in f64.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
@@ -309,10 +311,10 @@ pub fn load<'f>(
             config.max_seq_len
         );
     }
-    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: None };
+    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch };
     let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
     let model = Model::with_plan_releasing(ck, opts, plan, &release).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let footprint = Footprint::of(&model.weights);
+    let footprint = views::footprint(ck, &config, plan)?;
     Ok(Loaded { model, config, footprint })
 }
 

@@ -222,12 +222,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
 
     let batch = args.batch.min(ctx);
-    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch, view_bits: None };
+    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch };
     // Planes that repacked views stop reading leave the resident set as each is repacked.
     let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
     let mut model = Model::with_plan_releasing(&ck, opts, &selection.plan, &release)
         .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    let footprint = views::Footprint::of(&model.weights);
+    let footprint = views::footprint(&ck, &config, &selection.plan)?;
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
     let kv = kv_bytes(&config, ctx);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::format::Encoding;
-use edge_runtime::model::{ViewPlan, Weights};
+use edge_runtime::plan::ViewPlan;
 use edge_runtime::{Checkpoint, Config};
 use serde_json::json;
 
@@ -20,7 +20,8 @@ use crate::loader::{self, ModelFile};
 use crate::plot::{self, PlotData, Point};
 use crate::profile::{Baseline, Profile};
 use crate::stats::{self, human_bytes};
-use crate::views::{Footprint, Planner};
+use crate::views;
+use edge_runtime::plan::Footprint;
 
 /// The uniform views the sweep evaluates, widest first.
 const UNIFORM: [u8; 6] = [8, 6, 5, 4, 3, 2];
@@ -115,8 +116,7 @@ fn encoding_label(ck: &Checkpoint<'_>) -> &'static str {
 }
 
 fn footprint_at(ck: &Checkpoint<'_>, config: &Config, plan: &ViewPlan) -> Result<Footprint> {
-    let w = Weights::from_checkpoint(ck, config, plan).map_err(|e| anyhow!("{e}"))?;
-    Ok(Footprint::of(&w))
+    views::footprint(ck, config, plan)
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -197,7 +197,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             file.path.display()
         )),
         Some(p) => {
-            let planner = Planner::new(&ck, &config, p).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+            let arch = edge_runtime::arch::of_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+            let planner = views::Planner::new(&ck, arch, &config, &views::unit_profiles(p))
+                .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
             // One row per budget: average bits (--budgets), then weight bytes (--byte-budgets).
             let mut budgets = args.budgets.clone();
             budgets.sort_by(|a, b| b.total_cmp(a));
@@ -207,9 +209,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             byte_budgets.dedup();
             let wanted = budgets
                 .into_iter()
-                .map(|t| (format!("plan {t} bits"), Kind::Plan(t), planner.for_bits(t), format!("budget {t}")))
+                .map(|t| (format!("plan {t} bits"), Kind::Plan(t), views::for_bits(&planner, t), format!("budget {t}")))
                 .chain(byte_budgets.into_iter().map(|b| {
-                    (format!("plan <= {}", human_bytes(b)), Kind::PlanBytes(b), planner.for_bytes(b), format!("byte budget {b}"))
+                    (format!("plan <= {}", human_bytes(b)), Kind::PlanBytes(b), views::for_bytes(&planner, b), format!("byte budget {b}"))
                 }));
             for (label, kind, chosen, what) in wanted {
                 match chosen {

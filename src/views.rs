@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::format::Encoding;
-use edge_runtime::kernels::Matrix;
-use edge_runtime::model::{ViewPlan, Weights};
-use edge_runtime::plan::{self, Unit, ViewCost};
+use edge_runtime::plan::{self, Footprint, ViewPlan};
 use edge_runtime::{Checkpoint, Config};
 use serde::Deserialize;
 use serde_json::json;
@@ -55,60 +53,21 @@ pub struct Selection {
     pub predicted_kl: Option<f64>,
 }
 
-/// Weight bytes of a model at its views.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Footprint {
-    /// Bytes every weight reads, norms included (what `weight_bytes` reports everywhere).
-    pub weight_bytes: u64,
-    /// Bytes of the matrices alone (embedding, linear layers, output head), group scales included.
-    pub matrix_bytes: u64,
-    /// Weights of those matrices.
-    pub matrix_weights: u64,
-}
-
-impl Footprint {
-    pub fn of(w: &Weights<'_>) -> Footprint {
-        let mut matrix_bytes = 0u64;
-        let mut matrix_weights = 0u64;
-        for (_, m) in w.matrices() {
-            matrix_bytes += m.view_bytes() as u64;
-            matrix_weights += (m.rows * m.cols) as u64;
-        }
-        Footprint { weight_bytes: w.view_bytes(w.tied) as u64, matrix_bytes, matrix_weights }
-    }
-
-    /// Average bits per matrix weight (group scales included, norms excluded).
-    pub fn bits_per_weight(&self) -> f64 {
-        self.bits_for(self.matrix_bytes)
-    }
-
-    /// Bits per matrix weight that `bytes` of matrices amount to.
-    pub fn bits_for(&self, bytes: u64) -> f64 {
-        8.0 * bytes as f64 / self.matrix_weights.max(1) as f64
-    }
+/// Weight bytes of `plan` on checkpoint `ck` (from shapes, group sizes and views; nothing is
+/// loaded).
+pub fn footprint(ck: &Checkpoint<'_>, config: &Config, plan: &ViewPlan) -> Result<Footprint> {
+    let arch = edge_runtime::arch::of_checkpoint(ck).map_err(|e| anyhow!("{e}"))?;
+    Footprint::of(ck, arch, config, plan).map_err(|e| anyhow!("{e}"))
 }
 
 fn has_nested(ck: &Checkpoint<'_>) -> bool {
     ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8)
 }
 
-/// Whether a view-plan key names tensor `name` (the runtime's own matching).
-fn key_matches(key: &str, name: &str) -> bool {
-    ViewPlan { default_bits: None, overrides: vec![(key.to_string(), 2)] }.bits_for(name).is_some()
-}
-
 /// The names of the model's matrices (as the forward pass reads them).
 fn matrix_names(ck: &Checkpoint<'_>, config: &Config) -> Result<Vec<String>> {
-    let w = Weights::from_checkpoint(ck, config, &ViewPlan::default()).map_err(|e| anyhow!("{e}"))?;
-    Ok(w.matrices().into_iter().map(|(n, _)| n).collect())
-}
-
-fn valid_keys_hint(config: &Config) -> String {
-    format!(
-        "keys are layers (blk.0 .. blk.{}), kinds (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, token_embd{}) or tensor names (blk.0.ffn_up.weight)",
-        config.n_layers.saturating_sub(1),
-        if config.tied_embeddings { "" } else { ", output" }
-    )
+    let arch = edge_runtime::arch::of_checkpoint(ck).map_err(|e| anyhow!("{e}"))?;
+    Ok(arch.matrices(config).into_iter().map(|t| t.name).collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,7 +115,7 @@ pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Resu
         let b = view_bits(v).ok_or_else(|| {
             anyhow!("plan file {}: \"{k}\" = {} is not a view width; choose 2, 3, 4, 5, 6 or 8", path.display(), show(v))
         })?;
-        if !names.iter().any(|n| key_matches(k, n)) {
+        if !names.iter().any(|n| plan::key_matches(k, n)) {
             unknown.push(if k == "output" && config.tied_embeddings {
                 "'output' (the output head is token_embd in this model)".to_string()
             } else {
@@ -171,120 +130,58 @@ pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Resu
             path.display(),
             if unknown.len() == 1 { "a unit" } else { "units" },
             unknown.join(", "),
-            valid_keys_hint(config)
+            edge_runtime::arch::of_checkpoint(ck).map(|a| a.plan_keys_hint(config)).unwrap_or_default()
         );
     }
     Ok(ViewPlan { default_bits, overrides })
 }
 
-/// The profile's units with their bytes at every view, and what lies outside them.
-pub struct Planner {
-    pub units: Vec<Unit>,
-    /// Weight bytes outside the units: norms, and matrices no unit covers (read at 8 bits).
-    pub fixed_bytes: u64,
-    /// Matrix bytes outside the units.
-    pub fixed_matrix_bytes: u64,
-    pub matrix_weights: u64,
+/// What `--target-bits` and `--weight-budget` choose from: the profile's units priced at every view.
+pub use edge_runtime::plan::Planner;
+
+/// The plan for an average of `target` bits per matrix weight, refusing targets outside what
+/// the checkpoint's views can give.
+pub fn for_bits(p: &Planner, target: f64) -> Result<plan::Plan> {
+    let (lo, hi) = p.bits_range();
+    // A hair of tolerance: 2.5 bits over a whole number of groups is exact, but the decimal
+    // the user typed need not be.
+    if target < lo - 1e-9 {
+        bail!(
+            "--target-bits {target} is below the smallest plan of this checkpoint ({lo:.3} bits/weight, every unit at its lowest view); use at least {:.2}",
+            (lo * 100.0).ceil() / 100.0
+        );
+    }
+    if target > hi + 1e-9 {
+        bail!(
+            "--target-bits {target} is above the largest plan of this checkpoint ({hi:.3} bits/weight, the 8-bit view); use --bits 8 for the full checkpoint"
+        );
+    }
+    p.for_bits(target).map_err(|e| anyhow!("{e}"))
 }
 
-impl Planner {
-    pub fn new(ck: &Checkpoint<'_>, config: &Config, profile: &Profile) -> Result<Planner> {
-        let w = Weights::from_checkpoint(ck, config, &ViewPlan::default()).map_err(|e| anyhow!("{e}"))?;
-        let at8 = Footprint::of(&w);
-        let names: Vec<String> = w.matrices().into_iter().map(|(n, _)| n).collect();
-        let mut members: Vec<Vec<&str>> = vec![Vec::new(); profile.units.len()];
-        let mut fixed_matrix_bytes = 0u64;
-        for n in &names {
-            let owners: Vec<usize> =
-                profile.units.iter().enumerate().filter(|(_, u)| key_matches(&u.name, n)).map(|(i, _)| i).collect();
-            match owners.as_slice() {
-                [] => {
-                    let t = ck.tensor(n).ok_or_else(|| anyhow!("tensor {n} is missing"))?;
-                    fixed_matrix_bytes += Matrix::from_tensor(t, None).map_err(|e| anyhow!("{e}"))?.view_bytes() as u64;
-                }
-                [i] => members[*i].push(n),
-                [a, b, ..] => bail!(
-                    "the sensitivity profile's units '{}' and '{}' both cover {n}; re-pack with `edge-pack --calibrate`",
-                    profile.units[*a].name,
-                    profile.units[*b].name
-                ),
-            }
-        }
-        let mut units = Vec::with_capacity(profile.units.len());
-        for (pu, tensors) in profile.units.iter().zip(&members) {
-            if tensors.is_empty() {
-                bail!(
-                    "the sensitivity profile's unit '{}' names no tensor of this model; re-pack with `edge-pack --calibrate`",
-                    pu.name
-                );
-            }
-            let mut views = Vec::new();
-            for bits in plan::VIEWS {
-                let Some(kl) = pu.kl_at(bits) else { continue };
-                let mut bytes = 0u64;
-                for n in tensors {
-                    let t = ck.tensor(n).ok_or_else(|| anyhow!("tensor {n} is missing"))?;
-                    bytes += Matrix::from_tensor(t, Some(bits)).map_err(|e| anyhow!("{e}"))?.view_bytes() as u64;
-                }
-                views.push(ViewCost { bits, bytes, kl: kl.max(0.0) });
-            }
-            units.push(Unit { name: pu.name.clone(), views });
-        }
-        let fixed_bytes = at8.weight_bytes - at8.matrix_bytes + fixed_matrix_bytes;
-        Ok(Planner { units, fixed_bytes, fixed_matrix_bytes, matrix_weights: at8.matrix_weights })
+/// The plan whose weights (norms included) take at most `bytes`.
+pub fn for_bytes(p: &Planner, bytes: u64) -> Result<plan::Plan> {
+    let (lo, _) = p.bytes_range();
+    if bytes < lo {
+        bail!(
+            "--weight-budget {} ({bytes} bytes) is below the smallest plan of this checkpoint: {} ({lo} bytes, every unit at its lowest view)",
+            human_bytes(bytes),
+            human_bytes(lo)
+        );
     }
+    p.for_bytes(bytes).map_err(|e| anyhow!("{e}"))
+}
 
-    fn bits(&self, matrix_bytes: u64) -> f64 {
-        8.0 * matrix_bytes as f64 / self.matrix_weights.max(1) as f64
-    }
-
-    /// Smallest and largest useful average bits per weight.
-    pub fn bits_range(&self) -> (f64, f64) {
-        (
-            self.bits(plan::min_bytes(&self.units) + self.fixed_matrix_bytes),
-            self.bits(plan::max_useful_bytes(&self.units) + self.fixed_matrix_bytes),
-        )
-    }
-
-    /// Smallest and largest useful weight bytes (norms included).
-    pub fn bytes_range(&self) -> (u64, u64) {
-        (plan::min_bytes(&self.units) + self.fixed_bytes, plan::max_useful_bytes(&self.units) + self.fixed_bytes)
-    }
-
-    /// The plan for an average of `target` bits per matrix weight.
-    pub fn for_bits(&self, target: f64) -> Result<plan::Plan> {
-        let (lo, hi) = self.bits_range();
-        // A hair of tolerance: 2.5 bits over a whole number of groups is exact, but the decimal
-        // the user typed need not be.
-        if target < lo - 1e-9 {
-            bail!(
-                "--target-bits {target} is below the smallest plan of this checkpoint ({lo:.3} bits/weight, every unit at its lowest view); use at least {:.2}",
-                (lo * 100.0).ceil() / 100.0
-            );
-        }
-        if target > hi + 1e-9 {
-            bail!(
-                "--target-bits {target} is above the largest plan of this checkpoint ({hi:.3} bits/weight, the 8-bit view); use --bits 8 for the full checkpoint"
-            );
-        }
-        let budget = (target * self.matrix_weights as f64 / 8.0 + 1e-6).floor() as u64;
-        let budget = budget.saturating_sub(self.fixed_matrix_bytes).max(plan::min_bytes(&self.units));
-        plan::choose(&self.units, budget).map_err(|e| anyhow!("{e}"))
-    }
-
-    /// The plan whose weights (norms included) take at most `bytes`; a budget above the
-    /// 8-bit view's size reads everything at 8 bits.
-    pub fn for_bytes(&self, bytes: u64) -> Result<plan::Plan> {
-        let (lo, _) = self.bytes_range();
-        if bytes < lo {
-            bail!(
-                "--weight-budget {} ({bytes} bytes) is below the smallest plan of this checkpoint: {} ({lo} bytes, every unit at its lowest view)",
-                human_bytes(bytes),
-                human_bytes(lo)
-            );
-        }
-        plan::choose(&self.units, bytes - self.fixed_bytes).map_err(|e| anyhow!("{e}"))
-    }
+/// The runtime's form of a profile.
+pub fn unit_profiles(profile: &Profile) -> Vec<plan::UnitProfile> {
+    profile
+        .units
+        .iter()
+        .map(|u| plan::UnitProfile {
+            name: u.name.clone(),
+            kl: plan::VIEWS.iter().filter_map(|&b| u.kl_at(b).map(|k| (b, k))).collect(),
+        })
+        .collect()
 }
 
 fn no_profile(path: &Path, flag: &str) -> anyhow::Error {
@@ -299,7 +196,8 @@ pub fn planner(ck: &Checkpoint<'_>, config: &Config, path: &Path, flag: &str) ->
     let profile = Profile::from_checkpoint(ck)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?
         .ok_or_else(|| no_profile(path, flag))?;
-    Planner::new(ck, config, &profile).map_err(|e| anyhow!("{}: {e}", path.display()))
+    let arch = edge_runtime::arch::of_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Planner::new(ck, arch, config, &unit_profiles(&profile)).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// The views the flags of `args` choose for checkpoint `ck` (at `path`).
@@ -322,10 +220,10 @@ pub fn select(ck: &Checkpoint<'_>, config: &Config, args: &ModelArgs, path: &Pat
     }
     let (source, chosen, planner) = if let Some(t) = args.target_bits {
         let p = planner(ck, config, path, "--target-bits")?;
-        (Source::TargetBits(t), p.for_bits(t)?, p)
+        (Source::TargetBits(t), for_bits(&p, t)?, p)
     } else if let Some(b) = args.weight_budget {
         let p = planner(ck, config, path, "--weight-budget")?;
-        (Source::WeightBudget(b), p.for_bytes(b)?, p)
+        (Source::WeightBudget(b), for_bytes(&p, b)?, p)
     } else {
         return Ok(Selection { plan: ViewPlan::default(), source: Source::Default, units: Vec::new(), predicted_kl: None });
     };
@@ -435,17 +333,6 @@ mod tests {
         assert_eq!(compact_names(&["blk.0", "blk.1", "blk.2", "blk.5", "token_embd", "blk.7", "blk.8"]), "token_embd, blk.0-2,5,7-8");
         assert_eq!(compact_names(&["blk.3"]), "blk.3");
         assert_eq!(compact_names(&[]), "");
-    }
-
-    #[test]
-    fn keys_match_like_the_runtime() {
-        assert!(key_matches("blk.3", "blk.3.ffn_up.weight"));
-        assert!(!key_matches("blk.3", "blk.30.ffn_up.weight"));
-        assert!(key_matches("ffn_up", "blk.30.ffn_up.weight"));
-        assert!(key_matches("token_embd", "token_embd.weight"));
-        assert!(key_matches("blk.3.ffn_up.weight", "blk.3.ffn_up.weight"));
-        assert!(key_matches("blk.3.ffn_up", "blk.3.ffn_up.weight"));
-        assert!(!key_matches("output", "token_embd.weight"));
     }
 
     #[test]

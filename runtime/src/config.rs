@@ -33,10 +33,7 @@ impl Config {
     }
 
     pub fn from_checkpoint(ck: &Checkpoint<'_>) -> Result<Self> {
-        let arch = ck.get_str(keys::ARCH).ok_or(Error::MissingMeta { key: keys::ARCH })?;
-        if arch != "llama" {
-            return Err(Error::UnsupportedArchitecture { arch: arch.into() });
-        }
+        crate::arch::of_checkpoint(ck)?;
         let u = |key: &'static str| -> Result<usize> {
             let v = ck.get_u64(key).ok_or(Error::MissingMeta { key })?;
             // Bound every dimension: no file-supplied count may drive a huge allocation.

@@ -5,7 +5,9 @@ use support::{aligned, TinyLlama};
 
 use edge_runtime::format::Checkpoint;
 use edge_runtime::kernels::{self, WeightView};
-use edge_runtime::model::{Model, ModelOptions, ViewPlan};
+use edge_runtime::model::{Model, ModelOptions};
+use edge_runtime::arch::Kind;
+use edge_runtime::plan::ViewPlan;
 
 /// A random tiny Llama (dim 32, 2 layers, GQA 4/2, vocab 64) with nested 8-bit weights.
 fn tiny_model() -> Vec<u8> {
@@ -37,16 +39,16 @@ fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
     let buf = aligned(&bytes);
     let file = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
     let ck = Checkpoint::parse(file).unwrap();
-    let opts = ModelOptions { max_seq_len: 0, max_batch: 8, view_bits: None };
+    let opts = ModelOptions { max_seq_len: 0, max_batch: 8 };
     let mut m = Model::new(&ck, opts).unwrap();
     let tokens = [1u32, 5, 9, 12];
     let run = |m: &mut Model<'_>| m.forward_batch(&tokens, 0, edge_runtime::model::Logits::Last).unwrap().to_vec();
     let full = run(&mut m);
-    let full_bytes = m.weights.view_bytes(true);
+    let full_bytes = m.weights.view_bytes();
 
     let released = m.set_views(&ck, &ViewPlan::uniform(2)).unwrap();
     let low = run(&mut m);
-    let low_bytes = m.weights.view_bytes(true);
+    let low_bytes = m.weights.view_bytes();
     assert_ne!(full, low, "a 2-bit view computes different logits");
     assert!(low_bytes * 2 < full_bytes, "2-bit view reads {low_bytes} bytes vs {full_bytes} at 8 bits");
     // Released: planes 1..5 of every matrix (5 per matrix), exactly the bytes no longer read.
@@ -57,14 +59,14 @@ fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
     // Per-layer plan: only layer 1 lowered reads bytes in between.
     let plan = ViewPlan { default_bits: Some(8), overrides: vec![("blk.1".into(), 3)] };
     m.set_views(&ck, &plan).unwrap();
-    let mixed = m.weights.view_bytes(true);
+    let mixed = m.weights.view_bytes();
     assert!(low_bytes < mixed && mixed < full_bytes);
 
     // The 5- and 6-bit views: logits of their own, bytes between the 4- and the 8-bit view's.
-    let mut last = (m.set_views(&ck, &ViewPlan::uniform(4)).map(|_| m.weights.view_bytes(true)).unwrap(), run(&mut m));
+    let mut last = (m.set_views(&ck, &ViewPlan::uniform(4)).map(|_| m.weights.view_bytes()).unwrap(), run(&mut m));
     for bits in [5u8, 6] {
         m.set_views(&ck, &ViewPlan::uniform(bits)).unwrap();
-        let (b, logits) = (m.weights.view_bytes(true), run(&mut m));
+        let (b, logits) = (m.weights.view_bytes(), run(&mut m));
         assert!(last.0 < b && b < full_bytes, "{bits}-bit view reads {b} bytes");
         assert!(logits != last.1 && logits != full, "the {bits}-bit view computes logits of its own");
         last = (b, logits);
@@ -88,7 +90,7 @@ fn observer_sees_every_linear_input_once_per_layer() {
     let bytes = tiny_model();
     let buf = aligned(&bytes);
     let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
-    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 8, view_bits: None }).unwrap();
+    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 8 }).unwrap();
     let mut log = Log(Vec::new());
     let plain = m.forward_batch(&[3, 4, 5], 0, Logits::All).unwrap().to_vec();
     let seen = m.forward_observed(&[3, 4, 5], 0, Logits::All, Some(&mut log)).unwrap().to_vec();
@@ -113,7 +115,7 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     let buf = aligned(&bytes);
     let file = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
     let ck = Checkpoint::parse(file).unwrap();
-    let opts = ModelOptions { max_seq_len: 0, max_batch: 8, view_bits: None };
+    let opts = ModelOptions { max_seq_len: 0, max_batch: 8 };
     let released = std::cell::RefCell::new(Vec::new());
     let mut m = Model::with_plan_releasing(&ck, opts, &ViewPlan::uniform(bits), &|o, l| released.borrow_mut().push((o, l))).unwrap();
     let k = kernels::kernels();
@@ -125,11 +127,11 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     // (0-2 at 4 bits, 0-1 at 3, 3-5 at 8: the nibble plane), which it no longer reads.
     let mut got = released.into_inner();
     got.sort_unstable();
-    let repacked = m.weights.repacked_ranges(file);
+    let repacked = m.weights.replaced_ranges();
     assert_eq!(got, repacked);
     let per_matrix = if bits == 8 { 3 } else { bits as usize - 1 };
     assert_eq!(repacked.len(), per_matrix * (1 + 2 * 7));
-    let read = m.weights.read_ranges(file);
+    let read = m.weights.read_ranges();
     assert!(repacked.iter().all(|r| !read.contains(r)), "a repacked plane is still read");
     let tokens = [1u32, 5, 9, 12, 3];
     let run = |m: &mut Model<'_>, t: &[u32]| m.forward_batch(t, 0, edge_runtime::model::Logits::All).unwrap().to_vec();
@@ -140,13 +142,7 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
         WeightView::Nested8(n) => assert!(n.repacked.take().or(n.low.take()).is_some(), "a {bits}-bit view was not copied"),
         _ => panic!("not nested"),
     };
-    strip(&mut plain.token_embd);
-    strip(&mut plain.output);
-    for l in &mut plain.layers {
-        for mm in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down] {
-            strip(mm);
-        }
-    }
+    plain.for_each_matrix_mut(strip);
     let mut p = Model::with_weights(m.config, plain, opts).unwrap();
     assert_eq!(run(&mut p, &tokens), prefill);
     assert_eq!(run(&mut p, &tokens[..1]), decode);
@@ -156,12 +152,12 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
         WeightView::Nested8(n) => n.repacked.as_ref().or(n.low.as_ref()).map(|a| a.as_ptr()),
         _ => None,
     };
-    let kept = copy(&m.weights.layers[0].wq).expect("copied");
-    let before = copy(&m.weights.layers[1].wq);
+    let kept = copy(&m.weights.layers[0].w(Kind::AttnQ)).expect("copied");
+    let before = copy(&m.weights.layers[1].w(Kind::AttnQ));
     let other = if bits == 8 { 5 } else { 8 };
     m.set_views(&ck, &ViewPlan { default_bits: Some(bits), overrides: vec![("blk.1".into(), other)] }).unwrap();
-    assert_eq!(copy(&m.weights.layers[0].wq), Some(kept), "an unchanged view was copied again");
-    let after = copy(&m.weights.layers[1].wq);
+    assert_eq!(copy(&m.weights.layers[0].w(Kind::AttnQ)), Some(kept), "an unchanged view was copied again");
+    let after = copy(&m.weights.layers[1].w(Kind::AttnQ));
     assert!(after != before, "a changed view kept its old copy");
     assert_eq!(after.is_some(), other == 8, "only the 8-bit view holds a copy here (the 5-bit one reads its planes)");
 }

@@ -261,7 +261,7 @@ pub fn sample_self(ck: &Checkpoint<'_>, bos: Option<u32>, opts: &CalibrationOpti
     let config = Config::from_checkpoint(ck)?;
     let seq_len = opts.seq_len.min(config.max_seq_len).max(2);
     let (n_seqs, len) = split_tokens(opts.tokens, seq_len);
-    let mut model = Model::new(ck, ModelOptions { max_seq_len: len, max_batch: 1, view_bits: None })?;
+    let mut model = Model::new(ck, ModelOptions { max_seq_len: len, max_batch: 1 })?;
     // One token at a time through a small model: threads cost more than they save.
     let _one_thread = (crate::sensitivity::flops_per_token(&config) < 2e7).then(SingleThread::new);
     let mut sequences = Vec::with_capacity(n_seqs);
@@ -333,30 +333,11 @@ impl AlignedBytes {
 
 // ---------------------------------------------------------------- Hessians
 
-/// Index of an input site in a layer (the head is separate).
-fn site_index(site: Site) -> usize {
-    match site {
-        Site::AttnIn => 0,
-        Site::AttnOut => 1,
-        Site::FfnIn => 2,
-        Site::FfnDown => 3,
-        Site::Head => 4,
-    }
-}
-
-/// The input site a matrix reads: `(layer, site index)`, or `None` for the embedding.
+/// The input site a matrix reads: `(layer, site index)`, or `None` for the embedding (its
+/// architecture's [`edge_runtime::arch::TensorSpec::site`]).
 pub fn tensor_site(name: &str) -> Option<(Option<usize>, usize)> {
-    let stem = name.strip_suffix(".weight").unwrap_or(name);
-    if stem == "output" {
-        return Some((None, site_index(Site::Head)));
-    }
-    let rest = stem.strip_prefix("blk.")?;
-    let (layer, kind) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let site = [Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnDown]
-        .into_iter()
-        .find(|s| s.consumers().contains(&kind))?;
-    Some((Some(layer), site_index(site)))
+    let (layer, spec) = edge_runtime::arch::ARCHS.iter().find_map(|a| a.locate(name))?;
+    Some((layer, spec.site?.index()))
 }
 
 /// `XᵀX` of every linear layer's input over the calibration tokens (f32, full square).
@@ -403,7 +384,7 @@ impl Observer for HessianObserver<'_> {
         self.prod.resize(d * d, 0.0);
         let m = Matrix { rows: d, cols: n, view: WeightView::F32(&self.xt) };
         kernels::matmul(&m, &self.xt, d, &mut self.prod, &mut self.scratch);
-        let entry = self.h.map.entry((layer, site_index(site))).or_insert_with(|| (d, vec![0f32; d * d]));
+        let entry = self.h.map.entry((layer, site.index())).or_insert_with(|| (d, vec![0f32; d * d]));
         for (a, b) in entry.1.iter_mut().zip(&self.prod) {
             *a += b;
         }
@@ -414,7 +395,7 @@ impl Observer for HessianObserver<'_> {
 /// (the output head's only when `want_head`: an untied head).
 pub fn collect_hessians(ck: &Checkpoint<'_>, sequences: &[Vec<u32>], want_head: bool, mut progress: impl FnMut(usize)) -> Result<Hessians> {
     let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut model = Model::new(ck, ModelOptions { max_seq_len: longest, max_batch: longest, view_bits: None })?;
+    let mut model = Model::new(ck, ModelOptions { max_seq_len: longest, max_batch: longest })?;
     let mut h = Hessians::default();
     for s in sequences {
         if s.is_empty() {

@@ -9,7 +9,8 @@
 
 use anyhow::Result;
 use edge_runtime::kernels;
-use edge_runtime::model::{Logits, ModelOptions, ViewPlan};
+use edge_runtime::model::{Logits, ModelOptions};
+use edge_runtime::plan::ViewPlan;
 use edge_runtime::{Checkpoint, Config, Model};
 use serde::Serialize;
 
@@ -107,7 +108,7 @@ pub fn mean_kl(model: &mut Model<'_>, reference: &Reference, windows: &[Vec<u32>
 /// A model over `ck` sized for `windows`, at the views of `plan`.
 pub fn model_for<'a>(ck: &Checkpoint<'a>, windows: &[Vec<u32>], plan: &ViewPlan) -> Result<Model<'a>> {
     let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1).max(1);
-    Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest, view_bits: None }, plan)?)
+    Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest }, plan)?)
 }
 
 /// One unit's measured KL per profiled view (2, 3, 4, 5, 6).

@@ -63,7 +63,8 @@ pub fn argmax(x: &[f32]) -> u32 {
 /// generated ids and the logits of every step.
 pub fn greedy(bytes: &[u8], first: u32, steps: usize, view_bits: Option<u8>) -> (Vec<u32>, Vec<Vec<f32>>) {
     let ck = Checkpoint::parse(bytes).expect("parse");
-    let mut model = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 1, view_bits }).expect("model");
+    let plan = edge_runtime::plan::ViewPlan { default_bits: view_bits, overrides: Vec::new() };
+    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1 }, &plan).expect("model");
     let mut tok = first;
     let (mut ids, mut all) = (Vec::new(), Vec::new());
     for pos in 0..steps {
@@ -78,7 +79,8 @@ pub fn greedy(bytes: &[u8], first: u32, steps: usize, view_bits: Option<u8>) -> 
 /// Logits of feeding a fixed token sequence (teacher forcing).
 pub fn logits_for(bytes: &[u8], tokens: &[u32], view_bits: Option<u8>) -> Vec<Vec<f32>> {
     let ck = Checkpoint::parse(bytes).expect("parse");
-    let mut model = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 1, view_bits }).expect("model");
+    let plan = edge_runtime::plan::ViewPlan { default_bits: view_bits, overrides: Vec::new() };
+    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1 }, &plan).expect("model");
     tokens.iter().enumerate().map(|(pos, &t)| model.forward(t, pos).expect("forward").to_vec()).collect()
 }
 

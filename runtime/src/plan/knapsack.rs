@@ -39,10 +39,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::model::ViewPlan;
-
-/// The views a nested-plane tensor has, in bits.
-pub const VIEWS: [u8; 6] = crate::blocks::NESTED8_VIEWS;
+use super::ViewPlan;
 
 /// Most dynamic-programming states [`knapsack`] uses before it coarsens its byte grid.
 pub const MAX_STATES: u64 = 1 << 16;

@@ -1,0 +1,330 @@
+//! Architectures: for each, its hyperparameters and its tensors, written down once.
+//!
+//! Everything that needs to know which tensors a model has reads the [`Arch`] of its
+//! checkpoint: the weights binding ([`crate::model::Weights`]), the packer's validation and the
+//! importers (`edge-pack`), the plan keys of `--plan` files and the sensitivity profile's units
+//! ([`crate::plan`]), and the calibration sites ([`Site`]). Adding an architecture means adding
+//! one file here (its [`Arch`]) plus its differences in the forward pass.
+//!
+//! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`.
+
+mod llama;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+pub use llama::LLAMA;
+
+/// Every architecture this build runs.
+pub const ARCHS: &[&Arch] = &[&LLAMA];
+
+/// The architecture named `name` (a checkpoint's `general.architecture`).
+pub fn by_name(name: &str) -> Result<&'static Arch> {
+    ARCHS.iter().copied().find(|a| a.name == name).ok_or_else(|| Error::UnsupportedArchitecture { arch: name.into() })
+}
+
+/// The architecture of checkpoint `ck` (its `general.architecture`).
+pub fn of_checkpoint(ck: &crate::format::Checkpoint<'_>) -> Result<&'static Arch> {
+    let key = crate::format::keys::ARCH;
+    by_name(ck.get_str(key).ok_or(Error::MissingMeta { key })?)
+}
+
+/// A tensor's dimension, resolved against a [`Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    /// The residual stream (`dim`).
+    Model,
+    /// The feed-forward inner width.
+    Hidden,
+    /// All query heads (`n_heads * head_dim`).
+    Q,
+    /// All key/value heads (`n_kv_heads * head_dim`).
+    Kv,
+    Vocab,
+}
+
+impl Dim {
+    pub fn of(self, c: &Config) -> usize {
+        match self {
+            Dim::Model => c.dim,
+            Dim::Hidden => c.hidden_dim,
+            Dim::Q => c.q_dim(),
+            Dim::Kv => c.kv_dim(),
+            Dim::Vocab => c.vocab_size,
+        }
+    }
+}
+
+/// Every kind of tensor any architecture has: the vocabulary of names, shared by all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    TokenEmbd,
+    AttnNorm,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnNorm,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+    OutputNorm,
+    Output,
+}
+
+impl Kind {
+    /// How many kinds there are (the length of a per-kind table).
+    pub const COUNT: usize = 12;
+
+    /// The kind's part of a tensor name (`attn_q`); also the plan key naming every layer's.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::TokenEmbd => "token_embd",
+            Kind::AttnNorm => "attn_norm",
+            Kind::AttnQ => "attn_q",
+            Kind::AttnK => "attn_k",
+            Kind::AttnV => "attn_v",
+            Kind::AttnOutput => "attn_output",
+            Kind::FfnNorm => "ffn_norm",
+            Kind::FfnGate => "ffn_gate",
+            Kind::FfnUp => "ffn_up",
+            Kind::FfnDown => "ffn_down",
+            Kind::OutputNorm => "output_norm",
+            Kind::Output => "output",
+        }
+    }
+
+    /// Slot in a per-kind table.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a tensor is in the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Token embedding table (rows looked up); a matrix that takes views.
+    Embedding,
+    /// RMSNorm weights: f32 vectors, never viewed.
+    Norm,
+    /// A linear layer `out = W x`: a matrix that takes views.
+    Linear,
+    /// The output head (absent when tied to the embedding): a matrix that takes views.
+    Head,
+}
+
+/// Where in a layer an [`crate::model::Observer`] sees activations: the inputs of the linear
+/// layers (and of the head). Which tensors read a site is in the [`Arch`] ([`Arch::consumers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Normed input of the attention projections: (n, dim).
+    AttnIn,
+    /// Input of the attention output projection: (n, q_dim).
+    AttnOut,
+    /// Normed input of the feed-forward's first projections: (n, dim).
+    FfnIn,
+    /// Input of the feed-forward's down projection: (n, hidden).
+    FfnDown,
+    /// Normed input of the output head: (n, dim), only the rows logits are computed for.
+    Head,
+}
+
+impl Site {
+    /// Every site, in the order a layer meets them (the head last).
+    pub const ALL: [Site; 5] = [Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnDown, Site::Head];
+
+    /// Slot in a per-site table (the order of [`Site::ALL`]).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One tensor of an architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub kind: Kind,
+    /// Outermost dimension first; a matrix is `[out, in]`.
+    pub shape: &'static [Dim],
+    pub role: Role,
+    /// The activations it multiplies (linear layers and the head).
+    pub site: Option<Site>,
+}
+
+impl TensorSpec {
+    /// A matrix whose view (bit width) a plan chooses.
+    pub fn takes_views(&self) -> bool {
+        self.role != Role::Norm
+    }
+
+    pub fn shape(&self, c: &Config) -> Vec<u64> {
+        self.shape.iter().map(|d| d.of(c) as u64).collect()
+    }
+}
+
+/// One tensor of a model: its spec placed at a layer, with its name and shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    /// `None` for the global tensors.
+    pub layer: Option<usize>,
+    pub shape: Vec<u64>,
+    pub spec: &'static TensorSpec,
+}
+
+/// An architecture: its name and its tensors, in file order.
+#[derive(Debug)]
+pub struct Arch {
+    /// `general.architecture` of its checkpoints (and of GGUF files).
+    pub name: &'static str,
+    /// Global tensors stored before the layers.
+    pub pre: &'static [TensorSpec],
+    /// Every layer's tensors.
+    pub layer: &'static [TensorSpec],
+    /// Global tensors stored after the layers. The head ([`Role::Head`]) is left out when the
+    /// config ties it to the embedding.
+    pub post: &'static [TensorSpec],
+}
+
+/// The name of tensor `kind` at `layer` (or of the global one).
+pub fn tensor_name(kind: Kind, layer: Option<usize>) -> String {
+    match layer {
+        Some(l) => format!("blk.{l}.{}.weight", kind.name()),
+        None => format!("{}.weight", kind.name()),
+    }
+}
+
+impl Arch {
+    /// Every tensor a model of config `c` stores, in file order.
+    pub fn tensors(&self, c: &Config) -> Vec<Tensor> {
+        let place = |spec: &'static TensorSpec, layer: Option<usize>| Tensor {
+            name: tensor_name(spec.kind, layer),
+            layer,
+            shape: spec.shape(c),
+            spec,
+        };
+        let mut out = Vec::with_capacity(self.pre.len() + c.n_layers * self.layer.len() + self.post.len());
+        out.extend(self.pre.iter().map(|s| place(s, None)));
+        for l in 0..c.n_layers {
+            out.extend(self.layer.iter().map(|s| place(s, Some(l))));
+        }
+        out.extend(self.post.iter().filter(|s| !(c.tied_embeddings && s.role == Role::Head)).map(|s| place(s, None)));
+        out
+    }
+
+    /// The tensors that take views (matrices), in file order.
+    pub fn matrices(&self, c: &Config) -> Vec<Tensor> {
+        self.tensors(c).into_iter().filter(|t| t.spec.takes_views()).collect()
+    }
+
+    /// The layer and spec of tensor `name` (`blk.3.ffn_up.weight`, `token_embd.weight`), if
+    /// this architecture has it.
+    pub fn locate(&self, name: &str) -> Option<(Option<usize>, &'static TensorSpec)> {
+        let stem = name.strip_suffix(".weight").unwrap_or(name);
+        let (layer, kind, specs) = match stem.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((l, k)) => (Some(l.parse::<usize>().ok()?), k, self.layer),
+            None => (None, stem, self.pre),
+        };
+        let globals = if layer.is_none() { self.post } else { &[] };
+        specs.iter().chain(globals).find(|s| s.kind.name() == kind).map(|s| (layer, s))
+    }
+
+    /// The spec of `kind`, wherever it is stored.
+    pub fn spec(&self, kind: Kind) -> Option<&'static TensorSpec> {
+        self.pre.iter().chain(self.layer).chain(self.post).find(|s| s.kind == kind)
+    }
+
+    /// The kinds whose input is `site`'s activations, in file order.
+    pub fn consumers(&self, site: Site) -> Vec<Kind> {
+        self.pre.iter().chain(self.layer).chain(self.post).filter(|s| s.site == Some(site)).map(|s| s.kind).collect()
+    }
+
+    /// The units a sensitivity profile measures and a plan chooses one view for: every layer
+    /// (`blk.N`), then each global matrix (`token_embd`; `output` unless tied).
+    pub fn plan_units(&self, c: &Config) -> Vec<String> {
+        let mut u: Vec<String> = (0..c.n_layers).map(|l| format!("blk.{l}")).collect();
+        for s in self.pre.iter().chain(self.post) {
+            if s.takes_views() && !(c.tied_embeddings && s.role == Role::Head) {
+                u.push(String::from(s.kind.name()));
+            }
+        }
+        u
+    }
+
+    /// What a plan key may be, for error messages.
+    pub fn plan_keys_hint(&self, c: &Config) -> String {
+        let kinds: Vec<&str> = self
+            .layer
+            .iter()
+            .chain(self.pre)
+            .chain(self.post)
+            .filter(|s| s.takes_views() && !(c.tied_embeddings && s.role == Role::Head))
+            .map(|s| s.kind.name())
+            .collect();
+        format!(
+            "keys are layers (blk.0 .. blk.{}), kinds ({}) or tensor names (blk.0.{}.weight)",
+            c.n_layers.saturating_sub(1),
+            kinds.join(", "),
+            self.layer.iter().find(|s| s.takes_views()).map_or("", |s| s.kind.name())
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(tied: bool) -> Config {
+        Config {
+            dim: 64,
+            hidden_dim: 128,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            vocab_size: 96,
+            max_seq_len: 32,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tied_embeddings: tied,
+        }
+    }
+
+    #[test]
+    fn llama_tensors_in_file_order() {
+        let t = LLAMA.tensors(&config(false));
+        assert_eq!(t.len(), 1 + 2 * 9 + 2);
+        assert_eq!(t[0].name, "token_embd.weight");
+        assert_eq!(t[0].shape, [96, 64]);
+        assert_eq!(t[2].name, "blk.0.attn_q.weight");
+        assert_eq!(t[4].shape, [32, 64]); // attn_v: (kv_dim, dim)
+        assert_eq!(t[9].name, "blk.0.ffn_down.weight");
+        assert_eq!(t[9].shape, [64, 128]);
+        assert_eq!(t.last().unwrap().name, "output.weight");
+        let tied = LLAMA.tensors(&config(true));
+        assert_eq!(tied.last().unwrap().name, "output_norm.weight");
+        assert_eq!(LLAMA.matrices(&config(true)).len(), 1 + 2 * 7);
+    }
+
+    #[test]
+    fn units_sites_and_names() {
+        assert_eq!(LLAMA.plan_units(&config(false)), ["blk.0", "blk.1", "token_embd", "output"]);
+        assert_eq!(LLAMA.plan_units(&config(true)), ["blk.0", "blk.1", "token_embd"]);
+        assert_eq!(LLAMA.consumers(Site::AttnIn), [Kind::AttnQ, Kind::AttnK, Kind::AttnV]);
+        assert_eq!(LLAMA.consumers(Site::Head), [Kind::Output]);
+        assert_eq!(tensor_name(Kind::FfnUp, Some(3)), "blk.3.ffn_up.weight");
+        let (l, s) = LLAMA.locate("blk.3.ffn_down.weight").unwrap();
+        assert_eq!((l, s.kind, s.site), (Some(3), Kind::FfnDown, Some(Site::FfnDown)));
+        assert_eq!(LLAMA.locate("output.weight").unwrap().1.site, Some(Site::Head));
+        assert_eq!(LLAMA.locate("token_embd.weight").unwrap().1.site, None);
+        assert!(LLAMA.locate("blk.x.ffn_up.weight").is_none() && LLAMA.locate("blk.0.bias").is_none());
+        assert!(by_name("llama").is_ok());
+        assert!(matches!(by_name("mamba"), Err(Error::UnsupportedArchitecture { .. })));
+        for (i, k) in LLAMA.pre.iter().chain(LLAMA.layer).chain(LLAMA.post).map(|s| s.kind).enumerate() {
+            assert!(k.index() < Kind::COUNT, "{i}");
+        }
+    }
+}

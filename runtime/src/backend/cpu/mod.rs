@@ -1,0 +1,127 @@
+//! The CPU backend: products through the probed kernel table ([`crate::kernels`]), attention
+//! with `matrixmultiply` (prefill) or the table's one-head kernel (decode), threads from the
+//! persistent pool.
+//!
+//! Weights are [`Matrix`]es over the checkpoint's bytes, with the copies the active table reads
+//! faster made at load (repacked runs of 2-, 3- and 4-bit views, the 8-bit view's nibble plane;
+//! see [`crate::kernels::Nested8`]).
+
+mod attention;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::{AttnShape, Backend, Prepared};
+use crate::config::Config;
+use crate::error::Result;
+use crate::format::TensorInfo;
+use crate::kernels::{self, Matrix, Scratch, WeightView};
+use crate::kv::KvView;
+
+/// Bytes of each half of the next product's weights that idle pool workers prefetch in decode
+/// while the caller works alone (norms, RoPE, activation quantization): enough to cover the
+/// first rows the workers will read, small enough to stay in L2 (see docs/RESULTS.md).
+const PF_BYTES: usize = 64 * 1024;
+
+/// Most tokens of one block of batched attention: a score block is (ATT_ROWS, positions).
+const ATT_ROWS: usize = 64;
+/// Most floats of one score block (so long contexts take fewer rows per block, bounding
+/// memory at ATT_BLOCK_FLOATS per thread).
+const ATT_BLOCK_FLOATS: usize = 256 * 1024;
+
+/// The CPU backend's buffers for one model.
+#[derive(Debug)]
+pub struct Cpu {
+    /// Product buffers: (threads, MATMUL_TILE_ROWS, max(widest, batch)) tiles, quantized activations.
+    scratch: Scratch,
+    /// (n_heads, max_seq_len) attention scores of each head (decode).
+    scores: Vec<f32>,
+    /// (att_slots, att_rows, max_seq_len) score blocks of batched attention, one per thread.
+    att: Vec<f32>,
+    /// Tokens per block of batched attention (rows of a score block).
+    att_rows: usize,
+    /// Floats per row of scores (max_seq_len).
+    stride: usize,
+}
+
+/// The stored planes a prepared copy holds, which the kernels then never read.
+fn replaced_planes(m: &Matrix<'_>) -> Range<usize> {
+    match &m.view {
+        WeightView::Nested8(n) if n.repacked.is_some() => 0..m.repacked_planes().len(),
+        WeightView::Nested8(n) if n.low.is_some() => 3..6,
+        _ => 0..0,
+    }
+}
+
+impl Backend for Cpu {
+    type Matrix<'a> = Matrix<'a>;
+
+    fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self> {
+        let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
+        // Batched attention scores: blocks of `att_rows` tokens by all positions, one block per
+        // thread that runs heads (at most one per head), bounded at ATT_BLOCK_FLOATS a block.
+        let att_rows = if max_batch > 1 { (ATT_BLOCK_FLOATS / max_seq_len).clamp(1, ATT_ROWS.min(max_batch)) } else { 0 };
+        let att_slots = if max_batch > 1 { kernels::threads().clamp(1, c.n_heads.max(1)) } else { 0 };
+        Ok(Cpu {
+            scratch: Scratch::new(widest, max_batch, kernels::threads()),
+            scores: vec![0.0; c.n_heads * max_seq_len],
+            att: vec![0.0; att_slots * att_rows * max_seq_len],
+            att_rows,
+            stride: max_seq_len,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        kernels::kernels().name
+    }
+
+    fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Prepared<Matrix<'a>>> {
+        let matrix = Matrix::from_tensor(t, bits)?;
+        let replaced_planes = replaced_planes(&matrix);
+        Ok(Prepared { matrix, replaced_planes })
+    }
+
+    fn view_bytes(m: &Matrix<'_>) -> usize {
+        m.view_bytes()
+    }
+
+    fn view_bits(m: &Matrix<'_>) -> Option<u8> {
+        match &m.view {
+            WeightView::Nested8(n) => Some(n.view_bits),
+            _ => None,
+        }
+    }
+
+    fn row(&self, m: &Matrix<'_>, row: usize, out: &mut [f32]) {
+        m.dequant_row(row, out);
+    }
+
+    fn matvec_shared(&mut self, ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]]) {
+        kernels::matvec_shared(ms, x, outs, &mut self.scratch);
+    }
+
+    fn matmul(&mut self, m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32]) {
+        kernels::matmul(m, x, n, out, &mut self.scratch);
+    }
+
+    fn prefetch(&self, m: &Matrix<'_>) {
+        kernels::prefetch_next(m, PF_BYTES);
+    }
+
+    fn attend_one(&mut self, s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32]) {
+        attention::one(s, q, kv, out, &mut self.scores, self.stride);
+    }
+
+    fn attend_many(&mut self, s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32]) {
+        attention::many(s, n, q, kv, out, &mut self.att, self.att_rows, self.stride);
+    }
+
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+        (kernels::kernels().swiglu)(gate, up);
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.scratch.bytes() + 4 * (self.scores.len() + self.att.len())
+    }
+}

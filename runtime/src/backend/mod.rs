@@ -1,0 +1,96 @@
+//! The seam between the forward pass and the hardware that runs it.
+//!
+//! [`crate::model::Model`] calls a [`Backend`] for every product, the attention and the
+//! elementwise steps, and holds its weights in the backend's prepared form
+//! ([`Backend::Matrix`]). A backend owns whatever it builds from the checkpoint at load (the CPU
+//! backend's repacked runs and nibble planes) and says, as plain data, which stored planes of a
+//! tensor it no longer reads ([`Prepared::replaced_planes`]), so that a loader can drop them
+//! from memory.
+//!
+//! - [`cpu::Cpu`]: the kernel table of [`crate::kernels`] (scalar reference, AVX2, AVX-512,
+//!   NEON), threads from [`crate::pool`].
+//! - [`cuda::Cuda`]: the Jetson backend. Without the `cuda` feature it is a stand-in of the same
+//!   name that cannot be constructed ([`cuda::Cuda::new`] returns [`crate::Error::NotCompiled`]),
+//!   so call sites carry no `cfg`.
+
+pub mod cpu;
+pub mod cuda;
+
+use core::ops::Range;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::format::TensorInfo;
+use crate::kv::KvView;
+
+pub use cpu::Cpu;
+pub use cuda::Cuda;
+
+/// A matrix in a backend's form, and the stored planes that form replaced.
+#[derive(Debug)]
+pub struct Prepared<M> {
+    pub matrix: M,
+    /// Indices of the stored nested planes (0..6) the backend will not read, because a copy it
+    /// made at load holds their bits; empty when it reads the planes in place.
+    pub replaced_planes: Range<usize>,
+}
+
+/// The shapes of one layer's attention.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Query heads per key/value head.
+    pub group: usize,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Everything the forward pass asks of the hardware. Buffers a backend needs per model
+/// (scratch, score blocks) are allocated once, in [`Backend::new`].
+pub trait Backend: Sized + core::fmt::Debug {
+    /// A weight matrix prepared for this backend's kernels.
+    type Matrix<'a>: Clone + core::fmt::Debug;
+
+    /// A backend for a model of config `c` running at most `max_batch` tokens a call over
+    /// `max_seq_len` positions.
+    fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self>;
+
+    /// What runs the products (e.g. the kernel table's name, `avx512vnni`).
+    fn name(&self) -> &'static str;
+
+    /// Tensor `t` at view `bits` (`None`: 8; dense tensors have no views).
+    fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Prepared<Self::Matrix<'a>>>;
+
+    /// Bytes of `m` as stored that its view reads.
+    fn view_bytes(m: &Self::Matrix<'_>) -> usize;
+
+    /// The view `m` is read at (`None` for dense matrices).
+    fn view_bits(m: &Self::Matrix<'_>) -> Option<u8>;
+
+    /// Row `row` of `m` as f32 (the embedding lookup).
+    fn row(&self, m: &Self::Matrix<'_>, row: usize, out: &mut [f32]);
+
+    /// `outs[i] = ms[i] · x` for one token, the matrices sharing the input `x`.
+    fn matvec_shared(&mut self, ms: &[&Self::Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]]);
+
+    /// `out[t, r] = m[r, :] · x[t, :]` for `n` tokens.
+    fn matmul(&mut self, m: &Self::Matrix<'_>, x: &[f32], n: usize, out: &mut [f32]);
+
+    /// A hint: `m` is the next matrix decode multiplies.
+    fn prefetch(&self, m: &Self::Matrix<'_>);
+
+    /// Attention of one token at position `kv.len - 1` to the positions in `kv`: `q` and
+    /// `out` are (n_heads * head_dim).
+    fn attend_one(&mut self, s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32]);
+
+    /// Causal attention of `n` tokens at positions `kv.len - n..kv.len`: `q` and `out` are
+    /// (n, n_heads * head_dim).
+    fn attend_many(&mut self, s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32]);
+
+    /// `gate = silu(gate) * up`, elementwise.
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]);
+
+    /// Bytes of the backend's own buffers.
+    fn state_bytes(&self) -> usize;
+}

@@ -1,0 +1,254 @@
+//! The weights binding: every tensor the architecture names ([`crate::arch`]), checked against
+//! the config, borrowed from the checkpoint at the views a plan picks and prepared by the
+//! backend.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::arch::{tensor_name, Arch, Kind, Role, Tensor};
+use crate::backend::{Backend, Cpu};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{Checkpoint, Encoding, SegmentKind, TensorInfo};
+use crate::plan::ViewPlan;
+
+/// A file range: (offset, length) in bytes.
+pub type FileRange = (u64, u64);
+
+/// A matrix in the backend's form, with the view it was prepared at and the file ranges it
+/// reads.
+#[derive(Debug, Clone)]
+pub struct Bound<M> {
+    pub matrix: M,
+    /// The view (`None`: a dense matrix).
+    pub bits: Option<u8>,
+    /// The checkpoint's byte ranges this view reads (not those its prepared copies replaced).
+    pub reads: Vec<FileRange>,
+    /// The checkpoint's byte ranges the prepared copies replaced.
+    pub replaced: Vec<FileRange>,
+}
+
+/// The tensors of one layer (or the model's global ones), by kind.
+#[derive(Debug, Clone)]
+pub struct Slots<'a, M> {
+    norms: [Option<&'a [f32]>; Kind::COUNT],
+    mats: [Option<Bound<M>>; Kind::COUNT],
+}
+
+impl<'a, M> Slots<'a, M> {
+    fn new() -> Self {
+        Slots { norms: [None; Kind::COUNT], mats: core::array::from_fn(|_| None) }
+    }
+
+    /// The norm weights of `kind` (dim). The binding fills every kind its architecture lists.
+    pub fn norm(&self, kind: Kind) -> &'a [f32] {
+        match self.norms[kind.index()] {
+            Some(n) => n,
+            None => unreachable!("norm {} is not bound", kind.name()),
+        }
+    }
+
+    /// The matrix of `kind`.
+    pub fn w(&self, kind: Kind) -> &M {
+        &self.bound(kind).matrix
+    }
+
+    fn bound(&self, kind: Kind) -> &Bound<M> {
+        match &self.mats[kind.index()] {
+            Some(b) => b,
+            None => unreachable!("matrix {} is not bound", kind.name()),
+        }
+    }
+
+    fn get(&self, kind: Kind) -> Option<&Bound<M>> {
+        self.mats[kind.index()].as_ref()
+    }
+}
+
+/// All weights, borrowed from the checkpoint.
+#[derive(Debug)]
+pub struct Weights<'a, B: Backend = Cpu> {
+    pub arch: &'static Arch,
+    pub config: Config,
+    /// The global tensors (token embedding, final norm, output head).
+    pub globals: Slots<'a, B::Matrix<'a>>,
+    pub layers: Vec<Slots<'a, B::Matrix<'a>>>,
+}
+
+impl<'a, B: Backend> Clone for Weights<'a, B> {
+    fn clone(&self) -> Self {
+        Weights { arch: self.arch, config: self.config, globals: self.globals.clone(), layers: self.layers.clone() }
+    }
+}
+
+fn require<'c, 'a>(ck: &'c Checkpoint<'a>, name: &str) -> Result<&'c TensorInfo<'a>> {
+    ck.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.into() })
+}
+
+fn check_shape(t: &TensorInfo<'_>, expected: &[u64]) -> Result<()> {
+    if t.shape != expected {
+        return Err(Error::ShapeMismatch { name: t.name.into(), expected: expected.to_vec(), found: t.shape.clone() });
+    }
+    Ok(())
+}
+
+fn norm<'a>(t: &TensorInfo<'a>) -> Result<&'a [f32]> {
+    let name = t.name;
+    if t.encoding != Encoding::F32 {
+        return Err(Error::Corrupt { what: format!("norm '{name}' must be f32, is {}", t.encoding.name()) });
+    }
+    let bytes = t.segment(SegmentKind::Values).map(|s| s.bytes).unwrap_or_default();
+    bytemuck::try_cast_slice(bytes)
+        .map_err(|_| Error::Misaligned { what: format!("tensor '{name}'"), align: core::mem::align_of::<f32>() })
+}
+
+/// The byte ranges of `t` that view `bits` reads, but for the planes in `replaced`.
+fn reads(t: &TensorInfo<'_>, bits: Option<u8>, replaced: &core::ops::Range<usize>) -> Vec<FileRange> {
+    let range = |s: &crate::format::Segment<'_>| (s.file_offset, s.bytes.len() as u64);
+    match t.encoding {
+        Encoding::Nested8 => {
+            let n = crate::blocks::nested8_planes_for_view(bits.unwrap_or(8)).unwrap_or(0);
+            let params = t.segment(SegmentKind::GroupParams).map(range);
+            let planes = t.planes().enumerate().filter(|(i, _)| *i < n && !replaced.contains(i)).map(|(_, s)| range(s));
+            params.into_iter().chain(planes).filter(|r| r.1 > 0).collect()
+        }
+        _ => t.segments.iter().map(range).filter(|r| r.1 > 0).collect(),
+    }
+}
+
+impl<'a, B: Backend> Weights<'a, B> {
+    /// Bind every weight of `ck` at the views `plan` picks, checking names and shapes against
+    /// the config. `release(offset, length)` is told, as each matrix is prepared, the stored
+    /// ranges its prepared copy replaced (so a mapped file's pages can leave memory before the
+    /// next copy is made). A matrix of `reuse` already at its planned view is kept as it is.
+    pub fn bind(
+        ck: &Checkpoint<'a>,
+        c: &Config,
+        plan: &ViewPlan,
+        backend: &B,
+        reuse: Option<&Weights<'a, B>>,
+        release: &dyn Fn(u64, u64),
+    ) -> Result<Self> {
+        let arch = crate::arch::of_checkpoint(ck)?;
+        let mut globals = Slots::new();
+        let mut layers: Vec<Slots<'a, B::Matrix<'a>>> = (0..c.n_layers).map(|_| Slots::new()).collect();
+        for t in arch.tensors(c) {
+            let info = require(ck, &t.name)?;
+            check_shape(info, &t.shape)?;
+            let slots = match t.layer {
+                Some(l) => &mut layers[l],
+                None => &mut globals,
+            };
+            let kind = t.spec.kind;
+            if t.spec.role == Role::Norm {
+                slots.norms[kind.index()] = Some(norm(info)?);
+                continue;
+            }
+            let bits = plan.bits_for(&t.name);
+            let old = reuse.and_then(|w| w.bound(&t)).filter(|b| match b.bits {
+                Some(v) => v == bits.unwrap_or(8),
+                None => true,
+            });
+            let bound = match old {
+                Some(b) => b.clone(),
+                None => {
+                    let p = backend.prepare(info, bits)?;
+                    let replaced: Vec<FileRange> = info
+                        .planes()
+                        .enumerate()
+                        .filter(|(i, s)| p.replaced_planes.contains(i) && !s.bytes.is_empty())
+                        .map(|(_, s)| (s.file_offset, s.bytes.len() as u64))
+                        .collect();
+                    for &(offset, len) in &replaced {
+                        release(offset, len);
+                    }
+                    let reads = reads(info, bits, &p.replaced_planes);
+                    Bound { bits: B::view_bits(&p.matrix), matrix: p.matrix, reads, replaced }
+                }
+            };
+            slots.mats[kind.index()] = Some(bound);
+        }
+        Ok(Weights { arch, config: *c, globals, layers })
+    }
+
+    fn bound(&self, t: &Tensor) -> Option<&Bound<B::Matrix<'a>>> {
+        match t.layer {
+            Some(l) => self.layers.get(l)?.get(t.spec.kind),
+            None => self.globals.get(t.spec.kind),
+        }
+    }
+
+    /// The token embedding (vocab, dim).
+    pub fn token_embd(&self) -> &B::Matrix<'a> {
+        self.globals.w(Kind::TokenEmbd)
+    }
+
+    /// The output head (vocab, dim): the token embedding itself when tied.
+    pub fn head(&self) -> &B::Matrix<'a> {
+        match self.globals.get(Kind::Output) {
+            Some(b) => &b.matrix,
+            None => self.token_embd(),
+        }
+    }
+
+    /// Whether the output head is the token embedding.
+    pub fn tied(&self) -> bool {
+        self.config.tied_embeddings
+    }
+
+    /// Every matrix with its canonical name, in file order of the model.
+    pub fn matrices(&self) -> Vec<(String, &B::Matrix<'a>)> {
+        self.arch.matrices(&self.config).into_iter().filter_map(|t| Some((t.name.clone(), &self.bound(&t)?.matrix))).collect()
+    }
+
+    /// Call `f` with every matrix, once each (the tied head is the embedding).
+    pub fn for_each_matrix_mut(&mut self, mut f: impl FnMut(&mut B::Matrix<'a>)) {
+        for slots in core::iter::once(&mut self.globals).chain(self.layers.iter_mut()) {
+            slots.mats.iter_mut().flatten().for_each(|b| f(&mut b.matrix));
+        }
+    }
+
+    /// The matrix `kind` of layer `layer` (or the global one), by name.
+    pub fn matrix(&self, kind: Kind, layer: Option<usize>) -> Option<&B::Matrix<'a>> {
+        let t = self.arch.tensors(&self.config).into_iter().find(|t| t.name == tensor_name(kind, layer))?;
+        self.bound(&t).map(|b| &b.matrix)
+    }
+
+    /// (file offset, length) of every byte range of the checkpoint the current views read.
+    pub fn read_ranges(&self) -> Vec<FileRange> {
+        let mut out: Vec<FileRange> =
+            self.arch.matrices(&self.config).iter().filter_map(|t| self.bound(t)).flat_map(|b| b.reads.iter().copied()).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// (file offset, length) of the stored planes that prepared copies replaced (read at load,
+    /// never again): a caller with a mapped file may drop them from the resident set.
+    pub fn replaced_ranges(&self) -> Vec<FileRange> {
+        let mut out: Vec<FileRange> = self
+            .arch
+            .matrices(&self.config)
+            .iter()
+            .filter_map(|t| self.bound(t))
+            .flat_map(|b| b.replaced.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Bytes the weights' current views read (norms included).
+    pub fn view_bytes(&self) -> usize {
+        let mut n = 0;
+        for t in self.arch.tensors(&self.config) {
+            n += match (t.spec.role, self.bound(&t)) {
+                (Role::Norm, _) => t.shape.iter().product::<u64>() as usize * 4,
+                (_, Some(b)) => B::view_bytes(&b.matrix),
+                (_, None) => 0,
+            };
+        }
+        n
+    }
+}
