@@ -4,30 +4,36 @@
 
 use super::{Arch, Dim, Kind, Role, Site, TensorSpec};
 
-const fn norm(kind: Kind) -> TensorSpec {
-    TensorSpec { kind, shape: &[Dim::Model], role: Role::Norm, site: None }
+const fn norm(kind: Kind, hf: &'static str) -> TensorSpec {
+    TensorSpec { kind, shape: &[Dim::Model], role: Role::Norm, site: None, hf }
 }
 
-const fn linear(kind: Kind, shape: &'static [Dim], site: Site) -> TensorSpec {
-    TensorSpec { kind, shape, role: Role::Linear, site: Some(site) }
+const fn linear(kind: Kind, shape: &'static [Dim], site: Site, hf: &'static str) -> TensorSpec {
+    TensorSpec { kind, shape, role: Role::Linear, site: Some(site), hf }
 }
 
 pub const LLAMA: Arch = Arch {
     name: "llama",
-    pre: &[TensorSpec { kind: Kind::TokenEmbd, shape: &[Dim::Vocab, Dim::Model], role: Role::Embedding, site: None }],
+    pre: &[TensorSpec {
+        kind: Kind::TokenEmbd,
+        shape: &[Dim::Vocab, Dim::Model],
+        role: Role::Embedding,
+        site: None,
+        hf: "model.embed_tokens.weight",
+    }],
     layer: &[
-        norm(Kind::AttnNorm),
-        linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn),
-        linear(Kind::AttnK, &[Dim::Kv, Dim::Model], Site::AttnIn),
-        linear(Kind::AttnV, &[Dim::Kv, Dim::Model], Site::AttnIn),
-        linear(Kind::AttnOutput, &[Dim::Model, Dim::Q], Site::AttnOut),
-        norm(Kind::FfnNorm),
-        linear(Kind::FfnGate, &[Dim::Hidden, Dim::Model], Site::FfnIn),
-        linear(Kind::FfnUp, &[Dim::Hidden, Dim::Model], Site::FfnIn),
-        linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown),
+        norm(Kind::AttnNorm, "input_layernorm.weight"),
+        linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight"),
+        linear(Kind::AttnK, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.k_proj.weight"),
+        linear(Kind::AttnV, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.v_proj.weight"),
+        linear(Kind::AttnOutput, &[Dim::Model, Dim::Q], Site::AttnOut, "self_attn.o_proj.weight"),
+        norm(Kind::FfnNorm, "post_attention_layernorm.weight"),
+        linear(Kind::FfnGate, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.gate_proj.weight"),
+        linear(Kind::FfnUp, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.up_proj.weight"),
+        linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight"),
     ],
     post: &[
-        norm(Kind::OutputNorm),
-        TensorSpec { kind: Kind::Output, shape: &[Dim::Vocab, Dim::Model], role: Role::Head, site: Some(Site::Head) },
+        norm(Kind::OutputNorm, "model.norm.weight"),
+        TensorSpec { kind: Kind::Output, shape: &[Dim::Vocab, Dim::Model], role: Role::Head, site: Some(Site::Head), hf: "lm_head.weight" },
     ],
 };

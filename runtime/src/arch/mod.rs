@@ -152,6 +152,10 @@ pub struct TensorSpec {
     pub role: Role,
     /// The activations it multiplies (linear layers and the head).
     pub site: Option<Site>,
+    /// Its name in Hugging Face `transformers` checkpoints: the whole name for a global tensor
+    /// (`model.embed_tokens.weight`), the part after `model.layers.{l}.` for a layer's
+    /// (`self_attn.q_proj.weight`).
+    pub hf: &'static str,
 }
 
 impl TensorSpec {
@@ -230,6 +234,19 @@ impl Arch {
         };
         let globals = if layer.is_none() { self.post } else { &[] };
         specs.iter().chain(globals).find(|s| s.kind.name() == kind).map(|s| (layer, s))
+    }
+
+    /// The canonical name of Hugging Face tensor `hf` (`model.layers.3.mlp.up_proj.weight` ->
+    /// `blk.3.ffn_up.weight`), if this architecture has it. A checkpoint may omit the
+    /// `model.` prefix.
+    pub fn from_hf(&self, hf: &str) -> Option<String> {
+        if let Some(s) = self.pre.iter().chain(self.post).find(|s| s.hf == hf || s.hf.strip_prefix("model.") == Some(hf)) {
+            return Some(tensor_name(s.kind, None));
+        }
+        let rest = hf.strip_prefix("model.").unwrap_or(hf).strip_prefix("layers.")?;
+        let (layer, part) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        self.layer.iter().find(|s| s.hf == part).map(|s| tensor_name(s.kind, Some(layer)))
     }
 
     /// The spec of `kind`, wherever it is stored.
@@ -321,6 +338,11 @@ mod tests {
         assert_eq!(LLAMA.locate("output.weight").unwrap().1.site, Some(Site::Head));
         assert_eq!(LLAMA.locate("token_embd.weight").unwrap().1.site, None);
         assert!(LLAMA.locate("blk.x.ffn_up.weight").is_none() && LLAMA.locate("blk.0.bias").is_none());
+        assert_eq!(LLAMA.from_hf("model.layers.3.mlp.up_proj.weight").as_deref(), Some("blk.3.ffn_up.weight"));
+        assert_eq!(LLAMA.from_hf("layers.0.input_layernorm.weight").as_deref(), Some("blk.0.attn_norm.weight"));
+        assert_eq!(LLAMA.from_hf("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(LLAMA.from_hf("embed_tokens.weight").as_deref(), Some("token_embd.weight"));
+        assert_eq!(LLAMA.from_hf("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
         assert!(by_name("llama").is_ok());
         assert!(matches!(by_name("mamba"), Err(Error::UnsupportedArchitecture { .. })));
         for (i, k) in LLAMA.pre.iter().chain(LLAMA.layer).chain(LLAMA.post).map(|s| s.kind).enumerate() {
