@@ -152,12 +152,12 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
         WeightView::Nested8(n) => n.repacked.as_ref().or(n.low.as_ref()).map(|a| a.as_ptr()),
         _ => None,
     };
-    let kept = copy(&m.weights.layers[0].w(Kind::AttnQ)).expect("copied");
-    let before = copy(&m.weights.layers[1].w(Kind::AttnQ));
+    let kept = copy(m.weights.layers[0].w(Kind::AttnQ)).expect("copied");
+    let before = copy(m.weights.layers[1].w(Kind::AttnQ));
     let other = if bits == 8 { 5 } else { 8 };
     m.set_views(&ck, &ViewPlan { default_bits: Some(bits), overrides: vec![("blk.1".into(), other)] }).unwrap();
-    assert_eq!(copy(&m.weights.layers[0].w(Kind::AttnQ)), Some(kept), "an unchanged view was copied again");
-    let after = copy(&m.weights.layers[1].w(Kind::AttnQ));
+    assert_eq!(copy(m.weights.layers[0].w(Kind::AttnQ)), Some(kept), "an unchanged view was copied again");
+    let after = copy(m.weights.layers[1].w(Kind::AttnQ));
     assert!(after != before, "a changed view kept its old copy");
     assert_eq!(after.is_some(), other == 8, "only the 8-bit view holds a copy here (the 5-bit one reads its planes)");
 }
