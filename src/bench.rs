@@ -17,15 +17,14 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use edge_runtime::format::{keys, Encoding};
 use edge_runtime::kernels;
-use edge_runtime::model::{Logits, ModelOptions};
-use edge_runtime::{Config, Model};
+use edge_runtime::model::Logits;
 use serde_json::json;
 
 use crate::cli::{BenchArgs, ModelArgs};
-use crate::loader;
+use crate::session::{self, Loaded};
 use crate::stats;
 use crate::views::{self, Selection};
 use edge_runtime::plan::Footprint;
@@ -154,9 +153,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let threads: Vec<usize> = if args.threads.is_empty() { vec![kernels::threads()] } else { args.threads.clone() };
     let views = view_args(args);
-    let file = loader::open_model(&views[0])?;
-    let ck = file.parse()?;
-    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let file = session::open(&views[0])?;
+    // One parse of the checkpoint per view, each with its own selection and footprint.
+    let loads: Vec<Loaded<'_>> = views.iter().map(|v| Loaded::new(&file, v, true)).collect::<Result<_>>()?;
+    let (ck, config) = (&loads[0].ck, &loads[0].config);
     for (flag, n) in [("--n-prompt", args.n_prompt), ("--n-gen", args.n_gen)] {
         if n > config.max_seq_len {
             bail!("{flag} {n} exceeds the model's context of {} tokens; use at most {}", config.max_seq_len, config.max_seq_len);
@@ -178,8 +178,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .get_str(keys::NAME)
         .map(str::to_owned)
         .unwrap_or_else(|| file.path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()));
-    let selections: Vec<Selection> =
-        views.iter().map(|v| views::select(&ck, &config, v, &file.path, true)).collect::<Result<_>>()?;
 
     let tests: Vec<(String, usize)> = [("pp", args.n_prompt), ("tg", args.n_gen)]
         .into_iter()
@@ -188,13 +186,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect();
     let kernel_name = kernels::kernels().name;
     let tokens = bench_tokens(args.n_prompt.max(args.n_gen), config.vocab_size);
-    let combos = (selections.len() * threads.len()) as u64;
+    let combos = (loads.len() * threads.len()) as u64;
     let (pb, shown) = crate::eval::progress_bar(combos * tests.len() as u64 * (args.repetitions as u64 + 1), "runs");
     if !args.json && !shown {
         eprintln!(
             "edge-run: bench {} ({name}): {} view(s) x {} thread count(s), {} repetitions after a warm-up, kernels {kernel_name}",
             file.path.display(),
-            selections.len(),
+            loads.len(),
             threads.len(),
             args.repetitions
         );
@@ -202,18 +200,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let load_before = load_average();
     let mut rows: Vec<Row> = Vec::new();
-    for sel in &selections {
+    for loaded in &loads {
+        let sel = &loaded.selection;
         for &t in &threads {
             kernels::set_threads(t);
             // Drop what the previous combination left resident, then measure this one's peak.
             file.bytes.release(0, file.bytes.as_bytes().len() as u64);
             reset_peak_rss();
-            let ctx = args.n_prompt.max(args.n_gen);
-            let opts = ModelOptions { max_seq_len: ctx, max_batch: args.n_prompt.max(1) };
-            let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
-            let mut model = Model::with_plan_releasing(&ck, opts, &sel.plan, &release)
-                .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-            let footprint = views::footprint(&ck, &config, &sel.plan)?;
+            let mut model = loaded.model(args.n_prompt.max(args.n_gen), args.n_prompt.max(1))?;
+            let footprint = loaded.footprint;
             let label = view_label(sel, nested, dense_encoding);
             let mut results = Vec::new();
             for (test, n) in &tests {
@@ -285,7 +280,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
             "repetitions": args.repetitions,
-            "config": crate::generate::config_to_json(&config),
+            "config": crate::generate::config_to_json(config),
             "results": results,
         });
         let _ = writeln!(out, "{doc}");

@@ -11,17 +11,16 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use edge_runtime::model::{Logits, ModelOptions};
-use edge_runtime::plan::ViewPlan;
+use edge_runtime::model::Logits;
 use edge_runtime::{Checkpoint, Config, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::loader::{self, ModelFile, Tok};
+use crate::loader::{self, Tok};
+use crate::session::{self, Loaded};
 use crate::stats;
-use crate::views;
-use edge_runtime::plan::Footprint;
+use crate::views::Selection;
 
 /// Log-sum-exp of `logits` in f64.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
@@ -286,36 +285,29 @@ pub fn progress_bar(len: u64, what: &str) -> (ProgressBar, bool) {
     (pb, tty)
 }
 
-/// A model instantiated for evaluation.
-pub struct Loaded<'f> {
-    pub model: Model<'f>,
-    pub config: Config,
-    pub footprint: Footprint,
-}
-
-/// Instantiate `ck` (parsed from `file`) for windows of `ctx` tokens at the views `plan` picks;
-/// planes that repacked views stop reading leave the resident set as each tensor is repacked.
-pub fn load<'f>(
-    file: &ModelFile,
-    ck: &edge_runtime::Checkpoint<'f>,
-    ctx: usize,
-    batch: usize,
-    plan: &ViewPlan,
-) -> Result<Loaded<'f>> {
-    let path = &file.path;
-    let config = Config::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    if ctx > config.max_seq_len {
+/// The model of `loaded` for windows of `ctx` tokens, run in forward passes of at most `batch`.
+pub fn window_model<'f>(loaded: &Loaded<'f>, ctx: usize, batch: usize) -> Result<Model<'f>> {
+    if ctx > loaded.config.max_seq_len {
         bail!(
             "--ctx {ctx} exceeds the trained context of {} ({} tokens); use a smaller --ctx",
-            path.display(),
-            config.max_seq_len
+            loaded.path().display(),
+            loaded.config.max_seq_len
         );
     }
-    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch };
-    let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
-    let model = Model::with_plan_releasing(ck, opts, plan, &release).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let footprint = views::footprint(ck, &config, plan)?;
-    Ok(Loaded { model, config, footprint })
+    loaded.model(ctx, batch)
+}
+
+/// Refuse to compare `other` (`what`: `--kl-base`, `baseline FILE`) with a model of another
+/// vocabulary.
+pub fn same_vocab(what: &str, other: &Config, model: &Config) -> Result<()> {
+    if other.vocab_size != model.vocab_size {
+        bail!(
+            "{what} has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
+            other.vocab_size,
+            model.vocab_size
+        );
+    }
+    Ok(())
 }
 
 fn read_text(path: &Path, quiet: bool) -> Result<String> {
@@ -352,11 +344,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return crate::sweep::run(args);
     }
     let quiet = args.json;
-    let file = loader::open_model(&args.model)?;
-    let ck = file.parse()?;
-    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    let selection = views::select(&ck, &config, &args.model, &file.path, quiet)?;
-    let mut tok = corpus_tokenizer(&ck, &file.path, args.token_ids)?;
+    let file = session::open(&args.model)?;
+    let main = Loaded::new(&file, &args.model, quiet)?;
+    let mut tok = corpus_tokenizer(&main.ck, main.path(), args.token_ids)?;
 
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
@@ -364,32 +354,28 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Some(p) => Some(loader::open_path(p, args.model.pack_encoding, args.model.group_size, !args.model.no_mmap)?),
         None => None,
     };
-    let base_ck = match &base_file {
-        Some(f) => Some(f.parse()?),
+    let base = match &base_file {
+        Some(f) => Some(Loaded::with(f, |ck, _| {
+            loader::check_bits(ck, args.kl_base_bits, quiet);
+            Ok(Selection::uniform(args.kl_base_bits))
+        })?),
         None => None,
     };
 
     let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     let n_windows = corpus.n_windows;
 
-    let mut main = load(&file, &ck, ctx, batch, &selection.plan)?;
-    let mut base = match (&base_file, &base_ck) {
-        (Some(f), Some(c)) => {
-            loader::check_bits(c, args.kl_base_bits, quiet);
-            let plan = ViewPlan { default_bits: args.kl_base_bits, overrides: Vec::new() };
-            let b = load(f, c, ctx, batch, &plan)?;
-            if b.config.vocab_size != main.config.vocab_size {
-                bail!(
-                    "--kl-base has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
-                    b.config.vocab_size,
-                    main.config.vocab_size
-                );
-            }
-            Some(b)
+    let mut model = window_model(&main, ctx, batch)?;
+    let mut base_model = match &base {
+        Some(b) => {
+            let m = window_model(b, ctx, batch)?;
+            same_vocab("--kl-base", &b.config, &main.config)?;
+            Some(m)
         }
-        _ => None,
+        None => None,
     };
     corpus.check_vocab(main.config.vocab_size)?;
+    let selection = &main.selection;
 
     if !quiet {
         eprintln!("{}", corpus.describe(&args.data));
@@ -407,11 +393,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut window = vec![0u32; ctx];
     for w in 0..n_windows {
         corpus.window(w, &mut window);
-        if let Some(b) = base.as_mut() {
-            score_window(&mut b.model, &corpus, &window, batch, None, &mut base_scores, Some(&mut base_rows))?;
+        if let Some(b) = base_model.as_mut() {
+            score_window(b, &corpus, &window, batch, None, &mut base_scores, Some(&mut base_rows))?;
         }
         let base_logits = base.as_ref().map(|_| base_rows.as_slice());
-        score_window(&mut main.model, &corpus, &window, batch, base_logits, &mut scores, None)?;
+        score_window(&mut model, &corpus, &window, batch, base_logits, &mut scores, None)?;
         let (p, _) = scores.nll.ppl();
         window_ppl.push(p);
         let msg = match &base {
@@ -435,11 +421,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let weight_bytes = main.footprint.weight_bytes;
 
     if args.json {
-        let kl_obj = base_file.as_ref().map(|bf| {
+        let kl_obj = base.as_ref().map(|bf| {
             let (bp, bse) = base_scores.nll.ppl();
             json!({
                 "base": args.kl_base.as_ref().map(|p| p.display().to_string()),
-                "base_checkpoint": bf.path.display().to_string(),
+                "base_checkpoint": bf.path().display().to_string(),
                 "base_bits": args.kl_base_bits,
                 "base_ppl": bp,
                 "base_ppl_stderr": bse,
@@ -485,9 +471,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let windows = if n_windows == 1 { "window" } else { "windows" };
     let mut lines = vec![format!("PPL = {ppl:.4} +/- {ppl_se:.5}  ({scored} tokens scored in {n_windows} {windows} of {ctx})")];
-    if let Some(bf) = &base_file {
+    if let Some(bf) = &base {
         let (bp, bse) = base_scores.nll.ppl();
-        lines.push(format!("base PPL = {bp:.4} +/- {bse:.5}  ({})", bf.path.display()));
+        lines.push(format!("base PPL = {bp:.4} +/- {bse:.5}  ({})", bf.path().display()));
         lines.push(format!("Mean KL(base || model) = {:.6} +/- {:.6}  (max {:.6})", kl.mean(), kl.stderr(), kl.max()));
         lines.push(format!("Same top-1 = {:.3} +/- {:.3} %", 100.0 * agree_p, 100.0 * agree_se));
     }

@@ -4,15 +4,15 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use edge_runtime::model::{Logits, ModelOptions};
+use edge_runtime::model::Logits;
 use edge_runtime::sampler::{Sampler, SamplerConfig};
-use edge_runtime::{Config, Model};
+use edge_runtime::Config;
 use serde_json::json;
 
 use crate::cli::GenerateArgs;
 use crate::loader::{self, Tok};
+use crate::session::{self, Loaded};
 use crate::stats;
-use crate::views;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,11 +156,10 @@ const DEFAULT_CTX: usize = 2048;
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let quiet = args.json;
     let t_load = Instant::now();
-    let file = loader::open_model(&args.model)?;
-    let ck = file.parse()?;
-    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    let selection = views::select(&ck, &config, &args.model, &file.path, quiet)?;
-    let mut tok = Tok::from_checkpoint(&ck)?;
+    let file = session::open(&args.model)?;
+    let loaded = Loaded::new(&file, &args.model, quiet)?;
+    let (ck, config, selection, footprint) = (&loaded.ck, &loaded.config, &loaded.selection, &loaded.footprint);
+    let mut tok = Tok::from_checkpoint(ck)?;
 
     // The prompt, as token ids.
     let (prompt_text, prompt_ids) = if let Some(ids) = &args.prompt_ids {
@@ -222,15 +221,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
 
     let batch = args.batch.min(ctx);
-    let opts = ModelOptions { max_seq_len: ctx, max_batch: batch };
-    // Planes that repacked views stop reading leave the resident set as each is repacked.
-    let release = |o: u64, l: u64| _ = file.bytes.release(o, l);
-    let mut model = Model::with_plan_releasing(&ck, opts, &selection.plan, &release)
-        .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    let footprint = views::footprint(&ck, &config, &selection.plan)?;
+    let mut model = loaded.model(ctx, batch)?;
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
-    let kv = kv_bytes(&config, ctx);
+    let kv = kv_bytes(config, ctx);
     let load_s = t_load.elapsed().as_secs_f64() - file.resolve_seconds;
     if !quiet {
         let name = ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model");
@@ -242,7 +236,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             if file.mmap { "mmap" } else { "read" },
         );
         if !selection.is_default() {
-            eprintln!("{}", selection.describe(&footprint));
+            eprintln!("{}", selection.describe(footprint));
         }
     }
 
@@ -330,10 +324,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "ctx": ctx,
             "batch_size": batch,
             "bits": args.model.bits,
-            "plan": selection.to_json(&footprint),
+            "plan": selection.to_json(footprint),
             "bits_per_weight": footprint.bits_per_weight(),
             "sampler": { "temperature": f32_json(args.temp), "top_k": args.top_k, "top_p": f32_json(args.top_p), "seed": seed },
-            "config": config_json(&config),
+            "config": config_json(config),
         });
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{obj}");

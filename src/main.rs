@@ -12,6 +12,7 @@ mod inspect;
 mod loader;
 mod plot;
 mod profile;
+mod session;
 mod stats;
 mod sweep;
 mod views;

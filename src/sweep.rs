@@ -11,17 +11,17 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::format::Encoding;
 use edge_runtime::plan::ViewPlan;
-use edge_runtime::{Checkpoint, Config};
+use edge_runtime::Checkpoint;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
 use crate::eval::{self, Corpus, Scores};
 use crate::loader::{self, ModelFile};
+use crate::session::{self, Loaded};
 use crate::plot::{self, PlotData, Point};
 use crate::profile::{Baseline, Profile};
 use crate::stats::{self, human_bytes};
-use crate::views;
-use edge_runtime::plan::Footprint;
+use crate::views::{self, Selection};
 
 /// The uniform views the sweep evaluates, widest first.
 const UNIFORM: [u8; 6] = [8, 6, 5, 4, 3, 2];
@@ -115,35 +115,37 @@ fn encoding_label(ck: &Checkpoint<'_>) -> &'static str {
     ck.tensor("token_embd.weight").map(|t| t.encoding.name()).unwrap_or("?")
 }
 
-fn footprint_at(ck: &Checkpoint<'_>, config: &Config, plan: &ViewPlan) -> Result<Footprint> {
-    views::footprint(ck, config, plan)
-}
-
 pub fn run(args: &EvalArgs) -> Result<()> {
     let quiet = args.json;
     let base_path = args.kl_base.as_ref().ok_or_else(|| anyhow!("--sweep needs --kl-base (the full-precision model)"))?;
-    let file = loader::open_model(&args.model)?;
-    let ck = file.parse()?;
-    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    if !ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8) {
-        bail!(
-            "--sweep lowers the views of --model, but {} has no nested-plane tensors; pack it with `edge-pack --encoding q8`",
-            file.path.display()
-        );
-    }
-    let mut tok = eval::corpus_tokenizer(&ck, &file.path, args.token_ids)?;
+    let file = session::open(&args.model)?;
+    // The model starts at its 8-bit views; each row switches them live.
+    let main = Loaded::with(&file, |ck, _| {
+        if !ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8) {
+            bail!(
+                "--sweep lowers the views of --model, but {} has no nested-plane tensors; pack it with `edge-pack --encoding q8`",
+                file.path.display()
+            );
+        }
+        Ok(Selection::uniform(Some(8)))
+    })?;
+    let (ck, config) = (&main.ck, &main.config);
+    let mut tok = eval::corpus_tokenizer(ck, &file.path, args.token_ids)?;
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
     let mmap = !args.model.no_mmap;
     let base_file = loader::open_path(base_path, args.model.pack_encoding, args.model.group_size, mmap)?;
-    let base_ck = base_file.parse()?;
-    loader::check_bits(&base_ck, args.kl_base_bits, quiet);
+    let base = Loaded::with(&base_file, |ck, _| {
+        loader::check_bits(ck, args.kl_base_bits, quiet);
+        Ok(Selection::uniform(args.kl_base_bits))
+    })?;
     let baseline_files: Vec<ModelFile> = args
         .baselines
         .iter()
         .map(|p| loader::open_path(p, args.model.pack_encoding, args.model.group_size, mmap))
         .collect::<Result<_>>()?;
-    let baseline_cks: Vec<Checkpoint<'_>> = baseline_files.iter().map(|f| f.parse()).collect::<Result<_>>()?;
+    let baseline_loads: Vec<Loaded<'_>> =
+        baseline_files.iter().map(|f| Loaded::with(f, |_, _| Ok(Selection::uniform(None)))).collect::<Result<_>>()?;
 
     let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     corpus.check_vocab(config.vocab_size)?;
@@ -151,18 +153,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     // The configurations.
     let mut notes: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
-    let base_plan = ViewPlan { default_bits: args.kl_base_bits, overrides: Vec::new() };
-    let mut base = eval::load(&base_file, &base_ck, ctx, batch, &base_plan)?;
-    if base.config.vocab_size != config.vocab_size {
-        bail!(
-            "--kl-base has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
-            base.config.vocab_size,
-            config.vocab_size
-        );
-    }
+    let mut base_model = eval::window_model(&base, ctx, batch)?;
+    eval::same_vocab("--kl-base", &base.config, config)?;
     let base_label = match args.kl_base_bits {
-        Some(b) => format!("base ({} @{b})", encoding_label(&base_ck)),
-        None => format!("base ({})", encoding_label(&base_ck)),
+        Some(b) => format!("base ({} @{b})", encoding_label(&base.ck)),
+        None => format!("base ({})", encoding_label(&base.ck)),
     };
     rows.push(Row {
         label: base_label,
@@ -177,7 +172,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     });
     for b in UNIFORM {
         let plan = ViewPlan::uniform(b);
-        let fp = footprint_at(&ck, &config, &plan)?;
+        let fp = main.footprint_of(&plan)?;
         rows.push(Row {
             label: format!("uniform {b}-bit"),
             kind: Kind::Uniform(b),
@@ -190,15 +185,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             scores: Scores::default(),
         });
     }
-    let profile = Profile::from_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+    let profile = Profile::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
     match &profile {
         None => notes.push(format!(
             "{} has no sensitivity profile, so the sweep has no plans (re-pack with `edge-pack --calibrate`)",
             file.path.display()
         )),
         Some(p) => {
-            let arch = edge_runtime::arch::of_checkpoint(&ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-            let planner = views::Planner::new(&ck, arch, &config, &views::unit_profiles(p))
+            let planner = views::Planner::new(ck, main.arch, config, &views::unit_profiles(p))
                 .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
             // One row per budget: average bits (--budgets), then weight bytes (--byte-budgets).
             let mut budgets = args.budgets.clone();
@@ -217,7 +211,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 match chosen {
                     Ok(chosen) => {
                         let plan = chosen.view_plan(&planner.units);
-                        let fp = footprint_at(&ck, &config, &plan)?;
+                        let fp = main.footprint_of(&plan)?;
                         rows.push(Row {
                             label,
                             kind,
@@ -235,18 +229,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
     }
-    let mut baselines = Vec::with_capacity(baseline_files.len());
-    for (i, (f, c)) in baseline_files.iter().zip(&baseline_cks).enumerate() {
-        let l = eval::load(f, c, ctx, batch, &ViewPlan::default())?;
-        if l.config.vocab_size != config.vocab_size {
-            bail!(
-                "baseline {} has a vocabulary of {} tokens, the model {}; compare models that share a tokenizer",
-                f.path.display(),
-                l.config.vocab_size,
-                config.vocab_size
-            );
-        }
-        let meta = Baseline::from_checkpoint(c).map_err(|e| anyhow!("{}: {e}", f.path.display()))?;
+    let mut baselines = Vec::with_capacity(baseline_loads.len());
+    for (i, l) in baseline_loads.iter().enumerate() {
+        let f = l.file;
+        let model = eval::window_model(l, ctx, batch)?;
+        eval::same_vocab(&format!("baseline {}", f.path.display()), &l.config, config)?;
+        let meta = Baseline::from_checkpoint(&l.ck).map_err(|e| anyhow!("{}: {e}", f.path.display()))?;
         let stem = f.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let (label, weight_bytes) = match &meta {
             Some(m) => (m.label(), m.weight_bytes),
@@ -270,12 +258,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             bits_per_weight,
             scores: Scores::default(),
         });
-        baselines.push(l);
+        baselines.push(model);
     }
 
-    let first_plan = ViewPlan::uniform(8);
-    let mut main = eval::load(&file, &ck, ctx, batch, &first_plan)?;
-    let mut current: Option<ViewPlan> = Some(first_plan);
+    let mut main_model = eval::window_model(&main, ctx, batch)?;
+    let mut current: Option<ViewPlan> = Some(main.selection.plan.clone());
 
     if !quiet {
         eprintln!("{}", corpus.describe(&args.data));
@@ -300,18 +287,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             pb.set_message(format!("window {}/{n_windows}: {}", w + 1, r.label));
             match r.kind {
                 Kind::Base => {
-                    eval::score_window(&mut base.model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
+                    eval::score_window(&mut base_model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
                 }
                 Kind::Uniform(_) | Kind::Plan(_) | Kind::PlanBytes(_) => {
                     let plan = r.plan.as_ref().expect("a view plan");
                     if current.as_ref() != Some(plan) {
-                        main.model.set_views(&ck, plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+                        main_model.set_views(ck, plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
                         current = Some(plan.clone());
                     }
-                    eval::score_window(&mut main.model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
+                    eval::score_window(&mut main_model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
                 }
                 Kind::Baseline(i) => eval::score_window(
-                    &mut baselines[i].model,
+                    &mut baselines[i],
                     &corpus,
                     &window,
                     batch,
@@ -375,7 +362,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let obj = json!({
         "model": args.model.model.as_ref().map(|p| p.display().to_string()),
         "checkpoint": file.path.display().to_string(),
-        "base": base_file.path.display().to_string(),
+        "base": base.path().display().to_string(),
         "data": args.data.display().to_string(),
         "ctx": ctx,
         "batch_size": batch,

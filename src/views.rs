@@ -53,13 +53,6 @@ pub struct Selection {
     pub predicted_kl: Option<f64>,
 }
 
-/// Weight bytes of `plan` on checkpoint `ck` (from shapes, group sizes and views; nothing is
-/// loaded).
-pub fn footprint(ck: &Checkpoint<'_>, config: &Config, plan: &ViewPlan) -> Result<Footprint> {
-    let arch = edge_runtime::arch::of_checkpoint(ck).map_err(|e| anyhow!("{e}"))?;
-    Footprint::of(ck, arch, config, plan).map_err(|e| anyhow!("{e}"))
-}
-
 fn has_nested(ck: &Checkpoint<'_>) -> bool {
     ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8)
 }
@@ -260,6 +253,15 @@ pub fn compact_names(names: &[&str]) -> String {
 }
 
 impl Selection {
+    /// Every nested tensor at `bits` (`None`: at 8 bits, as when no view flag is given).
+    pub fn uniform(bits: Option<u8>) -> Selection {
+        let (plan, source) = match bits {
+            Some(b) => (ViewPlan::uniform(b), Source::Uniform(b)),
+            None => (ViewPlan::default(), Source::Default),
+        };
+        Selection { plan, source, units: Vec::new(), predicted_kl: None }
+    }
+
     /// Whether anything other than the default was asked for.
     pub fn is_default(&self) -> bool {
         self.source == Source::Default
