@@ -24,49 +24,12 @@ use edge_runtime::model::Logits;
 use serde_json::json;
 
 use crate::cli::{BenchArgs, ModelArgs};
+use crate::progress::progress_bar;
+use crate::report;
 use crate::session::{self, Loaded};
-use crate::stats;
+use crate::stats::{self, Summary};
 use crate::views::{self, Selection};
 use edge_runtime::plan::Footprint;
-
-/// Summary of one test's repetitions, in tokens per second.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    pub samples: Vec<f64>,
-    pub median: f64,
-    pub mean: f64,
-    /// Sample standard deviation (0 for one sample).
-    pub stddev: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Summary {
-    pub fn of(samples: Vec<f64>) -> Summary {
-        let n = samples.len().max(1) as f64;
-        let mut sorted = samples.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = match sorted.len() {
-            0 => 0.0,
-            l if l % 2 == 1 => sorted[l / 2],
-            l => (sorted[l / 2 - 1] + sorted[l / 2]) / 2.0,
-        };
-        let mean = samples.iter().sum::<f64>() / n;
-        let var = if samples.len() > 1 {
-            samples.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / (n - 1.0)
-        } else {
-            0.0
-        };
-        Summary {
-            median,
-            mean,
-            stddev: var.sqrt(),
-            min: sorted.first().copied().unwrap_or(0.0),
-            max: sorted.last().copied().unwrap_or(0.0),
-            samples,
-        }
-    }
-}
 
 /// One row of the results: a test at one view and thread count.
 struct Row {
@@ -187,7 +150,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let kernel_name = kernels::kernels().name;
     let tokens = bench_tokens(args.n_prompt.max(args.n_gen), config.vocab_size);
     let combos = (loads.len() * threads.len()) as u64;
-    let (pb, shown) = crate::eval::progress_bar(combos * tests.len() as u64 * (args.repetitions as u64 + 1), "runs");
+    let (pb, shown) = progress_bar(combos * tests.len() as u64 * (args.repetitions as u64 + 1), "runs");
     if !args.json && !shown {
         eprintln!(
             "edge-run: bench {} ({name}): {} view(s) x {} thread count(s), {} repetitions after a warm-up, kernels {kernel_name}",
@@ -280,7 +243,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
             "repetitions": args.repetitions,
-            "config": crate::generate::config_to_json(config),
+            "config": report::config_json(config),
             "results": results,
         });
         let _ = writeln!(out, "{doc}");
@@ -347,18 +310,6 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn summary_statistics() {
-        let s = Summary::of(vec![3.0, 1.0, 2.0, 10.0]);
-        assert_eq!(s.median, 2.5);
-        assert_eq!(s.mean, 4.0);
-        assert_eq!((s.min, s.max), (1.0, 10.0));
-        // Sample standard deviation: squared deviations 1 + 9 + 4 + 36 = 50, over n - 1 = 3.
-        assert!((s.stddev - (50.0f64 / 3.0).sqrt()).abs() < 1e-12);
-        let one = Summary::of(vec![5.0]);
-        assert_eq!((one.median, one.stddev), (5.0, 0.0));
-    }
 
     #[test]
     fn tokens_are_fixed_and_in_range() {

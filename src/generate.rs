@@ -10,9 +10,11 @@ use edge_runtime::Config;
 use serde_json::json;
 
 use crate::cli::GenerateArgs;
-use crate::loader::{self, Tok};
+use crate::loader;
+use crate::report;
 use crate::session::{self, Loaded};
 use crate::stats;
+use crate::tokenizer::{self, Tok};
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,31 +117,6 @@ impl<'t> Streamer<'t> {
     }
 }
 
-fn config_json(c: &Config) -> serde_json::Value {
-    json!({
-        "dim": c.dim,
-        "hidden_dim": c.hidden_dim,
-        "n_layers": c.n_layers,
-        "n_heads": c.n_heads,
-        "n_kv_heads": c.n_kv_heads,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size,
-        "context_length": c.max_seq_len,
-        "norm_eps": f32_json(c.norm_eps),
-        "rope_theta": f32_json(c.rope_theta),
-        "tied_embeddings": c.tied_embeddings,
-    })
-}
-
-/// An f32 as the shortest decimal that reads back to it (1e-5, not 9.999999747378752e-6).
-pub fn f32_json(v: f32) -> serde_json::Value {
-    v.to_string().parse::<f64>().map(|f| json!(f)).unwrap_or(serde_json::Value::Null)
-}
-
-pub fn config_to_json(c: &Config) -> serde_json::Value {
-    config_json(c)
-}
-
 fn random_seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15
@@ -163,7 +140,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     // The prompt, as token ids.
     let (prompt_text, prompt_ids) = if let Some(ids) = &args.prompt_ids {
-        let ids = loader::parse_ids(ids)?;
+        let ids = tokenizer::parse_ids(ids)?;
         if ids.is_empty() {
             bail!("--prompt-ids is empty; give at least one token id");
         }
@@ -326,8 +303,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "bits": args.model.bits,
             "plan": selection.to_json(footprint),
             "bits_per_weight": footprint.bits_per_weight(),
-            "sampler": { "temperature": f32_json(args.temp), "top_k": args.top_k, "top_p": f32_json(args.top_p), "seed": seed },
-            "config": config_json(config),
+            "sampler": { "temperature": report::f32_json(args.temp), "top_k": args.top_k, "top_p": report::f32_json(args.top_p), "seed": seed },
+            "config": report::config_json(config),
         });
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{obj}");

@@ -10,9 +10,11 @@ use edge_runtime::{Checkpoint, Config, Error};
 use serde_json::json;
 
 use crate::cli::InspectArgs;
-use crate::loader::{self, Tok};
+use crate::loader;
 use crate::profile::{Baseline, Profile};
+use crate::report::one_line;
 use crate::stats::human_bytes;
+use crate::tokenizer::Tok;
 
 /// Longest metadata string shown in full.
 const MAX_SHOWN: usize = 72;
@@ -201,7 +203,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 "chat_template": t.chat_template.is_some(),
             }),
             Ok(None) => json!({ "present": false }),
-            Err(e) => json!({ "present": true, "error": loader::one_line(&format!("{e:#}")) }),
+            Err(e) => json!({ "present": true, "error": one_line(&format!("{e:#}")) }),
         };
         let obj = json!({
             "file": path.display().to_string(),
@@ -209,19 +211,19 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "format_version": ck.version,
             "architecture": ck.get_str(keys::ARCH),
             "name": ck.get_str(keys::NAME),
-            "config": config.as_ref().ok().map(crate::generate::config_to_json),
+            "config": config.as_ref().ok().map(crate::report::config_json),
             "config_error": config.as_ref().err().map(|e| e.to_string()),
             "tokenizer": tok_json,
             "metadata": ck.meta.iter().map(|(k, v)| (k.to_string(), meta_json(v))).collect::<serde_json::Map<_, _>>(),
             "sensitivity_profile": match &profile {
                 Ok(Some(p)) => serde_json::to_value(p).unwrap_or_default(),
                 Ok(None) => serde_json::Value::Null,
-                Err(e) => json!({ "error": loader::one_line(&format!("{e:#}")) }),
+                Err(e) => json!({ "error": one_line(&format!("{e:#}")) }),
             },
             "baseline": match &baseline {
                 Ok(Some(b)) => serde_json::to_value(b).unwrap_or_default(),
                 Ok(None) => serde_json::Value::Null,
-                Err(e) => json!({ "error": loader::one_line(&format!("{e:#}")) }),
+                Err(e) => json!({ "error": one_line(&format!("{e:#}")) }),
             },
             "n_tensors": ck.tensors.len(),
             "params": total_params,
@@ -306,7 +308,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 ));
             }
             Ok(None) => line("tokenizer     none (generate with --prompt-ids)".into()),
-            Err(e) => line(format!("tokenizer     present but unusable: {}", loader::one_line(&format!("{e:#}")))),
+            Err(e) => line(format!("tokenizer     present but unusable: {}", one_line(&format!("{e:#}")))),
         }
         line("metadata".into());
         let kw = ck.meta.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -320,7 +322,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 }
             }
             Ok(None) => {}
-            Err(e) => line(format!("sensitivity   unreadable: {}", loader::one_line(&format!("{e:#}")))),
+            Err(e) => line(format!("sensitivity   unreadable: {}", one_line(&format!("{e:#}")))),
         }
         match &baseline {
             Ok(Some(b)) => line(format!(
@@ -332,7 +334,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 b.weight_bytes
             )),
             Ok(None) => {}
-            Err(e) => line(format!("baseline      unreadable: {}", loader::one_line(&format!("{e:#}")))),
+            Err(e) => line(format!("baseline      unreadable: {}", one_line(&format!("{e:#}")))),
         }
         line(format!("tensors ({})", ck.tensors.len()));
         let nw = ck.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);

@@ -4,24 +4,31 @@
 //! Every failure ends as one line on stderr, `edge-run: error: <what is wrong and what to do>`,
 //! with exit code 1: argument errors, I/O, corrupt checkpoints, and (as a last resort) panics.
 
+// Commands: one module each, none importing another.
 mod bench;
-mod cli;
 mod eval;
 mod generate;
 mod inspect;
+mod sweep;
+
+// What the commands share.
+mod cli;
 mod loader;
+mod perplexity;
 mod plot;
 mod profile;
+mod progress;
+mod report;
 mod session;
 mod stats;
-mod sweep;
+mod tokenizer;
 mod views;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 
 fn fail(msg: &str) -> ! {
-    eprintln!("edge-run: error: {}", loader::one_line(msg));
+    eprintln!("edge-run: error: {}", report::one_line(msg));
     std::process::exit(1);
 }
 
@@ -40,7 +47,7 @@ fn main() {
                 // what comes before the usage, on one line.
                 let rendered = e.render().to_string();
                 let what = rendered.split("\nUsage:").next().unwrap_or_default();
-                let what = loader::one_line(what);
+                let what = report::one_line(what);
                 let first = what.trim_start_matches("error: ");
                 let first = if first.is_empty() { "invalid arguments" } else { first };
                 fail(&format!("{first}; see `edge-run --help`"));
@@ -62,6 +69,7 @@ fn main() {
     let result = match &cli.command {
         None => generate::run(&cli.generate),
         Some(cli::Command::Generate(g)) => generate::run(g),
+        Some(cli::Command::Eval(e)) if e.sweep => sweep::run(e),
         Some(cli::Command::Eval(e)) => eval::run(e),
         Some(cli::Command::Bench(b)) => bench::run(b),
         Some(cli::Command::Inspect(i)) => inspect::run(i),

@@ -28,6 +28,12 @@ pub fn open(args: &ModelArgs) -> Result<ModelFile> {
     loader::open_model(args)
 }
 
+/// Open another model of the same command (`--kl-base`, `--baselines`) the way `args` opens
+/// `--model`: packed with the same encoding and group size, mapped or read alike.
+pub fn open_other(path: &Path, args: &ModelArgs) -> Result<ModelFile> {
+    loader::open_path(path, args.pack_encoding, args.group_size, !args.no_mmap)
+}
+
 /// A checkpoint parsed from its file, with its config, the views chosen for it and what they
 /// cost.
 pub struct Loaded<'f> {

@@ -1,4 +1,4 @@
-//! Timings and memory figures.
+//! Timings, memory figures and the summary statistics of repeated measurements.
 
 /// Peak resident set size of this process in bytes: `VmHWM` from `/proc/self/status`, else
 /// `getrusage`'s `ru_maxrss`. `None` where neither is available.
@@ -65,9 +65,60 @@ pub fn fmt_rate(r: Option<f64>) -> String {
     }
 }
 
+/// Summary of repeated measurements (bench: tokens per second of each repetition).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub samples: Vec<f64>,
+    pub median: f64,
+    pub mean: f64,
+    /// Sample standard deviation (0 for one sample).
+    pub stddev: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    pub fn of(samples: Vec<f64>) -> Summary {
+        let n = samples.len().max(1) as f64;
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = match sorted.len() {
+            0 => 0.0,
+            l if l % 2 == 1 => sorted[l / 2],
+            l => (sorted[l / 2 - 1] + sorted[l / 2]) / 2.0,
+        };
+        let mean = samples.iter().sum::<f64>() / n;
+        let var = if samples.len() > 1 {
+            samples.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Summary {
+            median,
+            mean,
+            stddev: var.sqrt(),
+            min: sorted.first().copied().unwrap_or(0.0),
+            max: sorted.last().copied().unwrap_or(0.0),
+            samples,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_statistics() {
+        let s = Summary::of(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(s.median, 2.5);
+        assert_eq!(s.mean, 4.0);
+        assert_eq!((s.min, s.max), (1.0, 10.0));
+        // Sample standard deviation: squared deviations 1 + 9 + 4 + 36 = 50, over n - 1 = 3.
+        assert!((s.stddev - (50.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        let one = Summary::of(vec![5.0]);
+        assert_eq!((one.median, one.stddev), (5.0, 0.0));
+    }
 
     #[test]
     fn parses_proc_status() {

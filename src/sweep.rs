@@ -15,11 +15,13 @@ use edge_runtime::Checkpoint;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::eval::{self, Corpus, Scores};
 use crate::loader::{self, ModelFile};
-use crate::session::{self, Loaded};
+use crate::perplexity::{self, Corpus, Scores};
 use crate::plot::{self, PlotData, Point};
 use crate::profile::{Baseline, Profile};
+use crate::progress::progress_bar;
+use crate::report::one_line;
+use crate::session::{self, Loaded};
 use crate::stats::{self, human_bytes};
 use crate::views::{self, Selection};
 
@@ -130,11 +132,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Ok(Selection::uniform(Some(8)))
     })?;
     let (ck, config) = (&main.ck, &main.config);
-    let mut tok = eval::corpus_tokenizer(ck, &file.path, args.token_ids)?;
+    let mut tok = perplexity::corpus_tokenizer(ck, &file.path, args.token_ids)?;
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
-    let mmap = !args.model.no_mmap;
-    let base_file = loader::open_path(base_path, args.model.pack_encoding, args.model.group_size, mmap)?;
+    let base_file = session::open_other(base_path, &args.model)?;
     let base = Loaded::with(&base_file, |ck, _| {
         loader::check_bits(ck, args.kl_base_bits, quiet);
         Ok(Selection::uniform(args.kl_base_bits))
@@ -142,7 +143,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let baseline_files: Vec<ModelFile> = args
         .baselines
         .iter()
-        .map(|p| loader::open_path(p, args.model.pack_encoding, args.model.group_size, mmap))
+        .map(|p| session::open_other(p, &args.model))
         .collect::<Result<_>>()?;
     let baseline_loads: Vec<Loaded<'_>> =
         baseline_files.iter().map(|f| Loaded::with(f, |_, _| Ok(Selection::uniform(None)))).collect::<Result<_>>()?;
@@ -153,8 +154,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     // The configurations.
     let mut notes: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
-    let mut base_model = eval::window_model(&base, ctx, batch)?;
-    eval::same_vocab("--kl-base", &base.config, config)?;
+    let mut base_model = perplexity::window_model(&base, ctx, batch)?;
+    perplexity::same_vocab("--kl-base", &base.config, config)?;
     let base_label = match args.kl_base_bits {
         Some(b) => format!("base ({} @{b})", encoding_label(&base.ck)),
         None => format!("base ({})", encoding_label(&base.ck)),
@@ -224,7 +225,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                             scores: Scores::default(),
                         });
                     }
-                    Err(e) => notes.push(format!("{what} skipped: {}", loader::one_line(&format!("{e:#}")))),
+                    Err(e) => notes.push(format!("{what} skipped: {}", one_line(&format!("{e:#}")))),
                 }
             }
         }
@@ -232,8 +233,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut baselines = Vec::with_capacity(baseline_loads.len());
     for (i, l) in baseline_loads.iter().enumerate() {
         let f = l.file;
-        let model = eval::window_model(l, ctx, batch)?;
-        eval::same_vocab(&format!("baseline {}", f.path.display()), &l.config, config)?;
+        let model = perplexity::window_model(l, ctx, batch)?;
+        perplexity::same_vocab(&format!("baseline {}", f.path.display()), &l.config, config)?;
         let meta = Baseline::from_checkpoint(&l.ck).map_err(|e| anyhow!("{}: {e}", f.path.display()))?;
         let stem = f.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let (label, weight_bytes) = match &meta {
@@ -261,7 +262,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         baselines.push(model);
     }
 
-    let mut main_model = eval::window_model(&main, ctx, batch)?;
+    let mut main_model = perplexity::window_model(&main, ctx, batch)?;
     let mut current: Option<ViewPlan> = Some(main.selection.plan.clone());
 
     if !quiet {
@@ -277,7 +278,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
 
     let n_windows = corpus.n_windows;
-    let (pb, tty) = eval::progress_bar((n_windows * rows.len()) as u64, "passes");
+    let (pb, tty) = progress_bar((n_windows * rows.len()) as u64, "passes");
     let t0 = Instant::now();
     let mut window = vec![0u32; ctx];
     let mut base_rows: Vec<f32> = Vec::new();
@@ -287,7 +288,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             pb.set_message(format!("window {}/{n_windows}: {}", w + 1, r.label));
             match r.kind {
                 Kind::Base => {
-                    eval::score_window(&mut base_model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
+                    perplexity::score_window(&mut base_model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
                 }
                 Kind::Uniform(_) | Kind::Plan(_) | Kind::PlanBytes(_) => {
                     let plan = r.plan.as_ref().expect("a view plan");
@@ -295,9 +296,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                         main_model.set_views(ck, plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
                         current = Some(plan.clone());
                     }
-                    eval::score_window(&mut main_model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
+                    perplexity::score_window(&mut main_model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
                 }
-                Kind::Baseline(i) => eval::score_window(
+                Kind::Baseline(i) => perplexity::score_window(
                     &mut baselines[i],
                     &corpus,
                     &window,

@@ -92,7 +92,7 @@ pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Resu
         anyhow!(
             "plan file {} is not a valid plan: {}; expected `default = 4` and a [views] table such as \"blk.0\" = 8",
             path.display(),
-            crate::loader::one_line(e.message())
+            crate::report::one_line(e.message())
         )
     })?;
     let default_bits = match &pf.default {
