@@ -28,7 +28,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
     let base = match &base_file {
-        Some(f) => Some(Loaded::with(f, |ck, _| {
+        Some(f) => Some(Loaded::with(f, |ck, _, _| {
             loader::check_bits(ck, args.kl_base_bits, quiet);
             Ok(Selection::uniform(args.kl_base_bits))
         })?),

@@ -49,19 +49,19 @@ pub struct Loaded<'f> {
 impl<'f> Loaded<'f> {
     /// Parse `file` and choose its views from the view flags of `args`.
     pub fn new(file: &'f ModelFile, args: &ModelArgs, quiet: bool) -> Result<Self> {
-        Self::with(file, |ck, config| views::select(ck, config, args, &file.path, quiet))
+        Self::with(file, |ck, arch, config| views::select(ck, arch, config, args, &file.path, quiet))
     }
 
     /// Parse `file` and take the views `choose` picks for it.
     pub fn with(
         file: &'f ModelFile,
-        choose: impl FnOnce(&Checkpoint<'f>, &Config) -> Result<Selection>,
+        choose: impl FnOnce(&Checkpoint<'f>, &'static Arch, &Config) -> Result<Selection>,
     ) -> Result<Self> {
         let ck = file.parse()?;
         let at_path = |e: edge_runtime::Error| anyhow!("{}: {e}", file.path.display());
         let config = Config::from_checkpoint(&ck).map_err(at_path)?;
         let arch = edge_runtime::arch::of_checkpoint(&ck).map_err(at_path)?;
-        let selection = choose(&ck, &config)?;
+        let selection = choose(&ck, arch, &config)?;
         let footprint = Footprint::of(&ck, arch, &config, &selection.plan).map_err(at_path)?;
         Ok(Loaded { file, ck, config, arch, selection, footprint })
     }

@@ -18,7 +18,7 @@ use crate::cli::EvalArgs;
 use crate::loader::{self, ModelFile};
 use crate::perplexity::{self, Corpus, Scores};
 use crate::plot::{self, PlotData, Point};
-use crate::profile::{Baseline, Profile};
+use crate::profile::Baseline;
 use crate::progress::progress_bar;
 use crate::report::one_line;
 use crate::session::{self, Loaded};
@@ -122,7 +122,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base_path = args.kl_base.as_ref().ok_or_else(|| anyhow!("--sweep needs --kl-base (the full-precision model)"))?;
     let file = session::open(&args.model)?;
     // The model starts at its 8-bit views; each row switches them live.
-    let main = Loaded::with(&file, |ck, _| {
+    let main = Loaded::with(&file, |ck, _, _| {
         if !ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8) {
             bail!(
                 "--sweep lowers the views of --model, but {} has no nested-plane tensors; pack it with `edge-pack --encoding q8`",
@@ -136,7 +136,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
     let base_file = session::open_other(base_path, &args.model)?;
-    let base = Loaded::with(&base_file, |ck, _| {
+    let base = Loaded::with(&base_file, |ck, _, _| {
         loader::check_bits(ck, args.kl_base_bits, quiet);
         Ok(Selection::uniform(args.kl_base_bits))
     })?;
@@ -146,7 +146,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .map(|p| session::open_other(p, &args.model))
         .collect::<Result<_>>()?;
     let baseline_loads: Vec<Loaded<'_>> =
-        baseline_files.iter().map(|f| Loaded::with(f, |_, _| Ok(Selection::uniform(None)))).collect::<Result<_>>()?;
+        baseline_files.iter().map(|f| Loaded::with(f, |_, _, _| Ok(Selection::uniform(None)))).collect::<Result<_>>()?;
 
     let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     corpus.check_vocab(config.vocab_size)?;
@@ -186,15 +186,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             scores: Scores::default(),
         });
     }
-    let profile = Profile::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-    match &profile {
+    let planner = views::profile_planner(ck, main.arch, config, &file.path)?;
+    match &planner {
         None => notes.push(format!(
             "{} has no sensitivity profile, so the sweep has no plans (re-pack with `edge-pack --calibrate`)",
             file.path.display()
         )),
-        Some(p) => {
-            let planner = views::Planner::new(ck, main.arch, config, &views::unit_profiles(p))
-                .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+        Some(planner) => {
             // One row per budget: average bits (--budgets), then weight bytes (--byte-budgets).
             let mut budgets = args.budgets.clone();
             budgets.sort_by(|a, b| b.total_cmp(a));
@@ -204,9 +202,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             byte_budgets.dedup();
             let wanted = budgets
                 .into_iter()
-                .map(|t| (format!("plan {t} bits"), Kind::Plan(t), views::for_bits(&planner, t), format!("budget {t}")))
+                .map(|t| (format!("plan {t} bits"), Kind::Plan(t), views::for_bits(planner, t), format!("budget {t}")))
                 .chain(byte_budgets.into_iter().map(|b| {
-                    (format!("plan <= {}", human_bytes(b)), Kind::PlanBytes(b), views::for_bytes(&planner, b), format!("byte budget {b}"))
+                    (format!("plan <= {}", human_bytes(b)), Kind::PlanBytes(b), views::for_bytes(planner, b), format!("byte budget {b}"))
                 }));
             for (label, kind, chosen, what) in wanted {
                 match chosen {
@@ -370,7 +368,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "windows": n_windows,
         "windows_available": corpus.available,
         "tokens_scored": rows[0].scores.nll.count(),
-        "profile": profile.is_some(),
+        "profile": planner.is_some(),
         "budgets": args.budgets,
         "byte_budgets": args.byte_budgets,
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),

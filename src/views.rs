@@ -1,13 +1,16 @@
-//! Which view each nested-plane tensor is read at: `--bits`, `--plan FILE`, or a plan chosen
-//! from the checkpoint's sensitivity profile for `--target-bits` / `--weight-budget`
-//! (`edge_runtime::plan`); and how many bytes and bits per weight a choice costs.
+//! The view flags: which view each nested-plane tensor is read at, from `--bits`, a `--plan`
+//! file, or the plan the runtime's [`Planner`] picks from the checkpoint's sensitivity profile
+//! for `--target-bits` / `--weight-budget`; and the chosen views in words and JSON. Plans, their
+//! keys and their costs are the runtime's (`edge_runtime::plan`, `edge_runtime::arch`): this
+//! module parses flags and files and prints.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::format::Encoding;
-use edge_runtime::plan::{self, Footprint, ViewPlan};
+use edge_runtime::arch::Arch;
+use edge_runtime::plan::{self, Footprint, Planner, ViewPlan};
 use edge_runtime::{Checkpoint, Config};
 use serde::Deserialize;
 use serde_json::json;
@@ -57,12 +60,6 @@ fn has_nested(ck: &Checkpoint<'_>) -> bool {
     ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8)
 }
 
-/// The names of the model's matrices (as the forward pass reads them).
-fn matrix_names(ck: &Checkpoint<'_>, config: &Config) -> Result<Vec<String>> {
-    let arch = edge_runtime::arch::of_checkpoint(ck).map_err(|e| anyhow!("{e}"))?;
-    Ok(arch.matrices(config).into_iter().map(|t| t.name).collect())
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlanFile {
@@ -85,8 +82,8 @@ fn view_bits(v: &toml::Value) -> Option<u8> {
     v.as_integer().and_then(|b| u8::try_from(b).ok()).filter(|&b| edge_runtime::blocks::is_nested8_view(b))
 }
 
-/// Read and check a plan file against the model's tensors.
-pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Result<ViewPlan> {
+/// Read a plan file and check its keys against the matrices of architecture `arch` at `config`.
+pub fn read_plan_file(path: &Path, arch: &Arch, config: &Config) -> Result<ViewPlan> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read plan file {}: {e}", path.display()))?;
     let pf: PlanFile = toml::from_str(&text).map_err(|e| {
         anyhow!(
@@ -101,36 +98,40 @@ pub fn read_plan_file(path: &Path, ck: &Checkpoint<'_>, config: &Config) -> Resu
             anyhow!("plan file {}: default = {} is not a view width; choose 2, 3, 4, 5, 6 or 8", path.display(), show(v))
         })?),
     };
-    let names = matrix_names(ck, config)?;
-    let mut unknown = Vec::new();
-    let mut overrides = Vec::new();
-    for (k, v) in &pf.views {
-        let b = view_bits(v).ok_or_else(|| {
-            anyhow!("plan file {}: \"{k}\" = {} is not a view width; choose 2, 3, 4, 5, 6 or 8", path.display(), show(v))
-        })?;
-        if !names.iter().any(|n| plan::key_matches(k, n)) {
-            unknown.push(if k == "output" && config.tied_embeddings {
+    let overrides = pf
+        .views
+        .iter()
+        .map(|(k, v)| {
+            let b = view_bits(v).ok_or_else(|| {
+                anyhow!("plan file {}: \"{k}\" = {} is not a view width; choose 2, 3, 4, 5, 6 or 8", path.display(), show(v))
+            })?;
+            Ok((k.clone(), b))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = ViewPlan { default_bits, overrides };
+    let names: Vec<String> = arch.matrices(config).into_iter().map(|t| t.name).collect();
+    let unknown: Vec<String> = plan
+        .unknown_keys(&names)
+        .into_iter()
+        .map(|k| {
+            if k == "output" && config.tied_embeddings {
                 "'output' (the output head is token_embd in this model)".to_string()
             } else {
                 format!("'{k}'")
-            });
-        }
-        overrides.push((k.clone(), b));
-    }
+            }
+        })
+        .collect();
     if !unknown.is_empty() {
         bail!(
             "plan file {} names {} not in this model: {}; {}",
             path.display(),
             if unknown.len() == 1 { "a unit" } else { "units" },
             unknown.join(", "),
-            edge_runtime::arch::of_checkpoint(ck).map(|a| a.plan_keys_hint(config)).unwrap_or_default()
+            arch.plan_keys_hint(config)
         );
     }
-    Ok(ViewPlan { default_bits, overrides })
+    Ok(plan)
 }
-
-/// What `--target-bits` and `--weight-budget` choose from: the profile's units priced at every view.
-pub use edge_runtime::plan::Planner;
 
 /// The plan for an average of `target` bits per matrix weight, refusing targets outside what
 /// the checkpoint's views can give.
@@ -184,17 +185,29 @@ fn no_profile(path: &Path, flag: &str) -> anyhow::Error {
     )
 }
 
-/// A checkpoint's planner, or the reason there is none.
-pub fn planner(ck: &Checkpoint<'_>, config: &Config, path: &Path, flag: &str) -> Result<Planner> {
-    let profile = Profile::from_checkpoint(ck)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?
-        .ok_or_else(|| no_profile(path, flag))?;
-    let arch = edge_runtime::arch::of_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Planner::new(ck, arch, config, &unit_profiles(&profile)).map_err(|e| anyhow!("{}: {e}", path.display()))
+/// The planner of checkpoint `ck` (at `path`): its profile's units priced at every view, or
+/// `None` when it has no sensitivity profile.
+pub fn profile_planner(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path) -> Result<Option<Planner>> {
+    let Some(profile) = Profile::from_checkpoint(ck).map_err(|e| anyhow!("{}: {e}", path.display()))? else {
+        return Ok(None);
+    };
+    Planner::new(ck, arch, config, &unit_profiles(&profile)).map(Some).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The planner `flag` needs, or why there is none.
+fn planner(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, flag: &str) -> Result<Planner> {
+    profile_planner(ck, arch, config, path)?.ok_or_else(|| no_profile(path, flag))
 }
 
 /// The views the flags of `args` choose for checkpoint `ck` (at `path`).
-pub fn select(ck: &Checkpoint<'_>, config: &Config, args: &ModelArgs, path: &Path, quiet: bool) -> Result<Selection> {
+pub fn select(
+    ck: &Checkpoint<'_>,
+    arch: &Arch,
+    config: &Config,
+    args: &ModelArgs,
+    path: &Path,
+    quiet: bool,
+) -> Result<Selection> {
     let warn_dense = |flag: &str| {
         if !has_nested(ck) && !quiet {
             eprintln!(
@@ -207,15 +220,15 @@ pub fn select(ck: &Checkpoint<'_>, config: &Config, args: &ModelArgs, path: &Pat
         return Ok(Selection { plan: ViewPlan::uniform(b), source: Source::Uniform(b), units: Vec::new(), predicted_kl: None });
     }
     if let Some(f) = &args.plan {
-        let plan = read_plan_file(f, ck, config)?;
+        let plan = read_plan_file(f, arch, config)?;
         warn_dense("--plan");
         return Ok(Selection { plan, source: Source::File(f.clone()), units: Vec::new(), predicted_kl: None });
     }
     let (source, chosen, planner) = if let Some(t) = args.target_bits {
-        let p = planner(ck, config, path, "--target-bits")?;
+        let p = planner(ck, arch, config, path, "--target-bits")?;
         (Source::TargetBits(t), for_bits(&p, t)?, p)
     } else if let Some(b) = args.weight_budget {
-        let p = planner(ck, config, path, "--weight-budget")?;
+        let p = planner(ck, arch, config, path, "--weight-budget")?;
         (Source::WeightBudget(b), for_bytes(&p, b)?, p)
     } else {
         return Ok(Selection { plan: ViewPlan::default(), source: Source::Default, units: Vec::new(), predicted_kl: None });
