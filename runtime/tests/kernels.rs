@@ -177,8 +177,8 @@ fn float_activations_scope_is_this_thread_only() {
     assert!(inside, "on inside the scope");
     assert!(!other_thread, "another thread keeps int8 activations");
     assert!(!float_activations(), "off again after the scope");
-    // A matrix loaded inside the scope makes no copies for the SIMD kernels: it is read as the
-    // float path reads it.
+    // A matrix loaded inside the scope prepares no form for the SIMD kernels: it is read from
+    // its planes, as the float path reads it.
     let mut w = CheckpointWriter::new();
     w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
     let buf = Aligned::write(w);
@@ -187,6 +187,6 @@ fn float_activations_scope_is_this_thread_only() {
     for v in [4u8, 8] {
         let m = with_float_activations(|| Matrix::from_tensor(t, Some(v)).unwrap());
         let kernels::WeightView::Nested8(n) = &m.view else { unreachable!() };
-        assert!(n.repacked.is_none() && n.low.is_none(), "view {v}");
+        assert_eq!(n.prepared(), kernels::Prepared::Planes, "view {v}");
     }
 }

@@ -228,7 +228,7 @@ fn nested8_products_match_reference() {
                         // `kernels::matvec` does; the 2-bit view on its planes gets them too,
                         // which its table must notice (and still compute exactly).
                         let copies_only = (nib && view <= 4) || view == 2;
-                        let mut got_a = QActs { copy_order_only: copies_only, ..QActs::default() };
+                        let mut got_a = QActs { runs_order_only: copies_only, ..QActs::default() };
                         (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
                         for first in [1usize, 2] {
                             let mut want = vec![0f32; rows];
@@ -247,7 +247,7 @@ fn nested8_products_match_reference() {
                             let x = acts_input(n, t.cols, group, &mut rng);
                             let mut want_a = QActs::default();
                             (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want_a);
-                            let mut got_a = QActs { copy_order_only: copies_only, ..QActs::default() };
+                            let mut got_a = QActs { runs_order_only: copies_only, ..QActs::default() };
                             (k.quantize_acts)(&x, n, cols, group, &mut got_a);
                             let first = 2;
                             let mut want = vec![0f32; n * rows];
