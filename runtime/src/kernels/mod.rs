@@ -39,18 +39,27 @@ pub use vector::dot;
 use alloc::format;
 use alloc::vec::Vec;
 
-use crate::blocks::GroupParams;
+use crate::blocks::{self, GroupParams, TensorBlocks};
 use crate::error::{Error, Result};
-use crate::format::{Encoding, SegmentKind, TensorInfo};
+use crate::format::TensorInfo;
 
 impl<'a> Nested8<'a> {
     /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
     /// file order; those past the view's are not read), with the form the active kernel table
-    /// reads made now ([`Nested8::prepare`]; none while nested weights meet f32 activations,
-    /// [`dispatch::float_activations`]).
+    /// reads made now (see [`Nested8::for_active_table`]).
     pub fn new(params: &'a [GroupParams], all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
-        let w = Nested8::stored(params, all, group_size, view_bits, row_stride)?;
-        Ok(if dispatch::float_activations() { w } else { w.prepare(&kernels()) })
+        Ok(Nested8::stored(params, all, group_size, view_bits, row_stride)?.for_active_table())
+    }
+
+    /// This view with the form the active kernel table reads ([`Nested8::prepare`] with
+    /// [`kernels`]), or as it is while nested weights meet f32 activations
+    /// ([`dispatch::float_activations`]).
+    pub fn for_active_table(self) -> Self {
+        if dispatch::float_activations() {
+            self
+        } else {
+            self.prepare(&kernels())
+        }
     }
 }
 
@@ -75,44 +84,53 @@ impl Scratch {
     }
 }
 
-fn cast<'a, T: bytemuck::Pod>(name: &str, bytes: &'a [u8]) -> Result<&'a [T]> {
-    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
-        what: format!("tensor '{name}'"),
-        align: core::mem::align_of::<T>(),
-    })
-}
-
 impl<'a> Matrix<'a> {
-    /// Borrow a tensor as a matrix. `view_bits` picks the view of a nested tensor (8 if `None`);
-    /// a 1-D tensor is a single row.
-    pub fn from_tensor(t: &TensorInfo<'a>, view_bits: Option<u8>) -> Result<Self> {
-        let (rows, cols) = match t.shape.as_slice() {
-            [c] => (1u64, *c),
-            [r, c] => (*r, *c),
-            _ => return Err(Error::Corrupt { what: format!("tensor '{}' is not a matrix", t.name) }),
+    /// Borrow a tensor's `stored` blocks as a `rows` × `cols` matrix. `view_bits` picks the view
+    /// of nested codes (8 if `None`; ignored for float weights), whose form for the active
+    /// kernel table is made now ([`Nested8::for_active_table`]). Errors when the view does not
+    /// exist or the blocks are too short for the shape.
+    pub fn from_blocks(rows: usize, cols: usize, stored: TensorBlocks<'a>, view_bits: Option<u8>) -> Result<Self> {
+        let too_large = || Error::InvalidArgument { what: format!("a {rows} x {cols} matrix is too large") };
+        let numel = rows.checked_mul(cols).ok_or_else(too_large)?;
+        let short = |what: &str, have: usize, need: usize| Error::InvalidArgument {
+            what: format!("{what} holds {have} values, a {rows} x {cols} matrix needs {need}"),
         };
-        let (rows, cols) = (rows as usize, cols as usize);
-        let values = || {
-            t.segment(SegmentKind::Values)
-                .map(|s| s.bytes)
-                .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no values", t.name) })
-        };
-        let view = match t.encoding {
-            Encoding::F32 => WeightView::F32(cast(t.name, values()?)?),
-            Encoding::F16 => WeightView::F16(cast(t.name, values()?)?),
-            Encoding::Bf16 => WeightView::Bf16(cast(t.name, values()?)?),
-            Encoding::Nested8 => {
-                let params = t
-                    .segment(SegmentKind::GroupParams)
-                    .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no group params", t.name) })?;
-                let planes: Vec<&[u8]> = t.planes().map(|p| p.bytes).collect();
-                let group_size = t.group_size as usize;
-                let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
-                let params = cast(t.name, params.bytes)?;
-                WeightView::Nested8(Nested8::new(params, &planes, group_size, view_bits.unwrap_or(8), row_stride)?)
+        let view = match stored {
+            TensorBlocks::F32(w) if w.len() < numel => return Err(short("f32 data", w.len(), numel)),
+            TensorBlocks::F16(w) if w.len() < numel => return Err(short("f16 data", w.len(), numel)),
+            TensorBlocks::Bf16(w) if w.len() < numel => return Err(short("bf16 data", w.len(), numel)),
+            TensorBlocks::F32(w) => WeightView::F32(w),
+            TensorBlocks::F16(w) => WeightView::F16(w),
+            TensorBlocks::Bf16(w) => WeightView::Bf16(w),
+            TensorBlocks::Nested8 { params, planes, group_size, row_stride } => {
+                let w = Nested8::stored(params, &planes, group_size, view_bits.unwrap_or(8), row_stride)?;
+                if row_stride < cols {
+                    return Err(Error::InvalidArgument { what: format!("rows of {row_stride} codes are shorter than {cols} columns") });
+                }
+                let codes = rows.checked_mul(row_stride).ok_or_else(too_large)?;
+                if params.len() < codes / group_size {
+                    return Err(short("group params", params.len(), codes / group_size));
+                }
+                let n = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(0);
+                for (p, (plane, spec)) in w.planes.iter().zip(blocks::NESTED8_PLANES).take(n).enumerate() {
+                    let need = codes.saturating_mul(spec.bits as usize) / 8;
+                    if plane.len() < need {
+                        return Err(Error::InvalidArgument {
+                            what: format!("plane {p} holds {} bytes, a {}-bit view of {rows} rows of {row_stride} codes needs {need}", plane.len(), w.view_bits),
+                        });
+                    }
+                }
+                WeightView::Nested8(w.for_active_table())
             }
         };
         Ok(Matrix { rows, cols, view })
+    }
+
+    /// [`Matrix::from_blocks`] of a checkpoint tensor ([`TensorInfo::blocks`]).
+    #[doc(hidden)]
+    pub fn from_tensor(t: &TensorInfo<'a>, view_bits: Option<u8>) -> Result<Self> {
+        let (rows, cols, stored) = t.blocks()?;
+        Matrix::from_blocks(rows, cols, stored, view_bits)
     }
 }
 

@@ -45,7 +45,9 @@
 
 use core::arch::x86_64::*;
 
-use super::common::{check_bounds, dpbusd, load_params8, params_to_f32, reads_source, source_bits, sources, transpose8x8, SC};
+use super::common::{
+    check_bounds, dpbusd, load_params8, params_to_f32, reads_source, source_bits, sources, transpose8x8, SC,
+};
 use super::quantize::{part_a_slots, Layout, PREFILL_MIN_TOKENS, SC_AUX};
 use super::runs::{run_fields, run_fields512};
 use crate::blocks;
@@ -343,17 +345,16 @@ unsafe fn terms(scale: __m256, min: __m256, step_mul: __m256, centre: __m256, is
 const RB: usize = 8;
 
 /// Most subgroup sums one decode block holds (rows of up to 8192 columns go 8 to a block,
-/// longer ones fewer, up to 65536 columns; see [`usable`]). The buffer is zeroed every call:
-/// keep it small.
+/// longer ones fewer, up to 65536 columns; see [`usable`]). The buffer is on the stack of every
+/// call: keep it small.
 const MAX_SUB: usize = 2048;
-
 
 /// `out[i] = ` the reference `nested8_row_dot(first + i)` for one token, given its part A
 /// (`aux`), block scales `d` and sums `sum`.
 ///
-/// Rows go in blocks of 8 whose codes are contiguous in every plane, so the block is read as
+/// Rows go in blocks of 8 whose codes are contiguous in every source, so the block is read as
 /// one stream of superchunks that run across row ends: superchunk `j` of a block meets part A
-/// slot `j mod slots` (see [`part_a_len`]), and no row needs a tail of its own. Each
+/// slot `j mod slots` (see [`part_a_slots`]), and no row needs a tail of its own. Each
 /// superchunk's 8 subgroup sums are stored in natural order; the sums of each group (whole
 /// subgroups, never across rows) are then folded in place, and the float terms added per row
 /// in group order: 8 groups of a row per register and an 8×8 transpose (lane = row), then the
@@ -388,9 +389,9 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
     let block_rows = RB.min(MAX_SUB / (rs / 32));
     // The block's group sums: row r's group k at r · gpr + k (other group sizes than 32, 64
     // and 128: its subgroup sums first, folded after).
-    // Not zeroed (8 KiB per call showed in profiles): every entry read below was written
-    // first in the same block (the superchunks' stores cover `nsc · 256 / g >= nr · gpr` groups,
-    // or `8 · nsc >= nr · rs / 32` subgroups before the fold, after the `lead` ones).
+    // Not zeroed (8 KiB per call would weigh on small products): every entry read below was
+    // written first in the same block (the superchunks' stores cover `nsc · 256 / g >= nr · gpr`
+    // groups, or `8 · nsc >= nr · rs / 32` subgroups before the fold, after the `lead` ones).
     let mut sub = core::mem::MaybeUninit::<[i32; MAX_SUB + 16]>::uninit();
     let sp = sub.as_mut_ptr() as *mut i32;
     // Sums stored per superchunk: groups (32, 64, 128 codes) or subgroups (other sizes).
