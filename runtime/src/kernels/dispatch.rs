@@ -26,7 +26,7 @@ impl Kernels {
         swiglu: vector::swiglu,
     };
 
-    /// The reference arithmetic with each group's codes unpacked once ([`portable`]):
+    /// The reference arithmetic with each group's codes unpacked once (`portable.rs`):
     /// bit-identical to [`Kernels::SCALAR`], what CPUs without a SIMD table run.
     pub const PORTABLE: Kernels = Kernels {
         name: "portable",

@@ -5,9 +5,9 @@
 //! - [`matvec`]: `out[r] = Σ_c W[r, c] · x[c]` (decode: one token);
 //! - [`matmul`]: `out[t, r] = Σ_c W[r, c] · x[t, c]` (prefill and evaluation: many tokens).
 //!
-//! [`reference`] holds the plain scalar definitions that are the specification. Nested weights
-//! meet activations quantized to int8 per group ([`acts`]) in integer dot products, through the
-//! [`dispatch`] table (scalar reference, or the SIMD kernels of `x86_64/` and `aarch64/`).
+//! [`reference`](mod@reference) holds the plain scalar definitions that are the specification.
+//! Nested weights meet activations quantized to int8 per group ([`acts`]) in integer dot
+//! products, through the [`dispatch`] table (scalar reference, or the SIMD kernels of `x86_64/` and `aarch64/`).
 //! Float weights (f32/f16/bf16) dequantize one row (or a tile of rows) at a time into scratch
 //! and multiply with f32 arithmetic (`matrixmultiply` for tiles).
 //!

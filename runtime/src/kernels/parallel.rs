@@ -12,7 +12,7 @@ pub fn set_threads(n: usize) {
 }
 
 /// Threads the products will use: as set by [`set_threads`], by default the physical cores
-/// this process may run on (see [`default_threads`]); without std, 1.
+/// this process may run on (see `default_threads`); without std, 1.
 pub fn threads() -> usize {
     #[cfg(feature = "std")]
     {

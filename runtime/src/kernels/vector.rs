@@ -1,7 +1,7 @@
 //! f32 routines written so that they vectorize (eight independent lanes, no calls): sums,
 //! maxima, `exp`, softmax, and the decode attention of one query head, which the dispatch table
 //! serves ([`super::frame::Kernels::attend_head`]): [`attend_head`] is its definition, and a SIMD
-//! table's entry is the same code compiled with that table's features ([`head_body`] is
+//! table's entry is the same code compiled with that table's features (`head_body` is
 //! always inlined), so it is bit-identical: Rust never fuses a multiply and an add, and the
 //! lanes are written out, so wider registers change no operation and no order.
 
@@ -203,7 +203,7 @@ pub(crate) fn head_mix(values: &[f32], stride: usize, scores: &mut [f32], out: &
     }
 }
 
-/// The reference entry of [`super::frame::Kernels::attend_head`]: [`head_body`] compiled for the
+/// The reference entry of [`super::frame::Kernels::attend_head`]: `head_body` compiled for the
 /// baseline target.
 pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     head_body(q, keys, values, stride, scale, scores, out)

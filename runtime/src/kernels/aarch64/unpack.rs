@@ -4,8 +4,9 @@
 //! The sources ([`Planes`]) are stored planes 0, 1 and 2 and, for the 8-bit view, its nibble
 //! plane (the view's `Prepared::Nibbles`), called source 3 below. For a chunk of 32 codes
 //! starting at flat code index `i` (a multiple of 32) they hold 8 bytes (plane 0, 2 bits/code),
-//! 4 + 4 bytes (planes 1 and 2, 1 bit/code) and 16 bytes (source 3, 4 bits/code). Every lane of the two output vectors (codes 0..16 and 16..32 of the
-//! chunk) is rebuilt with table lookups and per-lane shifts:
+//! 4 + 4 bytes (planes 1 and 2, 1 bit/code) and 16 bytes (source 3, 4 bits/code). Every lane
+//! of the two output vectors (codes 0..16 and 16..32 of the chunk) is rebuilt with table
+//! lookups and per-lane shifts:
 //! - plane 0: `tbl` spreads byte `L / 4` to lane `L`, `ushl` by `pos - 2 (L % 4)` moves the
 //!   field to its place in the view code, a mask keeps it;
 //! - planes 1, 2: `tbl` spreads byte `L / 8` to lane `L`, `cmtst` with `1 << (L % 8)` gives
@@ -13,8 +14,9 @@
 //! - source 3: low nibbles are the even codes, high nibbles the odd ones, `zip` interleaves them.
 //!
 //! Views of up to 4 bits produce `q_k` (0..=15) directly. The 8-bit view produces its top
-//! nibble (`q >> 4`, the 4-bit view's code) and its low nibble (`q & 15`, source 3) separately, because
-//! `sdot`/`smull` multiply signed bytes: `q · x = 16 (q >> 4) · x + (q & 15) · x`.
+//! nibble (`q >> 4`, the 4-bit view's code) and its low nibble (`q & 15`, source 3)
+//! separately, because `sdot`/`smull` multiply signed bytes:
+//! `q · x = 16 (q >> 4) · x + (q & 15) · x`.
 //!
 //! These helpers are `#[inline(always)]` so they compile inside the `#[target_feature]`
 //! kernels of [`super::nested8`] that call them.

@@ -218,7 +218,7 @@ const fn idx_p12() -> [[u8; 32]; 2] {
 }
 
 /// Part A of one superchunk: `src` 256 codes → `dst` 768 bytes in the three orders of
-/// [`PERM_A`] (only the orders in `parts`: 2 alone is what the runs' kernels read). Each order
+/// `PERM_A` (only the orders in `parts`: 2 alone is what the runs' kernels read). Each order
 /// is an in-lane byte shuffle of every subgroup followed by an 8×8 dword transpose (lane `m` of
 /// output register `d` = dword `d` of subgroup `PI[m]`).
 ///

@@ -1,6 +1,6 @@
 //! Between the stored planes and natural-order byte codes: unpacking a row's codes for the
 //! prefill micro-kernel (from the planes, the nibble plane or the runs), and making the runs
-//! of a 2-, 3- or 4-bit view at load ([`Prepared::Runs`](crate::kernels::frame::Prepared::Runs), [`blocks::repack_top`]).
+//! of a 2-, 3- or 4-bit view at load (`Prepared::Runs`, [`blocks::repack_top`]).
 
 use core::arch::x86_64::*;
 
@@ -10,8 +10,8 @@ use super::common::{transpose8x8, PI, SC};
 use super::runs::run_fields;
 use crate::blocks;
 
-/// Unpack row `row`'s low nibbles from the nibble plane ([`Prepared::Nibbles`](crate::kernels::frame::Prepared::Nibbles), 4 bits per
-/// code) into natural-order bytes.
+/// Unpack row `row`'s low nibbles from the nibble plane (`Prepared::Nibbles`, 4 bits per code)
+/// into natural-order bytes.
 ///
 /// # Safety
 /// The CPU supports AVX2; `nibbles` holds the row's `row_stride / 2` bytes; `out.len() >=
@@ -33,10 +33,11 @@ unsafe fn avx2_unpack_nibbles(nibbles: &[u8], row: usize, row_stride: usize, out
     }
 }
 
-/// Unpack codes `start..start + out.len()` of view `V`'s runs ([`Prepared::Runs`](crate::kernels::frame::Prepared::Runs)) into
+/// Unpack codes `start..start + out.len()` of view `V`'s runs (`Prepared::Runs`) into
 /// natural-order bytes (`out[i]` = code `start + i`'s view), a run of 256 at a time: its 8
 /// fields, an 8×8 dword transpose (register `m` = dword `m` of every field: subgroup `PI[m]`,
-/// byte `4r + c` = code `8·(r / 2) + 2c + r mod 2`), and one in-lane byte shuffle to natural order.
+/// byte `4r + c` = code `8·(r / 2) + 2c + r mod 2`), and one in-lane byte shuffle to natural
+/// order.
 ///
 /// # Safety
 /// The CPU supports AVX2; `runs` holds every run that codes `start..start + out.len()` touch.

@@ -1,13 +1,13 @@
-//! Reading the runs of a view prepared as [`crate::kernels::frame::Prepared::Runs`]
-//! ([`crate::blocks::repack_top`]): a run's 8 fields of 32 codes from its words, on 256 bits (one run)
-//! or 512 bits (two runs side by side). Decode multiplies the fields with part A as they come
+//! Reading the runs of a view prepared as `Prepared::Runs` ([`crate::blocks::repack_top`]): a
+//! run's 8 fields of 32 codes from its words, on 256 bits (one run) or 512 bits (two runs side
+//! by side). Decode multiplies the fields with part A as they come
 //! out; prefill transposes them back to natural order ([`super::repack`]).
 
 use core::arch::x86_64::*;
 
-/// The 8 fields of a [`crate::blocks::repack_top`] run of `$bits` (2, 3 or 4) bits per code from its
-/// words `$a..$d`, with the given vector operations (one definition for [`run_fields`] on 256
-/// bits and [`run_fields512`] on two runs side by side).
+/// The 8 fields of a [`crate::blocks::repack_top`] run of `$bits` (2, 3 or 4) bits per code
+/// from its words `$a..$d`, with the given vector operations (one definition for
+/// [`run_fields`] on 256 bits and [`run_fields512`] on two runs side by side).
 macro_rules! fields_of_run {
     ($bits:expr, [$a:ident, $b:ident, $c:ident, $d:ident], $and:ident, $or:ident, $srli:ident, $set1:ident) => {
         match $bits {
