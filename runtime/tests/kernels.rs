@@ -247,6 +247,8 @@ fn replaced_planes_name_what_the_prepared_form_replaced() {
             ("runs", kernels::Prepared::Runs(_)) | ("nibbles", kernels::Prepared::Nibbles(_)) | ("planes", kernels::Prepared::Planes) => {}
             (_, got) => panic!("view {v}: {form} expected, {got:?} prepared"),
         }
+        assert_eq!(n.prepared().bytes().is_some(), form != "planes");
+        assert_eq!(n.unprepared().prepared(), kernels::Prepared::Planes);
         // The plane slices of those indices, and what the view still reads, do not overlap.
         assert_eq!(m.repacked_planes().len(), want.len());
         let mut read = Vec::new();

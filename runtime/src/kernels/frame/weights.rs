@@ -65,6 +65,16 @@ pub enum Prepared<'s> {
     Nibbles(&'s [u8]),
 }
 
+impl<'s> Prepared<'s> {
+    /// The bytes of a prepared form (`None` for [`Prepared::Planes`]).
+    pub fn bytes(self) -> Option<&'s [u8]> {
+        match self {
+            Prepared::Runs(b) | Prepared::Nibbles(b) => Some(b),
+            Prepared::Planes => None,
+        }
+    }
+}
+
 impl<'a> Nested8<'a> {
     /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
     /// file order; those past the view's are not read), read from its stored planes.
@@ -95,6 +105,12 @@ impl<'a> Nested8<'a> {
             _ => None,
         };
         Nested8 { repacked, low, ..self }
+    }
+
+    /// This view read from its stored planes: the prepared form dropped (every kernel computes
+    /// the same outputs from it, the SIMD ones more slowly).
+    pub fn unprepared(&self) -> Self {
+        Nested8 { repacked: None, low: None, ..self.clone() }
     }
 
     /// The form the SIMD kernels read this view's codes in.
