@@ -63,7 +63,8 @@ fn checkpoint(rows: usize, cols: usize) -> (Vec<u128>, usize) {
 
 fn matrix<'a>(ck: &Checkpoint<'a>, view: Option<u8>) -> Matrix<'a> {
     let t = ck.tensor(if view.is_some() { "nested" } else { "f16" }).unwrap();
-    Matrix::from_tensor(t, view).unwrap()
+    let (rows, cols, stored) = t.blocks().unwrap();
+    Matrix::from_blocks(rows, cols, stored, view).unwrap()
 }
 
 fn products(c: &mut Criterion) {

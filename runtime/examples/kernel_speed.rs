@@ -36,16 +36,17 @@ fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
     Tensor { params, planes: pack_nested8_planes(&codes), stride }
 }
 
-/// The view with the copies `Matrix::from_tensor` makes for the active table (2, 3 and 4 bits
-/// repacked, the 8-bit nibble plane), unless `PLANES` is set in the environment (then the 2-,
-/// 3- and 4-bit kernels read the planes).
-fn view(t: &Tensor, group: usize, bits: u8) -> Nested8<'_> {
+/// The view with the form table `k` reads, as a load for it makes (the runs at 2, 3 and 4
+/// bits, the nibble plane at 8), unless `PLANES` is set in the environment (then the 2-, 3- and
+/// 4-bit kernels read the planes).
+fn view<'t>(k: &Kernels, t: &'t Tensor, group: usize, bits: u8) -> Nested8<'t> {
     let refs: Vec<&[u8]> = t.planes.iter().map(|p| p.as_slice()).collect();
-    let mut w = Nested8::new(&t.params, &refs, group, bits, t.stride).expect("a valid view");
-    if std::env::var("PLANES").is_ok() {
-        w.repacked = None;
+    let w = Nested8::stored(&t.params, &refs, group, bits, t.stride).expect("a valid view");
+    if std::env::var("PLANES").is_ok() && bits <= 4 {
+        w
+    } else {
+        w.prepare(k)
     }
-    w
 }
 
 fn view_bytes(w: &Nested8<'_>) -> usize {
@@ -119,7 +120,7 @@ fn main() {
         println!("== {} (group {group}, single thread)", k.name);
         for (&(rows, cols), t) in shapes.iter().zip(&tensors) {
             for &bits in &NESTED8_VIEWS {
-                let w = view(t, group, bits);
+                let w = view(k, t, group, bits);
                 let reps = if k.name == "scalar" { 3 } else { 15 };
                 let dt = decode_secs(k, &w, rows, cols, reps);
                 let n = if k.name == "scalar" { 16 } else { 128 };
@@ -142,13 +143,13 @@ fn main() {
             let mut pp = 0.0;
             let n = 512;
             for (&(r, c), t) in layer.iter().zip(&lt) {
-                let w = view(t, group, bits);
+                let w = view(k, t, group, bits);
                 per_token += 30.0 * decode_secs(k, &w, r, c, reps);
                 if k.name != "scalar" {
                     pp += 30.0 * prefill_secs(k, &w, r, c, n, 3);
                 }
             }
-            let head = view(&tensors[1], group, bits);
+            let head = view(k, &tensors[1], group, bits);
             per_token += decode_secs(k, &head, 49152, 576, reps.min(7));
             if k.name != "scalar" {
                 pp += prefill_secs(k, &head, 49152, 576, n, 3);

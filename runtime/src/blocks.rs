@@ -27,7 +27,29 @@
 //! ```
 //! so the 8-bit view is `w = q * scale + min`.
 
-use half::f16;
+use half::{bf16, f16};
+
+/// A tensor's values as stored, before a view is chosen: what a `kernels::Matrix` borrows
+/// (`Matrix::from_blocks`, which picks the view). The rows and columns travel beside it; a
+/// checkpoint's `TensorInfo::blocks` gives all three.
+#[derive(Debug, Clone, Copy)]
+pub enum TensorBlocks<'a> {
+    /// (rows, cols) values, row-major.
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+    /// Nested 8-bit codes (see the module docs).
+    Nested8 {
+        /// (rows, row_stride / group_size) group scales and minima.
+        params: &'a [GroupParams],
+        /// The planes of [`NESTED8_PLANES`] in file order (empty where the tensor has none).
+        planes: [&'a [u8]; 6],
+        /// Codes per group (a row has `row_stride / group_size` groups).
+        group_size: usize,
+        /// Codes from one row to the next: the column count padded to whole groups.
+        row_stride: usize,
+    },
+}
 
 /// Per-group quantization parameters of [`crate::format::Encoding::Nested8`].
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -186,7 +208,7 @@ pub fn pack_nested8_planes(codes: &[u8]) -> [alloc::vec::Vec<u8>; 6] {
     })
 }
 
-/// Codes per run of a repacked copy ([`repack_top`]).
+/// Codes per run of a view repacked into runs ([`repack_top`]).
 pub const RUN_CODES: usize = 256;
 
 /// Subgroup of 32 codes held by dword `m` of every word of a [`repack_top`] run (the lane order
@@ -219,7 +241,7 @@ fn spread<const BITS: usize>(q: &mut [u8], bytes: &[u8], shift: u8) {
 
 /// The `view_bits`-bit view's codes `q >> (8 - view_bits)` (2, 3 or 4 bits) of the first
 /// `numel` codes (a multiple of 8), repacked from the view's planes for kernels that read a
-/// code in one pass (see `kernels::Nested8::repacked`). Codes go in runs of 256 (flat index;
+/// code in one pass (`kernels::Prepared::Runs`). Codes go in runs of 256 (flat index;
 /// the last run padded with zero codes), `32 · view_bits` bytes each: `view_bits` words of 32
 /// bytes. Eight fields `F0..F7` of 32 codes each share them: byte `b = 4m + c` (`m < 8`,
 /// `c < 4`) of field `r` is code `32·RUN_PI[m] + 8·(r / 2) + 2c + r mod 2` of the run, and

@@ -3,11 +3,11 @@
 
 mod support;
 use support::rand_f32;
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, TensorBlocks, NESTED8_VIEWS};
 use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
 use edge_runtime::kernels::{self, reference, Matrix};
 use half::{bf16, f16};
-
 
 fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, seed: u64) -> TensorData {
     let v = rand_f32(rows * cols, seed);
@@ -33,6 +33,13 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
         }
     };
     TensorData { name: name.into(), encoding: enc, shape: vec![rows as u64, cols as u64], group_size: if enc == Encoding::Nested8 { group as u32 } else { 0 }, segments }
+}
+
+/// The matrix of a checkpoint tensor at a view, as the model borrows it: its stored blocks,
+/// then the view with the form the active table reads.
+fn matrix<'a>(t: &edge_runtime::format::TensorInfo<'a>, view: Option<u8>) -> edge_runtime::Result<Matrix<'a>> {
+    let (rows, cols, stored) = t.blocks()?;
+    Matrix::from_blocks(rows, cols, stored, view)
 }
 
 /// A written checkpoint in 16-byte-aligned memory (as a mapping would be).
@@ -76,7 +83,7 @@ fn matvec_and_matmul_match_reference() {
                 &[None]
             };
             for &view in views {
-                let m = Matrix::from_tensor(t, view).unwrap();
+                let m = matrix(t, view).unwrap();
                 for (n, threads) in [(1usize, 1usize), (1, 3), (2, 1), (5, 3)] {
                     kernels::set_threads(threads);
                     let x = rand_f32(n * cols, 99 + n as u64);
@@ -127,11 +134,11 @@ fn lower_views_read_fewer_bytes() {
     let buf = Aligned::write(w);
     let ck = buf.parse();
     let t = ck.tensor("n").unwrap();
-    let sizes: Vec<usize> = NESTED8_VIEWS.iter().map(|&v| Matrix::from_tensor(t, Some(v)).unwrap().view_bytes()).collect();
+    let sizes: Vec<usize> = NESTED8_VIEWS.iter().map(|&v| matrix(t, Some(v)).unwrap().view_bytes()).collect();
     let params = 16 * 64 / 32 * 4;
     // 16 x 64 codes: 2, 3, 4, 5, 6 and 8 bits each.
     assert_eq!(sizes, vec![params + 256, params + 384, params + 512, params + 640, params + 768, params + 1024]);
-    assert!(Matrix::from_tensor(t, Some(7)).is_err());
+    assert!(matrix(t, Some(7)).is_err());
 }
 
 #[test]
@@ -143,7 +150,7 @@ fn portable_table_is_bit_identical_to_the_scalar_spec() {
         let buf = Aligned::write(w);
         let ck = buf.parse();
         for view in NESTED8_VIEWS {
-            let m = Matrix::from_tensor(ck.tensor("n").unwrap(), Some(view)).unwrap();
+            let m = matrix(ck.tensor("n").unwrap(), Some(view)).unwrap();
             let kernels::WeightView::Nested8(nw) = &m.view else { unreachable!() };
             for n in [1usize, 3] {
                 let x = rand_f32(n * cols, 7 + n as u64);
@@ -177,16 +184,77 @@ fn float_activations_scope_is_this_thread_only() {
     assert!(inside, "on inside the scope");
     assert!(!other_thread, "another thread keeps int8 activations");
     assert!(!float_activations(), "off again after the scope");
-    // A matrix loaded inside the scope makes no copies for the SIMD kernels: it is read as the
-    // float path reads it.
+    // A matrix loaded inside the scope prepares no form for the SIMD kernels: it is read from
+    // its planes, as the float path reads it.
     let mut w = CheckpointWriter::new();
     w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
     let buf = Aligned::write(w);
     let ck = buf.parse();
     let t = ck.tensor("n").unwrap();
     for v in [4u8, 8] {
-        let m = with_float_activations(|| Matrix::from_tensor(t, Some(v)).unwrap());
+        let m = with_float_activations(|| matrix(t, Some(v)).unwrap());
         let kernels::WeightView::Nested8(n) = &m.view else { unreachable!() };
-        assert!(n.repacked.is_none() && n.low.is_none(), "view {v}");
+        assert_eq!(n.prepared(), kernels::Prepared::Planes, "view {v}");
     }
+}
+
+#[test]
+fn from_blocks_checks_the_blocks_against_the_shape() {
+    let values = vec![0.5f32; 12];
+    assert!(Matrix::from_blocks(3, 4, TensorBlocks::F32(&values), None).is_ok());
+    assert!(Matrix::from_blocks(4, 4, TensorBlocks::F32(&values), None).is_err(), "f32 data too short");
+    // 4 rows of 64 codes in groups of 32: a view needs its planes, whole, and nothing more.
+    let codes: Vec<u8> = (0..256u32).map(|i| (i * 37 % 256) as u8).collect();
+    let stored = pack_nested8_planes(&codes);
+    let params = vec![GroupParams { scale: f16::from_f32(0.01), min: f16::from_f32(-1.0) }; 8];
+    let nested = |n_planes: usize, row_stride: usize| {
+        let mut planes: [&[u8]; 6] = [&[]; 6];
+        for (p, s) in planes.iter_mut().zip(&stored).take(n_planes) {
+            *p = s;
+        }
+        TensorBlocks::Nested8 { params: &params, planes, group_size: 32, row_stride }
+    };
+    for v in NESTED8_VIEWS {
+        let m = Matrix::from_blocks(4, 64, nested(6, 64), Some(v)).unwrap();
+        assert_eq!(m.view_bytes(), 8 * 4 + 256 * v as usize / 8, "view {v}");
+    }
+    assert!(Matrix::from_blocks(4, 64, nested(6, 64), Some(7)).is_err(), "no 7-bit view");
+    assert!(Matrix::from_blocks(4, 64, nested(1, 64), Some(2)).is_ok(), "the 2-bit view reads plane 0 alone");
+    assert!(Matrix::from_blocks(4, 64, nested(1, 64), Some(3)).is_err(), "the 3-bit view needs plane 1");
+    assert!(Matrix::from_blocks(5, 64, nested(6, 64), Some(4)).is_err(), "planes too short for 5 rows");
+    assert!(Matrix::from_blocks(4, 96, nested(6, 64), Some(4)).is_err(), "rows shorter than the columns");
+    assert!(Matrix::from_blocks(2, 64, nested(6, 48), Some(4)).is_err(), "rows of partial groups");
+}
+
+#[test]
+fn replaced_planes_name_what_the_prepared_form_replaced() {
+    let mut w = CheckpointWriter::new();
+    w.add_tensor(tensor("n", Encoding::Nested8, 16, 64, 32, 3)).unwrap();
+    w.add_tensor(tensor("f", Encoding::F16, 16, 64, 32, 4)).unwrap();
+    let buf = Aligned::write(w);
+    let ck = buf.parse();
+    let k = kernels::kernels();
+    for v in NESTED8_VIEWS {
+        let m = matrix(ck.tensor("n").unwrap(), Some(v)).unwrap();
+        let kernels::WeightView::Nested8(n) = &m.view else { unreachable!() };
+        let (want, form) = match v {
+            2..=4 if k.repack.is_some() && !kernels::dispatch::float_activations() => (0..v as usize - 1, "runs"),
+            8 if k.nibbles.is_some() && !kernels::dispatch::float_activations() => (3..6, "nibbles"),
+            _ => (0..0, "planes"),
+        };
+        assert_eq!(m.replaced_planes(), want, "view {v} ({} table)", k.name);
+        match (form, n.prepared()) {
+            ("runs", kernels::Prepared::Runs(_)) | ("nibbles", kernels::Prepared::Nibbles(_)) | ("planes", kernels::Prepared::Planes) => {}
+            (_, got) => panic!("view {v}: {form} expected, {got:?} prepared"),
+        }
+        assert_eq!(n.prepared().bytes().is_some(), form != "planes");
+        assert_eq!(n.unprepared().prepared(), kernels::Prepared::Planes);
+        // The plane slices of those indices, and what the view still reads, do not overlap.
+        assert_eq!(m.repacked_planes().len(), want.len());
+        let mut read = Vec::new();
+        m.for_each_slice(&mut |s| read.push(s.as_ptr()));
+        assert!(m.repacked_planes().iter().all(|p| !read.contains(&p.as_ptr())), "view {v}: a replaced plane is still read");
+    }
+    let f = matrix(ck.tensor("f").unwrap(), None).unwrap();
+    assert_eq!(f.replaced_planes(), 0..0);
 }

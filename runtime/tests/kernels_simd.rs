@@ -13,11 +13,10 @@
 use edge_runtime::blocks::{low_nibbles, nested8_planes_for_view, pack_nested8_planes, repack_top, GroupParams};
 use std::sync::Arc;
 
-/// Every view, and the 2-, 3- and 4-bit ones again with their codes repacked (what the tables
-/// with `Kernels::repack` make).
-/// (view, with the copy `Matrix::from_tensor` makes at load for SIMD tables: the repacked codes
-/// at 2, 3 and 4 bits, the nibble plane at 8). The 5- and 6-bit views run the portable kernels
-/// in every table; the 8-bit view without its nibble plane falls back to the reference.
+/// Every view, without and with the form `Nested8::prepare` makes at load for SIMD tables
+/// (`Prepared::Runs` at 2, 3 and 4 bits, `Prepared::Nibbles` at 8): (view, prepared). The 5-
+/// and 6-bit views run the portable kernels in every table; the 8-bit view without its nibble
+/// plane falls back to the reference.
 const VIEWS: [(u8, bool); 10] =
     [(2, false), (2, true), (3, false), (3, true), (4, false), (4, true), (5, false), (6, false), (8, false), (8, true)];
 use edge_runtime::kernels::dispatch::view_index;
@@ -103,9 +102,9 @@ impl Tensor {
         t
     }
 
-    /// The `view_bits` view; with `copy`, also the copy `Matrix::from_tensor` makes for SIMD
-    /// tables: the codes repacked (2, 3 and 4 bits) or the nibble plane (8 bits).
-    fn view(&self, view_bits: u8, copy: bool) -> Nested8<'_> {
+    /// The `view_bits` view; with `prepared`, also the form `Nested8::prepare` makes for SIMD
+    /// tables: the runs (2, 3 and 4 bits) or the nibble plane (8 bits), at any group size.
+    fn view(&self, view_bits: u8, prepared: bool) -> Nested8<'_> {
         let n = nested8_planes_for_view(view_bits).unwrap();
         let mut planes: [&[u8]; 6] = [&[]; 6];
         for (i, p) in self.planes.iter().take(n).enumerate() {
@@ -113,8 +112,8 @@ impl Tensor {
         }
         let numel = self.planes[1].len() * 8;
         let refs: Vec<&[u8]> = self.planes.iter().map(|p| p.as_slice()).collect();
-        let repacked = (copy && view_bits <= 4).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
-        let low = (copy && view_bits == 8).then(|| Arc::from(low_nibbles(&refs, numel)));
+        let repacked = (prepared && view_bits <= 4).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
+        let low = (prepared && view_bits == 8).then(|| Arc::from(low_nibbles(&refs, numel)));
         Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
     }
 }
@@ -217,18 +216,18 @@ fn nested8_products_match_reference() {
             for &cols in &[group, 4 * group, 5 * group + 40, 576 + group / 2, 9 * group - 1] {
                 for &rows in &[1usize, 3, 70] {
                     let t = Tensor::random(rows + 2, cols, group, &mut rng);
-                    for &(view, nib) in &VIEWS {
-                        let w = t.view(view, nib);
+                    for &(view, prep) in &VIEWS {
+                        let w = t.view(view, prep);
                         let vi = view_index(view);
                         // Decode: rows 1..=rows (not starting at 0), and the last row too.
                         let x = acts_input(1, t.cols, group, &mut rng);
                         let mut want_a = QActs::default();
                         (Kernels::SCALAR.quantize_acts)(&x, 1, cols, group, &mut want_a);
-                        // Activations for repacked views are quantized for the copies alone, as
+                        // Activations for views read from runs are quantized for the runs alone, as
                         // `kernels::matvec` does; the 2-bit view on its planes gets them too,
                         // which its table must notice (and still compute exactly).
-                        let copies_only = (nib && view <= 4) || view == 2;
-                        let mut got_a = QActs { copy_order_only: copies_only, ..QActs::default() };
+                        let runs_only = (prep && view <= 4) || view == 2;
+                        let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
                         (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
                         for first in [1usize, 2] {
                             let mut want = vec![0f32; rows];
@@ -236,7 +235,7 @@ fn nested8_products_match_reference() {
                             let mut got = vec![f32::NAN; rows];
                             (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
                             let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
-                            let what = format!("matvec view {view} (repacked {nib}) group {group} cols {cols} rows {rows} first {first}");
+                            let what = format!("matvec view {view} (prepared {prep}) group {group} cols {cols} rows {rows} first {first}");
                             assert_close(k.name, exact, &got, &want, scale, &what);
                         }
                         // Prefill.
@@ -247,7 +246,7 @@ fn nested8_products_match_reference() {
                             let x = acts_input(n, t.cols, group, &mut rng);
                             let mut want_a = QActs::default();
                             (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want_a);
-                            let mut got_a = QActs { copy_order_only: copies_only, ..QActs::default() };
+                            let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
                             (k.quantize_acts)(&x, n, cols, group, &mut got_a);
                             let first = 2;
                             let mut want = vec![0f32; n * rows];
@@ -257,7 +256,7 @@ fn nested8_products_match_reference() {
                             let all = term_scale(&w, &want_a, rows + 2);
                             let scale: Vec<f32> =
                                 (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
-                            let what = format!("matmul view {view} (repacked {nib}) group {group} cols {cols} rows {rows} tokens {n}");
+                            let what = format!("matmul view {view} (prepared {prep}) group {group} cols {cols} rows {rows} tokens {n}");
                             assert_close(k.name, exact, &got, &want, &scale, &what);
                         }
                     }
@@ -275,10 +274,10 @@ fn exact_integer_sums() {
     let mut rng = Rng(0xFEED_F00D);
     for k in tables() {
         for &group in &[8usize, 32, 64, 128, 256] {
-            for &(view, nib) in &VIEWS {
+            for &(view, prep) in &VIEWS {
                 let rows = 67;
                 let t = Tensor::exact(rows, group, &mut rng);
-                let w = t.view(view, nib);
+                let w = t.view(view, prep);
                 let vi = view_index(view);
                 for &n in &[1usize, 2, 3, 7, 64] {
                     let mut x: Vec<f32> = (0..n * group).map(|_| (rng.below(255) as f32) - 127.0).collect();
@@ -299,7 +298,7 @@ fn exact_integer_sums() {
                         (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, 0, &mut want);
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
-                    assert_eq!(got, want, "{} exact sums: view {view} (repacked {nib}) group {group} tokens {n}", k.name);
+                    assert_eq!(got, want, "{} exact sums: view {view} (prepared {prep}) group {group} tokens {n}", k.name);
                 }
             }
         }
@@ -317,8 +316,8 @@ fn wide_rows_match_reference() {
         for (group, cols) in [32usize, 64, 96].into_iter().flat_map(|g| [(g, 130 * g + 40), (g, 300 * g + 40)]) {
             let rows = 9;
             let t = Tensor::random(rows, cols, group, &mut rng);
-            for &(view, nib) in &VIEWS {
-                let w = t.view(view, nib);
+            for &(view, prep) in &VIEWS {
+                let w = t.view(view, prep);
                 let vi = view_index(view);
                 for &n in &[1usize, 2, 5] {
                     let x = acts_input(n, cols, group, &mut rng);
@@ -336,7 +335,7 @@ fn wide_rows_match_reference() {
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
                     let scale = term_scale(&w, &want_a, rows);
-                    let what = format!("wide rows: view {view} (repacked {nib}) group {group} cols {cols} tokens {n}");
+                    let what = format!("wide rows: view {view} (prepared {prep}) group {group} cols {cols} tokens {n}");
                     assert_close(k.name, exact, &got, &want, &scale, &what);
                 }
             }
@@ -374,7 +373,7 @@ fn repack_equals_the_definition() {
     let mut rng = Rng(0x5E9A_C4ED);
     for k in tables() {
         let Some(repack) = k.repack else {
-            eprintln!("!!!!!!!! table {} makes no repacked copies: repack NOT tested !!!!!!!!", k.name);
+            eprintln!("!!!!!!!! table {} makes no runs: repack NOT tested !!!!!!!!", k.name);
             continue;
         };
         // Single codes, one run, a run and a bit, many runs and a partial one.

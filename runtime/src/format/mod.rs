@@ -11,6 +11,7 @@
 //! ```
 
 mod read;
+mod tensor_blocks;
 #[cfg(feature = "std")]
 mod write;
 

@@ -40,9 +40,9 @@ pub struct QActs {
     /// Architecture-private copy of `q` in another order (see the kernels that fill it).
     pub aux: Vec<i8>,
     /// Set by the caller before quantizing when every matrix these activations will meet reads
-    /// a repacked copy (`Nested8::repacked`): a table may then fill only the part of `aux` that
-    /// its copy-reading kernels use (and must serve other views without it).
-    pub copy_order_only: bool,
+    /// its codes from runs (`Prepared::Runs` of `kernels::frame`): a table may then fill only
+    /// the part of `aux` that its runs' kernels use (and must serve other views without it).
+    pub runs_order_only: bool,
 }
 
 impl QActs {

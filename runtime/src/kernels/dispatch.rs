@@ -1,71 +1,17 @@
-//! The kernel table: filled with the scalar reference, then each architecture's `plug`
-//! overwrites the entries its CPU can serve. With `std` the CPU is probed once at first use;
-//! without `std` only features enabled at compile time (`-C target-feature`) are used.
+//! Choosing the kernel table: [`Kernels`] (defined in [`super::frame`]) is filled with the
+//! scalar reference, then each architecture's `plug` overwrites the entries its CPU can serve.
+//! With `std` the CPU is probed once at first use; without `std` only features enabled at
+//! compile time (`-C target-feature`) are used.
 //!
 //! Every SIMD kernel is a private `#[target_feature]` function of its architecture's module,
 //! reachable only through this table, which is only ever filled after the CPU reported the
 //! feature.
 
-use super::acts::QActs;
-use super::{portable, reference, vector, Nested8};
-
-/// Quantize `x` ((n, cols) row-major) into `acts` in blocks of `block` values (the contract of
-/// [`super::acts`]; `aux` in this table's order).
-pub type QuantizeActsFn = fn(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs);
-/// Decode: `out[i] = row (first + i) · token 0 of acts` (see [`reference::nested8_row_dot`]).
-pub type Nested8MatvecFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
-/// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
-pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
-
-/// Decode attention of one query head: see [`vector::attend_head`], the definition.
-/// The copy of a 2-, 3- or 4-bit view that a table's kernels read: equal to
-/// [`crate::blocks::repack_top`]`(view_bits, planes, numel)`, however it is computed.
-pub type RepackFn = fn(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
-
-/// The low-nibble plane of an 8-bit view that a table's 8-bit kernels read: equal to
-/// [`crate::blocks::low_nibbles`]`(planes, numel)`.
-pub type NibblesFn = fn(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
-
-/// SwiGLU's gate in place: see [`vector::swiglu`], the definition.
-pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
-
-pub type AttendHeadFn = fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
-
-/// Function pointers for every product the model runs.
-#[derive(Clone, Copy)]
-pub struct Kernels {
-    /// What filled the table, e.g. `"scalar"`, `"avx2"`, `"neon+dotprod"`.
-    pub name: &'static str,
-    pub quantize_acts: QuantizeActsFn,
-    /// Indexed by [`view_index`] (2, 3, 4, 5, 6, 8 bits).
-    pub nested8_matvec: [Nested8MatvecFn; VIEW_SLOTS],
-    pub nested8_matmul: [Nested8MatmulFn; VIEW_SLOTS],
-    /// Set when this table's 2-, 3- and 4-bit kernels read [`Nested8::repacked`] (groups of a
-    /// multiple of 32): [`super::Matrix::from_tensor`] makes the copy with it at load.
-    pub repack: Option<RepackFn>,
-    /// Set when this table's 8-bit kernels read [`Nested8::low`] (groups of a multiple of 32)
-    /// through [`Nested8::kernel_form`]: [`super::Matrix::from_tensor`] builds it at load.
-    pub nibbles: Option<NibblesFn>,
-    /// Decode attention of one head (f32; bit-identical in every table).
-    pub attend_head: AttendHeadFn,
-    /// SwiGLU's elementwise step (f32; bit-identical in every table).
-    pub swiglu: SwigluFn,
-}
-
-impl core::fmt::Debug for Kernels {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Kernels").field("name", &self.name).finish_non_exhaustive()
-    }
-}
-
-/// Slots of the per-view arrays: one per [`crate::blocks::NESTED8_VIEWS`].
-pub const VIEW_SLOTS: usize = crate::blocks::NESTED8_VIEWS.len();
-
-/// Slot of a view in the per-view arrays (its place in [`crate::blocks::NESTED8_VIEWS`]; the
-/// 8-bit slot for anything else).
-pub fn view_index(view_bits: u8) -> usize {
-    crate::blocks::NESTED8_VIEWS.iter().position(|&v| v == view_bits).unwrap_or(VIEW_SLOTS - 1)
-}
+pub use super::frame::{
+    view_index, AttendHeadFn, Kernels, Nested8MatmulFn, Nested8MatvecFn, NibblesFn, QuantizeActsFn, RepackFn, SwigluFn,
+    VIEW_SLOTS,
+};
+use super::{portable, reference, vector};
 
 impl Kernels {
     /// The scalar reference everywhere.
@@ -80,7 +26,7 @@ impl Kernels {
         swiglu: vector::swiglu,
     };
 
-    /// The reference arithmetic with each group's codes unpacked once ([`portable`]):
+    /// The reference arithmetic with each group's codes unpacked once (`portable.rs`):
     /// bit-identical to [`Kernels::SCALAR`], what CPUs without a SIMD table run.
     pub const PORTABLE: Kernels = Kernels {
         name: "portable",

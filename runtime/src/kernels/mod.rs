@@ -5,14 +5,19 @@
 //! - [`matvec`]: `out[r] = Σ_c W[r, c] · x[c]` (decode: one token);
 //! - [`matmul`]: `out[t, r] = Σ_c W[r, c] · x[t, c]` (prefill and evaluation: many tokens).
 //!
-//! [`reference`] holds the plain scalar definitions that are the specification. Nested weights
-//! meet activations quantized to int8 per group ([`acts`]) in integer dot products, through the
-//! [`dispatch`] table (scalar reference, or the SIMD kernels of `x86_64/` and `aarch64/`).
+//! [`reference`](mod@reference) holds the plain scalar definitions that are the specification.
+//! Nested weights meet activations quantized to int8 per group ([`acts`]) in integer dot
+//! products, through the [`dispatch`] table (scalar reference, or the SIMD kernels of `x86_64/` and `aarch64/`).
 //! Float weights (f32/f16/bf16) dequantize one row (or a tile of rows) at a time into scratch
 //! and multiply with f32 arithmetic (`matrixmultiply` for tiles).
+//!
+//! [`frame`] holds the types the table and its kernels share; this module adds what needs the
+//! chosen table: loading a view with the form its kernels read ([`Nested8::new`]) and the
+//! products, split over threads.
 
 pub mod acts;
 pub mod dispatch;
+pub mod frame;
 mod parallel;
 mod portable;
 pub mod reference;
@@ -23,95 +28,37 @@ mod aarch64;
 mod x86_64;
 
 pub use acts::QActs;
-pub use dispatch::{kernels, Kernels};
+pub use dispatch::kernels;
+pub use frame::{Kernels, Matrix, Nested8, Prepared, WeightView};
 #[cfg(feature = "std")]
 pub use parallel::set_threads;
 pub use parallel::threads;
 use parallel::{for_row_ranges, OutPtr, TASKS_PER_THREAD};
+pub use vector::dot;
 
 use alloc::format;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
-use half::{bf16, f16};
 
-use crate::blocks::{self, GroupParams, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES};
+use crate::blocks::{self, GroupParams, TensorBlocks};
 use crate::error::{Error, Result};
-use crate::format::{Encoding, SegmentKind, TensorInfo};
-
-/// How a matrix's values are stored.
-#[derive(Debug, Clone)]
-pub enum WeightView<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-    Bf16(&'a [bf16]),
-    /// Nested 8-bit codes read at a view: only the first planes are held.
-    Nested8(Nested8<'a>),
-}
-
-/// A nested tensor at one view (see [`crate::blocks`] for the layout and dequantization).
-#[derive(Debug, Clone)]
-pub struct Nested8<'a> {
-    /// (rows, row_stride / group_size) group scales and minima.
-    pub params: &'a [GroupParams],
-    /// The planes the view reads (`blocks::nested8_planes_for_view(view_bits)` of them); the
-    /// others are empty. Plane `p` holds `NESTED8_PLANES[p].bits` bits per code, LSB first;
-    /// row `r`'s bits start at code index `r * row_stride`, a whole byte in every plane.
-    /// (In the [`Nested8::kernel_form`] of an 8-bit view, slot 3 holds [`Nested8::low`].)
-    pub planes: [&'a [u8]; 6],
-    pub group_size: usize,
-    /// One of [`blocks::NESTED8_VIEWS`]: 2, 3, 4, 5, 6 or 8.
-    pub view_bits: u8,
-    /// Codes from one row to the next: the column count padded to whole groups.
-    pub row_stride: usize,
-    /// A 2-, 3- or 4-bit view's codes repacked at load for the kernel tables that read them
-    /// faster that way ([`Kernels::repack`]); `None` otherwise. Equal to what the view's
-    /// planes hold, in runs of 256 codes whose fields need no lane shuffles
-    /// ([`blocks::repack_top`]).
-    pub repacked: Option<Arc<[u8]>>,
-    /// An 8-bit view's low nibbles `q & 15` ([`blocks::low_nibbles`] of planes 3..5), built
-    /// at load for the kernel tables whose 8-bit kernels read a nibble plane
-    /// ([`Kernels::nibbles`]); `None` otherwise. Same bytes as the three planes it replaces.
-    pub low: Option<Arc<[u8]>>,
-}
+use crate::format::TensorInfo;
 
 impl<'a> Nested8<'a> {
     /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
-    /// file order; those past the view's are not read), with the copies the active kernel table
-    /// reads made now (see [`Nested8::repacked`] and [`Nested8::low`]).
+    /// file order; those past the view's are not read), with the form the active kernel table
+    /// reads made now (see [`Nested8::for_active_table`]).
     pub fn new(params: &'a [GroupParams], all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
-        let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
-            what: format!("no {view_bits}-bit view exists (choose 2, 3, 4, 5, 6 or 8)"),
-        })?;
-        if all.len() < n || group_size == 0 || !row_stride.is_multiple_of(group_size) {
-            return Err(Error::InvalidArgument { what: format!("a {view_bits}-bit view needs {n} planes and whole groups") });
-        }
-        let mut planes: [&[u8]; 6] = [&[]; 6];
-        planes[..n].copy_from_slice(&all[..n]);
-        let numel = planes[0].len() * 4;
-        let simd = group_size.is_multiple_of(32) && !dispatch::float_activations();
-        let repacked = match (view_bits, kernels().repack.filter(|_| simd)) {
-            (2..=4, Some(f)) => Some(Arc::from(f(view_bits, &planes, numel))),
-            _ => None,
-        };
-        let low = match (view_bits, kernels().nibbles.filter(|_| simd)) {
-            (8, Some(f)) => Some(Arc::from(f(&planes, numel))),
-            _ => None,
-        };
-        Ok(Nested8 { params, planes, group_size, view_bits, row_stride, repacked, low })
+        Ok(Nested8::stored(params, all, group_size, view_bits, row_stride)?.for_active_table())
     }
 
-    /// What the SIMD kernels of an 8-bit view read: planes 0..2 as stored and [`Nested8::low`]
-    /// in slot 3 (the layout [`NESTED8_KERNEL_PLANES`]), or `self` unchanged when it has no
-    /// nibble plane. The reference and portable kernels read the stored planes instead.
-    pub fn kernel_form(&self) -> Nested8<'_> {
-        match (&self.low, self.view_bits) {
-            (Some(low), 8) => Nested8 {
-                planes: [self.planes[0], self.planes[1], self.planes[2], low, &[], &[]],
-                low: None,
-                repacked: None,
-                ..*self
-            },
-            _ => self.clone(),
+    /// This view with the form the active kernel table reads ([`Nested8::prepare`] with
+    /// [`kernels`]), or as it is while nested weights meet f32 activations
+    /// ([`dispatch::float_activations`]).
+    pub fn for_active_table(self) -> Self {
+        if dispatch::float_activations() {
+            self
+        } else {
+            self.prepare(&kernels())
         }
     }
 }
@@ -137,182 +84,54 @@ impl Scratch {
     }
 }
 
-/// A 2-D weight, `[rows, cols]` row-major (rows = output features).
-#[derive(Debug, Clone)]
-pub struct Matrix<'a> {
-    pub rows: usize,
-    pub cols: usize,
-    pub view: WeightView<'a>,
-}
-
-fn cast<'a, T: bytemuck::Pod>(name: &str, bytes: &'a [u8]) -> Result<&'a [T]> {
-    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
-        what: format!("tensor '{name}'"),
-        align: core::mem::align_of::<T>(),
-    })
-}
-
 impl<'a> Matrix<'a> {
-    /// Borrow a tensor as a matrix. `view_bits` picks the view of a nested tensor (8 if `None`);
-    /// a 1-D tensor is a single row.
-    pub fn from_tensor(t: &TensorInfo<'a>, view_bits: Option<u8>) -> Result<Self> {
-        let (rows, cols) = match t.shape.as_slice() {
-            [c] => (1u64, *c),
-            [r, c] => (*r, *c),
-            _ => return Err(Error::Corrupt { what: format!("tensor '{}' is not a matrix", t.name) }),
+    /// Borrow a tensor's `stored` blocks as a `rows` × `cols` matrix. `view_bits` picks the view
+    /// of nested codes (8 if `None`; ignored for float weights), whose form for the active
+    /// kernel table is made now ([`Nested8::for_active_table`]). Errors when the view does not
+    /// exist or the blocks are too short for the shape.
+    pub fn from_blocks(rows: usize, cols: usize, stored: TensorBlocks<'a>, view_bits: Option<u8>) -> Result<Self> {
+        let too_large = || Error::InvalidArgument { what: format!("a {rows} x {cols} matrix is too large") };
+        let numel = rows.checked_mul(cols).ok_or_else(too_large)?;
+        let short = |what: &str, have: usize, need: usize| Error::InvalidArgument {
+            what: format!("{what} holds {have} values, a {rows} x {cols} matrix needs {need}"),
         };
-        let (rows, cols) = (rows as usize, cols as usize);
-        let values = || {
-            t.segment(SegmentKind::Values)
-                .map(|s| s.bytes)
-                .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no values", t.name) })
-        };
-        let view = match t.encoding {
-            Encoding::F32 => WeightView::F32(cast(t.name, values()?)?),
-            Encoding::F16 => WeightView::F16(cast(t.name, values()?)?),
-            Encoding::Bf16 => WeightView::Bf16(cast(t.name, values()?)?),
-            Encoding::Nested8 => {
-                let params = t
-                    .segment(SegmentKind::GroupParams)
-                    .ok_or_else(|| Error::Corrupt { what: format!("tensor '{}' has no group params", t.name) })?;
-                let planes: Vec<&[u8]> = t.planes().map(|p| p.bytes).collect();
-                let group_size = t.group_size as usize;
-                let row_stride = crate::format::nested8_padded_cols(cols as u64, group_size as u64) as usize;
-                let params = cast(t.name, params.bytes)?;
-                WeightView::Nested8(Nested8::new(params, &planes, group_size, view_bits.unwrap_or(8), row_stride)?)
+        let view = match stored {
+            TensorBlocks::F32(w) if w.len() < numel => return Err(short("f32 data", w.len(), numel)),
+            TensorBlocks::F16(w) if w.len() < numel => return Err(short("f16 data", w.len(), numel)),
+            TensorBlocks::Bf16(w) if w.len() < numel => return Err(short("bf16 data", w.len(), numel)),
+            TensorBlocks::F32(w) => WeightView::F32(w),
+            TensorBlocks::F16(w) => WeightView::F16(w),
+            TensorBlocks::Bf16(w) => WeightView::Bf16(w),
+            TensorBlocks::Nested8 { params, planes, group_size, row_stride } => {
+                let w = Nested8::stored(params, &planes, group_size, view_bits.unwrap_or(8), row_stride)?;
+                if row_stride < cols {
+                    return Err(Error::InvalidArgument { what: format!("rows of {row_stride} codes are shorter than {cols} columns") });
+                }
+                let codes = rows.checked_mul(row_stride).ok_or_else(too_large)?;
+                if params.len() < codes / group_size {
+                    return Err(short("group params", params.len(), codes / group_size));
+                }
+                let n = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(0);
+                for (p, (plane, spec)) in w.planes.iter().zip(blocks::NESTED8_PLANES).take(n).enumerate() {
+                    let need = codes.saturating_mul(spec.bits as usize) / 8;
+                    if plane.len() < need {
+                        return Err(Error::InvalidArgument {
+                            what: format!("plane {p} holds {} bytes, a {}-bit view of {rows} rows of {row_stride} codes needs {need}", plane.len(), w.view_bits),
+                        });
+                    }
+                }
+                WeightView::Nested8(w.for_active_table())
             }
         };
         Ok(Matrix { rows, cols, view })
     }
 
-    /// Bytes this view reads (what must be resident to use it).
-    pub fn view_bytes(&self) -> usize {
-        match self.view {
-            WeightView::F32(w) => w.len() * 4,
-            WeightView::F16(w) => w.len() * 2,
-            WeightView::Bf16(w) => w.len() * 2,
-            WeightView::Nested8(Nested8 { params, planes, .. }) => {
-                params.len() * GroupParams::SIZE + planes.iter().map(|p| p.len()).sum::<usize>()
-            }
-        }
+    /// [`Matrix::from_blocks`] of a checkpoint tensor ([`TensorInfo::blocks`]).
+    #[doc(hidden)]
+    pub fn from_tensor(t: &TensorInfo<'a>, view_bits: Option<u8>) -> Result<Self> {
+        let (rows, cols, stored) = t.blocks()?;
+        Matrix::from_blocks(rows, cols, stored, view_bits)
     }
-
-    /// Call `f` with every byte slice this view reads.
-    pub fn for_each_slice(&self, f: &mut impl FnMut(&[u8])) {
-        match self.view {
-            WeightView::F32(w) => f(bytemuck::cast_slice(w)),
-            WeightView::F16(w) => f(bytemuck::cast_slice(w)),
-            WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
-            WeightView::Nested8(Nested8 { params, planes, ref repacked, ref low, .. }) => {
-                f(bytemuck::cast_slice(params));
-                // A copy replaces the planes it was made from (see [`Matrix::repacked_planes`]).
-                match (repacked, low) {
-                    (Some(n), _) => f(n),
-                    (None, Some(low)) => {
-                        planes[..3].iter().for_each(|p| f(p));
-                        f(low)
-                    }
-                    (None, None) => planes.iter().for_each(|p| f(p)),
-                }
-            }
-        }
-    }
-
-    /// The planes a view no longer reads because a copy made at load holds their bits: all of
-    /// the view's planes for [`Nested8::repacked`], planes 3..5 for [`Nested8::low`], or nothing.
-    pub fn repacked_planes(&self) -> &[&'a [u8]] {
-        match &self.view {
-            WeightView::Nested8(n) if n.repacked.is_some() => {
-                &n.planes[..blocks::nested8_planes_for_view(n.view_bits).unwrap_or(0)]
-            }
-            WeightView::Nested8(n) if n.low.is_some() => &n.planes[3..],
-            _ => &[],
-        }
-    }
-
-    /// Dequantize row `r` into `out[..cols]`.
-    pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
-        let out = &mut out[..self.cols];
-        let start = r * self.cols;
-        match self.view {
-            WeightView::F32(w) => out.copy_from_slice(&w[start..start + self.cols]),
-            WeightView::F16(w) => {
-                use half::slice::HalfFloatSliceExt;
-                w[start..start + self.cols].convert_to_f32_slice(out);
-            }
-            WeightView::Bf16(w) => {
-                use half::slice::HalfFloatSliceExt;
-                w[start..start + self.cols].convert_to_f32_slice(out);
-            }
-            WeightView::Nested8(ref n) => {
-                // A view with a copy reads its codes from the copy, not from the planes it replaced.
-                let (params, gs, bits, start) = (n.params, n.group_size, n.view_bits, r * n.row_stride);
-                match (&n.repacked, &n.low) {
-                    (Some(c), _) => dequant_repacked_row(params, c, gs, bits, start, out),
-                    (None, Some(_)) => dequant_nested8_row(params, &n.kernel_form().planes[..4], &NESTED8_KERNEL_PLANES, gs, bits, start, out),
-                    (None, None) => dequant_nested8_row(params, &n.planes, &NESTED8_PLANES, gs, bits, start, out),
-                }
-            }
-        }
-    }
-}
-
-/// [`dequant_nested8_row`] of a view whose codes come from its repacked copy
-/// ([`Nested8::repacked`]).
-fn dequant_repacked_row(params: &[GroupParams], copy: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
-    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
-        let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
-        for (j, o) in chunk.iter_mut().enumerate() {
-            *o = blocks::top_code(view_bits, copy, first + j) as f32 * step + offset;
-        }
-    }
-}
-
-/// Row dequantization of nested codes, group by group: the same arithmetic as
-/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once. `planes` are
-/// laid out as `specs` say (the stored planes, or an 8-bit view's kernel form).
-fn dequant_nested8_row(
-    params: &[GroupParams],
-    planes: &[&[u8]],
-    specs: &[PlaneSpec],
-    group_size: usize,
-    view_bits: u8,
-    start: usize,
-    out: &mut [f32],
-) {
-    let n_planes = blocks::nested8_planes_for_view(view_bits).unwrap_or(6).min(planes.len());
-    let drop = 8 - view_bits;
-    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
-        let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
-        for (j, o) in chunk.iter_mut().enumerate() {
-            let i = first + j;
-            let mut q = 0u8;
-            for (plane, spec) in planes[..n_planes].iter().zip(specs) {
-                q |= blocks::plane_field(plane, spec.bits, i) << spec.shift;
-            }
-            *o = (q >> drop) as f32 * step + offset;
-        }
-    }
-}
-
-/// f32 dot product with eight independent partial sums, so the compiler may use SIMD lanes.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
-    let (b8, b_tail) = b[..a.len()].split_at(a8.len());
-    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        s += x * y;
-    }
-    s
 }
 
 /// Scratch floats a product over `cols` columns needs with `threads` threads.
@@ -340,7 +159,7 @@ pub fn matvec(m: &Matrix<'_>, x: &[f32], out: &mut [f32], scratch: &mut Scratch)
     let out_rows = |first: usize, rows: usize| unsafe { core::slice::from_raw_parts_mut(out_ptr.get().add(first), rows) };
     if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
-        scratch.acts.copy_order_only = reads_copy(w);
+        scratch.acts.runs_order_only = reads_runs(w);
         (k.quantize_acts)(&x[..m.cols], 1, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
         let kernel = k.nested8_matvec[dispatch::view_index(w.view_bits)];
@@ -383,7 +202,7 @@ pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scr
     }
     let cols = ms[0].cols;
     let k = kernels();
-    scratch.acts.copy_order_only = ws[..ms.len()].iter().all(|w| w.is_some_and(reads_copy));
+    scratch.acts.runs_order_only = ws[..ms.len()].iter().all(|w| w.is_some_and(reads_runs));
     (k.quantize_acts)(&x[..cols], 1, cols, ws[0].map_or(0, |w| w.group_size), &mut scratch.acts);
     let acts = &scratch.acts;
     // Every matrix's row ranges, as [`matvec`] would split them: (matrix, first row, rows).
@@ -418,9 +237,9 @@ pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scr
 pub fn prefetch_next(m: &Matrix<'_>, bytes: usize) {
     #[cfg(feature = "std")]
     if let WeightView::Nested8(n) = &m.view {
-        let data: &[u8] = match &n.repacked {
-            Some(c) => c,
-            None => n.planes[0],
+        let data: &[u8] = match n.prepared() {
+            Prepared::Runs(runs) => runs,
+            _ => n.planes[0],
         };
         let half = data.len() / 2;
         crate::pool::prefetch([&data[..bytes.min(half)], &data[half..(half + bytes).min(data.len())]]);
@@ -429,9 +248,9 @@ pub fn prefetch_next(m: &Matrix<'_>, bytes: usize) {
     let _ = (m, bytes);
 }
 
-/// Whether `w`'s kernels read its repacked copy (see [`QActs::copy_order_only`]).
-fn reads_copy(w: &Nested8<'_>) -> bool {
-    matches!(w.view_bits, 2..=4) && w.repacked.is_some()
+/// Whether `w`'s kernels read its runs (see [`QActs::runs_order_only`]).
+fn reads_runs(w: &Nested8<'_>) -> bool {
+    matches!(w.prepared(), Prepared::Runs(_))
 }
 
 /// Most ranges [`matvec_shared`] splits one matrix into.
@@ -477,7 +296,7 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mu
     let out_ptr = OutPtr(out.as_mut_ptr());
     if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
-        scratch.acts.copy_order_only = reads_copy(w);
+        scratch.acts.runs_order_only = reads_runs(w);
         (k.quantize_acts)(&x[..n * m.cols], n, m.cols, w.group_size, &mut scratch.acts);
         let acts = &scratch.acts;
         let kernel = k.nested8_matmul[dispatch::view_index(w.view_bits)];

@@ -12,7 +12,7 @@ pub fn set_threads(n: usize) {
 }
 
 /// Threads the products will use: as set by [`set_threads`], by default the physical cores
-/// this process may run on (see [`default_threads`]); without std, 1.
+/// this process may run on (see `default_threads`); without std, 1.
 pub fn threads() -> usize {
     #[cfg(feature = "std")]
     {
@@ -66,9 +66,8 @@ pub(crate) const MIN_WEIGHTS_PER_THREAD: usize = 32 * 1024;
 
 /// Row ranges per thread of a product that needs no scratch (see [`for_row_ranges`]). More
 /// than one lets a thread that starts late (a busy machine) leave part of its share to the
-/// others, but each range pays a kernel call's set-up: on the quiet 2-core development machine,
-/// decode (tg128, SmolLM2, 2 threads) ran 4-bit 207-213 tok/s with 1 range per thread, 197-200
-/// with 2 and 192-193 with 4 (2-bit: 301-303, 284-295, 274-288), back to back.
+/// others, but each range pays a kernel call's set-up, which costs more decode speed on a quiet
+/// machine than it saves on a busy one (measurements in `docs/RESULTS.md`).
 pub(crate) const TASKS_PER_THREAD: usize = 1;
 
 /// Split rows `0..rows` into contiguous ranges whose starts are multiples of `align` and run

@@ -4,7 +4,7 @@
 //! the same order); this is what a CPU without a SIMD table runs.
 
 use super::acts::QActs;
-use super::Nested8;
+use super::frame::Nested8;
 use crate::blocks::{self, NESTED8_PLANES};
 
 /// Largest group the stack buffer below holds; larger groups use the reference.

@@ -3,7 +3,7 @@
 //! every faster kernel is tested against these.
 
 use super::acts::QActs;
-use super::{Matrix, Nested8};
+use super::frame::{Matrix, Nested8};
 use crate::blocks;
 use alloc::vec;
 

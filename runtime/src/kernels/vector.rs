@@ -1,9 +1,27 @@
 //! f32 routines written so that they vectorize (eight independent lanes, no calls): sums,
 //! maxima, `exp`, softmax, and the decode attention of one query head, which the dispatch table
-//! serves ([`super::Kernels::attend_head`]): [`attend_head`] is its definition, and a SIMD
-//! table's entry is the same code compiled with that table's features ([`head_body`] is
+//! serves ([`super::frame::Kernels::attend_head`]): [`attend_head`] is its definition, and a SIMD
+//! table's entry is the same code compiled with that table's features (`head_body` is
 //! always inlined), so it is bit-identical: Rust never fuses a multiply and an add, and the
 //! lanes are written out, so wider registers change no operation and no order.
+
+/// f32 dot product with eight independent partial sums, so the compiler may use SIMD lanes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_tail) = b[..a.len()].split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        s += x * y;
+    }
+    s
+}
 
 /// `Σ f(x[i])` with eight independent partial sums, so the loop vectorizes.
 #[inline(always)]
@@ -102,7 +120,7 @@ pub fn softmax_reference(x: &mut [f32]) {
     }
 }
 
-/// `[super::dot(q, k[i]) for i in 0..4]`, bit for bit, with the four dependency chains
+/// `[dot(q, k[i]) for i in 0..4]`, bit for bit, with the four dependency chains
 /// interleaved.
 #[inline(always)]
 fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
@@ -145,7 +163,7 @@ pub(crate) fn head_check(q: &[f32], keys: &[f32], values: &[f32], stride: usize,
 }
 
 /// `scores[j] = scale · dot(q, k_j)` for positions `from..`: four at a time through [`dot4`]
-/// (each still exactly [`super::dot`]), then one at a time.
+/// (each still exactly [`dot`]), then one at a time.
 #[inline(always)]
 pub(crate) fn head_scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, from: usize, scores: &mut [f32]) {
     let hd = q.len();
@@ -159,7 +177,7 @@ pub(crate) fn head_scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, fr
         }
     }
     for (j, s) in scores.iter_mut().enumerate().skip(quads) {
-        *s = super::dot(q, krow(j)) * scale;
+        *s = dot(q, krow(j)) * scale;
     }
 }
 
@@ -185,7 +203,7 @@ pub(crate) fn head_mix(values: &[f32], stride: usize, scores: &mut [f32], out: &
     }
 }
 
-/// The reference entry of [`super::Kernels::attend_head`]: [`head_body`] compiled for the
+/// The reference entry of [`super::frame::Kernels::attend_head`]: `head_body` compiled for the
 /// baseline target.
 pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     head_body(q, keys, values, stride, scale, scores, out)
@@ -209,7 +227,7 @@ mod tests {
             let k: Vec<Vec<f32>> = (0..4).map(|_| (0..len).map(|_| r()).collect()).collect();
             let got = dot4(&q, [&k[0], &k[1], &k[2], &k[3]]);
             for (g, k) in got.iter().zip(&k) {
-                assert_eq!(g.to_bits(), super::super::dot(&q, k).to_bits(), "length {len}");
+                assert_eq!(g.to_bits(), dot(&q, k).to_bits(), "length {len}");
             }
         }
     }

@@ -16,8 +16,7 @@ mod tests;
 mod unpack;
 
 use super::acts::QActs;
-use super::dispatch::Kernels;
-use super::Nested8;
+use super::frame::{Kernels, Nested8, Nested8MatmulFn, Nested8MatvecFn};
 use alloc::vec::Vec;
 use nested8::*;
 use quantize::*;
@@ -55,8 +54,8 @@ fn i8mm_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
 }
 
 // The 5- and 6-bit views have no NEON kernels yet: the tables run the portable ones for them.
-const PORTABLE_MATVEC: super::dispatch::Nested8MatvecFn = super::portable::nested8_matvec;
-const PORTABLE_MATMUL: super::dispatch::Nested8MatmulFn = super::portable::nested8_matmul;
+const PORTABLE_MATVEC: Nested8MatvecFn = super::portable::nested8_matvec;
+const PORTABLE_MATMUL: Nested8MatmulFn = super::portable::nested8_matmul;
 
 const NEON: Kernels = Kernels {
     name: "neon",

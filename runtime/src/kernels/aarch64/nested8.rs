@@ -21,7 +21,8 @@ use core::arch::asm;
 use super::unpack::{block_pair, load_block, unpack32, Consts, Planes, BLOCK};
 use crate::blocks::{self, NESTED8_KERNEL_PLANES};
 use crate::kernels::acts::QActs;
-use crate::kernels::{reference, Nested8};
+use crate::kernels::frame::{Nested8, Prepared};
+use crate::kernels::reference;
 
 /// How one architecture level multiplies 32 codes with 32 activations.
 pub(super) trait Dot {
@@ -153,25 +154,34 @@ fn fast_path(w: &Nested8<'_>, acts: &QActs, first: usize, rows: usize) -> bool {
     assert!(acts.padded_cols >= w.row_stride, "activations shorter than the weight rows");
     let blocks = acts.padded_cols / gs;
     assert!(acts.q.len() >= acts.n * acts.padded_cols && acts.d.len() >= acts.n * blocks && acts.sum.len() >= acts.n * blocks);
-    // The 8-bit kernels read the nibble plane (`Nested8::kernel_form`), built at load.
-    if w.view_bits == 8 && w.low.is_none() {
+    // The 8-bit kernels read the nibble plane (`Prepared::Nibbles`), built at load.
+    if w.view_bits == 8 && !matches!(w.prepared(), Prepared::Nibbles(_)) {
         return false;
     }
     let end = (first + rows) * w.row_stride;
-    let kf = w.kernel_form();
     let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(6).min(4);
-    for (plane, spec) in kf.planes[..n_planes].iter().zip(NESTED8_KERNEL_PLANES) {
+    for (plane, spec) in sources(w)[..n_planes].iter().zip(NESTED8_KERNEL_PLANES) {
         assert!(plane.len() * 8 >= end * spec.bits as usize, "plane shorter than the rows read");
     }
     assert!(w.params.len() >= end / gs, "group params shorter than the rows read");
     true
 }
 
-/// The plane pointers the kernels read: those of `w`'s [`Nested8::kernel_form`] (its caller
-/// keeps `w`, and so the nibble plane, alive while they are used).
+/// What the kernels read, in the order of [`Planes`] (the layout [`NESTED8_KERNEL_PLANES`]):
+/// stored planes 0, 1 and 2, then the 8-bit view's nibble plane ([`Prepared::Nibbles`]); empty
+/// where the view reads none.
+pub(super) fn sources<'s>(w: &'s Nested8<'_>) -> [&'s [u8]; 4] {
+    let nibbles: &[u8] = match w.prepared() {
+        Prepared::Nibbles(nibbles) => nibbles,
+        _ => &[],
+    };
+    [w.planes[0], w.planes[1], w.planes[2], nibbles]
+}
+
+/// Pointers to [`sources`] (the caller keeps `w`, and so the nibble plane, alive while they
+/// are used).
 fn plane_ptrs(w: &Nested8<'_>) -> Planes {
-    let kf = w.kernel_form();
-    core::array::from_fn(|i| kf.planes[i].as_ptr())
+    sources(w).map(|s| s.as_ptr())
 }
 
 /// The exact integer sum of a group from its accumulators (`top` holds `q >> 4` products for

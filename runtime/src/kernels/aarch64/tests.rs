@@ -9,8 +9,9 @@
 
 use super::unpack::{unpack32, Consts};
 use crate::blocks::{self, pack_nested8_planes, GroupParams, NESTED8_VIEWS};
-use crate::kernels::dispatch::{view_index, Kernels};
-use crate::kernels::{reference, Nested8, QActs};
+use crate::kernels::acts::QActs;
+use crate::kernels::frame::{view_index, Kernels, Nested8};
+use crate::kernels::reference;
 use alloc::vec::Vec;
 use core::arch::aarch64::*;
 use half::f16;
@@ -64,7 +65,7 @@ impl Tensor {
         for (p, plane) in planes.iter_mut().zip(&self.planes).take(n) {
             *p = plane;
         }
-        // The 8-bit kernels read the nibble plane, as `Matrix::from_tensor` builds it.
+        // The 8-bit kernels read the nibble plane, as `Nested8::prepare` builds it.
         let low = (view_bits == 8).then(|| alloc::sync::Arc::from(blocks::low_nibbles(&planes, self.planes[0].len() * 4)));
         Nested8 { params: &self.params, planes, group_size: self.group_size, view_bits, row_stride: self.row_stride, repacked: None, low }
     }
@@ -130,8 +131,7 @@ fn unpack_rebuilds_every_view_code() {
     // The views with NEON kernels (5 and 6 bits run the portable ones).
     for v in [2, 3, 4, 8] {
         let w = t.view(v);
-        let kf = w.kernel_form();
-        let planes: [*const u8; 4] = core::array::from_fn(|i| kf.planes[i].as_ptr());
+        let planes: [*const u8; 4] = super::nested8::sources(&w).map(|s| s.as_ptr());
         for chunk in 0..8 {
             let mut got = [[0i8; 16]; 4];
             // SAFETY: NEON is baseline on aarch64 Linux; the planes hold 256 codes and the

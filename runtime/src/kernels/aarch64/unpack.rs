@@ -1,19 +1,22 @@
 //! Rebuilding a view's codes from the bit planes, 32 codes at a time, in natural order, so the
 //! activations are read as [`super::super::acts`] stores them.
 //!
-//! For a chunk of 32 codes starting at flat code index `i` (a multiple of 32) the planes hold
-//! 8 bytes (plane 0, 2 bits/code), 4 + 4 bytes (planes 1 and 2, 1 bit/code) and 16 bytes
-//! (plane 3, 4 bits/code). Every lane of the two output vectors (codes 0..16 and 16..32 of the
-//! chunk) is rebuilt with table lookups and per-lane shifts:
+//! The sources ([`Planes`]) are stored planes 0, 1 and 2 and, for the 8-bit view, its nibble
+//! plane (the view's `Prepared::Nibbles`), called source 3 below. For a chunk of 32 codes
+//! starting at flat code index `i` (a multiple of 32) they hold 8 bytes (plane 0, 2 bits/code),
+//! 4 + 4 bytes (planes 1 and 2, 1 bit/code) and 16 bytes (source 3, 4 bits/code). Every lane
+//! of the two output vectors (codes 0..16 and 16..32 of the chunk) is rebuilt with table
+//! lookups and per-lane shifts:
 //! - plane 0: `tbl` spreads byte `L / 4` to lane `L`, `ushl` by `pos - 2 (L % 4)` moves the
 //!   field to its place in the view code, a mask keeps it;
 //! - planes 1, 2: `tbl` spreads byte `L / 8` to lane `L`, `cmtst` with `1 << (L % 8)` gives
 //!   0 or -1, which is masked (or, at bit 0, subtracted) into the code;
-//! - plane 3: low nibbles are the even codes, high nibbles the odd ones, `zip` interleaves them.
+//! - source 3: low nibbles are the even codes, high nibbles the odd ones, `zip` interleaves them.
 //!
 //! Views of up to 4 bits produce `q_k` (0..=15) directly. The 8-bit view produces its top
-//! nibble (`q >> 4`, the 4-bit view's code) and plane 3 (`q & 15`) separately, because
-//! `sdot`/`smull` multiply signed bytes: `q · x = 16 (q >> 4) · x + (q & 15) · x`.
+//! nibble (`q >> 4`, the 4-bit view's code) and its low nibble (`q & 15`, source 3)
+//! separately, because `sdot`/`smull` multiply signed bytes:
+//! `q · x = 16 (q >> 4) · x + (q & 15) · x`.
 //!
 //! These helpers are `#[inline(always)]` so they compile inside the `#[target_feature]`
 //! kernels of [`super::nested8`] that call them.
@@ -85,7 +88,8 @@ impl Consts {
     }
 }
 
-/// Raw starts of the planes a kernel reads (bounds checked by the kernel before any read).
+/// Raw starts of what a kernel reads: stored planes 0, 1 and 2, then the 8-bit view's nibble
+/// plane ([`super::nested8::sources`]; bounds checked by the kernel before any read).
 pub(super) type Planes = [*const u8; 4];
 
 /// Merge a 1-bit plane into the codes at bit `POS` (0 or 1).
@@ -155,7 +159,7 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &Planes, i: usize, k: &Consts
 // Block order: 128 codes at a time, each plane unpacked in the order its bits lie in the
 // register. Byte `b` (0..16) of a 1-bit plane's 16 bytes holds codes `8b..8b + 8`, so
 // `(plane >> k) & 1` is code `8b + k` in lane `b`; plane 0's 32 bytes, de-interleaved into even
-// and odd bytes (`uzp`), give the same order with fields `k % 4`, and plane 3's 64 bytes
+// and odd bytes (`uzp`), give the same order with fields `k % 4`, and source 3's 64 bytes
 // loaded 4-way de-interleaved (`ld4`) give it in the low and high nibbles. So vector `k`
 // (0..8) of the block holds codes `8b + k` for every plane, and the activations are read in
 // that order from a transposed copy ([`transpose_block`]). `sdot` lane `j` then sums bytes

@@ -10,13 +10,30 @@
 //!   no i16 flushes, whole 8-bit codes in one product at prefill).
 //!
 //! Both are bit-identical to [`super::reference`]: integer sums are exact and the float
-//! combination per group is done lane-wise in the reference's order, without FMA (see
-//! [`avx2`]). No development machine has AVX-512: its tests run under the Bochs emulator
-//! (`targets/avx512-emu.sh`), and `variants` reports it NOT tested on a CPU without it.
+//! combination per group is done lane-wise in the reference's order, without FMA. A CPU
+//! without AVX-512 reports the `avx512vnni` table NOT tested (`variants`).
+//!
+//! One concern per file:
+//! - [`tables`]: the safe entries and the two tables;
+//! - [`quantize`]: activation quantization and the copies of the activations the kernels read
+//!   (parts A, B and C of `acts.aux`);
+//! - [`decode`]: one token against rows (matvec), from the planes, the nibble plane or the runs;
+//! - [`prefill`]: many tokens against a tile of rows (matmul);
+//! - [`repack`]: rows unpacked to byte codes for prefill, and the runs made at load;
+//! - [`runs`]: the fields of a run;
+//! - [`elementwise`]: attention of one head, SwiGLU;
+//! - [`common`]: the superchunk, its lane order, the sources a kernel reads, small helpers.
 
-mod avx2;
+mod common;
+mod decode;
+mod elementwise;
+mod prefill;
+mod quantize;
+mod repack;
+mod runs;
+mod tables;
 
-use super::dispatch::Kernels;
+use super::frame::Kernels;
 use alloc::vec::Vec;
 
 /// Whether this CPU runs the `avx2` table: AVX2 (integer kernels), FMA (part of the contract
@@ -60,14 +77,14 @@ pub(super) fn avx512vnni_available() -> bool {
 /// Overwrite the entries of `k` this CPU can serve faster.
 pub(crate) fn plug(k: &mut Kernels) {
     if avx512vnni_available() {
-        *k = avx2::TABLE_AVX512;
+        *k = tables::TABLE_AVX512;
     } else if avx2_available() {
-        *k = avx2::TABLE;
+        *k = tables::TABLE;
     }
 }
 
 /// Every table of this architecture (`None` where the CPU lacks its features), for the tests.
 pub(crate) fn variants(v: &mut Vec<(&'static str, Option<Kernels>)>) {
-    v.push(("avx2", avx2_available().then_some(avx2::TABLE)));
-    v.push(("avx512vnni", avx512vnni_available().then_some(avx2::TABLE_AVX512)));
+    v.push(("avx2", avx2_available().then_some(tables::TABLE)));
+    v.push(("avx512vnni", avx512vnni_available().then_some(tables::TABLE_AVX512)));
 }

@@ -1,0 +1,260 @@
+//! The weights as the kernels read them: a [`Matrix`] borrows one tensor's stored bytes through
+//! a [`WeightView`]; a nested tensor is a [`Nested8`] at one view, whose codes a SIMD table may
+//! read from a form prepared at load ([`Prepared`]) instead of from its stored planes.
+
+use alloc::format;
+use alloc::sync::Arc;
+use half::{bf16, f16};
+
+use super::Kernels;
+use crate::blocks::{self, GroupParams, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES};
+use crate::error::{Error, Result};
+
+/// How a matrix's values are stored.
+#[derive(Debug, Clone)]
+pub enum WeightView<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+    /// Nested 8-bit codes read at a view: only the first planes are held.
+    Nested8(Nested8<'a>),
+}
+
+/// A 2-D weight, `[rows, cols]` row-major (rows = output features).
+#[derive(Debug, Clone)]
+pub struct Matrix<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub view: WeightView<'a>,
+}
+
+/// A nested tensor at one view (see [`crate::blocks`] for the layout and dequantization).
+#[derive(Debug, Clone)]
+pub struct Nested8<'a> {
+    /// (rows, row_stride / group_size) group scales and minima.
+    pub params: &'a [GroupParams],
+    /// The stored planes the view reads (`blocks::nested8_planes_for_view(view_bits)` of them);
+    /// the others are empty. Plane `p` holds `NESTED8_PLANES[p].bits` bits per code, LSB first;
+    /// row `r`'s bits start at code index `r * row_stride`, a whole byte in every plane.
+    pub planes: [&'a [u8]; 6],
+    pub group_size: usize,
+    /// One of [`blocks::NESTED8_VIEWS`]: 2, 3, 4, 5, 6 or 8.
+    pub view_bits: u8,
+    /// Codes from one row to the next: the column count padded to whole groups.
+    pub row_stride: usize,
+    /// Where [`Prepared::Runs`] is kept (a 2-, 3- or 4-bit view; `None` otherwise). Read it
+    /// through [`Nested8::prepared`].
+    pub repacked: Option<Arc<[u8]>>,
+    /// Where [`Prepared::Nibbles`] is kept (an 8-bit view; `None` otherwise). Read it through
+    /// [`Nested8::prepared`].
+    pub low: Option<Arc<[u8]>>,
+}
+
+/// The form a view's codes are read in by the kernels of the table that prepared it (see
+/// [`Nested8::prepare`]). Every form holds the same codes as the stored planes it replaces;
+/// the reference and portable kernels always read the stored planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared<'s> {
+    /// The stored planes as they are ([`Nested8::planes`]).
+    Planes,
+    /// A 2-, 3- or 4-bit view's codes repacked into runs of 256 ([`blocks::repack_top`]), whose
+    /// fields need no lane shuffles: they replace all of the view's planes.
+    Runs(&'s [u8]),
+    /// An 8-bit view's low nibbles `q & 15` ([`blocks::low_nibbles`]), read with stored planes
+    /// 0..3 (the layout [`NESTED8_KERNEL_PLANES`]): they replace planes 3..6.
+    Nibbles(&'s [u8]),
+}
+
+impl<'s> Prepared<'s> {
+    /// The bytes of a prepared form (`None` for [`Prepared::Planes`]).
+    pub fn bytes(self) -> Option<&'s [u8]> {
+        match self {
+            Prepared::Runs(b) | Prepared::Nibbles(b) => Some(b),
+            Prepared::Planes => None,
+        }
+    }
+}
+
+impl<'a> Nested8<'a> {
+    /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
+    /// file order; those past the view's are not read), read from its stored planes.
+    pub fn stored(params: &'a [GroupParams], all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
+        let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
+            what: format!("no {view_bits}-bit view exists (choose 2, 3, 4, 5, 6 or 8)"),
+        })?;
+        if all.len() < n || group_size == 0 || !row_stride.is_multiple_of(group_size) {
+            return Err(Error::InvalidArgument { what: format!("a {view_bits}-bit view needs {n} planes and whole groups") });
+        }
+        let mut planes: [&[u8]; 6] = [&[]; 6];
+        planes[..n].copy_from_slice(&all[..n]);
+        Ok(Nested8 { params, planes, group_size, view_bits, row_stride, repacked: None, low: None })
+    }
+
+    /// This view with the form `k`'s kernels read made now: the runs of a 2-, 3- or 4-bit view
+    /// ([`Kernels::repack`]) or the nibble plane of an 8-bit one ([`Kernels::nibbles`]), for
+    /// groups of a multiple of 32 (the SIMD kernels' unit); otherwise unchanged.
+    pub fn prepare(self, k: &Kernels) -> Self {
+        let numel = self.planes[0].len() * 4;
+        let simd = self.group_size.is_multiple_of(32);
+        let repacked = match (self.view_bits, k.repack.filter(|_| simd)) {
+            (2..=4, Some(f)) => Some(Arc::from(f(self.view_bits, &self.planes, numel))),
+            _ => None,
+        };
+        let low = match (self.view_bits, k.nibbles.filter(|_| simd)) {
+            (8, Some(f)) => Some(Arc::from(f(&self.planes, numel))),
+            _ => None,
+        };
+        Nested8 { repacked, low, ..self }
+    }
+
+    /// This view read from its stored planes: the prepared form dropped (every kernel computes
+    /// the same outputs from it, the SIMD ones more slowly).
+    pub fn unprepared(&self) -> Self {
+        Nested8 { repacked: None, low: None, ..self.clone() }
+    }
+
+    /// The form the SIMD kernels read this view's codes in.
+    #[inline]
+    pub fn prepared(&self) -> Prepared<'_> {
+        match (self.view_bits, &self.repacked, &self.low) {
+            (2..=4, Some(runs), _) => Prepared::Runs(runs),
+            (8, _, Some(nibbles)) => Prepared::Nibbles(nibbles),
+            _ => Prepared::Planes,
+        }
+    }
+
+    /// Indices of the stored planes (within 0..6) that the prepared form replaced, which the
+    /// SIMD kernels no longer read: all of the view's planes for [`Prepared::Runs`], 3..6 for
+    /// [`Prepared::Nibbles`], none for [`Prepared::Planes`].
+    pub fn replaced_planes(&self) -> core::ops::Range<usize> {
+        match self.prepared() {
+            Prepared::Runs(_) => 0..blocks::nested8_planes_for_view(self.view_bits).unwrap_or(0),
+            Prepared::Nibbles(_) => 3..6,
+            Prepared::Planes => 0..0,
+        }
+    }
+}
+
+impl<'a> Matrix<'a> {
+    /// Bytes this view reads (what must be resident to use it).
+    pub fn view_bytes(&self) -> usize {
+        match self.view {
+            WeightView::F32(w) => w.len() * 4,
+            WeightView::F16(w) => w.len() * 2,
+            WeightView::Bf16(w) => w.len() * 2,
+            WeightView::Nested8(Nested8 { params, planes, .. }) => {
+                params.len() * GroupParams::SIZE + planes.iter().map(|p| p.len()).sum::<usize>()
+            }
+        }
+    }
+
+    /// Call `f` with every byte slice this view reads.
+    pub fn for_each_slice(&self, f: &mut impl FnMut(&[u8])) {
+        match self.view {
+            WeightView::F32(w) => f(bytemuck::cast_slice(w)),
+            WeightView::F16(w) => f(bytemuck::cast_slice(w)),
+            WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
+            WeightView::Nested8(ref n) => {
+                f(bytemuck::cast_slice(n.params));
+                // A prepared form replaces the planes it was made from (see
+                // [`Matrix::replaced_planes`]).
+                match n.prepared() {
+                    Prepared::Runs(runs) => f(runs),
+                    Prepared::Nibbles(nibbles) => {
+                        n.planes[..3].iter().for_each(|p| f(p));
+                        f(nibbles)
+                    }
+                    Prepared::Planes => n.planes.iter().for_each(|p| f(p)),
+                }
+            }
+        }
+    }
+
+    /// Indices of the stored planes (within 0..6) that this view's prepared form replaced and
+    /// that the kernels no longer read (see [`Nested8::replaced_planes`]); empty for float
+    /// weights and views read from their planes.
+    pub fn replaced_planes(&self) -> core::ops::Range<usize> {
+        match &self.view {
+            WeightView::Nested8(n) => n.replaced_planes(),
+            _ => 0..0,
+        }
+    }
+
+    /// The plane slices of [`Matrix::replaced_planes`] (until callers take the indices).
+    #[doc(hidden)]
+    pub fn repacked_planes(&self) -> &[&'a [u8]] {
+        match &self.view {
+            WeightView::Nested8(n) => &n.planes[n.replaced_planes()],
+            _ => &[],
+        }
+    }
+
+    /// Dequantize row `r` into `out[..cols]`.
+    pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        let start = r * self.cols;
+        match self.view {
+            WeightView::F32(w) => out.copy_from_slice(&w[start..start + self.cols]),
+            WeightView::F16(w) => {
+                use half::slice::HalfFloatSliceExt;
+                w[start..start + self.cols].convert_to_f32_slice(out);
+            }
+            WeightView::Bf16(w) => {
+                use half::slice::HalfFloatSliceExt;
+                w[start..start + self.cols].convert_to_f32_slice(out);
+            }
+            WeightView::Nested8(ref n) => {
+                // A view with a prepared form reads its codes from it, not from the planes it
+                // replaced.
+                let (params, gs, bits, start) = (n.params, n.group_size, n.view_bits, r * n.row_stride);
+                match n.prepared() {
+                    Prepared::Runs(runs) => dequant_runs_row(params, runs, gs, bits, start, out),
+                    Prepared::Nibbles(nibbles) => {
+                        let planes = [n.planes[0], n.planes[1], n.planes[2], nibbles];
+                        dequant_nested8_row(params, &planes, &NESTED8_KERNEL_PLANES, gs, bits, start, out)
+                    }
+                    Prepared::Planes => dequant_nested8_row(params, &n.planes, &NESTED8_PLANES, gs, bits, start, out),
+                }
+            }
+        }
+    }
+}
+
+/// [`dequant_nested8_row`] of a view whose codes come from its runs ([`Prepared::Runs`]).
+fn dequant_runs_row(params: &[GroupParams], runs: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
+    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
+        let first = start + g * group_size;
+        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
+        for (j, o) in chunk.iter_mut().enumerate() {
+            *o = blocks::top_code(view_bits, runs, first + j) as f32 * step + offset;
+        }
+    }
+}
+
+/// Row dequantization of nested codes, group by group: the same arithmetic as
+/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once. `planes` are
+/// laid out as `specs` say (the stored planes, or an 8-bit view's planes 0..3 and nibbles).
+fn dequant_nested8_row(
+    params: &[GroupParams],
+    planes: &[&[u8]],
+    specs: &[PlaneSpec],
+    group_size: usize,
+    view_bits: u8,
+    start: usize,
+    out: &mut [f32],
+) {
+    let n_planes = blocks::nested8_planes_for_view(view_bits).unwrap_or(6).min(planes.len());
+    let drop = 8 - view_bits;
+    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
+        let first = start + g * group_size;
+        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let i = first + j;
+            let mut q = 0u8;
+            for (plane, spec) in planes[..n_planes].iter().zip(specs) {
+                q |= blocks::plane_field(plane, spec.bits, i) << spec.shift;
+            }
+            *o = (q >> drop) as f32 * step + offset;
+        }
+    }
+}

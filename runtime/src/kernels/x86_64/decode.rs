@@ -1,0 +1,642 @@
+//! Decode (`avx2_nested8_matvec`): one token against rows of nested codes, read in the form
+//! the view was prepared in, with the activations permuted to match (part A of
+//! [`super::quantize`]).
+//!
+//! # From the stored planes (and, at 8 bits, the nibble plane)
+//! The product is linear in the planes: `q_k = Σ_p w_p · plane_p` (view 8: `64·p0 + 32·p1 +
+//! 16·p2 + nibbles`), so each source is unpacked in its natural SIMD order (`(v >> s) & mask`
+//! over a register) and multiplied (`maddubs`, field values ≤ 15 so it never saturates) with a
+//! copy of the activations permuted to that order, which `quantize_acts` writes once per token
+//! into `acts.aux` (part A). A lower view reads and computes only its planes.
+//!
+//! The unit is a *superchunk* of 256 codes (8 subgroups of 32, each inside one group because
+//! group sizes are multiples of 32). The plane registers are rearranged (a few dword shuffles
+//! per superchunk) so that i32 lane `m` of every plane covers the same subgroup `PI[m]`; the
+//! planes of the high nibble (`4·p0 + 2·p1 + p2`, planes 1 and 2 merged into 2-bit fields
+//! first) then add up in i16 (a lane sums at most 16 codes × 15 × 127 = 30480), the nibbles in
+//! a second i16 accumulator, and one `madd` per superchunk widens to i32.
+//!
+//! # From the runs
+//! A 2-, 3- or 4-bit view prepared as runs ([`Prepared::Runs`]) is read one run per
+//! superchunk: its fields are one or two shifts and masks of a word, already in lane order
+//! `PI`, so one `maddubs` covers 32 codes (the planes need two at 3 and 4 bits) and no lane is
+//! shuffled. The fields meet part A's source-3 order, the only one filled when every matrix of
+//! the call reads runs (`QActs::runs_order_only`).
+//!
+//! # Rows, groups and the float sum
+//! Group sums are exact integers; each group's float term `d · (step · isum + offset · sum)` is
+//! computed with separate multiplies and adds (no FMA), 8 groups of a row per register, then an
+//! 8×8 transpose puts 8 rows in the lanes of one accumulator that adds the terms in group
+//! order, so the result equals the reference bit for bit. Rows go in blocks of 8, whose codes
+//! are contiguous in every source: the block is read as one stream of superchunks that run
+//! across row ends (576 columns: 8 rows are 18 superchunks), meeting part A's slots in turn.
+//! Each superchunk's sums go straight to a small buffer of group sums (groups of 32, 64 and 128
+//! are folded in registers; other multiples of 32 afterwards). Groups of 8 or 16 fall back to
+//! the reference.
+//!
+//! # VNNI
+//! The `avx512vnni` table runs these functions with `VNNI = true`: each `maddubs` (i16 lanes)
+//! and its widening `madd` become one `vpdpbusd` (i32 lanes, [`dpbusd`]), which gives the same
+//! exact integer sums, so every result stays bit-identical; a block read from runs goes 512
+//! bits at a time ([`avx512_runs_stream`]).
+//!
+//! Kernel parameters: `V` the view (2, 3, 4 or 8), `RUNS` whether it reads [`Prepared::Runs`]
+//! instead of the planes (views 2-4 only), `VNNI` as above.
+
+use core::arch::x86_64::*;
+
+use super::common::{
+    check_bounds, dpbusd, load_params8, params_to_f32, reads_source, source_bits, sources, transpose8x8, SC,
+};
+use super::quantize::{part_a_slots, Layout, PREFILL_MIN_TOKENS, SC_AUX};
+use super::runs::{run_fields, run_fields512};
+use crate::blocks;
+use crate::kernels::acts::QActs;
+use crate::kernels::frame::{Nested8, Prepared};
+use crate::kernels::reference;
+
+/// Whether the fast kernels serve `w` with `acts` (else the reference does): groups of a
+/// multiple of 32, activations from this table's `quantize_acts` for this matrix.
+pub(super) fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
+    let form = w.prepared();
+    w.group_size.is_multiple_of(32)
+        && w.view_bits == view
+        && acts.block == w.group_size
+        && acts.padded_cols == w.row_stride
+        && w.row_stride / 32 <= MAX_SUB
+        && acts.n > 0
+        && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
+        // Part A holds only the runs' order: the planes' kernels cannot run on it.
+        && (acts.n >= PREFILL_MIN_TOKENS || !acts.runs_order_only || matches!(form, Prepared::Runs(_)))
+        // The 8-bit kernels read the nibble plane.
+        && (view != 8 || matches!(form, Prepared::Nibbles(_)))
+}
+
+/// The 8 registers of one superchunk's sources, loaded from `p[s]` (the superchunk's bytes in
+/// source `s`: 64, 32, 32 bytes, then 32 per bit of source 3; only the sources view `V` reads
+/// with `RUNS` are loaded, see [`reads_source`]): plane 0 in registers 0-1, plane 1 in 2,
+/// plane 2 in 3, source 3 (nibbles or runs) from 4 on (unread ones zero).
+///
+/// # Safety
+/// The CPU supports AVX2; the pointers of the sources read are readable for those lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_superchunk<const V: u8, const RUNS: bool>(p: [*const u8; 4]) -> [__m256i; 8] {
+    let mut r = [_mm256_setzero_si256(); 8];
+    // SAFETY: inside the ranges the caller guarantees.
+    unsafe {
+        if reads_source(V, RUNS, 0) {
+            r[0] = _mm256_loadu_si256(p[0] as *const __m256i);
+            r[1] = _mm256_loadu_si256(p[0].add(32) as *const __m256i);
+        }
+        if reads_source(V, RUNS, 1) {
+            r[2] = _mm256_loadu_si256(p[1] as *const __m256i);
+        }
+        if reads_source(V, RUNS, 2) {
+            r[3] = _mm256_loadu_si256(p[2] as *const __m256i);
+        }
+        if reads_source(V, RUNS, 3) {
+            for (i, ri) in r[4..4 + SC * source_bits(V, RUNS, 3) / 256].iter_mut().enumerate() {
+                *ri = _mm256_loadu_si256(p[3].add(32 * i) as *const __m256i);
+            }
+        }
+    }
+    r
+}
+
+/// `$acc += ` the products of `$u`'s unsigned bytes with register `$r` of part A at `$a`:
+/// without VNNI `maddubs` into i16 lanes (pairs of bytes), with VNNI `vpdpbusd` into i32 lanes
+/// (fours of bytes; [`widen`] makes both i32 sums of the same four bytes).
+macro_rules! mad {
+    ($vnni:expr, $acc:ident, $u:expr, $a:ident, $r:expr) => {{
+        let x = _mm256_loadu_si256($a.add($r * 32) as *const __m256i);
+        $acc = if $vnni { dpbusd($acc, $u, x) } else { _mm256_add_epi16($acc, _mm256_maddubs_epi16($u, x)) }
+    }};
+}
+
+/// i32 lane sums of what [`mad!`] accumulated into `h0` and `h1`, times `mul` (1 or 16).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen<const VNNI: bool>(h0: __m256i, h1: __m256i, mul: i16) -> __m256i {
+    if VNNI {
+        let s = _mm256_add_epi32(h0, h1);
+        if mul == 16 { _mm256_slli_epi32::<4>(s) } else { s }
+    } else {
+        _mm256_madd_epi16(_mm256_add_epi16(h0, h1), _mm256_set1_epi16(mul))
+    }
+}
+
+/// `Σ q_V · x` over one superchunk of one row, as 8 i32 lanes (lane `m`: subgroup `PI[m]`),
+/// from its source registers (see [`load_superchunk`]) and `a`, its part A (768 bytes).
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn superchunk<const V: u8, const RUNS: bool, const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
+    // SAFETY (whole body): the loads read part A registers 0..24 (768 bytes).
+    unsafe {
+        if RUNS {
+            return runs_dot::<V, VNNI>(regs, a);
+        }
+        // Plane 0 (2 bits/code): 64 bytes, dword j = codes 16j..16j+15; A' takes the first
+        // dword of each subgroup, B' the second, both in lane order PI.
+        let spread = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let a0 = _mm256_permutevar8x32_epi32(regs[0], spread);
+        let b0 = _mm256_permutevar8x32_epi32(regs[1], spread);
+        let ra = _mm256_unpacklo_epi64(a0, b0);
+        let rb = _mm256_unpackhi_epi64(a0, b0);
+        let mut h0 = _mm256_setzero_si256();
+        let mut h1 = _mm256_setzero_si256();
+        // Plane 0 enters with weight 1 (view 2), 2 (view 3) or 4 (views 4, 8): the field is
+        // shifted to sit under the mask 3, 6 or 12.
+        if V == 2 {
+            let m = _mm256_set1_epi8(3);
+            mad!(VNNI, h0, _mm256_and_si256(ra, m), a, 0);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 1);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 2);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(ra), m), a, 3);
+            mad!(VNNI, h0, _mm256_and_si256(rb, m), a, 4);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 5);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 6);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(rb), m), a, 7);
+        } else if V == 3 {
+            let m = _mm256_set1_epi8(6);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<1>(ra), m), a, 0);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<1>(ra), m), a, 1);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<3>(ra), m), a, 2);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<5>(ra), m), a, 3);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<1>(rb), m), a, 4);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<1>(rb), m), a, 5);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<3>(rb), m), a, 6);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<5>(rb), m), a, 7);
+        } else {
+            let m = _mm256_set1_epi8(12);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<2>(ra), m), a, 0);
+            mad!(VNNI, h1, _mm256_and_si256(ra, m), a, 1);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<2>(ra), m), a, 2);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<4>(ra), m), a, 3);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_slli_epi16::<2>(rb), m), a, 4);
+            mad!(VNNI, h1, _mm256_and_si256(rb, m), a, 5);
+            mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<2>(rb), m), a, 6);
+            mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<4>(rb), m), a, 7);
+        }
+        if V >= 3 {
+            // Planes 1 and 2 (1 bit/code): dword l = subgroup l; reorder to lanes PI.
+            let to_pi = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            let q1 = _mm256_permutevar8x32_epi32(regs[2], to_pi);
+            let one = _mm256_set1_epi8(1);
+            let a12 = SC;
+            if V == 3 {
+                // Bit b = 2k + reg of byte 4m + c is code 32·PI[m] + 8c + b: register reg*4 + k.
+                mad!(VNNI, h0, _mm256_and_si256(q1, one), a, a12 / 32);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(q1), one), a, a12 / 32 + 1);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(q1), one), a, a12 / 32 + 2);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(q1), one), a, a12 / 32 + 3);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<1>(q1), one), a, a12 / 32 + 4);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<3>(q1), one), a, a12 / 32 + 5);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<5>(q1), one), a, a12 / 32 + 6);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<7>(q1), one), a, a12 / 32 + 7);
+            } else {
+                // Merge into 2-bit fields 2·p1 + p2: M holds even bits (codes 8b + 2k),
+                // N odd bits (codes 8b + 2k + 1).
+                let q2 = _mm256_permutevar8x32_epi32(regs[3], to_pi);
+                let odd = _mm256_set1_epi8(0xAAu8 as i8);
+                let even = _mm256_set1_epi8(0x55);
+                let mm = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_slli_epi16::<1>(q1), odd),
+                    _mm256_and_si256(q2, even),
+                );
+                let nn = _mm256_or_si256(
+                    _mm256_and_si256(q1, odd),
+                    _mm256_and_si256(_mm256_srli_epi16::<1>(q2), even),
+                );
+                let m = _mm256_set1_epi8(3);
+                mad!(VNNI, h0, _mm256_and_si256(mm, m), a, a12 / 32);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(mm), m), a, a12 / 32 + 1);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(mm), m), a, a12 / 32 + 2);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(mm), m), a, a12 / 32 + 3);
+                mad!(VNNI, h0, _mm256_and_si256(nn, m), a, a12 / 32 + 4);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<2>(nn), m), a, a12 / 32 + 5);
+                mad!(VNNI, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(nn), m), a, a12 / 32 + 6);
+                mad!(VNNI, h1, _mm256_and_si256(_mm256_srli_epi16::<6>(nn), m), a, a12 / 32 + 7);
+            }
+        }
+        if V != 8 {
+            return widen::<VNNI>(h0, h1, 1);
+        }
+        _mm256_add_epi32(widen::<VNNI>(h0, h1, 16), nibbles_dot::<VNNI>(regs, a))
+    }
+}
+
+/// `Σ (q & 15) · x` over one superchunk, as 8 i32 lanes (lane `m`: subgroup `PI[m]`), from the
+/// nibble plane's registers (`regs[4..8]`) and part A's source-3 order.
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nibbles_dot<const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
+    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
+    unsafe {
+        // Nibbles (4 bits/code): 4 registers of 2 subgroups each; a 4×4 dword transpose in
+        // each 128-bit half gives T_j, lane m = dword j of subgroup PI[m].
+        let [r0, r1, r2, r3] = [regs[4], regs[5], regs[6], regs[7]];
+        let t0 = _mm256_unpacklo_epi32(r0, r1);
+        let t1 = _mm256_unpackhi_epi32(r0, r1);
+        let t2 = _mm256_unpacklo_epi32(r2, r3);
+        let t3 = _mm256_unpackhi_epi32(r2, r3);
+        let tj = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        let nib = _mm256_set1_epi8(0x0F);
+        let mut l0 = _mm256_setzero_si256();
+        let mut l1 = _mm256_setzero_si256();
+        let a3 = 2 * SC / 32;
+        mad!(VNNI, l0, _mm256_and_si256(tj[0], nib), a, a3);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[0]), nib), a, a3 + 1);
+        mad!(VNNI, l0, _mm256_and_si256(tj[1], nib), a, a3 + 2);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[1]), nib), a, a3 + 3);
+        mad!(VNNI, l0, _mm256_and_si256(tj[2], nib), a, a3 + 4);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[2]), nib), a, a3 + 5);
+        mad!(VNNI, l0, _mm256_and_si256(tj[3], nib), a, a3 + 6);
+        mad!(VNNI, l1, _mm256_and_si256(_mm256_srli_epi16::<4>(tj[3]), nib), a, a3 + 7);
+        widen::<VNNI>(l0, l1, 1)
+    }
+}
+
+/// `Σ q_V · x` over one run of view `V`'s [`Prepared::Runs`] ([`blocks::repack_top`]), as 8 i32
+/// lanes (lane `m`: subgroup `PI[m]`), from its words (`regs[4..]`) and part A's source-3 order.
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn runs_dot<const V: u8, const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
+    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes). Codes
+    // are at most 15, so a maddubs lane is at most 2 · 15 · 128 and four of them fit in i16.
+    unsafe {
+        let f = run_fields::<V>(regs);
+        let mut l0 = _mm256_setzero_si256();
+        let mut l1 = _mm256_setzero_si256();
+        let a3 = 2 * SC / 32;
+        mad!(VNNI, l0, f[0], a, a3);
+        mad!(VNNI, l1, f[1], a, a3 + 1);
+        mad!(VNNI, l0, f[2], a, a3 + 2);
+        mad!(VNNI, l1, f[3], a, a3 + 3);
+        mad!(VNNI, l0, f[4], a, a3 + 4);
+        mad!(VNNI, l1, f[5], a, a3 + 5);
+        mad!(VNNI, l0, f[6], a, a3 + 6);
+        mad!(VNNI, l1, f[7], a, a3 + 7);
+        widen::<VNNI>(l0, l1, 1)
+    }
+}
+
+/// [`superchunk`] of the superchunk starting at flat code `c` (a multiple of 8 codes, so a
+/// whole byte in every source; with `RUNS`, a multiple of 256), read from the sources `src`
+/// (see [`sources`]), with part A slot `a`.
+///
+/// # Safety
+/// The CPU supports AVX2; the superchunk's bytes lie inside the sources read; `a` readable
+/// for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn superchunk_at<const V: u8, const RUNS: bool, const VNNI: bool>(src: &[&[u8]; 4], c: usize, a: *const i8) -> __m256i {
+    let mut ptr = [core::ptr::null::<u8>(); 4];
+    // SAFETY: the caller guarantees the superchunk's bytes are inside the sources.
+    unsafe {
+        if reads_source(V, RUNS, 0) {
+            ptr[0] = src[0].as_ptr().add(c / 4);
+        }
+        if reads_source(V, RUNS, 1) {
+            ptr[1] = src[1].as_ptr().add(c / 8);
+        }
+        if reads_source(V, RUNS, 2) {
+            ptr[2] = src[2].as_ptr().add(c / 8);
+        }
+        if reads_source(V, RUNS, 3) {
+            ptr[3] = src[3].as_ptr().add(c * source_bits(V, RUNS, 3) / 8);
+        }
+        superchunk::<V, RUNS, VNNI>(load_superchunk::<V, RUNS>(ptr), a)
+    }
+}
+
+/// `d · (step · isum + offset · sum)` lane-wise, with `step = scale · step_mul` and `offset =
+/// min + scale · centre`: each product and sum computed separately, as the reference does
+/// (no FMA).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn terms(scale: __m256, min: __m256, step_mul: __m256, centre: __m256, isum: __m256i, d: __m256, sum: __m256) -> __m256 {
+    let step = _mm256_mul_ps(scale, step_mul);
+    let offset = _mm256_add_ps(min, _mm256_mul_ps(scale, centre));
+    _mm256_mul_ps(d, _mm256_add_ps(_mm256_mul_ps(step, _mm256_cvtepi32_ps(isum)), _mm256_mul_ps(offset, sum)))
+}
+
+/// Rows per decode block: lane `r` of the accumulator is row `r` of the block.
+const RB: usize = 8;
+
+/// Most subgroup sums one decode block holds (rows of up to 8192 columns go 8 to a block,
+/// longer ones fewer, up to 65536 columns; see [`usable`]). The buffer is on the stack of every
+/// call: keep it small.
+const MAX_SUB: usize = 2048;
+
+/// `out[i] = ` the reference `nested8_row_dot(first + i)` for one token, given its part A
+/// (`aux`), block scales `d` and sums `sum`.
+///
+/// Rows go in blocks of 8 whose codes are contiguous in every source, so the block is read as
+/// one stream of superchunks that run across row ends: superchunk `j` of a block meets part A
+/// slot `j mod slots` (see [`part_a_slots`]), and no row needs a tail of its own. Each
+/// superchunk's 8 subgroup sums are stored in natural order; the sums of each group (whole
+/// subgroups, never across rows) are then folded in place, and the float terms added per row
+/// in group order: 8 groups of a row per register and an 8×8 transpose (lane = row), then the
+/// groups past a multiple of 8 one register per group (lane = row).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
+    w: &Nested8<'_>,
+    aux: &[i8],
+    d: &[f32],
+    sum: &[i32],
+    first: usize,
+    out: &mut [f32],
+) {
+    let g = w.group_size;
+    let rs = w.row_stride;
+    let gpr = rs / g;
+    let per = g / 32;
+    let slots = part_a_slots(rs);
+    assert!(g.is_multiple_of(32) && rs.is_multiple_of(g) && rs / 32 <= MAX_SUB);
+    assert!(aux.len() >= slots * SC_AUX && d.len() >= gpr && sum.len() >= gpr);
+    let src = sources(w, RUNS);
+    check_bounds(w, &src, V, RUNS, first, out.len());
+    let drop = 8 - V as u32;
+    let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
+    let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
+    // Bytes of one superchunk in each source.
+    let len = |s: usize| SC * source_bits(V, RUNS, s) / 8;
+    let byte = |s: usize, code: usize| code * source_bits(V, RUNS, s) / 8;
+    let block_rows = RB.min(MAX_SUB / (rs / 32));
+    // The block's group sums: row r's group k at r · gpr + k (other group sizes than 32, 64
+    // and 128: its subgroup sums first, folded after).
+    // Not zeroed (8 KiB per call would weigh on small products): every entry read below was
+    // written first in the same block (the superchunks' stores cover `nsc · 256 / g >= nr · gpr`
+    // groups, or `8 · nsc >= nr · rs / 32` subgroups before the fold, after the `lead` ones).
+    let mut sub = core::mem::MaybeUninit::<[i32; MAX_SUB + 16]>::uninit();
+    let sp = sub.as_mut_ptr() as *mut i32;
+    // Sums stored per superchunk: groups (32, 64, 128 codes) or subgroups (other sizes).
+    let unit = if matches!(per, 1 | 2 | 4) { g } else { 32 };
+    let full = gpr / 8 * 8;
+    for rb in (0..out.len()).step_by(block_rows) {
+        let nr = block_rows.min(out.len() - rb);
+        let row0 = first + rb;
+        let c0 = row0 * rs;
+        // The stream starts at the block's first code; with `RUNS` the superchunks are the runs
+        // of 256 codes, so there it starts at the run holding that code and the first `lead`
+        // codes (earlier rows, whole groups) are summed but never read.
+        let s0 = if RUNS { c0 / SC * SC } else { c0 };
+        let lead = c0 - s0;
+        // SAFETY: lead / unit < 256 / 32 = 8 entries, inside `sub`.
+        let sb = unsafe { sp.add(lead / unit) };
+        let nsc = (lead + nr * rs).div_ceil(SC);
+        // The last superchunk may run past the rows asked (those lanes are never used) and, at
+        // the end of the tensor, past a source's end: it is then read from a zero-padded copy.
+        let end_inside = (0..4).filter(|&s| reads_source(V, RUNS, s)).all(|s| byte(s, s0 + nsc * SC) <= src[s].len());
+        // Superchunk j starts at column (s0 + 256 j) mod rs: slot (s0 / 256 + j) mod slots when
+        // s0 is a multiple of 256, slot j when it is a row start (column 0).
+        let mut slot = if RUNS { (s0 / SC) % slots } else { 0 };
+        if VNNI && RUNS && end_inside {
+            // SAFETY: VNNI = true only in the avx512vnni table (the CPU has its features); the
+            // stream's superchunks lie inside the runs (check_bounds, end_inside), the slots
+            // inside aux, the sums inside `sub` (as below).
+            unsafe { avx512_runs_stream::<V>(&src, s0, nsc, slot, slots, aux, per, sp) };
+        }
+        for j in (0..nsc).filter(|_| !(VNNI && RUNS && end_inside)) {
+            let c = s0 + j * SC;
+            let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
+            let v = if j + 1 < nsc || end_inside {
+                // SAFETY: the superchunk's bytes lie inside the sources (check_bounds covers the
+                // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
+                unsafe { superchunk_at::<V, RUNS, VNNI>(&src, c, a) }
+            } else {
+                let mut buf = [[0u8; SC / 2]; 4];
+                let mut ptr = [core::ptr::null::<u8>(); 4];
+                for (s, pp) in ptr.iter_mut().enumerate().filter(|(s, _)| reads_source(V, RUNS, *s)) {
+                    let bytes = src[s];
+                    // c is inside the block's rows, so off < bytes.len() (check_bounds).
+                    let off = byte(s, c);
+                    let have = (bytes.len() - off).min(len(s));
+                    buf[s][..have].copy_from_slice(&bytes[off..off + have]);
+                    buf[s][have..len(s)].fill(0);
+                    *pp = buf[s].as_ptr();
+                }
+                // SAFETY: each buf[s] holds len(s) bytes; slot < slots, inside aux.
+                unsafe { superchunk::<V, RUNS, VNNI>(load_superchunk::<V, RUNS>(ptr), a) }
+            };
+            // SAFETY: (256 / unit) · (j + 1) <= 8 · nsc <= (lead + nr · rs) / 32 + 8 <= MAX_SUB + 16.
+            unsafe { store_sums(per, v, sp, j) };
+            slot = if slot + 1 == slots { 0 } else { slot + 1 };
+        }
+        // Other group sizes: the subgroup sums are stored in order; fold them in place (group k
+        // reads subgroups k · per.., at or after k, never one already overwritten).
+        if !matches!(per, 1 | 2 | 4) {
+            for k in 0..nr * gpr {
+                // SAFETY: lead / 32 + (k + 1) · per <= (lead + nr · rs) / 32 <= 8 · nsc entries,
+                // all written above.
+                unsafe { *sb.add(k) = (0..per).map(|i| *sb.add(k * per + i)).sum() };
+            }
+        }
+        // Lane r of `acc` sums row row0 + r's group terms in group order.
+        let mut acc = _mm256_setzero_ps();
+        for g8 in (0..full).step_by(8) {
+            // The token's block scales and sums of these 8 groups (the same for every row).
+            let (dv, sv) = (&d[g8..g8 + 8], &sum[g8..g8 + 8]);
+            // SAFETY: 8 values each.
+            let (dv, sv) = unsafe {
+                (_mm256_loadu_ps(dv.as_ptr()), _mm256_cvtepi32_ps(_mm256_loadu_si256(sv.as_ptr() as *const __m256i)))
+            };
+            let mut tv = [_mm256_setzero_si256(); RB];
+            for (r, t) in tv.iter_mut().enumerate().take(nr) {
+                // SAFETY: r · gpr + g8 + 8 <= nr · gpr, written above; F16C is enabled here.
+                *t = unsafe {
+                    let isum = _mm256_loadu_si256(sb.add(r * gpr + g8) as *const __m256i);
+                    let (scale, min) = load_params8(w.params, (row0 + r) * gpr + g8);
+                    _mm256_castps_si256(terms(scale, min, step_mul, centre, isum, dv, sv))
+                };
+            }
+            for t in &transpose8x8(tv) {
+                acc = _mm256_add_ps(acc, _mm256_castsi256_ps(*t));
+            }
+        }
+        for gi in full..gpr {
+            let mut pv = [0u32; RB];
+            let mut iv = [0i32; RB];
+            for r in 0..nr {
+                pv[r] = bytemuck::cast(w.params[(row0 + r) * gpr + gi]);
+                // SAFETY: r · gpr + gi < nr · gpr, written above.
+                iv[r] = unsafe { *sb.add(r * gpr + gi) };
+            }
+            // SAFETY: pv and iv are 8 lanes; F16C is enabled here.
+            acc = unsafe {
+                let (scale, min) = params_to_f32(_mm256_loadu_si256(pv.as_ptr() as *const __m256i));
+                let isum = _mm256_loadu_si256(iv.as_ptr() as *const __m256i);
+                _mm256_add_ps(acc, terms(scale, min, step_mul, centre, isum, _mm256_set1_ps(d[gi]), _mm256_set1_ps(sum[gi] as f32)))
+            };
+        }
+        if nr == RB {
+            // SAFETY: rb + 8 <= out.len() (nr = 8 rows of it remain).
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(rb), acc) };
+        } else {
+            let mut accv = [0f32; RB];
+            // SAFETY: accv is 8 floats.
+            unsafe { _mm256_storeu_ps(accv.as_mut_ptr(), acc) };
+            out[rb..rb + nr].copy_from_slice(&accv[..nr]);
+        }
+    }
+}
+
+/// Store superchunk `j`'s subgroup sums `v` (lane `m`: subgroup `PI[m]`) into the decode
+/// block's sums at `sp`: as group sums for groups of 64 (`per` = 2) and 128 (4) codes, else as
+/// the 8 subgroup sums in natural order.
+///
+/// # Safety
+/// The CPU supports AVX2; `sp` writable for `8 · (j + 1)` entries.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn store_sums(per: usize, v: __m256i, sp: *mut i32, j: usize) {
+    // Lanes m and m + 4 of `v` are subgroups 2i and 2i + 1 of the superchunk ([`PI`]), so
+    // adding its halves gives the sums of 64-code groups in order.
+    let fold = |v: __m256i| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    // SAFETY: inside the entries the caller guarantees.
+    unsafe {
+        match per {
+            2 => _mm_storeu_si128(sp.add(4 * j) as *mut __m128i, fold(v)),
+            4 => {
+                let s = fold(v);
+                _mm_storel_epi64(sp.add(2 * j) as *mut __m128i, _mm_hadd_epi32(s, s));
+            }
+            _ => _mm256_storeu_si256(
+                sp.add(8 * j) as *mut __m256i,
+                _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)),
+            ),
+        }
+    }
+}
+
+/// The superchunk stream of one decode block of view `V` read from its runs (`src[3]`, see
+/// [`sources`]), 512 bits at a time: superchunks `j` and `j + slots` meet the same part A slot,
+/// so one zmm holds a run of each (words side by side), the activations are one broadcast
+/// register per field, and one `vpdpbusd` covers 64 codes. The integer sums equal
+/// [`runs_dot`]'s lane for lane; superchunks without a partner take the 256-bit path. `slot0`
+/// is superchunk 0's slot.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512_VNNI; the `nsc`
+/// superchunks from code `s0` (a multiple of 256) lie inside the runs (`src[3]`); `aux` holds
+/// `slots` part A slots; `sp` is writable for `8 · nsc` entries.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_runs_stream<const V: u8>(
+    src: &[&[u8]; 4],
+    s0: usize,
+    nsc: usize,
+    slot0: usize,
+    slots: usize,
+    aux: &[i8],
+    per: usize,
+    sp: *mut i32,
+) {
+    let rb = blocks::run_bytes(V);
+    let words = rb / 32;
+    let mut base = 0;
+    while base < nsc {
+        let span = (2 * slots).min(nsc - base);
+        let pairs = span.saturating_sub(slots);
+        for k in 0..slots.min(span) {
+            let j = base + k;
+            let slot = (slot0 + k) % slots;
+            // SAFETY (block): runs s0 / 256 + j (and + slots) are inside src[3], slot < slots
+            // inside aux, and the stores inside sp's 8 · nsc entries (the caller guarantees).
+            unsafe {
+                let a = aux.as_ptr().add(slot * SC_AUX);
+                if k < pairs {
+                    let lo = src[3].as_ptr().add((s0 / SC + j) * rb);
+                    let hi = lo.add(slots * rb);
+                    let mut regs = [_mm512_setzero_si512(); 4];
+                    for (i, r) in regs.iter_mut().enumerate().take(words) {
+                        let l = _mm256_loadu_si256(lo.add(32 * i) as *const __m256i);
+                        let h = _mm256_loadu_si256(hi.add(32 * i) as *const __m256i);
+                        *r = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h);
+                    }
+                    let f = run_fields512::<V>(regs);
+                    let mut l0 = _mm512_setzero_si512();
+                    let mut l1 = _mm512_setzero_si512();
+                    for (r, fr) in f.iter().enumerate() {
+                        let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(a.add(2 * SC + 32 * r) as *const __m256i));
+                        if r % 2 == 0 {
+                            l0 = _mm512_dpbusd_epi32(l0, *fr, x);
+                        } else {
+                            l1 = _mm512_dpbusd_epi32(l1, *fr, x);
+                        }
+                    }
+                    let v = _mm512_add_epi32(l0, l1);
+                    store_sums(per, _mm512_castsi512_si256(v), sp, j);
+                    store_sums(per, _mm512_extracti64x4_epi64::<1>(v), sp, j + slots);
+                } else {
+                    store_sums(per, superchunk_at::<V, true, true>(src, s0 + j * SC, a), sp, j);
+                }
+            }
+        }
+        base += 2 * slots;
+    }
+}
+
+/// Decode: `out[i] = row (first + i) · token 0`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_nested8_matvec<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    if !usable(w, acts, V) {
+        return reference::nested8_matvec(w, acts, first, out);
+    }
+    let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
+    // SAFETY: usable() held; the features are enabled here.
+    unsafe { rows_dot_form::<V, VNNI>(w, &acts.aux[..lay.a_len], acts.d_row(0), acts.sum_row(0), first, out) }
+}
+
+/// [`avx2_rows_dot`] of view `V` in the form `w` was prepared in: from its runs when it has
+/// them ([`Prepared::Runs`]), else from its planes (view 8: and nibbles).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; [`usable`] held for `w` and the activations of `aux`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rows_dot_form<const V: u8, const VNNI: bool>(
+    w: &Nested8<'_>,
+    aux: &[i8],
+    d: &[f32],
+    sum: &[i32],
+    first: usize,
+    out: &mut [f32],
+) {
+    // SAFETY (every call): as the caller guarantees; `avx2_rows_dot` checks that the sources
+    // cover the rows.
+    unsafe {
+        match (V, w.prepared()) {
+            (2, Prepared::Runs(_)) => avx2_rows_dot::<2, true, VNNI>(w, aux, d, sum, first, out),
+            (3, Prepared::Runs(_)) => avx2_rows_dot::<3, true, VNNI>(w, aux, d, sum, first, out),
+            (4, Prepared::Runs(_)) => avx2_rows_dot::<4, true, VNNI>(w, aux, d, sum, first, out),
+            _ => avx2_rows_dot::<V, false, VNNI>(w, aux, d, sum, first, out),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Between the stored planes and natural-order byte codes: unpacking a row's codes for the
+//! prefill micro-kernel (from the planes, the nibble plane or the runs), and making the runs
+//! of a 2-, 3- or 4-bit view at load (`Prepared::Runs`, [`blocks::repack_top`]).
+
+use core::arch::x86_64::*;
+
+use alloc::vec;
+
+use super::common::{transpose8x8, PI, SC};
+use super::runs::run_fields;
+use crate::blocks;
+
+/// Unpack row `row`'s low nibbles from the nibble plane (`Prepared::Nibbles`, 4 bits per code)
+/// into natural-order bytes.
+///
+/// # Safety
+/// The CPU supports AVX2; `nibbles` holds the row's `row_stride / 2` bytes; `out.len() >=
+/// row_stride`, a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_unpack_nibbles(nibbles: &[u8], row: usize, row_stride: usize, out: &mut [u8]) {
+    assert!(out.len() >= row_stride && row_stride.is_multiple_of(32) && nibbles.len() * 2 >= (row + 1) * row_stride);
+    let nib = _mm_set1_epi8(0x0F);
+    for c in (0..row_stride).step_by(32) {
+        // SAFETY: 16 bytes at (row·row_stride + c) / 2 lie inside the row (asserted); the store
+        // writes out[c..c + 32], c + 32 <= row_stride <= out.len().
+        unsafe {
+            let v = _mm_loadu_si128(nibbles.as_ptr().add((row * row_stride + c) / 2) as *const __m128i);
+            let l = _mm_and_si128(v, nib);
+            let u = _mm_and_si128(_mm_srli_epi16::<4>(v), nib);
+            let codes = _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u));
+            _mm256_storeu_si256(out.as_mut_ptr().add(c) as *mut __m256i, codes);
+        }
+    }
+}
+
+/// Unpack codes `start..start + out.len()` of view `V`'s runs (`Prepared::Runs`) into
+/// natural-order bytes (`out[i]` = code `start + i`'s view), a run of 256 at a time: its 8
+/// fields, an 8×8 dword transpose (register `m` = dword `m` of every field: subgroup `PI[m]`,
+/// byte `4r + c` = code `8·(r / 2) + 2c + r mod 2`), and one in-lane byte shuffle to natural
+/// order.
+///
+/// # Safety
+/// The CPU supports AVX2; `runs` holds every run that codes `start..start + out.len()` touch.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_unpack_runs<const V: u8>(runs: &[u8], start: usize, out: &mut [u8]) {
+    let end = start + out.len();
+    let rb = blocks::run_bytes(V);
+    assert!(runs.len() >= end.div_ceil(SC) * rb);
+    // Destination byte w' (of either half) takes byte 4·(2·(w' / 8) + w' mod 2) + (w' mod 8) / 2.
+    let nat = _mm256_setr_epi8(
+        0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, 0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15,
+    );
+    let mut run = [0u8; SC];
+    for s in start / SC..end.div_ceil(SC) {
+        // SAFETY: run s's bytes are inside `runs` (asserted); `run` holds 8 × 32 bytes.
+        unsafe {
+            let p = runs.as_ptr().add(s * rb);
+            let mut regs = [_mm256_setzero_si256(); 8];
+            for (i, r) in regs[4..4 + rb / 32].iter_mut().enumerate() {
+                *r = _mm256_loadu_si256(p.add(32 * i) as *const __m256i);
+            }
+            let t = transpose8x8(run_fields::<V>(regs));
+            for (m, v) in t.iter().enumerate() {
+                _mm256_storeu_si256(run.as_mut_ptr().add(32 * PI[m]) as *mut __m256i, _mm256_shuffle_epi8(*v, nat));
+            }
+        }
+        let (lo, hi) = ((s * SC).max(start), ((s + 1) * SC).min(end));
+        out[lo - start..hi - start].copy_from_slice(&run[lo - s * SC..hi - s * SC]);
+    }
+}
+
+/// The top `V` bits (view 8: the high nibble `q >> 4`; views 2, 3, 4 only as named) of the 32
+/// codes from flat index `code` (a multiple of 8), in natural order, one per byte.
+///
+/// # Safety
+/// The CPU supports AVX2; planes 0..n(V) (up to plane 2) hold those codes' bytes (8 of plane 0,
+/// 4 of planes 1 and 2).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m256i {
+    // Weights of each plane in the high part: view 2: p0; view 3: 2·p0 + p1; 4/8: 4·p0 + 2·p1 + p2.
+    let w0: i8 = match V {
+        2 => 1,
+        3 => 2,
+        _ => 4,
+    };
+    let w1: i8 = if V == 3 { 1 } else { 2 };
+    // Byte j of the broadcast register takes source byte j / 4 (plane 0) or j / 8 (planes 1/2).
+    let rep4 = _mm256_setr_epi8(
+        0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7,
+    );
+    let rep8 = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let lo_bit = _mm256_set1_epi32(0x4010_0401);
+    let hi_bit = _mm256_set1_epi32(0x8020_0802u32 as i32);
+    let bit8 = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    // SAFETY: the caller guarantees the 8/4/4 bytes of these 32 codes are inside the planes.
+    unsafe {
+        let b0 = _mm256_set1_epi64x((planes[0].as_ptr().add(code / 4) as *const i64).read_unaligned());
+        let r0 = _mm256_shuffle_epi8(b0, rep4);
+        let f_lo = _mm256_cmpeq_epi8(_mm256_and_si256(r0, lo_bit), lo_bit);
+        let f_hi = _mm256_cmpeq_epi8(_mm256_and_si256(r0, hi_bit), hi_bit);
+        let mut h = _mm256_or_si256(
+            _mm256_and_si256(f_lo, _mm256_set1_epi8(w0)),
+            _mm256_and_si256(f_hi, _mm256_set1_epi8(2 * w0)),
+        );
+        if V >= 3 {
+            let b1 = _mm256_set1_epi32((planes[1].as_ptr().add(code / 8) as *const i32).read_unaligned());
+            let f1 = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b1, rep8), bit8), bit8);
+            h = _mm256_or_si256(h, _mm256_and_si256(f1, _mm256_set1_epi8(w1)));
+        }
+        if V >= 4 {
+            let b2 = _mm256_set1_epi32((planes[2].as_ptr().add(code / 8) as *const i32).read_unaligned());
+            let f2 = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b2, rep8), bit8), bit8);
+            h = _mm256_or_si256(h, _mm256_and_si256(f2, _mm256_set1_epi8(1)));
+        }
+        h
+    }
+}
+
+/// Unpack row `row` of view `V` from its sources `src` (planes, view 8: and nibbles; see
+/// [`super::common::sources`]) into natural-order byte codes: `hi` gets `q_V` (view 8: the high
+/// nibble `q >> 4`), `lo` (view 8 only) the low nibble.
+///
+/// # Safety
+/// The CPU supports AVX2; `check_bounds` held for the row; `hi.len() >= rs`, and `lo.len() >=
+/// rs` for view 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_unpack_row<const V: u8>(src: &[&[u8]; 4], rs: usize, row: usize, hi: &mut [u8], lo: &mut [u8]) {
+    assert!(hi.len() >= rs && (V != 8 || lo.len() >= rs) && rs.is_multiple_of(32));
+    let base = row * rs;
+    for c in (0..rs).step_by(32) {
+        // SAFETY: check_bounds covers codes up to (row + 1) * rs, so the bytes of these 32
+        // codes are inside the planes; the store writes hi[c..c + 32], c + 32 <= rs.
+        unsafe { _mm256_storeu_si256(hi.as_mut_ptr().add(c) as *mut __m256i, unpack32::<V>(src, base + c)) };
+    }
+    if V == 8 {
+        // SAFETY: check_bounds covers the row in the nibble plane; lo holds rs bytes (asserted).
+        unsafe { avx2_unpack_nibbles(src[3], row, rs, lo) };
+    }
+}
+
+/// [`blocks::repack_top`] of view `V` (2, 3 or 4): each whole run's codes unpacked from the
+/// planes ([`unpack32`]), each subgroup's bytes put in field order by one in-lane shuffle (the
+/// inverse of [`avx2_unpack_runs`]'s), an 8×8 dword transpose to the fields, and the fields
+/// shifted and or-ed into the run's words. A last partial run is the definition's.
+///
+/// # Safety
+/// The CPU supports AVX2; the view's planes hold `numel` codes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
+    let n = blocks::nested8_planes_for_view(V).unwrap_or(0);
+    assert!(numel.is_multiple_of(8) && planes.len() >= n);
+    assert!(planes.iter().zip(blocks::NESTED8_PLANES).take(n).all(|(p, s)| p.len() * 8 >= numel * s.bits as usize));
+    let rb = blocks::run_bytes(V);
+    let whole = numel / SC;
+    let mut out = vec![0u8; numel.div_ceil(SC) * rb];
+    // Source byte of field order position i (of either half): the inverse of the unpack's shuffle.
+    let to_fields = _mm256_setr_epi8(
+        0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15, 0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
+    );
+    for s in 0..whole {
+        // SAFETY: run s is whole, so its codes are inside the planes (asserted) and its rb bytes
+        // inside `out`.
+        unsafe {
+            let mut regs = [_mm256_setzero_si256(); 8];
+            for (m, r) in regs.iter_mut().enumerate() {
+                *r = _mm256_shuffle_epi8(unpack32::<V>(planes, s * SC + 32 * PI[m]), to_fields);
+            }
+            let f = transpose8x8(regs);
+            let sl = |v: __m256i, k: i32| match k {
+                2 => _mm256_slli_epi16::<2>(v),
+                3 => _mm256_slli_epi16::<3>(v),
+                4 => _mm256_slli_epi16::<4>(v),
+                6 => _mm256_slli_epi16::<6>(v),
+                _ => _mm256_slli_epi16::<7>(v),
+            };
+            let or = |a: __m256i, b: __m256i| _mm256_or_si256(a, b);
+            let words: [__m256i; 4] = match V {
+                2 => [or(or(f[0], sl(f[1], 2)), or(sl(f[2], 4), sl(f[3], 6))), or(or(f[4], sl(f[5], 2)), or(sl(f[6], 4), sl(f[7], 6))), f[0], f[0]],
+                3 => {
+                    let (m3, m4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+                    // (F >> 2) << 6 = (F & 4) << 4, and << 5 for the top bit of F7.
+                    let top6 = _mm256_slli_epi16::<4>(_mm256_and_si256(f[6], m4));
+                    let top7 = _mm256_slli_epi16::<5>(_mm256_and_si256(f[7], m4));
+                    [
+                        or(or(f[0], sl(f[1], 3)), sl(_mm256_and_si256(f[6], m3), 6)),
+                        or(or(f[2], sl(f[3], 3)), sl(_mm256_and_si256(f[7], m3), 6)),
+                        or(or(f[4], sl(f[5], 3)), or(top6, top7)),
+                        f[0],
+                    ]
+                }
+                _ => [or(f[0], sl(f[1], 4)), or(f[2], sl(f[3], 4)), or(f[4], sl(f[5], 4)), or(f[6], sl(f[7], 4))],
+            };
+            for (i, wv) in words.iter().enumerate().take(rb / 32) {
+                _mm256_storeu_si256(out.as_mut_ptr().add(s * rb + 32 * i) as *mut __m256i, *wv);
+            }
+        }
+    }
+    if whole * SC < numel {
+        // The partial last run: the definition on the codes from that run on.
+        let lo = whole * SC;
+        let tail: alloc::vec::Vec<&[u8]> =
+            planes.iter().zip(blocks::NESTED8_PLANES).take(n).map(|(p, sp)| &p[lo * sp.bits as usize / 8..]).collect();
+        out[whole * rb..].copy_from_slice(&blocks::repack_top(V, &tail, numel - lo));
+    }
+    out
+}
