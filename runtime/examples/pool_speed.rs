@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
-use edge_runtime::kernels::{self, Matrix, Scratch};
+use edge_runtime::kernels::{self, Scratch};
 use edge_runtime::pool;
 use half::f16;
 
@@ -81,7 +81,7 @@ fn main() {
         bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
         let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
         for (name, view) in [("f16", None), ("q8", Some(8u8)), ("q4", Some(4)), ("q2", Some(2))] {
-            let m = Matrix::from_tensor(ck.tensor(if view.is_some() { "q" } else { "f16" }).unwrap(), view).unwrap();
+            let m = edge_runtime::backend::cpu::matrix(ck.tensor(if view.is_some() { "q" } else { "f16" }).unwrap(), view).unwrap();
             for threads in [1usize, 2] {
                 kernels::set_threads(threads);
                 let mut scratch = Scratch::new(cols, 1, threads);

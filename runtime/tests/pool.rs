@@ -184,7 +184,7 @@ fn products_are_bit_identical_on_any_thread_count() {
         let views: Vec<Option<u8>> =
             if name == "nested" { NESTED8_VIEWS.iter().map(|&v| Some(v)).collect() } else { vec![None] };
         for view in views {
-            let m = Matrix::from_tensor(t, view).unwrap();
+            let m = edge_runtime::backend::cpu::matrix(t, view).unwrap();
             for n in [1usize, 3, 70] {
                 let x = rand_f32(n * cols, 11 + n as u64);
                 let mut first: Option<Vec<f32>> = None;
@@ -224,9 +224,9 @@ fn shared_input_products_equal_separate_ones() {
             .enumerate()
             // view None: the middle one is f16, so the call falls back to one product each.
             .map(|(i, ck)| match view {
-                Some(v) => Matrix::from_tensor(ck.tensor("nested").unwrap(), Some(v)).unwrap(),
-                None if i == 1 => Matrix::from_tensor(ck.tensor("f16").unwrap(), None).unwrap(),
-                None => Matrix::from_tensor(ck.tensor("nested").unwrap(), Some(4)).unwrap(),
+                Some(v) => edge_runtime::backend::cpu::matrix(ck.tensor("nested").unwrap(), Some(v)).unwrap(),
+                None if i == 1 => edge_runtime::backend::cpu::matrix(ck.tensor("f16").unwrap(), None).unwrap(),
+                None => edge_runtime::backend::cpu::matrix(ck.tensor("nested").unwrap(), Some(4)).unwrap(),
             })
             .collect();
         for threads in [1usize, 2, 3, 7] {

@@ -139,7 +139,10 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     // The same views without the copies read their planes: bit-identical logits.
     let mut plain = m.weights.clone();
     let strip = |m: &mut kernels::Matrix<'_>| match &mut m.view {
-        WeightView::Nested8(n) => assert!(n.repacked.take().or(n.low.take()).is_some(), "a {bits}-bit view was not copied"),
+        WeightView::Nested8(n) => {
+            assert!(n.prepared().bytes().is_some(), "a {bits}-bit view was not copied");
+            *n = n.unprepared();
+        }
         _ => panic!("not nested"),
     };
     plain.for_each_matrix_mut(strip);
@@ -149,7 +152,7 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
 
     // A live switch keeps the copies of matrices whose view stays and drops the others'.
     let copy = |m: &kernels::Matrix<'_>| match &m.view {
-        WeightView::Nested8(n) => n.repacked.as_ref().or(n.low.as_ref()).map(|a| a.as_ptr()),
+        WeightView::Nested8(n) => n.prepared().bytes().map(|b| b.as_ptr()),
         _ => None,
     };
     let kept = copy(m.weights.layers[0].w(Kind::AttnQ)).expect("copied");

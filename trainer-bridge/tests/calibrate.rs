@@ -229,7 +229,7 @@ fn rtn_baseline_metadata_and_weights() {
         let mut levels_seen = 0;
         for src in &stories().tensors {
             let t = ck.tensor(&src.name).unwrap();
-            let m = Matrix::from_tensor(t, None).unwrap();
+            let m = edge_runtime::backend::cpu::matrix(t, None).unwrap();
             let mut row = vec![0f32; m.cols];
             if src.shape.len() == 1 {
                 assert_eq!(t.encoding, Encoding::F32);

@@ -133,7 +133,7 @@ fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::Source
         let t = ck.tensor(&src.name).unwrap();
         if src.shape.len() == 1 {
             assert_eq!(t.encoding, Encoding::F32, "norm {} must stay f32", src.name);
-            let m = Matrix::from_tensor(t, None).unwrap();
+            let m = edge_runtime::backend::cpu::matrix(t, None).unwrap();
             let mut row = vec![0f32; m.cols];
             m.dequant_row(0, &mut row);
             assert_eq!(row, src.data, "norm {} must be exact", src.name);
@@ -141,7 +141,7 @@ fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::Source
         }
         assert_eq!(t.encoding, Encoding::Nested8, "{}", src.name);
         assert_eq!(t.group_size, group);
-        let m = Matrix::from_tensor(t, Some(8)).unwrap();
+        let m = edge_runtime::backend::cpu::matrix(t, Some(8)).unwrap();
         let WeightView::Nested8(edge_runtime::kernels::Nested8 { params, .. }) = m.view else { panic!("not nested") };
         assert_eq!(params.len(), src.data.len() / group as usize);
         let mut row = vec![0f32; m.cols];

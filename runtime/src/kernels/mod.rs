@@ -41,7 +41,6 @@ use alloc::vec::Vec;
 
 use crate::blocks::{self, GroupParams, TensorBlocks};
 use crate::error::{Error, Result};
-use crate::format::TensorInfo;
 
 impl<'a> Nested8<'a> {
     /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
@@ -124,13 +123,6 @@ impl<'a> Matrix<'a> {
             }
         };
         Ok(Matrix { rows, cols, view })
-    }
-
-    /// [`Matrix::from_blocks`] of a checkpoint tensor ([`TensorInfo::blocks`]).
-    #[doc(hidden)]
-    pub fn from_tensor(t: &TensorInfo<'a>, view_bits: Option<u8>) -> Result<Self> {
-        let (rows, cols, stored) = t.blocks()?;
-        Matrix::from_blocks(rows, cols, stored, view_bits)
     }
 }
 

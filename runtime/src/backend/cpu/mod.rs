@@ -10,7 +10,6 @@ mod attention;
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ops::Range;
 
 use super::{AttnShape, Backend, Prepared};
 use crate::config::Config;
@@ -45,13 +44,11 @@ pub struct Cpu {
     stride: usize,
 }
 
-/// The stored planes a prepared copy holds, which the kernels then never read.
-fn replaced_planes(m: &Matrix<'_>) -> Range<usize> {
-    match &m.view {
-        WeightView::Nested8(n) if n.repacked.is_some() => 0..m.repacked_planes().len(),
-        WeightView::Nested8(n) if n.low.is_some() => 3..6,
-        _ => 0..0,
-    }
+/// Checkpoint tensor `t` as a matrix at view `bits` (`None`: 8), with the form the active
+/// kernel table reads prepared now.
+pub fn matrix<'a>(t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Matrix<'a>> {
+    let (rows, cols, stored) = t.blocks()?;
+    Matrix::from_blocks(rows, cols, stored, bits)
 }
 
 impl Backend for Cpu {
@@ -77,8 +74,8 @@ impl Backend for Cpu {
     }
 
     fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Prepared<Matrix<'a>>> {
-        let matrix = Matrix::from_tensor(t, bits)?;
-        let replaced_planes = replaced_planes(&matrix);
+        let matrix = matrix(t, bits)?;
+        let replaced_planes = matrix.replaced_planes();
         Ok(Prepared { matrix, replaced_planes })
     }
 

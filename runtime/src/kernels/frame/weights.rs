@@ -180,15 +180,6 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// The plane slices of [`Matrix::replaced_planes`] (until callers take the indices).
-    #[doc(hidden)]
-    pub fn repacked_planes(&self) -> &[&'a [u8]] {
-        match &self.view {
-            WeightView::Nested8(n) => &n.planes[n.replaced_planes()],
-            _ => &[],
-        }
-    }
-
     /// Dequantize row `r` into `out[..cols]`.
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let out = &mut out[..self.cols];
