@@ -27,6 +27,14 @@ pub struct KvView<'c> {
     pub len: usize,
 }
 
+impl<'c> KvView<'c> {
+    /// The columns of kv head slice `offset..` (a head's keys and values start `offset`
+    /// floats into every slot).
+    pub fn head(self, offset: usize) -> KvView<'c> {
+        KvView { keys: &self.keys[offset..], values: &self.values[offset..], ..self }
+    }
+}
+
 /// Keys and values of every layer.
 #[derive(Debug, Clone)]
 pub struct KvCache {

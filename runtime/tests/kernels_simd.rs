@@ -358,7 +358,8 @@ fn attend_head_bit_identical() {
                 let values: Vec<f32> = (0..n * stride).map(|_| rng.f32()).collect();
                 let run = |f: edge_runtime::kernels::dispatch::AttendHeadFn| {
                     let (mut scores, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
-                    f(&q, &keys[1..], &values[1..], stride, 0.125, &mut scores, &mut out);
+                    let kv = edge_runtime::kv::KvView { keys: &keys, values: &values, stride, len: n };
+                    f(&q, kv.head(1), 0.125, &mut scores, &mut out);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     (bits(&scores), bits(&out))
                 };

@@ -205,8 +205,8 @@ pub(crate) fn head_mix(values: &[f32], stride: usize, scores: &mut [f32], out: &
 
 /// The reference entry of [`super::frame::Kernels::attend_head`]: `head_body` compiled for the
 /// baseline target.
-pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    head_body(q, keys, values, stride, scale, scores, out)
+pub fn attend_head(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    head_body(q, kv.keys, kv.values, kv.stride, scale, &mut scores[..kv.len], out)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::kv::KvView;
 /// holds a row of `stride` floats per head.
 pub(super) fn one(s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32], stride: usize) {
     let geo = DecodeGeometry { pos: kv.len - 1, hd: s.head_dim, kv_dim: kv.stride, group: s.group, scale: s.scale, stride };
-    attention_decode(&geo, &q[..s.n_heads * s.head_dim], kv.keys, kv.values, out, scores);
+    attention_decode(&geo, &q[..s.n_heads * s.head_dim], kv, out, scores);
 }
 
 /// Prefill: `n` tokens at positions `kv.len - n..kv.len`, causal. `att` holds score blocks of
@@ -158,12 +158,12 @@ struct DecodeGeometry {
 
 /// Attention of one token at position `pos` to positions `0..=pos`, head by head, heads spread
 /// over the threads: `s = scale · q_h · k_j`, softmax, `out_h = Σ_j s_j v_j`. `q` and `out` are
-/// (q_dim); `keys` / `values` the layer's cache rows `0..=pos` (kv_dim each); `scores` holds a
+/// (q_dim); `kv` the layer's cache slots holding positions `0..=pos`; `scores` holds a
 /// row of `stride` floats per head.
-fn attention_decode(g: &DecodeGeometry, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32], scores: &mut [f32]) {
+fn attention_decode(g: &DecodeGeometry, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32]) {
     let n_heads = q.len() / g.hd;
     assert!(g.pos < g.stride && scores.len() >= n_heads * g.stride && out.len() >= n_heads * g.hd);
-    assert!(keys.len() >= (g.pos + 1) * g.kv_dim && values.len() >= (g.pos + 1) * g.kv_dim);
+    assert!(kv.len == g.pos + 1 && kv.stride == g.kv_dim);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let scores_ptr = SharedMut(scores.as_mut_ptr());
     let attend = kernels::kernels().attend_head;
@@ -177,7 +177,7 @@ fn attention_decode(g: &DecodeGeometry, q: &[f32], keys: &[f32], values: &[f32],
             )
         };
         let kv_off = (h / g.group) * g.hd;
-        attend(&q[h * g.hd..(h + 1) * g.hd], &keys[kv_off..], &values[kv_off..], g.kv_dim, g.scale, sc, o);
+        attend(&q[h * g.hd..(h + 1) * g.hd], kv.head(kv_off), g.scale, sc, o);
     };
     // Below a few thousand multiply-adds a head, waking a worker costs more than it saves.
     let threads = if (g.pos + 1) * g.hd * 2 >= 4096 { kernels::threads() } else { 1 };

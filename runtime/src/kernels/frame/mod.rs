@@ -11,6 +11,7 @@ mod weights;
 
 pub use weights::{Matrix, Nested8, Prepared, WeightView};
 
+use crate::kv::KvView;
 use super::acts::QActs;
 
 /// Quantize `x` ((n, cols) row-major) into `acts` in blocks of `block` values (the contract of
@@ -34,7 +35,9 @@ pub type NibblesFn = fn(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
 pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
 
 /// Decode attention of one query head: see [`super::vector::attend_head`], the definition.
-pub type AttendHeadFn = fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
+/// `kv` is the head's slice of one layer's cache ([`crate::kv::KvView::head`]); `scores` has one
+/// float per filled slot.
+pub type AttendHeadFn = fn(q: &[f32], kv: KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]);
 
 /// Function pointers for every product the model runs.
 #[derive(Clone, Copy)]

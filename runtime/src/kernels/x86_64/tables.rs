@@ -104,10 +104,10 @@ fn avx2_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
     unsafe { avx2_quantize_acts(x, n, cols, block, acts) }
 }
 
-fn avx2_attend_head(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn avx2_attend_head(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
     // avx2, fma and f16c.
-    unsafe { avx2_attend_head_impl(q, keys, values, stride, scale, scores, out) }
+    unsafe { avx2_attend_head_impl(q, kv.keys, kv.values, kv.stride, scale, &mut scores[..kv.len], out) }
 }
 
 fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
