@@ -11,9 +11,9 @@
 extern crate alloc;
 
 pub mod arch;
+pub use arch::config;
 pub mod backend;
 pub mod blocks;
-pub mod config;
 pub mod error;
 pub mod format;
 pub mod kernels;

@@ -8,13 +8,14 @@
 //!
 //! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`.
 
+pub mod config;
 mod llama;
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::config::Config;
+pub use config::Config;
 use crate::error::{Error, Result};
 
 pub use llama::LLAMA;

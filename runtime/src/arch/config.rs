@@ -1,4 +1,5 @@
-//! Model hyperparameters, read from checkpoint metadata.
+//! Model hyperparameters, read from checkpoint metadata: the fields every architecture of the
+//! Llama family shares (an architecture with more adds them here, read from its own keys).
 
 use crate::error::{Error, Result};
 use crate::format::{keys, Checkpoint};
@@ -33,7 +34,7 @@ impl Config {
     }
 
     pub fn from_checkpoint(ck: &Checkpoint<'_>) -> Result<Self> {
-        crate::arch::of_checkpoint(ck)?;
+        super::of_checkpoint(ck)?;
         let u = |key: &'static str| -> Result<usize> {
             let v = ck.get_u64(key).ok_or(Error::MissingMeta { key })?;
             // Bound every dimension: no file-supplied count may drive a huge allocation.
