@@ -52,7 +52,7 @@ pub enum Encoding {
     /// bfloat16, row-major.
     Bf16 = 2,
     /// 8-bit codes stored as nested bit planes with per-group (scale, min) in f16.
-    /// A `k`-bit view (k in 2, 3, 4, 8) reads only a prefix of the planes; see [`crate::blocks`].
+    /// A `k`-bit view (k in 2, 3, 4, 5, 6, 8) reads only a prefix of the planes; see [`crate::blocks`].
     Nested8 = 3,
 }
 
