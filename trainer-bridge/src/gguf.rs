@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context};
+use edge_runtime::arch::{self, Arch, Kind};
 use edge_runtime::Config;
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -1070,64 +1071,70 @@ fn unsupported_type(t: &TensorInfo) -> anyhow::Error {
 // Model import
 // ---------------------------------------------------------------------------------------------
 
-/// Read the Llama config from the `llama.*` metadata; `vocab_size` comes from `token_embd`.
-fn read_config(g: &GgufFile) -> anyhow::Result<Config> {
+/// Read the Llama config from the `{arch}.*` metadata (`llama.*`); `vocab_size` comes from the
+/// token embedding's rows.
+fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
+    let a = arch.name;
     let req = |key: &str| -> anyhow::Result<usize> {
-        let v = g.get_u64(key)?.ok_or_else(|| {
-            anyhow!("GGUF metadata is missing '{key}'; the file is incomplete or not a llama model")
+        let key = format!("{a}.{key}");
+        let v = g.get_u64(&key)?.ok_or_else(|| {
+            anyhow!("GGUF metadata is missing '{key}'; the file is incomplete or not a {a} model")
         })?;
-        check_dim(key, v)
+        check_dim(&key, v)
     };
     let opt = |key: &str| -> anyhow::Result<Option<usize>> {
-        g.get_u64(key)?.map(|v| check_dim(key, v)).transpose()
+        let key = format!("{a}.{key}");
+        g.get_u64(&key)?.map(|v| check_dim(&key, v)).transpose()
     };
     let optf = |key: &str, default: f64| -> anyhow::Result<f32> {
-        let v = g.get_f64(key)?.unwrap_or(default) as f32;
+        let key = format!("{a}.{key}");
+        let v = g.get_f64(&key)?.unwrap_or(default) as f32;
         if !v.is_finite() || v <= 0.0 {
             bail!("GGUF metadata '{key}' = {v} is out of range");
         }
         Ok(v)
     };
-    let dim = req("llama.embedding_length")?;
-    let hidden_dim = req("llama.feed_forward_length")?;
-    let n_layers = req("llama.block_count")?;
-    let n_heads = req("llama.attention.head_count")?;
-    let n_kv_heads = opt("llama.attention.head_count_kv")?.unwrap_or(n_heads);
-    let max_seq_len = req("llama.context_length")?;
-    let rope_dims = opt("llama.rope.dimension_count")?;
-    let head_dim = match (opt("llama.attention.key_length")?, rope_dims) {
+    let dim = req("embedding_length")?;
+    let hidden_dim = req("feed_forward_length")?;
+    let n_layers = req("block_count")?;
+    let n_heads = req("attention.head_count")?;
+    let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
+    let max_seq_len = req("context_length")?;
+    let rope_dims = opt("rope.dimension_count")?;
+    let head_dim = match (opt("attention.key_length")?, rope_dims) {
         (Some(k), _) => k,
         (None, Some(r)) => r,
         (None, None) => {
             if dim % n_heads != 0 {
-                bail!("llama.embedding_length {dim} is not a multiple of llama.attention.head_count {n_heads}; the file is malformed");
+                bail!("{a}.embedding_length {dim} is not a multiple of {a}.attention.head_count {n_heads}; the file is malformed");
             }
             dim / n_heads
         }
     };
     if let Some(r) = rope_dims {
         if r != head_dim {
-            bail!("llama.rope.dimension_count {r} differs from the head size {head_dim}: partial rotary embeddings are not supported by edge-run");
+            bail!("{a}.rope.dimension_count {r} differs from the head size {head_dim}: partial rotary embeddings are not supported by edge-run");
         }
     }
-    if let Some(vl) = opt("llama.attention.value_length")? {
+    if let Some(vl) = opt("attention.value_length")? {
         if vl != head_dim {
-            bail!("llama.attention.value_length {vl} differs from key_length {head_dim}; edge-run needs equal key and value head sizes");
+            bail!("{a}.attention.value_length {vl} differs from key_length {head_dim}; edge-run needs equal key and value head sizes");
         }
     }
     if n_layers > 4096 || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
         bail!("inconsistent attention config: {n_layers} layers, {n_heads} heads, {n_kv_heads} kv heads, head_dim {head_dim}");
     }
+    let embd = arch::tensor_name(Kind::TokenEmbd, None);
     let emb = g
-        .tensor("token_embd.weight")
-        .ok_or_else(|| anyhow!("GGUF has no tensor 'token_embd.weight'; the file is incomplete or not a llama model"))?;
+        .tensor(&embd)
+        .ok_or_else(|| anyhow!("GGUF has no tensor '{embd}'; the file is incomplete or not a {a} model"))?;
     if emb.ne.len() != 2 {
-        bail!("tensor 'token_embd.weight' has shape {:?}, expected [vocab, {dim}]", emb.shape());
+        bail!("tensor '{embd}' has shape {:?}, expected [vocab, {dim}]", emb.shape());
     }
-    let vocab_size = check_dim("token_embd.weight rows", emb.ne[1])?;
-    if let Some(v) = opt("llama.vocab_size")? {
+    let vocab_size = check_dim(&format!("{embd} rows"), emb.ne[1])?;
+    if let Some(v) = opt("vocab_size")? {
         if v != vocab_size {
-            bail!("llama.vocab_size {v} disagrees with token_embd.weight's {vocab_size} rows; the file is malformed");
+            bail!("{a}.vocab_size {v} disagrees with {embd}'s {vocab_size} rows; the file is malformed");
         }
     }
     Ok(Config {
@@ -1139,9 +1146,9 @@ fn read_config(g: &GgufFile) -> anyhow::Result<Config> {
         head_dim,
         vocab_size,
         max_seq_len,
-        norm_eps: optf("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
-        rope_theta: optf("llama.rope.freq_base", 10000.0)?,
-        tied_embeddings: g.tensor("output.weight").is_none(),
+        norm_eps: optf("attention.layer_norm_rms_epsilon", 1e-5)?,
+        rope_theta: optf("rope.freq_base", 10000.0)?,
+        tied_embeddings: g.tensor(&arch::tensor_name(Kind::Output, None)).is_none(),
     })
 }
 
@@ -1150,29 +1157,6 @@ fn check_dim(key: &str, v: u64) -> anyhow::Result<usize> {
         bail!("GGUF metadata '{key}' = {v} is out of range");
     }
     Ok(v as usize)
-}
-
-/// Canonical names and expected shapes (outermost first) of every tensor the model needs.
-pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<u64>)> {
-    let (d, h, q, kv, v) = (c.dim as u64, c.hidden_dim as u64, c.q_dim() as u64, c.kv_dim() as u64, c.vocab_size as u64);
-    let mut out = vec![("token_embd.weight".to_string(), vec![v, d])];
-    for l in 0..c.n_layers {
-        let p = format!("blk.{l}.");
-        out.push((format!("{p}attn_norm.weight"), vec![d]));
-        out.push((format!("{p}attn_q.weight"), vec![q, d]));
-        out.push((format!("{p}attn_k.weight"), vec![kv, d]));
-        out.push((format!("{p}attn_v.weight"), vec![kv, d]));
-        out.push((format!("{p}attn_output.weight"), vec![d, q]));
-        out.push((format!("{p}ffn_norm.weight"), vec![d]));
-        out.push((format!("{p}ffn_gate.weight"), vec![h, d]));
-        out.push((format!("{p}ffn_up.weight"), vec![h, d]));
-        out.push((format!("{p}ffn_down.weight"), vec![d, h]));
-    }
-    out.push(("output_norm.weight".to_string(), vec![d]));
-    if !c.tied_embeddings {
-        out.push(("output.weight".to_string(), vec![v, d]));
-    }
-    out
 }
 
 /// Dequantize the listed tensors on all cores; results in the order given.
@@ -1214,25 +1198,28 @@ pub fn import_gguf(g: &GgufFile, path: &Path, tokenizer: Option<&Path>) -> anyho
     let fname = g.file_name().to_string();
     let ctx = |e: anyhow::Error| e.context(format!("cannot import GGUF file {}", path.display()));
 
-    match g.get_str("general.architecture").map_err(ctx)? {
-        Some("llama") => {}
-        Some(arch) => {
-            return Err(ctx(anyhow!("unsupported architecture '{arch}': edge-run runs the Llama family")));
-        }
+    let arch = match g.get_str("general.architecture").map_err(ctx)? {
+        Some(name) => arch::by_name(name)
+            .map_err(|_| ctx(anyhow!("unsupported architecture '{name}': edge-run runs the Llama family")))?,
         None => {
             return Err(ctx(anyhow!(
                 "GGUF metadata has no 'general.architecture'; the file is incomplete (edge-run runs the Llama family)"
             )));
         }
-    }
-    let config = read_config(g).map_err(ctx)?;
+    };
+    let config = read_config(g, arch).map_err(ctx)?;
 
     // Every required tensor present, with the shape the config implies and a readable type.
-    let expected = expected_tensors(&config);
+    let expected = arch.tensors(&config);
     let mut infos = Vec::with_capacity(expected.len());
-    for (name, shape) in &expected {
+    for e in &expected {
+        let (name, shape) = (&e.name, &e.shape);
         let t = g.tensor(name).ok_or_else(|| {
-            ctx(anyhow!("GGUF has no tensor '{name}', which a {}-layer llama model needs; the file is incomplete", config.n_layers))
+            ctx(anyhow!(
+                "GGUF has no tensor '{name}', which a {}-layer {} model needs; the file is incomplete",
+                config.n_layers,
+                arch.name
+            ))
         })?;
         if &t.shape() != shape {
             return Err(ctx(anyhow!(
@@ -1270,10 +1257,11 @@ pub fn import_gguf(g: &GgufFile, path: &Path, tokenizer: Option<&Path>) -> anyho
     let tensors = expected
         .into_iter()
         .zip(data)
-        .map(|((name, shape), data)| SourceTensor { name, shape, data })
+        .map(|(e, data)| SourceTensor { name: e.name, shape: e.shape, data })
         .collect();
 
     Ok(SourceModel {
+        arch,
         config,
         tensors,
         tokenizer_json,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+use edge_runtime::arch::{self, Arch, Kind};
 use edge_runtime::Config;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -44,6 +45,7 @@ fn token_text(v: Option<&Value>) -> Option<&str> {
 }
 
 struct HfConfig {
+    arch: &'static Arch,
     config: Config,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -146,7 +148,7 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
-    Ok(HfConfig { config, bos: token_id(cfg.get("bos_token_id")), eos: token_id(cfg.get("eos_token_id")), name })
+    Ok(HfConfig { arch: &arch::LLAMA, config, bos: token_id(cfg.get("bos_token_id")), eos: token_id(cfg.get("eos_token_id")), name })
 }
 
 /// Where a Hugging Face tensor goes.
@@ -156,33 +158,15 @@ enum Mapped {
     Ignored,
 }
 
-fn map_name(hf: &str) -> Option<Mapped> {
-    if hf == "lm_head.weight" {
-        return Some(Mapped::Canonical("output.weight".into()));
+/// Cached rotary frequencies some checkpoints store in every layer (`model.layers.{l}.` first).
+const ROTARY_INV_FREQ: &str = "self_attn.rotary_emb.inv_freq";
+
+fn map_name(arch: &Arch, hf: &str) -> Option<Mapped> {
+    if let Some(canonical) = arch.from_hf(hf) {
+        return Some(Mapped::Canonical(canonical));
     }
-    let s = hf.strip_prefix("model.").unwrap_or(hf);
-    match s {
-        "embed_tokens.weight" => return Some(Mapped::Canonical("token_embd.weight".into())),
-        "norm.weight" => return Some(Mapped::Canonical("output_norm.weight".into())),
-        _ => {}
-    }
-    let rest = s.strip_prefix("layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let canon = match part {
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
-        "input_layernorm.weight" => "attn_norm",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "self_attn.rotary_emb.inv_freq" => return Some(Mapped::Ignored),
-        _ => return None,
-    };
-    Some(Mapped::Canonical(format!("blk.{layer}.{canon}.weight")))
+    let (layer, part) = hf.strip_prefix("model.").unwrap_or(hf).strip_prefix("layers.")?.split_once('.')?;
+    (layer.parse::<usize>().is_ok() && part == ROTARY_INV_FREQ).then_some(Mapped::Ignored)
 }
 
 /// Reorder the rows of a q or k projection from rotate-half to interleaved order.
@@ -256,7 +240,7 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
     let config_path = dir.join("config.json");
     let cfg = read_json(&config_path)?;
-    let HfConfig { mut config, bos, eos, name } = parse_config(&config_path, &cfg)?;
+    let HfConfig { arch, mut config, bos, eos, name } = parse_config(&config_path, &cfg)?;
 
     let mut found: BTreeMap<String, SourceTensor> = BTreeMap::new();
     for file in weight_files(dir)? {
@@ -267,7 +251,7 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
         let st = SafeTensors::deserialize(&map)
             .map_err(|e| anyhow!("'{}' is not a valid safetensors file: {e}", file.display()))?;
         for (hf_name, view) in st.iter() {
-            let canon = match map_name(hf_name) {
+            let canon = match map_name(arch, hf_name) {
                 Some(Mapped::Canonical(c)) => c,
                 Some(Mapped::Ignored) => continue,
                 None => bail!(
@@ -284,16 +268,17 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     }
 
     // Tied output head: by the config flag, or because the checkpoint has none.
+    let head = arch::tensor_name(Kind::Output, None);
     if config.tied_embeddings {
-        found.remove("output.weight");
-    } else if !found.contains_key("output.weight") {
+        found.remove(&head);
+    } else if !found.contains_key(&head) {
         config.tied_embeddings = true;
     }
 
     // Un-permute q and k rows (rotate-half -> interleaved).
     for l in 0..config.n_layers {
-        for (part, heads) in [("attn_q", config.n_heads), ("attn_k", config.n_kv_heads)] {
-            let name = format!("blk.{l}.{part}.weight");
+        for (kind, heads) in [(Kind::AttnQ, config.n_heads), (Kind::AttnK, config.n_kv_heads)] {
+            let name = arch::tensor_name(kind, Some(l));
             if let Some(t) = found.get_mut(&name) {
                 let rows = (heads * config.head_dim) as u64;
                 if t.shape.len() != 2 || t.shape[0] != rows {
@@ -310,7 +295,8 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
 
     // Order the tensors canonically; missing, extra or misshapen ones are errors.
     let mut tensors = Vec::with_capacity(found.len());
-    for (name, shape) in crate::pack::expected_tensors(&config) {
+    for e in arch.tensors(&config) {
+        let (name, shape) = (e.name, e.shape);
         let t = found.remove(&name).ok_or_else(|| anyhow!("'{}' lacks tensor '{name}'", dir.display()))?;
         if t.shape != shape {
             bail!("tensor '{name}' has shape {:?}, the config implies {shape:?}", t.shape);
@@ -375,6 +361,7 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     let folder = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let folder_name = folder.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     Ok(SourceModel {
+        arch,
         config,
         tensors,
         tokenizer_json,

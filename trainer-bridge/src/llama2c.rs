@@ -16,6 +16,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use edge_runtime::arch::{self, Kind};
 use edge_runtime::Config;
 
 use crate::source::{SourceModel, SourceTensor};
@@ -159,8 +160,8 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
     let (d, hd, l, v) = (h.dim, h.hidden_dim, h.n_layers, h.vocab_size);
     let kv = h.n_kv_heads * h.head_dim();
     let mut rest: &[f32] = &floats;
-    // Per-layer stacked blocks, in file order.
-    let tok = take_floats(&mut rest, v * d).to_vec();
+    // The file's blocks in file order, each tensor kind's layers stacked.
+    let tok = take_floats(&mut rest, v * d);
     let rms_att = take_floats(&mut rest, l * d);
     let wq = take_floats(&mut rest, l * d * d);
     let wk = take_floats(&mut rest, l * kv * d);
@@ -170,32 +171,25 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
     let w1 = take_floats(&mut rest, l * hd * d);
     let w2 = take_floats(&mut rest, l * d * hd);
     let w3 = take_floats(&mut rest, l * hd * d);
-    let rms_final = take_floats(&mut rest, d).to_vec();
+    let rms_final = take_floats(&mut rest, d);
     let _freq_cis = take_floats(&mut rest, h.seq_len * h.head_dim());
-    let wcls = if h.shared_classifier { None } else { Some(take_floats(&mut rest, v * d).to_vec()) };
-
-    let mut tensors = Vec::with_capacity(2 + 9 * l as usize + 1);
-    tensors.push(SourceTensor { name: "token_embd.weight".into(), shape: vec![v, d], data: tok });
-    let layer = |block: &[f32], i: u64, rows: u64, cols: u64| -> Vec<f32> {
-        let n = (rows * cols) as usize;
-        block[i as usize * n..(i as usize + 1) * n].to_vec()
+    let wcls = if h.shared_classifier { None } else { Some(take_floats(&mut rest, v * d)) };
+    let block = |kind: Kind| -> Option<&[f32]> {
+        Some(match kind {
+            Kind::TokenEmbd => tok,
+            Kind::AttnNorm => rms_att,
+            Kind::AttnQ => wq,
+            Kind::AttnK => wk,
+            Kind::AttnV => wv,
+            Kind::AttnOutput => wo,
+            Kind::FfnNorm => rms_ffn,
+            Kind::FfnGate => w1,
+            Kind::FfnUp => w3,
+            Kind::FfnDown => w2,
+            Kind::OutputNorm => rms_final,
+            Kind::Output => wcls?,
+        })
     };
-    for i in 0..l {
-        let n = |s: &str| format!("blk.{i}.{s}.weight");
-        tensors.push(SourceTensor { name: n("attn_norm"), shape: vec![d], data: layer(rms_att, i, 1, d) });
-        tensors.push(SourceTensor { name: n("attn_q"), shape: vec![d, d], data: layer(wq, i, d, d) });
-        tensors.push(SourceTensor { name: n("attn_k"), shape: vec![kv, d], data: layer(wk, i, kv, d) });
-        tensors.push(SourceTensor { name: n("attn_v"), shape: vec![kv, d], data: layer(wv, i, kv, d) });
-        tensors.push(SourceTensor { name: n("attn_output"), shape: vec![d, d], data: layer(wo, i, d, d) });
-        tensors.push(SourceTensor { name: n("ffn_norm"), shape: vec![d], data: layer(rms_ffn, i, 1, d) });
-        tensors.push(SourceTensor { name: n("ffn_gate"), shape: vec![hd, d], data: layer(w1, i, hd, d) });
-        tensors.push(SourceTensor { name: n("ffn_up"), shape: vec![hd, d], data: layer(w3, i, hd, d) });
-        tensors.push(SourceTensor { name: n("ffn_down"), shape: vec![d, hd], data: layer(w2, i, d, hd) });
-    }
-    tensors.push(SourceTensor { name: "output_norm.weight".into(), shape: vec![d], data: rms_final });
-    if let Some(w) = wcls {
-        tensors.push(SourceTensor { name: "output.weight".into(), shape: vec![v, d], data: w });
-    }
 
     let config = Config {
         dim: d as usize,
@@ -210,6 +204,17 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
         rope_theta: 10000.0,
         tied_embeddings: h.shared_classifier,
     };
+    let arch = &arch::LLAMA;
+    // Each tensor of the architecture is its layer's slice of its kind's block.
+    let mut tensors = Vec::new();
+    for t in arch.tensors(&config) {
+        let Some(b) = block(t.spec.kind) else {
+            bail!("'{}' has no tensor '{}' (llama2.c files store no {})", path.display(), t.name, t.spec.kind.name());
+        };
+        let n = t.shape.iter().product::<u64>() as usize;
+        let i = t.layer.unwrap_or(0);
+        tensors.push(SourceTensor { name: t.name, shape: t.shape, data: b[i * n..(i + 1) * n].to_vec() });
+    }
     let tokenizer_json = match tokenizer {
         Some(p) => Some(crate::tokenizer::read_tokenizer_json(p)?),
         None => None,
@@ -217,6 +222,7 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "llama2c".into());
     let file = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(SourceModel {
+        arch,
         config,
         tensors,
         tokenizer_json,

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail};
 use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{keys, CheckpointWriter, Encoding, MetaValue, TensorData};
-use edge_runtime::{Checkpoint, Config};
+use edge_runtime::Checkpoint;
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
@@ -149,40 +149,16 @@ pub struct CalibrationReport {
     pub units: usize,
 }
 
-/// The tensors a model of `config` has, canonical names and shapes, in file order.
-pub fn expected_tensors(config: &Config) -> Vec<(String, Vec<u64>)> {
-    let c = config;
-    let (d, h, v) = (c.dim as u64, c.hidden_dim as u64, c.vocab_size as u64);
-    let (q, kv) = (c.q_dim() as u64, c.kv_dim() as u64);
-    let mut out = vec![("token_embd.weight".to_string(), vec![v, d])];
-    for l in 0..c.n_layers {
-        let n = |s: &str| format!("blk.{l}.{s}.weight");
-        out.push((n("attn_norm"), vec![d]));
-        out.push((n("attn_q"), vec![q, d]));
-        out.push((n("attn_k"), vec![kv, d]));
-        out.push((n("attn_v"), vec![kv, d]));
-        out.push((n("attn_output"), vec![d, q]));
-        out.push((n("ffn_norm"), vec![d]));
-        out.push((n("ffn_gate"), vec![h, d]));
-        out.push((n("ffn_up"), vec![h, d]));
-        out.push((n("ffn_down"), vec![d, h]));
-    }
-    out.push(("output_norm.weight".to_string(), vec![d]));
-    if !c.tied_embeddings {
-        out.push(("output.weight".to_string(), vec![v, d]));
-    }
-    out
-}
-
-/// Check that `model` has exactly the tensors its config implies, with matching shapes and
-/// data lengths and only finite values.
+/// Check that `model` has exactly the tensors its architecture implies for its config, with
+/// matching shapes and data lengths and only finite values.
 pub fn validate_model(model: &SourceModel) -> anyhow::Result<()> {
     let c = &model.config;
     if c.n_heads == 0 || c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim.is_multiple_of(2) {
         bail!("inconsistent attention config: {} heads, {} kv heads, head_dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
     }
-    let expected = expected_tensors(c);
-    for (name, shape) in &expected {
+    let expected = model.arch.tensors(c);
+    for e in &expected {
+        let (name, shape) = (&e.name, &e.shape);
         let t = model
             .tensors
             .iter()
@@ -193,7 +169,7 @@ pub fn validate_model(model: &SourceModel) -> anyhow::Result<()> {
         }
     }
     for (i, t) in model.tensors.iter().enumerate() {
-        if !expected.iter().any(|(n, _)| n == &t.name) {
+        if !expected.iter().any(|e| e.name == t.name) {
             bail!("model '{}' has tensor '{}', which its config does not use", model.name, t.name);
         }
         if model.tensors[..i].iter().any(|u| u.name == t.name) {
@@ -339,7 +315,7 @@ fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
 fn base_writer(model: &SourceModel, tokenizer_json: Option<&str>) -> CheckpointWriter {
     let c = &model.config;
     let mut w = CheckpointWriter::new();
-    w.set_meta(keys::ARCH, MetaValue::Str("llama"));
+    w.set_meta(keys::ARCH, MetaValue::Str(model.arch.name));
     w.set_meta(keys::NAME, MetaValue::Str(&model.name));
     w.set_meta(keys::SOURCE, MetaValue::Str(&model.source));
     let packed_by = format!("edge-pack {}", env!("CARGO_PKG_VERSION"));
@@ -377,9 +353,11 @@ fn base_writer(model: &SourceModel, tokenizer_json: Option<&str>) -> CheckpointW
 
 /// `model`'s tensors in canonical order.
 fn canonical_tensors(model: &SourceModel) -> Vec<&SourceTensor> {
-    expected_tensors(&model.config)
+    model
+        .arch
+        .tensors(&model.config)
         .into_iter()
-        .map(|(name, _)| model.tensors.iter().find(|t| t.name == name).expect("checked by validate_model"))
+        .map(|e| model.tensors.iter().find(|t| t.name == e.name).expect("checked by validate_model"))
         .collect()
 }
 
@@ -608,11 +586,11 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         let bytes = AlignedBytes::from_writer(&w)?;
         let ck = Checkpoint::parse(bytes.as_bytes()).map_err(|e| anyhow!("{e}"))?;
         let available = set.n_tokens();
-        let m = co.profile_tokens.unwrap_or_else(|| crate::sensitivity::default_profile_tokens(c, set.sequences.iter().map(|s| s.len()).max().unwrap_or(0), available)).min(available);
+        let m = co.profile_tokens.unwrap_or_else(|| crate::sensitivity::default_profile_tokens(model.arch, c, set.sequences.iter().map(|s| s.len()).max().unwrap_or(0), available)).min(available);
         let windows = set.profile_windows(m);
         let n_windows = windows.len();
         let profile_tokens: usize = windows.iter().map(|w| w.len()).sum();
-        let units = crate::sensitivity::units(c);
+        let units = model.arch.plan_units(c);
         phase(&bar, "profiling", units.len() as u64, "units");
         let measured = crate::sensitivity::measure(&ck, &windows, |_| bar.inc(1))?;
         let profile = crate::sensitivity::Profile {

@@ -1,13 +1,14 @@
 //! The per-unit sensitivity profile (`edge.sensitivity`) and the KL measurements behind it.
 //!
-//! A unit is one transformer layer (`blk.N`, all seven of its matrices), the token embedding
-//! (`token_embd`, which is also the output head when the embeddings are tied) and an untied
-//! output head (`output`): the keys a [`ViewPlan`] takes. For every unit and every view 2, 3,
+//! A unit is one of the architecture's plan units ([`Arch::plan_units`]): a transformer layer
+//! (`blk.N`, all its matrices), the token embedding (which is also the output head when the
+//! embeddings are tied) and an untied output head: the keys a [`ViewPlan`] takes. For every unit and every view 2, 3,
 //! 4, 5, 6 the profile holds the mean KL(P_ref || P) per token over the calibration tokens, P_ref
 //! being the model with every unit at 8 bits and P the model with only that unit lowered. All
 //! measurements switch views on one live model ([`Model::set_views`]).
 
 use anyhow::Result;
+use edge_runtime::arch::{self, Arch};
 use edge_runtime::kernels;
 use edge_runtime::model::{Logits, ModelOptions};
 use edge_runtime::plan::ViewPlan;
@@ -18,17 +19,6 @@ use serde::Serialize;
 pub const SENSITIVITY_KEY: &str = "edge.sensitivity";
 /// The views the profile measures.
 pub const PROFILED_VIEWS: [u8; 5] = [2, 3, 4, 5, 6];
-
-/// The units of a model of `config`, in file order of the layers (`blk.0..`), then
-/// `token_embd`, then `output` when untied.
-pub fn units(config: &Config) -> Vec<String> {
-    let mut u: Vec<String> = (0..config.n_layers).map(|l| format!("blk.{l}")).collect();
-    u.push("token_embd".into());
-    if !config.tied_embeddings {
-        u.push("output".into());
-    }
-    u
-}
 
 /// Log-probabilities and probabilities of reference logits, row by row.
 #[derive(Debug, Clone)]
@@ -183,12 +173,13 @@ pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], progress: impl FnMut(&
 
 fn measure_views(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
     let config = Config::from_checkpoint(ck)?;
+    let arch = arch::of_checkpoint(ck)?;
     let _one_thread = (flops_per_token(&config) < 2e7).then(crate::calibrate::SingleThread::new);
     let eight = ViewPlan::uniform(8);
     let mut model = model_for(ck, windows, &eight)?;
     let reference = reference_of(&mut model, windows)?;
     let mut out = Vec::new();
-    for unit in units(&config) {
+    for unit in arch.plan_units(&config) {
         let mut kl = [0f64; PROFILED_VIEWS.len()];
         for (k, &bits) in PROFILED_VIEWS.iter().enumerate() {
             let plan = ViewPlan { default_bits: Some(8), overrides: vec![(unit.clone(), bits)] };
@@ -213,11 +204,11 @@ pub fn flops_per_token(config: &Config) -> f64 {
 pub const PROFILE_FLOP_BUDGET: f64 = 4e12;
 
 /// Profile tokens by default: as many (a multiple of 64) as fit the [`PROFILE_FLOP_BUDGET`]
-/// over the `views x units + 1` passes, but at least one calibration sequence (`seq_len`), at
+/// over the `views x units + 1` passes of `arch`'s model, but at least one calibration sequence (`seq_len`), at
 /// most `available`. SmolLM2-135M: one sequence of 256 tokens (about 2.5 minutes on two
 /// cores); stories260K: all of them.
-pub fn default_profile_tokens(config: &Config, seq_len: usize, available: usize) -> usize {
-    let passes = (PROFILED_VIEWS.len() * units(config).len() + 1) as f64;
+pub fn default_profile_tokens(arch: &Arch, config: &Config, seq_len: usize, available: usize) -> usize {
+    let passes = (PROFILED_VIEWS.len() * arch.plan_units(config).len() + 1) as f64;
     let fit = (PROFILE_FLOP_BUDGET / (passes * flops_per_token(config))) as usize;
     (fit / 64 * 64).max(seq_len).min(available)
 }
@@ -246,13 +237,13 @@ mod tests {
     fn units_and_default_profile_tokens() {
         let smollm = config(576, 1536, 30, 9, 3, 49152, true);
         let stories = config(64, 172, 5, 8, 4, 512, true);
-        assert_eq!(units(&smollm).len(), 31);
-        assert_eq!(units(&config(64, 128, 2, 4, 2, 96, false)), ["blk.0", "blk.1", "token_embd", "output"]);
+        assert_eq!(arch::LLAMA.plan_units(&smollm).len(), 31);
+        assert_eq!(arch::LLAMA.plan_units(&config(64, 128, 2, 4, 2, 96, false)), ["blk.0", "blk.1", "token_embd", "output"]);
         // 2 x 134.5M FLOPs per token over 94 passes: 4 TFLOP hold ~158 tokens, so one sequence.
         assert!((flops_per_token(&smollm) / 2.0 - 134_217_728.0).abs() < 1e6);
-        assert_eq!(default_profile_tokens(&smollm, 256, 1024), 256);
-        assert_eq!(default_profile_tokens(&stories, 256, 1024), 1024);
-        assert_eq!(default_profile_tokens(&stories, 256, 100), 100);
+        assert_eq!(default_profile_tokens(&arch::LLAMA, &smollm, 256, 1024), 256);
+        assert_eq!(default_profile_tokens(&arch::LLAMA, &stories, 256, 1024), 1024);
+        assert_eq!(default_profile_tokens(&arch::LLAMA, &stories, 256, 100), 100);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use edge_runtime::arch::Arch;
 use edge_runtime::Config;
 
 /// One tensor, dequantized to f32, under its canonical name, shape outermost first.
@@ -17,8 +18,10 @@ pub struct SourceTensor {
 /// A model as read from any source format.
 #[derive(Debug, Clone)]
 pub struct SourceModel {
+    /// Its architecture: which tensors a model of `config` has.
+    pub arch: &'static Arch,
     pub config: Config,
-    /// Every tensor the model needs; q/k rows in interleaved RoPE order.
+    /// Every tensor `arch` implies for `config`; q/k rows in interleaved RoPE order.
     pub tensors: Vec<SourceTensor>,
     /// Hugging Face `tokenizer.json` text, if the source has (or implies) one.
     pub tokenizer_json: Option<String>,

@@ -15,7 +15,6 @@ use edge_pack::pack::{full_precision_in_memory, rtn_weight_bytes};
 use edge_pack::sensitivity::{mean_kl, model_for, reference_of};
 use edge_pack::{pack_file, pack_model, PackOptions, SourceModel, WeightEncoding};
 use edge_runtime::format::Encoding;
-use edge_runtime::kernels::Matrix;
 use edge_runtime::plan::ViewPlan;
 use edge_runtime::Checkpoint;
 use pack_util::*;

@@ -12,7 +12,7 @@ use edge_pack::pack::quantize_nested8;
 use edge_pack::quant::NestedObjective;
 use edge_pack::{pack_file, pack_model, PackOptions, WeightEncoding};
 use edge_runtime::format::{keys, Encoding};
-use edge_runtime::kernels::{Matrix, WeightView};
+use edge_runtime::kernels::WeightView;
 use edge_runtime::load::CheckpointBytes;
 use edge_runtime::Checkpoint;
 use pack_util::*;

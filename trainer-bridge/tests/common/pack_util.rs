@@ -140,9 +140,11 @@ pub fn synthetic_model(seed: u64, tied: bool) -> SourceModel {
         tied_embeddings: tied,
     };
     let mut rng = Rng::new(seed);
-    let tensors = edge_pack::pack::expected_tensors(&config)
+    let tensors = edge_runtime::arch::LLAMA
+        .tensors(&config)
         .into_iter()
-        .map(|(name, shape)| {
+        .map(|t| {
+            let (name, shape) = (t.name, t.shape);
             let n: u64 = shape.iter().product();
             let data = (0..n)
                 .map(|i| {
@@ -160,6 +162,7 @@ pub fn synthetic_model(seed: u64, tied: bool) -> SourceModel {
         })
         .collect();
     SourceModel {
+        arch: &edge_runtime::arch::LLAMA,
         config,
         tensors,
         tokenizer_json: None,
