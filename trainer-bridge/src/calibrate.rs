@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use edge_runtime::arch;
 use edge_runtime::blocks::{nested8_step_offset, GroupParams};
 use edge_runtime::format::CheckpointWriter;
 use edge_runtime::kernels::{self, Matrix, WeightView};
@@ -47,6 +48,7 @@ use edge_runtime::{Checkpoint, Config, Model};
 use half::f16;
 
 use crate::quant::{NestedObjective, OBJECTIVE_VIEWS};
+use crate::threads;
 
 /// The file name of the evaluation text, which must never be calibrated on.
 pub const EVAL_TEXT_NAME: &str = "wiki.test.raw";
@@ -129,8 +131,7 @@ pub struct CalibrationOptions {
     /// Seed of self-sampling.
     pub seed: u64,
     /// Tokens the sensitivity profile is measured on (a prefix of the calibration set);
-    /// `None` = as many as a fixed compute budget allows
-    /// ([`crate::sensitivity::default_profile_tokens`]).
+    /// `None` = as many as the profile's compute budget allows.
     pub profile_tokens: Option<usize>,
     pub gptq: GptqTarget,
     /// Dampening λ of the Hessian, relative to the mean of its diagonal.
@@ -262,8 +263,7 @@ pub fn sample_self(ck: &Checkpoint<'_>, bos: Option<u32>, opts: &CalibrationOpti
     let seq_len = opts.seq_len.min(config.max_seq_len).max(2);
     let (n_seqs, len) = split_tokens(opts.tokens, seq_len);
     let mut model = Model::new(ck, ModelOptions { max_seq_len: len, max_batch: 1 })?;
-    // One token at a time through a small model: threads cost more than they save.
-    let _one_thread = (crate::sensitivity::flops_per_token(&config) < 2e7).then(SingleThread::new);
+    let _one_thread = threads::one_thread_if_small(arch::of_checkpoint(ck)?, &config);
     let mut sequences = Vec::with_capacity(n_seqs);
     for s in 0..n_seqs {
         let seed = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(s as u64 + 1);
@@ -287,23 +287,6 @@ pub fn sample_self(ck: &Checkpoint<'_>, bos: Option<u32>, opts: &CalibrationOpti
         opts.seed
     );
     Ok(CalibrationSet { sequences, description })
-}
-
-/// Runs the runtime's products on one thread while alive (restores the default after): for
-/// small models, whose products are too small to repay starting threads.
-pub(crate) struct SingleThread;
-
-impl SingleThread {
-    pub(crate) fn new() -> Self {
-        kernels::set_threads(1);
-        SingleThread
-    }
-}
-
-impl Drop for SingleThread {
-    fn drop(&mut self) {
-        kernels::set_threads(0);
-    }
 }
 
 /// Checkpoint bytes held in memory, aligned for the runtime's zero-copy views.
@@ -336,7 +319,7 @@ impl AlignedBytes {
 /// The input site a matrix reads: `(layer, site index)`, or `None` for the embedding (its
 /// architecture's [`edge_runtime::arch::TensorSpec::site`]).
 pub fn tensor_site(name: &str) -> Option<(Option<usize>, usize)> {
-    let (layer, spec) = edge_runtime::arch::ARCHS.iter().find_map(|a| a.locate(name))?;
+    let (layer, spec) = arch::ARCHS.iter().find_map(|a| a.locate(name))?;
     Some((layer, spec.site?.index()))
 }
 
@@ -516,7 +499,7 @@ fn nearest_code(x: f32, min: f32, inv: f32) -> u8 {
 }
 
 /// GPTQ-quantize row-major `data` (rows of `cols`) to nested 8-bit codes with the factor of
-/// its input's Hessian. Same layout as [`crate::pack::quantize_nested8`].
+/// its input's Hessian. Same layout as [`crate::quant::quantize_nested8`].
 pub fn gptq_nested8(
     name: &str,
     data: &[f32],
@@ -847,7 +830,7 @@ mod tests {
         let f = GptqFactor::new(&h, cols, 0.01).unwrap();
         let mut r = rng(21);
         let w: Vec<f32> = (0..rows * cols).map(|_| r() * 0.05).collect();
-        let (p0, c0) = crate::pack::quantize_nested8("w", &w, cols, group, NestedObjective::AllViews).unwrap();
+        let (p0, c0) = crate::quant::quantize_nested8("w", &w, cols, group, NestedObjective::AllViews).unwrap();
         for target in [GptqTarget::View(4), GptqTarget::View(2), GptqTarget::Joint] {
             let (p, c) = gptq_nested8("w", &w, cols, group, &f, target, NestedObjective::AllViews).unwrap();
             for bits in [2u8, 3, 4, 8] {

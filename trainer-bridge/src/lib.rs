@@ -1,8 +1,20 @@
 //! edge-pack: turns a model (GGUF, Hugging Face folder, llama2.c `.bin`) into one `.edge` file.
 //!
-//! Every importer produces a [`SourceModel`]: the Llama config, the tensors under their
-//! canonical (GGUF) names as f32 with q/k rows in interleaved RoPE order, and the tokenizer
-//! and chat template. [`pack::pack_model`] encodes it and writes the checkpoint atomically.
+//! Every importer produces a [`SourceModel`]: its architecture and config, the tensors the
+//! architecture implies under their canonical (GGUF) names as f32 with q/k rows in interleaved
+//! RoPE order, and the tokenizer and chat template. [`pack::pack_model`] encodes it and writes
+//! the checkpoint atomically.
+//!
+//! Modules, each using only those on the lines below it (and `edge_runtime`):
+//! ```text
+//! pack                             encode a SourceModel (calibrated or not), write the file
+//! source_detect                    tell an input's format, hand it to its importer
+//! gguf  hf  llama2c                importers: one format -> SourceModel
+//! calibrate  sensitivity           GPTQ's tokens, Hessians and codes; the per-unit KL profile
+//! source  tokenizer  quant  threads
+//! ```
+//! The importers know nothing of calibration or packing; calibration and the profile know
+//! nothing of the sources.
 
 pub mod calibrate;
 pub mod gguf;
@@ -12,12 +24,13 @@ pub mod pack;
 pub mod quant;
 pub mod sensitivity;
 pub mod source;
-pub mod tokenizer;
 mod source_detect;
-pub use source_detect::resolve_input;
+mod threads;
+pub mod tokenizer;
 
 pub use pack::{pack_file, pack_model, PackOptions, PackReport, WeightEncoding};
-pub use source::{detect_format, load_source, SourceFormat, SourceModel, SourceTensor};
+pub use source::{SourceModel, SourceTensor};
+pub use source_detect::{detect_format, load_source, resolve_input, SourceFormat};
 
 /// Install a panic hook that prints `PROGRAM: error: internal error: MESSAGE at FILE:LINE;
 /// please report this bug` on one line and exits with status 1 (both binaries use it: a panic

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
+use edge_runtime::blocks::pack_nested8_planes;
 use edge_runtime::format::{keys, CheckpointWriter, Encoding, MetaValue, TensorData};
 use edge_runtime::Checkpoint;
 use half::{bf16, f16};
@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
 use crate::calibrate::{self, AlignedBytes, CalibrationOptions, CalibrationSource, GptqFactor, GptqTarget};
 use crate::source::{SourceModel, SourceTensor};
+use crate::source_detect::{self, SourceFormat};
 
 /// How linear weights (and embeddings) are stored. Norms are always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -186,50 +187,6 @@ pub fn validate_model(model: &SourceModel) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Quantize row-major `data` (rows of `cols`) to nested 8-bit codes in groups of `group`
-/// along each row, each row padded to whole groups (padding codes 0; the last group of a row
-/// may hold fewer real weights). Returns the per-group parameters and the padded codes.
-pub fn quantize_nested8(
-    name: &str,
-    data: &[f32],
-    cols: usize,
-    group: usize,
-    objective: crate::quant::NestedObjective,
-) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
-    if group == 0 || !group.is_multiple_of(8) || cols == 0 {
-        bail!("group size {group} is not a positive multiple of 8 (tensor '{name}')");
-    }
-    let f16_max = f16::MAX.to_f32();
-    if let Some(x) = data.iter().find(|x| !x.is_finite() || x.abs() > f16_max / 2.0) {
-        bail!("tensor '{name}' holds {x}, beyond the f16 range of 8-bit parameters; use --encoding bf16 or f32");
-    }
-    let padded = edge_runtime::format::nested8_padded_cols(cols as u64, group as u64) as usize;
-    let rows = data.len() / cols;
-    let groups_per_row = padded / group;
-    let mut params = vec![GroupParams { scale: f16::ZERO, min: f16::ZERO }; rows * groups_per_row];
-    let mut codes = vec![0u8; rows * padded];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
-    let rows_per = rows.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let chunks = params
-            .chunks_mut(rows_per * groups_per_row)
-            .zip(codes.chunks_mut(rows_per * padded))
-            .zip(data.chunks(rows_per * cols));
-        for ((p, c), w) in chunks {
-            s.spawn(move || {
-                for ((prow, crow), wrow) in
-                    p.chunks_mut(groups_per_row).zip(c.chunks_mut(padded)).zip(w.chunks(cols))
-                {
-                    for ((pg, cg), wg) in prow.iter_mut().zip(crow.chunks_mut(group)).zip(wrow.chunks(group)) {
-                        *pg = crate::quant::quantize_group(wg, objective, &mut cg[..wg.len()]);
-                    }
-                }
-            });
-        }
-    });
-    Ok((params, codes))
-}
-
 /// Encode one tensor: vectors (norms) as f32, matrices per `encoding`.
 pub fn encode_tensor(
     t: &SourceTensor,
@@ -269,7 +226,7 @@ pub fn encode_tensor_with(
                 Some((f, target)) if target != GptqTarget::Off => {
                     calibrate::gptq_nested8(&t.name, &t.data, cols, group_size as usize, f, target, objective)?
                 }
-                _ => quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?,
+                _ => crate::quant::quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?,
             };
             let mut segs = Vec::with_capacity(5);
             segs.push(
@@ -586,7 +543,11 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         let bytes = AlignedBytes::from_writer(&w)?;
         let ck = Checkpoint::parse(bytes.as_bytes()).map_err(|e| anyhow!("{e}"))?;
         let available = set.n_tokens();
-        let m = co.profile_tokens.unwrap_or_else(|| crate::sensitivity::default_profile_tokens(model.arch, c, set.sequences.iter().map(|s| s.len()).max().unwrap_or(0), available)).min(available);
+        let longest = set.sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let m = co
+            .profile_tokens
+            .unwrap_or_else(|| crate::sensitivity::default_profile_tokens(model.arch, c, longest, available))
+            .min(available);
         let windows = set.profile_windows(m);
         let n_windows = windows.len();
         let profile_tokens: usize = windows.iter().map(|w| w.len()).sum();
@@ -651,7 +612,7 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
 /// Read `input` (any supported format) and pack it to `output`.
 pub fn pack_file(input: &Path, output: &Path, opts: &PackOptions) -> anyhow::Result<PackReport> {
     // Fail fast, before reading a large model.
-    if crate::detect_format(input)? == crate::SourceFormat::Edge {
+    if source_detect::detect_format(input)? == SourceFormat::Edge {
         bail!("'{}' is already an .edge checkpoint; nothing to pack (run it with edge-run)", input.display());
     }
     check_output(output, opts.force)?;
@@ -663,6 +624,6 @@ pub fn pack_file(input: &Path, output: &Path, opts: &PackOptions) -> anyhow::Res
             bail!("output '{}' is the input; choose another output file", output.display());
         }
     }
-    let model = crate::load_source(input, opts.tokenizer.as_deref())?;
+    let model = source_detect::load_source(input, opts.tokenizer.as_deref())?;
     pack_model(&model, output, opts)
 }

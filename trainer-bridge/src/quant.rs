@@ -4,14 +4,15 @@
 //! Every reconstruction here goes through `edge_runtime::blocks` (the contract), so what the
 //! packer optimises is exactly what the runtime computes.
 
+use anyhow::bail;
 use edge_runtime::blocks::{nested8_step_offset, GroupParams};
+use half::f16;
 
 /// The views the packer's code choice weighs (the range search and GPTQ's joint objective):
 /// 2, 3, 4 and 8 bits. The 5- and 6-bit views lie between the 4- and the 8-bit ones (their
 /// buckets nest inside the 4-bit view's and contain the 8-bit view's codes), so they are not
 /// weighed on their own.
 pub const OBJECTIVE_VIEWS: [u8; 4] = [2, 3, 4, 8];
-use half::f16;
 
 /// How nested codes are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -254,6 +255,50 @@ pub fn quantize_group(w: &[f32], objective: NestedObjective, codes: &mut [u8]) -
     let p = all_views_params(w);
     search_codes(w, p, codes);
     p
+}
+
+/// Quantize row-major `data` (rows of `cols`) to nested 8-bit codes in groups of `group`
+/// along each row, each row padded to whole groups (padding codes 0; the last group of a row
+/// may hold fewer real weights). Returns the per-group parameters and the padded codes.
+pub fn quantize_nested8(
+    name: &str,
+    data: &[f32],
+    cols: usize,
+    group: usize,
+    objective: NestedObjective,
+) -> anyhow::Result<(Vec<GroupParams>, Vec<u8>)> {
+    if group == 0 || !group.is_multiple_of(8) || cols == 0 {
+        bail!("group size {group} is not a positive multiple of 8 (tensor '{name}')");
+    }
+    let f16_max = f16::MAX.to_f32();
+    if let Some(x) = data.iter().find(|x| !x.is_finite() || x.abs() > f16_max / 2.0) {
+        bail!("tensor '{name}' holds {x}, beyond the f16 range of 8-bit parameters; use --encoding bf16 or f32");
+    }
+    let padded = edge_runtime::format::nested8_padded_cols(cols as u64, group as u64) as usize;
+    let rows = data.len() / cols;
+    let groups_per_row = padded / group;
+    let mut params = vec![GroupParams { scale: f16::ZERO, min: f16::ZERO }; rows * groups_per_row];
+    let mut codes = vec![0u8; rows * padded];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+    let rows_per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let chunks = params
+            .chunks_mut(rows_per * groups_per_row)
+            .zip(codes.chunks_mut(rows_per * padded))
+            .zip(data.chunks(rows_per * cols));
+        for ((p, c), w) in chunks {
+            s.spawn(move || {
+                for ((prow, crow), wrow) in
+                    p.chunks_mut(groups_per_row).zip(c.chunks_mut(padded)).zip(w.chunks(cols))
+                {
+                    for ((pg, cg), wg) in prow.iter_mut().zip(crow.chunks_mut(group)).zip(wrow.chunks(group)) {
+                        *pg = quantize_group(wg, objective, &mut cg[..wg.len()]);
+                    }
+                }
+            });
+        }
+    });
+    Ok((params, codes))
 }
 
 /// Round-to-nearest baseline: asymmetric `bits`-bit quantization per group with f16

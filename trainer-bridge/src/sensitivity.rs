@@ -15,6 +15,8 @@ use edge_runtime::plan::ViewPlan;
 use edge_runtime::{Checkpoint, Config, Model};
 use serde::Serialize;
 
+use crate::threads;
+
 /// Metadata key of the profile.
 pub const SENSITIVITY_KEY: &str = "edge.sensitivity";
 /// The views the profile measures.
@@ -174,7 +176,7 @@ pub fn measure(ck: &Checkpoint<'_>, windows: &[Vec<u32>], progress: impl FnMut(&
 fn measure_views(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl FnMut(&str)) -> Result<Vec<UnitKl>> {
     let config = Config::from_checkpoint(ck)?;
     let arch = arch::of_checkpoint(ck)?;
-    let _one_thread = (flops_per_token(&config) < 2e7).then(crate::calibrate::SingleThread::new);
+    let _one_thread = threads::one_thread_if_small(arch, &config);
     let eight = ViewPlan::uniform(8);
     let mut model = model_for(ck, windows, &eight)?;
     let reference = reference_of(&mut model, windows)?;
@@ -193,13 +195,6 @@ fn measure_views(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl F
     Ok(out)
 }
 
-/// Forward-pass FLOPs per token of a model of `config` (2 per weight; attention ignored).
-pub fn flops_per_token(config: &Config) -> f64 {
-    let c = config;
-    let per_layer = c.dim * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * c.dim + 3 * c.dim * c.hidden_dim;
-    2.0 * (c.n_layers * per_layer + c.vocab_size * c.dim) as f64
-}
-
 /// Forward-pass FLOPs the default profile may spend.
 pub const PROFILE_FLOP_BUDGET: f64 = 4e12;
 
@@ -209,7 +204,7 @@ pub const PROFILE_FLOP_BUDGET: f64 = 4e12;
 /// cores); stories260K: all of them.
 pub fn default_profile_tokens(arch: &Arch, config: &Config, seq_len: usize, available: usize) -> usize {
     let passes = (PROFILED_VIEWS.len() * arch.plan_units(config).len() + 1) as f64;
-    let fit = (PROFILE_FLOP_BUDGET / (passes * flops_per_token(config))) as usize;
+    let fit = (PROFILE_FLOP_BUDGET / (passes * threads::flops_per_token(arch, config))) as usize;
     (fit / 64 * 64).max(seq_len).min(available)
 }
 
@@ -240,7 +235,7 @@ mod tests {
         assert_eq!(arch::LLAMA.plan_units(&smollm).len(), 31);
         assert_eq!(arch::LLAMA.plan_units(&config(64, 128, 2, 4, 2, 96, false)), ["blk.0", "blk.1", "token_embd", "output"]);
         // 2 x 134.5M FLOPs per token over 94 passes: 4 TFLOP hold ~158 tokens, so one sequence.
-        assert!((flops_per_token(&smollm) / 2.0 - 134_217_728.0).abs() < 1e6);
+        assert!((threads::flops_per_token(&arch::LLAMA, &smollm) / 2.0 - 134_217_728.0).abs() < 1e6);
         assert_eq!(default_profile_tokens(&arch::LLAMA, &smollm, 256, 1024), 256);
         assert_eq!(default_profile_tokens(&arch::LLAMA, &stories, 256, 1024), 1024);
         assert_eq!(default_profile_tokens(&arch::LLAMA, &stories, 256, 100), 100);

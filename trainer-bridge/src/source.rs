@@ -1,6 +1,4 @@
-//! The common in-memory form every importer produces.
-
-use std::path::Path;
+//! The common in-memory form every importer produces (and all they share with the packer).
 
 use edge_runtime::arch::Arch;
 use edge_runtime::Config;
@@ -34,23 +32,4 @@ pub struct SourceModel {
     pub name: String,
     /// Where it came from (file name and format), for `inspect`.
     pub source: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceFormat {
-    Gguf,
-    HuggingFace,
-    Llama2c,
-    Edge,
-}
-
-/// Decide the format of `path` from its contents (magic bytes) or, for a folder, its files.
-pub fn detect_format(path: &Path) -> anyhow::Result<SourceFormat> {
-    crate::source_detect::detect(path)
-}
-
-/// Read any supported source into a [`SourceModel`]. `tokenizer` overrides where the tokenizer
-/// comes from (a `tokenizer.json`).
-pub fn load_source(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
-    crate::source_detect::load(path, tokenizer)
 }

@@ -5,7 +5,16 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use crate::source::{SourceFormat, SourceModel};
+use crate::source::SourceModel;
+
+/// The formats edge-pack tells apart: the three it imports, and its own output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Gguf,
+    HuggingFace,
+    Llama2c,
+    Edge,
+}
 
 fn not_a_model(path: &Path, why: &str) -> anyhow::Error {
     anyhow::anyhow!(
@@ -43,7 +52,8 @@ pub fn resolve_input(path: &Path) -> anyhow::Result<std::path::PathBuf> {
     }
 }
 
-pub(crate) fn detect(path: &Path) -> anyhow::Result<SourceFormat> {
+/// Decide the format of `path` from its contents (magic bytes) or, for a folder, its files.
+pub fn detect_format(path: &Path) -> anyhow::Result<SourceFormat> {
     let path = &resolve_input(path)?;
     let meta = std::fs::metadata(path).with_context(|| format!("cannot open '{}'", path.display()))?;
     if meta.is_dir() {
@@ -92,9 +102,11 @@ pub(crate) fn detect(path: &Path) -> anyhow::Result<SourceFormat> {
     Err(not_a_model(path, "unrecognised contents"))
 }
 
-pub(crate) fn load(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
+/// Read any supported source into a [`SourceModel`]. `tokenizer` overrides where the tokenizer
+/// comes from (a `tokenizer.json`).
+pub fn load_source(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
     let path = &resolve_input(path)?;
-    match detect(path)? {
+    match detect_format(path)? {
         SourceFormat::Gguf => crate::gguf::load_gguf(path, tokenizer),
         SourceFormat::HuggingFace => crate::hf::load_hf(path, tokenizer),
         SourceFormat::Llama2c => crate::llama2c::load_llama2c(path, tokenizer),

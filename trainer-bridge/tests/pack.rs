@@ -8,7 +8,7 @@ use std::process::Command;
 
 use edge_pack::hf::load_hf;
 use edge_pack::llama2c::load_llama2c;
-use edge_pack::pack::quantize_nested8;
+use edge_pack::quant::quantize_nested8;
 use edge_pack::quant::NestedObjective;
 use edge_pack::{pack_file, pack_model, PackOptions, WeightEncoding};
 use edge_runtime::format::{keys, Encoding};
