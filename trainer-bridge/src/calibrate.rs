@@ -116,8 +116,8 @@ pub const DEFAULT_GPTQ: GptqTarget = GptqTarget::Joint;
 pub const DEFAULT_DAMP: f64 = 0.1;
 /// Default weights of the views' errors in [`GptqTarget::Joint`]'s code choice (2, 3, 4, 8
 /// bits). Equal weights give the 4-bit view GPTQ's largest gain; `--gptq-view-weights 1,1,1,4`
-/// favours the 8-bit view (SmolLM2-135M at group 64, session 8: +0.44% over f16 instead of
-/// +0.57%, for 1-2% more perplexity at 4 and 5 bits; docs/RESULTS.md).
+/// favours the 8-bit view (SmolLM2-135M at group 64: +0.44% perplexity over f16 instead of
+/// +0.57%, for 1-2% more at 4 and 5 bits; docs/RESULTS.md).
 pub const DEFAULT_VIEW_WEIGHTS: [f32; 4] = [1.0, 1.0, 1.0, 1.0];
 
 /// Settings of a calibrated pack.

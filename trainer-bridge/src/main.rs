@@ -34,7 +34,7 @@ enum EncodingArg {
     /// bfloat16 (f32's range at 16 bits; coarser than f16).
     Bf16,
     /// 8-bit codes in nested bit planes with per-group f16 scale and min; the runtime can read
-    /// them at 8, 4, 3 or 2 bits.
+    /// them at 8, 6, 5, 4, 3 or 2 bits.
     Q8,
 }
 
@@ -90,7 +90,8 @@ struct Cli {
     group_size: u32,
 
     /// How q8 codes are chosen: `all-views` searches each group's range to minimise the error of
-    /// the 8, 4, 3 and 2-bit views together (each against round-to-nearest at its width);
+    /// every view together (the 8-, 4-, 3- and 2-bit views are weighed, each against
+    /// round-to-nearest at its width; the 6- and 5-bit views lie between the 8- and 4-bit ones);
     /// `min-max` spans each group's min and max (best for the 8-bit view alone, faster).
     #[arg(long, value_enum, default_value_t = ObjectiveArg::AllViews)]
     objective: ObjectiveArg,
@@ -118,10 +119,11 @@ struct Cli {
     #[arg(long, value_name = "S", default_value_t = 0, requires = "calib")]
     calibrate_seed: u64,
 
-    /// Calibration tokens the sensitivity profile is measured on (3 forward passes per layer
-    /// over them) [default: as many as about 4 TFLOP of forward passes allow, at least one
-    /// calibration sequence: 256 for SmolLM2-135M (about 2.5 minutes on two cores), all of them
-    /// for small models].
+    /// Calibration tokens the sensitivity profile is measured on (5 forward passes over them per
+    /// layer, one per view from 2 to 6 bits; the same for the embedding and an untied head)
+    /// [default: as many as about 4 TFLOP of forward passes allow, at least one calibration
+    /// sequence: 256 for SmolLM2-135M (a few minutes on two cores), all of them for small
+    /// models].
     #[arg(long, value_name = "N", requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     profile_tokens: Option<usize>,
 

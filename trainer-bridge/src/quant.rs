@@ -19,8 +19,9 @@ pub const OBJECTIVE_VIEWS: [u8; 4] = [2, 3, 4, 8];
 pub enum NestedObjective {
     /// Group min/max, codes rounded to nearest: best for the 8-bit view alone.
     MinMax,
-    /// Search clipping of the group range to minimise the summed relative error of the
-    /// 8, 4, 3 and 2-bit views (each view's squared error divided by its error under MinMax).
+    /// Search clipping of the group range to minimise the summed relative error of every view:
+    /// the [`OBJECTIVE_VIEWS`] are weighed (each view's squared error divided by its error
+    /// under MinMax), the 5- and 6-bit views lying between them.
     #[default]
     AllViews,
 }
@@ -332,8 +333,8 @@ mod tests {
         (0..n).map(|_| ((-2.0 * u().ln()).sqrt() * (std::f64::consts::TAU * u()).cos()) as f32 * 0.02).collect()
     }
 
-    /// The original exhaustive all-views search (every pair of moves of 2.5% from -5% to +20%):
-    /// kept to check the coarse-to-fine search against.
+    /// The exhaustive all-views search (every pair of moves of 2.5% from -5% to +20%): the
+    /// reference the coarse-to-fine search is checked against.
     fn quantize_group_exhaustive(w: &[f32], codes: &mut [u8]) -> GroupParams {
         let lo = w.iter().copied().fold(f32::INFINITY, f32::min);
         let hi = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);

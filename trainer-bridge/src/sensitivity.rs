@@ -199,9 +199,9 @@ fn measure_views(ck: &Checkpoint<'_>, windows: &[Vec<u32>], mut progress: impl F
 pub const PROFILE_FLOP_BUDGET: f64 = 4e12;
 
 /// Profile tokens by default: as many (a multiple of 64) as fit the [`PROFILE_FLOP_BUDGET`]
-/// over the `views x units + 1` passes of `arch`'s model, but at least one calibration sequence (`seq_len`), at
-/// most `available`. SmolLM2-135M: one sequence of 256 tokens (about 2.5 minutes on two
-/// cores); stories260K: all of them.
+/// over the `views x units + 1` passes, but at least one calibration sequence (`seq_len`), at
+/// most `available`. SmolLM2-135M: one sequence of 256 tokens (a few minutes on two cores);
+/// stories260K: all of them.
 pub fn default_profile_tokens(arch: &Arch, config: &Config, seq_len: usize, available: usize) -> usize {
     let passes = (PROFILED_VIEWS.len() * arch.plan_units(config).len() + 1) as f64;
     let fit = (PROFILE_FLOP_BUDGET / (passes * threads::flops_per_token(arch, config))) as usize;
@@ -234,7 +234,7 @@ mod tests {
         let stories = config(64, 172, 5, 8, 4, 512, true);
         assert_eq!(arch::LLAMA.plan_units(&smollm).len(), 31);
         assert_eq!(arch::LLAMA.plan_units(&config(64, 128, 2, 4, 2, 96, false)), ["blk.0", "blk.1", "token_embd", "output"]);
-        // 2 x 134.5M FLOPs per token over 94 passes: 4 TFLOP hold ~158 tokens, so one sequence.
+        // 2 x 134.5M FLOPs per token over 5 x 31 + 1 passes: 4 TFLOP hold ~95 tokens, so one sequence.
         assert!((threads::flops_per_token(&arch::LLAMA, &smollm) / 2.0 - 134_217_728.0).abs() < 1e6);
         assert_eq!(default_profile_tokens(&arch::LLAMA, &smollm, 256, 1024), 256);
         assert_eq!(default_profile_tokens(&arch::LLAMA, &stories, 256, 1024), 1024);

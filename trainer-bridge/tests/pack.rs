@@ -197,7 +197,7 @@ fn nested8_models_run_at_every_view_and_track_f32() {
     eprintln!("largest |logit| {scale}");
     let q8 = read_bytes(&q8_out);
     let mut last = 0.0;
-    for view in [8u8, 4, 3, 2] {
+    for view in [8u8, 6, 5, 4, 3, 2] {
         let l = logits_for(q8.as_bytes(), &tokens, Some(view));
         let d = reference.iter().zip(&l).map(|(a, b)| max_abs_diff(a, b)).fold(0.0f32, f32::max);
         assert!(l.iter().flatten().all(|x| x.is_finite()), "{view}-bit view gives non-finite logits");
