@@ -554,16 +554,9 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         let units = model.arch.plan_units(c);
         phase(&bar, "profiling", units.len() as u64, "units");
         let measured = crate::sensitivity::measure(&ck, &windows, |_| bar.inc(1))?;
-        let profile = crate::sensitivity::Profile {
-            calibration: format!(
-                "{}; profile on {} x {} tokens",
-                set.description,
-                n_windows,
-                windows.first().map_or(0, |w| w.len())
-            ),
-            tokens: profile_tokens,
-            units: measured,
-        };
+        let description =
+            format!("{}; profile on {} x {} tokens", set.description, n_windows, windows.first().map_or(0, |w| w.len()));
+        let profile = crate::sensitivity::Profile::new(description, profile_tokens, &measured);
         w.set_meta(crate::sensitivity::SENSITIVITY_KEY, MetaValue::Str(&profile.to_json()));
         tick("profile", &mut timings);
         calibration = Some(CalibrationReport {

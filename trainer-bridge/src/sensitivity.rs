@@ -7,13 +7,16 @@
 //! being the model with every unit at 8 bits and P the model with only that unit lowered. All
 //! measurements switch views on one live model ([`Model::set_views`]).
 
-use anyhow::Result;
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{anyhow, bail, Result};
 use edge_runtime::arch::{self, Arch};
+use edge_runtime::blocks::is_nested8_view;
 use edge_runtime::kernels;
 use edge_runtime::model::{Logits, ModelOptions};
 use edge_runtime::plan::ViewPlan;
 use edge_runtime::{Checkpoint, Config, Model};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::threads;
 
@@ -110,54 +113,121 @@ pub struct UnitKl {
     pub kl: [f64; PROFILED_VIEWS.len()],
 }
 
-/// The profile as stored in the checkpoint.
-#[derive(Debug, Clone)]
+/// Version of the profile's JSON that [`Profile::new`] writes and [`Profile::parse`] reads.
+pub const PROFILE_VERSION: u32 = 1;
+
+/// The profile as stored in the checkpoint (`edge.sensitivity`, JSON), for the packer that
+/// writes it and the runtime's tools that read it:
+/// `{"version":1,"metric":"kl","reference":"8-bit view","calibration":"...","tokens":N,
+///   "units":[{"name":"blk.0","kl":{"2":0.12,"3":0.031,"4":0.007,"5":0.002,"6":0.0005}}, ...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
+    pub version: u32,
+    /// What the numbers are (`kl`: mean KL in nats per token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// What the KL is measured from (`8-bit view`: every unit at 8 bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     /// Human description of the calibration tokens.
-    pub calibration: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
     /// Tokens the KL means are over.
-    pub tokens: usize,
-    pub units: Vec<UnitKl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    pub units: Vec<ProfileUnit>,
 }
 
-#[derive(Serialize)]
-struct JsonUnit<'a> {
-    name: &'a str,
-    kl: std::collections::BTreeMap<String, f64>,
+/// One unit of a stored profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileUnit {
+    /// A view-plan key: `blk.N`, `token_embd` or `output`.
+    pub name: String,
+    /// View width ("2" .. "6"; "8" is the reference) -> mean KL.
+    pub kl: BTreeMap<String, f64>,
 }
 
-#[derive(Serialize)]
-struct JsonProfile<'a> {
-    version: u32,
-    metric: &'a str,
-    reference: &'a str,
-    calibration: &'a str,
-    tokens: usize,
-    units: Vec<JsonUnit<'a>>,
+impl ProfileUnit {
+    /// The KL at `bits`, if measured (the 8-bit view is the reference: 0 when absent).
+    pub fn kl_at(&self, bits: u8) -> Option<f64> {
+        self.kl.get(&bits.to_string()).copied().or((bits == 8).then_some(0.0))
+    }
 }
 
 impl Profile {
-    /// The `edge.sensitivity` JSON:
-    /// `{"version":1,"metric":"kl","reference":"8-bit view","calibration":"...","tokens":N,
-    ///   "units":[{"name":"blk.0","kl":{"2":0.12,"3":0.031,"4":0.007}}, ...]}`.
+    /// The profile of `units`, measured on `tokens` tokens described by `calibration`. A
+    /// negative KL (rounding noise of a view that changes nothing) is stored as 0.
+    pub fn new(calibration: String, tokens: usize, units: &[UnitKl]) -> Self {
+        Profile {
+            version: PROFILE_VERSION,
+            metric: Some("kl".into()),
+            reference: Some("8-bit view".into()),
+            calibration: Some(calibration),
+            tokens: Some(tokens as u64),
+            units: units
+                .iter()
+                .map(|u| ProfileUnit {
+                    name: u.name.clone(),
+                    kl: PROFILED_VIEWS.iter().zip(u.kl).map(|(b, k)| (b.to_string(), k.max(0.0))).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The `edge.sensitivity` JSON.
     pub fn to_json(&self) -> String {
-        let units = self
-            .units
-            .iter()
-            .map(|u| JsonUnit {
-                name: &u.name,
-                kl: PROFILED_VIEWS.iter().zip(u.kl).map(|(b, k)| (b.to_string(), k.max(0.0))).collect(),
-            })
-            .collect();
-        serde_json::to_string(&JsonProfile {
-            version: 1,
-            metric: "kl",
-            reference: "8-bit view",
-            calibration: &self.calibration,
-            tokens: self.tokens,
-            units,
+        serde_json::to_string(self).expect("a profile serialises")
+    }
+
+    /// Parse and check a profile's JSON: a known version, units named once, KLs only for
+    /// nested views, each finite and not below 0.
+    pub fn parse(json: &str) -> Result<Profile> {
+        let p: Profile = serde_json::from_str(json).map_err(|e| anyhow!("{e}"))?;
+        if p.version != PROFILE_VERSION {
+            bail!("version {} is not supported (this build reads version {PROFILE_VERSION})", p.version);
+        }
+        if p.units.is_empty() {
+            bail!("it has no units");
+        }
+        let mut seen = HashSet::new();
+        for u in &p.units {
+            if !seen.insert(u.name.as_str()) {
+                bail!("unit '{}' appears twice", u.name);
+            }
+            for (k, v) in &u.kl {
+                match k.parse::<u8>() {
+                    Ok(b) if is_nested8_view(b) => {}
+                    _ => bail!("unit '{}' has a KL for view '{k}'; views are 2, 3, 4, 5, 6 and 8", u.name),
+                }
+                if !v.is_finite() || *v < -1e-9 {
+                    bail!("unit '{}' has KL {v} at {k} bits; a KL is a finite number >= 0", u.name);
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The profile of checkpoint `ck`: `Ok(None)` when it has none, an error when it is
+    /// unreadable.
+    pub fn from_checkpoint(ck: &Checkpoint<'_>) -> Result<Option<Profile>> {
+        let Some(s) = ck.get_str(SENSITIVITY_KEY) else {
+            if ck.get(SENSITIVITY_KEY).is_some() {
+                bail!("its sensitivity profile ({SENSITIVITY_KEY}) is not a string; re-pack with `edge-pack --calibrate`");
+            }
+            return Ok(None);
+        };
+        Profile::parse(s).map(Some).map_err(|e| {
+            anyhow!("its sensitivity profile ({SENSITIVITY_KEY}) is unreadable: {e}; re-pack with `edge-pack --calibrate`")
         })
-        .expect("a profile serialises")
+    }
+
+    /// Every view some unit has a KL for, plus 8, ascending.
+    pub fn views(&self) -> Vec<u8> {
+        let mut v: Vec<u8> = self.units.iter().flat_map(|u| u.kl.keys().filter_map(|k| k.parse().ok())).collect();
+        v.push(8);
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -264,16 +334,30 @@ mod tests {
 
     #[test]
     fn profile_json_has_the_documented_schema() {
-        let p = Profile {
-            calibration: "test".into(),
-            tokens: 64,
-            units: vec![UnitKl { name: "blk.0".into(), kl: [0.5, 0.1, -1e-12, 0.01, 0.002] }],
-        };
-        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        let p = Profile::new("test".into(), 64, &[UnitKl { name: "blk.0".into(), kl: [0.5, 0.1, -1e-12, 0.01, 0.002] }]);
+        let json = p.to_json();
+        assert!(json.starts_with(r#"{"version":1,"metric":"kl","reference":"8-bit view","calibration":"test","#), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"version":1,"metric":"kl","reference":"8-bit view","calibration":"test","tokens":64,
                 "units":[{"name":"blk.0","kl":{"2":0.5,"3":0.1,"4":0.0,"5":0.01,"6":0.002}}]})
         );
+        let back = Profile::parse(&json).unwrap();
+        assert_eq!(back, p);
+        assert_eq!((back.units[0].kl_at(3), back.units[0].kl_at(8), back.units[0].kl_at(7)), (Some(0.1), Some(0.0), None));
+        assert_eq!(back.views(), [2, 3, 4, 5, 6, 8]);
+        // Optional fields may be absent; everything else is checked.
+        assert!(Profile::parse(r#"{"version":1,"units":[{"name":"blk.0","kl":{"4":0.1}}]}"#).is_ok());
+        for (bad, why) in [
+            (r#"{"version":2,"units":[{"name":"blk.0","kl":{}}]}"#, "version 2"),
+            (r#"{"version":1,"units":[]}"#, "no units"),
+            (r#"{"version":1,"units":[{"name":"a","kl":{}},{"name":"a","kl":{}}]}"#, "twice"),
+            (r#"{"version":1,"units":[{"name":"a","kl":{"7":0.1}}]}"#, "view '7'"),
+            (r#"{"version":1,"units":[{"name":"a","kl":{"4":-1}}]}"#, "finite number >= 0"),
+        ] {
+            let e = Profile::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }
