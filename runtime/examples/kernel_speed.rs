@@ -5,6 +5,7 @@
 //! Prefill: quantize n tokens + matmul in tiles of 64 rows (as `kernels::matmul` calls it),
 //! GFLOP/s (2 · rows · cols · n); the model estimate uses n = 512 (pp512). Then the per-token decode time of every matrix of
 //! SmolLM2-135M (30 layers + the tied head) at each view. Fastest of several runs (shared machine).
+//! `VIEWS=4,5,6,8` in the environment measures only those views.
 
 use std::time::Instant;
 
@@ -106,8 +107,17 @@ fn prefill_secs(k: &Kernels, w: &Nested8<'_>, rows: usize, cols: usize, n: usize
     total
 }
 
+/// The views to measure: `VIEWS` (comma-separated bits) or all of them.
+fn views() -> Vec<u8> {
+    match std::env::var("VIEWS") {
+        Ok(v) => v.split(',').map(|b| b.trim().parse().expect("VIEWS: bits such as 4,5,6,8")).collect(),
+        Err(_) => NESTED8_VIEWS.to_vec(),
+    }
+}
+
 fn main() {
     let only: Option<String> = std::env::args().nth(1);
+    let views = views();
     let group = 64;
     let tables: Vec<Kernels> = Kernels::variants()
         .into_iter()
@@ -119,7 +129,7 @@ fn main() {
     for k in &tables {
         println!("== {} (group {group}, single thread)", k.name);
         for (&(rows, cols), t) in shapes.iter().zip(&tensors) {
-            for &bits in &NESTED8_VIEWS {
+            for &bits in &views {
                 let w = view(k, t, group, bits);
                 let reps = if k.name == "scalar" { 3 } else { 15 };
                 let dt = decode_secs(k, &w, rows, cols, reps);
@@ -137,7 +147,7 @@ fn main() {
         let layer: [(usize, usize); 7] =
             [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
         let lt: Vec<Tensor> = layer.iter().map(|&(r, c)| tensor(r, c, group)).collect();
-        for &bits in &NESTED8_VIEWS {
+        for &bits in &views {
             let reps = if k.name == "scalar" { 3 } else { 21 };
             let mut per_token = 0.0;
             let mut pp = 0.0;

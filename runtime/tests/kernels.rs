@@ -233,7 +233,7 @@ fn replaced_planes_name_what_the_prepared_form_replaced() {
         let m = matrix(ck.tensor("n").unwrap(), Some(v)).unwrap();
         let kernels::WeightView::Nested8(n) = &m.view else { unreachable!() };
         let (want, form) = match v {
-            2..=4 if k.repack.is_some() && !kernels::dispatch::float_activations() => (0..v as usize - 1, "runs"),
+            2..=6 if k.repack.is_some() && !kernels::dispatch::float_activations() => (0..v as usize - 1, "runs"),
             8 if k.nibbles.is_some() && !kernels::dispatch::float_activations() => (3..6, "nibbles"),
             _ => (0..0, "planes"),
         };

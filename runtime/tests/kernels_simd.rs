@@ -14,11 +14,23 @@ use edge_runtime::blocks::{low_nibbles, nested8_planes_for_view, pack_nested8_pl
 use std::sync::Arc;
 
 /// Every view, without and with the form `Nested8::prepare` makes at load for SIMD tables
-/// (`Prepared::Runs` at 2, 3 and 4 bits, `Prepared::Nibbles` at 8): (view, prepared). The 5-
-/// and 6-bit views run the portable kernels in every table; the 8-bit view without its nibble
-/// plane falls back to the reference.
-const VIEWS: [(u8, bool); 10] =
-    [(2, false), (2, true), (3, false), (3, true), (4, false), (4, true), (5, false), (6, false), (8, false), (8, true)];
+/// (`Prepared::Runs` at 2 to 6 bits, `Prepared::Nibbles` at 8): (view, prepared). The x86
+/// tables read views 5 and 6 from their runs only, the 8-bit view from its nibble plane only:
+/// without them they run the portable kernels.
+const VIEWS: [(u8, bool); 12] = [
+    (2, false),
+    (2, true),
+    (3, false),
+    (3, true),
+    (4, false),
+    (4, true),
+    (5, false),
+    (5, true),
+    (6, false),
+    (6, true),
+    (8, false),
+    (8, true),
+];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
 use half::f16;
@@ -103,7 +115,7 @@ impl Tensor {
     }
 
     /// The `view_bits` view; with `prepared`, also the form `Nested8::prepare` makes for SIMD
-    /// tables: the runs (2, 3 and 4 bits) or the nibble plane (8 bits), at any group size.
+    /// tables: the runs (2 to 6 bits) or the nibble plane (8 bits), at any group size.
     fn view(&self, view_bits: u8, prepared: bool) -> Nested8<'_> {
         let n = nested8_planes_for_view(view_bits).unwrap();
         let mut planes: [&[u8]; 6] = [&[]; 6];
@@ -112,7 +124,7 @@ impl Tensor {
         }
         let numel = self.planes[1].len() * 8;
         let refs: Vec<&[u8]> = self.planes.iter().map(|p| p.as_slice()).collect();
-        let repacked = (prepared && view_bits <= 4).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
+        let repacked = (prepared && view_bits <= 6).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
         let low = (prepared && view_bits == 8).then(|| Arc::from(low_nibbles(&refs, numel)));
         Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
     }
@@ -226,7 +238,7 @@ fn nested8_products_match_reference() {
                         // Activations for views read from runs are quantized for the runs alone, as
                         // `kernels::matvec` does; the 2-bit view on its planes gets them too,
                         // which its table must notice (and still compute exactly).
-                        let runs_only = (prep && view <= 4) || view == 2;
+                        let runs_only = (prep && view <= 6) || view == 2;
                         let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
                         (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
                         for first in [1usize, 2] {
@@ -382,7 +394,7 @@ fn repack_equals_the_definition() {
             let codes: Vec<u8> = (0..numel).map(|_| rng.next() as u8).collect();
             let planes = pack_nested8_planes(&codes);
             let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
-            for v in [2u8, 3, 4] {
+            for v in [2u8, 3, 4, 5, 6] {
                 assert_eq!(repack(v, &refs, numel), repack_top(v, &refs, numel), "{} repack: view {v}, {numel} codes", k.name);
             }
         }

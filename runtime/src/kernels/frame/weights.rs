@@ -42,7 +42,7 @@ pub struct Nested8<'a> {
     pub view_bits: u8,
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
-    /// Where [`Prepared::Runs`] is kept (a 2-, 3- or 4-bit view; `None` otherwise). Read it
+    /// Where [`Prepared::Runs`] is kept (a 2- to 6-bit view; `None` otherwise). Read it
     /// through [`Nested8::prepared`].
     pub repacked: Option<Arc<[u8]>>,
     /// Where [`Prepared::Nibbles`] is kept (an 8-bit view; `None` otherwise). Read it through
@@ -57,7 +57,7 @@ pub struct Nested8<'a> {
 pub enum Prepared<'s> {
     /// The stored planes as they are ([`Nested8::planes`]).
     Planes,
-    /// A 2-, 3- or 4-bit view's codes repacked into runs of 256 ([`blocks::repack_top`]), whose
+    /// A 2- to 6-bit view's codes repacked into runs of 256 ([`blocks::repack_top`]), whose
     /// fields need no lane shuffles: they replace all of the view's planes.
     Runs(&'s [u8]),
     /// An 8-bit view's low nibbles `q & 15` ([`blocks::low_nibbles`]), read with stored planes
@@ -90,14 +90,14 @@ impl<'a> Nested8<'a> {
         Ok(Nested8 { params, planes, group_size, view_bits, row_stride, repacked: None, low: None })
     }
 
-    /// This view with the form `k`'s kernels read made now: the runs of a 2-, 3- or 4-bit view
+    /// This view with the form `k`'s kernels read made now: the runs of a 2- to 6-bit view
     /// ([`Kernels::repack`]) or the nibble plane of an 8-bit one ([`Kernels::nibbles`]), for
     /// groups of a multiple of 32 (the SIMD kernels' unit); otherwise unchanged.
     pub fn prepare(self, k: &Kernels) -> Self {
         let numel = self.planes[0].len() * 4;
         let simd = self.group_size.is_multiple_of(32);
         let repacked = match (self.view_bits, k.repack.filter(|_| simd)) {
-            (2..=4, Some(f)) => Some(Arc::from(f(self.view_bits, &self.planes, numel))),
+            (2..=6, Some(f)) => Some(Arc::from(f(self.view_bits, &self.planes, numel))),
             _ => None,
         };
         let low = match (self.view_bits, k.nibbles.filter(|_| simd)) {
@@ -117,7 +117,7 @@ impl<'a> Nested8<'a> {
     #[inline]
     pub fn prepared(&self) -> Prepared<'_> {
         match (self.view_bits, &self.repacked, &self.low) {
-            (2..=4, Some(runs), _) => Prepared::Runs(runs),
+            (2..=6, Some(runs), _) => Prepared::Runs(runs),
             (8, _, Some(nibbles)) => Prepared::Nibbles(nibbles),
             _ => Prepared::Planes,
         }

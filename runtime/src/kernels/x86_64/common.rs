@@ -26,7 +26,9 @@ pub(super) const PI: [usize; 8] = blocks::RUN_PI;
 /// | 3    | no   | planes 0, 1 (2, 1)                                      |
 /// | 4    | no   | planes 0, 1, 2 (2, 1, 1)                                |
 /// | 8    | no   | planes 0, 1, 2 (2, 1, 1), then [`Prepared::Nibbles`] (4) |
-/// | 2-4  | yes  | [`Prepared::Runs`] (the view's bits)                    |
+/// | 2-6  | yes  | [`Prepared::Runs`] (the view's bits)                    |
+///
+/// (Views 5 and 6 are read from their runs only.)
 pub(super) const fn reads_source(view: u8, runs: bool, s: usize) -> bool {
     match (view, runs) {
         (_, true) => s == 3,

@@ -17,11 +17,13 @@
 //! a second i16 accumulator, and one `madd` per superchunk widens to i32.
 //!
 //! # From the runs
-//! A 2-, 3- or 4-bit view prepared as runs ([`Prepared::Runs`]) is read one run per
-//! superchunk: its fields are one or two shifts and masks of a word, already in lane order
-//! `PI`, so one `maddubs` covers 32 codes (the planes need two at 3 and 4 bits) and no lane is
-//! shuffled. The fields meet part A's source-3 order, the only one filled when every matrix of
-//! the call reads runs (`QActs::runs_order_only`).
+//! A 2- to 6-bit view prepared as runs ([`Prepared::Runs`]) is read one run per superchunk:
+//! its fields are one to three shifts and masks of a word, already in lane order `PI`, so one
+//! `maddubs` covers 32 codes (the planes need two at 3 and 4 bits) and no lane is shuffled.
+//! The fields meet part A's source-3 order, the only one filled when every matrix of the call
+//! reads runs (`QActs::runs_order_only`). The 5- and 6-bit views are read from their runs only
+//! (codes up to 63: a `maddubs` lane holds up to 2 · 63 · 127, so two of them fit in i16 at 6
+//! bits, four at 5, and each accumulator is widened on its own).
 //!
 //! # Rows, groups and the float sum
 //! Group sums are exact integers; each group's float term `d · (step · isum + offset · sum)` is
@@ -32,7 +34,7 @@
 //! across row ends (576 columns: 8 rows are 18 superchunks), meeting part A's slots in turn.
 //! Each superchunk's sums go straight to a small buffer of group sums (groups of 32, 64 and 128
 //! are folded in registers; other multiples of 32 afterwards). Groups of 8 or 16 fall back to
-//! the reference.
+//! the portable kernels.
 //!
 //! # VNNI
 //! The `avx512vnni` table runs these functions with `VNNI = true`: each `maddubs` (i16 lanes)
@@ -40,8 +42,8 @@
 //! exact integer sums, so every result stays bit-identical; a block read from runs goes 512
 //! bits at a time ([`avx512_runs_stream`]).
 //!
-//! Kernel parameters: `V` the view (2, 3, 4 or 8), `RUNS` whether it reads [`Prepared::Runs`]
-//! instead of the planes (views 2-4 only), `VNNI` as above.
+//! Kernel parameters: `V` the view (2, 3, 4, 5, 6 or 8), `RUNS` whether it reads
+//! [`Prepared::Runs`] instead of the planes (views 2-6; always at 5 and 6), `VNNI` as above.
 
 use core::arch::x86_64::*;
 
@@ -49,13 +51,13 @@ use super::common::{
     check_bounds, dpbusd, load_params8, params_to_f32, reads_source, source_bits, sources, transpose8x8, SC,
 };
 use super::quantize::{part_a_slots, Layout, PREFILL_MIN_TOKENS, SC_AUX};
-use super::runs::{run_fields, run_fields512};
+use super::runs::{run_fields, run_fields512, MAX_RUN_WORDS};
 use crate::blocks;
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::{Nested8, Prepared};
-use crate::kernels::reference;
+use crate::kernels::portable;
 
-/// Whether the fast kernels serve `w` with `acts` (else the reference does): groups of a
+/// Whether the fast kernels serve `w` with `acts` (else the portable ones do): groups of a
 /// multiple of 32, activations from this table's `quantize_acts` for this matrix.
 pub(super) fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
     let form = w.prepared();
@@ -68,14 +70,16 @@ pub(super) fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
         && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
         // Part A holds only the runs' order: the planes' kernels cannot run on it.
         && (acts.n >= PREFILL_MIN_TOKENS || !acts.runs_order_only || matches!(form, Prepared::Runs(_)))
-        // The 8-bit kernels read the nibble plane.
+        // The 8-bit kernels read the nibble plane, the 5- and 6-bit ones the runs.
         && (view != 8 || matches!(form, Prepared::Nibbles(_)))
+        && (!matches!(view, 5 | 6) || matches!(form, Prepared::Runs(_)))
 }
 
 /// The 8 registers of one superchunk's sources, loaded from `p[s]` (the superchunk's bytes in
 /// source `s`: 64, 32, 32 bytes, then 32 per bit of source 3; only the sources view `V` reads
 /// with `RUNS` are loaded, see [`reads_source`]): plane 0 in registers 0-1, plane 1 in 2,
-/// plane 2 in 3, source 3 (nibbles or runs) from 4 on (unread ones zero).
+/// plane 2 in 3, the nibbles in 4-7; with `RUNS`, the run's words from 0 on (unread ones
+/// zero).
 ///
 /// # Safety
 /// The CPU supports AVX2; the pointers of the sources read are readable for those lengths.
@@ -96,7 +100,8 @@ unsafe fn load_superchunk<const V: u8, const RUNS: bool>(p: [*const u8; 4]) -> [
             r[3] = _mm256_loadu_si256(p[2] as *const __m256i);
         }
         if reads_source(V, RUNS, 3) {
-            for (i, ri) in r[4..4 + SC * source_bits(V, RUNS, 3) / 256].iter_mut().enumerate() {
+            let at = if RUNS { 0 } else { 4 };
+            for (i, ri) in r[at..at + SC * source_bits(V, RUNS, 3) / 256].iter_mut().enumerate() {
                 *ri = _mm256_loadu_si256(p[3].add(32 * i) as *const __m256i);
             }
         }
@@ -272,17 +277,34 @@ unsafe fn nibbles_dot<const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m
 }
 
 /// `Σ q_V · x` over one run of view `V`'s [`Prepared::Runs`] ([`blocks::repack_top`]), as 8 i32
-/// lanes (lane `m`: subgroup `PI[m]`), from its words (`regs[4..]`) and part A's source-3 order.
+/// lanes (lane `m`: subgroup `PI[m]`), from its words (`regs[..V]`) and part A's source-3 order.
 ///
 /// # Safety
 /// The CPU supports AVX2; `a` readable for 768 bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn runs_dot<const V: u8, const VNNI: bool>(regs: [__m256i; 8], a: *const i8) -> __m256i {
-    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes). Codes
-    // are at most 15, so a maddubs lane is at most 2 · 15 · 128 and four of them fit in i16.
+    let words: [__m256i; MAX_RUN_WORDS] = core::array::from_fn(|i| regs[i]);
+    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
     unsafe {
-        let f = run_fields::<V>(regs);
+        let f = run_fields::<V>(words);
+        if V >= 5 && !VNNI {
+            // Codes up to 31 (63): a maddubs lane is at most 2 · 31 · 127 (2 · 63 · 127), so an
+            // i16 accumulator takes four (two) of them and is widened on its own.
+            let ones = _mm256_set1_epi16(1);
+            let mut l = [_mm256_setzero_si256(); 4];
+            for (r, fr) in f.iter().enumerate() {
+                let x = _mm256_loadu_si256(a.add((2 * SC / 32 + r) * 32) as *const __m256i);
+                let k = if V == 5 { r % 2 } else { r % 4 };
+                l[k] = _mm256_add_epi16(l[k], _mm256_maddubs_epi16(*fr, x));
+            }
+            let lo = _mm256_add_epi32(_mm256_madd_epi16(l[0], ones), _mm256_madd_epi16(l[1], ones));
+            if V == 5 {
+                return lo;
+            }
+            return _mm256_add_epi32(lo, _mm256_add_epi32(_mm256_madd_epi16(l[2], ones), _mm256_madd_epi16(l[3], ones)));
+        }
+        // Codes up to 15: a maddubs lane is at most 2 · 15 · 127, and eight of them fit in i16.
         let mut l0 = _mm256_setzero_si256();
         let mut l1 = _mm256_setzero_si256();
         let a3 = 2 * SC / 32;
@@ -429,7 +451,7 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
                 // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
                 unsafe { superchunk_at::<V, RUNS, VNNI>(&src, c, a) }
             } else {
-                let mut buf = [[0u8; SC / 2]; 4];
+                let mut buf = [[0u8; SC * MAX_RUN_WORDS / 8]; 4];
                 let mut ptr = [core::ptr::null::<u8>(); 4];
                 for (s, pp) in ptr.iter_mut().enumerate().filter(|(s, _)| reads_source(V, RUNS, *s)) {
                     let bytes = src[s];
@@ -572,7 +594,7 @@ unsafe fn avx512_runs_stream<const V: u8>(
                 if k < pairs {
                     let lo = src[3].as_ptr().add((s0 / SC + j) * rb);
                     let hi = lo.add(slots * rb);
-                    let mut regs = [_mm512_setzero_si512(); 4];
+                    let mut regs = [_mm512_setzero_si512(); MAX_RUN_WORDS];
                     for (i, r) in regs.iter_mut().enumerate().take(words) {
                         let l = _mm256_loadu_si256(lo.add(32 * i) as *const __m256i);
                         let h = _mm256_loadu_si256(hi.add(32 * i) as *const __m256i);
@@ -608,7 +630,7 @@ unsafe fn avx512_runs_stream<const V: u8>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn avx2_nested8_matvec<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     if !usable(w, acts, V) {
-        return reference::nested8_matvec(w, acts, first, out);
+        return portable::nested8_matvec(w, acts, first, out);
     }
     let lay = Layout::new(acts.n, acts.padded_cols, acts.block);
     // SAFETY: usable() held; the features are enabled here.
@@ -616,7 +638,8 @@ pub(super) unsafe fn avx2_nested8_matvec<const V: u8, const VNNI: bool>(w: &Nest
 }
 
 /// [`avx2_rows_dot`] of view `V` in the form `w` was prepared in: from its runs when it has
-/// them ([`Prepared::Runs`]), else from its planes (view 8: and nibbles).
+/// them ([`Prepared::Runs`]; views 5 and 6 have nothing else, see [`usable`]), else from its
+/// planes (view 8: and nibbles).
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; [`usable`] held for `w` and the activations of `aux`.
@@ -636,7 +659,13 @@ pub(super) unsafe fn rows_dot_form<const V: u8, const VNNI: bool>(
             (2, Prepared::Runs(_)) => avx2_rows_dot::<2, true, VNNI>(w, aux, d, sum, first, out),
             (3, Prepared::Runs(_)) => avx2_rows_dot::<3, true, VNNI>(w, aux, d, sum, first, out),
             (4, Prepared::Runs(_)) => avx2_rows_dot::<4, true, VNNI>(w, aux, d, sum, first, out),
-            _ => avx2_rows_dot::<V, false, VNNI>(w, aux, d, sum, first, out),
+            (5, Prepared::Runs(_)) => avx2_rows_dot::<5, true, VNNI>(w, aux, d, sum, first, out),
+            (6, Prepared::Runs(_)) => avx2_rows_dot::<6, true, VNNI>(w, aux, d, sum, first, out),
+            (2, _) => avx2_rows_dot::<2, false, VNNI>(w, aux, d, sum, first, out),
+            (3, _) => avx2_rows_dot::<3, false, VNNI>(w, aux, d, sum, first, out),
+            (4, _) => avx2_rows_dot::<4, false, VNNI>(w, aux, d, sum, first, out),
+            (8, _) => avx2_rows_dot::<8, false, VNNI>(w, aux, d, sum, first, out),
+            _ => unreachable!("usable(): a {V}-bit view is read from its runs"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! With at least [`PREFILL_MIN_TOKENS`] tokens, the rows of the tile are unpacked once into
 //! natural-order byte codes ([`super::repack`]; view 8: high and low nibble separately, so
-//! `maddubs` never saturates), and an int8 micro-kernel computes 4 rows (view 8: 2) × 16 tokens:
+//! `maddubs` never saturates; views 5 and 6 whole, up to 63, widened from i16 more often), and
+//! an int8 micro-kernel computes 4 rows (view 8: 2) × 16 tokens:
 //! the activations are stored token-interleaved (part B of [`super::quantize`]: 4 codes of each
 //! of 8 tokens per 32-byte register), one broadcast dword of a row's codes meets 8 tokens in
 //! one `maddubs` (two blocks of 8 per broadcast), and lane `t` of the accumulator is token `t`,
@@ -26,7 +27,7 @@ use super::quantize::{Layout, C_ENTRY, PREFILL_MIN_TOKENS, TOK};
 use super::repack::{avx2_unpack_row, avx2_unpack_runs};
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::{Nested8, Prepared};
-use crate::kernels::reference;
+use crate::kernels::portable;
 
 /// `R` rows × `B` blocks of 8 tokens over all groups: lane `t` of result `[b][r]` is the
 /// reference row dot of row `r` and token `t` of block `b`. `hi[r]`/`lo[r]`: the row's
@@ -54,6 +55,8 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize, const VNNI: bool>(
         _ if VNNI => usize::MAX,
         2 => 32, // 2·3·127·32 = 24384
         3 => 16, // 2·7·127·16 = 28448
+        5 => 4,  // 2·31·127·4 = 31496
+        6 => 2,  // 2·63·127·2 = 32004
         _ => 8,  // 2·15·127·8 = 30480
     };
     let steps = g / 4;
@@ -153,7 +156,7 @@ const fn rows_per_micro(v: u8, vnni: bool) -> usize {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     if !usable(w, acts, V) {
-        return reference::nested8_matmul(w, acts, first, out);
+        return portable::nested8_matmul(w, acts, first, out);
     }
     let n = acts.n;
     let len = out.len() / n;
@@ -167,7 +170,7 @@ pub(super) unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nest
         return;
     }
     // The runs when the view has them, else the planes (view 8: and nibbles).
-    let runs = matches!((V, w.prepared()), (2..=4, Prepared::Runs(_)));
+    let runs = matches!((V, w.prepared()), (2..=6, Prepared::Runs(_)));
     let src = sources(w, runs);
     check_bounds(w, &src, V, runs, first, len);
     let g = w.group_size;

@@ -1,13 +1,13 @@
 //! Between the stored planes and natural-order byte codes: unpacking a row's codes for the
 //! prefill micro-kernel (from the planes, the nibble plane or the runs), and making the runs
-//! of a 2-, 3- or 4-bit view at load (`Prepared::Runs`, [`blocks::repack_top`]).
+//! of a 2- to 6-bit view at load (`Prepared::Runs`, [`blocks::repack_top`]).
 
 use core::arch::x86_64::*;
 
 use alloc::vec;
 
 use super::common::{transpose8x8, PI, SC};
-use super::runs::run_fields;
+use super::runs::{run_fields, MAX_RUN_WORDS};
 use crate::blocks;
 
 /// Unpack row `row`'s low nibbles from the nibble plane (`Prepared::Nibbles`, 4 bits per code)
@@ -55,11 +55,11 @@ pub(super) unsafe fn avx2_unpack_runs<const V: u8>(runs: &[u8], start: usize, ou
         // SAFETY: run s's bytes are inside `runs` (asserted); `run` holds 8 × 32 bytes.
         unsafe {
             let p = runs.as_ptr().add(s * rb);
-            let mut regs = [_mm256_setzero_si256(); 8];
-            for (i, r) in regs[4..4 + rb / 32].iter_mut().enumerate() {
+            let mut words = [_mm256_setzero_si256(); MAX_RUN_WORDS];
+            for (i, r) in words[..rb / 32].iter_mut().enumerate() {
                 *r = _mm256_loadu_si256(p.add(32 * i) as *const __m256i);
             }
-            let t = transpose8x8(run_fields::<V>(regs));
+            let t = transpose8x8(run_fields::<V>(words));
             for (m, v) in t.iter().enumerate() {
                 _mm256_storeu_si256(run.as_mut_ptr().add(32 * PI[m]) as *mut __m256i, _mm256_shuffle_epi8(*v, nat));
             }
@@ -69,23 +69,21 @@ pub(super) unsafe fn avx2_unpack_runs<const V: u8>(runs: &[u8], start: usize, ou
     }
 }
 
-/// The top `V` bits (view 8: the high nibble `q >> 4`; views 2, 3, 4 only as named) of the 32
-/// codes from flat index `code` (a multiple of 8), in natural order, one per byte.
+/// The top `V` bits (view 8: the high nibble `q >> 4`) of the 32 codes from flat index `code`
+/// (a multiple of 8), in natural order, one per byte.
 ///
 /// # Safety
-/// The CPU supports AVX2; planes 0..n(V) (up to plane 2) hold those codes' bytes (8 of plane 0,
-/// 4 of planes 1 and 2).
+/// The CPU supports AVX2; `planes` are the stored planes, and those the view reads (view 8: up
+/// to plane 2) hold those codes' bytes (8 of plane 0, 4 of each other).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m256i {
-    // Weights of each plane in the high part: view 2: p0; view 3: 2·p0 + p1; 4/8: 4·p0 + 2·p1 + p2.
-    let w0: i8 = match V {
-        2 => 1,
-        3 => 2,
-        _ => 4,
-    };
-    let w1: i8 = if V == 3 { 1 } else { 2 };
-    // Byte j of the broadcast register takes source byte j / 4 (plane 0) or j / 8 (planes 1/2).
+    // Weight of the code's bit k in the view's code (bits 7..4 at view 8):
+    // view 2: 2·b7 + b6, view 3: 4·b7 + 2·b6 + b5, ..., view 6: 32·b7 + ... + b2.
+    let hv = if V == 8 { 4 } else { V as u32 };
+    let wt = |k: u32| (1u32 << (k + hv - 8)) as u8 as i8;
+    let w0 = wt(6);
+    // Byte j of the broadcast register takes source byte j / 4 (plane 0) or j / 8 (1-bit planes).
     let rep4 = _mm256_setr_epi8(
         0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7,
     );
@@ -95,7 +93,8 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m
     let lo_bit = _mm256_set1_epi32(0x4010_0401);
     let hi_bit = _mm256_set1_epi32(0x8020_0802u32 as i32);
     let bit8 = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    // SAFETY: the caller guarantees the 8/4/4 bytes of these 32 codes are inside the planes.
+    // SAFETY: the caller guarantees these 32 codes' bytes (8 of plane 0, 4 of each 1-bit
+    // plane read) are inside the planes.
     unsafe {
         let b0 = _mm256_set1_epi64x((planes[0].as_ptr().add(code / 4) as *const i64).read_unaligned());
         let r0 = _mm256_shuffle_epi8(b0, rep4);
@@ -105,15 +104,12 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m
             _mm256_and_si256(f_lo, _mm256_set1_epi8(w0)),
             _mm256_and_si256(f_hi, _mm256_set1_epi8(2 * w0)),
         );
-        if V >= 3 {
-            let b1 = _mm256_set1_epi32((planes[1].as_ptr().add(code / 8) as *const i32).read_unaligned());
-            let f1 = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b1, rep8), bit8), bit8);
-            h = _mm256_or_si256(h, _mm256_and_si256(f1, _mm256_set1_epi8(w1)));
-        }
-        if V >= 4 {
-            let b2 = _mm256_set1_epi32((planes[2].as_ptr().add(code / 8) as *const i32).read_unaligned());
-            let f2 = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b2, rep8), bit8), bit8);
-            h = _mm256_or_si256(h, _mm256_and_si256(f2, _mm256_set1_epi8(1)));
+        // The 1-bit planes 1.. (bits 5, 4, 3, 2) the view reads.
+        let one_bit = if V == 8 { 3 } else { V as usize - 1 };
+        for p in 1..one_bit {
+            let b = _mm256_set1_epi32((planes[p].as_ptr().add(code / 8) as *const i32).read_unaligned());
+            let f = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b, rep8), bit8), bit8);
+            h = _mm256_or_si256(h, _mm256_and_si256(f, _mm256_set1_epi8(wt(6 - p as u32))));
         }
         h
     }
@@ -128,6 +124,8 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m
 /// rs` for view 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn avx2_unpack_row<const V: u8>(src: &[&[u8]; 4], rs: usize, row: usize, hi: &mut [u8], lo: &mut [u8]) {
+    // Views 5 and 6 are read from their runs only (`src` holds planes 0..3 and the nibbles).
+    assert!(matches!(V, 2..=4 | 8), "a {V}-bit view is unpacked from its runs");
     assert!(hi.len() >= rs && (V != 8 || lo.len() >= rs) && rs.is_multiple_of(32));
     let base = row * rs;
     for c in (0..rs).step_by(32) {
@@ -141,7 +139,7 @@ pub(super) unsafe fn avx2_unpack_row<const V: u8>(src: &[&[u8]; 4], rs: usize, r
     }
 }
 
-/// [`blocks::repack_top`] of view `V` (2, 3 or 4): each whole run's codes unpacked from the
+/// [`blocks::repack_top`] of view `V` (2 to 6): each whole run's codes unpacked from the
 /// planes ([`unpack32`]), each subgroup's bytes put in field order by one in-lane shuffle (the
 /// inverse of [`avx2_unpack_runs`]'s), an 8×8 dword transpose to the fields, and the fields
 /// shifted and or-ed into the run's words. A last partial run is the definition's.
@@ -173,12 +171,15 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
                 2 => _mm256_slli_epi16::<2>(v),
                 3 => _mm256_slli_epi16::<3>(v),
                 4 => _mm256_slli_epi16::<4>(v),
+                5 => _mm256_slli_epi16::<5>(v),
                 6 => _mm256_slli_epi16::<6>(v),
                 _ => _mm256_slli_epi16::<7>(v),
             };
             let or = |a: __m256i, b: __m256i| _mm256_or_si256(a, b);
-            let words: [__m256i; 4] = match V {
-                2 => [or(or(f[0], sl(f[1], 2)), or(sl(f[2], 4), sl(f[3], 6))), or(or(f[4], sl(f[5], 2)), or(sl(f[6], 4), sl(f[7], 6))), f[0], f[0]],
+            // Bits `mask` of `v` shifted left by `k` (they stay inside their byte).
+            let part = |v: __m256i, mask: i8, k: i32| sl(_mm256_and_si256(v, _mm256_set1_epi8(mask)), k);
+            let words: [__m256i; MAX_RUN_WORDS] = match V {
+                2 => [or(or(f[0], sl(f[1], 2)), or(sl(f[2], 4), sl(f[3], 6))), or(or(f[4], sl(f[5], 2)), or(sl(f[6], 4), sl(f[7], 6))), f[0], f[0], f[0], f[0]],
                 3 => {
                     let (m3, m4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
                     // (F >> 2) << 6 = (F & 4) << 4, and << 5 for the top bit of F7.
@@ -189,9 +190,27 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
                         or(or(f[2], sl(f[3], 3)), sl(_mm256_and_si256(f[7], m3), 6)),
                         or(or(f[4], sl(f[5], 3)), or(top6, top7)),
                         f[0],
+                        f[0],
+                        f[0],
                     ]
                 }
-                _ => [or(f[0], sl(f[1], 4)), or(f[2], sl(f[3], 4)), or(f[4], sl(f[5], 4)), or(f[6], sl(f[7], 4))],
+                4 => [or(f[0], sl(f[1], 4)), or(f[2], sl(f[3], 4)), or(f[4], sl(f[5], 4)), or(f[6], sl(f[7], 4)), f[0], f[0]],
+                5 => [
+                    or(f[0], part(f[5], 7, 5)),
+                    or(f[1], part(f[6], 7, 5)),
+                    or(f[2], part(f[7], 7, 5)),
+                    or(or(f[3], part(f[5], 0x18, 2)), part(f[7], 8, 4)),
+                    or(or(f[4], part(f[6], 0x18, 2)), part(f[7], 0x10, 3)),
+                    f[0],
+                ],
+                _ => [
+                    or(f[0], part(f[6], 3, 6)),
+                    or(f[1], part(f[7], 3, 6)),
+                    or(f[2], part(f[6], 12, 4)),
+                    or(f[3], part(f[7], 12, 4)),
+                    or(f[4], part(f[6], 48, 2)),
+                    or(f[5], part(f[7], 48, 2)),
+                ],
             };
             for (i, wv) in words.iter().enumerate().take(rb / 32) {
                 _mm256_storeu_si256(out.as_mut_ptr().add(s * rb + 32 * i) as *mut __m256i, *wv);

@@ -6,12 +6,15 @@
 //! |--------------------|--------------------------------------|-------------------------------|
 //! | `quantize_acts`    | [`avx2_quantize_acts`] (parts A-C)   | same                          |
 //! | matvec, views 2-4  | decode from the runs or the planes   | same with `vpdpbusd`          |
+//! | matvec, views 5, 6 | decode from the runs                 | same with `vpdpbusd`          |
 //! | matvec, view 8     | decode from planes 0-2 and nibbles   | same with `vpdpbusd`          |
-//! | matmul, views 2-4, 8 | prefill micro-kernel               | same with `vpdpbusd`          |
-//! | views 5, 6         | portable kernels compiled for AVX2   | same                          |
-//! | `repack`           | [`avx2_repack_top`]                  | same                          |
+//! | matmul, every view | prefill micro-kernel                 | same with `vpdpbusd`          |
+//! | `repack` (2-6)     | [`avx2_repack_top`]                  | same                          |
 //! | `nibbles`          | [`blocks::low_nibbles`]              | same                          |
 //! | `attend_head`, `swiglu` | [`super::elementwise`]          | same                          |
+//!
+//! Where a kernel cannot serve a view (groups not a multiple of 32, a view without the form
+//! its kernels read), it runs the portable one, compiled for AVX2.
 
 use super::decode::avx2_nested8_matvec;
 use super::elementwise::{avx2_attend_head_impl, avx2_swiglu_impl};
@@ -20,8 +23,7 @@ use super::quantize::avx2_quantize_acts;
 use super::repack::avx2_repack_top;
 use crate::blocks;
 use crate::kernels::acts::QActs;
-use crate::kernels::frame::{Kernels, Nested8, Nested8MatmulFn, Nested8MatvecFn};
-use crate::kernels::portable;
+use crate::kernels::frame::{Kernels, Nested8};
 
 /// Decode of the `avx512vnni` table: the AVX2 kernel with `vpdpbusd` for its integer sums.
 ///
@@ -78,12 +80,12 @@ macro_rules! entries {
     )+};
 }
 
-// The 5- and 6-bit views have no SIMD kernels yet: the tables run the portable ones for them
-// (compiled for AVX2, `avx2_portable_matvec`).
-entries!(avx2_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v8 = 8);
-entries!(avx2_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v8 = 8);
-entries!(avx512_nested8_matvec: avx512_matvec_v2 = 2, avx512_matvec_v3 = 3, avx512_matvec_v4 = 4, avx512_matvec_v8 = 8);
-entries!(avx512_nested8_matmul: avx512_matmul_v2 = 2, avx512_matmul_v3 = 3, avx512_matmul_v4 = 4, avx512_matmul_v8 = 8);
+entries!(avx2_matvec: avx2_matvec_v2 = 2, avx2_matvec_v3 = 3, avx2_matvec_v4 = 4, avx2_matvec_v5 = 5, avx2_matvec_v6 = 6, avx2_matvec_v8 = 8);
+entries!(avx2_matmul: avx2_matmul_v2 = 2, avx2_matmul_v3 = 3, avx2_matmul_v4 = 4, avx2_matmul_v5 = 5, avx2_matmul_v6 = 6, avx2_matmul_v8 = 8);
+entries!(avx512_nested8_matvec:
+    avx512_matvec_v2 = 2, avx512_matvec_v3 = 3, avx512_matvec_v4 = 4, avx512_matvec_v5 = 5, avx512_matvec_v6 = 6, avx512_matvec_v8 = 8);
+entries!(avx512_nested8_matmul:
+    avx512_matmul_v2 = 2, avx512_matmul_v3 = 3, avx512_matmul_v4 = 4, avx512_matmul_v5 = 5, avx512_matmul_v6 = 6, avx512_matmul_v8 = 8);
 
 fn avx2_repack(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
     // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
@@ -93,6 +95,8 @@ fn avx2_repack(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec
             2 => avx2_repack_top::<2>(planes, numel),
             3 => avx2_repack_top::<3>(planes, numel),
             4 => avx2_repack_top::<4>(planes, numel),
+            5 => avx2_repack_top::<5>(planes, numel),
+            6 => avx2_repack_top::<6>(planes, numel),
             _ => blocks::repack_top(view_bits, planes, numel),
         }
     }
@@ -116,45 +120,12 @@ fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
     unsafe { avx2_swiglu_impl(gate, up) }
 }
 
-/// The portable kernels (the 5- and 6-bit views, which have no SIMD kernels yet) compiled for
-/// AVX2: the same code, so bit-identical, with wider auto-vectorized integer dot products.
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_portable_matvec(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
-    portable::nested8_matvec(w, acts, first, out)
-}
-
-/// As [`avx2_portable_matvec`], for prefill.
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_portable_matmul(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
-    portable::nested8_matmul(w, acts, first, out)
-}
-
-fn portable_matvec(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
-    // SAFETY: private, reachable only through TABLE (TABLE_AVX512), installed only after the
-    // CPU reported avx2, fma and f16c.
-    unsafe { avx2_portable_matvec(w, acts, first, out) }
-}
-
-fn portable_matmul(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
-    // SAFETY: as `portable_matvec`.
-    unsafe { avx2_portable_matmul(w, acts, first, out) }
-}
-
-const PORTABLE_MATVEC: Nested8MatvecFn = portable_matvec;
-const PORTABLE_MATMUL: Nested8MatmulFn = portable_matmul;
-
 /// The AVX2 table (install only after probing the CPU).
 pub(super) const TABLE: Kernels = Kernels {
     name: "avx2",
     quantize_acts: avx2_quantize,
-    nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, avx2_matvec_v8],
-    nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, avx2_matmul_v8],
+    nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v5, avx2_matvec_v6, avx2_matvec_v8],
+    nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v5, avx2_matmul_v6, avx2_matmul_v8],
     repack: Some(avx2_repack),
     nibbles: Some(blocks::low_nibbles),
     attend_head: avx2_attend_head,
@@ -165,7 +136,7 @@ pub(super) const TABLE: Kernels = Kernels {
 /// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode and prefill.
 pub(super) const TABLE_AVX512: Kernels = Kernels {
     name: "avx512vnni",
-    nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, avx512_matvec_v8],
-    nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, avx512_matmul_v8],
+    nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v5, avx512_matvec_v6, avx512_matvec_v8],
+    nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, avx512_matmul_v5, avx512_matmul_v6, avx512_matmul_v8],
     ..TABLE
 };
