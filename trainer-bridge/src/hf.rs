@@ -148,7 +148,8 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
-    Ok(HfConfig { arch: &arch::LLAMA, config, bos: token_id(cfg.get("bos_token_id")), eos: token_id(cfg.get("eos_token_id")), name })
+    let (bos, eos) = (token_id(cfg.get("bos_token_id")), token_id(cfg.get("eos_token_id")));
+    Ok(HfConfig { arch: &arch::LLAMA, config, bos, eos, name })
 }
 
 /// Where a Hugging Face tensor goes.
