@@ -5,7 +5,7 @@
 //! Prefill: quantize n tokens + matmul in tiles of 64 rows (as `kernels::matmul` calls it),
 //! GFLOP/s (2 · rows · cols · n); the model estimate uses n = 512 (pp512). Then the per-token decode time of every matrix of
 //! SmolLM2-135M (30 layers + the tied head) at each view. Fastest of several runs (shared machine).
-//! `VIEWS=4,5,6,8` in the environment measures only those views.
+//! `VIEWS=4,5,6,8` in the environment measures only those views; `NO_PREFILL=1` only decode.
 
 use std::time::Instant;
 
@@ -118,6 +118,7 @@ fn views() -> Vec<u8> {
 fn main() {
     let only: Option<String> = std::env::args().nth(1);
     let views = views();
+    let prefill = std::env::var("NO_PREFILL").is_err();
     let group = 64;
     let tables: Vec<Kernels> = Kernels::variants()
         .into_iter()
@@ -134,13 +135,12 @@ fn main() {
                 let reps = if k.name == "scalar" { 3 } else { 15 };
                 let dt = decode_secs(k, &w, rows, cols, reps);
                 let n = if k.name == "scalar" { 16 } else { 128 };
-                let pt = prefill_secs(k, &w, rows, cols, n, if k.name == "scalar" { 1 } else { 5 });
-                println!(
-                    "{rows:>6}x{cols:<5} view {bits}: decode {:>8.1} us {:>6.2} GB/s  | prefill n={n} {:>7.2} GFLOP/s",
-                    dt * 1e6,
-                    view_bytes(&w) as f64 / dt / 1e9,
-                    2.0 * (rows * cols * n) as f64 / pt / 1e9
-                );
+                print!("{rows:>6}x{cols:<5} view {bits}: decode {:>8.1} us {:>6.2} GB/s", dt * 1e6, view_bytes(&w) as f64 / dt / 1e9);
+                if prefill {
+                    let pt = prefill_secs(k, &w, rows, cols, n, if k.name == "scalar" { 1 } else { 5 });
+                    print!("  | prefill n={n} {:>7.2} GFLOP/s", 2.0 * (rows * cols * n) as f64 / pt / 1e9);
+                }
+                println!();
             }
         }
         // SmolLM2-135M: per layer q, k, v, o, gate, up, down; 30 layers; tied head.
@@ -155,17 +155,17 @@ fn main() {
             for (&(r, c), t) in layer.iter().zip(&lt) {
                 let w = view(k, t, group, bits);
                 per_token += 30.0 * decode_secs(k, &w, r, c, reps);
-                if k.name != "scalar" {
+                if k.name != "scalar" && prefill {
                     pp += 30.0 * prefill_secs(k, &w, r, c, n, 3);
                 }
             }
             let head = view(k, &tensors[1], group, bits);
             per_token += decode_secs(k, &head, 49152, 576, reps.min(7));
-            if k.name != "scalar" {
+            if k.name != "scalar" && prefill {
                 pp += prefill_secs(k, &head, 49152, 576, n, 3);
             }
             print!("SmolLM2-135M view {bits}: decode matrices {:.2} ms/token single thread", per_token * 1e3);
-            if k.name != "scalar" {
+            if k.name != "scalar" && prefill {
                 print!(", prefill matrices {:.0} tok/s single thread (n={n})", n as f64 / pp);
             }
             println!();

@@ -250,6 +250,14 @@ fn replaced_planes_name_what_the_prepared_form_replaced() {
         let mut read = Vec::new();
         m.for_each_slice(&mut |s| read.push(s.as_ptr()));
         assert!(replaced.iter().all(|p| !read.contains(&p.as_ptr())), "view {v}: a replaced plane is still read");
+        // Rows dequantized from the prepared form (an embedding lookup) equal those from the planes.
+        let plain = Matrix { view: kernels::WeightView::Nested8(n.unprepared()), ..m.clone() };
+        let (mut a, mut b) = (vec![0f32; 64], vec![1f32; 64]);
+        for r in 0..16 {
+            m.dequant_row(r, &mut a);
+            plain.dequant_row(r, &mut b);
+            assert_eq!(a, b, "view {v} row {r}: the prepared form dequantizes differently");
+        }
     }
     let f = matrix(ck.tensor("f").unwrap(), None).unwrap();
     assert_eq!(f.replaced_planes(), 0..0);

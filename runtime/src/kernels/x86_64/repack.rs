@@ -106,8 +106,8 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &[&[u8]], code: usize) -> __m
         );
         // The 1-bit planes 1.. (bits 5, 4, 3, 2) the view reads.
         let one_bit = if V == 8 { 3 } else { V as usize - 1 };
-        for p in 1..one_bit {
-            let b = _mm256_set1_epi32((planes[p].as_ptr().add(code / 8) as *const i32).read_unaligned());
+        for (p, plane) in planes.iter().enumerate().take(one_bit).skip(1) {
+            let b = _mm256_set1_epi32((plane.as_ptr().add(code / 8) as *const i32).read_unaligned());
             let f = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b, rep8), bit8), bit8);
             h = _mm256_or_si256(h, _mm256_and_si256(f, _mm256_set1_epi8(wt(6 - p as u32))));
         }
