@@ -18,7 +18,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use edge_runtime::format::{keys, Encoding};
+use edge_runtime::format::keys;
 use edge_runtime::kernels;
 use edge_runtime::model::Logits;
 use serde_json::json;
@@ -118,25 +118,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let views = view_args(args);
     let file = session::open(&views[0])?;
     // One parse of the checkpoint per view, each with its own selection and footprint.
-    let loads: Vec<Loaded<'_>> = views.iter().map(|v| Loaded::new(&file, v, true)).collect::<Result<_>>()?;
+    let loads: Vec<Loaded<'_>> = views.iter().map(|v| Loaded::new(&file, v)).collect::<Result<_>>()?;
     let (ck, config) = (&loads[0].ck, &loads[0].config);
     for (flag, n) in [("--n-prompt", args.n_prompt), ("--n-gen", args.n_gen)] {
         if n > config.max_seq_len {
             bail!("{flag} {n} exceeds the model's context of {} tokens; use at most {}", config.max_seq_len, config.max_seq_len);
         }
     }
-    let nested = ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8);
-    if !args.bits.is_empty() && !nested {
-        bail!(
-            "--bits needs a checkpoint with nested-plane tensors; {} has none (pack with `edge-pack --encoding q8`)",
-            file.path.display()
-        );
-    }
-    let dense_encoding = ck
-        .tensors
-        .iter()
-        .find(|t| t.shape.len() == 2)
-        .map_or("dense", |t| t.encoding.name());
+    let nested = views::has_nested(ck);
+    let dense_encoding = views::dense_encoding(ck);
     let name = ck
         .get_str(keys::NAME)
         .map(str::to_owned)

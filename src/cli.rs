@@ -98,7 +98,7 @@ pub enum Command {
     /// Measure prompt-processing and generation speed per view and thread count, like llama-bench.
     #[command(
         long_about = "Measure prompt-processing and generation speed per view and thread count, like llama.cpp's llama-bench.\n\n\
-            For every view (--bits 8,4,3,2, or the one view --plan, --target-bits or --weight-budget picks) \
+            For every view (--bits 8,6,5,4,3,2, or the one view --plan, --target-bits or --weight-budget picks) \
             and every thread count (-t 1,2), two tests run from an empty context with fixed pseudo-random \
             tokens: ppN, one forward pass over N prompt tokens (logits of the last only), and tgN, N \
             single-token forward passes. Each runs once to warm up, then --repetitions times; the table \
@@ -118,7 +118,7 @@ pub enum PackEncoding {
     F32,
     F16,
     Bf16,
-    /// 8-bit nested bit planes: views of 8, 4, 3 and 2 bits (--bits); `q8` as in edge-pack.
+    /// 8-bit nested bit planes: views of 8, 6, 5, 4, 3 and 2 bits (--bits); `q8` as in edge-pack.
     #[value(alias = "q8")]
     Nested8,
 }
@@ -177,6 +177,41 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// How many tokens generation may produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NPredict {
+    Tokens(usize),
+    /// `-n -1` (as llama.cpp's): until the end of text or a full context.
+    UntilEnd,
+}
+
+impl NPredict {
+    /// The most tokens to generate, if limited.
+    pub fn limit(self) -> Option<usize> {
+        match self {
+            NPredict::Tokens(n) => Some(n),
+            NPredict::UntilEnd => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NPredict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NPredict::Tokens(n) => write!(f, "{n}"),
+            NPredict::UntilEnd => f.write_str("-1"),
+        }
+    }
+}
+
+fn parse_n_predict(s: &str) -> Result<NPredict, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(NPredict::UntilEnd),
+        Ok(n) if n >= 0 => usize::try_from(n).map(NPredict::Tokens).map_err(|_| format!("'{s}' is too large")),
+        _ => Err(format!("'{s}' is not a number of tokens (N >= 0, or -1: until the end of text or a full context)")),
+    }
+}
+
 fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -211,7 +246,8 @@ pub struct ModelArgs {
     pub no_mmap: bool,
 
     /// View width in bits of nested-plane weights (2, 3, 4, 5, 6 or 8; default 8), the same for
-    /// every tensor. Ignored, with a warning, for checkpoints without nested tensors.
+    /// every tensor. Like every view flag, an error on a checkpoint without nested-plane tensors
+    /// (f16, bf16, f32): pack with `--encoding q8` (edge-pack) or `--pack-encoding q8`.
     #[arg(long, value_name = "B", value_parser = parse_bits, help_heading = "Views")]
     pub bits: Option<u8>,
 
@@ -339,9 +375,17 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "IDS")]
     pub prompt_ids: Option<String>,
 
-    /// Number of tokens to generate.
-    #[arg(short = 'n', long = "n-predict", visible_alias = "tokens", default_value_t = 128, value_name = "N")]
-    pub n_predict: usize,
+    /// Number of tokens to generate; -1: until the end of text (EOS) or a full context (--ctx).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        visible_alias = "tokens",
+        default_value_t = NPredict::Tokens(128),
+        value_name = "N",
+        value_parser = parse_n_predict,
+        allow_negative_numbers = true
+    )]
+    pub n_predict: NPredict,
 
     /// Sampling temperature; 0 = greedy (argmax).
     #[arg(long, visible_alias = "temperature", default_value_t = 0.8, value_name = "T", value_parser = parse_temp)]

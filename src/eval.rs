@@ -8,17 +8,16 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::loader;
 use crate::perplexity::{corpus_tokenizer, same_vocab, score_window, window_model, Corpus, Scores};
 use crate::progress::progress_bar;
 use crate::session::{self, Loaded};
 use crate::stats;
-use crate::views::Selection;
+use crate::views;
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     let quiet = args.json;
     let file = session::open(&args.model)?;
-    let main = Loaded::new(&file, &args.model, quiet)?;
+    let main = Loaded::new(&file, &args.model)?;
     let mut tok = corpus_tokenizer(&main.ck, main.path(), args.token_ids)?;
 
     let ctx = args.ctx;
@@ -28,10 +27,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
     let base = match &base_file {
-        Some(f) => Some(Loaded::with(f, |ck, _, _| {
-            loader::check_bits(ck, args.kl_base_bits, quiet);
-            Ok(Selection::uniform(args.kl_base_bits))
-        })?),
+        Some(f) => Some(Loaded::with(f, |ck, _, _| views::select_uniform(ck, &f.path, "--kl-base-bits", args.kl_base_bits))?),
         None => None,
     };
 

@@ -134,7 +134,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let quiet = args.json;
     let t_load = Instant::now();
     let file = session::open(&args.model)?;
-    let loaded = Loaded::new(&file, &args.model, quiet)?;
+    let loaded = Loaded::new(&file, &args.model)?;
     let (ck, config, selection, footprint) = (&loaded.ck, &loaded.config, &loaded.selection, &loaded.footprint);
     let mut tok = Tok::from_checkpoint(ck)?;
 
@@ -243,10 +243,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let prefill_s = t_prefill.elapsed().as_secs_f64();
 
     let mut streamer = Streamer::new(tok.as_ref(), &prompt_ids, !args.special, !args.json)?;
-    let mut generated: Vec<u32> = Vec::with_capacity(args.n_predict);
+    let limit = args.n_predict.limit();
+    let mut generated: Vec<u32> = Vec::with_capacity(limit.unwrap_or(ctx).min(ctx));
     let t_decode = Instant::now();
     let mut decode_tokens = 0usize;
-    let stop = if args.n_predict == 0 {
+    let stop = if limit == Some(0) {
         Stop::Length
     } else {
         loop {
@@ -258,7 +259,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             if streamer.closed {
                 break Stop::Closed;
             }
-            if generated.len() >= args.n_predict {
+            if limit.is_some_and(|n| generated.len() >= n) {
                 break Stop::Length;
             }
             if pos >= ctx {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{anyhow, bail, Context, Result};
-use edge_runtime::format::{Encoding, MAGIC};
+use edge_runtime::format::MAGIC;
 use edge_runtime::load::CheckpointBytes;
 use edge_runtime::Checkpoint;
 
@@ -247,17 +247,6 @@ fn cache_file_name(path: &Path, meta: &std::fs::Metadata, enc: PackEncoding, gro
     let stem: String =
         stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     Ok(format!("{stem}-{:016x}.edge", h.0))
-}
-
-/// Warn when `--bits` cannot apply to this checkpoint.
-pub fn check_bits(ck: &Checkpoint<'_>, bits: Option<u8>, quiet: bool) {
-    if let Some(b) = bits {
-        if !ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8) && !quiet {
-            eprintln!(
-                "edge-run: warning: --bits {b} ignored: this checkpoint has no nested-plane tensors (pack with --pack-encoding nested8)"
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,15 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1);
 }
 
+/// The help of the subcommand the arguments name (`edge-run eval --help`), else `edge-run --help`.
+fn help_command() -> String {
+    let sub = std::env::args().nth(1).filter(|a| ["generate", "gen", "eval", "bench", "inspect"].contains(&a.as_str()));
+    match sub {
+        Some(s) => format!("edge-run {s} --help"),
+        None => "edge-run --help".into(),
+    }
+}
+
 fn main() {
     edge_pack::install_one_line_panic_hook("edge-run");
 
@@ -43,14 +52,16 @@ fn main() {
                 std::process::exit(0);
             }
             _ => {
-                // clap's message: "error: <what>\n  <details>\n\n  tip: ...\n\nUsage: ...": keep
-                // what comes before the usage, on one line.
+                // clap's message: "error: <what>\n  <details>\n\n  tip: ...\n\nUsage: ...\n\n
+                // For more information, try '--help'.": keep what comes before the usage, on one
+                // line, and give the help hint once, our own.
                 let rendered = e.render().to_string();
                 let what = rendered.split("\nUsage:").next().unwrap_or_default();
-                let what = report::one_line(what);
+                let what: Vec<&str> = what.lines().filter(|l| !l.trim_start().starts_with("For more information")).collect();
+                let what = report::one_line(&what.join("\n"));
                 let first = what.trim_start_matches("error: ");
                 let first = if first.is_empty() { "invalid arguments" } else { first };
-                fail(&format!("{first}; see `edge-run --help`"));
+                fail(&format!("{first}; see `{}`", help_command()));
             }
         },
     };

@@ -32,7 +32,7 @@ pub struct Profile {
 pub struct ProfileUnit {
     /// A view-plan key: `blk.N`, `token_embd` or `output`.
     pub name: String,
-    /// View width ("2", "3", "4", "8") -> mean KL.
+    /// View width ("2", "3", "4", "5", "6"; "8" is the reference) -> mean KL.
     pub kl: BTreeMap<String, f64>,
 }
 

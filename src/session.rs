@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! let file = session::open(&args.model)?;               // ModelFile: the mapped (or read) bytes
-//! let loaded = Loaded::new(&file, &args.model, quiet)?; // Checkpoint<'file>, config, views, footprint
+//! let loaded = Loaded::new(&file, &args.model)?;        // Checkpoint<'file>, config, views, footprint
 //! let model = loaded.model(ctx, batch)?;                // Model<'file>
 //! ```
 
@@ -48,8 +48,8 @@ pub struct Loaded<'f> {
 
 impl<'f> Loaded<'f> {
     /// Parse `file` and choose its views from the view flags of `args`.
-    pub fn new(file: &'f ModelFile, args: &ModelArgs, quiet: bool) -> Result<Self> {
-        Self::with(file, |ck, arch, config| views::select(ck, arch, config, args, &file.path, quiet))
+    pub fn new(file: &'f ModelFile, args: &ModelArgs) -> Result<Self> {
+        Self::with(file, |ck, arch, config| views::select(ck, arch, config, args, &file.path))
     }
 
     /// Parse `file` and take the views `choose` picks for it.

@@ -8,14 +8,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
-use edge_runtime::format::Encoding;
+use anyhow::{anyhow, Result};
 use edge_runtime::plan::ViewPlan;
 use edge_runtime::Checkpoint;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::loader::{self, ModelFile};
+use crate::loader::ModelFile;
 use crate::perplexity::{self, Corpus, Scores};
 use crate::plot::{self, PlotData, Point};
 use crate::profile::Baseline;
@@ -123,12 +122,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let file = session::open(&args.model)?;
     // The model starts at its 8-bit views; each row switches them live.
     let main = Loaded::with(&file, |ck, _, _| {
-        if !ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8) {
-            bail!(
-                "--sweep lowers the views of --model, but {} has no nested-plane tensors; pack it with `edge-pack --encoding q8`",
-                file.path.display()
-            );
-        }
+        views::require_nested(ck, &file.path, "--sweep")?;
         Ok(Selection::uniform(Some(8)))
     })?;
     let (ck, config) = (&main.ck, &main.config);
@@ -137,8 +131,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let batch = args.batch.unwrap_or(512).min(ctx);
     let base_file = session::open_other(base_path, &args.model)?;
     let base = Loaded::with(&base_file, |ck, _, _| {
-        loader::check_bits(ck, args.kl_base_bits, quiet);
-        Ok(Selection::uniform(args.kl_base_bits))
+        views::select_uniform(ck, &base_file.path, "--kl-base-bits", args.kl_base_bits)
     })?;
     let baseline_files: Vec<ModelFile> = args
         .baselines

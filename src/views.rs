@@ -56,8 +56,36 @@ pub struct Selection {
     pub predicted_kl: Option<f64>,
 }
 
-fn has_nested(ck: &Checkpoint<'_>) -> bool {
+/// Whether `ck` has nested-plane tensors, the only ones views apply to.
+pub fn has_nested(ck: &Checkpoint<'_>) -> bool {
     ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8)
+}
+
+/// The encoding of a checkpoint's matrices when they are dense (`f16`, `f32`, `bf16`).
+pub fn dense_encoding(ck: &Checkpoint<'_>) -> &'static str {
+    ck.tensors.iter().find(|t| t.shape.len() == 2).map_or("dense", |t| t.encoding.name())
+}
+
+/// Refuse `flag` (a view flag, as typed) on checkpoint `ck` (at `path`) when it has no
+/// nested-plane tensors: its weights have one width, so no view could be chosen.
+pub fn require_nested(ck: &Checkpoint<'_>, path: &Path, flag: &str) -> Result<()> {
+    if has_nested(ck) {
+        return Ok(());
+    }
+    bail!(
+        "{flag} needs a checkpoint with nested-plane tensors, but {} has no nested-plane tensors (its matrices are {}); pack one with `edge-pack MODEL -o MODEL-q8.edge --encoding q8`, or give edge-run the original model with --pack-encoding q8",
+        path.display(),
+        dense_encoding(ck)
+    )
+}
+
+/// Every nested tensor at `bits` (asked for by `flag`, e.g. `--kl-base-bits`), or the default
+/// views when `bits` is `None`.
+pub fn select_uniform(ck: &Checkpoint<'_>, path: &Path, flag: &str, bits: Option<u8>) -> Result<Selection> {
+    if let Some(b) = bits {
+        require_nested(ck, path, &format!("{flag} {b}"))?;
+    }
+    Ok(Selection::uniform(bits))
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,34 +228,22 @@ fn planner(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, flag:
 }
 
 /// The views the flags of `args` choose for checkpoint `ck` (at `path`).
-pub fn select(
-    ck: &Checkpoint<'_>,
-    arch: &Arch,
-    config: &Config,
-    args: &ModelArgs,
-    path: &Path,
-    quiet: bool,
-) -> Result<Selection> {
-    let warn_dense = |flag: &str| {
-        if !has_nested(ck) && !quiet {
-            eprintln!(
-                "edge-run: warning: {flag} ignored: this checkpoint has no nested-plane tensors (pack with `edge-pack --encoding q8`)"
-            );
-        }
-    };
-    if let Some(b) = args.bits {
-        warn_dense(&format!("--bits {b}"));
-        return Ok(Selection { plan: ViewPlan::uniform(b), source: Source::Uniform(b), units: Vec::new(), predicted_kl: None });
+/// A view flag on a checkpoint without nested-plane tensors is an error (as in every command).
+pub fn select(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, args: &ModelArgs, path: &Path) -> Result<Selection> {
+    if args.bits.is_some() {
+        return select_uniform(ck, path, "--bits", args.bits);
     }
     if let Some(f) = &args.plan {
+        require_nested(ck, path, "--plan")?;
         let plan = read_plan_file(f, arch, config)?;
-        warn_dense("--plan");
         return Ok(Selection { plan, source: Source::File(f.clone()), units: Vec::new(), predicted_kl: None });
     }
     let (source, chosen, planner) = if let Some(t) = args.target_bits {
+        require_nested(ck, path, &format!("--target-bits {t}"))?;
         let p = planner(ck, arch, config, path, "--target-bits")?;
         (Source::TargetBits(t), for_bits(&p, t)?, p)
     } else if let Some(b) = args.weight_budget {
+        require_nested(ck, path, "--weight-budget")?;
         let p = planner(ck, arch, config, path, "--weight-budget")?;
         (Source::WeightBudget(b), for_bytes(&p, b)?, p)
     } else {

@@ -113,9 +113,18 @@ fn bad_arguments_are_one_line() {
         vec!["eval", "-m", "x.edge"],
         vec!["inspect"],
         vec![],
+        vec!["-m", "x.edge", "-p", "hi", "--temp", "x"],
+        vec!["eval", "-m", "x.edge", "-d", "x.txt", "--chunks", "0"],
     ] {
         let e = run(&args).one_line_error();
-        assert!(e.contains("--help"), "{args:?}: {e}");
+        // One help hint, ours, naming the subcommand's help when there is one.
+        assert_eq!(e.matches("--help").count(), 1, "{args:?}: {e}");
+        assert!(!e.contains("For more information"), "{args:?}: {e}");
+        let want = match args.first() {
+            Some(&sub) if ["eval", "inspect"].contains(&sub) => format!("see `edge-run {sub} --help`"),
+            _ => "see `edge-run --help`".to_string(),
+        };
+        assert!(e.ends_with(&want), "{args:?}: {e}");
     }
 }
 

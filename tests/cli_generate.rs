@@ -177,6 +177,38 @@ fn long_prompt_prefills_in_batches() {
 }
 
 #[test]
+fn n_minus_one_generates_until_the_end_of_text_or_a_full_context() {
+    let bin = stories_bin();
+    if !bin.is_file() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", bin.display());
+        return;
+    }
+    let b = bin.to_str().unwrap();
+    // stories260K does not end its text within 24 positions: the context ends generation, after
+    // the prompt's 1 token and 24 generated (the last one sampled, not fed back).
+    for n in ["-1", "--n-predict=-1"] {
+        let args = ["-m", b, "--prompt-ids", "1", "--temp", "0", "--ctx", "24", "--ignore-eos", "--json"];
+        let mut args = args.to_vec();
+        if n == "-1" {
+            args.extend(["-n", "-1"]);
+        } else {
+            args.push(n);
+        }
+        let v = run(&args).json();
+        assert_eq!(v["stop_reason"], "context", "{args:?}: {v}");
+        assert_eq!(v["n_generated"], 24, "{args:?}");
+    }
+    // Without --ignore-eos, generation ends at EOS or the full context, whichever comes first.
+    let v = run(["-m", b, "--prompt-ids", "1", "-n", "-1", "--temp", "0", "--ctx", "64", "--json"]).json();
+    assert!(v["stop_reason"] == "eos" || v["stop_reason"] == "context", "{v}");
+    // Other negative counts are refused, saying what -1 means.
+    let e = run(["-m", b, "--prompt-ids", "1", "-n", "-2"]).one_line_error();
+    assert!(e.contains("'-2'") && e.contains("-1: until the end of text"), "{e}");
+    let r = run(["--help"]);
+    assert!(r.stdout.contains("-1: until the end of text"), "{}", r.stdout);
+}
+
+#[test]
 fn llama2c_without_tokenizer_runs_on_ids_and_matches_run_c() {
     let bin = stories_bin();
     if !bin.is_file() {

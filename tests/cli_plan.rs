@@ -201,11 +201,33 @@ fn plan_errors_are_one_line() {
 }
 
 #[test]
-fn views_on_a_checkpoint_without_nested_tensors_warn() {
+fn views_on_a_checkpoint_without_nested_tensors_are_an_error_in_every_command() {
     if !have_models() {
         return;
     }
-    let r = run(["-m", smollm_f16().to_str().unwrap(), "-p", "Hi", "-n", "1", "--temp", "0", "--bits", "4"]);
-    r.ok();
-    assert!(r.stderr.contains("warning: --bits 4 ignored: this checkpoint has no nested-plane tensors"), "{}", r.stderr);
+    let f16 = smollm_f16();
+    let f16 = f16.to_str().unwrap();
+    let q8 = smollm_q8();
+    let q8 = q8.to_str().unwrap();
+    let data = wiki_test();
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "default = 4\n").unwrap();
+    let plan = plan.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-m", f16, "-p", "Hi", "-n", "1", "--bits", "4"], "--bits 4"),
+        (&["-m", f16, "-p", "Hi", "-n", "1", "--plan", plan], "--plan"),
+        (&["-m", f16, "-p", "Hi", "-n", "1", "--target-bits", "3.5"], "--target-bits 3.5"),
+        (&["-m", f16, "-p", "Hi", "-n", "1", "--weight-budget", "90MB"], "--weight-budget"),
+        (&["eval", "-m", f16, "--data", data, "--bits", "4"], "--bits 4"),
+        (&["eval", "-m", q8, "--data", data, "--kl-base", f16, "--kl-base-bits", "4"], "--kl-base-bits 4"),
+        (&["bench", "-m", f16, "--bits", "4"], "--bits 4"),
+        (&["bench", "-m", f16, "--plan", plan], "--plan"),
+    ];
+    for (args, flag) in cases {
+        let e = run(*args).one_line_error();
+        assert!(e.contains(&format!("{flag} needs a checkpoint with nested-plane tensors")), "{args:?}: {e}");
+        assert!(e.contains("has no nested-plane tensors (its matrices are f16)") && e.contains("--encoding q8"), "{e}");
+    }
 }
