@@ -5,7 +5,8 @@
 //! Prefill: quantize n tokens + matmul in tiles of 64 rows (as `kernels::matmul` calls it),
 //! GFLOP/s (2 · rows · cols · n); the model estimate uses n = 512 (pp512). Then the per-token decode time of every matrix of
 //! SmolLM2-135M (30 layers + the tied head) at each view. Fastest of several runs (shared machine).
-//! `VIEWS=4,5,6,8` in the environment measures only those views; `NO_PREFILL=1` only decode.
+//! `VIEWS=4,5,6,8` in the environment measures only those views; `NO_PREFILL=1` only decode;
+//! `COLD=1` adds the decode of a matrix larger than the caches.
 
 use std::time::Instant;
 
@@ -127,8 +128,16 @@ fn main() {
         .collect();
     let shapes = [(576usize, 1536usize), (49152, 576)];
     let tensors: Vec<Tensor> = shapes.iter().map(|&(r, c)| tensor(r, c, group)).collect();
+    // A matrix four times the head's (113 M codes), far larger than the caches: decode from memory.
+    let cold = std::env::var("COLD").is_ok().then(|| tensor(4 * 49152, 576, group));
     for k in &tables {
         println!("== {} (group {group}, single thread)", k.name);
+        for &bits in views.iter().filter(|_| cold.is_some()) {
+            let Some(t) = &cold else { break };
+            let w = view(k, t, group, bits);
+            let dt = decode_secs(k, &w, 4 * 49152, 576, 5);
+            println!("{:>6}x{:<5} view {bits}: decode {:>8.1} us {:>6.2} GB/s (from memory)", 4 * 49152, 576, dt * 1e6, view_bytes(&w) as f64 / dt / 1e9);
+        }
         for (&(rows, cols), t) in shapes.iter().zip(&tensors) {
             for &bits in &views {
                 let w = view(k, t, group, bits);

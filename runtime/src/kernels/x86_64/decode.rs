@@ -39,8 +39,11 @@
 //! # VNNI
 //! The `avx512vnni` table runs these functions with `VNNI = true`: each `maddubs` (i16 lanes)
 //! and its widening `madd` become one `vpdpbusd` (i32 lanes, [`dpbusd`]), which gives the same
-//! exact integer sums, so every result stays bit-identical; a block read from runs goes 512
-//! bits at a time ([`avx512_runs_stream`]).
+//! exact integer sums, so every result stays bit-identical. Runs are read one at a time, in
+//! order, as in `avx2`: reading two 256 codes apart side by side in 512 bits (one broadcast of
+//! part A for both) was faster on matrices held in L2, but its access pattern (two streams,
+//! jumping back at every block) defeated the stride prefetchers on matrices read from memory,
+//! where it ran at half the speed (a model's decode: 4-bit tokens/s halved on Zen 5).
 //!
 //! Kernel parameters: `V` the view (2, 3, 4, 5, 6 or 8), `RUNS` whether it reads
 //! [`Prepared::Runs`] instead of the planes (views 2-6; always at 5 and 6), `VNNI` as above.
@@ -51,8 +54,7 @@ use super::common::{
     check_bounds, dpbusd, load_params8, params_to_f32, reads_source, source_bits, sources, transpose8x8, SC,
 };
 use super::quantize::{part_a_slots, Layout, PREFILL_MIN_TOKENS, SC_AUX};
-use super::runs::{run_fields, run_fields512, MAX_RUN_WORDS};
-use crate::blocks;
+use super::runs::{run_fields, MAX_RUN_WORDS};
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::{Nested8, Prepared};
 use crate::kernels::portable;
@@ -437,13 +439,7 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
         // Superchunk j starts at column (s0 + 256 j) mod rs: slot (s0 / 256 + j) mod slots when
         // s0 is a multiple of 256, slot j when it is a row start (column 0).
         let mut slot = if RUNS { (s0 / SC) % slots } else { 0 };
-        if VNNI && RUNS && end_inside {
-            // SAFETY: VNNI = true only in the avx512vnni table (the CPU has its features); the
-            // stream's superchunks lie inside the runs (check_bounds, end_inside), the slots
-            // inside aux, the sums inside `sub` (as below).
-            unsafe { avx512_runs_stream::<V>(&src, s0, nsc, slot, slots, aux, per, sp) };
-        }
-        for j in (0..nsc).filter(|_| !(VNNI && RUNS && end_inside)) {
+        for j in 0..nsc {
             let c = s0 + j * SC;
             let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
             let v = if j + 1 < nsc || end_inside {
@@ -555,74 +551,6 @@ unsafe fn store_sums(per: usize, v: __m256i, sp: *mut i32, j: usize) {
     }
 }
 
-/// The superchunk stream of one decode block of view `V` read from its runs (`src[3]`, see
-/// [`sources`]), 512 bits at a time: superchunks `j` and `j + slots` meet the same part A slot,
-/// so one zmm holds a run of each (words side by side), the activations are one broadcast
-/// register per field, and one `vpdpbusd` covers 64 codes. The integer sums equal
-/// [`runs_dot`]'s lane for lane; superchunks without a partner take the 256-bit path. `slot0`
-/// is superchunk 0's slot.
-///
-/// # Safety
-/// The CPU supports AVX2, FMA, F16C, AVX512F, AVX512BW, AVX512VL and AVX512_VNNI; the `nsc`
-/// superchunks from code `s0` (a multiple of 256) lie inside the runs (`src[3]`); `aux` holds
-/// `slots` part A slots; `sp` is writable for `8 · nsc` entries.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx512_runs_stream<const V: u8>(
-    src: &[&[u8]; 4],
-    s0: usize,
-    nsc: usize,
-    slot0: usize,
-    slots: usize,
-    aux: &[i8],
-    per: usize,
-    sp: *mut i32,
-) {
-    let rb = blocks::run_bytes(V);
-    let words = rb / 32;
-    let mut base = 0;
-    while base < nsc {
-        let span = (2 * slots).min(nsc - base);
-        let pairs = span.saturating_sub(slots);
-        for k in 0..slots.min(span) {
-            let j = base + k;
-            let slot = (slot0 + k) % slots;
-            // SAFETY (block): runs s0 / 256 + j (and + slots) are inside src[3], slot < slots
-            // inside aux, and the stores inside sp's 8 · nsc entries (the caller guarantees).
-            unsafe {
-                let a = aux.as_ptr().add(slot * SC_AUX);
-                if k < pairs {
-                    let lo = src[3].as_ptr().add((s0 / SC + j) * rb);
-                    let hi = lo.add(slots * rb);
-                    let mut regs = [_mm512_setzero_si512(); MAX_RUN_WORDS];
-                    for (i, r) in regs.iter_mut().enumerate().take(words) {
-                        let l = _mm256_loadu_si256(lo.add(32 * i) as *const __m256i);
-                        let h = _mm256_loadu_si256(hi.add(32 * i) as *const __m256i);
-                        *r = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h);
-                    }
-                    let f = run_fields512::<V>(regs);
-                    let mut l0 = _mm512_setzero_si512();
-                    let mut l1 = _mm512_setzero_si512();
-                    for (r, fr) in f.iter().enumerate() {
-                        let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(a.add(2 * SC + 32 * r) as *const __m256i));
-                        if r % 2 == 0 {
-                            l0 = _mm512_dpbusd_epi32(l0, *fr, x);
-                        } else {
-                            l1 = _mm512_dpbusd_epi32(l1, *fr, x);
-                        }
-                    }
-                    let v = _mm512_add_epi32(l0, l1);
-                    store_sums(per, _mm512_castsi512_si256(v), sp, j);
-                    store_sums(per, _mm512_extracti64x4_epi64::<1>(v), sp, j + slots);
-                } else {
-                    store_sums(per, superchunk_at::<V, true, true>(src, s0 + j * SC, a), sp, j);
-                }
-            }
-        }
-        base += 2 * slots;
-    }
-}
-
 /// Decode: `out[i] = row (first + i) · token 0`.
 ///
 /// # Safety
@@ -669,3 +597,4 @@ pub(super) unsafe fn rows_dot_form<const V: u8, const VNNI: bool>(
         }
     }
 }
+
