@@ -16,7 +16,7 @@ mod tests;
 mod unpack;
 
 use super::acts::QActs;
-use super::frame::{Kernels, Nested8, Nested8MatmulFn, Nested8MatvecFn};
+use super::frame::{Kernels, Nested8};
 use alloc::vec::Vec;
 use nested8::*;
 use quantize::*;
@@ -34,14 +34,18 @@ macro_rules! entries {
     )+};
 }
 
-entries!("neon", neon_nested8_matvec: neon_matvec_v2 = 2, neon_matvec_v3 = 3, neon_matvec_v4 = 4, neon_matvec_v8 = 8);
-entries!("neon", neon_nested8_matmul: neon_matmul_v2 = 2, neon_matmul_v3 = 3, neon_matmul_v4 = 4, neon_matmul_v8 = 8);
+entries!("neon", neon_nested8_matvec:
+    neon_matvec_v2 = 2, neon_matvec_v3 = 3, neon_matvec_v4 = 4, neon_matvec_v5 = 5, neon_matvec_v6 = 6, neon_matvec_v8 = 8);
+entries!("neon", neon_nested8_matmul:
+    neon_matmul_v2 = 2, neon_matmul_v3 = 3, neon_matmul_v4 = 4, neon_matmul_v5 = 5, neon_matmul_v6 = 6, neon_matmul_v8 = 8);
 entries!("dotprod", dotprod_nested8_matvec:
-    dotprod_matvec_v2 = 2, dotprod_matvec_v3 = 3, dotprod_matvec_v4 = 4, dotprod_matvec_v8 = 8);
+    dotprod_matvec_v2 = 2, dotprod_matvec_v3 = 3, dotprod_matvec_v4 = 4, dotprod_matvec_v5 = 5, dotprod_matvec_v6 = 6,
+    dotprod_matvec_v8 = 8);
 entries!("dotprod", dotprod_nested8_matmul:
-    dotprod_matmul_v2 = 2, dotprod_matmul_v3 = 3, dotprod_matmul_v4 = 4, dotprod_matmul_v8 = 8);
+    dotprod_matmul_v2 = 2, dotprod_matmul_v3 = 3, dotprod_matmul_v4 = 4, dotprod_matmul_v5 = 5, dotprod_matmul_v6 = 6,
+    dotprod_matmul_v8 = 8);
 entries!("dotprod and i8mm", i8mm_nested8_matmul:
-    i8mm_matmul_v2 = 2, i8mm_matmul_v3 = 3, i8mm_matmul_v4 = 4, i8mm_matmul_v8 = 8);
+    i8mm_matmul_v2 = 2, i8mm_matmul_v3 = 3, i8mm_matmul_v4 = 4, i8mm_matmul_v5 = 5, i8mm_matmul_v6 = 6, i8mm_matmul_v8 = 8);
 
 fn neon_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QActs) {
     // SAFETY: reachable only through the tables below, handed out after the CPU reported NEON.
@@ -53,15 +57,11 @@ fn i8mm_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
     unsafe { i8mm_quantize_acts(x, n, cols, block, acts) }
 }
 
-// The 5- and 6-bit views have no NEON kernels yet: the tables run the portable ones for them.
-const PORTABLE_MATVEC: Nested8MatvecFn = super::portable::nested8_matvec;
-const PORTABLE_MATMUL: Nested8MatmulFn = super::portable::nested8_matmul;
-
 const NEON: Kernels = Kernels {
     name: "neon",
     quantize_acts: neon_quantize,
-    nested8_matvec: [neon_matvec_v2, neon_matvec_v3, neon_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, neon_matvec_v8],
-    nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, neon_matmul_v8],
+    nested8_matvec: [neon_matvec_v2, neon_matvec_v3, neon_matvec_v4, neon_matvec_v5, neon_matvec_v6, neon_matvec_v8],
+    nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, neon_matmul_v5, neon_matmul_v6, neon_matmul_v8],
     repack: None,
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
@@ -71,8 +71,8 @@ const NEON: Kernels = Kernels {
 const DOTPROD: Kernels = Kernels {
     name: "neon+dotprod",
     quantize_acts: neon_quantize,
-    nested8_matvec: [dotprod_matvec_v2, dotprod_matvec_v3, dotprod_matvec_v4, PORTABLE_MATVEC, PORTABLE_MATVEC, dotprod_matvec_v8],
-    nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, dotprod_matmul_v8],
+    nested8_matvec: [dotprod_matvec_v2, dotprod_matvec_v3, dotprod_matvec_v4, dotprod_matvec_v5, dotprod_matvec_v6, dotprod_matvec_v8],
+    nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, dotprod_matmul_v5, dotprod_matmul_v6, dotprod_matmul_v8],
     repack: None,
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
@@ -83,7 +83,7 @@ const I8MM: Kernels = Kernels {
     name: "neon+i8mm",
     quantize_acts: i8mm_quantize,
     nested8_matvec: DOTPROD.nested8_matvec,
-    nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, PORTABLE_MATMUL, PORTABLE_MATMUL, i8mm_matmul_v8],
+    nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, i8mm_matmul_v5, i8mm_matmul_v6, i8mm_matmul_v8],
     repack: None,
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,

@@ -1,5 +1,5 @@
 //! Nested8 products (decode matvec, prefill matmul) for every view, in three instruction sets:
-//! - `neon`: `smull`/`smlal` into 16-bit lanes (4 products of at most 15 · 127 per lane),
+//! - `neon`: `smull`/`smlal` into 16-bit lanes (4 products of at most 63 · 127 per lane),
 //!   `sadalp` into 32-bit accumulators;
 //! - `dotprod`: `sdot` (4 products per 32-bit lane);
 //! - `i8mm`: `smmla` on 2 weight rows x 2 tokens (prefill only), activations read from the
@@ -19,14 +19,14 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::unpack::{block_pair, load_block, unpack32, Consts, Planes, BLOCK};
-use crate::blocks::{self, NESTED8_KERNEL_PLANES};
+use crate::blocks;
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::{Nested8, Prepared};
 use crate::kernels::reference;
 
 /// How one architecture level multiplies 32 codes with 32 activations.
 pub(super) trait Dot {
-    /// `acc` plus the products of `(w_lo, w_hi)` (codes 0..16, 16..32; values 0..=15) with
+    /// `acc` plus the products of `(w_lo, w_hi)` (codes 0..16, 16..32; values 0..=63) with
     /// `(x_lo, x_hi)`, summed into the 4 lanes (which lane holds which product is free).
     ///
     /// # Safety
@@ -51,7 +51,8 @@ pub(super) trait Dot {
     unsafe fn block_chunks(acc: Self::Block) -> int32x4_t;
 }
 
-/// `smull`/`smlal` then `sadalp`: every 16-bit lane sums 4 products of at most 15 · 127.
+/// `smull`/`smlal` then `sadalp`: every 16-bit lane sums at most 4 products of at most 63 · 127
+/// (4 · 8001 = 32004 fits in i16).
 pub(super) struct NeonDot;
 
 impl Dot for NeonDot {
@@ -159,23 +160,30 @@ fn fast_path(w: &Nested8<'_>, acts: &QActs, first: usize, rows: usize) -> bool {
         return false;
     }
     let end = (first + rows) * w.row_stride;
-    let n_planes = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(6).min(4);
-    for (plane, spec) in sources(w)[..n_planes].iter().zip(NESTED8_KERNEL_PLANES) {
-        assert!(plane.len() * 8 >= end * spec.bits as usize, "plane shorter than the rows read");
+    // Sources 0..n, 2 bits per code for plane 0, 4 for the nibbles (source 3 of view 8), else 1.
+    let n = if w.view_bits == 8 { 4 } else { blocks::nested8_planes_for_view(w.view_bits).unwrap_or(0) };
+    for (s, plane) in sources(w)[..n].iter().enumerate() {
+        let bits = match (s, w.view_bits) {
+            (0, _) => 2,
+            (3, 8) => 4,
+            _ => 1,
+        };
+        assert!(plane.len() * 8 >= end * bits, "plane shorter than the rows read");
     }
     assert!(w.params.len() >= end / gs, "group params shorter than the rows read");
     true
 }
 
-/// What the kernels read, in the order of [`Planes`] (the layout [`NESTED8_KERNEL_PLANES`]):
-/// stored planes 0, 1 and 2, then the 8-bit view's nibble plane ([`Prepared::Nibbles`]); empty
-/// where the view reads none.
-pub(super) fn sources<'s>(w: &'s Nested8<'_>) -> [&'s [u8]; 4] {
-    let nibbles: &[u8] = match w.prepared() {
-        Prepared::Nibbles(nibbles) => nibbles,
+/// What the kernels read, in the order of [`Planes`]: stored planes 0, 1 and 2, then the
+/// 8-bit view's nibble plane ([`Prepared::Nibbles`]; the layout [`blocks::NESTED8_KERNEL_PLANES`]) or
+/// stored plane 3 (views 5, 6), then stored plane 4 (view 6); empty where the view reads none.
+pub(super) fn sources<'s>(w: &'s Nested8<'_>) -> [&'s [u8]; 5] {
+    let third: &[u8] = match w.prepared() {
+        Prepared::Nibbles(nibbles) if w.view_bits == 8 => nibbles,
+        _ if matches!(w.view_bits, 5 | 6) => w.planes[3],
         _ => &[],
     };
-    [w.planes[0], w.planes[1], w.planes[2], nibbles]
+    [w.planes[0], w.planes[1], w.planes[2], third, if w.view_bits == 6 { w.planes[4] } else { &[] }]
 }
 
 /// Pointers to [`sources`] (the caller keeps `w`, and so the nibble plane, alive while they

@@ -1,19 +1,19 @@
 //! Rebuilding a view's codes from the bit planes, 32 codes at a time, in natural order, so the
 //! activations are read as [`super::super::acts`] stores them.
 //!
-//! The sources ([`Planes`]) are stored planes 0, 1 and 2 and, for the 8-bit view, its nibble
-//! plane (the view's `Prepared::Nibbles`), called source 3 below. For a chunk of 32 codes
-//! starting at flat code index `i` (a multiple of 32) they hold 8 bytes (plane 0, 2 bits/code),
-//! 4 + 4 bytes (planes 1 and 2, 1 bit/code) and 16 bytes (source 3, 4 bits/code). Every lane
-//! of the two output vectors (codes 0..16 and 16..32 of the chunk) is rebuilt with table
-//! lookups and per-lane shifts:
+//! The sources ([`Planes`]) are stored planes 0, 1 and 2, then source 3: the 8-bit view's
+//! nibble plane (the view's `Prepared::Nibbles`) or, for the 5- and 6-bit views, stored plane
+//! 3, then source 4: stored plane 4 (6-bit view). For a chunk of 32 codes starting at flat code
+//! index `i` (a multiple of 32) they hold 8 bytes (plane 0, 2 bits/code), 4 bytes (each 1-bit
+//! plane) and 16 bytes (the nibbles, 4 bits/code). Every lane of the two output vectors (codes
+//! 0..16 and 16..32 of the chunk) is rebuilt with table lookups and per-lane shifts:
 //! - plane 0: `tbl` spreads byte `L / 4` to lane `L`, `ushl` by `pos - 2 (L % 4)` moves the
 //!   field to its place in the view code, a mask keeps it;
-//! - planes 1, 2: `tbl` spreads byte `L / 8` to lane `L`, `cmtst` with `1 << (L % 8)` gives
-//!   0 or -1, which is masked (or, at bit 0, subtracted) into the code;
-//! - source 3: low nibbles are the even codes, high nibbles the odd ones, `zip` interleaves them.
+//! - 1-bit planes (1 to 4): `tbl` spreads byte `L / 8` to lane `L`, `cmtst` with `1 << (L % 8)`
+//!   gives 0 or -1, which is masked (or, at bit 0, subtracted) into the code;
+//! - nibbles: low nibbles are the even codes, high nibbles the odd ones, `zip` interleaves them.
 //!
-//! Views of up to 4 bits produce `q_k` (0..=15) directly. The 8-bit view produces its top
+//! Views of up to 6 bits produce `q_k` (0..=63) directly. The 8-bit view produces its top
 //! nibble (`q >> 4`, the 4-bit view's code) and its low nibble (`q & 15`, source 3)
 //! separately, because `sdot`/`smull` multiply signed bytes:
 //! `q · x = 16 (q >> 4) · x + (q & 15) · x`.
@@ -26,8 +26,7 @@ use core::arch::aarch64::*;
 /// Position of plane 0's field in a view's code (the 8-bit view builds its top nibble).
 const fn plane0_pos(view_bits: u8) -> i8 {
     match view_bits {
-        2 => 0,
-        3 => 1,
+        2..=6 => view_bits as i8 - 2,
         _ => 2,
     }
 }
@@ -49,8 +48,6 @@ pub(super) struct Consts {
     bit_idx_hi: uint8x16_t,
     /// `1 << (L % 8)`.
     bit_sel: uint8x16_t,
-    /// Bit 1 (plane 1's place in the 4-bit code).
-    two: uint8x16_t,
     nibble: uint8x16_t,
 }
 
@@ -82,17 +79,17 @@ impl Consts {
             bit_idx_lo: vld1q_u8(bit_idx_lo.as_ptr()),
             bit_idx_hi: vld1q_u8(bit_idx_hi.as_ptr()),
             bit_sel: vld1q_u8(bit_sel.as_ptr()),
-            two: vdupq_n_u8(2),
             nibble: vdupq_n_u8(0x0f),
         }
     }
 }
 
 /// Raw starts of what a kernel reads: stored planes 0, 1 and 2, then the 8-bit view's nibble
-/// plane ([`super::nested8::sources`]; bounds checked by the kernel before any read).
-pub(super) type Planes = [*const u8; 4];
+/// plane or stored plane 3 (views 5, 6), then stored plane 4 (view 6)
+/// ([`super::nested8::sources`]; bounds checked by the kernel before any read).
+pub(super) type Planes = [*const u8; 5];
 
-/// Merge a 1-bit plane into the codes at bit `POS` (0 or 1).
+/// Merge a 1-bit plane into the codes at bit `POS` (0 to 4).
 ///
 /// # Safety
 /// `plane.add(i / 8)` must be readable for 4 bytes; NEON present.
@@ -111,18 +108,19 @@ unsafe fn merge_bit_plane<const POS: u8>(
         // `set` is 0 or 0xff (-1), and bit 0 of the code is still clear: subtracting adds 1.
         (vsubq_u8(lo, set_lo), vsubq_u8(hi, set_hi))
     } else {
-        (vorrq_u8(lo, vandq_u8(set_lo, k.two)), vorrq_u8(hi, vandq_u8(set_hi, k.two)))
+        let bit = vdupq_n_u8(1 << POS);
+        (vorrq_u8(lo, vandq_u8(set_lo, bit)), vorrq_u8(hi, vandq_u8(set_hi, bit)))
     }
 }
 
 /// The view codes of the 32-code chunk at flat code index `i` (a multiple of 32), natural
 /// order: `[top_lo, top_hi, low_lo, low_hi]` where `lo` is codes 0..16 and `hi` codes 16..32
-/// of the chunk. For `V` < 8, `top` is `q_V` and `low` is zero; for `V` = 8, `top` is `q >> 4`
-/// and `low` is `q & 15`. All values are in 0..=15.
+/// of the chunk. For `V` < 8, `top` is `q_V` (0..=63) and `low` is zero; for `V` = 8, `top` is
+/// `q >> 4` and `low` is `q & 15`.
 ///
 /// # Safety
-/// The first `nested8_planes_for_view(V)` planes must be readable for the chunk's bytes
-/// (`i / 4 .. i / 4 + 8`, `i / 8 .. i / 8 + 4`, `i / 2 .. i / 2 + 16`); NEON present.
+/// The sources view `V` reads must be readable for the chunk's bytes (`i / 4 .. i / 4 + 8`,
+/// `i / 8 .. i / 8 + 4`, nibbles `i / 2 .. i / 2 + 16`); NEON present.
 #[inline(always)]
 pub(super) unsafe fn unpack32<const V: u8>(planes: &Planes, i: usize, k: &Consts) -> [int8x16_t; 4] {
     // Plane 0: 8 bytes, 4 codes each.
@@ -135,6 +133,17 @@ pub(super) unsafe fn unpack32<const V: u8>(planes: &Planes, i: usize, k: &Consts
         4 | 8 => {
             (lo, hi) = merge_bit_plane::<1>(planes[1], i, k, lo, hi);
             (lo, hi) = merge_bit_plane::<0>(planes[2], i, k, lo, hi);
+        }
+        5 => {
+            (lo, hi) = merge_bit_plane::<2>(planes[1], i, k, lo, hi);
+            (lo, hi) = merge_bit_plane::<1>(planes[2], i, k, lo, hi);
+            (lo, hi) = merge_bit_plane::<0>(planes[3], i, k, lo, hi);
+        }
+        6 => {
+            (lo, hi) = merge_bit_plane::<3>(planes[1], i, k, lo, hi);
+            (lo, hi) = merge_bit_plane::<2>(planes[2], i, k, lo, hi);
+            (lo, hi) = merge_bit_plane::<1>(planes[3], i, k, lo, hi);
+            (lo, hi) = merge_bit_plane::<0>(planes[4], i, k, lo, hi);
         }
         _ => {}
     }
@@ -202,17 +211,21 @@ pub(super) struct Block {
     /// Plane 0's even and odd bytes: lane `b` holds codes `8b..8b + 4` and `8b + 4..8b + 8`.
     even: uint8x16_t,
     odd: uint8x16_t,
+    /// The 1-bit planes 1 to 4 (stored planes 3 and 4 for views 5 and 6 only).
     p1: uint8x16_t,
     p2: uint8x16_t,
-    /// Plane 3, bytes `4b + j` in `p3.j`: codes `8b + 2j` (low nibble) and `8b + 2j + 1`.
+    b3: uint8x16_t,
+    b4: uint8x16_t,
+    /// The nibbles (view 8), bytes `4b + j` in `p3.j`: codes `8b + 2j` (low nibble) and
+    /// `8b + 2j + 1`.
     p3: uint8x16x4_t,
 }
 
 /// Load the block at flat code index `i` (a multiple of 128).
 ///
 /// # Safety
-/// The view's planes must be readable for the block's bytes (`i / 4 .. + 32`, `i / 8 .. + 16`,
-/// `i / 2 .. + 64`); NEON present.
+/// The view's sources must be readable for the block's bytes (`i / 4 .. + 32`, `i / 8 .. + 16`,
+/// nibbles `i / 2 .. + 64`); NEON present.
 #[inline(always)]
 pub(super) unsafe fn load_block<const V: u8>(planes: &Planes, i: usize) -> Block {
     let zero = vdupq_n_u8(0);
@@ -222,6 +235,8 @@ pub(super) unsafe fn load_block<const V: u8>(planes: &Planes, i: usize) -> Block
         odd: vuzp2q_u8(a, b),
         p1: if V >= 3 { vld1q_u8(planes[1].add(i / 8)) } else { zero },
         p2: if V >= 4 { vld1q_u8(planes[2].add(i / 8)) } else { zero },
+        b3: if matches!(V, 5 | 6) { vld1q_u8(planes[3].add(i / 8)) } else { zero },
+        b4: if V == 6 { vld1q_u8(planes[4].add(i / 8)) } else { zero },
         p3: if V == 8 { vld4q_u8(planes[3].add(i / 2)) } else { uint8x16x4_t(zero, zero, zero, zero) },
     }
 }
@@ -242,9 +257,18 @@ macro_rules! block_codes {
     ($V:ident, $blk:expr, $k:tt, $half:ident, $field:tt, $nib:tt, $nib_hi:tt) => {{
         let blk = &$blk;
         let a = shr!(blk.$half, $field);
+        // `sli::<n>(x, y)` = `y << n | x & (2^n - 1)`: each plane's bit k slides in below.
         let top = match $V {
             2 => vandq_u8(a, vdupq_n_u8(3)),
             3 => vandq_u8(vsliq_n_u8::<1>(shr!(blk.p1, $k), a), vdupq_n_u8(7)),
+            5 => {
+                let b = vsliq_n_u8::<2>(vsliq_n_u8::<1>(shr!(blk.b3, $k), shr!(blk.p2, $k)), shr!(blk.p1, $k));
+                vandq_u8(vsliq_n_u8::<3>(b, a), vdupq_n_u8(31))
+            }
+            6 => {
+                let b = vsliq_n_u8::<2>(vsliq_n_u8::<1>(shr!(blk.b4, $k), shr!(blk.b3, $k)), shr!(blk.p2, $k));
+                vandq_u8(vsliq_n_u8::<4>(vsliq_n_u8::<3>(b, shr!(blk.p1, $k)), a), vdupq_n_u8(63))
+            }
             _ => vandq_u8(vsliq_n_u8::<2>(vsliq_n_u8::<1>(shr!(blk.p2, $k), shr!(blk.p1, $k)), a), vdupq_n_u8(15)),
         };
         let low = if $V == 8 {
