@@ -12,7 +12,9 @@
 //! repetitions (JSON: every sample, median, mean, stddev, min, max). The model is instantiated
 //! anew for each (view, threads), so its buffers are sized for that thread count; on Linux the
 //! mapped weights are released and the peak-RSS mark reset between combinations, so each row's
-//! peak RSS is its own.
+//! peak RSS is its own. Each row also gives the weight bytes one decoded token reads
+//! ([`Footprint::decode_bytes`]) and, for `tgN`, those bytes times the median tokens/s: the
+//! weight bandwidth decoding reached (GB/s), to hold against the memory's.
 
 use std::io::Write;
 use std::time::Instant;
@@ -41,6 +43,15 @@ struct Row {
     tokens: usize,
     tps: Summary,
     peak_rss: Option<u64>,
+}
+
+impl Row {
+    /// For a decode test: weight bytes read per second at the median speed, in GB/s (what the
+    /// speed amounts to against the memory's bandwidth); `None` for prefill, which reads the
+    /// weights once for many tokens.
+    fn read_gb_per_s(&self) -> Option<f64> {
+        self.test.starts_with("tg").then(|| self.footprint.decode_bytes as f64 * self.tps.median / 1e9)
+    }
 }
 
 /// The views to measure: one [`ModelArgs`] each (with its label), from `--bits 8,4,...` or the
@@ -140,6 +151,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let kernel_name = kernels::kernels().name;
     let tokens = bench_tokens(args.n_prompt.max(args.n_gen), config.vocab_size);
     let combos = (loads.len() * threads.len()) as u64;
+    // A plan chosen or read from a file is described once, as generate and eval do.
+    if !args.json {
+        for l in loads.iter().filter(|l| !matches!(l.selection.source, views::Source::Default | views::Source::Uniform(_))) {
+            eprintln!("{}", l.selection.describe(&l.footprint));
+        }
+    }
+
     let (pb, shown) = progress_bar(combos * tests.len() as u64 * (args.repetitions as u64 + 1), "runs");
     if !args.json && !shown {
         eprintln!(
@@ -211,6 +229,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "view": r.view,
                     "plan": r.selection,
                     "weight_bytes": r.footprint.weight_bytes,
+                    "decode_bytes": r.footprint.decode_bytes,
+                    "read_gb_per_s": r.read_gb_per_s(),
                     "bits_per_weight": r.footprint.bits_per_weight(),
                     "threads": r.threads,
                     "test": r.test,
@@ -253,9 +273,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// The markdown table, columns aligned as llama-bench prints them.
 fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
-    let header = ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS"];
-    let right = [false, false, true, true, false, true, true, true, true];
-    let cells: Vec<[String; 9]> = rows
+    let header = ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"];
+    let right = [false, false, true, true, false, true, true, true, true, true, true];
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|r| {
             [
@@ -268,6 +288,8 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
                 r.test.clone(),
                 format!("{:.2} ± {:.2}", r.tps.median, r.tps.stddev),
                 r.peak_rss.map_or_else(|| "n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
+                format!("{:.2} MiB", r.footprint.decode_bytes as f64 / (1024.0 * 1024.0)),
+                r.read_gb_per_s().map_or_else(String::new, |g| format!("{g:.2}")),
             ]
         })
         .collect();

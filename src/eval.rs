@@ -130,6 +130,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "scored_tokens_per_second": stats::rate(scored as usize, seconds),
             "peak_rss_bytes": peak,
             "weight_bytes": weight_bytes,
+            "decode_bytes": main.footprint.decode_bytes,
             "bits_per_weight": main.footprint.bits_per_weight(),
             "kl": kl_obj,
         });

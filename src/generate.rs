@@ -296,6 +296,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "load_seconds": load_s,
             "peak_rss_bytes": peak,
             "weight_bytes": weight_bytes,
+            "decode_bytes": footprint.decode_bytes,
             "kv_cache_bytes": kv,
             "state_bytes": state_bytes,
             "mmap": file.mmap,
@@ -333,10 +334,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         stats::fmt_rate(stats::rate(decode_tokens, decode_s))
     );
     eprintln!(
-        "edge-run: memory: peak RSS {}{}; weights {}; KV cache {} (ctx {ctx}); run-time state {}",
+        "edge-run: memory: peak RSS {}{}; weights {} ({} read per token); KV cache {} (ctx {ctx}); run-time state {}",
         peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),
         if matches!(file.origin, loader::Origin::Packed { .. }) { " (includes packing)" } else { "" },
         stats::human_bytes(weight_bytes as u64),
+        stats::human_bytes(footprint.decode_bytes),
         stats::human_bytes(kv as u64),
         stats::human_bytes(state_bytes as u64),
     );

@@ -64,6 +64,9 @@ struct Row {
     units: Vec<(String, u8)>,
     predicted_kl: Option<f64>,
     weight_bytes: u64,
+    /// Weight bytes one decoded token reads; `None` for baselines (stored dense, so their own
+    /// footprint is not the format they stand for).
+    decode_bytes: Option<u64>,
     bits_per_weight: f64,
     scores: Scores,
 }
@@ -161,6 +164,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         units: Vec::new(),
         predicted_kl: None,
         weight_bytes: base.footprint.weight_bytes,
+        decode_bytes: Some(base.footprint.decode_bytes),
         bits_per_weight: base.footprint.bits_per_weight(),
         scores: Scores::default(),
     });
@@ -175,6 +179,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             units: Vec::new(),
             predicted_kl: None,
             weight_bytes: fp.weight_bytes,
+            decode_bytes: Some(fp.decode_bytes),
             bits_per_weight: fp.bits_per_weight(),
             scores: Scores::default(),
         });
@@ -212,6 +217,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                             units: planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect(),
                             predicted_kl: Some(chosen.kl),
                             weight_bytes: fp.weight_bytes,
+                            decode_bytes: Some(fp.decode_bytes),
                             bits_per_weight: fp.bits_per_weight(),
                             scores: Scores::default(),
                         });
@@ -247,6 +253,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             units: Vec::new(),
             predicted_kl: None,
             weight_bytes,
+            decode_bytes: None,
             bits_per_weight,
             scores: Scores::default(),
         });
@@ -337,6 +344,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "byte_budget": match r.kind { Kind::PlanBytes(b) => Some(b), _ => None },
             "checkpoint": r.checkpoint.display().to_string(),
             "weight_bytes": r.weight_bytes,
+            "decode_bytes": r.decode_bytes,
             "bits_per_weight": r.bits_per_weight,
             "ppl": ppl,
             "ppl_stderr": ppl_se,

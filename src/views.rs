@@ -325,15 +325,16 @@ impl Selection {
         };
         let kl = self.predicted_kl.map(|k| format!(", predicted KL {k:.4}")).unwrap_or_default();
         format!(
-            "edge-run: plan ({why}): {}; weights {} ({} bytes), {:.3} bits/weight{kl}",
+            "edge-run: plan ({why}): {}; weights {} ({} bytes), {:.3} bits/weight, reads {} per token{kl}",
             self.views_text(),
             human_bytes(fp.weight_bytes),
             fp.weight_bytes,
-            fp.bits_per_weight()
+            fp.bits_per_weight(),
+            human_bytes(fp.decode_bytes)
         )
     }
 
-    /// The plan as JSON, with what it costs.
+    /// The plan as JSON, with what it costs (held and read per decoded token).
     pub fn to_json(&self, fp: &Footprint) -> serde_json::Value {
         let views: serde_json::Map<String, serde_json::Value> = if self.units.is_empty() {
             self.plan.overrides.iter().map(|(k, b)| (k.clone(), json!(b))).collect()
@@ -349,6 +350,7 @@ impl Selection {
             "views": views,
             "weight_bytes": fp.weight_bytes,
             "matrix_bytes": fp.matrix_bytes,
+            "decode_bytes": fp.decode_bytes,
             "bits_per_weight": fp.bits_per_weight(),
             "predicted_kl": self.predicted_kl,
         })

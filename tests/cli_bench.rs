@@ -59,6 +59,16 @@ fn json_has_a_row_per_view_thread_count_and_test() {
         assert!(min > 0.0 && min <= med && med <= max, "{tps}");
         assert!(tps["stddev"].as_f64().unwrap() >= 0.0);
         assert!(r["weight_bytes"].as_u64().unwrap() > 0);
+        // stories260K ties its head to the embedding: a token reads every weight.
+        assert_eq!(r["decode_bytes"], r["weight_bytes"]);
+        assert_eq!(r["plan"]["decode_bytes"], r["decode_bytes"]);
+        let read = &r["read_gb_per_s"];
+        if test.starts_with("tg") {
+            let want = r["decode_bytes"].as_f64().unwrap() * med / 1e9;
+            assert!((read.as_f64().unwrap() - want).abs() <= 1e-9 * want, "{read} vs {want}");
+        } else {
+            assert!(read.is_null(), "{read}");
+        }
         assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
         seen.push((view, threads, test));
     }
@@ -81,7 +91,10 @@ fn table_is_markdown_with_the_columns() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "header, rule, pp and tg rows:\n{}", r.stdout);
     let cells = |l: &str| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
-    assert_eq!(cells(lines[0]), ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS"]);
+    assert_eq!(
+        cells(lines[0]),
+        ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"]
+    );
     assert!(lines[1].starts_with("|--") && lines[1].ends_with(":|"), "{}", lines[1]);
     let pp = cells(lines[2]);
     assert_eq!(pp[0], "stories260K");
@@ -91,7 +104,10 @@ fn table_is_markdown_with_the_columns() {
     assert_eq!(pp[6], "pp16");
     let (med, sd) = pp[7].split_once(" ± ").expect("median ± stddev");
     assert!(med.parse::<f64>().unwrap() > 0.0 && sd.parse::<f64>().unwrap() >= 0.0);
-    assert_eq!(cells(lines[3])[6], "tg4");
+    assert!(pp[9].ends_with(" MiB") && pp[10].is_empty(), "{pp:?}");
+    let tg = cells(lines[3]);
+    assert_eq!(tg[6], "tg4");
+    assert!(tg[10].parse::<f64>().unwrap() > 0.0, "{tg:?}");
     // Progress and the header line go to stderr, never into the table.
     for l in r.stderr.lines() {
         assert!(l.starts_with("edge-run: "), "{l}");

@@ -70,6 +70,7 @@ fn kl_against_itself_is_zero_with_full_agreement() {
     assert_eq!(kl["top1_agreement_percent"], 100.0);
     assert_eq!(kl["base_ppl"], v["ppl"]);
     assert_eq!(v["tokens_scored"], 2 * 63);
+    assert_eq!(v["decode_bytes"], v["weight_bytes"]); // a tied head: every weight is read
 
     // Forward passes of 50 tokens (3 per window) score the same as whole windows.
     let b = run(args.iter().chain(&["--json", "--batch-size", "50"])).json();

@@ -88,6 +88,7 @@ fn json_has_the_fields_and_n_is_respected() {
     assert_eq!(v["decode"]["tokens"], 4);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
     assert_eq!(v["weight_bytes"], 269_100_288u64); // 134,515,008 params: f16 matrices + f32 norms
+    assert_eq!(v["decode_bytes"], 269_100_288u64); // the head is the embedding: every weight is read
     assert_eq!(v["config"]["n_layers"], 30);
     assert_eq!(v["config"]["vocab_size"], 49152);
     assert_eq!(v["config"]["norm_eps"], 1e-5);

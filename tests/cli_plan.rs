@@ -30,6 +30,9 @@ fn profile_plans_respect_the_budget_and_are_reported() {
     let bpw = p["bits_per_weight"].as_f64().unwrap();
     assert!(bpw <= 3.5 + 1e-9 && bpw > 3.3, "{p}");
     assert_eq!(p["weight_bytes"], v35["weight_bytes"]);
+    // SmolLM2's head is its embedding: a decoded token reads every weight.
+    assert_eq!(p["decode_bytes"], v35["weight_bytes"]);
+    assert_eq!(v35["decode_bytes"], v35["weight_bytes"]);
     let views = p["views"].as_object().unwrap();
     assert_eq!(views.len(), 31, "{p}");
     assert!(views.values().all(|b| [2, 3, 4, 5, 6, 8].contains(&u(b))), "{p}");
@@ -71,6 +74,7 @@ fn profile_plans_respect_the_budget_and_are_reported() {
     r.ok();
     let line = r.stderr.lines().find(|l| l.starts_with("edge-run: plan (--target-bits 3.5")).unwrap_or_else(|| panic!("{}", r.stderr));
     assert!(line.contains("bits/weight") && line.contains("predicted KL") && line.contains("blk."), "{line}");
+    assert!(line.contains(" MiB per token"), "{line}");
 }
 
 #[test]

@@ -114,6 +114,11 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
     assert_eq!(rows[9]["views"].as_object().unwrap().len(), 31);
     // The baseline is worth the bytes it records, not its f16 size.
     assert_eq!(rows[10]["weight_bytes"].as_u64(), Some(BASELINE_BYTES));
+    assert!(rows[10]["decode_bytes"].is_null());
+    for r in &rows[..10] {
+        // SmolLM2's head is its embedding: a decoded token reads every weight.
+        assert_eq!(r["decode_bytes"], r["weight_bytes"], "{r}");
+    }
     assert_eq!(rows[10]["config"], "rtn-4 g64");
     let c = &v["compressibility"];
     let score = f(&c["score"]);

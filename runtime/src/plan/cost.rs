@@ -5,7 +5,7 @@
 use alloc::format;
 
 use super::ViewPlan;
-use crate::arch::Arch;
+use crate::arch::{Arch, Role};
 use crate::blocks::nested8_planes_for_view;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -38,7 +38,7 @@ pub fn tensor_view_bytes(ck: &Checkpoint<'_>, name: &str, bits: Option<u8>) -> R
     })
 }
 
-/// Weight bytes of a model at a plan's views.
+/// Weight bytes of a model at a plan's views: what it holds, and what decoding one token reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Footprint {
     /// Bytes every weight reads, norms included (what `weight_bytes` reports everywhere).
@@ -47,18 +47,35 @@ pub struct Footprint {
     pub matrix_bytes: u64,
     /// Weights of those matrices.
     pub matrix_weights: u64,
+    /// Weight bytes one decoded token reads: every matrix at its view (a tied output head is the
+    /// token embedding, read whole), the norms, but of an untied token embedding only the one
+    /// row the token looks up. Decode speed is bounded by memory bandwidth / this.
+    pub decode_bytes: u64,
 }
 
 impl Footprint {
     /// The footprint of `plan` on checkpoint `ck` (architecture `arch`, config `c`).
     pub fn of(ck: &Checkpoint<'_>, arch: &Arch, c: &Config, plan: &ViewPlan) -> Result<Footprint> {
-        let mut fp = Footprint { weight_bytes: 0, matrix_bytes: 0, matrix_weights: 0 };
+        Self::tally(arch, c, plan, |name, bits| tensor_view_bytes(ck, name, bits))
+    }
+
+    /// The footprint of `plan` with `bytes(name, bits)` the bytes of tensor `name` at view
+    /// `bits` (`None`: dense, or the encoding's default).
+    fn tally(arch: &Arch, c: &Config, plan: &ViewPlan, bytes: impl Fn(&str, Option<u8>) -> Result<u64>) -> Result<Footprint> {
+        let mut fp = Footprint { weight_bytes: 0, matrix_bytes: 0, matrix_weights: 0, decode_bytes: 0 };
         for t in arch.tensors(c) {
             let bits = if t.spec.takes_views() { plan.bits_for(&t.name) } else { None };
-            let bytes = tensor_view_bytes(ck, &t.name, bits)?;
-            fp.weight_bytes += bytes;
+            let b = bytes(&t.name, bits)?;
+            fp.weight_bytes += b;
+            // `arch.tensors` lists no head when it is tied: the embedding is then read whole
+            // by the head's product, and its row lookup reads nothing more.
+            fp.decode_bytes += if t.spec.role == Role::Embedding && !c.tied_embeddings {
+                b.div_ceil(t.shape[0].max(1))
+            } else {
+                b
+            };
             if t.spec.takes_views() {
-                fp.matrix_bytes += bytes;
+                fp.matrix_bytes += b;
                 fp.matrix_weights += t.shape.iter().product::<u64>();
             }
         }
@@ -94,5 +111,65 @@ mod tests {
         assert_eq!(view_bytes(Encoding::Nested8, &[4, 100], 64, Some(7)), None);
         assert_eq!(view_bytes(Encoding::F16, &[4, 100], 0, Some(2)), Some(800));
         assert_eq!(view_bytes(Encoding::F32, &[100], 0, None), Some(400));
+    }
+
+    fn config(tied: bool) -> Config {
+        Config {
+            dim: 64,
+            hidden_dim: 128,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            vocab_size: 96,
+            max_seq_len: 32,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tied_embeddings: tied,
+        }
+    }
+
+    /// The footprint of `plan` on a llama of `config(tied)` whose matrices are nested in groups
+    /// of 32 and whose norms are f32.
+    fn footprint(tied: bool, plan: &ViewPlan) -> Footprint {
+        let arch = &crate::arch::LLAMA;
+        let c = config(tied);
+        let tensors = arch.tensors(&c);
+        Footprint::tally(arch, &c, plan, |name, bits| {
+            let t = tensors.iter().find(|t| t.name == name).unwrap();
+            let (enc, g) = if t.spec.takes_views() { (Encoding::Nested8, 32) } else { (Encoding::F32, 0) };
+            Ok(view_bytes(enc, &t.shape, g, bits).unwrap())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn decode_reads_one_row_of_an_untied_embedding() {
+        // Per layer: q, o 64x64; k, v 32x64; gate, up 128x64; down 64x128 = 36,864 weights.
+        // Embedding and head 96x64 = 6,144 each. Norms: 5 x 64 f32 = 1,280 bytes.
+        // Nested at group 32: a 4-byte (scale, min) per 32 weights plus the view's planes.
+        let at = |weights: u64, bits: u64| weights / 32 * 4 + weights * bits / 8;
+        let norms = 5 * 64 * 4;
+        let plan = ViewPlan { default_bits: Some(4), overrides: alloc::vec![("token_embd".into(), 8)] };
+
+        let untied = footprint(false, &plan);
+        let (layers, embd, head) = (at(2 * 36_864, 4), at(6_144, 8), at(6_144, 4));
+        assert_eq!(untied.weight_bytes, layers + embd + head + norms);
+        assert_eq!(untied.matrix_bytes, layers + embd + head);
+        assert_eq!(untied.matrix_weights, 2 * 36_864 + 2 * 6_144);
+        // One row of 64 codes at 8 bits and its two groups' parameters.
+        assert_eq!(embd / 96, 64 + 2 * 4);
+        assert_eq!(untied.decode_bytes, layers + 72 + head + norms);
+
+        // Tied: no head; the embedding is the head, read whole (at its own view).
+        let tied = footprint(true, &plan);
+        assert_eq!(tied.weight_bytes, layers + embd + norms);
+        assert_eq!(tied.decode_bytes, tied.weight_bytes);
+
+        // Lower views read fewer bytes per token; the 8-bit untied model reads 8.5 bits per
+        // weight of every matrix but the embedding.
+        let at8 = footprint(false, &ViewPlan::default());
+        assert!(untied.decode_bytes < at8.decode_bytes);
+        assert_eq!(at8.decode_bytes, at(2 * 36_864 + 6_144, 8) + 72 + norms);
     }
 }
