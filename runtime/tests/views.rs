@@ -105,7 +105,7 @@ fn observer_sees_every_linear_input_once_per_layer() {
 
 #[test]
 fn repacked_views_release_their_planes_and_compute_the_same() {
-    for bits in [8u8, 4, 3, 2] {
+    for bits in [8u8, 6, 5, 4, 3, 2] {
         repacked_view_releases_its_planes_and_computes_the_same(bits);
     }
 }
