@@ -5,8 +5,9 @@
 //! - [`cost`]: the bytes of every view of every tensor, from its shape, group size and view
 //!   alone (no kernel is built), and a plan's [`Footprint`].
 //! - [`Planner`]: the profile's units priced at every view; [`Planner::for_bytes`] and
-//!   [`Planner::for_bits`] pick a plan by [`knapsack`]. A controller can call them while a model
-//!   runs and apply the result with [`crate::Model::set_views`].
+//!   [`Planner::for_bits`] pick a plan by [`knapsack`]: the fewest bytes whose predicted KL is
+//!   within [`kl_tolerance`] of the least the budget allows. A controller can call them while
+//!   a model runs and apply the result with [`crate::Model::set_views`].
 //!
 //! `no_std`: core + alloc only.
 
@@ -18,7 +19,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 pub use cost::{view_bytes, Footprint};
-pub use knapsack::{choose, greedy, max_useful_bytes, min_bytes, Plan, PlanError, Unit, ViewCost, MAX_STATES};
+pub use knapsack::{
+    choose, greedy, kl_tolerance, max_useful_bytes, min_bytes, Plan, PlanError, Unit, ViewCost, KL_TOLERANCE_ABSOLUTE,
+    KL_TOLERANCE_RELATIVE, MAX_STATES,
+};
 pub use planner::{Planner, UnitProfile};
 
 /// The views a nested-plane tensor has, in bits.
