@@ -235,3 +235,59 @@ fn views_on_a_checkpoint_without_nested_tensors_are_an_error_in_every_command() 
         assert!(e.contains("has no nested-plane tensors (its matrices are f16)") && e.contains("--encoding q8"), "{e}");
     }
 }
+
+#[test]
+fn bench_measures_profile_and_file_plans() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8_profiled();
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "default = 4\n[views]\n\"blk.0\" = 8\n").unwrap();
+    let bench = |extra: &[&str]| {
+        let mut a = vec!["bench", "-m", m, "-t", "1", "-p", "8", "-n", "2", "-r", "1", "--json"];
+        a.extend_from_slice(extra);
+        run(a).json()
+    };
+    let budget = 80_000_000u64;
+    let cases: [(&[&str], &str, &str); 3] = [
+        (&["--weight-budget", "80MB"], "weight-budget", "budget 76.3 MiB"),
+        (&["--target-bits", "4.5"], "target-bits", "target 4.5"),
+        (&["--plan", plan.to_str().unwrap()], "file", "plan.toml"),
+    ];
+    for (flags, source, label) in cases {
+        let v = bench(flags);
+        let rows = v["results"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "pp and tg: {v}");
+        for r in rows {
+            assert_eq!(r["view"], label, "{r}");
+            let p = &r["plan"];
+            assert_eq!(p["source"], source, "{r}");
+            assert_eq!(p["weight_bytes"], r["weight_bytes"]);
+            assert_eq!(r["decode_bytes"], r["weight_bytes"], "a tied head reads every weight");
+            assert!(r["tokens_per_second"]["median"].as_f64().unwrap() > 0.0);
+        }
+        // The same plan generate would run.
+        let g = gen(Path::new(m), flags);
+        assert_eq!(g["weight_bytes"], rows[0]["weight_bytes"], "{flags:?}");
+        assert_eq!(g["plan"]["views"], rows[0]["plan"]["views"], "{flags:?}");
+        match source {
+            "weight-budget" => assert!(u(&rows[0]["weight_bytes"]) <= budget),
+            "target-bits" => assert!(rows[0]["bits_per_weight"].as_f64().unwrap() <= 4.5 + 1e-9),
+            _ => assert_eq!(rows[0]["plan"]["views"]["blk.0"], 8),
+        }
+        assert!(rows[1]["read_gb_per_s"].as_f64().unwrap() > 0.0);
+    }
+    // In text mode the chosen plan is described on stderr, as generate and eval do.
+    let r = run(["bench", "-m", m, "-t", "1", "-p", "8", "-n", "0", "-r", "1", "--weight-budget", "80MB"]);
+    r.ok();
+    let line = r.stderr.lines().find(|l| l.starts_with("edge-run: plan (--weight-budget")).unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(line.contains("per token") && line.contains("predicted KL"), "{line}");
+    assert!(r.stdout.contains("budget 76.3 MiB"), "{}", r.stdout);
+    // Without a profile there is no plan to measure.
+    let q8 = smollm_q8();
+    let e = run(["bench", "-m", q8.to_str().unwrap(), "--weight-budget", "80MB"]).one_line_error();
+    assert!(e.contains("has no sensitivity profile"), "{e}");
+}
