@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# edge-run against llama.cpp on the same machine, back to back (docs/RESULTS.md, issue 4).
+# edge-run against llama.cpp on the same machine, back to back (docs/RESULTS.md, issues 4 and 13).
 #
 #   benches/llama-compare.sh OUT_DIR [ROUNDS]
 #
 # Needs: LLAMA_BIN, a folder with llama-bench and llama-quantize (build them outside this repo:
 # docs/RESULTS.md, "llama.cpp baselines"); EDGE_PACK, an .edge checkpoint packed with
-# `--encoding q8` (default: SmolLM2 packed into OUT_DIR with `edge-pack -e q8`); THREADS
-# (default 2). Each round runs our four views (8, 4, 3, 2 bits; `edge-run bench --json`), then
-# llama-bench on Q8_0, Q4_0, Q3_K_M and Q2_K requantized from the shared GGUF; the ratio is
-# taken per round (ours / theirs in the same round, which cancels slow drifts of a shared host)
-# and the table gives the median of rounds 2..ROUNDS (round 1 warms caches and clocks).
-# Writes OUT_DIR/round-N/*.json and prints the table (benches/llama_ratios.py).
+# `--encoding q8` and, for the plan rows, a sensitivity profile (default: SmolLM2 packed into
+# OUT_DIR with `edge-pack -e q8 --calibrate-self`, about 5 minutes on 2 cores); THREADS
+# (default 2).
+#
+# llama.cpp's files: Q8_0, Q4_K_M, Q4_0, Q3_K_M and Q2_K, requantized from the shared GGUF.
+# Their sizes (llama-bench's `model_size`: the bytes of their tensors, norms included) come
+# from one short probe run of each, before the rounds (OUT_DIR/size-TYPE.json).
+#
+# Each round runs, with `-p 512 -n 128 -r 5`:
+# - our uniform views, 8, 6, 5, 4, 3 and 2 bits (`edge-run bench --bits ... --json`: edge.json);
+# - for each llama.cpp file, the plan the profile picks for that file's size
+#   (`edge-run bench --weight-budget <its model_size>B`: plan-TYPE.json), so each plan holds
+#   no more weight bytes than the file it is measured against;
+# - llama-bench on each file (llama-TYPE.json).
+# Ratios are taken per round (ours / theirs in the same round, which cancels slow drifts of a
+# shared host) and the tables give the median of rounds 2..ROUNDS (round 1 warms caches and
+# clocks; with one round, that round): uniform views against Q8_0, Q4_0, Q3_K_M and Q2_K (6 and 5 bits: ours only), then
+# the plans against the file of their size, with the plans' weight bytes and the bytes one
+# decoded token reads. Writes OUT_DIR/round-N/*.json and prints both tables
+# (benches/llama_ratios.py). A pack without a profile gets no plan rows (a note says so).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:?usage: benches/llama-compare.sh OUT_DIR [ROUNDS]}"
@@ -27,20 +41,40 @@ done
 mkdir -p "$out"
 (cd "$here" && cargo build --release --locked --workspace --bins >&2)
 
-pack="${EDGE_PACK:-$out/smollm2-q8.edge}"
-[ -f "$pack" ] || "$edge_pack" "$gguf" -e q8 -o "$pack"
-types=(Q8_0 Q4_0 Q3_K_M Q2_K)
+pack="${EDGE_PACK:-$out/smollm2-q8cal.edge}"
+[ -f "$pack" ] || "$edge_pack" "$gguf" -e q8 --calibrate-self -o "$pack"
+plans=1
+if ! "$edge_run" inspect -m "$pack" --json | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["sensitivity_profile"] is None)'; then
+  plans=0
+  echo "########################################################################################" >&2
+  echo "NOTE: $pack has no sensitivity profile: NO PLAN ROWS (only the uniform views are measured)." >&2
+  echo "      Pack one with \`edge-pack MODEL -e q8 --calibrate-self\` and pass it as EDGE_PACK." >&2
+  echo "########################################################################################" >&2
+fi
+
+types=(Q8_0 Q4_K_M Q4_0 Q3_K_M Q2_K)
+declare -A size
 for t in "${types[@]}"; do
-  [ -f "$out/smollm2-$t.gguf" ] || "$llama/llama-quantize" --allow-requantize "$gguf" "$out/smollm2-$t.gguf" "$t" >"$out/quantize-$t.log" 2>&1
+  f="$out/smollm2-$t.gguf"
+  [ -f "$f" ] || "$llama/llama-quantize" --allow-requantize "$gguf" "$f" "$t" >"$out/quantize-$t.log" 2>&1
+  # The file's tensor bytes, as llama-bench reports them (one token of decode: seconds).
+  [ -s "$out/size-$t.json" ] || "$llama/llama-bench" -m "$f" -t "$threads" -p 0 -n 1 -r 1 -o json >"$out/size-$t.json" 2>/dev/null
+  size[$t]="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["model_size"])' "$out/size-$t.json")"
+  echo "llama.cpp $t: model_size ${size[$t]} bytes" >&2
 done
 
 for r in $(seq 1 "$rounds"); do
   d="$out/round-$r"
   mkdir -p "$d"
   echo "round $r/$rounds (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
-  "$edge_run" bench -m "$pack" --bits 8,4,3,2 -t "$threads" -p 512 -n 128 -r 5 --json >"$d/edge.json"
+  "$edge_run" bench -m "$pack" --bits 8,6,5,4,3,2 -t "$threads" -p 512 -n 128 -r 5 --json >"$d/edge.json"
+  if [ "$plans" = 1 ]; then
+    for t in "${types[@]}"; do
+      "$edge_run" bench -m "$pack" --weight-budget "${size[$t]}B" -t "$threads" -p 512 -n 128 -r 5 --json >"$d/plan-$t.json"
+    done
+  fi
   for t in "${types[@]}"; do
     "$llama/llama-bench" -m "$out/smollm2-$t.gguf" -t "$threads" -p 512 -n 128 -r 5 -o json >"$d/llama-$t.json" 2>/dev/null
   done
 done
-python3 "$here/benches/llama_ratios.py" "$out" 2 "$rounds"
+python3 "$here/benches/llama_ratios.py" "$out" "$(( rounds > 1 ? 2 : 1 ))" "$rounds"
