@@ -76,3 +76,25 @@ impl Config {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::Config;
+
+    /// A two-layer llama small enough to write out by hand in tests.
+    pub(crate) fn tiny(tied: bool) -> Config {
+        Config {
+            dim: 64,
+            hidden_dim: 128,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            vocab_size: 96,
+            max_seq_len: 32,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tied_embeddings: tied,
+        }
+    }
+}

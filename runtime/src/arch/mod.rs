@@ -295,21 +295,7 @@ impl Arch {
 mod tests {
     use super::*;
 
-    fn config(tied: bool) -> Config {
-        Config {
-            dim: 64,
-            hidden_dim: 128,
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 16,
-            vocab_size: 96,
-            max_seq_len: 32,
-            norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            tied_embeddings: tied,
-        }
-    }
+    use super::config::tests::tiny as config;
 
     #[test]
     fn llama_tensors_in_file_order() {

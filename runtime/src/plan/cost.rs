@@ -113,21 +113,7 @@ mod tests {
         assert_eq!(view_bytes(Encoding::F32, &[100], 0, None), Some(400));
     }
 
-    fn config(tied: bool) -> Config {
-        Config {
-            dim: 64,
-            hidden_dim: 128,
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 16,
-            vocab_size: 96,
-            max_seq_len: 32,
-            norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            tied_embeddings: tied,
-        }
-    }
+    use crate::arch::config::tests::tiny as config;
 
     /// The footprint of `plan` on a llama of `config(tied)` whose matrices are nested in groups
     /// of 32 and whose norms are f32.
