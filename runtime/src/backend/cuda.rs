@@ -2,7 +2,7 @@
 //! stand-in that cannot be constructed, so code written against it compiles everywhere and
 //! fails at run time with one clear error (candle's dummy backend pattern).
 
-use super::{AttnShape, Backend, Prepared};
+use super::{AttnShape, Backend, PreparedMatrix};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::TensorInfo;
@@ -36,7 +36,7 @@ impl Backend for Cuda {
     fn name(&self) -> &'static str {
         match *self {}
     }
-    fn prepare<'a>(&self, _: &TensorInfo<'a>, _: Option<u8>) -> Result<Prepared<CudaMatrix>> {
+    fn prepare<'a>(&self, _: &TensorInfo<'a>, _: Option<u8>) -> Result<PreparedMatrix<CudaMatrix>> {
         match *self {}
     }
     fn view_bytes(m: &CudaMatrix) -> usize {

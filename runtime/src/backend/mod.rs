@@ -4,7 +4,7 @@
 //! elementwise steps, and holds its weights in the backend's prepared form
 //! ([`Backend::Matrix`]). A backend owns whatever it builds from the checkpoint at load (the CPU
 //! backend's repacked runs and nibble planes) and says, as plain data, which stored planes of a
-//! tensor it no longer reads ([`Prepared::replaced_planes`]), so that a loader can drop them
+//! tensor it no longer reads ([`PreparedMatrix::replaced_planes`]), so that a loader can drop them
 //! from memory.
 //!
 //! - [`cpu::Cpu`]: the kernel table of [`crate::kernels`] (scalar reference, AVX2, AVX-512,
@@ -28,7 +28,7 @@ pub use cuda::Cuda;
 
 /// A matrix in a backend's form, and the stored planes that form replaced.
 #[derive(Debug)]
-pub struct Prepared<M> {
+pub struct PreparedMatrix<M> {
     pub matrix: M,
     /// Indices of the stored nested planes (0..6) the backend will not read, because a copy it
     /// made at load holds their bits; empty when it reads the planes in place.
@@ -60,7 +60,7 @@ pub trait Backend: Sized + core::fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Tensor `t` at view `bits` (`None`: 8; dense tensors have no views).
-    fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Prepared<Self::Matrix<'a>>>;
+    fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<PreparedMatrix<Self::Matrix<'a>>>;
 
     /// Bytes of `m` as stored that its view reads.
     fn view_bytes(m: &Self::Matrix<'_>) -> usize;

@@ -11,7 +11,7 @@ mod attention;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{AttnShape, Backend, Prepared};
+use super::{AttnShape, Backend, PreparedMatrix};
 use crate::config::Config;
 use crate::error::Result;
 use crate::format::TensorInfo;
@@ -73,10 +73,10 @@ impl Backend for Cpu {
         kernels::kernels().name
     }
 
-    fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Prepared<Matrix<'a>>> {
+    fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<PreparedMatrix<Matrix<'a>>> {
         let matrix = matrix(t, bits)?;
         let replaced_planes = matrix.replaced_planes();
-        Ok(Prepared { matrix, replaced_planes })
+        Ok(PreparedMatrix { matrix, replaced_planes })
     }
 
     fn view_bytes(m: &Matrix<'_>) -> usize {
