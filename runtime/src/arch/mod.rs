@@ -135,10 +135,7 @@ pub enum Site {
 }
 
 impl Site {
-    /// Every site, in the order a layer meets them (the head last).
-    pub const ALL: [Site; 5] = [Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnDown, Site::Head];
-
-    /// Slot in a per-site table (the order of [`Site::ALL`]).
+    /// Slot in a per-site table (the order of the variants).
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -248,11 +245,6 @@ impl Arch {
         let (layer, part) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
         self.layer.iter().find(|s| s.hf == part).map(|s| tensor_name(s.kind, Some(layer)))
-    }
-
-    /// The spec of `kind`, wherever it is stored.
-    pub fn spec(&self, kind: Kind) -> Option<&'static TensorSpec> {
-        self.pre.iter().chain(self.layer).chain(self.post).find(|s| s.kind == kind)
     }
 
     /// The kinds whose input is `site`'s activations, in file order.

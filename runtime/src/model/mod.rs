@@ -218,16 +218,6 @@ impl<'a, B: Backend> Model<'a, B> {
         self.state.bytes() + self.kv.bytes() + self.backend.state_bytes()
     }
 
-    /// The KV cache.
-    pub fn kv(&self) -> &KvCache {
-        &self.kv
-    }
-
-    /// What runs the products (the kernel table's name on the CPU).
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
-    }
-
     /// Run one token at `pos` and return its next-token logits (vocab).
     pub fn forward(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
         self.forward_batch(&[token], pos, Logits::Last)

@@ -6,7 +6,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::arch::{tensor_name, Arch, Kind, Role, Tensor};
+use crate::arch::{Arch, Kind, Role, Tensor};
 use crate::backend::{Backend, Cpu};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -192,11 +192,6 @@ impl<'a, B: Backend> Weights<'a, B> {
         }
     }
 
-    /// Whether the output head is the token embedding.
-    pub fn tied(&self) -> bool {
-        self.config.tied_embeddings
-    }
-
     /// Every matrix with its canonical name, in file order of the model.
     pub fn matrices(&self) -> Vec<(String, &B::Matrix<'a>)> {
         self.arch.matrices(&self.config).into_iter().filter_map(|t| Some((t.name.clone(), &self.bound(&t)?.matrix))).collect()
@@ -207,12 +202,6 @@ impl<'a, B: Backend> Weights<'a, B> {
         for slots in core::iter::once(&mut self.globals).chain(self.layers.iter_mut()) {
             slots.mats.iter_mut().flatten().for_each(|b| f(&mut b.matrix));
         }
-    }
-
-    /// The matrix `kind` of layer `layer` (or the global one), by name.
-    pub fn matrix(&self, kind: Kind, layer: Option<usize>) -> Option<&B::Matrix<'a>> {
-        let t = self.arch.tensors(&self.config).into_iter().find(|t| t.name == tensor_name(kind, layer))?;
-        self.bound(&t).map(|b| &b.matrix)
     }
 
     /// (file offset, length) of every byte range of the checkpoint the current views read.
