@@ -7,7 +7,8 @@
 //! - `avx512vnni` (adds AVX512F/BW/VL and AVX512_VNNI: Ice Lake and later Xeons, Tiger Lake,
 //!   Zen 4/5): the `avx2` kernels with `vpdpbusd` for every integer sum of decode and prefill
 //!   (one instruction per 32 codes where `avx2` needs `vpmaddubsw` and a widening `vpmaddwd`,
-//!   no i16 flushes, whole 8-bit codes in one product at prefill).
+//!   no i16 flushes, whole 8-bit codes in one product at prefill), prefill on 512-bit
+//!   registers.
 //!
 //! Both are bit-identical to [`super::reference`]: integer sums are exact and the float
 //! combination per group is done lane-wise in the reference's order, without FMA. A CPU
@@ -19,6 +20,7 @@
 //!   (parts A, B and C of `acts.aux`);
 //! - [`decode`]: one token against rows (matvec), from the planes, the nibble plane or the runs;
 //! - [`prefill`]: many tokens against a tile of rows (matmul);
+//! - [`prefill512`]: the same on 512-bit registers (the `avx512vnni` table);
 //! - [`repack`]: rows unpacked to byte codes for prefill, and the runs made at load;
 //! - [`runs`]: the fields of a run;
 //! - [`elementwise`]: attention of one head, SwiGLU;
@@ -28,6 +30,7 @@ mod common;
 mod decode;
 mod elementwise;
 mod prefill;
+mod prefill512;
 mod quantize;
 mod repack;
 mod runs;

@@ -13,15 +13,15 @@
 //! tokens run the decode kernel once per token (part A for each). The unpacked tile (rows ×
 //! padded columns bytes, twice for view 8) is allocated per call.
 //!
-//! With `VNNI` (the `avx512vnni` table) the products go straight to i32 lanes (`vpdpbusd`), so
-//! there are no i16 flushes and view 8 multiplies whole 8-bit codes in one product, 4 rows per
-//! call.
+//! The `avx512vnni` table runs its own micro-kernel ([`super::prefill512`]) on the tiles and
+//! fallbacks of this file ([`unpack_tile`], [`served_elsewhere`]).
 
 use core::arch::x86_64::*;
 
 use alloc::vec;
+use alloc::vec::Vec;
 
-use super::common::{check_bounds, dpbusd, load_params8, sources};
+use super::common::{check_bounds, load_params8, sources};
 use super::decode::{rows_dot_form, usable};
 use super::quantize::{Layout, C_ENTRY, PREFILL_MIN_TOKENS, TOK};
 use super::repack::{avx2_unpack_row, avx2_unpack_runs};
@@ -40,7 +40,7 @@ use crate::kernels::portable;
 /// bytes; `g % 4 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn micro<const V: u8, const R: usize, const B: usize, const VNNI: bool>(
+unsafe fn micro<const V: u8, const R: usize, const B: usize>(
     hi: [*const u8; R],
     lo: [*const u8; R],
     so: [*const f32; R],
@@ -49,10 +49,8 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize, const VNNI: bool>(
     g: usize,
     gpr: usize,
 ) -> [[__m256; R]; B] {
-    // Dword steps an i16 lane may take before widening: each adds ≤ 2 · max_code · 127. With
-    // VNNI the products go straight to i32 (`hi` then holds whole 8-bit codes at view 8).
+    // Dword steps an i16 lane may take before widening: each adds ≤ 2 · max_code · 127.
     let flush = match V {
-        _ if VNNI => usize::MAX,
         2 => 32, // 2·3·127·32 = 24384
         3 => 16, // 2·7·127·16 = 28448
         5 => 4,  // 2·31·127·4 = 31496
@@ -71,23 +69,6 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize, const VNNI: bool>(
             let mut s = 0;
             while s < steps {
                 let e = steps.min(s.saturating_add(flush));
-                if VNNI {
-                    for st in s..e {
-                        let k = gi * g + st * 4;
-                        let mut x = [_mm256_setzero_si256(); B];
-                        for (xv, p) in x.iter_mut().zip(xb) {
-                            *xv = _mm256_loadu_si256(p.add(k * 8) as *const __m256i);
-                        }
-                        for r in 0..R {
-                            let wv = _mm256_set1_epi32((hi[r].add(k) as *const i32).read_unaligned());
-                            for b in 0..B {
-                                isum[b][r] = dpbusd(isum[b][r], wv, x[b]);
-                            }
-                        }
-                    }
-                    s = e;
-                    continue;
-                }
                 let mut h16 = [[_mm256_setzero_si256(); R]; B];
                 let mut l16 = [[_mm256_setzero_si256(); R]; B];
                 for st in s..e {
@@ -139,49 +120,70 @@ unsafe fn micro<const V: u8, const R: usize, const B: usize, const VNNI: bool>(
     facc
 }
 
-/// Rows per micro-kernel call for view `V` (view 8 without VNNI keeps two i16 accumulators per
-/// row).
-const fn rows_per_micro(v: u8, vnni: bool) -> usize {
-    if v == 8 && !vnni {
+/// Rows per micro-kernel call for view `V` (view 8 keeps two i16 accumulators per row).
+const fn rows_per_micro(v: u8) -> usize {
+    if v == 8 {
         2
     } else {
         4
     }
 }
 
-/// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
+/// The cases a prefill micro-kernel does not serve, run here: a matrix or activations the
+/// kernels cannot read (the portable kernel), or fewer than [`PREFILL_MIN_TOKENS`] tokens (the
+/// decode kernel once per token). Returns whether it ran them.
 ///
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C.
+/// The CPU supports AVX2, FMA and F16C (and AVX-512 VNNI with `VNNI`).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+#[inline]
+pub(super) unsafe fn served_elsewhere<const V: u8, const VNNI: bool>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) -> bool {
     if !usable(w, acts, V) {
-        return portable::nested8_matmul(w, acts, first, out);
+        portable::nested8_matmul(w, acts, first, out);
+        return true;
     }
     let n = acts.n;
-    let len = out.len() / n;
-    let lay = Layout::new(n, acts.padded_cols, acts.block);
-    if n < PREFILL_MIN_TOKENS {
-        for t in 0..n {
-            let aux = &acts.aux[t * lay.a_len..(t + 1) * lay.a_len];
-            // SAFETY: usable() held (part A exists for every token below the threshold).
-            unsafe { rows_dot_form::<V, VNNI>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
-        }
-        return;
+    if n >= PREFILL_MIN_TOKENS {
+        return false;
     }
-    // The runs when the view has them, else the planes (view 8: and nibbles).
+    let len = out.len() / n;
+    let a_len = Layout::new(n, acts.padded_cols, acts.block).a_len;
+    for t in 0..n {
+        let aux = &acts.aux[t * a_len..(t + 1) * a_len];
+        // SAFETY: usable() held (part A exists for every token below the threshold).
+        unsafe { rows_dot_form::<V, VNNI>(w, aux, acts.d_row(t), acts.sum_row(t), first, &mut out[t * len..(t + 1) * len]) };
+    }
+    true
+}
+
+/// Rows `first..first + len` of a matrix unpacked for the micro-kernels: byte codes, row after
+/// row (`row_stride` bytes each; view 8 without VNNI: the high nibbles of every row, then the
+/// low ones from `lo_base`), and (step, offset) per row and group (`2 * gpr` floats a row).
+pub(super) struct Tile {
+    pub(super) codes: Vec<u8>,
+    pub(super) lo_base: usize,
+    pub(super) so: Vec<f32>,
+}
+
+/// Unpack rows `first..first + len` of `w` (see [`Tile`]): from the runs when the view has
+/// them, else from the planes (view 8: and the nibbles). The tile is allocated per call.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `usable(w, acts, V)` held.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_tile<const V: u8, const VNNI: bool>(w: &Nested8<'_>, first: usize, len: usize) -> Tile {
     let runs = matches!((V, w.prepared()), (2..=6, Prepared::Runs(_)));
     let src = sources(w, runs);
     check_bounds(w, &src, V, runs, first, len);
     let g = w.group_size;
     let rs = w.row_stride;
     let gpr = rs / g;
-    let parts = if V == 8 { 2 } else { 1 };
+    let parts = if V == 8 && !VNNI { 2 } else { 1 };
     let drop = 8 - V as u32;
     let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
     let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
-    // Unpacked codes of the tile's rows (hi then lo), and (step, offset) per row and group.
-    let mut codes = vec![0u8; parts * len * rs];
+    // View 8 unpacks both nibbles; with VNNI they are merged into whole codes below.
+    let mut codes = vec![0u8; if V == 8 { 2 } else { 1 } * len * rs];
     let mut so = vec![0f32; 2 * len * gpr];
     {
         let (hi, lo) = codes.split_at_mut(len * rs);
@@ -221,9 +223,30 @@ pub(super) unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nest
             }
         }
     }
+    codes.truncate(parts * len * rs);
+    Tile { codes, lo_base: if parts == 2 { len * rs } else { 0 }, so }
+}
+
+/// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
+    // SAFETY: the caller guarantees the features.
+    if unsafe { served_elsewhere::<V, false>(w, acts, first, out) } {
+        return;
+    }
+    let n = acts.n;
+    let len = out.len() / n;
+    let lay = Layout::new(n, acts.padded_cols, acts.block);
+    let g = w.group_size;
+    let rs = w.row_stride;
+    let gpr = rs / g;
+    // SAFETY: usable() held (served_elsewhere returned false).
+    let Tile { codes, lo_base, so } = unsafe { unpack_tile::<V, false>(w, first, len) };
     let blocks = acts.blocks();
-    let rows = rows_per_micro(V, VNNI);
-    let lo_base = if V == 8 { len * rs } else { 0 };
+    let rows = rows_per_micro(V);
     let tbs = n.div_ceil(TOK);
     let mut tb = 0;
     while tb < tbs {
@@ -250,7 +273,7 @@ pub(super) unsafe fn avx2_nested8_matmul<const V: u8, const VNNI: bool>(w: &Nest
                     // SAFETY: the pointers cover whole rows of codes (rs = gpr * g bytes), their
                     // 2 * gpr (step, offset) floats, the token blocks' part B (8 * rs bytes) and
                     // part C (blocks * 64 bytes); g % 32 == 0.
-                    let acc = unsafe { micro::<V, $r, $b, VNNI>(hi, lo, so, core::array::from_fn(xb), core::array::from_fn(cb), g, gpr) };
+                    let acc = unsafe { micro::<V, $r, $b>(hi, lo, so, core::array::from_fn(xb), core::array::from_fn(cb), g, gpr) };
                     for (b, acc_b) in acc.iter().enumerate() {
                         for (r, a) in acc_b.iter().enumerate() {
                             // SAFETY: res[b][r] holds 8 floats.

@@ -8,7 +8,7 @@
 //! | matvec, views 2-4  | decode from the runs or the planes   | same with `vpdpbusd`          |
 //! | matvec, views 5, 6 | decode from the runs                 | same with `vpdpbusd`          |
 //! | matvec, view 8     | decode from planes 0-2 and nibbles   | same with `vpdpbusd`          |
-//! | matmul, every view | prefill micro-kernel                 | same with `vpdpbusd`          |
+//! | matmul, every view | prefill micro-kernel                 | [`super::prefill512`]: 512-bit |
 //! | `repack` (2-6)     | [`avx2_repack_top`]                  | same                          |
 //! | `nibbles`          | [`blocks::low_nibbles`]              | same                          |
 //! | `attend_head`, `swiglu` | [`super::elementwise`]          | same                          |
@@ -19,6 +19,7 @@
 use super::decode::avx2_nested8_matvec;
 use super::elementwise::{avx2_attend_head_impl, avx2_swiglu_impl};
 use super::prefill::avx2_nested8_matmul;
+use super::prefill512::avx512_nested8_matmul;
 use super::quantize::avx2_quantize_acts;
 use super::repack::avx2_repack_top;
 use crate::blocks;
@@ -33,17 +34,6 @@ use crate::kernels::frame::{Kernels, Nested8};
 unsafe fn avx512_nested8_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     // SAFETY: the caller guarantees the features, VNNI's among them.
     unsafe { avx2_nested8_matvec::<V, true>(w, acts, first, out) }
-}
-
-/// Prefill of the `avx512vnni` table: the AVX2 kernel with `vpdpbusd` for its integer sums
-/// (view 8: one product of whole 8-bit codes instead of two of nibbles, and 4 rows per call).
-///
-/// # Safety
-/// As [`avx512_nested8_matvec`].
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn avx512_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
-    // SAFETY: the caller guarantees the features, VNNI's among them.
-    unsafe { avx2_nested8_matmul::<V, true>(w, acts, first, out) }
 }
 
 /// Decode of the `avx2` table.
@@ -63,7 +53,7 @@ unsafe fn avx2_matvec<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_matmul<const V: u8>(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]) {
     // SAFETY: as the caller guarantees; VNNI off.
-    unsafe { avx2_nested8_matmul::<V, false>(w, acts, first, out) }
+    unsafe { avx2_nested8_matmul::<V>(w, acts, first, out) }
 }
 
 /// Safe table entries: each calls one `#[target_feature]` kernel and exists only in [`TABLE`]
@@ -133,7 +123,7 @@ pub(super) const TABLE: Kernels = Kernels {
 };
 
 /// The AVX-512 VNNI table (install only after probing the CPU): the AVX2 table with
-/// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode and prefill.
+/// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode, and the 512-bit prefill.
 pub(super) const TABLE_AVX512: Kernels = Kernels {
     name: "avx512vnni",
     nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v5, avx512_matvec_v6, avx512_matvec_v8],
