@@ -1,5 +1,8 @@
 //! Attention on the CPU: one token against the cache with the table's one-head kernel
-//! (decode), or a block of tokens with sgemm (prefill), heads spread over the threads.
+//! (decode), or a block of tokens with sgemm (prefill), (head, block) tasks spread over the
+//! threads.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::AttnShape;
 use crate::kernels;
@@ -64,84 +67,153 @@ impl SharedMut {
     }
 }
 
-/// Causal GQA attention of `n` tokens with sgemm, head by head and block of tokens by block:
+/// Causal GQA attention of `n` tokens with sgemm, one task per (head, block of tokens):
 /// `S = scale · Q_h K_h^T` (block rows × visible positions), the causal mask and softmax per
 /// row, then `O_h = P V_h` straight into the head's columns of `out` (n, q_dim). `q` is
-/// (n, q_dim); `keys` / `values` are the layer's cache rows `0..pos + n` (kv_dim each). Heads
-/// are split over the threads, each with its own score block of `att`.
+/// (n, q_dim); `keys` / `values` are the layer's cache rows `0..pos + n` (kv_dim each).
+///
+/// The tasks are claimed by the threads as they finish their last one, widest blocks first, so
+/// the threads end together (one task per thread of a few heads each left one thread with a
+/// head more than the other). A running task holds one score block of `att`, claimed from
+/// `free`: no more tasks run at once than there are blocks.
 fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32], att: &mut [f32]) {
     let block = g.chunk * g.stride;
-    assert!(g.chunk > 0 && att.len() >= block && q.len() >= g.n * g.q_dim && out.len() >= g.n * g.q_dim);
+    assert!(g.chunk > 0 && g.chunk <= super::ATT_ROWS && att.len() >= block);
+    assert!(q.len() >= g.n * g.q_dim && out.len() >= g.n * g.q_dim);
     assert!(keys.len() >= (g.pos + g.n) * g.kv_dim && values.len() >= (g.pos + g.n) * g.kv_dim);
-    let slots = (att.len() / block).min(g.n_heads).min(kernels::threads()).max(1);
-    let per = g.n_heads.div_ceil(slots);
+    assert!(g.n_heads * g.hd <= g.q_dim && g.n_heads.div_ceil(g.group) * g.hd <= g.kv_dim);
+    assert!(g.pos + g.n <= g.stride);
+    // At most 64 blocks, one bit each in `free`.
+    let slots = (att.len() / block).min(kernels::threads()).clamp(1, 64);
+    let blocks = g.n.div_ceil(g.chunk);
+    let tasks = blocks * g.n_heads;
+    let free = AtomicU64::new(0);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let att_ptr = SharedMut(att.as_mut_ptr());
     let task = |i: usize| {
-        // SAFETY: slot `i < slots <= att.len() / block` owns `att[i * block..(i + 1) * block]`;
-        // each task runs once.
-        let s = unsafe { core::slice::from_raw_parts_mut(att_ptr.get().add(i * block), block) };
-        for h in i * per..((i + 1) * per).min(g.n_heads) {
-            let kv_off = (h / g.group) * g.hd;
-            let mut t0 = 0;
-            while t0 < g.n {
-                let rows = g.chunk.min(g.n - t0);
-                let width = g.pos + t0 + rows; // positions the block's last token sees
-                // SAFETY (both products): every pointer offset and stride stays inside the
-                // slice it came from (asserted above: q and out hold n rows of q_dim, keys and
-                // values pos + n rows of kv_dim, `s` rows * width <= block floats); the output
-                // columns h*hd..(h+1)*hd of `out` belong to this task's head alone.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        rows,
-                        g.hd,
-                        width,
-                        g.scale,
-                        q.as_ptr().add(t0 * g.q_dim + h * g.hd),
-                        g.q_dim as isize,
-                        1,
-                        keys.as_ptr().add(kv_off),
-                        1,
-                        g.kv_dim as isize,
-                        0.0,
-                        s.as_mut_ptr(),
-                        width as isize,
-                        1,
-                    );
-                }
-                for r in 0..rows {
-                    let row = &mut s[r * width..(r + 1) * width];
-                    let seen = g.pos + t0 + r + 1; // causal: positions 0..=pos + t0 + r
-                    softmax(&mut row[..seen]);
-                    row[seen..].fill(0.0);
-                }
-                unsafe {
-                    matrixmultiply::sgemm(
-                        rows,
-                        width,
-                        g.hd,
-                        1.0,
-                        s.as_ptr(),
-                        width as isize,
-                        1,
-                        values.as_ptr().add(kv_off),
-                        g.kv_dim as isize,
-                        1,
-                        0.0,
-                        out_ptr.get().add(t0 * g.q_dim + h * g.hd),
-                        g.q_dim as isize,
-                        1,
-                    );
-                }
-                t0 += rows;
-            }
-        }
+        // Widest blocks first: task i is head i % n_heads of the (i / n_heads)-th block from the end.
+        let (b, h) = (blocks - 1 - i / g.n_heads, i % g.n_heads);
+        let slot = claim(&free, slots);
+        // SAFETY: slot `slot < slots <= att.len() / block` owns `att[slot * block..][..block]`
+        // until `release` below: `claim` hands each bit to one task at a time.
+        let s = unsafe { core::slice::from_raw_parts_mut(att_ptr.get().add(slot * block), block) };
+        head_block(g, h, b * g.chunk, q, keys, values, out_ptr, s);
+        release(&free, slot);
     };
-    let tasks = g.n_heads.div_ceil(per);
     #[cfg(feature = "std")]
-    crate::pool::run(tasks, tasks, &task);
+    crate::pool::run(tasks, slots, &task);
     #[cfg(not(feature = "std"))]
     (0..tasks).for_each(task);
+}
+
+/// Claim a free bit of the first `slots` of `free`. Callers run at most `slots` tasks at once
+/// (the pool's thread count), each holding one bit, so one is always free; the loop only
+/// retries a lost race.
+fn claim(free: &AtomicU64, slots: usize) -> usize {
+    loop {
+        let cur = free.load(Ordering::Acquire);
+        let bit = (!cur).trailing_zeros() as usize;
+        if bit < slots && free.compare_exchange_weak(cur, cur | 1 << bit, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return bit;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+fn release(free: &AtomicU64, slot: usize) {
+    free.fetch_and(!(1u64 << slot), Ordering::Release);
+}
+
+/// Head `h` of the tokens `t0..t0 + rows` (one block): scores into `s`, the output into the
+/// head's columns of `out`. `attention_batch` asserted the shapes this relies on.
+#[allow(clippy::too_many_arguments)]
+fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], values: &[f32], out: SharedMut, s: &mut [f32]) {
+    let rows = g.chunk.min(g.n - t0);
+    let width = g.pos + t0 + rows; // positions the block's last token sees
+    let kv_off = (h / g.group) * g.hd;
+    // SAFETY (both products): every pointer offset and stride stays inside the slice it came
+    // from (asserted by the caller: q and out hold n rows of q_dim with head h's hd columns
+    // inside, keys and values pos + n rows of kv_dim with kv head h / group's columns inside,
+    // `s` holds chunk * stride >= rows * width floats); the block's rows of head h's columns of
+    // `out` belong to this task alone.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            g.hd,
+            width,
+            g.scale,
+            q.as_ptr().add(t0 * g.q_dim + h * g.hd),
+            g.q_dim as isize,
+            1,
+            keys.as_ptr().add(kv_off),
+            1,
+            g.kv_dim as isize,
+            0.0,
+            s.as_mut_ptr(),
+            width as isize,
+            1,
+        );
+    }
+    softmax_rows(&mut s[..rows * width], width, g.pos + t0 + 1);
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            width,
+            g.hd,
+            1.0,
+            s.as_ptr(),
+            width as isize,
+            1,
+            values.as_ptr().add(kv_off),
+            g.kv_dim as isize,
+            1,
+            0.0,
+            out.get().add(t0 * g.q_dim + h * g.hd),
+            g.q_dim as isize,
+            1,
+        );
+    }
+}
+
+/// Row `r` of the (rows, width) scores `s` sees positions `0..first + r` (causal): softmax over
+/// those, 0 for the rest. With `std` on x86-64, compiled for AVX-512 or AVX2 where the CPU has
+/// it: the softmax is most of a block's work outside the products, and the baseline build is
+/// SSE2. Same operations in the same order either way (Rust fuses no multiply-add, and
+/// [`softmax`] writes its lanes out), so the results are identical.
+fn softmax_rows(s: &mut [f32], width: usize, first: usize) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { softmax_rows_avx512(s, width, first) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { softmax_rows_avx2(s, width, first) };
+        }
+    }
+    softmax_rows_body(s, width, first)
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(s: &mut [f32], width: usize, first: usize) {
+    softmax_rows_body(s, width, first)
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_rows_avx2(s: &mut [f32], width: usize, first: usize) {
+    softmax_rows_body(s, width, first)
+}
+
+#[inline(always)]
+fn softmax_rows_body(s: &mut [f32], width: usize, first: usize) {
+    for (r, row) in s.chunks_exact_mut(width).enumerate() {
+        let seen = (first + r).min(width);
+        softmax(&mut row[..seen]);
+        row[seen..].fill(0.0);
+    }
 }
 
 /// Shapes of one layer's decode attention (one token at position `pos`).

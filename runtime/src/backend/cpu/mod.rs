@@ -57,9 +57,10 @@ impl Backend for Cpu {
     fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self> {
         let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
         // Batched attention scores: blocks of `att_rows` tokens by all positions, one block per
-        // thread that runs heads (at most one per head), bounded at ATT_BLOCK_FLOATS a block.
+        // thread (each runs one (head, block of tokens) task at a time; at most 64, the slots
+        // `attention_batch` tracks), bounded at ATT_BLOCK_FLOATS a block.
         let att_rows = if max_batch > 1 { (ATT_BLOCK_FLOATS / max_seq_len).clamp(1, ATT_ROWS.min(max_batch)) } else { 0 };
-        let att_slots = if max_batch > 1 { kernels::threads().clamp(1, c.n_heads.max(1)) } else { 0 };
+        let att_slots = if max_batch > 1 { kernels::threads().clamp(1, 64) } else { 0 };
         Ok(Cpu {
             scratch: Scratch::new(widest, max_batch, kernels::threads()),
             scores: vec![0.0; c.n_heads * max_seq_len],
