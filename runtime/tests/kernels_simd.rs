@@ -423,3 +423,19 @@ fn swiglu_bit_identical() {
         }
     }
 }
+
+#[test]
+fn softmax_rows_bit_identical() {
+    let mut rng = Rng(0x5AF7_3A11);
+    for k in tables() {
+        for (rows, width, first) in [(1usize, 1usize, 1usize), (3, 7, 5), (8, 17, 10), (64, 130, 67), (5, 64, 64)] {
+            let s: Vec<f32> = (0..rows * width).map(|_| rng.f32() * 8.0).collect();
+            let mut want = s.clone();
+            edge_runtime::kernels::vector::softmax_rows(&mut want, width, first);
+            let mut got = s.clone();
+            (k.softmax_rows)(&mut got, width, first);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} softmax_rows {rows}x{width} from {first}", k.name);
+        }
+    }
+}

@@ -24,6 +24,7 @@ impl Kernels {
         nibbles: None,
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
+        softmax_rows: vector::softmax_rows,
     };
 
     /// The reference arithmetic with each group's codes unpacked once (`portable.rs`):
@@ -37,6 +38,7 @@ impl Kernels {
         nibbles: None,
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
+        softmax_rows: vector::softmax_rows,
     };
 
     /// The best table for this CPU (probed once with `std`).

@@ -124,6 +124,17 @@ fn softmax_unnormalized(x: &mut [f32]) -> f32 {
     acc.iter().sum::<f32>() + tail_sum
 }
 
+/// The causal softmax of a (rows, width) block of attention scores `s`: row `r` sees positions
+/// `0..first + r`; softmax over those, 0 for the rest.
+#[inline(always)]
+pub fn softmax_rows(s: &mut [f32], width: usize, first: usize) {
+    for (r, row) in s.chunks_exact_mut(width).enumerate() {
+        let seen = (first + r).min(width);
+        softmax(&mut row[..seen]);
+        row[seen..].fill(0.0);
+    }
+}
+
 /// The reference softmax: max subtracted, `libm::expf`, sequential sum (what [`softmax`]
 /// replaced; kept for tests).
 pub fn softmax_reference(x: &mut [f32]) {

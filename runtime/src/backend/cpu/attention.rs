@@ -6,7 +6,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::AttnShape;
 use crate::kernels;
-use crate::kernels::vector::softmax;
 use crate::kv::KvView;
 
 /// Decode: the token at position `kv.len - 1` attends to every filled slot of `kv`. `scores`
@@ -154,7 +153,7 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], va
             1,
         );
     }
-    softmax_rows(&mut s[..rows * width], width, g.pos + t0 + 1);
+    (kernels::kernels().softmax_rows)(&mut s[..rows * width], width, g.pos + t0 + 1);
     unsafe {
         matrixmultiply::sgemm(
             rows,
@@ -172,47 +171,6 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], va
             g.q_dim as isize,
             1,
         );
-    }
-}
-
-/// Row `r` of the (rows, width) scores `s` sees positions `0..first + r` (causal): softmax over
-/// those, 0 for the rest. With `std` on x86-64, compiled for AVX-512 or AVX2 where the CPU has
-/// it: the softmax is most of a block's work outside the products, and the baseline build is
-/// SSE2. Same operations in the same order either way (Rust fuses no multiply-add, and
-/// [`softmax`] writes its lanes out), so the results are identical.
-fn softmax_rows(s: &mut [f32], width: usize, first: usize) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { softmax_rows_avx512(s, width, first) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { softmax_rows_avx2(s, width, first) };
-        }
-    }
-    softmax_rows_body(s, width, first)
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_rows_avx512(s: &mut [f32], width: usize, first: usize) {
-    softmax_rows_body(s, width, first)
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn softmax_rows_avx2(s: &mut [f32], width: usize, first: usize) {
-    softmax_rows_body(s, width, first)
-}
-
-#[inline(always)]
-fn softmax_rows_body(s: &mut [f32], width: usize, first: usize) {
-    for (r, row) in s.chunks_exact_mut(width).enumerate() {
-        let seen = (first + r).min(width);
-        softmax(&mut row[..seen]);
-        row[seen..].fill(0.0);
     }
 }
 

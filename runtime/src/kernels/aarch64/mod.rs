@@ -66,6 +66,7 @@ const NEON: Kernels = Kernels {
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
+    softmax_rows: super::vector::softmax_rows,
 };
 
 const DOTPROD: Kernels = Kernels {
@@ -77,6 +78,7 @@ const DOTPROD: Kernels = Kernels {
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
+    softmax_rows: super::vector::softmax_rows,
 };
 
 const I8MM: Kernels = Kernels {
@@ -88,6 +90,7 @@ const I8MM: Kernels = Kernels {
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
+    softmax_rows: super::vector::softmax_rows,
 };
 
 /// What this CPU has: with `std` probed at run time, without it the compile-time features.

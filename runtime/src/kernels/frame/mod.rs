@@ -34,6 +34,10 @@ pub type NibblesFn = fn(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
 /// SwiGLU's gate in place: see [`super::vector::swiglu`], the definition.
 pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
 
+/// The causal softmax of a block of batched attention scores: see
+/// [`super::vector::softmax_rows`], the definition.
+pub type SoftmaxRowsFn = fn(s: &mut [f32], width: usize, first: usize);
+
 /// Decode attention of one query head: see [`super::vector::attend_head`], the definition.
 /// `kv` is the head's slice of one layer's cache ([`crate::kv::KvView::head`]); `scores` has one
 /// float per filled slot.
@@ -58,6 +62,8 @@ pub struct Kernels {
     pub attend_head: AttendHeadFn,
     /// SwiGLU's elementwise step (f32; bit-identical in every table).
     pub swiglu: SwigluFn,
+    /// The causal softmax of batched attention (f32; bit-identical in every table).
+    pub softmax_rows: SoftmaxRowsFn,
 }
 
 impl core::fmt::Debug for Kernels {

@@ -61,3 +61,22 @@ pub(super) unsafe fn avx2_attend_head_impl(q: &[f32], keys: &[f32], values: &[f3
 pub(super) unsafe fn avx2_swiglu_impl(gate: &mut [f32], up: &[f32]) {
     vector::swiglu(gate, up)
 }
+
+/// [`vector::softmax_rows`] compiled for AVX2 (the same operations in the same order: Rust
+/// fuses no multiply-add and [`vector::softmax`] writes its lanes out, so bit-identical).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_softmax_rows_impl(s: &mut [f32], width: usize, first: usize) {
+    vector::softmax_rows(s, width, first)
+}
+
+/// [`vector::softmax_rows`] compiled for AVX-512 (bit-identical, as the AVX2 one).
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub(super) unsafe fn avx512_softmax_rows_impl(s: &mut [f32], width: usize, first: usize) {
+    vector::softmax_rows(s, width, first)
+}

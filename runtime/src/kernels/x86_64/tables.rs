@@ -12,12 +12,13 @@
 //! | `repack` (2-6)     | [`avx2_repack_top`]                  | same                          |
 //! | `nibbles`          | [`blocks::low_nibbles`]              | same                          |
 //! | `attend_head`, `swiglu` | [`super::elementwise`]          | same                          |
+//! | `softmax_rows`     | [`super::elementwise`], for AVX2     | for AVX-512                   |
 //!
 //! Where a kernel cannot serve a view (groups not a multiple of 32, a view without the form
 //! its kernels read), it runs the portable one, compiled for AVX2.
 
 use super::decode::avx2_nested8_matvec;
-use super::elementwise::{avx2_attend_head_impl, avx2_swiglu_impl};
+use super::elementwise::{avx2_attend_head_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
 use super::prefill::avx2_nested8_matmul;
 use super::prefill512::avx512_nested8_matmul;
 use super::quantize::avx2_quantize_acts;
@@ -110,6 +111,18 @@ fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
     unsafe { avx2_swiglu_impl(gate, up) }
 }
 
+fn avx2_softmax_rows(s: &mut [f32], width: usize, first: usize) {
+    // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
+    // avx2, fma and f16c.
+    unsafe { avx2_softmax_rows_impl(s, width, first) }
+}
+
+fn avx512_softmax_rows(s: &mut [f32], width: usize, first: usize) {
+    // SAFETY: private, reachable only through TABLE_AVX512, installed only after the CPU
+    // reported the AVX-512 features (avx512f among them).
+    unsafe { avx512_softmax_rows_impl(s, width, first) }
+}
+
 /// The AVX2 table (install only after probing the CPU).
 pub(super) const TABLE: Kernels = Kernels {
     name: "avx2",
@@ -120,6 +133,7 @@ pub(super) const TABLE: Kernels = Kernels {
     nibbles: Some(blocks::low_nibbles),
     attend_head: avx2_attend_head,
     swiglu: avx2_swiglu,
+    softmax_rows: avx2_softmax_rows,
 };
 
 /// The AVX-512 VNNI table (install only after probing the CPU): the AVX2 table with
@@ -128,5 +142,6 @@ pub(super) const TABLE_AVX512: Kernels = Kernels {
     name: "avx512vnni",
     nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v5, avx512_matvec_v6, avx512_matvec_v8],
     nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, avx512_matmul_v5, avx512_matmul_v6, avx512_matmul_v8],
+    softmax_rows: avx512_softmax_rows,
     ..TABLE
 };
