@@ -360,22 +360,39 @@ fn wide_rows_match_reference() {
 /// without a tail of 8 and every count of positions modulo 4.
 #[test]
 fn attend_head_bit_identical() {
+    use edge_runtime::kv::{KvBits, KvCache, KvFormat};
     let mut rng = Rng(0xA77E_2D00);
+    let formats = ["32", "16", "8", "4", "k8v4", "k16v4"].map(|f| KvFormat::parse(f).unwrap());
     for k in tables() {
-        for hd in [64usize, 48, 13] {
-            let stride = 3 * hd + 5;
-            for n in [1usize, 2, 3, 4, 5, 8, 63, 64, 65, 130] {
-                let q: Vec<f32> = (0..hd).map(|_| 2.0 * rng.f32()).collect();
-                let keys: Vec<f32> = (0..n * stride).map(|_| rng.f32()).collect();
-                let values: Vec<f32> = (0..n * stride).map(|_| rng.f32()).collect();
-                let run = |f: edge_runtime::kernels::dispatch::AttendHeadFn| {
-                    let (mut scores, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
-                    let kv = edge_runtime::kv::KvView { keys: &keys, values: &values, stride, len: n };
-                    f(&q, kv.head(1), 0.125, &mut scores, &mut out);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    (bits(&scores), bits(&out))
-                };
-                assert_eq!(run(k.attend_head), run(Kernels::SCALAR.attend_head), "{} attend_head: hd {hd}, {n} positions", k.name);
+        for format in formats {
+            let integer = format.keys != KvBits::F32 && format.keys != KvBits::F16 || format.values == KvBits::Q8 || format.values == KvBits::Q4;
+            // Integer codes come in groups of 32 values: heads of a multiple of 32 (what the
+            // model checks at load); float caches take any head size.
+            let dims: &[usize] = if integer { &[64, 32, 128] } else { &[64, 48, 13] };
+            for &hd in dims {
+                let kv_dim = 3 * hd;
+                for n in [1usize, 2, 3, 4, 5, 8, 63, 64, 65, 130] {
+                    let q: Vec<f32> = (0..hd).map(|_| 2.0 * rng.f32()).collect();
+                    let mut cache = KvCache::with_format(1, n, kv_dim, format);
+                    for p in 0..n {
+                        let kr: Vec<f32> = (0..kv_dim).map(|_| rng.f32()).collect();
+                        let vr: Vec<f32> = (0..kv_dim).map(|_| rng.f32()).collect();
+                        cache.store(0, p, &kr, &vr).unwrap();
+                    }
+                    let run = |f: edge_runtime::kernels::dispatch::AttendHeadFn| {
+                        let (mut scores, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
+                        f(&q, cache.view(0, n).head(hd), 0.125, &mut scores, &mut out);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        (bits(&scores), bits(&out))
+                    };
+                    assert_eq!(
+                        run(k.attend_head),
+                        run(Kernels::SCALAR.attend_head),
+                        "{} attend_head: KV {}, hd {hd}, {n} positions",
+                        k.name,
+                        format.name()
+                    );
+                }
             }
         }
     }

@@ -232,10 +232,68 @@ pub(crate) fn head_mix(values: &[f32], stride: usize, scores: &mut [f32], out: &
     }
 }
 
-/// The reference entry of [`super::frame::Kernels::attend_head`]: `head_body` compiled for the
-/// baseline target.
+/// Most head dimension the stored-form path serves (Gemma's 256).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// [`head_body`] over a cache in any stored form ([`crate::kv::KvBits`]): rows are read back
+/// ([`crate::kv::KvRows::row_into`]) four at a time into a small buffer, and the arithmetic is
+/// `head_body`'s in the same order (scores four at a time through [`dot4`], then one at a time;
+/// values mixed four at a time), so an f32 cache gives the same bits either way. No copy of
+/// more than four rows is made.
+#[inline(always)]
+pub(crate) fn head_body_stored(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let (hd, n) = (q.len(), kv.len);
+    assert!(hd <= MAX_HEAD_DIM && out.len() == hd && scores.len() == n && n > 0);
+    let mut buf = [0f32; 4 * MAX_HEAD_DIM];
+    let quads = n / 4 * 4;
+    for j in (0..quads).step_by(4) {
+        let rows = four_rows(&mut buf, hd, |r, row| kv.keys.row_into(j + r, row));
+        let d = dot4(q, rows);
+        for (s, d) in scores[j..j + 4].iter_mut().zip(d) {
+            *s = d * scale;
+        }
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(quads) {
+        kv.keys.row_into(j, &mut buf[..hd]);
+        *s = dot(q, &buf[..hd]) * scale;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for j in (0..quads).step_by(4) {
+        let [v0, v1, v2, v3] = four_rows(&mut buf, hd, |r, row| kv.values.row_into(j + r, row));
+        let a = [scores[j], scores[j + 1], scores[j + 2], scores[j + 3]];
+        for (o, (((v0, v1), v2), v3)) in out.iter_mut().zip(v0.iter().zip(v1).zip(v2).zip(v3)) {
+            *o = *o + a[0] * v0 + a[1] * v1 + a[2] * v2 + a[3] * v3;
+        }
+    }
+    for (j, &a) in scores.iter().enumerate().skip(quads) {
+        kv.values.row_into(j, &mut buf[..hd]);
+        for (o, v) in out.iter_mut().zip(&buf[..hd]) {
+            *o += a * v;
+        }
+    }
+}
+
+/// Four rows of `hd` floats filled by `fill(r, row)` in `buf`, as slices.
+#[inline(always)]
+fn four_rows(buf: &mut [f32], hd: usize, mut fill: impl FnMut(usize, &mut [f32])) -> [&[f32]; 4] {
+    for (r, row) in buf[..4 * hd].chunks_exact_mut(hd).enumerate() {
+        fill(r, row);
+    }
+    let (a, rest) = buf.split_at(hd);
+    let (b, rest) = rest.split_at(hd);
+    let (c, rest) = rest.split_at(hd);
+    [a, b, c, &rest[..hd]]
+}
+
+/// The reference entry of [`super::frame::Kernels::attend_head`]: `head_body` (an f32 cache,
+/// read in place) or `head_body_stored` (any other form) compiled for the baseline target.
 pub fn attend_head(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    head_body(q, kv.keys, kv.values, kv.stride, scale, &mut scores[..kv.len], out)
+    let scores = &mut scores[..kv.len];
+    match (kv.keys.as_f32(), kv.values.as_f32()) {
+        (Some(k), Some(v)) => head_body(q, k, v, kv.keys.dim, scale, scores, out),
+        _ => head_body_stored(q, kv, scale, scores, out),
+    }
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@ use crate::kv::KvView;
 /// Decode: the token at position `kv.len - 1` attends to every filled slot of `kv`. `scores`
 /// holds a row of `stride` floats per head.
 pub(super) fn one(s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32], stride: usize) {
-    let geo = DecodeGeometry { pos: kv.len - 1, hd: s.head_dim, kv_dim: kv.stride, group: s.group, scale: s.scale, stride };
+    let geo = DecodeGeometry { pos: kv.len - 1, hd: s.head_dim, kv_dim: kv.keys.dim, group: s.group, scale: s.scale, stride };
     attention_decode(&geo, &q[..s.n_heads * s.head_dim], kv, out, scores);
 }
 
-/// Prefill: `n` tokens at positions `kv.len - n..kv.len`, causal. `att` holds score blocks of
-/// `rows` tokens by `stride` positions.
+/// Prefill: `n` tokens at positions `kv.len - n..kv.len`, causal. `att` holds one work area a
+/// thread ([`work_floats`]): a score block of `rows` tokens by `stride` positions, then room for
+/// one kv head's keys and values as f32.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32], att: &mut [f32], rows: usize, stride: usize) {
     let q_dim = s.n_heads * s.head_dim;
@@ -25,14 +26,21 @@ pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut
         pos: kv.len - n,
         hd: s.head_dim,
         q_dim,
-        kv_dim: kv.stride,
+        kv_dim: kv.keys.dim,
         group: s.group,
         n_heads: s.n_heads,
         scale: s.scale,
         chunk: rows,
         stride,
     };
-    attention_batch(&geo, q, kv.keys, kv.values, out, att);
+    attention_batch(&geo, q, kv, out, att);
+}
+
+/// Floats of one thread's work area of batched attention: a score block (`rows` × `stride`)
+/// and a kv head's keys and values read back as f32 (`stride` × `head_dim` each), for caches
+/// not stored as f32.
+pub(super) fn work_floats(rows: usize, stride: usize, head_dim: usize) -> usize {
+    rows * stride + 2 * stride * head_dim
 }
 
 /// Shapes of one layer's batched attention.
@@ -69,17 +77,19 @@ impl SharedMut {
 /// Causal GQA attention of `n` tokens with sgemm, one task per (head, block of tokens):
 /// `S = scale · Q_h K_h^T` (block rows × visible positions), the causal mask and softmax per
 /// row, then `O_h = P V_h` straight into the head's columns of `out` (n, q_dim). `q` is
-/// (n, q_dim); `keys` / `values` are the layer's cache rows `0..pos + n` (kv_dim each).
+/// (n, q_dim); `kv` holds the layer's cache rows `0..pos + n` (kv_dim each). A cache stored
+/// other than as f32 is read back one kv head at a time, the rows a block sees, into the task's
+/// work area (never the whole cache).
 ///
 /// The tasks are claimed by the threads as they finish their last one, widest blocks first, so
 /// the threads end together (one task per thread of a few heads each left one thread with a
 /// head more than the other). A running task holds one score block of `att`, claimed from
 /// `free`: no more tasks run at once than there are blocks.
-fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32], att: &mut [f32]) {
-    let block = g.chunk * g.stride;
+fn attention_batch(g: &AttnGeometry, q: &[f32], kv: KvView<'_>, out: &mut [f32], att: &mut [f32]) {
+    let block = work_floats(g.chunk, g.stride, g.hd);
     assert!(g.chunk > 0 && g.chunk <= super::ATT_ROWS && att.len() >= block);
     assert!(q.len() >= g.n * g.q_dim && out.len() >= g.n * g.q_dim);
-    assert!(keys.len() >= (g.pos + g.n) * g.kv_dim && values.len() >= (g.pos + g.n) * g.kv_dim);
+    assert!(kv.len >= g.pos + g.n && kv.keys.dim == g.kv_dim && kv.values.dim == g.kv_dim);
     assert!(g.n_heads * g.hd <= g.q_dim && g.n_heads.div_ceil(g.group) * g.hd <= g.kv_dim);
     assert!(g.pos + g.n <= g.stride);
     // At most 64 blocks, one bit each in `free`.
@@ -96,7 +106,7 @@ fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], ou
         // SAFETY: slot `slot < slots <= att.len() / block` owns `att[slot * block..][..block]`
         // until `release` below: `claim` hands each bit to one task at a time.
         let s = unsafe { core::slice::from_raw_parts_mut(att_ptr.get().add(slot * block), block) };
-        head_block(g, h, b * g.chunk, q, keys, values, out_ptr, s);
+        head_block(g, h, b * g.chunk, q, kv, out_ptr, s);
         release(&free, slot);
     };
     #[cfg(feature = "std")]
@@ -123,18 +133,37 @@ fn release(free: &AtomicU64, slot: usize) {
     free.fetch_and(!(1u64 << slot), Ordering::Release);
 }
 
-/// Head `h` of the tokens `t0..t0 + rows` (one block): scores into `s`, the output into the
-/// head's columns of `out`. `attention_batch` asserted the shapes this relies on.
-#[allow(clippy::too_many_arguments)]
-fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], values: &[f32], out: SharedMut, s: &mut [f32]) {
+/// Head `h` of the tokens `t0..t0 + rows` (one block): scores into the task's work area `w`
+/// ([`work_floats`]), the output into the head's columns of `out`. `attention_batch` asserted
+/// the shapes this relies on.
+fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], kv: KvView<'_>, out: SharedMut, w: &mut [f32]) {
     let rows = g.chunk.min(g.n - t0);
     let width = g.pos + t0 + rows; // positions the block's last token sees
-    let kv_off = (h / g.group) * g.hd;
+    let head = kv.head((h / g.group) * g.hd);
+    let (s, tiles) = w.split_at_mut(g.chunk * g.stride);
+    let (ktile, vtile) = tiles.split_at_mut(g.stride * g.hd);
+    // (width, hd) rows of the kv head with their row stride: in place for f32, else read back.
+    let f32_rows = |rows: crate::kv::KvRows<'_>, tile: &mut [f32]| -> (*const f32, usize) {
+        match rows.as_f32() {
+            Some(v) => {
+                assert!(v.len() >= (width - 1) * g.kv_dim + g.hd);
+                (v.as_ptr(), g.kv_dim)
+            }
+            None => {
+                for (j, row) in tile[..width * g.hd].chunks_exact_mut(g.hd).enumerate() {
+                    rows.row_into(j, row);
+                }
+                (tile.as_ptr(), g.hd)
+            }
+        }
+    };
+    let (keys, kstride) = f32_rows(head.keys, ktile);
+    let (values, vstride) = f32_rows(head.values, vtile);
     // SAFETY (both products): every pointer offset and stride stays inside the slice it came
     // from (asserted by the caller: q and out hold n rows of q_dim with head h's hd columns
-    // inside, keys and values pos + n rows of kv_dim with kv head h / group's columns inside,
-    // `s` holds chunk * stride >= rows * width floats); the block's rows of head h's columns of
-    // `out` belong to this task alone.
+    // inside; `keys` / `values` hold width rows of hd floats at their strides, asserted or
+    // filled just above; `s` holds chunk * stride >= rows * width floats); the block's rows of
+    // head h's columns of `out` belong to this task alone.
     unsafe {
         matrixmultiply::sgemm(
             rows,
@@ -144,9 +173,9 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], va
             q.as_ptr().add(t0 * g.q_dim + h * g.hd),
             g.q_dim as isize,
             1,
-            keys.as_ptr().add(kv_off),
+            keys,
             1,
-            g.kv_dim as isize,
+            kstride as isize,
             0.0,
             s.as_mut_ptr(),
             width as isize,
@@ -163,8 +192,8 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], va
             s.as_ptr(),
             width as isize,
             1,
-            values.as_ptr().add(kv_off),
-            g.kv_dim as isize,
+            values,
+            vstride as isize,
             1,
             0.0,
             out.get().add(t0 * g.q_dim + h * g.hd),
@@ -193,7 +222,7 @@ struct DecodeGeometry {
 fn attention_decode(g: &DecodeGeometry, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32]) {
     let n_heads = q.len() / g.hd;
     assert!(g.pos < g.stride && scores.len() >= n_heads * g.stride && out.len() >= n_heads * g.hd);
-    assert!(kv.len == g.pos + 1 && kv.stride == g.kv_dim);
+    assert!(kv.len == g.pos + 1 && kv.keys.dim == g.kv_dim);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let scores_ptr = SharedMut(scores.as_mut_ptr());
     let attend = kernels::kernels().attend_head;

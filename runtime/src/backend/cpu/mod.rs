@@ -36,7 +36,7 @@ pub struct Cpu {
     scratch: Scratch,
     /// (n_heads, max_seq_len) attention scores of each head (decode).
     scores: Vec<f32>,
-    /// (att_slots, att_rows, max_seq_len) score blocks of batched attention, one per thread.
+    /// Work areas of batched attention, one per thread (`attention::work_floats`).
     att: Vec<f32>,
     /// Tokens per block of batched attention (rows of a score block).
     att_rows: usize,
@@ -56,15 +56,16 @@ impl Backend for Cpu {
 
     fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self> {
         let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
-        // Batched attention scores: blocks of `att_rows` tokens by all positions, one block per
-        // thread (each runs one (head, block of tokens) task at a time; at most 64, the slots
-        // `attention_batch` tracks), bounded at ATT_BLOCK_FLOATS a block.
+        // Batched attention: one work area per thread (each runs one (head, block of tokens)
+        // task at a time; at most 64, the slots `attention_batch` tracks): a score block of
+        // `att_rows` tokens by all positions, bounded at ATT_BLOCK_FLOATS, and one kv head's
+        // keys and values read back from a cache not stored as f32.
         let att_rows = if max_batch > 1 { (ATT_BLOCK_FLOATS / max_seq_len).clamp(1, ATT_ROWS.min(max_batch)) } else { 0 };
         let att_slots = if max_batch > 1 { kernels::threads().clamp(1, 64) } else { 0 };
         Ok(Cpu {
             scratch: Scratch::new(widest, max_batch, kernels::threads()),
             scores: vec![0.0; c.n_heads * max_seq_len],
-            att: vec![0.0; att_slots * att_rows * max_seq_len],
+            att: vec![0.0; att_slots * if att_rows > 0 { attention::work_floats(att_rows, max_seq_len, c.head_dim) } else { 0 }],
             att_rows,
             stride: max_seq_len,
         })

@@ -18,7 +18,7 @@
 //! its kernels read), it runs the portable one, compiled for AVX2.
 
 use super::decode::avx2_nested8_matvec;
-use super::elementwise::{avx2_attend_head_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
+use super::elementwise::{avx2_attend_head_impl, avx2_attend_stored_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
 use super::prefill::avx2_nested8_matmul;
 use super::prefill512::avx512_nested8_matmul;
 use super::quantize::avx2_quantize_acts;
@@ -102,7 +102,12 @@ fn avx2_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
 fn avx2_attend_head(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
     // avx2, fma and f16c.
-    unsafe { avx2_attend_head_impl(q, kv.keys, kv.values, kv.stride, scale, &mut scores[..kv.len], out) }
+    unsafe {
+        match (kv.keys.as_f32(), kv.values.as_f32()) {
+            (Some(k), Some(v)) => avx2_attend_head_impl(q, k, v, kv.keys.dim, scale, &mut scores[..kv.len], out),
+            _ => avx2_attend_stored_impl(q, kv, scale, &mut scores[..kv.len], out),
+        }
+    }
 }
 
 fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
