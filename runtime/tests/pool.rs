@@ -217,7 +217,6 @@ fn shared_input_products_equal_separate_ones() {
     let cks: Vec<Checkpoint<'_>> =
         mats.iter().map(|(b, len)| Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(b)[..*len]).unwrap()).collect();
     let _g = lock_threads();
-    let x = rand_f32(cols, 5);
     for view in [Some(2u8), Some(3), Some(4), Some(8), None] {
         let ms: Vec<Matrix<'_>> = cks
             .iter()
@@ -231,22 +230,29 @@ fn shared_input_products_equal_separate_ones() {
             .collect();
         for threads in [1usize, 2, 3, 7] {
             kernels::set_threads(threads);
-            let mut scratch = kernels::Scratch::new(cols, 1, threads);
-            let want: Vec<Vec<f32>> = ms
-                .iter()
-                .map(|m| {
-                    let mut o = vec![f32::NAN; m.rows];
-                    kernels::matvec(m, &x, &mut o, &mut scratch);
-                    o
-                })
-                .collect();
-            let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; m.rows]).collect();
-            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
-            let refs: Vec<&Matrix<'_>> = ms.iter().collect();
-            kernels::matvec_shared(&refs, &x, &mut outs, &mut scratch);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "view {view:?}, threads {threads}, matrix {i}: shared product differs from matvec");
+            // n = 1: matvec_shared against matvec; n > 1: matmul_shared against matmul.
+            for n in [1usize, 3, 70] {
+                let x = rand_f32(n * cols, 5 + n as u64);
+                let mut scratch = kernels::Scratch::new(cols, n, threads);
+                let want: Vec<Vec<f32>> = ms
+                    .iter()
+                    .map(|m| {
+                        let mut o = vec![f32::NAN; n * m.rows];
+                        kernels::matmul(m, &x, n, &mut o, &mut scratch);
+                        o
+                    })
+                    .collect();
+                let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; n * m.rows]).collect();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                let refs: Vec<&Matrix<'_>> = ms.iter().collect();
+                match n {
+                    1 => kernels::matvec_shared(&refs, &x, &mut outs, &mut scratch),
+                    _ => kernels::matmul_shared(&refs, &x, n, &mut outs, &mut scratch),
+                }
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "view {view:?}, threads {threads}, n {n}, matrix {i}: shared product differs from separate ones");
+                }
             }
         }
     }

@@ -54,6 +54,9 @@ impl Backend for Cuda {
     fn matmul(&mut self, _: &CudaMatrix, _: &[f32], _: usize, _: &mut [f32]) {
         match *self {}
     }
+    fn matmul_shared(&mut self, _: &[&CudaMatrix], _: &[f32], _: usize, _: &mut [&mut [f32]]) {
+        match *self {}
+    }
     fn prefetch(&self, _: &CudaMatrix) {
         match *self {}
     }

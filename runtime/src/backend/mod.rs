@@ -77,6 +77,10 @@ pub trait Backend: Sized + core::fmt::Debug {
     /// `out[t, r] = m[r, :] · x[t, :]` for `n` tokens.
     fn matmul(&mut self, m: &Self::Matrix<'_>, x: &[f32], n: usize, out: &mut [f32]);
 
+    /// `outs[i][t, r] = ms[i][r, :] · x[t, :]` for `n` tokens, the matrices sharing the input
+    /// `x` (what [`Backend::matmul`] gives for each).
+    fn matmul_shared(&mut self, ms: &[&Self::Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]);
+
     /// A hint: `m` is the next matrix decode multiplies.
     fn prefetch(&self, m: &Self::Matrix<'_>);
 

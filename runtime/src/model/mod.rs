@@ -290,9 +290,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 b.matvec_shared(&[wq, wk, wv], &s.xb, &mut [&mut s.q[..], &mut s.k[..], &mut s.v[..]]);
                 b.prefetch(layer.w(Kind::AttnOutput));
             } else {
-                b.matmul(wq, &s.xb, n, &mut s.q);
-                b.matmul(wk, &s.xb, n, &mut s.k);
-                b.matmul(wv, &s.xb, n, &mut s.v);
+                b.matmul_shared(&[wq, wk, wv], &s.xb, n, &mut [&mut s.q[..], &mut s.k[..], &mut s.v[..]]);
             }
 
             // RoPE on q and k; then k and v go into the cache at their positions.
@@ -332,8 +330,7 @@ impl<'a, B: Backend> Model<'a, B> {
                 b.matvec_shared(&[gate, up], &s.xb, &mut [&mut s.hb[..], &mut s.hb2[..]]);
                 b.prefetch(layer.w(Kind::FfnDown));
             } else {
-                b.matmul(gate, &s.xb, n, &mut s.hb);
-                b.matmul(up, &s.xb, n, &mut s.hb2);
+                b.matmul_shared(&[gate, up], &s.xb, n, &mut [&mut s.hb[..], &mut s.hb2[..]]);
             }
             b.swiglu(&mut s.hb[..n * hidden], &s.hb2[..n * hidden]); // silu(gate) * up
             see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);

@@ -102,6 +102,10 @@ impl Backend for Cpu {
         kernels::matmul(m, x, n, out, &mut self.scratch);
     }
 
+    fn matmul_shared(&mut self, ms: &[&Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        kernels::matmul_shared(ms, x, n, outs, &mut self.scratch);
+    }
+
     fn prefetch(&self, m: &Matrix<'_>) {
         kernels::prefetch_next(m, PF_BYTES);
     }
