@@ -258,3 +258,49 @@ fn shared_input_products_equal_separate_ones() {
     }
     kernels::set_threads(0);
 }
+
+#[test]
+fn token_row_steps_equal_their_single_row_definitions() {
+    // Sizes below and well above the split threshold, with widths that are not multiples of
+    // a cache line, so ranges cut rows at odd places.
+    use edge_runtime::kernels::{tokens, vector};
+    let _g = lock_threads();
+    let (dim, kv_dim, head_dim) = (200usize, 40usize, 8usize);
+    let half = head_dim / 2;
+    for n in [1usize, 2, 97, 400] {
+        let x = rand_f32(n * dim, 21 + n as u64);
+        let y = rand_f32(n * dim, 22 + n as u64);
+        let weight = rand_f32(dim, 23);
+        let (cos, sin) = (rand_f32(n * half, 24), rand_f32(n * half, 25));
+        let kx = rand_f32(n * kv_dim, 26);
+        // One row at a time, on the calling thread.
+        let mut norm_want = vec![0f32; n * dim];
+        let (mut q_want, mut k_want) = (x.clone(), kx.clone());
+        for t in 0..n {
+            vector::rmsnorm(&mut norm_want[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &weight, 1e-5);
+            vector::rope(&mut q_want[t * dim..(t + 1) * dim], head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            vector::rope(&mut k_want[t * kv_dim..(t + 1) * kv_dim], head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        }
+        let mut swiglu_want = x.clone();
+        vector::swiglu(&mut swiglu_want, &y);
+        let add_want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        for threads in [1usize, 2, 3, 7] {
+            kernels::set_threads(threads);
+            let mut norm = vec![f32::NAN; n * dim];
+            tokens::rmsnorm(&mut norm, &x, &weight, 1e-5);
+            let (mut q, mut k) = (x.clone(), kx.clone());
+            tokens::rope(&mut q, &mut k, head_dim, &cos, &sin);
+            let mut gate = x.clone();
+            tokens::swiglu(&mut gate, &y);
+            let mut sum = x.clone();
+            tokens::add(&mut sum, &y);
+            for (what, got, want) in
+                [("rmsnorm", &norm, &norm_want), ("rope q", &q, &q_want), ("rope k", &k, &k_want), ("swiglu", &gate, &swiglu_want), ("add", &sum, &add_want)]
+            {
+                let same = got.iter().zip(want.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what}, n {n}, threads {threads}: differs from one row at a time");
+            }
+        }
+    }
+    kernels::set_threads(0);
+}

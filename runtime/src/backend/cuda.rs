@@ -66,7 +66,16 @@ impl Backend for Cuda {
     fn attend_many(&mut self, _: &AttnShape, _: usize, _: &[f32], _: KvView<'_>, _: &mut [f32]) {
         match *self {}
     }
+    fn rmsnorm(&self, _: &mut [f32], _: &[f32], _: &[f32], _: f32) {
+        match *self {}
+    }
+    fn rope(&self, _: &mut [f32], _: &mut [f32], _: usize, _: &[f32], _: &[f32]) {
+        match *self {}
+    }
     fn swiglu(&self, _: &mut [f32], _: &[f32]) {
+        match *self {}
+    }
+    fn add(&self, _: &mut [f32], _: &[f32]) {
         match *self {}
     }
     fn state_bytes(&self) -> usize {

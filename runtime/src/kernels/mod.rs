@@ -21,6 +21,7 @@ pub mod frame;
 mod parallel;
 mod portable;
 pub mod reference;
+pub mod tokens;
 pub mod vector;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
