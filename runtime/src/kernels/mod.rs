@@ -263,8 +263,9 @@ pub const MATMUL_TILE_ROWS: usize = 64;
 
 /// `out[t, r] = W[r, :] · x[t, :]` for `n` tokens (`x`: (n, cols), `out`: (n, rows)).
 /// Float weights: dequantizes `MATMUL_TILE_ROWS` rows at a time into scratch and multiplies
-/// with sgemm. Nested weights: quantizes the activations once, then each thread runs the
-/// table's kernel on tiles of `MATMUL_TILE_ROWS` rows. `scratch.tile` holds at least
+/// with sgemm. Nested weights: quantizes the activations once, then the threads claim tiles of
+/// `MATMUL_TILE_ROWS` rows one at a time and run the table's kernel on each (see
+/// `nested_matmul`). `scratch.tile` holds at least
 /// `MATMUL_TILE_ROWS * max(cols, n)` floats; [`scratch_len`]`(max(cols, n), t)` floats split the
 /// rows over `t` threads.
 pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {

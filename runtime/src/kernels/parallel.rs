@@ -1,5 +1,5 @@
-//! Splitting a product's output rows over threads: the persistent pool of [`crate::pool`] with
-//! `std`, the calling thread alone without.
+//! Splitting a product's output rows, or an elementwise step's tokens, over threads: the
+//! persistent pool of [`crate::pool`] with `std`, the calling thread alone without.
 
 /// Threads the products use (std: set by [`set_threads`]; 0 = the default).
 #[cfg(feature = "std")]
@@ -185,9 +185,9 @@ pub(crate) fn for_item_ranges<const K: usize>(
 /// A raw output pointer that threads writing disjoint elements may share.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: used only by the products, whose threads write disjoint elements (their own row
-// ranges, or their own scratch slices) and finish before the borrow ends (the pool's `run`
-// returns only after every index has).
+// SAFETY: used only by the products and the elementwise steps, whose threads write disjoint
+// elements (their own row ranges or tiles, their own scratch slices, their own tokens) and
+// finish before the borrow ends (the pool's `run` returns only after every index has).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
