@@ -217,7 +217,6 @@ fn shared_input_products_equal_separate_ones() {
     let cks: Vec<Checkpoint<'_>> =
         mats.iter().map(|(b, len)| Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(b)[..*len]).unwrap()).collect();
     let _g = lock_threads();
-    let x = rand_f32(cols, 5);
     for view in [Some(2u8), Some(3), Some(4), Some(8), None] {
         let ms: Vec<Matrix<'_>> = cks
             .iter()
@@ -231,22 +230,75 @@ fn shared_input_products_equal_separate_ones() {
             .collect();
         for threads in [1usize, 2, 3, 7] {
             kernels::set_threads(threads);
-            let mut scratch = kernels::Scratch::new(cols, 1, threads);
-            let want: Vec<Vec<f32>> = ms
-                .iter()
-                .map(|m| {
-                    let mut o = vec![f32::NAN; m.rows];
-                    kernels::matvec(m, &x, &mut o, &mut scratch);
-                    o
-                })
-                .collect();
-            let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; m.rows]).collect();
-            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
-            let refs: Vec<&Matrix<'_>> = ms.iter().collect();
-            kernels::matvec_shared(&refs, &x, &mut outs, &mut scratch);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "view {view:?}, threads {threads}, matrix {i}: shared product differs from matvec");
+            // n = 1: matvec_shared against matvec; n > 1: matmul_shared against matmul.
+            for n in [1usize, 3, 70] {
+                let x = rand_f32(n * cols, 5 + n as u64);
+                let mut scratch = kernels::Scratch::new(cols, n, threads);
+                let want: Vec<Vec<f32>> = ms
+                    .iter()
+                    .map(|m| {
+                        let mut o = vec![f32::NAN; n * m.rows];
+                        kernels::matmul(m, &x, n, &mut o, &mut scratch);
+                        o
+                    })
+                    .collect();
+                let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; n * m.rows]).collect();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                let refs: Vec<&Matrix<'_>> = ms.iter().collect();
+                match n {
+                    1 => kernels::matvec_shared(&refs, &x, &mut outs, &mut scratch),
+                    _ => kernels::matmul_shared(&refs, &x, n, &mut outs, &mut scratch),
+                }
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "view {view:?}, threads {threads}, n {n}, matrix {i}: shared product differs from separate ones");
+                }
+            }
+        }
+    }
+    kernels::set_threads(0);
+}
+
+#[test]
+fn token_row_steps_equal_their_single_row_definitions() {
+    // Sizes below and well above the split threshold, with widths that are not multiples of
+    // a cache line, so ranges cut rows at odd places.
+    use edge_runtime::kernels::{tokens, vector};
+    let _g = lock_threads();
+    let (dim, kv_dim, head_dim) = (200usize, 40usize, 8usize);
+    let half = head_dim / 2;
+    for n in [1usize, 2, 97, 400] {
+        let x = rand_f32(n * dim, 21 + n as u64);
+        let y = rand_f32(n * dim, 22 + n as u64);
+        let weight = rand_f32(dim, 23);
+        let (cos, sin) = (rand_f32(n * half, 24), rand_f32(n * half, 25));
+        let kx = rand_f32(n * kv_dim, 26);
+        // One row at a time, on the calling thread.
+        let mut norm_want = vec![0f32; n * dim];
+        let (mut q_want, mut k_want) = (x.clone(), kx.clone());
+        for t in 0..n {
+            vector::rmsnorm(&mut norm_want[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &weight, 1e-5);
+            vector::rope(&mut q_want[t * dim..(t + 1) * dim], head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            vector::rope(&mut k_want[t * kv_dim..(t + 1) * kv_dim], head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        }
+        let mut swiglu_want = x.clone();
+        vector::swiglu(&mut swiglu_want, &y);
+        let add_want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        for threads in [1usize, 2, 3, 7] {
+            kernels::set_threads(threads);
+            let mut norm = vec![f32::NAN; n * dim];
+            tokens::rmsnorm(&mut norm, &x, &weight, 1e-5);
+            let (mut q, mut k) = (x.clone(), kx.clone());
+            tokens::rope(&mut q, &mut k, head_dim, &cos, &sin);
+            let mut gate = x.clone();
+            tokens::swiglu(&mut gate, &y);
+            let mut sum = x.clone();
+            tokens::add(&mut sum, &y);
+            for (what, got, want) in
+                [("rmsnorm", &norm, &norm_want), ("rope q", &q, &q_want), ("rope k", &k, &k_want), ("swiglu", &gate, &swiglu_want), ("add", &sum, &add_want)]
+            {
+                let same = got.iter().zip(want.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what}, n {n}, threads {threads}: differs from one row at a time");
             }
         }
     }

@@ -54,6 +54,9 @@ impl Backend for Cuda {
     fn matmul(&mut self, _: &CudaMatrix, _: &[f32], _: usize, _: &mut [f32]) {
         match *self {}
     }
+    fn matmul_shared(&mut self, _: &[&CudaMatrix], _: &[f32], _: usize, _: &mut [&mut [f32]]) {
+        match *self {}
+    }
     fn prefetch(&self, _: &CudaMatrix) {
         match *self {}
     }
@@ -63,7 +66,16 @@ impl Backend for Cuda {
     fn attend_many(&mut self, _: &AttnShape, _: usize, _: &[f32], _: KvView<'_>, _: &mut [f32]) {
         match *self {}
     }
+    fn rmsnorm(&self, _: &mut [f32], _: &[f32], _: &[f32], _: f32) {
+        match *self {}
+    }
+    fn rope(&self, _: &mut [f32], _: &mut [f32], _: usize, _: &[f32], _: &[f32]) {
+        match *self {}
+    }
     fn swiglu(&self, _: &mut [f32], _: &[f32]) {
+        match *self {}
+    }
+    fn add(&self, _: &mut [f32], _: &[f32]) {
         match *self {}
     }
     fn state_bytes(&self) -> usize {

@@ -77,6 +77,10 @@ pub trait Backend: Sized + core::fmt::Debug {
     /// `out[t, r] = m[r, :] · x[t, :]` for `n` tokens.
     fn matmul(&mut self, m: &Self::Matrix<'_>, x: &[f32], n: usize, out: &mut [f32]);
 
+    /// `outs[i][t, r] = ms[i][r, :] · x[t, :]` for `n` tokens, the matrices sharing the input
+    /// `x` (what [`Backend::matmul`] gives for each).
+    fn matmul_shared(&mut self, ms: &[&Self::Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]);
+
     /// A hint: `m` is the next matrix decode multiplies.
     fn prefetch(&self, m: &Self::Matrix<'_>);
 
@@ -88,8 +92,20 @@ pub trait Backend: Sized + core::fmt::Debug {
     /// (n, n_heads * head_dim).
     fn attend_many(&mut self, s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32]);
 
+    /// `out[t] = x[t] / rms(x[t]) * weight` for every token row: `x` and `out` are
+    /// (n, weight.len()).
+    fn rmsnorm(&self, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
+
+    /// RoPE in interleaved order: rotate the adjacent pairs `(2i, 2i+1)` of every head of token
+    /// `t`'s rows of `q` (n, q_dim) and `k` (n, kv_dim) by the angles of row `t` of `cos` and
+    /// `sin` (n, head_dim / 2).
+    fn rope(&self, q: &mut [f32], k: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]);
+
     /// `gate = silu(gate) * up`, elementwise.
     fn swiglu(&self, gate: &mut [f32], up: &[f32]);
+
+    /// `x += y`, elementwise (the residual stream).
+    fn add(&self, x: &mut [f32], y: &[f32]);
 
     /// Bytes of the backend's own buffers.
     fn state_bytes(&self) -> usize;

@@ -21,6 +21,7 @@ pub mod frame;
 mod parallel;
 mod portable;
 pub mod reference;
+pub mod tokens;
 pub mod vector;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -176,26 +177,16 @@ pub const MAX_SHARED: usize = 4;
 /// one wake-up and one wait instead of one per matrix.
 pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scratch: &mut Scratch) {
     assert!(ms.len() == outs.len() && (1..=MAX_SHARED).contains(&ms.len()));
-    // The nested views, when every matrix is one with the first one's columns and group size.
-    let mut ws: [Option<&Nested8<'_>>; MAX_SHARED] = [None; MAX_SHARED];
-    for (w, m) in ws.iter_mut().zip(ms) {
-        if let WeightView::Nested8(n) = &m.view {
-            *w = Some(n);
-        }
-    }
-    let shared = ws[0].map(|w0| {
-        ms.iter().zip(&ws).all(|(m, w)| m.cols == ms[0].cols && w.is_some_and(|w| w.group_size == w0.group_size))
-    });
-    if shared != Some(true) || dispatch::float_activations() {
+    let Some(ws) = shared_nested(ms) else {
         for (m, out) in ms.iter().zip(outs.iter_mut()) {
             matvec(m, x, out, scratch);
         }
         return;
-    }
+    };
     let cols = ms[0].cols;
     let k = kernels();
-    scratch.acts.runs_order_only = ws[..ms.len()].iter().all(|w| w.is_some_and(reads_runs));
-    (k.quantize_acts)(&x[..cols], 1, cols, ws[0].map_or(0, |w| w.group_size), &mut scratch.acts);
+    scratch.acts.runs_order_only = ws[..ms.len()].iter().all(|w| reads_runs(w));
+    (k.quantize_acts)(&x[..cols], 1, cols, ws[0].group_size, &mut scratch.acts);
     let acts = &scratch.acts;
     // Every matrix's row ranges, as [`matvec`] would split them: (matrix, first row, rows).
     let mut tasks = [(0usize, 0usize, 0usize); MAX_SHARED * MAX_TASKS];
@@ -212,7 +203,7 @@ pub fn matvec_shared(ms: &[&Matrix<'_>], x: &[f32], outs: &mut [&mut [f32]], scr
     }
     let run = |t: usize| {
         let (i, first, rows) = tasks[t];
-        let Some(w) = ws[i] else { return };
+        let w = ws[i];
         // SAFETY: `outs[i]` holds at least `ms[i].rows` floats (asserted above); the ranges of
         // one matrix are disjoint and each task runs once, before the borrows of `outs` end.
         let out = unsafe { core::slice::from_raw_parts_mut(ptrs[i].get().add(first), rows) };
@@ -272,8 +263,9 @@ pub const MATMUL_TILE_ROWS: usize = 64;
 
 /// `out[t, r] = W[r, :] · x[t, :]` for `n` tokens (`x`: (n, cols), `out`: (n, rows)).
 /// Float weights: dequantizes `MATMUL_TILE_ROWS` rows at a time into scratch and multiplies
-/// with sgemm. Nested weights: quantizes the activations once, then each thread runs the
-/// table's kernel on tiles of `MATMUL_TILE_ROWS` rows. `scratch.tile` holds at least
+/// with sgemm. Nested weights: quantizes the activations once, then the threads claim tiles of
+/// `MATMUL_TILE_ROWS` rows one at a time and run the table's kernel on each (see
+/// `nested_matmul`). `scratch.tile` holds at least
 /// `MATMUL_TILE_ROWS * max(cols, n)` floats; [`scratch_len`]`(max(cols, n), t)` floats split the
 /// rows over `t` threads.
 pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
@@ -285,34 +277,138 @@ pub fn matmul(m: &Matrix<'_>, x: &[f32], n: usize, out: &mut [f32], scratch: &mu
     if n == 1 {
         return matvec(m, x, out, scratch);
     }
-    let out_ptr = OutPtr(out.as_mut_ptr());
     if let (WeightView::Nested8(w), false) = (&m.view, dispatch::float_activations()) {
         let k = kernels();
         scratch.acts.runs_order_only = reads_runs(w);
         (k.quantize_acts)(&x[..n * m.cols], n, m.cols, w.group_size, &mut scratch.acts);
-        let acts = &scratch.acts;
-        let kernel = k.nested8_matmul[dispatch::view_index(w.view_bits)];
-        return for_row_ranges(m.rows, MATMUL_TILE_ROWS, m.cols * n, &mut scratch.tile, per_thread, |first, rows, buf| {
-            let mut r0 = first;
-            while r0 < first + rows {
-                let tr = MATMUL_TILE_ROWS.min(first + rows - r0);
-                let tile = &mut buf[..n * tr];
-                kernel(w, acts, r0, tile);
-                for t in 0..n {
-                    // SAFETY: out holds n*rows floats (asserted above); element (t, r0 + i) with
-                    // r0 + i < first + rows <= m.rows is in bounds, and rows first..first+rows
-                    // belong to this call alone, so no other thread writes them.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(tile.as_ptr().add(t * tr), out_ptr.get().add(t * m.rows + r0), tr);
-                    }
-                }
-                r0 += tr;
-            }
-        });
+        let product = NestedProduct { w, rows: m.rows, out: OutPtr(out.as_mut_ptr()) };
+        return nested_matmul(&[product], &scratch.acts, m.cols, &mut scratch.tile);
     }
+    let out_ptr = OutPtr(out.as_mut_ptr());
     for_row_ranges(m.rows, MATMUL_TILE_ROWS, m.cols * n, &mut scratch.tile, per_thread, |first, rows, buf| {
         matmul_rows(m, x, n, out_ptr, first, first + rows, buf)
     });
+}
+
+/// `outs[i] = ms[i] · x` for `n` tokens of matrices that read the same input (q, k and v; gate
+/// and up), as [`matmul`] computes each, bit for bit. When all are nested weights with one
+/// group size, the activations are quantized once and every matrix's tiles go to the threads
+/// as one job; otherwise each matrix is its own [`matmul`].
+pub fn matmul_shared(ms: &[&Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]], scratch: &mut Scratch) {
+    assert!(ms.len() == outs.len() && (1..=MAX_SHARED).contains(&ms.len()));
+    if n == 1 {
+        return matvec_shared(ms, x, outs, scratch);
+    }
+    let Some(ws) = shared_nested(ms) else {
+        for (m, out) in ms.iter().zip(outs.iter_mut()) {
+            matmul(m, x, n, out, scratch);
+        }
+        return;
+    };
+    let cols = ms[0].cols;
+    let per_thread = MATMUL_TILE_ROWS * cols.max(n);
+    if scratch.tile.len() < per_thread {
+        scratch.tile.resize(per_thread, 0.0);
+    }
+    for (m, out) in ms.iter().zip(outs.iter()) {
+        assert!(x.len() >= n * cols && out.len() >= n * m.rows);
+    }
+    let products: [NestedProduct<'_, '_>; MAX_SHARED] = core::array::from_fn(|i| {
+        let i = i.min(ms.len() - 1); // slots past the matrices repeat the last; never read
+        NestedProduct { w: ws[i], rows: ms[i].rows, out: OutPtr(outs[i].as_mut_ptr()) }
+    });
+    scratch.acts.runs_order_only = ws[..ms.len()].iter().all(|w| reads_runs(w));
+    (kernels().quantize_acts)(&x[..n * cols], n, cols, ws[0].group_size, &mut scratch.acts);
+    nested_matmul(&products[..ms.len()], &scratch.acts, cols, &mut scratch.tile);
+}
+
+/// The nested views of `ms` when every matrix is one, with the first one's columns and group
+/// size, and nested weights meet int8 activations (slots past `ms.len()` repeat the first);
+/// `None` otherwise.
+fn shared_nested<'m, 'a>(ms: &[&'m Matrix<'a>]) -> Option<[&'m Nested8<'a>; MAX_SHARED]> {
+    if dispatch::float_activations() {
+        return None;
+    }
+    let nested = |m: &'m Matrix<'a>| match &m.view {
+        WeightView::Nested8(w) => Some(w),
+        _ => None,
+    };
+    let w0 = nested(ms[0])?;
+    let mut ws = [w0; MAX_SHARED];
+    for (w, m) in ws.iter_mut().zip(ms) {
+        *w = nested(m).filter(|w| w.group_size == w0.group_size && m.cols == ms[0].cols)?;
+    }
+    Some(ws)
+}
+
+/// One product of [`nested_matmul`]: a nested matrix of `rows` rows and where its (n, rows)
+/// output starts.
+#[derive(Clone, Copy)]
+struct NestedProduct<'m, 'a> {
+    w: &'m Nested8<'a>,
+    rows: usize,
+    out: OutPtr,
+}
+
+/// `out = w · acts` for every product, activations already quantized (`acts.n` tokens of
+/// `cols` values). The work is the products' tiles of [`MATMUL_TILE_ROWS`] rows (rows
+/// `64 j..64 (j + 1)`, cut at the end of the matrix): up to [`threads`] threads, each with its
+/// own `MATMUL_TILE_ROWS * max(cols, n)` floats of `tile`, claim them one at a time, so the
+/// threads stay busy until the last tile of the last product and a thread that starts late
+/// leaves its share to the others. Every tile is the one [`matmul`] runs alone, whatever the
+/// thread count, so the results are too.
+fn nested_matmul(products: &[NestedProduct<'_, '_>], acts: &QActs, cols: usize, tile: &mut [f32]) {
+    let n = acts.n;
+    let per_thread = MATMUL_TILE_ROWS * cols.max(n);
+    let kernels = kernels();
+    // Product i owns tiles first_tile[i]..first_tile[i + 1] of the job.
+    let mut first_tile = [0usize; MAX_SHARED + 1];
+    for (i, p) in products.iter().enumerate() {
+        first_tile[i + 1] = first_tile[i] + p.rows.div_ceil(MATMUL_TILE_ROWS);
+    }
+    let tiles = first_tile[products.len()];
+    let run_tile = |j: usize, buf: &mut [f32]| {
+        let i = (0..products.len()).find(|&i| j < first_tile[i + 1]).unwrap_or(0);
+        let p = &products[i];
+        let r0 = (j - first_tile[i]) * MATMUL_TILE_ROWS;
+        let tr = MATMUL_TILE_ROWS.min(p.rows - r0);
+        let tile = &mut buf[..n * tr];
+        kernels.nested8_matmul[dispatch::view_index(p.w.view_bits)](p.w, acts, r0, tile);
+        for t in 0..n {
+            // SAFETY: the product's output holds n * rows floats (asserted by the callers);
+            // element (t, r0 + i) with r0 + i < rows is in bounds, and each tile is run once,
+            // so no other call writes rows r0..r0 + tr.
+            unsafe {
+                core::ptr::copy_nonoverlapping(tile.as_ptr().add(t * tr), p.out.get().add(t * p.rows + r0), tr);
+            }
+        }
+    };
+    let rows: usize = products.iter().map(|p| p.rows).sum();
+    let most = threads().min(tile.len() / per_thread);
+    let (_, n_threads) = parallel::split_rows(rows, MATMUL_TILE_ROWS, cols * n, most);
+    if n_threads <= 1 {
+        return (0..tiles).for_each(|j| run_tile(j, tile));
+    }
+    #[cfg(feature = "std")]
+    {
+        let next = core::sync::atomic::AtomicUsize::new(0);
+        let base = OutPtr(tile.as_mut_ptr());
+        crate::pool::run(n_threads, n_threads, &|slot| {
+            // SAFETY: `slot < n_threads <= tile.len() / per_thread`, so the slice is in bounds;
+            // the pool runs each slot once, so the slices are disjoint, and `run` returns only
+            // after every call has, within the borrow of `tile`.
+            let buf = unsafe { core::slice::from_raw_parts_mut(base.get().add(slot * per_thread), per_thread) };
+            loop {
+                let j = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                if j >= tiles {
+                    return;
+                }
+                run_tile(j, buf);
+            }
+        });
+    }
+    #[cfg(not(feature = "std"))]
+    (0..tiles).for_each(|j| run_tile(j, tile));
 }
 
 /// [`matmul`] over weight rows `r_begin..r_end`, writing only those columns of `out`.

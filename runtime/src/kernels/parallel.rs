@@ -1,5 +1,5 @@
-//! Splitting a product's output rows over threads: the persistent pool of [`crate::pool`] with
-//! `std`, the calling thread alone without.
+//! Splitting a product's output rows, or an elementwise step's tokens, over threads: the
+//! persistent pool of [`crate::pool`] with `std`, the calling thread alone without.
 
 /// Threads the products use (std: set by [`set_threads`]; 0 = the default).
 #[cfg(feature = "std")]
@@ -126,12 +126,68 @@ pub(crate) fn split_rows(rows: usize, align: usize, cost: usize, most: usize) ->
     (chunk, rows.div_ceil(chunk))
 }
 
+/// Least floats of output one share of an elementwise step writes: below it, waking a worker
+/// costs about what the share saves (a few microseconds; an elementwise step writes a float in
+/// well under a nanosecond).
+pub(crate) const MIN_FLOATS_PER_TASK: usize = 16 * 1024;
+
+/// Shares of an elementwise step per thread: a thread that starts late (a busy machine) leaves
+/// the shares it has not claimed to the others.
+const ELEMENTWISE_TASKS_PER_THREAD: usize = 2;
+
+/// Split items `0..n` (tokens, or single floats) into contiguous ranges whose starts are
+/// multiples of `align`, and run `f(range, parts)` for each with every part cut to the range:
+/// part `k` holds `parts[k].len() / n` floats per item. Runs on up to [`threads`] threads of the
+/// pool (std) when each range writes at least [`MIN_FLOATS_PER_TASK`] floats, else once, over
+/// all items, on the calling thread.
+pub(crate) fn for_item_ranges<const K: usize>(
+    n: usize,
+    align: usize,
+    parts: [&mut [f32]; K],
+    f: impl Fn(core::ops::Range<usize>, [&mut [f32]; K]) + Sync,
+) {
+    if n == 0 {
+        return;
+    }
+    let widths = parts.each_ref().map(|p| p.len() / n);
+    assert!(parts.iter().zip(&widths).all(|(p, w)| p.len() == n * w));
+    let floats: usize = parts.iter().map(|p| p.len()).sum();
+    let threads = threads();
+    let by_work = floats / MIN_FLOATS_PER_TASK;
+    let tasks = (threads * ELEMENTWISE_TASKS_PER_THREAD).min(by_work).min(n.div_ceil(align.max(1)));
+    if tasks <= 1 || threads <= 1 {
+        return f(0..n, parts);
+    }
+    let chunk = n.div_ceil(tasks).next_multiple_of(align.max(1));
+    let tasks = n.div_ceil(chunk);
+    #[cfg(feature = "std")]
+    {
+        let ptrs = parts.map(|p| OutPtr(p.as_mut_ptr()));
+        crate::pool::run(tasks, threads, &|i| {
+            let items = i * chunk..((i + 1) * chunk).min(n);
+            // SAFETY: part k holds n * widths[k] floats (asserted above) and items lie within
+            // 0..n, so each slice is in bounds; the pool runs each index once and the ranges
+            // of distinct indices are disjoint, and `run` returns only after every call has,
+            // within the borrows of `parts`.
+            let cut = core::array::from_fn(|k| unsafe {
+                core::slice::from_raw_parts_mut(ptrs[k].get().add(items.start * widths[k]), items.len() * widths[k])
+            });
+            f(items, cut)
+        });
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = tasks;
+        f(0..n, parts)
+    }
+}
+
 /// A raw output pointer that threads writing disjoint elements may share.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: used only by the products, whose threads write disjoint elements (their own row
-// ranges, or their own scratch slices) and finish before the borrow ends (the pool's `run`
-// returns only after every index has).
+// SAFETY: used only by the products and the elementwise steps, whose threads write disjoint
+// elements (their own row ranges or tiles, their own scratch slices, their own tokens) and
+// finish before the borrow ends (the pool's `run` returns only after every index has).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 

@@ -93,6 +93,27 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// `out = x / rms(x) * weight`, one token's row.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss = sum_lanes(x, |v| v * v) / x.len() as f32;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * inv);
+    }
+}
+
+/// Rotate adjacent pairs `(2i, 2i+1)` of every head of `x` (one token's row) by the angles
+/// whose cosines and sines are `cos` and `sin` (head_dim / 2 each).
+pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..head_dim / 2 {
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos[i] - b * sin[i];
+            head[2 * i + 1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
 /// In-place numerically stable softmax: subtract the max, [`exp_fast`], normalize.
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {

@@ -20,8 +20,7 @@ use crate::backend::{AttnShape, Backend, Cpu};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::Checkpoint;
-use crate::kernels::vector::sum_lanes;
-pub use crate::kernels::vector::{exp_fast, softmax, softmax_reference};
+pub use crate::kernels::vector::{exp_fast, rmsnorm, softmax, softmax_reference};
 use crate::kv::KvCache;
 use crate::plan::ViewPlan;
 pub use weights::{FileRange, Weights};
@@ -80,26 +79,6 @@ pub struct Model<'a, B: Backend = Cpu> {
     backend: B,
     kv: KvCache,
     state: RunState,
-}
-
-/// `out = x / rms(x) * weight`, per token row.
-pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let ss = sum_lanes(x, |v| v * v) / x.len() as f32;
-    let inv = 1.0 / libm::sqrtf(ss + eps);
-    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
-        *o = w * (v * inv);
-    }
-}
-
-/// Rotate adjacent pairs `(2i, 2i+1)` of every head of `x` by the angles of position `pos`.
-fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
-    for head in x.chunks_exact_mut(head_dim) {
-        for i in 0..head_dim / 2 {
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos[i] - b * sin[i];
-            head[2 * i + 1] = a * sin[i] + b * cos[i];
-        }
-    }
 }
 
 /// Sees the input activations of every linear layer during a forward pass (calibration,
@@ -281,27 +260,21 @@ impl<'a, B: Backend> Model<'a, B> {
 
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: RMSNorm, then q, k, v projections.
-            for t in 0..n {
-                rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.norm(Kind::AttnNorm), c.norm_eps);
-            }
+            b.rmsnorm(&mut s.xb[..n * dim], &s.x[..n * dim], layer.norm(Kind::AttnNorm), c.norm_eps);
             see(Some(l), Site::AttnIn, n, &s.xb[..n * dim]);
             let (wq, wk, wv) = (layer.w(Kind::AttnQ), layer.w(Kind::AttnK), layer.w(Kind::AttnV));
             if n == 1 {
                 b.matvec_shared(&[wq, wk, wv], &s.xb, &mut [&mut s.q[..], &mut s.k[..], &mut s.v[..]]);
                 b.prefetch(layer.w(Kind::AttnOutput));
             } else {
-                b.matmul(wq, &s.xb, n, &mut s.q);
-                b.matmul(wk, &s.xb, n, &mut s.k);
-                b.matmul(wv, &s.xb, n, &mut s.v);
+                b.matmul_shared(&[wq, wk, wv], &s.xb, n, &mut [&mut s.q[..], &mut s.k[..], &mut s.v[..]]);
             }
 
-            // RoPE on q and k; then k and v go into the cache at their positions.
+            // RoPE on q and k at positions pos..pos+n; then k and v go into the cache there.
+            let angles = pos * half..(pos + n) * half;
+            b.rope(&mut s.q[..n * q_dim], &mut s.k[..n * kv_dim], hd, &s.rope_cos[angles.clone()], &s.rope_sin[angles]);
             for t in 0..n {
-                let p = pos + t;
-                let (cos, sin) = (&s.rope_cos[p * half..(p + 1) * half], &s.rope_sin[p * half..(p + 1) * half]);
-                rope(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, cos, sin);
-                rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, cos, sin);
-                kv.store(l, p, &s.k[t * kv_dim..(t + 1) * kv_dim], &s.v[t * kv_dim..(t + 1) * kv_dim])?;
+                kv.store(l, pos + t, &s.k[t * kv_dim..(t + 1) * kv_dim], &s.v[t * kv_dim..(t + 1) * kv_dim])?;
             }
 
             // Causal grouped-query attention: token t at position p attends to positions 0..=p.
@@ -318,22 +291,17 @@ impl<'a, B: Backend> Model<'a, B> {
             if n == 1 {
                 b.prefetch(layer.w(Kind::FfnGate));
             }
-            for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            b.add(&mut s.x[..n * dim], &s.proj[..n * dim]);
 
             // Feed-forward: RMSNorm, SwiGLU, down projection, residual.
-            for t in 0..n {
-                rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], layer.norm(Kind::FfnNorm), c.norm_eps);
-            }
+            b.rmsnorm(&mut s.xb[..n * dim], &s.x[..n * dim], layer.norm(Kind::FfnNorm), c.norm_eps);
             see(Some(l), Site::FfnIn, n, &s.xb[..n * dim]);
             let (gate, up) = (layer.w(Kind::FfnGate), layer.w(Kind::FfnUp));
             if n == 1 {
                 b.matvec_shared(&[gate, up], &s.xb, &mut [&mut s.hb[..], &mut s.hb2[..]]);
                 b.prefetch(layer.w(Kind::FfnDown));
             } else {
-                b.matmul(gate, &s.xb, n, &mut s.hb);
-                b.matmul(up, &s.xb, n, &mut s.hb2);
+                b.matmul_shared(&[gate, up], &s.xb, n, &mut [&mut s.hb[..], &mut s.hb2[..]]);
             }
             b.swiglu(&mut s.hb[..n * hidden], &s.hb2[..n * hidden]); // silu(gate) * up
             see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);
@@ -341,9 +309,7 @@ impl<'a, B: Backend> Model<'a, B> {
             if n == 1 {
                 b.prefetch(w.layers.get(l + 1).map_or(w.head(), |next| next.w(Kind::AttnQ)));
             }
-            for (x, p) in s.x[..n * dim].iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            b.add(&mut s.x[..n * dim], &s.proj[..n * dim]);
         }
 
         // Final norm and the output head, for the rows asked for.
@@ -352,10 +318,7 @@ impl<'a, B: Backend> Model<'a, B> {
             Logits::All => 0,
         };
         let rows = n - first;
-        for t in first..n {
-            let i = t - first;
-            rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &s.x[t * dim..(t + 1) * dim], w.globals.norm(Kind::OutputNorm), c.norm_eps);
-        }
+        b.rmsnorm(&mut s.xb[..rows * dim], &s.x[first * dim..n * dim], w.globals.norm(Kind::OutputNorm), c.norm_eps);
         see(None, Site::Head, rows, &s.xb[..rows * dim]);
         b.matmul(w.head(), &s.xb, rows, &mut s.logits);
         Ok(&s.logits[..rows * c.vocab_size])

@@ -1,5 +1,6 @@
 //! The CPU backend: products through the probed kernel table ([`crate::kernels`]), attention
-//! with `matrixmultiply` (prefill) or the table's one-head kernel (decode), threads from the
+//! with `matrixmultiply` (prefill) or the table's one-head kernel (decode), the elementwise
+//! steps of many tokens split by tokens ([`crate::kernels::tokens`]), threads from the
 //! persistent pool.
 //!
 //! Weights are [`Matrix`]es over the checkpoint's bytes, with the copies the active table reads
@@ -15,7 +16,7 @@ use super::{AttnShape, Backend, PreparedMatrix};
 use crate::config::Config;
 use crate::error::Result;
 use crate::format::TensorInfo;
-use crate::kernels::{self, Matrix, Scratch, WeightView};
+use crate::kernels::{self, tokens, Matrix, Scratch, WeightView};
 use crate::kv::KvView;
 
 /// Bytes of each half of the next product's weights that idle pool workers prefetch in decode
@@ -104,6 +105,10 @@ impl Backend for Cpu {
         kernels::matmul(m, x, n, out, &mut self.scratch);
     }
 
+    fn matmul_shared(&mut self, ms: &[&Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        kernels::matmul_shared(ms, x, n, outs, &mut self.scratch);
+    }
+
     fn prefetch(&self, m: &Matrix<'_>) {
         kernels::prefetch_next(m, PF_BYTES);
     }
@@ -116,8 +121,20 @@ impl Backend for Cpu {
         attention::many(s, n, q, kv, out, &mut self.att, self.att_rows, self.stride);
     }
 
+    fn rmsnorm(&self, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+        tokens::rmsnorm(out, x, weight, eps);
+    }
+
+    fn rope(&self, q: &mut [f32], k: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+        tokens::rope(q, k, head_dim, cos, sin);
+    }
+
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
-        (kernels::kernels().swiglu)(gate, up);
+        tokens::swiglu(gate, up);
+    }
+
+    fn add(&self, x: &mut [f32], y: &[f32]) {
+        tokens::add(x, y);
     }
 
     fn state_bytes(&self) -> usize {
