@@ -42,7 +42,7 @@ mkdir -p "$out"
 (cd "$here" && cargo build --release --locked --workspace --bins >&2)
 
 pack="${EDGE_PACK:-$out/smollm2-q8cal.edge}"
-[ -f "$pack" ] || "$edge_pack" "$gguf" -e q8 --calibrate-self -o "$pack"
+[ -f "$pack" ] || "$edge_pack" "$gguf" -e q8 --calibrate-self --gptq-view-weights 1,1,1,4 -o "$pack"
 plans=1
 if ! "$edge_run" inspect -m "$pack" --json | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["sensitivity_profile"] is None)'; then
   plans=0

@@ -78,7 +78,7 @@ impl<'f> Loaded<'f> {
     /// The model at the chosen views, with room for `max_seq_len` positions and forward passes
     /// of up to `max_batch` tokens.
     pub fn model(&self, max_seq_len: usize, max_batch: usize) -> Result<Model<'f>> {
-        let opts = ModelOptions { max_seq_len, max_batch };
+        let opts = ModelOptions { max_seq_len, max_batch, ..ModelOptions::default() };
         // Planes that repacked views stop reading leave the resident set as each is repacked.
         let release = |o: u64, l: u64| _ = self.file.bytes.release(o, l);
         Model::with_plan_releasing(&self.ck, opts, &self.selection.plan, &release)

@@ -60,7 +60,7 @@ fn batched_attention_matches_token_by_token() {
     let buf = aligned(&bytes);
     let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
     // max_batch 160: blocks of 64 tokens, so a batch spans several score blocks.
-    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 160 }).unwrap();
+    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 160, ..ModelOptions::default() }).unwrap();
     let tokens: Vec<u32> = rand_u8(200, 99).iter().map(|&b| b as u32 % 96).collect();
     compare(&mut m, &tokens, &[&[160, 40], &[1, 2, 3, 64, 65, 65], &[100, 1, 99], &[50, 50, 50, 50]]);
 }
@@ -71,7 +71,7 @@ fn batched_attention_small_batches() {
     let bytes = small_model();
     let buf = aligned(&bytes);
     let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
-    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 4 }).unwrap();
+    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 4, ..ModelOptions::default() }).unwrap();
     let tokens: Vec<u32> = rand_u8(30, 5).iter().map(|&b| b as u32 % 96).collect();
     compare(&mut m, &tokens, &[&[4, 4, 4, 4, 4, 4, 4, 2], &[2, 3, 4, 4, 4, 4, 4, 4, 1]]);
 }
@@ -91,7 +91,7 @@ fn batched_attention_real_model() {
     let bytes = std::fs::read(path).unwrap();
     let buf = aligned(&bytes);
     let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
-    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 256, max_batch: 96 }).unwrap();
+    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 256, max_batch: 96, ..ModelOptions::default() }).unwrap();
     let tokens: Vec<u32> = (0..96u32).map(|i| (i * 7919 + 13) % 4000).collect();
     compare(&mut m, &tokens, &[&[96], &[40, 1, 55]]);
 }

@@ -39,7 +39,7 @@ fn live_view_switch_changes_logits_and_bytes_and_switches_back() {
     let buf = aligned(&bytes);
     let file = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
     let ck = Checkpoint::parse(file).unwrap();
-    let opts = ModelOptions { max_seq_len: 0, max_batch: 8 };
+    let opts = ModelOptions { max_seq_len: 0, max_batch: 8, ..ModelOptions::default() };
     let mut m = Model::new(&ck, opts).unwrap();
     let tokens = [1u32, 5, 9, 12];
     let run = |m: &mut Model<'_>| m.forward_batch(&tokens, 0, edge_runtime::model::Logits::Last).unwrap().to_vec();
@@ -90,7 +90,7 @@ fn observer_sees_every_linear_input_once_per_layer() {
     let bytes = tiny_model();
     let buf = aligned(&bytes);
     let ck = Checkpoint::parse(&bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()]).unwrap();
-    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 8 }).unwrap();
+    let mut m = Model::new(&ck, ModelOptions { max_seq_len: 0, max_batch: 8, ..ModelOptions::default() }).unwrap();
     let mut log = Log(Vec::new());
     let plain = m.forward_batch(&[3, 4, 5], 0, Logits::All).unwrap().to_vec();
     let seen = m.forward_observed(&[3, 4, 5], 0, Logits::All, Some(&mut log)).unwrap().to_vec();
@@ -115,7 +115,7 @@ fn repacked_view_releases_its_planes_and_computes_the_same(bits: u8) {
     let buf = aligned(&bytes);
     let file = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
     let ck = Checkpoint::parse(file).unwrap();
-    let opts = ModelOptions { max_seq_len: 0, max_batch: 8 };
+    let opts = ModelOptions { max_seq_len: 0, max_batch: 8, ..ModelOptions::default() };
     let released = std::cell::RefCell::new(Vec::new());
     let mut m = Model::with_plan_releasing(&ck, opts, &ViewPlan::uniform(bits), &|o, l| released.borrow_mut().push((o, l))).unwrap();
     let k = kernels::kernels();

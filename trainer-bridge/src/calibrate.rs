@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use edge_runtime::kv::{KvBits, KvFormat};
 use edge_runtime::arch;
 use edge_runtime::blocks::{nested8_step_offset, GroupParams};
 use edge_runtime::format::CheckpointWriter;
@@ -262,7 +263,7 @@ pub fn sample_self(ck: &Checkpoint<'_>, bos: Option<u32>, opts: &CalibrationOpti
     let config = Config::from_checkpoint(ck)?;
     let seq_len = opts.seq_len.min(config.max_seq_len).max(2);
     let (n_seqs, len) = split_tokens(opts.tokens, seq_len);
-    let mut model = Model::new(ck, ModelOptions { max_seq_len: len, max_batch: 1 })?;
+    let mut model = Model::new(ck, ModelOptions { max_seq_len: len, max_batch: 1, kv: KvFormat::uniform(KvBits::F32), kv_window: None })?;
     let _one_thread = threads::one_thread_if_small(arch::of_checkpoint(ck)?, &config);
     let mut sequences = Vec::with_capacity(n_seqs);
     for s in 0..n_seqs {
@@ -378,7 +379,7 @@ impl Observer for HessianObserver<'_> {
 /// (the output head's only when `want_head`: an untied head).
 pub fn collect_hessians(ck: &Checkpoint<'_>, sequences: &[Vec<u32>], want_head: bool, mut progress: impl FnMut(usize)) -> Result<Hessians> {
     let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut model = Model::new(ck, ModelOptions { max_seq_len: longest, max_batch: longest })?;
+    let mut model = Model::new(ck, ModelOptions { max_seq_len: longest, max_batch: longest, kv: KvFormat::uniform(KvBits::F32), kv_window: None })?;
     let mut h = Hessians::default();
     for s in sequences {
         if s.is_empty() {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{anyhow, bail, Result};
+use edge_runtime::kv::{KvBits, KvFormat};
 use edge_runtime::arch::{self, Arch};
 use edge_runtime::blocks::is_nested8_view;
 use edge_runtime::kernels;
@@ -103,7 +104,7 @@ pub fn mean_kl(model: &mut Model<'_>, reference: &Reference, windows: &[Vec<u32>
 /// A model over `ck` sized for `windows`, at the views of `plan`.
 pub fn model_for<'a>(ck: &Checkpoint<'a>, windows: &[Vec<u32>], plan: &ViewPlan) -> Result<Model<'a>> {
     let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1).max(1);
-    Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest }, plan)?)
+    Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest, kv: KvFormat::uniform(KvBits::F32), kv_window: None }, plan)?)
 }
 
 /// One unit's measured KL per profiled view (2, 3, 4, 5, 6).

@@ -468,7 +468,7 @@ fn bad_inputs_give_clear_errors_and_leave_nothing_behind() {
     let ck = edge_runtime::Checkpoint::parse(bytes.as_bytes()).unwrap();
     ck.verify().unwrap();
     for bits in [2u8, 3, 4, 8] {
-        let opts = edge_runtime::model::ModelOptions { max_seq_len: 0, max_batch: 4 };
+        let opts = edge_runtime::model::ModelOptions { max_seq_len: 0, max_batch: 4, ..edge_runtime::model::ModelOptions::default() };
         let mut m = edge_runtime::Model::with_plan(&ck, opts, &edge_runtime::plan::ViewPlan::uniform(bits)).unwrap();
         assert!(m.forward(1, 0).unwrap().iter().all(|v| v.is_finite()));
     }

@@ -20,8 +20,9 @@ use crate::backend::{AttnShape, Backend, Cpu};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::Checkpoint;
+use crate::kernels::vector;
 pub use crate::kernels::vector::{exp_fast, rmsnorm, softmax, softmax_reference};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvFormat, KvWindow, KV_GROUP};
 use crate::plan::ViewPlan;
 pub use weights::{FileRange, Weights};
 
@@ -33,11 +34,16 @@ pub struct ModelOptions {
     pub max_seq_len: usize,
     /// Most tokens one [`Model::forward_batch`] call processes.
     pub max_batch: usize,
+    /// How the KV cache stores keys and values (f16 by default); see [`Model::set_kv_format`].
+    pub kv: KvFormat,
+    /// Keep only a sink and the most recent positions (StreamingLLM), so that positions run
+    /// past `max_seq_len` at constant memory; see [`Model::set_kv_window`].
+    pub kv_window: Option<KvWindow>,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { max_seq_len: 2048, max_batch: 64 }
+        ModelOptions { max_seq_len: 2048, max_batch: 64, kv: KvFormat::default(), kv_window: None }
     }
 }
 
@@ -56,12 +62,19 @@ struct RunState {
     logits: Vec<f32>,   // (batch, vocab)
     rope_cos: Vec<f32>, // (max_seq_len, head_dim/2)
     rope_sin: Vec<f32>, // (max_seq_len, head_dim/2)
+    far_cos: Vec<f32>,  // (batch, head_dim/2) angles of positions past the table (a window)
+    far_sin: Vec<f32>,  // (batch, head_dim/2)
+    /// (n_layers, sink, kv_dim) the sink's keys before RoPE, once a window evicts (see
+    /// [`Model::forward_observed`]); empty before.
+    sink_raw: Vec<f32>,
+    sink_cos: Vec<f32>, // (sink, head_dim/2) angles of the sink's positions past the table
+    sink_sin: Vec<f32>,
 }
 
 impl RunState {
     fn bytes(&self) -> usize {
         let s = self;
-        4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin]
+        4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin, &s.far_cos, &s.far_sin, &s.sink_raw, &s.sink_cos, &s.sink_sin]
             .iter()
             .map(|b| b.len())
             .sum::<usize>()
@@ -78,7 +91,20 @@ pub struct Model<'a, B: Backend = Cpu> {
     pub max_batch: usize,
     backend: B,
     kv: KvCache,
+    /// Positions stored in the cache so far (the next position to run).
+    kv_end: usize,
     state: RunState,
+}
+
+/// The RoPE angles of position `pos`: `cos`/`sin` of `pos · θ^(-2i/head_dim)` for `i <
+/// cos.len()`, in f64 (libm, so std and no_std builds agree).
+fn rope_angles(c: &Config, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+    for (i, (co, si)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+        let freq = libm::pow(c.rope_theta as f64, -2.0 * i as f64 / c.head_dim as f64);
+        let angle = pos as f64 * freq;
+        *co = libm::cos(angle) as f32;
+        *si = libm::sin(angle) as f32;
+    }
 }
 
 /// Sees the input activations of every linear layer during a forward pass (calibration,
@@ -122,9 +148,10 @@ impl<'a, B: Backend> Model<'a, B> {
     pub fn build(ck: &Checkpoint<'a>, opts: ModelOptions, plan: &ViewPlan, release: &dyn Fn(u64, u64)) -> Result<Self> {
         let config = Config::from_checkpoint(ck)?;
         let (max_seq_len, max_batch) = Self::sizes(&config, opts)?;
+        Self::check_kv_format(&config, opts.kv)?;
         let backend = B::new(&config, max_batch, max_seq_len)?;
         let weights = Weights::bind(ck, &config, plan, &backend, None, release)?;
-        Ok(Self::assemble(config, weights, backend, max_seq_len, max_batch))
+        Self::assemble(config, weights, backend, opts, max_seq_len, max_batch)
     }
 
     /// Change the views of a live model without reloading: the KV cache and buffers stay, the
@@ -143,8 +170,9 @@ impl<'a, B: Backend> Model<'a, B> {
     /// A model over weights already bound.
     pub fn with_weights(config: Config, weights: Weights<'a, B>, opts: ModelOptions) -> Result<Self> {
         let (max_seq_len, max_batch) = Self::sizes(&config, opts)?;
+        Self::check_kv_format(&config, opts.kv)?;
         let backend = B::new(&config, max_batch, max_seq_len)?;
-        Ok(Self::assemble(config, weights, backend, max_seq_len, max_batch))
+        Self::assemble(config, weights, backend, opts, max_seq_len, max_batch)
     }
 
     /// (max_seq_len, max_batch) of `opts` for config `c`.
@@ -160,19 +188,14 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok((max_seq_len, max_batch))
     }
 
-    fn assemble(config: Config, weights: Weights<'a, B>, backend: B, max_seq_len: usize, max_batch: usize) -> Self {
+    fn assemble(config: Config, weights: Weights<'a, B>, backend: B, opts: ModelOptions, max_seq_len: usize, max_batch: usize) -> Result<Self> {
         let c = &config;
+        let kv = opts.kv;
         let half = c.head_dim / 2;
         let mut rope_cos = vec![0f32; max_seq_len * half];
         let mut rope_sin = vec![0f32; max_seq_len * half];
-        for pos in 0..max_seq_len {
-            for i in 0..half {
-                // Angles in f64 (libm, so std and no_std builds agree): the table is built once.
-                let freq = libm::pow(c.rope_theta as f64, -2.0 * i as f64 / c.head_dim as f64);
-                let angle = pos as f64 * freq;
-                rope_cos[pos * half + i] = libm::cos(angle) as f32;
-                rope_sin[pos * half + i] = libm::sin(angle) as f32;
-            }
+        for (pos, (co, si)) in rope_cos.chunks_exact_mut(half).zip(rope_sin.chunks_exact_mut(half)).enumerate() {
+            rope_angles(c, pos, co, si);
         }
         let state = RunState {
             x: vec![0.0; max_batch * c.dim],
@@ -187,9 +210,127 @@ impl<'a, B: Backend> Model<'a, B> {
             logits: vec![0.0; max_batch * c.vocab_size],
             rope_cos,
             rope_sin,
+            far_cos: vec![0.0; max_batch * half],
+            far_sin: vec![0.0; max_batch * half],
+            sink_raw: Vec::new(),
+            sink_cos: Vec::new(),
+            sink_sin: Vec::new(),
         };
-        let kv = KvCache::new(c.n_layers, max_seq_len, c.kv_dim());
-        Model { config, weights, max_seq_len, max_batch, backend, kv, state }
+        let kv = KvCache::with_format(c.n_layers, max_seq_len, c.kv_dim(), kv);
+        let mut model = Model { config, weights, max_seq_len, max_batch, backend, kv, kv_end: 0, state };
+        if let Some(w) = opts.kv_window {
+            model.set_kv_window(w)?;
+        }
+        Ok(model)
+    }
+
+    /// Whether the cache can hold `format` for config `c`: integer codes come in groups of
+    /// [`KV_GROUP`] values, so a head must be a whole number of groups.
+    fn check_kv_format(c: &Config, format: KvFormat) -> Result<()> {
+        let integer = [format.keys, format.values].iter().any(|b| b.bits() <= 8);
+        if integer && !c.head_dim.is_multiple_of(KV_GROUP) {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "KV cache {}: integer codes need a head dimension that is a multiple of {KV_GROUP} (this model's is {}); use --kv-bits 16",
+                    format.name(),
+                    c.head_dim
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The KV cache's format.
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv.format()
+    }
+
+    /// The KV cache's window, if it evicts.
+    pub fn kv_window(&self) -> Option<KvWindow> {
+        self.kv.window()
+    }
+
+    /// Bytes of the KV cache, and what one position takes in it (all layers).
+    pub fn kv_bytes(&self) -> (usize, usize) {
+        (self.kv.bytes(), self.kv.bytes_per_position())
+    }
+
+    /// Positions stored so far (the position the next token runs at).
+    pub fn kv_end(&self) -> usize {
+        self.kv_end
+    }
+
+    /// Forget every stored position: the next call starts at position 0.
+    pub fn reset_kv(&mut self) {
+        self.kv_end = 0;
+        self.state.sink_raw.clear();
+    }
+
+    /// [`Model::forward_observed`] one token at a time (a batch that a window's cycling slots
+    /// cannot hold in order), the logits gathered as asked.
+    fn forward_split(&mut self, tokens: &[u32], pos: usize, want: Logits, mut observer: Option<&mut dyn Observer>) -> Result<&[f32]> {
+        let vocab = self.config.vocab_size;
+        let mut all = Vec::new();
+        for (t, &tok) in tokens.iter().enumerate() {
+            let o = observer.as_mut().map(|o| &mut **o as &mut dyn Observer);
+            let logits = self.forward_observed(&[tok], pos + t, Logits::Last, o)?;
+            if want == Logits::All {
+                all.extend_from_slice(logits);
+            }
+        }
+        if want == Logits::All {
+            self.state.logits[..all.len()].copy_from_slice(&all);
+            return Ok(&self.state.logits[..all.len()]);
+        }
+        Ok(&self.state.logits[..vocab])
+    }
+
+    /// The sink's keys before RoPE, from the cache: slot `i < sink` holds position `i`'s key,
+    /// rotated at `i` (no window has moved it yet), so rotating it back by `i` recovers it.
+    fn capture_sink(&mut self, sink: usize) {
+        let (c, kv_dim, half) = (self.config, self.config.kv_dim(), self.config.head_dim / 2);
+        let st = &mut self.state;
+        st.sink_raw.resize(c.n_layers * sink * kv_dim, 0.0);
+        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        for l in 0..c.n_layers {
+            let keys = self.kv.view(l, sink).keys;
+            for i in 0..sink {
+                let k = &mut st.sink_raw[(l * sink + i) * kv_dim..][..kv_dim];
+                keys.row_into(i, k);
+                rope_angles(&c, i, &mut cos, &mut sin);
+                sin.iter_mut().for_each(|v| *v = -*v);
+                vector::rope(k, c.head_dim, &cos, &sin);
+            }
+        }
+    }
+
+    /// Re-encode the KV cache in `format` while it holds positions (the budget controller steps
+    /// f16 -> int8 -> int4): every stored value is read back and quantized again, layer by layer,
+    /// and the old storage freed. Generation continues from where it was.
+    pub fn set_kv_format(&mut self, format: KvFormat) -> Result<()> {
+        Self::check_kv_format(&self.config, format)?;
+        self.kv.set_format(format);
+        Ok(())
+    }
+
+    /// Keep only the first `window.sink` positions and the most recent ones in `window.slots`
+    /// slots from now on (StreamingLLM): positions that no longer fit are dropped now, the
+    /// cache shrinks to `window.slots` slots and generation can run past `max_seq_len`.
+    pub fn set_kv_window(&mut self, window: KvWindow) -> Result<()> {
+        if window.slots > self.max_seq_len {
+            return Err(Error::InvalidArgument {
+                what: format!("KV window of {} positions is larger than the context of {}; lower --kv-window or raise --ctx", window.slots, self.max_seq_len),
+            });
+        }
+        if let Some(old) = self.kv.window() {
+            if old.sink != window.sink {
+                return Err(Error::InvalidArgument {
+                    what: format!("the KV sink is {} positions and cannot change while the model runs (asked for {})", old.sink, window.sink),
+                });
+            }
+        }
+        self.kv.set_window(window, self.kv_end)?;
+        Ok(())
     }
 
     /// Bytes of the run-time state (activations, logits, KV cache, tables, backend buffers).
@@ -216,11 +357,6 @@ impl<'a, B: Backend> Model<'a, B> {
         want: Logits,
         mut observer: Option<&mut dyn Observer>,
     ) -> Result<&[f32]> {
-        let mut see = |layer: Option<usize>, site: Site, n: usize, x: &[f32]| {
-            if let Some(o) = observer.as_deref_mut() {
-                o.observe(layer, site, n, x);
-            }
-        };
         let c = self.config;
         let n = tokens.len();
         if n == 0 || n > self.max_batch {
@@ -228,10 +364,11 @@ impl<'a, B: Backend> Model<'a, B> {
                 what: format!("batch of {n} tokens (1..={} allowed)", self.max_batch),
             });
         }
-        if pos + n > self.max_seq_len {
+        let window = self.kv.window();
+        if window.is_none() && pos + n > self.max_seq_len {
             return Err(Error::InvalidArgument {
                 what: format!(
-                    "positions {pos}..{} exceed the context of {} tokens; use a shorter prompt or a larger --ctx",
+                    "positions {pos}..{} exceed the context of {} tokens; use a shorter prompt, a larger --ctx, or --kv-window to keep only recent positions",
                     pos + n,
                     self.max_seq_len
                 ),
@@ -240,6 +377,28 @@ impl<'a, B: Backend> Model<'a, B> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::InvalidArgument { what: format!("token id {bad} is outside the vocabulary of {}", c.vocab_size) });
         }
+        // A batch attends causally in slot order; once a window cycles, a token's slots are
+        // overwritten by later tokens of its batch, so such a batch runs token by token.
+        if n > 1 && !self.kv.in_order(pos, n) {
+            return self.forward_split(tokens, pos, want, observer);
+        }
+        let mut see = |layer: Option<usize>, site: Site, n: usize, x: &[f32]| {
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(layer, site, n, x);
+            }
+        };
+        // Once a window has evicted, the sink's keys sit at the positions just before the oldest
+        // recent one (`end - slots..`), as in a contiguous cache (StreamingLLM): every distance
+        // from the query stays below the window's size. They are rotated there afresh each token
+        // from their keys before RoPE, taken once from the cache (where they sit at 0..sink).
+        let end = pos + n;
+        let sink_at = window.filter(|w| end > w.slots).map(|w| end - w.slots);
+        if let (Some(w), Some(_)) = (window, sink_at) {
+            if self.state.sink_raw.is_empty() {
+                self.capture_sink(w.sink);
+            }
+        }
+        self.kv_end = end;
         let (dim, kv_dim, q_dim, hidden, hd) = (c.dim, c.kv_dim(), c.q_dim(), c.hidden_dim, c.head_dim);
         let half = hd / 2;
         let shape = AttnShape {
@@ -248,6 +407,23 @@ impl<'a, B: Backend> Model<'a, B> {
             group: c.n_heads / c.n_kv_heads, // query heads per kv head
             scale: 1.0 / libm::sqrtf(hd as f32),
         };
+        // Angles of positions past the table (a window runs on indefinitely).
+        let st = &mut self.state;
+        if end > self.max_seq_len {
+            for (t, (co, si)) in st.far_cos.chunks_exact_mut(half).zip(st.far_sin.chunks_exact_mut(half)).take(n).enumerate() {
+                rope_angles(&c, pos + t, co, si);
+            }
+        }
+        if let Some(at) = sink_at {
+            let sinks = st.sink_raw.len() / (c.n_layers * kv_dim);
+            st.sink_cos.resize(sinks * half, 0.0);
+            st.sink_sin.resize(sinks * half, 0.0);
+            for (i, (co, si)) in st.sink_cos.chunks_exact_mut(half).zip(st.sink_sin.chunks_exact_mut(half)).enumerate() {
+                if at + i >= self.max_seq_len {
+                    rope_angles(&c, at + i, co, si);
+                }
+            }
+        }
         let w = &self.weights;
         let s = &mut self.state;
         let b = &mut self.backend;
@@ -271,14 +447,35 @@ impl<'a, B: Backend> Model<'a, B> {
             }
 
             // RoPE on q and k at positions pos..pos+n; then k and v go into the cache there.
-            let angles = pos * half..(pos + n) * half;
-            b.rope(&mut s.q[..n * q_dim], &mut s.k[..n * kv_dim], hd, &s.rope_cos[angles.clone()], &s.rope_sin[angles]);
+            let (cos, sin) = if end <= self.max_seq_len {
+                (&s.rope_cos[pos * half..end * half], &s.rope_sin[pos * half..end * half])
+            } else {
+                (&s.far_cos[..n * half], &s.far_sin[..n * half])
+            };
+            b.rope(&mut s.q[..n * q_dim], &mut s.k[..n * kv_dim], hd, cos, sin);
             for t in 0..n {
                 kv.store(l, pos + t, &s.k[t * kv_dim..(t + 1) * kv_dim], &s.v[t * kv_dim..(t + 1) * kv_dim])?;
             }
+            if let Some(at) = sink_at {
+                // The sink's keys at positions at.. (s.k is free once stored).
+                let sinks = s.sink_raw.len() / (c.n_layers * kv_dim);
+                for i in 0..sinks {
+                    let k = &mut s.k[..kv_dim];
+                    k.copy_from_slice(&s.sink_raw[(l * sinks + i) * kv_dim..][..kv_dim]);
+                    let p = at + i;
+                    let (cos, sin) = if p < self.max_seq_len {
+                        (&s.rope_cos[p * half..(p + 1) * half], &s.rope_sin[p * half..(p + 1) * half])
+                    } else {
+                        (&s.sink_cos[i * half..(i + 1) * half], &s.sink_sin[i * half..(i + 1) * half])
+                    };
+                    vector::rope(k, hd, cos, sin);
+                    kv.store_keys(l, i, k);
+                }
+            }
 
-            // Causal grouped-query attention: token t at position p attends to positions 0..=p.
-            let cache = kv.view(l, pos + n);
+            // Causal grouped-query attention: token t at position p attends to the positions
+            // the cache holds up to p (all of 0..=p without a window).
+            let cache = kv.view(l, kv.filled(end));
             if n == 1 {
                 b.attend_one(&shape, &s.q[..q_dim], cache, &mut s.att_out[..q_dim]);
             } else {

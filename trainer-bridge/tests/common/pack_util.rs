@@ -64,7 +64,7 @@ pub fn argmax(x: &[f32]) -> u32 {
 pub fn greedy(bytes: &[u8], first: u32, steps: usize, view_bits: Option<u8>) -> (Vec<u32>, Vec<Vec<f32>>) {
     let ck = Checkpoint::parse(bytes).expect("parse");
     let plan = edge_runtime::plan::ViewPlan { default_bits: view_bits, overrides: Vec::new() };
-    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1 }, &plan).expect("model");
+    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1, ..ModelOptions::default() }, &plan).expect("model");
     let mut tok = first;
     let (mut ids, mut all) = (Vec::new(), Vec::new());
     for pos in 0..steps {
@@ -80,7 +80,7 @@ pub fn greedy(bytes: &[u8], first: u32, steps: usize, view_bits: Option<u8>) -> 
 pub fn logits_for(bytes: &[u8], tokens: &[u32], view_bits: Option<u8>) -> Vec<Vec<f32>> {
     let ck = Checkpoint::parse(bytes).expect("parse");
     let plan = edge_runtime::plan::ViewPlan { default_bits: view_bits, overrides: Vec::new() };
-    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1 }, &plan).expect("model");
+    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1, ..ModelOptions::default() }, &plan).expect("model");
     tokens.iter().enumerate().map(|(pos, &t)| model.forward(t, pos).expect("forward").to_vec()).collect()
 }
 
