@@ -263,6 +263,7 @@ pub fn sample_self(ck: &Checkpoint<'_>, bos: Option<u32>, opts: &CalibrationOpti
     let config = Config::from_checkpoint(ck)?;
     let seq_len = opts.seq_len.min(config.max_seq_len).max(2);
     let (n_seqs, len) = split_tokens(opts.tokens, seq_len);
+    // The exact (f32) KV cache, so that a pack does not depend on the runtime's default.
     let mut model = Model::new(ck, ModelOptions { max_seq_len: len, max_batch: 1, kv: KvFormat::uniform(KvBits::F32), kv_window: None })?;
     let _one_thread = threads::one_thread_if_small(arch::of_checkpoint(ck)?, &config);
     let mut sequences = Vec::with_capacity(n_seqs);
@@ -379,6 +380,7 @@ impl Observer for HessianObserver<'_> {
 /// (the output head's only when `want_head`: an untied head).
 pub fn collect_hessians(ck: &Checkpoint<'_>, sequences: &[Vec<u32>], want_head: bool, mut progress: impl FnMut(usize)) -> Result<Hessians> {
     let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    // The exact (f32) KV cache, so that a pack does not depend on the runtime's default.
     let mut model = Model::new(ck, ModelOptions { max_seq_len: longest, max_batch: longest, kv: KvFormat::uniform(KvBits::F32), kv_window: None })?;
     let mut h = Hessians::default();
     for s in sequences {

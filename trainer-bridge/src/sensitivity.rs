@@ -104,6 +104,7 @@ pub fn mean_kl(model: &mut Model<'_>, reference: &Reference, windows: &[Vec<u32>
 /// A model over `ck` sized for `windows`, at the views of `plan`.
 pub fn model_for<'a>(ck: &Checkpoint<'a>, windows: &[Vec<u32>], plan: &ViewPlan) -> Result<Model<'a>> {
     let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1).max(1);
+    // The exact (f32) KV cache, so that a pack does not depend on the runtime's default.
     Ok(Model::with_plan(ck, ModelOptions { max_seq_len: longest, max_batch: longest, kv: KvFormat::uniform(KvBits::F32), kv_window: None }, plan)?)
 }
 

@@ -64,9 +64,10 @@ struct RunState {
     rope_sin: Vec<f32>, // (max_seq_len, head_dim/2)
     far_cos: Vec<f32>,  // (batch, head_dim/2) angles of positions past the table (a window)
     far_sin: Vec<f32>,  // (batch, head_dim/2)
-    /// (n_layers, sink, kv_dim) the sink's keys before RoPE, once a window evicts (see
-    /// [`Model::forward_observed`]); empty before.
+    /// (n_layers, sink, kv_dim) the sink's keys before RoPE, sized when a window is set and
+    /// filled once it evicts (see [`Model::forward_observed`]).
     sink_raw: Vec<f32>,
+    sink_ready: bool,
     sink_cos: Vec<f32>, // (sink, head_dim/2) angles of the sink's positions past the table
     sink_sin: Vec<f32>,
 }
@@ -213,6 +214,7 @@ impl<'a, B: Backend> Model<'a, B> {
             far_cos: vec![0.0; max_batch * half],
             far_sin: vec![0.0; max_batch * half],
             sink_raw: Vec::new(),
+            sink_ready: false,
             sink_cos: Vec::new(),
             sink_sin: Vec::new(),
         };
@@ -263,7 +265,7 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Forget every stored position: the next call starts at position 0.
     pub fn reset_kv(&mut self) {
         self.kv_end = 0;
-        self.state.sink_raw.clear();
+        self.state.sink_ready = false;
     }
 
     /// [`Model::forward_observed`] one token at a time (a batch that a window's cycling slots
@@ -287,21 +289,22 @@ impl<'a, B: Backend> Model<'a, B> {
 
     /// The sink's keys before RoPE, from the cache: slot `i < sink` holds position `i`'s key,
     /// rotated at `i` (no window has moved it yet), so rotating it back by `i` recovers it.
-    fn capture_sink(&mut self, sink: usize) {
+    fn capture_sink(&mut self) {
         let (c, kv_dim, half) = (self.config, self.config.kv_dim(), self.config.head_dim / 2);
         let st = &mut self.state;
-        st.sink_raw.resize(c.n_layers * sink * kv_dim, 0.0);
-        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        let sink = st.sink_raw.len() / (c.n_layers * kv_dim);
+        let (cos, sin) = (&mut st.far_cos[..half], &mut st.far_sin[..half]);
         for l in 0..c.n_layers {
             let keys = self.kv.view(l, sink).keys;
             for i in 0..sink {
                 let k = &mut st.sink_raw[(l * sink + i) * kv_dim..][..kv_dim];
                 keys.row_into(i, k);
-                rope_angles(&c, i, &mut cos, &mut sin);
+                rope_angles(&c, i, cos, sin);
                 sin.iter_mut().for_each(|v| *v = -*v);
-                vector::rope(k, c.head_dim, &cos, &sin);
+                vector::rope(k, c.head_dim, cos, sin);
             }
         }
+        st.sink_ready = true;
     }
 
     /// Re-encode the KV cache in `format` while it holds positions (the budget controller steps
@@ -330,6 +333,11 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         self.kv.set_window(window, self.kv_end)?;
+        let (c, half) = (self.config, self.config.head_dim / 2);
+        let st = &mut self.state;
+        st.sink_raw.resize(c.n_layers * window.sink * c.kv_dim(), 0.0);
+        st.sink_cos.resize(window.sink * half, 0.0);
+        st.sink_sin.resize(window.sink * half, 0.0);
         Ok(())
     }
 
@@ -393,10 +401,8 @@ impl<'a, B: Backend> Model<'a, B> {
         // from their keys before RoPE, taken once from the cache (where they sit at 0..sink).
         let end = pos + n;
         let sink_at = window.filter(|w| end > w.slots).map(|w| end - w.slots);
-        if let (Some(w), Some(_)) = (window, sink_at) {
-            if self.state.sink_raw.is_empty() {
-                self.capture_sink(w.sink);
-            }
+        if sink_at.is_some() && !self.state.sink_ready {
+            self.capture_sink();
         }
         self.kv_end = end;
         let (dim, kv_dim, q_dim, hidden, hd) = (c.dim, c.kv_dim(), c.q_dim(), c.hidden_dim, c.head_dim);
@@ -415,9 +421,6 @@ impl<'a, B: Backend> Model<'a, B> {
             }
         }
         if let Some(at) = sink_at {
-            let sinks = st.sink_raw.len() / (c.n_layers * kv_dim);
-            st.sink_cos.resize(sinks * half, 0.0);
-            st.sink_sin.resize(sinks * half, 0.0);
             for (i, (co, si)) in st.sink_cos.chunks_exact_mut(half).zip(st.sink_sin.chunks_exact_mut(half)).enumerate() {
                 if at + i >= self.max_seq_len {
                     rope_angles(&c, at + i, co, si);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use edge_pack::{SourceModel, SourceTensor};
 use edge_runtime::load::CheckpointBytes;
+use edge_runtime::kv::{KvBits, KvFormat};
 use edge_runtime::model::ModelOptions;
 use edge_runtime::{Checkpoint, Config, Model};
 
@@ -59,12 +60,18 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// One token a call, with the exact (f32) KV cache: what the oracles and reference outputs were
+/// computed with.
+fn reference_options() -> ModelOptions {
+    ModelOptions { max_seq_len: 0, max_batch: 1, kv: KvFormat::uniform(KvBits::F32), ..ModelOptions::default() }
+}
+
 /// Run a greedy decode of `steps` tokens from `first` over checkpoint `bytes`, returning the
 /// generated ids and the logits of every step.
 pub fn greedy(bytes: &[u8], first: u32, steps: usize, view_bits: Option<u8>) -> (Vec<u32>, Vec<Vec<f32>>) {
     let ck = Checkpoint::parse(bytes).expect("parse");
     let plan = edge_runtime::plan::ViewPlan { default_bits: view_bits, overrides: Vec::new() };
-    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1, ..ModelOptions::default() }, &plan).expect("model");
+    let mut model = Model::with_plan(&ck, reference_options(), &plan).expect("model");
     let mut tok = first;
     let (mut ids, mut all) = (Vec::new(), Vec::new());
     for pos in 0..steps {
@@ -80,7 +87,7 @@ pub fn greedy(bytes: &[u8], first: u32, steps: usize, view_bits: Option<u8>) -> 
 pub fn logits_for(bytes: &[u8], tokens: &[u32], view_bits: Option<u8>) -> Vec<Vec<f32>> {
     let ck = Checkpoint::parse(bytes).expect("parse");
     let plan = edge_runtime::plan::ViewPlan { default_bits: view_bits, overrides: Vec::new() };
-    let mut model = Model::with_plan(&ck, ModelOptions { max_seq_len: 0, max_batch: 1, ..ModelOptions::default() }, &plan).expect("model");
+    let mut model = Model::with_plan(&ck, reference_options(), &plan).expect("model");
     tokens.iter().enumerate().map(|(pos, &t)| model.forward(t, pos).expect("forward").to_vec()).collect()
 }
 
