@@ -52,16 +52,6 @@ pub(super) unsafe fn avx2_attend_head_impl(q: &[f32], keys: &[f32], values: &[f3
     vector::head_mix(values, stride, scores, out);
 }
 
-/// [`vector::head_body_stored`] (a cache in f16 or integer codes) compiled for AVX2: the same
-/// operations in the same order, so bit-identical.
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn avx2_attend_stored_impl(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    vector::head_body_stored(q, kv, scale, scores, out)
-}
-
 /// [`vector::swiglu`] compiled for AVX2 (eight lanes; the same operations in the same order, so
 /// bit-identical).
 ///

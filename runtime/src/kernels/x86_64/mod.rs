@@ -24,8 +24,10 @@
 //! - [`repack`]: rows unpacked to byte codes for prefill, and the runs made at load;
 //! - [`runs`]: the fields of a run;
 //! - [`elementwise`]: attention of one head, SwiGLU;
+//! - [`attend_stored`]: attention of one head over an f16, int8 or int4 cache;
 //! - [`common`]: the superchunk, its lane order, the sources a kernel reads, small helpers.
 
+mod attend_stored;
 mod common;
 mod decode;
 mod elementwise;

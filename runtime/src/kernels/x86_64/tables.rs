@@ -11,14 +11,15 @@
 //! | matmul, every view | prefill micro-kernel                 | [`super::prefill512`]: 512-bit |
 //! | `repack` (2-6)     | [`avx2_repack_top`]                  | same                          |
 //! | `nibbles`          | [`blocks::low_nibbles`]              | same                          |
-//! | `attend_head`, `swiglu` | [`super::elementwise`]          | same                          |
+//! | `attend_head`, `swiglu` | [`super::elementwise`]; f16/int8/int4 caches: [`super::attend_stored`] | same |
 //! | `softmax_rows`     | [`super::elementwise`], for AVX2     | for AVX-512                   |
 //!
 //! Where a kernel cannot serve a view (groups not a multiple of 32, a view without the form
 //! its kernels read), it runs the portable one, compiled for AVX2.
 
 use super::decode::avx2_nested8_matvec;
-use super::elementwise::{avx2_attend_head_impl, avx2_attend_stored_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
+use super::attend_stored::avx2_attend_stored_impl;
+use super::elementwise::{avx2_attend_head_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
 use super::prefill::avx2_nested8_matmul;
 use super::prefill512::avx512_nested8_matmul;
 use super::quantize::avx2_quantize_acts;
