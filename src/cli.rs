@@ -337,9 +337,9 @@ pub struct KvArgs {
     )]
     pub kv_bits: Vec<KvFormat>,
 
-    /// Keep only N positions in the KV cache (StreamingLLM): the first --kv-sink and the most
-    /// recent N - S. Memory stays constant and generation continues past --ctx; N is at most
-    /// --ctx.
+    /// Keep only N positions in the KV cache (StreamingLLM): the first S (--kv-sink) and the
+    /// most recent N - S. Memory stays constant and generation continues past --ctx; N is at
+    /// most --ctx.
     #[arg(long, value_name = "N", value_parser = parse_kv_window, help_heading = "KV cache")]
     pub kv_window: Option<usize>,
 
@@ -417,8 +417,9 @@ pub struct BenchArgs {
     #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
     pub n_gen: usize,
 
-    /// Run the decode test after D positions were prefilled (llama-bench's -d): `tg128@d4096`
-    /// reads the KV cache of D positions every token; the context is sized for D + --n-gen.
+    /// Run the tests after D positions were prefilled (llama-bench's -d): `tg128@d4096` attends
+    /// over the KV cache of D positions every token; the context is sized for D + the longer
+    /// test (--n-prompt or --n-gen).
     #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]
     pub n_depth: usize,
 
