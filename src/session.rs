@@ -78,7 +78,7 @@ impl KvSettings {
 
     /// The cache as the JSON reports give it, with `bytes` = [`Model::kv_bytes`] (total, per
     /// position over every layer).
-    pub fn to_json(&self, bytes: (usize, usize)) -> serde_json::Value {
+    pub fn to_json(self, bytes: (usize, usize)) -> serde_json::Value {
         serde_json::json!({
             "format": self.format.name(),
             "keys": self.format.keys.bits(),
@@ -90,7 +90,7 @@ impl KvSettings {
     }
 
     /// `f16`, `int8`, `k8v4` and the window: `f16, window 256 (sink 4)`.
-    pub fn describe(&self) -> String {
+    pub fn describe(self) -> String {
         let (k, v) = (self.format.keys.bits(), self.format.values.bits());
         let format = match (k, v) {
             (32, 32) => "f32".to_string(),
