@@ -2,10 +2,11 @@
 //! measures them.
 //!
 //! For every view (`--bits 8,4,...`, or the one view `--plan`/`--target-bits`/`--weight-budget`
-//! or the default picks) and every thread count (`-t 1,2`), two tests run from an empty
-//! context:
-//! - `ppN`: one forward pass over N prompt tokens (positions 0..N), logits of the last only;
-//! - `tgN`: N single-token forward passes (positions 0..N), as decoding runs them.
+//! or the default picks), every KV cache format (`--kv-bits 16,8`) and every thread count
+//! (`-t 1,2`), two tests run from an empty context, or with `-d D` after D positions were
+//! prefilled (llama-bench's depth: the tests are labelled `pp512@d4096`, `tg128@d4096`):
+//! - `ppN`: one forward pass over N prompt tokens (positions D..D+N), logits of the last only;
+//! - `tgN`: N single-token forward passes (positions D..D+N), as decoding runs them.
 //!
 //! Tokens are fixed pseudo-random ids, the same on every run. Each test runs once to warm up,
 //! then `-r` times; the table reports the median tokens/s ± the standard deviation of the
@@ -13,8 +14,9 @@
 //! anew for each (view, threads), so its buffers are sized for that thread count; on Linux the
 //! mapped weights are released and the peak-RSS mark reset between combinations, so each row's
 //! peak RSS is its own. Each row also gives the weight bytes one decoded token reads
-//! ([`Footprint::decode_bytes`]) and, for `tgN`, those bytes times the median tokens/s: the
-//! weight bandwidth decoding reached (GB/s), to hold against the memory's.
+//! ([`Footprint::decode_bytes`]) plus the KV cache it attends over at depth D (the cache's bytes
+//! per position times the D positions it holds) and, for `tgN`, those bytes times the median
+//! tokens/s: the bandwidth decoding reached (GB/s), to hold against the memory's.
 
 use std::io::Write;
 use std::time::Instant;
@@ -28,7 +30,7 @@ use serde_json::json;
 use crate::cli::{BenchArgs, ModelArgs};
 use crate::progress::progress_bar;
 use crate::report;
-use crate::session::{self, Loaded};
+use crate::session::{self, KvSettings, Loaded};
 use crate::stats::{self, Summary};
 use crate::views::{self, Selection};
 use edge_runtime::plan::Footprint;
@@ -39,6 +41,12 @@ struct Row {
     selection: serde_json::Value,
     footprint: Footprint,
     threads: usize,
+    kv: KvSettings,
+    /// KV cache bytes per position, over every layer.
+    kv_bytes_per_token: usize,
+    kv_bytes: usize,
+    /// Positions prefilled before the test (`-d`).
+    depth: usize,
     test: String,
     tokens: usize,
     tps: Summary,
@@ -46,11 +54,18 @@ struct Row {
 }
 
 impl Row {
-    /// For a decode test: weight bytes read per second at the median speed, in GB/s (what the
+    /// Bytes one decoded token reads: the weights, and the keys and values of the positions
+    /// the cache holds at the test's depth (at most the window's).
+    fn read_bytes(&self) -> u64 {
+        let held = self.kv.window.map_or(self.depth, |w| self.depth.min(w.slots));
+        self.footprint.decode_bytes + (self.kv_bytes_per_token * held) as u64
+    }
+
+    /// For a decode test: [`Row::read_bytes`] per second at the median speed, in GB/s (what the
     /// speed amounts to against the memory's bandwidth); `None` for prefill, which reads the
     /// weights once for many tokens.
     fn read_gb_per_s(&self) -> Option<f64> {
-        self.test.starts_with("tg").then(|| self.footprint.decode_bytes as f64 * self.tps.median / 1e9)
+        self.test.starts_with("tg").then(|| self.read_bytes() as f64 * self.tps.median / 1e9)
     }
 }
 
@@ -131,11 +146,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // One parse of the checkpoint per view, each with its own selection and footprint.
     let loads: Vec<Loaded<'_>> = views.iter().map(|v| Loaded::new(&file, v)).collect::<Result<_>>()?;
     let (ck, config) = (&loads[0].ck, &loads[0].config);
+    let depth = args.n_depth;
     for (flag, n) in [("--n-prompt", args.n_prompt), ("--n-gen", args.n_gen)] {
-        if n > config.max_seq_len {
-            bail!("{flag} {n} exceeds the model's context of {} tokens; use at most {}", config.max_seq_len, config.max_seq_len);
+        if depth + n > config.max_seq_len {
+            let at = if depth > 0 { format!(" at --n-depth {depth}") } else { String::new() };
+            bail!(
+                "{flag} {n}{at} exceeds the model's context of {} tokens; use at most {}",
+                config.max_seq_len,
+                config.max_seq_len.saturating_sub(depth)
+            );
         }
     }
+    // The context of every test: its depth and its tokens.
+    let ctx = depth + args.n_prompt.max(args.n_gen);
+    let kvs: Vec<KvSettings> = args.kv.formats().into_iter().map(|f| KvSettings::with_format(&args.kv, f, ctx)).collect::<Result<_>>()?;
+    // Depth is prefilled in forward passes of up to 64 tokens (or the prompt test's size).
+    let max_batch = args.n_prompt.max(depth.min(64)).max(1);
     let nested = views::has_nested(ck);
     let dense_encoding = views::dense_encoding(ck);
     let name = ck
@@ -146,11 +172,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let tests: Vec<(String, usize)> = [("pp", args.n_prompt), ("tg", args.n_gen)]
         .into_iter()
         .filter(|&(_, n)| n > 0)
-        .map(|(t, n)| (format!("{t}{n}"), n))
+        .map(|(t, n)| (if depth > 0 { format!("{t}{n}@d{depth}") } else { format!("{t}{n}") }, n))
         .collect();
     let kernel_name = kernels::kernels().name;
-    let tokens = bench_tokens(args.n_prompt.max(args.n_gen), config.vocab_size);
-    let combos = (loads.len() * threads.len()) as u64;
+    // The depth's tokens, then the tests'.
+    let tokens = bench_tokens(ctx, config.vocab_size);
+    let (depth_tokens, tokens) = tokens.split_at(depth);
+    let combos = (loads.len() * kvs.len() * threads.len()) as u64;
     // A plan chosen or read from a file is described once, as generate and eval do.
     if !args.json {
         for l in loads.iter().filter(|l| !matches!(l.selection.source, views::Source::Default | views::Source::Uniform(_))) {
@@ -161,9 +189,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (pb, shown) = progress_bar(combos * tests.len() as u64 * (args.repetitions as u64 + 1), "runs");
     if !args.json && !shown {
         eprintln!(
-            "edge-run: bench {} ({name}): {} view(s) x {} thread count(s), {} repetitions after a warm-up, kernels {kernel_name}",
+            "edge-run: bench {} ({name}): {} view(s) x {} KV format(s) x {} thread count(s), {} repetitions after a warm-up, kernels {kernel_name}",
             file.path.display(),
             loads.len(),
+            kvs.len(),
             threads.len(),
             args.repetitions
         );
@@ -171,50 +200,61 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let load_before = load_average();
     let mut rows: Vec<Row> = Vec::new();
-    for loaded in &loads {
+    // Every (view, KV format, thread count), in that order.
+    let (kvs_ref, threads_ref) = (&kvs, &threads);
+    let runs = loads.iter().flat_map(|l| kvs_ref.iter().flat_map(move |&kv| threads_ref.iter().map(move |&t| (l, kv, t))));
+    for (loaded, kv, t) in runs {
         let sel = &loaded.selection;
-        for &t in &threads {
-            kernels::set_threads(t);
-            // Drop what the previous combination left resident, then measure this one's peak.
-            file.bytes.release(0, file.bytes.as_bytes().len() as u64);
-            reset_peak_rss();
-            let mut model = loaded.model(args.n_prompt.max(args.n_gen), args.n_prompt.max(1))?;
-            let footprint = loaded.footprint;
-            let label = view_label(sel, nested, dense_encoding);
-            let mut results = Vec::new();
-            for (test, n) in &tests {
-                pb.set_message(format!("{label}, {t} thread(s), {test}"));
-                let mut samples = Vec::with_capacity(args.repetitions);
-                for rep in 0..=args.repetitions {
-                    let start = Instant::now();
-                    if test.starts_with("pp") {
-                        model.forward_batch(&tokens[..*n], 0, Logits::Last)?;
-                    } else {
-                        for (pos, &tok) in tokens[..*n].iter().enumerate() {
-                            model.forward(tok, pos)?;
-                        }
+        kernels::set_threads(t);
+        // Drop what the previous combination left resident, then measure this one's peak.
+        file.bytes.release(0, file.bytes.as_bytes().len() as u64);
+        reset_peak_rss();
+        let mut model = loaded.model(ctx, max_batch, kv)?;
+        let (kv_bytes, kv_bytes_per_token) = model.kv_bytes();
+        let footprint = loaded.footprint;
+        let label = view_label(sel, nested, dense_encoding);
+        let mut results = Vec::new();
+        for (test, n) in &tests {
+            pb.set_message(format!("{label}, KV {}, {t} thread(s), {test}", kv.describe()));
+            // The depth, before each test (a prompt test's passes overwrite what follows it).
+            model.reset_kv();
+            for (i, chunk) in depth_tokens.chunks(max_batch).enumerate() {
+                model.forward_batch(chunk, i * max_batch, Logits::Last)?;
+            }
+            let mut samples = Vec::with_capacity(args.repetitions);
+            for rep in 0..=args.repetitions {
+                let start = Instant::now();
+                if test.starts_with("pp") {
+                    model.forward_batch(&tokens[..*n], depth, Logits::Last)?;
+                } else {
+                    for (i, &tok) in tokens[..*n].iter().enumerate() {
+                        model.forward(tok, depth + i)?;
                     }
-                    let s = start.elapsed().as_secs_f64();
-                    if rep > 0 {
-                        samples.push(*n as f64 / s.max(1e-9));
-                    }
-                    pb.inc(1);
                 }
-                results.push((test.clone(), *n, Summary::of(samples)));
+                let s = start.elapsed().as_secs_f64();
+                if rep > 0 {
+                    samples.push(*n as f64 / s.max(1e-9));
+                }
+                pb.inc(1);
             }
-            let peak_rss = stats::peak_rss_bytes();
-            for (test, n, tps) in results {
-                rows.push(Row {
-                    view: label.clone(),
-                    selection: sel.to_json(&footprint),
-                    footprint,
-                    threads: t,
-                    test,
-                    tokens: n,
-                    tps,
-                    peak_rss,
-                });
-            }
+            results.push((test.clone(), *n, Summary::of(samples)));
+        }
+        let peak_rss = stats::peak_rss_bytes();
+        for (test, n, tps) in results {
+            rows.push(Row {
+                view: label.clone(),
+                selection: sel.to_json(&footprint),
+                footprint,
+                threads: t,
+                kv,
+                kv_bytes_per_token,
+                kv_bytes,
+                depth,
+                test,
+                tokens: n,
+                tps,
+                peak_rss,
+            });
         }
     }
     pb.finish_and_clear();
@@ -230,7 +270,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "plan": r.selection,
                     "weight_bytes": r.footprint.weight_bytes,
                     "decode_bytes": r.footprint.decode_bytes,
+                    "read_bytes_per_token": r.read_bytes(),
                     "read_gb_per_s": r.read_gb_per_s(),
+                    "kv_cache": r.kv.to_json((r.kv_bytes, r.kv_bytes_per_token)),
+                    "n_depth": r.depth,
                     "bits_per_weight": r.footprint.bits_per_weight(),
                     "threads": r.threads,
                     "test": r.test,
@@ -252,6 +295,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "load_average_1m": { "before": load_before, "after": load_average() },
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
+            "n_depth": depth,
             "repetitions": args.repetitions,
             "config": report::config_json(config),
             "results": results,
@@ -273,9 +317,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// The markdown table, columns aligned as llama-bench prints them.
 fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
-    let header = ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"];
-    let right = [false, false, true, true, false, true, true, true, true, true, true];
-    let cells: Vec<[String; 11]> = rows
+    let header =
+        ["model", "view", "bits/w", "weights", "KV", "KV/token", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"];
+    let right = [false, false, true, true, false, true, false, true, true, true, true, true, true];
+    let cells: Vec<[String; 13]> = rows
         .iter()
         .map(|r| {
             [
@@ -283,12 +328,14 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
                 r.view.clone(),
                 format!("{:.2}", r.footprint.bits_per_weight()),
                 format!("{:.2} MiB", r.footprint.weight_bytes as f64 / (1024.0 * 1024.0)),
+                r.kv.describe(),
+                format!("{:.1} KiB", r.kv_bytes_per_token as f64 / 1024.0),
                 kernel_name.to_string(),
                 r.threads.to_string(),
                 r.test.clone(),
                 format!("{:.2} ± {:.2}", r.tps.median, r.tps.stddev),
                 r.peak_rss.map_or_else(|| "n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
-                format!("{:.2} MiB", r.footprint.decode_bytes as f64 / (1024.0 * 1024.0)),
+                format!("{:.2} MiB", r.read_bytes() as f64 / (1024.0 * 1024.0)),
                 r.read_gb_per_s().map_or_else(String::new, |g| format!("{g:.2}")),
             ]
         })

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_runtime::kv::KvFormat;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -15,6 +16,9 @@ Examples:
 
   # Greedy decoding, chat template, JSON output
   edge-run -m model.edge -p \"What is the capital of France?\" --chat --temp 0 --json
+
+  # An int8 KV cache of 512 positions (4 sink + 508 recent): generation goes on past --ctx
+  edge-run -m model.edge -p \"Once upon a time\" -n -1 --kv-bits 8 --kv-window 512
 
   # Perplexity on 4 windows of 512 tokens, as llama-perplexity computes it
   edge-run eval -m model.edge --data wiki.test.raw --ctx 512 --chunks 4
@@ -53,7 +57,8 @@ Compressibility score (--sweep):
 const BENCH_HELP: &str = "\
 Examples:
   edge-run bench -m model-q8.edge --bits 8,4,2 -t 1,2
-  edge-run bench -m model.edge -p 128 -n 32 -r 3 --json";
+  edge-run bench -m model.edge -p 128 -n 32 -r 3 --json
+  edge-run bench -m model.edge -p 0 -n 128 --n-depth 4096 --kv-bits 16,8,4";
 
 /// Run compressible LLMs on constrained devices.
 #[derive(Debug, Parser)]
@@ -98,12 +103,14 @@ pub enum Command {
     /// Measure prompt-processing and generation speed per view and thread count, like llama-bench.
     #[command(
         long_about = "Measure prompt-processing and generation speed per view and thread count, like llama.cpp's llama-bench.\n\n\
-            For every view (--bits 8,6,5,4,3,2, or the one view --plan, --target-bits or --weight-budget picks) \
-            and every thread count (-t 1,2), two tests run from an empty context with fixed pseudo-random \
+            For every view (--bits 8,6,5,4,3,2, or the one view --plan, --target-bits or --weight-budget picks), \
+            every KV cache format (--kv-bits 16,8) and every thread count (-t 1,2), two tests run from an empty \
+            context (or after --n-depth D prefilled positions: pp512@d4096, tg128@d4096) with fixed pseudo-random \
             tokens: ppN, one forward pass over N prompt tokens (logits of the last only), and tgN, N \
             single-token forward passes. Each runs once to warm up, then --repetitions times; the table \
-            shows the median tokens/s ± the standard deviation, the view's weight bytes, the kernel table \
-            and the peak RSS of each (view, threads) combination.",
+            shows the median tokens/s ± the standard deviation, the view's weight bytes, the KV cache's bytes \
+            per token, the kernel table and the peak RSS of each (view, KV format, threads) combination; \
+            read/token is the weights a decoded token reads plus the KV cache at the depth.",
         after_help = BENCH_HELP
     )]
     Bench(BenchArgs),
@@ -219,6 +226,24 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_kv_bits(s: &str) -> Result<KvFormat, String> {
+    KvFormat::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_kv_window(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a window size; give the positions the KV cache keeps, more than --kv-sink (default {}), e.g. 512",
+            KvArgs::DEFAULT_SINK
+        )),
+    }
+}
+
+fn parse_kv_sink(s: &str) -> Result<usize, String> {
+    s.parse::<usize>().map_err(|_| format!("'{s}' is not a number of positions (0 or more, less than --kv-window)"))
+}
+
 fn parse_prob(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
@@ -294,6 +319,50 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
+/// How the KV cache stores keys and values, and how many positions it keeps (generate, eval,
+/// bench).
+#[derive(Debug, Clone, Args)]
+pub struct KvArgs {
+    /// KV cache format: 16 (f16, llama.cpp's default), 8 or 4 (integer codes in groups of 32
+    /// values with f16 scales: about half and a quarter of f16's bytes), 32 (f32), or keys and
+    /// values apart as kXvY (e.g. k8v4: int8 keys, int4 values). bench: a comma-separated list,
+    /// each measured.
+    #[arg(
+        long,
+        value_name = "F",
+        value_parser = parse_kv_bits,
+        value_delimiter = ',',
+        default_value = "16",
+        help_heading = "KV cache"
+    )]
+    pub kv_bits: Vec<KvFormat>,
+
+    /// Keep only N positions in the KV cache (StreamingLLM): the first S (--kv-sink) and the
+    /// most recent N - S. Memory stays constant and generation continues past --ctx; N is at
+    /// most --ctx.
+    #[arg(long, value_name = "N", value_parser = parse_kv_window, help_heading = "KV cache")]
+    pub kv_window: Option<usize>,
+
+    /// With --kv-window: the first S positions (attention sinks) are always kept [default: 4].
+    #[arg(long, value_name = "S", value_parser = parse_kv_sink, help_heading = "KV cache")]
+    pub kv_sink: Option<usize>,
+}
+
+impl KvArgs {
+    pub const DEFAULT_SINK: usize = 4;
+
+    /// The formats of --kv-bits, each once, in the order given.
+    pub fn formats(&self) -> Vec<KvFormat> {
+        let mut out: Vec<KvFormat> = Vec::new();
+        for f in &self.kv_bits {
+            if !out.contains(f) {
+                out.push(*f);
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Model: an .edge checkpoint, or a GGUF file, Hugging Face folder or llama2.c .bin
@@ -348,6 +417,15 @@ pub struct BenchArgs {
     #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
     pub n_gen: usize,
 
+    /// Run the tests after D positions were prefilled (llama-bench's -d): `tg128@d4096` attends
+    /// over the KV cache of D positions every token; the context is sized for D + the longer
+    /// test (--n-prompt or --n-gen).
+    #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]
+    pub n_depth: usize,
+
+    #[command(flatten)]
+    pub kv: KvArgs,
+
     /// Measured repetitions of each test, after one warm-up run.
     #[arg(short = 'r', long, default_value_t = 5, value_name = "N", value_parser = parse_positive)]
     pub repetitions: usize,
@@ -375,7 +453,8 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "IDS")]
     pub prompt_ids: Option<String>,
 
-    /// Number of tokens to generate; -1: until the end of text (EOS) or a full context (--ctx).
+    /// Number of tokens to generate; -1: until the end of text (EOS) or a full context (--ctx;
+    /// with --kv-window: until the end of text).
     #[arg(
         short = 'n',
         long = "n-predict",
@@ -419,6 +498,9 @@ pub struct GenerateArgs {
     /// Prompt tokens processed per forward pass during prefill.
     #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub batch: usize,
+
+    #[command(flatten)]
+    pub kv: KvArgs,
 
     /// Keep generating after the end-of-sequence token.
     #[arg(long)]
@@ -468,6 +550,10 @@ pub struct EvalArgs {
     /// View width of the base model's nested-plane weights (default 8).
     #[arg(long, value_name = "B", value_parser = parse_bits, requires = "kl_base")]
     pub kl_base_bits: Option<u8>,
+
+    /// The KV cache of the evaluated model (the --kl-base model keeps f16 and every position).
+    #[command(flatten)]
+    pub kv: KvArgs,
 
     /// Print one JSON object instead of text (with --sweep: the object sweep.json holds).
     #[arg(long)]

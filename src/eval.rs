@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::cli::EvalArgs;
 use crate::perplexity::{corpus_tokenizer, same_vocab, score_window, window_model, Corpus, Scores};
 use crate::progress::progress_bar;
-use crate::session::{self, Loaded};
+use crate::session::{self, KvSettings, Loaded};
 use crate::stats;
 use crate::views;
 
@@ -22,6 +22,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
+    let kv = KvSettings::from_args(&args.kv, ctx)?;
     let base_file = match &args.kl_base {
         Some(p) => Some(session::open_other(p, &args.model)?),
         None => None,
@@ -34,10 +35,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
     let n_windows = corpus.n_windows;
 
-    let mut model = window_model(&main, ctx, batch)?;
+    let mut model = window_model(&main, ctx, batch, kv)?;
+    let kv_bytes = model.kv_bytes();
     let mut base_model = match &base {
         Some(b) => {
-            let m = window_model(b, ctx, batch)?;
+            let m = window_model(b, ctx, batch, KvSettings::default())?;
             same_vocab("--kl-base", &b.config, &main.config)?;
             Some(m)
         }
@@ -50,6 +52,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         eprintln!("{}", corpus.describe(&args.data));
         if !selection.is_default() {
             eprintln!("{}", selection.describe(&main.footprint));
+        }
+        if kv != KvSettings::default() {
+            eprintln!(
+                "edge-run: KV cache {}: {} ({} per token){}",
+                kv.describe(),
+                stats::human_bytes(kv_bytes.0 as u64),
+                stats::human_bytes(kv_bytes.1 as u64),
+                if base.is_some() { "; the base keeps f16 and every position" } else { "" }
+            );
         }
     }
 
@@ -132,6 +143,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "weight_bytes": weight_bytes,
             "decode_bytes": main.footprint.decode_bytes,
             "bits_per_weight": main.footprint.bits_per_weight(),
+            "kv_cache": kv.to_json(kv_bytes),
             "kl": kl_obj,
         });
         let _ = writeln!(std::io::stdout().lock(), "{obj}");
@@ -151,11 +163,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let _ = writeln!(out, "{l}");
     }
     eprintln!(
-        "edge-run: {seconds:.2} s, {} ({processed} tokens through the model{}); peak RSS {}; weights {}",
+        "edge-run: {seconds:.2} s, {} ({processed} tokens through the model{}); peak RSS {}; weights {}; KV cache {} ({}, {} per token)",
         stats::fmt_rate(stats::rate(processed, seconds)),
         if base.is_some() { " and the base" } else { "" },
         peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),
         stats::human_bytes(weight_bytes),
+        stats::human_bytes(kv_bytes.0 as u64),
+        kv.describe(),
+        stats::human_bytes(kv_bytes.1 as u64),
     );
     Ok(())
 }

@@ -6,13 +6,12 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::model::Logits;
 use edge_runtime::sampler::{Sampler, SamplerConfig};
-use edge_runtime::Config;
 use serde_json::json;
 
 use crate::cli::GenerateArgs;
 use crate::loader;
 use crate::report;
-use crate::session::{self, Loaded};
+use crate::session::{self, KvSettings, Loaded};
 use crate::stats;
 use crate::tokenizer::{self, Tok};
 
@@ -122,11 +121,6 @@ fn random_seed() -> u64 {
     (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15
 }
 
-/// Bytes of the KV cache for `ctx` positions.
-pub fn kv_bytes(c: &Config, ctx: usize) -> usize {
-    2 * c.n_layers * ctx * c.kv_dim() * std::mem::size_of::<f32>()
-}
-
 /// Context size when --ctx is not given (capped at the model's).
 const DEFAULT_CTX: usize = 2048;
 
@@ -189,19 +183,20 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         Some(c) => c,
         None => DEFAULT_CTX.min(config.max_seq_len),
     };
-    if prompt_ids.len() > ctx {
+    let kv = KvSettings::from_args(&args.kv, ctx)?;
+    if kv.window.is_none() && prompt_ids.len() > ctx {
         bail!(
-            "the prompt is {} tokens but the context holds {ctx}; raise --ctx (the model allows up to {}) or shorten the prompt",
+            "the prompt is {} tokens but the context holds {ctx}; raise --ctx (the model allows up to {}), shorten the prompt, or keep only recent positions with --kv-window N",
             prompt_ids.len(),
             config.max_seq_len
         );
     }
 
     let batch = args.batch.min(ctx);
-    let mut model = loaded.model(ctx, batch)?;
+    let mut model = loaded.model(ctx, batch, kv)?;
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
-    let kv = kv_bytes(config, ctx);
+    let (kv_total, kv_per_token) = model.kv_bytes();
     let load_s = t_load.elapsed().as_secs_f64() - file.resolve_seconds;
     if !quiet {
         let name = ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model");
@@ -214,6 +209,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         );
         if !selection.is_default() {
             eprintln!("{}", selection.describe(footprint));
+        }
+        if kv != KvSettings::default() {
+            eprintln!(
+                "edge-run: KV cache {}: {} ({} per token)",
+                kv.describe(),
+                stats::human_bytes(kv_total as u64),
+                stats::human_bytes(kv_per_token as u64)
+            );
         }
     }
 
@@ -262,7 +265,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             if limit.is_some_and(|n| generated.len() >= n) {
                 break Stop::Length;
             }
-            if pos >= ctx {
+            // A window evicts old positions instead of filling up.
+            if kv.window.is_none() && pos >= ctx {
                 break Stop::Context;
             }
             let logits = model.forward(next, pos)?;
@@ -275,8 +279,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     streamer.update(&generated, true)?;
     let text = streamer.text(&generated)?;
     let peak = stats::peak_rss_bytes();
+    let stop_message = (stop == Stop::Context).then(|| {
+        format!(
+            "the KV cache is full ({ctx} positions, --ctx): generation stopped; raise --ctx, or keep only recent positions with --kv-window N to go on at constant memory"
+        )
+    });
 
     if args.json {
+        if let Some(m) = &stop_message {
+            eprintln!("edge-run: {m}");
+        }
         let obj = json!({
             "model": args.model.model.as_ref().map(|p| p.display().to_string()),
             "checkpoint": file.path.display().to_string(),
@@ -289,6 +301,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "tokens": generated,
             "n_generated": generated.len(),
             "stop_reason": stop.name(),
+            "stop_message": stop_message,
             "prefill": { "tokens": prompt_ids.len(), "seconds": prefill_s,
                          "tokens_per_second": stats::rate(prompt_ids.len(), prefill_s) },
             "decode": { "tokens": decode_tokens, "seconds": decode_s,
@@ -297,7 +310,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "peak_rss_bytes": peak,
             "weight_bytes": weight_bytes,
             "decode_bytes": footprint.decode_bytes,
-            "kv_cache_bytes": kv,
+            "kv_cache_bytes": kv_total,
+            "kv_cache": kv.to_json((kv_total, kv_per_token)),
             "state_bytes": state_bytes,
             "mmap": file.mmap,
             "ctx": ctx,
@@ -324,6 +338,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         generated.len(),
         stop.name()
     );
+    if let Some(m) = &stop_message {
+        eprintln!("edge-run: {m}");
+    }
     eprintln!(
         "edge-run: prefill {:>5} tokens in {prefill_s:>7.3} s = {}",
         prompt_ids.len(),
@@ -334,12 +351,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         stats::fmt_rate(stats::rate(decode_tokens, decode_s))
     );
     eprintln!(
-        "edge-run: memory: peak RSS {}{}; weights {} ({} read per token); KV cache {} (ctx {ctx}); run-time state {}",
+        "edge-run: memory: peak RSS {}{}; weights {} ({} read per token); KV cache {} ({}, {} per token, ctx {ctx}); run-time state {}",
         peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),
         if matches!(file.origin, loader::Origin::Packed { .. }) { " (includes packing)" } else { "" },
         stats::human_bytes(weight_bytes as u64),
         stats::human_bytes(footprint.decode_bytes),
-        stats::human_bytes(kv as u64),
+        stats::human_bytes(kv_total as u64),
+        kv.describe(),
+        stats::human_bytes(kv_per_token as u64),
         stats::human_bytes(state_bytes as u64),
     );
     Ok(())

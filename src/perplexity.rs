@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Result};
 use edge_runtime::model::Logits;
 use edge_runtime::{Checkpoint, Config, Model};
 
-use crate::session::Loaded;
+use crate::session::{KvSettings, Loaded};
 use crate::tokenizer::{self, Tok};
 
 /// Log-sum-exp of `logits` in f64.
@@ -241,6 +241,8 @@ pub fn score_window(
     if let Some(k) = keep.as_deref_mut() {
         k.clear();
     }
+    // Every window starts from an empty cache (a KV window's sink is captured anew).
+    model.reset_kv();
     // Unscored first half: only the KV cache matters.
     let mut pos = 0;
     while pos < first {
@@ -269,8 +271,10 @@ pub fn score_window(
     Ok(())
 }
 
-/// The model of `loaded` for windows of `ctx` tokens, run in forward passes of at most `batch`.
-pub fn window_model<'f>(loaded: &Loaded<'f>, ctx: usize, batch: usize) -> Result<Model<'f>> {
+/// The model of `loaded` for windows of `ctx` tokens, run in forward passes of at most `batch`,
+/// its KV cache kept as `kv` says (with a KV window shorter than `ctx`, the positions past it
+/// run one token at a time).
+pub fn window_model<'f>(loaded: &Loaded<'f>, ctx: usize, batch: usize, kv: KvSettings) -> Result<Model<'f>> {
     if ctx > loaded.config.max_seq_len {
         bail!(
             "--ctx {ctx} exceeds the trained context of {} ({} tokens); use a smaller --ctx",
@@ -278,7 +282,7 @@ pub fn window_model<'f>(loaded: &Loaded<'f>, ctx: usize, batch: usize) -> Result
             loaded.config.max_seq_len
         );
     }
-    loaded.model(ctx, batch)
+    loaded.model(ctx, batch, kv)
 }
 
 /// Refuse to compare `other` (`what`: `--kl-base`, `baseline FILE`) with a model of another

@@ -8,18 +8,20 @@
 //! ```text
 //! let file = session::open(&args.model)?;               // ModelFile: the mapped (or read) bytes
 //! let loaded = Loaded::new(&file, &args.model)?;        // Checkpoint<'file>, config, views, footprint
-//! let model = loaded.model(ctx, batch)?;                // Model<'file>
+//! let kv = KvSettings::from_args(&args.kv, ctx)?;       // --kv-bits, --kv-window, --kv-sink
+//! let model = loaded.model(ctx, batch, kv)?;            // Model<'file>
 //! ```
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use edge_runtime::arch::Arch;
+use edge_runtime::kv::{KvFormat, KvWindow};
 use edge_runtime::model::ModelOptions;
 use edge_runtime::plan::{Footprint, ViewPlan};
 use edge_runtime::{Checkpoint, Config, Model};
 
-use crate::cli::ModelArgs;
+use crate::cli::{KvArgs, ModelArgs};
 use crate::loader::{self, ModelFile};
 use crate::views::{self, Selection};
 
@@ -32,6 +34,75 @@ pub fn open(args: &ModelArgs) -> Result<ModelFile> {
 /// `--model`: packed with the same encoding and group size, mapped or read alike.
 pub fn open_other(path: &Path, args: &ModelArgs) -> Result<ModelFile> {
     loader::open_path(path, args.pack_encoding, args.group_size, !args.no_mmap)
+}
+
+/// How a model's KV cache is kept: its format, and the window if it evicts (f16 and every
+/// position by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvSettings {
+    pub format: KvFormat,
+    pub window: Option<KvWindow>,
+}
+
+impl KvSettings {
+    /// The one format of `--kv-bits` (a list is for bench) and the window of `--kv-window` and
+    /// `--kv-sink`, for a context of `ctx` positions.
+    pub fn from_args(args: &KvArgs, ctx: usize) -> Result<Self> {
+        let formats = args.formats();
+        if formats.len() > 1 {
+            bail!("--kv-bits takes one format here; a comma-separated list is for `edge-run bench`");
+        }
+        Self::with_format(args, formats[0], ctx)
+    }
+
+    /// `format` (one of `--kv-bits`) with the window of `args`, for a context of `ctx` positions.
+    pub fn with_format(args: &KvArgs, format: KvFormat, ctx: usize) -> Result<Self> {
+        let window = match (args.kv_window, args.kv_sink) {
+            (None, None) => None,
+            (None, Some(_)) => bail!("--kv-sink needs --kv-window: the sink is the part of a window that is always kept; add --kv-window N"),
+            (Some(slots), sink) => {
+                let sink = sink.unwrap_or(KvArgs::DEFAULT_SINK);
+                if sink >= slots {
+                    bail!(
+                        "--kv-sink {sink} must be smaller than --kv-window {slots} (the window holds the sink and the recent positions); raise --kv-window or lower --kv-sink"
+                    );
+                }
+                if slots > ctx {
+                    bail!("--kv-window {slots} exceeds the context of {ctx} positions; lower --kv-window or raise --ctx");
+                }
+                Some(KvWindow { sink, slots })
+            }
+        };
+        Ok(KvSettings { format, window })
+    }
+
+    /// The cache as the JSON reports give it, with `bytes` = [`Model::kv_bytes`] (total, per
+    /// position over every layer).
+    pub fn to_json(self, bytes: (usize, usize)) -> serde_json::Value {
+        serde_json::json!({
+            "format": self.format.name(),
+            "keys": self.format.keys.bits(),
+            "values": self.format.values.bits(),
+            "bytes": bytes.0,
+            "bytes_per_token": bytes.1,
+            "window": self.window.map(|w| serde_json::json!({ "sink": w.sink, "slots": w.slots })),
+        })
+    }
+
+    /// `f16`, `int8`, `k8v4` and the window: `f16, window 256 (sink 4)`.
+    pub fn describe(self) -> String {
+        let (k, v) = (self.format.keys.bits(), self.format.values.bits());
+        let format = match (k, v) {
+            (32, 32) => "f32".to_string(),
+            (16, 16) => "f16".to_string(),
+            (k, v) if k == v => format!("int{k}"),
+            _ => format!("k{k}v{v}"),
+        };
+        match self.window {
+            Some(w) => format!("{format}, window {} (sink {})", w.slots, w.sink),
+            None => format,
+        }
+    }
 }
 
 /// A checkpoint parsed from its file, with its config, the views chosen for it and what they
@@ -75,10 +146,10 @@ impl<'f> Loaded<'f> {
         Footprint::of(&self.ck, self.arch, &self.config, plan).map_err(|e| anyhow!("{}: {e}", self.path().display()))
     }
 
-    /// The model at the chosen views, with room for `max_seq_len` positions and forward passes
-    /// of up to `max_batch` tokens.
-    pub fn model(&self, max_seq_len: usize, max_batch: usize) -> Result<Model<'f>> {
-        let opts = ModelOptions { max_seq_len, max_batch, ..ModelOptions::default() };
+    /// The model at the chosen views, with room for `max_seq_len` positions (or the window of
+    /// `kv`) and forward passes of up to `max_batch` tokens, its KV cache kept as `kv` says.
+    pub fn model(&self, max_seq_len: usize, max_batch: usize, kv: KvSettings) -> Result<Model<'f>> {
+        let opts = ModelOptions { max_seq_len, max_batch, kv: kv.format, kv_window: kv.window };
         // Planes that repacked views stop reading leave the resident set as each is repacked.
         let release = |o: u64, l: u64| _ = self.file.bytes.release(o, l);
         Model::with_plan_releasing(&self.ck, opts, &self.selection.plan, &release)

@@ -20,7 +20,7 @@ use crate::plot::{self, PlotData, Point};
 use crate::profile::Baseline;
 use crate::progress::progress_bar;
 use crate::report::one_line;
-use crate::session::{self, Loaded};
+use crate::session::{self, KvSettings, Loaded};
 use crate::stats::{self, human_bytes};
 use crate::views::{self, Selection};
 
@@ -132,6 +132,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut tok = perplexity::corpus_tokenizer(ck, &file.path, args.token_ids)?;
     let ctx = args.ctx;
     let batch = args.batch.unwrap_or(512).min(ctx);
+    // The KV flags apply to the compared models; the base keeps f16 and every position.
+    let kv = KvSettings::from_args(&args.kv, ctx)?;
     let base_file = session::open_other(base_path, &args.model)?;
     let base = Loaded::with(&base_file, |ck, _, _| {
         views::select_uniform(ck, &base_file.path, "--kl-base-bits", args.kl_base_bits)
@@ -150,7 +152,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     // The configurations.
     let mut notes: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
-    let mut base_model = perplexity::window_model(&base, ctx, batch)?;
+    let mut base_model = perplexity::window_model(&base, ctx, batch, KvSettings::default())?;
     perplexity::same_vocab("--kl-base", &base.config, config)?;
     let base_label = match args.kl_base_bits {
         Some(b) => format!("base ({} @{b})", encoding_label(&base.ck)),
@@ -230,7 +232,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut baselines = Vec::with_capacity(baseline_loads.len());
     for (i, l) in baseline_loads.iter().enumerate() {
         let f = l.file;
-        let model = perplexity::window_model(l, ctx, batch)?;
+        let model = perplexity::window_model(l, ctx, batch, kv)?;
         perplexity::same_vocab(&format!("baseline {}", f.path.display()), &l.config, config)?;
         let meta = Baseline::from_checkpoint(&l.ck).map_err(|e| anyhow!("{}: {e}", f.path.display()))?;
         let stem = f.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -260,7 +262,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         baselines.push(model);
     }
 
-    let mut main_model = perplexity::window_model(&main, ctx, batch)?;
+    let mut main_model = perplexity::window_model(&main, ctx, batch, kv)?;
+    let kv_bytes = main_model.kv_bytes();
     let mut current: Option<ViewPlan> = Some(main.selection.plan.clone());
 
     if !quiet {
@@ -365,6 +368,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "base": base.path().display().to_string(),
         "data": args.data.display().to_string(),
         "ctx": ctx,
+        "kv_cache": kv.to_json(kv_bytes),
         "batch_size": batch,
         "windows": n_windows,
         "windows_available": corpus.available,

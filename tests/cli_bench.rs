@@ -93,21 +93,23 @@ fn table_is_markdown_with_the_columns() {
     let cells = |l: &str| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
     assert_eq!(
         cells(lines[0]),
-        ["model", "view", "bits/w", "weights", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"]
+        ["model", "view", "bits/w", "weights", "KV", "KV/token", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"]
     );
     assert!(lines[1].starts_with("|--") && lines[1].ends_with(":|"), "{}", lines[1]);
     let pp = cells(lines[2]);
     assert_eq!(pp[0], "stories260K");
     assert_eq!(pp[1], "4-bit");
     assert!(pp[3].ends_with(" MiB"));
-    assert_eq!(pp[5], "2");
-    assert_eq!(pp[6], "pp16");
-    let (med, sd) = pp[7].split_once(" ± ").expect("median ± stddev");
+    assert_eq!(pp[4], "f16");
+    assert!(pp[5].ends_with(" KiB"), "{pp:?}");
+    assert_eq!(pp[7], "2");
+    assert_eq!(pp[8], "pp16");
+    let (med, sd) = pp[9].split_once(" ± ").expect("median ± stddev");
     assert!(med.parse::<f64>().unwrap() > 0.0 && sd.parse::<f64>().unwrap() >= 0.0);
-    assert!(pp[9].ends_with(" MiB") && pp[10].is_empty(), "{pp:?}");
+    assert!(pp[11].ends_with(" MiB") && pp[12].is_empty(), "{pp:?}");
     let tg = cells(lines[3]);
-    assert_eq!(tg[6], "tg4");
-    assert!(tg[10].parse::<f64>().unwrap() > 0.0, "{tg:?}");
+    assert_eq!(tg[8], "tg4");
+    assert!(tg[12].parse::<f64>().unwrap() > 0.0, "{tg:?}");
     // Progress and the header line go to stderr, never into the table.
     for l in r.stderr.lines() {
         assert!(l.starts_with("edge-run: "), "{l}");

@@ -93,8 +93,9 @@ fn json_has_the_fields_and_n_is_respected() {
     assert_eq!(v["config"]["vocab_size"], 49152);
     assert_eq!(v["config"]["norm_eps"], 1e-5);
     assert_eq!(v["ctx"], 2048);
-    // KV cache: 2 (k, v) * 30 layers * 2048 positions * 192 (3 kv heads * 64) * 4 bytes.
-    assert_eq!(v["kv_cache_bytes"], 2 * 30 * 2048 * 192 * 4);
+    // KV cache, f16 by default: 2 (k, v) * 30 layers * 2048 positions * 192 (3 kv heads * 64) * 2 bytes.
+    assert_eq!(v["kv_cache_bytes"], 2 * 30 * 2048 * 192 * 2);
+    assert_eq!(v["kv_cache"]["bytes_per_token"], 2 * 30 * 192 * 2);
 
     // -n 1: one token, no decode step.
     let v = greedy_json(&smollm_f16(), "The capital of France is", 1, &[]);
