@@ -9,14 +9,22 @@ use super::common::transpose8x8;
 use crate::kernels::vector;
 use crate::kv::{KvRows, KvView, RowData, KV_GROUP};
 
-/// 8 values of a stored row, as f32.
+/// A stored row's values as f32, a group of 32 at a time: the group's parameters read once,
+/// then its values 8 at a time.
 trait Load8: Copy {
-    /// Values `i..i + 8` of row `j` (columns counted from the head's first).
+    /// Parameters of the group holding columns `i..i + 32` of row `j`.
+    type Group: Copy;
+
+    /// # Safety
+    /// As [`Load8::load8`], with `i % 32 == 0`.
+    unsafe fn group(self, j: usize, i: usize) -> Self::Group;
+
+    /// Values `i..i + 8` of row `j` (columns counted from the head's first), in group `g`.
     ///
     /// # Safety
     /// The CPU supports AVX2 and F16C; `j` is a filled row and `i + 8 <=` the head's width,
-    /// which [`fits`] checked against the storage.
-    unsafe fn load8(self, j: usize, i: usize) -> __m256;
+    /// which [`fits`] checked against the storage; `g` is the group of row `j` holding `i`.
+    unsafe fn load8(self, g: Self::Group, j: usize, i: usize) -> __m256;
 }
 
 #[derive(Clone, Copy)]
@@ -27,8 +35,13 @@ struct F16Rows<'c> {
 }
 
 impl Load8 for F16Rows<'_> {
+    type Group = ();
+
     #[inline(always)]
-    unsafe fn load8(self, j: usize, i: usize) -> __m256 {
+    unsafe fn group(self, _: usize, _: usize) {}
+
+    #[inline(always)]
+    unsafe fn load8(self, _: (), j: usize, i: usize) -> __m256 {
         // SAFETY: the caller's contract; 8 halves from j * dim + off + i are in `v`.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.v.as_ptr().add(j * self.dim + self.off + i) as *const __m128i)) }
     }
@@ -43,12 +56,20 @@ struct Q8Rows<'c> {
 }
 
 impl Load8 for Q8Rows<'_> {
+    /// The scale `d`, in every lane.
+    type Group = __m256;
+
     #[inline(always)]
-    unsafe fn load8(self, j: usize, i: usize) -> __m256 {
+    unsafe fn group(self, j: usize, i: usize) -> __m256 {
         let groups = self.dim / KV_GROUP;
-        // SAFETY: the caller's contract: 8 codes and the group's scale of row j are stored.
+        // SAFETY: the caller's contract: the group's scale of row j is stored.
+        unsafe { _mm256_set1_ps(half_to_f32(*self.scales.get_unchecked(j * groups + (self.off + i) / KV_GROUP))) }
+    }
+
+    #[inline(always)]
+    unsafe fn load8(self, d: __m256, j: usize, i: usize) -> __m256 {
+        // SAFETY: the caller's contract: 8 codes of row j are stored.
         unsafe {
-            let d = _mm256_set1_ps(half_to_f32(*self.scales.get_unchecked(j * groups + (self.off + i) / KV_GROUP)));
             let c = _mm_loadl_epi64(self.codes.as_ptr().add(j * self.dim + self.off + i) as *const __m128i);
             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), d)
         }
@@ -64,15 +85,24 @@ struct Q4Rows<'c> {
 }
 
 impl Load8 for Q4Rows<'_> {
+    /// The step `d` and minimum `m`, in every lane.
+    type Group = (__m256, __m256);
+
     #[inline(always)]
-    unsafe fn load8(self, j: usize, i: usize) -> __m256 {
+    unsafe fn group(self, j: usize, i: usize) -> (__m256, __m256) {
         let groups = self.dim / KV_GROUP;
-        // SAFETY: the caller's contract: 4 bytes of codes and the group's (d, m) of row j are
-        // stored (`i` is a multiple of 8, so the codes start on a byte).
+        // SAFETY: the caller's contract: the group's (d, m) of row j are stored.
         unsafe {
             let at = 2 * (j * groups + (self.off + i) / KV_GROUP);
-            let d = _mm256_set1_ps(half_to_f32(*self.scales.get_unchecked(at)));
-            let m = _mm256_set1_ps(half_to_f32(*self.scales.get_unchecked(at + 1)));
+            (_mm256_set1_ps(half_to_f32(*self.scales.get_unchecked(at))), _mm256_set1_ps(half_to_f32(*self.scales.get_unchecked(at + 1))))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load8(self, (d, m): (__m256, __m256), j: usize, i: usize) -> __m256 {
+        // SAFETY: the caller's contract: 4 bytes of codes of row j are stored (`i` is a multiple
+        // of 8, so the codes start on a byte).
+        unsafe {
             let word = (self.codes.as_ptr().add((j * self.dim + self.off + i) / 2) as *const u32).read_unaligned();
             let x = _mm_cvtsi32_si128(word as i32);
             let nib = _mm_set1_epi8(0x0F);
@@ -115,14 +145,14 @@ fn fits(rows: &KvRows<'_>, n: usize, hd: usize) -> bool {
 }
 
 /// [`vector::head_body_stored`] for AVX2 (see the module). Heads whose width is not a multiple
-/// of 8, and f32 caches, run the definition compiled for AVX2.
+/// of 32, and f32 caches, run the definition compiled for AVX2.
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn avx2_attend_stored_impl(q: &[f32], kv: KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let (hd, n) = (q.len(), kv.len);
-    if !hd.is_multiple_of(8) || n == 0 || !fits(&kv.keys, n, hd) || !fits(&kv.values, n, hd) {
+    if !hd.is_multiple_of(KV_GROUP) || n == 0 || !fits(&kv.keys, n, hd) || !fits(&kv.values, n, hd) {
         return vector::head_body_stored(q, kv, scale, scores, out);
     }
     assert!(scores.len() == n && out.len() == hd);
@@ -163,10 +193,10 @@ enum Stored<'c> {
 
 /// `scores[j] = scale · dot(q, k_j)`, each exactly [`vector::dot`]: per-lane products and sums
 /// in its order, then the eight lane sums added lane 0 first (an 8×8 transpose for 8 rows at a
-/// time, in order for the rest).
+/// time, in order for the rest), each group's parameters read once a row.
 ///
 /// # Safety
-/// As [`Load8::load8`] for rows `0..n` and columns `0..q.len()`; `q.len() % 8 == 0`.
+/// As [`Load8::load8`] for rows `0..n` and columns `0..q.len()`; `q.len() % 32 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn scores_of<K: Load8>(q: &[f32], k: K, n: usize, scale: f32, scores: &mut [f32]) {
@@ -177,10 +207,13 @@ unsafe fn scores_of<K: Load8>(q: &[f32], k: K, n: usize, scale: f32, scores: &mu
     unsafe {
         for j in (0..octs).step_by(8) {
             let mut acc = [_mm256_setzero_ps(); 8];
-            for i in (0..hd).step_by(8) {
-                let x = _mm256_loadu_ps(q.as_ptr().add(i));
+            for i0 in (0..hd).step_by(KV_GROUP) {
+                let x: [__m256; 4] = core::array::from_fn(|c| _mm256_loadu_ps(q.as_ptr().add(i0 + 8 * c)));
                 for (p, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, k.load8(j + p, i)));
+                    let g = k.group(j + p, i0);
+                    for (c, xc) in x.iter().enumerate() {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(*xc, k.load8(g, j + p, i0 + 8 * c)));
+                    }
                 }
             }
             let t = transpose8x8(acc.map(|a| _mm256_castps_si256(a)));
@@ -192,8 +225,11 @@ unsafe fn scores_of<K: Load8>(q: &[f32], k: K, n: usize, scale: f32, scores: &mu
         }
         for (j, s) in scores.iter_mut().enumerate().take(n).skip(octs) {
             let mut acc = _mm256_setzero_ps();
-            for i in (0..hd).step_by(8) {
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q.as_ptr().add(i)), k.load8(j, i)));
+            for i0 in (0..hd).step_by(KV_GROUP) {
+                let g = k.group(j, i0);
+                for i in (i0..i0 + KV_GROUP).step_by(8) {
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q.as_ptr().add(i)), k.load8(g, j, i)));
+                }
             }
             let mut lanes = [0f32; 8];
             _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
@@ -207,8 +243,8 @@ unsafe fn scores_of<K: Load8>(q: &[f32], k: K, n: usize, scale: f32, scores: &mu
 /// registers.
 ///
 /// # Safety
-/// As [`Load8::load8`] for rows `0..scores.len()` and columns `0..out.len()`; `out.len() % 8 ==
-/// 0`.
+/// As [`Load8::load8`] for rows `0..scores.len()` and columns `0..out.len()`; `out.len() % 32
+/// == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn mix<V: Load8>(v: V, scores: &[f32], out: &mut [f32]) {
@@ -221,18 +257,26 @@ unsafe fn mix<V: Load8>(v: V, scores: &[f32], out: &mut [f32]) {
             let mut o = [_mm256_setzero_ps(); 8];
             for j in (0..quads).step_by(4) {
                 let a: [__m256; 4] = core::array::from_fn(|r| _mm256_set1_ps(scores[j + r]));
-                for (c, oc) in o.iter_mut().enumerate().take(w) {
-                    let i = c0 + 8 * c;
-                    let mut x = _mm256_add_ps(*oc, _mm256_mul_ps(a[0], v.load8(j, i)));
-                    x = _mm256_add_ps(x, _mm256_mul_ps(a[1], v.load8(j + 1, i)));
-                    x = _mm256_add_ps(x, _mm256_mul_ps(a[2], v.load8(j + 2, i)));
-                    *oc = _mm256_add_ps(x, _mm256_mul_ps(a[3], v.load8(j + 3, i)));
+                for (b, ob) in o[..w].chunks_mut(4).enumerate() {
+                    let i0 = c0 + KV_GROUP * b;
+                    let g: [V::Group; 4] = core::array::from_fn(|r| v.group(j + r, i0));
+                    for (c, oc) in ob.iter_mut().enumerate() {
+                        let i = i0 + 8 * c;
+                        let mut x = _mm256_add_ps(*oc, _mm256_mul_ps(a[0], v.load8(g[0], j, i)));
+                        x = _mm256_add_ps(x, _mm256_mul_ps(a[1], v.load8(g[1], j + 1, i)));
+                        x = _mm256_add_ps(x, _mm256_mul_ps(a[2], v.load8(g[2], j + 2, i)));
+                        *oc = _mm256_add_ps(x, _mm256_mul_ps(a[3], v.load8(g[3], j + 3, i)));
+                    }
                 }
             }
             for (j, &s) in scores.iter().enumerate().skip(quads) {
                 let a = _mm256_set1_ps(s);
-                for (c, oc) in o.iter_mut().enumerate().take(w) {
-                    *oc = _mm256_add_ps(*oc, _mm256_mul_ps(a, v.load8(j, c0 + 8 * c)));
+                for (b, ob) in o[..w].chunks_mut(4).enumerate() {
+                    let i0 = c0 + KV_GROUP * b;
+                    let g = v.group(j, i0);
+                    for (c, oc) in ob.iter_mut().enumerate() {
+                        *oc = _mm256_add_ps(*oc, _mm256_mul_ps(a, v.load8(g, j, i0 + 8 * c)));
+                    }
                 }
             }
             for (c, oc) in o.iter().enumerate().take(w) {
