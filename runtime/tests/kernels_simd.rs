@@ -385,6 +385,15 @@ fn attend_head_bit_identical() {
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         (bits(&scores), bits(&out))
                     };
+                    // Batched attention's read-back of the head's rows, from row 1 on.
+                    let read = |f: edge_runtime::kernels::dispatch::KvRowsFn| {
+                        let mut out = vec![f32::NAN; (n - 1) * hd];
+                        let view = cache.view(0, n).head(hd);
+                        f(view.keys, 1, hd, &mut out);
+                        f(view.values, 1, hd, &mut out[..(n - 1) / 2 * hd]);
+                        out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                    };
+                    assert_eq!(read(k.kv_rows), read(Kernels::SCALAR.kv_rows), "{} kv_rows: KV {}, hd {hd}, {n} positions", k.name, format.name());
                     assert_eq!(
                         run(k.attend_head),
                         run(Kernels::SCALAR.attend_head),

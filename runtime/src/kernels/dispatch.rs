@@ -8,7 +8,7 @@
 //! feature.
 
 pub use super::frame::{
-    view_index, AttendHeadFn, Kernels, Nested8MatmulFn, Nested8MatvecFn, NibblesFn, QuantizeActsFn, RepackFn, SwigluFn,
+    view_index, AttendHeadFn, Kernels, KvRowsFn, Nested8MatmulFn, Nested8MatvecFn, NibblesFn, QuantizeActsFn, RepackFn, SwigluFn,
     VIEW_SLOTS,
 };
 use super::{portable, reference, vector};
@@ -25,6 +25,7 @@ impl Kernels {
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
         softmax_rows: vector::softmax_rows,
+        kv_rows: vector::kv_rows,
     };
 
     /// The reference arithmetic with each group's codes unpacked once (`portable.rs`):
@@ -39,6 +40,7 @@ impl Kernels {
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
         softmax_rows: vector::softmax_rows,
+        kv_rows: vector::kv_rows,
     };
 
     /// The best table for this CPU (probed once with `std`).

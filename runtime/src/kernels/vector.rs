@@ -307,6 +307,14 @@ fn four_rows(buf: &mut [f32], hd: usize, mut fill: impl FnMut(usize, &mut [f32])
     [a, b, c, &rest[..hd]]
 }
 
+/// Rows `first..` of `rows` read back as f32 ([`crate::kv::KvRows::row_into`]), `width`
+/// columns each, packed into `out` (as many rows as it holds).
+pub fn kv_rows(rows: crate::kv::KvRows<'_>, first: usize, width: usize, out: &mut [f32]) {
+    for (j, row) in out.chunks_exact_mut(width).enumerate() {
+        rows.row_into(first + j, row);
+    }
+}
+
 /// The reference entry of [`super::frame::Kernels::attend_head`]: `head_body` (an f32 cache,
 /// read in place) or `head_body_stored` (any other form) compiled for the baseline target.
 pub fn attend_head(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {

@@ -150,9 +150,7 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], kv: KvView<'_>, 
                 (v.as_ptr(), g.kv_dim)
             }
             None => {
-                for (j, row) in tile[..width * g.hd].chunks_exact_mut(g.hd).enumerate() {
-                    rows.row_into(j, row);
-                }
+                (kernels::kernels().kv_rows)(rows, 0, g.hd, &mut tile[..width * g.hd]);
                 (tile.as_ptr(), g.hd)
             }
         }

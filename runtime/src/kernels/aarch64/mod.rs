@@ -67,6 +67,7 @@ const NEON: Kernels = Kernels {
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
     softmax_rows: super::vector::softmax_rows,
+    kv_rows: super::vector::kv_rows,
 };
 
 const DOTPROD: Kernels = Kernels {
@@ -79,6 +80,7 @@ const DOTPROD: Kernels = Kernels {
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
     softmax_rows: super::vector::softmax_rows,
+    kv_rows: super::vector::kv_rows,
 };
 
 const I8MM: Kernels = Kernels {
@@ -91,6 +93,7 @@ const I8MM: Kernels = Kernels {
     attend_head: super::vector::attend_head,
     swiglu: super::vector::swiglu,
     softmax_rows: super::vector::softmax_rows,
+    kv_rows: super::vector::kv_rows,
 };
 
 /// What this CPU has: with `std` probed at run time, without it the compile-time features.

@@ -38,6 +38,10 @@ pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
 /// [`super::vector::softmax_rows`], the definition.
 pub type SoftmaxRowsFn = fn(s: &mut [f32], width: usize, first: usize);
 
+/// Rows `first..first + out.len() / width` of a head's slice of a cache, read back as f32
+/// (`width` columns each, packed): see [`super::vector::kv_rows`], the definition.
+pub type KvRowsFn = fn(rows: crate::kv::KvRows<'_>, first: usize, width: usize, out: &mut [f32]);
+
 /// Decode attention of one query head: see [`super::vector::attend_head`], the definition.
 /// `kv` is the head's slice of one layer's cache ([`crate::kv::KvView::head`]); `scores` has one
 /// float per filled slot.
@@ -64,6 +68,8 @@ pub struct Kernels {
     pub swiglu: SwigluFn,
     /// The causal softmax of batched attention (f32; bit-identical in every table).
     pub softmax_rows: SoftmaxRowsFn,
+    /// A cache's rows read back as f32 for batched attention (bit-identical in every table).
+    pub kv_rows: KvRowsFn,
 }
 
 impl core::fmt::Debug for Kernels {

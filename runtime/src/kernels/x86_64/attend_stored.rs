@@ -285,3 +285,44 @@ unsafe fn mix<V: Load8>(v: V, scores: &[f32], out: &mut [f32]) {
         }
     }
 }
+
+/// [`vector::kv_rows`] for AVX2: each group read back in registers as [`Load8::load8`] does.
+/// Widths that are not a multiple of 32, and f32 rows, run the definition.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_kv_rows_impl(rows: KvRows<'_>, first: usize, width: usize, out: &mut [f32]) {
+    let n = out.len() / width.max(1);
+    if n == 0 || !width.is_multiple_of(KV_GROUP) || !fits(&rows, first + n, width) {
+        return vector::kv_rows(rows, first, width, out);
+    }
+    // SAFETY: the features are enabled here; fits() checked rows 0..first + n of `width`
+    // columns; out holds n * width floats.
+    unsafe {
+        match stored(rows) {
+            Stored::F16(r) => read_back(r, first, width, out),
+            Stored::Q8(r) => read_back(r, first, width, out),
+            Stored::Q4(r) => read_back(r, first, width, out),
+        }
+    }
+}
+
+/// # Safety
+/// As [`Load8::load8`] for rows `first..first + out.len() / width` and columns `0..width`;
+/// `width % 32 == 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn read_back<R: Load8>(r: R, first: usize, width: usize, out: &mut [f32]) {
+    for (j, row) in out.chunks_exact_mut(width).enumerate() {
+        for i0 in (0..width).step_by(KV_GROUP) {
+            // SAFETY: as the caller guarantees; the row holds width floats.
+            unsafe {
+                let g = r.group(first + j, i0);
+                for i in (i0..i0 + KV_GROUP).step_by(8) {
+                    _mm256_storeu_ps(row.as_mut_ptr().add(i), r.load8(g, first + j, i));
+                }
+            }
+        }
+    }
+}

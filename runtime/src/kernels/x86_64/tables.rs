@@ -18,7 +18,7 @@
 //! its kernels read), it runs the portable one, compiled for AVX2.
 
 use super::decode::avx2_nested8_matvec;
-use super::attend_stored::avx2_attend_stored_impl;
+use super::attend_stored::{avx2_attend_stored_impl, avx2_kv_rows_impl};
 use super::elementwise::{avx2_attend_head_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
 use super::prefill::avx2_nested8_matmul;
 use super::prefill512::avx512_nested8_matmul;
@@ -117,6 +117,12 @@ fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
     unsafe { avx2_swiglu_impl(gate, up) }
 }
 
+fn avx2_kv_rows(rows: crate::kv::KvRows<'_>, first: usize, width: usize, out: &mut [f32]) {
+    // SAFETY: private, reachable only through TABLE (and TABLE_AVX512), installed only after
+    // the CPU reported avx2, fma and f16c.
+    unsafe { avx2_kv_rows_impl(rows, first, width, out) }
+}
+
 fn avx2_softmax_rows(s: &mut [f32], width: usize, first: usize) {
     // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
     // avx2, fma and f16c.
@@ -140,6 +146,7 @@ pub(super) const TABLE: Kernels = Kernels {
     attend_head: avx2_attend_head,
     swiglu: avx2_swiglu,
     softmax_rows: avx2_softmax_rows,
+    kv_rows: avx2_kv_rows,
 };
 
 /// The AVX-512 VNNI table (install only after probing the CPU): the AVX2 table with
