@@ -11,11 +11,18 @@
 //! [`KV_GROUP`] (a row is one token, so every group is complete when the token is stored):
 //! - `F32`, `F16`: the values;
 //! - `Q8`: `c = round(x / d)` in -127..=127 with `d = amax / 127` per group (f16);
-//! - `Q4`: `c = round((x - m) / d)` in 0..=15 with `m = min`, `d = (max - min) / 15` per group
-//!   (both f16), two codes a byte, low nibble first.
+//! - `Q4`: `c = round((x - m) / d)` in 0..=15 with `m` and `d = (max' - m) / 15` per group
+//!   (both f16) from the group's range, narrowed where clipping its extremes lowers the squared
+//!   error, two codes a byte, low nibble first.
 //!
 //! A stored value reads back as [`KvRows::row_into`] defines (`c · d`, `c · d + m`: a product
 //! then a sum, never fused), the one definition every attention kernel reproduces.
+//!
+//! Integer formats store each head's slice multiplied by a normalized Walsh-Hadamard matrix
+//! ([`KvBits::rotated`]; QuaRot's trick): keys rotated by RoPE have a few channels far larger
+//! than the rest, and a group's step follows its largest value, so the rotation spreads them
+//! over every channel first. Attention rotates the query the same way (scores are unchanged:
+//! `Hq · Hk = q · k`) and rotates its output back (`H Σ p_j H v_j = Σ p_j v_j`).
 //!
 //! Attention reads a layer's filled slots through a [`KvView`]; the order of slots does not
 //! matter to decode attention, and batched attention runs only while `slot = position`.
@@ -28,6 +35,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::error::{Error, Result};
+use crate::kernels::vector::hadamard_heads;
 
 /// Values per quantization group of a cache row.
 pub const KV_GROUP: usize = 32;
@@ -64,6 +72,12 @@ impl KvBits {
             KvBits::Q8 => 8,
             KvBits::Q4 => 4,
         }
+    }
+
+    /// Whether rows are stored rotated by the Walsh-Hadamard matrix (the integer formats; see
+    /// the module).
+    pub fn rotated(self) -> bool {
+        matches!(self, KvBits::Q8 | KvBits::Q4)
     }
 
     /// Bytes of one row of `dim` values, group parameters included.
@@ -215,21 +229,47 @@ fn quantize_q8(x: &[f32], c: &mut [i8]) -> u16 {
     d.to_bits()
 }
 
-/// `m = min`, `d = (max - min) / 15` (both rounded to f16), `c = round((x - m) / d)` in 0..=15,
-/// two a byte (low nibble first); returns `(d, m)`'s bits.
+/// `c = round((x - m) / d)` in 0..=15 with `m` and `d` (both rounded to f16) from the range
+/// `[min, max]` narrowed by the fraction of [`Q4_CLIP`] that gives the least squared error (the
+/// values outside clamp to the ends: 16 levels serve the bulk of a group better than its two
+/// extremes), two codes a byte (low nibble first); returns `(d, m)`'s bits.
 fn quantize_q4(x: &[f32], c: &mut [u8]) -> (u16, u16) {
     let (lo, hi) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let m = f16::from_f32(lo);
-    let mf = m.to_f32();
-    let d = f16::from_f32((hi - mf).max(0.0) / 15.0);
-    let df = d.to_f32();
+    let params = |clip: f32| {
+        let cut = (hi - lo) * clip * 0.5;
+        let m = f16::from_f32(lo + cut);
+        let d = f16::from_f32((hi - cut - m.to_f32()).max(0.0) / 15.0);
+        (m, d)
+    };
+    let code = |v: f32, mf: f32, id: f32| libm::roundf((v - mf) * id).clamp(0.0, 15.0);
+    let error = |(m, d): (f16, f16)| {
+        let (mf, df) = (m.to_f32(), d.to_f32());
+        let id = if df > 0.0 { 1.0 / df } else { 0.0 };
+        x.iter().map(|&v| (code(v, mf, id) * df + mf - v).powi(2)).sum::<f32>()
+    };
+    let (m, d) = Q4_CLIP.iter().map(|&f| params(f)).fold(params(0.0), |best, p| if error(p) < error(best) { p } else { best });
+    let (mf, df) = (m.to_f32(), d.to_f32());
     let id = if df > 0.0 { 1.0 / df } else { 0.0 };
     c.fill(0);
     for (i, &v) in x.iter().enumerate() {
-        let q = libm::roundf((v - mf) * id).clamp(0.0, 15.0) as u8;
-        c[i / 2] |= q << (4 * (i % 2));
+        c[i / 2] |= (code(v, mf, id) as u8) << (4 * (i % 2));
     }
     (d.to_bits(), m.to_bits())
+}
+
+/// Fractions of a group's range that int4 may clip off (half at each end), tried in turn.
+const Q4_CLIP: [f32; 5] = [0.04, 0.08, 0.12, 0.16, 0.2];
+
+/// Store `x` in `slot` of `store` (format `bits`), rotated first when the format rotates
+/// (`row`: room for it).
+fn put_row(store: &mut Store, bits: KvBits, slot: usize, x: &[f32], head_dim: usize, row: &mut [f32]) {
+    if bits.rotated() {
+        row.copy_from_slice(x);
+        hadamard_heads(row, head_dim);
+        store.put(slot, row);
+    } else {
+        store.put(slot, x);
+    }
 }
 
 /// A tensor's rows as stored (see [`KvRows`]).
@@ -347,21 +387,26 @@ pub struct KvCache {
     format: KvFormat,
     slots: usize,
     kv_dim: usize,
+    /// Values per head (the rotation's size).
+    head_dim: usize,
     window: Option<KvWindow>,
+    /// A row being rotated before it is stored (kv_dim).
+    row: Vec<f32>,
 }
 
 impl KvCache {
     /// A cache of `slots` positions per layer for `n_layers` layers of `kv_dim` values, f32.
     pub fn new(n_layers: usize, slots: usize, kv_dim: usize) -> Self {
-        Self::with_format(n_layers, slots, kv_dim, KvFormat::uniform(KvBits::F32))
+        Self::with_format(n_layers, slots, kv_dim, kv_dim, KvFormat::uniform(KvBits::F32))
     }
 
-    /// A cache in `format`.
-    pub fn with_format(n_layers: usize, slots: usize, kv_dim: usize, format: KvFormat) -> Self {
+    /// A cache in `format`, for heads of `head_dim` values (a power of two when the format
+    /// rotates, [`KvBits::rotated`]).
+    pub fn with_format(n_layers: usize, slots: usize, kv_dim: usize, head_dim: usize, format: KvFormat) -> Self {
         let layers = (0..n_layers)
             .map(|_| (Store::new(format.keys, slots, kv_dim), Store::new(format.values, slots, kv_dim)))
             .collect();
-        KvCache { layers, format, slots, kv_dim, window: None }
+        KvCache { layers, format, slots, kv_dim, head_dim, window: None, row: vec![0.0; kv_dim] }
     }
 
     /// Slots each layer holds.
@@ -414,14 +459,25 @@ impl KvCache {
             ),
         })?;
         let (ks, vs) = &mut self.layers[layer];
-        ks.put(slot, &k[..self.kv_dim]);
-        vs.put(slot, &v[..self.kv_dim]);
+        put_row(ks, self.format.keys, slot, &k[..self.kv_dim], self.head_dim, &mut self.row);
+        put_row(vs, self.format.values, slot, &v[..self.kv_dim], self.head_dim, &mut self.row);
         Ok(())
     }
 
-    /// Store only the keys of `pos` (the sink's keys re-rotated, see the model).
+    /// Store only the keys of slot `slot` (the sink's keys re-rotated, see the model).
     pub fn store_keys(&mut self, layer: usize, slot: usize, k: &[f32]) {
-        self.layers[layer].0.put(slot, &k[..self.kv_dim]);
+        put_row(&mut self.layers[layer].0, self.format.keys, slot, &k[..self.kv_dim], self.head_dim, &mut self.row);
+    }
+
+    /// The keys (`values` false) or values of slot `slot` as given to [`KvCache::store`], up to
+    /// the format's rounding (rotated back where the format rotates), into `out` (kv_dim).
+    pub fn row_of(&self, layer: usize, slot: usize, values: bool, out: &mut [f32]) {
+        let view = self.view(layer, slot + 1);
+        let (rows, bits) = if values { (view.values, self.format.values) } else { (view.keys, self.format.keys) };
+        rows.row_into(slot, out);
+        if bits.rotated() {
+            hadamard_heads(out, self.head_dim);
+        }
     }
 
     /// Layer `layer`'s first `len` slots.
@@ -449,17 +505,21 @@ impl KvCache {
         if format == self.format {
             return;
         }
-        let (slots, dim) = (self.slots, self.kv_dim);
+        let (slots, dim, hd) = (self.slots, self.kv_dim, self.head_dim);
         let mut row = vec![0f32; dim];
         for (ks, vs) in self.layers.iter_mut() {
             for (store, bits) in [(ks, format.keys), (vs, format.values)] {
-                if store.rows(0, dim).bits() == bits {
+                let was = store.rows(0, dim).bits();
+                if was == bits {
                     continue;
                 }
                 let mut new = Store::new(bits, slots, dim);
                 let old = store.rows(slots, dim);
                 for s in 0..slots {
                     old.row_into(s, &mut row);
+                    if was.rotated() != bits.rotated() {
+                        hadamard_heads(&mut row, hd);
+                    }
                     new.put(s, &row);
                 }
                 *store = new;
@@ -544,11 +604,16 @@ mod tests {
         let dim = 96;
         let x = sample(dim, 3);
         for bits in KvBits::ALL {
-            let mut c = KvCache::with_format(1, 2, dim, KvFormat::uniform(bits));
+            let mut c = KvCache::with_format(1, 2, dim, 32, KvFormat::uniform(bits));
             c.store(0, 1, &x, &x).unwrap();
+            // As stored: the rows rotated for the integer formats.
+            let mut stored = x.clone();
+            if bits.rotated() {
+                hadamard_heads(&mut stored, 32);
+            }
             let mut back = vec![0f32; dim];
             c.view(0, 2).keys.row_into(1, &mut back);
-            for (g, (xg, bg)) in x.chunks(KV_GROUP).zip(back.chunks(KV_GROUP)).enumerate() {
+            for (g, (xg, bg)) in stored.chunks(KV_GROUP).zip(back.chunks(KV_GROUP)).enumerate() {
                 let (lo, hi) = xg.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
                 let amax = lo.abs().max(hi.abs());
                 let tol = match bits {
@@ -566,13 +631,21 @@ mod tests {
             c.view(0, 2).head(64).keys.row_into(1, &mut part);
             assert_eq!(&part[..], &back[64..96]);
             assert_eq!(c.bytes(), 2 * 2 * bits.row_bytes(dim));
+            // Rotated back, the values given.
+            let mut given = vec![0f32; dim];
+            c.row_of(0, 1, true, &mut given);
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let tol = amax * [0.0, 1e-3, 0.03, 0.25][KvBits::ALL.iter().position(|&b| b == bits).unwrap()];
+            for (a, b) in x.iter().zip(&given) {
+                assert!((a - b).abs() <= tol, "{bits:?}: {a} came back as {b}");
+            }
         }
     }
 
     #[test]
     fn window_keeps_exactly_sink_and_recent() {
         let dim = 32;
-        let mut c = KvCache::with_format(1, 6, dim, KvFormat::uniform(KvBits::F32));
+        let mut c = KvCache::with_format(1, 6, dim, dim, KvFormat::uniform(KvBits::F32));
         c.set_window(KvWindow { sink: 2, slots: 6 }, 0).unwrap();
         for p in 0..20 {
             let k = vec![p as f32; dim];
@@ -594,18 +667,18 @@ mod tests {
     #[test]
     fn stepping_down_requantizes_and_frees() {
         let dim = 64;
-        let mut c = KvCache::with_format(2, 8, dim, KvFormat::default());
+        let mut c = KvCache::with_format(2, 8, dim, 32, KvFormat::default());
         for p in 0..8 {
             let x = sample(dim, p as u32 + 1);
             c.store(1, p, &x, &x).unwrap();
         }
         let f16_bytes = c.bytes();
         let mut want = vec![0f32; dim];
-        c.view(1, 8).values.row_into(5, &mut want);
+        c.row_of(1, 5, true, &mut want);
         c.set_format(KvFormat::uniform(KvBits::Q8));
         assert!(c.bytes() < f16_bytes * 6 / 10, "{} of {f16_bytes}", c.bytes());
         let mut got = vec![0f32; dim];
-        c.view(1, 8).values.row_into(5, &mut got);
+        c.row_of(1, 5, true, &mut got);
         let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (a, b) in want.iter().zip(&got) {
             assert!((a - b).abs() <= amax / 127.0, "{a} vs {b}");

@@ -373,7 +373,7 @@ fn attend_head_bit_identical() {
                 let kv_dim = 3 * hd;
                 for n in [1usize, 2, 3, 4, 5, 8, 63, 64, 65, 130] {
                     let q: Vec<f32> = (0..hd).map(|_| 2.0 * rng.f32()).collect();
-                    let mut cache = KvCache::with_format(1, n, kv_dim, format);
+                    let mut cache = KvCache::with_format(1, n, kv_dim, hd, format);
                     for p in 0..n {
                         let kr: Vec<f32> = (0..kv_dim).map(|_| rng.f32()).collect();
                         let vr: Vec<f32> = (0..kv_dim).map(|_| rng.f32()).collect();

@@ -145,6 +145,31 @@ fn softmax_unnormalized(x: &mut [f32]) -> f32 {
     acc.iter().sum::<f32>() + tail_sum
 }
 
+/// Each `head_dim` slice of `x` times the normalized Walsh-Hadamard matrix `H / sqrt(head_dim)`
+/// (in place; `head_dim` a power of two). `H` is symmetric and orthogonal once normalized, so
+/// applying it twice gives `x` back (up to rounding), and `(Hq) · (Hk) = q · k`.
+pub fn hadamard_heads(x: &mut [f32], head_dim: usize) {
+    assert!(head_dim.is_power_of_two());
+    let norm = 1.0 / libm::sqrtf(head_dim as f32);
+    for head in x.chunks_exact_mut(head_dim) {
+        let mut h = 1;
+        while h < head_dim {
+            for block in head.chunks_exact_mut(2 * h) {
+                let (a, b) = block.split_at_mut(h);
+                for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+                    let (u, v) = (*x, *y);
+                    *x = u + v;
+                    *y = u - v;
+                }
+            }
+            h *= 2;
+        }
+        for v in head.iter_mut() {
+            *v *= norm;
+        }
+    }
+}
+
 /// The causal softmax of a (rows, width) block of attention scores `s`: row `r` sees positions
 /// `0..first + r`; softmax over those, 0 for the rest.
 #[inline(always)]

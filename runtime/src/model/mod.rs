@@ -218,7 +218,7 @@ impl<'a, B: Backend> Model<'a, B> {
             sink_cos: Vec::new(),
             sink_sin: Vec::new(),
         };
-        let kv = KvCache::with_format(c.n_layers, max_seq_len, c.kv_dim(), kv);
+        let kv = KvCache::with_format(c.n_layers, max_seq_len, c.kv_dim(), c.head_dim, kv);
         let mut model = Model { config, weights, max_seq_len, max_batch, backend, kv, kv_end: 0, state };
         if let Some(w) = opts.kv_window {
             model.set_kv_window(w)?;
@@ -230,10 +230,10 @@ impl<'a, B: Backend> Model<'a, B> {
     /// [`KV_GROUP`] values, so a head must be a whole number of groups.
     fn check_kv_format(c: &Config, format: KvFormat) -> Result<()> {
         let integer = [format.keys, format.values].iter().any(|b| b.bits() <= 8);
-        if integer && !c.head_dim.is_multiple_of(KV_GROUP) {
+        if integer && !(c.head_dim.is_multiple_of(KV_GROUP) && c.head_dim.is_power_of_two()) {
             return Err(Error::InvalidArgument {
                 what: format!(
-                    "KV cache {}: integer codes need a head dimension that is a multiple of {KV_GROUP} (this model's is {}); use --kv-bits 16",
+                    "KV cache {}: integer codes need a head dimension that is a power of two and a multiple of {KV_GROUP} (this model's is {}); use --kv-bits 16",
                     format.name(),
                     c.head_dim
                 ),
@@ -295,10 +295,9 @@ impl<'a, B: Backend> Model<'a, B> {
         let sink = st.sink_raw.len() / (c.n_layers * kv_dim);
         let (cos, sin) = (&mut st.far_cos[..half], &mut st.far_sin[..half]);
         for l in 0..c.n_layers {
-            let keys = self.kv.view(l, sink).keys;
             for i in 0..sink {
                 let k = &mut st.sink_raw[(l * sink + i) * kv_dim..][..kv_dim];
-                keys.row_into(i, k);
+                self.kv.row_of(l, i, false, k);
                 rope_angles(&c, i, cos, sin);
                 sin.iter_mut().for_each(|v| *v = -*v);
                 vector::rope(k, c.head_dim, cos, sin);

@@ -6,21 +6,45 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::AttnShape;
 use crate::kernels;
+use crate::kernels::vector;
 use crate::kv::KvView;
 
 /// Decode: the token at position `kv.len - 1` attends to every filled slot of `kv`. `scores`
 /// holds a row of `stride` floats per head.
-pub(super) fn one(s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32], stride: usize) {
+pub(super) fn one(s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32], stride: usize, qrot: &mut [f32]) {
     let geo = DecodeGeometry { pos: kv.len - 1, hd: s.head_dim, kv_dim: kv.keys.dim, group: s.group, scale: s.scale, stride };
-    attention_decode(&geo, &q[..s.n_heads * s.head_dim], kv, out, scores);
+    let q_dim = s.n_heads * s.head_dim;
+    let q = rotated_queries(&q[..q_dim], kv, s.head_dim, qrot);
+    attention_decode(&geo, q, kv, out, scores);
+    rotate_back(&mut out[..q_dim], kv, s.head_dim);
+}
+
+/// `q` in the key's domain: rotated by the Walsh-Hadamard matrix into `qrot` when the cache
+/// stores keys rotated ([`crate::kv::KvBits::rotated`]), else itself.
+fn rotated_queries<'q>(q: &'q [f32], kv: KvView<'_>, head_dim: usize, qrot: &'q mut [f32]) -> &'q [f32] {
+    if !kv.keys.bits().rotated() {
+        return q;
+    }
+    let r = &mut qrot[..q.len()];
+    r.copy_from_slice(q);
+    vector::hadamard_heads(r, head_dim);
+    r
+}
+
+/// The attention output rotated back when the cache stores values rotated.
+fn rotate_back(out: &mut [f32], kv: KvView<'_>, head_dim: usize) {
+    if kv.values.bits().rotated() {
+        vector::hadamard_heads(out, head_dim);
+    }
 }
 
 /// Prefill: `n` tokens at positions `kv.len - n..kv.len`, causal. `att` holds one work area a
 /// thread ([`work_floats`]): a score block of `rows` tokens by `stride` positions, then room for
 /// one kv head's keys and values as f32.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32], att: &mut [f32], rows: usize, stride: usize) {
+pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32], att: &mut [f32], rows: usize, stride: usize, qrot: &mut [f32]) {
     let q_dim = s.n_heads * s.head_dim;
+    let q = rotated_queries(&q[..n * q_dim], kv, s.head_dim, qrot);
     let geo = AttnGeometry {
         n,
         pos: kv.len - n,
@@ -34,6 +58,7 @@ pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut
         stride,
     };
     attention_batch(&geo, q, kv, out, att);
+    rotate_back(&mut out[..n * q_dim], kv, s.head_dim);
 }
 
 /// Floats of one thread's work area of batched attention: a score block (`rows` × `stride`)

@@ -37,6 +37,8 @@ pub struct Cpu {
     scratch: Scratch,
     /// (n_heads, max_seq_len) attention scores of each head (decode).
     scores: Vec<f32>,
+    /// (batch, q_dim) queries rotated into the domain of a cache that stores keys rotated.
+    qrot: Vec<f32>,
     /// Work areas of batched attention, one per thread (`attention::work_floats`).
     att: Vec<f32>,
     /// Tokens per block of batched attention (rows of a score block).
@@ -66,6 +68,7 @@ impl Backend for Cpu {
         Ok(Cpu {
             scratch: Scratch::new(widest, max_batch, kernels::threads()),
             scores: vec![0.0; c.n_heads * max_seq_len],
+            qrot: vec![0.0; max_batch * c.q_dim()],
             att: vec![0.0; att_slots * if att_rows > 0 { attention::work_floats(att_rows, max_seq_len, c.head_dim) } else { 0 }],
             att_rows,
             stride: max_seq_len,
@@ -114,11 +117,11 @@ impl Backend for Cpu {
     }
 
     fn attend_one(&mut self, s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32]) {
-        attention::one(s, q, kv, out, &mut self.scores, self.stride);
+        attention::one(s, q, kv, out, &mut self.scores, self.stride, &mut self.qrot);
     }
 
     fn attend_many(&mut self, s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32]) {
-        attention::many(s, n, q, kv, out, &mut self.att, self.att_rows, self.stride);
+        attention::many(s, n, q, kv, out, &mut self.att, self.att_rows, self.stride, &mut self.qrot);
     }
 
     fn rmsnorm(&self, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
@@ -138,6 +141,6 @@ impl Backend for Cpu {
     }
 
     fn state_bytes(&self) -> usize {
-        self.scratch.bytes() + 4 * (self.scores.len() + self.att.len())
+        self.scratch.bytes() + 4 * (self.scores.len() + self.att.len() + self.qrot.len())
     }
 }
