@@ -251,7 +251,7 @@ fn nested8_products_match_reference() {
                             assert_close(k.name, exact, &got, &want, scale, &what);
                         }
                         // Prefill.
-                        for &n in &[1usize, 2, 3, 7, 9, 21, 40, 64] {
+                        for &n in &[1usize, 2, 3, 7, 9, 40, 64] {
                             if n == 64 && rows > 3 && cols > 600 {
                                 continue; // keep the reference's runtime down
                             }
@@ -291,7 +291,7 @@ fn exact_integer_sums() {
                 let t = Tensor::exact(rows, group, &mut rng);
                 let w = t.view(view, prep);
                 let vi = view_index(view);
-                for &n in &[1usize, 2, 3, 7, 9, 21, 40, 64] {
+                for &n in &[1usize, 2, 3, 7, 9, 40, 64] {
                     let mut x: Vec<f32> = (0..n * group).map(|_| (rng.below(255) as f32) - 127.0).collect();
                     for tk in 0..n {
                         x[tk * group] = 127.0;
