@@ -103,11 +103,14 @@ fn window_runs_past_the_context_at_constant_memory() {
     assert_eq!(decode(&mut full, &toks[..40], 0), decode(&mut win, &toks[..40], 0));
     let bytes_before = (win.state_bytes(), win.kv_bytes().0);
     assert_eq!(bytes_before.1, 40 * win.kv_bytes().1);
-    // Then on, far past the context of 96 positions, token by token and in batches.
+    // Then on, far past the context of 96 positions, in batches (run token by token once the
+    // window cycles), each token's logits in its row as a twin decoding one token a call gets.
+    let mut twin = Model::new(&ck, opts(KvFormat::default(), Some(window))).unwrap();
+    decode(&mut twin, &toks[..40], 0);
     let mut pos = 40;
     for chunk in toks[40..].chunks(23) {
-        let logits = win.forward_batch(chunk, pos, Logits::All).unwrap();
-        assert!(logits.iter().all(|v| v.is_finite()));
+        let logits = win.forward_batch(chunk, pos, Logits::All).unwrap().to_vec();
+        assert_eq!(logits, decode(&mut twin, chunk, pos), "batch at {pos}");
         pos += chunk.len();
     }
     assert_eq!(pos, 300);
@@ -167,7 +170,7 @@ fn live_changes() {
     twin.forward_batch(&toks[..32], 0, Logits::Last).unwrap();
     let f16 = m.kv_bytes().0;
     // f16 -> int8 -> int4: memory falls each step, generation goes on near the f16 cache's.
-    for (name, tol) in [("8", 6e-2), ("4", 4e-1)] {
+    for (name, tol) in [("8", 6e-2), ("4", 5e-1)] {
         let before = m.kv_bytes().0;
         m.set_kv_format(KvFormat::parse(name).unwrap()).unwrap();
         assert!(m.kv_bytes().0 < before, "KV {name}: {} bytes, {before} before", m.kv_bytes().0);

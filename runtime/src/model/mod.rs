@@ -269,22 +269,27 @@ impl<'a, B: Backend> Model<'a, B> {
     }
 
     /// [`Model::forward_observed`] one token at a time (a batch that a window's cycling slots
-    /// cannot hold in order), the logits gathered as asked.
+    /// cannot hold in order), the logits gathered as asked in the logits buffer itself: each
+    /// call leaves its token's in row 0, which moves to the token's row before the next call;
+    /// token 0's waits in the last row and trades places with the last token's at the end.
     fn forward_split(&mut self, tokens: &[u32], pos: usize, want: Logits, mut observer: Option<&mut dyn Observer>) -> Result<&[f32]> {
-        let vocab = self.config.vocab_size;
-        let mut all = Vec::new();
+        let (n, vocab) = (tokens.len(), self.config.vocab_size);
         for (t, &tok) in tokens.iter().enumerate() {
             let o = observer.as_mut().map(|o| &mut **o as &mut dyn Observer);
-            let logits = self.forward_observed(&[tok], pos + t, Logits::Last, o)?;
-            if want == Logits::All {
-                all.extend_from_slice(logits);
+            self.forward_observed(&[tok], pos + t, Logits::Last, o)?;
+            if want == Logits::All && n > 1 {
+                let rows = &mut self.state.logits[..n * vocab];
+                let (first, rest) = rows.split_at_mut(vocab);
+                let dst = if t == 0 { n - 1 } else { t };
+                let row = &mut rest[(dst - 1) * vocab..dst * vocab];
+                if t == n - 1 {
+                    first.swap_with_slice(row);
+                } else {
+                    row.copy_from_slice(first);
+                }
             }
         }
-        if want == Logits::All {
-            self.state.logits[..all.len()].copy_from_slice(&all);
-            return Ok(&self.state.logits[..all.len()]);
-        }
-        Ok(&self.state.logits[..vocab])
+        Ok(&self.state.logits[..if want == Logits::All { n } else { 1 } * vocab])
     }
 
     /// The sink's keys before RoPE, from the cache: slot `i < sink` holds position `i`'s key,
