@@ -156,6 +156,29 @@ pub(super) unsafe fn served_elsewhere<const V: u8, const VNNI: bool>(w: &Nested8
     true
 }
 
+/// What a prefill kernel computes over: `n` tokens against `len` rows of `gpr` groups of `g`
+/// codes (`rs` a row), the activations' layout `lay` with `blocks` groups a token and `tbs`
+/// blocks of [`TOK`] tokens.
+pub(super) struct Shape {
+    pub(super) n: usize,
+    pub(super) len: usize,
+    pub(super) lay: Layout,
+    pub(super) g: usize,
+    pub(super) rs: usize,
+    pub(super) gpr: usize,
+    pub(super) blocks: usize,
+    pub(super) tbs: usize,
+}
+
+impl Shape {
+    pub(super) fn of(w: &Nested8<'_>, acts: &QActs, out: &[f32]) -> Shape {
+        let n = acts.n;
+        let (g, rs) = (w.group_size, w.row_stride);
+        let lay = Layout::new(n, acts.padded_cols, acts.block);
+        Shape { n, len: out.len() / n, lay, g, rs, gpr: rs / g, blocks: acts.blocks(), tbs: n.div_ceil(TOK) }
+    }
+}
+
 /// Rows `first..first + len` of a matrix unpacked for the micro-kernels: byte codes, row after
 /// row (`row_stride` bytes each; view 8 without VNNI: the high nibbles of every row, then the
 /// low ones from `lo_base`), and (step, offset) per row and group (`2 * gpr` floats a row).
@@ -237,17 +260,10 @@ pub(super) unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QA
     if unsafe { served_elsewhere::<V, false>(w, acts, first, out) } {
         return;
     }
-    let n = acts.n;
-    let len = out.len() / n;
-    let lay = Layout::new(n, acts.padded_cols, acts.block);
-    let g = w.group_size;
-    let rs = w.row_stride;
-    let gpr = rs / g;
+    let Shape { n, len, lay, g, rs, gpr, blocks, tbs } = Shape::of(w, acts, out);
     // SAFETY: usable() held (served_elsewhere returned false).
     let Tile { codes, lo_base, so } = unsafe { unpack_tile::<V, false>(w, first, len) };
-    let blocks = acts.blocks();
     let rows = rows_per_micro(V);
-    let tbs = n.div_ceil(TOK);
     let mut tb = 0;
     while tb < tbs {
         // Two token blocks per call while two remain.

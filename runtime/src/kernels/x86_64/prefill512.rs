@@ -11,8 +11,8 @@
 
 use core::arch::x86_64::*;
 
-use super::prefill::{served_elsewhere, unpack_tile, Tile};
-use super::quantize::{Layout, C_ENTRY, TOK};
+use super::prefill::{served_elsewhere, unpack_tile, Shape, Tile};
+use super::quantize::{C_ENTRY, TOK};
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::Nested8;
 
@@ -100,16 +100,9 @@ pub(super) unsafe fn avx512_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &
     if unsafe { served_elsewhere::<V, true>(w, acts, first, out) } {
         return;
     }
-    let n = acts.n;
-    let len = out.len() / n;
-    let lay = Layout::new(n, acts.padded_cols, acts.block);
-    let g = w.group_size;
-    let rs = w.row_stride;
-    let gpr = rs / g;
-    let blocks = acts.blocks();
+    let Shape { n, len, lay, g, rs, gpr, blocks, tbs } = Shape::of(w, acts, out);
     // SAFETY: usable() held (served_elsewhere returned false).
     let Tile { codes, so, .. } = unsafe { unpack_tile::<V, true>(w, first, len) };
-    let tbs = n.div_ceil(TOK);
     // Token block `b`'s part B and part C; blocks past the last repeat it (computed, never
     // stored).
     let xb = |b: usize| acts.aux[lay.b_off + b.min(tbs - 1) * TOK * rs..][..TOK * rs].as_ptr();
