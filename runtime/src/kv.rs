@@ -245,7 +245,12 @@ fn quantize_q4(x: &[f32], c: &mut [u8]) -> (u16, u16) {
     let error = |(m, d): (f16, f16)| {
         let (mf, df) = (m.to_f32(), d.to_f32());
         let id = if df > 0.0 { 1.0 / df } else { 0.0 };
-        x.iter().map(|&v| (code(v, mf, id) * df + mf - v).powi(2)).sum::<f32>()
+        x.iter()
+            .map(|&v| {
+                let e = code(v, mf, id) * df + mf - v;
+                e * e
+            })
+            .sum::<f32>()
     };
     let (m, d) = Q4_CLIP.iter().map(|&f| params(f)).fold(params(0.0), |best, p| if error(p) < error(best) { p } else { best });
     let (mf, df) = (m.to_f32(), d.to_f32());
