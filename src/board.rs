@@ -221,9 +221,11 @@ impl Board {
         )
     }
 
-    /// For the startup line: `rpi5-8gb (Raspberry Pi 5, 8 GB; kernel table neon+dotprod expected)`.
-    pub fn describe(&self) -> String {
-        format!("{} ({}; kernel table {} expected)", self.name, self.description, self.kernel_table)
+    /// For the startup line: `rpi5-8gb (Raspberry Pi 5, 8 GB): 4 threads, kernel table
+    /// neon+dotprod`, with what the board expects when the CPU got another table.
+    pub fn describe(&self, threads: usize, table: &str) -> String {
+        let expect = if table == self.kernel_table { String::new() } else { format!(" (the board expects {})", self.kernel_table) };
+        format!("{} ({}): {threads} threads, kernel table {table}{expect}", self.name, self.description)
     }
 }
 

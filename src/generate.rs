@@ -209,12 +209,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
             if file.mmap { "mmap" } else { "read" },
         );
         if let Some(b) = board {
-            eprintln!(
-                "edge-run: board {}; {} threads, kernel table {}",
-                b.describe(),
-                edge_runtime::kernels::threads(),
-                edge_runtime::kernels::kernels().name
-            );
+            eprintln!("edge-run: board {}", b.describe(edge_runtime::kernels::threads(), edge_runtime::kernels::kernels().name));
         }
         if !selection.is_default() {
             eprintln!("{}", selection.describe(footprint));
