@@ -117,6 +117,9 @@ pub enum Command {
     /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums.
     #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json\n  edge-run inspect model.edge --verify --bits 4    # only what the 4-bit view reads")]
     Inspect(InspectArgs),
+    /// List the known boards (board-configs/*.toml, built in) and the one this machine is.
+    #[command(after_help = "Examples:\n  edge-run boards\n  edge-run boards --json\n  edge-run -m model.edge --board rpi5-8gb -p \"Hello\"")]
+    Boards(BoardsArgs),
 }
 
 /// How auto-packed weights are stored.
@@ -314,9 +317,16 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub group_size: usize,
 
-    /// Threads for matrix products (default: the physical cores this process may use).
+    /// Threads for matrix products (default: the --board's default_threads, else the physical cores this
+    /// process may use).
     #[arg(short = 't', long, value_name = "N", value_parser = parse_positive)]
     pub threads: Option<usize>,
+
+    /// The board this runs on: a known name (`edge-run boards` lists them) or a board TOML
+    /// file. Gives the default thread count (when -t is not given); shown on the startup line
+    /// and in --json.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub board: Option<String>,
 }
 
 /// How the KV cache stores keys and values, and how many positions it keeps (generate, eval,
@@ -405,9 +415,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub group_size: usize,
 
-    /// Thread counts to measure, comma-separated (default: the physical cores).
+    /// Thread counts to measure, comma-separated (default: the --board's default_threads, else the physical
+    /// cores).
     #[arg(short = 't', long, value_name = "N,..", value_delimiter = ',', value_parser = parse_positive)]
     pub threads: Vec<usize>,
+
+    /// The board this runs on: a known name (`edge-run boards` lists them) or a board TOML
+    /// file. Gives the default thread count (when -t is not given); shown on the startup line
+    /// and in --json.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub board: Option<String>,
 
     /// Prompt tokens of the prefill test (0 = skip it).
     #[arg(short = 'p', long, default_value_t = 512, value_name = "N")]
@@ -622,6 +639,13 @@ pub struct InspectArgs {
     #[arg(long)]
     pub no_mmap: bool,
 
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BoardsArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -8,6 +8,7 @@ use edge_runtime::model::Logits;
 use edge_runtime::sampler::{Sampler, SamplerConfig};
 use serde_json::json;
 
+use crate::board::Board;
 use crate::cli::GenerateArgs;
 use crate::loader;
 use crate::report;
@@ -124,7 +125,7 @@ fn random_seed() -> u64 {
 /// Context size when --ctx is not given (capped at the model's).
 const DEFAULT_CTX: usize = 2048;
 
-pub fn run(args: &GenerateArgs) -> Result<()> {
+pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     let quiet = args.json;
     let t_load = Instant::now();
     let file = session::open(&args.model)?;
@@ -207,6 +208,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             stats::human_bytes(weight_bytes as u64),
             if file.mmap { "mmap" } else { "read" },
         );
+        if let Some(b) = board {
+            eprintln!("edge-run: board {}", b.describe(edge_runtime::kernels::threads(), edge_runtime::kernels::kernels().name));
+        }
         if !selection.is_default() {
             eprintln!("{}", selection.describe(footprint));
         }
@@ -316,6 +320,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "mmap": file.mmap,
             "ctx": ctx,
             "batch_size": batch,
+            "threads": edge_runtime::kernels::threads(),
+            "board": board.map(Board::to_json),
             "bits": args.model.bits,
             "plan": selection.to_json(footprint),
             "bits_per_weight": footprint.bits_per_weight(),

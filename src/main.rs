@@ -6,12 +6,14 @@
 
 // Commands: one module each, none importing another.
 mod bench;
+mod boards;
 mod eval;
 mod generate;
 mod inspect;
 mod sweep;
 
 // What the commands share.
+mod board;
 mod cli;
 mod loader;
 mod perplexity;
@@ -34,7 +36,7 @@ fn fail(msg: &str) -> ! {
 
 /// The help of the subcommand the arguments name (`edge-run eval --help`), else `edge-run --help`.
 fn help_command() -> String {
-    let sub = std::env::args().nth(1).filter(|a| ["generate", "gen", "eval", "bench", "inspect"].contains(&a.as_str()));
+    let sub = std::env::args().nth(1).filter(|a| ["generate", "gen", "eval", "bench", "inspect", "boards"].contains(&a.as_str()));
     match sub {
         Some(s) => format!("edge-run {s} --help"),
         None => "edge-run --help".into(),
@@ -66,24 +68,30 @@ fn main() {
         },
     };
 
-    let model_args = match &cli.command {
-        None => Some(&cli.generate.model),
-        Some(cli::Command::Generate(g)) => Some(&g.model),
-        Some(cli::Command::Eval(e)) => Some(&e.model),
-        // bench sets the thread count of each measurement itself.
-        Some(cli::Command::Bench(_) | cli::Command::Inspect(_)) => None,
+    let (board_arg, threads_arg) = match &cli.command {
+        None => (&cli.generate.model.board, cli.generate.model.threads),
+        Some(cli::Command::Generate(g)) => (&g.model.board, g.model.threads),
+        Some(cli::Command::Eval(e)) => (&e.model.board, e.model.threads),
+        // bench sets the thread count of each measurement itself (-t, else the default set here).
+        Some(cli::Command::Bench(b)) => (&b.board, None),
+        Some(cli::Command::Inspect(_) | cli::Command::Boards(_)) => (&None, None),
     };
-    if let Some(n) = model_args.and_then(|m| m.threads) {
+    let board = match board_arg.as_deref().map(board::Board::load).transpose() {
+        Ok(b) => b,
+        Err(e) => fail(&format!("--board: {e:#}")),
+    };
+    if let Some(n) = threads_arg.or(board.as_ref().map(|b| b.default_threads)) {
         edge_runtime::kernels::set_threads(n);
     }
 
     let result = match &cli.command {
-        None => generate::run(&cli.generate),
-        Some(cli::Command::Generate(g)) => generate::run(g),
+        None => generate::run(&cli.generate, board.as_ref()),
+        Some(cli::Command::Generate(g)) => generate::run(g, board.as_ref()),
         Some(cli::Command::Eval(e)) if e.sweep => sweep::run(e),
         Some(cli::Command::Eval(e)) => eval::run(e),
         Some(cli::Command::Bench(b)) => bench::run(b),
         Some(cli::Command::Inspect(i)) => inspect::run(i),
+        Some(cli::Command::Boards(b)) => boards::run(b),
     };
     if let Err(e) = result {
         fail(&format!("{e:#}"));
