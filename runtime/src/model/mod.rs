@@ -124,6 +124,19 @@ pub enum Logits {
 }
 
 impl<'a> Model<'a, Cpu> {
+    /// Bytes of the run-time state other than the KV cache ([`Model::state_bytes`] minus
+    /// [`Model::kv_bytes`]) of a model of config `c` built with `opts` without a window, on the
+    /// CPU at the current thread count: activations, logits (max_batch × vocab), the RoPE
+    /// tables and the backend's buffers. Pure arithmetic; nothing is allocated.
+    pub fn planned_state_bytes(c: &Config, opts: ModelOptions) -> Result<usize> {
+        let (max_seq_len, max_batch) = Self::sizes(c, opts)?;
+        let half = c.head_dim / 2;
+        // x, xb, proj; q, att_out; k, v; hb, hb2; logits; far_cos, far_sin (see RunState).
+        let per_token = 3 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.hidden_dim + c.vocab_size + 2 * half;
+        let run_state = 4 * (max_batch * per_token + 2 * max_seq_len * half);
+        Ok(run_state + Cpu::planned_state_bytes(c, max_batch, max_seq_len))
+    }
+
     /// The model at its 8-bit views on the CPU.
     pub fn new(ck: &Checkpoint<'a>, opts: ModelOptions) -> Result<Self> {
         Self::with_plan(ck, opts, &ViewPlan::default())

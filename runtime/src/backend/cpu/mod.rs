@@ -54,10 +54,19 @@ pub fn matrix<'a>(t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Matrix<'a>> {
     Matrix::from_blocks(rows, cols, stored, bits)
 }
 
-impl Backend for Cpu {
-    type Matrix<'a> = Matrix<'a>;
+/// Lengths of the CPU backend's buffers for one model, shared by [`Cpu::new`] and
+/// [`Cpu::planned_state_bytes`] so the prediction cannot drift from what is allocated.
+struct Sizes {
+    /// Widest product input (dim, hidden or q_dim): the scratch tile's columns.
+    widest: usize,
+    scores: usize,
+    qrot: usize,
+    att: usize,
+    att_rows: usize,
+}
 
-    fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self> {
+impl Sizes {
+    fn of(c: &Config, max_batch: usize, max_seq_len: usize) -> Sizes {
         let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
         // Batched attention: one work area per thread (each runs one (head, block of tokens)
         // task at a time; at most 64, the slots `attention_batch` tracks): a score block of
@@ -65,12 +74,36 @@ impl Backend for Cpu {
         // keys and values read back from a cache not stored as f32.
         let att_rows = if max_batch > 1 { (ATT_BLOCK_FLOATS / max_seq_len).clamp(1, ATT_ROWS.min(max_batch)) } else { 0 };
         let att_slots = if max_batch > 1 { kernels::threads().clamp(1, 64) } else { 0 };
-        Ok(Cpu {
-            scratch: Scratch::new(widest, max_batch, kernels::threads()),
-            scores: vec![0.0; c.n_heads * max_seq_len],
-            qrot: vec![0.0; max_batch * c.q_dim()],
-            att: vec![0.0; att_slots * if att_rows > 0 { attention::work_floats(att_rows, max_seq_len, c.head_dim) } else { 0 }],
+        Sizes {
+            widest,
+            scores: c.n_heads * max_seq_len,
+            qrot: max_batch * c.q_dim(),
+            att: att_slots * if att_rows > 0 { attention::work_floats(att_rows, max_seq_len, c.head_dim) } else { 0 },
             att_rows,
+        }
+    }
+}
+
+impl Cpu {
+    /// The bytes [`Backend::state_bytes`] reports right after `Cpu::new(c, max_batch,
+    /// max_seq_len)` at the current thread count, without allocating anything.
+    pub fn planned_state_bytes(c: &Config, max_batch: usize, max_seq_len: usize) -> usize {
+        let s = Sizes::of(c, max_batch, max_seq_len);
+        4 * (kernels::scratch_len(s.widest.max(max_batch), kernels::threads()) + s.scores + s.qrot + s.att)
+    }
+}
+
+impl Backend for Cpu {
+    type Matrix<'a> = Matrix<'a>;
+
+    fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self> {
+        let s = Sizes::of(c, max_batch, max_seq_len);
+        Ok(Cpu {
+            scratch: Scratch::new(s.widest, max_batch, kernels::threads()),
+            scores: vec![0.0; s.scores],
+            qrot: vec![0.0; s.qrot],
+            att: vec![0.0; s.att],
+            att_rows: s.att_rows,
             stride: max_seq_len,
         })
     }
