@@ -108,6 +108,7 @@ fn view_label(sel: &Selection, nested: bool, dense_encoding: &str) -> String {
         views::Source::File(p) => p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
         views::Source::TargetBits(t) => format!("target {t}"),
         views::Source::WeightBudget(b) => format!("budget {}", stats::human_bytes(*b)),
+        views::Source::Budget(b) => format!("process budget {}", stats::human_bytes(*b)),
     }
 }
 

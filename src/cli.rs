@@ -336,15 +336,8 @@ pub struct KvArgs {
     /// KV cache format: 16 (f16, llama.cpp's default), 8 or 4 (integer codes in groups of 32
     /// values with f16 scales: about half and a quarter of f16's bytes), 32 (f32), or keys and
     /// values apart as kXvY (e.g. k8v4: int8 keys, int4 values). bench: a comma-separated list,
-    /// each measured.
-    #[arg(
-        long,
-        value_name = "F",
-        value_parser = parse_kv_bits,
-        value_delimiter = ',',
-        default_value = "16",
-        help_heading = "KV cache"
-    )]
+    /// each measured. [default: 16; with --budget, chosen to fit]
+    #[arg(long, value_name = "F", value_parser = parse_kv_bits, value_delimiter = ',', help_heading = "KV cache")]
     pub kv_bits: Vec<KvFormat>,
 
     /// Keep only N positions in the KV cache (StreamingLLM): the first S (--kv-sink) and the
@@ -363,6 +356,9 @@ impl KvArgs {
 
     /// The formats of --kv-bits, each once, in the order given.
     pub fn formats(&self) -> Vec<KvFormat> {
+        if self.kv_bits.is_empty() {
+            return vec![KvFormat::default()];
+        }
         let mut out: Vec<KvFormat> = Vec::new();
         for f in &self.kv_bits {
             if !out.contains(f) {
@@ -511,6 +507,18 @@ pub struct GenerateArgs {
     /// context if smaller].
     #[arg(short = 'c', long, value_name = "N", value_parser = parse_positive)]
     pub ctx: Option<usize>,
+
+    /// Plan the whole process to fit SIZE bytes of memory (e.g. 150MB, 1.5GiB): weights from
+    /// the sensitivity profile, KV format, prefill batch and context are chosen together and
+    /// the plan is printed. Replaces --weight-budget, --bits, --plan and --target-bits.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = parse_size,
+        help_heading = "Views",
+        conflicts_with_all = ["weight_budget", "bits", "plan", "target_bits", "kv_window"]
+    )]
+    pub budget: Option<u64>,
 
     /// Prompt tokens processed per forward pass during prefill.
     #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_positive)]

@@ -9,12 +9,14 @@ use edge_runtime::sampler::{Sampler, SamplerConfig};
 use serde_json::json;
 
 use crate::board::Board;
+use crate::budget::{self, Budget};
 use crate::cli::GenerateArgs;
 use crate::loader;
 use crate::report;
 use crate::session::{self, KvSettings, Loaded};
 use crate::stats;
 use crate::tokenizer::{self, Tok};
+use crate::views::{self, Selection, Source};
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,13 +127,75 @@ fn random_seed() -> u64 {
 /// Context size when --ctx is not given (capped at the model's).
 const DEFAULT_CTX: usize = 2048;
 
+/// The views `--budget` chooses for checkpoint `ck` (at `path`), with the plan of the whole
+/// run. Called after the tokenizer is loaded: the process's resident memory now, plus
+/// [`budget::MARGIN`], is the plan's fixed part.
+fn budget_selection(
+    ck: &edge_runtime::Checkpoint<'_>,
+    arch: &edge_runtime::arch::Arch,
+    config: &edge_runtime::Config,
+    args: &GenerateArgs,
+    path: &std::path::Path,
+) -> Result<(Selection, Budget)> {
+    let bytes = args.budget.expect("called with --budget");
+    views::require_nested(ck, path, "--budget")?;
+    let planner = views::planner(ck, arch, config, path, "--budget")?;
+    let rss = stats::rss_bytes().ok_or_else(|| anyhow!("--budget needs the resident memory of this process (/proc/self/status), not available here"))?;
+    let inputs = budget::Inputs {
+        budget: bytes,
+        fixed: rss + budget::MARGIN,
+        load: ck
+            .tensors
+            .iter()
+            .filter(|t| t.encoding == edge_runtime::format::Encoding::Nested8)
+            .map(|t| t.segments.iter().map(|s| s.bytes.len() as u64).sum::<u64>())
+            .max()
+            .unwrap_or(0),
+        config,
+        weight_range: planner.bytes_range(),
+        ctx: args.ctx.map(|c| c.min(config.max_seq_len)),
+        kv: (!args.kv.kv_bits.is_empty()).then(|| args.kv.formats()).map(|f| f[0]),
+        batch: args.batch,
+        default_ctx: DEFAULT_CTX.min(config.max_seq_len),
+    };
+    if args.kv.kv_bits.len() > 1 {
+        bail!("--kv-bits takes one format here; a comma-separated list is for `edge-run bench`");
+    }
+    let b = budget::plan(&inputs)?;
+    let chosen = planner.for_bytes(b.weight_allowance).map_err(|e| anyhow!("{e}"))?;
+    let units = planner.units.iter().zip(&chosen.bits).map(|(u, &bits)| (u.name.clone(), bits)).collect();
+    let selection = Selection {
+        plan: chosen.view_plan(&planner.units),
+        source: Source::Budget(bytes),
+        units,
+        predicted_kl: Some(chosen.kl),
+    };
+    Ok((selection, b))
+}
+
 pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     let quiet = args.json;
     let t_load = Instant::now();
     let file = session::open(&args.model)?;
-    let loaded = Loaded::new(&file, &args.model)?;
+    // With --budget the tokenizer is loaded before the plan, so the plan's fixed part
+    // includes it.
+    let mut early_tok = None;
+    let mut plan = None;
+    let loaded = match args.budget {
+        None => Loaded::new(&file, &args.model)?,
+        Some(_) => Loaded::with(&file, |ck, arch, config| {
+            let tok = Tok::from_checkpoint(ck)?;
+            let (selection, budget) = budget_selection(ck, arch, config, args, &file.path)?;
+            early_tok = Some(tok);
+            plan = Some(budget);
+            Ok(selection)
+        })?,
+    };
     let (ck, config, selection, footprint) = (&loaded.ck, &loaded.config, &loaded.selection, &loaded.footprint);
-    let mut tok = Tok::from_checkpoint(ck)?;
+    let mut tok = match early_tok {
+        Some(t) => t,
+        None => Tok::from_checkpoint(ck)?,
+    };
 
     // The prompt, as token ids.
     let (prompt_text, prompt_ids) = if let Some(ids) = &args.prompt_ids {
@@ -171,7 +235,9 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         bail!("prompt token id {bad} is outside the vocabulary (0..{})", config.vocab_size);
     }
 
-    let ctx = match args.ctx {
+    let ctx = match (&plan, args.ctx) {
+        (Some(b), _) => b.shape.ctx,
+        (None, c) => match c {
         Some(c) if c > config.max_seq_len => {
             if !quiet {
                 eprintln!(
@@ -183,8 +249,12 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         }
         Some(c) => c,
         None => DEFAULT_CTX.min(config.max_seq_len),
+        },
     };
-    let kv = KvSettings::from_args(&args.kv, ctx)?;
+    let kv = match &plan {
+        Some(b) => KvSettings { format: b.shape.kv, window: None },
+        None => KvSettings::from_args(&args.kv, ctx)?,
+    };
     if kv.window.is_none() && prompt_ids.len() > ctx {
         bail!(
             "the prompt is {} tokens but the context holds {ctx}; raise --ctx (the model allows up to {}), shorten the prompt, or keep only recent positions with --kv-window N",
@@ -193,7 +263,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         );
     }
 
-    let batch = args.batch.min(ctx);
+    let batch = plan.as_ref().map_or(args.batch.min(ctx), |b| b.shape.batch);
     let mut model = loaded.model(ctx, batch, kv)?;
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
@@ -210,6 +280,11 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         );
         if let Some(b) = board {
             eprintln!("edge-run: board {}", b.describe(edge_runtime::kernels::threads(), edge_runtime::kernels::kernels().name));
+        }
+        if let Some(b) = &plan {
+            for line in b.describe(footprint.weight_bytes, footprint.bits_per_weight(), selection.predicted_kl) {
+                eprintln!("{line}");
+            }
         }
         if !selection.is_default() {
             eprintln!("{}", selection.describe(footprint));
@@ -324,6 +399,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
             "board": board.map(Board::to_json),
             "bits": args.model.bits,
             "plan": selection.to_json(footprint),
+            "budget": plan.as_ref().map(|b| b.to_json(footprint.weight_bytes)),
             "bits_per_weight": footprint.bits_per_weight(),
             "sampler": { "temperature": report::f32_json(args.temp), "top_k": args.top_k, "top_p": report::f32_json(args.top_p), "seed": seed },
             "config": report::config_json(config),

@@ -7,6 +7,7 @@
 // Commands: one module each, none importing another.
 mod bench;
 mod boards;
+mod budget;
 mod eval;
 mod generate;
 mod inspect;

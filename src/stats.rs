@@ -11,6 +11,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
     rusage_maxrss()
 }
 
+/// Resident set size of this process now, in bytes (`VmRSS` of `/proc/self/status`).
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kb(&s, "VmRSS:").map(|v| v * 1024)
+}
+
 fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()

@@ -32,6 +32,8 @@ pub enum Source {
     TargetBits(f64),
     /// `--weight-budget` (bytes).
     WeightBudget(u64),
+    /// `--budget` (bytes, the whole process; see `crate::budget`).
+    Budget(u64),
 }
 
 impl Source {
@@ -42,6 +44,7 @@ impl Source {
             Source::File(_) => "file",
             Source::TargetBits(_) => "target-bits",
             Source::WeightBudget(_) => "weight-budget",
+            Source::Budget(_) => "budget",
         }
     }
 }
@@ -223,7 +226,7 @@ pub fn profile_planner(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: 
 }
 
 /// The planner `flag` needs, or why there is none.
-fn planner(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, flag: &str) -> Result<Planner> {
+pub fn planner(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, flag: &str) -> Result<Planner> {
     profile_planner(ck, arch, config, path)?.ok_or_else(|| no_profile(path, flag))
 }
 
@@ -322,6 +325,7 @@ impl Selection {
             Source::File(p) => format!("--plan {}", p.display()),
             Source::TargetBits(t) => format!("--target-bits {t}, from the sensitivity profile"),
             Source::WeightBudget(b) => format!("--weight-budget {}, from the sensitivity profile", human_bytes(*b)),
+            Source::Budget(b) => format!("--budget {}, from the sensitivity profile", human_bytes(*b)),
         };
         let kl = self.predicted_kl.map(|k| format!(", predicted KL {k:.4}")).unwrap_or_default();
         format!(

@@ -1,0 +1,351 @@
+//! `--budget SIZE`: one memory budget for the whole process, planned before the model is built.
+//!
+//! ```text
+//! budget = fixed (process + tokenizer at startup, measured, + margin)
+//!        + run-time state (activations, logits = batch × vocab × 4, RoPE tables, backend buffers)
+//!        + KV cache (ctx × n_layers × bytes per position of the format)
+//!        + load transient (the largest nested tensor's planes, resident while its views are
+//!          prepared, before they are released)
+//!        + weights (the profile's plan for the bytes left: `Planner::for_bytes`)
+//! ```
+//!
+//! The context, prefill batch and KV format start where generate starts without a budget (the
+//! user's --ctx or 2048, the --batch-size, f16 or the user's --kv-bits); while the weights'
+//! smallest plan does not fit in what is left, they are lowered in a fixed order: the KV
+//! format to int8, then int4; the batch, halved to 1; then (without a user --ctx) the
+//! context, halved down to [`MIN_CTX`]. Everything here is arithmetic on the inputs.
+
+use anyhow::{bail, Result};
+use edge_runtime::kv::{KvBits, KvFormat, KV_GROUP};
+use edge_runtime::model::{Model, ModelOptions};
+use edge_runtime::Config;
+use serde_json::json;
+
+use crate::stats::human_bytes;
+
+/// The smallest context a budget lowers to by itself.
+pub const MIN_CTX: usize = 256;
+
+/// Added to the measured startup memory, for what grows during the run (allocator slack, the
+/// sampler, quantized activations, output strings).
+pub const MARGIN: u64 = 16 << 20;
+
+/// What a budget is planned from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub budget: u64,
+    /// Memory the process holds before the model (measured), margin included.
+    pub fixed: u64,
+    /// Bytes resident only while the model is built: the largest nested tensor's stored planes.
+    pub load: u64,
+    pub config: &'a Config,
+    /// The weights' smallest plan and the largest useful one (`Planner::bytes_range`).
+    pub weight_range: (u64, u64),
+    /// The user's --ctx (capped at the model's), or `None` for the default.
+    pub ctx: Option<usize>,
+    /// The user's --kv-bits, or `None` to choose.
+    pub kv: Option<KvFormat>,
+    /// The prefill batch to start from (--batch-size).
+    pub batch: usize,
+    /// The context without --ctx (capped at the model's).
+    pub default_ctx: usize,
+}
+
+/// The shape of one run and what it costs besides its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub ctx: usize,
+    pub batch: usize,
+    pub kv: KvFormat,
+}
+
+/// A budget's plan: the run's shape and the bytes each part may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    pub budget: u64,
+    pub fixed: u64,
+    pub load: u64,
+    pub shape: Shape,
+    pub kv_bytes: u64,
+    pub state_bytes: u64,
+    /// Bytes left for the weights (give to `Planner::for_bytes`).
+    pub weight_allowance: u64,
+    /// What was lowered from the starting shape, and why.
+    pub lowered: Vec<String>,
+}
+
+/// KV cache bytes of `shape` for config `c`.
+pub fn kv_bytes(c: &Config, shape: Shape) -> u64 {
+    (shape.ctx * c.n_layers * shape.kv.bytes_per_position(c.kv_dim())) as u64
+}
+
+/// Run-time state bytes other than the KV cache (see [`Model::planned_state_bytes`]).
+pub fn state_bytes(c: &Config, shape: Shape) -> u64 {
+    let opts = ModelOptions { max_seq_len: shape.ctx, max_batch: shape.batch, kv: shape.kv, kv_window: None };
+    Model::planned_state_bytes(c, opts).map_or(u64::MAX, |b| b as u64)
+}
+
+/// Everything but the weights, for `shape`.
+fn cost(inp: &Inputs<'_>, shape: Shape) -> u64 {
+    inp.fixed.saturating_add(inp.load).saturating_add(kv_bytes(inp.config, shape)).saturating_add(state_bytes(inp.config, shape))
+}
+
+fn fits(inp: &Inputs<'_>, shape: Shape) -> bool {
+    cost(inp, shape).saturating_add(inp.weight_range.0) <= inp.budget
+}
+
+/// Whether the cache can keep integer codes for `c` (a head must be a power of two and a
+/// whole number of groups, as `Model` checks).
+fn integer_kv(c: &Config) -> bool {
+    c.head_dim.is_multiple_of(KV_GROUP) && c.head_dim.is_power_of_two()
+}
+
+fn kv_name(f: KvFormat) -> String {
+    match (f.keys.bits(), f.values.bits()) {
+        (16, 16) => "f16".into(),
+        (32, 32) => "f32".into(),
+        (k, v) if k == v => format!("int{k}"),
+        (k, v) => format!("k{k}v{v}"),
+    }
+}
+
+/// The shapes tried, in order: the start, then each step down.
+fn ladder(inp: &Inputs<'_>) -> Vec<Shape> {
+    let ctx = inp.ctx.unwrap_or(inp.default_ctx);
+    let mut shape = Shape { ctx, batch: inp.batch.min(ctx).max(1), kv: inp.kv.unwrap_or_default() };
+    let mut out = vec![shape];
+    if inp.kv.is_none() && integer_kv(inp.config) {
+        for bits in [KvBits::Q8, KvBits::Q4] {
+            shape.kv = KvFormat::uniform(bits);
+            out.push(shape);
+        }
+    }
+    while shape.batch > 1 {
+        shape.batch /= 2;
+        out.push(shape);
+    }
+    if inp.ctx.is_none() {
+        while shape.ctx > MIN_CTX {
+            shape.ctx = (shape.ctx / 2).max(MIN_CTX);
+            out.push(shape);
+        }
+    }
+    out
+}
+
+/// The plan for `inp`, or a one-line error: the smallest run when the budget is below it, or
+/// the largest context that fits when a user --ctx does not.
+pub fn plan(inp: &Inputs<'_>) -> Result<Budget> {
+    let shapes = ladder(inp);
+    let start = shapes[0];
+    let Some(&shape) = shapes.iter().find(|&&s| fits(inp, s)) else {
+        let last = *shapes.last().expect("the ladder starts with the starting shape");
+        let smallest = |s: Shape| cost(inp, s).saturating_add(inp.weight_range.0);
+        if inp.ctx.is_some() {
+            // The largest context at the smallest batch and KV format that fits, if any.
+            if let Some(c) = (1..last.ctx).rev().find(|&c| fits(inp, Shape { ctx: c, batch: last.batch.min(c), ..last })) {
+                bail!(
+                    "--ctx {} does not fit in --budget {} ({} bytes) even with KV {} and batch {}; the largest context that fits is --ctx {c}",
+                    last.ctx,
+                    human_bytes(inp.budget),
+                    inp.budget,
+                    kv_name(last.kv),
+                    last.batch
+                );
+            }
+        }
+        let min = smallest(Shape { ctx: last.ctx.min(MIN_CTX), batch: 1, ..last });
+        bail!(
+            "--budget {} ({} bytes) is below the smallest run of this model: {} ({min} bytes: weights at their lowest views {}, KV {} at ctx {}, run-time state at batch 1, {} while loading and {} fixed)",
+            human_bytes(inp.budget),
+            inp.budget,
+            human_bytes(min),
+            human_bytes(inp.weight_range.0),
+            kv_name(last.kv),
+            last.ctx.min(MIN_CTX),
+            human_bytes(inp.load),
+            human_bytes(inp.fixed)
+        );
+    };
+    let kv = kv_bytes(inp.config, shape);
+    let state = state_bytes(inp.config, shape);
+    let allowance = (inp.budget - cost(inp, shape)).min(inp.weight_range.1);
+    let why = |at: Shape| {
+        format!(
+            "the weights' smallest plan ({}) did not fit beside {}",
+            human_bytes(inp.weight_range.0),
+            human_bytes(cost(inp, at) - inp.fixed - inp.load)
+        )
+    };
+    let mut lowered = Vec::new();
+    if shape.kv != start.kv {
+        let at = Shape { kv: start.kv, ..start };
+        lowered.push(format!("KV cache {} -> {}: {} of KV and state", kv_name(start.kv), kv_name(shape.kv), why(at)));
+    }
+    if shape.batch != start.batch {
+        let at = Shape { batch: start.batch, ..Shape { ctx: start.ctx, ..shape } };
+        lowered.push(format!(
+            "prefill batch {} -> {}: logits take batch x vocab x 4 bytes; {} of KV and state",
+            start.batch,
+            shape.batch,
+            why(at)
+        ));
+    }
+    if shape.ctx != start.ctx {
+        let at = Shape { ctx: start.ctx, ..shape };
+        lowered.push(format!("context {} -> {}: {} of KV and state", start.ctx, shape.ctx, why(at)));
+    }
+    Ok(Budget {
+        budget: inp.budget,
+        fixed: inp.fixed,
+        load: inp.load,
+        shape,
+        kv_bytes: kv,
+        state_bytes: state,
+        weight_allowance: allowance,
+        lowered,
+    })
+}
+
+impl Budget {
+    /// The plan in lines for stderr, given the weights' bytes, bits per weight and predicted
+    /// KL as chosen.
+    pub fn describe(&self, weight_bytes: u64, bits_per_weight: f64, kl: Option<f64>) -> Vec<String> {
+        let total = self.total(weight_bytes);
+        let kl = kl.map(|k| format!(", predicted KL {k:.4}")).unwrap_or_default();
+        let mut lines = vec![
+            format!("edge-run: budget {} ({} bytes):", human_bytes(self.budget), self.budget),
+            format!("  weights  {:>10}  {bits_per_weight:.3} bits/weight{kl}", human_bytes(weight_bytes)),
+            format!(
+                "  KV cache {:>10}  {}, ctx {}",
+                human_bytes(self.kv_bytes),
+                kv_name(self.shape.kv),
+                self.shape.ctx
+            ),
+            format!("  state    {:>10}  activations, logits and buffers at prefill batch {}", human_bytes(self.state_bytes), self.shape.batch),
+            format!("  loading  {:>10}  the largest tensor's planes while its views are prepared", human_bytes(self.load)),
+            format!("  fixed    {:>10}  process and tokenizer at startup (measured) + {} margin", human_bytes(self.fixed), human_bytes(MARGIN)),
+            format!("  total    {:>10}  of {} ({:.0}%)", human_bytes(total), human_bytes(self.budget), 100.0 * total as f64 / self.budget as f64),
+        ];
+        lines.extend(self.lowered.iter().map(|l| format!("  lowered: {l}")));
+        lines
+    }
+
+    pub fn total(&self, weight_bytes: u64) -> u64 {
+        self.fixed + self.load + self.state_bytes + self.kv_bytes + weight_bytes
+    }
+
+    pub fn to_json(&self, weight_bytes: u64) -> serde_json::Value {
+        json!({
+            "budget_bytes": self.budget,
+            "fixed_bytes": self.fixed,
+            "load_bytes": self.load,
+            "margin_bytes": MARGIN,
+            "weight_bytes": weight_bytes,
+            "weight_allowance_bytes": self.weight_allowance,
+            "kv_bytes": self.kv_bytes,
+            "kv": kv_name(self.shape.kv),
+            "ctx": self.shape.ctx,
+            "batch": self.shape.batch,
+            "state_bytes": self.state_bytes,
+            "total_bytes": self.total(weight_bytes),
+            "lowered": self.lowered,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M's shape.
+    fn smollm() -> Config {
+        Config {
+            dim: 576,
+            hidden_dim: 1536,
+            n_layers: 30,
+            n_heads: 9,
+            n_kv_heads: 3,
+            head_dim: 64,
+            vocab_size: 49152,
+            max_seq_len: 8192,
+            norm_eps: 1e-5,
+            rope_theta: 100000.0,
+            tied_embeddings: true,
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    fn inputs(c: &Config, budget: u64, ctx: Option<usize>, kv: Option<KvFormat>) -> Inputs<'_> {
+        Inputs { budget, fixed: 30 * MIB, load: 10 * MIB, config: c, weight_range: (60 * MIB, 140 * MIB), ctx, kv, batch: 64, default_ctx: 2048 }
+    }
+
+    #[test]
+    fn a_large_budget_lowers_nothing_and_caps_the_weights() {
+        let c = smollm();
+        let b = plan(&inputs(&c, 1 << 30, None, None)).unwrap();
+        assert_eq!(b.shape, Shape { ctx: 2048, batch: 64, kv: KvFormat::default() });
+        assert!(b.lowered.is_empty());
+        assert_eq!(b.weight_allowance, 140 * MIB);
+        assert_eq!(b.kv_bytes, 2048 * 30 * 2 * 2 * 192);
+    }
+
+    #[test]
+    fn steps_down_kv_then_batch_then_ctx() {
+        let c = smollm();
+        let mut last: Option<Budget> = None;
+        let mut seen = Vec::new();
+        for mib in (105..=260).rev() {
+            let b = plan(&inputs(&c, mib * MIB, None, None)).unwrap();
+            assert!(b.total(b.weight_allowance) <= b.budget);
+            assert!(b.weight_allowance >= 60 * MIB);
+            if let Some(l) = &last {
+                // Less memory never gives a larger shape.
+                assert!(b.shape.ctx <= l.shape.ctx && b.shape.batch <= l.shape.batch);
+                assert!(b.shape.kv.keys.bits() <= l.shape.kv.keys.bits());
+            }
+            if !seen.contains(&b.lowered.len()) {
+                seen.push(b.lowered.len());
+            }
+            last = Some(b);
+        }
+        let small = last.unwrap();
+        assert_eq!(small.shape.kv, KvFormat::uniform(KvBits::Q4));
+        assert!(small.shape.batch < 64);
+        assert_eq!(seen, vec![0, 1, 2, 3], "{:?}", small.lowered);
+        assert!(small.lowered[0].starts_with("KV cache f16 -> int4"));
+    }
+
+    #[test]
+    fn below_the_smallest_run_names_it() {
+        let c = smollm();
+        let e = plan(&inputs(&c, 90 * MIB, None, None)).unwrap_err().to_string();
+        assert!(e.contains("below the smallest run of this model"), "{e}");
+        assert!(!e.contains('\n'));
+        // The named minimum fits, one byte less does not.
+        let min: u64 = e.split(" bytes: ").next().unwrap().rsplit('(').next().unwrap().parse().unwrap();
+        assert!(plan(&inputs(&c, min, None, None)).is_ok());
+        assert!(plan(&inputs(&c, min - 1, None, None)).is_err());
+    }
+
+    #[test]
+    fn a_user_ctx_that_does_not_fit_names_the_largest_that_does() {
+        let c = smollm();
+        let e = plan(&inputs(&c, 110 * MIB, Some(8192), None)).unwrap_err().to_string();
+        assert!(e.contains("the largest context that fits is --ctx "), "{e}");
+        let largest: usize = e.rsplit("--ctx ").next().unwrap().parse().unwrap();
+        let b = plan(&inputs(&c, 110 * MIB, Some(largest), None)).unwrap();
+        assert_eq!(b.shape.ctx, largest);
+        assert!(plan(&inputs(&c, 110 * MIB, Some(largest + 1), None)).is_err());
+    }
+
+    #[test]
+    fn a_user_kv_format_is_kept() {
+        let c = smollm();
+        let f16 = Some(KvFormat::default());
+        let b = plan(&inputs(&c, 110 * MIB, None, f16)).unwrap();
+        assert_eq!(b.shape.kv, KvFormat::default());
+        assert!(b.lowered.iter().all(|l| !l.starts_with("KV")));
+    }
+}
