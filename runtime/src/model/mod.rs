@@ -73,6 +73,14 @@ struct RunState {
 }
 
 impl RunState {
+    /// Floats per token of the per-token buffers, in field order: x, xb, q, k, v, att_out, proj,
+    /// hb, hb2, logits, far_cos, far_sin (what [`Model::assemble`] allocates and
+    /// [`Model::planned_state_bytes`] predicts).
+    fn per_token(c: &Config) -> [usize; 12] {
+        let half = c.head_dim / 2;
+        [c.dim, c.dim, c.q_dim(), c.kv_dim(), c.kv_dim(), c.q_dim(), c.dim, c.hidden_dim, c.hidden_dim, c.vocab_size, half, half]
+    }
+
     fn bytes(&self) -> usize {
         let s = self;
         4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin, &s.far_cos, &s.far_sin, &s.sink_raw, &s.sink_cos, &s.sink_sin]
@@ -131,9 +139,8 @@ impl<'a> Model<'a, Cpu> {
     pub fn planned_state_bytes(c: &Config, opts: ModelOptions) -> Result<usize> {
         let (max_seq_len, max_batch) = Self::sizes(c, opts)?;
         let half = c.head_dim / 2;
-        // x, xb, proj; q, att_out; k, v; hb, hb2; logits; far_cos, far_sin (see RunState).
-        let per_token = 3 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.hidden_dim + c.vocab_size + 2 * half;
-        let run_state = 4 * (max_batch * per_token + 2 * max_seq_len * half);
+        // The per-token buffers and the two RoPE tables (the window's sink buffers are empty).
+        let run_state = 4 * (max_batch * RunState::per_token(c).iter().sum::<usize>() + 2 * max_seq_len * half);
         Ok(run_state + Cpu::planned_state_bytes(c, max_batch, max_seq_len))
     }
 
@@ -211,21 +218,22 @@ impl<'a, B: Backend> Model<'a, B> {
         for (pos, (co, si)) in rope_cos.chunks_exact_mut(half).zip(rope_sin.chunks_exact_mut(half)).enumerate() {
             rope_angles(c, pos, co, si);
         }
+        let [x, xb, q, k, v, att_out, proj, hb, hb2, logits, far_cos, far_sin] = RunState::per_token(c).map(|w| vec![0.0; max_batch * w]);
         let state = RunState {
-            x: vec![0.0; max_batch * c.dim],
-            xb: vec![0.0; max_batch * c.dim],
-            q: vec![0.0; max_batch * c.q_dim()],
-            k: vec![0.0; max_batch * c.kv_dim()],
-            v: vec![0.0; max_batch * c.kv_dim()],
-            att_out: vec![0.0; max_batch * c.q_dim()],
-            proj: vec![0.0; max_batch * c.dim],
-            hb: vec![0.0; max_batch * c.hidden_dim],
-            hb2: vec![0.0; max_batch * c.hidden_dim],
-            logits: vec![0.0; max_batch * c.vocab_size],
+            x,
+            xb,
+            q,
+            k,
+            v,
+            att_out,
+            proj,
+            hb,
+            hb2,
+            logits,
             rope_cos,
             rope_sin,
-            far_cos: vec![0.0; max_batch * half],
-            far_sin: vec![0.0; max_batch * half],
+            far_cos,
+            far_sin,
             sink_raw: Vec::new(),
             sink_ready: false,
             sink_cos: Vec::new(),
