@@ -35,6 +35,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::error::{Error, Result};
+use crate::kernels::acts::round_half_even;
 use crate::kernels::vector::hadamard_heads;
 
 /// Values per quantization group of a cache row.
@@ -224,7 +225,7 @@ fn quantize_q8(x: &[f32], c: &mut [i8]) -> u16 {
     let df = d.to_f32();
     let id = if df > 0.0 { 1.0 / df } else { 0.0 };
     for (o, &v) in c.iter_mut().zip(x) {
-        *o = libm::roundf(v * id).clamp(-127.0, 127.0) as i8;
+        *o = round_half_even(v * id).clamp(-127.0, 127.0) as i8;
     }
     d.to_bits()
 }
@@ -241,7 +242,7 @@ fn quantize_q4(x: &[f32], c: &mut [u8]) -> (u16, u16) {
         let d = f16::from_f32((hi - cut - m.to_f32()).max(0.0) / 15.0);
         (m, d)
     };
-    let code = |v: f32, mf: f32, id: f32| libm::roundf((v - mf) * id).clamp(0.0, 15.0);
+    let code = |v: f32, mf: f32, id: f32| round_half_even((v - mf) * id).clamp(0.0, 15.0);
     let error = |(m, d): (f16, f16)| {
         let (mf, df) = (m.to_f32(), d.to_f32());
         let id = if df > 0.0 { 1.0 / df } else { 0.0 };
@@ -400,13 +401,9 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache of `slots` positions per layer for `n_layers` layers of `kv_dim` values, f32.
-    pub fn new(n_layers: usize, slots: usize, kv_dim: usize) -> Self {
-        Self::with_format(n_layers, slots, kv_dim, kv_dim, KvFormat::uniform(KvBits::F32))
-    }
-
-    /// A cache in `format`, for heads of `head_dim` values (a power of two when the format
-    /// rotates, [`KvBits::rotated`]).
+    /// A cache of `slots` positions per layer for `n_layers` layers of `kv_dim` values in
+    /// `format`, for heads of `head_dim` values (a power of two when the format rotates,
+    /// [`KvBits::rotated`]).
     pub fn with_format(n_layers: usize, slots: usize, kv_dim: usize, head_dim: usize, format: KvFormat) -> Self {
         let layers = (0..n_layers)
             .map(|_| (Store::new(format.keys, slots, kv_dim), Store::new(format.values, slots, kv_dim)))
@@ -576,7 +573,7 @@ mod tests {
 
     #[test]
     fn layers_and_positions_do_not_overlap() {
-        let mut c = KvCache::new(2, 3, 4);
+        let mut c = KvCache::with_format(2, 3, 4, 4, KvFormat::uniform(KvBits::F32));
         c.store(0, 2, &[1.0; 4], &[2.0; 4]).unwrap();
         c.store(1, 0, &[3.0; 4], &[4.0; 4]).unwrap();
         assert!(c.store(0, 3, &[0.0; 4], &[0.0; 4]).is_err());

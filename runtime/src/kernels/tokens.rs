@@ -1,5 +1,5 @@
 //! The elementwise steps of a forward pass over `n` tokens' rows (RMSNorm, RoPE, SwiGLU, the
-//! residual add), split by tokens (or by floats, where every float stands alone) over the pool
+//! residual add, the Walsh-Hadamard rotation of heads), split by tokens (or by floats, where every float stands alone) over the pool
 //! when there are enough of them to pay for a hand-off. Every row is computed by its
 //! single-row definition in [`super::vector`] (SwiGLU by the table's kernel), so the results do
 //! not depend on the split.
@@ -57,4 +57,11 @@ pub fn add(x: &mut [f32], y: &[f32]) {
             *x += y;
         }
     });
+}
+
+/// [`vector::hadamard_heads`] of every `head_dim` slice of `x` (whole heads split over the
+/// pool).
+pub fn hadamard_heads(x: &mut [f32], head_dim: usize) {
+    assert!(head_dim > 0 && x.len().is_multiple_of(head_dim));
+    for_item_ranges(x.len() / head_dim, 1, [x], |_, [x]| vector::hadamard_heads(x, head_dim));
 }

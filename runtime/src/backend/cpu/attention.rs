@@ -6,7 +6,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::AttnShape;
 use crate::kernels;
-use crate::kernels::vector;
 use crate::kv::KvView;
 
 /// Decode: the token at position `kv.len - 1` attends to every filled slot of `kv`. `scores`
@@ -27,22 +26,31 @@ fn rotated_queries<'q>(q: &'q [f32], kv: KvView<'_>, head_dim: usize, qrot: &'q 
     }
     let r = &mut qrot[..q.len()];
     r.copy_from_slice(q);
-    vector::hadamard_heads(r, head_dim);
+    kernels::tokens::hadamard_heads(r, head_dim);
     r
 }
 
 /// The attention output rotated back when the cache stores values rotated.
 fn rotate_back(out: &mut [f32], kv: KvView<'_>, head_dim: usize) {
     if kv.values.bits().rotated() {
-        vector::hadamard_heads(out, head_dim);
+        kernels::tokens::hadamard_heads(out, head_dim);
     }
 }
 
-/// Prefill: `n` tokens at positions `kv.len - n..kv.len`, causal. `att` holds one work area a
-/// thread ([`work_floats`]): a score block of `rows` tokens by `stride` positions, then room for
-/// one kv head's keys and values as f32.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32], att: &mut [f32], rows: usize, stride: usize, qrot: &mut [f32]) {
+/// The buffers batched attention works in: `att`, one score block of `rows` tokens by `stride`
+/// positions a thread; `kv_f32`, the layer's keys then values as f32 (`stride` rows of kv_dim
+/// each) for a cache not stored as f32; `qrot`, queries rotated for a rotated cache.
+pub(super) struct Work<'w> {
+    pub(super) att: &'w mut [f32],
+    pub(super) rows: usize,
+    pub(super) stride: usize,
+    pub(super) kv_f32: &'w mut [f32],
+    pub(super) qrot: &'w mut [f32],
+}
+
+/// Prefill: `n` tokens at positions `kv.len - n..kv.len`, causal.
+pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32], w: Work<'_>) {
+    let Work { att, rows, stride, kv_f32, qrot } = w;
     let q_dim = s.n_heads * s.head_dim;
     let q = rotated_queries(&q[..n * q_dim], kv, s.head_dim, qrot);
     let geo = AttnGeometry {
@@ -57,15 +65,39 @@ pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut
         chunk: rows,
         stride,
     };
-    attention_batch(&geo, q, kv, out, att);
+    let (kbuf, vbuf) = kv_f32.split_at_mut(kv_f32.len() / 2);
+    let keys = f32_rows(kv.keys, kv.len, kbuf);
+    let values = f32_rows(kv.values, kv.len, vbuf);
+    attention_batch(&geo, q, keys, values, out, att);
     rotate_back(&mut out[..n * q_dim], kv, s.head_dim);
 }
 
-/// Floats of one thread's work area of batched attention: a score block (`rows` × `stride`)
-/// and a kv head's keys and values read back as f32 (`stride` × `head_dim` each), for caches
-/// not stored as f32.
-pub(super) fn work_floats(rows: usize, stride: usize, head_dim: usize) -> usize {
-    rows * stride + 2 * stride * head_dim
+/// The first `len` rows of `rows` as f32: in place for an f32 cache, else read back once into
+/// `buf` (through the table's `kv_rows`, rows split over the threads) for every task of the
+/// layer to share.
+fn f32_rows<'a>(rows: crate::kv::KvRows<'a>, len: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    if let Some(v) = rows.as_f32() {
+        return v;
+    }
+    let dim = rows.dim;
+    let buf = &mut buf[..len * dim];
+    let read = kernels::kernels().kv_rows;
+    // Tasks of at least 64 rows (a read-back of fewer is not worth a hand-off).
+    let per = len.div_ceil(kernels::threads()).max(64);
+    let tasks = len.div_ceil(per);
+    let ptr = SharedMut(buf.as_mut_ptr());
+    let task = |i: usize| {
+        let (first, n) = (i * per, per.min(len - i * per));
+        // SAFETY: task i alone writes rows first..first + n of `buf` (in bounds: first + n <=
+        // len); each task runs once, before the borrow of `buf` ends.
+        let part = unsafe { core::slice::from_raw_parts_mut(ptr.get().add(first * dim), n * dim) };
+        read(rows, first, dim, part);
+    };
+    #[cfg(feature = "std")]
+    crate::pool::run(tasks, tasks, &task);
+    #[cfg(not(feature = "std"))]
+    (0..tasks).for_each(task);
+    buf
 }
 
 /// Shapes of one layer's batched attention.
@@ -102,19 +134,17 @@ impl SharedMut {
 /// Causal GQA attention of `n` tokens with sgemm, one task per (head, block of tokens):
 /// `S = scale · Q_h K_h^T` (block rows × visible positions), the causal mask and softmax per
 /// row, then `O_h = P V_h` straight into the head's columns of `out` (n, q_dim). `q` is
-/// (n, q_dim); `kv` holds the layer's cache rows `0..pos + n` (kv_dim each). A cache stored
-/// other than as f32 is read back one kv head at a time, the rows a block sees, into the task's
-/// work area (never the whole cache).
+/// (n, q_dim); `keys` / `values` are the layer's cache rows `0..pos + n` (kv_dim each).
 ///
 /// The tasks are claimed by the threads as they finish their last one, widest blocks first, so
 /// the threads end together (one task per thread of a few heads each left one thread with a
 /// head more than the other). A running task holds one score block of `att`, claimed from
 /// `free`: no more tasks run at once than there are blocks.
-fn attention_batch(g: &AttnGeometry, q: &[f32], kv: KvView<'_>, out: &mut [f32], att: &mut [f32]) {
-    let block = work_floats(g.chunk, g.stride, g.hd);
+fn attention_batch(g: &AttnGeometry, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32], att: &mut [f32]) {
+    let block = g.chunk * g.stride;
     assert!(g.chunk > 0 && g.chunk <= super::ATT_ROWS && att.len() >= block);
     assert!(q.len() >= g.n * g.q_dim && out.len() >= g.n * g.q_dim);
-    assert!(kv.len >= g.pos + g.n && kv.keys.dim == g.kv_dim && kv.values.dim == g.kv_dim);
+    assert!(keys.len() >= (g.pos + g.n) * g.kv_dim && values.len() >= (g.pos + g.n) * g.kv_dim);
     assert!(g.n_heads * g.hd <= g.q_dim && g.n_heads.div_ceil(g.group) * g.hd <= g.kv_dim);
     assert!(g.pos + g.n <= g.stride);
     // At most 64 blocks, one bit each in `free`.
@@ -131,7 +161,7 @@ fn attention_batch(g: &AttnGeometry, q: &[f32], kv: KvView<'_>, out: &mut [f32],
         // SAFETY: slot `slot < slots <= att.len() / block` owns `att[slot * block..][..block]`
         // until `release` below: `claim` hands each bit to one task at a time.
         let s = unsafe { core::slice::from_raw_parts_mut(att_ptr.get().add(slot * block), block) };
-        head_block(g, h, b * g.chunk, q, kv, out_ptr, s);
+        head_block(g, h, b * g.chunk, q, keys, values, out_ptr, s);
         release(&free, slot);
     };
     #[cfg(feature = "std")]
@@ -158,35 +188,19 @@ fn release(free: &AtomicU64, slot: usize) {
     free.fetch_and(!(1u64 << slot), Ordering::Release);
 }
 
-/// Head `h` of the tokens `t0..t0 + rows` (one block): scores into the task's work area `w`
-/// ([`work_floats`]), the output into the head's columns of `out`. `attention_batch` asserted
-/// the shapes this relies on.
-fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], kv: KvView<'_>, out: SharedMut, w: &mut [f32]) {
+/// Head `h` of the tokens `t0..t0 + rows` (one block): scores into the task's score block `s`,
+/// the output into the head's columns of `out`. `attention_batch` asserted the shapes this
+/// relies on.
+#[allow(clippy::too_many_arguments)]
+fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], values: &[f32], out: SharedMut, s: &mut [f32]) {
     let rows = g.chunk.min(g.n - t0);
     let width = g.pos + t0 + rows; // positions the block's last token sees
-    let head = kv.head((h / g.group) * g.hd);
-    let (s, tiles) = w.split_at_mut(g.chunk * g.stride);
-    let (ktile, vtile) = tiles.split_at_mut(g.stride * g.hd);
-    // (width, hd) rows of the kv head with their row stride: in place for f32, else read back.
-    let f32_rows = |rows: crate::kv::KvRows<'_>, tile: &mut [f32]| -> (*const f32, usize) {
-        match rows.as_f32() {
-            Some(v) => {
-                assert!(v.len() >= (width - 1) * g.kv_dim + g.hd);
-                (v.as_ptr(), g.kv_dim)
-            }
-            None => {
-                (kernels::kernels().kv_rows)(rows, 0, g.hd, &mut tile[..width * g.hd]);
-                (tile.as_ptr(), g.hd)
-            }
-        }
-    };
-    let (keys, kstride) = f32_rows(head.keys, ktile);
-    let (values, vstride) = f32_rows(head.values, vtile);
+    let kv_off = (h / g.group) * g.hd;
     // SAFETY (both products): every pointer offset and stride stays inside the slice it came
     // from (asserted by the caller: q and out hold n rows of q_dim with head h's hd columns
-    // inside; `keys` / `values` hold width rows of hd floats at their strides, asserted or
-    // filled just above; `s` holds chunk * stride >= rows * width floats); the block's rows of
-    // head h's columns of `out` belong to this task alone.
+    // inside, keys and values pos + n rows of kv_dim with kv head h / group's columns inside,
+    // `s` holds chunk * stride >= rows * width floats); the block's rows of head h's columns of
+    // `out` belong to this task alone.
     unsafe {
         matrixmultiply::sgemm(
             rows,
@@ -196,9 +210,9 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], kv: KvView<'_>, 
             q.as_ptr().add(t0 * g.q_dim + h * g.hd),
             g.q_dim as isize,
             1,
-            keys,
+            keys.as_ptr().add(kv_off),
             1,
-            kstride as isize,
+            g.kv_dim as isize,
             0.0,
             s.as_mut_ptr(),
             width as isize,
@@ -215,8 +229,8 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], kv: KvView<'_>, 
             s.as_ptr(),
             width as isize,
             1,
-            values,
-            vstride as isize,
+            values.as_ptr().add(kv_off),
+            g.kv_dim as isize,
             1,
             0.0,
             out.get().add(t0 * g.q_dim + h * g.hd),

@@ -39,8 +39,11 @@ pub struct Cpu {
     scores: Vec<f32>,
     /// (batch, q_dim) queries rotated into the domain of a cache that stores keys rotated.
     qrot: Vec<f32>,
-    /// Work areas of batched attention, one per thread (`attention::work_floats`).
+    /// Score blocks of batched attention, one per thread: (att_rows, max_seq_len) each.
     att: Vec<f32>,
+    /// A layer's keys then values as f32, (max_seq_len, kv_dim) each, for batched attention
+    /// over a cache not stored as f32.
+    kv_f32: Vec<f32>,
     /// Tokens per block of batched attention (rows of a score block).
     att_rows: usize,
     /// Floats per row of scores (max_seq_len).
@@ -63,23 +66,25 @@ struct Sizes {
     qrot: usize,
     att: usize,
     att_rows: usize,
+    kv_f32: usize,
 }
 
 impl Sizes {
     fn of(c: &Config, max_batch: usize, max_seq_len: usize) -> Sizes {
         let widest = c.dim.max(c.hidden_dim).max(c.q_dim());
-        // Batched attention: one work area per thread (each runs one (head, block of tokens)
-        // task at a time; at most 64, the slots `attention_batch` tracks): a score block of
-        // `att_rows` tokens by all positions, bounded at ATT_BLOCK_FLOATS, and one kv head's
-        // keys and values read back from a cache not stored as f32.
+        // Batched attention: one score block per thread (each runs one (head, block of tokens)
+        // task at a time; at most 64, the slots `attention_batch` tracks) of `att_rows` tokens
+        // by all positions, bounded at ATT_BLOCK_FLOATS; and the layer's keys and values read
+        // back once per call from a cache not stored as f32.
         let att_rows = if max_batch > 1 { (ATT_BLOCK_FLOATS / max_seq_len).clamp(1, ATT_ROWS.min(max_batch)) } else { 0 };
         let att_slots = if max_batch > 1 { kernels::threads().clamp(1, 64) } else { 0 };
         Sizes {
             widest,
             scores: c.n_heads * max_seq_len,
             qrot: max_batch * c.q_dim(),
-            att: att_slots * if att_rows > 0 { attention::work_floats(att_rows, max_seq_len, c.head_dim) } else { 0 },
+            att: att_slots * att_rows * max_seq_len,
             att_rows,
+            kv_f32: if max_batch > 1 { 2 * max_seq_len * c.kv_dim() } else { 0 },
         }
     }
 }
@@ -89,7 +94,7 @@ impl Cpu {
     /// max_seq_len)` at the current thread count, without allocating anything.
     pub fn planned_state_bytes(c: &Config, max_batch: usize, max_seq_len: usize) -> usize {
         let s = Sizes::of(c, max_batch, max_seq_len);
-        4 * (kernels::scratch_len(s.widest.max(max_batch), kernels::threads()) + s.scores + s.qrot + s.att)
+        4 * (kernels::scratch_len(s.widest.max(max_batch), kernels::threads()) + s.scores + s.qrot + s.att + s.kv_f32)
     }
 }
 
@@ -103,6 +108,7 @@ impl Backend for Cpu {
             scores: vec![0.0; s.scores],
             qrot: vec![0.0; s.qrot],
             att: vec![0.0; s.att],
+            kv_f32: vec![0.0; s.kv_f32],
             att_rows: s.att_rows,
             stride: max_seq_len,
         })
@@ -154,7 +160,8 @@ impl Backend for Cpu {
     }
 
     fn attend_many(&mut self, s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut [f32]) {
-        attention::many(s, n, q, kv, out, &mut self.att, self.att_rows, self.stride, &mut self.qrot);
+        let work = attention::Work { att: &mut self.att, rows: self.att_rows, stride: self.stride, kv_f32: &mut self.kv_f32, qrot: &mut self.qrot };
+        attention::many(s, n, q, kv, out, work);
     }
 
     fn rmsnorm(&self, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
@@ -174,6 +181,6 @@ impl Backend for Cpu {
     }
 
     fn state_bytes(&self) -> usize {
-        self.scratch.bytes() + 4 * (self.scores.len() + self.att.len() + self.qrot.len())
+        self.scratch.bytes() + 4 * (self.scores.len() + self.att.len() + self.kv_f32.len() + self.qrot.len())
     }
 }
