@@ -17,13 +17,18 @@
 //! top views, int8 KV is taken instead (it loses less than a view step). Everything here is
 //! arithmetic on the inputs.
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use edge_runtime::arch::Arch;
 use edge_runtime::kv::{KvBits, KvFormat, KV_GROUP};
 use edge_runtime::model::{Model, ModelOptions};
-use edge_runtime::Config;
+use edge_runtime::plan::{Plan, Planner};
+use edge_runtime::{Checkpoint, Config};
 use serde_json::json;
 
-use crate::stats::human_bytes;
+use crate::stats::{self, human_bytes};
+use crate::views::{self, Selection, Source};
 
 /// The smallest context a budget lowers to by itself.
 pub const MIN_CTX: usize = 256;
@@ -76,6 +81,70 @@ pub struct Budget {
     pub lowered: Vec<String>,
 }
 
+/// What a command asks of a budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    /// The whole process's bytes.
+    pub bytes: u64,
+    /// The user's --ctx (capped at the model's), or `None` to choose.
+    pub ctx: Option<usize>,
+    /// The user's --kv-bits, or `None` to choose.
+    pub kv: Option<KvFormat>,
+    /// The prefill batch to start from.
+    pub batch: usize,
+    /// The context to start from without --ctx.
+    pub default_ctx: usize,
+}
+
+/// A budget's plan with the views it gives the weights, and what it was planned from (the
+/// memory controller plans its steps down from the same planner).
+pub struct Chosen {
+    pub selection: Selection,
+    pub budget: Budget,
+    pub planner: Planner,
+    pub weights: Plan,
+    /// Milliseconds the plan took (profile pricing, the shape ladder and the knapsack).
+    pub plan_ms: f64,
+}
+
+/// Plan checkpoint `ck` (at `path`) for `req`, after everything the process holds before the
+/// model (the tokenizer included) is resident: the resident set now, plus [`MARGIN`], is the
+/// plan's fixed part. `flag` names the option in errors.
+pub fn select(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, flag: &str, req: Request) -> Result<Chosen> {
+    let t = std::time::Instant::now();
+    views::require_nested(ck, path, flag)?;
+    let planner = views::planner(ck, arch, config, path, flag)?;
+    let rss = stats::rss_bytes().ok_or_else(|| anyhow!("{flag} needs the resident memory of this process (/proc/self/status), not available here"))?;
+    let inputs = Inputs {
+        budget: req.bytes,
+        fixed: rss + MARGIN,
+        load: ck
+            .tensors
+            .iter()
+            .filter(|t| t.encoding == edge_runtime::format::Encoding::Nested8)
+            .map(|t| t.segments.iter().map(|s| s.bytes.len() as u64).sum::<u64>())
+            .max()
+            .unwrap_or(0),
+        config,
+        weight_range: planner.bytes_range(),
+        ctx: req.ctx.map(|c| c.min(config.max_seq_len)),
+        kv: req.kv,
+        batch: req.batch,
+        default_ctx: req.default_ctx.min(config.max_seq_len),
+    };
+    let budget = plan(&inputs)?;
+    let weights = planner.for_bytes(budget.weight_allowance).map_err(|e| anyhow!("{e}"))?;
+    let units = planner.units.iter().zip(&weights.bits).map(|(u, &bits)| (u.name.clone(), bits)).collect();
+    let selection = Selection {
+        plan: weights.view_plan(&planner.units),
+        source: Source::Budget(req.bytes),
+        units,
+        predicted_kl: Some(weights.kl),
+    };
+    let plan_ms = 1e3 * t.elapsed().as_secs_f64();
+    Ok(Chosen { selection, budget, planner, weights, plan_ms })
+}
+
 /// KV cache bytes of `shape` for config `c`.
 pub fn kv_bytes(c: &Config, shape: Shape) -> u64 {
     (shape.ctx * c.n_layers * shape.kv.bytes_per_position(c.kv_dim())) as u64
@@ -98,7 +167,7 @@ fn fits(inp: &Inputs<'_>, shape: Shape) -> bool {
 
 /// Whether the cache can keep integer codes for `c` (a head must be a power of two and a
 /// whole number of groups, as `Model` checks).
-fn integer_kv(c: &Config) -> bool {
+pub fn integer_kv(c: &Config) -> bool {
     c.head_dim.is_multiple_of(KV_GROUP) && c.head_dim.is_power_of_two()
 }
 

@@ -524,6 +524,21 @@ pub struct GenerateArgs {
     #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub batch: usize,
 
+    /// Do not fit the run to the memory free on this device. Without --budget (and without
+    /// flags that choose views or the KV cache), a checkpoint with a sensitivity profile is
+    /// planned like --budget for MemAvailable less a reserve (the --board's share and margin),
+    /// or the cgroup's limit when that is lower.
+    #[arg(long, help_heading = "Memory")]
+    pub no_fit: bool,
+
+    /// Do not watch memory while generating. With a plan (--budget, or fitted to free memory)
+    /// a controller reads the resident set, MemAvailable, the cgroup and PSI between tokens and
+    /// steps down (lower views of the least sensitive layers, then KV precision, then a KV
+    /// window) when the device runs short, and back up when memory returns; each step is a
+    /// line on stderr and an event in --json.
+    #[arg(long, help_heading = "Memory")]
+    pub no_control: bool,
+
     #[command(flatten)]
     pub kv: KvArgs,
 

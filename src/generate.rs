@@ -9,14 +9,16 @@ use edge_runtime::sampler::{Sampler, SamplerConfig};
 use serde_json::json;
 
 use crate::board::Board;
-use crate::budget::{self, Budget};
+use crate::budget;
 use crate::cli::GenerateArgs;
+use crate::controller;
 use crate::loader;
+use crate::memory;
 use crate::report;
 use crate::session::{self, KvSettings, Loaded};
 use crate::stats;
 use crate::tokenizer::{self, Tok};
-use crate::views::{self, Selection, Source};
+use crate::views;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,70 +129,79 @@ fn random_seed() -> u64 {
 /// Context size when --ctx is not given (capped at the model's).
 const DEFAULT_CTX: usize = 2048;
 
-/// The views `--budget` chooses for checkpoint `ck` (at `path`), with the plan of the whole
-/// run. Called after the tokenizer is loaded: the process's resident memory now, plus
-/// [`budget::MARGIN`], is the plan's fixed part.
-fn budget_selection(
-    ck: &edge_runtime::Checkpoint<'_>,
-    arch: &edge_runtime::arch::Arch,
-    config: &edge_runtime::Config,
-    args: &GenerateArgs,
-    path: &std::path::Path,
-) -> Result<(Selection, Budget)> {
-    let bytes = args.budget.expect("called with --budget");
-    views::require_nested(ck, path, "--budget")?;
-    let planner = views::planner(ck, arch, config, path, "--budget")?;
-    let rss = stats::rss_bytes().ok_or_else(|| anyhow!("--budget needs the resident memory of this process (/proc/self/status), not available here"))?;
-    let inputs = budget::Inputs {
-        budget: bytes,
-        fixed: rss + budget::MARGIN,
-        load: ck
-            .tensors
-            .iter()
-            .filter(|t| t.encoding == edge_runtime::format::Encoding::Nested8)
-            .map(|t| t.segments.iter().map(|s| s.bytes.len() as u64).sum::<u64>())
-            .max()
-            .unwrap_or(0),
-        config,
-        weight_range: planner.bytes_range(),
-        ctx: args.ctx.map(|c| c.min(config.max_seq_len)),
-        kv: (!args.kv.kv_bits.is_empty()).then(|| args.kv.formats()).map(|f| f[0]),
-        batch: args.batch,
-        default_ctx: DEFAULT_CTX.min(config.max_seq_len),
-    };
-    if args.kv.kv_bits.len() > 1 {
-        bail!("--kv-bits takes one format here; a comma-separated list is for `edge-run bench`");
+/// The memory a run is planned for: `--budget`, or what the device has free.
+struct FitTarget {
+    bytes: u64,
+    /// The budget the controller holds the process to (`--budget`); `None` when fitting to
+    /// free memory, where the room is what the system and the cgroup have left.
+    hold_to: Option<u64>,
+    /// The option, or `fit`, as errors and --json name it.
+    flag: &'static str,
+    /// The startup line.
+    why: String,
+}
+
+/// `--budget`, else (without a flag that chooses views or the cache, and without --no-fit)
+/// the memory free on this device now.
+fn fit_target(args: &GenerateArgs, board: Option<&Board>) -> Result<Option<FitTarget>> {
+    if let Some(b) = args.budget {
+        return Ok(Some(FitTarget {
+            bytes: b,
+            hold_to: Some(b),
+            flag: "--budget",
+            why: format!("budget {} (--budget)", stats::human_bytes(b)),
+        }));
     }
-    let b = budget::plan(&inputs)?;
-    let chosen = planner.for_bytes(b.weight_allowance).map_err(|e| anyhow!("{e}"))?;
-    let units = planner.units.iter().zip(&chosen.bits).map(|(u, &bits)| (u.name.clone(), bits)).collect();
-    let selection = Selection {
-        plan: chosen.view_plan(&planner.units),
-        source: Source::Budget(bytes),
-        units,
-        predicted_kl: Some(chosen.kl),
-    };
-    Ok((selection, b))
+    let m = &args.model;
+    let chosen = m.bits.is_some() || m.plan.is_some() || m.target_bits.is_some() || m.weight_budget.is_some();
+    if args.no_fit || chosen || !args.kv.kv_bits.is_empty() || args.kv.kv_window.is_some() {
+        return Ok(None);
+    }
+    let reading = memory::Sources::detect().read();
+    Ok(memory::device_budget(&reading, board.map(|b| (b.default_budget_fraction, b.margin_bytes)))
+        .map(|(bytes, why)| FitTarget { bytes, hold_to: None, flag: "fit", why }))
 }
 
 pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     let quiet = args.json;
     let t_load = Instant::now();
     let file = session::open(&args.model)?;
-    // With --budget the tokenizer is loaded before the plan, so the plan's fixed part
-    // includes it.
+    // With a budget the tokenizer is loaded before the plan, so the plan's fixed part
+    // includes it. Without --budget (and without any flag choosing views or the KV cache) a
+    // checkpoint with a sensitivity profile is fitted to the memory the device has free.
+    let fit = fit_target(args, board)?;
     let mut early_tok = None;
-    let mut plan = None;
-    let loaded = match args.budget {
+    let mut chosen = None;
+    let loaded = match &fit {
         None => Loaded::new(&file, &args.model)?,
-        Some(_) => Loaded::with(&file, |ck, arch, config| {
+        Some(target) => Loaded::with(&file, |ck, arch, config| {
             let tok = Tok::from_checkpoint(ck)?;
-            let (selection, budget) = budget_selection(ck, arch, config, args, &file.path)?;
+            if target.hold_to.is_none() && views::profile_planner(ck, arch, config, &file.path)?.is_none() {
+                // Nothing to plan from: the default views, as without a fit.
+                early_tok = Some(tok);
+                return views::select(ck, arch, config, &args.model, &file.path);
+            }
+            let req = budget::Request {
+                bytes: target.bytes,
+                ctx: args.ctx,
+                kv: (!args.kv.kv_bits.is_empty()).then(|| args.kv.formats()).map(|f| f[0]),
+                batch: args.batch,
+                default_ctx: DEFAULT_CTX,
+            };
+            if args.kv.kv_bits.len() > 1 {
+                bail!("--kv-bits takes one format here; a comma-separated list is for `edge-run bench`");
+            }
+            let c = budget::select(ck, arch, config, &file.path, target.flag, req).map_err(|e| match &target.hold_to {
+                Some(_) => e,
+                None => anyhow!("{}: {e:#}; free memory, or pass a larger --budget to plan for it anyway", target.why),
+            })?;
             early_tok = Some(tok);
-            plan = Some(budget);
+            let selection = c.selection.clone();
+            chosen = Some(c);
             Ok(selection)
         })?,
     };
+    let plan = chosen.as_ref().map(|c| &c.budget);
     let (ck, config, selection, footprint) = (&loaded.ck, &loaded.config, &loaded.selection, &loaded.footprint);
     let mut tok = match early_tok {
         Some(t) => t,
@@ -235,7 +246,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         bail!("prompt token id {bad} is outside the vocabulary (0..{})", config.vocab_size);
     }
 
-    let ctx = match (&plan, args.ctx) {
+    let ctx = match (plan, args.ctx) {
         (Some(b), _) => b.shape.ctx,
         (None, c) => match c {
         Some(c) if c > config.max_seq_len => {
@@ -251,7 +262,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         None => DEFAULT_CTX.min(config.max_seq_len),
         },
     };
-    let kv = match &plan {
+    let kv = match plan {
         Some(b) => KvSettings { format: b.shape.kv, window: None },
         None => KvSettings::from_args(&args.kv, ctx)?,
     };
@@ -263,12 +274,23 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         );
     }
 
-    let batch = plan.as_ref().map_or(args.batch.min(ctx), |b| b.shape.batch);
+    let batch = plan.map_or(args.batch.min(ctx), |b| b.shape.batch);
     let mut model = loaded.model(ctx, batch, kv)?;
+    let mut control = match &chosen {
+        Some(c) if !args.no_control => Some(controller::Memory::new(
+            controller::Start { planner: &c.planner, weights: c.weights.clone(), budget: &c.budget, hold_to: fit.as_ref().and_then(|t| t.hold_to) },
+            config,
+        )?),
+        _ => None,
+    };
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
     let (kv_total, kv_per_token) = model.kv_bytes();
     let load_s = t_load.elapsed().as_secs_f64() - file.resolve_seconds;
+    // Like its events, the controller's line goes to stderr with --json too.
+    if let (Some(m), Some(c)) = (&control, &chosen) {
+        eprintln!("{}", m.describe(&c.planner)[0]);
+    }
     if !quiet {
         let name = ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model");
         eprintln!(
@@ -281,12 +303,19 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         if let Some(b) = board {
             eprintln!("edge-run: board {}", b.describe(edge_runtime::kernels::threads(), edge_runtime::kernels::kernels().name));
         }
-        if let Some(b) = &plan {
-            for line in b.describe(footprint.weight_bytes, footprint.bits_per_weight(), selection.predicted_kl) {
-                eprintln!("{line}");
+        if let (Some(t), Some(c)) = (&fit, &chosen) {
+            let b = &c.budget;
+            let top = b.weight_allowance >= c.planner.bytes_range().1;
+            if t.hold_to.is_none() && top && b.lowered.is_empty() {
+                eprintln!("edge-run: fitted to {}: the whole run fits, nothing lowered", t.why);
+            } else {
+                eprintln!("edge-run: fitted to {}", t.why);
+                for line in b.describe(footprint.weight_bytes, footprint.bits_per_weight(), selection.predicted_kl) {
+                    eprintln!("{line}");
+                }
+                eprintln!("{}", selection.describe(footprint));
             }
-        }
-        if !selection.is_default() {
+        } else if !selection.is_default() {
             eprintln!("{}", selection.describe(footprint));
         }
         if kv != KvSettings::default() {
@@ -316,6 +345,11 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     let mut pos = 0;
     let mut next = 0u32;
     for chunk in prompt_ids.chunks(batch) {
+        if let (Some(m), Some(c)) = (control.as_mut(), chosen.as_ref()) {
+            if let Some(e) = m.tick(pos, &mut model, ck, &file, &c.planner)? {
+                eprintln!("{}", e.line());
+            }
+        }
         let logits = model.forward_batch(chunk, pos, Logits::Last)?;
         pos += chunk.len();
         if pos == prompt_ids.len() {
@@ -345,8 +379,13 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                 break Stop::Length;
             }
             // A window evicts old positions instead of filling up.
-            if kv.window.is_none() && pos >= ctx {
+            if model.kv_window().is_none() && pos >= ctx {
                 break Stop::Context;
+            }
+            if let (Some(m), Some(c)) = (control.as_mut(), chosen.as_ref()) {
+                if let Some(e) = m.tick(pos, &mut model, ck, &file, &c.planner)? {
+                    eprintln!("{}", e.line());
+                }
             }
             let logits = model.forward(next, pos)?;
             pos += 1;
@@ -399,7 +438,13 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
             "board": board.map(Board::to_json),
             "bits": args.model.bits,
             "plan": selection.to_json(footprint),
-            "budget": plan.as_ref().map(|b| b.to_json(footprint.weight_bytes)),
+            "budget": chosen.as_ref().map(|c| {
+                let mut j = c.budget.to_json(footprint.weight_bytes);
+                j["source"] = json!(fit.as_ref().map(|t| t.flag));
+                j["plan_ms"] = json!(c.plan_ms);
+                j
+            }),
+            "memory_control": control.as_ref().map(|m| m.to_json(&chosen.as_ref().expect("a controller has a plan").planner)),
             "bits_per_weight": footprint.bits_per_weight(),
             "sampler": { "temperature": report::f32_json(args.temp), "top_k": args.top_k, "top_p": report::f32_json(args.top_p), "seed": seed },
             "config": report::config_json(config),

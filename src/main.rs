@@ -16,7 +16,9 @@ mod sweep;
 // What the commands share.
 mod board;
 mod cli;
+mod controller;
 mod loader;
+mod memory;
 mod perplexity;
 mod plot;
 mod profile;

@@ -500,14 +500,15 @@ impl KvCache {
     }
 
     /// Re-encode the cache in `format`, layer by layer (the old layer's memory is freed before
-    /// the next is converted): every stored value is read back ([`KvRows::row_into`]) and
-    /// quantized again. Meant for stepping down (f16 -> int8 -> int4); stepping up keeps the
-    /// values lost.
-    pub fn set_format(&mut self, format: KvFormat) {
+    /// the next is converted): every value stored for positions `0..end` is read back
+    /// ([`KvRows::row_into`]) and quantized again; slots not yet filled are left zero. Meant
+    /// for stepping down (f16 -> int8 -> int4); stepping up keeps the values lost.
+    pub fn set_format(&mut self, format: KvFormat, end: usize) {
         if format == self.format {
             return;
         }
         let (slots, dim, hd) = (self.slots, self.kv_dim, self.head_dim);
+        let filled = self.filled(end);
         let mut row = vec![0f32; dim];
         for (ks, vs) in self.layers.iter_mut() {
             for (store, bits) in [(ks, format.keys), (vs, format.values)] {
@@ -517,7 +518,7 @@ impl KvCache {
                 }
                 let mut new = Store::new(bits, slots, dim);
                 let old = store.rows(slots, dim);
-                for s in 0..slots {
+                for s in 0..filled {
                     old.row_into(s, &mut row);
                     if was.rotated() != bits.rotated() {
                         hadamard_heads(&mut row, hd);
@@ -677,7 +678,7 @@ mod tests {
         let f16_bytes = c.bytes();
         let mut want = vec![0f32; dim];
         c.row_of(1, 5, true, &mut want);
-        c.set_format(KvFormat::uniform(KvBits::Q8));
+        c.set_format(KvFormat::uniform(KvBits::Q8), 8);
         assert!(c.bytes() < f16_bytes * 6 / 10, "{} of {f16_bytes}", c.bytes());
         let mut got = vec![0f32; dim];
         c.row_of(1, 5, true, &mut got);
@@ -685,7 +686,7 @@ mod tests {
         for (a, b) in want.iter().zip(&got) {
             assert!((a - b).abs() <= amax / 127.0, "{a} vs {b}");
         }
-        c.set_format(KvFormat::parse("k8v4").unwrap());
+        c.set_format(KvFormat::parse("k8v4").unwrap(), 8);
         assert_eq!(c.bytes(), 2 * 8 * (KvBits::Q8.row_bytes(dim) + KvBits::Q4.row_bytes(dim)));
     }
 }

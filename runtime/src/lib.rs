@@ -14,6 +14,7 @@ pub mod arch;
 pub use arch::config;
 pub mod backend;
 pub mod blocks;
+pub mod control;
 pub mod error;
 pub mod format;
 pub mod kernels;

@@ -178,14 +178,19 @@ impl<'a, B: Backend> Model<'a, B> {
     /// Change the views of a live model without reloading: the KV cache and buffers stay, the
     /// weights are re-bound from `ck` (the checkpoint the model was made from) at the views
     /// `plan` picks (matrices whose view does not change are kept, prepared copies included).
-    /// Returns the byte ranges of the file (offset, length) that the old views read and the
-    /// new ones do not, so a loader can release them (see `load::CheckpointBytes::release`).
+    /// Returns the byte ranges of the file (offset, length) that the new views do not read,
+    /// of those the old views read and those the new prepared copies were made from, so a
+    /// loader can release them (see `load::CheckpointBytes::release`).
     pub fn set_views(&mut self, ck: &Checkpoint<'a>, plan: &ViewPlan) -> Result<Vec<FileRange>> {
         let weights = Weights::bind(ck, &self.config, plan, &self.backend, Some(&self.weights), &|_, _| {})?;
-        let before = self.weights.read_ranges();
+        let mut unread = self.weights.read_ranges();
+        unread.extend(weights.replaced_ranges());
         let after = weights.read_ranges();
+        unread.retain(|r| !after.contains(r));
+        unread.sort_unstable();
+        unread.dedup();
         self.weights = weights;
-        Ok(before.into_iter().filter(|r| !after.contains(r)).collect())
+        Ok(unread)
     }
 
     /// A model over weights already bound.
@@ -337,7 +342,7 @@ impl<'a, B: Backend> Model<'a, B> {
     /// and the old storage freed. Generation continues from where it was.
     pub fn set_kv_format(&mut self, format: KvFormat) -> Result<()> {
         Self::check_kv_format(&self.config, format)?;
-        self.kv.set_format(format);
+        self.kv.set_format(format, self.kv_end);
         Ok(())
     }
 

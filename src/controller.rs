@@ -1,0 +1,318 @@
+//! The memory controller as `generate` runs it: a ladder of run states below the budget's plan,
+//! the device's memory read between tokens, and the steps `edge_runtime::control` decides
+//! applied to the model, each one an event.
+//!
+//! ```text
+//! rung 0      the plan the run started with (weights P0, KV format F0, no window)
+//! rungs 1..   the weights' plans for less and less (the least sensitive units lowered first,
+//!             as the profile's knapsack picks them), down to every unit at its lowest view
+//! then        KV int8, then int4 (where the run's format is above them)
+//! then        a KV window of ctx/2, ctx/4, ... down to MIN_WINDOW slots (sink 4)
+//! ```
+//!
+//! A step to another rung changes what differs: `Model::set_views` (the file ranges no longer
+//! read are released), `set_kv_format`, `set_kv_window`; freed heap is given back at once.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use edge_runtime::control::{Controller, Decision, Policy, Reading as PolicyReading};
+use edge_runtime::kv::{KvBits, KvFormat, KvWindow};
+use edge_runtime::plan::{Plan, Planner};
+use edge_runtime::{Checkpoint, Config, Model};
+use serde_json::json;
+
+use crate::budget;
+use crate::loader::ModelFile;
+use crate::memory::{self, Sources};
+use crate::stats::human_bytes;
+
+/// The smallest window the controller shrinks the cache to.
+pub const MIN_WINDOW: usize = 256;
+
+/// Weight plans in the ladder below the starting one.
+const WEIGHT_STEPS: u64 = 6;
+
+/// Readings are taken at most this often (a token of a small model takes a few milliseconds;
+/// reading `/proc` and the cgroup takes tens of microseconds).
+const READ_EVERY: Duration = Duration::from_millis(20);
+
+/// One state of the run.
+#[derive(Debug, Clone, PartialEq)]
+struct Rung {
+    weights: Plan,
+    kv: KvFormat,
+    window: Option<KvWindow>,
+    /// Predicted bytes of the whole process in this state.
+    bytes: u64,
+}
+
+/// A step taken, as reported.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seconds: f64,
+    pub token: usize,
+    pub cause: &'static str,
+    pub source: &'static str,
+    pub room: u64,
+    pub from: usize,
+    pub to: usize,
+    pub actions: Vec<String>,
+    pub predicted_before: u64,
+    pub predicted_after: u64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub step_seconds: f64,
+}
+
+impl Event {
+    pub fn line(&self) -> String {
+        format!(
+            "edge-run: memory: token {} at {:.2} s: {} ({} room {}): {}; RSS {} -> {} (predicted {} -> {}) in {:.1} ms",
+            self.token,
+            self.seconds,
+            self.cause,
+            self.source,
+            human_bytes(self.room),
+            self.actions.join(", "),
+            human_bytes(self.rss_before),
+            human_bytes(self.rss_after),
+            human_bytes(self.predicted_before),
+            human_bytes(self.predicted_after),
+            1e3 * self.step_seconds
+        )
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "seconds": self.seconds,
+            "token": self.token,
+            "cause": self.cause,
+            "source": self.source,
+            "room_bytes": self.room,
+            "from_rung": self.from,
+            "to_rung": self.to,
+            "actions": self.actions,
+            "predicted_bytes_before": self.predicted_before,
+            "predicted_bytes_after": self.predicted_after,
+            "rss_before": self.rss_before,
+            "rss_after": self.rss_after,
+            "step_seconds": self.step_seconds,
+        })
+    }
+}
+
+/// What the ladder is built from: the budget's plan and the planner it came from.
+pub struct Start<'p> {
+    pub planner: &'p Planner,
+    pub weights: Plan,
+    pub budget: &'p budget::Budget,
+    /// The budget the room is measured against (`--budget`), or `None` when fitting to the
+    /// device's free memory (the room is then what the system and the cgroup have left).
+    pub hold_to: Option<u64>,
+}
+
+pub struct Memory {
+    ladder: Vec<Rung>,
+    policy: Controller,
+    sources: Sources,
+    hold_to: Option<u64>,
+    ctx: usize,
+    t0: Instant,
+    last_read: Option<Instant>,
+    pub events: Vec<Event>,
+    /// Time spent reading and deciding (not stepping), for the report.
+    pub watch_seconds: f64,
+    pub readings: usize,
+}
+
+fn weight_bytes(p: &Planner, w: &Plan) -> u64 {
+    w.bytes + p.fixed_bytes
+}
+
+fn bits_per_weight(p: &Planner, w: &Plan) -> f64 {
+    8.0 * (w.bytes + p.fixed_matrix_bytes) as f64 / p.matrix_weights.max(1) as f64
+}
+
+fn kv_name(f: KvFormat) -> String {
+    crate::session::KvSettings { format: f, window: None }.describe()
+}
+
+impl Memory {
+    pub fn new(s: Start<'_>, config: &Config) -> Result<Memory> {
+        let b = s.budget;
+        let ctx = b.shape.ctx;
+        let other = b.fixed + b.state_bytes;
+        let kv_at = |kv: KvFormat, window: Option<KvWindow>| {
+            budget::kv_bytes(config, budget::Shape { ctx: window.map_or(ctx, |w| w.slots), kv, ..b.shape })
+        };
+        let rung = |weights: Plan, kv: KvFormat, window: Option<KvWindow>| {
+            let bytes = other + weight_bytes(s.planner, &weights) + kv_at(kv, window);
+            Rung { weights, kv, window, bytes }
+        };
+        let mut ladder = vec![rung(s.weights.clone(), b.shape.kv, None)];
+        let (lo, _) = s.planner.bytes_range();
+        let top = weight_bytes(s.planner, &s.weights);
+        for i in 1..=WEIGHT_STEPS {
+            let bytes = top - (top.saturating_sub(lo)) * i / WEIGHT_STEPS;
+            let w = s.planner.for_bytes(bytes.max(lo)).map_err(|e| anyhow!("{e}"))?;
+            let last = ladder.last().expect("rung 0");
+            if w.bits != last.weights.bits && weight_bytes(s.planner, &w) < weight_bytes(s.planner, &last.weights) {
+                ladder.push(rung(w, b.shape.kv, None));
+            }
+        }
+        let floor = ladder.last().expect("rung 0").weights.clone();
+        let mut kv = b.shape.kv;
+        if budget::integer_kv(config) {
+            for bits in [KvBits::Q8, KvBits::Q4] {
+                if kv.keys.bits() > bits.bits() || kv.values.bits() > bits.bits() {
+                    kv = KvFormat::uniform(bits);
+                    ladder.push(rung(floor.clone(), kv, None));
+                }
+            }
+        }
+        let mut slots = ctx / 2;
+        while slots >= MIN_WINDOW {
+            ladder.push(rung(floor.clone(), kv, Some(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots })));
+            slots /= 2;
+        }
+        let bytes: Vec<u64> = ladder.iter().map(|r| r.bytes).collect();
+        let policy = Controller::new(bytes, Policy::for_bytes(ladder[0].bytes));
+        Ok(Memory {
+            ladder,
+            policy,
+            sources: Sources::detect(),
+            hold_to: s.hold_to,
+            ctx,
+            t0: Instant::now(),
+            last_read: None,
+            events: Vec::new(),
+            watch_seconds: 0.0,
+            readings: 0,
+        })
+    }
+
+    /// The ladder in lines for stderr.
+    pub fn describe(&self, p: &Planner) -> Vec<String> {
+        let pol = self.policy.policy;
+        let mut out = vec![format!(
+            "edge-run: memory controller: {} rungs; steps down below {} of room, back up above {}{}",
+            self.ladder.len(),
+            human_bytes(pol.low),
+            human_bytes(pol.high),
+            if self.sources.simulated.is_some() { " (the cgroup limit simulated by EDGE_RUN_MEM_LIMIT)" } else { "" }
+        )];
+        for (i, r) in self.ladder.iter().enumerate() {
+            out.push(format!("  rung {i:>2}: {}, predicted {}", self.state(p, r), human_bytes(r.bytes)));
+        }
+        out
+    }
+
+    fn state(&self, p: &Planner, r: &Rung) -> String {
+        let window = r.window.map(|w| format!(", window {} (sink {})", w.slots, w.sink)).unwrap_or_default();
+        format!("weights {:.2} bits/weight, KV {}{window}", bits_per_weight(p, &r.weights), kv_name(r.kv))
+    }
+
+    pub fn to_json(&self, p: &Planner) -> serde_json::Value {
+        let pol = self.policy.policy;
+        json!({
+            "low_bytes": pol.low,
+            "high_bytes": pol.high,
+            "pressure_percent": pol.pressure,
+            "hold_tokens": pol.hold,
+            "simulated_limit": self.sources.simulated.is_some(),
+            "rung": self.policy.rung(),
+            "readings": self.readings,
+            "watch_seconds": self.watch_seconds,
+            "ladder": self.ladder.iter().map(|r| json!({
+                "bits_per_weight": bits_per_weight(p, &r.weights),
+                "predicted_kl": r.weights.kl,
+                "kv": r.kv.name(),
+                "window": r.window.map(|w| w.slots),
+                "predicted_bytes": r.bytes,
+            })).collect::<Vec<_>>(),
+            "events": self.events.iter().map(Event::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Read the device's memory (at most every [`READ_EVERY`]) and take the step the policy
+    /// decides, if any, before token `token` runs. Returns the event of a step.
+    pub fn tick<'a>(&mut self, token: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<Option<&Event>> {
+        let now = Instant::now();
+        if self.last_read.is_some_and(|t| now - t < READ_EVERY) {
+            return Ok(None);
+        }
+        self.last_read = Some(now);
+        let reading = self.sources.read();
+        self.readings += 1;
+        let Some((source, room)) = reading.room(self.hold_to) else {
+            self.watch_seconds += now.elapsed().as_secs_f64();
+            return Ok(None);
+        };
+        let decision = self.policy.observe(token, PolicyReading { room, pressure: reading.pressure });
+        self.watch_seconds += now.elapsed().as_secs_f64();
+        let Some(d) = decision else { return Ok(None) };
+        let source = if d.cause == edge_runtime::control::Cause::Pressure { "PSI" } else { source };
+        let event = self.step(d, token, source, room, reading.rss, model, ck, file, p)?;
+        self.events.push(event);
+        Ok(self.events.last())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step<'a>(
+        &mut self,
+        d: Decision,
+        token: usize,
+        source: &'static str,
+        room: u64,
+        rss_before: u64,
+        model: &mut Model<'a>,
+        ck: &Checkpoint<'a>,
+        file: &ModelFile,
+        p: &Planner,
+    ) -> Result<Event> {
+        let t = Instant::now();
+        let (from, to) = (&self.ladder[d.from], &self.ladder[d.to]);
+        let mut actions = Vec::new();
+        if from.weights.bits != to.weights.bits {
+            let released = model.set_views(ck, &to.weights.view_plan(&p.units)).map_err(|e| anyhow!("{e}"))?;
+            let freed: u64 = released.into_iter().map(|(offset, len)| file.bytes.release(offset, len)).sum();
+            actions.push(format!(
+                "weights {:.2} -> {:.2} bits/weight ({} of file pages released)",
+                bits_per_weight(p, &from.weights),
+                bits_per_weight(p, &to.weights),
+                human_bytes(freed)
+            ));
+        }
+        if from.kv != to.kv {
+            model.set_kv_format(to.kv).map_err(|e| anyhow!("{e}"))?;
+            actions.push(format!("KV {} -> {}", kv_name(from.kv), kv_name(to.kv)));
+        }
+        if from.window != to.window {
+            // Back above the window rungs, the cache keeps a window as large as the context.
+            let sink = crate::cli::KvArgs::DEFAULT_SINK;
+            let w = to.window.unwrap_or(KvWindow { sink, slots: self.ctx });
+            if to.window.is_some() || model.kv_window().is_some() {
+                model.set_kv_window(w).map_err(|e| anyhow!("{e}"))?;
+                actions.push(format!("KV window {} (sink {})", w.slots, w.sink));
+            }
+        }
+        memory::trim_heap();
+        let rss_after = crate::stats::rss_bytes().unwrap_or(0);
+        Ok(Event {
+            seconds: self.t0.elapsed().as_secs_f64(),
+            token,
+            cause: d.cause.name(),
+            source,
+            room,
+            from: d.from,
+            to: d.to,
+            actions,
+            predicted_before: from.bytes,
+            predicted_after: to.bytes,
+            rss_before,
+            rss_after,
+            step_seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! The memory controller under a live squeeze: while SmolLM2 generates, the memory limit of the
+//! process is lowered below its resident set, then restored. The controller must step down
+//! (and the process get under the limit) before anything kills it, keep generating, and step
+//! back up once the limit is restored.
+//!
+//! The limit is simulated (`EDGE_RUN_MEM_LIMIT`: a cgroup holding the process alone, its usage
+//! the resident set), so the test runs everywhere. A real cgroup (v1, made as root here) does
+//! not squeeze this way: the checkpoint's page cache stays charged to the cgroup that first
+//! read it, so a new cgroup's usage is the anonymous memory alone, and the kernel refuses a
+//! limit below that (EBUSY) instead of reclaiming.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Lines of the child's stderr as they come.
+fn lines_of(stderr: std::process::ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait for a line containing `what`, collecting every line seen into `seen`.
+fn wait_for(rx: &mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(what);
+                seen.push(l);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// How the test moves the limit.
+trait Limit {
+    fn set(&self, bytes: u64) -> std::io::Result<()>;
+}
+
+struct Simulated(PathBuf);
+
+impl Limit for Simulated {
+    fn set(&self, bytes: u64) -> std::io::Result<()> {
+        let tmp = self.0.with_extension("tmp");
+        std::fs::write(&tmp, bytes.to_string())?;
+        std::fs::rename(&tmp, &self.0)
+    }
+}
+
+fn squeeze(mut cmd: Command, limit: &dyn Limit, what: &str) {
+    let m = smollm_q8_profiled();
+    cmd.args(["-m", m.to_str().unwrap(), "-p", "Once upon a time", "-n", "1500", "--temp", "0", "--ignore-eos", "--json"])
+        .env("EDGE_RUN_CACHE", scratch().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("running edge-run");
+    let pid = child.id();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    assert!(wait_for(&rx, "memory controller:", &mut seen, Duration::from_secs(60)), "no controller started: {seen:#?}");
+    // Let decoding start, then squeeze 40 MiB below the resident set.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_of(pid).expect("the child's VmRSS");
+    let squeezed = rss - 40 * MIB;
+    limit.set(squeezed).unwrap_or_else(|e| panic!("{what}: cannot lower the limit to {squeezed}: {e}"));
+    assert!(wait_for(&rx, "low-memory", &mut seen, Duration::from_secs(30)), "{what}: no step down after the squeeze: {seen:#?}");
+    std::thread::sleep(Duration::from_millis(500));
+    limit.set(4 << 30).unwrap();
+    assert!(wait_for(&rx, "recovered", &mut seen, Duration::from_secs(30)), "{what}: no step back up: {seen:#?}");
+    let out = child.wait_with_output().expect("waiting for edge-run");
+    seen.extend(rx.try_iter());
+    assert!(out.status.success(), "{what}: edge-run failed ({}): {seen:#?}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["n_generated"], 1500, "kept generating to the end");
+    let events = v["memory_control"]["events"].as_array().unwrap();
+    for l in seen.iter().filter(|l| l.starts_with("edge-run: memory: ")) {
+        eprintln!("{l}");
+    }
+    let downs: Vec<_> = events.iter().filter(|e| e["cause"] == "low-memory").collect();
+    let up = events.iter().position(|e| e["cause"] == "recovered").expect("a recovered event");
+    assert!(!downs.is_empty());
+    for d in &downs {
+        assert!(d["to_rung"].as_u64() > d["from_rung"].as_u64());
+        assert!(d["predicted_bytes_after"].as_u64() < d["predicted_bytes_before"].as_u64());
+        assert!(!d["actions"].as_array().unwrap().is_empty());
+    }
+    // The steps down got the process under the squeezed limit, and the step up went back up
+    // the ladder.
+    let last_down = downs.last().unwrap();
+    assert!(last_down["rss_after"].as_u64().unwrap() <= squeezed, "{what}: still over the limit {squeezed}: {last_down}");
+    assert!(events[up]["to_rung"].as_u64() < events[up]["from_rung"].as_u64());
+    // Every event names its time, token, cause and bytes.
+    for e in events {
+        for k in ["seconds", "token", "cause", "source", "rss_before", "rss_after", "step_seconds"] {
+            assert!(!e[k].is_null(), "event without {k}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_simulated_limit_squeezes_a_run_down_and_lets_it_back_up() {
+    if !have_models() {
+        return;
+    }
+    let file = scratch().join(format!("mem-limit-{}", std::process::id()));
+    let limit = Simulated(file.clone());
+    limit.set(4 << 30).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-run"));
+    cmd.env("EDGE_RUN_MEM_LIMIT", &file);
+    squeeze(cmd, &limit, "simulated limit");
+    let _ = std::fs::remove_file(file);
+}
