@@ -34,11 +34,12 @@ use crate::views::{self, Selection, Source};
 pub const MIN_CTX: usize = 256;
 
 /// Added to the measured startup memory, for what grows during the run (allocator slack, the
-/// sampler, quantized activations, output strings).
-pub const MARGIN: u64 = 16 << 20;
+/// sampler, quantized activations, output strings, and about 5 MiB of peak that the memory
+/// controller's readings add, measured on SmolLM2 and not yet explained).
+pub const MARGIN: u64 = 24 << 20;
 
 /// What a budget is planned from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub budget: u64,
     /// Memory the process holds before the model (measured), margin included.
@@ -56,6 +57,23 @@ pub struct Inputs<'a> {
     pub batch: usize,
     /// The context without --ctx (capped at the model's).
     pub default_ctx: usize,
+    /// The weights' predicted KL at the best plan within a number of bytes (the profile's
+    /// knapsack), so KV formats can be traded against weight views.
+    pub weights_kl: &'a dyn Fn(u64) -> f64,
+}
+
+/// Predicted KL of a KV cache format against the f16 cache: SmolLM2-135M's, measured with f32
+/// activations over 20 windows of 512 (docs/RESULTS.md, the KV cache section). Checkpoints do
+/// not profile their cache yet, so these stand in for every model.
+pub fn kv_kl(f: KvFormat) -> f64 {
+    let part = |b: KvBits| match b.bits() {
+        32 | 16 => 0.0,
+        8 => 0.00008,
+        _ => 0.0167,
+    };
+    // Keys and values each carry about half of a uniform format's loss (int8: 0.00016,
+    // int4: 0.0334; k8v4 measured 0.0053, below this sum's 0.0168: an upper estimate).
+    part(f.keys) + part(f.values)
 }
 
 /// The shape of one run and what it costs besides its weights.
@@ -131,6 +149,7 @@ pub fn select(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, fl
         kv: req.kv,
         batch: req.batch,
         default_ctx: req.default_ctx.min(config.max_seq_len),
+        weights_kl: &|b| planner.for_bytes(b).map_or(f64::INFINITY, |p| p.kl),
     };
     let budget = plan(&inputs)?;
     let weights = planner.for_bytes(budget.weight_allowance).map_err(|e| anyhow!("{e}"))?;
@@ -238,16 +257,20 @@ pub fn plan(inp: &Inputs<'_>) -> Result<Budget> {
             human_bytes(inp.fixed)
         );
     };
-    // f16 KV while the weights are below their top views: int8 KV frees half its bytes for
-    // them and loses less than any view step (KL 0.00016 against f16 on SmolLM2 with f32
-    // activations, docs/RESULTS.md), so f16 KV is kept only once the weights are at the top.
-    let int8 = Shape { kv: KvFormat::uniform(KvBits::Q8), ..first };
-    let trade = inp.kv.is_none()
-        && integer_kv(inp.config)
-        && first.kv == KvFormat::default()
-        && inp.budget - cost(inp, first) < inp.weight_range.1
-        && fits(inp, int8);
-    let shape = if trade { int8 } else { first };
+    // Among the KV formats of the ladder that fit at this context and batch, the one whose
+    // predicted KL, with the weights' at the bytes it leaves them, is least.
+    let allowance_of = |s: Shape| (inp.budget - cost(inp, s)).min(inp.weight_range.1);
+    let total_kl = |s: Shape| (inp.weights_kl)(allowance_of(s)) + kv_kl(s.kv);
+    let mut shape = first;
+    if inp.kv.is_none() {
+        let formats = [start.kv, KvFormat::uniform(KvBits::Q8), KvFormat::uniform(KvBits::Q4)];
+        for s in formats.into_iter().filter(|_| integer_kv(inp.config)).map(|kv| Shape { kv, ..first }) {
+            if s.kv != first.kv && fits(inp, s) && total_kl(s) < total_kl(shape) {
+                shape = s;
+            }
+        }
+    }
+    let trade = shape.kv != first.kv;
     let kv = kv_bytes(inp.config, shape);
     let state = state_bytes(inp.config, shape);
     let allowance = (inp.budget - cost(inp, shape)).min(inp.weight_range.1);
@@ -261,10 +284,15 @@ pub fn plan(inp: &Inputs<'_>) -> Result<Budget> {
     let mut lowered = Vec::new();
     if trade {
         lowered.push(format!(
-            "KV cache f16 -> int8: its {} buy the weights higher views (int8 KV loses less than a view step)",
-            human_bytes(kv_bytes(inp.config, first) - kv)
+            "KV cache {} -> {}: its {} buy the weights higher views (predicted KL {:.4} against {:.4})",
+            kv_name(first.kv),
+            kv_name(shape.kv),
+            human_bytes(kv_bytes(inp.config, first) - kv),
+            total_kl(shape),
+            total_kl(first)
         ));
-    } else if shape.kv != start.kv {
+    }
+    if shape.kv != start.kv && first.kv != start.kv {
         let at = Shape { kv: start.kv, ..start };
         lowered.push(format!("KV cache {} -> {}: {} of KV and state", kv_name(start.kv), kv_name(shape.kv), why(at)));
     }
@@ -331,6 +359,7 @@ impl Budget {
             "weight_allowance_bytes": self.weight_allowance,
             "kv_bytes": self.kv_bytes,
             "kv": kv_name(self.shape.kv),
+            "kv_kl": kv_kl(self.shape.kv),
             "ctx": self.shape.ctx,
             "batch": self.shape.batch,
             "state_bytes": self.state_bytes,
@@ -364,7 +393,9 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn inputs(c: &Config, budget: u64, ctx: Option<usize>, kv: Option<KvFormat>) -> Inputs<'_> {
-        Inputs { budget, fixed: 30 * MIB, load: 10 * MIB, config: c, weight_range: (60 * MIB, 140 * MIB), ctx, kv, batch: 64, default_ctx: 2048 }
+        // Weights lose 0.05 of KL per MiB below their top plan.
+        let kl: &'static dyn Fn(u64) -> f64 = &|b| 0.05 * (140 * MIB).saturating_sub(b) as f64 / MIB as f64;
+        Inputs { budget, fixed: 30 * MIB, load: 10 * MIB, config: c, weight_range: (60 * MIB, 140 * MIB), ctx, kv, batch: 64, default_ctx: 2048, weights_kl: kl }
     }
 
     #[test]

@@ -591,6 +591,18 @@ pub struct EvalArgs {
     #[arg(long, value_name = "B", value_parser = parse_bits, requires = "kl_base")]
     pub kl_base_bits: Option<u8>,
 
+    /// Plan the evaluated model as `edge-run --budget SIZE` would for a process of SIZE bytes
+    /// at this --ctx and --batch-size (views from the sensitivity profile, KV format), so a
+    /// budget's plan is judged like a view (the --kl-base model is not counted).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = parse_size,
+        help_heading = "Views",
+        conflicts_with_all = ["weight_budget", "bits", "plan", "target_bits", "kv_window", "sweep"]
+    )]
+    pub budget: Option<u64>,
+
     /// The KV cache of the evaluated model (the --kl-base model keeps f16 and every position).
     #[command(flatten)]
     pub kv: KvArgs,

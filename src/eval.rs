@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::json;
 
+use crate::budget;
 use crate::cli::EvalArgs;
 use crate::perplexity::{corpus_tokenizer, same_vocab, score_window, window_model, Corpus, Scores};
 use crate::progress::progress_bar;
@@ -17,12 +18,26 @@ use crate::views;
 pub fn run(args: &EvalArgs) -> Result<()> {
     let quiet = args.json;
     let file = session::open(&args.model)?;
-    let main = Loaded::new(&file, &args.model)?;
-    let mut tok = corpus_tokenizer(&main.ck, main.path(), args.token_ids)?;
-
     let ctx = args.ctx;
-    let batch = args.batch.unwrap_or(512).min(ctx);
-    let kv = KvSettings::from_args(&args.kv, ctx)?;
+    let mut batch = args.batch.unwrap_or(512).min(ctx);
+    let mut kv = KvSettings::from_args(&args.kv, ctx)?;
+    let mut chosen = None;
+    let main = match args.budget {
+        None => Loaded::new(&file, &args.model)?,
+        Some(bytes) => Loaded::with(&file, |ck, arch, config| {
+            let kv_bits = (!args.kv.kv_bits.is_empty()).then_some(kv.format);
+            let req = budget::Request { bytes, ctx: Some(ctx), kv: kv_bits, batch, default_ctx: ctx };
+            let c = budget::select(ck, arch, config, &file.path, "--budget", req)?;
+            let selection = c.selection.clone();
+            chosen = Some(c);
+            Ok(selection)
+        })?,
+    };
+    if let Some(c) = &chosen {
+        batch = c.budget.shape.batch;
+        kv = KvSettings { format: c.budget.shape.kv, window: None };
+    }
+    let mut tok = corpus_tokenizer(&main.ck, main.path(), args.token_ids)?;
     let base_file = match &args.kl_base {
         Some(p) => Some(session::open_other(p, &args.model)?),
         None => None,
@@ -50,6 +65,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     if !quiet {
         eprintln!("{}", corpus.describe(&args.data));
+        if let Some(c) = &chosen {
+            for line in c.budget.describe(main.footprint.weight_bytes, main.footprint.bits_per_weight(), selection.predicted_kl) {
+                eprintln!("{line}");
+            }
+        }
         if !selection.is_default() {
             eprintln!("{}", selection.describe(&main.footprint));
         }
@@ -126,6 +146,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "batch_size": batch,
             "bits": args.model.bits,
             "plan": selection.to_json(&main.footprint),
+            "budget": chosen.as_ref().map(|c| {
+                let mut j = c.budget.to_json(main.footprint.weight_bytes);
+                j["plan_ms"] = json!(c.plan_ms);
+                j
+            }),
             "add_bos": corpus.add_bos,
             "n_tokens": corpus.tokens.len(),
             "windows": n_windows,

@@ -275,7 +275,8 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     }
 
     let batch = plan.map_or(args.batch.min(ctx), |b| b.shape.batch);
-    let mut model = loaded.model(ctx, batch, kv)?;
+    // The controller's ladder is planned before the model is built: the knapsack's tables
+    // come and go while little is resident.
     let mut control = match &chosen {
         Some(c) if !args.no_control => Some(controller::Memory::new(
             controller::Start { planner: &c.planner, weights: c.weights.clone(), budget: &c.budget, hold_to: fit.as_ref().and_then(|t| t.hold_to) },
@@ -283,6 +284,8 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         )?),
         _ => None,
     };
+    memory::trim_heap();
+    let mut model = loaded.model(ctx, batch, kv)?;
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
     let (kv_total, kv_per_token) = model.kv_bytes();

@@ -35,9 +35,9 @@ pub struct Policy {
 
 impl Policy {
     /// Thresholds scaled to a run whose top rung takes `top` bytes: `low` is 4% of it (at least
-    /// 16 MiB), `high` three times `low`.
+    /// 4 MiB, below a budget plan's margin), `high` three times `low`.
     pub fn for_bytes(top: u64) -> Policy {
-        let low = (top / 25).max(16 << 20);
+        let low = (top / 25).max(4 << 20);
         Policy { low, high: 3 * low, pressure: 10.0, hold: 32 }
     }
 }
@@ -218,8 +218,8 @@ mod tests {
 
     #[test]
     fn thresholds_scale_with_the_run() {
-        let p = Policy::for_bytes(250 * MIB);
-        assert_eq!(p.low, 16 * MIB);
+        let p = Policy::for_bytes(50 * MIB);
+        assert_eq!(p.low, 4 * MIB);
         let p = Policy::for_bytes(4000 * MIB);
         assert_eq!(p.low, 160 * MIB);
         assert_eq!(p.high, 480 * MIB);
