@@ -7,8 +7,13 @@
 //! - `neon+i8mm`: the `dotprod` decode plus an `smmla` prefill (Armv8.6 cores, e.g.
 //!   Cortex-A710/X2, Graviton 3, Apple M2).
 //!
-//! All of them give outputs bit-identical to [`super::reference`] (see [`nested8`]).
+//! All of them give outputs bit-identical to [`super::reference`] (see [`nested8`]). Decode
+//! attention over an f16, int8 or int4 cache (`attend_head`) and the read-back of a cache's rows
+//! (`kv_rows`) are [`attend_stored`]'s in all three, bit-identical to [`super::vector`]'s
+//! definitions; attention over an f32 cache, `swiglu` and `softmax_rows` are `vector`'s code
+//! (NEON is the baseline, so it is compiled for NEON already).
 
+mod attend_stored;
 mod nested8;
 mod quantize;
 #[cfg(test)]
@@ -18,6 +23,7 @@ mod unpack;
 use super::acts::QActs;
 use super::frame::{Kernels, Nested8};
 use alloc::vec::Vec;
+use attend_stored::{neon_attend_stored_impl, neon_kv_rows_impl};
 use nested8::*;
 use quantize::*;
 
@@ -57,6 +63,19 @@ fn i8mm_quantize(x: &[f32], n: usize, cols: usize, block: usize, acts: &mut QAct
     unsafe { i8mm_quantize_acts(x, n, cols, block, acts) }
 }
 
+fn neon_attend_head(q: &[f32], kv: crate::kv::KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    if kv.keys.as_f32().is_some() && kv.values.as_f32().is_some() {
+        return super::vector::attend_head(q, kv, scale, scores, out);
+    }
+    // SAFETY: reachable only through the tables below, handed out after the CPU reported NEON.
+    unsafe { neon_attend_stored_impl(q, kv, scale, &mut scores[..kv.len], out) }
+}
+
+fn neon_kv_rows(rows: crate::kv::KvRows<'_>, first: usize, width: usize, out: &mut [f32]) {
+    // SAFETY: reachable only through the tables below, handed out after the CPU reported NEON.
+    unsafe { neon_kv_rows_impl(rows, first, width, out) }
+}
+
 const NEON: Kernels = Kernels {
     name: "neon",
     quantize_acts: neon_quantize,
@@ -64,10 +83,10 @@ const NEON: Kernels = Kernels {
     nested8_matmul: [neon_matmul_v2, neon_matmul_v3, neon_matmul_v4, neon_matmul_v5, neon_matmul_v6, neon_matmul_v8],
     repack: None,
     nibbles: Some(crate::blocks::low_nibbles),
-    attend_head: super::vector::attend_head,
+    attend_head: neon_attend_head,
     swiglu: super::vector::swiglu,
     softmax_rows: super::vector::softmax_rows,
-    kv_rows: super::vector::kv_rows,
+    kv_rows: neon_kv_rows,
 };
 
 const DOTPROD: Kernels = Kernels {
@@ -77,10 +96,10 @@ const DOTPROD: Kernels = Kernels {
     nested8_matmul: [dotprod_matmul_v2, dotprod_matmul_v3, dotprod_matmul_v4, dotprod_matmul_v5, dotprod_matmul_v6, dotprod_matmul_v8],
     repack: None,
     nibbles: Some(crate::blocks::low_nibbles),
-    attend_head: super::vector::attend_head,
+    attend_head: neon_attend_head,
     swiglu: super::vector::swiglu,
     softmax_rows: super::vector::softmax_rows,
-    kv_rows: super::vector::kv_rows,
+    kv_rows: neon_kv_rows,
 };
 
 const I8MM: Kernels = Kernels {
@@ -90,10 +109,10 @@ const I8MM: Kernels = Kernels {
     nested8_matmul: [i8mm_matmul_v2, i8mm_matmul_v3, i8mm_matmul_v4, i8mm_matmul_v5, i8mm_matmul_v6, i8mm_matmul_v8],
     repack: None,
     nibbles: Some(crate::blocks::low_nibbles),
-    attend_head: super::vector::attend_head,
+    attend_head: neon_attend_head,
     swiglu: super::vector::swiglu,
     softmax_rows: super::vector::softmax_rows,
-    kv_rows: super::vector::kv_rows,
+    kv_rows: neon_kv_rows,
 };
 
 /// What this CPU has: with `std` probed at run time, without it the compile-time features.

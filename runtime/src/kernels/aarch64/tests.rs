@@ -2,6 +2,10 @@
 //! columns of one group, many groups and a padded tail; 1, a few and more than 64 rows (from a
 //! non-zero first row); 1, 2, 3, 7 and 64 tokens; group sizes 8 (the reference fallback), 32,
 //! 64 and 128; codes covering all of 0..=255; all-zero activation blocks and large magnitudes.
+//! Attention over the KV cache (`attend_head`, `kv_rows`) against [`vector`]'s definitions:
+//! every pair of formats, heads of 1 to 8 groups (and float heads with no whole group), cache
+//! lengths of every count modulo 4 and 8, every head of a row, rows read from a first one on,
+//! every f16 bit pattern as a value and as a scale, and a windowed cache.
 //!
 //! Tolerance: none. The integer group sums are exact and the kernels add the float terms in
 //! the reference's order with its expression, so every output is bit-identical (compared
@@ -11,7 +15,8 @@ use super::unpack::{unpack32, Consts};
 use crate::blocks::{self, pack_nested8_planes, GroupParams, NESTED8_VIEWS};
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::{view_index, Kernels, Nested8};
-use crate::kernels::reference;
+use crate::kernels::{reference, vector};
+use crate::kv::{KvBits, KvCache, KvFormat, KvRows, KvView, KvWindow, RowData, KV_GROUP};
 use alloc::vec::Vec;
 use core::arch::aarch64::*;
 use half::f16;
@@ -254,6 +259,221 @@ fn matmul_matches_reference() {
                     (k.nested8_matmul[view_index(v)])(&w, &acts, first, &mut got);
                     assert_out_eq(&std::format!("{what}, reference activations"), &got, &want);
                 }
+            }
+        }
+    }
+}
+
+/// One cache tensor as stored, random: `rows` rows of `dim` values in `bits` (codes covering
+/// every value, f16 values and scales of either sign and size, a zero scale now and then).
+struct KvTensor {
+    bits: KvBits,
+    dim: usize,
+    floats: Vec<f32>,
+    halves: Vec<u16>,
+    q8: Vec<i8>,
+    q4: Vec<u8>,
+    scales: Vec<u16>,
+}
+
+impl KvTensor {
+    fn new(bits: KvBits, rows: usize, dim: usize, rng: &mut Rng) -> KvTensor {
+        let groups = dim.div_ceil(KV_GROUP);
+        let mut t = KvTensor { bits, dim, floats: Vec::new(), halves: Vec::new(), q8: Vec::new(), q4: Vec::new(), scales: Vec::new() };
+        let mut half = |scale: f32| f16::from_f32(scale * rng.f32()).to_bits();
+        match bits {
+            KvBits::F32 => t.floats = (0..rows * dim).map(|_| rng.f32()).collect(),
+            KvBits::F16 => t.halves = (0..rows * dim).map(|_| half(1.5)).collect(),
+            KvBits::Q8 => {
+                t.scales = (0..rows * groups).map(|g| if g % 7 == 3 { 0 } else { half(0.02) & 0x7FFF }).collect();
+                t.q8 = (0..rows * dim).map(|_| rng.next() as i8).collect();
+            }
+            KvBits::Q4 => {
+                // (d, m) pairs: d >= 0, m of either sign.
+                t.scales = (0..2 * rows * groups).map(|i| if i % 2 == 0 { half(0.15) & 0x7FFF } else { half(1.0) }).collect();
+                t.q4 = (0..rows * dim.div_ceil(2)).map(|_| rng.next() as u8).collect();
+            }
+        }
+        t
+    }
+
+    /// The first `n` rows, exactly as the cache hands them out (no slack after the last one).
+    fn rows(&self, n: usize) -> KvRows<'_> {
+        let (dim, groups) = (self.dim, self.dim.div_ceil(KV_GROUP));
+        let data = match self.bits {
+            KvBits::F32 => RowData::F32(&self.floats[..n * dim]),
+            KvBits::F16 => RowData::F16(&self.halves[..n * dim]),
+            KvBits::Q8 => RowData::Q8 { codes: &self.q8[..n * dim], scales: &self.scales[..n * groups] },
+            KvBits::Q4 => RowData::Q4 { codes: &self.q4[..n * dim.div_ceil(2)], scales: &self.scales[..2 * n * groups] },
+        };
+        KvRows { data, dim, offset: 0 }
+    }
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `attend_head` of every table against [`vector::attend_head`], scores and output bit for bit.
+fn assert_attend_eq(what: &str, variants: &[(&'static str, Kernels)], q: &[f32], kv: KvView<'_>) {
+    let hd = q.len();
+    // A scores buffer longer than the cache: the entries use its first kv.len only.
+    let run = |f: crate::kernels::frame::AttendHeadFn| {
+        let (mut scores, mut out) = (alloc::vec![f32::NAN; kv.len + 3], alloc::vec![f32::NAN; hd]);
+        f(q, kv, 0.125, &mut scores, &mut out);
+        (bits_of(&scores), bits_of(&out))
+    };
+    let want = run(vector::attend_head);
+    for (name, k) in variants {
+        let got = run(k.attend_head);
+        assert!(got.0 == want.0, "{name} attend_head scores: {what}");
+        assert!(got.1 == want.1, "{name} attend_head output: {what}");
+    }
+}
+
+/// `kv_rows` of every table against [`vector::kv_rows`]: rows `first..` of `rows` (`width`
+/// columns) into an output of `out_len` floats.
+fn assert_kv_rows_eq(what: &str, variants: &[(&'static str, Kernels)], rows: KvRows<'_>, first: usize, width: usize, out_len: usize) {
+    let read = |f: crate::kernels::frame::KvRowsFn| {
+        let mut out = alloc::vec![f32::NAN; out_len];
+        f(rows, first, width, &mut out);
+        bits_of(&out)
+    };
+    let want = read(vector::kv_rows);
+    for (name, k) in variants {
+        assert!(read(k.kv_rows) == want, "{name} kv_rows: {what}, first {first}, width {width}, {out_len} floats");
+    }
+}
+
+/// Cache lengths: every count modulo 4 and 8, one position, more than 64 and 128.
+const KV_LENGTHS: [usize; 12] = [1, 2, 3, 4, 5, 7, 8, 9, 33, 64, 100, 130];
+
+#[test]
+fn attend_head_matches_definition() {
+    let mut rng = Rng(0xA77E_2D01);
+    let variants = simd_variants();
+    for keys in KvBits::ALL {
+        for values in KvBits::ALL {
+            let float = |b: KvBits| matches!(b, KvBits::F32 | KvBits::F16);
+            // Integer codes come in groups of 32: heads of whole groups (1, 2, 3, 4 and 8, so
+            // both column blocks of the mix); float caches also take other widths (the
+            // definition's fallback).
+            let dims: &[usize] = if float(keys) && float(values) { &[32, 64, 96, 128, 256, 48, 13] } else { &[32, 64, 96, 128, 256] };
+            for &hd in dims {
+                // Three heads a row; the cache's rows are read from each head's offset.
+                let kv_dim = 3 * hd;
+                let max_n = KV_LENGTHS[KV_LENGTHS.len() - 1];
+                let (kt, vt) = (KvTensor::new(keys, max_n, kv_dim, &mut rng), KvTensor::new(values, max_n, kv_dim, &mut rng));
+                for n in KV_LENGTHS {
+                    if hd == 256 && n > 33 && !(keys == values && n == max_n) {
+                        continue; // the reference is slow under qemu; the widest heads at fewer lengths
+                    }
+                    let q: Vec<f32> = (0..hd).map(|_| 2.0 * rng.f32()).collect();
+                    let view = KvView { keys: kt.rows(n), values: vt.rows(n), len: n };
+                    for head in [0, 1, 2] {
+                        let what = std::format!("keys {keys:?}, values {values:?}, head {head} of {hd}, {n} positions");
+                        assert_attend_eq(&what, &variants, &q, view.head(head * hd));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kv_rows_match_definition() {
+    let mut rng = Rng(0x4B56_0001);
+    let variants = simd_variants();
+    for bits in KvBits::ALL {
+        let widths: &[usize] = if matches!(bits, KvBits::F32 | KvBits::F16) { &[32, 64, 96, 128, 256, 48, 13] } else { &[32, 64, 96, 128, 256] };
+        for &hd in widths {
+            let kv_dim = 3 * hd;
+            for n in [1usize, 2, 3, 7, 8, 33, 100] {
+                let t = KvTensor::new(bits, n, kv_dim, &mut rng);
+                for head in [0, 1, 2] {
+                    let rows = t.rows(n).shifted(head * hd);
+                    let what = std::format!("{bits:?}, head {head} of {hd}, {n} rows");
+                    for first in [0, 1, n / 2, n - 1].into_iter().filter(|&f| f < n) {
+                        let left = n - first;
+                        // Every row left, fewer, and an output with a partial row at its end.
+                        for m in [left, left.div_ceil(2), 1] {
+                            assert_kv_rows_eq(&what, &variants, rows, first, hd, m * hd);
+                        }
+                        assert_kv_rows_eq(&what, &variants, rows, first, hd, left * hd - hd / 2);
+                    }
+                    // A whole row of every head at once.
+                    assert_kv_rows_eq(&what, &variants, t.rows(n), 0, kv_dim, n * kv_dim);
+                }
+            }
+        }
+    }
+}
+
+/// Every f16 bit pattern (zeros, subnormals, infinities, NaNs) read back as a value and as a
+/// scale: the widening is `half::f16::to_f32` bit for bit.
+#[test]
+fn kv_rows_widen_every_f16() {
+    let variants = simd_variants();
+    let (dim, n) = (256usize, 256usize); // 65536 values
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let want: Vec<u32> = all.iter().map(|&h| f16::from_bits(h).to_f32().to_bits()).collect();
+    let rows = KvRows { data: RowData::F16(&all), dim, offset: 0 };
+    for (name, k) in &variants {
+        let mut out = alloc::vec![f32::NAN; n * dim];
+        (k.kv_rows)(rows, 0, dim, &mut out);
+        assert!(bits_of(&out) == want, "{name} kv_rows: f16 widening");
+    }
+    assert_kv_rows_eq("every f16", &variants, rows, 0, dim, n * dim);
+    // Every pattern as an int8 scale (codes 1, -1, 0, 127 by turns) and as int4's d and m.
+    let dim = 2 * KV_GROUP;
+    let groups = all.len();
+    let codes: Vec<i8> = (0..groups / 2 * dim).map(|i| [1, -1, 0, 127][i % 4]).collect();
+    let q8 = KvRows { data: RowData::Q8 { codes: &codes, scales: &all }, dim, offset: 0 };
+    assert_kv_rows_eq("int8, every f16 scale", &variants, q8, 0, dim, groups / 2 * dim);
+    // int4 adds `c · d + m` where both may be NaN: which NaN's payload an operation on two
+    // NaNs returns is not specified in Rust (LLVM may swap the operands of the sum), so there
+    // any NaN is taken for any other; every other value is compared bit for bit.
+    let nibbles: Vec<u8> = (0..groups / 4 * dim / 2).map(|i| (i * 37) as u8).collect();
+    let q4 = KvRows { data: RowData::Q4 { codes: &nibbles, scales: &all }, dim, offset: 0 };
+    let read = |f: crate::kernels::frame::KvRowsFn| {
+        let mut out = alloc::vec![0f32; groups / 4 * dim];
+        f(q4, 0, dim, &mut out);
+        out.iter().map(|x| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() }).collect::<Vec<_>>()
+    };
+    let want = read(vector::kv_rows);
+    for (name, k) in &variants {
+        assert!(read(k.kv_rows) == want, "{name} kv_rows: int4, every f16 (d, m)");
+    }
+}
+
+/// A cache filled through `KvCache` (quantized and rotated as the model stores it), with a
+/// window whose recent slots have wrapped around: every head, every pair of stored formats.
+#[test]
+fn attend_head_matches_definition_on_a_windowed_cache() {
+    let mut rng = Rng(0x3D0E_11A5);
+    let variants = simd_variants();
+    let (hd, heads, slots) = (64usize, 2usize, 37usize);
+    let kv_dim = heads * hd;
+    for format in ["16", "8", "4", "k8v4", "k4v8", "k16v4", "k32v8", "k4v32"] {
+        let format = KvFormat::parse(format).unwrap();
+        let mut cache = KvCache::with_format(1, slots, kv_dim, hd, format);
+        cache.set_window(KvWindow { sink: 4, slots }, 0).unwrap();
+        let mut stored = 0;
+        for end in [1usize, 5, 36, 37, 38, 90] {
+            for p in stored..end {
+                let k: Vec<f32> = (0..kv_dim).map(|_| 3.0 * rng.f32()).collect();
+                let v: Vec<f32> = (0..kv_dim).map(|_| rng.f32()).collect();
+                cache.store(0, p, &k, &v).unwrap();
+            }
+            stored = end;
+            let n = cache.filled(end);
+            let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
+            for head in 0..heads {
+                let view = cache.view(0, n).head(head * hd);
+                let what = std::format!("KV {}, window of {slots} after {end} positions, head {head}", format.name());
+                assert_attend_eq(&what, &variants, &q, view);
+                assert_kv_rows_eq(&what, &variants, view.keys, 1.min(n - 1), hd, (n - 1.min(n - 1)) * hd);
+                assert_kv_rows_eq(&what, &variants, view.values, 0, hd, n * hd);
             }
         }
     }
