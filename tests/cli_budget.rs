@@ -50,9 +50,7 @@ fn budgets_from_the_smallest_run_to_f16_kv_and_8_bit_weights_fit() {
     // Ten budgets from the smallest run (startup memory varies a little from run to run: a few
     // MiB above the minimum) to f16 KV with 8-bit weights, each generating 256 tokens.
     let lo = min + (4 << 20);
-    let mut last_weights = 0;
-    let mut last_ctx = 0;
-    let mut kls: Vec<(f64, f64, u64)> = Vec::new();
+    let mut kls: Vec<(f64, f64)> = Vec::new();
     let w = scratch().join(format!("budget-kl-{}.txt", std::process::id()));
     // KL is measured on the first 24 KB of the evaluation text: 3 windows of 256.
     let text = std::fs::read(wiki_test()).unwrap();
@@ -75,19 +73,11 @@ fn budgets_from_the_smallest_run_to_f16_kv_and_8_bit_weights_fit() {
         assert_eq!(u(&v["batch_size"]), u(&b["batch"]));
         assert!(u(&b["total_bytes"]) <= budget);
         assert!(peak <= budget, "peak RSS {peak} over the budget {budget}: {b}");
-        // Where the plan keeps the context, more memory never gives the weights less. (Where it
-        // raises the context, KV and state take the new bytes and more: a known limit of the
-        // plan's context steps, see docs/RESULTS.md.)
-        if u(&b["ctx"]) == last_ctx {
-            assert!(weights >= last_weights, "weights shrank as the budget grew: {b}");
-        }
         let room = u(&b["ctx"]) - u(&v["n_prompt_tokens"]);
         assert_eq!(u(&v["n_generated"]), 256.min(room));
         // No step was needed: nothing squeezed this run.
         assert!(v["memory_control"]["events"].as_array().unwrap().is_empty(), "{}", v["memory_control"]);
         assert!(b["plan_ms"].as_f64().unwrap() >= 0.0);
-        last_weights = weights;
-        last_ctx = u(&b["ctx"]);
 
         // The plan's measured KL against the 8-bit model with the f16 cache.
         let plan = scratch().join(format!("budget-plan-{}-{k}.toml", std::process::id()));
@@ -109,14 +99,14 @@ fn budgets_from_the_smallest_run_to_f16_kv_and_8_bit_weights_fit() {
             u(&b["ctx"]),
             u(&b["batch"])
         );
-        kls.push((predicted, measured, last_ctx));
+        kls.push((predicted, measured));
         let _ = std::fs::remove_file(plan);
     }
     let _ = std::fs::remove_file(w);
-    // Both fall as the budget grows at a context (never up by more than noise), and far down
-    // end to end.
-    for pair in kls.windows(2).filter(|p| p[0].2 == p[1].2) {
-        let ((p0, m0, _), (p1, m1, _)) = (pair[0], pair[1]);
+    // Both fall as the budget grows (measured: never up by more than noise), and far down end
+    // to end.
+    for pair in kls.windows(2) {
+        let ((p0, m0), (p1, m1)) = (pair[0], pair[1]);
         assert!(p1 <= p0 + 1e-9, "predicted KL rose with the budget: {kls:?}");
         assert!(m1 <= m0 * 1.1 + 2e-3, "measured KL rose with the budget: {kls:?}");
     }
