@@ -27,6 +27,7 @@ use edge_runtime::kernels;
 use edge_runtime::model::Logits;
 use serde_json::json;
 
+use crate::budget;
 use crate::cli::{BenchArgs, ModelArgs};
 use crate::progress::progress_bar;
 use crate::report;
@@ -108,7 +109,7 @@ fn view_label(sel: &Selection, nested: bool, dense_encoding: &str) -> String {
         views::Source::File(p) => p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
         views::Source::TargetBits(t) => format!("target {t}"),
         views::Source::WeightBudget(b) => format!("budget {}", stats::human_bytes(*b)),
-        views::Source::Budget(b) => format!("process budget {}", stats::human_bytes(*b)),
+        views::Source::Budget(b) => format!("budget {}", stats::human_bytes(*b)),
     }
 }
 
@@ -145,10 +146,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let threads: Vec<usize> = if args.threads.is_empty() { vec![kernels::threads()] } else { args.threads.clone() };
     let views = view_args(args);
     let file = session::open(&views[0])?;
-    // One parse of the checkpoint per view, each with its own selection and footprint.
-    let loads: Vec<Loaded<'_>> = views.iter().map(|v| Loaded::new(&file, v)).collect::<Result<_>>()?;
-    let (ck, config) = (&loads[0].ck, &loads[0].config);
     let depth = args.n_depth;
+    // The context of every test: its depth and its tokens.
+    let ctx = depth + args.n_prompt.max(args.n_gen);
+    // Depth is prefilled in forward passes of up to 64 tokens (or the prompt test's size).
+    let max_batch = args.n_prompt.max(depth.min(64)).max(1);
+    // One parse of the checkpoint per view, each with its own selection and footprint; with
+    // --budget, the one view its plan picks.
+    let mut planned_kv = None;
+    let loads: Vec<Loaded<'_>> = match args.budget {
+        None => views.iter().map(|v| Loaded::new(&file, v)).collect::<Result<_>>()?,
+        Some(bytes) => {
+            let kv = (!args.kv.kv_bits.is_empty()).then(|| args.kv.formats()).map(|f| f[0]);
+            let l = Loaded::with(&file, |ck, arch, config| {
+                let req = budget::Request { bytes, ctx: Some(ctx), kv, batch: max_batch, default_ctx: ctx };
+                let c = budget::select(ck, arch, config, &file.path, "--budget", req)?;
+                planned_kv = Some(c.budget.clone());
+                Ok(c.selection)
+            })?;
+            vec![l]
+        }
+    };
+    let (ck, config) = (&loads[0].ck, &loads[0].config);
     for (flag, n) in [("--n-prompt", args.n_prompt), ("--n-gen", args.n_gen)] {
         if depth + n > config.max_seq_len {
             let at = if depth > 0 { format!(" at --n-depth {depth}") } else { String::new() };
@@ -159,11 +178,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    // The context of every test: its depth and its tokens.
-    let ctx = depth + args.n_prompt.max(args.n_gen);
-    let kvs: Vec<KvSettings> = args.kv.formats().into_iter().map(|f| KvSettings::with_format(&args.kv, f, ctx)).collect::<Result<_>>()?;
-    // Depth is prefilled in forward passes of up to 64 tokens (or the prompt test's size).
-    let max_batch = args.n_prompt.max(depth.min(64)).max(1);
+    if let (Some(b), false) = (&planned_kv, args.json) {
+        let l = &loads[0];
+        for line in b.describe(l.footprint.weight_bytes, l.footprint.bits_per_weight(), l.selection.predicted_kl) {
+            eprintln!("{line}");
+        }
+    }
+    let formats = match &planned_kv {
+        Some(b) => vec![b.shape.kv],
+        None => args.kv.formats(),
+    };
+    let kvs: Vec<KvSettings> = formats.into_iter().map(|f| KvSettings::with_format(&args.kv, f, ctx)).collect::<Result<_>>()?;
     let nested = views::has_nested(ck);
     let dense_encoding = views::dense_encoding(ck);
     let name = ck

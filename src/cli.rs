@@ -403,6 +403,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
+    /// Measure the plan `edge-run --budget SIZE` makes for a process of SIZE bytes at this
+    /// bench's context (depth + tokens) and batch: views from the sensitivity profile and the
+    /// KV format (unless --kv-bits names it).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = parse_size,
+        help_heading = "Views",
+        conflicts_with_all = ["bits", "weight_budget", "plan", "target_bits"]
+    )]
+    pub budget: Option<u64>,
+
     /// Weight encoding used when auto-packing a non-.edge model.
     #[arg(long, value_enum, default_value_t = PackEncoding::F16, value_name = "ENC")]
     pub pack_encoding: PackEncoding,

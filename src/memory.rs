@@ -203,11 +203,29 @@ mod tests {
             cgroup: Some((900 << 20, 1 << 30)),
             pressure: None,
         };
-        assert_eq!(r.room(Some(1 << 30)), Some(("budget", 724 << 20)));
+        assert_eq!(r.room(Some(400 << 20)), Some(("budget", 100 << 20)));
+        assert_eq!(r.room(Some(1 << 30)), Some(("cgroup limit", 124 << 20)));
         assert_eq!(r.room(None), Some(("cgroup limit", 124 << 20)));
         let r = Reading { cgroup: None, ..r };
         // 2 GiB less 5% of 8 GiB.
         assert_eq!(r.room(None), Some(("MemAvailable", (2 << 30) - (8 << 30) / 20)));
         assert_eq!(Reading::default().room(None), None);
+    }
+
+    #[test]
+    fn a_device_budget_is_the_resident_set_plus_the_least_room() {
+        let r = Reading { rss: 50 << 20, available: Some((2 << 30, 8 << 30)), cgroup: None, pressure: None };
+        let (b, why) = device_budget(&r, None).unwrap();
+        assert_eq!(b, (50 << 20) + (2 << 30) - (8 << 30) / 20);
+        assert!(why.contains("MemAvailable 2.0 GiB"), "{why}");
+        // A board keeps its margin, then takes its share.
+        let (b, _) = device_budget(&r, Some((0.5, 1 << 30))).unwrap();
+        assert_eq!(b, (50 << 20) + (512 << 20));
+        // A cgroup with less room wins.
+        let r = Reading { cgroup: Some((300 << 20, 400 << 20)), ..r };
+        let (b, why) = device_budget(&r, None).unwrap();
+        assert_eq!(b, (50 << 20) + (100 << 20));
+        assert!(why.contains("cgroup"), "{why}");
+        assert_eq!(device_budget(&Reading::default(), None), None);
     }
 }

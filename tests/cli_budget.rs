@@ -132,3 +132,33 @@ fn budget_conflicts_with_the_weight_flags() {
         assert!(r.stderr.contains("cannot be used with"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn bench_and_eval_take_a_budget_and_measure_its_plan() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8_profiled();
+    let ms = m.to_str().unwrap();
+    let v = run(["bench", "-m", ms, "--budget", "200MB", "-p", "16", "-n", "4", "-r", "1", "--json"]).json();
+    let r = &v["results"][0];
+    assert_eq!(r["plan"]["source"], "budget", "{r}");
+    assert!(r["view"].as_str().unwrap().starts_with("budget "), "{r}");
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() <= 200_000_000, "{r}");
+    // The bench's context (16 tokens) leaves more for the weights than generate's default 2048.
+    let g = greedy_json(&m, "Hi", 4, &["--budget", "200MB"]);
+    assert!(r["weight_bytes"].as_u64() >= g["weight_bytes"].as_u64(), "{} against {}", r["weight_bytes"], g["weight_bytes"]);
+
+    let w = scratch().join(format!("budget-eval-{}.txt", std::process::id()));
+    std::fs::write(&w, &std::fs::read(wiki_test()).unwrap()[..8_000]).unwrap();
+    let e = run(["eval", "-m", ms, "--budget", "200MB", "--data", w.to_str().unwrap(), "--ctx", "256", "--json"]).json();
+    assert_eq!(e["plan"]["source"], "budget");
+    assert_eq!(u(&e["budget"]["ctx"]), 256, "{}", e["budget"]);
+    assert!(e["ppl"].as_f64().unwrap().is_finite());
+    // A budget below the smallest run is the same one-line error in every command.
+    for cmd in [vec!["bench", "-m", ms, "--budget", "20MB", "-p", "8", "-n", "0"], vec!["eval", "-m", ms, "--budget", "20MB", "--data", w.to_str().unwrap()]] {
+        let e = run(cmd).one_line_error();
+        assert!(e.contains("is below the smallest run of this model"), "{e}");
+    }
+    let _ = std::fs::remove_file(w);
+}

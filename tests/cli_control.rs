@@ -136,3 +136,37 @@ fn a_simulated_limit_squeezes_a_run_down_and_lets_it_back_up() {
     squeeze(cmd, &limit, "simulated limit");
     let _ = std::fs::remove_file(file);
 }
+
+#[test]
+fn without_a_budget_a_run_is_fitted_to_the_free_memory() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8_profiled();
+    let file = scratch().join(format!("mem-limit-fit-{}", std::process::id()));
+    let limit = Simulated(file.clone());
+    let gen = |bytes: u64, extra: &[&str]| {
+        limit.set(bytes).unwrap();
+        let mut args = vec!["-m", m.to_str().unwrap(), "-p", "Once upon a time", "-n", "16", "--temp", "0"];
+        args.extend_from_slice(extra);
+        run_env(args, &[("EDGE_RUN_MEM_LIMIT", file.as_os_str())])
+    };
+    // Plenty: the whole run, nothing lowered, said in one line.
+    let r = gen(4 << 30, &[]);
+    r.ok();
+    assert!(r.stderr.contains("fitted to free memory") && r.stderr.contains("nothing lowered"), "{}", r.stderr);
+    // 160 MB: planned like --budget for what the cgroup leaves, and held to it.
+    let v = gen(160_000_000, &["--json"]).json();
+    let b = &v["budget"];
+    assert_eq!(b["source"], "fit", "{b}");
+    assert!(b["budget_bytes"].as_u64().unwrap() <= 160_000_000);
+    assert!(!b["lowered"].as_array().unwrap().is_empty(), "{b}");
+    assert!(v["plan"]["bits_per_weight"].as_f64().unwrap() < 8.0, "{}", v["plan"]);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() <= 160_000_000, "{v}");
+    // --no-fit: the default views, no plan.
+    let v = gen(160_000_000, &["--json", "--no-fit"]).json();
+    assert!(v["budget"].is_null());
+    assert!(v["memory_control"].is_null());
+    assert_eq!(v["plan"]["source"], "default");
+    let _ = std::fs::remove_file(file);
+}
