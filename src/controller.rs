@@ -30,9 +30,6 @@ use crate::stats::human_bytes;
 /// The smallest window the controller shrinks the cache to.
 pub const MIN_WINDOW: usize = 256;
 
-/// Weight plans in the ladder below the starting one.
-const WEIGHT_STEPS: u64 = 6;
-
 /// Readings are taken at most this often (a token of a small model takes a few milliseconds;
 /// reading `/proc` and the cgroup takes tens of microseconds).
 const READ_EVERY: Duration = Duration::from_millis(20);
@@ -126,6 +123,32 @@ pub struct Memory {
     pub readings: usize,
 }
 
+/// The weights' plans below `top`, each one unit one view lower than the one before: the unit
+/// whose next lower view loses the least predicted KL per byte it frees, until every unit is at
+/// its lowest view. A step between neighbours rebinds one unit's matrices only.
+fn descent(p: &Planner, top: &Plan) -> Vec<Plan> {
+    let mut at = top.clone();
+    let mut out = Vec::new();
+    loop {
+        let mut best: Option<(f64, usize, u8, u64, f64)> = None;
+        for (i, u) in p.units.iter().enumerate() {
+            let Some(cur) = u.views.iter().find(|v| v.bits == at.bits[i]) else { continue };
+            // The next lower view this unit has.
+            let Some(next) = u.views.iter().filter(|v| v.bits < cur.bits && v.bytes < cur.bytes).max_by_key(|v| v.bits) else { continue };
+            let freed = cur.bytes - next.bytes;
+            let cost = (next.kl - cur.kl).max(0.0) / freed as f64;
+            if best.is_none_or(|b| cost < b.0) {
+                best = Some((cost, i, next.bits, freed, next.kl - cur.kl));
+            }
+        }
+        let Some((_, i, bits, freed, dkl)) = best else { return out };
+        at.bits[i] = bits;
+        at.bytes -= freed;
+        at.kl += dkl;
+        out.push(at.clone());
+    }
+}
+
 fn weight_bytes(p: &Planner, w: &Plan) -> u64 {
     w.bytes + p.fixed_bytes
 }
@@ -151,15 +174,8 @@ impl Memory {
             Rung { weights, kv, window, bytes }
         };
         let mut ladder = vec![rung(s.weights.clone(), b.shape.kv, None)];
-        let (lo, _) = s.planner.bytes_range();
-        let top = weight_bytes(s.planner, &s.weights);
-        for i in 1..=WEIGHT_STEPS {
-            let bytes = top - (top.saturating_sub(lo)) * i / WEIGHT_STEPS;
-            let w = s.planner.for_bytes(bytes.max(lo)).map_err(|e| anyhow!("{e}"))?;
-            let last = ladder.last().expect("rung 0");
-            if w.bits != last.weights.bits && weight_bytes(s.planner, &w) < weight_bytes(s.planner, &last.weights) {
-                ladder.push(rung(w, b.shape.kv, None));
-            }
+        for w in descent(s.planner, &s.weights) {
+            ladder.push(rung(w, b.shape.kv, None));
         }
         let floor = ladder.last().expect("rung 0").weights.clone();
         let mut kv = b.shape.kv;
