@@ -138,7 +138,7 @@ pub enum PackEncoding {
     /// sensitivity profile (`edge-pack -e q8`; seconds).
     #[value(name = "q8", alias = "nested8")]
     Nested8,
-    /// The same planes calibrated on text the model samples itself, with the sensitivity profile
+    /// q8 calibrated on text the model samples itself, with the sensitivity profile
     /// --budget, --target-bits and --weight-budget plan from (`edge-pack -e q8 --calibrate-self
     /// --gptq-view-weights 1,1,1,4`; minutes for a 135M model on two cores).
     #[value(name = "q8-cal", alias = "nested8-cal")]
