@@ -11,7 +11,8 @@ use edge_runtime::kv::KvFormat;
 
 const EXAMPLES: &str = "\
 Examples:
-  # Generate from a prompt (a GGUF, Hugging Face folder or llama2.c .bin is packed once into a cache)
+  # Generate from a prompt (a GGUF, Hugging Face folder or llama2.c .bin is packed once into a
+  # cache, calibrated with a sensitivity profile; --pack-encoding f16 packs in seconds instead)
   edge-run -m SmolLM2-135M-Instruct.Q4_1.gguf -p \"Once upon a time\" -n 64
 
   # Greedy decoding, chat template, JSON output
@@ -71,7 +72,9 @@ Examples:
         timings and memory go to stderr. `eval` measures perplexity (and KL divergence against \
         a base model), `inspect` describes a checkpoint.\n\n\
         MODEL is an .edge checkpoint, or a GGUF file, a Hugging Face folder or a llama2.c .bin, \
-        which is packed once (f16 unless --pack-encoding says otherwise) into a cache and reused.",
+        which is packed once into a cache and reused: as nested 8-bit planes calibrated on text the \
+        model samples itself, with the sensitivity profile --budget plans from (minutes the first \
+        time; --pack-encoding f16 or q8 for a pack of seconds).",
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -125,21 +128,32 @@ pub enum Command {
 /// How auto-packed weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PackEncoding {
+    /// 32-bit floats (lossless, no views).
     F32,
+    /// 16-bit floats (no views).
     F16,
+    /// bfloat16 (no views).
     Bf16,
-    /// 8-bit nested bit planes: views of 8, 6, 5, 4, 3 and 2 bits (--bits); `q8` as in edge-pack.
-    #[value(alias = "q8")]
+    /// 8-bit nested bit planes, views of 8, 6, 5, 4, 3 and 2 bits (--bits), no calibration and no
+    /// sensitivity profile (`edge-pack -e q8`; seconds).
+    #[value(name = "q8", alias = "nested8")]
     Nested8,
+    /// q8 calibrated on text the model samples itself, with the sensitivity profile
+    /// --budget, --target-bits and --weight-budget plan from (`edge-pack -e q8 --calibrate-self
+    /// --gptq-view-weights 1,1,1,4`; minutes for a 135M model on two cores).
+    #[value(name = "q8-cal", alias = "nested8-cal")]
+    Nested8Cal,
 }
 
 impl PackEncoding {
+    /// The flag's spelling (also hashed into the cache file's name).
     pub fn name(self) -> &'static str {
         match self {
             PackEncoding::F32 => "f32",
             PackEncoding::F16 => "f16",
             PackEncoding::Bf16 => "bf16",
-            PackEncoding::Nested8 => "nested8",
+            PackEncoding::Nested8 => "q8",
+            PackEncoding::Nested8Cal => "q8-cal",
         }
     }
     pub fn to_pack(self) -> edge_pack::WeightEncoding {
@@ -147,8 +161,12 @@ impl PackEncoding {
             PackEncoding::F32 => edge_pack::WeightEncoding::F32,
             PackEncoding::F16 => edge_pack::WeightEncoding::F16,
             PackEncoding::Bf16 => edge_pack::WeightEncoding::Bf16,
-            PackEncoding::Nested8 => edge_pack::WeightEncoding::Nested8,
+            PackEncoding::Nested8 | PackEncoding::Nested8Cal => edge_pack::WeightEncoding::Nested8,
         }
+    }
+    /// Whether the weights are stored in groups (so --group-size matters).
+    pub fn grouped(self) -> bool {
+        matches!(self, PackEncoding::Nested8 | PackEncoding::Nested8Cal)
     }
 }
 
@@ -309,11 +327,12 @@ pub struct ModelArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
-    /// Weight encoding used when auto-packing a non-.edge model.
-    #[arg(long, value_enum, default_value_t = PackEncoding::F16, value_name = "ENC")]
+    /// Weight encoding used when auto-packing a non-.edge model (once, into the cache). The
+    /// default, q8-cal, is the one --budget, --target-bits and --weight-budget can plan from.
+    #[arg(long, value_enum, default_value_t = PackEncoding::Nested8Cal, value_name = "ENC")]
     pub pack_encoding: PackEncoding,
 
-    /// Group size used when auto-packing with a grouped encoding (nested8).
+    /// Group size used when auto-packing with a grouped encoding (q8, q8-cal).
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub group_size: usize,
 
@@ -415,11 +434,12 @@ pub struct BenchArgs {
     )]
     pub budget: Option<u64>,
 
-    /// Weight encoding used when auto-packing a non-.edge model.
-    #[arg(long, value_enum, default_value_t = PackEncoding::F16, value_name = "ENC")]
+    /// Weight encoding used when auto-packing a non-.edge model (once, into the cache). The
+    /// default, q8-cal, is the one --budget, --target-bits and --weight-budget can plan from.
+    #[arg(long, value_enum, default_value_t = PackEncoding::Nested8Cal, value_name = "ENC")]
     pub pack_encoding: PackEncoding,
 
-    /// Group size used when auto-packing with a grouped encoding (nested8).
+    /// Group size used when auto-packing with a grouped encoding (q8, q8-cal).
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
     pub group_size: usize,
 

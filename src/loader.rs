@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{anyhow, bail, Context, Result};
+use edge_pack::calibrate::{CalibrationOptions, CalibrationSource};
 use edge_runtime::format::MAGIC;
 use edge_runtime::load::CheckpointBytes;
 use edge_runtime::Checkpoint;
@@ -122,35 +123,100 @@ pub fn resolve(path: &Path, enc: PackEncoding, group: usize) -> Result<Resolved>
         anyhow!("cannot create cache directory {}: {e}; set EDGE_RUN_CACHE to a writable directory", dir.display())
     })?;
     eprintln!(
-        "edge-run: packing {} ({}, {}) into {} (first run only)",
+        "edge-run: packing {} ({}) as {} into {} (first run only{})",
         path.display(),
         format_name(format),
-        enc.name(),
-        target.display()
+        describe(enc, group),
+        target.display(),
+        if enc == PackEncoding::Nested8Cal { "; --pack-encoding f16 or q8 packs in seconds, without a profile" } else { "" }
     );
     // Pack to a temporary name in the cache directory, then rename: a crash or a failed pack
     // never leaves a half-written file under the name a later run would reuse.
     let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
-    let opts = edge_pack::PackOptions {
+    let start = std::time::Instant::now();
+    let result = pack_into(path, &tmp, enc, group).and_then(|report| {
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("cannot move the packed model into {}", target.display()))?;
+        Ok(report)
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let phases: Vec<String> = report.timings.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
+    eprintln!("edge-run: packed in {:.1} s ({})", start.elapsed().as_secs_f64(), phases.join(", "));
+    Ok(Resolved { path: target, origin: Origin::Packed { source: path.to_path_buf() } })
+}
+
+/// GPTQ's weights of the 2-, 3-, 4- and 8-bit views' errors in a q8-cal pack: the project's
+/// recipe (docs/RESULTS.md, issue 13), which keeps the 8-bit view of SmolLM2-135M within 0.5% of
+/// f16's perplexity.
+pub const AUTO_VIEW_WEIGHTS: [f32; 4] = [1.0, 1.0, 1.0, 4.0];
+
+/// The calibration an auto-pack with `enc` runs: for q8-cal, GPTQ (all views at once) on
+/// sequences the model samples itself, and the sensitivity profile; none otherwise.
+pub fn auto_calibration(enc: PackEncoding) -> Option<CalibrationOptions> {
+    (enc == PackEncoding::Nested8Cal).then(|| {
+        let mut c = CalibrationOptions::new(CalibrationSource::SelfSampled);
+        c.view_weights = AUTO_VIEW_WEIGHTS;
+        c
+    })
+}
+
+/// `enc` in words, for the packing message.
+fn describe(enc: PackEncoding, group: usize) -> String {
+    match enc {
+        PackEncoding::Nested8 => format!("q8 (nested 8-bit planes, groups of {group}, uncalibrated)"),
+        PackEncoding::Nested8Cal => format!(
+            "q8-cal (nested 8-bit planes, groups of {group}, GPTQ on text the model samples itself, and a sensitivity profile)"
+        ),
+        e => e.name().to_string(),
+    }
+}
+
+/// Read `path` and pack it into `tmp` with `enc`. A calibrated pack that fails after the model
+/// was read falls back, with a one-line note, to the same planes uncalibrated (no profile), so
+/// that any model the runtime runs still packs.
+fn pack_into(path: &Path, tmp: &Path, enc: PackEncoding, group: usize) -> Result<edge_pack::PackReport> {
+    let failed = |e: anyhow::Error| anyhow!("cannot pack {}: {}", path.display(), one_line(&format!("{e:#}")));
+    let start = std::time::Instant::now();
+    let model = edge_pack::load_source(path, None).map_err(failed)?;
+    let reading = ("reading", start.elapsed().as_secs_f64());
+    let mut opts = edge_pack::PackOptions {
         encoding: enc.to_pack(),
         group_size: group as u32,
         allow_no_tokenizer: true,
         force: true,
         progress: true,
+        calibration: auto_calibration(enc),
         ..Default::default()
     };
-    let result = edge_pack::pack_file(path, &tmp, &opts)
-        .map_err(|e| anyhow!("cannot pack {}: {}", path.display(), one_line(&format!("{e:#}"))))
-        .and_then(|_| {
-            std::fs::rename(&tmp, &target)
-                .with_context(|| format!("cannot move the packed model into {}", target.display()))
-        });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(Resolved { path: target, origin: Origin::Packed { source: path.to_path_buf() } })
+    let packed = match edge_pack::pack_model(&model, tmp, &opts) {
+        Err(e) if opts.calibration.is_some() => {
+            let _ = std::fs::remove_file(tmp);
+            opts.calibration = None;
+            match edge_pack::pack_model(&model, tmp, &opts) {
+                Ok(r) => {
+                    eprintln!(
+                        "edge-run: note: calibrating {} failed ({}), so it was packed as q8 without calibration: it has no sensitivity profile for --budget, --target-bits or --weight-budget to plan from",
+                        path.display(),
+                        one_line(&format!("{e:#}"))
+                    );
+                    Ok(r)
+                }
+                // The plain planes failed too: the calibrated pack's error is the one to report.
+                Err(_) => Err(e),
+            }
+        }
+        r => r,
+    };
+    let mut report = packed.map_err(failed)?;
+    report.timings.insert(0, reading);
+    Ok(report)
 }
 
 /// A source format's usual name.
@@ -237,8 +303,21 @@ fn cache_file_name(path: &Path, meta: &std::fs::Metadata, enc: PackEncoding, gro
     h.bytes(env!("CARGO_PKG_VERSION").as_bytes());
     h.u64(edge_runtime::format::VERSION as u64);
     h.bytes(enc.name().as_bytes());
-    if enc == PackEncoding::Nested8 {
+    if enc.grouped() {
         h.u64(group as u64);
+    }
+    // The calibration recipe: a changed recipe packs anew.
+    if let Some(c) = auto_calibration(enc) {
+        h.bytes(b"self-sampled");
+        h.u64(c.tokens as u64);
+        h.u64(c.seq_len as u64);
+        h.u64(c.seed);
+        h.u64(c.profile_tokens.map_or(u64::MAX, |n| n as u64));
+        h.bytes(c.gptq.name().as_bytes());
+        h.u64(c.damp.to_bits());
+        for w in c.view_weights {
+            h.u64(w.to_bits() as u64);
+        }
     }
     let stem = canon
         .file_stem()
@@ -254,6 +333,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_auto_pack_is_the_calibrated_recipe() {
+        let c = auto_calibration(PackEncoding::Nested8Cal).expect("q8-cal calibrates");
+        assert!(matches!(c.source, CalibrationSource::SelfSampled));
+        assert_eq!(c.view_weights, [1.0, 1.0, 1.0, 4.0]);
+        for enc in [PackEncoding::F32, PackEncoding::F16, PackEncoding::Bf16, PackEncoding::Nested8] {
+            assert!(auto_calibration(enc).is_none(), "{enc:?}");
+        }
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["edge-run", "-m", "x.gguf", "-p", "hi"]).unwrap();
+        assert_eq!(cli.generate.model.pack_encoding, PackEncoding::Nested8Cal);
+        assert_eq!(cli.generate.model.group_size, 64);
+    }
+
+    #[test]
     fn cache_names_are_stable_and_depend_on_options() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("My Model.gguf");
@@ -263,12 +356,15 @@ mod tests {
         assert_eq!(a, cache_file_name(&f, &m, PackEncoding::F16, 64).unwrap());
         assert!(a.starts_with("My_Model-") && a.ends_with(".edge"), "{a}");
         assert_ne!(a, cache_file_name(&f, &m, PackEncoding::Nested8, 64).unwrap());
+        // The calibrated default is not mistaken for an f16 or a plain q8 pack.
+        let cal = cache_file_name(&f, &m, PackEncoding::Nested8Cal, 64).unwrap();
+        assert_ne!(a, cal);
+        assert_ne!(cal, cache_file_name(&f, &m, PackEncoding::Nested8, 64).unwrap());
         // Group size only matters for grouped encodings.
         assert_eq!(a, cache_file_name(&f, &m, PackEncoding::F16, 32).unwrap());
-        assert_ne!(
-            cache_file_name(&f, &m, PackEncoding::Nested8, 32).unwrap(),
-            cache_file_name(&f, &m, PackEncoding::Nested8, 64).unwrap()
-        );
+        for enc in [PackEncoding::Nested8, PackEncoding::Nested8Cal] {
+            assert_ne!(cache_file_name(&f, &m, enc, 32).unwrap(), cache_file_name(&f, &m, enc, 64).unwrap());
+        }
         // A changed file gets a new name.
         std::fs::write(&f, b"xy").unwrap();
         let m2 = std::fs::metadata(&f).unwrap();

@@ -211,7 +211,7 @@ pub fn unit_profiles(profile: &Profile) -> Vec<plan::UnitProfile> {
 
 fn no_profile(path: &Path, flag: &str) -> anyhow::Error {
     anyhow!(
-        "{} has no sensitivity profile: re-pack with `edge-pack --calibrate` (needed by {flag}; or choose views with --bits or --plan)",
+        "{} has no sensitivity profile: re-pack with `edge-pack --calibrate` or `--calibrate-self`, or give edge-run the original model with the default --pack-encoding q8-cal (needed by {flag}; or choose views with --bits or --plan)",
         path.display()
     )
 }

@@ -121,9 +121,10 @@ fn dense_checkpoint_and_skipped_test() {
     if !have_models() {
         return;
     }
-    // A llama2.c file is packed (f16) into the cache; -n 0 skips the decode test.
+    // A llama2.c file is packed (as f16) into the cache; -n 0 skips the decode test.
     let bin = stories_bin();
-    let v = run(["bench", "-m", bin.to_str().unwrap(), "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--json"]).json();
+    let args = ["bench", "-m", bin.to_str().unwrap(), "--pack-encoding", "f16", "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--json"];
+    let v = run(args).json();
     let rows = v["results"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["test"], "pp8");
@@ -163,6 +164,6 @@ fn bad_input_is_one_line() {
         assert!(line.contains(want), "{args:?}: {line}");
     }
     let bin = stories_bin();
-    let line = run(["bench", "-m", bin.to_str().unwrap(), "--bits", "4"]).one_line_error();
+    let line = run(["bench", "-m", bin.to_str().unwrap(), "--pack-encoding", "f16", "--bits", "4"]).one_line_error();
     assert!(line.contains("nested-plane"), "{line}");
 }

@@ -151,10 +151,12 @@ fn gguf_through_model_is_packed_into_the_cache_once() {
     let cache = tempfile::tempdir().unwrap();
     let env = [("EDGE_RUN_CACHE", cache.path().as_os_str())];
     let gguf = smollm_gguf();
-    let args = ["-m", gguf.to_str().unwrap(), "-p", "Once upon a time", "-n", "8", "--temp", "0", "--json"];
+    // f16: the calibrated default takes minutes on SmolLM2 (the default is tested on stories260K).
+    let args =
+        ["-m", gguf.to_str().unwrap(), "--pack-encoding", "f16", "-p", "Once upon a time", "-n", "8", "--temp", "0", "--json"];
     let first = run_env(args, &env);
     let v1 = first.json();
-    assert!(first.stderr.contains("packing"), "{}", first.stderr);
+    assert!(first.stderr.contains("packing") && first.stderr.contains("edge-run: packed in "), "{}", first.stderr);
     assert_eq!(v1["packed"], "packed");
     let files: Vec<String> =
         std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -169,6 +171,43 @@ fn gguf_through_model_is_packed_into_the_cache_once() {
     assert_eq!(v1["checkpoint"], v2["checkpoint"]);
     // Same greedy tokens as the checkpoint the other tests pack.
     assert_eq!(ids(&v1), ids(&greedy_json(&smollm_f16(), "Once upon a time", 8, &[])));
+}
+
+#[test]
+fn the_default_auto_pack_is_calibrated_with_a_sensitivity_profile() {
+    let hf = models_dir().join("stories260K-hf");
+    if !hf.is_dir() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", hf.display());
+        return;
+    }
+    // A Hugging Face folder without a tokenizer: calibration samples token ids from the model.
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("EDGE_RUN_CACHE", cache.path().as_os_str())];
+    let h = hf.to_str().unwrap();
+    let first = run_env(["-m", h, "--prompt-ids", "1", "-n", "4", "--temp", "0", "--json"], &env);
+    assert_eq!(first.json()["packed"], "packed");
+    assert!(first.stderr.contains(" as q8-cal ("), "{}", first.stderr);
+    let done = first.stderr.lines().find(|l| l.starts_with("edge-run: packed in ")).unwrap_or_else(|| panic!("{}", first.stderr));
+    assert!(done.contains(" s (reading ") && done.contains("profile "), "{done}");
+    assert!(!first.stderr.contains("note:"), "calibration fell back:\n{}", first.stderr);
+    let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    // The cached pack is nested 8-bit planes in groups of 64, with the sensitivity profile.
+    let info = run(["inspect".as_ref(), files[0].as_os_str(), "--json".as_ref()]).json();
+    let profile = &info["sensitivity_profile"];
+    assert!(profile["calibration"].as_str().unwrap_or("").contains("sampled from the full-precision model"), "{profile}");
+    assert!(!profile["units"].as_array().unwrap().is_empty(), "{profile}");
+    let matrices: Vec<&serde_json::Value> = info["tensors"].as_array().unwrap().iter().filter(|t| t["shape"].as_array().unwrap().len() == 2).collect();
+    assert!(matrices.iter().all(|t| t["encoding"] == "nested8" && t["group_size"] == 64), "{matrices:?}");
+
+    // --budget plans from it (it refuses a pack without a profile), from the cache.
+    let r = run_env(["-m", h, "--prompt-ids", "1", "-n", "4", "--temp", "0", "--budget", "256MB", "--json"], &env);
+    assert_eq!(r.json()["packed"], "cached");
+    // The other encodings are cached apart, and --pack-encoding q8 has no profile to plan from.
+    let r = run_env(["-m", h, "--pack-encoding", "q8", "--prompt-ids", "1", "-n", "4", "--budget", "256MB"], &env);
+    assert!(r.one_line_error().contains("no sensitivity profile"), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
 }
 
 #[test]

@@ -219,8 +219,8 @@ fn llama2c_without_tokenizer_runs_on_ids_and_matches_run_c() {
     }
     let cache = tempfile::tempdir().unwrap();
     let env = [("EDGE_RUN_CACHE", cache.path().as_os_str())];
-    // README oracle: llama2.c run.c, greedy from BOS.
-    let r = run_env(["-m", bin.to_str().unwrap(), "--prompt-ids", "1", "-n", "30", "--temp", "0"], &env);
+    // README oracle: llama2.c run.c, greedy from BOS (f16 weights: 8-bit planes change the first token).
+    let r = run_env(["-m", bin.to_str().unwrap(), "--pack-encoding", "f16", "--prompt-ids", "1", "-n", "30", "--temp", "0"], &env);
     r.ok();
     assert_eq!(
         r.stdout.trim(),
@@ -228,10 +228,10 @@ fn llama2c_without_tokenizer_runs_on_ids_and_matches_run_c() {
     );
     // The Hugging Face conversion of the same model (a folder) packs and runs the same.
     let hf = models_dir().join("stories260K-hf");
-    let r2 = run_env(["-m", hf.to_str().unwrap(), "--prompt-ids", "1", "-n", "30", "--temp", "0"], &env);
+    let r2 = run_env(["-m", hf.to_str().unwrap(), "--pack-encoding", "f16", "--prompt-ids", "1", "-n", "30", "--temp", "0"], &env);
     r2.ok();
     assert_eq!(r2.stdout, r.stdout);
     // A text prompt needs a tokenizer: a clear error.
-    let e = run_env(["-m", bin.to_str().unwrap(), "-p", "hello"], &env).one_line_error();
+    let e = run_env(["-m", bin.to_str().unwrap(), "--pack-encoding", "f16", "-p", "hello"], &env).one_line_error();
     assert!(e.contains("no tokenizer") && e.contains("--prompt-ids"), "{e}");
 }

@@ -367,7 +367,7 @@ fn progress_bar(show: bool) -> ProgressBar {
 
 fn phase(bar: &ProgressBar, msg: &'static str, len: u64, unit: &str) {
     bar.set_style(
-        ProgressStyle::with_template(&format!("{{msg:>9}} [{{bar:40}}] {{pos}}/{{len}} {unit}"))
+        ProgressStyle::with_template(&format!("{{msg:>9}} [{{bar:40}}] {{pos}}/{{len}} {unit} ({{elapsed}}, ETA {{eta}})"))
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );

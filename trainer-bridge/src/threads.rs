@@ -25,19 +25,23 @@ pub fn flops_per_token(arch: &Arch, config: &Config) -> f64 {
     2.0 * n as f64
 }
 
-/// Runs the runtime's products on one thread while alive (the default thread count after).
-pub struct SingleThread;
+/// Runs the runtime's products on one thread while alive, then on as many as before: a
+/// program that packs in-process (`edge-run`'s auto-pack) keeps its `-t` or board setting.
+pub struct SingleThread {
+    before: usize,
+}
 
 impl SingleThread {
     pub fn new() -> Self {
+        let before = kernels::threads();
         kernels::set_threads(1);
-        SingleThread
+        SingleThread { before }
     }
 }
 
 impl Drop for SingleThread {
     fn drop(&mut self) {
-        kernels::set_threads(0);
+        kernels::set_threads(self.before);
     }
 }
 
