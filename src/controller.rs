@@ -48,7 +48,10 @@ struct Rung {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub seconds: f64,
+    /// The token the move started before, and how many tokens it was spread over (one rung
+    /// before each).
     pub token: usize,
+    pub tokens: usize,
     pub cause: &'static str,
     pub source: &'static str,
     pub room: u64,
@@ -59,13 +62,15 @@ pub struct Event {
     pub predicted_after: u64,
     pub rss_before: u64,
     pub rss_after: u64,
+    /// Time of every rung together, and of the longest (what one token waited at most).
     pub step_seconds: f64,
+    pub longest_rung_seconds: f64,
 }
 
 impl Event {
     pub fn line(&self) -> String {
         format!(
-            "edge-run: memory: token {} at {:.2} s: {} ({} room {}): {}; RSS {} -> {} (predicted {} -> {}) in {:.1} ms",
+            "edge-run: memory: token {} at {:.2} s: {} ({} room {}): {}; RSS {} -> {} (predicted {} -> {}); {} rungs over {} tokens, {:.1} ms in all, {:.1} ms at most before a token",
             self.token,
             self.seconds,
             self.cause,
@@ -76,7 +81,10 @@ impl Event {
             human_bytes(self.rss_after),
             human_bytes(self.predicted_before),
             human_bytes(self.predicted_after),
-            1e3 * self.step_seconds
+            self.from.abs_diff(self.to),
+            self.tokens,
+            1e3 * self.step_seconds,
+            1e3 * self.longest_rung_seconds
         )
     }
 
@@ -95,6 +103,8 @@ impl Event {
             "rss_before": self.rss_before,
             "rss_after": self.rss_after,
             "step_seconds": self.step_seconds,
+            "longest_rung_seconds": self.longest_rung_seconds,
+            "tokens": self.tokens,
         })
     }
 }
@@ -117,6 +127,7 @@ pub struct Memory {
     ctx: usize,
     t0: Instant,
     last_read: Option<Instant>,
+    pending: Option<Move>,
     pub events: Vec<Event>,
     /// Time spent reading and deciding (not stepping), for the report.
     pub watch_seconds: f64,
@@ -202,6 +213,7 @@ impl Memory {
             ctx,
             t0: Instant::now(),
             last_read: None,
+            pending: None,
             events: Vec::new(),
             watch_seconds: 0.0,
             readings: 0,
@@ -251,84 +263,119 @@ impl Memory {
         })
     }
 
-    /// Read the device's memory (at most every [`READ_EVERY`]) and take the step the policy
-    /// decides, if any, before token `token` runs. Returns the event of a step.
+    /// Before token `token` runs: go on with a move in progress (one rung per token, so no
+    /// token waits for more than one rung's change), or read the device's memory (at most
+    /// every [`READ_EVERY`]) and start the move the policy decides. Returns the event of a move
+    /// that has just completed.
     pub fn tick<'a>(&mut self, token: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<Option<&Event>> {
-        let now = Instant::now();
-        if self.last_read.is_some_and(|t| now - t < READ_EVERY) {
+        if self.pending.is_none() {
+            let now = Instant::now();
+            if self.last_read.is_some_and(|t| now - t < READ_EVERY) {
+                return Ok(None);
+            }
+            self.last_read = Some(now);
+            let reading = self.sources.read();
+            self.readings += 1;
+            let Some((source, room)) = reading.room(self.hold_to) else {
+                self.watch_seconds += now.elapsed().as_secs_f64();
+                return Ok(None);
+            };
+            let decision = self.policy.observe(token, PolicyReading { room, pressure: reading.pressure });
+            self.watch_seconds += now.elapsed().as_secs_f64();
+            let Some(d) = decision else { return Ok(None) };
+            let source = if d.cause == edge_runtime::control::Cause::Pressure { "PSI" } else { source };
+            self.pending = Some(Move { d, token, source, room, rss_before: reading.rss, at: d.from, freed: 0, seconds: 0.0, longest: 0.0 });
+        }
+        let mut m = self.pending.take().expect("a move");
+        let next = if m.d.to > m.at { m.at + 1 } else { m.at - 1 };
+        let t = Instant::now();
+        m.freed += self.rung(m.at, next, model, ck, file, p)?;
+        let dt = t.elapsed().as_secs_f64();
+        m.seconds += dt;
+        m.longest = m.longest.max(dt);
+        m.at = next;
+        if m.at != m.d.to {
+            self.pending = Some(m);
             return Ok(None);
         }
-        self.last_read = Some(now);
-        let reading = self.sources.read();
-        self.readings += 1;
-        let Some((source, room)) = reading.room(self.hold_to) else {
-            self.watch_seconds += now.elapsed().as_secs_f64();
-            return Ok(None);
-        };
-        let decision = self.policy.observe(token, PolicyReading { room, pressure: reading.pressure });
-        self.watch_seconds += now.elapsed().as_secs_f64();
-        let Some(d) = decision else { return Ok(None) };
-        let source = if d.cause == edge_runtime::control::Cause::Pressure { "PSI" } else { source };
-        let event = self.step(d, token, source, room, reading.rss, model, ck, file, p)?;
+        memory::trim_heap();
+        let event = self.event(&m, token, p);
         self.events.push(event);
         Ok(self.events.last())
     }
 
+    /// Change the model from rung `i` to its neighbour `j`; returns the file bytes released.
     #[allow(clippy::too_many_arguments)]
-    fn step<'a>(
-        &mut self,
-        d: Decision,
-        token: usize,
-        source: &'static str,
-        room: u64,
-        rss_before: u64,
-        model: &mut Model<'a>,
-        ck: &Checkpoint<'a>,
-        file: &ModelFile,
-        p: &Planner,
-    ) -> Result<Event> {
-        let t = Instant::now();
-        let (from, to) = (&self.ladder[d.from], &self.ladder[d.to]);
-        let mut actions = Vec::new();
+    fn rung<'a>(&self, i: usize, j: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<u64> {
+        let (from, to) = (&self.ladder[i], &self.ladder[j]);
+        let mut freed = 0;
         if from.weights.bits != to.weights.bits {
             let released = model.set_views(ck, &to.weights.view_plan(&p.units)).map_err(|e| anyhow!("{e}"))?;
-            let freed: u64 = released.into_iter().map(|(offset, len)| file.bytes.release(offset, len)).sum();
+            freed = released.into_iter().map(|(offset, len)| file.bytes.release(offset, len)).sum();
+        }
+        if from.kv != to.kv {
+            model.set_kv_format(to.kv).map_err(|e| anyhow!("{e}"))?;
+        }
+        if from.window != to.window {
+            // Back above the window rungs, the cache keeps a window as large as the context.
+            let w = to.window.unwrap_or(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots: self.ctx });
+            if to.window.is_some() || model.kv_window().is_some() {
+                model.set_kv_window(w).map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        Ok(freed)
+    }
+
+    fn event(&self, m: &Move, token: usize, p: &Planner) -> Event {
+        let (from, to) = (&self.ladder[m.d.from], &self.ladder[m.d.to]);
+        let mut actions = Vec::new();
+        if from.weights.bits != to.weights.bits {
             actions.push(format!(
                 "weights {:.2} -> {:.2} bits/weight ({} of file pages released)",
                 bits_per_weight(p, &from.weights),
                 bits_per_weight(p, &to.weights),
-                human_bytes(freed)
+                human_bytes(m.freed)
             ));
         }
         if from.kv != to.kv {
-            model.set_kv_format(to.kv).map_err(|e| anyhow!("{e}"))?;
             actions.push(format!("KV {} -> {}", kv_name(from.kv), kv_name(to.kv)));
         }
         if from.window != to.window {
-            // Back above the window rungs, the cache keeps a window as large as the context.
-            let sink = crate::cli::KvArgs::DEFAULT_SINK;
-            let w = to.window.unwrap_or(KvWindow { sink, slots: self.ctx });
-            if to.window.is_some() || model.kv_window().is_some() {
-                model.set_kv_window(w).map_err(|e| anyhow!("{e}"))?;
-                actions.push(format!("KV window {} (sink {})", w.slots, w.sink));
+            match to.window {
+                Some(w) => actions.push(format!("KV window {} (sink {})", w.slots, w.sink)),
+                None => actions.push(format!("KV window {} (the context)", self.ctx)),
             }
         }
-        memory::trim_heap();
-        let rss_after = crate::stats::rss_bytes().unwrap_or(0);
-        Ok(Event {
+        Event {
             seconds: self.t0.elapsed().as_secs_f64(),
-            token,
-            cause: d.cause.name(),
-            source,
-            room,
-            from: d.from,
-            to: d.to,
+            token: m.token,
+            tokens: token + 1 - m.token,
+            cause: m.d.cause.name(),
+            source: m.source,
+            room: m.room,
+            from: m.d.from,
+            to: m.d.to,
             actions,
             predicted_before: from.bytes,
             predicted_after: to.bytes,
-            rss_before,
-            rss_after,
-            step_seconds: t.elapsed().as_secs_f64(),
-        })
+            rss_before: m.rss_before,
+            rss_after: crate::stats::rss_bytes().unwrap_or(0),
+            step_seconds: m.seconds,
+            longest_rung_seconds: m.longest,
+        }
     }
+}
+
+/// A move between rungs in progress.
+struct Move {
+    d: Decision,
+    token: usize,
+    source: &'static str,
+    room: u64,
+    rss_before: u64,
+    /// The rung the model is on now.
+    at: usize,
+    freed: u64,
+    seconds: f64,
+    longest: f64,
 }

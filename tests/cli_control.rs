@@ -115,9 +115,13 @@ fn squeeze(mut cmd: Command, limit: &dyn Limit, what: &str) {
     let last_down = downs.last().unwrap();
     assert!(last_down["rss_after"].as_u64().unwrap() <= squeezed, "{what}: still over the limit {squeezed}: {last_down}");
     assert!(events[up]["to_rung"].as_u64() < events[up]["from_rung"].as_u64());
+    // A move goes one rung per token.
+    for e in events {
+        assert_eq!(e["tokens"].as_u64().unwrap(), e["from_rung"].as_u64().unwrap().abs_diff(e["to_rung"].as_u64().unwrap()), "{e}");
+    }
     // Every event names its time, token, cause and bytes.
     for e in events {
-        for k in ["seconds", "token", "cause", "source", "rss_before", "rss_after", "step_seconds"] {
+        for k in ["seconds", "token", "tokens", "cause", "source", "rss_before", "rss_after", "step_seconds", "longest_rung_seconds"] {
             assert!(!e[k].is_null(), "event without {k}: {e}");
         }
     }
