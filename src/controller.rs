@@ -284,7 +284,7 @@ impl Memory {
             self.watch_seconds += now.elapsed().as_secs_f64();
             let Some(d) = decision else { return Ok(None) };
             let source = if d.cause == edge_runtime::control::Cause::Pressure { "PSI" } else { source };
-            self.pending = Some(Move { d, token, source, room, rss_before: reading.rss, at: d.from, freed: 0, seconds: 0.0, longest: 0.0 });
+            self.pending = Some(Move { d, token, source, room, rss_before: reading.rss, at: d.from, ticks: 0, freed: 0, seconds: 0.0, longest: 0.0 });
         }
         let mut m = self.pending.take().expect("a move");
         let next = if m.d.to > m.at { m.at + 1 } else { m.at - 1 };
@@ -294,12 +294,13 @@ impl Memory {
         m.seconds += dt;
         m.longest = m.longest.max(dt);
         m.at = next;
+        m.ticks += 1;
         if m.at != m.d.to {
             self.pending = Some(m);
             return Ok(None);
         }
         memory::trim_heap();
-        let event = self.event(&m, token, p);
+        let event = self.event(&m, p);
         self.events.push(event);
         Ok(self.events.last())
     }
@@ -326,7 +327,7 @@ impl Memory {
         Ok(freed)
     }
 
-    fn event(&self, m: &Move, token: usize, p: &Planner) -> Event {
+    fn event(&self, m: &Move, p: &Planner) -> Event {
         let (from, to) = (&self.ladder[m.d.from], &self.ladder[m.d.to]);
         let mut actions = Vec::new();
         if from.weights.bits != to.weights.bits {
@@ -349,7 +350,7 @@ impl Memory {
         Event {
             seconds: self.t0.elapsed().as_secs_f64(),
             token: m.token,
-            tokens: token + 1 - m.token,
+            tokens: m.ticks,
             cause: m.d.cause.name(),
             source: m.source,
             room: m.room,
@@ -375,6 +376,8 @@ struct Move {
     rss_before: u64,
     /// The rung the model is on now.
     at: usize,
+    /// Forward passes it has come before (one rung before each).
+    ticks: usize,
     freed: u64,
     seconds: f64,
     longest: f64,
