@@ -132,8 +132,8 @@ pub fn select(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, fl
     let t = std::time::Instant::now();
     views::require_nested(ck, path, flag)?;
     let planner = views::planner(ck, arch, config, path, flag)?;
-    // What an auto-pack in this process freed goes back first, so the fixed part is today's.
-    crate::memory::trim_heap();
+    // The heap is not trimmed first: what an auto-pack freed is reused by the model's buffers,
+    // and a trimmed resident set under-counts the process by the pages it takes back (6 MB).
     let rss = stats::rss_bytes().ok_or_else(|| anyhow!("{flag} needs the resident memory of this process (/proc/self/status), not available here"))?;
     let inputs = Inputs {
         budget: req.bytes,
