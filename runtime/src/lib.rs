@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod kv;
 pub mod model;
 pub mod plan;
+pub mod power;
 #[cfg(feature = "std")]
 pub mod pool;
 pub mod sampler;
