@@ -67,6 +67,14 @@ pub struct Power {
     pub rails: Vec<Rail>,
 }
 
+impl Power {
+    /// The rail that stands for the whole board: the one named `total` (the Pi 5's sum of its
+    /// PMIC rails), else the first (a Jetson's `VDD_IN`). None without rails.
+    pub fn total_rail(&self) -> Option<&Rail> {
+        self.rails.iter().find(|r| r.name == "total").or(self.rails.first())
+    }
+}
+
 /// One measured rail: a sysfs file giving power (mW), a voltage (mV) and current (mA) pair, or
 /// a command whose output holds the reading. Paths may hold a `*` (e.g. `hwmon/hwmon*`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -21,6 +21,7 @@ mod loader;
 mod memory;
 mod perplexity;
 mod plot;
+mod power;
 mod profile;
 mod progress;
 mod report;
