@@ -184,6 +184,15 @@ fn parse_target_bits(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `10`, `10W`, `7.5 W`: watts, positive.
+fn parse_watts(s: &str) -> Result<f64, String> {
+    let t = s.trim().trim_end_matches(['W', 'w']).trim();
+    match t.parse::<f64>() {
+        Ok(w) if w.is_finite() && w > 0.0 => Ok(w),
+        _ => Err(format!("'{s}' is not a power in watts; give a positive number like 10W or 7.5")),
+    }
+}
+
 /// `90MB`, `1.5 GiB`, `123456` (bytes), case-insensitive.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -570,6 +579,18 @@ pub struct GenerateArgs {
     /// line on stderr and an event in --json.
     #[arg(long, help_heading = "Memory")]
     pub no_control: bool,
+
+    /// Hold the board's power to WATTS (e.g. 10W; a moving average over 1 s): threads and a
+    /// pause after each token are set by a closed loop on the power sensor's readings; each
+    /// change is a line on stderr and an event in --json. Needs a sensor (see --power-sensor).
+    #[arg(long, value_name = "WATTS", value_parser = parse_watts, help_heading = "Power")]
+    pub power: Option<f64>,
+
+    /// The power sensor: rapl, ina3221, rpi5, battery, nvml, board (the --board's rails) or
+    /// file:PATH (watts or joules in a file, re-read at every sample). Default: the first found;
+    /// when one is found, energy per token (prefill and decode) is reported.
+    #[arg(long, value_name = "SPEC", help_heading = "Power")]
+    pub power_sensor: Option<String>,
 
     #[command(flatten)]
     pub kv: KvArgs,

@@ -12,6 +12,7 @@ use crate::board::Board;
 use crate::budget;
 use crate::cli::GenerateArgs;
 use crate::controller;
+use crate::energy;
 use crate::loader;
 use crate::memory;
 use crate::report;
@@ -286,6 +287,8 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     };
     memory::trim_heap();
     let mut model = loaded.model(ctx, batch, kv)?;
+    let meter = energy::meter(args.power_sensor.as_deref(), board, args.power.is_some())?;
+    let mut power_loop = args.power.map(energy::PowerLoop::new);
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
     let (kv_total, kv_per_token) = model.kv_bytes();
@@ -343,6 +346,11 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
             .collect(),
     };
 
+    if let (Some(m), false) = (&meter, quiet) {
+        let hold = args.power.map(|w| format!("; holding {w:.2} W (a {:.0} s average)", energy::WINDOW.as_secs_f64())).unwrap_or_default();
+        eprintln!("edge-run: power sensor: {}{hold}", m.sensor_name());
+    }
+    let j_start = meter.as_ref().map(|m| m.joules());
     // Prefill in batches; the last batch's logits give the first token.
     let t_prefill = Instant::now();
     let mut pos = 0;
@@ -360,6 +368,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         }
     }
     let prefill_s = t_prefill.elapsed().as_secs_f64();
+    let j_prefill = meter.as_ref().map(|m| m.joules());
 
     let mut streamer = Streamer::new(tok.as_ref(), &prompt_ids, !args.special, !args.json)?;
     let limit = args.n_predict.limit();
@@ -390,13 +399,34 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                     eprintln!("{}", e.line());
                 }
             }
+            if let (Some(p), Some(m)) = (power_loop.as_mut(), meter.as_ref()) {
+                if let Some(e) = p.before(pos, m) {
+                    eprintln!("{}", e.line());
+                }
+            }
+            let t_token = Instant::now();
             let logits = model.forward(next, pos)?;
+            if let Some(p) = power_loop.as_mut() {
+                p.after(t_token.elapsed());
+            }
             pos += 1;
             decode_tokens += 1;
             next = sampler.sample(logits);
         }
     };
     let decode_s = t_decode.elapsed().as_secs_f64();
+    let energy_json = match (&meter, j_start, j_prefill) {
+        (Some(m), Some(j0), Some(j1)) => {
+            let j2 = m.joules();
+            Some(json!({
+                "sensor": m.sensor_name(),
+                "samples": m.samples(),
+                "prefill": energy::phase_json(j1 - j0, prompt_ids.len(), prefill_s),
+                "decode": energy::phase_json(j2 - j1, decode_tokens, decode_s),
+            }))
+        }
+        _ => None,
+    };
     streamer.update(&generated, true)?;
     let text = streamer.text(&generated)?;
     let peak = stats::peak_rss_bytes();
@@ -447,6 +477,8 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                 j["plan_ms"] = json!(c.plan_ms);
                 j
             }),
+            "energy": energy_json,
+            "power_control": power_loop.as_ref().map(energy::PowerLoop::to_json),
             "memory_control": control.as_ref().map(|m| m.to_json(&chosen.as_ref().expect("a controller has a plan").planner)),
             "bits_per_weight": footprint.bits_per_weight(),
             "sampler": { "temperature": report::f32_json(args.temp), "top_k": args.top_k, "top_p": report::f32_json(args.top_p), "seed": seed },
@@ -480,6 +512,18 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         "edge-run: decode  {decode_tokens:>5} tokens in {decode_s:>7.3} s = {}",
         stats::fmt_rate(stats::rate(decode_tokens, decode_s))
     );
+    if let Some(e) = &energy_json {
+        let f = |v: &serde_json::Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
+        eprintln!(
+            "edge-run: energy ({}): prefill {} J ({} J/token), decode {} J ({} J/token, {} W)",
+            e["sensor"].as_str().unwrap_or_default(),
+            f(&e["prefill"]["joules"]),
+            f(&e["prefill"]["joules_per_token"]),
+            f(&e["decode"]["joules"]),
+            f(&e["decode"]["joules_per_token"]),
+            f(&e["decode"]["watts"]),
+        );
+    }
     eprintln!(
         "edge-run: memory: peak RSS {}{}; weights {} ({} read per token); KV cache {} ({}, {} per token, ctx {ctx}); run-time state {}",
         peak.map(stats::human_bytes).unwrap_or_else(|| "n/a".into()),

@@ -17,6 +17,7 @@ mod sweep;
 mod board;
 mod cli;
 mod controller;
+mod energy;
 mod loader;
 mod memory;
 mod perplexity;
