@@ -52,6 +52,10 @@ struct Row {
     tokens: usize,
     tps: Summary,
     peak_rss: Option<u64>,
+    /// Joules per token over the repetitions (not the warm-up), with a power sensor.
+    joules_per_token: Option<f64>,
+    /// The profile's predicted KL of the view (sum over units), where the checkpoint has one.
+    predicted_kl: Option<f64>,
 }
 
 impl Row {
@@ -225,6 +229,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
 
+    let board = args.board.as_deref().map(crate::board::Board::load).transpose()?;
+    let meter = crate::energy::meter(args.power_sensor.as_deref(), board.as_ref(), args.energy.is_some())?;
+    if let (Some(m), false) = (&meter, args.json) {
+        eprintln!("edge-run: power sensor: {} (joules per token over the repetitions)", m.sensor_name());
+    }
+    // Predicted KL of each view from the profile, where there is one.
+    let planner = views::profile_planner(ck, loads[0].arch, config, &file.path).ok().flatten();
     let load_before = load_average();
     let mut rows: Vec<Row> = Vec::new();
     // Every (view, KV format, thread count), in that order.
@@ -249,7 +260,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 model.forward_batch(chunk, i * max_batch, Logits::Last)?;
             }
             let mut samples = Vec::with_capacity(args.repetitions);
+            let mut joules = 0.0;
             for rep in 0..=args.repetitions {
+                let j0 = if rep > 0 { meter.as_ref().map(|m| m.joules()) } else { None };
                 let start = Instant::now();
                 if test.starts_with("pp") {
                     model.forward_batch(&tokens[..*n], depth, Logits::Last)?;
@@ -262,12 +275,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 if rep > 0 {
                     samples.push(*n as f64 / s.max(1e-9));
                 }
+                if let (Some(m), Some(j0)) = (&meter, j0) {
+                    joules += m.joules() - j0;
+                }
                 pb.inc(1);
             }
-            results.push((test.clone(), *n, Summary::of(samples)));
+            let jpt = meter.as_ref().map(|_| joules / (*n * args.repetitions.max(1)) as f64);
+            results.push((test.clone(), *n, Summary::of(samples), jpt));
         }
         let peak_rss = stats::peak_rss_bytes();
-        for (test, n, tps) in results {
+        let predicted_kl = sel.predicted_kl.or_else(|| {
+            let p = planner.as_ref()?;
+            let views::Source::Uniform(b) = sel.source else { return None };
+            p.units.iter().map(|u| u.views.iter().find(|v| v.bits == b).map(|v| v.kl)).sum::<Option<f64>>()
+        });
+        for (test, n, tps, joules_per_token) in results {
             rows.push(Row {
                 view: label.clone(),
                 selection: sel.to_json(&footprint),
@@ -281,12 +303,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 tokens: n,
                 tps,
                 peak_rss,
+                joules_per_token,
+                predicted_kl,
             });
         }
     }
     pb.finish_and_clear();
     kernels::set_threads(0);
 
+    if let Some(dir) = &args.energy {
+        write_energy(dir, &name, &rows, meter.as_ref().map(|m| m.sensor_name()).unwrap_or_default())?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let results: Vec<serde_json::Value> = rows
@@ -310,6 +337,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "min": r.tps.min, "max": r.tps.max, "samples": r.tps.samples,
                     },
                     "peak_rss_bytes": r.peak_rss,
+                    "joules_per_token": r.joules_per_token,
+                    "predicted_kl": r.predicted_kl,
                 })
             })
             .collect();
@@ -325,6 +354,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "n_depth": depth,
             "repetitions": args.repetitions,
             "config": report::config_json(config),
+            "power_sensor": meter.as_ref().map(|m| m.sensor_name()),
             "results": results,
         });
         let _ = writeln!(out, "{doc}");
@@ -345,9 +375,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// The markdown table, columns aligned as llama-bench prints them.
 fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
     let header =
-        ["model", "view", "bits/w", "weights", "KV", "KV/token", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s"];
-    let right = [false, false, true, true, false, true, false, true, true, true, true, true, true];
-    let cells: Vec<[String; 13]> = rows
+        ["model", "view", "bits/w", "weights", "KV", "KV/token", "kernels", "threads", "test", "t/s", "peak RSS", "read/token", "read GB/s", "J/token"];
+    let right = [false, false, true, true, false, true, false, true, true, true, true, true, true, true];
+    let cells: Vec<[String; 14]> = rows
         .iter()
         .map(|r| {
             [
@@ -364,6 +394,7 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
                 r.peak_rss.map_or_else(|| "n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
                 format!("{:.2} MiB", r.read_bytes() as f64 / (1024.0 * 1024.0)),
                 r.read_gb_per_s().map_or_else(String::new, |g| format!("{g:.2}")),
+                r.joules_per_token.map_or_else(String::new, |j| format!("{j:.4}")),
             ]
         })
         .collect();
@@ -404,4 +435,41 @@ mod tests {
         assert!(a.iter().all(|&t| t < 512));
         assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 50);
     }
+}
+
+/// `bench --energy DIR`: energy.json (every row's speed, J/token and predicted KL) and
+/// energy.svg (the decode rows: tokens/s against J/token), each written to a temporary name and
+/// renamed.
+fn write_energy(dir: &std::path::Path, name: &str, rows: &[Row], sensor: String) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let doc = json!({
+        "model": name,
+        "sensor": sensor,
+        "rows": rows.iter().map(|r| json!({
+            "view": r.view, "kv": r.kv.describe(), "threads": r.threads, "test": r.test,
+            "tokens_per_second": r.tps.median, "joules_per_token": r.joules_per_token,
+            "predicted_kl": r.predicted_kl.map(|k| k + budget::kv_kl(r.kv.format)), "bits_per_weight": r.footprint.bits_per_weight(),
+        })).collect::<Vec<_>>(),
+    });
+    let put = |file: &str, write: &dyn Fn(&std::path::Path) -> Result<()>| -> Result<()> {
+        let tmp = dir.join(format!(".{file}.partial-{}", std::process::id()));
+        write(&tmp)?;
+        std::fs::rename(&tmp, dir.join(file)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.join(file).display()))
+    };
+    put("energy.json", &|p| std::fs::write(p, format!("{doc:#}\n")).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())))?;
+    let points: Vec<crate::energy_plot::Point> = rows
+        .iter()
+        .filter(|r| r.test.starts_with("tg"))
+        .filter_map(|r| {
+            let kl = r.predicted_kl.map(|k| format!(", KL {:.3}", k + budget::kv_kl(r.kv.format))).unwrap_or_default();
+            Some(crate::energy_plot::Point {
+                label: format!("{}, KV {}{kl}", r.view, r.kv.describe()),
+                tokens_per_second: r.tps.median,
+                joules_per_token: r.joules_per_token?,
+            })
+        })
+        .collect();
+    put("energy.svg", &|p| crate::energy_plot::write_svg(p, &format!("{name}: decode speed and energy ({sensor})"), &points))?;
+    eprintln!("edge-run: wrote {} and {}", dir.join("energy.json").display(), dir.join("energy.svg").display());
+    Ok(())
 }

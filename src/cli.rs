@@ -463,6 +463,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME|FILE")]
     pub board: Option<String>,
 
+    /// The power sensor for joules per token (as `edge-run --power-sensor`); default: the first
+    /// found, and without one no J/token column.
+    #[arg(long, value_name = "SPEC", help_heading = "Energy")]
+    pub power_sensor: Option<String>,
+
+    /// Energy sweep: needs a sensor; measures J/token of every view and KV format given
+    /// (--bits 8,6,4 --kv-bits 16,8,4) and writes energy.json and energy.svg (tokens/s
+    /// against J/token, predicted KL in the labels) into DIR.
+    #[arg(long, value_name = "DIR", help_heading = "Energy")]
+    pub energy: Option<PathBuf>,
+
     /// Prompt tokens of the prefill test (0 = skip it).
     #[arg(short = 'p', long, default_value_t = 512, value_name = "N")]
     pub n_prompt: usize,

@@ -18,6 +18,7 @@ mod board;
 mod cli;
 mod controller;
 mod energy;
+mod energy_plot;
 mod loader;
 mod memory;
 mod perplexity;

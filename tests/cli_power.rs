@@ -115,3 +115,43 @@ fn power_without_a_sensor_is_one_line_naming_what_was_looked_for() {
     let bad = run(["-m", m.to_str().unwrap(), "-p", "Hi", "--power=-3W"]).one_line_error();
     assert!(bad.contains("not a power in watts"), "{bad}");
 }
+
+#[test]
+fn bench_energy_sweeps_views_and_kv_and_writes_a_table_and_a_plot() {
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8_profiled();
+    let sensor = scratch().join(format!("watts-bench-{}", std::process::id()));
+    write_watts(&sensor, 4.0);
+    let dir = scratch().join(format!("energy-{}", std::process::id()));
+    let spec = format!("file:{}", sensor.display());
+    let v = run([
+        "bench", "-m", m.to_str().unwrap(), "--bits", "8,4", "--kv-bits", "16,8", "-p", "0", "-n", "8", "-r", "1",
+        "--power-sensor", &spec, "--energy", dir.to_str().unwrap(), "--json",
+    ])
+    .json();
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        // 4 W held: J/token is 4 W over the tokens/s, within the meter's sampling.
+        let (j, tps) = (r["joules_per_token"].as_f64().unwrap(), r["tokens_per_second"]["median"].as_f64().unwrap());
+        assert!(j > 0.0 && (j * tps / 4.0 - 1.0).abs() < 0.5, "{j} J/token at {tps} tok/s");
+    }
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("energy.json")).unwrap()).unwrap();
+    assert_eq!(doc["rows"].as_array().unwrap().len(), 4);
+    // The profile's predicted KL: the 4-bit view loses more than the 8-bit one.
+    let kl = |view: &str, kv: &str| {
+        doc["rows"].as_array().unwrap().iter().find(|r| r["view"] == view && r["kv"] == kv).unwrap()["predicted_kl"].as_f64().unwrap()
+    };
+    assert!(kl("4-bit", "f16") > kl("8-bit", "f16") && kl("8-bit", "int8") > kl("8-bit", "f16"));
+    assert!(std::fs::read_to_string(dir.join("energy.svg")).unwrap().contains("joules per token"));
+    // Without a sensor, --energy is an error that names what was looked for.
+    let empty = scratch().join(format!("no-sysfs-b-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = run_env(["bench", "-m", m.to_str().unwrap(), "-p", "0", "-n", "4", "--energy", dir.to_str().unwrap()], &[("EDGE_RUN_SYSFS_ROOT", empty.as_os_str())])
+        .one_line_error();
+    assert!(e.contains("RAPL"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(sensor);
+}
