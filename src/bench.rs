@@ -424,19 +424,6 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_fixed_and_in_range() {
-        let a = bench_tokens(100, 512);
-        assert_eq!(a, bench_tokens(100, 512));
-        assert!(a.iter().all(|&t| t < 512));
-        assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 50);
-    }
-}
-
 /// `bench --energy DIR`: energy.json (every row's speed, J/token and predicted KL) and
 /// energy.svg (the decode rows: tokens/s against J/token), each written to a temporary name and
 /// renamed.
@@ -472,4 +459,17 @@ fn write_energy(dir: &std::path::Path, name: &str, rows: &[Row], sensor: String)
     put("energy.svg", &|p| crate::energy_plot::write_svg(p, &format!("{name}: decode speed and energy ({sensor})"), &points))?;
     eprintln!("edge-run: wrote {} and {}", dir.join("energy.json").display(), dir.join("energy.svg").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_fixed_and_in_range() {
+        let a = bench_tokens(100, 512);
+        assert_eq!(a, bench_tokens(100, 512));
+        assert!(a.iter().all(|&t| t < 512));
+        assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 50);
+    }
 }
