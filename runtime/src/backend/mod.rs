@@ -16,6 +16,7 @@
 pub mod cpu;
 pub mod cuda;
 
+use alloc::vec::Vec;
 use core::ops::Range;
 
 use crate::config::Config;
@@ -61,6 +62,12 @@ pub trait Backend: Sized + core::fmt::Debug {
 
     /// Tensor `t` at view `bits` (`None`: 8; dense tensors have no views).
     fn prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<PreparedMatrix<Self::Matrix<'a>>>;
+
+    /// [`Backend::prepare`] of every job, in order; a backend may run them side by side (the
+    /// CPU's does, on its threads: a live change of views then stalls decoding less).
+    fn prepare_all<'a>(&self, jobs: &[(&TensorInfo<'a>, Option<u8>)]) -> Vec<Result<PreparedMatrix<Self::Matrix<'a>>>> {
+        jobs.iter().map(|(t, bits)| self.prepare(t, *bits)).collect()
+    }
 
     /// Bytes of `m` as stored that its view reads.
     fn view_bytes(m: &Self::Matrix<'_>) -> usize;

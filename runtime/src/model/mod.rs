@@ -184,8 +184,7 @@ impl<'a, B: Backend> Model<'a, B> {
     pub fn set_views(&mut self, ck: &Checkpoint<'a>, plan: &ViewPlan) -> Result<Vec<FileRange>> {
         let weights = Weights::bind(ck, &self.config, plan, &self.backend, Some(&self.weights), &|_, _| {})?;
         let mut unread = self.weights.read_ranges();
-        let kept = self.weights.replaced_ranges();
-        unread.extend(weights.replaced_ranges().into_iter().filter(|r| !kept.contains(r)));
+        unread.extend(weights.replaced_since(&self.weights));
         let after = weights.read_ranges();
         unread.retain(|r| !after.contains(r));
         unread.sort_unstable();

@@ -133,6 +133,8 @@ impl<'a, B: Backend> Weights<'a, B> {
         let arch = crate::arch::of_checkpoint(ck)?;
         let mut globals = Slots::new();
         let mut layers: Vec<Slots<'a, B::Matrix<'a>>> = (0..c.n_layers).map(|_| Slots::new()).collect();
+        // Every matrix not kept from `reuse`, to prepare: (tensor, its info, its view).
+        let mut jobs: Vec<(Tensor, TensorInfo<'a>, Option<u8>)> = Vec::new();
         for t in arch.tensors(c) {
             let info = require(ck, &t.name)?;
             check_shape(info, &t.shape)?;
@@ -150,24 +152,47 @@ impl<'a, B: Backend> Weights<'a, B> {
                 Some(v) => v == bits.unwrap_or(8),
                 None => true,
             });
-            let bound = match old {
-                Some(b) => b.clone(),
-                None => {
-                    let p = backend.prepare(info, bits)?;
-                    let replaced: Vec<FileRange> = info
-                        .planes()
-                        .enumerate()
-                        .filter(|(i, s)| p.replaced_planes.contains(i) && !s.bytes.is_empty())
-                        .map(|(_, s)| (s.file_offset, s.bytes.len() as u64))
-                        .collect();
-                    for &(offset, len) in &replaced {
-                        release(offset, len);
-                    }
-                    let reads = reads(info, bits, &p.replaced_planes);
-                    Bound { bits: B::view_bits(&p.matrix), matrix: p.matrix, reads, replaced }
-                }
+            match old {
+                Some(b) => slots.mats[kind.index()] = Some(b.clone()),
+                None => jobs.push((t, info.clone(), bits)),
+            }
+        }
+        let bound = |info: &TensorInfo<'a>, bits, p: crate::backend::PreparedMatrix<B::Matrix<'a>>| {
+            let replaced: Vec<FileRange> = info
+                .planes()
+                .enumerate()
+                .filter(|(i, s)| p.replaced_planes.contains(i) && !s.bytes.is_empty())
+                .map(|(_, s)| (s.file_offset, s.bytes.len() as u64))
+                .collect();
+            let reads = reads(info, bits, &p.replaced_planes);
+            (Bound { bits: B::view_bits(&p.matrix), matrix: p.matrix, reads, replaced: replaced.clone() }, replaced)
+        };
+        // A live change (`reuse`) prepares its few matrices side by side; a first binding goes
+        // one at a time, releasing each copy's stored planes before the next is made (so the
+        // load's transient stays one tensor's planes).
+        let prepared: Vec<Result<crate::backend::PreparedMatrix<B::Matrix<'a>>>> = if reuse.is_some() {
+            let refs: Vec<(&TensorInfo<'a>, Option<u8>)> = jobs.iter().map(|(_, i, b)| (i, *b)).collect();
+            backend.prepare_all(&refs)
+        } else {
+            Vec::new()
+        };
+        let mut prepared = prepared.into_iter();
+        for (t, info, bits) in &jobs {
+            let p = match reuse {
+                Some(_) => prepared.next().expect("one result per job")?,
+                None => backend.prepare(info, *bits)?,
             };
-            slots.mats[kind.index()] = Some(bound);
+            let (b, replaced) = bound(info, *bits, p);
+            if reuse.is_none() {
+                for &(offset, len) in &replaced {
+                    release(offset, len);
+                }
+            }
+            let slots = match t.layer {
+                Some(l) => &mut layers[l],
+                None => &mut globals,
+            };
+            slots.mats[t.spec.kind.index()] = Some(b);
         }
         Ok(Weights { arch, config: *c, globals, layers })
     }
@@ -222,6 +247,22 @@ impl<'a, B: Backend> Weights<'a, B> {
             .iter()
             .filter_map(|t| self.bound(t))
             .flat_map(|b| b.replaced.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The stored planes that copies prepared anew (views that differ from `old`'s) were made
+    /// from: read again to make them, they can leave memory again.
+    pub fn replaced_since(&self, old: &Weights<'a, B>) -> Vec<FileRange> {
+        let mut out: Vec<FileRange> = self
+            .arch
+            .matrices(&self.config)
+            .iter()
+            .filter_map(|t| Some((self.bound(t)?, old.bound(t))))
+            .filter(|(new, old)| old.is_none_or(|o| o.bits != new.bits))
+            .flat_map(|(new, _)| new.replaced.iter().copied())
             .collect();
         out.sort_unstable();
         out.dedup();

@@ -124,6 +124,16 @@ impl Backend for Cpu {
         Ok(PreparedMatrix { matrix, replaced_planes })
     }
 
+    #[cfg(feature = "std")]
+    fn prepare_all<'a>(&self, jobs: &[(&TensorInfo<'a>, Option<u8>)]) -> Vec<Result<PreparedMatrix<Matrix<'a>>>> {
+        let out: std::sync::Mutex<Vec<Option<Result<PreparedMatrix<Matrix<'a>>>>>> = std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+        crate::pool::run(jobs.len(), kernels::threads(), &|i| {
+            let r = self.prepare(jobs[i].0, jobs[i].1);
+            out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+        });
+        out.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().map(|r| r.expect("the pool runs every job")).collect()
+    }
+
     fn view_bytes(m: &Matrix<'_>) -> usize {
         m.view_bytes()
     }
