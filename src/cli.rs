@@ -667,6 +667,11 @@ pub struct EvalArgs {
     )]
     pub budget: Option<u64>,
 
+    /// The power sensor for joules per token (as `edge-run --power-sensor`); default: the first
+    /// found, and without one no energy is reported.
+    #[arg(long, value_name = "SPEC", help_heading = "Energy")]
+    pub power_sensor: Option<String>,
+
     /// The KV cache of the evaluated model (the --kl-base model keeps f16 and every position).
     #[command(flatten)]
     pub kv: KvArgs,

@@ -89,6 +89,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut base_scores = Scores::default();
     let mut base_rows: Vec<f32> = Vec::new();
     let mut window_ppl = Vec::with_capacity(n_windows);
+    let meter = crate::energy::meter(args.power_sensor.as_deref(), None, false)?;
+    let mut joules = 0.0;
     let t0 = Instant::now();
     let mut window = vec![0u32; ctx];
     for w in 0..n_windows {
@@ -97,7 +99,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             score_window(b, &corpus, &window, batch, None, &mut base_scores, Some(&mut base_rows))?;
         }
         let base_logits = base.as_ref().map(|_| base_rows.as_slice());
+        let j0 = meter.as_ref().map(|m| m.joules());
         score_window(&mut model, &corpus, &window, batch, base_logits, &mut scores, None)?;
+        if let (Some(m), Some(j0)) = (&meter, j0) {
+            joules += m.joules() - j0;
+        }
         let (p, _) = scores.nll.ppl();
         window_ppl.push(p);
         let msg = match &base {
@@ -170,6 +176,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "bits_per_weight": main.footprint.bits_per_weight(),
             "kv_cache": kv.to_json(kv_bytes),
             "kl": kl_obj,
+            // The evaluated model's passes only (not the --kl-base model's).
+            "energy": meter.as_ref().map(|m| json!({
+                "sensor": m.sensor_name(),
+                "joules": joules,
+                "joules_per_token": joules / (n_windows * ctx).max(1) as f64,
+            })),
         });
         let _ = writeln!(std::io::stdout().lock(), "{obj}");
         return Ok(());
@@ -197,5 +209,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         kv.describe(),
         stats::human_bytes(kv_bytes.1 as u64),
     );
+    if let Some(m) = &meter {
+        eprintln!(
+            "edge-run: energy ({}): {joules:.3} J for the evaluated model's {} tokens, {:.4} J/token",
+            m.sensor_name(),
+            n_windows * ctx,
+            joules / (n_windows * ctx).max(1) as f64
+        );
+    }
     Ok(())
 }

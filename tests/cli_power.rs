@@ -98,6 +98,13 @@ fn energy_per_token_is_reported_from_a_file_sensor() {
     assert!((j - 4.0 * secs).abs() <= 4.0 * 0.06 + 0.1 * j, "{j} J in {secs} s: {e}");
     let per = e["decode"]["joules_per_token"].as_f64().unwrap();
     assert!((per - j / v["decode"]["tokens"].as_f64().unwrap()).abs() < 1e-9);
+    // eval: the evaluated model's passes.
+    let w = scratch().join(format!("energy-eval-{}.txt", std::process::id()));
+    std::fs::write(&w, &std::fs::read(wiki_test()).unwrap()[..6_000]).unwrap();
+    let e = run(["eval", "-m", m.to_str().unwrap(), "--data", w.to_str().unwrap(), "--ctx", "128", "--power-sensor", &spec, "--json"]).json();
+    let (j, secs) = (e["energy"]["joules"].as_f64().unwrap(), e["seconds"].as_f64().unwrap());
+    assert!(j > 0.0 && j <= 4.0 * secs * 1.1 + 0.1, "{j} J in {secs} s: {}", e["energy"]);
+    let _ = std::fs::remove_file(w);
     let _ = std::fs::remove_file(sensor);
 }
 
