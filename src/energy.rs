@@ -81,14 +81,34 @@ pub struct PowerLoop {
     ctl: PowerController,
     t0: Instant,
     last: Instant,
+    idle: f64,
     pub events: Vec<Event>,
     pub paused_seconds: f64,
 }
 
+/// How long the loop watches the board at rest before the run, to learn its idle watts.
+pub const IDLE_WINDOW: Duration = Duration::from_millis(500);
+
 impl PowerLoop {
-    pub fn new(watts: f64) -> PowerLoop {
+    /// A loop holding `watts`, after measuring the board at rest for [`IDLE_WINDOW`] (the run
+    /// has not started: what the sensor reads then is what computing adds nothing to).
+    pub fn new(watts: f64, meter: &Meter) -> PowerLoop {
+        std::thread::sleep(IDLE_WINDOW);
+        let idle = meter.watts_over(IDLE_WINDOW).unwrap_or(0.0).min(watts);
         let now = Instant::now();
-        PowerLoop { ctl: PowerController::new(watts, kernels::threads(), 0.0), t0: now, last: now, events: Vec::new(), paused_seconds: 0.0 }
+        PowerLoop {
+            ctl: PowerController::new(watts, kernels::threads(), idle),
+            t0: now,
+            last: now,
+            idle,
+            events: Vec::new(),
+            paused_seconds: 0.0,
+        }
+    }
+
+    /// The idle watts measured before the run.
+    pub fn idle(&self) -> f64 {
+        self.idle
     }
 
     /// Before token `token`: a decision, if one is due and the meter has a window's average.
@@ -121,6 +141,7 @@ impl PowerLoop {
         let l = self.ctl.levers();
         json!({
             "budget_watts": self.ctl.budget_watts,
+            "idle_watts": self.idle,
             "window_seconds": WINDOW.as_secs_f64(),
             "threads": l.threads,
             "duty": l.duty,

@@ -288,7 +288,10 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     memory::trim_heap();
     let mut model = loaded.model(ctx, batch, kv)?;
     let meter = energy::meter(args.power_sensor.as_deref(), board, args.power.is_some())?;
-    let mut power_loop = args.power.map(energy::PowerLoop::new);
+    let mut power_loop = match (args.power, &meter) {
+        (Some(w), Some(m)) => Some(energy::PowerLoop::new(w, m)),
+        _ => None,
+    };
     let weight_bytes = footprint.weight_bytes as usize;
     let state_bytes = model.state_bytes();
     let (kv_total, kv_per_token) = model.kv_bytes();
@@ -347,7 +350,11 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     };
 
     if let (Some(m), false) = (&meter, quiet) {
-        let hold = args.power.map(|w| format!("; holding {w:.2} W (a {:.0} s average)", energy::WINDOW.as_secs_f64())).unwrap_or_default();
+        let hold = power_loop
+            .as_ref()
+            .zip(args.power)
+            .map(|(p, w)| format!("; holding {w:.2} W (a {:.0} s average; {:.2} W at rest)", energy::WINDOW.as_secs_f64(), p.idle()))
+            .unwrap_or_default();
         eprintln!("edge-run: power sensor: {}{hold}", m.sensor_name());
     }
     let j_start = meter.as_ref().map(|m| m.joules());
