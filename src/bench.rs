@@ -398,7 +398,9 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
+    // The J/token column only with a power sensor.
+    let cols = if rows.iter().any(|r| r.joules_per_token.is_some()) { header.len() } else { header.len() - 1 };
+    let widths: Vec<usize> = (0..cols)
         .map(|c| cells.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0))
         .collect();
     let line = |vals: &[String]| {
@@ -409,17 +411,17 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
             .collect();
         format!("| {} |", parts.join(" | "))
     };
-    let mut s = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    let mut s = line(&header[..cols].iter().map(|h| h.to_string()).collect::<Vec<_>>());
     let rule: Vec<String> = widths
         .iter()
-        .zip(right)
-        .map(|(&w, r)| if r { format!("{}:", "-".repeat(w + 1)) } else { "-".repeat(w + 2) })
+        .zip(&right[..cols])
+        .map(|(&w, &r)| if r { format!("{}:", "-".repeat(w + 1)) } else { "-".repeat(w + 2) })
         .collect();
     s.push('\n');
     s.push_str(&format!("|{}|", rule.join("|")));
     for r in &cells {
         s.push('\n');
-        s.push_str(&line(r));
+        s.push_str(&line(&r[..cols]));
     }
     s
 }

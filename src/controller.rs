@@ -38,7 +38,8 @@ const READ_EVERY: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, PartialEq)]
 struct Rung {
     weights: Plan,
-    kv: KvFormat,
+    /// Each layer's KV format (a change of format goes a layer per rung).
+    kv: Vec<KvFormat>,
     window: Option<KvWindow>,
     /// Predicted bytes of the whole process in this state.
     bytes: u64,
@@ -168,6 +169,16 @@ fn bits_per_weight(p: &Planner, w: &Plan) -> f64 {
     8.0 * (w.bytes + p.fixed_matrix_bytes) as f64 / p.matrix_weights.max(1) as f64
 }
 
+/// The layers' formats in words: `int8`, or `int8 (12 of 30 layers; the rest f16)`.
+fn kv_layers_name(kv: &[KvFormat]) -> String {
+    let first = kv[0];
+    let at = kv.iter().filter(|&&f| f == first).count();
+    match kv.iter().find(|&&f| f != first) {
+        None => kv_name(first),
+        Some(&other) => format!("{} ({at} of {} layers; the rest {})", kv_name(first), kv.len(), kv_name(other)),
+    }
+}
+
 fn kv_name(f: KvFormat) -> String {
     crate::session::KvSettings { format: f, window: None }.describe()
 }
@@ -177,30 +188,35 @@ impl Memory {
         let b = s.budget;
         let ctx = b.shape.ctx;
         let other = b.fixed + b.state_bytes;
-        let kv_at = |kv: KvFormat, window: Option<KvWindow>| {
-            budget::kv_bytes(config, budget::Shape { ctx: window.map_or(ctx, |w| w.slots), kv, ..b.shape })
+        let n = config.n_layers.max(1) as u64;
+        let kv_at = |kv: &[KvFormat], window: Option<KvWindow>| -> u64 {
+            let shape = |f| budget::Shape { ctx: window.map_or(ctx, |w| w.slots), kv: f, ..b.shape };
+            kv.iter().map(|&f| budget::kv_bytes(config, shape(f)) / n).sum()
         };
-        let rung = |weights: Plan, kv: KvFormat, window: Option<KvWindow>| {
-            let bytes = other + weight_bytes(s.planner, &weights) + kv_at(kv, window);
+        let rung = |weights: Plan, kv: Vec<KvFormat>, window: Option<KvWindow>| {
+            let bytes = other + weight_bytes(s.planner, &weights) + kv_at(&kv, window);
             Rung { weights, kv, window, bytes }
         };
-        let mut ladder = vec![rung(s.weights.clone(), b.shape.kv, None)];
+        let mut kv = vec![b.shape.kv; config.n_layers];
+        let mut ladder = vec![rung(s.weights.clone(), kv.clone(), None)];
         for w in descent(s.planner, &s.weights) {
-            ladder.push(rung(w, b.shape.kv, None));
+            ladder.push(rung(w, kv.clone(), None));
         }
         let floor = ladder.last().expect("rung 0").weights.clone();
-        let mut kv = b.shape.kv;
         if budget::integer_kv(config) {
             for bits in [KvBits::Q8, KvBits::Q4] {
-                if kv.keys.bits() > bits.bits() || kv.values.bits() > bits.bits() {
-                    kv = KvFormat::uniform(bits);
-                    ladder.push(rung(floor.clone(), kv, None));
+                let lower = KvFormat::uniform(bits);
+                for l in 0..kv.len() {
+                    if kv[l].keys.bits() > bits.bits() || kv[l].values.bits() > bits.bits() {
+                        kv[l] = lower;
+                        ladder.push(rung(floor.clone(), kv.clone(), None));
+                    }
                 }
             }
         }
         let mut slots = ctx / 2;
         while slots >= MIN_WINDOW {
-            ladder.push(rung(floor.clone(), kv, Some(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots })));
+            ladder.push(rung(floor.clone(), kv.clone(), Some(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots })));
             slots /= 2;
         }
         let bytes: Vec<u64> = ladder.iter().map(|r| r.bytes).collect();
@@ -238,7 +254,7 @@ impl Memory {
 
     fn state(&self, p: &Planner, r: &Rung) -> String {
         let window = r.window.map(|w| format!(", window {} (sink {})", w.slots, w.sink)).unwrap_or_default();
-        format!("weights {:.2} bits/weight, KV {}{window}", bits_per_weight(p, &r.weights), kv_name(r.kv))
+        format!("weights {:.2} bits/weight, KV {}{window}", bits_per_weight(p, &r.weights), kv_layers_name(&r.kv))
     }
 
     pub fn to_json(&self, p: &Planner) -> serde_json::Value {
@@ -255,7 +271,7 @@ impl Memory {
             "ladder": self.ladder.iter().map(|r| json!({
                 "bits_per_weight": bits_per_weight(p, &r.weights),
                 "predicted_kl": r.weights.kl,
-                "kv": r.kv.name(),
+                "kv": r.kv.iter().map(|f| f.name()).collect::<Vec<_>>(),
                 "window": r.window.map(|w| w.slots),
                 "predicted_bytes": r.bytes,
             })).collect::<Vec<_>>(),
@@ -314,8 +330,10 @@ impl Memory {
             let released = model.set_views(ck, &to.weights.view_plan(&p.units)).map_err(|e| anyhow!("{e}"))?;
             freed = released.into_iter().map(|(offset, len)| file.bytes.release(offset, len)).sum();
         }
-        if from.kv != to.kv {
-            model.set_kv_format(to.kv).map_err(|e| anyhow!("{e}"))?;
+        for (l, (&a, &b)) in from.kv.iter().zip(&to.kv).enumerate() {
+            if a != b {
+                model.set_kv_layer_format(l, b).map_err(|e| anyhow!("{e}"))?;
+            }
         }
         if from.window != to.window {
             // Back above the window rungs, the cache keeps a window as large as the context.
@@ -339,7 +357,7 @@ impl Memory {
             ));
         }
         if from.kv != to.kv {
-            actions.push(format!("KV {} -> {}", kv_name(from.kv), kv_name(to.kv)));
+            actions.push(format!("KV {} -> {}", kv_layers_name(&from.kv), kv_layers_name(&to.kv)));
         }
         if from.window != to.window {
             match to.window {

@@ -460,22 +460,25 @@ impl KvCache {
                 self.slots
             ),
         })?;
+        let f = self.layer_format(layer);
         let (ks, vs) = &mut self.layers[layer];
-        put_row(ks, self.format.keys, slot, &k[..self.kv_dim], self.head_dim, &mut self.row);
-        put_row(vs, self.format.values, slot, &v[..self.kv_dim], self.head_dim, &mut self.row);
+        put_row(ks, f.keys, slot, &k[..self.kv_dim], self.head_dim, &mut self.row);
+        put_row(vs, f.values, slot, &v[..self.kv_dim], self.head_dim, &mut self.row);
         Ok(())
     }
 
     /// Store only the keys of slot `slot` (the sink's keys re-rotated, see the model).
     pub fn store_keys(&mut self, layer: usize, slot: usize, k: &[f32]) {
-        put_row(&mut self.layers[layer].0, self.format.keys, slot, &k[..self.kv_dim], self.head_dim, &mut self.row);
+        let keys = self.layer_format(layer).keys;
+        put_row(&mut self.layers[layer].0, keys, slot, &k[..self.kv_dim], self.head_dim, &mut self.row);
     }
 
     /// The keys (`values` false) or values of slot `slot` as given to [`KvCache::store`], up to
     /// the format's rounding (rotated back where the format rotates), into `out` (kv_dim).
     pub fn row_of(&self, layer: usize, slot: usize, values: bool, out: &mut [f32]) {
         let view = self.view(layer, slot + 1);
-        let (rows, bits) = if values { (view.values, self.format.values) } else { (view.keys, self.format.keys) };
+        let f = self.layer_format(layer);
+        let (rows, bits) = if values { (view.values, f.values) } else { (view.keys, f.keys) };
         rows.row_into(slot, out);
         if bits.rotated() {
             hadamard_heads(out, self.head_dim);
@@ -496,7 +499,14 @@ impl KvCache {
 
     /// Bytes a position takes over all layers.
     pub fn bytes_per_position(&self) -> usize {
-        self.layers.len() * self.format.bytes_per_position(self.kv_dim)
+        (0..self.layers.len()).map(|l| self.layer_format(l).bytes_per_position(self.kv_dim)).sum()
+    }
+
+    /// The format layer `layer` keeps: the cache's, but during a change made a layer at a time
+    /// ([`KvCache::set_layer_format`]) the layers not yet changed keep the old one.
+    pub fn layer_format(&self, layer: usize) -> KvFormat {
+        let (ks, vs) = &self.layers[layer];
+        KvFormat { keys: ks.rows(0, self.kv_dim).bits(), values: vs.rows(0, self.kv_dim).bits() }
     }
 
     /// Re-encode the cache in `format`, layer by layer (the old layer's memory is freed before
@@ -504,31 +514,37 @@ impl KvCache {
     /// ([`KvRows::row_into`]) and quantized again; slots not yet filled are left zero. Meant
     /// for stepping down (f16 -> int8 -> int4); stepping up keeps the values lost.
     pub fn set_format(&mut self, format: KvFormat, end: usize) {
-        if format == self.format {
-            return;
+        for layer in 0..self.layers.len() {
+            self.set_layer_format(layer, format, end);
         }
+    }
+
+    /// [`KvCache::set_format`] of one layer (a change spread over several calls, so that no
+    /// call takes long); the cache's format is `format` once every layer has it.
+    pub fn set_layer_format(&mut self, layer: usize, format: KvFormat, end: usize) {
         let (slots, dim, hd) = (self.slots, self.kv_dim, self.head_dim);
         let filled = self.filled(end);
         let mut row = vec![0f32; dim];
-        for (ks, vs) in self.layers.iter_mut() {
-            for (store, bits) in [(ks, format.keys), (vs, format.values)] {
-                let was = store.rows(0, dim).bits();
-                if was == bits {
-                    continue;
-                }
-                let mut new = Store::new(bits, slots, dim);
-                let old = store.rows(slots, dim);
-                for s in 0..filled {
-                    old.row_into(s, &mut row);
-                    if was.rotated() != bits.rotated() {
-                        hadamard_heads(&mut row, hd);
-                    }
-                    new.put(s, &row);
-                }
-                *store = new;
+        let (ks, vs) = &mut self.layers[layer];
+        for (store, bits) in [(ks, format.keys), (vs, format.values)] {
+            let was = store.rows(0, dim).bits();
+            if was == bits {
+                continue;
             }
+            let mut new = Store::new(bits, slots, dim);
+            let old = store.rows(slots, dim);
+            for s in 0..filled {
+                old.row_into(s, &mut row);
+                if was.rotated() != bits.rotated() {
+                    hadamard_heads(&mut row, hd);
+                }
+                new.put(s, &row);
+            }
+            *store = new;
         }
-        self.format = format;
+        if (0..self.layers.len()).all(|l| self.layer_format(l) == format) {
+            self.format = format;
+        }
     }
 
     /// Keep the first `sink` positions and the most recent ones in `slots` slots from now on;

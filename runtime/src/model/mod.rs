@@ -346,6 +346,23 @@ impl<'a, B: Backend> Model<'a, B> {
         Ok(())
     }
 
+    /// [`Model::set_kv_format`] of layer `layer` alone: a controller spreads a change over
+    /// several tokens, a layer before each, so no token waits for the whole cache. Until every
+    /// layer has it, the others keep their format (attention reads each layer as stored).
+    pub fn set_kv_layer_format(&mut self, layer: usize, format: KvFormat) -> Result<()> {
+        Self::check_kv_format(&self.config, format)?;
+        if layer >= self.config.n_layers {
+            return Err(Error::InvalidArgument { what: format!("layer {layer} of a model of {} layers", self.config.n_layers) });
+        }
+        self.kv.set_layer_format(layer, format, self.kv_end);
+        Ok(())
+    }
+
+    /// The KV format of layer `layer` (see [`Model::set_kv_layer_format`]).
+    pub fn kv_layer_format(&self, layer: usize) -> KvFormat {
+        self.kv.layer_format(layer)
+    }
+
     /// Keep only the first `window.sink` positions and the most recent ones in `window.slots`
     /// slots from now on (StreamingLLM): positions that no longer fit are dropped now, the
     /// cache shrinks to `window.slots` slots and generation can run past `max_seq_len`.
