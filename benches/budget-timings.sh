@@ -27,13 +27,15 @@ print(f"planning --budget 200MB: median {statistics.median(ms):.2f} ms, max {max
 PY
 
 LIM="$TMP/limit"
-echo $((4 << 30)) > "$LIM"
+# Written to a temporary name and renamed: a reader never sees a half-written limit.
+limit() { echo "$1" > "$LIM.tmp" && mv "$LIM.tmp" "$LIM"; }
+limit $((4 << 30))
 EDGE_RUN_MEM_LIMIT="$LIM" "$E" -m "$MODEL" -p "Once upon a time" -n 3000 --temp 0 --ignore-eos --json \
   > "$TMP/squeeze.json" 2> "$TMP/squeeze.err" &
 PID=$!
-sleep 2; echo $((120 << 20)) > "$LIM"
-sleep 2; echo $((100 << 20)) > "$LIM"
-sleep 2; echo $((4 << 30)) > "$LIM"
+sleep 2; limit $((120 << 20))
+sleep 2; limit $((100 << 20))
+sleep 2; limit $((4 << 30))
 wait "$PID"
 python3 - "$TMP/squeeze.json" <<'PY'
 import json, sys
