@@ -173,6 +173,28 @@ impl Store {
         }
     }
 
+    /// Slot `from` of `src` (a store of the same format and row width `dim`) into slot `to`, as
+    /// stored: a re-layout moves rows without reading them back and quantizing them again.
+    fn copy_slot(&mut self, to: usize, src: &Store, from: usize, dim: usize) {
+        fn row<T: Copy>(dst: &mut [T], src: &[T], to: usize, from: usize, n: usize) {
+            dst[to * n..(to + 1) * n].copy_from_slice(&src[from * n..(from + 1) * n]);
+        }
+        let groups = dim.div_ceil(KV_GROUP);
+        match (self, src) {
+            (Store::F32(d), Store::F32(s)) => row(d, s, to, from, dim),
+            (Store::F16(d), Store::F16(s)) => row(d, s, to, from, dim),
+            (Store::Q8 { codes, scales }, Store::Q8 { codes: sc, scales: ss }) => {
+                row(codes, sc, to, from, dim);
+                row(scales, ss, to, from, groups);
+            }
+            (Store::Q4 { codes, scales }, Store::Q4 { codes: sc, scales: ss }) => {
+                row(codes, sc, to, from, dim.div_ceil(2));
+                row(scales, ss, to, from, 2 * groups);
+            }
+            _ => unreachable!("a re-layout keeps each store's format"),
+        }
+    }
+
     /// Encode `x` (dim values) into slot `slot`.
     fn put(&mut self, slot: usize, x: &[f32]) {
         let dim = x.len();
@@ -565,15 +587,12 @@ impl KvCache {
             .filter_map(|p| old_slot(p).map(|s| (p, s)))
             .collect();
         let new_slot = |p: usize| if p < window.sink { p } else { window.sink + (p - window.sink) % recent };
-        let mut row = vec![0f32; dim];
         for (ks, vs) in self.layers.iter_mut() {
             for store in [ks, vs] {
                 let bits = store.rows(0, dim).bits();
                 let mut new = Store::new(bits, window.slots, dim);
-                let old = store.rows(self.slots, dim);
                 for &(p, s) in &keep {
-                    old.row_into(s, &mut row);
-                    new.put(new_slot(p), &row);
+                    new.copy_slot(new_slot(p), store, s, dim);
                 }
                 *store = new;
             }
@@ -705,4 +724,30 @@ mod tests {
         c.set_format(KvFormat::parse("k8v4").unwrap(), 8);
         assert_eq!(c.bytes(), 2 * 8 * (KvBits::Q8.row_bytes(dim) + KvBits::Q4.row_bytes(dim)));
     }
+
+    #[test]
+    fn a_window_moves_rows_as_stored() {
+        let dim = 64;
+        for bits in KvBits::ALL {
+            let mut c = KvCache::with_format(1, 40, dim, 32, KvFormat::uniform(bits));
+            for p in 0..40 {
+                let x = sample(dim, p as u32 + 7);
+                c.store(0, p, &x, &x).unwrap();
+            }
+            let read = |c: &KvCache, p: usize| {
+                let mut out = vec![0f32; dim];
+                c.view(0, c.slots).values.row_into(c.slot_of(p).unwrap(), &mut out);
+                out
+            };
+            // Positions the window of 4 sink + 12 recent keeps: 0..4 and 28..40.
+            let kept: Vec<usize> = (0..4).chain(28..40).collect();
+            let before: Vec<Vec<f32>> = kept.iter().map(|&p| read(&c, p)).collect();
+            c.set_window(KvWindow { sink: 4, slots: 16 }, 40).unwrap();
+            for (&p, want) in kept.iter().zip(&before) {
+                let got = read(&c, p);
+                assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "{bits:?}: position {p} changed");
+            }
+        }
+    }
+
 }
