@@ -65,6 +65,9 @@ pub struct Power {
     pub note: String,
     #[serde(default)]
     pub rails: Vec<Rail>,
+    /// The rail `--power` holds (default: the total, see [`Power::total_rail`]).
+    #[serde(default)]
+    pub hold: Option<String>,
 }
 
 impl Power {
@@ -179,6 +182,12 @@ impl Board {
                     "field `power.rails` (\"{}\"): give one source: `power_path`, `voltage_path` with `current_path`, or `command`",
                     r.name
                 );
+            }
+        }
+        if let Some(h) = &self.power.hold {
+            if !self.power.rails.iter().any(|r| &r.name == h) {
+                let names: Vec<&str> = self.power.rails.iter().map(|r| r.name.as_str()).collect();
+                bail!("field `power.hold` = \"{h}\" names no rail; choose one of: {}", if names.is_empty() { "none (the board has no rails)".to_string() } else { names.join(", ") });
             }
         }
         Ok(())

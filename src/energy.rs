@@ -21,7 +21,12 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 /// A meter, if a sensor is found: required with `--power` (an error names what was looked
 /// for), else only when `--power-sensor` names one or one is found by itself.
 pub fn meter(spec: Option<&str>, board: Option<&Board>, required: bool) -> Result<Option<Meter>> {
-    match power::open(spec, board) {
+    // With `--power`, a board config may name the rail to hold.
+    let held = match (spec, board.and_then(|b| b.power.hold.as_deref())) {
+        (None, Some(rail)) if required => Some(format!("board:{rail}")),
+        _ => None,
+    };
+    match power::open(held.as_deref().or(spec), board) {
         Ok(s) => Ok(Some(Meter::start(s, SAMPLE_EVERY))),
         Err(e) if required || spec.is_some() => bail!("{e:#}"),
         Err(_) => Ok(None),

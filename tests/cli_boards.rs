@@ -49,6 +49,7 @@ fn a_bad_board_file_names_the_file_and_the_field() {
         ("fraction.toml", good.replace("default_budget_fraction = 0.8", "default_budget_fraction = 1.5"), "`default_budget_fraction`"),
         ("table.toml", good.replace("\"neon+dotprod\"", "\"sve2\""), "`kernel_table`"),
         ("big-cores.toml", good.replace("[0, 1, 2, 3]", "[0, 1, 2, 4]"), "`big_cores`"),
+        ("hold.toml", good.replace("[power]\n", "[power]\nhold = \"VDD_NOPE\"\n"), "`power.hold`"),
     ];
     for (file, text, field) in cases {
         assert_ne!(text, good, "{file}: the replacement did not apply");

@@ -178,3 +178,39 @@ fn bench_energy_sweeps_views_and_kv_and_writes_a_table_and_a_plot() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(sensor);
 }
+
+#[test]
+fn a_board_config_names_the_rail_power_holds() {
+    let _alone = alone();
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8_profiled();
+    // A Jetson Orin Nano's INA3221 rails in a fixture tree (hwmon: mV and mA).
+    let root = scratch().join(format!("jetson-root-{}", std::process::id()));
+    let hwmon = root.join("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3");
+    std::fs::create_dir_all(&hwmon).unwrap();
+    for (i, ma) in [(1, 1200), (2, 600), (3, 900)] {
+        std::fs::write(hwmon.join(format!("in{i}_input")), "5000\n").unwrap();
+        std::fs::write(hwmon.join(format!("curr{i}_input")), format!("{ma}\n")).unwrap();
+    }
+    let good = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/board-configs/jetson-orin-nano.toml")).unwrap();
+    let board = scratch().join(format!("jetson-hold-{}.toml", std::process::id()));
+    std::fs::write(&board, good.replace("[power]\n", "[power]\nhold = \"VDD_SOC\"\n")).unwrap();
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["-m", m.to_str().unwrap(), "-p", "Hi", "-n", "4", "--temp", "0", "--json", "--board", board.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_env(args, &[("EDGE_RUN_SYSFS_ROOT", root.as_os_str())]).json()
+    };
+    // Reporting energy: the board's total (VDD_IN, 6 W); holding power: the rail the board names
+    // (VDD_SOC, 4.5 W).
+    let v = gen(&[]);
+    assert!(v["energy"]["sensor"].as_str().unwrap().contains("VDD_IN"), "{}", v["energy"]);
+    let v = gen(&["--power", "100W"]);
+    let e = &v["energy"];
+    assert!(e["sensor"].as_str().unwrap().contains("VDD_SOC"), "{e}");
+    let w = e["decode"]["watts"].as_f64().unwrap();
+    assert!((w - 4.5).abs() < 0.05, "{w} W: {e}");
+    let _ = std::fs::remove_dir_all(root);
+    let _ = std::fs::remove_file(board);
+}
