@@ -28,6 +28,7 @@ use edge_runtime::{Checkpoint, Config};
 use serde_json::json;
 
 use crate::stats::{self, human_bytes};
+use crate::session::kv_format_name as kv_name;
 use crate::views::{self, Selection, Source};
 
 /// The smallest context a budget lowers to by itself.
@@ -192,14 +193,6 @@ pub fn integer_kv(c: &Config) -> bool {
     c.head_dim.is_multiple_of(KV_GROUP) && c.head_dim.is_power_of_two()
 }
 
-fn kv_name(f: KvFormat) -> String {
-    match (f.keys.bits(), f.values.bits()) {
-        (16, 16) => "f16".into(),
-        (32, 32) => "f32".into(),
-        (k, v) if k == v => format!("int{k}"),
-        (k, v) => format!("k{k}v{v}"),
-    }
-}
 
 /// The largest `x` in `lo..=hi` with `ok(x)`, for `ok` true up to some point and false after
 /// (`None` if not even `lo`).

@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::budget;
 use crate::loader::ModelFile;
 use crate::memory::{self, Sources};
+use crate::session::kv_format_name as kv_name;
 use crate::stats::human_bytes;
 
 /// The smallest window the controller shrinks the cache to.
@@ -179,9 +180,6 @@ fn kv_layers_name(kv: &[KvFormat]) -> String {
     }
 }
 
-fn kv_name(f: KvFormat) -> String {
-    crate::session::KvSettings { format: f, window: None }.describe()
-}
 
 impl Memory {
     pub fn new(s: Start<'_>, config: &Config) -> Result<Memory> {

@@ -91,17 +91,21 @@ impl KvSettings {
 
     /// `f16`, `int8`, `k8v4` and the window: `f16, window 256 (sink 4)`.
     pub fn describe(self) -> String {
-        let (k, v) = (self.format.keys.bits(), self.format.values.bits());
-        let format = match (k, v) {
-            (32, 32) => "f32".to_string(),
-            (16, 16) => "f16".to_string(),
-            (k, v) if k == v => format!("int{k}"),
-            _ => format!("k{k}v{v}"),
-        };
+        let format = kv_format_name(self.format);
         match self.window {
             Some(w) => format!("{format}, window {} (sink {})", w.slots, w.sink),
             None => format,
         }
+    }
+}
+
+/// A KV format in words: `f32`, `f16`, `int8`, `int4`, `k8v4`.
+pub fn kv_format_name(f: KvFormat) -> String {
+    match (f.keys.bits(), f.values.bits()) {
+        (32, 32) => "f32".into(),
+        (16, 16) => "f16".into(),
+        (k, v) if k == v => format!("int{k}"),
+        (k, v) => format!("k{k}v{v}"),
     }
 }
 
