@@ -7,7 +7,10 @@
 # docs/RESULTS.md, "llama.cpp baselines"); EDGE_PACK, an .edge checkpoint packed with
 # `--encoding q8` and, for the plan rows, a sensitivity profile (default: SmolLM2 packed into
 # OUT_DIR with `edge-pack -e q8 --calibrate-self`, about 5 minutes on 2 cores); THREADS
-# (default 2).
+# (default 2); GGUF, the model (default: the shared SmolLM2-135M; e.g. Qwen2.5-Coder-1.5B from
+# `../shared/models/fetch.sh qwen2.5-coder-1.5b`, the memory-bound case); PACK_FLAGS, how
+# edge-pack packs it when EDGE_PACK is not given (default `-e q8 --calibrate-self
+# --gptq-view-weights 1,1,1,4`; `-e q8` packs a 1.5B model in minutes instead of an hour).
 #
 # llama.cpp's files: Q8_0, Q4_K_M, Q4_0, Q3_K_M and Q2_K, requantized from the shared GGUF.
 # Their sizes (llama-bench's `model_size`: the bytes of their tensors, norms included) come
@@ -31,18 +34,20 @@ out="${1:?usage: benches/llama-compare.sh OUT_DIR [ROUNDS]}"
 rounds="${2:-4}"
 threads="${THREADS:-2}"
 llama="${LLAMA_BIN:?set LLAMA_BIN to the folder holding llama-bench and llama-quantize}"
-gguf="$here/../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
+gguf="${GGUF:-$here/../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf}"
+name="$(basename "$gguf" .gguf)"
+read -r -a pack_flags <<<"${PACK_FLAGS:--e q8 --calibrate-self --gptq-view-weights 1,1,1,4}"
 edge_run="$here/target/release/edge-run"
 edge_pack="$here/target/release/edge-pack"
 for f in "$llama/llama-bench" "$llama/llama-quantize"; do
   [ -x "$f" ] || { echo "error: $f not found: build llama.cpp (docs/RESULTS.md) and set LLAMA_BIN" >&2; exit 1; }
 done
-[ -f "$gguf" ] || { echo "error: $gguf missing: ../shared/models must sit beside the checkout" >&2; exit 1; }
+[ -f "$gguf" ] || { echo "error: $gguf missing: ../shared/models must sit beside the checkout (or fetch it: ../shared/models/fetch.sh)" >&2; exit 1; }
 mkdir -p "$out"
 (cd "$here" && cargo build --release --locked --workspace --bins >&2)
 
-pack="${EDGE_PACK:-$out/smollm2-q8cal.edge}"
-[ -f "$pack" ] || "$edge_pack" "$gguf" -e q8 --calibrate-self --gptq-view-weights 1,1,1,4 -o "$pack"
+pack="${EDGE_PACK:-$out/$name.edge}"
+[ -f "$pack" ] || "$edge_pack" "$gguf" "${pack_flags[@]}" -o "$pack"
 plans=1
 if ! "$edge_run" inspect -m "$pack" --json | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["sensitivity_profile"] is None)'; then
   plans=0
@@ -55,7 +60,7 @@ fi
 types=(Q8_0 Q4_K_M Q4_0 Q3_K_M Q2_K)
 declare -A size
 for t in "${types[@]}"; do
-  f="$out/smollm2-$t.gguf"
+  f="$out/$name-$t.gguf"
   [ -f "$f" ] || "$llama/llama-quantize" --allow-requantize "$gguf" "$f" "$t" >"$out/quantize-$t.log" 2>&1
   # The file's tensor bytes, as llama-bench reports them (one token of decode: seconds).
   [ -s "$out/size-$t.json" ] || "$llama/llama-bench" -m "$f" -t "$threads" -p 0 -n 1 -r 1 -o json >"$out/size-$t.json" 2>/dev/null
@@ -74,7 +79,7 @@ for r in $(seq 1 "$rounds"); do
     done
   fi
   for t in "${types[@]}"; do
-    "$llama/llama-bench" -m "$out/smollm2-$t.gguf" -t "$threads" -p 512 -n 128 -r 5 -o json >"$d/llama-$t.json" 2>/dev/null
+    "$llama/llama-bench" -m "$out/$name-$t.gguf" -t "$threads" -p 512 -n 128 -r 5 -o json >"$d/llama-$t.json" 2>/dev/null
   done
 done
 python3 "$here/benches/llama_ratios.py" "$out" "$(( rounds > 1 ? 2 : 1 ))" "$rounds"
