@@ -145,37 +145,51 @@ fn pre_tokenizer(pre: Option<&str>) -> Option<(serde_json::Value, bool)> {
 ///
 /// Supported: byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) with a known
 /// pre-tokenizer, and SentencePiece vocabularies (`"llama"`, with scores) rebuilt as a BPE model
-/// that reproduces llama.cpp's SPM tokenizer (see [`spm_model`]). Control and unknown tokens
+/// that reproduces llama.cpp's SPM tokenizer (see [`spm_parts`]). Control and unknown tokens
 /// become special added tokens, user-defined tokens non-special added tokens (both are matched
 /// in raw text before anything else, as llama.cpp does). `Ok(None)` for anything else (other
 /// vocabulary kinds, unknown pre-tokenizers): the caller then needs a `tokenizer.json` from
 /// elsewhere. No BOS/EOS are inserted by the tokenizer itself.
 pub fn tokenizer_json_from_ggml(v: &GgmlVocab<'_>) -> anyhow::Result<Option<String>> {
-    let parts = match v.model {
+    let vocab;
+    let (mut doc, model) = match v.model {
         "gpt2" => {
             let Some((pre_tokenizer, ignore_merges)) = pre_tokenizer(v.pre) else { return Ok(None) };
-            let vocab = Vocab::new(v)?;
-            let model = bpe_model(v, &vocab, ignore_merges)?;
-            json!({
+            vocab = Vocab::new(v)?;
+            let doc = json!({
                 "added_tokens": vocab.added,
                 "normalizer": null,
                 "pre_tokenizer": pre_tokenizer,
                 "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
                 "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                "model": model,
-            })
+            });
+            let model = BpeJson {
+                vocab: &vocab,
+                merges: gguf_merges(v.merges)?,
+                unk_token: None,
+                byte_fallback: false,
+                ignore_merges,
+            };
+            (doc, model)
         }
         "llama" => {
-            let vocab = Vocab::new(v)?;
-            spm_model(v, vocab)?
+            vocab = Vocab::new(v)?;
+            spm_parts(v, &vocab)?
         }
         _ => return Ok(None),
     };
-    let mut tok = json!({"version": "1.0", "truncation": null, "padding": null});
-    if let (Some(tok), serde_json::Value::Object(parts)) = (tok.as_object_mut(), parts) {
-        tok.extend(parts);
+    if let Some(d) = doc.as_object_mut() {
+        d.insert("version".into(), json!("1.0"));
+        d.insert("truncation".into(), json!(null));
+        d.insert("padding".into(), json!(null));
     }
-    let text = serde_json::to_string(&tok)?;
+    // The large parts (vocabulary, merges) are serialized straight from borrowed slices: going
+    // through `serde_json::Value` costs seconds for a 262k-token vocabulary.
+    let mut text = serde_json::to_string(&doc)?;
+    text.pop(); // the closing brace
+    text.push_str(",\"model\":");
+    text.push_str(&serde_json::to_string(&model)?);
+    text.push('}');
     validate_tokenizer_json(&text)?;
     Ok(Some(text))
 }
@@ -231,41 +245,65 @@ impl Vocab {
         Ok(Vocab { texts, ids, types, added })
     }
 
-    fn vocab_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.ids.iter().map(|(t, &id)| (t.clone(), json!(id))).collect()
+    /// Whether `id` is the id llama.cpp finds for its text (not an earlier duplicate).
+    fn is_canonical(&self, id: usize) -> bool {
+        self.ids.get(&self.texts[id]) == Some(&(id as u32))
     }
 }
 
-/// The `BPE` model of a byte-level BPE vocabulary, with its merges from the metadata.
-fn bpe_model(v: &GgmlVocab<'_>, vocab: &Vocab, ignore_merges: bool) -> anyhow::Result<serde_json::Value> {
-    let mut merges = Vec::with_capacity(v.merges.len());
-    for (i, m) in v.merges.iter().enumerate() {
-        // As llama.cpp: split at the first space after the first character (so a merge whose
-        // left side is itself a space still splits correctly).
-        let first = m.chars().next().map_or(0, char::len_utf8);
-        let pos = m
-            .get(first..)
-            .and_then(|rest| rest.find(' '))
-            .map(|p| p + first)
-            .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.merges entry #{i} ({m:?}) is not two tokens separated by a space"))?;
-        merges.push(json!([&m[..pos], &m[pos + 1..]]));
+/// A Hugging Face `BPE` model, serialized in id order (deterministic output).
+struct BpeJson<'a> {
+    vocab: &'a Vocab,
+    merges: Vec<(&'a str, &'a str)>,
+    unk_token: Option<&'a str>,
+    byte_fallback: bool,
+    ignore_merges: bool,
+}
+
+impl serde::Serialize for BpeJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct VocabMap<'a>(&'a Vocab);
+        impl serde::Serialize for VocabMap<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let v = self.0;
+                s.collect_map((0..v.texts.len()).filter(|&i| v.is_canonical(i)).map(|i| (&v.texts[i], i as u32)))
+            }
+        }
+        let mut m = s.serialize_map(Some(11))?;
+        m.serialize_entry("type", "BPE")?;
+        m.serialize_entry("dropout", &None::<f32>)?;
+        m.serialize_entry("unk_token", &self.unk_token)?;
+        m.serialize_entry("continuing_subword_prefix", &None::<&str>)?;
+        m.serialize_entry("end_of_word_suffix", &None::<&str>)?;
+        m.serialize_entry("fuse_unk", &self.byte_fallback)?;
+        m.serialize_entry("byte_fallback", &self.byte_fallback)?;
+        m.serialize_entry("ignore_merges", &self.ignore_merges)?;
+        m.serialize_entry("vocab", &VocabMap(self.vocab))?;
+        m.serialize_entry("merges", &self.merges)?;
+        m.end()
     }
-    Ok(json!({
-        "type": "BPE",
-        "dropout": null,
-        "unk_token": null,
-        "continuing_subword_prefix": null,
-        "end_of_word_suffix": null,
-        "fuse_unk": false,
-        "byte_fallback": false,
-        "ignore_merges": ignore_merges,
-        "vocab": vocab.vocab_json(),
-        "merges": merges,
-    }))
+}
+
+/// `tokenizer.ggml.merges` (`"left right"`) as pairs.
+fn gguf_merges<'a>(merges: &[&'a str]) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
+    merges
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            // As llama.cpp: split at the first space after the first character (so a merge whose
+            // left side is itself a space still splits correctly).
+            let first = m.chars().next().map_or(0, char::len_utf8);
+            let pos = m.get(first..).and_then(|rest| rest.find(' ')).map(|p| p + first).ok_or_else(|| {
+                anyhow::anyhow!("tokenizer.ggml.merges entry #{i} ({m:?}) is not two tokens separated by a space")
+            })?;
+            Ok((&m[..pos], &m[pos + 1..]))
+        })
+        .collect()
 }
 
 /// A SentencePiece (`llama`) vocabulary as a Hugging Face BPE tokenizer that gives llama.cpp's
-/// ids (`llm_tokenizer_spm_session`).
+/// ids (`llm_tokenizer_spm_session`): the document without its model, and the model.
 ///
 /// llama.cpp escapes spaces as `▁` (after prefixing one when `add_space_prefix`, at the start of
 /// every piece of text between special tokens), splits the text into characters and repeatedly
@@ -276,8 +314,9 @@ fn bpe_model(v: &GgmlVocab<'_>, vocab: &Vocab, ignore_merges: bool) -> anyhow::R
 /// with `byte_fallback`. The normalizer does the escaping (`Prepend` runs per piece of text
 /// between added tokens, like llama.cpp's prefix). What cannot be expressed: two different
 /// tokens with the same score competing for overlapping pairs (llama.cpp takes the leftmost,
-/// BPE the lower rank); real vocabularies give their normal tokens distinct scores.
-fn spm_model(v: &GgmlVocab<'_>, vocab: Vocab) -> anyhow::Result<serde_json::Value> {
+/// BPE the lower rank), and a merge whose left or right part is a character that is not itself
+/// a token; neither changed an id on the texts in `tests/oracles`.
+fn spm_parts<'a>(v: &GgmlVocab<'_>, vocab: &'a Vocab) -> anyhow::Result<(serde_json::Value, BpeJson<'a>)> {
     let n = vocab.texts.len();
     let scores = v.scores.ok_or_else(|| anyhow::anyhow!("SentencePiece vocabulary without tokenizer.ggml.scores"))?;
     if scores.len() != n {
@@ -285,26 +324,20 @@ fn spm_model(v: &GgmlVocab<'_>, vocab: Vocab) -> anyhow::Result<serde_json::Valu
     }
     // Every split of every token into two tokens: llama.cpp looks the concatenation of any two
     // adjacent symbols up among all tokens, whatever their type.
-    let mut merges: Vec<(f32, u32, usize)> = Vec::new();
+    let mut merges: Vec<(f32, &str, &str)> = Vec::new();
     for (id, text) in vocab.texts.iter().enumerate() {
-        if vocab.ids.get(text) != Some(&(id as u32)) {
+        if !vocab.is_canonical(id) {
             continue; // a duplicate text: llama.cpp only ever finds its last id
         }
         for (k, _) in text.char_indices().skip(1) {
-            if vocab.ids.contains_key(&text[..k]) && vocab.ids.contains_key(&text[k..]) {
-                merges.push((scores[id], id as u32, k));
+            let (l, r) = text.split_at(k);
+            if vocab.ids.contains_key(l) && vocab.ids.contains_key(r) {
+                merges.push((scores[id], l, r));
             }
         }
     }
     // Highest score first (a stable sort: ties keep id order, then split order).
     merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-    let merges: Vec<serde_json::Value> = merges
-        .iter()
-        .map(|&(_, id, k)| {
-            let t = &vocab.texts[id as usize];
-            json!([&t[..k], &t[k..]])
-        })
-        .collect();
 
     let add_space_prefix = v.add_space_prefix.unwrap_or(true);
     let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
@@ -325,23 +358,19 @@ fn spm_model(v: &GgmlVocab<'_>, vocab: Vocab) -> anyhow::Result<serde_json::Valu
         .unk_id
         .and_then(|i| vocab.texts.get(i as usize))
         .or_else(|| vocab.types.iter().position(|&t| t == TOKEN_TYPE_UNKNOWN).map(|i| &vocab.texts[i]));
-    Ok(json!({
+    let doc = json!({
         "added_tokens": vocab.added,
         "normalizer": normalizer,
         "pre_tokenizer": null,
         "post_processor": null,
         "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": unk,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": true,
-            "byte_fallback": true,
-            "ignore_merges": false,
-            "vocab": vocab.vocab_json(),
-            "merges": merges,
-        },
-    }))
+    });
+    let model = BpeJson {
+        vocab,
+        merges: merges.into_iter().map(|(_, l, r)| (l, r)).collect(),
+        unk_token: unk.map(String::as_str),
+        byte_fallback: true,
+        ignore_merges: false,
+    };
+    Ok((doc, model))
 }
