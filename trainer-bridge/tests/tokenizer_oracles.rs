@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use edge_pack::gguf::GgufFile;
 use edge_pack::sentencepiece::SpmModel;
+use edge_pack::tokenizer::{tokenizer_json_from_ggml, GgmlVocab};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -257,4 +258,25 @@ fn bad_sentencepiece_models_are_errors() {
         let e = format!("{:#}", SpmModel::parse(bytes).unwrap_err());
         assert!(e.contains(what), "{e}");
     }
+    // GGUF SentencePiece metadata without scores, or with too few: a one-line error, no panic.
+    let tokens = ["<unk>", "a", "b", "ab"];
+    let mut v = GgmlVocab {
+        model: "llama",
+        pre: None,
+        tokens: &tokens,
+        token_types: None,
+        merges: &[],
+        scores: None,
+        add_space_prefix: Some(false),
+        unk_id: Some(0),
+    };
+    let e = tokenizer_json_from_ggml(&v).unwrap_err().to_string();
+    assert!(e.contains("without tokenizer.ggml.scores"), "{e}");
+    v.scores = Some(&[0.0, -1.0]);
+    let e = tokenizer_json_from_ggml(&v).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.scores has 2 entries"), "{e}");
+    // A tiny vocabulary: "ab" merges, "c" falls back to <unk> (no byte tokens).
+    v.scores = Some(&[0.0, -1.0, -2.0, -0.5]);
+    let tk = Tokenizer::from_str(&tokenizer_json_from_ggml(&v).unwrap().unwrap()).unwrap();
+    assert_eq!(tk.encode("abba", false).unwrap().get_ids(), [3, 2, 1]);
 }
