@@ -87,6 +87,10 @@ pub struct Sample {
     pub watts: f64,
     /// Tokens computed in the window, per second (0 when none).
     pub tokens_per_second: f64,
+    /// Joules per token above idle over a longer span than the window, all on the current
+    /// rung and thread count, where the caller keeps one (more tokens: less noise at low
+    /// speeds); else they are taken from the window's watts and tokens per second.
+    pub joules_per_token: Option<f64>,
 }
 
 /// Why the levers moved.
@@ -143,6 +147,8 @@ pub struct PowerController {
     age: usize,
     /// The levers of the last `settle` decision periods, newest last: what the window saw.
     recent: Vec<Levers>,
+    /// The caller is still applying the last rung (a move over many rungs takes a token each).
+    applying: bool,
     idle: f64,
 }
 
@@ -167,6 +173,7 @@ impl PowerController {
             age: 0,
             // The window before the first decision saw the starting levers.
             recent: alloc::vec![Levers { threads: max_threads, duty: 1.0, rung: 0 }; Policy::default().settle],
+            applying: false,
             idle: idle.max(0.0),
         }
     }
@@ -215,6 +222,12 @@ impl PowerController {
     /// moves its rung only while the other is not deeper.
     pub fn set_outside_rung(&mut self, rung: usize) {
         self.outside = rung.min(self.ladder.len() - 1);
+    }
+
+    /// Whether the caller is still applying the last change of rung: until it is done, the
+    /// window does not show the rung, so its `settle` decisions have not begun.
+    pub fn set_applying(&mut self, applying: bool) {
+        self.applying = applying;
     }
 
     /// The rung the run is on.
@@ -273,7 +286,7 @@ impl PowerController {
         let l = self.levers;
         let at = self.at();
         let watts = s.watts;
-        self.age += 1;
+        self.age = if self.applying { 0 } else { self.age + 1 };
         if self.recent.len() == p.settle.max(1) {
             self.recent.remove(0);
         }
@@ -292,8 +305,9 @@ impl PowerController {
         // And the joules per token, once the window has seen only this rung and thread count.
         if self.age >= p.settle && s.tokens_per_second > 0.0 {
             let e = (watts - self.idle).max(0.0) / s.tokens_per_second;
-            self.joules[at] = Some(match self.joules[at] {
-                Some((t, old)) if t == l.threads => (t, 0.5 * old + 0.5 * e),
+            self.joules[at] = Some(match (self.joules[at], s.joules_per_token) {
+                (_, Some(long)) => (l.threads, long),
+                (Some((t, old)), None) if t == l.threads => (t, 0.5 * old + 0.5 * e),
                 _ => (l.threads, e),
             });
             if l.threads == 1 {
@@ -352,7 +366,8 @@ impl PowerController {
             if next.rung != l.rung {
                 // Back up a rung: the duty and threads wait.
             } else if l.duty < 1.0 {
-                next.duty = fit.min(l.duty * (1.0 + p.step_up)).max(l.duty).min(1.0);
+                // At most `step_up` more, relatively, or 5 points at low duties.
+                next.duty = fit.min((l.duty * (1.0 + p.step_up)).max(l.duty + 0.05)).max(l.duty).min(1.0);
             } else if l.threads < self.max_threads && self.trial.is_none() {
                 let up = l.threads + 1;
                 let fits = self.active_at(at, up).is_none_or(|a| self.idle + a <= b * (1.0 - p.margin));
@@ -433,7 +448,11 @@ mod tests {
             self.t += 0.1;
             let n = self.samples.len().min(10);
             let last = &self.samples[self.samples.len() - n..];
-            Sample { watts: last.iter().map(|s| s.0).sum::<f64>() / n as f64, tokens_per_second: last.iter().map(|s| s.1).sum::<f64>() / n as f64 }
+            Sample {
+                watts: last.iter().map(|s| s.0).sum::<f64>() / n as f64,
+                tokens_per_second: last.iter().map(|s| s.1).sum::<f64>() / n as f64,
+                joules_per_token: None,
+            }
         }
     }
 
