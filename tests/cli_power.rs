@@ -221,6 +221,8 @@ fn a_replayed_trace_of_other_load_and_a_budget_changed_at_run_time() {
     let held: Vec<f64> = times.iter().copied().filter(|&t| t >= from && t < 12.5).map(watts).collect();
     assert!(held.len() > 10, "too few samples from {from:.2} s: {log:?}");
     assert!(held.iter().all(|&w| w <= 6.0 * 1.08), "over the budget from {from:.2} s: {held:?}\n{stderr}");
+    // One thread at under a third of its speed: a lower rung of views on trial.
+    assert!(stderr.contains("views/KV rung 0 -> ") && stderr.contains("on trial"), "{stderr}");
     let spread = held.iter().fold(f64::MIN, |a, &b| a.max(b)) - held.iter().fold(f64::MAX, |a, &b| a.min(b));
     assert!(spread <= 1.5, "the average swings by {spread:.2} W: {held:?}");
     // Raised: the budget event, and the speed back.
@@ -229,6 +231,44 @@ fn a_replayed_trace_of_other_load_and_a_budget_changed_at_run_time() {
     assert!(after >= 2.0 * before, "{before:.2} -> {after:.2} cores: {}", events.join("\n"));
     let _ = std::fs::remove_file(sensor);
     let _ = std::fs::remove_file(budget);
+}
+
+/// A budget that is never reached: the loop's JSON names the pinned cores and the ladder of
+/// views and KV formats it may use (the memory controller's, fitted to free memory), and
+/// nothing moves.
+#[test]
+fn power_json_names_the_cores_and_the_ladder_of_views() {
+    let _alone = alone();
+    if !have_models() {
+        return;
+    }
+    let m = smollm_q8_profiled();
+    let sensor = scratch().join(format!("watts-json-{}", std::process::id()));
+    write_watts(&sensor, 3.0);
+    let spec = format!("file:{}", sensor.display());
+    let v = greedy_json(&m, "Once upon a time", 8, &["--power", "100W", "--power-sensor", &spec, "-t", "2"]);
+    let p = &v["power_control"];
+    assert!(p["rungs"].as_u64().unwrap() > 1, "{p}");
+    assert_eq!(p["rung"], 0, "{p}");
+    let ladder = v["memory_control"]["ladder"].as_array().unwrap().len() as u64;
+    assert!(p["rungs"].as_u64().unwrap() <= ladder, "{p}");
+    let cores = &p["cores"];
+    assert!(cores["error"].is_null() == cores["pinned"].as_bool().unwrap(), "{cores}");
+    if cores["pinned"].as_bool().unwrap() {
+        assert_eq!(cores["cores"].as_array().unwrap().len(), 2, "{cores}");
+    }
+    assert!(p["events"].as_array().unwrap().is_empty(), "{p}");
+    // Without the memory controller there is no ladder: the loop has its one rung.
+    let v = greedy_json(&m, "Once upon a time", 4, &["--power", "100W", "--power-sensor", &spec, "--no-control"]);
+    assert_eq!(v["power_control"]["rungs"], 1, "{}", v["power_control"]);
+    // A budget file that is not a power: one line naming it.
+    let bad = scratch().join(format!("budget-bad-{}", std::process::id()));
+    std::fs::write(&bad, "lots\n").unwrap();
+    let e = run(["-m", m.to_str().unwrap(), "-p", "Hi", "-n", "2", "--power-sensor", &spec, "--power-budget-file", bad.to_str().unwrap()])
+        .one_line_error();
+    assert!(e.contains("budget-bad") && e.contains("not a power in watts"), "{e}");
+    let _ = std::fs::remove_file(bad);
+    let _ = std::fs::remove_file(sensor);
 }
 
 #[test]
