@@ -479,6 +479,10 @@ mod tests {
         (out, decisions)
     }
 
+    fn speed_of(ts: &[Tick]) -> f64 {
+        ts.iter().map(|t| t.tokens_per_second).sum::<f64>() / ts.len() as f64
+    }
+
     /// The spread of the effort (duty x threads) over `ticks`, as a share of its largest.
     fn effort_spread(ticks: &[Tick]) -> f64 {
         let e: Vec<f64> = ticks.iter().map(|t| t.levers.duty * t.levers.threads as f64).collect();
@@ -558,6 +562,13 @@ mod tests {
         // Faster than duty and threads alone, at the same watts.
         let speed = |ts: &[Tick]| ts.iter().filter(|t| t.t >= 25.0).map(|t| t.tokens_per_second).sum::<f64>() / 50.0;
         assert!(speed(&trace) >= 1.5 * speed(&base), "{} vs {}", speed(&trace), speed(&base));
+        std::eprintln!(
+            "2.4 W: rung {} ({:.2} of the bytes), {:.1} tokens/s against {:.1} with duty and threads alone; decisions: {decisions:?}",
+            last.levers.rung,
+            plant.bytes[last.levers.rung],
+            speed(&trace),
+            speed(&base)
+        );
         // No oscillation: the rung and the effort are still over the last 10 s.
         let late: Vec<Tick> = trace.iter().filter(|t| t.t >= 20.0).copied().collect();
         assert!(late.iter().all(|t| t.levers.rung == last.levers.rung), "{late:?}");
@@ -638,6 +649,15 @@ mod tests {
         let steady = |a: f64, b: f64| -> Vec<Tick> { trace.iter().filter(|t| t.t >= a && t.t < b).copied().collect() };
         let (before, during, after) = (steady(3.0, 6.0), steady(9.0, 14.0), steady(19.0, 24.0));
         assert!(during.iter().all(|t| t.watts <= 6.0 * 1.02), "{during:?}");
+        let worst = trace.iter().filter(|t| t.t >= 6.0 && t.t < 12.0).map(|t| t.watts).fold(0.0, f64::max);
+        let back = trace.iter().filter(|t| t.t >= 6.0 && t.watts > 6.0 * 1.02).map(|t| t.t).fold(0.0, f64::max);
+        std::eprintln!(
+            "replayed step: worst 1 s average {worst:.2} W, over the budget until {back:.1} s; effort spread {:.1}% in 9-14 s; tokens/s {:.1} / {:.1} / {:.1} before / during / after",
+            100.0 * effort_spread(&during),
+            speed_of(&before),
+            speed_of(&during),
+            speed_of(&after)
+        );
         assert!(effort_spread(&during) <= 0.25, "{during:?}");
         let speed = |ts: &[Tick]| ts.iter().map(|t| t.tokens_per_second).sum::<f64>() / ts.len() as f64;
         // The step took speed; its end gave some back.
