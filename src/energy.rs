@@ -25,6 +25,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// `settle`, 5 decisions, is one window and a decision more).
 const DECIDE_EVERY: Duration = Duration::from_millis(250);
 pub const WINDOW: Duration = Duration::from_secs(1);
+/// Tokens a span needs before its joules per token count (a rung's verdict waits for them).
+const MIN_SPAN_TOKENS: usize = 8;
 /// How often `--power-budget-file` is re-read.
 const BUDGET_EVERY: Duration = Duration::from_secs(1);
 
@@ -245,7 +247,7 @@ impl PowerLoop {
         }
         let (t1, j1, n1) = *self.span.get_or_insert((now, joules, self.counted));
         let secs = (now - t1).as_secs_f64();
-        let joules_per_token = (secs >= WINDOW.as_secs_f64() && self.counted > n1).then(|| ((joules - j1) - self.idle * secs).max(0.0) / (self.counted - n1) as f64);
+        let joules_per_token = (secs >= WINDOW.as_secs_f64() && self.counted >= n1 + MIN_SPAN_TOKENS).then(|| ((joules - j1) - self.idle * secs).max(0.0) / (self.counted - n1) as f64);
         let from = self.ctl.levers();
         let Some(d) = self.ctl.observe(Sample { watts, tokens_per_second, joules_per_token }) else { return lines };
         let to = d.levers;

@@ -11,7 +11,8 @@
 //!            (with idle unknown this over-counts active, and each decision corrects it: the
 //!            iteration converges from above)
 //!   J/token above idle, e(rung) = (W - idle) / tokens per second, the same whatever the duty:
-//!            at the budget, tokens/s = (B - idle) / e, so a rung pays when it lowers e
+//!            at the budget, tokens/s = (B - idle) / e, so a rung pays when it lowers e (from
+//!            the caller's longer span where it keeps one: a trial's verdict then waits for it)
 //!
 //! every decision: W (a moving average over the caller's window) against the budget B
 //!   W > B           -> duty = (B·(1 - margin) - idle) / active    (never above the current)
@@ -149,6 +150,8 @@ pub struct PowerController {
     recent: Vec<Levers>,
     /// The caller is still applying the last rung (a move over many rungs takes a token each).
     applying: bool,
+    /// The caller gives joules per token over long spans: a trial waits for one.
+    spans: bool,
     idle: f64,
 }
 
@@ -174,6 +177,7 @@ impl PowerController {
             // The window before the first decision saw the starting levers.
             recent: alloc::vec![Levers { threads: max_threads, duty: 1.0, rung: 0 }; Policy::default().settle],
             applying: false,
+            spans: false,
             idle: idle.max(0.0),
         }
     }
@@ -286,6 +290,7 @@ impl PowerController {
         let l = self.levers;
         let at = self.at();
         let watts = s.watts;
+        self.spans |= s.joules_per_token.is_some();
         self.age = if self.applying { 0 } else { self.age + 1 };
         if self.recent.len() == p.settle.max(1) {
             self.recent.remove(0);
@@ -323,7 +328,8 @@ impl PowerController {
         let mut reason = if watts > b { Reason::Over } else { Reason::Room };
         let mut verdict = None;
         // A rung on trial, once its joules per token are its own: kept, or undone.
-        if let Some(t) = self.trial.filter(|_| self.age >= p.settle) {
+        let evidence = !self.spans || s.joules_per_token.is_some();
+        if let Some(t) = self.trial.filter(|_| self.age >= p.settle && evidence) {
             if let Some((_, after)) = self.joules[at].filter(|(th, _)| *th == l.threads) {
                 self.trial = None;
                 if after <= t.before * (1.0 - p.rung_gain) {
@@ -598,6 +604,29 @@ mod tests {
         assert_eq!(c.deepest(), 0);
         assert!(trace.iter().filter(|t| t.t >= 10.0).all(|t| t.levers.rung == 0), "{trace:?}");
         assert!(trace.iter().filter(|t| t.t >= 2.0).all(|t| t.watts <= 2.4 * 1.02), "{trace:?}");
+    }
+
+    /// A caller that measures joules per token over long spans: the verdict waits for one,
+    /// and is taken from it (here the span says the rung paid, though the window says not).
+    #[test]
+    fn a_trial_waits_for_the_callers_long_span() {
+        let mut plant = Plant::new(0.0);
+        let mut c = PowerController::new(2.4, 4, 2.0).with_ladder(plant.ladder());
+        let mut decisions = Vec::new();
+        for i in 0..200 {
+            let mut s = plant.step(c.levers());
+            if i % 2 == 0 {
+                continue;
+            }
+            // A long span is ready only on every fourth decision, and on the trial's rung it
+            // reads 20% fewer joules than the window's.
+            let e = (s.watts - 2.0) / s.tokens_per_second;
+            s.joules_per_token = (i % 8 == 7).then(|| if c.levers().rung > 0 { 0.8 * e } else { e });
+            decisions.extend(c.observe(s));
+        }
+        let verdicts: Vec<&Decision> = decisions.iter().filter(|d| matches!(d.reason, Reason::RungKept { .. } | Reason::RungUndone { .. })).collect();
+        assert!(!verdicts.is_empty() && verdicts.iter().all(|d| matches!(d.reason, Reason::RungKept { .. })), "{decisions:?}");
+        assert!(c.levers().rung > 0);
     }
 
     #[test]
