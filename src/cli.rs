@@ -185,7 +185,7 @@ fn parse_target_bits(s: &str) -> Result<f64, String> {
 }
 
 /// `10`, `10W`, `7.5 W`: watts, positive.
-fn parse_watts(s: &str) -> Result<f64, String> {
+pub fn parse_watts(s: &str) -> Result<f64, String> {
     let t = s.trim().trim_end_matches(['W', 'w']).trim();
     match t.parse::<f64>() {
         Ok(w) if w.is_finite() && w > 0.0 => Ok(w),
@@ -591,11 +591,19 @@ pub struct GenerateArgs {
     #[arg(long, help_heading = "Memory")]
     pub no_control: bool,
 
-    /// Hold the board's power to WATTS (e.g. 10W; a moving average over 1 s): threads and a
-    /// pause after each token are set by a closed loop on the power sensor's readings; each
-    /// change is a line on stderr and an event in --json. Needs a sensor (see --power-sensor).
+    /// Hold the board's power to WATTS (e.g. 10W; a moving average over 1 s): threads (pinned
+    /// to cores, big ones first), a pause after each token and, with the memory controller's
+    /// ladder, views and KV precision are set by a closed loop on the power sensor's readings;
+    /// each change is a line on stderr and an event in --json. Needs a sensor (see
+    /// --power-sensor).
     #[arg(long, value_name = "WATTS", value_parser = parse_watts, help_heading = "Power")]
     pub power: Option<f64>,
+
+    /// A file holding the power budget (e.g. "10W"), re-read every second while generating, so
+    /// a battery manager or a thermal script can change it at run time; it gives the starting
+    /// budget when --power is not given. A bad or missing file keeps the budget, with a warning.
+    #[arg(long, value_name = "PATH", help_heading = "Power")]
+    pub power_budget_file: Option<std::path::PathBuf>,
 
     /// The power sensor: rapl, ina3221, rpi5, battery, nvml, board (the --board's rails) or
     /// file:PATH (watts or joules in a file, re-read at every sample). Default: the first found;

@@ -12,6 +12,11 @@
 //!
 //! A step to another rung changes what differs: `Model::set_views` (the file ranges no longer
 //! read are released), `set_kv_format`, `set_kv_window`; freed heap is given back at once.
+//!
+//! With `--power`, the power loop moves on the same ladder (its rungs above the window rungs:
+//! views and KV precision) through [`Memory::set_power_floor`]; the run is on the deeper of
+//! the two controllers' rungs, so the memory controller's floor always wins, and this one
+//! owner of the model applies every step, one rung per token either way.
 
 use std::time::{Duration, Instant};
 
@@ -72,12 +77,13 @@ pub struct Event {
 impl Event {
     pub fn line(&self) -> String {
         format!(
-            "edge-run: memory: token {} at {:.2} s: {} ({} room {}): {}; RSS {} -> {} (predicted {} -> {}); {} rungs over {} tokens, {:.1} ms in all, {:.1} ms at most before a token",
+            "edge-run: memory: token {} at {:.2} s: {}: {}; RSS {} -> {} (predicted {} -> {}); {} rungs over {} tokens, {:.1} ms in all, {:.1} ms at most before a token",
             self.token,
             self.seconds,
-            self.cause,
-            self.source,
-            human_bytes(self.room),
+            match self.cause {
+                "power" => "the power loop's rung".to_string(),
+                c => format!("{c} ({} room {})", self.source, human_bytes(self.room)),
+            },
             self.actions.join(", "),
             human_bytes(self.rss_before),
             human_bytes(self.rss_after),
@@ -134,6 +140,9 @@ pub struct Memory {
     /// Time spent reading and deciding (not stepping), for the report.
     pub watch_seconds: f64,
     pub readings: usize,
+    /// The power loop's rung (0: none asked for), and the rung the model is on.
+    power_floor: usize,
+    applied: usize,
 }
 
 /// The weights' plans below `top`, each one unit one view lower than the one before: the unit
@@ -231,7 +240,36 @@ impl Memory {
             events: Vec::new(),
             watch_seconds: 0.0,
             readings: 0,
+            power_floor: 0,
+            applied: 0,
         })
+    }
+
+    /// The rungs the power loop may move on (views and KV precision; not the windows, which
+    /// cost context rather than bytes per token): their predicted bytes.
+    pub fn power_ladder(&self) -> Vec<u64> {
+        self.ladder.iter().take_while(|r| r.window.is_none()).map(|r| r.bytes).collect()
+    }
+
+    /// The power loop asks for rung `rung` at least; the move goes one rung per token from the
+    /// next [`Memory::tick`]. The memory controller's own rung wins where it is deeper.
+    pub fn set_power_floor(&mut self, rung: usize) {
+        self.power_floor = rung.min(self.ladder.len() - 1);
+    }
+
+    /// Whether a move is still under way (or about to start for the power loop's rung).
+    pub fn moving(&self) -> bool {
+        self.pending.is_some() || self.policy.rung().max(self.power_floor) != self.applied
+    }
+
+    /// The memory controller's own rung (without the power loop's).
+    pub fn memory_rung(&self) -> usize {
+        self.policy.rung()
+    }
+
+    /// Rung `i` in words (weights' bits per weight, KV formats, window).
+    pub fn rung_state(&self, p: &Planner, i: usize) -> String {
+        self.state(p, &self.ladder[i.min(self.ladder.len() - 1)])
     }
 
     /// The ladder in lines for stderr.
@@ -282,6 +320,13 @@ impl Memory {
     /// every [`READ_EVERY`]) and start the move the policy decides. Returns the event of a move
     /// that has just completed.
     pub fn tick<'a>(&mut self, token: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<Option<&Event>> {
+        let want = self.policy.rung().max(self.power_floor);
+        if self.pending.is_none() && want != self.applied {
+            // The power loop's rung moved: the model goes to the deeper of the two.
+            let d = Decision { from: self.applied, to: want, cause: edge_runtime::control::Cause::Power };
+            let rss = crate::stats::rss_bytes().unwrap_or(0);
+            self.pending = Some(Move { d, token, source: "power", room: 0, rss_before: rss, at: d.from, ticks: 0, freed: 0, seconds: 0.0, longest: 0.0 });
+        }
         if self.pending.is_none() {
             let now = Instant::now();
             if self.last_read.is_some_and(|t| now - t < READ_EVERY) {
@@ -297,6 +342,11 @@ impl Memory {
             let decision = self.policy.observe(token, PolicyReading { room, pressure: reading.pressure });
             self.watch_seconds += now.elapsed().as_secs_f64();
             let Some(d) = decision else { return Ok(None) };
+            // The power loop's rung holds the model at least that deep.
+            let d = Decision { from: self.applied, to: d.to.max(self.power_floor), ..d };
+            if d.from == d.to {
+                return Ok(None);
+            }
             let source = if d.cause == edge_runtime::control::Cause::Pressure { "PSI" } else { source };
             self.pending = Some(Move { d, token, source, room, rss_before: reading.rss, at: d.from, ticks: 0, freed: 0, seconds: 0.0, longest: 0.0 });
         }
@@ -308,6 +358,7 @@ impl Memory {
         m.seconds += dt;
         m.longest = m.longest.max(dt);
         m.at = next;
+        self.applied = next;
         m.ticks += 1;
         if m.at != m.d.to {
             self.pending = Some(m);

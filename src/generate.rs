@@ -287,9 +287,22 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     };
     memory::trim_heap();
     let mut model = loaded.model(ctx, batch, kv)?;
-    let meter = energy::meter(args.power_sensor.as_deref(), board, args.power.is_some())?;
-    let mut power_loop = match (args.power, &meter) {
-        (Some(w), Some(m)) => Some(energy::PowerLoop::new(w, m)),
+    let power_watts = match (args.power, &args.power_budget_file) {
+        (Some(w), _) => Some(w),
+        (None, Some(f)) => Some(energy::read_budget(f)?),
+        (None, None) => None,
+    };
+    let meter = energy::meter(args.power_sensor.as_deref(), board, power_watts.is_some())?;
+    let mut power_loop = match (power_watts, &meter) {
+        (Some(w), Some(m)) => {
+            // The views and KV precision are a lever where the memory controller has a ladder.
+            let ladder = control.as_ref().map(controller::Memory::power_ladder).unwrap_or_default();
+            let p = energy::PowerLoop::new(w, m, ladder, args.power_budget_file.clone(), board);
+            if let Some(e) = &p.pinning.error {
+                eprintln!("edge-run: warning: {}; the power loop goes on unpinned", p.pinning.describe().replace(&format!("({e})"), e));
+            }
+            Some(p)
+        }
         _ => None,
     };
     let weight_bytes = footprint.weight_bytes as usize;
@@ -352,8 +365,14 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     if let (Some(m), false) = (&meter, quiet) {
         let hold = power_loop
             .as_ref()
-            .zip(args.power)
-            .map(|(p, w)| format!("; holding {w:.2} W (a {:.0} s average; {:.2} W at rest)", energy::WINDOW.as_secs_f64(), p.idle()))
+            .zip(power_watts)
+            .map(|(p, w)| {
+                let views = match p.rungs() {
+                    1 => "views/KV: the run's own (no ladder: needs a profiled checkpoint and the memory controller)".to_string(),
+                    n => format!("views/KV: {n} rungs of the memory controller's ladder"),
+                };
+                format!("; holding {w:.2} W (a {:.0} s average; {:.2} W at rest); {}; {views}", energy::WINDOW.as_secs_f64(), p.idle(), p.pinning.describe())
+            })
             .unwrap_or_default();
         eprintln!("edge-run: power sensor: {}{hold}", m.sensor_name());
     }
@@ -407,18 +426,29 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                 }
             }
             if let (Some(p), Some(m)) = (power_loop.as_mut(), meter.as_ref()) {
-                if let Some(e) = p.before(pos, m) {
-                    eprintln!("{}", e.line());
+                let memory = control.as_mut().zip(chosen.as_ref()).map(|(c, ch)| (c, &ch.planner));
+                for line in p.before(pos, m, memory) {
+                    eprintln!("{line}");
                 }
             }
             let t_token = Instant::now();
             let logits = model.forward(next, pos)?;
-            if let Some(p) = power_loop.as_mut() {
-                p.after(t_token.elapsed());
-            }
+            let compute = t_token.elapsed();
             pos += 1;
             decode_tokens += 1;
             next = sampler.sample(logits);
+            if let Some(p) = power_loop.as_mut() {
+                // A move of the views goes on before the pause, rungs counted in the duty.
+                p.after(compute, || match (control.as_mut(), chosen.as_ref()) {
+                    (Some(m), Some(c)) if m.moving() => {
+                        if let Some(e) = m.tick(pos, &mut model, ck, &file, &c.planner)? {
+                            eprintln!("{}", e.line());
+                        }
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                })?;
+            }
         }
     };
     let decode_s = t_decode.elapsed().as_secs_f64();

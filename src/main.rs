@@ -14,6 +14,7 @@ mod inspect;
 mod sweep;
 
 // What the commands share.
+mod affinity;
 mod board;
 mod cli;
 mod controller;

@@ -61,6 +61,9 @@ pub enum Cause {
     Pressure,
     /// The room is above `high` again.
     Recovered,
+    /// The power controller asked for a deeper rung (or let go of one); the caller applies the
+    /// deeper of the two controllers' rungs.
+    Power,
 }
 
 impl Cause {
@@ -69,6 +72,7 @@ impl Cause {
             Cause::LowMemory => "low-memory",
             Cause::Pressure => "pressure",
             Cause::Recovered => "recovered",
+            Cause::Power => "power",
         }
     }
 }

@@ -51,6 +51,9 @@ pub const MAX_THREADS: usize = 1 << 15;
 struct Worker {
     thread: Thread,
     sleeping: Arc<AtomicBool>,
+    /// For pinning it to a core (see [`worker_handles`]).
+    #[cfg(unix)]
+    pthread: std::os::unix::thread::RawPthread,
 }
 
 /// What the caller of a job holds (the lock): the workers and the sequence of the last job.
@@ -222,10 +225,26 @@ fn grow(roster: &mut Roster, want: usize) {
         let sleeping = Arc::new(AtomicBool::new(false));
         let flag = sleeping.clone();
         match thread::Builder::new().name(format!("edge-pool-{index}")).spawn(move || worker_loop(index, flag)) {
-            Ok(h) => roster.workers.push(Worker { thread: h.thread().clone(), sleeping }),
+            Ok(h) => roster.workers.push(Worker {
+                thread: h.thread().clone(),
+                sleeping,
+                #[cfg(unix)]
+                pthread: std::os::unix::thread::JoinHandleExt::as_pthread_t(&h),
+            }),
             Err(_) => break,
         }
     }
+}
+
+/// The POSIX thread handles of workers 1..=`want` (spawned now if they were not yet; fewer if
+/// the OS refuses threads), in the order jobs use them: a job on `t` threads runs on the caller
+/// and workers 1..t. For the binary to pin them to cores; the workers live until the process
+/// exits, so the handles stay valid.
+#[cfg(unix)]
+pub fn worker_handles(want: usize) -> Vec<std::os::unix::thread::RawPthread> {
+    let mut roster = POOL.roster.lock().unwrap_or_else(|e| e.into_inner());
+    grow(&mut roster, want.min(MAX_THREADS - 1));
+    roster.workers.iter().take(want).map(|w| w.pthread).collect()
 }
 
 /// Workers spawned so far (the calling thread is not counted).
