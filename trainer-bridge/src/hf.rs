@@ -91,7 +91,14 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
     if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
         bail!("'{}' sets use_sliding_window: sliding-window attention is not supported for {}", path.display(), arch.name);
     }
-    let rope_scaling = crate::rope_scaling::from_hf(cfg.get("rope_scaling"), &format!("'{}'", path.display()))?;
+    if let Some(t) = cfg.get("layer_types").and_then(Value::as_array).and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
+        bail!("'{}' has a layer of type {t}: edge-run runs full-attention layers only", path.display());
+    }
+    // transformers 5 writes `rope_parameters` (theta and scaling together); older files (the
+    // Hub's) `rope_theta` and `rope_scaling`.
+    let rope_parameters = cfg.get("rope_parameters").filter(|v| !v.is_null());
+    let rope_scaling =
+        crate::rope_scaling::from_hf(cfg.get("rope_scaling").filter(|v| !v.is_null()).or(rope_parameters), &format!("'{}'", path.display()))?;
     if rope_scaling.is_some() && !arch.has(Kind::RopeFreqs) {
         bail!("'{}' sets a llama3 rope_scaling, which edge-run does not implement for {}", path.display(), arch.name);
     }
@@ -145,7 +152,14 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         vocab_size: need("vocab_size")?,
         max_seq_len: u("max_position_embeddings")?.unwrap_or(2048),
         norm_eps: f("rms_norm_eps", 1e-6)?,
-        rope_theta: f("rope_theta", 10000.0)?,
+        rope_theta: match rope_parameters.and_then(|p| p.get("rope_theta")) {
+            Some(t) if cfg.get("rope_theta").is_none() => t
+                .as_f64()
+                .map(|x| x as f32)
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| anyhow!("'{}': rope_parameters 'rope_theta' = {t} is not a positive number", path.display()))?,
+            _ => f("rope_theta", 10000.0)?,
+        },
         tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         rope_freq_factors: rope_scaling.is_some(),
     };
