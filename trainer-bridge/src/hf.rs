@@ -91,14 +91,15 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
     if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
         bail!("'{}' sets use_sliding_window: sliding-window attention is not supported for {}", path.display(), arch.name);
     }
-    if let Some(t) = cfg.get("layer_types").and_then(Value::as_array).and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
+    let layer_types = cfg.get("layer_types").and_then(Value::as_array);
+    if let Some(t) = layer_types.and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
         bail!("'{}' has a layer of type {t}: edge-run runs full-attention layers only", path.display());
     }
     // transformers 5 writes `rope_parameters` (theta and scaling together); older files (the
     // Hub's) `rope_theta` and `rope_scaling`.
     let rope_parameters = cfg.get("rope_parameters").filter(|v| !v.is_null());
-    let rope_scaling =
-        crate::rope_scaling::from_hf(cfg.get("rope_scaling").filter(|v| !v.is_null()).or(rope_parameters), &format!("'{}'", path.display()))?;
+    let scaling = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(rope_parameters);
+    let rope_scaling = crate::rope_scaling::from_hf(scaling, &format!("'{}'", path.display()))?;
     if rope_scaling.is_some() && !arch.has(Kind::RopeFreqs) {
         bail!("'{}' sets a llama3 rope_scaling, which edge-run does not implement for {}", path.display(), arch.name);
     }
