@@ -383,6 +383,7 @@ mod tests {
             norm_eps: 1e-5,
             rope_theta: 100000.0,
             tied_embeddings: true,
+            rope_freq_factors: false,
         }
     }
 

@@ -1,10 +1,11 @@
 //! Hugging Face folder reader: `config.json`, `model.safetensors` (or sharded with
-//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`.
+//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`. The
+//! architecture is the one whose class (`LlamaForCausalLM`, `Qwen2ForCausalLM`) the config names.
 //!
-//! Hugging Face stores the q and k projections with their rows permuted for the "rotate half"
-//! RoPE formulation; they are un-permuted here to the interleaved order every other source
-//! (and the runtime) uses: for head `h`, interleaved row `h*hd + 2*i + p` is HF row
-//! `h*hd + p*(hd/2) + i` (`p` in {0, 1}, `i < hd/2`).
+//! Hugging Face stores the q and k projections (and their biases) with their rows permuted for
+//! the "rotate half" RoPE formulation; they are un-permuted here to the interleaved order every
+//! other source (and the runtime) uses ([`unpermute_rotary`]). A Llama 3 `rope_scaling` becomes
+//! the per-frequency divisors `rope_freqs.weight`, computed here once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use edge_runtime::Config;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+pub use crate::source::unpermute_rotary;
 use crate::source::{SourceModel, SourceTensor};
 
 fn parse_tokenizer(text: &str) -> anyhow::Result<tokenizers::Tokenizer> {
@@ -47,6 +49,8 @@ fn token_text(v: Option<&Value>) -> Option<&str> {
 struct HfConfig {
     arch: &'static Arch,
     config: Config,
+    /// Llama 3 scaling's per-frequency RoPE divisors.
+    rope_freqs: Option<Vec<f32>>,
     bos: Option<u32>,
     eos: Option<u32>,
     name: Option<String>,
@@ -60,17 +64,20 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let model_type = cfg.get("model_type").and_then(Value::as_str);
-    match (arch.as_deref(), model_type) {
-        (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => {}
-        (Some(a), _) | (None, Some(a)) => bail!(
-            "unsupported architecture '{a}' in '{}': edge-pack reads Llama-family models (LlamaForCausalLM)",
-            path.display()
-        ),
+    let classes = || arch::ARCHS.iter().flat_map(|a| a.hf_classes.iter().copied()).collect::<Vec<_>>().join(", ");
+    let found = match (arch.as_deref(), model_type) {
+        (Some(c), _) => arch::ARCHS.iter().copied().find(|a| a.hf_classes.contains(&c)),
+        (None, Some(t)) => arch::ARCHS.iter().copied().find(|a| a.hf_model_type == t),
         (None, None) => bail!(
-            "'{}' names no architecture (no 'architectures' or 'model_type'): edge-pack reads Llama-family models (LlamaForCausalLM)",
-            path.display()
+            "'{}' names no architecture (no 'architectures' or 'model_type'): edge-pack reads {}",
+            path.display(),
+            classes()
         ),
-    }
+    };
+    let Some(arch) = found else {
+        let a = arch.as_deref().or(model_type).unwrap_or("?");
+        bail!("unsupported architecture '{a}' in '{}': edge-pack reads {}", path.display(), classes());
+    };
     if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
         if act != "silu" {
             bail!("unsupported activation '{act}' in '{}': edge-pack runs SwiGLU (silu) models", path.display());
@@ -81,12 +88,20 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
             bail!("'{}' sets {key}: models with bias terms are not supported", path.display());
         }
     }
-    if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
-        let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
-        bail!(
-            "'{}' sets rope_scaling (type '{kind}'), which edge-run does not implement; the model would run with wrong positions",
-            path.display()
-        );
+    if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        bail!("'{}' sets use_sliding_window: sliding-window attention is not supported for {}", path.display(), arch.name);
+    }
+    let layer_types = cfg.get("layer_types").and_then(Value::as_array);
+    if let Some(t) = layer_types.and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
+        bail!("'{}' has a layer of type {t}: edge-run runs full-attention layers only", path.display());
+    }
+    // transformers 5 writes `rope_parameters` (theta and scaling together); older files (the
+    // Hub's) `rope_theta` and `rope_scaling`.
+    let rope_parameters = cfg.get("rope_parameters").filter(|v| !v.is_null());
+    let scaling = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(rope_parameters);
+    let rope_scaling = crate::rope_scaling::from_hf(scaling, &format!("'{}'", path.display()))?;
+    if rope_scaling.is_some() && !arch.has(Kind::RopeFreqs) {
+        bail!("'{}' sets a llama3 rope_scaling, which edge-run does not implement for {}", path.display(), arch.name);
     }
     let u = |key: &str| -> anyhow::Result<Option<usize>> {
         match cfg.get(key) {
@@ -138,9 +153,18 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         vocab_size: need("vocab_size")?,
         max_seq_len: u("max_position_embeddings")?.unwrap_or(2048),
         norm_eps: f("rms_norm_eps", 1e-6)?,
-        rope_theta: f("rope_theta", 10000.0)?,
+        rope_theta: match rope_parameters.and_then(|p| p.get("rope_theta")) {
+            Some(t) if cfg.get("rope_theta").is_none() => t
+                .as_f64()
+                .map(|x| x as f32)
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| anyhow!("'{}': rope_parameters 'rope_theta' = {t} is not a positive number", path.display()))?,
+            _ => f("rope_theta", 10000.0)?,
+        },
         tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        rope_freq_factors: rope_scaling.is_some(),
     };
+    let rope_freqs = rope_scaling.map(|p| p.freq_factors(config.rope_theta as f64, head_dim));
     // `_name_or_path` is a hub id or a local path; its last component names the model.
     let name = cfg
         .get("_name_or_path")
@@ -149,7 +173,7 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
     let (bos, eos) = (token_id(cfg.get("bos_token_id")), token_id(cfg.get("eos_token_id")));
-    Ok(HfConfig { arch: &arch::LLAMA, config, bos, eos, name })
+    Ok(HfConfig { arch, config, rope_freqs, bos, eos, name })
 }
 
 /// Where a Hugging Face tensor goes.
@@ -168,22 +192,6 @@ fn map_name(arch: &Arch, hf: &str) -> Option<Mapped> {
     }
     let (layer, part) = hf.strip_prefix("model.").unwrap_or(hf).strip_prefix("layers.")?.split_once('.')?;
     (layer.parse::<usize>().is_ok() && part == ROTARY_INV_FREQ).then_some(Mapped::Ignored)
-}
-
-/// Reorder the rows of a q or k projection from rotate-half to interleaved order.
-pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for p in 0..2 {
-                let dst = h * head_dim + 2 * i + p;
-                let src = h * head_dim + p * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
 }
 
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
@@ -237,11 +245,11 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     bail!("'{}' has no model.safetensors or model.safetensors.index.json", dir.display())
 }
 
-/// Read a Hugging Face Llama folder. `tokenizer` overrides the folder's `tokenizer.json`.
+/// Read a Hugging Face model folder. `tokenizer` overrides the folder's `tokenizer.json`.
 pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
     let config_path = dir.join("config.json");
     let cfg = read_json(&config_path)?;
-    let HfConfig { arch, mut config, bos, eos, name } = parse_config(&config_path, &cfg)?;
+    let HfConfig { arch, mut config, rope_freqs, bos, eos, name } = parse_config(&config_path, &cfg)?;
 
     let mut found: BTreeMap<String, SourceTensor> = BTreeMap::new();
     for file in weight_files(dir)? {
@@ -256,8 +264,9 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
                 Some(Mapped::Canonical(c)) => c,
                 Some(Mapped::Ignored) => continue,
                 None => bail!(
-                    "'{}' holds tensor '{hf_name}', which a Llama model does not have; is this a Llama variant edge-pack does not support?",
-                    file.display()
+                    "'{}' holds tensor '{hf_name}', which a {} model does not have; is this a variant edge-pack does not support?",
+                    file.display(),
+                    arch.name
                 ),
             };
             let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
@@ -276,22 +285,9 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
         config.tied_embeddings = true;
     }
 
-    // Un-permute q and k rows (rotate-half -> interleaved).
-    for l in 0..config.n_layers {
-        for (kind, heads) in [(Kind::AttnQ, config.n_heads), (Kind::AttnK, config.n_kv_heads)] {
-            let name = arch::tensor_name(kind, Some(l));
-            if let Some(t) = found.get_mut(&name) {
-                let rows = (heads * config.head_dim) as u64;
-                if t.shape.len() != 2 || t.shape[0] != rows {
-                    bail!(
-                        "tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {})",
-                        t.shape,
-                        config.head_dim
-                    );
-                }
-                t.data = unpermute_rotary(&t.data, heads, config.head_dim, t.shape[1] as usize);
-            }
-        }
+    if let Some(f) = rope_freqs {
+        let name = arch::tensor_name(Kind::RopeFreqs, None);
+        found.insert(name.clone(), SourceTensor { name, shape: vec![f.len() as u64], data: f });
     }
 
     // Order the tensors canonically; missing, extra or misshapen ones are errors.
@@ -307,6 +303,8 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     if let Some(extra) = found.keys().next() {
         bail!("'{}' has tensor '{extra}' beyond the {} layers its config declares", dir.display(), config.n_layers);
     }
+    // Rotate-half q and k rows (and biases) -> interleaved.
+    crate::source::interleave_qk(&mut tensors, &config)?;
 
     // Tokenizer, chat template, special tokens.
     let tok_path = match tokenizer {

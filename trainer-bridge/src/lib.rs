@@ -12,7 +12,7 @@
 //! gguf  hf  llama2c                importers: one format -> SourceModel
 //! calibrate  sensitivity           GPTQ's tokens, Hessians and codes; the per-unit KL profile
 //! sentencepiece                    a tokenizer.model read as GGUF-style vocabulary fields
-//! source  tokenizer  quant  threads
+//! source  tokenizer  quant  threads  rope_scaling
 //! ```
 //! The importers know nothing of calibration or packing; calibration and the profile know
 //! nothing of the sources.
@@ -23,6 +23,7 @@ pub mod hf;
 pub mod llama2c;
 pub mod pack;
 pub mod quant;
+pub mod rope_scaling;
 pub mod sensitivity;
 pub mod sentencepiece;
 pub mod source;

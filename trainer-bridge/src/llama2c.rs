@@ -188,6 +188,7 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
             Kind::FfnDown => w2,
             Kind::OutputNorm => rms_final,
             Kind::Output => wcls?,
+            Kind::AttnQBias | Kind::AttnKBias | Kind::AttnVBias | Kind::RopeFreqs => return None,
         })
     };
 
@@ -203,6 +204,7 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embeddings: h.shared_classifier,
+        rope_freq_factors: false,
     };
     let arch = &arch::LLAMA;
     // Each tensor of the architecture is its layer's slice of its kind's block.

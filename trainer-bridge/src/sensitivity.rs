@@ -297,6 +297,7 @@ mod tests {
             norm_eps: 1e-5,
             rope_theta: 1e4,
             tied_embeddings: tied,
+            rope_freq_factors: false,
         }
     }
 

@@ -6,10 +6,16 @@
 //! ([`crate::plan`]), and the calibration sites ([`Site`]). Adding an architecture means adding
 //! one file here (its [`Arch`]) plus its differences in the forward pass.
 //!
-//! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`.
+//! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`
+//! (a bias kind's name ends in `.bias`, and is the whole name: `blk.{l}.attn_q.bias`).
+//!
+//! What an architecture's forward pass does differently is read from its tensors where they
+//! say it (a bias is added when the architecture lists one) and from [`Arch`]'s fields where
+//! they cannot (the order its GGUF files store q/k rows in).
 
 pub mod config;
 mod llama;
+mod qwen2;
 
 use alloc::format;
 use alloc::string::String;
@@ -19,9 +25,15 @@ pub use config::Config;
 use crate::error::{Error, Result};
 
 pub use llama::LLAMA;
+pub use qwen2::QWEN2;
 
 /// Every architecture this build runs.
-pub const ARCHS: &[&Arch] = &[&LLAMA];
+pub const ARCHS: &[&Arch] = &[&LLAMA, &QWEN2];
+
+/// The names of [`ARCHS`], for error messages (`llama, qwen2`).
+pub fn names() -> String {
+    ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+}
 
 /// The architecture named `name` (a checkpoint's `general.architecture`).
 pub fn by_name(name: &str) -> Result<&'static Arch> {
@@ -46,6 +58,8 @@ pub enum Dim {
     /// All key/value heads (`n_kv_heads * head_dim`).
     Kv,
     Vocab,
+    /// Half a head: one per rotated pair (RoPE's frequencies).
+    HalfHead,
 }
 
 impl Dim {
@@ -56,6 +70,7 @@ impl Dim {
             Dim::Q => c.q_dim(),
             Dim::Kv => c.kv_dim(),
             Dim::Vocab => c.vocab_size,
+            Dim::HalfHead => c.head_dim / 2,
         }
     }
 }
@@ -75,13 +90,19 @@ pub enum Kind {
     FfnDown,
     OutputNorm,
     Output,
+    AttnQBias,
+    AttnKBias,
+    AttnVBias,
+    /// Per-frequency RoPE divisors (Llama 3 scaling; GGUF's `rope_freqs.weight`).
+    RopeFreqs,
 }
 
 impl Kind {
     /// How many kinds there are (the length of a per-kind table).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 16;
 
-    /// The kind's part of a tensor name (`attn_q`); also the plan key naming every layer's.
+    /// The kind's part of a tensor name (`attn_q`, `attn_q.bias`); for a matrix, also the plan
+    /// key naming every layer's.
     pub const fn name(self) -> &'static str {
         match self {
             Kind::TokenEmbd => "token_embd",
@@ -96,7 +117,16 @@ impl Kind {
             Kind::FfnDown => "ffn_down",
             Kind::OutputNorm => "output_norm",
             Kind::Output => "output",
+            Kind::AttnQBias => "attn_q.bias",
+            Kind::AttnKBias => "attn_k.bias",
+            Kind::AttnVBias => "attn_v.bias",
+            Kind::RopeFreqs => "rope_freqs",
         }
+    }
+
+    /// A bias: its name is the whole tensor name's end (`attn_q.bias`, no `.weight`).
+    pub const fn is_bias(self) -> bool {
+        matches!(self, Kind::AttnQBias | Kind::AttnKBias | Kind::AttnVBias)
     }
 
     /// Slot in a per-kind table.
@@ -112,6 +142,11 @@ pub enum Role {
     Embedding,
     /// RMSNorm weights: f32 vectors, never viewed.
     Norm,
+    /// A linear layer's bias, added to its output: an f32 vector, never viewed.
+    Bias,
+    /// Per-frequency RoPE divisors ([`Kind::RopeFreqs`]): an f32 vector, never viewed, stored
+    /// only when the config says so ([`Config::rope_freq_factors`]).
+    RopeFreqs,
     /// A linear layer `out = W x`: a matrix that takes views.
     Linear,
     /// The output head (absent when tied to the embedding): a matrix that takes views.
@@ -157,9 +192,10 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    /// A matrix whose view (bit width) a plan chooses.
+    /// A matrix whose view (bit width) a plan chooses; everything else is a small f32 vector
+    /// (norms, biases, RoPE factors), stored as is and never in a plan or a profile's units.
     pub fn takes_views(&self) -> bool {
-        self.role != Role::Norm
+        matches!(self.role, Role::Embedding | Role::Linear | Role::Head)
     }
 
     pub fn shape(&self, c: &Config) -> Vec<u64> {
@@ -177,11 +213,30 @@ pub struct Tensor {
     pub spec: &'static TensorSpec,
 }
 
+/// The order of the rows of a q or k projection within each head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkOrder {
+    /// Adjacent pairs `(2i, 2i+1)` rotate together: the runtime's order (llama.cpp's "NORM").
+    Interleaved,
+    /// Rows `i` and `i + head_dim/2` rotate together: Hugging Face's "rotate half" (llama.cpp's
+    /// "NEOX"); importers permute such rows (and their biases) to [`QkOrder::Interleaved`].
+    RotateHalf,
+}
+
 /// An architecture: its name and its tensors, in file order.
 #[derive(Debug)]
 pub struct Arch {
     /// `general.architecture` of its checkpoints (and of GGUF files).
     pub name: &'static str,
+    /// The `architectures` class names of its Hugging Face `config.json` (`LlamaForCausalLM`);
+    /// the first is this architecture's `model_type`-less default.
+    pub hf_classes: &'static [&'static str],
+    /// Its Hugging Face `model_type` (`llama`).
+    pub hf_model_type: &'static str,
+    /// The order its GGUF files store q/k rows in: llama.cpp's converter permutes Llama's to
+    /// interleaved pairs and leaves the NEOX-RoPE architectures' (Qwen2, Gemma) as Hugging Face
+    /// stores them.
+    pub gguf_qk_order: QkOrder,
     /// Global tensors stored before the layers.
     pub pre: &'static [TensorSpec],
     /// Every layer's tensors.
@@ -193,9 +248,19 @@ pub struct Arch {
 
 /// The name of tensor `kind` at `layer` (or of the global one).
 pub fn tensor_name(kind: Kind, layer: Option<usize>) -> String {
+    let suffix = if kind.is_bias() { "" } else { ".weight" };
     match layer {
-        Some(l) => format!("blk.{l}.{}.weight", kind.name()),
-        None => format!("{}.weight", kind.name()),
+        Some(l) => format!("blk.{l}.{}{suffix}", kind.name()),
+        None => format!("{}{suffix}", kind.name()),
+    }
+}
+
+/// Whether config `c` stores the tensor `spec` (a tied head and absent RoPE factors are not).
+fn stored(spec: &TensorSpec, c: &Config) -> bool {
+    match spec.role {
+        Role::Head => !c.tied_embeddings,
+        Role::RopeFreqs => c.rope_freq_factors,
+        _ => true,
     }
 }
 
@@ -209,12 +274,17 @@ impl Arch {
             spec,
         };
         let mut out = Vec::with_capacity(self.pre.len() + c.n_layers * self.layer.len() + self.post.len());
-        out.extend(self.pre.iter().map(|s| place(s, None)));
+        out.extend(self.pre.iter().filter(|s| stored(s, c)).map(|s| place(s, None)));
         for l in 0..c.n_layers {
             out.extend(self.layer.iter().map(|s| place(s, Some(l))));
         }
-        out.extend(self.post.iter().filter(|s| !(c.tied_embeddings && s.role == Role::Head)).map(|s| place(s, None)));
+        out.extend(self.post.iter().filter(|s| stored(s, c)).map(|s| place(s, None)));
         out
+    }
+
+    /// Whether this architecture has tensors of `kind`.
+    pub fn has(&self, kind: Kind) -> bool {
+        self.pre.iter().chain(self.layer).chain(self.post).any(|s| s.kind == kind)
     }
 
     /// The tensors that take views (matrices), in file order.
@@ -225,13 +295,12 @@ impl Arch {
     /// The layer and spec of tensor `name` (`blk.3.ffn_up.weight`, `token_embd.weight`), if
     /// this architecture has it.
     pub fn locate(&self, name: &str) -> Option<(Option<usize>, &'static TensorSpec)> {
-        let stem = name.strip_suffix(".weight").unwrap_or(name);
-        let (layer, kind, specs) = match stem.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        let (layer, part, specs) = match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
             Some((l, k)) => (Some(l.parse::<usize>().ok()?), k, self.layer),
-            None => (None, stem, self.pre),
+            None => (None, name, self.pre),
         };
         let globals = if layer.is_none() { self.post } else { &[] };
-        specs.iter().chain(globals).find(|s| s.kind.name() == kind).map(|s| (layer, s))
+        specs.iter().chain(globals).find(|s| tensor_name(s.kind, None) == part).map(|s| (layer, s))
     }
 
     /// The canonical name of Hugging Face tensor `hf` (`model.layers.3.mlp.up_proj.weight` ->
@@ -257,7 +326,7 @@ impl Arch {
     pub fn plan_units(&self, c: &Config) -> Vec<String> {
         let mut u: Vec<String> = (0..c.n_layers).map(|l| format!("blk.{l}")).collect();
         for s in self.pre.iter().chain(self.post) {
-            if s.takes_views() && !(c.tied_embeddings && s.role == Role::Head) {
+            if s.takes_views() && stored(s, c) {
                 u.push(String::from(s.kind.name()));
             }
         }
@@ -271,7 +340,7 @@ impl Arch {
             .iter()
             .chain(self.pre)
             .chain(self.post)
-            .filter(|s| s.takes_views() && !(c.tied_embeddings && s.role == Role::Head))
+            .filter(|s| s.takes_views() && stored(s, c))
             .map(|s| s.kind.name())
             .collect();
         format!(
@@ -327,5 +396,39 @@ mod tests {
         for (i, k) in LLAMA.pre.iter().chain(LLAMA.layer).chain(LLAMA.post).map(|s| s.kind).enumerate() {
             assert!(k.index() < Kind::COUNT, "{i}");
         }
+    }
+
+    #[test]
+    fn qwen2_biases_are_vectors_not_units() {
+        let c = config(false);
+        let t = QWEN2.tensors(&c);
+        assert_eq!(t.len(), 1 + 2 * 12 + 2);
+        assert_eq!(t[2].name, "blk.0.attn_q.weight");
+        assert_eq!((t[3].name.as_str(), t[3].shape.as_slice()), ("blk.0.attn_q.bias", &[64u64][..]));
+        assert_eq!((t[5].name.as_str(), t[5].shape.as_slice()), ("blk.0.attn_k.bias", &[32u64][..]));
+        assert_eq!(QWEN2.matrices(&c).len(), LLAMA.matrices(&c).len());
+        assert_eq!(QWEN2.plan_units(&c), LLAMA.plan_units(&c));
+        assert!(!QWEN2.plan_keys_hint(&c).contains("bias"));
+        let (l, s) = QWEN2.locate("blk.1.attn_v.bias").unwrap();
+        assert_eq!((l, s.kind, s.role, s.site), (Some(1), Kind::AttnVBias, Role::Bias, None));
+        assert_eq!(QWEN2.locate("blk.1.attn_v.weight").unwrap().1.kind, Kind::AttnV);
+        assert!(QWEN2.locate("blk.1.attn_v.bias.weight").is_none() && QWEN2.locate("blk.1.attn_output.bias").is_none());
+        assert!(LLAMA.locate("blk.0.attn_q.bias").is_none());
+        assert_eq!(QWEN2.from_hf("model.layers.2.self_attn.k_proj.bias").as_deref(), Some("blk.2.attn_k.bias"));
+        assert_eq!(QWEN2.consumers(Site::AttnIn), [Kind::AttnQ, Kind::AttnK, Kind::AttnV]);
+        assert_eq!((QWEN2.gguf_qk_order, LLAMA.gguf_qk_order), (QkOrder::RotateHalf, QkOrder::Interleaved));
+        assert!(by_name("qwen2").is_ok() && QWEN2.has(Kind::AttnQBias) && !LLAMA.has(Kind::AttnQBias));
+    }
+
+    #[test]
+    fn rope_factors_are_stored_only_when_the_config_says() {
+        let mut c = config(false);
+        assert!(!LLAMA.tensors(&c).iter().any(|t| t.spec.kind == Kind::RopeFreqs));
+        c.rope_freq_factors = true;
+        let t = LLAMA.tensors(&c);
+        assert_eq!((t[1].name.as_str(), t[1].shape.as_slice()), ("rope_freqs.weight", &[8u64][..]));
+        assert!(!t[1].spec.takes_views());
+        assert_eq!(LLAMA.plan_units(&c), ["blk.0", "blk.1", "token_embd", "output"]);
+        assert_eq!(LLAMA.locate("rope_freqs.weight").unwrap().1.kind, Kind::RopeFreqs);
     }
 }
