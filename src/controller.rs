@@ -392,12 +392,13 @@ impl<'a> Memory<'a> {
     /// A unit's change holds its old and new copies together while the new one is made (over
     /// several tokens for a large unit), which the ladder's rungs do not count. A step down is
     /// taken because memory is short, so it makes room before the large copies: the KV cache's
-    /// changes first (they free memory and copy one layer at a time), then the units smallest
-    /// first, the largest (SmolLM2's embedding, a quarter of the weights) last, once the others
-    /// have freed theirs. A step up (taken with room to spare) changes the largest unit first,
-    /// while the state is smallest. The predicted peak is reported with the move. When the
-    /// room is short of even that, the change goes ahead: the synchronous path held the same
-    /// two copies (for less time), and not stepping down leaves the process over its limit.
+    /// changes first (they free memory, and hold one layer, or the window's rows, twice for one
+    /// token at most), then the units smallest first, the largest (SmolLM2's embedding, a
+    /// quarter of the weights) last, once the others have freed theirs. A step up (taken with
+    /// room to spare) changes the largest unit first, while the state is smallest. The predicted
+    /// peak is reported with the move. When the room is short of even that, the change goes
+    /// ahead: the synchronous path held the same two copies (for less time), and not stepping
+    /// down leaves the process over its limit.
     fn start(&self, d: Decision, token: usize, source: &'static str, room: u64, rss: u64, p: &Planner) -> Move<'a> {
         let (from, to) = (&self.ladder[d.from], &self.ladder[d.to]);
         let down = d.to > d.from;
@@ -410,12 +411,14 @@ impl<'a> Memory<'a> {
             _ => 0,
         };
         units.sort_by_key(|c| if down { size(c) } else { u64::MAX - size(c) });
+        // The cache's changes in the ladder's order: going down, the layers' format, then the
+        // window; going up, the window first (re-laid out while the layers are still small).
         let mut cache: Vec<Change> = (0..from.kv.len())
             .filter(|&l| from.kv[l] != to.kv[l])
             .map(|l| Change::KvLayer { layer: l, format: to.kv[l] })
             .collect();
         if from.window != to.window {
-            cache.push(Change::Window(to.window));
+            cache.insert(if down { cache.len() } else { 0 }, Change::Window(to.window));
         }
         let changes: VecDeque<Change> = if down { cache.into_iter().chain(units).collect() } else { units.into_iter().chain(cache).collect() };
         let mut state = from.clone();
