@@ -10,19 +10,23 @@
 //! then        a KV window of ctx/2, ctx/4, ... down to MIN_WINDOW slots (sink 4)
 //! ```
 //!
-//! A step to another rung changes what differs: `Model::set_views` (the file ranges no longer
-//! read are released), `set_kv_format`, `set_kv_window`; freed heap is given back at once.
+//! A move to another rung changes what differs, one change before each token: a unit's view
+//! (its new copy made beside decode in slices between tokens, `Model::begin_views`, then swapped
+//! in, `install_views`, and the file ranges no longer read released), a layer's KV format
+//! (`set_kv_layer_format`), the KV window (`set_kv_window`); freed heap is given back at once.
 //!
 //! With `--power`, the power loop moves on the same ladder (its rungs above the window rungs:
 //! views and KV precision) through [`Memory::set_power_floor`]; the run is on the deeper of
 //! the two controllers' rungs, so the memory controller's floor always wins, and this one
-//! owner of the model applies every step, one rung per token either way.
+//! owner of the model applies every move, made the same way whoever asked for it.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use edge_runtime::control::{Controller, Decision, Policy, Reading as PolicyReading};
 use edge_runtime::kv::{KvBits, KvFormat, KvWindow};
+use edge_runtime::model::ViewChange;
 use edge_runtime::plan::{Plan, Planner};
 use edge_runtime::{Checkpoint, Config, Model};
 use serde_json::json;
@@ -39,6 +43,17 @@ pub const MIN_WINDOW: usize = 256;
 /// Readings are taken at most this often (a token of a small model takes a few milliseconds;
 /// reading `/proc` and the cgroup takes tens of microseconds).
 const READ_EVERY: Duration = Duration::from_millis(20);
+
+/// Time before a token spent making a unit's new copy (a token of SmolLM2-135M takes 4-5 ms
+/// here; its embedding's copy, 10-15 MB, takes 15-30 ms, so it is made over several tokens).
+const SLICE: Duration = Duration::from_micros(1500);
+
+/// Bytes of a new copy made between two looks at the clock (about 0.1 ms of work).
+const SLICE_BYTES: usize = 64 << 10;
+
+/// File bytes released before a token (dropping a mapping's pages costs about 0.1 ms a MiB; a
+/// swap of the embedding's view releases 10-30 MiB, spread over the next tokens).
+const RELEASE_BYTES: u64 = 4 << 20;
 
 /// One state of the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,15 +84,24 @@ pub struct Event {
     pub predicted_after: u64,
     pub rss_before: u64,
     pub rss_after: u64,
-    /// Time of every rung together, and of the longest (what one token waited at most).
+    /// Time the decode thread spent on the move, all of it together, and the longest it kept
+    /// one token waiting.
     pub step_seconds: f64,
-    pub longest_rung_seconds: f64,
+    pub pause_seconds: f64,
+    /// Of `step_seconds`, the time spent making new copies of views (in slices before tokens),
+    /// and the longest swap of a unit's new copy for its old one (the old one dropped, its
+    /// file ranges released).
+    pub prepare_seconds: f64,
+    pub swap_seconds: f64,
+    /// Predicted bytes at most during the move: a unit's old and new copies are both held
+    /// while the new one is made.
+    pub predicted_peak: u64,
 }
 
 impl Event {
     pub fn line(&self) -> String {
         format!(
-            "edge-run: memory: token {} at {:.2} s: {}: {}; RSS {} -> {} (predicted {} -> {}); {} rungs over {} tokens, {:.1} ms in all, {:.1} ms at most before a token",
+            "edge-run: memory: token {} at {:.2} s: {}: {}; RSS {} -> {} (predicted {} -> {}, {} at most); {} rungs over {} tokens, {:.1} ms in all ({:.1} ms making new views, swaps {:.1} ms at most), {:.1} ms at most before a token",
             self.token,
             self.seconds,
             match self.cause {
@@ -89,10 +113,13 @@ impl Event {
             human_bytes(self.rss_after),
             human_bytes(self.predicted_before),
             human_bytes(self.predicted_after),
+            human_bytes(self.predicted_peak),
             self.from.abs_diff(self.to),
             self.tokens,
             1e3 * self.step_seconds,
-            1e3 * self.longest_rung_seconds
+            1e3 * self.prepare_seconds,
+            1e3 * self.swap_seconds,
+            1e3 * self.pause_seconds
         )
     }
 
@@ -110,8 +137,11 @@ impl Event {
             "predicted_bytes_after": self.predicted_after,
             "rss_before": self.rss_before,
             "rss_after": self.rss_after,
+            "predicted_peak_bytes": self.predicted_peak,
             "step_seconds": self.step_seconds,
-            "longest_rung_seconds": self.longest_rung_seconds,
+            "pause_seconds": self.pause_seconds,
+            "prepare_seconds": self.prepare_seconds,
+            "swap_seconds": self.swap_seconds,
             "tokens": self.tokens,
         })
     }
@@ -127,15 +157,17 @@ pub struct Start<'p> {
     pub hold_to: Option<u64>,
 }
 
-pub struct Memory {
+pub struct Memory<'a> {
     ladder: Vec<Rung>,
+    /// What a rung's predicted bytes are made of (see [`Memory::bytes_of`]).
+    sizes: Sizes,
     policy: Controller,
     sources: Sources,
     hold_to: Option<u64>,
     ctx: usize,
     t0: Instant,
     last_read: Option<Instant>,
-    pending: Option<Move>,
+    pending: Option<Move<'a>>,
     pub events: Vec<Event>,
     /// Time spent reading and deciding (not stepping), for the report.
     pub watch_seconds: f64,
@@ -190,18 +222,53 @@ fn kv_layers_name(kv: &[KvFormat]) -> String {
 }
 
 
-impl Memory {
-    pub fn new(s: Start<'_>, config: &Config) -> Result<Memory> {
+/// What a state's predicted bytes are made of: the run's fixed bytes and buffers, the weights at
+/// their plan's views, each layer's KV cache.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    other: u64,
+    shape: budget::Shape,
+    config: Config,
+}
+
+impl Sizes {
+    fn bytes(&self, p: &Planner, weights: &Plan, kv: &[KvFormat], window: Option<KvWindow>) -> u64 {
+        let n = self.config.n_layers.max(1) as u64;
+        let shape = |f| budget::Shape { ctx: window.map_or(self.shape.ctx, |w| w.slots), kv: f, ..self.shape };
+        let kv: u64 = kv.iter().map(|&f| budget::kv_bytes(&self.config, shape(f)) / n).sum();
+        self.other + weight_bytes(p, weights) + kv
+    }
+}
+
+/// Bytes of unit `i` at view `bits`.
+fn unit_bytes(p: &Planner, i: usize, bits: u8) -> u64 {
+    p.units[i].views.iter().find(|v| v.bits == bits).map_or(0, |v| v.bytes)
+}
+
+/// Bytes held for a while on top of the state when unit `i` changes to view `bits`: its new
+/// copy (as many bytes as the view reads, or half the 8-bit view's for its nibble plane) and the
+/// stored planes read to make it (the view's bytes again, in the page cache until released at
+/// the swap); the old copy stays until then, counted in the state.
+fn transient(p: &Planner, i: usize, bits: u8) -> u64 {
+    2 * unit_bytes(p, i, bits)
+}
+
+/// One change of the model a move makes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Change {
+    /// Unit `unit` to view `bits` (across several rungs at once when the move passes several).
+    Unit { unit: usize, bits: u8 },
+    KvLayer { layer: usize, format: KvFormat },
+    Window(Option<KvWindow>),
+}
+
+impl<'a> Memory<'a> {
+    pub fn new(s: Start<'_>, config: &Config) -> Result<Memory<'a>> {
         let b = s.budget;
         let ctx = b.shape.ctx;
-        let other = b.fixed + b.state_bytes;
-        let n = config.n_layers.max(1) as u64;
-        let kv_at = |kv: &[KvFormat], window: Option<KvWindow>| -> u64 {
-            let shape = |f| budget::Shape { ctx: window.map_or(ctx, |w| w.slots), kv: f, ..b.shape };
-            kv.iter().map(|&f| budget::kv_bytes(config, shape(f)) / n).sum()
-        };
+        let sizes = Sizes { other: b.fixed + b.state_bytes, shape: b.shape, config: *config };
         let rung = |weights: Plan, kv: Vec<KvFormat>, window: Option<KvWindow>| {
-            let bytes = other + weight_bytes(s.planner, &weights) + kv_at(&kv, window);
+            let bytes = sizes.bytes(s.planner, &weights, &kv, window);
             Rung { weights, kv, window, bytes }
         };
         let mut kv = vec![b.shape.kv; config.n_layers];
@@ -230,6 +297,7 @@ impl Memory {
         let policy = Controller::new(bytes, Policy::for_bytes(ladder[0].bytes));
         Ok(Memory {
             ladder,
+            sizes,
             policy,
             sources: Sources::detect(),
             hold_to: s.hold_to,
@@ -315,17 +383,17 @@ impl Memory {
         })
     }
 
-    /// Before token `token` runs: go on with a move in progress (one rung per token, so no
-    /// token waits for more than one rung's change), or read the device's memory (at most
-    /// every [`READ_EVERY`]) and start the move the policy decides. Returns the event of a move
-    /// that has just completed.
-    pub fn tick<'a>(&mut self, token: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<Option<&Event>> {
+    /// Before token `token` runs: go on with a move in progress (one change, or a slice of a
+    /// unit's new copy, before each token, so that no token waits long), or read the device's
+    /// memory (at most every [`READ_EVERY`]) and start the move the policy decides. Returns the
+    /// event of a move that has just completed.
+    pub fn tick(&mut self, token: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<Option<&Event>> {
         let want = self.policy.rung().max(self.power_floor);
         if self.pending.is_none() && want != self.applied {
             // The power loop's rung moved: the model goes to the deeper of the two.
             let d = Decision { from: self.applied, to: want, cause: edge_runtime::control::Cause::Power };
             let rss = crate::stats::rss_bytes().unwrap_or(0);
-            self.pending = Some(Move { d, token, source: "power", room: 0, rss_before: rss, at: d.from, ticks: 0, freed: 0, seconds: 0.0, longest: 0.0 });
+            self.pending = Some(self.start(d, token, "power", 0, rss, p));
         }
         if self.pending.is_none() {
             let now = Instant::now();
@@ -348,53 +416,174 @@ impl Memory {
                 return Ok(None);
             }
             let source = if d.cause == edge_runtime::control::Cause::Pressure { "PSI" } else { source };
-            self.pending = Some(Move { d, token, source, room, rss_before: reading.rss, at: d.from, ticks: 0, freed: 0, seconds: 0.0, longest: 0.0 });
+            self.pending = Some(self.start(d, token, source, room, reading.rss, p));
         }
         let mut m = self.pending.take().expect("a move");
-        let next = if m.d.to > m.at { m.at + 1 } else { m.at - 1 };
         let t = Instant::now();
-        m.freed += self.rung(m.at, next, model, ck, file, p)?;
+        self.advance(&mut m, model, ck, file, p)?;
         let dt = t.elapsed().as_secs_f64();
         m.seconds += dt;
         m.longest = m.longest.max(dt);
-        m.at = next;
-        self.applied = next;
         m.ticks += 1;
-        if m.at != m.d.to {
+        if m.making.is_some() || !m.changes.is_empty() || !m.release.is_empty() {
             self.pending = Some(m);
             return Ok(None);
         }
+        self.applied = m.d.to;
         memory::trim_heap();
+        let to = &self.ladder[m.d.to];
+        debug_assert!(m.now.weights.bits == to.weights.bits && m.now.kv == to.kv && m.now.window == to.window, "a move ends on its rung");
         let event = self.event(&m, p);
         self.events.push(event);
         Ok(self.events.last())
     }
 
-    /// Change the model from rung `i` to its neighbour `j`; returns the file bytes released.
-    #[allow(clippy::too_many_arguments)]
-    fn rung<'a>(&self, i: usize, j: usize, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<u64> {
-        let (from, to) = (&self.ladder[i], &self.ladder[j]);
-        let mut freed = 0;
-        if from.weights.bits != to.weights.bits {
-            let released = model.set_views(ck, &to.weights.view_plan(&p.units)).map_err(|e| anyhow!("{e}"))?;
-            freed = released.into_iter().map(|(offset, len)| file.bytes.release(offset, len)).sum();
-        }
-        for (l, (&a, &b)) in from.kv.iter().zip(&to.kv).enumerate() {
-            if a != b {
-                model.set_kv_layer_format(l, b).map_err(|e| anyhow!("{e}"))?;
-            }
-        }
+    /// The changes from rung `d.from` to rung `d.to`, in the order they are made, and the move.
+    ///
+    /// A unit's change holds its old and new copies together while the new one is made (over
+    /// several tokens for a large unit), which the ladder's rungs do not count. A step down is
+    /// taken because memory is short, so it makes room before the large copies: the KV cache's
+    /// changes first (they free memory, and hold one layer, or the window's rows, twice for one
+    /// token at most), then the units smallest first, the largest (SmolLM2's embedding, a
+    /// quarter of the weights) last, once the others have freed theirs. A step up (taken with
+    /// room to spare) changes the largest unit first, while the state is smallest. The predicted
+    /// peak is reported with the move. When the room is short of even that, the change goes
+    /// ahead: the synchronous path held the same two copies (for less time), and not stepping
+    /// down leaves the process over its limit.
+    fn start(&self, d: Decision, token: usize, source: &'static str, room: u64, rss: u64, p: &Planner) -> Move<'a> {
+        let (from, to) = (&self.ladder[d.from], &self.ladder[d.to]);
+        let down = d.to > d.from;
+        let mut units: Vec<Change> = (0..from.weights.bits.len())
+            .filter(|&i| from.weights.bits[i] != to.weights.bits[i])
+            .map(|i| Change::Unit { unit: i, bits: to.weights.bits[i] })
+            .collect();
+        let size = |c: &Change| match *c {
+            Change::Unit { unit, bits } => transient(p, unit, bits),
+            _ => 0,
+        };
+        units.sort_by_key(|c| if down { size(c) } else { u64::MAX - size(c) });
+        // The cache's changes in the ladder's order: going down, the layers' format, then the
+        // window; going up, the window first (re-laid out while the layers are still small).
+        let mut cache: Vec<Change> = (0..from.kv.len())
+            .filter(|&l| from.kv[l] != to.kv[l])
+            .map(|l| Change::KvLayer { layer: l, format: to.kv[l] })
+            .collect();
         if from.window != to.window {
-            // Back above the window rungs, the cache keeps a window as large as the context.
-            let w = to.window.unwrap_or(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots: self.ctx });
-            if to.window.is_some() || model.kv_window().is_some() {
-                model.set_kv_window(w).map_err(|e| anyhow!("{e}"))?;
-            }
+            cache.insert(if down { cache.len() } else { 0 }, Change::Window(to.window));
         }
-        Ok(freed)
+        let changes: VecDeque<Change> = if down { cache.into_iter().chain(units).collect() } else { units.into_iter().chain(cache).collect() };
+        let mut state = from.clone();
+        let mut peak = from.bytes.max(to.bytes);
+        for c in &changes {
+            peak = peak.max(state.bytes + size(c));
+            self.apply(&mut state, c, p);
+        }
+        Move {
+            d,
+            token,
+            source,
+            room,
+            rss_before: rss,
+            now: from.clone(),
+            changes,
+            making: None,
+            release: VecDeque::new(),
+            ticks: 0,
+            freed: 0,
+            seconds: 0.0,
+            longest: 0.0,
+            prepare: 0.0,
+            swap: 0.0,
+            peak,
+        }
     }
 
-    fn event(&self, m: &Move, p: &Planner) -> Event {
+    /// State `r` after change `c` (its predicted bytes with it; the weights' predicted KL is
+    /// not followed between rungs).
+    fn apply(&self, r: &mut Rung, c: &Change, p: &Planner) {
+        match *c {
+            Change::Unit { unit, bits } => {
+                r.weights.bytes = r.weights.bytes - unit_bytes(p, unit, r.weights.bits[unit]) + unit_bytes(p, unit, bits);
+                r.weights.bits[unit] = bits;
+            }
+            Change::KvLayer { layer, format } => r.kv[layer] = format,
+            Change::Window(w) => r.window = w,
+        }
+        r.bytes = self.sizes.bytes(p, &r.weights, &r.kv, r.window);
+    }
+
+    /// The next step of move `m`: a slice of the unit's new copy being made (swapped in once
+    /// complete), or the next change.
+    fn advance(&self, m: &mut Move<'a>, model: &mut Model<'a>, ck: &Checkpoint<'a>, file: &ModelFile, p: &Planner) -> Result<()> {
+        // The file ranges the last swap left unread go first, a few MiB before each token.
+        if !m.release.is_empty() {
+            let mut budget = RELEASE_BYTES;
+            while let Some((offset, len)) = m.release.pop_front() {
+                // Split at a page boundary, so that no page of the range is left behind.
+                let take = if len > budget { ((offset + budget) & !4095).saturating_sub(offset) } else { len };
+                if take == 0 || take == len {
+                    m.freed += file.bytes.release(offset, len);
+                    budget = budget.saturating_sub(len);
+                } else {
+                    m.freed += file.bytes.release(offset, take);
+                    m.release.push_front((offset + take, len - take));
+                    budget = 0;
+                }
+                if budget == 0 {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        if m.making.is_none() {
+            let Some(c) = m.changes.pop_front() else { return Ok(()) };
+            let mut next = m.now.clone();
+            self.apply(&mut next, &c, p);
+            match c {
+                Change::Unit { .. } => {
+                    let change = model.begin_views(ck, &next.weights.view_plan(&p.units)).map_err(|e| anyhow!("{e}"))?;
+                    m.making = Some(Making { change, next });
+                }
+                Change::KvLayer { layer, format } => {
+                    model.set_kv_layer_format(layer, format).map_err(|e| anyhow!("{e}"))?;
+                    m.now = next;
+                    return Ok(());
+                }
+                Change::Window(w) => {
+                    // Back above the window rungs, the cache keeps a window as large as the context.
+                    let w2 = w.unwrap_or(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots: self.ctx });
+                    if w.is_some() || model.kv_window().is_some() {
+                        model.set_kv_window(w2).map_err(|e| anyhow!("{e}"))?;
+                    }
+                    m.now = next;
+                    return Ok(());
+                }
+            }
+        }
+        // A slice of the new copy while decode goes on reading the old one; once complete, it is
+        // swapped in before the next token (before this one if the slice left time for it).
+        let making = m.making.as_mut().expect("a unit's change");
+        let t = Instant::now();
+        let done = loop {
+            if making.change.step(SLICE_BYTES) {
+                break true;
+            }
+            if t.elapsed() >= SLICE {
+                break false;
+            }
+        };
+        m.prepare += t.elapsed().as_secs_f64();
+        if done && t.elapsed() < SLICE / 2 {
+            let Making { change, next } = m.making.take().expect("a unit's change");
+            let t = Instant::now();
+            m.release.extend(model.install_views(change));
+            m.swap = m.swap.max(t.elapsed().as_secs_f64());
+            m.now = next;
+        }
+        Ok(())
+    }
+
+    fn event(&self, m: &Move<'a>, p: &Planner) -> Event {
         let (from, to) = (&self.ladder[m.d.from], &self.ladder[m.d.to]);
         let mut actions = Vec::new();
         if from.weights.bits != to.weights.bits {
@@ -429,23 +618,43 @@ impl Memory {
             rss_before: m.rss_before,
             rss_after: crate::stats::rss_bytes().unwrap_or(0),
             step_seconds: m.seconds,
-            longest_rung_seconds: m.longest,
+            pause_seconds: m.longest,
+            prepare_seconds: m.prepare,
+            swap_seconds: m.swap,
+            predicted_peak: m.peak,
         }
     }
 }
 
 /// A move between rungs in progress.
-struct Move {
+struct Move<'a> {
     d: Decision,
     token: usize,
     source: &'static str,
     room: u64,
     rss_before: u64,
-    /// The rung the model is on now.
-    at: usize,
-    /// Forward passes it has come before (one rung before each).
+    /// The state the model is in (rung `d.from` at first, `d.to` at the end).
+    now: Rung,
+    /// The changes left, in the order they are made.
+    changes: VecDeque<Change>,
+    /// A unit's new view being made between tokens.
+    making: Option<Making<'a>>,
+    /// File ranges a swap left unread, still to release.
+    release: VecDeque<(u64, u64)>,
+    /// Forward passes it has come before.
     ticks: usize,
     freed: u64,
     seconds: f64,
     longest: f64,
+    /// Time making new copies, and the longest swap.
+    prepare: f64,
+    swap: f64,
+    /// Predicted bytes at most during the move.
+    peak: u64,
+}
+
+/// A unit's new view being made beside decode, and the state it brings.
+struct Making<'a> {
+    change: ViewChange<'a, edge_runtime::backend::Cpu>,
+    next: Rung,
 }

@@ -2,7 +2,7 @@
 //! stand-in that cannot be constructed, so code written against it compiles everywhere and
 //! fails at run time with one clear error (candle's dummy backend pattern).
 
-use super::{AttnShape, Backend, PreparedMatrix};
+use super::{AttnShape, Backend, PreparedMatrix, Ready};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::TensorInfo;
@@ -29,6 +29,7 @@ impl Cuda {
 
 impl Backend for Cuda {
     type Matrix<'a> = CudaMatrix;
+    type Preparing<'a> = Ready<CudaMatrix>;
 
     fn new(_: &Config, _: usize, _: usize) -> Result<Self> {
         Cuda::new()
@@ -37,6 +38,9 @@ impl Backend for Cuda {
         match *self {}
     }
     fn prepare<'a>(&self, _: &TensorInfo<'a>, _: Option<u8>) -> Result<PreparedMatrix<CudaMatrix>> {
+        match *self {}
+    }
+    fn begin_prepare<'a>(&self, _: &TensorInfo<'a>, _: Option<u8>) -> Result<Ready<CudaMatrix>> {
         match *self {}
     }
     fn view_bytes(m: &CudaMatrix) -> usize {

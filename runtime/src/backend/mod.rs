@@ -36,6 +36,32 @@ pub struct PreparedMatrix<M> {
     pub replaced_planes: Range<usize>,
 }
 
+/// A matrix being prepared a slice at a time: it owns everything it has made so far and
+/// borrows only the checkpoint, so it can wait between slices (or move to another thread) while
+/// the model runs on the old copy.
+pub trait Preparing<M>: core::fmt::Debug + Sized {
+    /// Make about `bytes` more bytes of the prepared copy (at least one unit of the backend's
+    /// work); true once the matrix is complete.
+    fn step(&mut self, bytes: usize) -> bool;
+
+    /// The prepared matrix, what is left of the work done first.
+    fn finish(self) -> PreparedMatrix<M>;
+}
+
+/// A [`Preparing`] made whole at once, for a backend whose preparation does not come in slices.
+#[derive(Debug)]
+pub struct Ready<M>(pub PreparedMatrix<M>);
+
+impl<M: core::fmt::Debug> Preparing<M> for Ready<M> {
+    fn step(&mut self, _: usize) -> bool {
+        true
+    }
+
+    fn finish(self) -> PreparedMatrix<M> {
+        self.0
+    }
+}
+
 /// The shapes of one layer's attention.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -68,6 +94,15 @@ pub trait Backend: Sized + core::fmt::Debug {
     fn prepare_all<'a>(&self, jobs: &[(&TensorInfo<'a>, Option<u8>)]) -> Vec<Result<PreparedMatrix<Self::Matrix<'a>>>> {
         jobs.iter().map(|(t, bits)| self.prepare(t, *bits)).collect()
     }
+
+    /// A matrix being prepared a slice at a time ([`Backend::begin_prepare`]).
+    type Preparing<'a>: Preparing<Self::Matrix<'a>>;
+
+    /// Start preparing tensor `t` at view `bits` a slice at a time ([`Preparing::step`]): the
+    /// same matrix as [`Backend::prepare`] in the end, for a caller that must not stall for a
+    /// whole matrix at once (the memory controller, between two tokens, while decode keeps
+    /// reading the old copy). Checks the tensor now; does none of the work.
+    fn begin_prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Self::Preparing<'a>>;
 
     /// Bytes of `m` as stored that its view reads.
     fn view_bytes(m: &Self::Matrix<'_>) -> usize;

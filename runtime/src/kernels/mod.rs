@@ -90,6 +90,16 @@ impl<'a> Matrix<'a> {
     /// kernel table is made now ([`Nested8::for_active_table`]). Errors when the view does not
     /// exist or the blocks are too short for the shape.
     pub fn from_blocks(rows: usize, cols: usize, stored: TensorBlocks<'a>, view_bits: Option<u8>) -> Result<Self> {
+        let mut m = Self::stored(rows, cols, stored, view_bits)?;
+        if let WeightView::Nested8(n) = m.view {
+            m.view = WeightView::Nested8(n.for_active_table());
+        }
+        Ok(m)
+    }
+
+    /// [`Matrix::from_blocks`] read from its stored planes, its prepared form not made (a caller
+    /// that makes it a slice at a time: `backend::cpu::Preparing`).
+    pub fn stored(rows: usize, cols: usize, stored: TensorBlocks<'a>, view_bits: Option<u8>) -> Result<Self> {
         let too_large = || Error::InvalidArgument { what: format!("a {rows} x {cols} matrix is too large") };
         let numel = rows.checked_mul(cols).ok_or_else(too_large)?;
         let short = |what: &str, have: usize, need: usize| Error::InvalidArgument {
@@ -120,7 +130,7 @@ impl<'a> Matrix<'a> {
                         });
                     }
                 }
-                WeightView::Nested8(w.for_active_table())
+                WeightView::Nested8(w)
             }
         };
         Ok(Matrix { rows, cols, view })

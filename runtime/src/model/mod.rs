@@ -28,7 +28,7 @@ use crate::kernels::vector;
 pub use crate::kernels::vector::{exp_fast, rmsnorm, softmax, softmax_reference};
 use crate::kv::{KvCache, KvFormat, KvWindow, KV_GROUP};
 use crate::plan::ViewPlan;
-pub use weights::{FileRange, Weights};
+pub use weights::{FileRange, ViewChange, Weights};
 
 /// Options fixed when a model is instantiated. Which views the weights are read at is a
 /// [`ViewPlan`], given to [`Model::with_plan`] and changed with [`Model::set_views`].
@@ -210,6 +210,19 @@ impl<'a, B: Backend> Model<'a, B> {
         unread.dedup();
         self.weights = weights;
         Ok(unread)
+    }
+
+    /// [`Model::set_views`] without stopping the model: the new copies are made a slice at a
+    /// time ([`ViewChange::step`], e.g. between tokens) while the model runs on the old ones,
+    /// then [`Model::install_views`] swaps them in. The model ends as `set_views` leaves it.
+    pub fn begin_views(&self, ck: &Checkpoint<'a>, plan: &ViewPlan) -> Result<ViewChange<'a, B>> {
+        self.weights.begin_change(ck, plan, &self.backend)
+    }
+
+    /// Swap in the views of `change` (see [`Model::begin_views`]); returns the file ranges no
+    /// longer read, as [`Model::set_views`] does.
+    pub fn install_views(&mut self, change: ViewChange<'a, B>) -> Vec<FileRange> {
+        self.weights.install(change)
     }
 
     /// A model over weights already bound.

@@ -6,8 +6,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::arch::{Arch, Kind, Tensor};
-use crate::backend::{Backend, Cpu};
+use crate::arch::{Arch, Kind, Role, Tensor};
+use crate::backend::{Backend, Cpu, Preparing};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{Checkpoint, Encoding, SegmentKind, TensorInfo};
@@ -123,7 +123,112 @@ fn reads(t: &TensorInfo<'_>, bits: Option<u8>, replaced: &core::ops::Range<usize
     }
 }
 
+/// Whether `b` is already at view `bits` (`None`: 8; a dense matrix has one view).
+fn at_view<M>(b: &Bound<M>, bits: Option<u8>) -> bool {
+    b.bits.is_none_or(|v| v == bits.unwrap_or(8))
+}
+
+/// A prepared matrix of tensor `info` at view `bits`, with the file ranges its view reads and
+/// those its prepared copy replaced.
+fn bound<'a, B: Backend>(info: &TensorInfo<'a>, bits: Option<u8>, p: crate::backend::PreparedMatrix<B::Matrix<'a>>) -> Bound<B::Matrix<'a>> {
+    let replaced: Vec<FileRange> = info
+        .planes()
+        .enumerate()
+        .filter(|(i, s)| p.replaced_planes.contains(i) && !s.bytes.is_empty())
+        .map(|(_, s)| (s.file_offset, s.bytes.len() as u64))
+        .collect();
+    let reads = reads(info, bits, &p.replaced_planes);
+    Bound { bits: B::view_bits(&p.matrix), matrix: p.matrix, reads, replaced }
+}
+
+/// A change of views made beside a running model ([`Weights::begin_change`]): the matrices
+/// whose view changes, each prepared a slice at a time ([`ViewChange::step`]) while the model
+/// keeps reading the old ones, then swapped in at once ([`Weights::install`]). It owns what it
+/// has made and borrows only the checkpoint (with the CPU backend it is `Send`).
+#[derive(Debug)]
+pub struct ViewChange<'a, B: Backend> {
+    jobs: Vec<Job<'a, B>>,
+    /// The first job not complete.
+    next: usize,
+}
+
+#[derive(Debug)]
+struct Job<'a, B: Backend> {
+    tensor: Tensor,
+    info: TensorInfo<'a>,
+    bits: Option<u8>,
+    prep: B::Preparing<'a>,
+}
+
+impl<'a, B: Backend> ViewChange<'a, B> {
+    /// Make about `bytes` more bytes of the new copies; true once every one is complete.
+    pub fn step(&mut self, bytes: usize) -> bool {
+        if let Some(job) = self.jobs.get_mut(self.next) {
+            if job.prep.step(bytes) {
+                self.next += 1;
+            }
+        }
+        self.is_complete()
+    }
+
+    /// Whether every new copy is made.
+    pub fn is_complete(&self) -> bool {
+        self.next == self.jobs.len()
+    }
+
+    /// Matrices whose view changes.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
 impl<'a, B: Backend> Weights<'a, B> {
+    /// Start changing the views to those `plan` picks without stopping the model: the matrices
+    /// whose view changes are checked now and prepared later, a slice at a time
+    /// ([`ViewChange::step`]); [`Weights::install`] swaps them in. While a change is made, the
+    /// old copies and the new ones are both in memory (a caller short of memory changes the
+    /// small units first; see the binary's controller).
+    pub fn begin_change(&self, ck: &Checkpoint<'a>, plan: &ViewPlan, backend: &B) -> Result<ViewChange<'a, B>> {
+        let mut jobs = Vec::new();
+        for t in self.arch.tensors(&self.config).into_iter().filter(|t| t.spec.role != Role::Norm) {
+            let info = require(ck, &t.name)?;
+            check_shape(info, &t.shape)?;
+            let bits = plan.bits_for(&t.name);
+            if self.bound(&t).is_some_and(|b| at_view(b, bits)) {
+                continue;
+            }
+            let prep = backend.begin_prepare(info, bits)?;
+            jobs.push(Job { tensor: t, info: info.clone(), bits, prep });
+        }
+        Ok(ViewChange { jobs, next: 0 })
+    }
+
+    /// Swap in the new copies of `change` (what is left of their preparation done first) and
+    /// drop the old ones. Returns the file ranges no longer read, as [`crate::Model::set_views`]
+    /// does: those the old views read and the new ones do not, and those the new copies were
+    /// made from.
+    pub fn install(&mut self, change: ViewChange<'a, B>) -> Vec<FileRange> {
+        let mut unread = self.read_ranges();
+        for job in change.jobs {
+            let b = bound::<B>(&job.info, job.bits, job.prep.finish());
+            unread.extend(b.replaced.iter().copied());
+            let slots = match job.tensor.layer {
+                Some(l) => &mut self.layers[l],
+                None => &mut self.globals,
+            };
+            slots.mats[job.tensor.spec.kind.index()] = Some(b);
+        }
+        let after = self.read_ranges();
+        unread.retain(|r| !after.contains(r));
+        unread.sort_unstable();
+        unread.dedup();
+        unread
+    }
+
     /// Bind every weight of `ck` at the views `plan` picks, checking names and shapes against
     /// the config. `release(offset, length)` is told, as each matrix is prepared, the stored
     /// ranges its prepared copy replaced (so a mapped file's pages can leave memory before the
@@ -154,25 +259,12 @@ impl<'a, B: Backend> Weights<'a, B> {
                 continue;
             }
             let bits = plan.bits_for(&t.name);
-            let old = reuse.and_then(|w| w.bound(&t)).filter(|b| match b.bits {
-                Some(v) => v == bits.unwrap_or(8),
-                None => true,
-            });
+            let old = reuse.and_then(|w| w.bound(&t)).filter(|b| at_view(b, bits));
             match old {
                 Some(b) => slots.mats[kind.index()] = Some(b.clone()),
                 None => jobs.push((t, info.clone(), bits)),
             }
         }
-        let bound = |info: &TensorInfo<'a>, bits, p: crate::backend::PreparedMatrix<B::Matrix<'a>>| {
-            let replaced: Vec<FileRange> = info
-                .planes()
-                .enumerate()
-                .filter(|(i, s)| p.replaced_planes.contains(i) && !s.bytes.is_empty())
-                .map(|(_, s)| (s.file_offset, s.bytes.len() as u64))
-                .collect();
-            let reads = reads(info, bits, &p.replaced_planes);
-            (Bound { bits: B::view_bits(&p.matrix), matrix: p.matrix, reads, replaced: replaced.clone() }, replaced)
-        };
         // A live change (`reuse`) prepares its few matrices side by side; a first binding goes
         // one at a time, releasing each copy's stored planes before the next is made (so the
         // load's transient stays one tensor's planes).
@@ -188,9 +280,9 @@ impl<'a, B: Backend> Weights<'a, B> {
                 Some(_) => prepared.next().expect("one result per job")?,
                 None => backend.prepare(info, *bits)?,
             };
-            let (b, replaced) = bound(info, *bits, p);
+            let b = bound::<B>(info, *bits, p);
             if reuse.is_none() {
-                for &(offset, len) in &replaced {
+                for &(offset, len) in &b.replaced {
                     release(offset, len);
                 }
             }

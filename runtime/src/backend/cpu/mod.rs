@@ -8,6 +8,9 @@
 //! see [`crate::kernels::Nested8`]).
 
 mod attention;
+mod prepare;
+
+pub use prepare::Preparing;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -100,6 +103,7 @@ impl Cpu {
 
 impl Backend for Cpu {
     type Matrix<'a> = Matrix<'a>;
+    type Preparing<'a> = Preparing<'a>;
 
     fn new(c: &Config, max_batch: usize, max_seq_len: usize) -> Result<Self> {
         let s = Sizes::of(c, max_batch, max_seq_len);
@@ -132,6 +136,11 @@ impl Backend for Cpu {
             out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
         });
         out.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().map(|r| r.expect("the pool runs every job")).collect()
+    }
+
+    fn begin_prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Preparing<'a>> {
+        let (rows, cols, stored) = t.blocks()?;
+        Ok(Preparing::new(Matrix::stored(rows, cols, stored, bits)?))
     }
 
     fn view_bytes(m: &Matrix<'_>) -> usize {
