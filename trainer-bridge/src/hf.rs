@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use edge_runtime::arch::{self, Arch, Kind};
+use edge_runtime::arch::{self, Activation, Arch, Kind, Role};
+use edge_runtime::config::LocalLayers;
 use edge_runtime::Config;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -60,20 +61,28 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let model_type = cfg.get("model_type").and_then(Value::as_str);
-    match (arch.as_deref(), model_type) {
-        (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => {}
-        (Some(a), _) | (None, Some(a)) => bail!(
-            "unsupported architecture '{a}' in '{}': edge-pack reads Llama-family models (LlamaForCausalLM)",
-            path.display()
-        ),
-        (None, None) => bail!(
-            "'{}' names no architecture (no 'architectures' or 'model_type'): edge-pack reads Llama-family models (LlamaForCausalLM)",
-            path.display()
-        ),
+    const READS: &str = "edge-pack reads LlamaForCausalLM and Gemma3ForCausalLM";
+    let arch: &'static Arch = match (arch.as_deref(), model_type) {
+        (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => &arch::LLAMA,
+        (Some("Gemma3ForCausalLM"), _) | (None, Some("gemma3_text")) => &arch::GEMMA3,
+        (Some(a), _) | (None, Some(a)) => bail!("unsupported architecture '{a}' in '{}': {READS}", path.display()),
+        (None, None) => {
+            bail!("'{}' names no architecture (no 'architectures' or 'model_type'): {READS}", path.display())
+        }
+    };
+    let gemma = arch.name == arch::GEMMA3.name;
+    let (act_key, act_want) = match arch.activation {
+        Activation::Silu => ("hidden_act", &["silu"][..]),
+        Activation::GeluTanh => ("hidden_activation", &["gelu_pytorch_tanh", "gelu_tanh"][..]),
+    };
+    if let Some(act) = cfg.get(act_key).and_then(Value::as_str) {
+        if !act_want.contains(&act) {
+            bail!("unsupported activation '{act}' in '{}': a {} model runs {}", path.display(), arch.name, act_want[0]);
+        }
     }
-    if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
-            bail!("unsupported activation '{act}' in '{}': edge-pack runs SwiGLU (silu) models", path.display());
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if cfg.get(key).is_some_and(|v| !v.is_null()) {
+            bail!("'{}' sets {key}: logit softcapping is not supported by edge-run", path.display());
         }
     }
     for key in ["attention_bias", "mlp_bias"] {
@@ -81,13 +90,31 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
             bail!("'{}' sets {key}: models with bias terms are not supported", path.display());
         }
     }
-    if let Some(rs) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
+    // RoPE: `rope_theta` (and Gemma's `rope_local_base_freq`), or transformers 5's
+    // `rope_parameters` (one set, or one per layer type); scaling of any kind is refused.
+    let rope_params = cfg.get("rope_parameters").filter(|v| !v.is_null());
+    let per_type = rope_params.and_then(|r| r.get("full_attention").or_else(|| r.get("sliding_attention"))).is_some();
+    let rope_sets: Vec<&Value> = match rope_params {
+        Some(r) if per_type => ["full_attention", "sliding_attention"].iter().filter_map(|k| r.get(*k)).collect(),
+        Some(r) => vec![r],
+        None => Vec::new(),
+    };
+    for rs in cfg.get("rope_scaling").filter(|v| !v.is_null()).into_iter().chain(rope_sets.iter().copied()) {
         let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
-        bail!(
-            "'{}' sets rope_scaling (type '{kind}'), which edge-run does not implement; the model would run with wrong positions",
-            path.display()
-        );
+        if kind != "default" || rs.get("factor").is_some_and(|f| f.as_f64() != Some(1.0)) {
+            bail!(
+                "'{}' sets rope scaling (type '{kind}'), which edge-run does not implement; the model would run with wrong positions",
+                path.display()
+            );
+        }
     }
+    let theta_of = |set: &str, key: &str| -> Option<f64> {
+        match rope_params {
+            Some(r) if per_type => r.get(set)?.get("rope_theta")?.as_f64(),
+            Some(r) if set == "full_attention" => r.get("rope_theta")?.as_f64(),
+            _ => cfg.get(key)?.as_f64(),
+        }
+    };
     let u = |key: &str| -> anyhow::Result<Option<usize>> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -128,18 +155,56 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
             path.display()
         );
     }
+    let n_layers = need("num_hidden_layers")?;
+    let positive = |key: &str, v: Option<f64>, default: f32| -> anyhow::Result<f32> {
+        match v {
+            None => Ok(default),
+            Some(x) if x.is_finite() && x > 0.0 => Ok(x as f32),
+            Some(x) => bail!("'{}': '{key}' = {x} is not a positive number", path.display()),
+        }
+    };
+    let rope_theta = positive("rope_theta", theta_of("full_attention", "rope_theta"), 10000.0)?;
+    let local = match (gemma, u("sliding_window")?) {
+        (true, Some(window)) => {
+            let local: Vec<bool> = match cfg.get("layer_types").and_then(Value::as_array) {
+                Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+                None => {
+                    // Older configs: every `sliding_window_pattern`-th layer is global.
+                    let p = u("sliding_window_pattern")?.or(u("_sliding_window_pattern")?).unwrap_or(6);
+                    (0..n_layers).map(|l| (l + 1) % p != 0).collect()
+                }
+            };
+            if local.len() != n_layers {
+                bail!("'{}': layer_types names {} layers, num_hidden_layers is {n_layers}", path.display(), local.len());
+            }
+            let period = crate::gguf::period_of(&local).ok_or_else(|| {
+                anyhow!("'{}': layer_types is not a repeating pattern of sliding layers ending in a full one; edge-run cannot run it", path.display())
+            })?;
+            let theta = positive("rope_local_base_freq", theta_of("sliding_attention", "rope_local_base_freq"), 10000.0)?;
+            LocalLayers { window, period, rope_theta: theta }
+        }
+        _ => LocalLayers::NONE,
+    };
+    let attn_scale = match (gemma, cfg.get("query_pre_attn_scalar").and_then(Value::as_f64)) {
+        (true, Some(q)) if q.is_finite() && q > 0.0 => Some((1.0 / q.sqrt()) as f32),
+        (true, Some(q)) => bail!("'{}': query_pre_attn_scalar = {q} is not a positive number", path.display()),
+        _ => None,
+    };
     let config = Config {
         dim,
         hidden_dim: need("intermediate_size")?,
-        n_layers: need("num_hidden_layers")?,
+        n_layers,
         n_heads,
         n_kv_heads,
         head_dim,
         vocab_size: need("vocab_size")?,
         max_seq_len: u("max_position_embeddings")?.unwrap_or(2048),
         norm_eps: f("rms_norm_eps", 1e-6)?,
-        rope_theta: f("rope_theta", 10000.0)?,
-        tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        rope_theta,
+        // Gemma ties by default.
+        tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(gemma),
+        local,
+        attn_scale,
     };
     // `_name_or_path` is a hub id or a local path; its last component names the model.
     let name = cfg
@@ -149,7 +214,7 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
     let (bos, eos) = (token_id(cfg.get("bos_token_id")), token_id(cfg.get("eos_token_id")));
-    Ok(HfConfig { arch: &arch::LLAMA, config, bos, eos, name })
+    Ok(HfConfig { arch, config, bos, eos, name })
 }
 
 /// Where a Hugging Face tensor goes.
@@ -184,6 +249,25 @@ pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usi
         }
     }
     out
+}
+
+/// Put the rotary rows of tensor `kind` (q or k projection, or a per-head q/k norm) of a model
+/// of config `c` from rotate-half into interleaved order; other kinds are left alone. A norm
+/// scales a head's values one by one, so its weights move with the rows they scale.
+pub fn rotary_to_interleaved(kind: Kind, name: &str, shape: &[u64], data: &mut Vec<f32>, c: &Config) -> anyhow::Result<()> {
+    let (heads, cols) = match kind {
+        Kind::AttnQ => (c.n_heads, shape.get(1).copied().unwrap_or(0) as usize),
+        Kind::AttnK => (c.n_kv_heads, shape.get(1).copied().unwrap_or(0) as usize),
+        Kind::AttnQNorm | Kind::AttnKNorm => (1, 1),
+        _ => return Ok(()),
+    };
+    let rows = (heads * c.head_dim) as u64;
+    let want: &[u64] = if cols == 1 && shape.len() == 1 { &[rows] } else { &[rows, cols as u64] };
+    if shape != want || data.len() != (rows as usize) * cols {
+        bail!("tensor '{name}' has shape {shape:?}, expected {want:?} ({heads} heads x head_dim {})", c.head_dim);
+    }
+    *data = unpermute_rotary(data, heads, c.head_dim, cols);
+    Ok(())
 }
 
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
@@ -256,8 +340,9 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
                 Some(Mapped::Canonical(c)) => c,
                 Some(Mapped::Ignored) => continue,
                 None => bail!(
-                    "'{}' holds tensor '{hf_name}', which a Llama model does not have; is this a Llama variant edge-pack does not support?",
-                    file.display()
+                    "'{}' holds tensor '{hf_name}', which a {} model does not have; is this a variant edge-pack does not support?",
+                    file.display(),
+                    arch.name
                 ),
             };
             let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
@@ -276,20 +361,20 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
         config.tied_embeddings = true;
     }
 
-    // Un-permute q and k rows (rotate-half -> interleaved).
+    // Un-permute q and k rows (rotate-half -> interleaved), and the per-head norms with them.
     for l in 0..config.n_layers {
-        for (kind, heads) in [(Kind::AttnQ, config.n_heads), (Kind::AttnK, config.n_kv_heads)] {
+        for kind in [Kind::AttnQ, Kind::AttnK, Kind::AttnQNorm, Kind::AttnKNorm] {
             let name = arch::tensor_name(kind, Some(l));
             if let Some(t) = found.get_mut(&name) {
-                let rows = (heads * config.head_dim) as u64;
-                if t.shape.len() != 2 || t.shape[0] != rows {
-                    bail!(
-                        "tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {})",
-                        t.shape,
-                        config.head_dim
-                    );
-                }
-                t.data = unpermute_rotary(&t.data, heads, config.head_dim, t.shape[1] as usize);
+                rotary_to_interleaved(kind, &name, &t.shape, &mut t.data, &config)?;
+            }
+        }
+    }
+    // Gemma's norms compute x * (1 + w): store 1 + w, so the runtime's RMSNorm stays x * w.
+    if arch.hf_norm_minus_one {
+        for e in arch.tensors(&config).iter().filter(|e| e.spec.role == Role::Norm) {
+            if let Some(t) = found.get_mut(&e.name) {
+                t.data.iter_mut().for_each(|w| *w += 1.0);
             }
         }
     }

@@ -188,6 +188,8 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
             Kind::FfnDown => w2,
             Kind::OutputNorm => rms_final,
             Kind::Output => wcls?,
+            // Not in llama2.c's (Llama) files.
+            Kind::AttnQNorm | Kind::AttnKNorm | Kind::AttnPostNorm | Kind::FfnPostNorm => return None,
         })
     };
 
@@ -203,6 +205,8 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embeddings: h.shared_classifier,
+        local: edge_runtime::config::LocalLayers::NONE,
+        attn_scale: None,
     };
     let arch = &arch::LLAMA;
     // Each tensor of the architecture is its layer's slice of its kind's block.

@@ -2,18 +2,23 @@
 //! pre-norm blocks of grouped-query attention with RoPE and a SwiGLU feed-forward, RMSNorm
 //! everywhere, an output head that may be tied to the token embedding.
 
-use super::{Arch, Dim, Kind, Role, Site, TensorSpec};
+use super::{Activation, Arch, Dim, Kind, Role, Site, TensorSpec};
 
-const fn norm(kind: Kind, hf: &'static str) -> TensorSpec {
+pub(super) const fn norm(kind: Kind, hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape: &[Dim::Model], role: Role::Norm, site: None, hf }
 }
 
-const fn linear(kind: Kind, shape: &'static [Dim], site: Site, hf: &'static str) -> TensorSpec {
+pub(super) const fn linear(kind: Kind, shape: &'static [Dim], site: Site, hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape, role: Role::Linear, site: Some(site), hf }
 }
 
 pub const LLAMA: Arch = Arch {
     name: "llama",
+    activation: Activation::Silu,
+    scale_embeddings: false,
+    hf_norm_minus_one: false,
+    gguf_local_defaults: None,
+    gguf_rotate_half: false,
     pre: &[TensorSpec {
         kind: Kind::TokenEmbd,
         shape: &[Dim::Vocab, Dim::Model],

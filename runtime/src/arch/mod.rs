@@ -9,19 +9,21 @@
 //! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`.
 
 pub mod config;
+mod gemma3;
 mod llama;
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-pub use config::Config;
+pub use config::{Config, LocalLayers};
 use crate::error::{Error, Result};
 
+pub use gemma3::GEMMA3;
 pub use llama::LLAMA;
 
 /// Every architecture this build runs.
-pub const ARCHS: &[&Arch] = &[&LLAMA];
+pub const ARCHS: &[&Arch] = &[&LLAMA, &GEMMA3];
 
 /// The architecture named `name` (a checkpoint's `general.architecture`).
 pub fn by_name(name: &str) -> Result<&'static Arch> {
@@ -45,6 +47,8 @@ pub enum Dim {
     Q,
     /// All key/value heads (`n_kv_heads * head_dim`).
     Kv,
+    /// One head (`head_dim`): the per-head q/k norms.
+    Head,
     Vocab,
 }
 
@@ -55,6 +59,7 @@ impl Dim {
             Dim::Hidden => c.hidden_dim,
             Dim::Q => c.q_dim(),
             Dim::Kv => c.kv_dim(),
+            Dim::Head => c.head_dim,
             Dim::Vocab => c.vocab_size,
         }
     }
@@ -75,11 +80,19 @@ pub enum Kind {
     FfnDown,
     OutputNorm,
     Output,
+    /// RMSNorm of every query head before RoPE (head_dim).
+    AttnQNorm,
+    /// RMSNorm of every key head before RoPE (head_dim).
+    AttnKNorm,
+    /// RMSNorm of the attention's output before the residual add (Gemma's sandwich norms).
+    AttnPostNorm,
+    /// RMSNorm of the feed-forward's output before the residual add.
+    FfnPostNorm,
 }
 
 impl Kind {
     /// How many kinds there are (the length of a per-kind table).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 16;
 
     /// The kind's part of a tensor name (`attn_q`); also the plan key naming every layer's.
     pub const fn name(self) -> &'static str {
@@ -96,6 +109,10 @@ impl Kind {
             Kind::FfnDown => "ffn_down",
             Kind::OutputNorm => "output_norm",
             Kind::Output => "output",
+            Kind::AttnQNorm => "attn_q_norm",
+            Kind::AttnKNorm => "attn_k_norm",
+            Kind::AttnPostNorm => "post_attention_norm",
+            Kind::FfnPostNorm => "post_ffw_norm",
         }
     }
 
@@ -177,11 +194,38 @@ pub struct Tensor {
     pub spec: &'static TensorSpec,
 }
 
-/// An architecture: its name and its tensors, in file order.
+/// The feed-forward's gated activation: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: `silu(g) = g / (1 + e^-g)`.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// An architecture: its name, its tensors in file order, and how its forward pass and its
+/// imports differ from Llama's (flags the one forward pass reads; the optional tensors, such
+/// as q/k norms or the post-norms, are applied when the tensor list has them).
 #[derive(Debug)]
 pub struct Arch {
     /// `general.architecture` of its checkpoints (and of GGUF files).
     pub name: &'static str,
+    /// The feed-forward's activation.
+    pub activation: Activation,
+    /// Embedding rows are multiplied by `sqrt(dim)` (in f32, as llama.cpp and transformers do
+    /// for f32 weights) before the first layer (Gemma).
+    pub scale_embeddings: bool,
+    /// What Hugging Face checkpoints store of a norm weight is `w - 1` (Gemma's RMSNorm computes
+    /// `x * (1 + w)`): importers add 1 so that the runtime's RMSNorm stays `x * w` (llama.cpp's
+    /// converter does the same, so GGUF files hold `1 + w`).
+    pub hf_norm_minus_one: bool,
+    /// GGUF files of this architecture keep q/k rows in rotate-half (NEOX) order, as Hugging
+    /// Face does: importers permute them to the runtime's interleaved order.
+    pub gguf_rotate_half: bool,
+    /// What llama.cpp assumes of a GGUF file of this architecture that names a sliding window
+    /// but not the layer pattern or the local RoPE base: (period, local base); `None`: the
+    /// architecture has no sliding-window layers.
+    pub gguf_local_defaults: Option<(usize, f32)>,
     /// Global tensors stored before the layers.
     pub pre: &'static [TensorSpec],
     /// Every layer's tensors.

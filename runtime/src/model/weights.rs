@@ -49,6 +49,12 @@ impl<'a, M> Slots<'a, M> {
         }
     }
 
+    /// The norm weights of `kind`, if its architecture has them (the optional norms: q/k,
+    /// post-attention, post-feed-forward).
+    pub fn norm_if(&self, kind: Kind) -> Option<&'a [f32]> {
+        self.norms[kind.index()]
+    }
+
     /// The matrix of `kind`.
     pub fn w(&self, kind: Kind) -> &M {
         &self.bound(kind).matrix
