@@ -385,6 +385,7 @@ mod tests {
             tied_embeddings: true,
             local: edge_runtime::config::LocalLayers::NONE,
             attn_scale: None,
+            rope_freq_factors: false,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context};
-use edge_runtime::arch::{self, Arch, Kind};
+use edge_runtime::arch::{self, Arch, Kind, QkOrder};
 use edge_runtime::config::LocalLayers;
 use edge_runtime::Config;
 use half::{bf16, f16};
@@ -1072,8 +1072,8 @@ fn unsupported_type(t: &TensorInfo) -> anyhow::Error {
 // Model import
 // ---------------------------------------------------------------------------------------------
 
-/// Read the Llama config from the `{arch}.*` metadata (`llama.*`); `vocab_size` comes from the
-/// token embedding's rows.
+/// Read the config from the `{arch}.*` metadata (`llama.*`, `qwen2.*`); `vocab_size` comes from
+/// the token embedding's rows. RoPE scaling other than Llama 3's (`rope_freqs.weight`) is refused.
 fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
     let a = arch.name;
     let req = |key: &str| -> anyhow::Result<usize> {
@@ -1125,6 +1125,16 @@ fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
     if n_layers > 4096 || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
         bail!("inconsistent attention config: {n_layers} layers, {n_heads} heads, {n_kv_heads} kv heads, head_dim {head_dim}");
     }
+    if let Some(kind) = g.get_str(&format!("{a}.rope.scaling.type"))? {
+        if kind != "none" {
+            bail!("GGUF metadata sets {a}.rope.scaling.type = '{kind}', which edge-run does not implement; the model would run with wrong positions");
+        }
+    }
+    let rope_freqs = arch::tensor_name(Kind::RopeFreqs, None);
+    let rope_freq_factors = g.tensor(&rope_freqs).is_some();
+    if rope_freq_factors && !arch.has(Kind::RopeFreqs) {
+        bail!("GGUF has '{rope_freqs}' (per-frequency RoPE scaling), which edge-run does not implement for {a}");
+    }
     let embd = arch::tensor_name(Kind::TokenEmbd, None);
     let emb = g
         .tensor(&embd)
@@ -1162,6 +1172,7 @@ fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
         tied_embeddings: g.tensor(&arch::tensor_name(Kind::Output, None)).is_none(),
         local,
         attn_scale,
+        rope_freq_factors,
     })
 }
 
@@ -1245,7 +1256,7 @@ fn dequantize_all(g: &GgufFile, infos: &[&TensorInfo]) -> anyhow::Result<Vec<Vec
         .collect()
 }
 
-/// Read a GGUF file of the Llama family into a [`SourceModel`].
+/// Read a GGUF file of a supported architecture ([`arch::ARCHS`]) into a [`SourceModel`].
 /// `tokenizer` overrides the tokenizer (a `tokenizer.json`); otherwise one beside the file is
 /// used, else one is built from the GGUF's own `tokenizer.ggml.*` metadata.
 pub fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
@@ -1261,10 +1272,11 @@ pub fn import_gguf(g: &GgufFile, path: &Path, tokenizer: Option<&Path>) -> anyho
 
     let arch = match g.get_str("general.architecture").map_err(ctx)? {
         Some(name) => arch::by_name(name)
-            .map_err(|_| ctx(anyhow!("unsupported architecture '{name}': edge-run runs the Llama family")))?,
+            .map_err(|_| ctx(anyhow!("unsupported architecture '{name}': edge-run runs {}", arch::names())))?,
         None => {
             return Err(ctx(anyhow!(
-                "GGUF metadata has no 'general.architecture'; the file is incomplete (edge-run runs the Llama family)"
+                "GGUF metadata has no 'general.architecture'; the file is incomplete (edge-run runs {})",
+                arch::names()
             )));
         }
     };
@@ -1315,12 +1327,10 @@ pub fn import_gguf(g: &GgufFile, path: &Path, tokenizer: Option<&Path>) -> anyho
     };
 
     let data = dequantize_all(g, &infos).map_err(ctx)?;
-    let mut tensors = Vec::with_capacity(expected.len());
-    for (e, mut data) in expected.into_iter().zip(data) {
-        if arch.gguf_rotate_half {
-            crate::hf::rotary_to_interleaved(e.spec.kind, &e.name, &e.shape, &mut data, &config).map_err(ctx)?;
-        }
-        tensors.push(SourceTensor { name: e.name, shape: e.shape, data });
+    let mut tensors: Vec<SourceTensor> =
+        expected.into_iter().zip(data).map(|(e, data)| SourceTensor { name: e.name, shape: e.shape, data }).collect();
+    if arch.gguf_qk_order == QkOrder::RotateHalf {
+        crate::source::interleave_qk(&mut tensors, &config).map_err(ctx)?;
     }
 
     Ok(SourceModel {

@@ -1,10 +1,11 @@
 //! Hugging Face folder reader: `config.json`, `model.safetensors` (or sharded with
-//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`.
+//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`. The
+//! architecture is the one whose class (`LlamaForCausalLM`, `Qwen2ForCausalLM`) the config names.
 //!
-//! Hugging Face stores the q and k projections with their rows permuted for the "rotate half"
-//! RoPE formulation; they are un-permuted here to the interleaved order every other source
-//! (and the runtime) uses: for head `h`, interleaved row `h*hd + 2*i + p` is HF row
-//! `h*hd + p*(hd/2) + i` (`p` in {0, 1}, `i < hd/2`).
+//! Hugging Face stores the q and k projections (and their biases) with their rows permuted for
+//! the "rotate half" RoPE formulation; they are un-permuted here to the interleaved order every
+//! other source (and the runtime) uses ([`unpermute_rotary`]). A Llama 3 `rope_scaling` becomes
+//! the per-frequency divisors `rope_freqs.weight`, computed here once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use edge_runtime::Config;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+pub use crate::source::unpermute_rotary;
 use crate::source::{SourceModel, SourceTensor};
 
 fn parse_tokenizer(text: &str) -> anyhow::Result<tokenizers::Tokenizer> {
@@ -48,6 +50,8 @@ fn token_text(v: Option<&Value>) -> Option<&str> {
 struct HfConfig {
     arch: &'static Arch,
     config: Config,
+    /// Llama 3 scaling's per-frequency RoPE divisors.
+    rope_freqs: Option<Vec<f32>>,
     bos: Option<u32>,
     eos: Option<u32>,
     name: Option<String>,
@@ -61,14 +65,19 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let model_type = cfg.get("model_type").and_then(Value::as_str);
-    const READS: &str = "edge-pack reads LlamaForCausalLM and Gemma3ForCausalLM";
-    let arch: &'static Arch = match (arch.as_deref(), model_type) {
-        (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => &arch::LLAMA,
-        (Some("Gemma3ForCausalLM"), _) | (None, Some("gemma3_text")) => &arch::GEMMA3,
-        (Some(a), _) | (None, Some(a)) => bail!("unsupported architecture '{a}' in '{}': {READS}", path.display()),
-        (None, None) => {
-            bail!("'{}' names no architecture (no 'architectures' or 'model_type'): {READS}", path.display())
-        }
+    let classes = || arch::ARCHS.iter().flat_map(|a| a.hf_classes.iter().copied()).collect::<Vec<_>>().join(", ");
+    let found = match (arch.as_deref(), model_type) {
+        (Some(c), _) => arch::ARCHS.iter().copied().find(|a| a.hf_classes.contains(&c)),
+        (None, Some(t)) => arch::ARCHS.iter().copied().find(|a| a.hf_model_type == t),
+        (None, None) => bail!(
+            "'{}' names no architecture (no 'architectures' or 'model_type'): edge-pack reads {}",
+            path.display(),
+            classes()
+        ),
+    };
+    let Some(arch) = found else {
+        let a = arch.as_deref().or(model_type).unwrap_or("?");
+        bail!("unsupported architecture '{a}' in '{}': edge-pack reads {}", path.display(), classes());
     };
     let gemma = arch.name == arch::GEMMA3.name;
     let (act_key, act_want) = match arch.activation {
@@ -90,22 +99,22 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
             bail!("'{}' sets {key}: models with bias terms are not supported", path.display());
         }
     }
+    if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        bail!("'{}' sets use_sliding_window: sliding-window attention is not supported for {}", path.display(), arch.name);
+    }
     // RoPE: `rope_theta` (and Gemma's `rope_local_base_freq`), or transformers 5's
-    // `rope_parameters` (one set, or one per layer type); scaling of any kind is refused.
+    // `rope_parameters` (one set, or one per layer type: Gemma's full and sliding layers).
     let rope_params = cfg.get("rope_parameters").filter(|v| !v.is_null());
     let per_type = rope_params.and_then(|r| r.get("full_attention").or_else(|| r.get("sliding_attention"))).is_some();
-    let rope_sets: Vec<&Value> = match rope_params {
-        Some(r) if per_type => ["full_attention", "sliding_attention"].iter().filter_map(|k| r.get(*k)).collect(),
-        Some(r) => vec![r],
-        None => Vec::new(),
-    };
-    for rs in cfg.get("rope_scaling").filter(|v| !v.is_null()).into_iter().chain(rope_sets.iter().copied()) {
-        let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
-        if kind != "default" || rs.get("factor").is_some_and(|f| f.as_f64() != Some(1.0)) {
-            bail!(
-                "'{}' sets rope scaling (type '{kind}'), which edge-run does not implement; the model would run with wrong positions",
-                path.display()
-            );
+    let at = format!("'{}'", path.display());
+    let scaling_set = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(if per_type { None } else { rope_params });
+    let rope_scaling = crate::rope_scaling::from_hf(scaling_set, &at)?;
+    if rope_scaling.is_some() && !arch.has(Kind::RopeFreqs) {
+        bail!("'{}' sets a llama3 rope_scaling, which edge-run does not implement for {}", path.display(), arch.name);
+    }
+    for set in ["full_attention", "sliding_attention"].iter().filter_map(|k| rope_params.filter(|_| per_type)?.get(*k)) {
+        if crate::rope_scaling::from_hf(Some(set), &at)?.is_some() {
+            bail!("'{}' sets a llama3 rope scaling per layer type, which edge-run does not implement", path.display());
         }
     }
     let theta_of = |set: &str, key: &str| -> Option<f64> {
@@ -205,7 +214,9 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(gemma),
         local,
         attn_scale,
+        rope_freq_factors: rope_scaling.is_some(),
     };
+    let rope_freqs = rope_scaling.map(|p| p.freq_factors(config.rope_theta as f64, head_dim));
     // `_name_or_path` is a hub id or a local path; its last component names the model.
     let name = cfg
         .get("_name_or_path")
@@ -214,7 +225,7 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
     let (bos, eos) = (token_id(cfg.get("bos_token_id")), token_id(cfg.get("eos_token_id")));
-    Ok(HfConfig { arch, config, bos, eos, name })
+    Ok(HfConfig { arch, config, rope_freqs, bos, eos, name })
 }
 
 /// Where a Hugging Face tensor goes.
@@ -233,41 +244,6 @@ fn map_name(arch: &Arch, hf: &str) -> Option<Mapped> {
     }
     let (layer, part) = hf.strip_prefix("model.").unwrap_or(hf).strip_prefix("layers.")?.split_once('.')?;
     (layer.parse::<usize>().is_ok() && part == ROTARY_INV_FREQ).then_some(Mapped::Ignored)
-}
-
-/// Reorder the rows of a q or k projection from rotate-half to interleaved order.
-pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for p in 0..2 {
-                let dst = h * head_dim + 2 * i + p;
-                let src = h * head_dim + p * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
-/// Put the rotary rows of tensor `kind` (q or k projection, or a per-head q/k norm) of a model
-/// of config `c` from rotate-half into interleaved order; other kinds are left alone. A norm
-/// scales a head's values one by one, so its weights move with the rows they scale.
-pub fn rotary_to_interleaved(kind: Kind, name: &str, shape: &[u64], data: &mut Vec<f32>, c: &Config) -> anyhow::Result<()> {
-    let (heads, cols) = match kind {
-        Kind::AttnQ => (c.n_heads, shape.get(1).copied().unwrap_or(0) as usize),
-        Kind::AttnK => (c.n_kv_heads, shape.get(1).copied().unwrap_or(0) as usize),
-        Kind::AttnQNorm | Kind::AttnKNorm => (1, 1),
-        _ => return Ok(()),
-    };
-    let rows = (heads * c.head_dim) as u64;
-    let want: &[u64] = if cols == 1 && shape.len() == 1 { &[rows] } else { &[rows, cols as u64] };
-    if shape != want || data.len() != (rows as usize) * cols {
-        bail!("tensor '{name}' has shape {shape:?}, expected {want:?} ({heads} heads x head_dim {})", c.head_dim);
-    }
-    *data = unpermute_rotary(data, heads, c.head_dim, cols);
-    Ok(())
 }
 
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
@@ -321,11 +297,11 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     bail!("'{}' has no model.safetensors or model.safetensors.index.json", dir.display())
 }
 
-/// Read a Hugging Face Llama folder. `tokenizer` overrides the folder's `tokenizer.json`.
+/// Read a Hugging Face model folder. `tokenizer` overrides the folder's `tokenizer.json`.
 pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
     let config_path = dir.join("config.json");
     let cfg = read_json(&config_path)?;
-    let HfConfig { arch, mut config, bos, eos, name } = parse_config(&config_path, &cfg)?;
+    let HfConfig { arch, mut config, rope_freqs, bos, eos, name } = parse_config(&config_path, &cfg)?;
 
     let mut found: BTreeMap<String, SourceTensor> = BTreeMap::new();
     for file in weight_files(dir)? {
@@ -361,14 +337,9 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
         config.tied_embeddings = true;
     }
 
-    // Un-permute q and k rows (rotate-half -> interleaved), and the per-head norms with them.
-    for l in 0..config.n_layers {
-        for kind in [Kind::AttnQ, Kind::AttnK, Kind::AttnQNorm, Kind::AttnKNorm] {
-            let name = arch::tensor_name(kind, Some(l));
-            if let Some(t) = found.get_mut(&name) {
-                rotary_to_interleaved(kind, &name, &t.shape, &mut t.data, &config)?;
-            }
-        }
+    if let Some(f) = rope_freqs {
+        let name = arch::tensor_name(Kind::RopeFreqs, None);
+        found.insert(name.clone(), SourceTensor { name, shape: vec![f.len() as u64], data: f });
     }
     // Gemma's norms compute x * (1 + w): store 1 + w, so the runtime's RMSNorm stays x * w.
     if arch.hf_norm_minus_one {
@@ -392,6 +363,8 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     if let Some(extra) = found.keys().next() {
         bail!("'{}' has tensor '{extra}' beyond the {} layers its config declares", dir.display(), config.n_layers);
     }
+    // Rotate-half q and k rows (and biases, per-head norms) -> interleaved.
+    crate::source::interleave_qk(&mut tensors, &config)?;
 
     // Tokenizer, chat template, special tokens.
     let tok_path = match tokenizer {

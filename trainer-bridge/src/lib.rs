@@ -11,7 +11,7 @@
 //! source_detect                    tell an input's format, hand it to its importer
 //! gguf  hf  llama2c                importers: one format -> SourceModel
 //! calibrate  sensitivity           GPTQ's tokens, Hessians and codes; the per-unit KL profile
-//! source  tokenizer  quant  threads
+//! source  tokenizer  quant  threads  rope_scaling
 //! ```
 //! The importers know nothing of calibration or packing; calibration and the profile know
 //! nothing of the sources.
@@ -22,6 +22,7 @@ pub mod hf;
 pub mod llama2c;
 pub mod pack;
 pub mod quant;
+pub mod rope_scaling;
 pub mod sensitivity;
 pub mod source;
 mod source_detect;

@@ -190,6 +190,7 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
             Kind::Output => wcls?,
             // Not in llama2.c's (Llama) files.
             Kind::AttnQNorm | Kind::AttnKNorm | Kind::AttnPostNorm | Kind::FfnPostNorm => return None,
+            Kind::AttnQBias | Kind::AttnKBias | Kind::AttnVBias | Kind::RopeFreqs => return None,
         })
     };
 
@@ -207,6 +208,7 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
         tied_embeddings: h.shared_classifier,
         local: edge_runtime::config::LocalLayers::NONE,
         attn_scale: None,
+        rope_freq_factors: false,
     };
     let arch = &arch::LLAMA;
     // Each tensor of the architecture is its layer's slice of its kind's block.

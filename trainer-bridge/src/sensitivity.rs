@@ -299,6 +299,7 @@ mod tests {
             tied_embeddings: tied,
             local: edge_runtime::config::LocalLayers::NONE,
             attn_scale: None,
+            rope_freq_factors: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The common in-memory form every importer produces (and all they share with the packer).
 
-use edge_runtime::arch::Arch;
+use anyhow::bail;
+use edge_runtime::arch::{self, Arch, Kind};
 use edge_runtime::Config;
 
 /// One tensor, dequantized to f32, under its canonical name, shape outermost first.
@@ -32,4 +33,53 @@ pub struct SourceModel {
     pub name: String,
     /// Where it came from (file name and format), for `inspect`.
     pub source: String,
+}
+
+/// Reorder the rows of a q or k projection (or of its bias: `cols` 1) from rotate-half to
+/// interleaved order: for head `h`, interleaved row `h*hd + 2*i + p` is rotate-half row
+/// `h*hd + p*(hd/2) + i` (`p` in {0, 1}, `i < hd/2`).
+pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let dst = h * head_dim + 2 * i + p;
+                let src = h * head_dim + p * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Put the q and k projections of `tensors` (and their biases and per-head norms, where the
+/// architecture has them), stored in rotate-half order (Hugging Face; GGUF files of NEOX-RoPE architectures),
+/// into the interleaved order the runtime rotates. Tensors not in `tensors` are skipped (the
+/// caller checks the tensor list).
+pub fn interleave_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::Result<()> {
+    let hd = config.head_dim;
+    let kinds = [
+        (Kind::AttnQ, config.n_heads),
+        (Kind::AttnK, config.n_kv_heads),
+        (Kind::AttnQBias, config.n_heads),
+        (Kind::AttnKBias, config.n_kv_heads),
+        // Per-head norms scale a head's values one by one: their weights move with the rows.
+        (Kind::AttnQNorm, 1),
+        (Kind::AttnKNorm, 1),
+    ];
+    for l in 0..config.n_layers {
+        for (kind, heads) in kinds {
+            let name = arch::tensor_name(kind, Some(l));
+            let Some(t) = tensors.iter_mut().find(|t| t.name == name) else { continue };
+            let rows = (heads * hd) as u64;
+            let vector = kind.is_bias() || matches!(kind, Kind::AttnQNorm | Kind::AttnKNorm);
+            let cols = if vector { 1 } else { t.shape.get(1).copied().unwrap_or(0) };
+            if t.shape.first() != Some(&rows) || t.shape.len() != if vector { 1 } else { 2 } || t.data.len() as u64 != rows * cols {
+                bail!("tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {hd})", t.shape);
+            }
+            t.data = unpermute_rotary(&t.data, heads, hd, cols as usize);
+        }
+    }
+    Ok(())
 }

@@ -117,3 +117,105 @@ fn tiny_hf_gemma3_window_and_norms_are_exercised() {
     }
     check(&m, "norm weights as stored by HF");
 }
+
+/// Gemma 3 270M's GGUF, fetched (cached) by the shared models' fetch.sh; `None`, said loudly,
+/// when it cannot be had here.
+fn gemma_270m() -> Option<PathBuf> {
+    let script = Path::new("/work/shared/models/fetch.sh");
+    let out = std::process::Command::new(script).arg("gemma3-270m").output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if p.is_file() {
+                return Some(p);
+            }
+            eprintln!("!!!!! SKIPPED: fetch.sh gemma3-270m printed no file ({}) !!!!!", p.display());
+        }
+        Ok(o) => eprintln!("!!!!! SKIPPED: fetch.sh gemma3-270m failed: {} !!!!!", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => eprintln!("!!!!! SKIPPED: cannot run {}: {e} !!!!!", script.display()),
+    }
+    None
+}
+
+/// llama.cpp's greedy continuations (llama-cpp-python 0.3.36's vendored llama.cpp, through
+/// tests/oracles/llama_cpp_greedy.py) on the F16 GGUF of the same weights
+/// (`llama-quantize --allow-requantize gemma-3-270m-q4_k_m.gguf F16`): prompt ids (llama.cpp's
+/// tokenization, BOS first) and 32 greedy ids each.
+const GREEDY: &[(&str, &[u32], &[u32])] = &[
+    (
+        "The capital of France is",
+        &[2, 818, 5279, 529, 7001, 563],
+        &[506, 5279, 529, 506, 2891, 529, 7001, 236761, 1030, 563, 506, 7488, 3207, 528, 7001, 532, 506, 1855, 7488, 3207, 528, 3879, 236761, 1030, 563, 5628, 528, 506, 6029, 529, 506, 2891],
+    ),
+    (
+        "Once upon a time, in a small village,",
+        &[2, 14946, 3324, 496, 990, 236764, 528, 496, 1944, 9744, 236764],
+        &[993, 11742, 496, 880, 7489, 3415, 236761, 1293, 691, 496, 2651, 236772, 25421, 236764, 11481, 236764, 532, 2712, 880, 236761, 1293, 9312, 914, 2523, 532, 4690, 1401, 1623, 236761, 3656, 1719, 236764],
+    ),
+    (
+        "def fibonacci(n):\n",
+        &[2, 2063, 10779, 78113, 236769, 236749, 1473, 107],
+        &[140, 584, 538, 1251, 236743, 236771, 236787, 107, 144, 2060, 236743, 236771, 107, 140, 36208, 538, 1251, 236743, 236770, 236787, 107, 144, 2060, 236743, 236770, 107, 140, 36208, 538, 1251, 236743, 236778],
+    ),
+    (
+        "The three primary colors are",
+        &[2, 818, 1806, 5905, 7913, 659],
+        &[2604, 236764, 3730, 236764, 532, 7070, 236761, 108, 818, 5905, 7913, 659, 2604, 236764, 3730, 236764, 532, 7070, 236761, 108, 818, 5905, 7913, 659, 2604, 236764, 3730, 236764, 532, 7070, 236761, 108],
+    ),
+];
+
+/// Greedy ids after `prompt` (prefilled in one batch), one token a call.
+fn greedy_after(model: &mut Model<'_>, prompt: &[u32], steps: usize) -> Vec<u32> {
+    model.reset_kv();
+    let mut logits = model.forward_batch(prompt, 0, Logits::Last).unwrap().to_vec();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let t = argmax(&logits);
+        out.push(t);
+        let pos = model.kv_end();
+        logits = model.forward(t, pos).unwrap().to_vec();
+    }
+    out
+}
+
+/// Gemma 3 270M from its GGUF, its weights dequantized and stored as f16: greedy continuations
+/// identical to llama.cpp's on the F16 GGUF of the same weights, for 32 tokens on four prompts
+/// and after a 700-token prompt (past the 512-position sliding window of the local layers).
+#[test]
+fn gemma3_270m_greedy_matches_llama_cpp() {
+    let Some(path) = gemma_270m() else { return };
+    let m = edge_pack::gguf::load_gguf(&path, None).unwrap();
+    let c = m.config;
+    assert_eq!((c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim), (640, 2048, 18, 4, 1, 256));
+    assert_eq!((c.local.window, c.local.period, c.local.rope_theta, c.rope_theta), (512, 6, 10_000.0, 1_000_000.0));
+    let bytes = full_precision_in_memory(&m).unwrap();
+    drop(m);
+    let ck = Checkpoint::parse(bytes.as_bytes()).unwrap();
+    let opts = ModelOptions { max_seq_len: 1024, max_batch: 512, ..ModelOptions::default() };
+    let mut model = Model::new(&ck, opts).unwrap();
+    for (text, prompt, want) in GREEDY {
+        let got = greedy_after(&mut model, prompt, want.len());
+        assert_eq!(&got, want, "greedy continuation of {text:?}");
+    }
+    let long: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("../gemma3-270m-long-greedy.json")).unwrap()).unwrap();
+    let ids = |k: &str| long[k].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect::<Vec<u32>>();
+    let (prompt, want) = (ids("prompt_ids"), ids("greedy"));
+    assert!(prompt.len() > 512 + 100);
+    // Prefill in blocks of at most 512 (max_batch), then decode.
+    model.reset_kv();
+    let mut pos = 0;
+    let mut logits = Vec::new();
+    for chunk in prompt.chunks(512) {
+        logits = model.forward_batch(chunk, pos, Logits::Last).unwrap().to_vec();
+        pos += chunk.len();
+    }
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let t = argmax(&logits);
+        got.push(t);
+        logits = model.forward(t, pos).unwrap().to_vec();
+        pos += 1;
+    }
+    assert_eq!(got, want, "greedy continuation of the first 700 tokens of wiki.test.raw");
+}

@@ -23,6 +23,9 @@ pub struct Config {
     pub rope_theta: f32,
     /// The output head reuses the token embedding.
     pub tied_embeddings: bool,
+    /// The checkpoint stores per-frequency RoPE divisors (`rope_freqs.weight`, Llama 3.x
+    /// scaling): frequency `i` is `rope_theta^(-2i/head_dim) / rope_freqs[i]`.
+    pub rope_freq_factors: bool,
     /// Sliding-window layers, if any (Gemma 3).
     pub local: LocalLayers,
     /// The attention's query scale; `None`: `1 / sqrt(head_dim)` (Gemma's
@@ -77,7 +80,8 @@ impl Config {
     }
 
     pub fn from_checkpoint(ck: &Checkpoint<'_>) -> Result<Self> {
-        super::of_checkpoint(ck)?;
+        let arch = super::of_checkpoint(ck)?;
+        let rope_freqs = super::tensor_name(super::Kind::RopeFreqs, None);
         let u = |key: &'static str| -> Result<usize> {
             let v = ck.get_u64(key).ok_or(Error::MissingMeta { key })?;
             // Bound every dimension: no file-supplied count may drive a huge allocation.
@@ -117,7 +121,11 @@ impl Config {
                 None => None,
                 Some(_) => Some(f(keys::ATTN_SCALE)?),
             },
+            rope_freq_factors: ck.tensor(&rope_freqs).is_some(),
         };
+        if c.rope_freq_factors && !arch.has(super::Kind::RopeFreqs) {
+            return Err(Error::Corrupt { what: alloc::format!("a {} checkpoint cannot hold '{rope_freqs}'", arch.name) });
+        }
         if !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim.is_multiple_of(2) || c.n_layers > 4096 {
             return Err(Error::Corrupt {
                 what: alloc::format!(
@@ -152,6 +160,7 @@ pub(crate) mod tests {
             tied_embeddings: tied,
             local: super::LocalLayers::NONE,
             attn_scale: None,
+            rope_freq_factors: false,
         }
     }
 }

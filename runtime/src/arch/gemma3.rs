@@ -5,8 +5,8 @@
 //! global ones (the pattern and bases are the config's: [`super::config::LocalLayers`]). The
 //! output head is tied to the embedding.
 
-use super::llama::{linear, norm};
-use super::{Activation, Arch, Dim, Kind, Role, Site, TensorSpec};
+use super::llama::{linear, norm, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use super::{Activation, Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
 
 const fn head_norm(kind: Kind, hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape: &[Dim::Head], role: Role::Norm, site: None, hf }
@@ -14,18 +14,14 @@ const fn head_norm(kind: Kind, hf: &'static str) -> TensorSpec {
 
 pub const GEMMA3: Arch = Arch {
     name: "gemma3",
+    hf_classes: &["Gemma3ForCausalLM"],
+    hf_model_type: "gemma3_text",
+    gguf_qk_order: QkOrder::RotateHalf,
     activation: Activation::GeluTanh,
     scale_embeddings: true,
     hf_norm_minus_one: true,
     gguf_local_defaults: Some((6, 10_000.0)),
-    gguf_rotate_half: true,
-    pre: &[TensorSpec {
-        kind: Kind::TokenEmbd,
-        shape: &[Dim::Vocab, Dim::Model],
-        role: Role::Embedding,
-        site: None,
-        hf: "model.embed_tokens.weight",
-    }],
+    pre: &[TOKEN_EMBD],
     layer: &[
         norm(Kind::AttnNorm, "input_layernorm.weight"),
         linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight"),
@@ -41,8 +37,5 @@ pub const GEMMA3: Arch = Arch {
         linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight"),
         norm(Kind::FfnPostNorm, "post_feedforward_layernorm.weight"),
     ],
-    post: &[
-        norm(Kind::OutputNorm, "model.norm.weight"),
-        TensorSpec { kind: Kind::Output, shape: &[Dim::Vocab, Dim::Model], role: Role::Head, site: Some(Site::Head), hf: "lm_head.weight" },
-    ],
+    post: &[OUTPUT_NORM, OUTPUT],
 };

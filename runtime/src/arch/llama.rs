@@ -2,7 +2,11 @@
 //! pre-norm blocks of grouped-query attention with RoPE and a SwiGLU feed-forward, RMSNorm
 //! everywhere, an output head that may be tied to the token embedding.
 
-use super::{Activation, Arch, Dim, Kind, Role, Site, TensorSpec};
+//!
+//! Llama 3.x's RoPE scaling is per-frequency divisors, stored as `rope_freqs.weight` when the
+//! config says so (GGUF's tensor; computed at pack time from a Hugging Face `rope_scaling`).
+
+use super::{Activation, Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
 
 pub(super) const fn norm(kind: Kind, hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape: &[Dim::Model], role: Role::Norm, site: None, hf }
@@ -12,20 +16,27 @@ pub(super) const fn linear(kind: Kind, shape: &'static [Dim], site: Site, hf: &'
     TensorSpec { kind, shape, role: Role::Linear, site: Some(site), hf }
 }
 
+pub(super) const TOKEN_EMBD: TensorSpec =
+    TensorSpec { kind: Kind::TokenEmbd, shape: &[Dim::Vocab, Dim::Model], role: Role::Embedding, site: None, hf: "model.embed_tokens.weight" };
+
+pub(super) const OUTPUT_NORM: TensorSpec = norm(Kind::OutputNorm, "model.norm.weight");
+
+pub(super) const OUTPUT: TensorSpec =
+    TensorSpec { kind: Kind::Output, shape: &[Dim::Vocab, Dim::Model], role: Role::Head, site: Some(Site::Head), hf: "lm_head.weight" };
+
 pub const LLAMA: Arch = Arch {
     name: "llama",
     activation: Activation::Silu,
     scale_embeddings: false,
     hf_norm_minus_one: false,
     gguf_local_defaults: None,
-    gguf_rotate_half: false,
-    pre: &[TensorSpec {
-        kind: Kind::TokenEmbd,
-        shape: &[Dim::Vocab, Dim::Model],
-        role: Role::Embedding,
-        site: None,
-        hf: "model.embed_tokens.weight",
-    }],
+    hf_classes: &["LlamaForCausalLM"],
+    hf_model_type: "llama",
+    gguf_qk_order: QkOrder::Interleaved,
+    pre: &[
+        TOKEN_EMBD,
+        TensorSpec { kind: Kind::RopeFreqs, shape: &[Dim::HalfHead], role: Role::RopeFreqs, site: None, hf: "" },
+    ],
     layer: &[
         norm(Kind::AttnNorm, "input_layernorm.weight"),
         linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight"),
@@ -37,8 +48,5 @@ pub const LLAMA: Arch = Arch {
         linear(Kind::FfnUp, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.up_proj.weight"),
         linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight"),
     ],
-    post: &[
-        norm(Kind::OutputNorm, "model.norm.weight"),
-        TensorSpec { kind: Kind::Output, shape: &[Dim::Vocab, Dim::Model], role: Role::Head, site: Some(Site::Head), hf: "lm_head.weight" },
-    ],
+    post: &[OUTPUT_NORM, OUTPUT],
 };

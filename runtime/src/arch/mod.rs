@@ -6,11 +6,17 @@
 //! ([`crate::plan`]), and the calibration sites ([`Site`]). Adding an architecture means adding
 //! one file here (its [`Arch`]) plus its differences in the forward pass.
 //!
-//! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`.
+//! Names are GGUF's: a global tensor is `{kind}.weight`, a layer's is `blk.{l}.{kind}.weight`
+//! (a bias kind's name ends in `.bias`, and is the whole name: `blk.{l}.attn_q.bias`).
+//!
+//! What an architecture's forward pass does differently is read from its tensors where they
+//! say it (a bias is added when the architecture lists one) and from [`Arch`]'s fields where
+//! they cannot (the order its GGUF files store q/k rows in).
 
 pub mod config;
 mod gemma3;
 mod llama;
+mod qwen2;
 
 use alloc::format;
 use alloc::string::String;
@@ -21,9 +27,15 @@ use crate::error::{Error, Result};
 
 pub use gemma3::GEMMA3;
 pub use llama::LLAMA;
+pub use qwen2::QWEN2;
 
 /// Every architecture this build runs.
-pub const ARCHS: &[&Arch] = &[&LLAMA, &GEMMA3];
+pub const ARCHS: &[&Arch] = &[&LLAMA, &QWEN2, &GEMMA3];
+
+/// The names of [`ARCHS`], for error messages (`llama, qwen2, gemma3`).
+pub fn names() -> String {
+    ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+}
 
 /// The architecture named `name` (a checkpoint's `general.architecture`).
 pub fn by_name(name: &str) -> Result<&'static Arch> {
@@ -50,6 +62,8 @@ pub enum Dim {
     /// One head (`head_dim`): the per-head q/k norms.
     Head,
     Vocab,
+    /// Half a head: one per rotated pair (RoPE's frequencies).
+    HalfHead,
 }
 
 impl Dim {
@@ -61,6 +75,7 @@ impl Dim {
             Dim::Kv => c.kv_dim(),
             Dim::Head => c.head_dim,
             Dim::Vocab => c.vocab_size,
+            Dim::HalfHead => c.head_dim / 2,
         }
     }
 }
@@ -80,6 +95,11 @@ pub enum Kind {
     FfnDown,
     OutputNorm,
     Output,
+    AttnQBias,
+    AttnKBias,
+    AttnVBias,
+    /// Per-frequency RoPE divisors (Llama 3 scaling; GGUF's `rope_freqs.weight`).
+    RopeFreqs,
     /// RMSNorm of every query head before RoPE (head_dim).
     AttnQNorm,
     /// RMSNorm of every key head before RoPE (head_dim).
@@ -92,9 +112,10 @@ pub enum Kind {
 
 impl Kind {
     /// How many kinds there are (the length of a per-kind table).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 20;
 
-    /// The kind's part of a tensor name (`attn_q`); also the plan key naming every layer's.
+    /// The kind's part of a tensor name (`attn_q`, `attn_q.bias`); for a matrix, also the plan
+    /// key naming every layer's.
     pub const fn name(self) -> &'static str {
         match self {
             Kind::TokenEmbd => "token_embd",
@@ -109,11 +130,20 @@ impl Kind {
             Kind::FfnDown => "ffn_down",
             Kind::OutputNorm => "output_norm",
             Kind::Output => "output",
+            Kind::AttnQBias => "attn_q.bias",
+            Kind::AttnKBias => "attn_k.bias",
+            Kind::AttnVBias => "attn_v.bias",
+            Kind::RopeFreqs => "rope_freqs",
             Kind::AttnQNorm => "attn_q_norm",
             Kind::AttnKNorm => "attn_k_norm",
             Kind::AttnPostNorm => "post_attention_norm",
             Kind::FfnPostNorm => "post_ffw_norm",
         }
+    }
+
+    /// A bias: its name is the whole tensor name's end (`attn_q.bias`, no `.weight`).
+    pub const fn is_bias(self) -> bool {
+        matches!(self, Kind::AttnQBias | Kind::AttnKBias | Kind::AttnVBias)
     }
 
     /// Slot in a per-kind table.
@@ -129,6 +159,11 @@ pub enum Role {
     Embedding,
     /// RMSNorm weights: f32 vectors, never viewed.
     Norm,
+    /// A linear layer's bias, added to its output: an f32 vector, never viewed.
+    Bias,
+    /// Per-frequency RoPE divisors ([`Kind::RopeFreqs`]): an f32 vector, never viewed, stored
+    /// only when the config says so ([`Config::rope_freq_factors`]).
+    RopeFreqs,
     /// A linear layer `out = W x`: a matrix that takes views.
     Linear,
     /// The output head (absent when tied to the embedding): a matrix that takes views.
@@ -174,9 +209,10 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    /// A matrix whose view (bit width) a plan chooses.
+    /// A matrix whose view (bit width) a plan chooses; everything else is a small f32 vector
+    /// (norms, biases, RoPE factors), stored as is and never in a plan or a profile's units.
     pub fn takes_views(&self) -> bool {
-        self.role != Role::Norm
+        matches!(self.role, Role::Embedding | Role::Linear | Role::Head)
     }
 
     pub fn shape(&self, c: &Config) -> Vec<u64> {
@@ -203,6 +239,16 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// The order of the rows of a q or k projection within each head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkOrder {
+    /// Adjacent pairs `(2i, 2i+1)` rotate together: the runtime's order (llama.cpp's "NORM").
+    Interleaved,
+    /// Rows `i` and `i + head_dim/2` rotate together: Hugging Face's "rotate half" (llama.cpp's
+    /// "NEOX"); importers permute such rows (and their biases) to [`QkOrder::Interleaved`].
+    RotateHalf,
+}
+
 /// An architecture: its name, its tensors in file order, and how its forward pass and its
 /// imports differ from Llama's (flags the one forward pass reads; the optional tensors, such
 /// as q/k norms or the post-norms, are applied when the tensor list has them).
@@ -210,6 +256,15 @@ pub enum Activation {
 pub struct Arch {
     /// `general.architecture` of its checkpoints (and of GGUF files).
     pub name: &'static str,
+    /// The `architectures` class names of its Hugging Face `config.json` (`LlamaForCausalLM`);
+    /// the first is this architecture's `model_type`-less default.
+    pub hf_classes: &'static [&'static str],
+    /// Its Hugging Face `model_type` (`llama`).
+    pub hf_model_type: &'static str,
+    /// The order its GGUF files store q/k rows in: llama.cpp's converter permutes Llama's to
+    /// interleaved pairs and leaves the NEOX-RoPE architectures' (Qwen2, Gemma) as Hugging Face
+    /// stores them.
+    pub gguf_qk_order: QkOrder,
     /// The feed-forward's activation.
     pub activation: Activation,
     /// Embedding rows are multiplied by `sqrt(dim)` (in f32, as llama.cpp and transformers do
@@ -219,9 +274,6 @@ pub struct Arch {
     /// `x * (1 + w)`): importers add 1 so that the runtime's RMSNorm stays `x * w` (llama.cpp's
     /// converter does the same, so GGUF files hold `1 + w`).
     pub hf_norm_minus_one: bool,
-    /// GGUF files of this architecture keep q/k rows in rotate-half (NEOX) order, as Hugging
-    /// Face does: importers permute them to the runtime's interleaved order.
-    pub gguf_rotate_half: bool,
     /// What llama.cpp assumes of a GGUF file of this architecture that names a sliding window
     /// but not the layer pattern or the local RoPE base: (period, local base); `None`: the
     /// architecture has no sliding-window layers.
@@ -237,9 +289,19 @@ pub struct Arch {
 
 /// The name of tensor `kind` at `layer` (or of the global one).
 pub fn tensor_name(kind: Kind, layer: Option<usize>) -> String {
+    let suffix = if kind.is_bias() { "" } else { ".weight" };
     match layer {
-        Some(l) => format!("blk.{l}.{}.weight", kind.name()),
-        None => format!("{}.weight", kind.name()),
+        Some(l) => format!("blk.{l}.{}{suffix}", kind.name()),
+        None => format!("{}{suffix}", kind.name()),
+    }
+}
+
+/// Whether config `c` stores the tensor `spec` (a tied head and absent RoPE factors are not).
+fn stored(spec: &TensorSpec, c: &Config) -> bool {
+    match spec.role {
+        Role::Head => !c.tied_embeddings,
+        Role::RopeFreqs => c.rope_freq_factors,
+        _ => true,
     }
 }
 
@@ -253,12 +315,17 @@ impl Arch {
             spec,
         };
         let mut out = Vec::with_capacity(self.pre.len() + c.n_layers * self.layer.len() + self.post.len());
-        out.extend(self.pre.iter().map(|s| place(s, None)));
+        out.extend(self.pre.iter().filter(|s| stored(s, c)).map(|s| place(s, None)));
         for l in 0..c.n_layers {
             out.extend(self.layer.iter().map(|s| place(s, Some(l))));
         }
-        out.extend(self.post.iter().filter(|s| !(c.tied_embeddings && s.role == Role::Head)).map(|s| place(s, None)));
+        out.extend(self.post.iter().filter(|s| stored(s, c)).map(|s| place(s, None)));
         out
+    }
+
+    /// Whether this architecture has tensors of `kind`.
+    pub fn has(&self, kind: Kind) -> bool {
+        self.pre.iter().chain(self.layer).chain(self.post).any(|s| s.kind == kind)
     }
 
     /// The tensors that take views (matrices), in file order.
@@ -269,13 +336,12 @@ impl Arch {
     /// The layer and spec of tensor `name` (`blk.3.ffn_up.weight`, `token_embd.weight`), if
     /// this architecture has it.
     pub fn locate(&self, name: &str) -> Option<(Option<usize>, &'static TensorSpec)> {
-        let stem = name.strip_suffix(".weight").unwrap_or(name);
-        let (layer, kind, specs) = match stem.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        let (layer, part, specs) = match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
             Some((l, k)) => (Some(l.parse::<usize>().ok()?), k, self.layer),
-            None => (None, stem, self.pre),
+            None => (None, name, self.pre),
         };
         let globals = if layer.is_none() { self.post } else { &[] };
-        specs.iter().chain(globals).find(|s| s.kind.name() == kind).map(|s| (layer, s))
+        specs.iter().chain(globals).find(|s| tensor_name(s.kind, None) == part).map(|s| (layer, s))
     }
 
     /// The canonical name of Hugging Face tensor `hf` (`model.layers.3.mlp.up_proj.weight` ->
@@ -301,7 +367,7 @@ impl Arch {
     pub fn plan_units(&self, c: &Config) -> Vec<String> {
         let mut u: Vec<String> = (0..c.n_layers).map(|l| format!("blk.{l}")).collect();
         for s in self.pre.iter().chain(self.post) {
-            if s.takes_views() && !(c.tied_embeddings && s.role == Role::Head) {
+            if s.takes_views() && stored(s, c) {
                 u.push(String::from(s.kind.name()));
             }
         }
@@ -315,7 +381,7 @@ impl Arch {
             .iter()
             .chain(self.pre)
             .chain(self.post)
-            .filter(|s| s.takes_views() && !(c.tied_embeddings && s.role == Role::Head))
+            .filter(|s| s.takes_views() && stored(s, c))
             .map(|s| s.kind.name())
             .collect();
         format!(

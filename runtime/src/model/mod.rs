@@ -1,15 +1,19 @@
-//! The Llama forward pass, top to bottom, in the order the math happens (after llama2.c).
+//! The forward pass of the Llama family, top to bottom, in the order the math happens (after
+//! llama2.c). An architecture's differences are read where they are: a q/k/v bias is added when
+//! its architecture ([`crate::arch`]) lists one (Qwen2); RoPE's frequencies are divided by the
+//! checkpoint's per-frequency factors when it stores them (Llama 3.x).
 //!
 //! Weights are borrowed from the checkpoint bytes (an mmap or an aligned buffer) as stored and
 //! prepared by a [`Backend`] ([`weights`]); every run-time buffer is allocated once in
 //! [`Model::with_weights`], sized for `max_batch` tokens and `max_seq_len` positions. Nothing is
 //! allocated per token.
 //!
-//! The tensors and their shapes are the architecture's ([`crate::arch`]); how an
-//! architecture's pass differs from Llama's is its flags (the activation, scaled embeddings)
-//! and its optional tensors (q/k norms, post-norms), read here, and its config's sliding-window
-//! layers ([`crate::config::LocalLayers`]). The rows of q and k are in interleaved RoPE order:
-//! each head rotates adjacent pairs `(2i, 2i+1)`.
+//! The tensors and their shapes are the architecture's ([`crate::arch::ARCHS`]); how an
+//! architecture's pass differs from Llama's is its flags (the activation, scaled embeddings),
+//! its optional tensors (biases, q/k norms, post-norms), read here, and its config's
+//! sliding-window layers ([`crate::config::LocalLayers`]). The rows of q and k (and of their
+//! biases and norms) are in interleaved RoPE order whatever the architecture's own (the
+//! importers permute rotate-half rows): each head rotates adjacent pairs `(2i, 2i+1)`.
 
 pub mod weights;
 
@@ -63,6 +67,7 @@ struct RunState {
     hb: Vec<f32>,       // (batch, hidden) gate, then silu(gate) * up
     hb2: Vec<f32>,      // (batch, hidden) up
     logits: Vec<f32>,   // (batch, vocab)
+    rope_freqs: Vec<f64>, // (head_dim/2) radians per position of each rotated pair
     rope_cos: Vec<f32>, // (max_seq_len, head_dim/2)
     rope_sin: Vec<f32>, // (max_seq_len, head_dim/2)
     /// (max_seq_len, head_dim/2) the sliding-window layers' angles (their own RoPE base);
@@ -90,7 +95,8 @@ impl RunState {
 
     fn bytes(&self) -> usize {
         let s = self;
-        4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin, &s.local_cos, &s.local_sin, &s.far_cos, &s.far_sin, &s.sink_raw, &s.sink_cos, &s.sink_sin]
+        8 * s.rope_freqs.len()
+            + 4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin, &s.local_cos, &s.local_sin, &s.far_cos, &s.far_sin, &s.sink_raw, &s.sink_cos, &s.sink_sin]
             .iter()
             .map(|b| b.len())
             .sum::<usize>()
@@ -112,16 +118,29 @@ pub struct Model<'a, B: Backend = Cpu> {
     state: RunState,
 }
 
-/// The RoPE angles of position `pos` for the global layers (base `c.rope_theta`).
-fn rope_angles(c: &Config, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
-    rope_angles_base(c.rope_theta, c.head_dim, pos, cos, sin)
+/// RoPE's frequency of each rotated pair `i < head_dim/2`: `θ^(-2i/head_dim)`, divided by the
+/// checkpoint's factor `factors[i]` when it stores them (Llama 3.x scaling), in f64 (libm, so
+/// std and no_std builds agree).
+fn rope_freqs(c: &Config, factors: Option<&[f32]>) -> Vec<f64> {
+    rope_freqs_at(c.rope_theta, c.head_dim, factors)
 }
 
-/// The RoPE angles of position `pos` at base `theta`: `cos`/`sin` of `pos · θ^(-2i/head_dim)`
-/// for `i < cos.len()`, in f64 (libm, so std and no_std builds agree).
-fn rope_angles_base(theta: f32, head_dim: usize, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
-    for (i, (co, si)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
-        let freq = libm::pow(theta as f64, -2.0 * i as f64 / head_dim as f64);
+/// [`rope_freqs`] at base `theta` (a sliding-window layer's own).
+fn rope_freqs_at(theta: f32, head_dim: usize, factors: Option<&[f32]>) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = libm::pow(theta as f64, -2.0 * i as f64 / head_dim as f64);
+            match factors {
+                Some(f) => freq / f[i] as f64,
+                None => freq,
+            }
+        })
+        .collect()
+}
+
+/// The RoPE angles of position `pos`: `cos`/`sin` of `pos · freqs[i]` for `i < cos.len()`.
+fn rope_angles(freqs: &[f64], pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+    for ((co, si), &freq) in cos.iter_mut().zip(sin.iter_mut()).zip(freqs) {
         let angle = pos as f64 * freq;
         *co = libm::cos(angle) as f32;
         *si = libm::sin(angle) as f32;
@@ -153,7 +172,7 @@ impl<'a> Model<'a, Cpu> {
         let half = c.head_dim / 2;
         // The per-token buffers and the two RoPE tables (the window's sink buffers are empty).
         let tables = if c.local.any() { 4 } else { 2 };
-        let run_state = 4 * (max_batch * RunState::per_token(c).iter().sum::<usize>() + tables * max_seq_len * half);
+        let run_state = 4 * (max_batch * RunState::per_token(c).iter().sum::<usize>() + tables * max_seq_len * half) + 8 * half;
         Ok(run_state + Cpu::planned_state_bytes(c, max_batch, max_seq_len))
     }
 
@@ -231,15 +250,17 @@ impl<'a, B: Backend> Model<'a, B> {
         let c = &config;
         let kv = opts.kv;
         let half = c.head_dim / 2;
+        let rope_freqs = rope_freqs(c, weights.globals.vector(Kind::RopeFreqs));
         let mut rope_cos = vec![0f32; max_seq_len * half];
         let mut rope_sin = vec![0f32; max_seq_len * half];
         for (pos, (co, si)) in rope_cos.chunks_exact_mut(half).zip(rope_sin.chunks_exact_mut(half)).enumerate() {
-            rope_angles(c, pos, co, si);
+            rope_angles(&rope_freqs, pos, co, si);
         }
         let local = if c.local.any() { max_seq_len * half } else { 0 };
         let (mut local_cos, mut local_sin) = (vec![0f32; local], vec![0f32; local]);
+        let local_freqs = rope_freqs_at(c.local.rope_theta, c.head_dim, None);
         for (pos, (co, si)) in local_cos.chunks_exact_mut(half).zip(local_sin.chunks_exact_mut(half)).enumerate() {
-            rope_angles_base(c.local.rope_theta, c.head_dim, pos, co, si);
+            rope_angles(&local_freqs, pos, co, si);
         }
         let [x, xb, q, k, v, att_out, proj, hb, hb2, logits, far_cos, far_sin] = RunState::per_token(c).map(|w| vec![0.0; max_batch * w]);
         let state = RunState {
@@ -253,6 +274,7 @@ impl<'a, B: Backend> Model<'a, B> {
             hb,
             hb2,
             logits,
+            rope_freqs,
             rope_cos,
             rope_sin,
             local_cos,
@@ -349,7 +371,7 @@ impl<'a, B: Backend> Model<'a, B> {
             for i in 0..sink {
                 let k = &mut st.sink_raw[(l * sink + i) * kv_dim..][..kv_dim];
                 self.kv.row_of(l, i, false, k);
-                rope_angles(&c, i, cos, sin);
+                rope_angles(&st.rope_freqs, i, cos, sin);
                 sin.iter_mut().for_each(|v| *v = -*v);
                 vector::rope(k, c.head_dim, cos, sin);
             }
@@ -489,13 +511,13 @@ impl<'a, B: Backend> Model<'a, B> {
         let st = &mut self.state;
         if end > self.max_seq_len {
             for (t, (co, si)) in st.far_cos.chunks_exact_mut(half).zip(st.far_sin.chunks_exact_mut(half)).take(n).enumerate() {
-                rope_angles(&c, pos + t, co, si);
+                rope_angles(&st.rope_freqs, pos + t, co, si);
             }
         }
         if let Some(at) = sink_at {
             for (i, (co, si)) in st.sink_cos.chunks_exact_mut(half).zip(st.sink_sin.chunks_exact_mut(half)).enumerate() {
                 if at + i >= self.max_seq_len {
-                    rope_angles(&c, at + i, co, si);
+                    rope_angles(&st.rope_freqs, at + i, co, si);
                 }
             }
         }
@@ -523,12 +545,19 @@ impl<'a, B: Backend> Model<'a, B> {
             } else {
                 b.matmul_shared(&[wq, wk, wv], &s.xb, n, &mut [&mut s.q[..], &mut s.k[..], &mut s.v[..]]);
             }
+            // Biases of the architectures that have them (Qwen2): q (q_dim), k and v (kv_dim),
+            // added to each token's row before RoPE.
+            for (kind, out, width) in [(Kind::AttnQBias, &mut s.q, q_dim), (Kind::AttnKBias, &mut s.k, kv_dim), (Kind::AttnVBias, &mut s.v, kv_dim)] {
+                if let Some(bias) = layer.vector(kind) {
+                    out[..n * width].chunks_exact_mut(width).for_each(|row| b.add(row, bias));
+                }
+            }
 
             // Per-head RMSNorm of q and k (n * heads rows of head_dim), where the arch has it.
-            if let Some(qn) = layer.norm_if(Kind::AttnQNorm) {
+            if let Some(qn) = layer.vector(Kind::AttnQNorm) {
                 b.rmsnorm_rows(&mut s.q[..n * q_dim], qn, c.norm_eps);
             }
-            if let Some(kn) = layer.norm_if(Kind::AttnKNorm) {
+            if let Some(kn) = layer.vector(Kind::AttnKNorm) {
                 b.rmsnorm_rows(&mut s.k[..n * kv_dim], kn, c.norm_eps);
             }
 
@@ -587,7 +616,7 @@ impl<'a, B: Backend> Model<'a, B> {
             if n == 1 {
                 b.prefetch(layer.w(Kind::FfnGate));
             }
-            add_normed(b, &mut s.x[..n * dim], &s.proj[..n * dim], &mut s.xb[..n * dim], layer.norm_if(Kind::AttnPostNorm), c.norm_eps);
+            add_normed(b, &mut s.x[..n * dim], &s.proj[..n * dim], &mut s.xb[..n * dim], layer.vector(Kind::AttnPostNorm), c.norm_eps);
 
             // Feed-forward: RMSNorm, SwiGLU (GeGLU), down projection, residual.
             b.rmsnorm(&mut s.xb[..n * dim], &s.x[..n * dim], layer.norm(Kind::FfnNorm), c.norm_eps);
@@ -608,7 +637,7 @@ impl<'a, B: Backend> Model<'a, B> {
             if n == 1 {
                 b.prefetch(w.layers.get(l + 1).map_or(w.head(), |next| next.w(Kind::AttnQ)));
             }
-            add_normed(b, &mut s.x[..n * dim], &s.proj[..n * dim], &mut s.xb[..n * dim], layer.norm_if(Kind::FfnPostNorm), c.norm_eps);
+            add_normed(b, &mut s.x[..n * dim], &s.proj[..n * dim], &mut s.xb[..n * dim], layer.vector(Kind::FfnPostNorm), c.norm_eps);
         }
 
         // Final norm and the output head, for the rows asked for.

@@ -6,7 +6,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::arch::{Arch, Kind, Role, Tensor};
+use crate::arch::{Arch, Kind, Tensor};
 use crate::backend::{Backend, Cpu};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -32,27 +32,27 @@ pub struct Bound<M> {
 /// The tensors of one layer (or the model's global ones), by kind.
 #[derive(Debug, Clone)]
 pub struct Slots<'a, M> {
-    norms: [Option<&'a [f32]>; Kind::COUNT],
+    /// The f32 vectors (norms, biases, RoPE factors).
+    vectors: [Option<&'a [f32]>; Kind::COUNT],
     mats: [Option<Bound<M>>; Kind::COUNT],
 }
 
 impl<'a, M> Slots<'a, M> {
     fn new() -> Self {
-        Slots { norms: [None; Kind::COUNT], mats: core::array::from_fn(|_| None) }
+        Slots { vectors: [None; Kind::COUNT], mats: core::array::from_fn(|_| None) }
     }
 
     /// The norm weights of `kind` (dim). The binding fills every kind its architecture lists.
     pub fn norm(&self, kind: Kind) -> &'a [f32] {
-        match self.norms[kind.index()] {
+        match self.vectors[kind.index()] {
             Some(n) => n,
             None => unreachable!("norm {} is not bound", kind.name()),
         }
     }
 
-    /// The norm weights of `kind`, if its architecture has them (the optional norms: q/k,
-    /// post-attention, post-feed-forward).
-    pub fn norm_if(&self, kind: Kind) -> Option<&'a [f32]> {
-        self.norms[kind.index()]
+    /// The vector of `kind` (a bias, RoPE factors), if the architecture and config store one.
+    pub fn vector(&self, kind: Kind) -> Option<&'a [f32]> {
+        self.vectors[kind.index()]
     }
 
     /// The matrix of `kind`.
@@ -99,10 +99,10 @@ fn check_shape(t: &TensorInfo<'_>, expected: &[u64]) -> Result<()> {
     Ok(())
 }
 
-fn norm<'a>(t: &TensorInfo<'a>) -> Result<&'a [f32]> {
+fn vector<'a>(t: &TensorInfo<'a>) -> Result<&'a [f32]> {
     let name = t.name;
     if t.encoding != Encoding::F32 {
-        return Err(Error::Corrupt { what: format!("norm '{name}' must be f32, is {}", t.encoding.name()) });
+        return Err(Error::Corrupt { what: format!("vector '{name}' must be f32, is {}", t.encoding.name()) });
     }
     let bytes = t.segment(SegmentKind::Values).map(|s| s.bytes).unwrap_or_default();
     bytemuck::try_cast_slice(bytes)
@@ -149,8 +149,8 @@ impl<'a, B: Backend> Weights<'a, B> {
                 None => &mut globals,
             };
             let kind = t.spec.kind;
-            if t.spec.role == Role::Norm {
-                slots.norms[kind.index()] = Some(norm(info)?);
+            if !t.spec.takes_views() {
+                slots.vectors[kind.index()] = Some(vector(info)?);
                 continue;
             }
             let bits = plan.bits_for(&t.name);
@@ -275,14 +275,14 @@ impl<'a, B: Backend> Weights<'a, B> {
         out
     }
 
-    /// Bytes the weights' current views read (norms included).
+    /// Bytes the weights' current views read (norms, biases and RoPE factors included).
     pub fn view_bytes(&self) -> usize {
         let mut n = 0;
         for t in self.arch.tensors(&self.config) {
-            n += match (t.spec.role, self.bound(&t)) {
-                (Role::Norm, _) => t.shape.iter().product::<u64>() as usize * 4,
-                (_, Some(b)) => B::view_bytes(&b.matrix),
-                (_, None) => 0,
+            n += match self.bound(&t) {
+                _ if !t.spec.takes_views() => t.shape.iter().product::<u64>() as usize * 4,
+                Some(b) => B::view_bytes(&b.matrix),
+                None => 0,
             };
         }
         n

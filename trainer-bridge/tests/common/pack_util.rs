@@ -147,6 +147,7 @@ pub fn synthetic_model(seed: u64, tied: bool) -> SourceModel {
         tied_embeddings: tied,
         local: edge_runtime::config::LocalLayers::NONE,
         attn_scale: None,
+        rope_freq_factors: false,
     };
     let mut rng = Rng::new(seed);
     let tensors = edge_runtime::arch::LLAMA
