@@ -32,8 +32,18 @@ impl Tok {
         let tk = tokenizers::Tokenizer::from_str(json)
             .map_err(|e| anyhow!("the embedded tokenizer does not load ({e}); re-pack the model"))?;
         let id = |k: &str| ck.get_u64(k).and_then(|v| u32::try_from(v).ok());
-        let bos = id(keys::BOS_ID);
-        let eos = id(keys::EOS_ID);
+        Ok(Some(Tok::new(
+            tk,
+            id(keys::BOS_ID),
+            id(keys::EOS_ID),
+            ck.get_bool(keys::ADD_BOS),
+            ck.get_str(keys::CHAT_TEMPLATE).map(str::to_owned),
+        )))
+    }
+
+    /// A tokenizer with its special ids; the stop tokens are EOS and the end-of-turn tokens
+    /// (`END_OF_TURN`) that are special tokens of `tk`.
+    pub fn new(tk: tokenizers::Tokenizer, bos: Option<u32>, eos: Option<u32>, add_bos: Option<bool>, chat_template: Option<String>) -> Tok {
         let mut stops: Vec<u32> = eos.into_iter().collect();
         let added = tk.get_added_vocabulary();
         for name in END_OF_TURN {
@@ -45,14 +55,7 @@ impl Tok {
                 }
             }
         }
-        Ok(Some(Tok {
-            tk,
-            bos,
-            eos,
-            add_bos: ck.get_bool(keys::ADD_BOS),
-            stops,
-            chat_template: ck.get_str(keys::CHAT_TEMPLATE).map(str::to_owned),
-        }))
+        Tok { tk, bos, eos, add_bos, stops, chat_template }
     }
 
     /// Tokenize `text`, adding BOS as the checkpoint says. `parse_special`: recognise special
@@ -174,6 +177,86 @@ mod tests {
         assert!(render_chat_template("{% for %}", None, "x", "", "").is_err());
     }
 
+
+    /// A model `fetch.sh` downloads, fetched (cached) when missing; `None` (said loudly) when it
+    /// cannot be had and `EDGE_ALLOW_MISSING_MODELS` is set.
+    fn fetched_gguf(name: &str, file: &str) -> Option<std::path::PathBuf> {
+        let cache = std::env::var_os("EDGE_MODELS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/edge-run-models")
+        });
+        let p = cache.join(file);
+        if !p.is_file() {
+            let models = std::env::var_os("EDGE_MODELS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/work/shared/models".into());
+            let _ = std::process::Command::new(models.join("fetch.sh")).arg(name).status();
+        }
+        if p.is_file() {
+            return Some(p);
+        }
+        let msg = format!("{} not found and fetch.sh {name} failed", p.display());
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{msg}; set EDGE_ALLOW_MISSING_MODELS=1 to skip");
+        eprintln!("\n*** SKIP chat template test: {msg} ***\n");
+        None
+    }
+
+    /// The tokenizer edge-pack builds from a GGUF's metadata, with the GGUF's special ids.
+    fn tok_from_gguf(path: &std::path::Path, template: Option<String>) -> Tok {
+        let g = edge_pack::gguf::GgufFile::open(path).unwrap();
+        let json = g.build_tokenizer_json().unwrap().unwrap();
+        let id = |k: &str| g.get_u64(k).unwrap().map(|v| v as u32);
+        let spm = g.get_str("tokenizer.ggml.model").unwrap() == Some("llama");
+        let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap().unwrap_or(spm);
+        let template = template.or_else(|| g.get_str("tokenizer.chat_template").unwrap().map(str::to_owned));
+        let tk = tokenizers::Tokenizer::from_str(&json).unwrap();
+        Tok::new(tk, id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"), Some(add_bos), template)
+    }
+
+    /// Render each prompt of `tests/oracles/refs/<model>.json` with our chat-template path and
+    /// tokenize it: the text must be what transformers renders, the ids what llama.cpp gives.
+    fn check_chat(model: &str, tok: &mut Tok, end_of_turn: &str) {
+        let refs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/refs").join(format!("{model}.json"));
+        let refs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(refs).unwrap()).unwrap();
+        let chats = refs["chat"].as_array().unwrap();
+        assert!(!chats.is_empty());
+        for c in chats {
+            let rendered = tok.render_chat(c["system"].as_str(), c["user"].as_str().unwrap()).unwrap();
+            assert_eq!(rendered, c["rendered"].as_str().unwrap(), "{model}: rendering differs from transformers'");
+            let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(&rendered, true).unwrap(), want, "{model}: prompt ids differ from llama.cpp's");
+        }
+        let eot = tok.tk.token_to_id(end_of_turn).unwrap();
+        assert!(tok.stops.contains(&eot), "{model}: {end_of_turn} ({eot}) does not stop generation: {:?}", tok.stops);
+        assert!(tok.stops.contains(&tok.eos.unwrap()));
+    }
+
+    #[test]
+    fn qwen2_chatml_template_from_the_gguf() {
+        let Some(p) = fetched_gguf("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+        let mut tok = tok_from_gguf(&p, None);
+        assert!(tok.chat_template.as_deref().unwrap().contains("You are Qwen, created by Alibaba Cloud"));
+        assert_eq!((tok.add_bos, tok.eos), (Some(false), Some(151645)));
+        check_chat("qwen2.5-coder-0.5b", &mut tok, "<|im_end|>");
+        // The default system prompt comes from the template when none is given.
+        let r = tok.render_chat(None, "Hi").unwrap();
+        assert!(r.starts_with("<|im_start|>system\nYou are Qwen") && r.ends_with("<|im_start|>assistant\n"), "{r}");
+    }
+
+    /// Gemma 3 270M is the base model: its GGUF has no chat template, so the instruction-tuned
+    /// Gemma 3 template (tests/oracles/gemma3-it-chat-template.jinja) is applied to its vocabulary.
+    #[test]
+    fn gemma3_template_with_bos_and_end_of_turn() {
+        let Some(p) = fetched_gguf("gemma3-270m", "gemma-3-270m-q4_k_m.gguf") else { return };
+        let tmpl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/gemma3-it-chat-template.jinja");
+        let mut tok = tok_from_gguf(&p, Some(std::fs::read_to_string(tmpl).unwrap()));
+        assert_eq!((tok.add_bos, tok.bos), (Some(true), Some(2)));
+        check_chat("gemma3-270m", &mut tok, "<end_of_turn>");
+        // The template writes <bos> itself: exactly one BOS, not two.
+        let ids = tok.encode(&tok.render_chat(None, "Hi").unwrap(), true).unwrap();
+        assert_eq!((ids[0], ids[1]), (2, 105), "{ids:?}");
+        // Plain text gets BOS from the tokenizer's rule; and SentencePiece decodes losslessly.
+        let ids = tok.encode("Hello  world\n", false).unwrap();
+        assert_eq!(ids[0], 2);
+        assert_eq!(tok.decode(&ids, true).unwrap(), "Hello  world\n");
+    }
 
     #[test]
     fn prompt_ids() {

@@ -1011,6 +1011,16 @@ impl GgufFile {
         v.as_array().and_then(Array::to_i64s).map(Some).ok_or_else(|| type_error(key, v, "an array of integers"))
     }
 
+    /// A float-array metadata value (f32 or f64 elements); `Err` if present with another type.
+    pub fn get_f32_array(&self, key: &str) -> anyhow::Result<Option<Vec<f32>>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        match v.as_array() {
+            Some(Array::F32(a)) => Ok(Some(a.clone())),
+            Some(Array::F64(a)) => Ok(Some(a.iter().map(|&x| x as f32).collect())),
+            _ => Err(type_error(key, v, "an array of floats")),
+        }
+    }
+
     /// A tensor's header entry by name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
@@ -1036,8 +1046,8 @@ impl GgufFile {
     }
 
     /// Build a Hugging Face `tokenizer.json` from the `tokenizer.ggml.*` metadata. `Ok(None)`
-    /// when the metadata describes no tokenizer edge-pack can rebuild (e.g. SentencePiece
-    /// `llama` vocabularies, or an unknown pre-tokenizer).
+    /// when the metadata describes no tokenizer edge-pack can rebuild (e.g. an unknown
+    /// vocabulary kind or pre-tokenizer).
     pub fn build_tokenizer_json(&self) -> anyhow::Result<Option<String>> {
         let Some(model) = self.get_str("tokenizer.ggml.model")? else { return Ok(None) };
         let Some(tokens) = self.get_str_array("tokenizer.ggml.tokens")? else { return Ok(None) };
@@ -1045,12 +1055,17 @@ impl GgufFile {
         let merges: Vec<&str> =
             self.get_str_array("tokenizer.ggml.merges")?.unwrap_or_default().iter().map(String::as_str).collect();
         let token_types = self.get_int_array("tokenizer.ggml.token_type")?;
+        let scores = self.get_f32_array("tokenizer.ggml.scores")?;
+        let unk_id = self.get_u64("tokenizer.ggml.unknown_token_id")?.and_then(|i| u32::try_from(i).ok());
         let vocab = crate::tokenizer::GgmlVocab {
             model,
             pre: self.get_str("tokenizer.ggml.pre")?,
             tokens: &tokens,
             token_types: token_types.as_deref(),
             merges: &merges,
+            scores: scores.as_deref(),
+            add_space_prefix: self.get_bool("tokenizer.ggml.add_space_prefix")?,
+            unk_id,
         };
         crate::tokenizer::tokenizer_json_from_ggml(&vocab)
     }

@@ -11,6 +11,7 @@
 //! source_detect                    tell an input's format, hand it to its importer
 //! gguf  hf  llama2c                importers: one format -> SourceModel
 //! calibrate  sensitivity           GPTQ's tokens, Hessians and codes; the per-unit KL profile
+//! sentencepiece                    a tokenizer.model read as GGUF-style vocabulary fields
 //! source  tokenizer  quant  threads  rope_scaling
 //! ```
 //! The importers know nothing of calibration or packing; calibration and the profile know
@@ -24,6 +25,7 @@ pub mod pack;
 pub mod quant;
 pub mod rope_scaling;
 pub mod sensitivity;
+pub mod sentencepiece;
 pub mod source;
 mod source_detect;
 mod threads;

@@ -715,7 +715,7 @@ fn tiny_model_v2_custom_alignment_quantized_tensors_and_defaults() {
     assert!(m.tensors.iter().all(|t| t.name != "output.weight"));
     assert_eq!(m.name, "v2-model");
     assert!(m.add_bos, "llama vocabularies default to adding BOS");
-    assert!(m.tokenizer_json.is_none(), "SentencePiece vocabularies are not rebuilt");
+    assert!(m.tokenizer_json.is_none(), "no tokenizer.ggml.tokens: no tokenizer");
     let find = |n: &str| &m.tensors.iter().find(|t| t.name == n).unwrap().data;
     assert_eq!(find("blk.0.attn_q.weight"), &want_q);
     let want_up: Vec<f32> = up.iter().map(|&x| hf(x)).collect();
