@@ -99,7 +99,7 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// [`exp_fast`], each operation in this order, so it vectorizes as [`swiglu`] does.
 #[inline(always)]
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
-    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_1; // 2 · √(2/π)
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769; // 2 · √(2/π)
     const A: f32 = 0.044_715;
     for (g, u) in gate.iter_mut().zip(up) {
         let x = *g;
