@@ -438,4 +438,30 @@ mod tests {
             assert!(k.index() < Kind::COUNT, "{i}");
         }
     }
+
+    #[test]
+    fn gemma3_tensors_names_and_local_layers() {
+        let mut c = config(true);
+        c.local = LocalLayers { window: 512, period: 6, rope_theta: 10_000.0 };
+        let t = GEMMA3.tensors(&c);
+        assert_eq!(t.len(), 1 + 2 * 13 + 1);
+        assert_eq!(t[5].name, "blk.0.attn_q_norm.weight");
+        assert_eq!(t[5].shape, [16]); // head_dim, not dim
+        assert_eq!(GEMMA3.from_hf("model.layers.2.post_attention_layernorm.weight").as_deref(), Some("blk.2.post_attention_norm.weight"));
+        assert_eq!(GEMMA3.from_hf("model.layers.2.pre_feedforward_layernorm.weight").as_deref(), Some("blk.2.ffn_norm.weight"));
+        assert_eq!(GEMMA3.from_hf("model.layers.0.post_feedforward_layernorm.weight").as_deref(), Some("blk.0.post_ffw_norm.weight"));
+        assert_eq!(GEMMA3.from_hf("model.layers.0.self_attn.k_norm.weight").as_deref(), Some("blk.0.attn_k_norm.weight"));
+        assert_eq!(GEMMA3.matrices(&c).len(), 1 + 2 * 7);
+        // Gemma 3's 5:1: layers 5, 11, 17 global.
+        let local: Vec<bool> = (0..18).map(|l| c.local.is_local(l)).collect();
+        assert_eq!(local.iter().filter(|&&x| !x).count(), 3);
+        assert!(!local[5] && !local[11] && !local[17] && local[0] && local[6]);
+        assert_eq!(c.layer_window(0), Some(512));
+        assert_eq!(c.layer_window(5), None);
+        assert!(!LocalLayers::NONE.any() && !LocalLayers::NONE.is_local(0));
+        assert!(by_name("gemma3").is_ok());
+        for k in GEMMA3.pre.iter().chain(GEMMA3.layer).chain(GEMMA3.post).map(|s| s.kind) {
+            assert!(k.index() < Kind::COUNT);
+        }
+    }
 }
