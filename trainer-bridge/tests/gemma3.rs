@@ -219,3 +219,38 @@ fn gemma3_270m_greedy_matches_llama_cpp() {
     }
     assert_eq!(got, want, "greedy continuation of the first 700 tokens of wiki.test.raw");
 }
+
+/// What edge-run does not implement is refused in one line naming it.
+#[test]
+fn tiny_hf_gemma3_unsupported_options_are_named() {
+    let dir = std::env::temp_dir().join(format!("edge-gemma3-opts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap();
+    let cases: &[(&str, serde_json::Value, &str)] = &[
+        ("final_logit_softcapping", serde_json::json!(30.0), "final_logit_softcapping"),
+        ("attn_logit_softcapping", serde_json::json!(50.0), "attn_logit_softcapping"),
+        ("hidden_activation", serde_json::json!("relu"), "relu"),
+        (
+            "layer_types",
+            serde_json::json!(["full_attention", "sliding_attention", "sliding_attention", "full_attention"]),
+            "layer_types",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}, "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+            "linear",
+        ),
+    ];
+    for (key, value, named) in cases {
+        let mut cfg = base.clone();
+        cfg[*key] = value.clone();
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+        let e = match load_hf(&dir, None) {
+            Ok(_) => panic!("{key} = {value} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains(named) && !e.contains('\n'), "{key}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
