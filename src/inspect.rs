@@ -280,10 +280,11 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                     c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size
                 ));
                 line(format!(
-                    "              context {}, rms_eps {:e}, rope_theta {}, tied embeddings {}",
+                    "              context {}, rms_eps {:e}, rope_theta {}{}, tied embeddings {}",
                     c.max_seq_len,
                     c.norm_eps,
                     c.rope_theta,
+                    if c.rope_freq_factors { " with per-frequency factors (Llama 3 scaling)" } else { "" },
                     if c.tied_embeddings { "yes" } else { "no" }
                 ));
             }

@@ -18,6 +18,7 @@ pub fn config_json(c: &Config) -> serde_json::Value {
         "norm_eps": f32_json(c.norm_eps),
         "rope_theta": f32_json(c.rope_theta),
         "tied_embeddings": c.tied_embeddings,
+        "rope_freq_factors": c.rope_freq_factors,
     })
 }
 

@@ -279,3 +279,54 @@ pub fn smollm_q8_profiled() -> PathBuf {
     })
     .clone()
 }
+
+/// A larger model `fetch.sh NAME` fetches (`qwen2.5-coder-0.5b`) into `$EDGE_MODELS`, else
+/// `~/.cache/edge-run-models` (as `file`): the cached file, fetched first if missing. `None`,
+/// after a loud SKIPPED line, when it cannot be fetched (no network): the caller skips.
+pub fn fetched_model(name: &str, file: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("EDGE_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("edge-run-models")))?;
+    let path = dir.join(file);
+    if path.is_file() {
+        return Some(path);
+    }
+    let script = models_dir().join("fetch.sh");
+    let fetched = Command::new("bash").arg(&script).arg(name).arg(&dir).output();
+    match fetched {
+        Ok(o) if o.status.success() && path.is_file() => Some(path),
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: {} could not be fetched ({} {name} failed: {}); this test did not run",
+                path.display(),
+                script.display(),
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: {} is missing and {} could not run ({e}); this test did not run", path.display(), script.display());
+            None
+        }
+    }
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct's GGUF (Q4_K_M), fetched if missing.
+pub fn qwen05_gguf() -> Option<PathBuf> {
+    fetched_model("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct packed as f16 (its Q4_K_M weights dequantized: the weights
+/// llama.cpp runs from the F16 GGUF `llama-quantize --allow-requantize ... F16` makes), once per
+/// test binary build. Without a tokenizer until the `qwen2` pre-tokenizer lands: tests give ids.
+pub fn qwen05_f16() -> Option<PathBuf> {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let gguf = qwen05_gguf()?;
+        Some(packed_once("qwen2.5-coder-0.5b-f16.edge", |tmp| {
+            let opts = edge_pack::PackOptions { force: true, allow_no_tokenizer: true, ..Default::default() };
+            edge_pack::pack_file(&gguf, tmp, &opts).expect("packing Qwen2.5-Coder-0.5B");
+        }))
+    })
+    .clone()
+}

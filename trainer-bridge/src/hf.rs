@@ -102,6 +102,13 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
     if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
         bail!("'{}' sets use_sliding_window: sliding-window attention is not supported for {}", path.display(), arch.name);
     }
+    // Sliding layers are Gemma's alone (its `layer_types` are read below).
+    if !gemma {
+        let layer_types = cfg.get("layer_types").and_then(Value::as_array);
+        if let Some(t) = layer_types.and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
+            bail!("'{}' has a layer of type {t}: edge-run runs full-attention layers only for {}", path.display(), arch.name);
+        }
+    }
     // RoPE: `rope_theta` (and Gemma's `rope_local_base_freq`), or transformers 5's
     // `rope_parameters` (one set, or one per layer type: Gemma's full and sliding layers).
     let rope_params = cfg.get("rope_parameters").filter(|v| !v.is_null());

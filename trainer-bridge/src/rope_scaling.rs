@@ -14,11 +14,14 @@ pub struct Llama3 {
     pub original_max_position_embeddings: f64,
 }
 
-/// The RoPE scaling of a Hugging Face `config.json`'s `rope_scaling` (`where` names the file in
-/// errors): `None` when absent, null or `default`; an error naming any kind but `llama3`.
+/// The RoPE scaling of a Hugging Face `config.json`'s `rope_scaling` (or transformers 5's
+/// `rope_parameters`; `where` names the file in errors): `None` when absent, null or `default`;
+/// an error naming any kind but `llama3`.
 pub fn from_hf(rope_scaling: Option<&Value>, r#where: &str) -> anyhow::Result<Option<Llama3>> {
     let Some(rs) = rope_scaling.filter(|v| !v.is_null()) else { return Ok(None) };
-    let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
+    // No type and no factor: transformers 5's `rope_parameters` of an unscaled model.
+    let untyped = if rs.get("factor").is_some() { "?" } else { "default" };
+    let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or(untyped);
     match kind {
         "default" => return Ok(None),
         "llama3" => {}

@@ -74,8 +74,8 @@ pub fn interleave_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::R
             let Some(t) = tensors.iter_mut().find(|t| t.name == name) else { continue };
             let rows = (heads * hd) as u64;
             let vector = kind.is_bias() || matches!(kind, Kind::AttnQNorm | Kind::AttnKNorm);
-            let cols = if vector { 1 } else { t.shape.get(1).copied().unwrap_or(0) };
-            if t.shape.first() != Some(&rows) || t.shape.len() != if vector { 1 } else { 2 } || t.data.len() as u64 != rows * cols {
+            let (rank, cols) = if vector { (1, 1) } else { (2, t.shape.get(1).copied().unwrap_or(0)) };
+            if t.shape.len() != rank || t.shape[0] != rows || t.data.len() as u64 != rows * cols {
                 bail!("tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {hd})", t.shape);
             }
             t.data = unpermute_rotary(&t.data, heads, hd, cols as usize);

@@ -784,7 +784,7 @@ fn unsupported_architecture() {
     let mut w = tiny_llama(Tiny::default());
     w.kv("general.architecture", V::str("gpt2"));
     let e = load_err(&w.to_bytes());
-    assert!(e.contains("unsupported architecture 'gpt2': edge-run runs the Llama family"), "{e}");
+    assert!(e.contains("unsupported architecture 'gpt2': edge-run runs llama, qwen2"), "{e}");
     w.remove_kv("general.architecture");
     let e = load_err(&w.to_bytes());
     assert!(e.contains("general.architecture"), "{e}");
@@ -962,4 +962,92 @@ fn read_tokenizer_json_reports_bad_files() {
         let s = edge_pack::tokenizer::read_tokenizer_json(&smollm_dir().join("tokenizer.json")).unwrap();
         assert!(s.len() > 3_000_000);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// qwen2 and Llama 3 RoPE factors: a GGUF written as llama.cpp's converter writes each (qwen2's
+// q/k rows and biases in Hugging Face's rotate-half order; llama's permuted to interleaved pairs,
+// with `rope_freqs.weight`) imports to the same model as the Hugging Face folder.
+// ---------------------------------------------------------------------------------------------
+
+fn hf_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf").join(name)
+}
+
+/// Rotate-half order from interleaved (the inverse of `unpermute_rotary`).
+fn permute_rotary(data: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for p in 0..2 {
+                let (src, dst) = (h * hd + 2 * i + p, h * hd + p * hd / 2 + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// `m` written as a GGUF of its architecture, q/k rows (and biases) in `rotate_half` order.
+fn as_gguf(m: &edge_pack::SourceModel, rotate_half: bool) -> gguf_writer::GgufWriter {
+    let (a, c) = (m.arch.name, m.config);
+    let mut w = gguf_writer::GgufWriter::default();
+    w.kv("general.architecture", V::str(a))
+        .kv(&format!("{a}.context_length"), V::U32(c.max_seq_len as u32))
+        .kv(&format!("{a}.embedding_length"), V::U32(c.dim as u32))
+        .kv(&format!("{a}.feed_forward_length"), V::U32(c.hidden_dim as u32))
+        .kv(&format!("{a}.block_count"), V::U32(c.n_layers as u32))
+        .kv(&format!("{a}.attention.head_count"), V::U32(c.n_heads as u32))
+        .kv(&format!("{a}.attention.head_count_kv"), V::U32(c.n_kv_heads as u32))
+        .kv(&format!("{a}.rope.freq_base"), V::F32(c.rope_theta))
+        .kv(&format!("{a}.attention.layer_norm_rms_epsilon"), V::F32(c.norm_eps));
+    for t in &m.tensors {
+        let heads = if t.name.contains("attn_q.") { c.n_heads } else { c.n_kv_heads };
+        let qk = t.name.contains("attn_q.") || t.name.contains("attn_k.");
+        let cols = if t.shape.len() == 2 { t.shape[1] as usize } else { 1 };
+        let data = if qk && rotate_half { permute_rotary(&t.data, heads, c.head_dim, cols) } else { t.data.clone() };
+        let ne: Vec<u64> = t.shape.iter().rev().copied().collect();
+        w.tensor_f32(&t.name, &ne, &data);
+    }
+    w
+}
+
+fn assert_same_model(a: &edge_pack::SourceModel, b: &edge_pack::SourceModel) {
+    assert_eq!((a.arch.name, a.config), (b.arch.name, b.config));
+    let names = |m: &edge_pack::SourceModel| m.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b));
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((&x.shape, &x.data), (&y.shape, &y.data), "{}", x.name);
+    }
+}
+
+#[test]
+fn qwen2_gguf_rows_and_biases_are_permuted_like_hf() {
+    let hf = edge_pack::hf::load_hf(&hf_fixture("tiny-qwen2"), None).unwrap();
+    let w = as_gguf(&hf, true);
+    let (_d, path) = temp_file("qwen2.gguf", &w.to_bytes());
+    let g = load_gguf(&path, None).unwrap();
+    assert_same_model(&g, &hf);
+    // Not vacuous: the permutation moves the bias values.
+    let bias = |m: &edge_pack::SourceModel| m.tensors.iter().find(|t| t.name == "blk.0.attn_k.bias").unwrap().data.clone();
+    assert_ne!(bias(&g), permute_rotary(&bias(&hf), hf.config.n_kv_heads, hf.config.head_dim, 1));
+}
+
+#[test]
+fn llama3_gguf_rope_freqs_import_like_hf_and_other_scaling_is_refused() {
+    let hf = edge_pack::hf::load_hf(&hf_fixture("tiny-llama3"), None).unwrap();
+    let mut w = as_gguf(&hf, false);
+    let (_d, path) = temp_file("llama3.gguf", &w.to_bytes());
+    assert_same_model(&load_gguf(&path, None).unwrap(), &hf);
+    for kind in ["yarn", "linear"] {
+        w.kv("llama.rope.scaling.type", V::str(kind));
+        let e = load_err(&w.to_bytes());
+        assert!(e.contains(&format!("llama.rope.scaling.type = '{kind}'")), "{e}");
+    }
+    // qwen2 has no RoPE factors: a qwen2 GGUF with them is refused by name.
+    let q = edge_pack::hf::load_hf(&hf_fixture("tiny-qwen2"), None).unwrap();
+    let mut w = as_gguf(&q, true);
+    w.tensor_f32("rope_freqs.weight", &[(q.config.head_dim / 2) as u64], &vec![1.0; q.config.head_dim / 2]);
+    let e = load_err(&w.to_bytes());
+    assert!(e.contains("rope_freqs.weight") && e.contains("qwen2"), "{e}");
 }

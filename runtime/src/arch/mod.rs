@@ -440,6 +440,40 @@ mod tests {
     }
 
     #[test]
+    fn qwen2_biases_are_vectors_not_units() {
+        let c = config(false);
+        let t = QWEN2.tensors(&c);
+        assert_eq!(t.len(), 1 + 2 * 12 + 2);
+        assert_eq!(t[2].name, "blk.0.attn_q.weight");
+        assert_eq!((t[3].name.as_str(), t[3].shape.as_slice()), ("blk.0.attn_q.bias", &[64u64][..]));
+        assert_eq!((t[5].name.as_str(), t[5].shape.as_slice()), ("blk.0.attn_k.bias", &[32u64][..]));
+        assert_eq!(QWEN2.matrices(&c).len(), LLAMA.matrices(&c).len());
+        assert_eq!(QWEN2.plan_units(&c), LLAMA.plan_units(&c));
+        assert!(!QWEN2.plan_keys_hint(&c).contains("bias"));
+        let (l, s) = QWEN2.locate("blk.1.attn_v.bias").unwrap();
+        assert_eq!((l, s.kind, s.role, s.site), (Some(1), Kind::AttnVBias, Role::Bias, None));
+        assert_eq!(QWEN2.locate("blk.1.attn_v.weight").unwrap().1.kind, Kind::AttnV);
+        assert!(QWEN2.locate("blk.1.attn_v.bias.weight").is_none() && QWEN2.locate("blk.1.attn_output.bias").is_none());
+        assert!(LLAMA.locate("blk.0.attn_q.bias").is_none());
+        assert_eq!(QWEN2.from_hf("model.layers.2.self_attn.k_proj.bias").as_deref(), Some("blk.2.attn_k.bias"));
+        assert_eq!(QWEN2.consumers(Site::AttnIn), [Kind::AttnQ, Kind::AttnK, Kind::AttnV]);
+        assert_eq!((QWEN2.gguf_qk_order, LLAMA.gguf_qk_order), (QkOrder::RotateHalf, QkOrder::Interleaved));
+        assert!(by_name("qwen2").is_ok() && QWEN2.has(Kind::AttnQBias) && !LLAMA.has(Kind::AttnQBias));
+    }
+
+    #[test]
+    fn rope_factors_are_stored_only_when_the_config_says() {
+        let mut c = config(false);
+        assert!(!LLAMA.tensors(&c).iter().any(|t| t.spec.kind == Kind::RopeFreqs));
+        c.rope_freq_factors = true;
+        let t = LLAMA.tensors(&c);
+        assert_eq!((t[1].name.as_str(), t[1].shape.as_slice()), ("rope_freqs.weight", &[8u64][..]));
+        assert!(!t[1].spec.takes_views());
+        assert_eq!(LLAMA.plan_units(&c), ["blk.0", "blk.1", "token_embd", "output"]);
+        assert_eq!(LLAMA.locate("rope_freqs.weight").unwrap().1.kind, Kind::RopeFreqs);
+    }
+
+    #[test]
     fn gemma3_tensors_names_and_local_layers() {
         let mut c = config(true);
         c.local = LocalLayers { window: 512, period: 6, rope_theta: 10_000.0 };

@@ -547,7 +547,8 @@ impl<'a, B: Backend> Model<'a, B> {
             }
             // Biases of the architectures that have them (Qwen2): q (q_dim), k and v (kv_dim),
             // added to each token's row before RoPE.
-            for (kind, out, width) in [(Kind::AttnQBias, &mut s.q, q_dim), (Kind::AttnKBias, &mut s.k, kv_dim), (Kind::AttnVBias, &mut s.v, kv_dim)] {
+            let biased = [(Kind::AttnQBias, &mut s.q, q_dim), (Kind::AttnKBias, &mut s.k, kv_dim), (Kind::AttnVBias, &mut s.v, kv_dim)];
+            for (kind, out, width) in biased {
                 if let Some(bias) = layer.vector(kind) {
                     out[..n * width].chunks_exact_mut(width).for_each(|row| b.add(row, bias));
                 }

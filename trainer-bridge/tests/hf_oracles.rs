@@ -1,0 +1,135 @@
+//! Hugging Face import against transformers itself: tiny random-weight models made by
+//! `tests/oracles/make_tiny_hf.py` (a Qwen2 with q/k/v biases and an untied head; a Llama with
+//! Llama 3 RoPE scaling), packed as f32, must give the logits transformers computed for them.
+
+#[path = "common/pack_util.rs"]
+mod pack_util;
+
+use std::path::{Path, PathBuf};
+
+use edge_pack::hf::load_hf;
+use edge_pack::{pack_model, PackOptions, SourceModel, WeightEncoding};
+use edge_runtime::kv::{KvBits, KvFormat};
+use edge_runtime::model::{Logits, Model, ModelOptions};
+use edge_runtime::Checkpoint;
+use pack_util::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf").join(name)
+}
+
+/// The fixture's tokens and transformers' logits (one row per token).
+fn oracle(name: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("logits.json")).unwrap()).unwrap();
+    let tokens = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let logits = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    (tokens, logits)
+}
+
+/// `model` packed as f32: its logits for `tokens`, token by token (decode) and as one batch
+/// (prefill), which must agree.
+fn our_logits(model: &SourceModel, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.edge");
+    let opts = PackOptions { encoding: WeightEncoding::F32, allow_no_tokenizer: true, ..Default::default() };
+    pack_model(model, &out, &opts).unwrap();
+    let bytes = read_bytes(&out);
+    let one_by_one = logits_for(bytes.as_bytes(), tokens, None);
+    let ck = Checkpoint::parse(bytes.as_bytes()).unwrap();
+    let opts = ModelOptions { kv: KvFormat::uniform(KvBits::F32), ..Default::default() };
+    let mut m = Model::new(&ck, opts).unwrap();
+    let batch = m.forward_batch(tokens, 0, Logits::All).unwrap().to_vec();
+    for (pos, (row, b)) in one_by_one.iter().zip(batch.chunks_exact(row_len(&one_by_one))).enumerate() {
+        let d = max_abs_diff(row, b);
+        assert!(d < 1e-4, "position {pos}: batched and token-by-token logits differ by {d}");
+    }
+    one_by_one
+}
+
+fn row_len(rows: &[Vec<f32>]) -> usize {
+    rows[0].len()
+}
+
+/// Largest |ours - theirs| over every logit, relative to the largest |theirs|.
+fn rel_diff(ours: &[Vec<f32>], theirs: &[Vec<f32>]) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    ours.iter().zip(theirs).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max) / scale
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    let m = load_hf(&fixture("tiny-qwen2"), None).unwrap();
+    assert_eq!(m.arch.name, "qwen2");
+    assert!(!m.config.tied_embeddings);
+    for b in ["blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"] {
+        assert!(m.tensors.iter().any(|t| t.name == b), "{b} imported");
+    }
+    let (tokens, theirs) = oracle("tiny-qwen2");
+    let ours = our_logits(&m, &tokens);
+    let d = rel_diff(&ours, &theirs);
+    assert!(d < 1e-4, "logits differ from transformers' by {d} (relative)");
+    eprintln!("{}: max |logit difference| / max |logit| = {d:.2e}", m.name);
+
+    // Not vacuous: the biases matter, and so does their permutation with the q/k rows.
+    let mut no_bias = m.clone();
+    no_bias.tensors.iter_mut().filter(|t| t.name.ends_with(".bias")).for_each(|t| t.data.iter_mut().for_each(|x| *x = 0.0));
+    assert!(rel_diff(&our_logits(&no_bias, &tokens), &theirs) > 1e-2);
+    let mut unpermuted = m.clone();
+    for t in unpermuted.tensors.iter_mut().filter(|t| t.name == "blk.0.attn_q.bias") {
+        t.data = t.data.chunks(2).flat_map(|p| [p[1], p[0]]).collect();
+    }
+    assert!(rel_diff(&our_logits(&unpermuted, &tokens), &theirs) > 1e-3);
+}
+
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    let m = load_hf(&fixture("tiny-llama3"), None).unwrap();
+    assert_eq!(m.arch.name, "llama");
+    assert!(m.config.rope_freq_factors);
+    let f = &m.tensors.iter().find(|t| t.name == "rope_freqs.weight").expect("rope_freqs.weight").data;
+    assert_eq!(f.len(), m.config.head_dim / 2);
+    assert_eq!((f[0], f[f.len() - 1]), (1.0, 8.0), "{f:?}");
+    let (tokens, theirs) = oracle("tiny-llama3");
+    let ours = our_logits(&m, &tokens);
+    let d = rel_diff(&ours, &theirs);
+    assert!(d < 1e-4, "logits differ from transformers' by {d} (relative)");
+    eprintln!("{}: max |logit difference| / max |logit| = {d:.2e}", m.name);
+
+    // Without the factors the model runs with other positions: the fixture tests the scaling.
+    let mut plain = m.clone();
+    plain.tensors.retain(|t| t.name != "rope_freqs.weight");
+    plain.config.rope_freq_factors = false;
+    assert!(rel_diff(&our_logits(&plain, &tokens), &theirs) > 1e-2);
+}
+
+#[test]
+fn unsupported_rope_scaling_and_architectures_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("tiny-llama3");
+    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = config.clone();
+        edit(&mut c);
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+        format!("{:#}", load_hf(dir.path(), None).unwrap_err())
+    };
+    for kind in ["yarn", "linear", "dynamic"] {
+        let e = with(&|c| c["rope_scaling"] = serde_json::json!({"rope_type": kind, "factor": 4.0}));
+        assert!(e.contains(&format!("'{kind}'")) && !e.contains('\n'), "{e}");
+    }
+    let e = with(&|c| c["architectures"] = serde_json::json!(["MambaForCausalLM"]));
+    assert!(e.contains("MambaForCausalLM") && e.contains("Qwen2ForCausalLM") && !e.contains('\n'), "{e}");
+    // A qwen2 model cannot take Llama 3 scaling (its forward pass has no factors).
+    let e = with(&|c| {
+        c["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+        c["model_type"] = serde_json::json!("qwen2");
+    });
+    assert!(e.contains("llama3") && e.contains("qwen2"), "{e}");
+}
