@@ -1,6 +1,7 @@
 //! Gemma 3 through the importers against independent implementations: a tiny random
-//! `Gemma3ForCausalLM` against transformers' logits (tests/fixtures/gemma3-tiny, made by
-//! tests/oracles/hf_tiny.py), and Gemma 3 270M's GGUF against llama.cpp's greedy continuations.
+//! `Gemma3ForCausalLM` against transformers' logits (tests/fixtures/hf/tiny-gemma3, made by
+//! tests/oracles/make_tiny_hf.py), and Gemma 3 270M's GGUF against llama.cpp's greedy
+//! continuations.
 
 #[path = "common/pack_util.rs"]
 mod pack_util;
@@ -15,7 +16,7 @@ use edge_runtime::Checkpoint;
 use pack_util::*;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3-tiny")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/tiny-gemma3")
 }
 
 struct Oracle {
@@ -24,7 +25,7 @@ struct Oracle {
 }
 
 fn oracle() -> Oracle {
-    let text = std::fs::read_to_string(fixture().join("oracle.json")).expect("oracle.json");
+    let text = std::fs::read_to_string(fixture().join("logits.json")).expect("logits.json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("oracle json");
     let tokens = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
     let logits = v["logits"]
@@ -198,7 +199,7 @@ fn gemma3_270m_greedy_matches_llama_cpp() {
         assert_eq!(&got, want, "greedy continuation of {text:?}");
     }
     let long: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("../gemma3-270m-long-greedy.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("../../gemma3-270m-long-greedy.json")).unwrap()).unwrap();
     let ids = |k: &str| long[k].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect::<Vec<u32>>();
     let (prompt, want) = (ids("prompt_ids"), ids("greedy"));
     assert!(prompt.len() > 512 + 100);
