@@ -383,6 +383,8 @@ mod tests {
             norm_eps: 1e-5,
             rope_theta: 100000.0,
             tied_embeddings: true,
+            local: edge_runtime::config::LocalLayers::NONE,
+            attn_scale: None,
             rope_freq_factors: false,
         }
     }

@@ -288,7 +288,9 @@ impl<'a> Memory<'a> {
                 }
             }
         }
-        let mut slots = ctx / 2;
+        // A model with sliding-window layers cannot take a KV window (Model::set_kv_window
+        // refuses it): its ladder ends at the lowest KV format.
+        let mut slots = if config.local.any() { 0 } else { ctx / 2 };
         while slots >= MIN_WINDOW {
             ladder.push(rung(floor.clone(), kv.clone(), Some(KvWindow { sink: crate::cli::KvArgs::DEFAULT_SINK, slots })));
             slots /= 2;

@@ -374,6 +374,19 @@ impl<'c> KvRows<'c> {
         }
     }
 
+    /// The rows from row `first` on (row `j` of the result is row `first + j`).
+    pub fn from_row(self, first: usize) -> KvRows<'c> {
+        let (dim, groups) = (self.dim, self.dim.div_ceil(KV_GROUP));
+        let data = match self.data {
+            RowData::F32(v) => RowData::F32(&v[first * dim..]),
+            RowData::F16(v) => RowData::F16(&v[first * dim..]),
+            RowData::Q8 { codes, scales } => RowData::Q8 { codes: &codes[first * dim..], scales: &scales[first * groups..] },
+            // Two codes a byte: a row is whole bytes, as kv_dim is even (whole groups).
+            RowData::Q4 { codes, scales } => RowData::Q4 { codes: &codes[first * dim / 2..], scales: &scales[2 * first * groups..] },
+        };
+        KvRows { data, ..self }
+    }
+
     /// The same rows from column `offset + by` on.
     pub fn shifted(self, by: usize) -> KvRows<'c> {
         KvRows { offset: self.offset + by, ..self }
@@ -396,6 +409,12 @@ impl<'c> KvView<'c> {
     /// values into every slot).
     pub fn head(self, offset: usize) -> KvView<'c> {
         KvView { keys: self.keys.shifted(offset), values: self.values.shifted(offset), len: self.len }
+    }
+
+    /// The slots from `first` on (a sliding-window layer's reach).
+    pub fn from_row(self, first: usize) -> KvView<'c> {
+        assert!(first < self.len, "slot {first} of {}", self.len);
+        KvView { keys: self.keys.from_row(first), values: self.values.from_row(first), len: self.len - first }
     }
 }
 

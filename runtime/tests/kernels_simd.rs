@@ -451,6 +451,40 @@ fn swiglu_bit_identical() {
 }
 
 #[test]
+fn geglu_bit_identical_and_tanh_gelu() {
+    let mut rng = Rng(0x6E61_7500);
+    for k in tables() {
+        for n in [1usize, 7, 8, 9, 31, 2048, 2049] {
+            // Gates over exp's whole range (underflow, overflow), zeros, a NaN; ups of both signs.
+            let mut gate: Vec<f32> = (0..n).map(|_| (rng.f32() - 0.5) * 40.0).collect();
+            gate[0] = 0.0;
+            if n > 8 {
+                gate[3] = f32::NAN;
+                gate[5] = -60.0;
+                gate[6] = 60.0;
+            }
+            let up: Vec<f32> = (0..n).map(|_| (rng.f32() - 0.5) * 8.0).collect();
+            let (mut want, mut got) = (gate.clone(), gate.clone());
+            edge_runtime::kernels::vector::geglu(&mut want, &up);
+            (k.geglu)(&mut got, &up);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} geglu, {n} values", k.name);
+            // The spec is GELU's tanh form, 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) * up.
+            for ((g, u), w) in gate.iter().zip(&up).zip(&want) {
+                let g64 = *g as f64;
+                let t = (2.0 / core::f64::consts::PI).sqrt() * (g64 + 0.044715 * g64 * g64 * g64);
+                let exact = 0.5 * g64 * (1.0 + t.tanh()) * *u as f64;
+                if g.is_nan() {
+                    assert!(w.is_nan());
+                } else {
+                    assert!((*w as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()), "geglu({g}) * {u} = {w}, tanh form {exact}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn softmax_rows_bit_identical() {
     let mut rng = Rng(0x5AF7_3A11);
     for k in tables() {

@@ -9,6 +9,10 @@ Writes, for each model, OUT_DIR/NAME/{config.json, model.safetensors, logits.jso
 - tiny-llama3: LlamaForCausalLM with Llama 3 RoPE scaling, config in the Hub's form
   (`rope_theta` + `rope_scaling` with rope_type llama3), original context short enough that the
   scaling changes the logits of the positions scored.
+- tiny-gemma3: Gemma3ForCausalLM (transformers 5 config): head_dim 16 with hidden 32 and 4/2
+  heads, a sliding window of 8 over the 24 tokens, layers local/global/local/global with RoPE
+  bases 1e4/1e6, query_pre_attn_scalar 12 (not head_dim), tied head; norms random around 1
+  (Gemma computes x * (1 + w), so the importer's +1 shows).
 Weights are random (biases and norms too, so that each term shows in the logits), rounded to f16
 and stored as f16 (small fixtures; the logits are the f32 forward pass of those exact weights).
 logits.json: {"tokens": [...], "logits": [[vocab floats] per token], "torch", "transformers"}.
@@ -20,7 +24,7 @@ import sys
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 COMMON = dict(
     hidden_size=64,
@@ -105,6 +109,35 @@ def main():
         a = plain(torch.tensor([TOKENS])).logits[0]
         b = llama(torch.tensor([TOKENS])).logits[0]
     print("max |logit change| from the llama3 scaling:", float((a - b).abs().max()))
+
+    gcfg = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+        query_pre_attn_scalar=12,
+        hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=True,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    gemma = Gemma3ForCausalLM(gcfg).float()
+    randomize(gemma, 3)
+    save(gemma, os.path.join(root, "tiny-gemma3"))
 
 
 if __name__ == "__main__":

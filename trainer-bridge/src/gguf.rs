@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context};
 use edge_runtime::arch::{self, Arch, Kind, QkOrder};
+use edge_runtime::config::LocalLayers;
 use edge_runtime::Config;
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -1162,6 +1163,16 @@ fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
             bail!("{a}.vocab_size {v} disagrees with {embd}'s {vocab_size} rows; the file is malformed");
         }
     }
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(v) = g.get_f64(&format!("{a}.{key}"))?.filter(|&v| v != 0.0) {
+            bail!("{a}.{key} = {v}: logit softcapping is not supported by edge-run");
+        }
+    }
+    let rope_theta = optf("rope.freq_base", 10000.0)?;
+    let local = read_local_layers(g, arch, n_layers)?;
+    // llama.cpp scales queries by 1/sqrt(head_dim), but for Gemma 3 27B (62 layers), whose
+    // query_pre_attn_scalar is dim / heads; no GGUF key says it.
+    let attn_scale = (arch.name == "gemma3" && n_layers == 62).then(|| 1.0 / ((dim / n_heads) as f32).sqrt());
     Ok(Config {
         dim,
         hidden_dim,
@@ -1172,10 +1183,60 @@ fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
         vocab_size,
         max_seq_len,
         norm_eps: optf("attention.layer_norm_rms_epsilon", 1e-5)?,
-        rope_theta: optf("rope.freq_base", 10000.0)?,
+        rope_theta,
         tied_embeddings: g.tensor(&arch::tensor_name(Kind::Output, None)).is_none(),
+        local,
+        attn_scale,
         rope_freq_factors,
     })
+}
+
+/// The sliding-window layers of a GGUF model: `{arch}.attention.sliding_window`, the pattern
+/// `{arch}.attention.sliding_window_pattern` (a period, or one flag per layer, which must repeat
+/// with a period whose last layer alone is global) and the local RoPE base
+/// `{arch}.rope.freq_base_swa`; where a file leaves the last two out, the architecture's
+/// defaults (what llama.cpp assumes).
+fn read_local_layers(g: &GgufFile, arch: &Arch, n_layers: usize) -> anyhow::Result<LocalLayers> {
+    let a = arch.name;
+    let window = match g.get_u64(&format!("{a}.attention.sliding_window"))? {
+        None | Some(0) => return Ok(LocalLayers::NONE),
+        Some(w) => check_dim(&format!("{a}.attention.sliding_window"), w)?,
+    };
+    let Some((default_period, default_theta)) = arch.gguf_local_defaults else {
+        bail!("{a}.attention.sliding_window is set: sliding-window attention is not supported for {a} models by edge-run");
+    };
+    let key = format!("{a}.attention.sliding_window_pattern");
+    let period = match g.get(&key) {
+        None => default_period,
+        Some(v) => match (v.as_u64(), v.as_array()) {
+            (Some(p), _) => p as usize,
+            (None, Some(arr)) => {
+                let flags: Vec<bool> = match &arr {
+                    Array::Bool(b) => b.clone(),
+                    _ => bail!("GGUF metadata '{key}' must be an integer or an array of booleans"),
+                };
+                period_of(&flags).ok_or_else(|| {
+                    anyhow!("GGUF metadata '{key}' is not a repeating pattern of local layers ending in a global one; edge-run cannot run this layer pattern")
+                })?
+            }
+            _ => bail!("GGUF metadata '{key}' must be an integer or an array of booleans"),
+        },
+    };
+    if period == 0 || period > n_layers.max(1) * 2 {
+        bail!("GGUF metadata '{key}' = {period} is not supported (edge-run needs a period of 1..=2*layers)");
+    }
+    let theta_key = format!("{a}.rope.freq_base_swa");
+    let rope_theta = g.get_f64(&theta_key)?.map_or(default_theta, |v| v as f32);
+    if !rope_theta.is_finite() || rope_theta <= 0.0 {
+        bail!("GGUF metadata '{theta_key}' = {rope_theta} is out of range");
+    }
+    Ok(LocalLayers { window, period, rope_theta })
+}
+
+/// The period `p` of one flag per layer (`true`: local) when layer `l` is local exactly when
+/// `l % p < p - 1` (llama.cpp's and Hugging Face's pattern).
+pub fn period_of(local: &[bool]) -> Option<usize> {
+    (1..=local.len() + 1).find(|&p| local.iter().enumerate().all(|(l, &f)| f == (l % p < p - 1)))
 }
 
 fn check_dim(key: &str, v: u64) -> anyhow::Result<usize> {

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use edge_runtime::arch::{self, Arch, Kind};
+use edge_runtime::arch::{self, Activation, Arch, Kind, Role};
+use edge_runtime::config::LocalLayers;
 use edge_runtime::Config;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -78,9 +79,19 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         let a = arch.as_deref().or(model_type).unwrap_or("?");
         bail!("unsupported architecture '{a}' in '{}': edge-pack reads {}", path.display(), classes());
     };
-    if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
-            bail!("unsupported activation '{act}' in '{}': edge-pack runs SwiGLU (silu) models", path.display());
+    let gemma = arch.name == arch::GEMMA3.name;
+    let (act_key, act_want) = match arch.activation {
+        Activation::Silu => ("hidden_act", &["silu"][..]),
+        Activation::GeluTanh => ("hidden_activation", &["gelu_pytorch_tanh", "gelu_tanh"][..]),
+    };
+    if let Some(act) = cfg.get(act_key).and_then(Value::as_str) {
+        if !act_want.contains(&act) {
+            bail!("unsupported activation '{act}' in '{}': a {} model runs {}", path.display(), arch.name, act_want[0]);
+        }
+    }
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if cfg.get(key).is_some_and(|v| !v.is_null()) {
+            bail!("'{}' sets {key}: logit softcapping is not supported by edge-run", path.display());
         }
     }
     for key in ["attention_bias", "mlp_bias"] {
@@ -91,18 +102,35 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
     if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
         bail!("'{}' sets use_sliding_window: sliding-window attention is not supported for {}", path.display(), arch.name);
     }
-    let layer_types = cfg.get("layer_types").and_then(Value::as_array);
-    if let Some(t) = layer_types.and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
-        bail!("'{}' has a layer of type {t}: edge-run runs full-attention layers only", path.display());
+    // Sliding layers are Gemma's alone (its `layer_types` are read below).
+    if !gemma {
+        let layer_types = cfg.get("layer_types").and_then(Value::as_array);
+        if let Some(t) = layer_types.and_then(|l| l.iter().find(|t| t.as_str() != Some("full_attention"))) {
+            bail!("'{}' has a layer of type {t}: edge-run runs full-attention layers only for {}", path.display(), arch.name);
+        }
     }
-    // transformers 5 writes `rope_parameters` (theta and scaling together); older files (the
-    // Hub's) `rope_theta` and `rope_scaling`.
-    let rope_parameters = cfg.get("rope_parameters").filter(|v| !v.is_null());
-    let scaling = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(rope_parameters);
-    let rope_scaling = crate::rope_scaling::from_hf(scaling, &format!("'{}'", path.display()))?;
+    // RoPE: `rope_theta` (and Gemma's `rope_local_base_freq`), or transformers 5's
+    // `rope_parameters` (one set, or one per layer type: Gemma's full and sliding layers).
+    let rope_params = cfg.get("rope_parameters").filter(|v| !v.is_null());
+    let per_type = rope_params.and_then(|r| r.get("full_attention").or_else(|| r.get("sliding_attention"))).is_some();
+    let at = format!("'{}'", path.display());
+    let scaling_set = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(if per_type { None } else { rope_params });
+    let rope_scaling = crate::rope_scaling::from_hf(scaling_set, &at)?;
     if rope_scaling.is_some() && !arch.has(Kind::RopeFreqs) {
         bail!("'{}' sets a llama3 rope_scaling, which edge-run does not implement for {}", path.display(), arch.name);
     }
+    for set in ["full_attention", "sliding_attention"].iter().filter_map(|k| rope_params.filter(|_| per_type)?.get(*k)) {
+        if crate::rope_scaling::from_hf(Some(set), &at)?.is_some() {
+            bail!("'{}' sets a llama3 rope scaling per layer type, which edge-run does not implement", path.display());
+        }
+    }
+    let theta_of = |set: &str, key: &str| -> Option<f64> {
+        match rope_params {
+            Some(r) if per_type => r.get(set)?.get("rope_theta")?.as_f64(),
+            Some(r) if set == "full_attention" => r.get("rope_theta")?.as_f64(),
+            _ => cfg.get(key)?.as_f64(),
+        }
+    };
     let u = |key: &str| -> anyhow::Result<Option<usize>> {
         match cfg.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -143,25 +171,56 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
             path.display()
         );
     }
+    let n_layers = need("num_hidden_layers")?;
+    let positive = |key: &str, v: Option<f64>, default: f32| -> anyhow::Result<f32> {
+        match v {
+            None => Ok(default),
+            Some(x) if x.is_finite() && x > 0.0 => Ok(x as f32),
+            Some(x) => bail!("'{}': '{key}' = {x} is not a positive number", path.display()),
+        }
+    };
+    let rope_theta = positive("rope_theta", theta_of("full_attention", "rope_theta"), 10000.0)?;
+    let local = match (gemma, u("sliding_window")?) {
+        (true, Some(window)) => {
+            let local: Vec<bool> = match cfg.get("layer_types").and_then(Value::as_array) {
+                Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+                None => {
+                    // Older configs: every `sliding_window_pattern`-th layer is global.
+                    let p = u("sliding_window_pattern")?.or(u("_sliding_window_pattern")?).unwrap_or(6);
+                    (0..n_layers).map(|l| (l + 1) % p != 0).collect()
+                }
+            };
+            if local.len() != n_layers {
+                bail!("'{}': layer_types names {} layers, num_hidden_layers is {n_layers}", path.display(), local.len());
+            }
+            let period = crate::gguf::period_of(&local).ok_or_else(|| {
+                anyhow!("'{}': layer_types is not a repeating pattern of sliding layers ending in a full one; edge-run cannot run it", path.display())
+            })?;
+            let theta = positive("rope_local_base_freq", theta_of("sliding_attention", "rope_local_base_freq"), 10000.0)?;
+            LocalLayers { window, period, rope_theta: theta }
+        }
+        _ => LocalLayers::NONE,
+    };
+    let attn_scale = match (gemma, cfg.get("query_pre_attn_scalar").and_then(Value::as_f64)) {
+        (true, Some(q)) if q.is_finite() && q > 0.0 => Some((1.0 / q.sqrt()) as f32),
+        (true, Some(q)) => bail!("'{}': query_pre_attn_scalar = {q} is not a positive number", path.display()),
+        _ => None,
+    };
     let config = Config {
         dim,
         hidden_dim: need("intermediate_size")?,
-        n_layers: need("num_hidden_layers")?,
+        n_layers,
         n_heads,
         n_kv_heads,
         head_dim,
         vocab_size: need("vocab_size")?,
         max_seq_len: u("max_position_embeddings")?.unwrap_or(2048),
         norm_eps: f("rms_norm_eps", 1e-6)?,
-        rope_theta: match rope_parameters.and_then(|p| p.get("rope_theta")) {
-            Some(t) if cfg.get("rope_theta").is_none() => t
-                .as_f64()
-                .map(|x| x as f32)
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .ok_or_else(|| anyhow!("'{}': rope_parameters 'rope_theta' = {t} is not a positive number", path.display()))?,
-            _ => f("rope_theta", 10000.0)?,
-        },
-        tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        rope_theta,
+        // Gemma ties by default.
+        tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(gemma),
+        local,
+        attn_scale,
         rope_freq_factors: rope_scaling.is_some(),
     };
     let rope_freqs = rope_scaling.map(|p| p.freq_factors(config.rope_theta as f64, head_dim));
@@ -289,6 +348,14 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
         let name = arch::tensor_name(Kind::RopeFreqs, None);
         found.insert(name.clone(), SourceTensor { name, shape: vec![f.len() as u64], data: f });
     }
+    // Gemma's norms compute x * (1 + w): store 1 + w, so the runtime's RMSNorm stays x * w.
+    if arch.hf_norm_minus_one {
+        for e in arch.tensors(&config).iter().filter(|e| e.spec.role == Role::Norm) {
+            if let Some(t) = found.get_mut(&e.name) {
+                t.data.iter_mut().for_each(|w| *w += 1.0);
+            }
+        }
+    }
 
     // Order the tensors canonically; missing, extra or misshapen ones are errors.
     let mut tensors = Vec::with_capacity(found.len());
@@ -303,7 +370,7 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     if let Some(extra) = found.keys().next() {
         bail!("'{}' has tensor '{extra}' beyond the {} layers its config declares", dir.display(), config.n_layers);
     }
-    // Rotate-half q and k rows (and biases) -> interleaved.
+    // Rotate-half q and k rows (and biases, per-head norms) -> interleaved.
     crate::source::interleave_qk(&mut tensors, &config)?;
 
     // Tokenizer, chat template, special tokens.

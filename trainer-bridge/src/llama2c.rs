@@ -188,6 +188,8 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
             Kind::FfnDown => w2,
             Kind::OutputNorm => rms_final,
             Kind::Output => wcls?,
+            // Not in llama2.c's (Llama) files.
+            Kind::AttnQNorm | Kind::AttnKNorm | Kind::AttnPostNorm | Kind::FfnPostNorm => return None,
             Kind::AttnQBias | Kind::AttnKBias | Kind::AttnVBias | Kind::RopeFreqs => return None,
         })
     };
@@ -204,6 +206,8 @@ pub fn load_llama2c(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Sou
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embeddings: h.shared_classifier,
+        local: edge_runtime::config::LocalLayers::NONE,
+        attn_scale: None,
         rope_freq_factors: false,
     };
     let arch = &arch::LLAMA;

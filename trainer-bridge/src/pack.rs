@@ -292,6 +292,14 @@ fn base_writer(model: &SourceModel, tokenizer_json: Option<&str>) -> CheckpointW
     w.set_meta(keys::NORM_EPS, MetaValue::F32(c.norm_eps));
     w.set_meta(keys::ROPE_THETA, MetaValue::F32(c.rope_theta));
     w.set_meta(keys::TIED_EMBEDDINGS, MetaValue::Bool(c.tied_embeddings));
+    if c.local.any() {
+        w.set_meta(keys::SLIDING_WINDOW, MetaValue::U64(c.local.window as u64));
+        w.set_meta(keys::SLIDING_WINDOW_PATTERN, MetaValue::U64(c.local.period as u64));
+        w.set_meta(keys::ROPE_THETA_LOCAL, MetaValue::F32(c.local.rope_theta));
+    }
+    if let Some(s) = c.attn_scale {
+        w.set_meta(keys::ATTN_SCALE, MetaValue::F32(s));
+    }
     if let Some(t) = tokenizer_json {
         w.set_meta(keys::TOKENIZER_JSON, MetaValue::Str(t));
     }

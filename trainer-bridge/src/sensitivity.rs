@@ -297,6 +297,8 @@ mod tests {
             norm_eps: 1e-5,
             rope_theta: 1e4,
             tied_embeddings: tied,
+            local: edge_runtime::config::LocalLayers::NONE,
+            attn_scale: None,
             rope_freq_factors: false,
         }
     }

@@ -53,8 +53,8 @@ pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usi
     out
 }
 
-/// Put the q and k projections of `tensors` (and their biases, where the architecture has
-/// them), stored in rotate-half order (Hugging Face; GGUF files of NEOX-RoPE architectures),
+/// Put the q and k projections of `tensors` (and their biases and per-head norms, where the
+/// architecture has them), stored in rotate-half order (Hugging Face; GGUF files of NEOX-RoPE architectures),
 /// into the interleaved order the runtime rotates. Tensors not in `tensors` are skipped (the
 /// caller checks the tensor list).
 pub fn interleave_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::Result<()> {
@@ -64,13 +64,17 @@ pub fn interleave_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::R
         (Kind::AttnK, config.n_kv_heads),
         (Kind::AttnQBias, config.n_heads),
         (Kind::AttnKBias, config.n_kv_heads),
+        // Per-head norms scale a head's values one by one: their weights move with the rows.
+        (Kind::AttnQNorm, 1),
+        (Kind::AttnKNorm, 1),
     ];
     for l in 0..config.n_layers {
         for (kind, heads) in kinds {
             let name = arch::tensor_name(kind, Some(l));
             let Some(t) = tensors.iter_mut().find(|t| t.name == name) else { continue };
             let rows = (heads * hd) as u64;
-            let (rank, cols) = if kind.is_bias() { (1, 1) } else { (2, t.shape.get(1).copied().unwrap_or(0)) };
+            let vector = kind.is_bias() || matches!(kind, Kind::AttnQNorm | Kind::AttnKNorm);
+            let (rank, cols) = if vector { (1, 1) } else { (2, t.shape.get(1).copied().unwrap_or(0)) };
             if t.shape.len() != rank || t.shape[0] != rows || t.data.len() as u64 != rows * cols {
                 bail!("tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {hd})", t.shape);
             }

@@ -26,6 +26,39 @@ pub struct Config {
     /// The checkpoint stores per-frequency RoPE divisors (`rope_freqs.weight`, Llama 3.x
     /// scaling): frequency `i` is `rope_theta^(-2i/head_dim) / rope_freqs[i]`.
     pub rope_freq_factors: bool,
+    /// Sliding-window layers, if any (Gemma 3).
+    pub local: LocalLayers,
+    /// The attention's query scale; `None`: `1 / sqrt(head_dim)` (Gemma's
+    /// `query_pre_attn_scalar^-1/2`).
+    pub attn_scale: Option<f32>,
+}
+
+/// Sliding-window ("local") attention layers interleaved with global ones: in every `period`
+/// layers the first `period - 1` are local (llama.cpp's `sliding_window_pattern`; Gemma 3's
+/// 5:1 is period 6). A local layer's token at position `p` attends to positions
+/// `p - window + 1..=p` only, and rotates with its own RoPE base.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalLayers {
+    /// Positions a local layer sees (its own included); 0: no local layers.
+    pub window: usize,
+    pub period: usize,
+    /// RoPE base of the local layers.
+    pub rope_theta: f32,
+}
+
+impl LocalLayers {
+    /// Every layer global.
+    pub const NONE: LocalLayers = LocalLayers { window: 0, period: 0, rope_theta: 10000.0 };
+
+    /// Whether layer `l` is local.
+    pub fn is_local(&self, l: usize) -> bool {
+        self.window > 0 && self.period > 1 && l % self.period < self.period - 1
+    }
+
+    /// Whether any layer is local.
+    pub fn any(&self) -> bool {
+        self.window > 0 && self.period > 1
+    }
 }
 
 impl Config {
@@ -34,6 +67,16 @@ impl Config {
     }
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
+    }
+
+    /// The query scale of attention.
+    pub fn attention_scale(&self) -> f32 {
+        self.attn_scale.unwrap_or_else(|| 1.0 / libm::sqrtf(self.head_dim as f32))
+    }
+
+    /// Positions layer `l` attends to back from the current one (itself included), if bounded.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        self.local.is_local(l).then_some(self.local.window)
     }
 
     pub fn from_checkpoint(ck: &Checkpoint<'_>) -> Result<Self> {
@@ -66,6 +109,18 @@ impl Config {
             norm_eps: f(keys::NORM_EPS)?,
             rope_theta: f(keys::ROPE_THETA)?,
             tied_embeddings: ck.get_bool(keys::TIED_EMBEDDINGS).unwrap_or(false),
+            local: match ck.get_u64(keys::SLIDING_WINDOW) {
+                None | Some(0) => LocalLayers::NONE,
+                Some(_) => LocalLayers {
+                    window: u(keys::SLIDING_WINDOW)?,
+                    period: u(keys::SLIDING_WINDOW_PATTERN)?,
+                    rope_theta: f(keys::ROPE_THETA_LOCAL)?,
+                },
+            },
+            attn_scale: match ck.get_f32(keys::ATTN_SCALE) {
+                None => None,
+                Some(_) => Some(f(keys::ATTN_SCALE)?),
+            },
             rope_freq_factors: ck.tensor(&rope_freqs).is_some(),
         };
         if c.rope_freq_factors && !arch.has(super::Kind::RopeFreqs) {
@@ -103,6 +158,8 @@ pub(crate) mod tests {
             norm_eps: 1e-5,
             rope_theta: 10000.0,
             tied_embeddings: tied,
+            local: super::LocalLayers::NONE,
+            attn_scale: None,
             rope_freq_factors: false,
         }
     }

@@ -6,7 +6,7 @@
 //! Llama 3.x's RoPE scaling is per-frequency divisors, stored as `rope_freqs.weight` when the
 //! config says so (GGUF's tensor; computed at pack time from a Hugging Face `rope_scaling`).
 
-use super::{Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
+use super::{Activation, Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
 
 pub(super) const fn norm(kind: Kind, hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape: &[Dim::Model], role: Role::Norm, site: None, hf }
@@ -26,6 +26,10 @@ pub(super) const OUTPUT: TensorSpec =
 
 pub const LLAMA: Arch = Arch {
     name: "llama",
+    activation: Activation::Silu,
+    scale_embeddings: false,
+    hf_norm_minus_one: false,
+    gguf_local_defaults: None,
     hf_classes: &["LlamaForCausalLM"],
     hf_model_type: "llama",
     gguf_qk_order: QkOrder::Interleaved,

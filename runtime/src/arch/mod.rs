@@ -14,6 +14,7 @@
 //! they cannot (the order its GGUF files store q/k rows in).
 
 pub mod config;
+mod gemma3;
 mod llama;
 mod qwen2;
 
@@ -21,16 +22,17 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-pub use config::Config;
+pub use config::{Config, LocalLayers};
 use crate::error::{Error, Result};
 
+pub use gemma3::GEMMA3;
 pub use llama::LLAMA;
 pub use qwen2::QWEN2;
 
 /// Every architecture this build runs.
-pub const ARCHS: &[&Arch] = &[&LLAMA, &QWEN2];
+pub const ARCHS: &[&Arch] = &[&LLAMA, &QWEN2, &GEMMA3];
 
-/// The names of [`ARCHS`], for error messages (`llama, qwen2`).
+/// The names of [`ARCHS`], for error messages (`llama, qwen2, gemma3`).
 pub fn names() -> String {
     ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
 }
@@ -57,6 +59,8 @@ pub enum Dim {
     Q,
     /// All key/value heads (`n_kv_heads * head_dim`).
     Kv,
+    /// One head (`head_dim`): the per-head q/k norms.
+    Head,
     Vocab,
     /// Half a head: one per rotated pair (RoPE's frequencies).
     HalfHead,
@@ -69,6 +73,7 @@ impl Dim {
             Dim::Hidden => c.hidden_dim,
             Dim::Q => c.q_dim(),
             Dim::Kv => c.kv_dim(),
+            Dim::Head => c.head_dim,
             Dim::Vocab => c.vocab_size,
             Dim::HalfHead => c.head_dim / 2,
         }
@@ -95,11 +100,19 @@ pub enum Kind {
     AttnVBias,
     /// Per-frequency RoPE divisors (Llama 3 scaling; GGUF's `rope_freqs.weight`).
     RopeFreqs,
+    /// RMSNorm of every query head before RoPE (head_dim).
+    AttnQNorm,
+    /// RMSNorm of every key head before RoPE (head_dim).
+    AttnKNorm,
+    /// RMSNorm of the attention's output before the residual add (Gemma's sandwich norms).
+    AttnPostNorm,
+    /// RMSNorm of the feed-forward's output before the residual add.
+    FfnPostNorm,
 }
 
 impl Kind {
     /// How many kinds there are (the length of a per-kind table).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 20;
 
     /// The kind's part of a tensor name (`attn_q`, `attn_q.bias`); for a matrix, also the plan
     /// key naming every layer's.
@@ -121,6 +134,10 @@ impl Kind {
             Kind::AttnKBias => "attn_k.bias",
             Kind::AttnVBias => "attn_v.bias",
             Kind::RopeFreqs => "rope_freqs",
+            Kind::AttnQNorm => "attn_q_norm",
+            Kind::AttnKNorm => "attn_k_norm",
+            Kind::AttnPostNorm => "post_attention_norm",
+            Kind::FfnPostNorm => "post_ffw_norm",
         }
     }
 
@@ -213,6 +230,15 @@ pub struct Tensor {
     pub spec: &'static TensorSpec,
 }
 
+/// The feed-forward's gated activation: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: `silu(g) = g / (1 + e^-g)`.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
 /// The order of the rows of a q or k projection within each head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkOrder {
@@ -223,7 +249,9 @@ pub enum QkOrder {
     RotateHalf,
 }
 
-/// An architecture: its name and its tensors, in file order.
+/// An architecture: its name, its tensors in file order, and how its forward pass and its
+/// imports differ from Llama's (flags the one forward pass reads; the optional tensors, such
+/// as q/k norms or the post-norms, are applied when the tensor list has them).
 #[derive(Debug)]
 pub struct Arch {
     /// `general.architecture` of its checkpoints (and of GGUF files).
@@ -237,6 +265,19 @@ pub struct Arch {
     /// interleaved pairs and leaves the NEOX-RoPE architectures' (Qwen2, Gemma) as Hugging Face
     /// stores them.
     pub gguf_qk_order: QkOrder,
+    /// The feed-forward's activation.
+    pub activation: Activation,
+    /// Embedding rows are multiplied by `sqrt(dim)` (in f32, as llama.cpp and transformers do
+    /// for f32 weights) before the first layer (Gemma).
+    pub scale_embeddings: bool,
+    /// What Hugging Face checkpoints store of a norm weight is `w - 1` (Gemma's RMSNorm computes
+    /// `x * (1 + w)`): importers add 1 so that the runtime's RMSNorm stays `x * w` (llama.cpp's
+    /// converter does the same, so GGUF files hold `1 + w`).
+    pub hf_norm_minus_one: bool,
+    /// What llama.cpp assumes of a GGUF file of this architecture that names a sliding window
+    /// but not the layer pattern or the local RoPE base: (period, local base); `None`: the
+    /// architecture has no sliding-window layers.
+    pub gguf_local_defaults: Option<(usize, f32)>,
     /// Global tensors stored before the layers.
     pub pre: &'static [TensorSpec],
     /// Every layer's tensors.
@@ -430,5 +471,31 @@ mod tests {
         assert!(!t[1].spec.takes_views());
         assert_eq!(LLAMA.plan_units(&c), ["blk.0", "blk.1", "token_embd", "output"]);
         assert_eq!(LLAMA.locate("rope_freqs.weight").unwrap().1.kind, Kind::RopeFreqs);
+    }
+
+    #[test]
+    fn gemma3_tensors_names_and_local_layers() {
+        let mut c = config(true);
+        c.local = LocalLayers { window: 512, period: 6, rope_theta: 10_000.0 };
+        let t = GEMMA3.tensors(&c);
+        assert_eq!(t.len(), 1 + 2 * 13 + 1);
+        assert_eq!(t[5].name, "blk.0.attn_q_norm.weight");
+        assert_eq!(t[5].shape, [16]); // head_dim, not dim
+        assert_eq!(GEMMA3.from_hf("model.layers.2.post_attention_layernorm.weight").as_deref(), Some("blk.2.post_attention_norm.weight"));
+        assert_eq!(GEMMA3.from_hf("model.layers.2.pre_feedforward_layernorm.weight").as_deref(), Some("blk.2.ffn_norm.weight"));
+        assert_eq!(GEMMA3.from_hf("model.layers.0.post_feedforward_layernorm.weight").as_deref(), Some("blk.0.post_ffw_norm.weight"));
+        assert_eq!(GEMMA3.from_hf("model.layers.0.self_attn.k_norm.weight").as_deref(), Some("blk.0.attn_k_norm.weight"));
+        assert_eq!(GEMMA3.matrices(&c).len(), 1 + 2 * 7);
+        // Gemma 3's 5:1: layers 5, 11, 17 global.
+        let local: Vec<bool> = (0..18).map(|l| c.local.is_local(l)).collect();
+        assert_eq!(local.iter().filter(|&&x| !x).count(), 3);
+        assert!(!local[5] && !local[11] && !local[17] && local[0] && local[6]);
+        assert_eq!(c.layer_window(0), Some(512));
+        assert_eq!(c.layer_window(5), None);
+        assert!(!LocalLayers::NONE.any() && !LocalLayers::NONE.is_local(0));
+        assert!(by_name("gemma3").is_ok());
+        for k in GEMMA3.pre.iter().chain(GEMMA3.layer).chain(GEMMA3.post).map(|s| s.kind) {
+            assert!(k.index() < Kind::COUNT);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! head that may be untied.
 
 use super::llama::{linear, norm, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
-use super::{Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
+use super::{Activation, Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
 
 const fn bias(kind: Kind, shape: &'static [Dim], hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape, role: Role::Bias, site: None, hf }
@@ -15,6 +15,10 @@ pub const QWEN2: Arch = Arch {
     hf_classes: &["Qwen2ForCausalLM"],
     hf_model_type: "qwen2",
     gguf_qk_order: QkOrder::RotateHalf,
+    activation: Activation::Silu,
+    scale_embeddings: false,
+    hf_norm_minus_one: false,
+    gguf_local_defaults: None,
     pre: &[TOKEN_EMBD],
     layer: &[
         norm(Kind::AttnNorm, "input_layernorm.weight"),

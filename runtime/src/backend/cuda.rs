@@ -79,6 +79,15 @@ impl Backend for Cuda {
     fn swiglu(&self, _: &mut [f32], _: &[f32]) {
         match *self {}
     }
+    fn geglu(&self, _: &mut [f32], _: &[f32]) {
+        match *self {}
+    }
+    fn rmsnorm_rows(&self, _: &mut [f32], _: &[f32], _: f32) {
+        match *self {}
+    }
+    fn scale(&self, _: &mut [f32], _: f32) {
+        match *self {}
+    }
     fn add(&self, _: &mut [f32], _: &[f32]) {
         match *self {}
     }

@@ -69,8 +69,11 @@ pub struct AttnShape {
     pub head_dim: usize,
     /// Query heads per key/value head.
     pub group: usize,
-    /// `1 / sqrt(head_dim)`.
+    /// The query scale (`1 / sqrt(head_dim)` unless the config says otherwise).
     pub scale: f32,
+    /// A sliding-window layer's reach: the token at position `p` attends to positions
+    /// `p + 1 - window..=p` only. `None`: every position before it.
+    pub window: Option<usize>,
 }
 
 /// Everything the forward pass asks of the hardware. Buffers a backend needs per model
@@ -145,6 +148,15 @@ pub trait Backend: Sized + core::fmt::Debug {
 
     /// `gate = silu(gate) * up`, elementwise.
     fn swiglu(&self, gate: &mut [f32], up: &[f32]);
+
+    /// `gate = gelu_tanh(gate) * up`, elementwise (GeGLU).
+    fn geglu(&self, gate: &mut [f32], up: &[f32]);
+
+    /// RMSNorm in place of every `weight.len()`-wide row of `x` (per-head q/k norms).
+    fn rmsnorm_rows(&self, x: &mut [f32], weight: &[f32], eps: f32);
+
+    /// `x *= s`, elementwise.
+    fn scale(&self, x: &mut [f32], s: f32);
 
     /// `x += y`, elementwise (the residual stream).
     fn add(&self, x: &mut [f32], y: &[f32]);

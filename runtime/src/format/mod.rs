@@ -226,6 +226,13 @@ pub mod keys {
     pub const NORM_EPS: &str = "llama.attention.layer_norm_rms_epsilon";
     pub const ROPE_THETA: &str = "llama.rope.freq_base";
     pub const TIED_EMBEDDINGS: &str = "llama.tied_embeddings";
+    /// Positions a sliding-window layer sees (absent or 0: no such layers).
+    pub const SLIDING_WINDOW: &str = "llama.attention.sliding_window";
+    /// In every this many layers, all but the last are sliding-window ones.
+    pub const SLIDING_WINDOW_PATTERN: &str = "llama.attention.sliding_window_pattern";
+    pub const ROPE_THETA_LOCAL: &str = "llama.rope.freq_base_swa";
+    /// The attention's query scale (absent: 1 / sqrt(head_dim)).
+    pub const ATTN_SCALE: &str = "llama.attention.scale";
     pub const TOKENIZER_JSON: &str = "tokenizer.huggingface.json";
     pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
     pub const BOS_ID: &str = "tokenizer.bos_token_id";

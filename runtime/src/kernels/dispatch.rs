@@ -8,7 +8,7 @@
 //! feature.
 
 pub use super::frame::{
-    view_index, AttendHeadFn, Kernels, KvRowsFn, Nested8MatmulFn, Nested8MatvecFn, NibblesFn, QuantizeActsFn, RepackFn, SwigluFn,
+    view_index, AttendHeadFn, GegluFn, Kernels, KvRowsFn, Nested8MatmulFn, Nested8MatvecFn, NibblesFn, QuantizeActsFn, RepackFn, SwigluFn,
     VIEW_SLOTS,
 };
 use super::{portable, reference, vector};
@@ -24,6 +24,7 @@ impl Kernels {
         nibbles: None,
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
+        geglu: vector::geglu,
         softmax_rows: vector::softmax_rows,
         kv_rows: vector::kv_rows,
     };
@@ -39,6 +40,7 @@ impl Kernels {
         nibbles: None,
         attend_head: vector::attend_head,
         swiglu: vector::swiglu,
+        geglu: vector::geglu,
         softmax_rows: vector::softmax_rows,
         kv_rows: vector::kv_rows,
     };

@@ -49,6 +49,25 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for_item_ranges(gate.len(), LINE_FLOATS, [gate], |floats, [gate]| swiglu(gate, &up[floats]));
 }
 
+/// `gate = gelu_tanh(gate) * up`, elementwise (the table's GeGLU kernel on each range).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    assert!(up.len() >= gate.len());
+    let geglu = kernels().geglu;
+    for_item_ranges(gate.len(), LINE_FLOATS, [gate], |floats, [gate]| geglu(gate, &up[floats]));
+}
+
+/// RMSNorm in place of every `weight.len()`-wide row of `x` (the per-head q/k norms: a row is
+/// one head of one token).
+pub fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    assert!(dim > 0 && x.len().is_multiple_of(dim));
+    for_item_ranges(x.len() / dim, 1, [x], |_, [x]| {
+        for row in x.chunks_exact_mut(dim) {
+            vector::rmsnorm_in_place(row, weight, eps);
+        }
+    });
+}
+
 /// `x += y`, elementwise (the residual stream).
 pub fn add(x: &mut [f32], y: &[f32]) {
     assert!(y.len() >= x.len());

@@ -8,9 +8,12 @@
 //! [`Model::with_weights`], sized for `max_batch` tokens and `max_seq_len` positions. Nothing is
 //! allocated per token.
 //!
-//! The tensors and their shapes are the architecture's ([`crate::arch::ARCHS`]). The rows of q
-//! and k (and of their biases) are in interleaved RoPE order whatever the architecture's own
-//! (the importers permute rotate-half rows): each head rotates adjacent pairs `(2i, 2i+1)`.
+//! The tensors and their shapes are the architecture's ([`crate::arch::ARCHS`]); how an
+//! architecture's pass differs from Llama's is its flags (the activation, scaled embeddings),
+//! its optional tensors (biases, q/k norms, post-norms), read here, and its config's
+//! sliding-window layers ([`crate::config::LocalLayers`]). The rows of q and k (and of their
+//! biases and norms) are in interleaved RoPE order whatever the architecture's own (the
+//! importers permute rotate-half rows): each head rotates adjacent pairs `(2i, 2i+1)`.
 
 pub mod weights;
 
@@ -18,7 +21,7 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::arch::Kind;
+use crate::arch::{Activation, Kind};
 pub use crate::arch::Site;
 use crate::backend::{AttnShape, Backend, Cpu};
 use crate::config::Config;
@@ -67,6 +70,10 @@ struct RunState {
     rope_freqs: Vec<f64>, // (head_dim/2) radians per position of each rotated pair
     rope_cos: Vec<f32>, // (max_seq_len, head_dim/2)
     rope_sin: Vec<f32>, // (max_seq_len, head_dim/2)
+    /// (max_seq_len, head_dim/2) the sliding-window layers' angles (their own RoPE base);
+    /// empty without such layers.
+    local_cos: Vec<f32>,
+    local_sin: Vec<f32>,
     far_cos: Vec<f32>,  // (batch, head_dim/2) angles of positions past the table (a window)
     far_sin: Vec<f32>,  // (batch, head_dim/2)
     /// (n_layers, sink, kv_dim) the sink's keys before RoPE, sized when a window is set and
@@ -89,7 +96,7 @@ impl RunState {
     fn bytes(&self) -> usize {
         let s = self;
         8 * s.rope_freqs.len()
-            + 4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin, &s.far_cos, &s.far_sin, &s.sink_raw, &s.sink_cos, &s.sink_sin]
+            + 4 * [&s.x, &s.xb, &s.q, &s.k, &s.v, &s.att_out, &s.proj, &s.hb, &s.hb2, &s.logits, &s.rope_cos, &s.rope_sin, &s.local_cos, &s.local_sin, &s.far_cos, &s.far_sin, &s.sink_raw, &s.sink_cos, &s.sink_sin]
             .iter()
             .map(|b| b.len())
             .sum::<usize>()
@@ -115,9 +122,14 @@ pub struct Model<'a, B: Backend = Cpu> {
 /// checkpoint's factor `factors[i]` when it stores them (Llama 3.x scaling), in f64 (libm, so
 /// std and no_std builds agree).
 fn rope_freqs(c: &Config, factors: Option<&[f32]>) -> Vec<f64> {
-    (0..c.head_dim / 2)
+    rope_freqs_at(c.rope_theta, c.head_dim, factors)
+}
+
+/// [`rope_freqs`] at base `theta` (a sliding-window layer's own).
+fn rope_freqs_at(theta: f32, head_dim: usize, factors: Option<&[f32]>) -> Vec<f64> {
+    (0..head_dim / 2)
         .map(|i| {
-            let freq = libm::pow(c.rope_theta as f64, -2.0 * i as f64 / c.head_dim as f64);
+            let freq = libm::pow(theta as f64, -2.0 * i as f64 / head_dim as f64);
             match factors {
                 Some(f) => freq / f[i] as f64,
                 None => freq,
@@ -159,7 +171,8 @@ impl<'a> Model<'a, Cpu> {
         let (max_seq_len, max_batch) = Self::sizes(c, opts)?;
         let half = c.head_dim / 2;
         // The per-token buffers and the two RoPE tables (the window's sink buffers are empty).
-        let run_state = 4 * (max_batch * RunState::per_token(c).iter().sum::<usize>() + 2 * max_seq_len * half) + 8 * half;
+        let tables = if c.local.any() { 4 } else { 2 };
+        let run_state = 4 * (max_batch * RunState::per_token(c).iter().sum::<usize>() + tables * max_seq_len * half) + 8 * half;
         Ok(run_state + Cpu::planned_state_bytes(c, max_batch, max_seq_len))
     }
 
@@ -256,6 +269,12 @@ impl<'a, B: Backend> Model<'a, B> {
         for (pos, (co, si)) in rope_cos.chunks_exact_mut(half).zip(rope_sin.chunks_exact_mut(half)).enumerate() {
             rope_angles(&rope_freqs, pos, co, si);
         }
+        let local = if c.local.any() { max_seq_len * half } else { 0 };
+        let (mut local_cos, mut local_sin) = (vec![0f32; local], vec![0f32; local]);
+        let local_freqs = rope_freqs_at(c.local.rope_theta, c.head_dim, None);
+        for (pos, (co, si)) in local_cos.chunks_exact_mut(half).zip(local_sin.chunks_exact_mut(half)).enumerate() {
+            rope_angles(&local_freqs, pos, co, si);
+        }
         let [x, xb, q, k, v, att_out, proj, hb, hb2, logits, far_cos, far_sin] = RunState::per_token(c).map(|w| vec![0.0; max_batch * w]);
         let state = RunState {
             x,
@@ -271,6 +290,8 @@ impl<'a, B: Backend> Model<'a, B> {
             rope_freqs,
             rope_cos,
             rope_sin,
+            local_cos,
+            local_sin,
             far_cos,
             far_sin,
             sink_raw: Vec::new(),
@@ -401,6 +422,16 @@ impl<'a, B: Backend> Model<'a, B> {
     /// slots from now on (StreamingLLM): positions that no longer fit are dropped now, the
     /// cache shrinks to `window.slots` slots and generation can run past `max_seq_len`.
     pub fn set_kv_window(&mut self, window: KvWindow) -> Result<()> {
+        if self.config.local.any() {
+            // The sink's keys would need re-rotating at each layer's own base, and a local
+            // layer's reach is positions, not slots: not built.
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "--kv-window is not supported for models with sliding-window layers ({}, window {}); their local layers already attend to the last {} positions only",
+                    self.weights.arch.name, self.config.local.window, self.config.local.window
+                ),
+            });
+        }
         if window.slots > self.max_seq_len {
             return Err(Error::InvalidArgument {
                 what: format!("KV window of {} positions is larger than the context of {}; lower --kv-window or raise --ctx", window.slots, self.max_seq_len),
@@ -488,12 +519,7 @@ impl<'a, B: Backend> Model<'a, B> {
         self.kv_end = end;
         let (dim, kv_dim, q_dim, hidden, hd) = (c.dim, c.kv_dim(), c.q_dim(), c.hidden_dim, c.head_dim);
         let half = hd / 2;
-        let shape = AttnShape {
-            n_heads: c.n_heads,
-            head_dim: hd,
-            group: c.n_heads / c.n_kv_heads, // query heads per kv head
-            scale: 1.0 / libm::sqrtf(hd as f32),
-        };
+        let arch = self.weights.arch;
         // Angles of positions past the table (a window runs on indefinitely).
         let st = &mut self.state;
         if end > self.max_seq_len {
@@ -513,9 +539,12 @@ impl<'a, B: Backend> Model<'a, B> {
         let b = &mut self.backend;
         let kv = &mut self.kv;
 
-        // Token embeddings into the residual stream.
+        // Token embeddings into the residual stream (times sqrt(dim) for Gemma).
         for (t, &tok) in tokens.iter().enumerate() {
             b.row(w.token_embd(), tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
+        }
+        if arch.scale_embeddings {
+            b.scale(&mut s.x[..n * dim], libm::sqrtf(dim as f32));
         }
 
         for (l, layer) in w.layers.iter().enumerate() {
@@ -538,8 +567,21 @@ impl<'a, B: Backend> Model<'a, B> {
                 }
             }
 
-            // RoPE on q and k at positions pos..pos+n; then k and v go into the cache there.
-            let (cos, sin) = if end <= self.max_seq_len {
+            // Per-head RMSNorm of q and k (n * heads rows of head_dim), where the arch has it.
+            if let Some(qn) = layer.vector(Kind::AttnQNorm) {
+                b.rmsnorm_rows(&mut s.q[..n * q_dim], qn, c.norm_eps);
+            }
+            if let Some(kn) = layer.vector(Kind::AttnKNorm) {
+                b.rmsnorm_rows(&mut s.k[..n * kv_dim], kn, c.norm_eps);
+            }
+
+            // RoPE on q and k at positions pos..pos+n (a sliding-window layer at its own base;
+            // no window evicts in such a model, so its positions are in the table); then k and
+            // v go into the cache there.
+            let local = c.local.is_local(l);
+            let (cos, sin) = if local {
+                (&s.local_cos[pos * half..end * half], &s.local_sin[pos * half..end * half])
+            } else if end <= self.max_seq_len {
                 (&s.rope_cos[pos * half..end * half], &s.rope_sin[pos * half..end * half])
             } else {
                 (&s.far_cos[..n * half], &s.far_sin[..n * half])
@@ -566,7 +608,15 @@ impl<'a, B: Backend> Model<'a, B> {
             }
 
             // Causal grouped-query attention: token t at position p attends to the positions
-            // the cache holds up to p (all of 0..=p without a window).
+            // the cache holds up to p (all of 0..=p without a window; p + 1 - window..=p in a
+            // sliding-window layer).
+            let shape = AttnShape {
+                n_heads: c.n_heads,
+                head_dim: hd,
+                group: c.n_heads / c.n_kv_heads, // query heads per kv head
+                scale: c.attention_scale(),
+                window: c.layer_window(l),
+            };
             let cache = kv.view(l, kv.filled(end));
             if n == 1 {
                 b.attend_one(&shape, &s.q[..q_dim], cache, &mut s.att_out[..q_dim]);
@@ -580,9 +630,9 @@ impl<'a, B: Backend> Model<'a, B> {
             if n == 1 {
                 b.prefetch(layer.w(Kind::FfnGate));
             }
-            b.add(&mut s.x[..n * dim], &s.proj[..n * dim]);
+            add_normed(b, &mut s.x[..n * dim], &s.proj[..n * dim], &mut s.xb[..n * dim], layer.vector(Kind::AttnPostNorm), c.norm_eps);
 
-            // Feed-forward: RMSNorm, SwiGLU, down projection, residual.
+            // Feed-forward: RMSNorm, SwiGLU (GeGLU), down projection, residual.
             b.rmsnorm(&mut s.xb[..n * dim], &s.x[..n * dim], layer.norm(Kind::FfnNorm), c.norm_eps);
             see(Some(l), Site::FfnIn, n, &s.xb[..n * dim]);
             let (gate, up) = (layer.w(Kind::FfnGate), layer.w(Kind::FfnUp));
@@ -592,13 +642,16 @@ impl<'a, B: Backend> Model<'a, B> {
             } else {
                 b.matmul_shared(&[gate, up], &s.xb, n, &mut [&mut s.hb[..], &mut s.hb2[..]]);
             }
-            b.swiglu(&mut s.hb[..n * hidden], &s.hb2[..n * hidden]); // silu(gate) * up
+            match arch.activation {
+                Activation::Silu => b.swiglu(&mut s.hb[..n * hidden], &s.hb2[..n * hidden]), // silu(gate) * up
+                Activation::GeluTanh => b.geglu(&mut s.hb[..n * hidden], &s.hb2[..n * hidden]), // gelu(gate) * up
+            }
             see(Some(l), Site::FfnDown, n, &s.hb[..n * hidden]);
             b.matmul(layer.w(Kind::FfnDown), &s.hb, n, &mut s.proj);
             if n == 1 {
                 b.prefetch(w.layers.get(l + 1).map_or(w.head(), |next| next.w(Kind::AttnQ)));
             }
-            b.add(&mut s.x[..n * dim], &s.proj[..n * dim]);
+            add_normed(b, &mut s.x[..n * dim], &s.proj[..n * dim], &mut s.xb[..n * dim], layer.vector(Kind::FfnPostNorm), c.norm_eps);
         }
 
         // Final norm and the output head, for the rows asked for.
@@ -611,5 +664,17 @@ impl<'a, B: Backend> Model<'a, B> {
         see(None, Site::Head, rows, &s.xb[..rows * dim]);
         b.matmul(w.head(), &s.xb, rows, &mut s.logits);
         Ok(&s.logits[..rows * c.vocab_size])
+    }
+}
+
+/// The residual add of a sub-block's output `y` (n, dim): `x += y`, or `x += rmsnorm(y)` where
+/// the architecture norms it first (Gemma's post-norms; `tmp` (n, dim) holds it).
+fn add_normed<B: Backend>(b: &B, x: &mut [f32], y: &[f32], tmp: &mut [f32], norm: Option<&[f32]>, eps: f32) {
+    match norm {
+        Some(w) => {
+            b.rmsnorm(tmp, y, w, eps);
+            b.add(x, tmp);
+        }
+        None => b.add(x, y),
     }
 }

@@ -145,6 +145,8 @@ pub fn synthetic_model(seed: u64, tied: bool) -> SourceModel {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embeddings: tied,
+        local: edge_runtime::config::LocalLayers::NONE,
+        attn_scale: None,
         rope_freq_factors: false,
     };
     let mut rng = Rng::new(seed);

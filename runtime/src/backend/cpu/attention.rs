@@ -11,6 +11,11 @@ use crate::kv::KvView;
 /// Decode: the token at position `kv.len - 1` attends to every filled slot of `kv`. `scores`
 /// holds a row of `stride` floats per head.
 pub(super) fn one(s: &AttnShape, q: &[f32], kv: KvView<'_>, out: &mut [f32], scores: &mut [f32], stride: usize, qrot: &mut [f32]) {
+    // A sliding-window layer sees its last `window` slots alone: they are the whole cache to it.
+    let kv = match s.window {
+        Some(w) if kv.len > w => kv.from_row(kv.len - w),
+        _ => kv,
+    };
     let geo = DecodeGeometry { pos: kv.len - 1, hd: s.head_dim, kv_dim: kv.keys.dim, group: s.group, scale: s.scale, stride };
     let q_dim = s.n_heads * s.head_dim;
     let q = rotated_queries(&q[..q_dim], kv, s.head_dim, qrot);
@@ -62,6 +67,7 @@ pub(super) fn many(s: &AttnShape, n: usize, q: &[f32], kv: KvView<'_>, out: &mut
         group: s.group,
         n_heads: s.n_heads,
         scale: s.scale,
+        window: s.window,
         chunk: rows,
         stride,
     };
@@ -112,6 +118,8 @@ struct AttnGeometry {
     group: usize,
     n_heads: usize,
     scale: f32,
+    /// A sliding-window layer's reach (see [`AttnShape::window`]).
+    window: Option<usize>,
     /// Tokens per score block.
     chunk: usize,
     /// Floats per row a score block may use (max_seq_len).
@@ -194,8 +202,12 @@ fn release(free: &AtomicU64, slot: usize) {
 #[allow(clippy::too_many_arguments)]
 fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], values: &[f32], out: SharedMut, s: &mut [f32]) {
     let rows = g.chunk.min(g.n - t0);
-    let width = g.pos + t0 + rows; // positions the block's last token sees
-    let kv_off = (h / g.group) * g.hd;
+    // Positions lo..lo + width: those the block's first token sees (all before it without a
+    // window) up to the block's last token; a row's own window starts later (masked below).
+    let first_seen = |p: usize| g.window.map_or(0, |w| (p + 1).saturating_sub(w));
+    let lo = first_seen(g.pos + t0);
+    let width = g.pos + t0 + rows - lo;
+    let kv_off = lo * g.kv_dim + (h / g.group) * g.hd;
     // SAFETY (both products): every pointer offset and stride stays inside the slice it came
     // from (asserted by the caller: q and out hold n rows of q_dim with head h's hd columns
     // inside, keys and values pos + n rows of kv_dim with kv head h / group's columns inside,
@@ -219,7 +231,14 @@ fn head_block(g: &AttnGeometry, h: usize, t0: usize, q: &[f32], keys: &[f32], va
             1,
         );
     }
-    (kernels::kernels().softmax_rows)(&mut s[..rows * width], width, g.pos + t0 + 1);
+    if g.window.is_some() {
+        // Row r (position pos + t0 + r) sees none of the positions before its window; e^-inf
+        // is 0 in the softmax (its own position is always seen, so no row is all -inf).
+        for (r, row) in s[..rows * width].chunks_exact_mut(width).enumerate() {
+            row[..first_seen(g.pos + t0 + r) - lo].fill(f32::NEG_INFINITY);
+        }
+    }
+    (kernels::kernels().softmax_rows)(&mut s[..rows * width], width, g.pos + t0 + 1 - lo);
     unsafe {
         matrixmultiply::sgemm(
             rows,

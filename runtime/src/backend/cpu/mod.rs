@@ -195,6 +195,18 @@ impl Backend for Cpu {
         tokens::swiglu(gate, up);
     }
 
+    fn geglu(&self, gate: &mut [f32], up: &[f32]) {
+        tokens::geglu(gate, up);
+    }
+
+    fn rmsnorm_rows(&self, x: &mut [f32], weight: &[f32], eps: f32) {
+        tokens::rmsnorm_rows_in_place(x, weight, eps);
+    }
+
+    fn scale(&self, x: &mut [f32], s: f32) {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+
     fn add(&self, x: &mut [f32], y: &[f32]) {
         tokens::add(x, y);
     }

@@ -85,6 +85,7 @@ const NEON: Kernels = Kernels {
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: neon_attend_head,
     swiglu: super::vector::swiglu,
+    geglu: super::vector::geglu,
     softmax_rows: super::vector::softmax_rows,
     kv_rows: neon_kv_rows,
 };
@@ -98,6 +99,7 @@ const DOTPROD: Kernels = Kernels {
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: neon_attend_head,
     swiglu: super::vector::swiglu,
+    geglu: super::vector::geglu,
     softmax_rows: super::vector::softmax_rows,
     kv_rows: neon_kv_rows,
 };
@@ -111,6 +113,7 @@ const I8MM: Kernels = Kernels {
     nibbles: Some(crate::blocks::low_nibbles),
     attend_head: neon_attend_head,
     swiglu: super::vector::swiglu,
+    geglu: super::vector::geglu,
     softmax_rows: super::vector::softmax_rows,
     kv_rows: neon_kv_rows,
 };

@@ -33,6 +33,8 @@ pub type NibblesFn = fn(planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
 
 /// SwiGLU's gate in place: see [`super::vector::swiglu`], the definition.
 pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]);
+/// GeGLU's elementwise step (the same shape as [`SwigluFn`]).
+pub type GegluFn = fn(gate: &mut [f32], up: &[f32]);
 
 /// The causal softmax of a block of batched attention scores: see
 /// [`super::vector::softmax_rows`], the definition.
@@ -66,6 +68,8 @@ pub struct Kernels {
     pub attend_head: AttendHeadFn,
     /// SwiGLU's elementwise step (f32; bit-identical in every table).
     pub swiglu: SwigluFn,
+    /// GeGLU's elementwise step, tanh GELU (f32; bit-identical in every table).
+    pub geglu: GegluFn,
     /// The causal softmax of batched attention (f32; bit-identical in every table).
     pub softmax_rows: SoftmaxRowsFn,
     /// A cache's rows read back as f32 for batched attention (bit-identical in every table).

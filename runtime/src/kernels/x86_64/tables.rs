@@ -19,7 +19,7 @@
 
 use super::decode::avx2_nested8_matvec;
 use super::attend_stored::{avx2_attend_stored_impl, avx2_kv_rows_impl};
-use super::elementwise::{avx2_attend_head_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
+use super::elementwise::{avx2_attend_head_impl, avx2_geglu_impl, avx2_softmax_rows_impl, avx2_swiglu_impl, avx512_softmax_rows_impl};
 use super::prefill::avx2_nested8_matmul;
 use super::prefill512::avx512_nested8_matmul;
 use super::quantize::avx2_quantize_acts;
@@ -117,6 +117,12 @@ fn avx2_swiglu(gate: &mut [f32], up: &[f32]) {
     unsafe { avx2_swiglu_impl(gate, up) }
 }
 
+fn avx2_geglu(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: private, reachable only through TABLE, installed only after the CPU reported
+    // avx2, fma and f16c.
+    unsafe { avx2_geglu_impl(gate, up) }
+}
+
 fn avx2_kv_rows(rows: crate::kv::KvRows<'_>, first: usize, width: usize, out: &mut [f32]) {
     // SAFETY: private, reachable only through TABLE (and TABLE_AVX512), installed only after
     // the CPU reported avx2, fma and f16c.
@@ -145,6 +151,7 @@ pub(super) const TABLE: Kernels = Kernels {
     nibbles: Some(blocks::low_nibbles),
     attend_head: avx2_attend_head,
     swiglu: avx2_swiglu,
+    geglu: avx2_geglu,
     softmax_rows: avx2_softmax_rows,
     kv_rows: avx2_kv_rows,
 };
