@@ -16,7 +16,8 @@
 # Their sizes (llama-bench's `model_size`: the bytes of their tensors, norms included) come
 # from one short probe run of each, before the rounds (OUT_DIR/size-TYPE.json).
 #
-# Each round runs, with `-p 512 -n 128 -r 5`:
+# Each round runs, with `-p 512 -n 128 -r 5` (PROMPT, GEN, REPS override them; BITS the views,
+# default 8,6,5,4,3,2):
 # - our uniform views, 8, 6, 5, 4, 3 and 2 bits (`edge-run bench --bits ... --json`: edge.json);
 # - for each llama.cpp file, the plan the profile picks for that file's size
 #   (`edge-run bench --weight-budget <its model_size>B`: plan-TYPE.json), so each plan holds
@@ -33,6 +34,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:?usage: benches/llama-compare.sh OUT_DIR [ROUNDS]}"
 rounds="${2:-4}"
 threads="${THREADS:-2}"
+pp="${PROMPT:-512}"; tg="${GEN:-128}"; reps="${REPS:-5}"; bits="${BITS:-8,6,5,4,3,2}"
 llama="${LLAMA_BIN:?set LLAMA_BIN to the folder holding llama-bench and llama-quantize}"
 gguf="${GGUF:-$here/../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf}"
 name="$(basename "$gguf" .gguf)"
@@ -57,7 +59,7 @@ if ! "$edge_run" inspect -m "$pack" --json | python3 -c 'import json, sys; sys.e
   echo "########################################################################################" >&2
 fi
 
-types=(Q8_0 Q4_K_M Q4_0 Q3_K_M Q2_K)
+read -r -a types <<<"${TYPES:-Q8_0 Q4_K_M Q4_0 Q3_K_M Q2_K}"
 declare -A size
 for t in "${types[@]}"; do
   f="$out/$name-$t.gguf"
@@ -72,14 +74,14 @@ for r in $(seq 1 "$rounds"); do
   d="$out/round-$r"
   mkdir -p "$d"
   echo "round $r/$rounds (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
-  "$edge_run" bench -m "$pack" --bits 8,6,5,4,3,2 -t "$threads" -p 512 -n 128 -r 5 --json >"$d/edge.json"
+  "$edge_run" bench -m "$pack" --bits "$bits" -t "$threads" -p "$pp" -n "$tg" -r "$reps" --json >"$d/edge.json"
   if [ "$plans" = 1 ]; then
     for t in "${types[@]}"; do
-      "$edge_run" bench -m "$pack" --weight-budget "${size[$t]}B" -t "$threads" -p 512 -n 128 -r 5 --json >"$d/plan-$t.json"
+      "$edge_run" bench -m "$pack" --weight-budget "${size[$t]}B" -t "$threads" -p "$pp" -n "$tg" -r "$reps" --json >"$d/plan-$t.json"
     done
   fi
   for t in "${types[@]}"; do
-    "$llama/llama-bench" -m "$out/$name-$t.gguf" -t "$threads" -p 512 -n 128 -r 5 -o json >"$d/llama-$t.json" 2>/dev/null
+    "$llama/llama-bench" -m "$out/$name-$t.gguf" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json >"$d/llama-$t.json" 2>/dev/null
   done
 done
-python3 "$here/benches/llama_ratios.py" "$out" "$(( rounds > 1 ? 2 : 1 ))" "$rounds"
+PROMPT="$pp" GEN="$tg" python3 "$here/benches/llama_ratios.py" "$out" "$(( rounds > 1 ? 2 : 1 ))" "$rounds"

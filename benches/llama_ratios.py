@@ -18,6 +18,7 @@ Two Markdown tables (or one JSON document with --json: {"uniform": [...], "plans
    reads (decode_bytes). Left out, with a note, when the rounds have no plan files.
 """
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +27,9 @@ from pathlib import Path
 PAIRS = [("8-bit", "Q8_0"), ("6-bit", None), ("5-bit", None), ("4-bit", "Q4_0"), ("3-bit", "Q3_K_M"), ("2-bit", "Q2_K")]
 # llama.cpp files the plans are measured against, largest first.
 PLAN_TYPES = ["Q8_0", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
-TESTS = [("pp512", 512, 0), ("tg128", 0, 128)]
+# The prompt and generation lengths llama-compare.sh ran (its PROMPT and GEN).
+_PP, _TG = int(os.environ.get("PROMPT", "512")), int(os.environ.get("GEN", "128"))
+TESTS = [(f"pp{_PP}", _PP, 0), (f"tg{_TG}", 0, _TG)]
 
 
 def ours(path: Path) -> dict:
@@ -107,7 +110,8 @@ def mb(n: int) -> str:
 
 
 def print_uniform(table: list) -> None:
-    print("| ours | llama.cpp | pp512 ours / theirs | ratio (per round) | tg128 ours / theirs | ratio (per round) |")
+    (pp, _, _), (tg, _, _) = TESTS
+    print(f"| ours | llama.cpp | {pp} ours / theirs | ratio (per round) | {tg} ours / theirs | ratio (per round) |")
     print("|---|---|---|---:|---|---:|")
     for row in table:
         cells = []
@@ -122,8 +126,9 @@ def print_uniform(table: list) -> None:
 
 
 def print_plans(table: list) -> None:
+    (pp, _, _), (tg, _, _) = TESTS
     print("| llama.cpp file | its bytes | our plan's weight bytes | read per token | bits/w "
-          "| pp512 ours / theirs | ratio (range) | tg128 ours / theirs | ratio (range) |")
+          f"| {pp} ours / theirs | ratio (range) | {tg} ours / theirs | ratio (range) |")
     print("|---|---:|---:|---:|---:|---|---:|---|---:|")
     for row in table:
         cells = []
