@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use edge_runtime::kernels;
 use edge_runtime::plan::Planner;
-use edge_runtime::power::{Levers, PowerController, Reason, Sample};
+use edge_runtime::power::{Levers, PowerController, Reason, Sample, Span};
 use serde_json::json;
 
 use crate::affinity::{self, Pinning};
@@ -140,9 +140,9 @@ pub struct PowerLoop {
     tokens: VecDeque<Instant>,
     budget_file: Option<(PathBuf, Instant, Option<String>)>,
     pub pinning: Pinning,
-    /// Since when the rung and thread count held, no move under way: (time, meter joules,
-    /// tokens counted then), for joules per token over the whole span.
-    span: Option<(Instant, f64, usize)>,
+    /// Joules per token above idle since the levers that matter to them last changed (the
+    /// rung, the thread count, the duty beyond a drift), no move under way.
+    span: Span,
     counted: usize,
 }
 
@@ -170,7 +170,7 @@ impl PowerLoop {
             tokens: VecDeque::new(),
             budget_file: budget_file.map(|p| (p, now, None)),
             pinning,
-            span: None,
+            span: Span::new(idle, WINDOW.as_secs_f64(), MIN_SPAN_TOKENS),
             counted: 0,
         }
     }
@@ -240,19 +240,15 @@ impl PowerLoop {
             self.ctl.set_outside_rung(m.memory_rung());
             self.ctl.set_applying(moving);
         }
-        // Joules per token above idle since the levers that matter to them last changed.
-        let joules = meter.joules();
         if moving {
-            self.span = None;
+            self.span.restart();
         }
-        let (t1, j1, n1) = *self.span.get_or_insert((now, joules, self.counted));
-        let secs = (now - t1).as_secs_f64();
-        let joules_per_token = (secs >= WINDOW.as_secs_f64() && self.counted >= n1 + MIN_SPAN_TOKENS).then(|| ((joules - j1) - self.idle * secs).max(0.0) / (self.counted - n1) as f64);
         let from = self.ctl.levers();
+        let joules_per_token = self.span.observe((now - self.t0).as_secs_f64(), meter.joules(), self.counted, from);
         let Some(d) = self.ctl.observe(Sample { watts, tokens_per_second, joules_per_token }) else { return lines };
         let to = d.levers;
         if (to.rung, to.threads) != (from.rung, from.threads) {
-            self.span = None;
+            self.span.restart();
         }
         if to.threads != from.threads {
             kernels::set_threads(to.threads);
