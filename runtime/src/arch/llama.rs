@@ -19,6 +19,16 @@ pub(super) const fn linear(kind: Kind, shape: &'static [Dim], site: Site, hf: &'
 pub(super) const TOKEN_EMBD: TensorSpec =
     TensorSpec { kind: Kind::TokenEmbd, shape: &[Dim::Vocab, Dim::Model], role: Role::Embedding, site: None, hf: "model.embed_tokens.weight" };
 
+// The Llama block's tensors, shared with the architectures that extend it.
+pub(super) const ATTN_NORM: TensorSpec = norm(Kind::AttnNorm, "input_layernorm.weight");
+pub(super) const ATTN_Q: TensorSpec = linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight");
+pub(super) const ATTN_K: TensorSpec = linear(Kind::AttnK, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.k_proj.weight");
+pub(super) const ATTN_V: TensorSpec = linear(Kind::AttnV, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.v_proj.weight");
+pub(super) const ATTN_OUTPUT: TensorSpec = linear(Kind::AttnOutput, &[Dim::Model, Dim::Q], Site::AttnOut, "self_attn.o_proj.weight");
+pub(super) const FFN_NORM: TensorSpec = norm(Kind::FfnNorm, "post_attention_layernorm.weight");
+pub(super) const FFN_GATE: TensorSpec = linear(Kind::FfnGate, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.gate_proj.weight");
+pub(super) const FFN_UP: TensorSpec = linear(Kind::FfnUp, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.up_proj.weight");
+pub(super) const FFN_DOWN: TensorSpec = linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight");
 pub(super) const OUTPUT_NORM: TensorSpec = norm(Kind::OutputNorm, "model.norm.weight");
 
 pub(super) const OUTPUT: TensorSpec =
@@ -38,15 +48,15 @@ pub const LLAMA: Arch = Arch {
         TensorSpec { kind: Kind::RopeFreqs, shape: &[Dim::HalfHead], role: Role::RopeFreqs, site: None, hf: "" },
     ],
     layer: &[
-        norm(Kind::AttnNorm, "input_layernorm.weight"),
-        linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight"),
-        linear(Kind::AttnK, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.k_proj.weight"),
-        linear(Kind::AttnV, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.v_proj.weight"),
-        linear(Kind::AttnOutput, &[Dim::Model, Dim::Q], Site::AttnOut, "self_attn.o_proj.weight"),
-        norm(Kind::FfnNorm, "post_attention_layernorm.weight"),
-        linear(Kind::FfnGate, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.gate_proj.weight"),
-        linear(Kind::FfnUp, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.up_proj.weight"),
-        linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight"),
+        ATTN_NORM,
+        ATTN_Q,
+        ATTN_K,
+        ATTN_V,
+        ATTN_OUTPUT,
+        FFN_NORM,
+        FFN_GATE,
+        FFN_UP,
+        FFN_DOWN,
     ],
     post: &[OUTPUT_NORM, OUTPUT],
 };

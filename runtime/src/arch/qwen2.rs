@@ -3,8 +3,8 @@
 //! (the importers permute them, biases too, to the runtime's interleaved pairs), and an output
 //! head that may be untied.
 
-use super::llama::{linear, norm, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
-use super::{Activation, Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
+use super::llama::{ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_DOWN, FFN_GATE, FFN_NORM, FFN_UP, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use super::{Activation, Arch, Dim, Kind, QkOrder, Role, TensorSpec};
 
 const fn bias(kind: Kind, shape: &'static [Dim], hf: &'static str) -> TensorSpec {
     TensorSpec { kind, shape, role: Role::Bias, site: None, hf }
@@ -21,18 +21,18 @@ pub const QWEN2: Arch = Arch {
     gguf_local_defaults: None,
     pre: &[TOKEN_EMBD],
     layer: &[
-        norm(Kind::AttnNorm, "input_layernorm.weight"),
-        linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight"),
+        ATTN_NORM,
+        ATTN_Q,
         bias(Kind::AttnQBias, &[Dim::Q], "self_attn.q_proj.bias"),
-        linear(Kind::AttnK, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.k_proj.weight"),
+        ATTN_K,
         bias(Kind::AttnKBias, &[Dim::Kv], "self_attn.k_proj.bias"),
-        linear(Kind::AttnV, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.v_proj.weight"),
+        ATTN_V,
         bias(Kind::AttnVBias, &[Dim::Kv], "self_attn.v_proj.bias"),
-        linear(Kind::AttnOutput, &[Dim::Model, Dim::Q], Site::AttnOut, "self_attn.o_proj.weight"),
-        norm(Kind::FfnNorm, "post_attention_layernorm.weight"),
-        linear(Kind::FfnGate, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.gate_proj.weight"),
-        linear(Kind::FfnUp, &[Dim::Hidden, Dim::Model], Site::FfnIn, "mlp.up_proj.weight"),
-        linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight"),
+        ATTN_OUTPUT,
+        FFN_NORM,
+        FFN_GATE,
+        FFN_UP,
+        FFN_DOWN,
     ],
     post: &[OUTPUT_NORM, OUTPUT],
 };
