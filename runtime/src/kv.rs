@@ -275,7 +275,16 @@ fn quantize_q4(x: &[f32], c: &mut [u8]) -> (u16, u16) {
             })
             .sum::<f32>()
     };
-    let (m, d) = Q4_CLIP.iter().map(|&f| params(f)).fold(params(0.0), |best, p| if error(p) < error(best) { p } else { best });
+    // Each candidate's error once: this search is most of the cost of requantizing a cache.
+    let first = params(0.0);
+    let (m, d) = Q4_CLIP
+        .iter()
+        .map(|&f| params(f))
+        .fold((first, error(first)), |best, p| {
+            let e = error(p);
+            if e < best.1 { (p, e) } else { best }
+        })
+        .0;
     let (mf, df) = (m.to_f32(), d.to_f32());
     let id = if df > 0.0 { 1.0 / df } else { 0.0 };
     c.fill(0);
