@@ -55,7 +55,7 @@ fn budgets_from_the_smallest_run_to_f16_kv_and_8_bit_weights_fit() {
     // KL is measured on the first 24 KB of the evaluation text: 3 windows of 256.
     let text = std::fs::read(wiki_test()).unwrap();
     std::fs::write(&w, &text[..24_000]).unwrap();
-    eprintln!("budget       weights      bits/w  KV     ctx   batch  peak RSS     predicted KL  measured KL");
+    eprintln!("budget       weights      bits/w  KV     ctx   batch  peak RSS     predicted KL  measured KL  decode tok/s");
     for k in 0..10u64 {
         // The last is the full run's total with 8 MiB to spare for startup memory's spread.
         let budget = lo + k * (max + (8 << 20) - lo) / 9;
@@ -93,11 +93,12 @@ fn budgets_from_the_smallest_run_to_f16_kv_and_8_bit_weights_fit() {
         let measured = e["kl"]["mean_kl"].as_f64().unwrap();
         let predicted = v["plan"]["predicted_kl"].as_f64().unwrap() + v["budget"]["kv_kl"].as_f64().unwrap_or(0.0);
         eprintln!(
-            "{budget:>11}  {weights:>11}  {:.3}   {:<5}  {:>4}  {:>5}  {peak:>11}  {predicted:>12.4}  {measured:>11.4}",
+            "{budget:>11}  {weights:>11}  {:.3}   {:<5}  {:>4}  {:>5}  {peak:>11}  {predicted:>12.4}  {measured:>11.4}  {:>12.1}",
             v["plan"]["bits_per_weight"].as_f64().unwrap(),
             b["kv"].as_str().unwrap(),
             u(&b["ctx"]),
-            u(&b["batch"])
+            u(&b["batch"]),
+            v["decode"]["tokens_per_second"].as_f64().unwrap_or(0.0)
         );
         kls.push((predicted, measured));
         let _ = std::fs::remove_file(plan);
