@@ -6,8 +6,8 @@
 //! weights our f16 pack holds): greedy ids by `tests/oracles/llama_cpp_greedy.py`, perplexity by
 //! `llama-perplexity -c 512 --chunks 20`, the text's ids by `llama-tokenize --ids --no-bos`
 //! (the fixture `tests/fixtures/qwen2.5-coder-0.5b-wiki-test-ids-20x512.json`: the first 20
-//! windows of wiki.test.raw tokenized whole). Prompts go in as ids: the `qwen2` pre-tokenizer
-//! is not in edge-pack yet, so the pack has no tokenizer.
+//! windows of wiki.test.raw tokenized whole). Prompts go in as text (the tokenizer rebuilt from
+//! the GGUF must give llama.cpp's ids) and as ids; perplexity reads the text file itself.
 
 mod common;
 
@@ -64,32 +64,36 @@ fn greedy_continuations_equal_llama_cpp() {
         let v = run(["-m", m.to_str().unwrap(), "--prompt-ids", &prompt.join(","), "-n", "32", "--temp", "0", "--json"]).json();
         assert_eq!(v["config"]["tied_embeddings"], false, "Qwen2.5-Coder-0.5B's GGUF has its own output head");
         assert_eq!(ids(&v), r.greedy, "greedy continuation of {:?}", r.prompt);
+        // The same from the text: the GGUF's tokenizer gives llama.cpp's ids.
+        let t = run(["-m", m.to_str().unwrap(), "-p", r.prompt, "-n", "32", "--temp", "0", "--json"]).json();
+        let prompt_ids: Vec<u64> = t["prompt_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let want: Vec<u64> = r.prompt_ids.iter().map(|&x| x as u64).collect();
+        assert_eq!(prompt_ids, want, "tokens of {:?}", r.prompt);
+        assert_eq!(ids(&t), r.greedy, "greedy continuation of {:?} given as text", r.prompt);
     }
 }
 
 #[test]
 fn perplexity_of_4_windows_matches_llama_cpp() {
     let Some(m) = qwen05_f16() else { return };
-    let v = run([
-        "eval",
-        "-m",
-        m.to_str().unwrap(),
-        "--token-ids",
-        "--data",
-        wiki_ids().to_str().unwrap(),
-        "--ctx",
-        "512",
-        "--chunks",
-        "4",
-        "--json",
-    ])
-    .json();
-    let ppl = v["ppl"].as_f64().unwrap();
-    let rel = (ppl - LLAMA_CPP_PPL_4X512).abs() / LLAMA_CPP_PPL_4X512;
-    assert!(rel < 0.005, "PPL {ppl} is {:.3}% from llama.cpp's {LLAMA_CPP_PPL_4X512}", rel * 100.0);
-    assert_eq!(v["windows"], 4);
-    assert_eq!(v["tokens_scored"], 4 * 255);
-    eprintln!("Qwen2.5-Coder-0.5B PPL 4x512 = {ppl:.4} (llama.cpp {LLAMA_CPP_PPL_4X512})");
+    // From llama.cpp's ids, and from the text file itself (tokenized whole by the GGUF's
+    // tokenizer: it must make the same 298,938 tokens llama-perplexity makes).
+    for (data, token_ids) in [(wiki_ids(), true), (wiki_test(), false)] {
+        let mut args = vec!["eval", "-m", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--ctx", "512", "--chunks", "4", "--json"];
+        if token_ids {
+            args.push("--token-ids");
+        }
+        let v = run(args).json();
+        let ppl = v["ppl"].as_f64().unwrap();
+        let rel = (ppl - LLAMA_CPP_PPL_4X512).abs() / LLAMA_CPP_PPL_4X512;
+        assert!(rel < 0.005, "PPL {ppl} is {:.3}% from llama.cpp's {LLAMA_CPP_PPL_4X512}", rel * 100.0);
+        assert_eq!(v["windows"], 4);
+        assert_eq!(v["tokens_scored"], 4 * 255);
+        if !token_ids {
+            assert_eq!(v["n_tokens"], 298_938, "wiki.test.raw tokenized whole, as llama-perplexity does");
+        }
+        eprintln!("Qwen2.5-Coder-0.5B PPL 4x512 = {ppl:.4} (llama.cpp {LLAMA_CPP_PPL_4X512}; token ids given: {token_ids})");
+    }
 }
 
 /// Qwen2.5-Coder-0.5B as nested 8-bit planes (min-max objective: seconds per tensor, not the
