@@ -163,6 +163,10 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                     failed.push(format!("tensor '{}' segment {i} ({:?})", t.name, s.kind));
                 }
             }
+            // Values that checksums pass but no model runs on (a writer that stored NaN).
+            if let Ok(Some(i)) = t.first_non_finite() {
+                failed.push(format!("tensor '{}' holds a NaN or infinite value (index {i})", t.name));
+            }
         }
     }
     let scope = match args.bits {

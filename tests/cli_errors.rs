@@ -44,6 +44,45 @@ fn flipped_byte_in_the_header() {
 }
 
 #[test]
+fn a_block_count_below_the_layers_stored() {
+    if !have_models() {
+        return;
+    }
+    // 30 layers stored, 20 declared: running the first 20 would be a different model.
+    let p = scratch().join(format!("block-count-{}.edge", std::process::id()));
+    with_meta_values(&smollm_f16(), &p, &[(edge_runtime::format::keys::N_LAYERS, edge_runtime::format::MetaValue::U64(20))]);
+    let e = gen_err(&p);
+    assert!(e.contains("is not one of the") && e.contains("(20 layers)"), "{e}");
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn nan_weights_stop_with_an_error_and_inspect_names_the_tensor() {
+    if !have_models() {
+        return;
+    }
+    // A NaN in the last layer's FFN norm (f32), stored with a valid checksum.
+    let p = scratch().join(format!("nan-norm-{}.edge", std::process::id()));
+    let target = "blk.29.ffn_norm.weight";
+    rewrite_checkpoint(&smollm_f16(), &p, &[], |name, segments| {
+        if name == target {
+            segments[0][40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    let e = gen_err(&p);
+    assert!(e.contains("non-finite logits") && e.contains("inspect --verify"), "{e}");
+    let w = scratch().join(format!("nan-text-{}.txt", std::process::id()));
+    std::fs::write(&w, &std::fs::read(wiki_test()).unwrap()[..8_000]).unwrap();
+    let e = run(["eval", "-m", p.to_str().unwrap(), "--data", w.to_str().unwrap(), "--ctx", "128"]).one_line_error();
+    assert!(e.contains("non-finite logits"), "{e}");
+    let r = run(["inspect", p.to_str().unwrap(), "--verify"]);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains(&format!("tensor '{target}' holds a NaN or infinite value (index 10)")), "{all}");
+    let _ = std::fs::remove_file(p);
+    let _ = std::fs::remove_file(w);
+}
+
+#[test]
 fn format_version_99() {
     if !have_models() {
         return;

@@ -34,6 +34,8 @@ pub enum Error {
     InvalidArgument { what: alloc::string::String },
     /// The requested feature is not compiled into this build (e.g. `cuda`).
     NotCompiled { feature: &'static str, hint: &'static str },
+    /// The forward pass produced NaN or infinite logits (corrupt or overflowing weights).
+    NonFinite { position: usize },
     /// An I/O error from the std-only loaders.
     Io { path: alloc::string::String, message: alloc::string::String },
 }
@@ -76,6 +78,10 @@ impl fmt::Display for Error {
                 write!(f, "{what} is not {align}-byte aligned; the file is corrupt or was not written by edge-pack")
             }
             Error::InvalidArgument { what } => write!(f, "{what}"),
+            Error::NonFinite { position } => write!(
+                f,
+                "the model produced non-finite logits (NaN or infinity) at position {position}: its weights are corrupt or overflow; `edge-run inspect --verify` names the damaged tensor, then re-pack or re-copy the file"
+            ),
             Error::NotCompiled { feature, hint } => {
                 write!(f, "this build has no '{feature}' support; {hint}")
             }

@@ -223,7 +223,26 @@ pub fn smollm_q8() -> PathBuf {
 /// A copy of checkpoint `src` at `dst` with metadata `extra` added (or replaced): every tensor
 /// and every other metadata entry copied as is.
 pub fn with_metadata(src: &Path, dst: &Path, extra: &[(&str, &str)]) {
-    use edge_runtime::format::{CheckpointWriter, MetaValue, TensorData};
+    let values: Vec<(&str, edge_runtime::format::MetaValue<'_>)> =
+        extra.iter().map(|(k, v)| (*k, edge_runtime::format::MetaValue::Str(v))).collect();
+    with_meta_values(src, dst, &values);
+}
+
+/// [`with_metadata`] with values of any type.
+pub fn with_meta_values(src: &Path, dst: &Path, extra: &[(&str, edge_runtime::format::MetaValue<'_>)]) {
+    rewrite_checkpoint(src, dst, extra, |_, _| {});
+}
+
+/// A copy of checkpoint `src` at `dst`, metadata `extra` added or replaced and each tensor's
+/// segments passed through `edit(name, segments)`, written with fresh checksums (a damage the
+/// checksums cannot see).
+pub fn rewrite_checkpoint(
+    src: &Path,
+    dst: &Path,
+    extra: &[(&str, edge_runtime::format::MetaValue<'_>)],
+    mut edit: impl FnMut(&str, &mut Vec<Vec<u8>>),
+) {
+    use edge_runtime::format::{CheckpointWriter, TensorData};
     let bytes = std::fs::read(src).unwrap();
     let ck = edge_runtime::Checkpoint::parse(&bytes).unwrap();
     let mut w = CheckpointWriter::new();
@@ -231,17 +250,13 @@ pub fn with_metadata(src: &Path, dst: &Path, extra: &[(&str, &str)]) {
         w.set_meta(k, *v);
     }
     for (k, v) in extra {
-        w.set_meta(k, MetaValue::Str(v));
+        w.set_meta(k, *v);
     }
     for t in &ck.tensors {
-        w.add_tensor(TensorData {
-            name: t.name.to_string(),
-            encoding: t.encoding,
-            shape: t.shape.clone(),
-            group_size: t.group_size,
-            segments: t.segments.iter().map(|s| s.bytes.to_vec()).collect(),
-        })
-        .unwrap();
+        let mut segments: Vec<Vec<u8>> = t.segments.iter().map(|s| s.bytes.to_vec()).collect();
+        edit(t.name, &mut segments);
+        w.add_tensor(TensorData { name: t.name.to_string(), encoding: t.encoding, shape: t.shape.clone(), group_size: t.group_size, segments })
+            .unwrap();
     }
     let tmp = dst.with_extension(format!("partial-{}", std::process::id()));
     w.write_file(&tmp, true, |_, _| {}).unwrap();

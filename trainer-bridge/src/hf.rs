@@ -341,6 +341,14 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     if config.tied_embeddings {
         found.remove(&head);
     } else if !found.contains_key(&head) {
+        // Absent from config.json: tying is what a folder without a head means. Stated false: the
+        // head is missing from the files, and tying would run a different model without a word.
+        if cfg.get("tie_word_embeddings").and_then(Value::as_bool) == Some(false) {
+            bail!(
+                "'{}' says tie_word_embeddings: false but its safetensors hold no lm_head.weight: the download is incomplete (fetch the missing file) or the config is wrong",
+                dir.display()
+            );
+        }
         config.tied_embeddings = true;
     }
 

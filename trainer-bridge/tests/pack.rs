@@ -434,6 +434,16 @@ fn bad_inputs_give_clear_errors_and_leave_nothing_behind() {
     let e = pack_err(&b.gpt2_folder(), &out, &o);
     assert!(e.contains("unsupported architecture 'GPT2LMHeadModel'"), "{e}");
 
+    // A config that says the head is untied, over files that hold none: an incomplete download.
+    let untied = b.path("untied-no-head");
+    std::fs::create_dir(&untied).unwrap();
+    std::fs::copy(stories_hf().join("model.safetensors"), untied.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(stories_hf().join("config.json")).unwrap()).unwrap();
+    cfg["tie_word_embeddings"] = serde_json::Value::Bool(false);
+    std::fs::write(untied.join("config.json"), cfg.to_string()).unwrap();
+    let e = pack_err(&untied, &out, &o);
+    assert!(e.contains("tie_word_embeddings: false") && e.contains("no lm_head.weight"), "{e}");
+
     let empty_dir = b.path("empty-dir");
     std::fs::create_dir(&empty_dir).unwrap();
     let e = pack_err(&empty_dir, &out, &o);

@@ -45,6 +45,21 @@ impl<'a> TensorInfo<'a> {
     }
 }
 
+impl TensorInfo<'_> {
+    /// Index of the first stored value that is NaN or infinite (for nested codes, of the first
+    /// group whose scale or minimum is), or `None`. Reads the whole tensor: a diagnosis, not a
+    /// check for every load.
+    pub fn first_non_finite(&self) -> Result<Option<usize>> {
+        let (_, _, blocks) = self.blocks()?;
+        Ok(match blocks {
+            TensorBlocks::F32(v) => v.iter().position(|x| !x.is_finite()),
+            TensorBlocks::F16(v) => v.iter().position(|x| !x.is_finite()),
+            TensorBlocks::Bf16(v) => v.iter().position(|x| !x.is_finite()),
+            TensorBlocks::Nested8 { params, .. } => params.iter().position(|p| !p.scale.is_finite() || !p.min.is_finite()),
+        })
+    }
+}
+
 /// `bytes` as a slice of `T`, or [`Error::Misaligned`] naming the tensor.
 fn cast<'a, T: bytemuck::Pod>(name: &str, bytes: &'a [u8]) -> Result<&'a [T]> {
     bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { what: format!("tensor '{name}'"), align: core::mem::align_of::<T>() })

@@ -663,7 +663,13 @@ impl<'a, B: Backend> Model<'a, B> {
         b.rmsnorm(&mut s.xb[..rows * dim], &s.x[first * dim..n * dim], w.globals.norm(Kind::OutputNorm), c.norm_eps);
         see(None, Site::Head, rows, &s.xb[..rows * dim]);
         b.matmul(w.head(), &s.xb, rows, &mut s.logits);
-        Ok(&s.logits[..rows * c.vocab_size])
+        // NaN or infinity anywhere upstream reaches every logit: stop rather than sample from
+        // it or score it (a scan of the vocabulary, microseconds against a token's milliseconds).
+        let logits = &s.logits[..rows * c.vocab_size];
+        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite { position: pos + first + i / c.vocab_size });
+        }
+        Ok(logits)
     }
 }
 

@@ -242,11 +242,19 @@ impl<'a, B: Backend> Weights<'a, B> {
         release: &dyn Fn(u64, u64),
     ) -> Result<Self> {
         let arch = crate::arch::of_checkpoint(ck)?;
+        // A tensor the config does not use means the config was altered (a lowered block count,
+        // say) or the file is not what it claims: refuse it rather than run part of a model.
+        let expected = arch.tensors(c);
+        if let Some(t) = ck.tensors.iter().find(|t| !expected.iter().any(|e| e.name == t.name)) {
+            return Err(Error::Corrupt {
+                what: format!("tensor '{}' is not one of the {} its config ({} layers) uses", t.name, expected.len(), c.n_layers),
+            });
+        }
         let mut globals = Slots::new();
         let mut layers: Vec<Slots<'a, B::Matrix<'a>>> = (0..c.n_layers).map(|_| Slots::new()).collect();
         // Every matrix not kept from `reuse`, to prepare: (tensor, its info, its view).
         let mut jobs: Vec<(Tensor, TensorInfo<'a>, Option<u8>)> = Vec::new();
-        for t in arch.tensors(c) {
+        for t in expected {
             let info = require(ck, &t.name)?;
             check_shape(info, &t.shape)?;
             let slots = match t.layer {
