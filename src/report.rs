@@ -34,7 +34,15 @@ pub fn one_line(s: &str) -> String {
         if !out.is_empty() {
             out.push_str(if out.ends_with(':') || out.ends_with(';') { " " } else { "; " });
         }
-        out.push_str(l);
+        // Other control characters (from a file's metadata, say) are shown escaped, never sent
+        // to the terminal.
+        for ch in l.chars() {
+            if ch.is_control() {
+                out.extend(ch.escape_default());
+            } else {
+                out.push(ch);
+            }
+        }
     }
     out
 }
@@ -46,6 +54,11 @@ mod tests {
     #[test]
     fn one_line_joins_lines() {
         assert_eq!(one_line("a\n\n  b:\n  c\r\n"), "a; b: c");
+    }
+
+    #[test]
+    fn one_line_escapes_control_characters() {
+        assert_eq!(one_line("architecture 'x\u{1b}[31my\u{7}' is not supported"), "architecture 'x\\u{1b}[31my\\u{7}' is not supported");
     }
 
     #[test]
