@@ -391,6 +391,21 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
     if grouped && (opts.group_size == 0 || !opts.group_size.is_multiple_of(8)) {
         bail!("group size {} is invalid: it must be a positive multiple of 8", opts.group_size);
     }
+    if grouped {
+        // A group wider than a row pads every row of that matrix to the group: a file many times
+        // larger for nothing.
+        let narrowest = model.arch.tensors(&model.config).into_iter().filter(|t| t.spec.takes_views() && t.shape.len() == 2).min_by_key(|t| t.shape[1]);
+        if let Some(t) = narrowest.filter(|t| t.shape[1] < opts.group_size as u64) {
+            bail!(
+                "group size {} is wider than the rows of '{}' ({} columns): every row would be padded to {} codes; use a group size of at most {}",
+                opts.group_size,
+                t.name,
+                t.shape[1],
+                opts.group_size,
+                t.shape[1] / 8 * 8
+            );
+        }
+    }
     if opts.calibration.is_some() && opts.encoding != WeightEncoding::Nested8 {
         bail!("calibration needs the q8 encoding (nested bit planes), not {}", opts.encoding.name());
     }

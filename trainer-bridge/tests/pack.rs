@@ -613,6 +613,8 @@ fn cli_bad_inputs_fail_with_one_line() {
     assert_cli_error(&os![gpt2.as_os_str(), "--allow-no-tokenizer"], cwd, "unsupported architecture 'GPT2LMHeadModel'");
     assert_cli_error(&os![bin.as_os_str()], cwd, "no tokenizer found");
     assert_cli_error(&os![bin.as_os_str(), "--allow-no-tokenizer", "-e", "q8", "-g", "12"], cwd, "group size 12 is invalid");
+    // stories260K's rows are 64 wide: a group of 4096 would pad each to 4096 codes.
+    assert_cli_error(&os![bin.as_os_str(), "--allow-no-tokenizer", "-e", "q8", "-g", "4096"], cwd, "is wider than the rows of");
     assert_cli_error(&os![bin.as_os_str(), "--encoding", "q5"], cwd, "q5");
     assert_cli_error(&os!["--bogus"], cwd, "--bogus");
     assert_cli_error(&os![], cwd, "INPUT");
