@@ -122,6 +122,28 @@ pub fn resolve(path: &Path, enc: PackEncoding, group: usize) -> Result<Resolved>
     std::fs::create_dir_all(&dir).map_err(|e| {
         anyhow!("cannot create cache directory {}: {e}; set EDGE_RUN_CACHE to a writable directory", dir.display())
     })?;
+    // One packer per cache entry: a second process waits for the first, then uses its pack.
+    let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let lock_path = dir.join(format!(".{file_name}.lock"));
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot create the lock file {}; set EDGE_RUN_CACHE to a writable directory", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("edge-run: another edge-run is packing {} into the cache; waiting for it", path.display());
+            lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(anyhow!("cannot lock {}: {e}", lock_path.display())),
+    }
+    if target.is_file() {
+        eprintln!("edge-run: using the pack of {} another edge-run just made: {}", path.display(), target.display());
+        return Ok(Resolved { path: target, origin: Origin::Cached { source: path.to_path_buf() } });
+    }
+    edge_pack::interrupt::watch(&dir);
     eprintln!(
         "edge-run: packing {} ({}) as {} into {} (first run only{})",
         path.display(),
@@ -132,7 +154,6 @@ pub fn resolve(path: &Path, enc: PackEncoding, group: usize) -> Result<Resolved>
     );
     // Pack to a temporary name in the cache directory, then rename: a crash or a failed pack
     // never leaves a half-written file under the name a later run would reuse.
-    let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
     let start = std::time::Instant::now();
     let result = pack_into(path, &tmp, enc, group).and_then(|report| {
@@ -286,7 +307,9 @@ fn cache_file_name(path: &Path, meta: &std::fs::Metadata, enc: PackEncoding, gro
             .with_context(|| format!("cannot list {}", canon.display()))?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                let m = e.metadata().ok()?;
+                // Followed through symlinks (Hugging Face's cache links every file to a blob):
+                // a changed target changes the key.
+                let m = std::fs::metadata(e.path()).ok()?;
                 m.is_file().then(|| (e.file_name().to_string_lossy().into_owned(), m))
             })
             .collect();

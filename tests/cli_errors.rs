@@ -8,6 +8,11 @@ use std::path::Path;
 
 use common::*;
 
+/// The packs in a cache folder (its lock files aside).
+fn packs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect()
+}
+
 fn gen_err(model: &Path) -> String {
     run(["-m", model.to_str().unwrap(), "-p", "Hello", "-n", "4"]).one_line_error()
 }
@@ -197,8 +202,7 @@ fn gguf_through_model_is_packed_into_the_cache_once() {
     let v1 = first.json();
     assert!(first.stderr.contains("packing") && first.stderr.contains("edge-run: packed in "), "{}", first.stderr);
     assert_eq!(v1["packed"], "packed");
-    let files: Vec<String> =
-        std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let files = packs(cache.path());
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].starts_with("SmolLM2-135M-Instruct.Q4_1-") && files[0].ends_with(".edge"), "{files:?}");
 
@@ -229,7 +233,7 @@ fn the_default_auto_pack_is_calibrated_with_a_sensitivity_profile() {
     let done = first.stderr.lines().find(|l| l.starts_with("edge-run: packed in ")).unwrap_or_else(|| panic!("{}", first.stderr));
     assert!(done.contains(" s (reading ") && done.contains("profile "), "{done}");
     assert!(!first.stderr.contains("note:"), "calibration fell back:\n{}", first.stderr);
-    let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = packs(cache.path()).into_iter().map(|n| cache.path().join(n)).collect();
     assert_eq!(files.len(), 1, "{files:?}");
 
     // The cached pack is nested 8-bit planes in groups of 64, with the sensitivity profile.
@@ -246,7 +250,7 @@ fn the_default_auto_pack_is_calibrated_with_a_sensitivity_profile() {
     // The other encodings are cached apart, and --pack-encoding q8 has no profile to plan from.
     let r = run_env(["-m", h, "--pack-encoding", "q8", "--prompt-ids", "1", "-n", "4", "--budget", "256MB"], &env);
     assert!(r.one_line_error().contains("no sensitivity profile"), "{}", r.stderr);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+    assert_eq!(packs(cache.path()).len(), 2);
 }
 
 #[test]
@@ -261,9 +265,60 @@ fn cache_falls_back_to_xdg_then_home() {
     let args = ["-m", bin.to_str().unwrap(), "--prompt-ids", "1", "-n", "3", "--temp", "0"];
     let empty = OsStr::new("");
     run_env(args, &[("EDGE_RUN_CACHE", empty), ("XDG_CACHE_HOME", xdg.path().as_os_str())]).ok();
-    let n = std::fs::read_dir(xdg.path().join("edge-run")).unwrap().count();
-    assert_eq!(n, 1);
+    assert_eq!(packs(&xdg.path().join("edge-run")).len(), 1);
     run_env(args, &[("EDGE_RUN_CACHE", empty), ("XDG_CACHE_HOME", empty), ("HOME", home.path().as_os_str())]).ok();
-    let n = std::fs::read_dir(home.path().join(".cache").join("edge-run")).unwrap().count();
-    assert_eq!(n, 1);
+    assert_eq!(packs(&home.path().join(".cache").join("edge-run")).len(), 1);
+}
+
+#[test]
+fn two_processes_auto_packing_one_model_pack_it_once() {
+    if !have_models() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let gguf = smollm_gguf();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+            .args(["-m", gguf.to_str().unwrap(), "--pack-encoding", "f16", "-p", "Hi", "-n", "2", "--temp", "0"])
+            .env("EDGE_RUN_CACHE", cache.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let err = format!("{}{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert_eq!(err.matches("edge-run: packed in ").count(), 1, "packed twice:\n{err}");
+    assert_eq!(packs(cache.path()).len(), 1);
+}
+
+#[test]
+fn a_folder_whose_symlinked_weights_change_is_packed_again() {
+    let hf = models_dir().join("stories260K-hf");
+    if !hf.is_dir() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", hf.display());
+        return;
+    }
+    // A Hugging Face cache's layout: the folder's files are links to blobs.
+    let d = tempfile::tempdir().unwrap();
+    let (blobs, model) = (d.path().join("blobs"), d.path().join("model"));
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(hf.join("model.safetensors"), blobs.join("a")).unwrap();
+    std::os::unix::fs::symlink(hf.join("config.json"), model.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(blobs.join("a"), model.join("model.safetensors")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("EDGE_RUN_CACHE", cache.path().as_os_str())];
+    let args = ["-m", model.to_str().unwrap(), "--pack-encoding", "f16", "--prompt-ids", "1", "-n", "2", "--temp", "0", "--json"];
+    assert_eq!(run_env(args, &env).json()["packed"], "packed");
+    assert_eq!(run_env(args, &env).json()["packed"], "cached");
+    // Other weights behind the same link name (a new blob: same bytes here, but another file
+    // with its own time, as a new download is).
+    std::fs::copy(hf.join("model.safetensors"), blobs.join("b")).unwrap();
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink(blobs.join("b"), model.join("model.safetensors")).unwrap();
+    let r = run_env(args, &env);
+    assert_eq!(r.json()["packed"], "packed", "a stale pack was reused: {}", r.stderr);
 }

@@ -20,6 +20,7 @@
 pub mod calibrate;
 pub mod gguf;
 pub mod hf;
+pub mod interrupt;
 pub mod llama2c;
 pub mod pack;
 pub mod quant;

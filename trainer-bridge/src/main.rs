@@ -296,6 +296,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         progress: !cli.quiet,
         objective: cli.objective.into(),
     };
+    let out_dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    edge_pack::interrupt::watch(&out_dir);
     let report = pack_file(&cli.input, &output, &opts)?;
     let mut out = std::io::stdout().lock();
     let text = if cli.json {

@@ -661,3 +661,38 @@ fn cli_write_failure_removes_the_temporary_file() {
     assert!(!out.exists());
     assert_eq!(temp_files(dir.path()), Vec::<String>::new());
 }
+
+#[test]
+fn an_interrupted_pack_leaves_no_file_and_the_next_clears_stale_ones() {
+    if !have_models() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    // A temporary file of a process that no longer runs (ids stop below 2^22 on Linux).
+    let stale = out.path().join(".old.edge.tmp-4194305");
+    std::fs::write(&stale, b"half a pack").unwrap();
+    // f32: the largest file, so the write is long enough to be caught in the middle.
+    let target = out.path().join("smollm.edge");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-pack"))
+        .args([models_dir().join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf").to_str().unwrap(), "-e", "f32", "-q", "-o", target.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp_name = format!(".smollm.edge.tmp-{}", child.id());
+    let started = std::time::Instant::now();
+    while !out.path().join(&tmp_name).exists() {
+        if child.try_wait().unwrap().is_some() || started.elapsed().as_secs() > 120 {
+            eprintln!("SKIPPED: the pack finished before its temporary file was seen; nothing to interrupt");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SIGINT, as Ctrl-C sends it.
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
+    let left: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!stale.exists(), "the stale temporary file was not removed");
+}
