@@ -696,3 +696,25 @@ fn an_interrupted_pack_leaves_no_file_and_the_next_clears_stale_ones() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!stale.exists(), "the stale temporary file was not removed");
 }
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaves_nothing() {
+    if !have_models() {
+        return;
+    }
+    // A 256 KiB file system: stories260K's f32 checkpoint (1 MB) cannot fit.
+    let d = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(d.path()).status().is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (not root?); the full-disk error is untested");
+        return;
+    }
+    let out = d.path().join("m.edge");
+    let bin = stories_bin();
+    let r = cli(&os![bin.as_os_str(), "--allow-no-tokenizer", "-e", "f32", "-o", out.as_os_str()], d.path());
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let _ = Command::new("umount").arg(d.path()).status();
+    assert_eq!(r.0, 1, "{}", r.2);
+    assert!(r.2.contains("No space left on device") && r.2.contains("the disk is full"), "{}", r.2);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

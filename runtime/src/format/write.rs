@@ -40,7 +40,12 @@ enum OwnedMeta {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), message: e.to_string() }
+    let message = if e.kind() == std::io::ErrorKind::StorageFull {
+        format!("{e}: the disk is full; free space there or write elsewhere (-o, or EDGE_RUN_CACHE for edge-run's cache)")
+    } else {
+        e.to_string()
+    };
+    Error::Io { path: path.display().to_string(), message }
 }
 
 fn align_up(x: u64) -> u64 {
