@@ -29,6 +29,8 @@ mod profile;
 mod progress;
 mod report;
 mod session;
+#[cfg(unix)]
+mod sigbus;
 mod stats;
 mod tokenizer;
 mod views;
@@ -52,6 +54,8 @@ fn help_command() -> String {
 
 fn main() {
     edge_pack::install_one_line_panic_hook("edge-run");
+    #[cfg(unix)]
+    sigbus::install();
 
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,

@@ -322,3 +322,34 @@ fn a_folder_whose_symlinked_weights_change_is_packed_again() {
     let r = run_env(args, &env);
     assert_eq!(r.json()["packed"], "packed", "a stale pack was reused: {}", r.stderr);
 }
+
+#[test]
+fn a_checkpoint_truncated_while_mapped_is_a_clear_error() {
+    if !have_models() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("smollm.edge");
+    std::fs::copy(smollm_f16(), &p).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args(["-m", p.to_str().unwrap(), "-p", "Once upon a time", "-n", "100000", "--ctx", "8192", "--ignore-eos", "--kv-window", "256"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Generating: truncate the file under it, as an interrupted copy over it would.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096).unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            panic!("edge-run kept running on a truncated mapping");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("edge-run: error: the checkpoint file shrank while in use"), "{err}");
+}
