@@ -130,6 +130,10 @@ fn random_seed() -> u64 {
 /// Context size when --ctx is not given (capped at the model's).
 const DEFAULT_CTX: usize = 2048;
 
+/// Bytes of prompt text allowed per position of the model's context: tokens average 3-5
+/// bytes of English, and few exceed 64.
+const PROMPT_BYTES_PER_TOKEN: usize = 64;
+
 /// The memory a run is planned for: `--budget`, or what the device has free.
 struct FitTarget {
     bytes: u64,
@@ -220,14 +224,33 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         }
         (None, ids)
     } else {
+        // Far more text than the model's context could hold is refused before it is read and
+        // tokenized (minutes for 100 MB): a token is rarely longer than a few bytes.
+        let most = PROMPT_BYTES_PER_TOKEN * config.max_seq_len.max(args.ctx.unwrap_or(0));
+        let too_long = |bytes: u64| {
+            anyhow!(
+                "the prompt is {} of text, far more than this model's context of {} tokens can hold (at most {} allowed); shorten it",
+                stats::human_bytes(bytes),
+                config.max_seq_len,
+                stats::human_bytes(most as u64)
+            )
+        };
         let text = match (&args.prompt, &args.file) {
             (Some(p), _) => p.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map_err(|e| anyhow!("cannot read prompt file {}: {e}", f.display()))?,
+            (None, Some(f)) => {
+                let len = std::fs::metadata(f).map_err(|e| anyhow!("cannot read prompt file {}: {e}", f.display()))?.len();
+                if len > most as u64 {
+                    return Err(too_long(len));
+                }
+                std::fs::read_to_string(f).map_err(|e| anyhow!("cannot read prompt file {}: {e}", f.display()))?
+            }
             (None, None) => bail!("no prompt given; pass --prompt TEXT (or --file FILE, or --prompt-ids IDS)"),
         };
         if text.is_empty() {
             bail!("the prompt is empty; pass a non-empty --prompt");
+        }
+        if text.len() > most {
+            return Err(too_long(text.len() as u64));
         }
         let t = tok.as_mut().ok_or_else(|| {
             anyhow!("this checkpoint has no tokenizer; pass the prompt as token ids with --prompt-ids \"1 2 3\"")

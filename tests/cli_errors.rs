@@ -145,6 +145,16 @@ fn empty_and_over_long_prompts() {
 
     let e = run(["-m", m.to_str().unwrap(), "--prompt-ids", "1 99999999"]).one_line_error();
     assert!(e.contains("99999999") && e.contains("vocabulary"), "{e}");
+
+    // 100 MB of text is refused before it is read, not after minutes of tokenizing.
+    let big = scratch().join(format!("big-prompt-{}.txt", std::process::id()));
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(100 << 20).unwrap();
+    let t = std::time::Instant::now();
+    let e = run(["-m", m.to_str().unwrap(), "-f", big.to_str().unwrap(), "-n", "1"]).one_line_error();
+    let _ = std::fs::remove_file(&big);
+    assert!(e.contains("the prompt is 100.0 MiB of text") && e.contains("shorten it"), "{e}");
+    assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
 }
 
 #[test]
