@@ -363,3 +363,38 @@ fn a_checkpoint_truncated_while_mapped_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("edge-run: error: the checkpoint file shrank while in use"), "{err}");
 }
+
+#[test]
+fn hostile_sizes_in_the_config_are_refused_before_allocating() {
+    if !have_models() {
+        return;
+    }
+    use edge_runtime::format::{keys, MetaValue};
+    let m = smollm_f16();
+    for (key, value) in [
+        (keys::VOCAB_SIZE, 1u64 << 40),
+        (keys::VOCAB_SIZE, 1 << 24),
+        (keys::DIM, 1 << 24),
+        (keys::HIDDEN_DIM, 1 << 24),
+        (keys::DIM, 1 << 40),
+        (keys::HIDDEN_DIM, 1 << 40),
+        (keys::N_LAYERS, 1 << 40),
+        (keys::N_HEADS, 1 << 40),
+        (keys::CONTEXT_LENGTH, 1 << 62),
+    ] {
+        let p = scratch().join(format!("hostile-{}-{}.edge", key.replace('.', "_"), std::process::id()));
+        with_meta_values(&m, &p, &[(key, MetaValue::U64(value))]);
+        let r = run(["-m", p.to_str().unwrap(), "-p", "Hi", "-n", "2"]);
+        let _ = std::fs::remove_file(&p);
+        if key == keys::CONTEXT_LENGTH {
+            // A trained context beyond reason changes nothing the run allocates (--ctx does).
+            assert!(r.code == 0 || r.code == 1, "{key}: {}", r.stderr);
+            if r.code == 1 {
+                r.one_line_error();
+            }
+            continue;
+        }
+        let e = r.one_line_error();
+        assert!(e.contains("is out of range") || e.contains("the model config implies"), "{key} = {value}: {e}");
+    }
+}
