@@ -80,6 +80,8 @@ fn view_args(args: &BenchArgs) -> Vec<ModelArgs> {
     let base = ModelArgs {
         model: args.model.clone(),
         no_mmap: args.no_mmap,
+        // Timings measure the kernels alone: no checksum thread beside them.
+        no_verify: true,
         bits: None,
         plan: args.plan.clone(),
         target_bits: args.target_bits,

@@ -300,6 +300,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub no_mmap: bool,
 
+    /// Skip the check of the checkpoint's checksums that runs beside generation and eval (a
+    /// thread hashes the stored planes the run reads and stops the run at a mismatch).
+    #[arg(long)]
+    pub no_verify: bool,
+
     /// View width in bits of nested-plane weights (2, 3, 4, 5, 6 or 8; default 8), the same for
     /// every tensor. Like every view flag, an error on a checkpoint without nested-plane tensors
     /// (f16, bf16, f32): pack with `--encoding q8` (edge-pack) or `--pack-encoding q8`.

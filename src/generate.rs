@@ -19,6 +19,7 @@ use crate::report;
 use crate::session::{self, KvSettings, Loaded};
 use crate::stats;
 use crate::tokenizer::{self, Tok};
+use crate::verify;
 use crate::views;
 
 /// Why generation stopped.
@@ -310,6 +311,8 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     };
     memory::trim_heap();
     let mut model = loaded.model(ctx, batch, kv)?;
+    // A controller may raise views later: then every plane is checked, not only those read now.
+    let verifier = (!args.model.no_verify).then(|| verify::Verifier::start(&file.path, ck, &loaded.selection.plan, control.is_some()));
     let power_watts = match (args.power, &args.power_budget_file) {
         (Some(w), _) => Some(w),
         (None, Some(f)) => Some(energy::read_budget(f)?),
@@ -410,6 +413,9 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                 eprintln!("{}", e.line());
             }
         }
+        if let Some(v) = &verifier {
+            v.poll()?;
+        }
         let logits = model.forward_batch(chunk, pos, Logits::Last)?;
         pos += chunk.len();
         if pos == prompt_ids.len() {
@@ -454,6 +460,9 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                     eprintln!("{line}");
                 }
             }
+            if let Some(v) = &verifier {
+                v.poll()?;
+            }
             let t_token = Instant::now();
             let logits = model.forward(next, pos)?;
             let compute = t_token.elapsed();
@@ -475,6 +484,8 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         }
     };
     let decode_s = t_decode.elapsed().as_secs_f64();
+    // A run shorter than the check waits for it: its text is not given out unverified.
+    let verified = verifier.map(verify::Verifier::finish).transpose()?;
     let energy_json = match (&meter, j_start, j_prefill) {
         (Some(m), Some(j0), Some(j1)) => {
             let j2 = m.joules();
@@ -518,6 +529,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
             "decode": { "tokens": decode_tokens, "seconds": decode_s,
                         "tokens_per_second": stats::rate(decode_tokens, decode_s) },
             "load_seconds": load_s,
+            "verified": verified.map(verify::Summary::to_json),
             "peak_rss_bytes": peak,
             "weight_bytes": weight_bytes,
             "decode_bytes": footprint.decode_bytes,

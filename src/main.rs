@@ -33,6 +33,7 @@ mod session;
 mod sigbus;
 mod stats;
 mod tokenizer;
+mod verify;
 mod views;
 
 use clap::error::ErrorKind;

@@ -398,3 +398,55 @@ fn hostile_sizes_in_the_config_are_refused_before_allocating() {
         assert!(e.contains("is out of range") || e.contains("the model config implies"), "{key} = {value}: {e}");
     }
 }
+
+#[test]
+fn every_flipped_bit_in_the_planes_a_view_reads_is_caught() {
+    if !have_models() {
+        return;
+    }
+    // The 4-bit view reads each nested tensor's group parameters and planes 0-2 (2+1+1 bits).
+    let src = smollm_q8();
+    let bytes = std::fs::read(&src).unwrap();
+    let ck = edge_runtime::Checkpoint::parse(&bytes).unwrap();
+    let base = bytes.as_ptr() as usize;
+    let mut read: Vec<(String, usize, usize)> = Vec::new(); // (what, offset, len)
+    for t in ck.tensors.iter().filter(|t| t.encoding == edge_runtime::format::Encoding::Nested8) {
+        let mut plane = 0;
+        for (i, s) in t.segments.iter().enumerate() {
+            if s.kind == edge_runtime::format::SegmentKind::Plane {
+                plane += 1;
+                if plane > 3 {
+                    continue;
+                }
+            }
+            read.push((format!("tensor '{}' segment {i}", t.name), s.bytes.as_ptr() as usize - base, s.bytes.len()));
+        }
+    }
+    let total: usize = read.iter().map(|r| r.2).sum();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let p = scratch().join(format!("flipped-{}.edge", std::process::id()));
+    for trial in 0..6 {
+        // A bit uniformly over the bytes the view reads.
+        let mut k = (next() % total as u64) as usize;
+        let (what, offset, _) = read.iter().find(|r| if k < r.2 { true } else { k -= r.2; false }).unwrap();
+        let bit = next() % 8;
+        let mut copy = bytes.clone();
+        copy[offset + k] ^= 1 << bit;
+        std::fs::write(&p, &copy).unwrap();
+        let args = ["-m", p.to_str().unwrap(), "--bits", "4", "-p", "Once upon a time", "-n", "4", "--temp", "0"];
+        let e = run(args).one_line_error();
+        assert!(e.contains(&format!("checksum mismatch in {what}")), "trial {trial}: {e}");
+        // --no-verify runs on it (and may give other text, or meet a scale turned NaN).
+        let mut unchecked = args.to_vec();
+        unchecked.push("--no-verify");
+        let r = run(unchecked);
+        assert!(r.code == 0 || r.stderr.contains("non-finite logits"), "trial {trial}: {}", r.stderr);
+    }
+    let _ = std::fs::remove_file(p);
+}
