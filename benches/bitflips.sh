@@ -18,8 +18,12 @@ cargo build --release -q -p edge-runtime --example flip_bits
 E=target/release/edge-run
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-ppl() { "$E" eval -m "$1" --bits "$2" --data "$DATA" --ctx 512 --chunks 4 --no-verify --json 2>/dev/null \
-  | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])' || echo "error"; }
+# The perplexity, "inf" when the scores overflow, or "stopped" when the run refuses its logits.
+ppl() {
+  if "$E" eval -m "$1" --bits "$2" --data "$DATA" --ctx 512 --chunks 4 --no-verify --json >"$TMP/eval.json" 2>"$TMP/eval.err"; then
+    python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["ppl"]; print("%.4g" % p if p is not None else "inf")' "$TMP/eval.json"
+  elif grep -q "non-finite logits" "$TMP/eval.err"; then echo "stopped (NaN)"; else echo "failed"; fi
+}
 echo "| view | rate | bits flipped | PPL (--no-verify) | caught by the check |"
 echo "|---:|---:|---:|---|---|"
 for b in 8 4; do

@@ -312,7 +312,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
     memory::trim_heap();
     let mut model = loaded.model(ctx, batch, kv)?;
     // A controller may raise views later: then every plane is checked, not only those read now.
-    let verifier = (!args.model.no_verify).then(|| verify::Verifier::start(&file.path, ck, &loaded.selection.plan, control.is_some()));
+    let mut verifier = (!args.model.no_verify).then(|| verify::Verifier::start(&file.path, ck, &loaded.selection.plan, control.is_some()));
     let power_watts = match (args.power, &args.power_budget_file) {
         (Some(w), _) => Some(w),
         (None, Some(f)) => Some(energy::read_budget(f)?),
@@ -416,7 +416,10 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         if let Some(v) = &verifier {
             v.poll()?;
         }
-        let logits = model.forward_batch(chunk, pos, Logits::Last)?;
+        let logits = match model.forward_batch(chunk, pos, Logits::Last) {
+            Ok(l) => l,
+            Err(e) => return Err(explain(&mut verifier, e.into())),
+        };
         pos += chunk.len();
         if pos == prompt_ids.len() {
             next = sampler.sample(logits);
@@ -464,7 +467,10 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
                 v.poll()?;
             }
             let t_token = Instant::now();
-            let logits = model.forward(next, pos)?;
+            let logits = match model.forward(next, pos) {
+                Ok(l) => l,
+                Err(e) => return Err(explain(&mut verifier, e.into())),
+            };
             let compute = t_token.elapsed();
             pos += 1;
             decode_tokens += 1;
@@ -608,4 +614,12 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         stats::human_bytes(state_bytes as u64),
     );
     Ok(())
+}
+
+/// A failure of the forward pass, or the checksum mismatch behind it (see [`verify::Verifier::explain`]).
+fn explain(verifier: &mut Option<verify::Verifier>, e: anyhow::Error) -> anyhow::Error {
+    match verifier {
+        Some(v) => v.explain(e),
+        None => e,
+    }
 }

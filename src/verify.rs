@@ -127,6 +127,15 @@ impl Verifier {
         }
     }
 
+    /// `e`, the run's own failure, or the mismatch that explains it: corrupt weights can stop a
+    /// run (non-finite logits) before the check reaches them, so it is waited for.
+    pub fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(Err(mismatch))) => anyhow!("{mismatch}"),
+            _ => e,
+        }
+    }
+
     /// Wait for the check to end: what it checked, or the mismatch it found.
     pub fn finish(mut self) -> Result<Summary> {
         match self.handle.take().map(|h| h.join()) {
