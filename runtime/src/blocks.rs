@@ -172,8 +172,8 @@ pub fn nested8_step_offset(p: GroupParams, view_bits: u8) -> (f32, f32) {
 pub fn nested8_quantize(x: f32, p: GroupParams) -> u8 {
     let scale = p.scale.to_f32();
     if scale > 0.0 {
-        // `as u8` saturates and maps NaN to 0, after the clamp it only truncates an integer.
-        ((x - p.min.to_f32()) / scale).round_ties_even().clamp(0.0, 255.0) as u8
+        // rintf rounds half to even (core has no rounding without std); `as u8` maps NaN to 0.
+        libm::rintf((x - p.min.to_f32()) / scale).clamp(0.0, 255.0) as u8
     } else {
         0
     }
