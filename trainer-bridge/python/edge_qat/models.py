@@ -9,11 +9,13 @@ folder once, so training, export and the runtime all start from the same floats)
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
 
@@ -44,7 +46,18 @@ def convert(src: Path, out: Path) -> None:
     model = load_model(src)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    # A GGUF-loaded model refuses save_pretrained (it counts as quantized): write the f32 tensors
+    # and the config (without its quantization entry) directly.
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["dtype"] = "float32"
+    cfg["architectures"] = [type(model).__name__]
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in COPIED[1:]:
         if (src / f).exists():
             shutil.copyfile(src / f, tmp / f)
