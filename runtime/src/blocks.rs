@@ -26,6 +26,13 @@
 //! w      = q_k * step + offset                 (one f32 multiply, one f32 add; no FMA)
 //! ```
 //! so the 8-bit view is `w = q * scale + min`.
+//!
+//! The code of a weight `x` under a group's parameters ([`nested8_quantize`]) is
+//! ```text
+//! q = clamp(round_half_even((x - min) / scale), 0, 255)    (f32 subtract, f32 divide; 0 if scale <= 0)
+//! ```
+//! (NaN codes 0). The packer's min/max codes and the Python trainer (`trainer-bridge/python`)
+//! both use it; the shared test vectors (`trainer-bridge/examples/contract_vectors.rs`) pin it.
 
 use half::{bf16, f16};
 
@@ -157,6 +164,19 @@ pub fn nested8_step_offset(p: GroupParams, view_bits: u8) -> (f32, f32) {
     let step = scale * (1u32 << drop) as f32;
     let centre = ((1u32 << drop) - 1) as f32 * 0.5;
     (step, p.min.to_f32() + scale * centre)
+}
+
+/// The 8-bit code of weight `x` under `p`: `(x - min) / scale` rounded half to even and
+/// clamped to `0..=255` (0 when the scale is not positive, or for NaN), per the module docs.
+#[inline]
+pub fn nested8_quantize(x: f32, p: GroupParams) -> u8 {
+    let scale = p.scale.to_f32();
+    if scale > 0.0 {
+        // rintf rounds half to even (core has no rounding without std); `as u8` maps NaN to 0.
+        libm::rintf((x - p.min.to_f32()) / scale).clamp(0.0, 255.0) as u8
+    } else {
+        0
+    }
 }
 
 /// Read the `bits`-wide field of weight `i` from a plane.
@@ -393,6 +413,18 @@ mod tests {
         let bits: alloc::vec::Vec<u8> = n.iter().map(|&k| NESTED8_PLANES[..k].iter().map(|s| s.bits).sum()).collect();
         assert_eq!(bits, NESTED8_VIEWS);
         assert!(!is_nested8_view(7) && !is_nested8_view(1) && is_nested8_view(5));
+    }
+
+    #[test]
+    fn codes_round_half_to_even_and_saturate() {
+        let p = GroupParams { scale: f16::from_f32(0.5), min: f16::from_f32(-1.0) };
+        // (x - min) / scale = 2.5, 3.5, -0.75, 300, NaN.
+        assert_eq!(nested8_quantize(0.25, p), 2);
+        assert_eq!(nested8_quantize(0.75, p), 4);
+        assert_eq!(nested8_quantize(-1.375, p), 0);
+        assert_eq!(nested8_quantize(149.0, p), 255);
+        assert_eq!(nested8_quantize(f32::NAN, p), 0);
+        assert_eq!(nested8_quantize(5.0, GroupParams { scale: f16::ZERO, min: f16::ZERO }), 0);
     }
 
     #[test]

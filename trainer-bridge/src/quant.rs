@@ -5,7 +5,7 @@
 //! packer optimises is exactly what the runtime computes.
 
 use anyhow::bail;
-use edge_runtime::blocks::{nested8_step_offset, GroupParams};
+use edge_runtime::blocks::{nested8_quantize, nested8_step_offset, GroupParams};
 use half::f16;
 
 /// The views the packer's code choice weighs (the range search and GPTQ's joint objective):
@@ -26,12 +26,10 @@ pub enum NestedObjective {
     AllViews,
 }
 
-/// Round-to-nearest codes for `w` given f16 parameters.
-fn codes_for(w: &[f32], p: GroupParams, codes: &mut [u8]) {
-    let scale = p.scale.to_f32();
-    let min = p.min.to_f32();
+/// Nearest codes for `w` given f16 parameters: the contract's [`nested8_quantize`].
+pub fn codes_for(w: &[f32], p: GroupParams, codes: &mut [u8]) {
     for (c, &x) in codes.iter_mut().zip(w) {
-        *c = if scale > 0.0 { ((x - min) / scale).round().clamp(0.0, 255.0) as u8 } else { 0 };
+        *c = nested8_quantize(x, p);
     }
 }
 
@@ -44,8 +42,9 @@ fn params_for(lo: f32, hi: f32) -> GroupParams {
 }
 
 /// f16 parameters whose 8-bit span covers `[lo, hi]`: min rounded down and scale up, so every
-/// weight is within `scale / 2` of its 8-bit reconstruction.
-fn covering_params(lo: f32, hi: f32) -> GroupParams {
+/// weight is within `scale / 2` of its 8-bit reconstruction. The min/max objective's choice, and
+/// the initial parameters of the Python trainer (`trainer-bridge/python`, which mirrors it).
+pub fn covering_params(lo: f32, hi: f32) -> GroupParams {
     let mut min = f16::from_f32(lo);
     if min.to_f32() > lo {
         min = f16::from_bits(next_down(min.to_bits()));

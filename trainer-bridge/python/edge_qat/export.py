@@ -1,0 +1,123 @@
+"""Export without re-quantization, and the export's fake-quantized logits.
+
+An export folder (read by `edge-pack`'s edge-qat import; the format is fixed):
+
+    config.json, tokenizer.json, tokenizer_config.json, generation_config.json   copied from the base
+    model.safetensors   NAME (F32) for every tensor not quantized; for a quantized tensor
+                        NAME.qcodes (U8 [rows, padded_cols]), NAME.qscale and NAME.qmin
+                        (F16 [rows, padded_cols / g]) and no NAME. A tied embedding/head is
+                        the one tensor model.embed_tokens.weight.
+    edge-qat.json       {"format": "edge-qat", "version": 1, "group_size": g, "cols": {NAME: cols},
+                         "quantized": [NAME, ...], "base": "...", "train": {...}}
+
+    python -m edge_qat.export logits --export DIR --view 4 --tokens 1,5,9 --out logits.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import contract
+from .models import COPIED
+
+
+def export(model: torch.nn.Module, quantizers: dict, base: str | Path, out: str | Path, group: int, train: dict) -> Path:
+    """Write the export of a fake-quantized model (its codes and f16 parameters as trained)."""
+    base, out = Path(base), Path(out)
+    tensors: dict[str, torch.Tensor] = {}
+    cols: dict[str, int] = {}
+    for name, p in model.named_parameters():  # a tied head is listed once, as the embedding
+        if ".wq." in name:
+            continue
+        w = p.detach().to("cpu", torch.float32)
+        if name in quantizers:
+            q, s, m = quantizers[name].export(w)
+            tensors[name + ".qcodes"] = q.contiguous()
+            tensors[name + ".qscale"] = s.cpu().contiguous()
+            tensors[name + ".qmin"] = m.cpu().contiguous()
+            cols[name] = int(w.shape[1])
+        else:
+            tensors[name] = w.contiguous()
+    manifest = {"format": "edge-qat", "version": 1, "group_size": group, "cols": cols,
+                "quantized": sorted(cols), "base": str(base), "train": train}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in COPIED:
+        if (base / f).exists():
+            shutil.copyfile(base / f, tmp / f)
+    if not (tmp / "config.json").exists():
+        model.config.to_json_file(tmp / "config.json")
+    save_file(tensors, tmp / "model.safetensors")
+    (tmp / "edge-qat.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def load_export(folder: str | Path, views, device: str = "cpu") -> torch.nn.Module:
+    """The export's model with every quantized tensor replaced by its reconstruction at `views`
+    (an int for all tensors, or {NAME: view}; a name left out stays at 8 bits)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    man = json.loads((folder / "edge-qat.json").read_text())
+    if man.get("format") != "edge-qat" or man.get("version") != 1:
+        raise SystemExit(f"edge-qat: error: {folder} is not an edge-qat version 1 export")
+    g = man["group_size"]
+    st = load_file(folder / "model.safetensors")
+    state = {}
+    for name, w in st.items():
+        if not name.endswith((".qcodes", ".qscale", ".qmin")):
+            state[name] = w
+    for name in man["quantized"]:
+        k = views.get(name, 8) if isinstance(views, dict) else views
+        q, s, m = st[name + ".qcodes"], st[name + ".qscale"].float(), st[name + ".qmin"].float()
+        state[name] = contract.reconstruct(q, s, m, g, k)[:, : man["cols"][name]]
+    cfg = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    missing = [n for n in missing if not (tied and n == "lm_head.weight")]
+    if missing or unexpected:
+        raise SystemExit(f"edge-qat: error: export {folder} does not fit its config: missing {missing}, unexpected {unexpected}")
+    if tied:
+        model.tie_weights()
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def logits(folder, views, ids: list[int]) -> np.ndarray:
+    """[len(ids), vocab] f32 logits of the export at `views` for one sequence of token ids."""
+    model = load_export(folder, views)
+    return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m edge_qat.export")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lg = sub.add_parser("logits", help="logits of an export at a view, for comparison with edge-run eval")
+    lg.add_argument("--export", required=True, type=Path)
+    lg.add_argument("--view", default="8", help="bits for every tensor (2,3,4,5,6,8) or a JSON file {NAME: bits}")
+    lg.add_argument("--tokens", required=True, help="comma-separated token ids, or a file of them")
+    lg.add_argument("--out", required=True, type=Path, help="logits .npy (a .json with the shape is written beside it)")
+    a = ap.parse_args(argv)
+    views = json.loads(Path(a.view).read_text()) if not a.view.isdigit() else int(a.view)
+    src = Path(a.tokens).read_text() if Path(a.tokens).exists() else a.tokens
+    ids = [int(t) for t in src.replace(",", " ").split()]
+    out = logits(a.export, views, ids)
+    np.save(a.out, out.astype("<f4"))
+    a.out.with_suffix(".json").write_text(json.dumps({"shape": list(out.shape), "dtype": "f32le", "tokens": ids, "view": views}) + "\n")
+    print(f"wrote {a.out} {list(out.shape)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Fake quantization of a Hugging Face Llama-family model's weights at the nested views.
+
+Every nn.Linear weight and the token embedding (and the output head: in a tied model the head
+*is* the embedding, one tensor, one quantizer) gets a `WeightQuantizer` holding its group
+(scale, min). The forward pass uses exactly the runtime's reconstruction of the tensor's current
+view (`contract.py`); the backward pass is straight-through (LSQ-style for scale and min when
+they are learnable). A view of `None` is full precision.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+from torch import nn
+
+from . import contract
+
+FULL = None  # the full-precision "view"
+
+
+class _FakeQuant(torch.autograd.Function):
+    """Forward: the contract's k-bit reconstruction of w. Backward: straight-through for w
+    inside the 8-bit span; LSQ gradients for scale and min (summed per group)."""
+
+    @staticmethod
+    def forward(ctx, w, scale, mn, group, k, grad_scale):
+        rows, cols = w.shape
+        q = contract.codes(w, scale, mn, group)
+        r = contract.reconstruct(q, scale, mn, group, k)[:, :cols]
+        ctx.save_for_backward(w, scale, mn, q)
+        ctx.group, ctx.k, ctx.grad_scale = group, k, grad_scale
+        return r
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, scale, mn, q = ctx.saved_tensors
+        group, k = ctx.group, ctx.k
+        rows, cols = w.shape
+        wg = contract.grouped(w, group)
+        s = scale.clamp_min(2.0**-24).unsqueeze(-1)
+        u = (wg - mn.unsqueeze(-1)) / s
+        inside = (u >= 0) & (u <= 255)
+        gg = contract.grouped(grad, group)  # padding gradient is 0
+        gw = (gg * inside).reshape(rows, -1)[:, :cols]
+        gs = gm = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            d = 8 - k
+            centre = contract.grouped(contract.view_codes(q, k).to(torch.float32), group) * float(1 << d) + ((1 << d) - 1) / 2
+            gs = (gg * torch.where(inside, centre - u, centre)).sum(-1) * ctx.grad_scale
+            gm = (gg * ~inside).sum(-1) * ctx.grad_scale
+        return gw, gs, gm, None, None, None
+
+
+class _RoundF16(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return contract.f16_round(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class WeightQuantizer(nn.Module):
+    """The group parameters of one weight tensor and the view it is read at."""
+
+    def __init__(self, weight: torch.Tensor, group: int, learnable: bool = False):
+        super().__init__()
+        self.group = group
+        self.rows, self.cols = weight.shape
+        scale, mn = contract.init_params(weight, group)
+        if learnable:
+            self.scale = nn.Parameter(scale)
+            self.min = nn.Parameter(mn)
+        else:
+            self.register_buffer("scale", scale)
+            self.register_buffer("min", mn)
+        self.learnable = learnable
+        self.view: int | None = FULL
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The f16 (scale, min) as f32 (rounded to f16 with a straight-through gradient)."""
+        if not self.learnable:
+            return self.scale, self.min
+        # A learned scale must stay positive: below the smallest f16 subnormal codes would be 0.
+        return _RoundF16.apply(self.scale.clamp_min(2.0**-24)), _RoundF16.apply(self.min)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.view is FULL:
+            return w
+        s, m = self.params()
+        gs = 1.0 / math.sqrt(self.group * ((1 << self.view) - 1))
+        return _FakeQuant.apply(w, s, m, self.group, self.view, gs)
+
+    def export(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes uint8 [rows, padded_cols], scale f16, min f16) of w: what the runtime reads."""
+        with torch.no_grad():
+            s, m = self.params()
+            return contract.codes(w, s, m, self.group), s.to(torch.float16), m.to(torch.float16)
+
+
+def quantize_acts_int8(x: torch.Tensor, block: int) -> torch.Tensor:
+    """The runtime's int8 activation quantization (`runtime/src/kernels/acts.rs`), dequantized:
+    per block of `block` values, d = amax / 127, q = round_half_even(x * 127 / amax). Gradient
+    straight through."""
+    cols = x.shape[-1]
+    flat = x.reshape(-1, cols)
+    xg = contract.grouped(flat.detach().float(), block)
+    amax = xg.abs().amax(-1, keepdim=True)
+    nz = amax > 0
+    d = torch.where(nz, amax / torch.full_like(amax, 127.0), torch.zeros_like(amax))
+    inv = torch.where(nz, torch.full_like(amax, 127.0) / torch.where(nz, amax, torch.ones_like(amax)), torch.zeros_like(amax))
+    q = torch.round(xg * inv).clamp(-127, 127)
+    xq = (q * d).reshape(flat.shape[0], -1)[:, :cols].reshape(x.shape).to(x.dtype)
+    return x + (xq - x).detach()
+
+
+def _linear_forward(self, x):
+    if self.act_int8 and self.wq.view is not FULL:
+        x = quantize_acts_int8(x, self.wq.group)
+    return nn.functional.linear(x, self.wq(self.weight), self.bias)
+
+
+def _embedding_forward(self, ids):
+    return nn.functional.embedding(ids, self.wq(self.weight), self.padding_idx)
+
+
+def quantize_model(model: nn.Module, group: int = 64, learnable: bool = False, act_int8: bool = False) -> dict[str, WeightQuantizer]:
+    """Attach a WeightQuantizer to every nn.Linear and nn.Embedding of `model` (in place).
+    Returns {HF tensor name: quantizer}; a tied embedding/head is one entry (the embedding's
+    name) shared by both modules. Starts at full precision (see `set_views`)."""
+    by_param: dict[int, tuple[str, WeightQuantizer]] = {}
+    out: dict[str, WeightQuantizer] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.Linear, nn.Embedding)):
+            continue
+        key = id(mod.weight)
+        if key not in by_param:
+            wq = WeightQuantizer(mod.weight.detach(), group, learnable).to(mod.weight.device)
+            by_param[key] = (f"{name}.weight", wq)
+            out[f"{name}.weight"] = wq
+        mod.wq = by_param[key][1]
+        if isinstance(mod, nn.Linear):
+            mod.act_int8 = act_int8
+            mod.forward = types.MethodType(_linear_forward, mod)
+        else:
+            mod.forward = types.MethodType(_embedding_forward, mod)
+    return out
+
+
+def layer_of(name: str) -> str:
+    """The unit a per-layer view choice covers: `model.layers.N`, else the tensor itself."""
+    parts = name.split(".")
+    if "layers" in parts:
+        i = parts.index("layers")
+        return ".".join(parts[: i + 2])
+    return name
+
+
+def set_views(quantizers: dict[str, WeightQuantizer], views) -> None:
+    """views: an int (every tensor), None (full precision), or {name: view}."""
+    for name, q in quantizers.items():
+        v = views.get(name, FULL) if isinstance(views, dict) else views
+        if v is not FULL and v not in contract.VIEWS:
+            raise ValueError(f"view {v} of {name} is not one of {contract.VIEWS}")
+        q.view = v
