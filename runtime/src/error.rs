@@ -34,6 +34,8 @@ pub enum Error {
     InvalidArgument { what: alloc::string::String },
     /// The requested feature is not compiled into this build (e.g. `cuda`).
     NotCompiled { feature: &'static str, hint: &'static str },
+    /// A GPU backend could not start or run (no driver, no device, a kernel failed to build).
+    Device { message: alloc::string::String },
     /// An I/O error from the std-only loaders.
     Io { path: alloc::string::String, message: alloc::string::String },
 }
@@ -79,6 +81,7 @@ impl fmt::Display for Error {
             Error::NotCompiled { feature, hint } => {
                 write!(f, "this build has no '{feature}' support; {hint}")
             }
+            Error::Device { message } => write!(f, "{message}"),
             Error::Io { path, message } => write!(f, "{path}: {message}"),
         }
     }
