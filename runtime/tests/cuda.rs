@@ -145,3 +145,50 @@ fn elementwise_kernels_match_the_host() {
         close("softmax", &g.softmax(&x, dim).unwrap(), &sm, 1e-5);
     }
 }
+
+#[test]
+fn rope_matches_the_host() {
+    let Some(g) = gpu("rope_matches_the_host") else { return };
+    let (n, head_dim, q_dim, kv_dim) = (3, 64, 9 * 64, 3 * 64);
+    let (q, k) = (rand_f32(n * q_dim, 4), rand_f32(n * kv_dim, 5));
+    let cos: Vec<f32> = (0..n * head_dim / 2).map(|i| (i as f32 * 0.1).cos()).collect();
+    let sin: Vec<f32> = (0..n * head_dim / 2).map(|i| (i as f32 * 0.1).sin()).collect();
+    let (mut wq, mut wk) = (q.clone(), k.clone());
+    tokens::rope(&mut wq, &mut wk, head_dim, &cos, &sin);
+    close("rope q", &g.rope(&q, q_dim, head_dim, &cos, &sin).unwrap(), &wq, 1e-5);
+    close("rope k", &g.rope(&k, kv_dim, head_dim, &cos, &sin).unwrap(), &wk, 1e-5);
+}
+
+#[test]
+fn f16_attention_matches_a_host_softmax() {
+    let Some(g) = gpu("f16_attention_matches_a_host_softmax") else { return };
+    // (len, n, window): decode, prefill of a whole prompt, prefill with a sliding window.
+    for &(len, n, window) in &[(37, 1, 0), (20, 20, 0), (300, 5, 64)] {
+        let (n_heads, head_dim, group) = (9, 64, 3);
+        let kv_dim = n_heads / group * head_dim;
+        let q = rand_f32(n * n_heads * head_dim, 6);
+        let to16 = |v: Vec<f32>| v.into_iter().map(|x| f16::from_f32(x).to_bits()).collect::<Vec<u16>>();
+        let (k, v) = (to16(rand_f32(len * kv_dim, 7)), to16(rand_f32(len * kv_dim, 8)));
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let got = g.attend_f16(&q, &k, &v, (len, n, n_heads, head_dim, group, kv_dim), scale, window).unwrap();
+        let f = |b: u16| f16::from_bits(b).to_f32();
+        for t in 0..n {
+            let pos = len - n + t;
+            let lo = if window > 0 { (pos + 1).saturating_sub(window) } else { 0 };
+            for h in 0..n_heads {
+                let qh = &q[(t * n_heads + h) * head_dim..][..head_dim];
+                let kvh = h / group * head_dim;
+                let s: Vec<f64> = (lo..=pos)
+                    .map(|p| (0..head_dim).map(|i| qh[i] as f64 * f(k[p * kv_dim + kvh + i]) as f64).sum::<f64>() * scale as f64)
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for i in 0..head_dim {
+                    let want: f64 = (lo..=pos).zip(&s).map(|(p, x)| (x - m).exp() / z * f(v[p * kv_dim + kvh + i]) as f64).sum();
+                    let have = got[(t * n_heads + h) * head_dim + i];
+                    assert!((have as f64 - want).abs() < 1e-4, "len {len} token {t} head {h} dim {i}: {have} vs {want}");
+                }
+            }
+        }
+    }
+}

@@ -56,15 +56,49 @@ pub fn compile(arch: Option<&'static str>) -> Result<Ptx> {
     cudarc::nvrtc::compile_ptx_with_opts(sources::program(), opts).map_err(|e| device_error("compiling the kernels", e))
 }
 
-/// The PTX of this process, compiled on first use (one NVRTC run per process and architecture;
-/// a GPU has one architecture, so the first one's is kept).
+/// Where compiled PTX is kept between runs: `$EDGE_RUN_CACHE/ptx`, else
+/// `$XDG_CACHE_HOME/edge-run/ptx`, else `$HOME/.cache/edge-run/ptx` (the CLI's model cache,
+/// `src/loader.rs`); `None` where none is set.
+fn ptx_cache_dir() -> Option<std::path::PathBuf> {
+    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let base = var("EDGE_RUN_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("edge-run")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("edge-run")))?;
+    Some(base.join("ptx"))
+}
+
+/// The kernels' PTX for `arch`: from this process if compiled already (a GPU has one
+/// architecture, so the first one's is kept), else from the disk cache (keyed by a hash of the
+/// program, the options and the architecture, so an edited kernel is recompiled), else
+/// compiled by NVRTC (a second or so on a Jetson's CPU) and written to the cache. A cache that
+/// cannot be read or written only costs the compile.
 fn cached_ptx(arch: &'static str) -> Result<Ptx> {
     static PTX: OnceLock<String> = OnceLock::new();
     if let Some(src) = PTX.get() {
         return Ok(Ptx::from_src(src.clone()));
     }
-    let ptx = compile(Some(arch))?;
-    Ok(Ptx::from_src(PTX.get_or_init(|| ptx.to_src()).clone()))
+    let mut key = sources::program();
+    key.push_str(arch);
+    sources::NVRTC_OPTIONS.iter().for_each(|o| key.push_str(o));
+    let file = ptx_cache_dir().map(|d| d.join(format!("{:016x}.ptx", xxhash_rust::xxh3::xxh3_64(key.as_bytes()))));
+    let src = match file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        Some(src) => src,
+        None => {
+            let src = compile(Some(arch))?.to_src();
+            if let Some(f) = &file {
+                // Written aside and renamed, so a reader never sees half a file.
+                let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+                let ok = f.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                    && std::fs::write(&tmp, &src).is_ok()
+                    && std::fs::rename(&tmp, f).is_ok();
+                if !ok {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+            src
+        }
+    };
+    Ok(Ptx::from_src(PTX.get_or_init(|| src).clone()))
 }
 
 /// The planes' device pointers as the kernels take them (`struct Planes` of nested8.cu).
@@ -285,5 +319,53 @@ impl Gpu {
         // SAFETY: the arguments match softmax's signature; x is whole rows of width.
         unsafe { l.launch(cfg) }.map_err(|e| device_error("softmax", e))?;
         self.download(&xd)
+    }
+
+    /// RoPE of the `width`-wide rows of `v` ((n, width)) by the angles of `cos`/`sin`
+    /// ((n, head_dim / 2)), returned.
+    pub fn rope(&self, v: &[f32], width: usize, head_dim: usize, cos: &[f32], sin: &[f32]) -> Result<Vec<f32>> {
+        let mut vd = self.upload(v)?;
+        let (cd, sd) = (self.upload(cos)?, self.upload(sin)?);
+        let (w, hd) = (width as i32, head_dim as i32);
+        let cfg = LaunchConfig { grid_dim: ((v.len() / width) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut l = self.stream.launch_builder(self.func("rope"));
+        l.arg(&mut vd).arg(&w).arg(&hd).arg(&cd).arg(&sd);
+        // SAFETY: the arguments match rope's signature; v is whole rows, cos/sin one row per token.
+        unsafe { l.launch(cfg) }.map_err(|e| device_error("rope", e))?;
+        self.download(&vd)
+    }
+
+    /// Causal attention of `n` query tokens (`q`: (n, n_heads * head_dim)) at the last `n` of
+    /// `len` positions over f16 keys and values ((len, kv_stride), bits), `window` 0 for none.
+    /// Returns (n, n_heads * head_dim).
+    #[allow(clippy::too_many_arguments)] // the kernel's shape, spelled out
+    pub fn attend_f16(
+        &self,
+        q: &[f32],
+        keys: &[u16],
+        values: &[u16],
+        (len, n, n_heads, head_dim, group, kv_stride): (usize, usize, usize, usize, usize, usize),
+        scale: f32,
+        window: usize,
+    ) -> Result<Vec<f32>> {
+        let shared = 4 * len;
+        if shared > 48 * 1024 {
+            return Err(Error::InvalidArgument { what: format!("CUDA: attention over {len} positions needs more than 48 KiB of scores (not yet tiled)") });
+        }
+        let (qd, kd, vd) = (self.upload(q)?, self.upload(keys)?, self.upload(values)?);
+        let mut out = self.stream.alloc_zeros::<f32>(n * n_heads * head_dim).map_err(|e| device_error("allocating", e))?;
+        let a = [len, n, n_heads, head_dim, group, kv_stride].map(|v| v as i32);
+        let w = window as i32;
+        let cfg = LaunchConfig { grid_dim: (n_heads as u32, n as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: shared as u32 };
+        let mut l = self.stream.launch_builder(self.func("attend_f16"));
+        l.arg(&qd).arg(&kd).arg(&vd).arg(&mut out);
+        for v in &a {
+            l.arg(v);
+        }
+        l.arg(&scale).arg(&w);
+        // SAFETY: the arguments match attend_f16's signature and sizes; the scores fit the
+        // dynamic shared memory asked for (checked above).
+        unsafe { l.launch(cfg) }.map_err(|e| device_error("attend_f16", e))?;
+        self.download(&out)
     }
 }
