@@ -151,7 +151,7 @@ impl Gpu {
                     .into(),
             });
         }
-        let n = CudaContext::device_count().map_err(|e| device_error("counting devices", e))?;
+        let n = CudaContext::device_count().map_err(|e| device_error("the driver found no usable GPU (run on the CPU: --device cpu)", e))?;
         if ordinal >= n as usize {
             return Err(Error::Device {
                 message: format!("CUDA: no GPU {ordinal} was found ({n} present); pick one of cuda:0..cuda:{n} or run on the CPU"),
