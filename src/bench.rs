@@ -89,6 +89,7 @@ fn view_args(args: &BenchArgs) -> Vec<ModelArgs> {
         pack_encoding: args.pack_encoding,
         group_size: args.group_size,
         threads: None,
+        device: args.device,
         board: args.board.clone(),
     };
     if args.bits.is_empty() {

@@ -256,6 +256,35 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// What runs the model (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// GPU `N` of the CUDA driver.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    let bad = || format!("'{s}' is not a device: cpu, cuda or cuda:N (N the GPU's number)");
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Device::Cuda(n)),
+            _ => Err(bad()),
+        },
+    }
+}
+
 fn parse_kv_bits(s: &str) -> Result<KvFormat, String> {
     KvFormat::parse(s).map_err(|e| e.to_string())
 }
@@ -354,6 +383,11 @@ pub struct ModelArgs {
     /// process may use).
     #[arg(short = 't', long, value_name = "N", value_parser = parse_positive)]
     pub threads: Option<usize>,
+
+    /// Where the model runs: `cpu` (the default) or `cuda[:N]` (GPU N, default 0; needs a build
+    /// with `--features cuda`, and the CUDA forward pass is not finished yet: issue 19).
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
 
     /// The board this runs on: a known name (`edge-run boards` lists them) or a board TOML
     /// file. Gives the default thread count (when -t is not given); shown on the startup line
@@ -461,6 +495,10 @@ pub struct BenchArgs {
     /// cores).
     #[arg(short = 't', long, value_name = "N,..", value_delimiter = ',', value_parser = parse_positive)]
     pub threads: Vec<usize>,
+
+    /// Where the model runs: `cpu` (the default) or `cuda[:N]` (as `edge-run --device`).
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
 
     /// The board this runs on: a known name (`edge-run boards` lists them) or a board TOML
     /// file. Gives the default thread count (when -t is not given); shown on the startup line

@@ -546,6 +546,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
             "ctx": ctx,
             "batch_size": batch,
             "threads": edge_runtime::kernels::threads(),
+            "device": args.model.device.to_string(),
             "board": board.map(Board::to_json),
             "bits": args.model.bits,
             "plan": selection.to_json(footprint),

@@ -21,13 +21,39 @@ use edge_runtime::model::ModelOptions;
 use edge_runtime::plan::{Footprint, ViewPlan};
 use edge_runtime::{Checkpoint, Config, Model};
 
-use crate::cli::{KvArgs, ModelArgs};
+use crate::cli::{Device, KvArgs, ModelArgs};
 use crate::loader::{self, ModelFile};
 use crate::views::{self, Selection};
 
 /// Resolve `args.model` to an `.edge` file (packing it into the cache if needed) and open it.
 pub fn open(args: &ModelArgs) -> Result<ModelFile> {
+    if let Device::Cuda(n) = args.device {
+        bail!("{}", cuda_refusal(n));
+    }
     loader::open_model(args)
+}
+
+/// Why `--device cuda:N` cannot run here, in one line that says what to do: the build has no
+/// CUDA backend, or the machine no driver or GPU N, or (issue 19) the forward pass on CUDA is
+/// not finished.
+#[cfg(not(feature = "cuda"))]
+fn cuda_refusal(_: usize) -> String {
+    match edge_runtime::backend::Cuda::new() {
+        Err(e) => e.to_string(),
+        Ok(c) => match c {},
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_refusal(n: usize) -> String {
+    match edge_runtime::backend::cuda::device::Gpu::open(n) {
+        Err(e) => e.to_string(),
+        Ok(g) => format!(
+            "CUDA: found {} (compute {}.{}) and built its kernels, but running a model on CUDA is not finished yet \
+             (issue 19); run on the CPU (--device cpu)",
+            g.name, g.capability.0, g.capability.1
+        ),
+    }
 }
 
 /// Open another model of the same command (`--kl-base`, `--baselines`) the way `args` opens

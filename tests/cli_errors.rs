@@ -169,6 +169,8 @@ fn bad_arguments_are_one_line() {
         vec![],
         vec!["-m", "x.edge", "-p", "hi", "--temp", "x"],
         vec!["eval", "-m", "x.edge", "-d", "x.txt", "--chunks", "0"],
+        vec!["-m", "x.edge", "-p", "hi", "--device", "gpu"],
+        vec!["-m", "x.edge", "-p", "hi", "--device", "cuda:x"],
     ] {
         let e = run(&args).one_line_error();
         // One help hint, ours, naming the subcommand's help when there is one.
@@ -180,6 +182,21 @@ fn bad_arguments_are_one_line() {
         };
         assert!(e.ends_with(&want), "{args:?}: {e}");
     }
+}
+
+/// `--device cuda` where it cannot run is one line saying why and what to do: in a build
+/// without the feature, how to get one; with it (on a machine without a GPU), that no driver or
+/// GPU was found. Checked before the model is opened, so a missing model does not hide it.
+#[test]
+fn cuda_device_that_cannot_run_says_why() {
+    for dev in ["cuda", "cuda:1"] {
+        let e = run(["-m", "/nonexistent/model.edge", "-p", "hi", "--device", dev]).one_line_error();
+        let why = if cfg!(feature = "cuda") { "CUDA:" } else { "--features cuda" };
+        assert!(e.contains(why), "{dev}: {e}");
+        assert!(e.contains("--device cpu") || e.contains("run on the CPU"), "{dev}: {e}");
+    }
+    let e = run(["bench", "-m", "/nonexistent/model.edge", "--device", "cuda"]).one_line_error();
+    assert!(e.contains("cuda"), "{e}");
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub enum Error {
     NotCompiled { feature: &'static str, hint: &'static str },
     /// The forward pass produced NaN or infinite logits (corrupt or overflowing weights).
     NonFinite { position: usize },
+    /// A GPU backend could not start or run (no driver, no device, a kernel failed to build).
+    Device { message: alloc::string::String },
     /// An I/O error from the std-only loaders.
     Io { path: alloc::string::String, message: alloc::string::String },
 }
@@ -85,6 +87,7 @@ impl fmt::Display for Error {
             Error::NotCompiled { feature, hint } => {
                 write!(f, "this build has no '{feature}' support; {hint}")
             }
+            Error::Device { message } => write!(f, "{message}"),
             Error::Io { path, message } => write!(f, "{path}: {message}"),
         }
     }

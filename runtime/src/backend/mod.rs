@@ -9,7 +9,7 @@
 //!
 //! - [`cpu::Cpu`]: the kernel table of [`crate::kernels`] (scalar reference, AVX2, AVX-512,
 //!   NEON), threads from [`crate::pool`].
-//! - [`cuda::Cuda`]: the Jetson backend. Without the `cuda` feature it is a stand-in of the same
+//! - [`cuda::Cuda`]: the CUDA backend (Jetson first), behind the `cuda` feature. Without it, a stand-in of the same
 //!   name that cannot be constructed ([`cuda::Cuda::new`] returns [`crate::Error::NotCompiled`]),
 //!   so call sites carry no `cfg`.
 
