@@ -177,7 +177,7 @@ impl QatImport {
         let g = self.group_size as usize;
         // Shapes from the architecture; a tied model still has the head's shape for an
         // export that quantized `lm_head` (the HF importer drops it after).
-        let untied = Config { tied_embeddings: false, ..config.clone() };
+        let untied = Config { tied_embeddings: false, ..*config };
         let expected = arch.tensors(&untied);
         for hf in std::mem::take(&mut self.quantized) {
             let missing = |what: &str| anyhow!("'{}' lacks '{hf}{what}' of quantized tensor '{hf}'; re-export it", self.dir);
