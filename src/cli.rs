@@ -731,6 +731,15 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Instead of scoring windows, run all of --data's tokens in one sequence from position 0
+    /// (text: tokenized, BOS first when the model adds one; --token-ids: the ids as given) and
+    /// write every position's logits to FILE as a .npy array (f32, [tokens, vocab]), at the
+    /// views --bits or --plan choose: to compare with another implementation, e.g. the
+    /// edge-qat PyTorch model's fake-quantized logits (EDGE_RUN_KERNELS=float runs the nested
+    /// weights against f32 activations).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["sweep", "kl_base", "chunks"])]
+    pub logits_out: Option<PathBuf>,
+
     /// The degradation sweep: on the same windows, evaluate the --kl-base model, the uniform
     /// 8/6/5/4/3/2-bit views of --model, every --baselines file and the plans the sensitivity
     /// profile picks for each of --budgets; print a table, write sweep.json and sweep.svg into

@@ -38,6 +38,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         kv = KvSettings { format: c.budget.shape.kv, window: None };
     }
     let mut tok = corpus_tokenizer(&main.ck, main.path(), args.token_ids)?;
+    if let Some(out) = &args.logits_out {
+        return crate::logits_out::run(args, &main, tok.as_mut(), batch, kv, out);
+    }
     let base_file = match &args.kl_base {
         Some(p) => Some(session::open_other(p, &args.model)?),
         None => None,
@@ -165,6 +168,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "mean_nll": scores.nll.mean(),
             "ppl": ppl,
             "ppl_stderr": ppl_se,
+            "ece": scores.calib.ece(),
+            "ece_bins": crate::perplexity::ECE_BINS,
+            "mean_top1_probability": scores.calib.confidence_accuracy().0,
+            "top1_accuracy": scores.calib.confidence_accuracy().1,
             "window_ppl": window_ppl,
             "seconds": seconds,
             "tokenize_seconds": corpus.tokenize_seconds,
@@ -189,7 +196,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     let mut out = std::io::stdout().lock();
     let windows = if n_windows == 1 { "window" } else { "windows" };
-    let mut lines = vec![format!("PPL = {ppl:.4} +/- {ppl_se:.5}  ({scored} tokens scored in {n_windows} {windows} of {ctx})")];
+    let (conf, acc) = scores.calib.confidence_accuracy();
+    let mut lines = vec![
+        format!("PPL = {ppl:.4} +/- {ppl_se:.5}  ({scored} tokens scored in {n_windows} {windows} of {ctx})"),
+        format!(
+            "ECE = {:.4}  (top-1 next-token probability, {} bins: mean {conf:.4}, accuracy {acc:.4})",
+            scores.calib.ece(),
+            crate::perplexity::ECE_BINS
+        ),
+    ];
     if let Some(bf) = &base {
         let (bp, bse) = base_scores.nll.ppl();
         lines.push(format!("base PPL = {bp:.4} +/- {bse:.5}  ({})", bf.path().display()));

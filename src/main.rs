@@ -21,6 +21,7 @@ mod controller;
 mod energy;
 mod energy_plot;
 mod loader;
+mod logits_out;
 mod memory;
 mod perplexity;
 mod plot;

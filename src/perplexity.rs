@@ -196,12 +196,70 @@ pub struct Scores {
     pub nll: Mean,
     pub kl: Mean,
     pub agree: u64,
+    /// Calibration of the top-1 next-token probability.
+    pub calib: Calibration,
+}
+
+/// Equal-width confidence bins of the expected calibration error.
+pub const ECE_BINS: usize = 15;
+
+/// Expected calibration error of next-token predictions: each scored position's top-1
+/// probability (its confidence) goes into one of [`ECE_BINS`] equal-width bins over [0, 1]
+/// with whether the top-1 token was the true next token; ECE is the position-weighted mean
+/// over bins of |accuracy - mean confidence|. Compression should not make a model
+/// overconfident: a view whose ECE grows says so even where perplexity moves little.
+#[derive(Debug, Default, Clone)]
+pub struct Calibration {
+    count: [u64; ECE_BINS],
+    correct: [u64; ECE_BINS],
+    confidence: [f64; ECE_BINS],
+}
+
+impl Calibration {
+    /// One prediction: its top-1 probability and whether the top-1 token was right.
+    pub fn add(&mut self, confidence: f64, correct: bool) {
+        // Bin b holds (b/15, (b+1)/15]; 0 goes to the first bin, 1 to the last.
+        let b = ((confidence * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
+        self.count[b] += 1;
+        self.correct[b] += correct as u64;
+        self.confidence[b] += confidence;
+    }
+
+    /// One position: the model's logits and the true next token.
+    pub fn add_logits(&mut self, row: &[f32], target: u32) {
+        let top = edge_runtime::sampler::argmax(row);
+        let confidence = (row[top as usize] as f64 - log_sum_exp(row)).exp();
+        self.add(confidence, top == target);
+    }
+
+    /// The expected calibration error (NaN with no predictions).
+    pub fn ece(&self) -> f64 {
+        let n: u64 = self.count.iter().sum();
+        if n == 0 {
+            return f64::NAN;
+        }
+        (0..ECE_BINS)
+            .filter(|&b| self.count[b] > 0)
+            .map(|b| {
+                let c = self.count[b] as f64;
+                (self.correct[b] as f64 / c - self.confidence[b] / c).abs() * c
+            })
+            .sum::<f64>()
+            / n as f64
+    }
+
+    /// Mean top-1 probability and top-1 accuracy over all predictions (NaN with none).
+    pub fn confidence_accuracy(&self) -> (f64, f64) {
+        let n = self.count.iter().sum::<u64>() as f64;
+        (self.confidence.iter().sum::<f64>() / n, self.correct.iter().sum::<u64>() as f64 / n)
+    }
 }
 
 impl Scores {
     /// Score one position: the model's logits `row`, the true next token, the base's logits.
     pub fn add(&mut self, row: &[f32], target: u32, base: Option<&[f32]>) {
         self.nll.add(nll(row, target));
+        self.calib.add_logits(row, target);
         if let Some(b) = base {
             self.kl.add(kl_divergence(b, row));
             if edge_runtime::sampler::argmax(b) == edge_runtime::sampler::argmax(row) {
@@ -298,7 +356,7 @@ pub fn same_vocab(what: &str, other: &Config, model: &Config) -> Result<()> {
     Ok(())
 }
 
-fn read_text(path: &Path, quiet: bool) -> Result<String> {
+pub fn read_text(path: &Path, quiet: bool) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read data file {}: {e}", path.display()))?;
     Ok(match String::from_utf8(bytes) {
         Ok(s) => s,
@@ -330,6 +388,32 @@ pub fn corpus_tokenizer(ck: &Checkpoint<'_>, path: &Path, token_ids: bool) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ece_of_a_hand_checked_case() {
+        // Bin 14 (14/15, 1]: confidences 0.95 and 0.99, one right: |0.5 - 0.97| = 0.47.
+        // Bin 7 (7/15, 8/15]: confidence 0.5, right: |1 - 0.5| = 0.5.
+        // Bin 0 [0, 1/15]: confidence 0.0, wrong: 0.
+        // ECE = (2 * 0.47 + 1 * 0.5 + 1 * 0) / 4 = 0.36.
+        let mut c = Calibration::default();
+        c.add(0.95, true);
+        c.add(0.99, false);
+        c.add(0.5, true);
+        c.add(0.0, false);
+        assert!((c.ece() - 0.36).abs() < 1e-12, "{}", c.ece());
+        assert!(Calibration::default().ece().is_nan());
+        // A perfectly calibrated bin: 0.6 confident, right 3 times in 5 -> ECE 0.
+        let mut p = Calibration::default();
+        for i in 0..5 {
+            p.add(0.6, i < 3);
+        }
+        assert!(p.ece().abs() < 1e-12);
+        // From logits: uniform over 4 tokens gives confidence 1/4 in bin 3 (0.2, 0.2667].
+        let mut l = Calibration::default();
+        l.add_logits(&[0.0; 4], 0);
+        assert_eq!(l.count[3], 1);
+        assert!((l.ece() - 0.75).abs() < 1e-12);
+    }
 
     #[test]
     fn nll_of_uniform_is_log_n() {

@@ -354,6 +354,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "mean_kl": r.kl(),
             "kl_stderr": if r.kind == Kind::Base { 0.0 } else { r.scores.kl.stderr() },
             "max_kl": if r.kind == Kind::Base { 0.0 } else { r.scores.kl.max() },
+            "ece": r.scores.calib.ece(),
             "top1_agreement_percent": 100.0 * agree,
             "top1_agreement_stderr_percent": 100.0 * agree_se,
             "predicted_kl": r.predicted_kl,
@@ -425,20 +426,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut out = String::new();
     let lw = rows.iter().map(|r| r.label.len()).max().unwrap_or(6).max(6);
     out.push_str(&format!(
-        "{:<lw$}  {:>14}  {:>11}  {:>7}  {:>12}  {:>10}  {:>8}\n",
-        "config", "weight bytes", "", "bits/w", "PPL", "KL", "top-1 %"
+        "{:<lw$}  {:>14}  {:>11}  {:>7}  {:>12}  {:>10}  {:>8}  {:>7}\n",
+        "config", "weight bytes", "", "bits/w", "PPL", "KL", "top-1 %", "ECE"
     ));
     for r in &rows {
         let (ppl, _) = r.scores.nll.ppl();
         out.push_str(&format!(
-            "{:<lw$}  {:>14}  {:>11}  {:>7.3}  {:>12.4}  {:>10.6}  {:>8.2}\n",
+            "{:<lw$}  {:>14}  {:>11}  {:>7.3}  {:>12.4}  {:>10.6}  {:>8.2}  {:>7.4}\n",
             r.label,
             r.weight_bytes,
             human_bytes(r.weight_bytes),
             r.bits_per_weight,
             ppl,
             r.kl(),
-            100.0 * r.agreement()
+            100.0 * r.agreement(),
+            r.scores.calib.ece()
         ));
     }
     out.push_str(&format!(

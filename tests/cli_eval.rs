@@ -71,6 +71,15 @@ fn kl_against_itself_is_zero_with_full_agreement() {
     assert_eq!(kl["base_ppl"], v["ppl"]);
     assert_eq!(v["tokens_scored"], 2 * 63);
     assert_eq!(v["decode_bytes"], v["weight_bytes"]); // a tied head: every weight is read
+    // Calibration of the top-1 next-token probability: a real model is neither perfect nor
+    // useless, and ECE is at least the overall gap |mean confidence - accuracy| (bins only
+    // split that gap's terms, whose absolute values can only add up to more).
+    let ece = v["ece"].as_f64().unwrap();
+    let (conf, acc) = (v["mean_top1_probability"].as_f64().unwrap(), v["top1_accuracy"].as_f64().unwrap());
+    assert!(ece > 0.0 && ece < 0.5, "ECE {ece}");
+    assert!(conf > 0.05 && conf < 0.95 && acc > 0.05 && acc < 0.95, "confidence {conf}, accuracy {acc}");
+    assert!(ece >= (conf - acc).abs() - 1e-12, "ECE {ece} < |{conf} - {acc}|");
+    assert_eq!(v["ece_bins"], 15);
 
     // Forward passes of 50 tokens (3 per window) score the same as whole windows.
     let b = run(args.iter().chain(&["--json", "--batch-size", "50"])).json();
@@ -84,6 +93,7 @@ fn kl_against_itself_is_zero_with_full_agreement() {
     assert!(r.stdout.contains("PPL = "), "{}", r.stdout);
     assert!(r.stdout.contains("Mean KL(base || model) = 0.000000"), "{}", r.stdout);
     assert!(r.stdout.contains("Same top-1 = 100.000"), "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("ECE = {ece:.4}")), "{}", r.stdout);
 }
 
 #[test]
@@ -141,6 +151,50 @@ fn token_ids_evaluate_a_model_without_a_tokenizer() {
     .ok()
     .json();
     assert!(v2["kl"]["mean_kl"].as_f64().unwrap() > 0.01, "{v2}");
+
+    // --logits-out: every position of the ids, as .npy [n, vocab]; at the 8-bit view its
+    // NLL over a window's scored half is the window's perplexity as eval scores it.
+    let first64 = cache.path().join("first64.ids");
+    std::fs::write(&first64, ids[..64].join(" ")).unwrap();
+    let f64s = first64.to_str().unwrap();
+    let npy = |bits: &str| -> (Vec<Vec<f32>>, serde_json::Value) {
+        let out = cache.path().join(format!("logits{bits}.npy"));
+        let v = run_env(
+            ["eval", "-m", b, "--pack-encoding", "q8", "--bits", bits, "--data", f64s, "--token-ids", "--json", "--logits-out", out.to_str().unwrap()],
+            &env,
+        )
+        .ok()
+        .json();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let hl = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let header = std::str::from_utf8(&bytes[10..10 + hl]).unwrap();
+        assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (64, 512)"), "{header}");
+        let data: Vec<f32> = bytes[10 + hl..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(data.len(), 64 * 512);
+        (data.chunks(512).map(<[f32]>::to_vec).collect(), v)
+    };
+    let (l8, j8) = npy("8");
+    let (l2, _) = npy("2");
+    assert_eq!(j8["tokens"], 64);
+    let argmax = |r: &[f32]| r.iter().enumerate().fold(0, |b, (i, x)| if *x > r[b] { i } else { b });
+    let greedy: Vec<usize> = j8["greedy"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    assert_eq!(greedy, l8.iter().map(|r| argmax(r)).collect::<Vec<_>>());
+    assert!(l8 != l2, "the 2-bit view's logits equal the 8-bit view's");
+    let nll = |r: &[f32], t: usize| {
+        let m = r.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)) as f64;
+        m + r.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() - r[t] as f64
+    };
+    let tok: Vec<usize> = ids[..64].iter().map(|s| s.parse().unwrap()).collect();
+    let mean: f64 = (32..63).map(|j| nll(&l8[j], tok[j + 1])).sum::<f64>() / 31.0;
+    let w = run_env(
+        ["eval", "-m", b, "--pack-encoding", "q8", "--bits", "8", "--data", d, "--token-ids", "--ctx", "64", "--chunks", "1", "--json"],
+        &env,
+    )
+    .ok()
+    .json();
+    let ppl_w = w["ppl"].as_f64().unwrap();
+    assert!((mean.exp() - ppl_w).abs() / ppl_w < 1e-4, "logits-out NLL gives PPL {}, eval {ppl_w}", mean.exp());
     // Without --token-ids a model without a tokenizer says what to do; bad ids are named.
     let e = run_env(["eval", "-m", b, "--data", d, "--ctx", "64"], &env).one_line_error();
     assert!(e.contains("--token-ids"), "{e}");

@@ -100,6 +100,9 @@ fn sweep_prints_the_table_and_writes_json_and_plot() {
         assert!(f(&r["ppl"]) > 1.0 && f(&r["mean_kl"]) >= 0.0, "{r}");
         assert!(r["weight_bytes"].as_u64().unwrap() > 0);
     }
+    for r in rows {
+        assert!(f(&r["ece"]) > 0.0 && f(&r["ece"]) < 1.0, "{r}");
+    }
     // The 8-bit view is close to the base; the 2-bit view far from it.
     assert!(f(&rows[1]["mean_kl"]) < 0.05 && f(&rows[6]["mean_kl"]) > 1.0, "{v:#}");
     for r in &rows[7..9] {

@@ -306,6 +306,15 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Read a Hugging Face model folder. `tokenizer` overrides the folder's `tokenizer.json`.
 pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
+    load_hf_with(dir, tokenizer, None)
+}
+
+/// [`load_hf`], handing the quantized parts of an edge-qat export to `qat` (`qat.rs`).
+pub(crate) fn load_hf_with(
+    dir: &Path,
+    tokenizer: Option<&Path>,
+    mut qat: Option<&mut crate::qat::QatImport>,
+) -> anyhow::Result<SourceModel> {
     let config_path = dir.join("config.json");
     let cfg = read_json(&config_path)?;
     let HfConfig { arch, mut config, rope_freqs, bos, eos, name } = parse_config(&config_path, &cfg)?;
@@ -319,6 +328,11 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
         let st = SafeTensors::deserialize(&map)
             .map_err(|e| anyhow!("'{}' is not a valid safetensors file: {e}", file.display()))?;
         for (hf_name, view) in st.iter() {
+            if let Some(q) = qat.as_deref_mut() {
+                if q.take(hf_name, &view)? {
+                    continue;
+                }
+            }
             let canon = match map_name(arch, hf_name) {
                 Some(Mapped::Canonical(c)) => c,
                 Some(Mapped::Ignored) => continue,
@@ -334,6 +348,10 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
                 bail!("tensor '{hf_name}' appears twice in the safetensors files of '{}'", dir.display());
             }
         }
+    }
+
+    if let Some(q) = qat.as_deref_mut() {
+        q.finish(arch, &config, &mut found)?;
     }
 
     // Tied output head: by the config flag, or because the checkpoint has none.
@@ -380,6 +398,9 @@ pub fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceMod
     }
     // Rotate-half q and k rows (and biases, per-head norms) -> interleaved.
     crate::source::interleave_qk(&mut tensors, &config)?;
+    if let Some(q) = qat {
+        q.interleave(&tensors, &config)?;
+    }
 
     // Tokenizer, chat template, special tokens.
     let tok_path = match tokenizer {

@@ -23,6 +23,7 @@ pub mod hf;
 pub mod interrupt;
 pub mod llama2c;
 pub mod pack;
+pub mod qat;
 pub mod quant;
 pub mod rope_scaling;
 pub mod sensitivity;
@@ -32,7 +33,7 @@ mod source_detect;
 mod threads;
 pub mod tokenizer;
 
-pub use pack::{pack_file, pack_model, PackOptions, PackReport, WeightEncoding};
+pub use pack::{pack_file, pack_model, pack_model_with, PackOptions, PackReport, WeightEncoding};
 pub use source::{SourceModel, SourceTensor};
 pub use source_detect::{detect_format, load_source, resolve_input, SourceFormat};
 

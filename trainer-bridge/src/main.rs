@@ -59,10 +59,12 @@ Examples:
   edge-pack SmolLM2-135M-Instruct.Q4_1.gguf --calibrate-self -o smollm2-q8.edge
       -> nested q8 with GPTQ from 1024 self-sampled tokens and a sensitivity profile
   edge-pack stories260K.bin --allow-no-tokenizer --rtn-baseline 4 -o rtn4.edge
+  edge-pack ./qat-out --calibrate-self -o smollm2-qat.edge
+      -> an edge-qat export's trained codes as they are, with a sensitivity profile
 
 The input format is detected from the contents: a GGUF file, a Hugging Face folder
-(config.json + model.safetensors or a sharded index, F32/F16/BF16), or a llama2.c legacy
-.bin. Norms are always stored as f32. The file is written to a temporary file beside the
+(config.json + model.safetensors or a sharded index, F32/F16/BF16; with edge-qat.json, an
+edge-qat export whose 8-bit codes are packed as they are), or a llama2.c legacy .bin. Norms are always stored as f32. The file is written to a temporary file beside the
 output and renamed into place, so a failed run never leaves a partial checkpoint.
 
 Exit status: 0 on success, 1 on any error (one line on stderr: `edge-pack: error: ...`).";
@@ -85,9 +87,9 @@ struct Cli {
     encoding: Option<EncodingArg>,
 
     /// Weights per (scale, min) group along each row, for --encoding q8. A multiple of 8; rows
-    /// that are not a whole number of groups are padded.
-    #[arg(short, long, value_name = "N", default_value_t = 64)]
-    group_size: u32,
+    /// that are not a whole number of groups are padded [default: 64; an edge-qat export's own].
+    #[arg(short, long, value_name = "N")]
+    group_size: Option<u32>,
 
     /// How q8 codes are chosen: `all-views` searches each group's range to minimise the error of
     /// every view together (the 8-, 4-, 3- and 2-bit views are weighed, each against
@@ -130,9 +132,10 @@ struct Cli {
     /// GPTQ: `joint` compensates the rounding error of every view at once (a compensated copy
     /// of each row per view, codes chosen for the least summed error); `2`, `3`, `4` or `8`
     /// compensates that view alone (the others get worse: codes are shared); `off` keeps the
-    /// all-views quantizer and only measures the profile.
-    #[arg(long, value_name = "TARGET", default_value = "joint", requires = "calib", value_parser = ["joint", "off", "2", "3", "4", "8"])]
-    gptq: String,
+    /// all-views quantizer and only measures the profile [default: joint; off for an edge-qat
+    /// export, whose trained codes are stored as they are].
+    #[arg(long, value_name = "TARGET", requires = "calib", value_parser = ["joint", "off", "2", "3", "4", "8"])]
+    gptq: Option<String>,
 
     /// GPTQ's dampening of the Hessian, as a fraction of its mean diagonal (0.1: GPTQ's usual
     /// 0.01 overfits the ~1000 calibration tokens of a default run).
@@ -258,9 +261,13 @@ fn json(r: &PackReport) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output.clone().unwrap_or_else(|| default_output(&cli.input));
     let calibrating = cli.calibrate.is_some() || cli.calibrate_self;
+    // An edge-qat export (trained 8-bit codes): q8 in its groups, no GPTQ, unless told otherwise
+    // (the packer refuses what contradicts the codes).
+    let resolved = edge_pack::resolve_input(&cli.input)?;
+    let qat = edge_pack::qat::is_export(&resolved).then(|| edge_pack::qat::QatImport::open(&resolved)).transpose()?;
     let encoding: WeightEncoding = match cli.encoding {
         Some(e) => e.into(),
-        None if calibrating => WeightEncoding::Nested8,
+        None if calibrating || (qat.is_some() && cli.rtn_baseline.is_none()) => WeightEncoding::Nested8,
         None => WeightEncoding::F16,
     };
     if calibrating && encoding != WeightEncoding::Nested8 {
@@ -280,7 +287,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         c.seq_len = cli.calibrate_seq_len;
         c.seed = cli.calibrate_seed;
         c.profile_tokens = cli.profile_tokens;
-        c.gptq = cli.gptq.parse().expect("checked by clap");
+        let default_gptq = if qat.is_some() { "off" } else { "joint" };
+        c.gptq = cli.gptq.as_deref().unwrap_or(default_gptq).parse().expect("checked by clap");
         c.damp = cli.gptq_damp;
         c.view_weights = cli.gptq_view_weights.0;
         c
@@ -289,7 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         encoding,
         calibration,
         rtn_baseline,
-        group_size: cli.group_size,
+        group_size: cli.group_size.unwrap_or(qat.as_ref().map_or(64, |q| q.group_size)),
         tokenizer: cli.tokenizer.clone(),
         allow_no_tokenizer: cli.allow_no_tokenizer,
         force: cli.force,

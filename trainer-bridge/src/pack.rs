@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
-use edge_runtime::blocks::pack_nested8_planes;
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
 use edge_runtime::format::{keys, CheckpointWriter, Encoding, MetaValue, TensorData};
 use edge_runtime::Checkpoint;
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
 use crate::calibrate::{self, AlignedBytes, CalibrationOptions, CalibrationSource, GptqFactor, GptqTarget};
+use crate::qat::QatImport;
 use crate::source::{SourceModel, SourceTensor};
 use crate::source_detect::{self, SourceFormat};
 
@@ -228,20 +229,7 @@ pub fn encode_tensor_with(
                 }
                 _ => crate::quant::quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?,
             };
-            let mut segs = Vec::with_capacity(5);
-            segs.push(
-                params
-                    .iter()
-                    .flat_map(|p| {
-                        let mut b = [0u8; 4];
-                        b[..2].copy_from_slice(&p.scale.to_bits().to_le_bytes());
-                        b[2..].copy_from_slice(&p.min.to_bits().to_le_bytes());
-                        b
-                    })
-                    .collect(),
-            );
-            segs.extend(pack_nested8_planes(&codes));
-            segs
+            nested8_segments(&params, &codes)
         }
     };
     Ok(TensorData {
@@ -251,6 +239,43 @@ pub fn encode_tensor_with(
         group_size: group,
         segments,
     })
+}
+
+/// The segments of a nested 8-bit tensor: its group parameters, then its planes.
+fn nested8_segments(params: &[GroupParams], codes: &[u8]) -> Vec<Vec<u8>> {
+    let mut segs = Vec::with_capacity(5);
+    segs.push(
+        params
+            .iter()
+            .flat_map(|p| {
+                let mut b = [0u8; 4];
+                b[..2].copy_from_slice(&p.scale.to_bits().to_le_bytes());
+                b[2..].copy_from_slice(&p.min.to_bits().to_le_bytes());
+                b
+            })
+            .collect(),
+    );
+    segs.extend(pack_nested8_planes(codes));
+    segs
+}
+
+/// Refuse options that would not store an edge-qat export's codes as they are.
+fn check_qat_options(q: &QatImport, opts: &PackOptions) -> anyhow::Result<()> {
+    if opts.rtn_baseline.is_some() {
+        bail!("--rtn-baseline re-quantizes the weights; an edge-qat export is packed as its trained codes (pack its base model for a baseline)");
+    }
+    if opts.encoding != WeightEncoding::Nested8 {
+        bail!("an edge-qat export holds 8-bit codes: pack it as q8 (drop --encoding {}, q8 is its default)", opts.encoding.name());
+    }
+    if opts.group_size != q.group_size {
+        bail!("the edge-qat export's codes are in groups of {}, not {}: drop --group-size (or pass -g {})", q.group_size, opts.group_size, q.group_size);
+    }
+    if let Some(co) = &opts.calibration {
+        if co.gptq != GptqTarget::Off {
+            bail!("GPTQ would re-quantize the edge-qat export's trained codes: pass --gptq off (its default) to measure only the sensitivity profile");
+        }
+    }
+    Ok(())
 }
 
 fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
@@ -386,6 +411,20 @@ fn phase(bar: &ProgressBar, msg: &'static str, len: u64, unit: &str) {
 
 /// Encode `model` and write it atomically to `output`.
 pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> anyhow::Result<PackReport> {
+    pack_model_with(model, None, output, opts)
+}
+
+/// [`pack_model`]; the matrices `imported` holds codes of (an edge-qat export, `qat.rs`) are
+/// stored as those codes, never re-quantized.
+pub fn pack_model_with(
+    model: &SourceModel,
+    imported: Option<&QatImport>,
+    output: &Path,
+    opts: &PackOptions,
+) -> anyhow::Result<PackReport> {
+    if let Some(q) = imported {
+        check_qat_options(q, opts)?;
+    }
     let start = Instant::now();
     let grouped = opts.encoding == WeightEncoding::Nested8 || opts.rtn_baseline.is_some();
     if grouped && (opts.group_size == 0 || !opts.group_size.is_multiple_of(8)) {
@@ -514,7 +553,15 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
     let mut done_layer: Option<usize> = None;
     for t in tensors {
         n_params += t.data.len() as u64;
-        let td = if let Some(bits) = opts.rtn_baseline.filter(|_| t.shape.len() == 2) {
+        let td = if let Some(c) = imported.and_then(|q| q.codes.get(&t.name)) {
+            TensorData {
+                name: t.name.clone(),
+                encoding: Encoding::Nested8,
+                shape: t.shape.clone(),
+                group_size: opts.group_size,
+                segments: nested8_segments(&c.params, &c.codes),
+            }
+        } else if let Some(bits) = opts.rtn_baseline.filter(|_| t.shape.len() == 2) {
             let cols = t.shape[1] as usize;
             let q = SourceTensor { name: t.name.clone(), shape: t.shape.clone(), data: rtn_rows(&t.data, cols, bits, opts.group_size as usize) };
             encode_tensor(&q, WeightEncoding::F16, 0, opts.objective)?
@@ -558,6 +605,9 @@ pub fn pack_model(model: &SourceModel, output: &Path, opts: &PackOptions) -> any
         .to_string();
         w.set_meta("edge.baseline", MetaValue::Str(&json));
         baseline = Some(json);
+    }
+    if let Some(q) = imported {
+        w.set_meta(crate::qat::QAT_KEY, MetaValue::Str(&q.metadata));
     }
 
     // The profile, measured on the encoded checkpoint in memory; then the file is written once.
@@ -639,6 +689,11 @@ pub fn pack_file(input: &Path, output: &Path, opts: &PackOptions) -> anyhow::Res
         if a == b {
             bail!("output '{}' is the input; choose another output file", output.display());
         }
+    }
+    let resolved = source_detect::resolve_input(input)?;
+    if crate::qat::is_export(&resolved) {
+        let (model, q) = crate::qat::load_qat(&resolved, opts.tokenizer.as_deref())?;
+        return pack_model_with(&model, Some(&q), output, opts);
     }
     let model = source_detect::load_source(input, opts.tokenizer.as_deref())?;
     pack_model(&model, output, opts)

@@ -106,6 +106,12 @@ pub fn detect_format(path: &Path) -> anyhow::Result<SourceFormat> {
 /// comes from (a `tokenizer.json`).
 pub fn load_source(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<SourceModel> {
     let path = &resolve_input(path)?;
+    if crate::qat::is_export(path) {
+        bail!(
+            "'{}' is an edge-qat export of trained 8-bit codes: pack it with edge-pack (which stores those codes as they are), then run the .edge file",
+            path.display()
+        );
+    }
     match detect_format(path)? {
         SourceFormat::Gguf => crate::gguf::load_gguf(path, tokenizer),
         SourceFormat::HuggingFace => crate::hf::load_hf(path, tokenizer),

@@ -1,0 +1,287 @@
+//! Reading an `edge-qat` export: a Hugging Face folder whose quantized matrices are stored as
+//! the trained 8-bit codes and f16 group parameters, with a manifest `edge-qat.json`:
+//! ```text
+//! model.safetensors   NAME          F32   tensors not quantized (norms)
+//!                     NAME.qcodes   U8    [rows, padded_cols]      padding codes 0
+//!                     NAME.qscale   F16   [rows, padded_cols / g]
+//!                     NAME.qmin     F16   [rows, padded_cols / g]
+//! edge-qat.json       {"format": "edge-qat", "version": 1, "group_size": g,
+//!                      "cols": {NAME: cols}, "quantized": [NAME], "base": ..., "train": {...}}
+//! ```
+//! (NAME: the base model's Hugging Face names.) The packer stores exactly these codes and
+//! parameters, never re-quantizing them: the QAT model was trained against them, so the
+//! runtime's views must be the trained model's views. The folder is read by the Hugging Face
+//! importer (`hf.rs`: config, name mapping, tokenizer), which hands the quantized parts here;
+//! the rest of the model carries the 8-bit view of each quantized matrix as its values (what
+//! self-sampled calibration runs, the profile being measured on the stored codes themselves).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use edge_runtime::arch::Arch;
+use edge_runtime::blocks::{nested8_step_offset, GroupParams};
+use edge_runtime::Config;
+use half::f16;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::Value;
+
+use crate::source::{SourceModel, SourceTensor};
+
+/// The manifest's file name; a folder holding it is an edge-qat export.
+pub const MANIFEST: &str = "edge-qat.json";
+/// The format version this reader understands.
+pub const VERSION: u64 = 1;
+/// Checkpoint metadata: the manifest's format, version, group size, base and `train` block.
+pub const QAT_KEY: &str = "edge.qat";
+
+const SUFFIXES: [&str; 3] = [".qcodes", ".qscale", ".qmin"];
+
+/// Whether `path` is an edge-qat export (a folder with [`MANIFEST`]).
+pub fn is_export(path: &Path) -> bool {
+    path.is_dir() && path.join(MANIFEST).is_file()
+}
+
+/// One quantized matrix as exported, under its canonical name, rows in the runtime's order.
+#[derive(Debug, Clone)]
+pub struct ImportedCodes {
+    pub rows: usize,
+    pub cols: usize,
+    /// `cols` rounded up to whole groups.
+    pub padded_cols: usize,
+    /// `[rows, padded_cols]`.
+    pub codes: Vec<u8>,
+    /// `[rows, padded_cols / group_size]`.
+    pub params: Vec<GroupParams>,
+}
+
+/// The three raw parts of one quantized tensor, as read from safetensors.
+#[derive(Default)]
+struct Parts {
+    codes: Option<(Vec<usize>, Vec<u8>)>,
+    scale: Option<(Vec<usize>, Vec<f16>)>,
+    min: Option<(Vec<usize>, Vec<f16>)>,
+}
+
+/// An edge-qat export being read: its manifest, then its codes by canonical tensor name.
+pub struct QatImport {
+    dir: String,
+    pub group_size: u32,
+    cols: BTreeMap<String, u64>,
+    quantized: Vec<String>,
+    /// `edge.qat` metadata (JSON).
+    pub metadata: String,
+    parts: BTreeMap<String, Parts>,
+    /// Canonical name -> codes.
+    pub codes: BTreeMap<String, ImportedCodes>,
+}
+
+impl QatImport {
+    /// Read and check the manifest of the export at `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<QatImport> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        let m: Value =
+            serde_json::from_str(&text).with_context(|| format!("'{}' is not valid JSON", path.display()))?;
+        let at = path.display();
+        match m.get("format").and_then(Value::as_str) {
+            Some("edge-qat") => {}
+            other => bail!("'{at}' has format {other:?}, not \"edge-qat\": is it an export of the edge-qat Python package?"),
+        }
+        match m.get("version").and_then(Value::as_u64) {
+            Some(VERSION) => {}
+            other => bail!(
+                "'{at}' is edge-qat version {}, this edge-pack reads version {VERSION}: export with a matching edge-qat or update edge-pack",
+                other.map_or("?".to_string(), |v| v.to_string())
+            ),
+        }
+        let group_size = m
+            .get("group_size")
+            .and_then(Value::as_u64)
+            .filter(|&g| g > 0 && g % 8 == 0 && g <= 1 << 16)
+            .ok_or_else(|| anyhow!("'{at}': group_size must be a positive multiple of 8"))? as u32;
+        let cols: BTreeMap<String, u64> = m
+            .get("cols")
+            .and_then(Value::as_object)
+            .ok_or_else(|| anyhow!("'{at}' lacks 'cols' (the column count of each quantized tensor)"))?
+            .iter()
+            .map(|(k, v)| v.as_u64().filter(|&c| c > 0).map(|c| (k.clone(), c)).ok_or_else(|| anyhow!("'{at}': cols of '{k}' = {v} is not a positive integer")))
+            .collect::<anyhow::Result<_>>()?;
+        let quantized: Vec<String> = m
+            .get("quantized")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow!("'{at}' lacks 'quantized' (the list of quantized tensors)"))?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("'{at}': 'quantized' must list tensor names")))
+            .collect::<anyhow::Result<_>>()?;
+        if let Some(n) = quantized.iter().find(|n| !cols.contains_key(*n)) {
+            bail!("'{at}' lists '{n}' as quantized but gives no cols for it");
+        }
+        let metadata = serde_json::json!({
+            "format": "edge-qat",
+            "version": VERSION,
+            "group_size": group_size,
+            "base": m.get("base").cloned().unwrap_or(Value::Null),
+            "train": m.get("train").cloned().unwrap_or(Value::Null),
+        })
+        .to_string();
+        Ok(QatImport {
+            dir: dir.display().to_string(),
+            group_size,
+            cols,
+            quantized,
+            metadata,
+            parts: BTreeMap::new(),
+            codes: BTreeMap::new(),
+        })
+    }
+
+    /// Take `hf_name` if it is a part of a quantized tensor (`.qcodes`, `.qscale`, `.qmin`).
+    pub(crate) fn take(&mut self, hf_name: &str, view: &TensorView<'_>) -> anyhow::Result<bool> {
+        let Some((base, suffix)) = SUFFIXES.iter().find_map(|s| hf_name.strip_suffix(s).map(|b| (b, *s))) else {
+            return Ok(false);
+        };
+        if !self.quantized.iter().any(|q| q == base) {
+            bail!("'{}' holds '{hf_name}' but {MANIFEST} does not list '{base}' as quantized", self.dir);
+        }
+        let shape = view.shape().to_vec();
+        let p = self.parts.entry(base.to_owned()).or_default();
+        let want = if suffix == ".qcodes" { Dtype::U8 } else { Dtype::F16 };
+        if view.dtype() != want {
+            bail!("tensor '{hf_name}' has dtype {:?}; an edge-qat export stores it as {want:?}", view.dtype());
+        }
+        let dup = match suffix {
+            ".qcodes" => p.codes.replace((shape, view.data().to_vec())).is_some(),
+            _ => {
+                let v: Vec<f16> =
+                    view.data().chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
+                let slot = if suffix == ".qscale" { &mut p.scale } else { &mut p.min };
+                slot.replace((shape, v)).is_some()
+            }
+        };
+        if dup {
+            bail!("tensor '{hf_name}' appears twice in '{}'", self.dir);
+        }
+        Ok(true)
+    }
+
+    /// Check every quantized tensor against the config and the manifest, keep its codes under
+    /// its canonical name and put its 8-bit view into `found` as the tensor's values.
+    pub(crate) fn finish(
+        &mut self,
+        arch: &Arch,
+        config: &Config,
+        found: &mut BTreeMap<String, SourceTensor>,
+    ) -> anyhow::Result<()> {
+        let g = self.group_size as usize;
+        // Shapes from the architecture; a tied model still has the head's shape for an
+        // export that quantized `lm_head` (the HF importer drops it after).
+        let untied = Config { tied_embeddings: false, ..*config };
+        let expected = arch.tensors(&untied);
+        for hf in std::mem::take(&mut self.quantized) {
+            let missing = |what: &str| anyhow!("'{}' lacks '{hf}{what}' of quantized tensor '{hf}'; re-export it", self.dir);
+            let parts = self.parts.remove(&hf).ok_or_else(|| missing(".qcodes"))?;
+            let (cshape, codes) = parts.codes.ok_or_else(|| missing(".qcodes"))?;
+            let (sshape, scale) = parts.scale.ok_or_else(|| missing(".qscale"))?;
+            let (mshape, min) = parts.min.ok_or_else(|| missing(".qmin"))?;
+            let canon = arch
+                .from_hf(&hf)
+                .ok_or_else(|| anyhow!("'{}' quantizes '{hf}', which a {} model does not have", self.dir, arch.name))?;
+            let shape = expected
+                .iter()
+                .find(|e| e.name == canon)
+                .map(|e| e.shape.clone())
+                .ok_or_else(|| anyhow!("'{}' quantizes '{hf}', which this {} config does not use", self.dir, arch.name))?;
+            let [rows, cols] = shape[..] else {
+                bail!("'{}' quantizes '{hf}', a vector of shape {shape:?}; only matrices are quantized", self.dir)
+            };
+            let (rows, cols) = (rows as usize, cols as usize);
+            if self.cols[&hf] as usize != cols {
+                bail!("{MANIFEST} gives '{hf}' {} cols, the config implies {cols}", self.cols[&hf]);
+            }
+            let padded = cols.div_ceil(g) * g;
+            let groups = padded / g;
+            if cshape != [rows, padded] {
+                bail!("'{hf}.qcodes' has shape {cshape:?}, expected [{rows}, {padded}] ({cols} cols padded to groups of {g})");
+            }
+            for (what, s) in [("qscale", &sshape), ("qmin", &mshape)] {
+                if *s != [rows, groups] {
+                    bail!("'{hf}.{what}' has shape {s:?}, expected [{rows}, {groups}] (groups of {g} per row)");
+                }
+            }
+            if padded > cols {
+                for (r, row) in codes.chunks(padded).enumerate() {
+                    if let Some(j) = row[cols..].iter().position(|&c| c != 0) {
+                        bail!("'{hf}.qcodes' has code {} in the padding of row {r} (column {}); padding codes must be 0", row[cols + j], cols + j);
+                    }
+                }
+            }
+            for (what, v) in [("qscale", &scale), ("qmin", &min)] {
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    bail!("'{hf}.{what}' holds a non-finite value ({}) at group {i}", v[i]);
+                }
+            }
+            let params: Vec<GroupParams> =
+                scale.iter().zip(&min).map(|(&scale, &min)| GroupParams { scale, min }).collect();
+            // The 8-bit view, by the runtime's contract.
+            let mut data = Vec::with_capacity(rows * cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (step, offset) = nested8_step_offset(params[r * groups + c / g], 8);
+                    data.push(codes[r * padded + c] as f32 * step + offset);
+                }
+            }
+            if let Some(x) = data.iter().find(|x| !x.is_finite()) {
+                bail!("the 8-bit view of '{hf}' overflows to {x}; its group parameters are out of range");
+            }
+            let t = SourceTensor { name: canon.clone(), shape: shape.clone(), data };
+            if found.insert(canon.clone(), t).is_some() {
+                bail!("'{}' holds both '{hf}' and its codes '{hf}.qcodes'; a quantized tensor is stored as codes only", self.dir);
+            }
+            self.codes.insert(canon, ImportedCodes { rows, cols, padded_cols: padded, codes, params });
+        }
+        if let Some(extra) = self.parts.keys().next() {
+            bail!("'{}' holds codes of '{extra}', which {MANIFEST} does not list as quantized", self.dir);
+        }
+        Ok(())
+    }
+
+    /// Put the q and k rows of the codes and parameters into the runtime's interleaved order,
+    /// as the importer does with values (the one place that knows the permutation), and drop
+    /// the codes of tensors the model no longer has (a tied head).
+    pub(crate) fn interleave(&mut self, model_tensors: &[SourceTensor], config: &Config) -> anyhow::Result<()> {
+        self.codes.retain(|name, _| model_tensors.iter().any(|t| &t.name == name));
+        // Codes (< 256) and f16 values are exact in f32, so the permutation moves them unchanged.
+        let as_f32 = |field: fn(&ImportedCodes) -> (usize, Vec<f32>)| -> Vec<SourceTensor> {
+            self.codes
+                .iter()
+                .map(|(n, c)| {
+                    let (w, data) = field(c);
+                    SourceTensor { name: n.clone(), shape: vec![c.rows as u64, w as u64], data }
+                })
+                .collect()
+        };
+        let mut codes = as_f32(|c| (c.padded_cols, c.codes.iter().map(|&q| q as f32).collect()));
+        let mut scale = as_f32(|c| (c.params.len() / c.rows, c.params.iter().map(|p| p.scale.to_f32()).collect()));
+        let mut min = as_f32(|c| (c.params.len() / c.rows, c.params.iter().map(|p| p.min.to_f32()).collect()));
+        for set in [&mut codes, &mut scale, &mut min] {
+            crate::source::interleave_qk(set, config)?;
+        }
+        for ((c, s), m) in codes.into_iter().zip(scale).zip(min) {
+            let e = self.codes.get_mut(&c.name).expect("built from these codes");
+            e.codes = c.data.iter().map(|&q| q as u8).collect();
+            e.params = s.data.iter().zip(&m.data).map(|(&s, &m)| GroupParams { scale: f16::from_f32(s), min: f16::from_f32(m) }).collect();
+        }
+        Ok(())
+    }
+}
+
+/// Read the edge-qat export at `dir`: the model (each quantized matrix's values being its
+/// 8-bit view) and the codes to pack.
+pub fn load_qat(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<(SourceModel, QatImport)> {
+    let mut q = QatImport::open(dir)?;
+    let mut model = crate::hf::load_hf_with(dir, tokenizer, Some(&mut q))?;
+    model.source = model.source.replace("(Hugging Face safetensors)", "(edge-qat export)");
+    Ok((model, q))
+}
