@@ -92,6 +92,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut base_scores = Scores::default();
     let mut base_rows: Vec<f32> = Vec::new();
     let mut window_ppl = Vec::with_capacity(n_windows);
+    // The model's stored planes are checked beside the windows (not the base's: a reference).
+    let mut verifier = (!args.model.no_verify).then(|| crate::verify::Verifier::start(&file.path, &main.ck, &main.selection.plan, false));
     let meter = crate::energy::meter(args.power_sensor.as_deref(), None, false)?;
     let mut joules = 0.0;
     let t0 = Instant::now();
@@ -103,7 +105,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         let base_logits = base.as_ref().map(|_| base_rows.as_slice());
         let j0 = meter.as_ref().map(|m| m.joules());
-        score_window(&mut model, &corpus, &window, batch, base_logits, &mut scores, None)?;
+        if let Some(v) = &verifier {
+            v.poll()?;
+        }
+        if let Err(e) = score_window(&mut model, &corpus, &window, batch, base_logits, &mut scores, None) {
+            return Err(match verifier.as_mut() {
+                Some(v) => v.explain(e),
+                None => e,
+            });
+        }
         if let (Some(m), Some(j0)) = (&meter, j0) {
             joules += m.joules() - j0;
         }
@@ -121,6 +131,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
+    let verified = verifier.map(crate::verify::Verifier::finish).transpose()?;
     let processed = n_windows * ctx * if base.is_some() { 2 } else { 1 };
     let scored = scores.nll.count();
     let (ppl, ppl_se) = scores.nll.ppl();
@@ -168,6 +179,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "mean_nll": scores.nll.mean(),
             "ppl": ppl,
             "ppl_stderr": ppl_se,
+            "verified": verified.map(crate::verify::Summary::to_json),
             "ece": scores.calib.ece(),
             "ece_bins": crate::perplexity::ECE_BINS,
             "mean_top1_probability": scores.calib.confidence_accuracy().0,

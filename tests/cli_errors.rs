@@ -459,6 +459,13 @@ fn every_flipped_bit_in_the_planes_a_view_reads_is_caught() {
         let args = ["-m", p.to_str().unwrap(), "--bits", "4", "-p", "Once upon a time", "-n", "4", "--temp", "0"];
         let e = run(args).one_line_error();
         assert!(e.contains(&format!("checksum mismatch in {what}")), "trial {trial}: {e}");
+        if trial == 0 {
+            let w = scratch().join(format!("flipped-text-{}.txt", std::process::id()));
+            std::fs::write(&w, &std::fs::read(wiki_test()).unwrap()[..8_000]).unwrap();
+            let e = run(["eval", "-m", p.to_str().unwrap(), "--bits", "4", "--data", w.to_str().unwrap(), "--ctx", "128"]).one_line_error();
+            let _ = std::fs::remove_file(w);
+            assert!(e.contains(&format!("checksum mismatch in {what}")), "eval: {e}");
+        }
         // --no-verify runs on it (and may give other text, or meet a scale turned NaN).
         let mut unchecked = args.to_vec();
         unchecked.push("--no-verify");
