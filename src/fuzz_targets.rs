@@ -76,7 +76,7 @@ fn plan_seeds() -> Vec<Vec<u8>> {
 
 #[test]
 fn fuzz_board() {
-    check("board", board_seeds(), 4000, board);
+    check("board", board_seeds(), 40000, board);
 }
 
 #[test]

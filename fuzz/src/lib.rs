@@ -23,6 +23,38 @@ use std::time::{Duration, Instant};
 
 pub mod targets;
 
+/// One allocation larger than this is an out-of-memory bug (a size taken from the input without a
+/// bound): [`LimitAlloc`] saves the input and the process ends, as libFuzzer's `-malloc_limit_mb`.
+pub const ALLOC_LIMIT: usize = 4 << 30;
+
+/// The input being executed and its target, for [`LimitAlloc`] (an abort cannot be caught).
+static CURRENT_INPUT: Mutex<Option<(String, Vec<u8>)>> = Mutex::new(None);
+static IN_OOM: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, refusing (after saving the input being executed) any allocation over
+/// [`ALLOC_LIMIT`]. Install it in a fuzz test binary with `#[global_allocator]`.
+pub struct LimitAlloc;
+
+// SAFETY: every call is forwarded to `System` unchanged, except oversized ones, which return
+// null (what an allocator that is out of memory returns) after reporting them.
+unsafe impl std::alloc::GlobalAlloc for LimitAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOC_LIMIT && !IN_OOM.swap(true, Ordering::SeqCst) {
+            if let Ok(Some((name, data))) = CURRENT_INPUT.try_lock().map(|c| c.clone()) {
+                let path = save(&out_dir(), &name, "oom", &data);
+                eprintln!("fuzz {name}: OUT OF MEMORY: one allocation of {} bytes; input saved to {}", layout.size(), path.display());
+            }
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's layout contract is passed on as is.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
 /// One execution longer than this is reported as a hang.
 pub const HANG_LIMIT: Duration = Duration::from_secs(10);
 /// Most inputs a corpus grows to (seeds included).
@@ -41,7 +73,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -50,7 +82,7 @@ impl Rng {
     }
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
     fn chance(&mut self, one_in: usize) -> bool {
         self.below(one_in) == 0
@@ -75,7 +107,7 @@ fn pick_offset(rng: &mut Rng, len: usize) -> usize {
 /// One mutation of `data` in place; `other` is another corpus entry for splices.
 pub fn mutate_once(data: &mut Vec<u8>, other: &[u8], rng: &mut Rng) {
     if data.is_empty() {
-        data.extend((0..1 + rng.below(16)).map(|_| rng.next() as u8));
+        data.extend((0..1 + rng.below(16)).map(|_| rng.next_u64() as u8));
         return;
     }
     let len = data.len();
@@ -90,7 +122,7 @@ pub fn mutate_once(data: &mut Vec<u8>, other: &[u8], rng: &mut Rng) {
         }
         2 => {
             let i = pick_offset(rng, len);
-            data[i] = rng.next() as u8;
+            data[i] = rng.next_u64() as u8;
         }
         3 if len >= 4 => {
             let i = pick_offset(rng, len - 3);
@@ -120,7 +152,7 @@ pub fn mutate_once(data: &mut Vec<u8>, other: &[u8], rng: &mut Rng) {
         }
         7 if len < MAX_GROWTH || rng.chance(8) => {
             let n = 1 + rng.below(64);
-            let fill = if rng.chance(2) { 0 } else { rng.next() as u8 };
+            let fill = if rng.chance(2) { 0 } else { rng.next_u64() as u8 };
             let at = rng.below(len + 1);
             data.splice(at..at, std::iter::repeat_n(fill, n));
         }
@@ -218,7 +250,7 @@ fn save(dir: &Path, target: &str, kind: &str, data: &[u8]) -> PathBuf {
 /// not by value.
 fn outcome_key(s: &str) -> String {
     let words: Vec<&str> = s.split_whitespace().filter(|w| !w.chars().any(|c| c.is_ascii_digit())).collect();
-    words.join(" ").chars().take(80).collect()
+    words.join(" ").chars().take(48).collect()
 }
 
 /// How many executions a run makes: `$EDGE_FUZZ_EXECS` if set, else `default`.
@@ -284,12 +316,16 @@ pub fn run(name: &str, seeds: Vec<Vec<u8>>, execs: u64, target: Target) -> Repor
         let input = if (n as usize) < n_seeds {
             corpus[n as usize].clone()
         } else {
-            let a = rng.below(corpus.len());
+            // Half the time a real seed: the corpus's later entries are mostly cut-down mutants.
+            let a = if rng.chance(2) { rng.below(n_seeds) } else { rng.below(corpus.len()) };
             let b = rng.below(corpus.len());
             mutate(&corpus[a], &corpus[b], &mut rng)
         };
         if let Ok(mut c) = current.lock() {
             c.clone_from(&input);
+        }
+        if let Ok(mut c) = CURRENT_INPUT.lock() {
+            *c = Some((name.to_string(), input.clone()));
         }
         started_ns.store((t0.elapsed().as_nanos() as u64).max(1), Ordering::Relaxed);
         let result = panic::catch_unwind(AssertUnwindSafe(|| target(&input)));

@@ -278,7 +278,7 @@ pub fn tiny_gguf(tokenizer_model: &str) -> Vec<u8> {
         let n: u64 = dims.iter().product();
         for j in 0..n {
             let v = if name.ends_with("norm.weight") { 1.0 } else { ((i as u64 * 31 + j * 7) % 13) as f32 / 13.0 - 0.5 };
-            data.extend((v as f32).to_le_bytes());
+            data.extend(v.to_le_bytes());
         }
         while data.len() % 32 != 0 {
             data.push(0);

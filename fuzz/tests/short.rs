@@ -3,7 +3,10 @@
 //! run is `benches/fuzz-long.sh`). A crash fails the test naming the target and the saved input;
 //! a hang over 10 s ends the process the same way.
 
-use edge_fuzz::{check, targets as t};
+use edge_fuzz::{check, targets as t, LimitAlloc};
+
+#[global_allocator]
+static ALLOC: LimitAlloc = LimitAlloc;
 
 #[test]
 fn fuzz_edge() {
@@ -43,4 +46,14 @@ fn fuzz_hf_config() {
 #[test]
 fn fuzz_safetensors() {
     check("safetensors", t::safetensors_seeds(), 500, t::safetensors);
+}
+
+/// Found by `edge_fixed` (seed 1): a corrupt dimension in the config made `Cpu::new` allocate
+/// 5.9 GB before the tensors were bound and found not to match; `Model::build` now checks the
+/// stored shapes against the config first.
+#[test]
+fn regression_edge_fixed_oom_in_backend_new() {
+    let data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/regressions/edge_fixed-oom-f31ef01a182681c8")).unwrap();
+    let outcome = edge_fuzz::replay(t::edge_fixed, &data);
+    assert!(!outcome.starts_with("model: ok"), "{outcome}");
 }

@@ -33,16 +33,16 @@ const PI5: &str = "     3V7_WL_SW_A current(0)=0.00000000A
 #[test]
 fn fuzz_sensor_file() {
     let seeds = ["4.2 W", "4.2W", "123.4 J\n", "  0.5\n"].iter().map(|s| s.as_bytes().to_vec()).collect();
-    check("sensor_file", seeds, 20000, file_reading);
+    check("sensor_file", seeds, 100000, file_reading);
 }
 
 #[test]
 fn fuzz_sensor_pmic() {
-    check("sensor_pmic", vec![PI5.as_bytes().to_vec()], 20000, pmic);
+    check("sensor_pmic", vec![PI5.as_bytes().to_vec()], 100000, pmic);
 }
 
 #[test]
 fn fuzz_sensor_sysfs() {
     let seeds = ["5123456\n", "12.5", "-1", "262143328850\n"].iter().map(|s| s.as_bytes().to_vec()).collect();
-    check("sensor_sysfs", seeds, 20000, sysfs_number);
+    check("sensor_sysfs", seeds, 100000, sysfs_number);
 }
