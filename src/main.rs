@@ -20,6 +20,8 @@ mod cli;
 mod controller;
 mod energy;
 mod energy_plot;
+#[cfg(test)]
+mod fuzz_targets;
 mod loader;
 mod logits_out;
 mod memory;

@@ -19,6 +19,8 @@
 
 mod battery;
 mod file;
+#[cfg(test)]
+mod fuzz;
 mod host;
 mod ina3221;
 mod meter;
