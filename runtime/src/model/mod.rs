@@ -202,15 +202,7 @@ impl<'a, B: Backend> Model<'a, B> {
         let config = Config::from_checkpoint(ck)?;
         let (max_seq_len, max_batch) = Self::sizes(&config, opts)?;
         Self::check_kv_format(&config, opts.kv)?;
-        // The stored tensors must have the config's shapes before the backend sizes its buffers
-        // by the config: a corrupt dimension would otherwise allocate gigabytes first (fuzzing).
-        for t in crate::arch::of_checkpoint(ck)?.tensors(&config) {
-            if let Some(info) = ck.tensor(&t.name) {
-                if info.shape != t.shape {
-                    return Err(Error::ShapeMismatch { name: t.name, expected: t.shape, found: info.shape.clone() });
-                }
-            }
-        }
+        Weights::<B>::check(ck, &config)?;
         let backend = B::new(&config, max_batch, max_seq_len)?;
         let weights = Weights::bind(ck, &config, plan, &backend, None, release)?;
         Self::assemble(config, weights, backend, opts, max_seq_len, max_batch)

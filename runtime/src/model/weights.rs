@@ -229,6 +229,23 @@ impl<'a, B: Backend> Weights<'a, B> {
         unread
     }
 
+    /// Check that `ck` stores exactly the tensors config `c` implies, with its shapes: before
+    /// anything is sized by the config (a corrupt dimension would allocate gigabytes first), and
+    /// so that a tensor the config does not use (a lowered block count, say) is refused rather
+    /// than a part of the model run.
+    pub fn check(ck: &Checkpoint<'_>, c: &Config) -> Result<()> {
+        let expected = crate::arch::of_checkpoint(ck)?.tensors(c);
+        for t in &expected {
+            check_shape(require(ck, &t.name)?, &t.shape)?;
+        }
+        if let Some(t) = ck.tensors.iter().find(|t| !expected.iter().any(|e| e.name == t.name)) {
+            return Err(Error::Corrupt {
+                what: format!("tensor '{}' is not one of the {} its config ({} layers) uses", t.name, expected.len(), c.n_layers),
+            });
+        }
+        Ok(())
+    }
+
     /// Bind every weight of `ck` at the views `plan` picks, checking names and shapes against
     /// the config. `release(offset, length)` is told, as each matrix is prepared, the stored
     /// ranges its prepared copy replaced (so a mapped file's pages can leave memory before the
@@ -242,14 +259,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         release: &dyn Fn(u64, u64),
     ) -> Result<Self> {
         let arch = crate::arch::of_checkpoint(ck)?;
-        // A tensor the config does not use means the config was altered (a lowered block count,
-        // say) or the file is not what it claims: refuse it rather than run part of a model.
         let expected = arch.tensors(c);
-        if let Some(t) = ck.tensors.iter().find(|t| !expected.iter().any(|e| e.name == t.name)) {
-            return Err(Error::Corrupt {
-                what: format!("tensor '{}' is not one of the {} its config ({} layers) uses", t.name, expected.len(), c.n_layers),
-            });
-        }
         let mut globals = Slots::new();
         let mut layers: Vec<Slots<'a, B::Matrix<'a>>> = (0..c.n_layers).map(|_| Slots::new()).collect();
         // Every matrix not kept from `reuse`, to prepare: (tensor, its info, its view).
