@@ -259,7 +259,7 @@ fn spread<const BITS: usize>(q: &mut [u8], bytes: &[u8], shift: u8) {
     }
 }
 
-/// The `view_bits`-bit view's codes `q >> (8 - view_bits)` (2 to 6 bits) of the first
+/// The `view_bits`-bit view's codes `q >> (8 - view_bits)` (2 to 6 or 8 bits) of the first
 /// `numel` codes (a multiple of 8), repacked from the view's planes for kernels that read a
 /// code in one pass (`kernels::Prepared::Runs`). Codes go in runs of 256 (flat index;
 /// the last run padded with zero codes), `32 · view_bits` bytes each: `view_bits` words of 32
@@ -275,11 +275,12 @@ fn spread<const BITS: usize>(q: &mut [u8], bytes: &[u8], shift: u8) {
 ///          W_4[b] = F4 | (F6 >> 3) << 5 | (F7 >> 4) << 7
 /// 6 bits:  W_i[b] = F_i | (F_6+i%2 >> 2·(i/2) & 3) << 6   (i < 6: F6 in the top bits of W0,
 ///          W2, W4, low bits first; F7 in those of W1, W3, W5)
+/// 8 bits:  W_i[b] = F_i   (i < 8)
 /// ```
 /// (each `F` at byte `b`), so each field is one to three shifts and masks of a word, and dword
 /// `m` of every field lies in subgroup `RUN_PI[m]`. Same bits per code as the view's planes.
 pub fn repack_top(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8> {
-    assert!(matches!(view_bits, 2..=6) && numel.is_multiple_of(8));
+    assert!(matches!(view_bits, 2..=6 | 8) && numel.is_multiple_of(8));
     let n = nested8_planes_for_view(view_bits).unwrap_or(0);
     assert!(planes.len() >= n && planes.iter().zip(NESTED8_PLANES).take(n).all(|(p, s)| p.len() * 8 >= numel * s.bits as usize));
     let rb = run_bytes(view_bits);
@@ -323,9 +324,14 @@ pub fn repack_top(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::
                     run[96 + b] = f(3) | (f(5) >> 3) << 5 | (f(7) >> 3 & 1) << 7;
                     run[128 + b] = f(4) | (f(6) >> 3) << 5 | (f(7) >> 4) << 7;
                 }
-                _ => {
+                6 => {
                     for i in 0..6 {
                         run[32 * i + b] = f(i) | (f(6 + i % 2) >> (2 * (i / 2)) & 3) << 6;
+                    }
+                }
+                _ => {
+                    for i in 0..8 {
+                        run[32 * i + b] = f(i);
                     }
                 }
             }
@@ -347,6 +353,7 @@ pub fn top_code(view_bits: u8, buf: &[u8], i: usize) -> u8 {
         (5, 0..=4) => run[32 * r + b] & 31,
         (5, 5 | 6) => run[32 * (r - 5) + b] >> 5 | (run[32 * (r - 2) + b] >> 5 & 3) << 3,
         (5, _) => run[64 + b] >> 5 | (run[96 + b] >> 7) << 3 | (run[128 + b] >> 7) << 4,
+        (8, _) => run[32 * r + b],
         (_, 0..=5) => run[32 * r + b] & 63,
         _ => (0..3).map(|k| (run[32 * (2 * k + r - 6) + b] >> 6) << (2 * k)).fold(0, |a, x| a | x),
     }
@@ -362,7 +369,7 @@ mod tests {
         let codes: alloc::vec::Vec<u8> = (0..4192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let planes = pack_nested8_planes(&codes);
         let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
-        for v in [2u8, 3, 4, 5, 6] {
+        for v in [2u8, 3, 4, 5, 6, 8] {
             let copy = repack_top(v, &refs, codes.len());
             assert_eq!(copy.len(), 17 * run_bytes(v));
             for (i, &q) in codes.iter().enumerate() {

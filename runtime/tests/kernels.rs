@@ -235,6 +235,7 @@ fn replaced_planes_name_what_the_prepared_form_replaced() {
         let (want, form) = match v {
             2..=6 if k.repack.is_some() && !kernels::dispatch::float_activations() => (0..v as usize - 1, "runs"),
             8 if k.nibbles.is_some() && !kernels::dispatch::float_activations() => (3..6, "nibbles"),
+            8 if k.repack.is_some() && !kernels::dispatch::float_activations() => (0..6, "runs"),
             _ => (0..0, "planes"),
         };
         assert_eq!(m.replaced_planes(), want, "view {v} ({} table)", k.name);

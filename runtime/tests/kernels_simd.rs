@@ -13,23 +13,34 @@
 use edge_runtime::blocks::{low_nibbles, nested8_planes_for_view, pack_nested8_planes, repack_top, GroupParams};
 use std::sync::Arc;
 
-/// Every view, without and with the form `Nested8::prepare` makes at load for SIMD tables
-/// (`Prepared::Runs` at 2 to 6 bits, `Prepared::Nibbles` at 8): (view, prepared). The x86
-/// tables read views 5 and 6 from their runs only, the 8-bit view from its nibble plane only:
-/// without them they run the portable kernels.
-const VIEWS: [(u8, bool); 12] = [
-    (2, false),
-    (2, true),
-    (3, false),
-    (3, true),
-    (4, false),
-    (4, true),
-    (5, false),
-    (5, true),
-    (6, false),
-    (6, true),
-    (8, false),
-    (8, true),
+/// The form a test reads a view in: its stored planes, or a form `Nested8::prepare` makes at
+/// load for SIMD tables.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Form {
+    Planes,
+    /// `Prepared::Runs` (2 to 6 bits; 8 bits in tables without a nibble plane).
+    Runs,
+    /// `Prepared::Nibbles` (8 bits).
+    Nibbles,
+}
+
+/// Every view in every form it can be read in: (view, form). The x86 tables read views 5 and
+/// 6 from their runs only, the 8-bit view from its nibble plane or its runs: without them
+/// they run the portable kernels.
+const VIEWS: [(u8, Form); 13] = [
+    (2, Form::Planes),
+    (2, Form::Runs),
+    (3, Form::Planes),
+    (3, Form::Runs),
+    (4, Form::Planes),
+    (4, Form::Runs),
+    (5, Form::Planes),
+    (5, Form::Runs),
+    (6, Form::Planes),
+    (6, Form::Runs),
+    (8, Form::Planes),
+    (8, Form::Nibbles),
+    (8, Form::Runs),
 ];
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
@@ -114,9 +125,8 @@ impl Tensor {
         t
     }
 
-    /// The `view_bits` view; with `prepared`, also the form `Nested8::prepare` makes for SIMD
-    /// tables: the runs (2 to 6 bits) or the nibble plane (8 bits), at any group size.
-    fn view(&self, view_bits: u8, prepared: bool) -> Nested8<'_> {
+    /// The `view_bits` view read in `form`, at any group size.
+    fn view(&self, view_bits: u8, form: Form) -> Nested8<'_> {
         let n = nested8_planes_for_view(view_bits).unwrap();
         let mut planes: [&[u8]; 6] = [&[]; 6];
         for (i, p) in self.planes.iter().take(n).enumerate() {
@@ -124,8 +134,8 @@ impl Tensor {
         }
         let numel = self.planes[1].len() * 8;
         let refs: Vec<&[u8]> = self.planes.iter().map(|p| p.as_slice()).collect();
-        let repacked = (prepared && view_bits <= 6).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
-        let low = (prepared && view_bits == 8).then(|| Arc::from(low_nibbles(&refs, numel)));
+        let repacked = (form == Form::Runs).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
+        let low = (form == Form::Nibbles).then(|| Arc::from(low_nibbles(&refs, numel)));
         Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
     }
 }
@@ -238,7 +248,7 @@ fn nested8_products_match_reference() {
                         // Activations for views read from runs are quantized for the runs alone, as
                         // `kernels::matvec` does; the 2-bit view on its planes gets them too,
                         // which its table must notice (and still compute exactly).
-                        let runs_only = (prep && view <= 6) || view == 2;
+                        let runs_only = prep == Form::Runs || view == 2;
                         let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
                         (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
                         for first in [1usize, 2] {
@@ -247,7 +257,7 @@ fn nested8_products_match_reference() {
                             let mut got = vec![f32::NAN; rows];
                             (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
                             let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
-                            let what = format!("matvec view {view} (prepared {prep}) group {group} cols {cols} rows {rows} first {first}");
+                            let what = format!("matvec view {view} (form {prep:?}) group {group} cols {cols} rows {rows} first {first}");
                             assert_close(k.name, exact, &got, &want, scale, &what);
                         }
                         // Prefill.
@@ -268,7 +278,7 @@ fn nested8_products_match_reference() {
                             let all = term_scale(&w, &want_a, rows + 2);
                             let scale: Vec<f32> =
                                 (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
-                            let what = format!("matmul view {view} (prepared {prep}) group {group} cols {cols} rows {rows} tokens {n}");
+                            let what = format!("matmul view {view} (form {prep:?}) group {group} cols {cols} rows {rows} tokens {n}");
                             assert_close(k.name, exact, &got, &want, &scale, &what);
                         }
                     }
@@ -310,7 +320,7 @@ fn exact_integer_sums() {
                         (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, 0, &mut want);
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
-                    assert_eq!(got, want, "{} exact sums: view {view} (prepared {prep}) group {group} tokens {n}", k.name);
+                    assert_eq!(got, want, "{} exact sums: view {view} (form {prep:?}) group {group} tokens {n}", k.name);
                 }
             }
         }
@@ -347,7 +357,7 @@ fn wide_rows_match_reference() {
                         (k.nested8_matmul[vi])(&w, &got_a, 0, &mut got);
                     }
                     let scale = term_scale(&w, &want_a, rows);
-                    let what = format!("wide rows: view {view} (prepared {prep}) group {group} cols {cols} tokens {n}");
+                    let what = format!("wide rows: view {view} (form {prep:?}) group {group} cols {cols} tokens {n}");
                     assert_close(k.name, exact, &got, &want, &scale, &what);
                 }
             }
@@ -420,7 +430,8 @@ fn repack_equals_the_definition() {
             let codes: Vec<u8> = (0..numel).map(|_| rng.next() as u8).collect();
             let planes = pack_nested8_planes(&codes);
             let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
-            for v in [2u8, 3, 4, 5, 6] {
+            // A table without a nibble plane reads its 8-bit view from runs too.
+            for v in [2u8, 3, 4, 5, 6].into_iter().chain(k.nibbles.is_none().then_some(8)) {
                 assert_eq!(repack(v, &refs, numel), repack_top(v, &refs, numel), "{} repack: view {v}, {numel} codes", k.name);
             }
         }

@@ -74,11 +74,7 @@ impl<'a> Preparing<'a> {
 
     /// Bytes of the whole form of `numel` codes.
     fn form_bytes(view_bits: u8, numel: usize, nibbles: bool) -> usize {
-        if nibbles {
-            numel / 2
-        } else {
-            numel.div_ceil(RUN_CODES) * blocks::run_bytes(view_bits)
-        }
+        Prepared::len_of(view_bits, numel, nibbles)
     }
 }
 

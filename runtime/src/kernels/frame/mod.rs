@@ -23,7 +23,7 @@ pub type Nested8MatvecFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: 
 /// Prefill: `out[t * len + i] = row (first + i) · token t`, `len = out.len() / acts.n`.
 pub type Nested8MatmulFn = fn(w: &Nested8<'_>, acts: &QActs, first: usize, out: &mut [f32]);
 
-/// The runs of a 2- to 6-bit view that a table's kernels read ([`Prepared::Runs`]): equal
+/// The runs of a 2- to 6- or 8-bit view that a table's kernels read ([`Prepared::Runs`]): equal
 /// to [`crate::blocks::repack_top`]`(view_bits, planes, numel)`, however it is computed.
 pub type RepackFn = fn(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec<u8>;
 
@@ -59,7 +59,8 @@ pub struct Kernels {
     pub nested8_matvec: [Nested8MatvecFn; VIEW_SLOTS],
     pub nested8_matmul: [Nested8MatmulFn; VIEW_SLOTS],
     /// Set when this table's 2- to 6-bit kernels read [`Prepared::Runs`] (groups of a
-    /// multiple of 32): [`Nested8::prepare`] makes the runs with it at load.
+    /// multiple of 32): [`Nested8::prepare`] makes the runs with it at load; its 8-bit kernels
+    /// read runs too when `nibbles` is `None`.
     pub repack: Option<RepackFn>,
     /// Set when this table's 8-bit kernels read [`Prepared::Nibbles`] (groups of a multiple of
     /// 32): [`Nested8::prepare`] builds the plane with it at load.

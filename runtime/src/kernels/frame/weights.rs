@@ -42,7 +42,7 @@ pub struct Nested8<'a> {
     pub view_bits: u8,
     /// Codes from one row to the next: the column count padded to whole groups.
     pub row_stride: usize,
-    /// Where [`Prepared::Runs`] is kept (a 2- to 6-bit view; `None` otherwise). Read it
+    /// Where [`Prepared::Runs`] is kept (a 2- to 6- or 8-bit view; `None` otherwise). Read it
     /// through [`Nested8::prepared`].
     pub repacked: Option<Arc<[u8]>>,
     /// Where [`Prepared::Nibbles`] is kept (an 8-bit view; `None` otherwise). Read it through
@@ -57,8 +57,8 @@ pub struct Nested8<'a> {
 pub enum Prepared<'s> {
     /// The stored planes as they are ([`Nested8::planes`]).
     Planes,
-    /// A 2- to 6-bit view's codes repacked into runs of 256 ([`blocks::repack_top`]), whose
-    /// fields need no lane shuffles: they replace all of the view's planes.
+    /// A 2- to 6- or 8-bit view's codes repacked into runs of 256 ([`blocks::repack_top`]),
+    /// whose fields need no lane shuffles: they replace all of the view's planes.
     Runs(&'s [u8]),
     /// An 8-bit view's low nibbles `q & 15` ([`blocks::low_nibbles`]), read with stored planes
     /// 0..3 (the layout [`NESTED8_KERNEL_PLANES`]): they replace planes 3..6.
@@ -66,6 +66,16 @@ pub enum Prepared<'s> {
 }
 
 impl<'s> Prepared<'s> {
+    /// Bytes of the form of `numel` codes of a `view_bits` view: its nibble plane (`nibbles`)
+    /// or its runs.
+    pub fn len_of(view_bits: u8, numel: usize, nibbles: bool) -> usize {
+        if nibbles {
+            numel / 2
+        } else {
+            numel.div_ceil(blocks::RUN_CODES) * blocks::run_bytes(view_bits)
+        }
+    }
+
     /// The bytes of a prepared form (`None` for [`Prepared::Planes`]).
     pub fn bytes(self) -> Option<&'s [u8]> {
         match self {
@@ -91,20 +101,54 @@ impl<'a> Nested8<'a> {
     }
 
     /// This view with the form `k`'s kernels read made now: the runs of a 2- to 6-bit view
-    /// ([`Kernels::repack`]) or the nibble plane of an 8-bit one ([`Kernels::nibbles`]), for
-    /// groups of a multiple of 32 (the SIMD kernels' unit); otherwise unchanged.
+    /// ([`Kernels::repack`]), and of an 8-bit one the nibble plane ([`Kernels::nibbles`]) or,
+    /// in a table without one, its runs; for groups of a multiple of 32 (the SIMD kernels'
+    /// unit); otherwise unchanged.
     pub fn prepare(self, k: &Kernels) -> Self {
         let numel = self.planes[0].len() * 4;
         let simd = self.group_size.is_multiple_of(32);
-        let repacked = match (self.view_bits, k.repack.filter(|_| simd)) {
-            (2..=6, Some(f)) => Some(Arc::from(f(self.view_bits, &self.planes, numel))),
+        let v = self.view_bits;
+        let repacked = match (v, k.repack.filter(|_| simd)) {
+            (2..=6, Some(f)) => Some(self.in_chunks(numel, Prepared::len_of(v, numel, false), |p, n| f(v, p, n))),
+            (8, Some(f)) if k.nibbles.is_none() => Some(self.in_chunks(numel, Prepared::len_of(v, numel, false), |p, n| f(v, p, n))),
             _ => None,
         };
-        let low = match (self.view_bits, k.nibbles.filter(|_| simd)) {
-            (8, Some(f)) => Some(Arc::from(f(&self.planes, numel))),
+        let low = match (v, k.nibbles.filter(|_| simd)) {
+            (8, Some(f)) => Some(self.in_chunks(numel, Prepared::len_of(v, numel, true), f)),
             _ => None,
         };
         Nested8 { repacked, low, ..self }
+    }
+
+    /// The form `make` computes from the planes of all `numel` codes, made a slice of whole runs
+    /// at a time into one buffer of `len` bytes: both forms are laid out by codes, so a slice's
+    /// form is the matching slice of the whole one (see [`Prepared::len_of`]). A large matrix
+    /// then never holds its form twice (a vector, then its copy) nor a whole matrix of
+    /// temporaries while it is made.
+    fn in_chunks(&self, numel: usize, len: usize, make: impl Fn(&[&[u8]], usize) -> alloc::vec::Vec<u8>) -> Arc<[u8]> {
+        const CHUNK: usize = 1 << 20;
+        const _: () = assert!(CHUNK.is_multiple_of(blocks::RUN_CODES));
+        let mut out = Arc::<[u8]>::new_uninit_slice(len);
+        let dst = Arc::get_mut(&mut out).expect("just made");
+        let mut written = 0;
+        for lo in (0..numel).step_by(CHUNK) {
+            let hi = (lo + CHUNK).min(numel);
+            let mut part: [&[u8]; 6] = [&[]; 6];
+            for ((d, p), spec) in part.iter_mut().zip(self.planes).zip(NESTED8_PLANES) {
+                if !p.is_empty() {
+                    let b = spec.bits as usize;
+                    *d = &p[lo * b / 8..hi * b / 8];
+                }
+            }
+            let made = make(&part, hi - lo);
+            for (d, s) in dst[written..written + made.len()].iter_mut().zip(&made) {
+                d.write(*s);
+            }
+            written += made.len();
+        }
+        assert_eq!(written, len, "a prepared form's slices fill it");
+        // SAFETY: every byte was written above (written == len).
+        unsafe { out.assume_init() }
     }
 
     /// This view read from its stored planes: the prepared form dropped (every kernel computes
@@ -117,7 +161,7 @@ impl<'a> Nested8<'a> {
     #[inline]
     pub fn prepared(&self) -> Prepared<'_> {
         match (self.view_bits, &self.repacked, &self.low) {
-            (2..=6, Some(runs), _) => Prepared::Runs(runs),
+            (2..=6 | 8, Some(runs), _) => Prepared::Runs(runs),
             (8, _, Some(nibbles)) => Prepared::Nibbles(nibbles),
             _ => Prepared::Planes,
         }

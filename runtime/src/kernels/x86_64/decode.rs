@@ -17,13 +17,15 @@
 //! a second i16 accumulator, and one `madd` per superchunk widens to i32.
 //!
 //! # From the runs
-//! A 2- to 6-bit view prepared as runs ([`Prepared::Runs`]) is read one run per superchunk:
+//! A 2- to 6- or 8-bit view prepared as runs ([`Prepared::Runs`]) is read one run per superchunk:
 //! its fields are one to three shifts and masks of a word, already in lane order `PI`, so one
 //! `maddubs` covers 32 codes (the planes need two at 3 and 4 bits) and no lane is shuffled.
 //! The fields meet part A's source-3 order, the only one filled when every matrix of the call
 //! reads runs (`QActs::runs_order_only`). The 5- and 6-bit views are read from their runs only
 //! (codes up to 63: a `maddubs` lane holds up to 2 · 63 · 127, so two of them fit in i16 at 6
-//! bits, four at 5, and each accumulator is widened on its own).
+//! bits, four at 5, and each accumulator is widened on its own). The 8-bit runs hold whole
+//! codes, one `vpdpbusd` per word (the `avx512vnni` table reads them; without VNNI each word is
+//! split into nibbles, as `maddubs` would saturate on whole codes).
 //!
 //! # Rows, groups and the float sum
 //! Group sums are exact integers; each group's float term `d · (step · isum + offset · sum)` is
@@ -46,7 +48,7 @@
 //! where it ran at half the speed (a model's decode: 4-bit tokens/s halved on Zen 5).
 //!
 //! Kernel parameters: `V` the view (2, 3, 4, 5, 6 or 8), `RUNS` whether it reads
-//! [`Prepared::Runs`] instead of the planes (views 2-6; always at 5 and 6), `VNNI` as above.
+//! [`Prepared::Runs`] instead of the planes (always at 5 and 6), `VNNI` as above.
 
 use core::arch::x86_64::*;
 
@@ -72,8 +74,8 @@ pub(super) fn usable(w: &Nested8<'_>, acts: &QActs, view: u8) -> bool {
         && acts.aux.len() >= Layout::new(acts.n, acts.padded_cols, acts.block).total
         // Part A holds only the runs' order: the planes' kernels cannot run on it.
         && (acts.n >= PREFILL_MIN_TOKENS || !acts.runs_order_only || matches!(form, Prepared::Runs(_)))
-        // The 8-bit kernels read the nibble plane, the 5- and 6-bit ones the runs.
-        && (view != 8 || matches!(form, Prepared::Nibbles(_)))
+        // The 8-bit kernels read the nibble plane or the runs, the 5- and 6-bit ones the runs.
+        && (view != 8 || matches!(form, Prepared::Nibbles(_) | Prepared::Runs(_)))
         && (!matches!(view, 5 | 6) || matches!(form, Prepared::Runs(_)))
 }
 
@@ -290,6 +292,9 @@ unsafe fn runs_dot<const V: u8, const VNNI: bool>(regs: [__m256i; 8], a: *const 
     // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
     unsafe {
         let f = run_fields::<V>(words);
+        if V == 8 {
+            return runs8_dot::<VNNI>(f, a);
+        }
         if V >= 5 && !VNNI {
             // Codes up to 31 (63): a maddubs lane is at most 2 · 31 · 127 (2 · 63 · 127), so an
             // i16 accumulator takes four (two) of them and is widened on its own.
@@ -319,6 +324,40 @@ unsafe fn runs_dot<const V: u8, const VNNI: bool>(regs: [__m256i; 8], a: *const 
         mad!(VNNI, l0, f[6], a, a3 + 6);
         mad!(VNNI, l1, f[7], a, a3 + 7);
         widen::<VNNI>(l0, l1, 1)
+    }
+}
+
+/// `Σ q · x` over one run of whole 8-bit codes (its words `f`, already the fields), as
+/// [`runs_dot`] returns it.
+///
+/// # Safety
+/// The CPU supports AVX2; `a` readable for 768 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn runs8_dot<const VNNI: bool>(f: [__m256i; 8], a: *const i8) -> __m256i {
+    let a3 = 2 * SC / 32;
+    // SAFETY (whole body): the loads read part A registers 16..24 (inside 768 bytes).
+    unsafe {
+        if VNNI {
+            // Two accumulators, so that consecutive `vpdpbusd` do not wait on each other.
+            let (mut l0, mut l1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for r in (0..8).step_by(2) {
+                mad!(true, l0, f[r], a, a3 + r);
+                mad!(true, l1, f[r + 1], a, a3 + r + 1);
+            }
+            return _mm256_add_epi32(l0, l1);
+        }
+        // Nibbles up to 15: eight maddubs lanes of 2 · 15 · 127 fit in i16.
+        let nib = _mm256_set1_epi8(0x0F);
+        let (mut l0, mut l1, mut h0, mut h1) =
+            (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
+        for r in (0..8).step_by(2) {
+            mad!(false, l0, _mm256_and_si256(f[r], nib), a, a3 + r);
+            mad!(false, l1, _mm256_and_si256(f[r + 1], nib), a, a3 + r + 1);
+            mad!(false, h0, _mm256_and_si256(_mm256_srli_epi16::<4>(f[r]), nib), a, a3 + r);
+            mad!(false, h1, _mm256_and_si256(_mm256_srli_epi16::<4>(f[r + 1]), nib), a, a3 + r + 1);
+        }
+        _mm256_add_epi32(widen::<false>(l0, l1, 1), widen::<false>(h0, h1, 16))
     }
 }
 
@@ -589,6 +628,7 @@ pub(super) unsafe fn rows_dot_form<const V: u8, const VNNI: bool>(
             (4, Prepared::Runs(_)) => avx2_rows_dot::<4, true, VNNI>(w, aux, d, sum, first, out),
             (5, Prepared::Runs(_)) => avx2_rows_dot::<5, true, VNNI>(w, aux, d, sum, first, out),
             (6, Prepared::Runs(_)) => avx2_rows_dot::<6, true, VNNI>(w, aux, d, sum, first, out),
+            (8, Prepared::Runs(_)) => avx2_rows_dot::<8, true, VNNI>(w, aux, d, sum, first, out),
             (2, _) => avx2_rows_dot::<2, false, VNNI>(w, aux, d, sum, first, out),
             (3, _) => avx2_rows_dot::<3, false, VNNI>(w, aux, d, sum, first, out),
             (4, _) => avx2_rows_dot::<4, false, VNNI>(w, aux, d, sum, first, out),

@@ -195,7 +195,7 @@ pub(super) struct Tile {
 /// The CPU supports AVX2, FMA and F16C; `usable(w, acts, V)` held.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn unpack_tile<const V: u8, const VNNI: bool>(w: &Nested8<'_>, first: usize, len: usize) -> Tile {
-    let runs = matches!((V, w.prepared()), (2..=6, Prepared::Runs(_)));
+    let runs = matches!((V, w.prepared()), (2..=6 | 8, Prepared::Runs(_)));
     let src = sources(w, runs);
     check_bounds(w, &src, V, runs, first, len);
     let g = w.group_size;
@@ -221,11 +221,17 @@ pub(super) unsafe fn unpack_tile<const V: u8, const VNNI: bool>(w: &Nested8<'_>,
                 // SAFETY: check_bounds held for rows first..first + len; the slices hold rs bytes.
                 unsafe { avx2_unpack_row::<V>(&src, rs, first + r, hi_r, lo_r) };
             }
-            if V == 8 && VNNI {
+            if V == 8 && VNNI && !runs {
                 // Whole codes `16 · hi + lo` (up to 255): vpdpbusd takes unsigned bytes and does
                 // not saturate, so one product serves both nibbles.
                 for (h, l) in hi_r.iter_mut().zip(lo_r.iter()) {
                     *h = (*h << 4) | *l;
+                }
+            } else if V == 8 && !VNNI && runs {
+                // The runs hold whole codes: split them into the nibbles the maddubs kernel takes.
+                for (h, l) in hi_r.iter_mut().zip(lo_r.iter_mut()) {
+                    *l = *h & 15;
+                    *h >>= 4;
                 }
             }
             // (step, offset) as blocks::nested8_step_offset computes them, 8 groups at a time.

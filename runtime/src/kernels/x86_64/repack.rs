@@ -1,6 +1,6 @@
 //! Between the stored planes and natural-order byte codes: unpacking a row's codes for the
 //! prefill micro-kernel (from the planes, the nibble plane or the runs), and making the runs
-//! of a 2- to 6-bit view at load (`Prepared::Runs`, [`blocks::repack_top`]).
+//! of a 2- to 6- or 8-bit view at load (`Prepared::Runs`, [`blocks::repack_top`]).
 
 use core::arch::x86_64::*;
 
@@ -19,18 +19,30 @@ use crate::blocks;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_unpack_nibbles(nibbles: &[u8], row: usize, row_stride: usize, out: &mut [u8]) {
     assert!(out.len() >= row_stride && row_stride.is_multiple_of(32) && nibbles.len() * 2 >= (row + 1) * row_stride);
-    let nib = _mm_set1_epi8(0x0F);
     for c in (0..row_stride).step_by(32) {
-        // SAFETY: 16 bytes at (row·row_stride + c) / 2 lie inside the row (asserted); the store
+        // SAFETY: the 16 bytes of these 32 codes lie inside the row (asserted); the store
         // writes out[c..c + 32], c + 32 <= row_stride <= out.len().
         unsafe {
-            let v = _mm_loadu_si128(nibbles.as_ptr().add((row * row_stride + c) / 2) as *const __m128i);
-            let l = _mm_and_si128(v, nib);
-            let u = _mm_and_si128(_mm_srli_epi16::<4>(v), nib);
-            let codes = _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u));
+            let codes = nibbles32(nibbles.as_ptr().add((row * row_stride + c) / 2));
             _mm256_storeu_si256(out.as_mut_ptr().add(c) as *mut __m256i, codes);
         }
     }
+}
+
+/// The 32 low nibbles held by the 16 bytes at `p` (two codes a byte, low first), in natural
+/// order, one per byte.
+///
+/// # Safety
+/// The CPU supports AVX2; `p` readable for 16 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let nib = _mm_set1_epi8(0x0F);
+    // SAFETY: the caller guarantees 16 readable bytes.
+    let v = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let l = _mm_and_si128(v, nib);
+    let u = _mm_and_si128(_mm_srli_epi16::<4>(v), nib);
+    _mm256_set_m128i(_mm_unpackhi_epi8(l, u), _mm_unpacklo_epi8(l, u))
 }
 
 /// Unpack codes `start..start + out.len()` of view `V`'s runs (`Prepared::Runs`) into
@@ -139,10 +151,11 @@ pub(super) unsafe fn avx2_unpack_row<const V: u8>(src: &[&[u8]; 4], rs: usize, r
     }
 }
 
-/// [`blocks::repack_top`] of view `V` (2 to 6): each whole run's codes unpacked from the
-/// planes ([`unpack32`]), each subgroup's bytes put in field order by one in-lane shuffle (the
-/// inverse of [`avx2_unpack_runs`]'s), an 8×8 dword transpose to the fields, and the fields
-/// shifted and or-ed into the run's words. A last partial run is the definition's.
+/// [`blocks::repack_top`] of view `V` (2 to 6, or 8): each whole run's codes unpacked from the
+/// planes ([`unpack32`]; view 8: the high nibbles so, the low ones from [`blocks::low_nibbles`]),
+/// each subgroup's bytes put in field order by one in-lane shuffle (the inverse of
+/// [`avx2_unpack_runs`]'s), an 8×8 dword transpose to the fields, and the fields shifted and
+/// or-ed into the run's words. A last partial run is the definition's.
 ///
 /// # Safety
 /// The CPU supports AVX2; the view's planes hold `numel` codes.
@@ -154,17 +167,24 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
     let rb = blocks::run_bytes(V);
     let whole = numel / SC;
     let mut out = vec![0u8; numel.div_ceil(SC) * rb];
+    let low = if V == 8 { blocks::low_nibbles(planes, whole * SC) } else { vec![] };
     // Source byte of field order position i (of either half): the inverse of the unpack's shuffle.
     let to_fields = _mm256_setr_epi8(
         0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15, 0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
     );
     for s in 0..whole {
-        // SAFETY: run s is whole, so its codes are inside the planes (asserted) and its rb bytes
-        // inside `out`.
+        // SAFETY: run s is whole, so its codes are inside the planes (asserted) and, at view 8,
+        // in `low` (whole runs' nibbles), and its rb bytes inside `out`.
         unsafe {
             let mut regs = [_mm256_setzero_si256(); 8];
             for (m, r) in regs.iter_mut().enumerate() {
-                *r = _mm256_shuffle_epi8(unpack32::<V>(planes, s * SC + 32 * PI[m]), to_fields);
+                let code = s * SC + 32 * PI[m];
+                let mut q = unpack32::<V>(planes, code);
+                if V == 8 {
+                    // High nibbles up to 15: the 16-bit shift moves no bit across a byte.
+                    q = _mm256_or_si256(_mm256_slli_epi16::<4>(q), nibbles32(low.as_ptr().add(code / 2)));
+                }
+                *r = _mm256_shuffle_epi8(q, to_fields);
             }
             let f = transpose8x8(regs);
             let sl = |v: __m256i, k: i32| match k {
@@ -179,7 +199,7 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
             // Bits `mask` of `v` shifted left by `k` (they stay inside their byte).
             let part = |v: __m256i, mask: i8, k: i32| sl(_mm256_and_si256(v, _mm256_set1_epi8(mask)), k);
             let words: [__m256i; MAX_RUN_WORDS] = match V {
-                2 => [or(or(f[0], sl(f[1], 2)), or(sl(f[2], 4), sl(f[3], 6))), or(or(f[4], sl(f[5], 2)), or(sl(f[6], 4), sl(f[7], 6))), f[0], f[0], f[0], f[0]],
+                2 => [or(or(f[0], sl(f[1], 2)), or(sl(f[2], 4), sl(f[3], 6))), or(or(f[4], sl(f[5], 2)), or(sl(f[6], 4), sl(f[7], 6))), f[0], f[0], f[0], f[0], f[0], f[0]],
                 3 => {
                     let (m3, m4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
                     // (F >> 2) << 6 = (F & 4) << 4, and << 5 for the top bit of F7.
@@ -192,9 +212,11 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
                         f[0],
                         f[0],
                         f[0],
+                        f[0],
+                        f[0],
                     ]
                 }
-                4 => [or(f[0], sl(f[1], 4)), or(f[2], sl(f[3], 4)), or(f[4], sl(f[5], 4)), or(f[6], sl(f[7], 4)), f[0], f[0]],
+                4 => [or(f[0], sl(f[1], 4)), or(f[2], sl(f[3], 4)), or(f[4], sl(f[5], 4)), or(f[6], sl(f[7], 4)), f[0], f[0], f[0], f[0]],
                 5 => [
                     or(f[0], part(f[5], 7, 5)),
                     or(f[1], part(f[6], 7, 5)),
@@ -202,7 +224,11 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
                     or(or(f[3], part(f[5], 0x18, 2)), part(f[7], 8, 4)),
                     or(or(f[4], part(f[6], 0x18, 2)), part(f[7], 0x10, 3)),
                     f[0],
+                    f[0],
+                    f[0],
                 ],
+                // Whole bytes: the fields are the words.
+                8 => f,
                 _ => [
                     or(f[0], part(f[6], 3, 6)),
                     or(f[1], part(f[7], 3, 6)),
@@ -210,6 +236,8 @@ pub(super) unsafe fn avx2_repack_top<const V: u8>(planes: &[&[u8]], numel: usize
                     or(f[3], part(f[7], 12, 4)),
                     or(f[4], part(f[6], 48, 2)),
                     or(f[5], part(f[7], 48, 2)),
+                    f[0],
+                    f[0],
                 ],
             };
             for (i, wv) in words.iter().enumerate().take(rb / 32) {

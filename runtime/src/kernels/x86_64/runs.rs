@@ -4,10 +4,10 @@
 
 use core::arch::x86_64::*;
 
-/// Most words of a run: a 6-bit view's.
-pub(super) const MAX_RUN_WORDS: usize = 6;
+/// Most words of a run: an 8-bit view's.
+pub(super) const MAX_RUN_WORDS: usize = 8;
 
-/// The 8 fields of a [`crate::blocks::repack_top`] run of view `V` (2 to 6 bits) from its
+/// The 8 fields of a [`crate::blocks::repack_top`] run of view `V` (2 to 6 or 8 bits) from its
 /// words (`words[..V]`; the others are not read): byte `4m + c` of field `r` is code
 /// `32·PI[m] + 8·(r / 2) + 2c + r mod 2`, part A's source-3 order (register `r`).
 ///
@@ -17,8 +17,10 @@ pub(super) const MAX_RUN_WORDS: usize = 6;
 #[inline]
 pub(super) unsafe fn run_fields<const V: u8>(words: [__m256i; MAX_RUN_WORDS]) -> [__m256i; 8] {
     // 16-bit shifts move bits across bytes, but each mask keeps only bits of the byte's own.
-    let [a, b, c, d, e, f] = words;
+    let [a, b, c, d, e, f, _, _] = words;
     match V {
+        // Whole bytes: the words are the fields.
+        8 => words,
         2 => {
             let m = _mm256_set1_epi8(3);
             [

@@ -7,10 +7,10 @@
 //! | `quantize_acts`    | [`avx2_quantize_acts`] (parts A-C)   | same                          |
 //! | matvec, views 2-4  | decode from the runs or the planes   | same with `vpdpbusd`          |
 //! | matvec, views 5, 6 | decode from the runs                 | same with `vpdpbusd`          |
-//! | matvec, view 8     | decode from planes 0-2 and nibbles   | same with `vpdpbusd`          |
+//! | matvec, view 8     | decode from planes 0-2 and nibbles   | from the runs, `vpdpbusd`     |
 //! | matmul, every view | prefill micro-kernel                 | [`super::prefill512`]: 512-bit |
-//! | `repack` (2-6)     | [`avx2_repack_top`]                  | same                          |
-//! | `nibbles`          | [`blocks::low_nibbles`]              | same                          |
+//! | `repack`           | [`avx2_repack_top`] (2-6)            | same, and 8                   |
+//! | `nibbles`          | [`blocks::low_nibbles`]              | none (view 8 reads runs)      |
 //! | `attend_head`, `swiglu` | [`super::elementwise`]; f16/int8/int4 caches: [`super::attend_stored`] | same |
 //! | `softmax_rows`     | [`super::elementwise`], for AVX2     | for AVX-512                   |
 //!
@@ -89,6 +89,7 @@ fn avx2_repack(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::Vec
             4 => avx2_repack_top::<4>(planes, numel),
             5 => avx2_repack_top::<5>(planes, numel),
             6 => avx2_repack_top::<6>(planes, numel),
+            8 => avx2_repack_top::<8>(planes, numel),
             _ => blocks::repack_top(view_bits, planes, numel),
         }
     }
@@ -157,9 +158,12 @@ pub(super) const TABLE: Kernels = Kernels {
 };
 
 /// The AVX-512 VNNI table (install only after probing the CPU): the AVX2 table with
-/// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode, and the 512-bit prefill.
+/// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode, and the 512-bit prefill. Its
+/// 8-bit view reads whole codes from runs (one `vpdpbusd` per 32 codes; `maddubs` would
+/// saturate on them), one stream instead of the planes' four.
 pub(super) const TABLE_AVX512: Kernels = Kernels {
     name: "avx512vnni",
+    nibbles: None,
     nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v5, avx512_matvec_v6, avx512_matvec_v8],
     nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, avx512_matmul_v5, avx512_matmul_v6, avx512_matmul_v8],
     softmax_rows: avx512_softmax_rows,
