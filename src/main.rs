@@ -58,6 +58,7 @@ fn help_command() -> String {
 
 fn main() {
     edge_pack::install_one_line_panic_hook("edge-run");
+    memory::return_freed_copies();
     #[cfg(unix)]
     sigbus::install();
 

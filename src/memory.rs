@@ -229,3 +229,16 @@ mod tests {
         assert_eq!(device_budget(&Reading::default(), None), None);
     }
 }
+
+/// Keep glibc from holding freed copies of views: every allocation from 256 KiB up gets its
+/// own mapping, returned to the system when it is freed. By default glibc raises that
+/// threshold each time a large mapping is freed, after which the copies a step down drops (the
+/// runs of a view, a few hundred KiB to megabytes each) land in the heap and stay resident, and
+/// the controller's steps stop lowering the resident set. Call before any thread starts.
+pub fn return_freed_copies() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's settings; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
