@@ -199,6 +199,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = (t[..split].trim(), t[split..].trim());
+    if num.is_empty() {
+        return Err(format!("'{s}' is not a size (e.g. 90MB, 1.5GiB or a number of bytes)"));
+    }
     let mult: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
@@ -406,7 +409,7 @@ pub struct ModelArgs {
     /// Choose views from the sensitivity profile so that the weights (norms included) take at
     /// most SIZE bytes: a number with B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (of
     /// 1024), e.g. 90MB. A budget at or above the 8-bit view's size reads every unit at 8 bits.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_negative_numbers = true, help_heading = "Views", conflicts_with = "bits")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
     /// Weight encoding used when auto-packing a non-.edge model (once, into the cache). The
@@ -507,7 +510,7 @@ pub struct BenchArgs {
     pub target_bits: Option<f64>,
 
     /// Measure the plan the sensitivity profile picks for a weight budget (e.g. 90MB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_negative_numbers = true, help_heading = "Views", conflicts_with = "bits")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
     /// Measure the plan `edge-run --budget SIZE` makes for a process of SIZE bytes at this
@@ -517,7 +520,7 @@ pub struct BenchArgs {
         long,
         value_name = "SIZE",
         value_parser = parse_size,
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         help_heading = "Views",
         conflicts_with_all = ["bits", "weight_budget", "plan", "target_bits"]
     )]
@@ -651,7 +654,7 @@ pub struct GenerateArgs {
         long,
         value_name = "SIZE",
         value_parser = parse_size,
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         help_heading = "Views",
         conflicts_with_all = ["weight_budget", "bits", "plan", "target_bits", "kv_window"]
     )]
@@ -681,7 +684,7 @@ pub struct GenerateArgs {
     /// ladder, views and KV precision are set by a closed loop on the power sensor's readings;
     /// each change is a line on stderr and an event in --json. Needs a sensor (see
     /// --power-sensor).
-    #[arg(long, value_name = "WATTS", value_parser = parse_watts, help_heading = "Power", allow_negative_numbers = true)]
+    #[arg(long, value_name = "WATTS", value_parser = parse_watts, help_heading = "Power", allow_hyphen_values = true)]
     pub power: Option<f64>,
 
     /// A file holding the power budget (e.g. "10W"), re-read every second while generating, so
@@ -755,7 +758,7 @@ pub struct EvalArgs {
         long,
         value_name = "SIZE",
         value_parser = parse_size,
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         help_heading = "Views",
         conflicts_with_all = ["weight_budget", "bits", "plan", "target_bits", "kv_window", "sweep"]
     )]
@@ -815,7 +818,7 @@ pub struct EvalArgs {
 
     /// Weight-byte budgets of more profile-chosen plans in the sweep (comma-separated sizes
     /// like --weight-budget's), e.g. the sizes of llama.cpp files to compare at equal bytes.
-    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, allow_negative_numbers = true, requires = "sweep", help_heading = "Sweep")]
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, allow_hyphen_values = true, requires = "sweep", help_heading = "Sweep")]
     pub byte_budgets: Vec<u64>,
 
     /// Folder for sweep.json and sweep.svg (created if missing).

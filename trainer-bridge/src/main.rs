@@ -111,11 +111,11 @@ struct Cli {
     calibrate_self: bool,
 
     /// Calibration tokens in all (split into sequences of --calibrate-seq-len).
-    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_TOKENS, requires = "calib", allow_negative_numbers = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_TOKENS, requires = "calib", allow_negative_numbers = true, value_parser = |s: &str| tokens(s, 16))]
     calibrate_tokens: usize,
 
     /// Length of each calibration sequence (capped at the model's context).
-    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_SEQ_LEN, requires = "calib", allow_negative_numbers = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_SEQ_LEN, requires = "calib", allow_negative_numbers = true, value_parser = |s: &str| tokens(s, 8))]
     calibrate_seq_len: usize,
 
     /// Seed of --calibrate-self's sampling.
@@ -127,7 +127,7 @@ struct Cli {
     /// [default: as many as about 4 TFLOP of forward passes allow, at least one calibration
     /// sequence: 256 for SmolLM2-135M (a few minutes on two cores), all of them for small
     /// models].
-    #[arg(long, value_name = "N", requires = "calib", allow_negative_numbers = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    #[arg(long, value_name = "N", requires = "calib", allow_negative_numbers = true, value_parser = |s: &str| tokens(s, 1))]
     profile_tokens: Option<usize>,
 
     /// GPTQ: `joint` compensates the rounding error of every view at once (a compensated copy
@@ -356,6 +356,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The calibration's token counts: at least `lo`, at most a million (hours of GPTQ on two cores).
+fn tokens(s: &str, lo: u64) -> Result<usize, String> {
+    edge_pack::arg_values::whole(s, lo, 1_000_000, "a number of tokens", "").map(|n| n as usize)
 }
 
 /// `--gptq-damp`: above 0 (an undamped Hessian of ~1000 tokens may not factor) and at most 10
