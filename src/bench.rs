@@ -150,6 +150,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.n_prompt == 0 && args.n_gen == 0 {
         bail!("nothing to measure: --n-prompt and --n-gen are both 0");
     }
+    // The energy files go in after every measurement: a folder that cannot take them fails now.
+    if let Some(dir) = &args.energy {
+        edge_pack::writable::check_dir(dir, &["energy.json", "energy.svg"], "--energy")?;
+    }
     let threads: Vec<usize> = if args.threads.is_empty() { vec![kernels::threads()] } else { args.threads.clone() };
     let views = view_args(args);
     let file = session::open(&views[0])?;
@@ -431,7 +435,7 @@ fn table(name: &str, kernel_name: &str, rows: &[Row]) -> String {
 
 /// `bench --energy DIR`: energy.json (every row's speed, J/token and predicted KL) and
 /// energy.svg (the decode rows: tokens/s against J/token), each written to a temporary name and
-/// renamed.
+/// renamed (the folder was checked before the measurements).
 fn write_energy(dir: &std::path::Path, name: &str, rows: &[Row], sensor: String) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let doc = json!({
@@ -443,12 +447,7 @@ fn write_energy(dir: &std::path::Path, name: &str, rows: &[Row], sensor: String)
             "predicted_kl": r.predicted_kl.map(|k| k + budget::kv_kl(r.kv.format)), "bits_per_weight": r.footprint.bits_per_weight(),
         })).collect::<Vec<_>>(),
     });
-    let put = |file: &str, write: &dyn Fn(&std::path::Path) -> Result<()>| -> Result<()> {
-        let tmp = dir.join(format!(".{file}.partial-{}", std::process::id()));
-        write(&tmp)?;
-        std::fs::rename(&tmp, dir.join(file)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.join(file).display()))
-    };
-    put("energy.json", &|p| std::fs::write(p, format!("{doc:#}\n")).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())))?;
+    edge_pack::writable::write_atomic(&dir.join("energy.json"), format!("{doc:#}\n").as_bytes())?;
     let points: Vec<crate::energy_plot::Point> = rows
         .iter()
         .filter(|r| r.test.starts_with("tg"))
@@ -461,7 +460,7 @@ fn write_energy(dir: &std::path::Path, name: &str, rows: &[Row], sensor: String)
             })
         })
         .collect();
-    put("energy.svg", &|p| crate::energy_plot::write_svg(p, &format!("{name}: decode speed and energy ({sensor})"), &points))?;
+    crate::energy_plot::write_svg(&dir.join("energy.svg"), &format!("{name}: decode speed and energy ({sensor})"), &points)?;
     eprintln!("edge-run: wrote {} and {}", dir.join("energy.json").display(), dir.join("energy.svg").display());
     Ok(())
 }

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_pack::arg_values;
 use edge_runtime::kv::KvFormat;
 
 const EXAMPLES: &str = "\
@@ -171,7 +172,7 @@ impl PackEncoding {
 }
 
 fn parse_bits(s: &str) -> Result<u8, String> {
-    match s.parse::<u8>() {
+    match s.trim().parse::<u8>() {
         Ok(b) if edge_runtime::blocks::is_nested8_view(b) => Ok(b),
         _ => Err(format!("'{s}' is not a view width; choose 2, 3, 4, 5, 6 or 8")),
     }
@@ -198,6 +199,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = (t[..split].trim(), t[split..].trim());
+    if num.is_empty() {
+        return Err(format!("'{s}' is not a size (e.g. 90MB, 1.5GiB or a number of bytes)"));
+    }
     let mult: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
@@ -241,19 +245,64 @@ impl std::fmt::Display for NPredict {
     }
 }
 
+// Every number flag is parsed against its range here (edge_pack::arg_values words the
+// messages, which edge-pack shares); a relation between flags, or to the model (--ctx above its
+// trained context, --kv-window above --ctx), is checked where both are known.
+
+/// The most tokens a count flag takes (--ctx, -n, -b, --kv-window, bench's -p, -n and -d): far
+/// above any model's context, low enough that no sum of them overflows.
+pub const MAX_TOKENS: usize = 1 << 24;
+/// The most threads -t takes (beyond, the per-thread scratch alone would not fit).
+pub const MAX_THREADS: usize = 1024;
+
+fn tokens_in(s: &str, lo: usize, what: &str, hint: &str) -> Result<usize, String> {
+    arg_values::whole(s, lo as u64, MAX_TOKENS as u64, what, hint).map(|n| n as usize)
+}
+
 fn parse_n_predict(s: &str) -> Result<NPredict, String> {
-    match s.parse::<i64>() {
-        Ok(-1) => Ok(NPredict::UntilEnd),
-        Ok(n) if n >= 0 => usize::try_from(n).map(NPredict::Tokens).map_err(|_| format!("'{s}' is too large")),
-        _ => Err(format!("'{s}' is not a number of tokens (N >= 0, or -1: until the end of text or a full context)")),
+    match s.trim() {
+        "-1" => Ok(NPredict::UntilEnd),
+        "0" => Err("-n 0 generates nothing; give 1 or more tokens, or -1 (until the end of text or a full context)".into()),
+        _ => tokens_in(s, 1, "a number of tokens", ", or -1 (until the end of text or a full context)").map(NPredict::Tokens),
     }
 }
 
-fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("'{s}' is not a positive integer")),
-    }
+fn parse_threads(s: &str) -> Result<usize, String> {
+    arg_values::whole(s, 1, MAX_THREADS as u64, "a thread count", "").map(|n| n as usize)
+}
+
+fn parse_ctx(s: &str) -> Result<usize, String> {
+    tokens_in(s, 1, "a context size", " tokens")
+}
+
+/// eval's --ctx: a window scores its second half, so it needs a few positions.
+fn parse_window(s: &str) -> Result<usize, String> {
+    tokens_in(s, 4, "a window size", " tokens (512 is usual)")
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    tokens_in(s, 1, "a batch size", " tokens")
+}
+
+fn parse_chunks(s: &str) -> Result<usize, String> {
+    tokens_in(s, 1, "a number of windows", "")
+}
+
+/// bench's -p, -n and -d.
+fn parse_bench_tokens(s: &str) -> Result<usize, String> {
+    tokens_in(s, 0, "a number of tokens", " (0 skips it)")
+}
+
+fn parse_repetitions(s: &str) -> Result<usize, String> {
+    arg_values::whole(s, 1, 1000, "a number of repetitions", "").map(|n| n as usize)
+}
+
+fn parse_top_k(s: &str) -> Result<usize, String> {
+    arg_values::whole(s, 0, u32::MAX as u64, "a top-k", " (0 = every token)").map(|n| n as usize)
+}
+
+fn parse_group_size(s: &str) -> Result<usize, String> {
+    arg_values::group_size(s).map(|g| g as usize)
 }
 
 /// What runs the model (`--device`).
@@ -290,24 +339,16 @@ fn parse_kv_bits(s: &str) -> Result<KvFormat, String> {
 }
 
 fn parse_kv_window(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!(
-            "'{s}' is not a window size; give the positions the KV cache keeps, more than --kv-sink (default {}), e.g. 512",
-            KvArgs::DEFAULT_SINK
-        )),
-    }
+    let hint = format!(" (the positions the KV cache keeps, more than --kv-sink, default {}; e.g. 512)", KvArgs::DEFAULT_SINK);
+    tokens_in(s, 1, "a window size", &hint)
 }
 
 fn parse_kv_sink(s: &str) -> Result<usize, String> {
-    s.parse::<usize>().map_err(|_| format!("'{s}' is not a number of positions (0 or more, less than --kv-window)"))
+    tokens_in(s, 0, "a number of positions", " (less than --kv-window)")
 }
 
 fn parse_prob(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
-        _ => Err(format!("'{s}' is not in (0, 1]")),
-    }
+    arg_values::above_at_most(s, 0.0, 1.0, "a probability", " (1 = every token)").map(|p| p as f32)
 }
 
 fn parse_temp(s: &str) -> Result<f32, String> {
@@ -337,7 +378,7 @@ pub struct ModelArgs {
     /// View width in bits of nested-plane weights (2, 3, 4, 5, 6 or 8; default 8), the same for
     /// every tensor. Like every view flag, an error on a checkpoint without nested-plane tensors
     /// (f16, bf16, f32): pack with `--encoding q8` (edge-pack) or `--pack-encoding q8`.
-    #[arg(long, value_name = "B", value_parser = parse_bits, help_heading = "Views")]
+    #[arg(long, value_name = "B", allow_negative_numbers = true, value_parser = parse_bits, help_heading = "Views")]
     pub bits: Option<u8>,
 
     /// Per-layer/per-tensor views from a TOML file: `default = 4` and a `[views]` table whose
@@ -359,6 +400,7 @@ pub struct ModelArgs {
         long,
         value_name = "BITS",
         value_parser = parse_target_bits,
+        allow_negative_numbers = true,
         help_heading = "Views",
         conflicts_with_all = ["bits", "weight_budget"]
     )]
@@ -367,7 +409,7 @@ pub struct ModelArgs {
     /// Choose views from the sensitivity profile so that the weights (norms included) take at
     /// most SIZE bytes: a number with B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (of
     /// 1024), e.g. 90MB. A budget at or above the 8-bit view's size reads every unit at 8 bits.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
     /// Weight encoding used when auto-packing a non-.edge model (once, into the cache). The
@@ -375,13 +417,13 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = PackEncoding::Nested8Cal, value_name = "ENC")]
     pub pack_encoding: PackEncoding,
 
-    /// Group size used when auto-packing with a grouped encoding (q8, q8-cal).
-    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    /// Group size used when auto-packing with a grouped encoding (q8, q8-cal): a multiple of 8.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_group_size, allow_negative_numbers = true)]
     pub group_size: usize,
 
     /// Threads for matrix products (default: the --board's default_threads, else the physical cores this
     /// process may use).
-    #[arg(short = 't', long, value_name = "N", value_parser = parse_positive)]
+    #[arg(short = 't', long, value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
     pub threads: Option<usize>,
 
     /// Where the model runs: `cpu` (the default) or `cuda[:N]` (GPU N, default 0; needs a build
@@ -404,17 +446,17 @@ pub struct KvArgs {
     /// values with f16 scales: about half and a quarter of f16's bytes), 32 (f32), or keys and
     /// values apart as kXvY (e.g. k8v4: int8 keys, int4 values). bench: a comma-separated list,
     /// each measured. [default: 16; with --budget, chosen to fit]
-    #[arg(long, value_name = "F", value_parser = parse_kv_bits, value_delimiter = ',', help_heading = "KV cache")]
+    #[arg(long, value_name = "F", value_parser = parse_kv_bits, value_delimiter = ',', allow_negative_numbers = true, help_heading = "KV cache")]
     pub kv_bits: Vec<KvFormat>,
 
     /// Keep only N positions in the KV cache (StreamingLLM): the first S (--kv-sink) and the
     /// most recent N - S. Memory stays constant and generation continues past --ctx; N is at
     /// most --ctx.
-    #[arg(long, value_name = "N", value_parser = parse_kv_window, help_heading = "KV cache")]
+    #[arg(long, value_name = "N", value_parser = parse_kv_window, help_heading = "KV cache", allow_negative_numbers = true)]
     pub kv_window: Option<usize>,
 
     /// With --kv-window: the first S positions (attention sinks) are always kept [default: 4].
-    #[arg(long, value_name = "S", value_parser = parse_kv_sink, help_heading = "KV cache")]
+    #[arg(long, value_name = "S", value_parser = parse_kv_sink, help_heading = "KV cache", allow_negative_numbers = true)]
     pub kv_sink: Option<usize>,
 }
 
@@ -449,7 +491,7 @@ pub struct BenchArgs {
 
     /// View widths to measure, comma-separated (2, 3, 4, 5, 6, 8), each the same for every tensor
     /// (default: the 8-bit view, or the dense weights).
-    #[arg(long, value_name = "B,..", value_delimiter = ',', value_parser = parse_bits, help_heading = "Views")]
+    #[arg(long, value_name = "B,..", value_delimiter = ',', value_parser = parse_bits, allow_negative_numbers = true, help_heading = "Views")]
     pub bits: Vec<u8>,
 
     /// Measure the views of a plan file instead (see `edge-run --help`).
@@ -461,13 +503,14 @@ pub struct BenchArgs {
         long,
         value_name = "BITS",
         value_parser = parse_target_bits,
+        allow_negative_numbers = true,
         help_heading = "Views",
         conflicts_with_all = ["bits", "weight_budget"]
     )]
     pub target_bits: Option<f64>,
 
     /// Measure the plan the sensitivity profile picks for a weight budget (e.g. 90MB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Views", conflicts_with = "bits")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true, help_heading = "Views", conflicts_with = "bits")]
     pub weight_budget: Option<u64>,
 
     /// Measure the plan `edge-run --budget SIZE` makes for a process of SIZE bytes at this
@@ -477,6 +520,7 @@ pub struct BenchArgs {
         long,
         value_name = "SIZE",
         value_parser = parse_size,
+        allow_hyphen_values = true,
         help_heading = "Views",
         conflicts_with_all = ["bits", "weight_budget", "plan", "target_bits"]
     )]
@@ -487,13 +531,13 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = PackEncoding::Nested8Cal, value_name = "ENC")]
     pub pack_encoding: PackEncoding,
 
-    /// Group size used when auto-packing with a grouped encoding (q8, q8-cal).
-    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    /// Group size used when auto-packing with a grouped encoding (q8, q8-cal): a multiple of 8.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_group_size, allow_negative_numbers = true)]
     pub group_size: usize,
 
     /// Thread counts to measure, comma-separated (default: the --board's default_threads, else the physical
     /// cores).
-    #[arg(short = 't', long, value_name = "N,..", value_delimiter = ',', value_parser = parse_positive)]
+    #[arg(short = 't', long, value_name = "N,..", value_delimiter = ',', value_parser = parse_threads, allow_negative_numbers = true)]
     pub threads: Vec<usize>,
 
     /// Where the model runs: `cpu` (the default) or `cuda[:N]` (as `edge-run --device`).
@@ -518,24 +562,24 @@ pub struct BenchArgs {
     pub energy: Option<PathBuf>,
 
     /// Prompt tokens of the prefill test (0 = skip it).
-    #[arg(short = 'p', long, default_value_t = 512, value_name = "N")]
+    #[arg(short = 'p', long, default_value_t = 512, value_name = "N", value_parser = parse_bench_tokens, allow_negative_numbers = true)]
     pub n_prompt: usize,
 
     /// Generated tokens of the decode test (0 = skip it).
-    #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
+    #[arg(short = 'n', long, default_value_t = 128, value_name = "N", value_parser = parse_bench_tokens, allow_negative_numbers = true)]
     pub n_gen: usize,
 
     /// Run the tests after D positions were prefilled (llama-bench's -d): `tg128@d4096` attends
     /// over the KV cache of D positions every token; the context is sized for D + the longer
     /// test (--n-prompt or --n-gen).
-    #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]
+    #[arg(short = 'd', long, default_value_t = 0, value_name = "D", value_parser = parse_bench_tokens, allow_negative_numbers = true)]
     pub n_depth: usize,
 
     #[command(flatten)]
     pub kv: KvArgs,
 
     /// Measured repetitions of each test, after one warm-up run.
-    #[arg(short = 'r', long, default_value_t = 5, value_name = "N", value_parser = parse_positive)]
+    #[arg(short = 'r', long, default_value_t = 5, value_name = "N", value_parser = parse_repetitions, allow_negative_numbers = true)]
     pub repetitions: usize,
 
     /// Print one JSON document instead of the table.
@@ -558,11 +602,11 @@ pub struct GenerateArgs {
 
     /// Prompt as token ids ("1 2 3" or "1,2,3"), for checkpoints without a tokenizer; the output
     /// is then token ids too.
-    #[arg(long, value_name = "IDS")]
+    #[arg(long, value_name = "IDS", allow_hyphen_values = true)]
     pub prompt_ids: Option<String>,
 
-    /// Number of tokens to generate; -1: until the end of text (EOS) or a full context (--ctx;
-    /// with --kv-window: until the end of text).
+    /// Number of tokens to generate (1 or more); -1: until the end of text (EOS) or a full
+    /// context (--ctx; with --kv-window: until the end of text).
     #[arg(
         short = 'n',
         long = "n-predict",
@@ -575,19 +619,19 @@ pub struct GenerateArgs {
     pub n_predict: NPredict,
 
     /// Sampling temperature; 0 = greedy (argmax).
-    #[arg(long, visible_alias = "temperature", default_value_t = 0.8, value_name = "T", value_parser = parse_temp)]
+    #[arg(long, visible_alias = "temperature", default_value_t = 0.8, value_name = "T", value_parser = parse_temp, allow_negative_numbers = true)]
     pub temp: f32,
 
     /// Sample only from the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40, value_name = "K")]
+    #[arg(long, default_value_t = 40, value_name = "K", value_parser = parse_top_k, allow_negative_numbers = true)]
     pub top_k: usize,
 
     /// Sample from the smallest set of tokens whose probability reaches P (1.0 = all).
-    #[arg(long, default_value_t = 0.95, value_name = "P", value_parser = parse_prob)]
+    #[arg(long, default_value_t = 0.95, value_name = "P", value_parser = parse_prob, allow_negative_numbers = true)]
     pub top_p: f32,
 
     /// Random seed (default: random; the seed used is reported).
-    #[arg(short = 's', long, value_name = "S")]
+    #[arg(short = 's', long, value_name = "S", value_parser = arg_values::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// Wrap the prompt in the checkpoint's chat template as a user message.
@@ -600,7 +644,7 @@ pub struct GenerateArgs {
 
     /// Context size in tokens, prompt + generated [default: 2048, or the model's trained
     /// context if smaller].
-    #[arg(short = 'c', long, value_name = "N", value_parser = parse_positive)]
+    #[arg(short = 'c', long, value_name = "N", value_parser = parse_ctx, allow_negative_numbers = true)]
     pub ctx: Option<usize>,
 
     /// Plan the whole process to fit SIZE bytes of memory (e.g. 150MB, 1.5GiB): weights from
@@ -610,13 +654,14 @@ pub struct GenerateArgs {
         long,
         value_name = "SIZE",
         value_parser = parse_size,
+        allow_hyphen_values = true,
         help_heading = "Views",
         conflicts_with_all = ["weight_budget", "bits", "plan", "target_bits", "kv_window"]
     )]
     pub budget: Option<u64>,
 
     /// Prompt tokens processed per forward pass during prefill.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    #[arg(short = 'b', long = "batch-size", default_value_t = 64, value_name = "N", value_parser = parse_batch, allow_negative_numbers = true)]
     pub batch: usize,
 
     /// Do not fit the run to the memory free on this device. Without --budget (and without
@@ -639,7 +684,7 @@ pub struct GenerateArgs {
     /// ladder, views and KV precision are set by a closed loop on the power sensor's readings;
     /// each change is a line on stderr and an event in --json. Needs a sensor (see
     /// --power-sensor).
-    #[arg(long, value_name = "WATTS", value_parser = parse_watts, help_heading = "Power")]
+    #[arg(long, value_name = "WATTS", value_parser = parse_watts, help_heading = "Power", allow_hyphen_values = true)]
     pub power: Option<f64>,
 
     /// A file holding the power budget (e.g. "10W"), re-read every second while generating, so
@@ -686,15 +731,15 @@ pub struct EvalArgs {
     pub token_ids: bool,
 
     /// Window size in tokens; the second half of each window is scored.
-    #[arg(short = 'c', long, default_value_t = 512, value_name = "N", value_parser = parse_positive)]
+    #[arg(short = 'c', long, default_value_t = 512, value_name = "N", value_parser = parse_window, allow_negative_numbers = true)]
     pub ctx: usize,
 
     /// Evaluate at most N windows (default: every full window of the file).
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, value_name = "N", value_parser = parse_chunks, allow_negative_numbers = true)]
     pub chunks: Option<usize>,
 
     /// Tokens per forward pass (default: min(ctx, 512)).
-    #[arg(short = 'b', long = "batch-size", value_name = "N", value_parser = parse_positive)]
+    #[arg(short = 'b', long = "batch-size", value_name = "N", value_parser = parse_batch, allow_negative_numbers = true)]
     pub batch: Option<usize>,
 
     /// Base model (checkpoint or any model path) to compare against: reports
@@ -703,7 +748,7 @@ pub struct EvalArgs {
     pub kl_base: Option<PathBuf>,
 
     /// View width of the base model's nested-plane weights (default 8).
-    #[arg(long, value_name = "B", value_parser = parse_bits, requires = "kl_base")]
+    #[arg(long, value_name = "B", allow_negative_numbers = true, value_parser = parse_bits, requires = "kl_base")]
     pub kl_base_bits: Option<u8>,
 
     /// Plan the evaluated model as `edge-run --budget SIZE` would for a process of SIZE bytes
@@ -713,6 +758,7 @@ pub struct EvalArgs {
         long,
         value_name = "SIZE",
         value_parser = parse_size,
+        allow_hyphen_values = true,
         help_heading = "Views",
         conflicts_with_all = ["weight_budget", "bits", "plan", "target_bits", "kv_window", "sweep"]
     )]
@@ -763,6 +809,7 @@ pub struct EvalArgs {
         value_name = "BITS",
         value_delimiter = ',',
         value_parser = parse_target_bits,
+        allow_negative_numbers = true,
         default_value = "2.5,3,3.5,4,5,6",
         requires = "sweep",
         help_heading = "Sweep"
@@ -771,7 +818,7 @@ pub struct EvalArgs {
 
     /// Weight-byte budgets of more profile-chosen plans in the sweep (comma-separated sizes
     /// like --weight-budget's), e.g. the sizes of llama.cpp files to compare at equal bytes.
-    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, requires = "sweep", help_heading = "Sweep")]
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, allow_hyphen_values = true, requires = "sweep", help_heading = "Sweep")]
     pub byte_budgets: Vec<u64>,
 
     /// Folder for sweep.json and sweep.svg (created if missing).
@@ -796,7 +843,7 @@ pub struct InspectArgs {
     /// With --verify: check only the segments the B-bit view reads (nested tensors' group
     /// parameters and first planes; every segment of other tensors), so verifying a 2-bit view
     /// reads about a quarter of the nested bytes.
-    #[arg(long, value_name = "B", value_parser = parse_bits, requires = "verify")]
+    #[arg(long, value_name = "B", allow_negative_numbers = true, value_parser = parse_bits, requires = "verify")]
     pub bits: Option<u8>,
 
     /// Read the file into memory instead of memory-mapping it.

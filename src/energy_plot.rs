@@ -14,13 +14,16 @@ pub struct Point {
     pub joules_per_token: f64,
 }
 
-/// Write the plot to `path` (SVG).
+/// Write the plot to `path` (SVG), drawn in memory, then written through a temporary file
+/// renamed into place.
 pub fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<()> {
-    draw(path, title, points).map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))
+    let mut svg = String::new();
+    draw(&mut svg, title, points).map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
+    edge_pack::writable::write_atomic(path, svg.as_bytes())
 }
 
-fn draw(path: &Path, title: &str, points: &[Point]) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (900, 620)).into_drawing_area();
+fn draw(svg: &mut String, title: &str, points: &[Point]) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(svg, (900, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let shown: Vec<&Point> = points.iter().filter(|p| p.tokens_per_second.is_finite() && p.joules_per_token.is_finite()).collect();
     let (x1, y1) = shown.iter().fold((1e-9f64, 1e-9f64), |(a, b), p| (a.max(p.tokens_per_second), b.max(p.joules_per_token)));

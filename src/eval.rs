@@ -16,6 +16,10 @@ use crate::stats;
 use crate::views;
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    // Written after the whole sequence ran: a place that cannot take it fails now.
+    if let Some(out) = &args.logits_out {
+        edge_pack::writable::check_file(out, "--logits-out")?;
+    }
     let quiet = args.json;
     let file = session::open(&args.model)?;
     let ctx = args.ctx;
@@ -37,6 +41,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         batch = c.budget.shape.batch;
         kv = KvSettings { format: c.budget.shape.kv, window: None };
     }
+    if args.logits_out.is_none() {
+        crate::perplexity::check_ctx(&main, ctx)?;
+    }
     let mut tok = corpus_tokenizer(&main.ck, main.path(), args.token_ids)?;
     if let Some(out) = &args.logits_out {
         return crate::logits_out::run(args, &main, tok.as_mut(), batch, kv, out);
@@ -50,7 +57,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
 
-    let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
+    let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, main.config.vocab_size, quiet)?;
     let n_windows = corpus.n_windows;
 
     let mut model = window_model(&main, ctx, batch, kv)?;

@@ -216,7 +216,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
 
     // The prompt, as token ids.
     let (prompt_text, prompt_ids) = if let Some(ids) = &args.prompt_ids {
-        let ids = tokenizer::parse_ids(ids)?;
+        let ids = tokenizer::parse_ids(ids, config.vocab_size, "--prompt-ids")?;
         if ids.is_empty() {
             bail!("--prompt-ids is empty; give at least one token id");
         }
@@ -268,7 +268,7 @@ pub fn run(args: &GenerateArgs, board: Option<&Board>) -> Result<()> {
         (Some(text), ids)
     };
     if let Some(&bad) = prompt_ids.iter().find(|&&i| i as usize >= config.vocab_size) {
-        bail!("prompt token id {bad} is outside the vocabulary (0..{})", config.vocab_size);
+        bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {}; re-pack the model", config.vocab_size);
     }
 
     let ctx = match (plan, args.ctx) {

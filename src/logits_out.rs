@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use edge_runtime::model::Logits;
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use crate::tokenizer::{self, Tok};
 
 pub fn run(args: &EvalArgs, main: &Loaded<'_>, tok: Option<&mut Tok>, batch: usize, kv: KvSettings, out: &Path) -> Result<()> {
     let text = read_text(&args.data, args.json)?;
+    let vocab = main.config.vocab_size;
     let ids = match tok {
         Some(t) => {
             let mut ids = t.encode(&text, false)?;
@@ -26,15 +27,13 @@ pub fn run(args: &EvalArgs, main: &Loaded<'_>, tok: Option<&mut Tok>, batch: usi
             }
             ids
         }
-        None => tokenizer::parse_ids(text.trim().trim_start_matches('[').trim_end_matches(']'))
-            .map_err(|e| anyhow!("{}: {}", args.data.display(), e.to_string().replace("--prompt-ids: ", "")))?,
+        None => tokenizer::parse_ids(text.trim().trim_start_matches('[').trim_end_matches(']'), vocab, &args.data.display().to_string())?,
     };
-    let vocab = main.config.vocab_size;
     if ids.is_empty() {
         bail!("{} holds no tokens; --logits-out needs at least one", args.data.display());
     }
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        bail!("token {bad} in {} is outside the model's vocabulary of {vocab}", args.data.display());
+        bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {vocab}; re-pack the model");
     }
     let n = ids.len();
     if n > main.config.max_seq_len {
@@ -81,13 +80,7 @@ pub fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<
     for x in data {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
-    let tmp = path.with_extension("npy.part");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow!("cannot write {}: {e}", path.display())
-        })
+    edge_pack::writable::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -113,8 +113,8 @@ pub struct Corpus {
 impl Corpus {
     /// Read `data` and tokenize it whole, as llama-perplexity does (special tokens are plain
     /// text), or, with `token_ids`, read it as token ids (whitespace- or comma-separated, or a
-    /// JSON array) used as they are; check `ctx` and count the windows.
-    pub fn new(tok: Option<&mut Tok>, data: &Path, ctx: usize, chunks: Option<usize>, quiet: bool) -> Result<Corpus> {
+    /// JSON array) used as they are, each below `vocab`; check `ctx` and count the windows.
+    pub fn new(tok: Option<&mut Tok>, data: &Path, ctx: usize, chunks: Option<usize>, vocab: usize, quiet: bool) -> Result<Corpus> {
         if ctx < 4 {
             bail!("--ctx {ctx} is too small: a window scores positions ctx/2..ctx-1; use at least 4 (512 is usual)");
         }
@@ -128,8 +128,7 @@ impl Corpus {
                 (tokens, add_bos, tok.bos)
             }
             None => {
-                let ids = tokenizer::parse_ids(text.trim().trim_start_matches('[').trim_end_matches(']'))
-                    .map_err(|e| anyhow!("{}: {}", data.display(), e.to_string().replace("--prompt-ids: ", "")))?;
+                let ids = tokenizer::parse_ids(text.trim().trim_start_matches('[').trim_end_matches(']'), vocab, &data.display().to_string())?;
                 (ids, false, None)
             }
         };
@@ -333,6 +332,13 @@ pub fn score_window(
 /// its KV cache kept as `kv` says (with a KV window shorter than `ctx`, the positions past it
 /// run one token at a time).
 pub fn window_model<'f>(loaded: &Loaded<'f>, ctx: usize, batch: usize, kv: KvSettings) -> Result<Model<'f>> {
+    check_ctx(loaded, ctx)?;
+    loaded.model(ctx, batch, kv)
+}
+
+/// Refuse windows longer than the trained context of `loaded` (eval calls it as soon as the
+/// model is open, before the data is read and tokenized).
+pub fn check_ctx(loaded: &Loaded<'_>, ctx: usize) -> Result<()> {
     if ctx > loaded.config.max_seq_len {
         bail!(
             "--ctx {ctx} exceeds the trained context of {} ({} tokens); use a smaller --ctx",
@@ -340,7 +346,7 @@ pub fn window_model<'f>(loaded: &Loaded<'f>, ctx: usize, batch: usize, kv: KvSet
             loaded.config.max_seq_len
         );
     }
-    loaded.model(ctx, batch, kv)
+    Ok(())
 }
 
 /// Refuse to compare `other` (`what`: `--kl-base`, `baseline FILE`) with a model of another

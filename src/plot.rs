@@ -30,20 +30,22 @@ pub struct PlotData {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
-fn err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("cannot draw {}: {e}", path.display())
+/// Write the two-panel plot to `path` (SVG), drawn in memory, then written through a temporary
+/// file renamed into place.
+pub fn write_svg(path: &Path, d: &PlotData) -> Result<()> {
+    let mut svg = String::new();
+    draw(&mut svg, d).map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
+    edge_pack::writable::write_atomic(path, svg.as_bytes())
 }
 
-/// Write the two-panel plot to `path` (SVG).
-pub fn write_svg(path: &Path, d: &PlotData) -> Result<()> {
-    let root = SVGBackend::new(path, (1400, 620)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let root = root.titled(&d.title, ("sans-serif", 20)).map_err(|e| err(path, e))?;
+fn draw(svg: &mut String, d: &PlotData) -> DrawResult {
+    let root = SVGBackend::with_string(svg, (1400, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(&d.title, ("sans-serif", 20))?;
     let (left, right) = root.split_horizontally(700);
-    panel(&left, d, |p| p.ppl, "perplexity (log scale)", "Perplexity vs weight bytes").map_err(|e| err(path, e))?;
-    panel(&right, d, |p| p.kl, "KL(base || config), nats/token (log scale)", "KL divergence from the base vs weight bytes")
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))?;
+    panel(&left, d, |p| p.ppl, "perplexity (log scale)", "Perplexity vs weight bytes")?;
+    panel(&right, d, |p| p.kl, "KL(base || config), nats/token (log scale)", "KL divergence from the base vs weight bytes")?;
+    root.present()?;
     Ok(())
 }
 

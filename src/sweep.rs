@@ -5,7 +5,7 @@
 //! once per window. Output: a table, `sweep.json`, `sweep.svg`, and the compressibility score.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
@@ -120,6 +120,9 @@ fn encoding_label(ck: &Checkpoint<'_>) -> &'static str {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    // The files go in at the end, after minutes of windows: a folder that cannot take them
+    // fails now.
+    edge_pack::writable::check_dir(&args.out, &["sweep.json", "sweep.svg"], "--out")?;
     let quiet = args.json;
     let base_path = args.kl_base.as_ref().ok_or_else(|| anyhow!("--sweep needs --kl-base (the full-precision model)"))?;
     let file = session::open(&args.model)?;
@@ -131,6 +134,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let (ck, config) = (&main.ck, &main.config);
     let mut tok = perplexity::corpus_tokenizer(ck, &file.path, args.token_ids)?;
     let ctx = args.ctx;
+    perplexity::check_ctx(&main, ctx)?;
     let batch = args.batch.unwrap_or(512).min(ctx);
     // The KV flags apply to the compared models; the base keeps f16 and every position.
     let kv = KvSettings::from_args(&args.kv, ctx)?;
@@ -146,7 +150,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let baseline_loads: Vec<Loaded<'_>> =
         baseline_files.iter().map(|f| Loaded::with(f, |_, _, _| Ok(Selection::uniform(None)))).collect::<Result<_>>()?;
 
-    let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, quiet)?;
+    let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, config.vocab_size, quiet)?;
     corpus.check_vocab(config.vocab_size)?;
 
     // The configurations.
@@ -390,7 +394,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "peak_rss_bytes": stats::peak_rss_bytes(),
         "files": { "json": json_path.display().to_string(), "plot": svg_path.display().to_string() },
     });
-    write_file(&json_path, format!("{obj:#}\n").as_bytes())?;
+    edge_pack::writable::write_atomic(&json_path, format!("{obj:#}\n").as_bytes())?;
 
     let to_point = |r: &Row, label: String| Point {
         label,
@@ -457,10 +461,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         svg_path.display()
     );
     Ok(())
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

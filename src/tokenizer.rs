@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use edge_runtime::format::keys;
 use edge_runtime::Checkpoint;
 
@@ -143,11 +143,30 @@ fn strftime_now(_fmt: &str) -> String {
     String::new()
 }
 
-/// Parse `--prompt-ids`: integers separated by spaces and/or commas.
-pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+/// Parse token ids given by `what` (`--prompt-ids`, a `--token-ids` file): whole numbers
+/// separated by spaces and/or commas, each below `vocab`, the model's vocabulary size. An error
+/// names the first bad id and its position (from 1), and for one out of range the vocabulary.
+pub fn parse_ids(s: &str, vocab: usize, what: &str) -> Result<Vec<u32>> {
     s.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().map_err(|_| anyhow!("--prompt-ids: '{t}' is not a token id (expected e.g. \"1 2 3\")")))
+        .enumerate()
+        .map(|(i, t)| {
+            let pos = i + 1;
+            let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+            if t.strip_prefix('-').is_some_and(digits) {
+                bail!("{what}: token id {t} at position {pos} is negative; ids run from 0 to {} (the model's vocabulary of {vocab})", vocab.saturating_sub(1));
+            }
+            if !digits(t) {
+                bail!("{what}: '{t}' at position {pos} is not a token id; give whole numbers separated by spaces or commas, e.g. \"1 2 3\"");
+            }
+            match t.parse::<u64>() {
+                Ok(id) if id < vocab as u64 => Ok(id as u32),
+                _ => bail!(
+                    "{what}: token id {t} at position {pos} is out of range for the model's vocabulary of {vocab} tokens (ids 0 to {})",
+                    vocab.saturating_sub(1)
+                ),
+            }
+        })
         .collect()
 }
 
@@ -260,7 +279,15 @@ mod tests {
 
     #[test]
     fn prompt_ids() {
-        assert_eq!(parse_ids("1 2,3 ,\t4").unwrap(), [1, 2, 3, 4]);
-        assert!(parse_ids("1 -2").is_err());
+        assert_eq!(parse_ids("1 2,3 ,\t4", 5, "--prompt-ids").unwrap(), [1, 2, 3, 4]);
+        let e = parse_ids("1 -2", 5, "--prompt-ids").unwrap_err().to_string();
+        assert!(e.contains("-2 at position 2 is negative"), "{e}");
+        let e = parse_ids("1 2 x3", 5, "--prompt-ids").unwrap_err().to_string();
+        assert!(e.contains("'x3' at position 3 is not a token id"), "{e}");
+        // Out of range, including beyond u64.
+        for big in ["5", "4294967296", "99999999999999999999999"] {
+            let e = parse_ids(&format!("0 {big}"), 5, "ids.txt").unwrap_err().to_string();
+            assert_eq!(e, format!("ids.txt: token id {big} at position 2 is out of range for the model's vocabulary of 5 tokens (ids 0 to 4)"));
+        }
     }
 }

@@ -151,11 +151,11 @@ fn bad_input_is_one_line() {
     let m = stories_q8();
     let m = m.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["bench", "-m", m, "-r", "0"], "not a positive integer"),
+        (&["bench", "-m", m, "-r", "0"], "is not a number of repetitions; give a whole number from 1 to 1000"),
         (&["bench", "-m", m, "-p", "600"], "exceeds the model's context of 512"),
         (&["bench", "-m", m, "-n", "513"], "exceeds the model's context of 512"),
         (&["bench", "-m", m, "--bits", "8,7"], "not a view width"),
-        (&["bench", "-m", m, "-t", "0"], "not a positive integer"),
+        (&["bench", "-m", m, "-t", "0"], "is not a thread count; give a whole number from 1 to 1024"),
         (&["bench", "-m", m, "-p", "0", "-n", "0"], "nothing to measure"),
         (&["bench", "-m", "/nonexistent/model.edge"], "does not exist"),
     ];

@@ -12,11 +12,12 @@
 //! gguf  hf  llama2c                importers: one format -> SourceModel
 //! calibrate  sensitivity           GPTQ's tokens, Hessians and codes; the per-unit KL profile
 //! sentencepiece                    a tokenizer.model read as GGUF-style vocabulary fields
-//! source  tokenizer  quant  threads  rope_scaling
+//! source  tokenizer  quant  threads  rope_scaling  writable  arg_values
 //! ```
 //! The importers know nothing of calibration or packing; calibration and the profile know
 //! nothing of the sources.
 
+pub mod arg_values;
 pub mod calibrate;
 pub mod gguf;
 pub mod hf;
@@ -32,6 +33,7 @@ pub mod source;
 mod source_detect;
 mod threads;
 pub mod tokenizer;
+pub mod writable;
 
 pub use pack::{pack_file, pack_model, pack_model_with, PackOptions, PackReport, WeightEncoding};
 pub use source::{SourceModel, SourceTensor};

@@ -86,9 +86,10 @@ struct Cli {
     #[arg(short, long, value_enum)]
     encoding: Option<EncodingArg>,
 
-    /// Weights per (scale, min) group along each row, for --encoding q8. A multiple of 8; rows
-    /// that are not a whole number of groups are padded [default: 64; an edge-qat export's own].
-    #[arg(short, long, value_name = "N")]
+    /// Weights per (scale, min) group along each row, for --encoding q8. A multiple of 8, up to
+    /// 65536 and no wider than the narrowest rows; rows that are not a whole number of groups are
+    /// padded [default: 64; an edge-qat export's own].
+    #[arg(short, long, value_name = "N", value_parser = edge_pack::arg_values::group_size, allow_negative_numbers = true)]
     group_size: Option<u32>,
 
     /// How q8 codes are chosen: `all-views` searches each group's range to minimise the error of
@@ -110,15 +111,15 @@ struct Cli {
     calibrate_self: bool,
 
     /// Calibration tokens in all (split into sequences of --calibrate-seq-len).
-    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_TOKENS, requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_TOKENS, requires = "calib", allow_negative_numbers = true, value_parser = |s: &str| tokens(s, 16))]
     calibrate_tokens: usize,
 
     /// Length of each calibration sequence (capped at the model's context).
-    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_SEQ_LEN, requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = edge_pack::calibrate::DEFAULT_SEQ_LEN, requires = "calib", allow_negative_numbers = true, value_parser = |s: &str| tokens(s, 8))]
     calibrate_seq_len: usize,
 
     /// Seed of --calibrate-self's sampling.
-    #[arg(long, value_name = "S", default_value_t = 0, requires = "calib")]
+    #[arg(long, value_name = "S", default_value_t = 0, requires = "calib", value_parser = edge_pack::arg_values::seed, allow_negative_numbers = true)]
     calibrate_seed: u64,
 
     /// Calibration tokens the sensitivity profile is measured on (5 forward passes over them per
@@ -126,7 +127,7 @@ struct Cli {
     /// [default: as many as about 4 TFLOP of forward passes allow, at least one calibration
     /// sequence: 256 for SmolLM2-135M (a few minutes on two cores), all of them for small
     /// models].
-    #[arg(long, value_name = "N", requires = "calib", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    #[arg(long, value_name = "N", requires = "calib", allow_negative_numbers = true, value_parser = |s: &str| tokens(s, 1))]
     profile_tokens: Option<usize>,
 
     /// GPTQ: `joint` compensates the rounding error of every view at once (a compensated copy
@@ -139,7 +140,7 @@ struct Cli {
 
     /// GPTQ's dampening of the Hessian, as a fraction of its mean diagonal (0.1: GPTQ's usual
     /// 0.01 overfits the ~1000 calibration tokens of a default run).
-    #[arg(long, value_name = "F", default_value_t = edge_pack::calibrate::DEFAULT_DAMP, requires = "calib")]
+    #[arg(long, value_name = "F", default_value_t = edge_pack::calibrate::DEFAULT_DAMP, requires = "calib", value_parser = parse_damp, allow_negative_numbers = true)]
     gptq_damp: f64,
 
     /// Weights of the 2-, 3-, 4- and 8-bit views' errors in `--gptq joint`'s code choice,
@@ -147,7 +148,7 @@ struct Cli {
     /// the 4- and the 8-bit ones). A larger last weight favours the 8-bit view (and the 6-bit
     /// one) at some cost to the 4- and 5-bit views: `1,1,1,4` keeps SmolLM2-135M's 8-bit view
     /// within 0.5% of f16 (docs/RESULTS.md).
-    #[arg(long, value_name = "W2,W3,W4,W8", default_value = "1,1,1,1", value_parser = parse_view_weights, requires = "calib")]
+    #[arg(long, value_name = "W2,W3,W4,W8", default_value = "1,1,1,1", value_parser = parse_view_weights, requires = "calib", allow_negative_numbers = true)]
     gptq_view_weights: ViewWeights,
 
     /// Write the plain round-to-nearest baseline at BITS (2, 3, 4, 5, 6 or 8) instead: an f16
@@ -355,6 +356,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The calibration's token counts: at least `lo`, at most a million (hours of GPTQ on two cores).
+fn tokens(s: &str, lo: u64) -> Result<usize, String> {
+    edge_pack::arg_values::whole(s, lo, 1_000_000, "a number of tokens", "").map(|n| n as usize)
+}
+
+/// `--gptq-damp`: above 0 (an undamped Hessian of ~1000 tokens may not factor) and at most 10
+/// (beyond, GPTQ's compensation is all but gone).
+fn parse_damp(s: &str) -> Result<f64, String> {
+    edge_pack::arg_values::above_at_most(s, 0.0, 10.0, "a dampening", " (a fraction of the Hessian's mean diagonal; 0.1 is the default)")
 }
 
 /// `--gptq-view-weights`: four finite weights >= 0, not all zero.

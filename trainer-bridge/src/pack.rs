@@ -285,12 +285,8 @@ fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
     if output.exists() && !force {
         bail!("output '{}' already exists; pass --force to overwrite it", output.display());
     }
-    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            bail!("the folder of output '{}' does not exist", output.display());
-        }
-    }
-    Ok(())
+    // A folder that cannot take the file fails now, not after minutes of packing.
+    crate::writable::check_file(output, "output")
 }
 
 /// The metadata every checkpoint of `model` carries.
@@ -427,8 +423,8 @@ pub fn pack_model_with(
     }
     let start = Instant::now();
     let grouped = opts.encoding == WeightEncoding::Nested8 || opts.rtn_baseline.is_some();
-    if grouped && (opts.group_size == 0 || !opts.group_size.is_multiple_of(8)) {
-        bail!("group size {} is invalid: it must be a positive multiple of 8", opts.group_size);
+    if grouped {
+        crate::arg_values::group_size(&opts.group_size.to_string()).map_err(|e| anyhow!(e))?;
     }
     if grouped {
         // A group wider than a row pads every row of that matrix to the group: a file many times

@@ -632,6 +632,58 @@ fn cli_bad_inputs_fail_with_one_line() {
     b.assert_no_temp_files();
 }
 
+/// Every number flag has a range, checked while the arguments are parsed (one line, exit 1,
+/// before the input is read), and an output folder that cannot take the file fails before the
+/// pack, not after minutes of calibration.
+#[test]
+fn cli_number_flags_and_unwritable_outputs_fail_before_packing() {
+    if !have_models() {
+        return;
+    }
+    let b = Bad::new();
+    let cwd = b.dir.path();
+    let bin = stories_bin();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-e", "q8", "-g", "0"], "group size 0 is invalid: it must be a positive multiple of 8"),
+        (&["-e", "q8", "-g", "-64"], "group size -64 is invalid"),
+        (&["-e", "q8", "-g", "131072"], "at most 65536"),
+        (&["--calibrate-self", "--calibrate-tokens", "5"], "'5' is not a number of tokens; give a whole number from 16 to 1000000"),
+        (&["--calibrate-self", "--calibrate-seq-len", "-1"], "'-1' is not a number of tokens"),
+        (&["--calibrate-self", "--profile-tokens", "0"], "'0' is not a number of tokens"),
+        (&["--calibrate-self", "--calibrate-seed", "-1"], "'-1' is not a seed"),
+        (&["--calibrate-self", "--gptq-damp", "nan"], "'nan' is not a dampening; give a number above 0 and at most 10"),
+        (&["--calibrate-self", "--gptq-damp", "0"], "'0' is not a dampening"),
+        (&["--calibrate-self", "--gptq-damp", "-0.1"], "'-0.1' is not a dampening"),
+        (&["--calibrate-self", "--gptq-view-weights", "1,1,1,inf"], "is not four weights"),
+        (&["--rtn-baseline", "7"], "'7'"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec![bin.as_os_str(), "--allow-no-tokenizer".as_ref()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        assert_cli_error(&args, cwd, want);
+    }
+    // -o inside a file; in a read-only folder (a read-only tmpfs: root writes through
+    // permission bits), refused before the (calibrated, minutes-long) pack starts.
+    let file = b.path("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let inside = file.join("m.edge");
+    assert_cli_error(&os![bin.as_os_str(), "--allow-no-tokenizer", "-o", inside.as_os_str()], cwd, "which is a file, not a folder");
+    let ro = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"]).arg(ro.path()).status().is_ok_and(|s| s.success());
+    if mounted {
+        let out = ro.path().join("m.edge");
+        let r = cli(&os![bin.as_os_str(), "--allow-no-tokenizer", "--calibrate-self", "-o", out.as_os_str()], cwd);
+        let _ = Command::new("umount").arg(ro.path()).status();
+        assert_eq!(r.0, 1, "{}", r.2);
+        // The error alone: no calibration or packing progress before it.
+        assert_eq!(r.2.lines().count(), 1, "{}", r.2);
+        assert!(r.2.contains("cannot write output") && r.2.contains("Read-only file system") && r.2.contains("choose a writable folder"), "{}", r.2);
+    } else {
+        eprintln!("SKIPPED: cannot mount a read-only tmpfs here (not root?); the read-only output is untested");
+    }
+    b.assert_no_temp_files();
+}
+
 #[test]
 #[cfg(unix)]
 fn cli_write_failure_removes_the_temporary_file() {
