@@ -262,8 +262,8 @@ fn tokens_in(s: &str, lo: usize, what: &str, hint: &str) -> Result<usize, String
 fn parse_n_predict(s: &str) -> Result<NPredict, String> {
     match s.trim() {
         "-1" => Ok(NPredict::UntilEnd),
-        "0" => Err("-n 0 generates nothing; give 1 or more tokens, or -1 (until the end of text or a full context)".into()),
-        _ => tokens_in(s, 1, "a number of tokens", ", or -1 (until the end of text or a full context)").map(NPredict::Tokens),
+        // -n 0 reads the prompt and generates nothing, as in llama.cpp.
+        _ => tokens_in(s, 0, "a number of tokens", ", or -1 (until the end of text or a full context)").map(NPredict::Tokens),
     }
 }
 
@@ -605,7 +605,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "IDS", allow_hyphen_values = true)]
     pub prompt_ids: Option<String>,
 
-    /// Number of tokens to generate (1 or more); -1: until the end of text (EOS) or a full
+    /// Number of tokens to generate (0: read the prompt only); -1: until the end of text (EOS) or a full
     /// context (--ctx; with --kv-window: until the end of text).
     #[arg(
         short = 'n',
