@@ -215,6 +215,12 @@ impl TensorSpec {
         matches!(self.role, Role::Embedding | Role::Linear | Role::Head)
     }
 
+    /// A matrix the model only reads a row at a time: the token embedding of a model with its
+    /// own head (a tied one is the head too, and multiplies every token).
+    pub fn rows_only(&self, c: &Config) -> bool {
+        self.role == Role::Embedding && !c.tied_embeddings
+    }
+
     pub fn shape(&self, c: &Config) -> Vec<u64> {
         self.shape.iter().map(|d| d.of(c) as u64).collect()
     }

@@ -107,6 +107,18 @@ pub trait Backend: Sized + core::fmt::Debug {
     /// reading the old copy). Checks the tensor now; does none of the work.
     fn begin_prepare<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Self::Preparing<'a>>;
 
+    /// [`Backend::prepare`] of a matrix the model only reads a row at a time
+    /// ([`crate::arch::TensorSpec::rows_only`]): a backend may keep it as stored, without the
+    /// form its products read (which would be a copy of the whole table for a few rows a token).
+    fn prepare_rows<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<PreparedMatrix<Self::Matrix<'a>>> {
+        self.prepare(t, bits)
+    }
+
+    /// [`Backend::begin_prepare`] of a matrix read a row at a time (see [`Backend::prepare_rows`]).
+    fn begin_prepare_rows<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Self::Preparing<'a>> {
+        self.begin_prepare(t, bits)
+    }
+
     /// Bytes of `m` as stored that its view reads.
     fn view_bytes(m: &Self::Matrix<'_>) -> usize;
 

@@ -201,7 +201,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             if self.bound(&t).is_some_and(|b| at_view(b, bits)) {
                 continue;
             }
-            let prep = backend.begin_prepare(info, bits)?;
+            let prep = if t.spec.rows_only(&self.config) { backend.begin_prepare_rows(info, bits)? } else { backend.begin_prepare(info, bits)? };
             jobs.push(Job { tensor: t, info: info.clone(), bits, prep });
         }
         Ok(ViewChange { jobs, next: 0 })
@@ -286,8 +286,10 @@ impl<'a, B: Backend> Weights<'a, B> {
         // A live change (`reuse`) prepares its few matrices side by side; a first binding goes
         // one at a time, releasing each copy's stored planes before the next is made (so the
         // load's transient stays one tensor's planes).
+        // A matrix read a row at a time is kept as stored (`Backend::prepare_rows`).
+        let rows_only = |t: &Tensor| t.spec.rows_only(c);
         let prepared: Vec<Result<crate::backend::PreparedMatrix<B::Matrix<'a>>>> = if reuse.is_some() {
-            let refs: Vec<(&TensorInfo<'a>, Option<u8>)> = jobs.iter().map(|(_, i, b)| (i, *b)).collect();
+            let refs: Vec<(&TensorInfo<'a>, Option<u8>)> = jobs.iter().filter(|(t, _, _)| !rows_only(t)).map(|(_, i, b)| (i, *b)).collect();
             backend.prepare_all(&refs)
         } else {
             Vec::new()
@@ -295,6 +297,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         let mut prepared = prepared.into_iter();
         for (t, info, bits) in &jobs {
             let p = match reuse {
+                _ if rows_only(t) => backend.prepare_rows(info, *bits)?,
                 Some(_) => prepared.next().expect("one result per job")?,
                 None => backend.prepare(info, *bits)?,
             };

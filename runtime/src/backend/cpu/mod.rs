@@ -143,6 +143,16 @@ impl Backend for Cpu {
         Ok(Preparing::new(Matrix::stored(rows, cols, stored, bits)?))
     }
 
+    fn prepare_rows<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<PreparedMatrix<Matrix<'a>>> {
+        let (rows, cols, stored) = t.blocks()?;
+        Ok(PreparedMatrix { matrix: Matrix::stored(rows, cols, stored, bits)?, replaced_planes: 0..0 })
+    }
+
+    fn begin_prepare_rows<'a>(&self, t: &TensorInfo<'a>, bits: Option<u8>) -> Result<Preparing<'a>> {
+        let (rows, cols, stored) = t.blocks()?;
+        Ok(Preparing::stored(Matrix::stored(rows, cols, stored, bits)?))
+    }
+
     fn view_bytes(m: &Matrix<'_>) -> usize {
         m.view_bytes()
     }

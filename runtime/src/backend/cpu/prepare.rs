@@ -42,6 +42,11 @@ impl<'a> Preparing<'a> {
         Preparing { matrix, state: State::Start }
     }
 
+    /// `matrix` kept as stored: complete from the start, no form made.
+    pub fn stored(matrix: Matrix<'a>) -> Self {
+        Preparing { matrix, state: State::Done { form: None } }
+    }
+
     fn nested(&self) -> Option<&Nested8<'a>> {
         match &self.matrix.view {
             WeightView::Nested8(n) => Some(n),
