@@ -147,7 +147,14 @@ def build(args):
     for p in student.parameters():
         p.requires_grad_(True)
     quantizers = quantize_model(student, args.group, learnable=args.learn_params, act_int8=args.act_int8)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    # Group scales are 1e-4..1e-2 (a weight range / 255): at the weights' rate Adam would change
+    # them by whole percents a step, so learned group parameters get their own multiple of it.
+    weights = [p for n, p in student.named_parameters() if p.requires_grad and ".wq." not in n]
+    params = [p for n, p in student.named_parameters() if p.requires_grad and ".wq." in n]
+    groups = [{"params": weights, "lr_mult": 1.0}]
+    if params:
+        groups.append({"params": params, "lr_mult": getattr(args, "param_lr_mult", 1.0)})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     return teacher, student, quantizers, opt
 
 
@@ -166,6 +173,7 @@ def main(argv=None) -> None:
     ap.add_argument("--views", default="2:1,3:1,4:1,5:1,6:1,8:1,fp:1", help="view distribution, VIEW:WEIGHT,... (VIEW in 2,3,4,5,6,8,fp)")
     ap.add_argument("--granularity", choices=["tensor", "layer", "model"], default="layer")
     ap.add_argument("--learn-params", action="store_true", help="learn group scale and min (LSQ), rounded to f16 in the forward pass")
+    ap.add_argument("--param-lr-mult", type=float, default=0.01, help="with --learn-params: the group parameters' rate as a multiple of --lr")
     ap.add_argument("--act-int8", action="store_true", help="emulate the runtime's int8 activations before nested matmuls")
     ap.add_argument("--data", default="teacher", help="'teacher' (sequences sampled from the float model) or a text file")
     ap.add_argument("--tokenizer", help="for --data FILE: a HF folder or a sentencepiece .model (default: --model)")
@@ -234,7 +242,7 @@ def main(argv=None) -> None:
             with torch.no_grad():
                 t_logits = teacher(x).logits
             for g in opt.param_groups:
-                g["lr"] = lr_at(args, step)
+                g["lr"] = lr_at(args, step) * g["lr_mult"]
             opt.zero_grad(set_to_none=True)
             set_views(quantizers, sample_views(names, args.granularity, views, probs, view_rng))
             loss = kl_loss(student(x).logits, t_logits)
