@@ -41,7 +41,8 @@ class _FakeQuant(torch.autograd.Function):
         wg = contract.grouped(w, group)
         s = scale.clamp_min(2.0**-24).unsqueeze(-1)
         u = (wg - mn.unsqueeze(-1)) / s
-        inside = (u >= 0) & (u <= 255)
+        # Where the code is not clamped: round_half_even(u) in [0, 255].
+        inside = (u >= -0.5) & (u < 255.5)
         gg = contract.grouped(grad, group)  # padding gradient is 0
         gw = (gg * inside).reshape(rows, -1)[:, :cols]
         gs = gm = None
@@ -99,6 +100,25 @@ class WeightQuantizer(nn.Module):
         with torch.no_grad():
             s, m = self.params()
             return contract.codes(w, s, m, self.group), s.to(torch.float16), m.to(torch.float16)
+
+
+@torch.no_grad()
+def project(model: nn.Module, quantizers: dict[str, WeightQuantizer]) -> None:
+    """Clamp every weight with fixed group parameters into its group's 8-bit span
+    [min, min + 255 * scale] (after an optimizer step). A weight that left the span would have
+    its code clamped and no straight-through gradient, so it could never come back, while its
+    full-precision value, which the anchor and the fp draw see, went on drifting with Adam's
+    momentum. Learned parameters move the span instead (LSQ), so those are left alone."""
+    params = dict(model.named_parameters())
+    for name, q in quantizers.items():
+        if q.learnable:
+            continue
+        w = params[name]
+        rows, cols = w.shape
+        lo = q.min.unsqueeze(-1)
+        hi = lo + q.scale.unsqueeze(-1) * 255.0
+        wg = contract.grouped(w.data, q.group)
+        w.data.copy_(torch.minimum(torch.maximum(wg, lo), hi).reshape(rows, -1)[:, :cols])
 
 
 def quantize_acts_int8(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -6,6 +6,18 @@ KL(teacher || student) per token, where the teacher is a frozen copy of the floa
 labels: data is sampled from the teacher itself by default (cached in OUT/data.pt), or a text
 file of the user's (never the held-out evaluation text).
 
+The draw alone does not hold the high views: a layer drawn at 8 bits or full precision is
+distilled in the context of other layers at 2-4 bits, so it learns to make up for their error,
+and the low views' gradients (KL of several nats against hundredths) move the shared latent
+weights wherever those views need; Adam turns even tiny gradients into steps of about the rate,
+which at 1e-4 is a tenth of a small tensor's 8-bit step. Nothing anchored the whole model's
+full-precision forward, and it drifted (stories260K, 300 steps: full-precision KL 0 -> 1.18,
+the 8-bit view's 0.031 -> 1.19, while the training loss fell). So every step also distils the
+whole model at --anchor (8 bits by default) against the same frozen teacher, weighted by
+--anchor-weight (8: the drawn views' KL is ~100x the anchor's), and the rate decays (cosine) so
+the last steps refine rather than random-walk on the 8-bit grid (at a constant 1e-4 even an
+8-bit-only run raises its own KL, 0.031 -> 0.054; at 1e-5 it lowers it to 0.023).
+
     python -m edge_qat.train --model /work/shared/models/stories260K-hf --out runs/s260k --steps 300
 """
 
@@ -14,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import random
 import sys
 import time
@@ -26,7 +39,7 @@ from tqdm import tqdm
 
 from . import contract
 from .export import export
-from .fakequant import FULL, layer_of, quantize_model, set_views
+from .fakequant import FULL, layer_of, project, quantize_model, set_views
 from .models import load_model
 
 
@@ -108,6 +121,23 @@ def rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
+def parse_anchor(spec: str):
+    """'8' -> 8, 'fp' -> FULL, 'none' -> False (no anchor)."""
+    if spec == "none":
+        return False
+    v = FULL if spec in ("fp", "full") else int(spec) if spec.isdigit() else -1
+    if v is not FULL and v not in contract.VIEWS:
+        raise SystemExit(f"edge-qat: error: --anchor {spec} is not one of {contract.VIEWS}, fp or none")
+    return v
+
+
+def lr_at(args, step: int) -> float:
+    """The rate of step `step` (0-based): constant, or cosine from --lr down to 0 over --steps."""
+    if args.schedule == "constant":
+        return args.lr
+    return args.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(args.steps, 1)))
+
+
 def build(args):
     """Teacher, student, quantizers and optimizer for a run's arguments."""
     teacher = load_model(args.model, args.device)
@@ -117,7 +147,14 @@ def build(args):
     for p in student.parameters():
         p.requires_grad_(True)
     quantizers = quantize_model(student, args.group, learnable=args.learn_params, act_int8=args.act_int8)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    # Group scales are 1e-4..1e-2 (a weight range / 255): at the weights' rate Adam would change
+    # them by whole percents a step, so learned group parameters get their own multiple of it.
+    weights = [p for n, p in student.named_parameters() if p.requires_grad and ".wq." not in n]
+    params = [p for n, p in student.named_parameters() if p.requires_grad and ".wq." in n]
+    groups = [{"params": weights, "lr_mult": 1.0}]
+    if params:
+        groups.append({"params": params, "lr_mult": getattr(args, "param_lr_mult", 1.0)})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     return teacher, student, quantizers, opt
 
 
@@ -128,11 +165,15 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-4, help="peak Adam rate")
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine", help="rate over the run (cosine: --lr down to 0)")
+    ap.add_argument("--anchor", default="8", help="view (8, 6, ..., fp) the whole model is also distilled at every step, or 'none'")
+    ap.add_argument("--anchor-weight", type=float, default=8.0, help="weight of the anchor's KL against the drawn views' KL")
     ap.add_argument("--group", type=int, default=64, help="group size (a multiple of 8)")
     ap.add_argument("--views", default="2:1,3:1,4:1,5:1,6:1,8:1,fp:1", help="view distribution, VIEW:WEIGHT,... (VIEW in 2,3,4,5,6,8,fp)")
     ap.add_argument("--granularity", choices=["tensor", "layer", "model"], default="layer")
     ap.add_argument("--learn-params", action="store_true", help="learn group scale and min (LSQ), rounded to f16 in the forward pass")
+    ap.add_argument("--param-lr-mult", type=float, default=0.01, help="with --learn-params: the group parameters' rate as a multiple of --lr")
     ap.add_argument("--act-int8", action="store_true", help="emulate the runtime's int8 activations before nested matmuls")
     ap.add_argument("--data", default="teacher", help="'teacher' (sequences sampled from the float model) or a text file")
     ap.add_argument("--tokenizer", help="for --data FILE: a HF folder or a sentencepiece .model (default: --model)")
@@ -146,6 +187,7 @@ def main(argv=None) -> None:
     if args.group <= 0 or args.group % 8:
         raise SystemExit(f"edge-qat: error: --group {args.group} is not a positive multiple of 8")
     views, probs = parse_views(args.views)
+    anchor = parse_anchor(args.anchor)
     args.out.mkdir(parents=True, exist_ok=True)
 
     random.seed(args.seed)
@@ -182,7 +224,8 @@ def main(argv=None) -> None:
         view_rng.setstate(c["view_rng"])
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     print(f"edge-qat: seed {args.seed}, device {args.device}, {len(names)} quantized tensors, group {args.group}, "
-          f"views {dict(zip(map(str, views), probs))}, data {args.data} ({tuple(data.shape)})", file=sys.stderr)
+          f"views {dict(zip(map(str, views), probs))}, anchor {args.anchor} x{args.anchor_weight}, lr {args.lr} {args.schedule}, "
+          f"data {args.data} ({tuple(data.shape)})", file=sys.stderr)
 
     def save():
         tmp = ckpt.with_suffix(".tmp")
@@ -198,14 +241,24 @@ def main(argv=None) -> None:
             x = data[idx].to(args.device)
             with torch.no_grad():
                 t_logits = teacher(x).logits
+            for g in opt.param_groups:
+                g["lr"] = lr_at(args, step) * g["lr_mult"]
+            opt.zero_grad(set_to_none=True)
             set_views(quantizers, sample_views(names, args.granularity, views, probs, view_rng))
             loss = kl_loss(student(x).logits, t_logits)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
+            rec = {"step": step + 1, "loss": loss.item()}
+            if anchor is not False and args.anchor_weight > 0:
+                set_views(quantizers, anchor)
+                a_loss = kl_loss(student(x).logits, t_logits)
+                (args.anchor_weight * a_loss).backward()
+                rec["anchor_loss"] = a_loss.item()
             opt.step()
+            project(student, quantizers)
             step += 1
             seconds += time.perf_counter() - t0
-            logf.write(json.dumps({"step": step, "loss": loss.item(), "seconds": round(seconds, 3)}) + "\n")
+            rec["seconds"] = round(seconds, 3)
+            logf.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{loss.item():.4f}")
             bar.update(1)
             if step % args.ckpt_every == 0 or step == args.steps:
@@ -214,6 +267,7 @@ def main(argv=None) -> None:
     set_views(quantizers, FULL)
     if not args.no_export:
         train = {"steps": step, "seed": args.seed, "views": args.views, "granularity": args.granularity,
+                 "anchor": args.anchor, "anchor_weight": args.anchor_weight, "schedule": args.schedule,
                  "data": args.data, "samples": int(data.shape[0]), "seq_len": args.seq_len, "batch": args.batch,
                  "lr": args.lr, "learn_params": args.learn_params, "act_int8": args.act_int8,
                  "device": args.device, "seconds": round(seconds, 1)}
