@@ -263,7 +263,7 @@ fn parse_n_predict(s: &str) -> Result<NPredict, String> {
     match s.trim() {
         "-1" => Ok(NPredict::UntilEnd),
         // -n 0 reads the prompt and generates nothing, as in llama.cpp.
-        _ => tokens_in(s, 0, "a number of tokens", ", or -1 (until the end of text or a full context)").map(NPredict::Tokens),
+        _ => tokens_in(s, 0, "a number of tokens", ", or -1 to generate until the end of text or a full context").map(NPredict::Tokens),
     }
 }
 

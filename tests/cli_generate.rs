@@ -205,7 +205,7 @@ fn n_minus_one_generates_until_the_end_of_text_or_a_full_context() {
     assert!(v["stop_reason"] == "eos" || v["stop_reason"] == "context", "{v}");
     // Other negative counts are refused, saying what -1 means.
     let e = run(["-m", b, "--prompt-ids", "1", "-n", "-2"]).one_line_error();
-    assert!(e.contains("'-2'") && e.contains("-1: until the end of text"), "{e}");
+    assert!(e.contains("'-2'") && e.contains("-1 to generate until the end of text"), "{e}");
     let r = run(["--help"]);
     assert!(r.stdout.contains("-1: until the end of text"), "{}", r.stdout);
 }
