@@ -18,7 +18,6 @@
 
 use core::arch::x86_64::*;
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use super::common::{check_bounds, load_params8, sources};
@@ -188,6 +187,43 @@ pub(super) struct Tile {
     pub(super) so: Vec<f32>,
 }
 
+/// Most bytes of tile buffers a thread keeps between calls ([`Tile::recycle`]).
+#[cfg(feature = "std")]
+const KEEP_BYTES: usize = 8 << 20;
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// A thread's tile buffers from its last prefill call, reused by the next: allocated per
+    /// call, a tile of a megabyte or more may come as a fresh mapping each time, whose pages
+    /// fault in over the whole tile on every call.
+    static BUFFERS: core::cell::Cell<(Vec<u8>, Vec<f32>)> = const { core::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+impl Tile {
+    /// Buffers of `codes` bytes and `so` floats, this thread's kept ones where it has them.
+    /// What a kept buffer held is left in it (zeroing a tile on every call costs as much as
+    /// a small product): [`unpack_tile`] writes every value it reads.
+    fn buffers(codes: usize, so: usize) -> (Vec<u8>, Vec<f32>) {
+        #[cfg(feature = "std")]
+        let (mut c, mut s) = BUFFERS.with(|b| b.take());
+        #[cfg(not(feature = "std"))]
+        let (mut c, mut s) = (Vec::new(), Vec::new());
+        c.resize(codes, 0);
+        s.resize(so, 0.0);
+        (c, s)
+    }
+
+    /// Hand a tile's buffers back for this thread's next call (unless they are large).
+    pub(super) fn recycle(codes: Vec<u8>, so: Vec<f32>) {
+        #[cfg(feature = "std")]
+        if codes.capacity() + 4 * so.capacity() <= KEEP_BYTES {
+            BUFFERS.with(|b| b.set((codes, so)));
+        }
+        #[cfg(not(feature = "std"))]
+        let _ = (codes, so);
+    }
+}
+
 /// Unpack rows `first..first + len` of `w` (see [`Tile`]): from the runs when the view has
 /// them, else from the planes (view 8: and the nibbles). The tile is allocated per call.
 ///
@@ -206,8 +242,7 @@ pub(super) unsafe fn unpack_tile<const V: u8, const VNNI: bool>(w: &Nested8<'_>,
     let step_mul = _mm256_set1_ps((1u32 << drop) as f32);
     let centre = _mm256_set1_ps(((1u32 << drop) - 1) as f32 * 0.5);
     // View 8 unpacks both nibbles; with VNNI they are merged into whole codes below.
-    let mut codes = vec![0u8; if V == 8 { 2 } else { 1 } * len * rs];
-    let mut so = vec![0f32; 2 * len * gpr];
+    let (mut codes, mut so) = Tile::buffers(if V == 8 { 2 } else { 1 } * len * rs, 2 * len * gpr);
     {
         let (hi, lo) = codes.split_at_mut(len * rs);
         if runs {
@@ -322,4 +357,5 @@ pub(super) unsafe fn avx2_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &QA
         }
         tb += nb;
     }
+    Tile::recycle(codes, so);
 }

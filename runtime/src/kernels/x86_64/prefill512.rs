@@ -139,4 +139,5 @@ pub(super) unsafe fn avx512_nested8_matmul<const V: u8>(w: &Nested8<'_>, acts: &
         }
         tb += per_call;
     }
+    Tile::recycle(codes, so);
 }
