@@ -230,11 +230,13 @@ mod tests {
     }
 }
 
-/// Keep glibc from holding freed copies of views: every allocation from 256 KiB up gets its
-/// own mapping, returned to the system when it is freed. By default glibc raises that
-/// threshold each time a large mapping is freed, after which the copies a step down drops (the
-/// runs of a view, a few hundred KiB to megabytes each) land in the heap and stay resident, and
-/// the controller's steps stop lowering the resident set. Call before any thread starts.
+/// Fix glibc's mmap threshold at 256 KiB. By default glibc raises it each time a large mapping
+/// is freed (a step down frees copies of views of megabytes); the buffers allocated next (a KV
+/// cache in a new format, a view's copy) then come from the heap, where a zeroed allocation is
+/// written in full (a fresh mapping's pages stay untouched until used) and a freed one stays
+/// resident, so a step down could raise the resident set. In exchange, a hot loop must keep its
+/// large buffers between calls (as the x86 prefill keeps its tiles), or it maps and faults them
+/// in every time. Call before any thread starts.
 pub fn return_freed_copies() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's settings; no other thread runs yet.
