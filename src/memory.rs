@@ -191,6 +191,21 @@ pub fn trim_heap() {
     }
 }
 
+/// Fix glibc's mmap threshold at 256 KiB. By default glibc raises it each time a large mapping
+/// is freed (a step down frees copies of views of megabytes); the buffers allocated next (a KV
+/// cache in a new format, a view's copy) then come from the heap, where a zeroed allocation is
+/// written in full (a fresh mapping's pages stay untouched until used) and a freed one stays
+/// resident, so a step down could raise the resident set. In exchange, a hot loop must keep its
+/// large buffers between calls (as the x86 prefill keeps its tiles), or it maps and faults them
+/// in every time. Call before any thread starts.
+pub fn return_freed_copies() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's settings; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,20 +242,5 @@ mod tests {
         assert_eq!(b, (50 << 20) + (100 << 20));
         assert!(why.contains("cgroup"), "{why}");
         assert_eq!(device_budget(&Reading::default(), None), None);
-    }
-}
-
-/// Fix glibc's mmap threshold at 256 KiB. By default glibc raises it each time a large mapping
-/// is freed (a step down frees copies of views of megabytes); the buffers allocated next (a KV
-/// cache in a new format, a view's copy) then come from the heap, where a zeroed allocation is
-/// written in full (a fresh mapping's pages stay untouched until used) and a freed one stays
-/// resident, so a step down could raise the resident set. In exchange, a hot loop must keep its
-/// large buffers between calls (as the x86 prefill keeps its tiles), or it maps and faults them
-/// in every time. Call before any thread starts.
-pub fn return_freed_copies() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's settings; no other thread runs yet.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
