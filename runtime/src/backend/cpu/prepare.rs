@@ -15,7 +15,7 @@ use alloc::sync::Arc;
 use core::mem::MaybeUninit;
 
 use crate::backend::{PreparedMatrix, Preparing as PreparingTrait};
-use crate::blocks::{self, RUN_CODES};
+use crate::blocks::RUN_CODES;
 use crate::kernels::{Matrix, Nested8, Prepared, WeightView};
 
 /// A CPU matrix being prepared ([`crate::backend::Backend::begin_prepare`]).
@@ -62,14 +62,7 @@ impl<'a> Preparing<'a> {
     /// The prepared form of codes `lo..hi` alone (`lo` a whole number of runs), and whether it
     /// is a nibble plane; `None` when the active table reads the stored planes.
     fn slice(n: &Nested8<'a>, lo: usize, hi: usize) -> Option<(Arc<[u8]>, bool)> {
-        let mut part = n.clone();
-        for (p, spec) in part.planes.iter_mut().zip(blocks::NESTED8_PLANES) {
-            if !p.is_empty() {
-                let b = spec.bits as usize;
-                *p = &p[lo * b / 8..hi * b / 8];
-            }
-        }
-        let part = part.for_active_table();
+        let part = Nested8 { planes: n.planes_between(lo, hi), ..n.clone() }.for_active_table();
         match part.prepared() {
             Prepared::Runs(_) => part.repacked.map(|r| (r, false)),
             Prepared::Nibbles(_) => part.low.map(|l| (l, true)),

@@ -120,6 +120,19 @@ impl<'a> Nested8<'a> {
         Nested8 { repacked, low, ..self }
     }
 
+    /// The stored planes' bytes of codes `lo..hi` (`lo` and `hi` multiples of 8; planes the
+    /// view does not read stay empty).
+    pub fn planes_between(&self, lo: usize, hi: usize) -> [&'a [u8]; 6] {
+        let mut part = self.planes;
+        for (p, spec) in part.iter_mut().zip(NESTED8_PLANES) {
+            if !p.is_empty() {
+                let b = spec.bits as usize;
+                *p = &p[lo * b / 8..hi * b / 8];
+            }
+        }
+        part
+    }
+
     /// The form `make` computes from the planes of all `numel` codes, made a slice of whole runs
     /// at a time into one buffer of `len` bytes: both forms are laid out by codes, so a slice's
     /// form is the matching slice of the whole one (see [`Prepared::len_of`]). A large matrix
@@ -133,14 +146,7 @@ impl<'a> Nested8<'a> {
         let mut written = 0;
         for lo in (0..numel).step_by(CHUNK) {
             let hi = (lo + CHUNK).min(numel);
-            let mut part: [&[u8]; 6] = [&[]; 6];
-            for ((d, p), spec) in part.iter_mut().zip(self.planes).zip(NESTED8_PLANES) {
-                if !p.is_empty() {
-                    let b = spec.bits as usize;
-                    *d = &p[lo * b / 8..hi * b / 8];
-                }
-            }
-            let made = make(&part, hi - lo);
+            let made = make(&self.planes_between(lo, hi), hi - lo);
             for (d, s) in dst[written..written + made.len()].iter_mut().zip(&made) {
                 d.write(*s);
             }
