@@ -54,9 +54,7 @@ fn model() -> &'static (&'static Arch, Config) {
 /// A plan file through `views::read_plan_file` (it reads a path: the input is written to one).
 fn plan(data: &[u8]) -> String {
     let (arch, config) = model();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let p = dir.path().join("plan.toml");
-    std::fs::write(&p, data).expect("writing the input");
+    let p = edge_fuzz::write_scratch("plan.toml", data);
     match crate::views::read_plan_file(&p, arch, config) {
         Ok(plan) => format!("ok {}", plan.overrides.len()),
         Err(e) => format!("{e:#}").replace(&p.display().to_string(), "PLAN"),

@@ -28,7 +28,7 @@ pub mod targets;
 pub const ALLOC_LIMIT: usize = 4 << 30;
 
 /// The input being executed and its target, for [`LimitAlloc`] (an abort cannot be caught).
-static CURRENT_INPUT: Mutex<Option<(String, Vec<u8>)>> = Mutex::new(None);
+static CURRENT_INPUT: Mutex<Option<(String, Arc<Vec<u8>>)>> = Mutex::new(None);
 static IN_OOM: AtomicBool = AtomicBool::new(false);
 
 /// The system allocator, refusing (after saving the input being executed) any allocation over
@@ -52,6 +52,49 @@ unsafe impl std::alloc::GlobalAlloc for LimitAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: `ptr` came from `System.alloc` with this layout.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+thread_local! {
+    /// The folder targets that read paths write their input into: one per run (see [`Scratch`]),
+    /// per thread, as `cargo test` runs targets side by side.
+    static SCRATCH: std::cell::RefCell<Option<tempfile::TempDir>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The scratch folder of the current run, for targets whose reader takes a path: they write the
+/// input there under a fixed name, and files that do not change between executions (the real
+/// weights beside a mutated config) once. It is in `/dev/shm` where that exists, as writing a
+/// file to disk per execution made such targets spend nine tenths of their time in the kernel.
+pub fn scratch() -> PathBuf {
+    SCRATCH.with_borrow_mut(|s| {
+        s.get_or_insert_with(|| {
+            let shm = Path::new("/dev/shm");
+            let b = || tempfile::Builder::new().prefix("edge-fuzz-").tempdir();
+            (if shm.is_dir() { tempfile::Builder::new().prefix("edge-fuzz-").tempdir_in(shm).or_else(|_| b()) } else { b() })
+                .expect("a scratch folder for the fuzz targets")
+        })
+        .path()
+        .to_path_buf()
+    })
+}
+
+/// Write `data` to the scratch folder's file `name` and return its path. The file is rewritten in
+/// place and cut to length, not truncated first: a mutant is about the size of the last input,
+/// so its pages are reused rather than freed and allocated again.
+pub fn write_scratch(name: &str, data: &[u8]) -> PathBuf {
+    use std::io::Write;
+    let path = scratch().join(name);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).expect("opening a scratch file");
+    f.write_all(data).and_then(|()| f.set_len(data.len() as u64)).expect("writing a scratch file");
+    path
+}
+
+/// Removes the scratch folder (and what the run wrote there) when a run or replay ends.
+struct Scratch;
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        SCRATCH.with_borrow_mut(|s| s.take());
     }
 }
 
@@ -265,13 +308,16 @@ pub fn run(name: &str, seeds: Vec<Vec<u8>>, execs: u64, target: Target) -> Repor
     let seed: u64 = std::env::var("EDGE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut rng = Rng::new(seed ^ xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
     let dir = out_dir();
-    let mut corpus: Vec<Vec<u8>> = if seeds.is_empty() { vec![Vec::new()] } else { seeds };
+    let _scratch = Scratch;
+    // Shared, not copied: the watchdog and the allocator see the input being executed.
+    let mut corpus: Vec<Arc<Vec<u8>>> =
+        if seeds.is_empty() { vec![Arc::new(Vec::new())] } else { seeds.into_iter().map(Arc::new).collect() };
     let mut seen: HashSet<String> = HashSet::new();
     let mut crashes = Vec::new();
     let mut crash_msgs: HashSet<String> = HashSet::new();
 
     // The watchdog: the current input and when its execution started (0 = between executions).
-    let current: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+    let current: Arc<Mutex<Arc<Vec<u8>>>> = Arc::new(Mutex::new(Arc::new(Vec::new())));
     let started_ns = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
@@ -283,7 +329,7 @@ pub fn run(name: &str, seeds: Vec<Vec<u8>>, execs: u64, target: Target) -> Repor
                 std::thread::sleep(Duration::from_millis(200));
                 let s = started_ns.load(Ordering::Relaxed);
                 if s != 0 && t0.elapsed().as_nanos() as u64 - s > HANG_LIMIT.as_nanos() as u64 {
-                    let data = current.lock().map(|d| d.clone()).unwrap_or_default();
+                    let data = current.lock().map(|d| d.to_vec()).unwrap_or_default();
                     let path = save(&dir, &name, "hang", &data);
                     eprintln!("fuzz {name}: HANG: one execution ran over {HANG_LIMIT:?}; input saved to {}", path.display());
                     std::process::exit(3);
@@ -319,10 +365,10 @@ pub fn run(name: &str, seeds: Vec<Vec<u8>>, execs: u64, target: Target) -> Repor
             // Half the time a real seed: the corpus's later entries are mostly cut-down mutants.
             let a = if rng.chance(2) { rng.below(n_seeds) } else { rng.below(corpus.len()) };
             let b = rng.below(corpus.len());
-            mutate(&corpus[a], &corpus[b], &mut rng)
+            Arc::new(mutate(&corpus[a], &corpus[b], &mut rng))
         };
         if let Ok(mut c) = current.lock() {
-            c.clone_from(&input);
+            *c = input.clone();
         }
         if let Ok(mut c) = CURRENT_INPUT.lock() {
             *c = Some((name.to_string(), input.clone()));
@@ -362,6 +408,7 @@ pub fn check(name: &str, seeds: Vec<Vec<u8>>, default_execs: u64, target: Target
 
 /// Replay a saved input (a regression test): the target must return, not panic.
 pub fn replay(target: Target, data: &[u8]) -> String {
+    let _scratch = Scratch;
     target(data)
 }
 

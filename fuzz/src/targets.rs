@@ -344,9 +344,7 @@ pub fn sentencepiece(data: &[u8]) -> String {
 
 /// The llama2.c `.bin` reader (stories260K's own format), through `load_llama2c`.
 pub fn llama2c(data: &[u8]) -> String {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let p = dir.path().join("model.bin");
-    std::fs::write(&p, data).expect("writing the input");
+    let p = crate::write_scratch("model.bin", data);
     match edge_pack::llama2c::load_llama2c(&p, None) {
         Ok(m) => format!("ok {}", m.tensors.len()),
         Err(e) => format!("{e:#}").replace(&p.display().to_string(), "FILE"),
@@ -365,24 +363,26 @@ pub fn safetensors_seeds() -> Vec<Vec<u8>> {
     vec![seed_file("stories260K-hf/model.safetensors")]
 }
 
-fn load_folder(config: &[u8], weights: &[u8]) -> String {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("config.json"), config).expect("writing config.json");
-    std::fs::write(dir.path().join("model.safetensors"), weights).expect("writing model.safetensors");
-    match edge_pack::hf::load_hf(dir.path(), None) {
+/// A folder of `config.json` and `model.safetensors` through `load_hf`: `input` is written to
+/// the file named `mutated` each time, the other file, real and unchanged, once per run.
+fn load_folder(mutated: &str, input: &[u8], fixed: &str, fixed_seed: &str) -> String {
+    let dir = crate::scratch();
+    if !dir.join(fixed).is_file() {
+        std::fs::write(dir.join(fixed), seed_file(fixed_seed)).expect("writing the fixed file");
+    }
+    crate::write_scratch(mutated, input);
+    match edge_pack::hf::load_hf(&dir, None) {
         Ok(m) => format!("ok {}", m.tensors.len()),
-        Err(e) => format!("{e:#}").replace(&dir.path().display().to_string(), "DIR"),
+        Err(e) => format!("{e:#}").replace(&dir.display().to_string(), "DIR"),
     }
 }
 
 /// A mutated `config.json` beside stories260K's real weights.
 pub fn hf_config(data: &[u8]) -> String {
-    static WEIGHTS: OnceLock<Vec<u8>> = OnceLock::new();
-    load_folder(data, WEIGHTS.get_or_init(|| seed_file("stories260K-hf/model.safetensors")))
+    load_folder("config.json", data, "model.safetensors", "stories260K-hf/model.safetensors")
 }
 
 /// Mutated safetensors beside stories260K's real `config.json`.
 pub fn safetensors(data: &[u8]) -> String {
-    static CONFIG: OnceLock<Vec<u8>> = OnceLock::new();
-    load_folder(CONFIG.get_or_init(|| seed_file("stories260K-hf/config.json")), data)
+    load_folder("model.safetensors", data, "config.json", "stories260K-hf/config.json")
 }
