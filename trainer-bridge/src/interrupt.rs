@@ -1,8 +1,8 @@
-//! Temporary files of an interrupted pack. A pack writes to a temporary name and renames it
-//! (`.NAME.tmp-PID` by the checkpoint writer, `.NAME.partial-PID` by edge-run's cache): on
-//! SIGINT, SIGTERM or SIGHUP this process's temporary files in the folders it watches are
-//! removed before it exits, and a process that died without that chance (SIGKILL, power loss)
-//! has its files removed by the next pack in the same folder.
+//! Temporary files of an interrupted pack or output write. Packs and `writable::write_atomic`
+//! write to a temporary name and rename it (`.NAME.tmp-PID`; `.NAME.partial-PID` by edge-run's
+//! cache): on SIGINT, SIGTERM or SIGHUP this process's temporary files in the folders it watches
+//! are removed before it exits, and a process that died without that chance (SIGKILL, power
+//! loss) has its files removed by the next pack or write in the same folder.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
@@ -48,7 +48,7 @@ fn remove_temps(dir: &Path, pid: Option<u32>) -> usize {
 pub fn watch(dir: &Path) {
     let stale = remove_temps(dir, None);
     if stale > 0 {
-        eprintln!("removed {stale} temporary file(s) left in {} by an interrupted pack", dir.display());
+        eprintln!("removed {stale} temporary file(s) left in {} by an interrupted pack or write", dir.display());
     }
     if let Ok(mut dirs) = DIRS.lock() {
         if !dirs.iter().any(|d| d == dir) {

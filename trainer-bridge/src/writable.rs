@@ -70,10 +70,14 @@ pub fn check_dir(dir: &Path, files: &[&str], what: &str) -> Result<()> {
 }
 
 /// Write `bytes` to `path` through a temporary file beside it, renamed into place; on failure
-/// the temporary file is removed and `path` is left as it was.
+/// the temporary file is removed and `path` is left as it was, and so on Ctrl-C, SIGTERM or
+/// SIGHUP (the folder is watched as a pack's is: [`crate::interrupt::watch`], which also
+/// removes what a killed process left there).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = parent_of(path).join(format!(".{name}.tmp-{}", std::process::id()));
+    let dir = parent_of(path);
+    crate::interrupt::watch(&dir);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
@@ -89,6 +93,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_removes_what_a_killed_writer_left_beside_it() {
+        let d = tempfile::tempdir().unwrap();
+        // Above Linux's largest pid (2^22): no process runs under it.
+        let dead = d.path().join(".sweep.json.tmp-4194305");
+        std::fs::write(&dead, b"half").unwrap();
+        write_atomic(&d.path().join("sweep.json"), b"{}").unwrap();
+        assert!(!dead.exists(), "the dead writer's temporary file is still there");
+        assert_eq!(std::fs::read(d.path().join("sweep.json")).unwrap(), b"{}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
 
     #[test]
     fn files_and_folders_are_checked_and_written_whole() {
