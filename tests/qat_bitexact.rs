@@ -4,10 +4,11 @@
 //! with torch (`$EDGE_QAT_PYTHON`, `/work/venv-torch/bin/python` or `python3`); says loudly that
 //! it skipped where there is none.
 //!
-//! Nested weights meet f32 activations here (`EDGE_RUN_KERNELS=float`), as the PyTorch model
-//! computes. Greedy tokens must be identical; logits agree to 3e-3 of the largest logit: the f32
-//! pack of stories260K-hf differs from transformers by 6e-4 of it with no quantization at all
-//! (docs/RESULTS.md), so the 1e-4 is not met yet and this bound records where it stands.
+//! Nested weights meet f32 activations and an f32 KV cache here (`EDGE_RUN_KERNELS=float`,
+//! `--kv-bits 32`), as the PyTorch model computes. Greedy tokens must be identical and logits
+//! within the 1e-4 (stories260K), or, on a model deep enough that f32 rounding alone
+//! parts two f32 computations by more (SmolLM2-135M, whose float model is made from its GGUF
+//! first), within a few times PyTorch's own f32 error of the model's f64 logits.
 
 mod common;
 
@@ -23,11 +24,88 @@ fn torch_python() -> Option<PathBuf> {
     })
 }
 
-/// The f32 values of a little-endian `.npy` file of f32 (its header skipped).
-fn npy_f32(path: &Path) -> Vec<f32> {
+/// The values of a little-endian `.npy` file of f32 or f64 (its header skipped), as f64.
+fn npy(path: &Path) -> Vec<f64> {
     let b = std::fs::read(path).unwrap();
-    let header = u16::from_le_bytes([b[8], b[9]]) as usize;
-    b[10 + header..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    let header_len = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = String::from_utf8_lossy(&b[10..10 + header_len]);
+    let data = &b[10 + header_len..];
+    if header.contains("<f8") {
+        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    } else {
+        assert!(header.contains("<f4"), "{}: {header}", path.display());
+        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+    }
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// Train `steps` steps on the float model in `hf`, export, pack without re-quantizing, and
+/// compare `edge-run eval --logits-out` with the PyTorch model's logits at every view.
+fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str, first_token: u32) {
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer-bridge/python");
+    let d = tempfile::tempdir().unwrap();
+    let run_dir = d.path().join("run");
+    let train = Command::new(py)
+        .current_dir(&pkg)
+        .env("PYTHONPATH", &pkg)
+        .args(["-m", "edge_qat.train", "--model", hf.to_str().unwrap(), "--out", run_dir.to_str().unwrap()])
+        .args(["--steps", steps, "--samples", "8", "--seq-len", "32", "--batch", batch, "--seed", "0", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(train.status.success(), "training failed: {}", String::from_utf8_lossy(&train.stderr));
+    let export = run_dir.join("export");
+    let packed = d.path().join("qat.edge");
+    let opts = edge_pack::PackOptions { allow_no_tokenizer: true, encoding: edge_pack::WeightEncoding::Nested8, ..Default::default() };
+    edge_pack::pack_file(&export, &packed, &opts).expect("packing the export");
+
+    let tokens = [first_token, 403, 11, 50, 200, 7, 99, 300, 12, 45, 88, 1, 2, 3, 4, 5];
+    let ids = d.path().join("ids.json");
+    std::fs::write(&ids, format!("{tokens:?}")).unwrap();
+    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    let torch_logits = |view: u8, dtype: &str| {
+        let out = d.path().join(format!("theirs-{view}-{dtype}.npy"));
+        let o = Command::new(py)
+            .current_dir(&pkg)
+            .env("PYTHONPATH", &pkg)
+            .args(["-m", "edge_qat.export", "logits", "--export", export.to_str().unwrap(), "--view", &view.to_string()])
+            .args(["--tokens", &list.join(","), "--dtype", dtype, "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        npy(&out)
+    };
+    for view in [8u8, 6, 5, 4, 3, 2] {
+        let ours = d.path().join(format!("ours-{view}.npy"));
+        let r = run_env(
+            ["eval", "-m", packed.to_str().unwrap(), "--bits", &view.to_string(), "--data", ids.to_str().unwrap(), "--token-ids"]
+                .into_iter()
+                .chain(["--kv-bits", "32", "--logits-out", ours.to_str().unwrap()]),
+            &[("EDGE_RUN_KERNELS", std::ffi::OsStr::new("float"))],
+        );
+        r.ok();
+        let (a, b, exact) = (npy(&ours), torch_logits(view, "f32"), torch_logits(view, "f64"));
+        let vocab = a.len() / tokens.len();
+        let argmax = |x: &[f64]| x.iter().enumerate().fold(0, |m, (i, v)| if *v > x[m] { i } else { m });
+        for (ra, rb) in a.chunks(vocab).zip(b.chunks(vocab)) {
+            assert_eq!(argmax(ra), argmax(rb), "view {view}: greedy tokens differ");
+        }
+        let (worst, ours_err, torch_err) = (max_diff(&a, &b), max_diff(&a, &exact), max_diff(&b, &exact));
+        eprintln!(
+            "{} view {view}: largest logit difference {worst:.2e}; from f64: ours {ours_err:.2e}, PyTorch f32 {torch_err:.2e}",
+            hf.file_name().unwrap().to_string_lossy()
+        );
+        // Within 1e-4 of PyTorch, or, where f32 rounding alone parts two f32 computations by
+        // more (30 layers), within a few times PyTorch's own f32 error of the exact (f64)
+        // result: SmolLM2's 8-bit view measured 2.3e-4 against PyTorch's 0.8e-4 (RESULTS).
+        assert!(
+            worst <= 1e-4 || ours_err <= 4.0 * torch_err,
+            "view {view}: logits differ by {worst:.2e} (ours {ours_err:.2e} from f64, PyTorch f32 {torch_err:.2e})"
+        );
+    }
 }
 
 #[test]
@@ -41,53 +119,31 @@ fn qat_export_runs_in_edge_run_as_in_pytorch() {
         eprintln!("*** SKIPPED: no Python with torch and transformers (set EDGE_QAT_PYTHON); the QAT export is untested ***");
         return;
     };
-    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer-bridge/python");
+    check_export(&py, &hf, "3", "4", 1);
+}
+
+/// SmolLM2-135M: its float model made from the Q4_1 GGUF (`edge_qat.models`, as the package's
+/// README does), then as stories260K.
+#[test]
+fn qat_export_of_smollm2_runs_in_edge_run_as_in_pytorch() {
+    let gguf_dir = models_dir().join("smollm2-135m-instruct-q4_1");
+    if !gguf_dir.is_dir() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", gguf_dir.display());
+        return;
+    }
+    let Some(py) = torch_python() else {
+        eprintln!("*** SKIPPED: no Python with torch and transformers (set EDGE_QAT_PYTHON); the SmolLM2 QAT export is untested ***");
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
-    let run_dir = d.path().join("run");
-    let train = Command::new(&py)
+    let hf = d.path().join("smollm2-f32");
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer-bridge/python");
+    let o = Command::new(&py)
         .current_dir(&pkg)
         .env("PYTHONPATH", &pkg)
-        .args(["-m", "edge_qat.train", "--model", hf.to_str().unwrap(), "--out", run_dir.to_str().unwrap()])
-        .args(["--steps", "3", "--samples", "8", "--seq-len", "32", "--batch", "4", "--seed", "0", "--device", "cpu"])
+        .args(["-m", "edge_qat.models", gguf_dir.to_str().unwrap(), hf.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(train.status.success(), "training failed: {}", String::from_utf8_lossy(&train.stderr));
-    let export = run_dir.join("export");
-    let packed = d.path().join("qat.edge");
-    let opts = edge_pack::PackOptions { allow_no_tokenizer: true, encoding: edge_pack::WeightEncoding::Nested8, ..Default::default() };
-    edge_pack::pack_file(&export, &packed, &opts).expect("packing the export");
-
-    let tokens = [1u32, 403, 11, 50, 200, 7, 99, 300, 12, 45, 88, 1, 2, 3, 4, 5];
-    let ids = d.path().join("ids.json");
-    std::fs::write(&ids, format!("{tokens:?}")).unwrap();
-    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    for view in [8u8, 6, 5, 4, 3, 2] {
-        let ours = d.path().join(format!("ours-{view}.npy"));
-        let r = run_env(
-            ["eval", "-m", packed.to_str().unwrap(), "--bits", &view.to_string(), "--data", ids.to_str().unwrap(), "--token-ids", "--logits-out", ours.to_str().unwrap()],
-            &[("EDGE_RUN_KERNELS", std::ffi::OsStr::new("float"))],
-        );
-        r.ok();
-        let theirs = d.path().join(format!("theirs-{view}.npy"));
-        let o = Command::new(&py)
-            .current_dir(&pkg)
-            .env("PYTHONPATH", &pkg)
-            .args(["-m", "edge_qat.export", "logits", "--export", export.to_str().unwrap(), "--view", &view.to_string()])
-            .args(["--tokens", &list.join(","), "--out", theirs.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let (a, b) = (npy_f32(&ours), npy_f32(&theirs));
-        assert_eq!(a.len(), b.len());
-        let vocab = a.len() / tokens.len();
-        let argmax = |x: &[f32]| x.iter().enumerate().fold(0, |m, (i, v)| if *v > x[m] { i } else { m });
-        let mut worst = 0f32;
-        for (ra, rb) in a.chunks(vocab).zip(b.chunks(vocab)) {
-            assert_eq!(argmax(ra), argmax(rb), "view {view}: greedy tokens differ");
-            worst = ra.iter().zip(rb).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
-        }
-        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        eprintln!("view {view}: largest logit difference {worst:.2e} (largest logit {scale:.1})");
-        assert!(worst < 3e-3 * scale, "view {view}: logits differ by {worst} (largest logit {scale})");
-    }
+    assert!(o.status.success(), "making the float model: {}", String::from_utf8_lossy(&o.stderr));
+    check_export(&py, &hf, "2", "2", 1);
 }

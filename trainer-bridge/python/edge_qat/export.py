@@ -95,10 +95,11 @@ def load_export(folder: str | Path, views, device: str = "cpu") -> torch.nn.Modu
 
 
 @torch.no_grad()
-def logits(folder, views, ids: list[int]) -> np.ndarray:
-    """[len(ids), vocab] f32 logits of the export at `views` for one sequence of token ids."""
-    model = load_export(folder, views)
-    return model(torch.tensor([ids])).logits[0].float().numpy()
+def logits(folder, views, ids: list[int], dtype=torch.float32) -> np.ndarray:
+    """[len(ids), vocab] logits of the export at `views` for one sequence of token ids, computed
+    in `dtype` (float64: the reference that tells f32 rounding from a real difference)."""
+    model = load_export(folder, views).to(dtype)
+    return model(torch.tensor([ids])).logits[0].numpy()
 
 
 def main(argv=None) -> None:
@@ -109,13 +110,16 @@ def main(argv=None) -> None:
     lg.add_argument("--view", default="8", help="bits for every tensor (2,3,4,5,6,8) or a JSON file {NAME: bits}")
     lg.add_argument("--tokens", required=True, help="comma-separated token ids, or a file of them")
     lg.add_argument("--out", required=True, type=Path, help="logits .npy (a .json with the shape is written beside it)")
+    lg.add_argument("--dtype", choices=["f32", "f64"], default="f32", help="compute (and write) in f32, as edge-run does, or f64")
     a = ap.parse_args(argv)
     views = json.loads(Path(a.view).read_text()) if not a.view.isdigit() else int(a.view)
     src = Path(a.tokens).read_text() if Path(a.tokens).exists() else a.tokens
     ids = [int(t) for t in src.replace(",", " ").split()]
-    out = logits(a.export, views, ids)
-    np.save(a.out, out.astype("<f4"))
-    a.out.with_suffix(".json").write_text(json.dumps({"shape": list(out.shape), "dtype": "f32le", "tokens": ids, "view": views}) + "\n")
+    f64 = a.dtype == "f64"
+    out = logits(a.export, views, ids, torch.float64 if f64 else torch.float32)
+    np.save(a.out, out.astype("<f8" if f64 else "<f4"))
+    meta = {"shape": list(out.shape), "dtype": "f64le" if f64 else "f32le", "tokens": ids, "view": views}
+    a.out.with_suffix(".json").write_text(json.dumps(meta) + "\n")
     print(f"wrote {a.out} {list(out.shape)}", file=sys.stderr)
 
 
