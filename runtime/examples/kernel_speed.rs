@@ -6,7 +6,7 @@
 //! GFLOP/s (2 · rows · cols · n); the model estimate uses n = 512 (pp512). Then the per-token decode time of every matrix of
 //! SmolLM2-135M (30 layers + the tied head) at each view. Fastest of several runs (shared machine).
 //! `VIEWS=4,5,6,8` in the environment measures only those views; `NO_PREFILL=1` only decode;
-//! `COLD=1` adds the decode of a matrix larger than the caches.
+//! `COLD=1` adds the decode of a matrix larger than the caches; `GROUP=128` sets the group size (default 64).
 
 use std::time::Instant;
 
@@ -120,7 +120,7 @@ fn main() {
     let only: Option<String> = std::env::args().nth(1);
     let views = views();
     let prefill = std::env::var("NO_PREFILL").is_err();
-    let group = 64;
+    let group: usize = std::env::var("GROUP").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
     let tables: Vec<Kernels> = Kernels::variants()
         .into_iter()
         .filter_map(|(_, k)| k)
