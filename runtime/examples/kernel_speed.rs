@@ -141,7 +141,7 @@ fn main() {
         for (&(rows, cols), t) in shapes.iter().zip(&tensors) {
             for &bits in &views {
                 let w = view(k, t, group, bits);
-                let reps = if k.name == "scalar" { 3 } else { 15 };
+                let reps = if k.name == "scalar" { 3 } else { std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(15) };
                 let dt = decode_secs(k, &w, rows, cols, reps);
                 let n = if k.name == "scalar" { 16 } else { 128 };
                 print!("{rows:>6}x{cols:<5} view {bits}: decode {:>8.1} us {:>6.2} GB/s", dt * 1e6, view_bytes(&w) as f64 / dt / 1e9);
