@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,15 @@ def view_metrics(model, base, windows: torch.Tensor) -> dict:
     return {"kl": kl / n, "ppl": float(torch.tensor(nll / (n - len(windows))).exp())}
 
 
+def eval_windows(base, text: str, tokenizer: str, n: int, ctx: int, seed: int) -> torch.Tensor:
+    """[n, ctx] evaluation token ids: sampled from the float model `base` (`text` = 'teacher',
+    with `seed`), or the first n windows of a text file tokenized with `tokenizer`."""
+    if text == "teacher":
+        bos = base.config.bos_token_id if base.config.bos_token_id is not None else 1
+        return teacher_data(base, n, ctx, bos, seed, "cpu")
+    return text_data(Path(text), tokenizer, ctx)[:n]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m edge_qat.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the float model (HF folder)")
@@ -45,14 +55,8 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--ctx", type=int, default=128)
     a = ap.parse_args(argv)
-    from pathlib import Path
-
     base = load_model(a.base)
-    if a.text == "teacher":
-        bos = base.config.bos_token_id if base.config.bos_token_id is not None else 1
-        windows = teacher_data(base, a.windows, a.ctx, bos, a.seed, "cpu")
-    else:
-        windows = text_data(Path(a.text), a.tokenizer or a.base, a.ctx)[: a.windows]
+    windows = eval_windows(base, a.text, a.tokenizer or a.base, a.windows, a.ctx, a.seed)
     folder = a.export
     tmp = None
     if folder is None:

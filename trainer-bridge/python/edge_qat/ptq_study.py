@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from . import contract
+from .evaluate import eval_windows
 from .models import load_model
-from .train import teacher_data, text_data
 
 SUPER = 256
 
@@ -175,11 +175,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
     base = load_model(a.base)
-    if a.text == "teacher":
-        bos = base.config.bos_token_id if base.config.bos_token_id is not None else 1
-        windows = teacher_data(base, a.windows, a.ctx, bos, a.seed, "cpu")
-    else:
-        windows = text_data(Path(a.text), a.tokenizer or a.base, a.ctx)[: a.windows]
+    windows = eval_windows(base, a.text, a.tokenizer or a.base, a.windows, a.ctx, a.seed)
     res = run(base, windows, a.variants.split(","))
     res |= {"base": a.base, "text": a.text, "windows": a.windows, "ctx": a.ctx, "seed": a.seed}
     if a.out:
