@@ -57,3 +57,13 @@ fn regression_edge_fixed_oom_in_backend_new() {
     let outcome = edge_fuzz::replay(t::edge_fixed, &data);
     assert!(!outcome.starts_with("model: ok"), "{outcome}");
 }
+
+/// Found by the long run of `hf_config` (10^7 executions, seed 1): `num_hidden_layers` =
+/// 9,999,930 made `load_hf` allocate the tensor list (6.5 GB) before finding the tensors missing;
+/// a config's layer count is now bounded (`config::MAX_LAYERS`) where it is read.
+#[test]
+fn regression_hf_config_oom_in_the_tensor_list() {
+    let data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/regressions/hf_config-oom-0f1c30612f66df22")).unwrap();
+    let outcome = edge_fuzz::replay(t::hf_config, &data);
+    assert!(outcome.contains("num_hidden_layers") && outcome.contains("4096"), "{outcome}");
+}

@@ -1137,7 +1137,7 @@ fn read_config(g: &GgufFile, arch: &Arch) -> anyhow::Result<Config> {
             bail!("{a}.attention.value_length {vl} differs from key_length {head_dim}; edge-run needs equal key and value head sizes");
         }
     }
-    if n_layers > 4096 || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
+    if n_layers > edge_runtime::config::MAX_LAYERS || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
         bail!("inconsistent attention config: {n_layers} layers, {n_heads} heads, {n_kv_heads} kv heads, head_dim {head_dim}");
     }
     if let Some(kind) = g.get_str(&format!("{a}.rope.scaling.type"))? {

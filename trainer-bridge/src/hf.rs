@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use edge_runtime::arch::{self, Activation, Arch, Kind, Role};
-use edge_runtime::config::LocalLayers;
+use edge_runtime::config::{LocalLayers, MAX_LAYERS};
 use edge_runtime::Config;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -172,6 +172,12 @@ fn parse_config(path: &Path, cfg: &Value) -> anyhow::Result<HfConfig> {
         );
     }
     let n_layers = need("num_hidden_layers")?;
+    if n_layers > MAX_LAYERS {
+        bail!(
+            "'{}': num_hidden_layers = {n_layers}, more than the {MAX_LAYERS} layers edge-run accepts; is the config corrupt?",
+            path.display()
+        );
+    }
     let positive = |key: &str, v: Option<f64>, default: f32| -> anyhow::Result<f32> {
         match v {
             None => Ok(default),

@@ -4,6 +4,10 @@
 use crate::error::{Error, Result};
 use crate::format::{keys, Checkpoint};
 
+/// The most layers a model may declare: far above any real model's, and a bound every reader of
+/// a config checks before the count drives an allocation (the tensor list, per-layer tables).
+pub const MAX_LAYERS: usize = 4096;
+
 /// Hyperparameters of a Llama-family model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
@@ -126,7 +130,7 @@ impl Config {
         if c.rope_freq_factors && !arch.has(super::Kind::RopeFreqs) {
             return Err(Error::Corrupt { what: alloc::format!("a {} checkpoint cannot hold '{rope_freqs}'", arch.name) });
         }
-        if !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim.is_multiple_of(2) || c.n_layers > 4096 {
+        if !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim.is_multiple_of(2) || c.n_layers > MAX_LAYERS {
             return Err(Error::Corrupt {
                 what: alloc::format!(
                     "inconsistent attention config: {} heads, {} kv heads, head_dim {}",
