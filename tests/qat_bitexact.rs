@@ -24,6 +24,28 @@ fn torch_python() -> Option<PathBuf> {
     })
 }
 
+/// `python -m edge_qat.MODULE ARGS` from the package's folder; panics with its stderr on failure.
+fn edge_qat(py: &Path, args: &[&str]) {
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer-bridge/python");
+    let o = Command::new(py).current_dir(&pkg).env("PYTHONPATH", &pkg).arg("-m").args(args).output().unwrap();
+    assert!(o.status.success(), "python -m {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+}
+
+/// The model folder `name` under `../shared/models` and a Python with torch, or `None` after
+/// saying loudly why the test is skipped.
+fn prerequisites(name: &str) -> Option<(PathBuf, PathBuf)> {
+    let dir = models_dir().join(name);
+    if !dir.is_dir() {
+        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", dir.display());
+        return None;
+    }
+    let Some(py) = torch_python() else {
+        eprintln!("*** SKIPPED: no Python with torch and transformers (set EDGE_QAT_PYTHON); the QAT export of {name} is untested ***");
+        return None;
+    };
+    Some((py, dir))
+}
+
 /// The values of a little-endian `.npy` file of f32 or f64 (its header skipped), as f64.
 fn npy(path: &Path) -> Vec<f64> {
     let b = std::fs::read(path).unwrap();
@@ -45,37 +67,25 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
 
 /// Train `steps` steps on the float model in `hf`, export, pack without re-quantizing, and
 /// compare `edge-run eval --logits-out` with the PyTorch model's logits at every view.
-fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str, first_token: u32) {
-    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer-bridge/python");
+fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str) {
     let d = tempfile::tempdir().unwrap();
     let run_dir = d.path().join("run");
-    let train = Command::new(py)
-        .current_dir(&pkg)
-        .env("PYTHONPATH", &pkg)
-        .args(["-m", "edge_qat.train", "--model", hf.to_str().unwrap(), "--out", run_dir.to_str().unwrap()])
-        .args(["--steps", steps, "--samples", "8", "--seq-len", "32", "--batch", batch, "--seed", "0", "--device", "cpu"])
-        .output()
-        .unwrap();
-    assert!(train.status.success(), "training failed: {}", String::from_utf8_lossy(&train.stderr));
+    let (model, out) = (hf.to_str().unwrap(), run_dir.to_str().unwrap());
+    edge_qat(py, &["edge_qat.train", "--model", model, "--out", out, "--steps", steps, "--samples", "8", "--seq-len", "32", "--batch", batch, "--seed", "0", "--device", "cpu"]);
     let export = run_dir.join("export");
     let packed = d.path().join("qat.edge");
     let opts = edge_pack::PackOptions { allow_no_tokenizer: true, encoding: edge_pack::WeightEncoding::Nested8, ..Default::default() };
     edge_pack::pack_file(&export, &packed, &opts).expect("packing the export");
 
-    let tokens = [first_token, 403, 11, 50, 200, 7, 99, 300, 12, 45, 88, 1, 2, 3, 4, 5];
+    let tokens = [1u32, 403, 11, 50, 200, 7, 99, 300, 12, 45, 88, 1, 2, 3, 4, 5];
     let ids = d.path().join("ids.json");
     std::fs::write(&ids, format!("{tokens:?}")).unwrap();
     let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
     let torch_logits = |view: u8, dtype: &str| {
         let out = d.path().join(format!("theirs-{view}-{dtype}.npy"));
-        let o = Command::new(py)
-            .current_dir(&pkg)
-            .env("PYTHONPATH", &pkg)
-            .args(["-m", "edge_qat.export", "logits", "--export", export.to_str().unwrap(), "--view", &view.to_string()])
-            .args(["--tokens", &list.join(","), "--dtype", dtype, "--out", out.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (view, tokens) = (view.to_string(), list.join(","));
+        let args = ["edge_qat.export", "logits", "--export", export.to_str().unwrap(), "--view", &view, "--tokens", &tokens];
+        edge_qat(py, &[&args[..], &["--dtype", dtype, "--out", out.to_str().unwrap()]].concat());
         npy(&out)
     };
     for view in [8u8, 6, 5, 4, 3, 2] {
@@ -110,40 +120,17 @@ fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str, first_token: u32
 
 #[test]
 fn qat_export_runs_in_edge_run_as_in_pytorch() {
-    let hf = models_dir().join("stories260K-hf");
-    if !hf.is_dir() {
-        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", hf.display());
-        return;
-    }
-    let Some(py) = torch_python() else {
-        eprintln!("*** SKIPPED: no Python with torch and transformers (set EDGE_QAT_PYTHON); the QAT export is untested ***");
-        return;
-    };
-    check_export(&py, &hf, "3", "4", 1);
+    let Some((py, hf)) = prerequisites("stories260K-hf") else { return };
+    check_export(&py, &hf, "3", "4");
 }
 
 /// SmolLM2-135M: its float model made from the Q4_1 GGUF (`edge_qat.models`, as the package's
 /// README does), then as stories260K.
 #[test]
 fn qat_export_of_smollm2_runs_in_edge_run_as_in_pytorch() {
-    let gguf_dir = models_dir().join("smollm2-135m-instruct-q4_1");
-    if !gguf_dir.is_dir() {
-        assert!(std::env::var_os("EDGE_ALLOW_MISSING_MODELS").is_some(), "{} not found", gguf_dir.display());
-        return;
-    }
-    let Some(py) = torch_python() else {
-        eprintln!("*** SKIPPED: no Python with torch and transformers (set EDGE_QAT_PYTHON); the SmolLM2 QAT export is untested ***");
-        return;
-    };
+    let Some((py, gguf_dir)) = prerequisites("smollm2-135m-instruct-q4_1") else { return };
     let d = tempfile::tempdir().unwrap();
     let hf = d.path().join("smollm2-f32");
-    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer-bridge/python");
-    let o = Command::new(&py)
-        .current_dir(&pkg)
-        .env("PYTHONPATH", &pkg)
-        .args(["-m", "edge_qat.models", gguf_dir.to_str().unwrap(), hf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "making the float model: {}", String::from_utf8_lossy(&o.stderr));
-    check_export(&py, &hf, "2", "2", 1);
+    edge_qat(&py, &["edge_qat.models", gguf_dir.to_str().unwrap(), hf.to_str().unwrap()]);
+    check_export(&py, &hf, "2", "2");
 }
