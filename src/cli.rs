@@ -47,6 +47,8 @@ Examples:
   edge-run eval -m model-q8.edge --target-bits 3.5 --kl-base model-f16.edge --data wiki.test.raw
   edge-run eval --sweep -m model-q8.edge --kl-base model-f16.edge --data wiki.test.raw --chunks 8 \\
       --baselines rtn4.edge,rtn3.edge --budgets 2.5,3,3.5,4,5,6 --out sweep/
+  edge-run eval --sweep -m qat.edge --compare ptq.edge --kl-base model-f32.edge \\
+      --data held-out.txt --out sweep/      (two checkpoints of one model, view by view)
 
 Compressibility score (--sweep):
   The area under the quality-vs-bits curve of the uniform views, normalised to [0, 1]:
@@ -787,7 +789,8 @@ pub struct EvalArgs {
     pub logits_out: Option<PathBuf>,
 
     /// The degradation sweep: on the same windows, evaluate the --kl-base model, the uniform
-    /// 8/6/5/4/3/2-bit views of --model, every --baselines file and the plans the sensitivity
+    /// 8/6/5/4/3/2-bit views of --model (and of every --compare checkpoint), every --baselines
+    /// file and the plans the sensitivity
     /// profile picks for each of --budgets; print a table, write sweep.json and sweep.svg into
     /// --out, and report the compressibility score (see the section below).
     #[arg(
@@ -802,6 +805,13 @@ pub struct EvalArgs {
     /// from `edge-pack --rtn-baseline` (their weight bytes are the ones they record).
     #[arg(long, value_name = "FILES", value_delimiter = ',', requires = "sweep", help_heading = "Sweep")]
     pub baselines: Vec<PathBuf>,
+
+    /// Other nested checkpoints of the same model (comma-separated), each swept at every
+    /// uniform view beside --model on the same windows, with its own compressibility score and
+    /// its own line on the plot: e.g. the post-training pack against a quantization-aware trained
+    /// one (`edge-pack EXPORT/`).
+    #[arg(long, value_name = "FILES", value_delimiter = ',', requires = "sweep", help_heading = "Sweep")]
+    pub compare: Vec<PathBuf>,
 
     /// Average bits per weight of the profile-chosen plans in the sweep (comma-separated).
     #[arg(

@@ -23,6 +23,10 @@ pub struct Point {
 pub struct PlotData {
     pub title: String,
     pub uniform: Vec<Point>,
+    /// The legend of `uniform`'s line.
+    pub uniform_label: String,
+    /// Other checkpoints' uniform views: a legend label and a line each.
+    pub compare: Vec<(String, Vec<Point>)>,
     pub plans: Vec<Point>,
     pub baselines: Vec<Point>,
     pub base: Option<Point>,
@@ -61,7 +65,14 @@ fn tick(v: f64) -> String {
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn panel(area: &Area<'_>, d: &PlotData, y: fn(&Point) -> f64, y_desc: &str, caption: &str) -> DrawResult {
-    let all: Vec<&Point> = d.uniform.iter().chain(&d.plans).chain(&d.baselines).chain(d.base.as_ref()).collect();
+    let all: Vec<&Point> = d
+        .uniform
+        .iter()
+        .chain(d.compare.iter().flat_map(|(_, pts)| pts))
+        .chain(&d.plans)
+        .chain(&d.baselines)
+        .chain(d.base.as_ref())
+        .collect();
     // Log axes: only positive, finite values are drawn (the base's KL is 0 and is left out).
     let shown = |p: &Point| y(p).is_finite() && y(p) > 0.0 && p.mib.is_finite();
     let xs: Vec<f64> = all.iter().filter(|p| shown(p)).map(|p| p.mib).collect();
@@ -99,12 +110,24 @@ fn panel(area: &Area<'_>, d: &PlotData, y: fn(&Point) -> f64, y_desc: &str, capt
     if !d.uniform.is_empty() {
         chart
             .draw_series(LineSeries::new(line(&d.uniform), blue.stroke_width(2)))?
-            .label("uniform views (8/6/5/4/3/2 bits)")
+            .label(d.uniform_label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
         chart.draw_series(d.uniform.iter().filter(|p| shown(p)).map(|p| {
             EmptyElement::at((p.mib, y(p)))
                 + Circle::new((0, 0), 4, blue.filled())
                 + Text::new(p.label.clone(), (6, -14), font.clone())
+        }))?;
+    }
+    // Compared checkpoints: a line each, in a colour of its own.
+    const COMPARE: [RGBColor; 4] = [RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75), RGBColor(23, 190, 207)];
+    for (k, (label, pts)) in d.compare.iter().enumerate() {
+        let c = COMPARE[k % COMPARE.len()];
+        chart
+            .draw_series(LineSeries::new(line(pts), c.stroke_width(2)))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().filter(|p| shown(p)).map(|p| {
+            EmptyElement::at((p.mib, y(p))) + Circle::new((0, 0), 4, c.filled()) + Text::new(p.label.clone(), (6, 4), font.clone())
         }))?;
     }
     if !d.plans.is_empty() {

@@ -41,6 +41,8 @@ enum Kind {
     /// A plan for a weight-byte budget.
     PlanBytes(u64),
     Baseline(usize),
+    /// The uniform view of bits `.1` of `--compare` checkpoint `.0`.
+    Compare(usize, u8),
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Uniform(_) => "uniform",
             Kind::Plan(_) | Kind::PlanBytes(_) => "plan",
             Kind::Baseline(_) => "baseline",
+            Kind::Compare(..) => "compare",
         }
     }
 }
@@ -115,6 +118,11 @@ pub fn area(points: &[(f64, f64)], lo: f64, hi: f64) -> Option<f64> {
     Some(a / (hi - lo))
 }
 
+/// A checkpoint's file name without its extension: its rows' and plot line's label.
+fn stem(path: &std::path::Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
 fn encoding_label(ck: &Checkpoint<'_>) -> &'static str {
     ck.tensor("token_embd.weight").map(|t| t.encoding.name()).unwrap_or("?")
 }
@@ -149,6 +157,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let baseline_loads: Vec<Loaded<'_>> =
         baseline_files.iter().map(|f| Loaded::with(f, |_, _, _| Ok(Selection::uniform(None)))).collect::<Result<_>>()?;
+    let compare_files: Vec<ModelFile> =
+        args.compare.iter().map(|p| session::open_other(p, &args.model)).collect::<Result<_>>()?;
+    let compare_loads: Vec<Loaded<'_>> = compare_files
+        .iter()
+        .map(|f| {
+            Loaded::with(f, |ck, _, _| {
+                views::require_nested(ck, &f.path, "--compare")?;
+                Ok(Selection::uniform(Some(8)))
+            })
+        })
+        .collect::<Result<_>>()?;
 
     let corpus = Corpus::new(tok.as_mut(), &args.data, ctx, args.chunks, config.vocab_size, quiet)?;
     corpus.check_vocab(config.vocab_size)?;
@@ -239,7 +258,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let model = perplexity::window_model(l, ctx, batch, kv)?;
         perplexity::same_vocab(&format!("baseline {}", f.path.display()), &l.config, config)?;
         let meta = Baseline::from_checkpoint(&l.ck).map_err(|e| anyhow!("{}: {e}", f.path.display()))?;
-        let stem = f.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let (label, weight_bytes) = match &meta {
             Some(m) => (m.label(), m.weight_bytes),
             None => {
@@ -247,7 +265,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     "{} records no baseline (edge.baseline): its weight bytes are its own size",
                     f.path.display()
                 ));
-                (stem, l.footprint.weight_bytes)
+                (stem(&f.path), l.footprint.weight_bytes)
             }
         };
         let bits_per_weight = l.footprint.bits_for(weight_bytes.saturating_sub(l.footprint.weight_bytes - l.footprint.matrix_bytes));
@@ -264,6 +282,28 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             scores: Scores::default(),
         });
         baselines.push(model);
+    }
+
+    // Every --compare checkpoint at every uniform view, each with the view it holds now.
+    let mut compares = Vec::with_capacity(compare_loads.len());
+    for (i, l) in compare_loads.iter().enumerate() {
+        perplexity::same_vocab(&format!("--compare {}", l.file.path.display()), &l.config, config)?;
+        for b in UNIFORM {
+            let fp = l.footprint_of(&ViewPlan::uniform(b))?;
+            rows.push(Row {
+                label: format!("{} {b}-bit", stem(&l.file.path)),
+                kind: Kind::Compare(i, b),
+                checkpoint: l.file.path.clone(),
+                plan: Some(ViewPlan::uniform(b)),
+                units: Vec::new(),
+                predicted_kl: None,
+                weight_bytes: fp.weight_bytes,
+                decode_bytes: Some(fp.decode_bytes),
+                bits_per_weight: fp.bits_per_weight(),
+                scores: Scores::default(),
+            });
+        }
+        compares.push((perplexity::window_model(l, ctx, batch, kv)?, Some(l.selection.plan.clone())));
     }
 
     let mut main_model = perplexity::window_model(&main, ctx, batch, kv)?;
@@ -303,6 +343,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     }
                     perplexity::score_window(&mut main_model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
                 }
+                Kind::Compare(i, _) => {
+                    let plan = r.plan.as_ref().expect("a view plan");
+                    let (model, held) = &mut compares[i];
+                    if held.as_ref() != Some(plan) {
+                        let l = &compare_loads[i];
+                        model.set_views(&l.ck, plan).map_err(|e| anyhow!("{}: {e}", l.file.path.display()))?;
+                        *held = Some(plan.clone());
+                    }
+                    perplexity::score_window(model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
+                }
                 Kind::Baseline(i) => perplexity::score_window(
                     &mut baselines[i],
                     &corpus,
@@ -322,19 +372,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
 
-    // The compressibility score.
-    let uniform_points = |q: fn(&Row) -> f64| -> Vec<(f64, f64)> {
+    // The compressibility score, of --model (`None`) and of each --compare checkpoint.
+    let uniform_points = |which: Option<usize>, q: fn(&Row) -> f64| -> Vec<(f64, f64)> {
         rows.iter()
-            .filter_map(|r| match r.kind {
-                Kind::Uniform(b) if SCORE_VIEWS.contains(&b) => Some((b as f64, q(r))),
+            .filter_map(|r| match (r.kind, which) {
+                (Kind::Uniform(b), None) if SCORE_VIEWS.contains(&b) => Some((b as f64, q(r))),
+                (Kind::Compare(i, b), Some(j)) if i == j && SCORE_VIEWS.contains(&b) => Some((b as f64, q(r))),
                 _ => None,
             })
             .collect()
     };
-    let exp_kl = uniform_points(|r| (-r.kl()).exp());
-    let top1 = uniform_points(|r| r.agreement());
+    let exp_kl = uniform_points(None, |r| (-r.kl()).exp());
+    let top1 = uniform_points(None, |r| r.agreement());
     let score = area(&exp_kl, 2.0, 8.0);
     let top1_auc = area(&top1, 2.0, 8.0);
+    let compare_scores: Vec<(f64, f64)> = (0..compare_loads.len())
+        .map(|i| {
+            let a = |q| area(&uniform_points(Some(i), q), 2.0, 8.0).unwrap_or(f64::NAN);
+            (a(|r| (-r.kl()).exp()), a(|r| r.agreement()))
+        })
+        .collect();
 
     // Files.
     std::fs::create_dir_all(&args.out).map_err(|e| anyhow!("cannot create --out folder {}: {e}", args.out.display()))?;
@@ -346,7 +403,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         json!({
             "config": r.label,
             "kind": r.kind.name(),
-            "bits": match r.kind { Kind::Uniform(b) => Some(b), _ => None },
+            "bits": match r.kind { Kind::Uniform(b) | Kind::Compare(_, b) => Some(b), _ => None },
             "target_bits": match r.kind { Kind::Plan(t) => Some(t), _ => None },
             "byte_budget": match r.kind { Kind::PlanBytes(b) => Some(b), _ => None },
             "checkpoint": r.checkpoint.display().to_string(),
@@ -389,6 +446,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "top1_agreement": top1,
             "definition": SCORE_DEFINITION,
         },
+        "compare": compare_loads.iter().zip(&compare_scores).map(|(l, (s, t))| json!({
+            "checkpoint": l.file.path.display().to_string(),
+            "compressibility": { "score": s, "top1_auc": t },
+        })).collect::<Vec<_>>(),
         "notes": notes,
         "seconds": seconds,
         "peak_rss_bytes": stats::peak_rss_bytes(),
@@ -403,6 +464,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         kl: r.kl(),
     };
     let mut data = PlotData {
+        uniform_label: if compare_loads.is_empty() {
+            "uniform views (8/6/5/4/3/2 bits)".into()
+        } else {
+            format!("{}: uniform views", stem(&file.path))
+        },
+        compare: compare_loads.iter().map(|l| (format!("{}: uniform views", stem(&l.file.path)), Vec::new())).collect(),
         title: format!(
             "{}: degradation sweep ({n_windows} {} of {ctx} tokens, {}; compressibility {})",
             ck.get_str(edge_runtime::format::keys::NAME).unwrap_or("model"),
@@ -419,6 +486,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             Kind::Plan(t) => data.plans.push(to_point(r, format!("{t}"))),
             Kind::PlanBytes(b) => data.plans.push(to_point(r, human_bytes(b))),
             Kind::Baseline(_) => data.baselines.push(to_point(r, r.label.clone())),
+            Kind::Compare(i, b) => data.compare[i].1.push(to_point(r, format!("{b}-bit"))),
         }
     }
     plot::write_svg(&svg_path, &data)?;
@@ -452,6 +520,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         score.map(|s| format!("{s:.4}")).unwrap_or_else(|| "n/a".into()),
         top1_auc.map(|s| format!("{s:.4}")).unwrap_or_else(|| "n/a".into()),
     ));
+    for (l, (s, t)) in compare_loads.iter().zip(&compare_scores) {
+        out.push_str(&format!("compressibility score of {} = {s:.4}  (top-1 area {t:.4})\n", l.file.path.display()));
+    }
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     eprintln!(
         "edge-run: sweep took {seconds:.1} s ({n_windows} {} x {} configurations); wrote {} and {}",

@@ -159,6 +159,52 @@ fn sweep_without_a_profile_has_no_plans_and_prints_json() {
 }
 
 #[test]
+fn compared_checkpoints_are_swept_view_by_view_as_the_model_is() {
+    if !have_models() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Other codes than --model's: groups of 32.
+    let plain = smollm_q8();
+    let other = packed_once("smollm2-135m-q8-g32.edge", |tmp| {
+        let opts = edge_pack::PackOptions {
+            encoding: edge_pack::WeightEncoding::Nested8,
+            group_size: 32,
+            objective: edge_pack::quant::NestedObjective::MinMax,
+            force: true,
+            ..Default::default()
+        };
+        edge_pack::pack_file(&smollm_gguf(), tmp, &opts).expect("packing SmolLM2 as q8 in groups of 32");
+    });
+    let mut args = sweep_args(&plain, dir.path(), "64");
+    args.extend(["--json".into(), "--compare".into(), other.to_str().unwrap().into()]);
+    let v = run(&args).json();
+    let rows = v["rows"].as_array().unwrap();
+    let compared: Vec<&serde_json::Value> = rows.iter().filter(|r| r["kind"] == "compare").collect();
+    let bits: Vec<u64> = compared.iter().map(|r| r["bits"].as_u64().unwrap()).collect();
+    assert_eq!(bits, [8, 6, 5, 4, 3, 2], "{v:#}");
+    assert!(compared.iter().all(|r| r["checkpoint"] == other.to_str().unwrap()));
+    assert!(compared[0]["config"].as_str().unwrap().ends_with(" 8-bit"), "{}", compared[0]);
+
+    // The same checkpoint swept as --model, on the same window, gives the same numbers.
+    let own = run(sweep_args(&other, &dir.path().join("own"), "64").into_iter().chain(["--json".into()])).json();
+    let own_uniform: Vec<&serde_json::Value> = own["rows"].as_array().unwrap().iter().filter(|r| r["kind"] == "uniform").collect();
+    for (c, o) in compared.iter().zip(&own_uniform) {
+        assert_eq!(c["bits"], o["bits"]);
+        for k in ["mean_kl", "ppl", "ece", "weight_bytes", "top1_agreement_percent"] {
+            assert_eq!(c[k], o[k], "{k} of the {}-bit view", c["bits"]);
+        }
+    }
+    assert_eq!(v["compare"][0]["compressibility"]["score"], own["compressibility"]["score"], "{v:#}");
+    // The two checkpoints' views are told apart.
+    let main_uniform: Vec<&serde_json::Value> = rows.iter().filter(|r| r["kind"] == "uniform").collect();
+    assert!(main_uniform.iter().zip(&compared).any(|(m, c)| m["mean_kl"] != c["mean_kl"]));
+    let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
+    let stem = other.file_stem().unwrap().to_str().unwrap();
+    assert!(svg.contains(&format!("{stem}: uniform views")), "no line for the compared checkpoint");
+}
+
+#[test]
 fn sweep_argument_errors_are_one_line() {
     if !have_models() {
         return;
@@ -173,6 +219,11 @@ fn sweep_argument_errors_are_one_line() {
     assert!(e.contains("cannot be used with"), "{e}");
     let e = run(["eval", "-m", q8, "--data", wiki, "--baselines", f16]).one_line_error();
     assert!(e.contains("--sweep"), "{e}");
+    let e = run(["eval", "-m", q8, "--data", wiki, "--compare", q8]).one_line_error();
+    assert!(e.contains("--sweep"), "{e}");
+    let e = run(["eval", "--sweep", "-m", q8, "--kl-base", f16, "--data", wiki, "--chunks", "1", "--ctx", "16", "--compare", f16])
+        .one_line_error();
+    assert!(e.contains("no nested-plane tensors") && e.contains("--compare"), "{e}");
     let e = run(["eval", "--sweep", "-m", f16, "--kl-base", f16, "--data", wiki, "--chunks", "1", "--ctx", "16"])
         .one_line_error();
     assert!(e.contains("no nested-plane tensors"), "{e}");
