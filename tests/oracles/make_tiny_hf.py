@@ -9,6 +9,8 @@ Writes, for each model, OUT_DIR/NAME/{config.json, model.safetensors, logits.jso
 - tiny-llama3: LlamaForCausalLM with Llama 3 RoPE scaling, config in the Hub's form
   (`rope_theta` + `rope_scaling` with rope_type llama3), original context short enough that the
   scaling changes the logits of the positions scored.
+- tiny-qwen3: Qwen3ForCausalLM (transformers 5 config): head_dim 32 with hidden 64 and 4/2 heads
+  (q is 128 wide), q/k head norms random around 1, no biases, tied head, RoPE base 1e6;
 - tiny-gemma3: Gemma3ForCausalLM (transformers 5 config): head_dim 16 with hidden 32 and 4/2
   heads, a sliding window of 8 over the 24 tokens, layers local/global/local/global with RoPE
   bases 1e4/1e6, query_pre_attn_scalar 12 (not head_dim), tied head; norms random around 1
@@ -24,7 +26,8 @@ import sys
 
 import torch
 import transformers
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 COMMON = dict(
     hidden_size=64,
@@ -109,6 +112,12 @@ def main():
         a = plain(torch.tensor([TOKENS])).logits[0]
         b = llama(torch.tensor([TOKENS])).logits[0]
     print("max |logit change| from the llama3 scaling:", float((a - b).abs().max()))
+
+    q3cfg = Qwen3Config(max_position_embeddings=512, rope_theta=1_000_000.0, head_dim=32, attention_bias=False,
+                        **{**COMMON, "tie_word_embeddings": True})
+    qwen3 = Qwen3ForCausalLM(q3cfg).float()
+    randomize(qwen3, 4)
+    save(qwen3, os.path.join(root, "tiny-qwen3"))
 
     gcfg = Gemma3TextConfig(
         vocab_size=128,

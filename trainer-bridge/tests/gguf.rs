@@ -988,7 +988,8 @@ fn permute_rotary(data: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32
     out
 }
 
-/// `m` written as a GGUF of its architecture, q/k rows (and biases) in `rotate_half` order.
+/// `m` written as a GGUF of its architecture, q/k rows (and biases, and head norms) in
+/// `rotate_half` order.
 fn as_gguf(m: &edge_pack::SourceModel, rotate_half: bool) -> gguf_writer::GgufWriter {
     let (a, c) = (m.arch.name, m.config);
     let mut w = gguf_writer::GgufWriter::default();
@@ -1002,8 +1003,9 @@ fn as_gguf(m: &edge_pack::SourceModel, rotate_half: bool) -> gguf_writer::GgufWr
         .kv(&format!("{a}.rope.freq_base"), V::F32(c.rope_theta))
         .kv(&format!("{a}.attention.layer_norm_rms_epsilon"), V::F32(c.norm_eps));
     for t in &m.tensors {
-        let heads = if t.name.contains("attn_q.") { c.n_heads } else { c.n_kv_heads };
-        let qk = t.name.contains("attn_q.") || t.name.contains("attn_k.");
+        let head_norm = t.name.contains("attn_q_norm.") || t.name.contains("attn_k_norm.");
+        let heads = if head_norm { 1 } else if t.name.contains("attn_q.") { c.n_heads } else { c.n_kv_heads };
+        let qk = t.name.contains("attn_q.") || t.name.contains("attn_k.") || head_norm;
         let cols = if t.shape.len() == 2 { t.shape[1] as usize } else { 1 };
         let data = if qk && rotate_half { permute_rotary(&t.data, heads, c.head_dim, cols) } else { t.data.clone() };
         let ne: Vec<u64> = t.shape.iter().rev().copied().collect();
@@ -1031,6 +1033,25 @@ fn qwen2_gguf_rows_and_biases_are_permuted_like_hf() {
     // Not vacuous: the permutation moves the bias values.
     let bias = |m: &edge_pack::SourceModel| m.tensors.iter().find(|t| t.name == "blk.0.attn_k.bias").unwrap().data.clone();
     assert_ne!(bias(&g), permute_rotary(&bias(&hf), hf.config.n_kv_heads, hf.config.head_dim, 1));
+}
+
+#[test]
+fn qwen3_gguf_imports_like_hf() {
+    let hf = edge_pack::hf::load_hf(&hf_fixture("tiny-qwen3"), None).unwrap();
+    let mut w = as_gguf(&hf, true);
+    // llama.cpp's converter writes Qwen3's head size (not hidden / heads) as key_length.
+    w.kv("qwen3.attention.key_length", V::U32(hf.config.head_dim as u32))
+        .kv("qwen3.attention.value_length", V::U32(hf.config.head_dim as u32));
+    let (_d, path) = temp_file("qwen3.gguf", &w.to_bytes());
+    let g = load_gguf(&path, None).unwrap();
+    assert_same_model(&g, &hf);
+    // Not vacuous: the head norms are stored in the rows' order, and the importer moves them.
+    let norm = |m: &edge_pack::SourceModel| m.tensors.iter().find(|t| t.name == "blk.0.attn_q_norm.weight").unwrap().data.clone();
+    assert_ne!(norm(&g), permute_rotary(&norm(&hf), 1, hf.config.head_dim, 1));
+    // Without key_length the head size would be hidden / heads (16): refused, not misread.
+    let mut short = as_gguf(&hf, true);
+    short.kv("qwen3.attention.key_length", V::U32(16)).kv("qwen3.attention.value_length", V::U32(16));
+    assert!(load_err(&short.to_bytes()).contains("attn_q"), "{}", load_err(&short.to_bytes()));
 }
 
 #[test]

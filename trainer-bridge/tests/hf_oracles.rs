@@ -1,6 +1,7 @@
 //! Hugging Face import against transformers itself: tiny random-weight models made by
-//! `tests/oracles/make_tiny_hf.py` (a Qwen2 with q/k/v biases and an untied head; a Llama with
-//! Llama 3 RoPE scaling), packed as f32, must give the logits transformers computed for them.
+//! `tests/oracles/make_tiny_hf.py` (a Qwen2 with q/k/v biases and an untied head; a Qwen3 with
+//! q/k head norms and a head size of its own; a Llama with Llama 3 RoPE scaling), packed as f32,
+//! must give the logits transformers computed for them.
 
 #[path = "common/pack_util.rs"]
 mod pack_util;
@@ -85,6 +86,64 @@ fn qwen2_matches_transformers() {
         t.data = t.data.chunks(2).flat_map(|p| [p[1], p[0]]).collect();
     }
     assert!(rel_diff(&our_logits(&unpermuted, &tokens), &theirs) > 1e-3);
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    let m = load_hf(&fixture("tiny-qwen3"), None).unwrap();
+    assert_eq!(m.arch.name, "qwen3");
+    assert!(m.config.tied_embeddings);
+    assert_eq!((m.config.head_dim, m.config.q_dim(), m.config.dim), (32, 128, 64));
+    assert!(!m.tensors.iter().any(|t| t.name.ends_with(".bias")));
+    let (tokens, theirs) = oracle("tiny-qwen3");
+    let ours = our_logits(&m, &tokens);
+    let d = rel_diff(&ours, &theirs);
+    assert!(d < 1e-4, "logits differ from transformers' by {d} (relative)");
+    eprintln!("{}: max |logit difference| / max |logit| = {d:.2e}", m.name);
+
+    // Not vacuous: the head norms matter, and so does their permutation with the q/k rows.
+    for kind in ["attn_q_norm", "attn_k_norm"] {
+        let mut plain = m.clone();
+        plain.tensors.iter_mut().filter(|t| t.name.contains(kind)).for_each(|t| t.data.iter_mut().for_each(|x| *x = 1.0));
+        assert!(rel_diff(&our_logits(&plain, &tokens), &theirs) > 1e-2, "{kind}");
+    }
+    let mut unpermuted = m.clone();
+    for t in unpermuted.tensors.iter_mut().filter(|t| t.name == "blk.0.attn_k_norm.weight") {
+        t.data = t.data.chunks(2).flat_map(|p| [p[1], p[0]]).collect();
+    }
+    assert!(rel_diff(&our_logits(&unpermuted, &tokens), &theirs) > 1e-3);
+}
+
+/// Qwen3 has no real checkpoint here: llama.cpp's own converter made a GGUF of the tiny model
+/// (`tests/oracles/llama_cpp_tiny_gguf.py`), and llama.cpp's logits on it are the oracle.
+#[test]
+fn qwen3_gguf_from_llama_cpp_matches_llama_cpp_and_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/tiny-qwen3");
+    let g = edge_pack::gguf::load_gguf(&dir.join("model.gguf"), None).unwrap();
+    let hf = load_hf(&fixture("tiny-qwen3"), None).unwrap();
+    assert_eq!((g.arch.name, g.config), (hf.arch.name, hf.config));
+    for (a, b) in g.tensors.iter().zip(&hf.tensors) {
+        assert_eq!((&a.name, &a.data), (&b.name, &b.data), "the GGUF's tensors are the folder's");
+    }
+    let (tokens, theirs) = oracle("tiny-qwen3");
+    let ours = our_logits(&g, &tokens);
+    let d = rel_diff(&ours, &theirs);
+    assert!(d < 1e-4, "logits differ from transformers' by {d} (relative)");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("llama_cpp_logits.json")).unwrap()).unwrap();
+    let lc: Vec<Vec<f32>> = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    for (pos, (a, b)) in ours.iter().zip(&lc).enumerate() {
+        assert_eq!(argmax(a), argmax(b), "position {pos}: greedy token differs from llama.cpp's");
+    }
+    // llama.cpp multiplies its f16 weights with f16-rounded activations (about 1e-3 off).
+    let d = rel_diff(&ours, &lc);
+    assert!(d < 5e-3, "logits differ from llama.cpp's by {d} (relative)");
+    eprintln!("tiny-qwen3 GGUF: max |logit difference| / max |logit| against llama.cpp = {d:.2e}");
 }
 
 #[test]

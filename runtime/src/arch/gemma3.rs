@@ -5,12 +5,8 @@
 //! global ones (the pattern and bases are the config's: [`super::config::LocalLayers`]). The
 //! output head is tied to the embedding.
 
-use super::llama::{linear, norm, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
-use super::{Activation, Arch, Dim, Kind, QkOrder, Role, Site, TensorSpec};
-
-const fn head_norm(kind: Kind, hf: &'static str) -> TensorSpec {
-    TensorSpec { kind, shape: &[Dim::Head], role: Role::Norm, site: None, hf }
-}
+use super::llama::{linear, norm, ATTN_K_NORM, ATTN_Q_NORM, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use super::{Activation, Arch, Dim, Kind, QkOrder, Site};
 
 pub const GEMMA3: Arch = Arch {
     name: "gemma3",
@@ -27,8 +23,8 @@ pub const GEMMA3: Arch = Arch {
         linear(Kind::AttnQ, &[Dim::Q, Dim::Model], Site::AttnIn, "self_attn.q_proj.weight"),
         linear(Kind::AttnK, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.k_proj.weight"),
         linear(Kind::AttnV, &[Dim::Kv, Dim::Model], Site::AttnIn, "self_attn.v_proj.weight"),
-        head_norm(Kind::AttnQNorm, "self_attn.q_norm.weight"),
-        head_norm(Kind::AttnKNorm, "self_attn.k_norm.weight"),
+        ATTN_Q_NORM,
+        ATTN_K_NORM,
         linear(Kind::AttnOutput, &[Dim::Model, Dim::Q], Site::AttnOut, "self_attn.o_proj.weight"),
         norm(Kind::AttnPostNorm, "post_attention_layernorm.weight"),
         norm(Kind::FfnNorm, "pre_feedforward_layernorm.weight"),

@@ -31,6 +31,13 @@ pub(super) const FFN_UP: TensorSpec = linear(Kind::FfnUp, &[Dim::Hidden, Dim::Mo
 pub(super) const FFN_DOWN: TensorSpec = linear(Kind::FfnDown, &[Dim::Model, Dim::Hidden], Site::FfnDown, "mlp.down_proj.weight");
 pub(super) const OUTPUT_NORM: TensorSpec = norm(Kind::OutputNorm, "model.norm.weight");
 
+// The RMSNorm of every query and key head before RoPE (Gemma 3, Qwen3): one weight per head
+// dimension, shared by all heads.
+pub(super) const ATTN_Q_NORM: TensorSpec =
+    TensorSpec { kind: Kind::AttnQNorm, shape: &[Dim::Head], role: Role::Norm, site: None, hf: "self_attn.q_norm.weight" };
+pub(super) const ATTN_K_NORM: TensorSpec =
+    TensorSpec { kind: Kind::AttnKNorm, shape: &[Dim::Head], role: Role::Norm, site: None, hf: "self_attn.k_norm.weight" };
+
 pub(super) const OUTPUT: TensorSpec =
     TensorSpec { kind: Kind::Output, shape: &[Dim::Vocab, Dim::Model], role: Role::Head, site: Some(Site::Head), hf: "lm_head.weight" };
 

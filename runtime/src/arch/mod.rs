@@ -17,6 +17,7 @@ pub mod config;
 mod gemma3;
 mod llama;
 mod qwen2;
+mod qwen3;
 
 use alloc::format;
 use alloc::string::String;
@@ -28,11 +29,12 @@ use crate::error::{Error, Result};
 pub use gemma3::GEMMA3;
 pub use llama::LLAMA;
 pub use qwen2::QWEN2;
+pub use qwen3::QWEN3;
 
 /// Every architecture this build runs.
-pub const ARCHS: &[&Arch] = &[&LLAMA, &QWEN2, &GEMMA3];
+pub const ARCHS: &[&Arch] = &[&LLAMA, &QWEN2, &QWEN3, &GEMMA3];
 
-/// The names of [`ARCHS`], for error messages (`llama, qwen2, gemma3`).
+/// The names of [`ARCHS`], for error messages (`llama, qwen2, qwen3, gemma3`).
 pub fn names() -> String {
     ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
 }
@@ -465,6 +467,21 @@ mod tests {
         assert_eq!(QWEN2.consumers(Site::AttnIn), [Kind::AttnQ, Kind::AttnK, Kind::AttnV]);
         assert_eq!((QWEN2.gguf_qk_order, LLAMA.gguf_qk_order), (QkOrder::RotateHalf, QkOrder::Interleaved));
         assert!(by_name("qwen2").is_ok() && QWEN2.has(Kind::AttnQBias) && !LLAMA.has(Kind::AttnQBias));
+    }
+
+    #[test]
+    fn qwen3_has_head_norms_and_no_biases() {
+        let c = config(false);
+        let t = QWEN3.tensors(&c);
+        assert_eq!(t.len(), 1 + 2 * 11 + 2);
+        assert_eq!((t[5].name.as_str(), t[5].shape.as_slice()), ("blk.0.attn_q_norm.weight", &[16u64][..]));
+        assert_eq!(t[6].name, "blk.0.attn_k_norm.weight");
+        assert!(!QWEN3.has(Kind::AttnQBias) && QWEN3.has(Kind::AttnKNorm) && !QWEN3.has(Kind::AttnPostNorm));
+        assert_eq!(QWEN3.matrices(&c).len(), LLAMA.matrices(&c).len());
+        assert_eq!(QWEN3.plan_units(&c), LLAMA.plan_units(&c));
+        assert_eq!(QWEN3.from_hf("model.layers.1.self_attn.q_norm.weight").as_deref(), Some("blk.1.attn_q_norm.weight"));
+        assert_eq!(QWEN3.gguf_qk_order, QkOrder::RotateHalf);
+        assert!(by_name("qwen3").is_ok());
     }
 
     #[test]
