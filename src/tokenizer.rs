@@ -277,6 +277,19 @@ mod tests {
         assert_eq!(tok.decode(&ids, true).unwrap(), "Hello  world\n");
     }
 
+    /// Qwen3's template (its thinking and tool branches in Jinja: `namespace`, reversed slices,
+    /// Python string methods), as Qwen ships it: rendered as transformers renders it.
+    #[test]
+    fn qwen3_template_renders_as_transformers_does() {
+        let tmpl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/qwen3-chat-template.jinja");
+        let tmpl = std::fs::read_to_string(tmpl).unwrap();
+        // transformers 5.25's `apply_chat_template(..., add_generation_prompt=True)` of the same.
+        let r = render_chat_template(&tmpl, None, "Hello", "", "<|im_end|>").unwrap();
+        assert_eq!(r, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n");
+        let r = render_chat_template(&tmpl, Some("Be brief."), "Hello", "", "<|im_end|>").unwrap();
+        assert_eq!(r, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n");
+    }
+
     #[test]
     fn prompt_ids() {
         assert_eq!(parse_ids("1 2,3 ,\t4", 5, "--prompt-ids").unwrap(), [1, 2, 3, 4]);
