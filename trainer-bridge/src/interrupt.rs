@@ -62,15 +62,31 @@ pub fn watch(dir: &Path) {
         let _ = ctrlc::set_handler(|| {
             let dirs = DIRS.lock().map(|d| d.clone()).unwrap_or_default();
             let n: usize = dirs.iter().map(|d| remove_temps(d, Some(std::process::id()))).sum();
-            eprintln!("interrupted: {n} temporary file(s) removed, nothing written");
+            eprintln!("{}", interrupted_message(n));
             std::process::exit(INTERRUPTED);
         });
     });
 }
 
+/// What an interrupted process says: the unfinished files it removed, if any. Outputs it had
+/// already finished (renamed into place before the signal) stay, so it never says "nothing".
+fn interrupted_message(removed: usize) -> String {
+    match removed {
+        0 => "interrupted".into(),
+        n => format!("interrupted: {n} unfinished file(s) removed (outputs finished before the interruption are kept)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_names_what_was_removed_only() {
+        assert_eq!(interrupted_message(0), "interrupted");
+        let m = interrupted_message(2);
+        assert!(m.starts_with("interrupted: 2 unfinished file(s) removed") && !m.contains("nothing"), "{m}");
+    }
 
     #[test]
     fn temporary_names_and_their_processes() {
