@@ -5,11 +5,11 @@
 //! once per window. Output: a table, `sweep.json`, `sweep.svg`, and the compressibility score.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use edge_runtime::plan::ViewPlan;
+use edge_runtime::plan::{Footprint, ViewPlan};
 use edge_runtime::Checkpoint;
 use serde_json::json;
 
@@ -75,6 +75,22 @@ struct Row {
 }
 
 impl Row {
+    /// A row of `checkpoint` read under `plan`, whose footprint is `fp`.
+    fn of_plan(label: String, kind: Kind, checkpoint: &Path, plan: ViewPlan, fp: &Footprint) -> Row {
+        Row {
+            label,
+            kind,
+            checkpoint: checkpoint.to_path_buf(),
+            plan: Some(plan),
+            units: Vec::new(),
+            predicted_kl: None,
+            weight_bytes: fp.weight_bytes,
+            decode_bytes: Some(fp.decode_bytes),
+            bits_per_weight: fp.bits_per_weight(),
+            scores: Scores::default(),
+        }
+    }
+
     fn kl(&self) -> f64 {
         if self.kind == Kind::Base {
             0.0
@@ -119,7 +135,7 @@ pub fn area(points: &[(f64, f64)], lo: f64, hi: f64) -> Option<f64> {
 }
 
 /// A checkpoint's file name without its extension: its rows' and plot line's label.
-fn stem(path: &std::path::Path) -> String {
+fn stem(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
@@ -196,18 +212,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for b in UNIFORM {
         let plan = ViewPlan::uniform(b);
         let fp = main.footprint_of(&plan)?;
-        rows.push(Row {
-            label: format!("uniform {b}-bit"),
-            kind: Kind::Uniform(b),
-            checkpoint: file.path.clone(),
-            plan: Some(plan),
-            units: Vec::new(),
-            predicted_kl: None,
-            weight_bytes: fp.weight_bytes,
-            decode_bytes: Some(fp.decode_bytes),
-            bits_per_weight: fp.bits_per_weight(),
-            scores: Scores::default(),
-        });
+        rows.push(Row::of_plan(format!("uniform {b}-bit"), Kind::Uniform(b), &file.path, plan, &fp));
     }
     let planner = views::profile_planner(ck, main.arch, config, &file.path)?;
     match &planner {
@@ -235,16 +240,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                         let plan = chosen.view_plan(&planner.units);
                         let fp = main.footprint_of(&plan)?;
                         rows.push(Row {
-                            label,
-                            kind,
-                            checkpoint: file.path.clone(),
-                            plan: Some(plan),
                             units: planner.units.iter().zip(&chosen.bits).map(|(u, &b)| (u.name.clone(), b)).collect(),
                             predicted_kl: Some(chosen.kl),
-                            weight_bytes: fp.weight_bytes,
-                            decode_bytes: Some(fp.decode_bytes),
-                            bits_per_weight: fp.bits_per_weight(),
-                            scores: Scores::default(),
+                            ..Row::of_plan(label, kind, &file.path, plan, &fp)
                         });
                     }
                     Err(e) => notes.push(format!("{what} skipped: {}", one_line(&format!("{e:#}")))),
@@ -289,19 +287,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for (i, l) in compare_loads.iter().enumerate() {
         perplexity::same_vocab(&format!("--compare {}", l.file.path.display()), &l.config, config)?;
         for b in UNIFORM {
-            let fp = l.footprint_of(&ViewPlan::uniform(b))?;
-            rows.push(Row {
-                label: format!("{} {b}-bit", stem(&l.file.path)),
-                kind: Kind::Compare(i, b),
-                checkpoint: l.file.path.clone(),
-                plan: Some(ViewPlan::uniform(b)),
-                units: Vec::new(),
-                predicted_kl: None,
-                weight_bytes: fp.weight_bytes,
-                decode_bytes: Some(fp.decode_bytes),
-                bits_per_weight: fp.bits_per_weight(),
-                scores: Scores::default(),
-            });
+            let (plan, label) = (ViewPlan::uniform(b), format!("{} {b}-bit", stem(&l.file.path)));
+            let fp = l.footprint_of(&plan)?;
+            rows.push(Row::of_plan(label, Kind::Compare(i, b), &l.file.path, plan, &fp));
         }
         compares.push((perplexity::window_model(l, ctx, batch, kv)?, Some(l.selection.plan.clone())));
     }

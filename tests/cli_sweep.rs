@@ -166,16 +166,7 @@ fn compared_checkpoints_are_swept_view_by_view_as_the_model_is() {
     let dir = tempfile::tempdir().unwrap();
     // Other codes than --model's: groups of 32.
     let plain = smollm_q8();
-    let other = packed_once("smollm2-135m-q8-g32.edge", |tmp| {
-        let opts = edge_pack::PackOptions {
-            encoding: edge_pack::WeightEncoding::Nested8,
-            group_size: 32,
-            objective: edge_pack::quant::NestedObjective::MinMax,
-            force: true,
-            ..Default::default()
-        };
-        edge_pack::pack_file(&smollm_gguf(), tmp, &opts).expect("packing SmolLM2 as q8 in groups of 32");
-    });
+    let other = smollm_q8_min_max("smollm2-135m-q8-g32.edge", 32);
     let mut args = sweep_args(&plain, dir.path(), "64");
     args.extend(["--json".into(), "--compare".into(), other.to_str().unwrap().into()]);
     let v = run(&args).json();

@@ -205,19 +205,21 @@ pub fn packed_once(name: &str, pack: impl FnOnce(&Path)) -> PathBuf {
 /// (seconds, not minutes: these tests exercise views and plans, not the quantizer's quality).
 pub fn smollm_q8() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        packed_once("smollm2-135m-q8-minmax.edge", |tmp| {
-            let opts = edge_pack::PackOptions {
-                encoding: edge_pack::WeightEncoding::Nested8,
-                group_size: 64,
-                objective: edge_pack::quant::NestedObjective::MinMax,
-                force: true,
-                ..Default::default()
-            };
-            edge_pack::pack_file(&smollm_gguf(), tmp, &opts).expect("packing SmolLM2 as q8");
-        })
+    PATH.get_or_init(|| smollm_q8_min_max("smollm2-135m-q8-minmax.edge", 64)).clone()
+}
+
+/// SmolLM2 packed as q8 with min/max codes in groups of `group` (once per build, as `name`).
+pub fn smollm_q8_min_max(name: &str, group: u32) -> PathBuf {
+    packed_once(name, |tmp| {
+        let opts = edge_pack::PackOptions {
+            encoding: edge_pack::WeightEncoding::Nested8,
+            group_size: group,
+            objective: edge_pack::quant::NestedObjective::MinMax,
+            force: true,
+            ..Default::default()
+        };
+        edge_pack::pack_file(&smollm_gguf(), tmp, &opts).expect("packing SmolLM2 as q8");
     })
-    .clone()
 }
 
 /// A copy of checkpoint `src` at `dst` with metadata `extra` added (or replaced): every tensor

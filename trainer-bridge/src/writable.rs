@@ -19,10 +19,13 @@ fn parent_of(path: &Path) -> PathBuf {
 
 /// Create and remove a file in `dir`: the only check that answers for read-only file systems,
 /// ACLs and root alike. Its name is a temporary file's (`.tmp-PID`), so one left by a kill at the
-/// wrong moment is cleaned like any other (`interrupt`).
+/// wrong moment is cleaned like any other (`interrupt`), and numbered per call, so that threads
+/// checking the same folder at once do not remove each other's.
 fn probe(dir: &Path) -> std::io::Result<()> {
-    let p = dir.join(format!(".edge-write-check.tmp-{}", std::process::id()));
-    std::fs::File::create(&p)?;
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = dir.join(format!(".edge-write-check-{n}.tmp-{}", std::process::id()));
+    std::fs::File::create_new(&p)?;
     std::fs::remove_file(&p)
 }
 
@@ -92,6 +95,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn threads_checking_one_folder_at_once_all_pass() {
+        let d = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        super::check_file(&d.path().join("out.edge"), "--output").unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "no probe left behind");
+    }
+
     use super::*;
 
     #[test]

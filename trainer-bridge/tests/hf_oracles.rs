@@ -21,7 +21,12 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The fixture's tokens and transformers' logits (one row per token).
 fn oracle(name: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("logits.json")).unwrap()).unwrap();
+    read_logits(&fixture(name).join("logits.json"))
+}
+
+/// Tokens and logits (one row per token) of a `{"tokens": [..], "logits": [[..], ..]}` file.
+fn read_logits(path: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let tokens = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
     let logits = v["logits"]
         .as_array()
@@ -52,6 +57,18 @@ fn our_logits(model: &SourceModel, tokens: &[u32]) -> Vec<Vec<f32>> {
     one_by_one
 }
 
+/// `m` with `edit` applied to the values of every tensor whose name `matches`.
+fn edited(m: &SourceModel, matches: impl Fn(&str) -> bool, edit: impl Fn(&mut [f32])) -> SourceModel {
+    let mut m = m.clone();
+    m.tensors.iter_mut().filter(|t| matches(&t.name)).for_each(|t| edit(&mut t.data));
+    m
+}
+
+/// Swap the values of each adjacent pair: a rotate-half vector left in interleaved order.
+fn swap_pairs(d: &mut [f32]) {
+    d.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
+}
+
 fn row_len(rows: &[Vec<f32>]) -> usize {
     rows[0].len()
 }
@@ -78,13 +95,9 @@ fn qwen2_matches_transformers() {
     eprintln!("{}: max |logit difference| / max |logit| = {d:.2e}", m.name);
 
     // Not vacuous: the biases matter, and so does their permutation with the q/k rows.
-    let mut no_bias = m.clone();
-    no_bias.tensors.iter_mut().filter(|t| t.name.ends_with(".bias")).for_each(|t| t.data.iter_mut().for_each(|x| *x = 0.0));
+    let no_bias = edited(&m, |n| n.ends_with(".bias"), |d| d.fill(0.0));
     assert!(rel_diff(&our_logits(&no_bias, &tokens), &theirs) > 1e-2);
-    let mut unpermuted = m.clone();
-    for t in unpermuted.tensors.iter_mut().filter(|t| t.name == "blk.0.attn_q.bias") {
-        t.data = t.data.chunks(2).flat_map(|p| [p[1], p[0]]).collect();
-    }
+    let unpermuted = edited(&m, |n| n == "blk.0.attn_q.bias", swap_pairs);
     assert!(rel_diff(&our_logits(&unpermuted, &tokens), &theirs) > 1e-3);
 }
 
@@ -103,14 +116,10 @@ fn qwen3_matches_transformers() {
 
     // Not vacuous: the head norms matter, and so does their permutation with the q/k rows.
     for kind in ["attn_q_norm", "attn_k_norm"] {
-        let mut plain = m.clone();
-        plain.tensors.iter_mut().filter(|t| t.name.contains(kind)).for_each(|t| t.data.iter_mut().for_each(|x| *x = 1.0));
+        let plain = edited(&m, |n| n.contains(kind), |d| d.fill(1.0));
         assert!(rel_diff(&our_logits(&plain, &tokens), &theirs) > 1e-2, "{kind}");
     }
-    let mut unpermuted = m.clone();
-    for t in unpermuted.tensors.iter_mut().filter(|t| t.name == "blk.0.attn_k_norm.weight") {
-        t.data = t.data.chunks(2).flat_map(|p| [p[1], p[0]]).collect();
-    }
+    let unpermuted = edited(&m, |n| n == "blk.0.attn_k_norm.weight", swap_pairs);
     assert!(rel_diff(&our_logits(&unpermuted, &tokens), &theirs) > 1e-3);
 }
 
@@ -129,13 +138,8 @@ fn qwen3_gguf_from_llama_cpp_matches_llama_cpp_and_transformers() {
     let ours = our_logits(&g, &tokens);
     let d = rel_diff(&ours, &theirs);
     assert!(d < 1e-4, "logits differ from transformers' by {d} (relative)");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("llama_cpp_logits.json")).unwrap()).unwrap();
-    let lc: Vec<Vec<f32>> = v["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect();
+    let (lc_tokens, lc) = read_logits(&dir.join("llama_cpp_logits.json"));
+    assert_eq!(lc_tokens, tokens);
     let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     for (pos, (a, b)) in ours.iter().zip(&lc).enumerate() {
         assert_eq!(argmax(a), argmax(b), "position {pos}: greedy token differs from llama.cpp's");
