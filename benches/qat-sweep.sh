@@ -12,7 +12,9 @@
 # sample with seed 0). Packs made: the float model (f32, the KL base); its post-training q8 packs
 # `ptq-minmax` (min/max codes), `ptq-allviews` (every view's error searched) and `ptq-gptq`
 # (GPTQ across the views), each with a sensitivity profile; and every export, packed as trained,
-# named after its run folder. Writes OUT/sweep.{json,svg} and prints the table. Quality only.
+# named after its run folder. DATA=FILE evaluates on the first WINDOWS windows of a text file
+# instead (e.g. ../shared/data/wikitext-2-raw/wiki.test.raw; the model needs its tokenizer).
+# Writes OUT/sweep.{json,svg} and prints the table. Quality only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: benches/qat-sweep.sh OUT EXPORT_DIR [EXPORT_DIR ...]}
@@ -40,16 +42,22 @@ for x in "$@"; do
   qat+=("$OUT/$name.edge")
 done
 
-# The evaluation sequences: BOS, then CTX - 1 sampled tokens, one seed each.
-ids="$OUT/eval-ids.txt"
-: >"$ids.partial"
-for ((i = 0; i < WINDOWS; i++)); do
-  "$E" -m "$OUT/base.edge" --prompt-ids 1 --temp 1 --top-k 0 --top-p 1 --ignore-eos -n $((CTX - 1)) --ctx "$CTX" --seed $((SEED + i)) --json \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(map(str, d["prompt_tokens"] + d["tokens"])))' >>"$ids.partial"
-done
-mv "$ids.partial" "$ids"
+# The evaluation sequences: a text's windows, or BOS then CTX - 1 sampled tokens, one seed each.
+if [ -n "${DATA:-}" ]; then
+  data=(--data "$DATA" --chunks "$WINDOWS")
+else
+  ids="$OUT/eval-ids.txt"
+  bos=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("bos_token_id") or 1)' "$MODEL/config.json")
+  : >"$ids.partial"
+  for ((i = 0; i < WINDOWS; i++)); do
+    "$E" -m "$OUT/base.edge" --prompt-ids "$bos" --temp 1 --top-k 0 --top-p 1 --ignore-eos -n $((CTX - 1)) --ctx "$CTX" --seed $((SEED + i)) --json \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(map(str, d["prompt_tokens"] + d["tokens"])))' >>"$ids.partial"
+  done
+  mv "$ids.partial" "$ids"
+  data=(--token-ids --data "$ids")
+fi
 
 # The first export is --model (its plans are swept too); the rest and the PTQ packs compare.
 others=("${qat[@]:1}" "$OUT/ptq-gptq.edge" "$OUT/ptq-allviews.edge" "$OUT/ptq-minmax.edge")
-"$E" eval --sweep -m "${qat[0]}" --compare "$(IFS=,; echo "${others[*]}")" --kl-base "$OUT/base.edge" --token-ids --data "$ids" \
+"$E" eval --sweep -m "${qat[0]}" --compare "$(IFS=,; echo "${others[*]}")" --kl-base "$OUT/base.edge" "${data[@]}" \
   --ctx "$CTX" --budgets 3,4 --out "$OUT"
