@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use edge_runtime::plan::{Footprint, ViewPlan};
-use edge_runtime::Checkpoint;
+use edge_runtime::{Checkpoint, Model};
 use serde_json::json;
 
 use crate::cli::EvalArgs;
@@ -132,6 +132,27 @@ pub fn area(points: &[(f64, f64)], lo: f64, hi: f64) -> Option<f64> {
         })
         .sum();
     Some(a / (hi - lo))
+}
+
+/// A model whose views the sweep switches live, and the plan it holds now.
+struct Switching<'f> {
+    model: Model<'f>,
+    holds: Option<ViewPlan>,
+}
+
+impl<'f> Switching<'f> {
+    fn new(l: &Loaded<'f>, ctx: usize, batch: usize, kv: KvSettings) -> Result<Self> {
+        Ok(Switching { model: perplexity::window_model(l, ctx, batch, kv)?, holds: Some(l.selection.plan.clone()) })
+    }
+
+    /// The model read under `plan` (`l` is the checkpoint it was made from).
+    fn at(&mut self, l: &Loaded<'f>, plan: &ViewPlan) -> Result<&mut Model<'f>> {
+        if self.holds.as_ref() != Some(plan) {
+            self.model.set_views(&l.ck, plan).map_err(|e| anyhow!("{}: {e}", l.path().display()))?;
+            self.holds = Some(plan.clone());
+        }
+        Ok(&mut self.model)
+    }
 }
 
 /// A checkpoint's file name without its extension: its rows' and plot line's label.
@@ -291,12 +312,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let fp = l.footprint_of(&plan)?;
             rows.push(Row::of_plan(label, Kind::Compare(i, b), &l.file.path, plan, &fp));
         }
-        compares.push((perplexity::window_model(l, ctx, batch, kv)?, Some(l.selection.plan.clone())));
+        compares.push(Switching::new(l, ctx, batch, kv)?);
     }
 
-    let mut main_model = perplexity::window_model(&main, ctx, batch, kv)?;
-    let kv_bytes = main_model.kv_bytes();
-    let mut current: Option<ViewPlan> = Some(main.selection.plan.clone());
+    let mut main_model = Switching::new(&main, ctx, batch, kv)?;
+    let kv_bytes = main_model.model.kv_bytes();
 
     if !quiet {
         eprintln!("{}", corpus.describe(&args.data));
@@ -323,22 +343,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 Kind::Base => {
                     perplexity::score_window(&mut base_model, &corpus, &window, batch, None, &mut r.scores, Some(&mut base_rows))?
                 }
-                Kind::Uniform(_) | Kind::Plan(_) | Kind::PlanBytes(_) => {
+                Kind::Uniform(_) | Kind::Plan(_) | Kind::PlanBytes(_) | Kind::Compare(..) => {
                     let plan = r.plan.as_ref().expect("a view plan");
-                    if current.as_ref() != Some(plan) {
-                        main_model.set_views(ck, plan).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-                        current = Some(plan.clone());
-                    }
-                    perplexity::score_window(&mut main_model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
-                }
-                Kind::Compare(i, _) => {
-                    let plan = r.plan.as_ref().expect("a view plan");
-                    let (model, held) = &mut compares[i];
-                    if held.as_ref() != Some(plan) {
-                        let l = &compare_loads[i];
-                        model.set_views(&l.ck, plan).map_err(|e| anyhow!("{}: {e}", l.file.path.display()))?;
-                        *held = Some(plan.clone());
-                    }
+                    let model = match r.kind {
+                        Kind::Compare(i, _) => compares[i].at(&compare_loads[i], plan)?,
+                        _ => main_model.at(&main, plan)?,
+                    };
                     perplexity::score_window(model, &corpus, &window, batch, Some(&base_rows), &mut r.scores, None)?
                 }
                 Kind::Baseline(i) => perplexity::score_window(
