@@ -157,6 +157,13 @@ struct Cli {
     #[arg(long, value_name = "BITS", value_parser = ["2", "3", "4", "5", "6", "8"], conflicts_with = "calib")]
     rtn_baseline: Option<String>,
 
+    /// Instead of packing, write the nested codes of the .edge checkpoint INPUT into folder DIR
+    /// as an edge-qat export without config or tokenizer (Hugging Face names, rotate-half q/k
+    /// rows): quantization-aware training can then start from a post-training pack's codes
+    /// (`python -m edge_qat.train --init-codes DIR`), e.g. GPTQ's.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "encoding", "group_size", "calib", "rtn_baseline", "tokenizer", "force"])]
+    export_codes: Option<PathBuf>,
+
     /// Embed this tokenizer.json instead of the one found with the model.
     #[arg(short, long, value_name = "FILE")]
     tokenizer: Option<PathBuf>,
@@ -260,6 +267,16 @@ fn json(r: &PackReport) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(dir) = &cli.export_codes {
+        let t0 = std::time::Instant::now();
+        let n = edge_pack::qat::export_codes(&cli.input, dir)?;
+        if cli.json {
+            println!("{}", serde_json::json!({"export_codes": dir, "matrices": n, "seconds": t0.elapsed().as_secs_f64()}));
+        } else if !cli.quiet {
+            eprintln!("edge-pack: wrote the codes of {n} matrices of {} to {}", cli.input.display(), dir.display());
+        }
+        return Ok(());
+    }
     let output = cli.output.clone().unwrap_or_else(|| default_output(&cli.input));
     let calibrating = cli.calibrate.is_some() || cli.calibrate_self;
     // An edge-qat export (trained 8-bit codes): q8 in its groups, no GPTQ, unless told otherwise

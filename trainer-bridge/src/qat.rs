@@ -285,3 +285,117 @@ pub fn load_qat(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<(SourceM
     model.source = model.source.replace("(Hugging Face safetensors)", "(edge-qat export)");
     Ok((model, q))
 }
+
+/// Write the nested codes of the `.edge` checkpoint at `pack` into `out` as an edge-qat export
+/// without its Hugging Face config and tokenizer: `model.safetensors` (each nested matrix as
+/// `NAME.qcodes`, `.qscale`, `.qmin`; every other tensor as F32) and [`MANIFEST`], under
+/// Hugging Face names and in rotate-half q/k order. The QAT trainer starts from it
+/// (`python -m edge_qat.train --init-codes DIR`), so training can begin at a post-training
+/// pack's codes (GPTQ's, say) rather than at min/max ones. Returns the matrices written.
+pub fn export_codes(pack: &Path, out: &Path) -> anyhow::Result<usize> {
+    use edge_runtime::blocks::nested8_code;
+    use edge_runtime::format::{Encoding, SegmentKind};
+    use safetensors::tensor::TensorView;
+
+    let at = pack.display();
+    crate::writable::check_dir(out, &["model.safetensors", MANIFEST], "--export-codes")?;
+    let file = std::fs::File::open(pack).with_context(|| format!("cannot open '{at}'"))?;
+    // SAFETY: the map is read-only and lives for this function; edge-pack never writes a
+    // checkpoint in place (temporary file, then rename), so the bytes do not change under it.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map '{at}'"))?;
+    let ck = edge_runtime::Checkpoint::parse(&bytes)
+        .map_err(|e| anyhow!("'{at}' is not an .edge checkpoint edge-pack can read ({e}); give a file edge-pack wrote"))?;
+    let arch = edge_runtime::arch::of_checkpoint(&ck).map_err(|e| anyhow!("'{at}': {e}"))?;
+    let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("'{at}': {e}"))?;
+
+    let mut group_size = None;
+    let (mut codes, mut scale, mut min, mut plain) = (vec![], vec![], vec![], vec![]);
+    for t in &ck.tensors {
+        t.verify().map_err(|e| anyhow!("'{at}': {e}; the file is damaged, pack it again"))?;
+        let [rows, cols] = t.shape[..] else {
+            plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
+            continue;
+        };
+        if t.encoding != Encoding::Nested8 {
+            plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
+            continue;
+        }
+        let g = t.group_size as u64;
+        if *group_size.get_or_insert(g) != g {
+            bail!("'{at}' mixes group sizes ({} and {g}); an edge-qat export has one", group_size.unwrap_or(g));
+        }
+        let padded = edge_runtime::format::nested8_padded_cols(cols, g);
+        let params: Vec<GroupParams> = t
+            .segment(SegmentKind::GroupParams)
+            .map(|s| s.bytes.chunks_exact(GroupParams::SIZE).map(bytemuck::pod_read_unaligned).collect())
+            .ok_or_else(|| anyhow!("'{at}': tensor '{}' has no group parameters", t.name))?;
+        let planes: Vec<&[u8]> = t.planes().map(|s| s.bytes).collect();
+        let n = (rows * padded) as usize;
+        let tensor = |width: u64, data: Vec<f32>| SourceTensor { name: t.name.into(), shape: vec![rows, width], data };
+        codes.push(tensor(padded, (0..n).map(|i| nested8_code(&planes, 8, i) as f32).collect()));
+        scale.push(tensor(padded / g, params.iter().map(|p| p.scale.to_f32()).collect()));
+        min.push(tensor(padded / g, params.iter().map(|p| p.min.to_f32()).collect()));
+    }
+    let Some(group_size) = group_size else {
+        bail!("'{at}' has no nested 8-bit matrices (it was packed as floats); pack the model with `-e q8` first");
+    };
+    // Codes (< 256) and f16 values are exact in f32, so the permutation moves them unchanged.
+    for set in [&mut codes, &mut scale, &mut min, &mut plain] {
+        crate::source::rotate_half_qk(set, &config)?;
+    }
+
+    let hf = |name: &str| arch.to_hf(name).ok_or_else(|| anyhow!("'{at}': tensor '{name}' has no Hugging Face name in a {} model", arch.name));
+    let shape = |t: &SourceTensor| t.shape.iter().map(|&d| d as usize).collect::<Vec<usize>>();
+    let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
+    let mut cols = serde_json::Map::new();
+    let mut quantized = vec![];
+    for ((c, s), m) in codes.iter().zip(&scale).zip(&min) {
+        let name = hf(&c.name)?;
+        let logical = ck.tensors.iter().find(|t| t.name == c.name).map_or(0, |t| t.shape[1]);
+        cols.insert(name.clone(), logical.into());
+        quantized.push(Value::from(name.clone()));
+        blobs.push((format!("{name}.qcodes"), Dtype::U8, shape(c), c.data.iter().map(|&q| q as u8).collect()));
+        for (suffix, p) in [(".qscale", s), (".qmin", m)] {
+            let b = p.data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
+            blobs.push((format!("{name}{suffix}"), Dtype::F16, shape(p), b));
+        }
+    }
+    for t in &plain {
+        if let Some(name) = arch.to_hf(&t.name) {
+            blobs.push((name, Dtype::F32, shape(t), bytemuck::cast_slice(&t.data).to_vec()));
+        }
+    }
+    let views = blobs
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let st = safetensors::serialize(views, None)?;
+    let manifest = serde_json::json!({
+        "format": "edge-qat",
+        "version": VERSION,
+        "group_size": group_size,
+        "cols": cols,
+        "quantized": quantized,
+        "base": pack.display().to_string(),
+        "train": Value::Null,
+        "codes_of": ck.get_str(edge_runtime::format::keys::NAME).unwrap_or(""),
+    });
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
+    crate::writable::write_atomic(&out.join("model.safetensors"), &st)?;
+    // The manifest last: a folder is an export only once its tensors are whole.
+    crate::writable::write_atomic(&out.join(MANIFEST), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(quantized.len())
+}
+
+/// A dense tensor's values as f32 (norms are stored as f32; f16 and bf16 matrices widen exactly).
+fn values_f32(t: &edge_runtime::format::TensorInfo<'_>) -> anyhow::Result<SourceTensor> {
+    use edge_runtime::format::{Encoding, SegmentKind};
+    let b = t.segment(SegmentKind::Values).map(|s| s.bytes).ok_or_else(|| anyhow!("tensor '{}' has no values", t.name))?;
+    let data = match t.encoding {
+        Encoding::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Encoding::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Encoding::Bf16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Encoding::Nested8 => bail!("tensor '{}' is nested, not dense", t.name),
+    };
+    Ok(SourceTensor { name: t.name.into(), shape: t.shape.clone(), data })
+}

@@ -39,13 +39,23 @@ pub struct SourceModel {
 /// interleaved order: for head `h`, interleaved row `h*hd + 2*i + p` is rotate-half row
 /// `h*hd + p*(hd/2) + i` (`p` in {0, 1}, `i < hd/2`).
 pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    reorder_rotary(data, n_heads, head_dim, cols, true)
+}
+
+/// The inverse of [`unpermute_rotary`]: interleaved rows back to rotate-half order.
+pub fn permute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    reorder_rotary(data, n_heads, head_dim, cols, false)
+}
+
+fn reorder_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usize, to_interleaved: bool) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = vec![0f32; data.len()];
     for h in 0..n_heads {
         for i in 0..half {
             for p in 0..2 {
-                let dst = h * head_dim + 2 * i + p;
-                let src = h * head_dim + p * half + i;
+                let interleaved = h * head_dim + 2 * i + p;
+                let rotate_half = h * head_dim + p * half + i;
+                let (dst, src) = if to_interleaved { (interleaved, rotate_half) } else { (rotate_half, interleaved) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
@@ -58,6 +68,16 @@ pub fn unpermute_rotary(data: &[f32], n_heads: usize, head_dim: usize, cols: usi
 /// into the interleaved order the runtime rotates. Tensors not in `tensors` are skipped (the
 /// caller checks the tensor list).
 pub fn interleave_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::Result<()> {
+    reorder_qk(tensors, config, true)
+}
+
+/// The inverse of [`interleave_qk`]: the runtime's interleaved q and k rows back to Hugging
+/// Face's rotate-half order (to hand a checkpoint's codes to PyTorch).
+pub fn rotate_half_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::Result<()> {
+    reorder_qk(tensors, config, false)
+}
+
+fn reorder_qk(tensors: &mut [SourceTensor], config: &Config, to_interleaved: bool) -> anyhow::Result<()> {
     let hd = config.head_dim;
     let kinds = [
         (Kind::AttnQ, config.n_heads),
@@ -78,7 +98,7 @@ pub fn interleave_qk(tensors: &mut [SourceTensor], config: &Config) -> anyhow::R
             if t.shape.len() != rank || t.shape[0] != rows || t.data.len() as u64 != rows * cols {
                 bail!("tensor '{name}' has shape {:?}, expected {rows} rows ({heads} heads x head_dim {hd})", t.shape);
             }
-            t.data = unpermute_rotary(&t.data, heads, hd, cols as usize);
+            t.data = reorder_rotary(&t.data, heads, hd, cols as usize, to_interleaved);
         }
     }
     Ok(())

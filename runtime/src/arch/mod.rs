@@ -365,6 +365,15 @@ impl Arch {
         self.layer.iter().find(|s| s.hf == part).map(|s| tensor_name(s.kind, Some(layer)))
     }
 
+    /// The Hugging Face name of canonical tensor `name` (the inverse of [`Arch::from_hf`]), if
+    /// this architecture has it.
+    pub fn to_hf(&self, name: &str) -> Option<String> {
+        match self.locate(name).filter(|(_, s)| !s.hf.is_empty())? {
+            (Some(l), s) => Some(format!("model.layers.{l}.{}", s.hf)),
+            (None, s) => Some(s.hf.into()),
+        }
+    }
+
     /// The kinds whose input is `site`'s activations, in file order.
     pub fn consumers(&self, site: Site) -> Vec<Kind> {
         self.pre.iter().chain(self.layer).chain(self.post).filter(|s| s.site == Some(site)).map(|s| s.kind).collect()

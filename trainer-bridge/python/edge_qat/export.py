@@ -95,6 +95,47 @@ def load_export(folder: str | Path, views, device: str = "cpu") -> torch.nn.Modu
 
 
 @torch.no_grad()
+def init_from_codes(model: torch.nn.Module, quantizers: dict, folder: str | Path) -> int:
+    """Start `model` (wrapped by `quantize_model`) at the codes of an export or of
+    `edge-pack PACK.edge --export-codes DIR`: each quantized weight becomes its 8-bit view, and
+    its quantizer takes the file's group parameters, so every view of the student is the pack's
+    view; its other tensors (norms) are taken as stored. Returns the quantized tensors set; an export whose groups or tensors do not fit is refused."""
+    folder = Path(folder)
+    try:
+        man = json.loads((folder / "edge-qat.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"edge-qat: error: --init-codes {folder} has no readable edge-qat.json ({e}); "
+                         "write one with `edge-pack PACK.edge --export-codes DIR`")
+    if man.get("format") != "edge-qat" or man.get("version") != 1:
+        raise SystemExit(f"edge-qat: error: --init-codes {folder} is not an edge-qat version 1 export")
+    st = load_file(folder / "model.safetensors")
+    params = dict(model.named_parameters())
+    n = 0
+    for name, wq in quantizers.items():
+        if name not in man["quantized"]:
+            raise SystemExit(f"edge-qat: error: --init-codes {folder} has no codes for {name}; export them from a q8 pack of this model")
+        if man["group_size"] != wq.group:
+            raise SystemExit(f"edge-qat: error: --init-codes {folder} has groups of {man['group_size']}, this run {wq.group}: "
+                             f"pass --group {man['group_size']}")
+        q, sc, mn = st[name + ".qcodes"], st[name + ".qscale"].float(), st[name + ".qmin"].float()
+        w = params[name]
+        if q.shape[0] != w.shape[0] or man["cols"][name] != w.shape[1]:
+            raise SystemExit(f"edge-qat: error: --init-codes {folder}: {name} is {q.shape[0]}x{man['cols'][name]}, "
+                             f"the model's {tuple(w.shape)}: codes of another model?")
+        w.data.copy_(contract.reconstruct(q, sc, mn, wq.group, 8)[:, : w.shape[1]].to(w.device))
+        wq.scale.data.copy_(sc.to(wq.scale.device))
+        wq.min.data.copy_(mn.to(wq.min.device))
+        n += 1
+    # The rest (norms; trained ones in a run's export) as stored.
+    for name, t in st.items():
+        if not name.endswith((".qcodes", ".qscale", ".qmin")) and name in params:
+            if t.shape != params[name].shape:
+                raise SystemExit(f"edge-qat: error: --init-codes {folder}: {name} has shape {tuple(t.shape)}, the model's {tuple(params[name].shape)}")
+            params[name].data.copy_(t.to(params[name].device, params[name].dtype))
+    return n
+
+
+@torch.no_grad()
 def logits(folder, views, ids: list[int], dtype=torch.float32) -> np.ndarray:
     """[len(ids), vocab] logits of the export at `views` for one sequence of token ids, computed
     in `dtype` (float64: the reference that tells f32 rounding from a real difference)."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import contract
-from .export import export
+from .export import export, init_from_codes
 from .fakequant import FULL, layer_of, project, quantize_model, set_views
 from .models import load_model
 
@@ -147,6 +147,8 @@ def build(args):
     for p in student.parameters():
         p.requires_grad_(True)
     quantizers = quantize_model(student, args.group, learnable=args.learn_params, act_int8=args.act_int8)
+    if getattr(args, "init_codes", None):
+        init_from_codes(student, quantizers, args.init_codes)
     # Group scales are 1e-4..1e-2 (a weight range / 255): at the weights' rate Adam would change
     # them by whole percents a step, so learned group parameters get their own multiple of it.
     weights = [p for n, p in student.named_parameters() if p.requires_grad and ".wq." not in n]
@@ -175,6 +177,8 @@ def main(argv=None) -> None:
     ap.add_argument("--learn-params", action="store_true", help="learn group scale and min (LSQ), rounded to f16 in the forward pass")
     ap.add_argument("--param-lr-mult", type=float, default=0.01, help="with --learn-params: the group parameters' rate as a multiple of --lr")
     ap.add_argument("--act-int8", action="store_true", help="emulate the runtime's int8 activations before nested matmuls")
+    ap.add_argument("--init-codes", type=Path, help="start at these codes instead of min/max ones: an export, or "
+                    "`edge-pack PACK.edge --export-codes DIR` of a post-training pack (GPTQ's, say)")
     ap.add_argument("--data", default="teacher", help="'teacher' (sequences sampled from the float model) or a text file")
     ap.add_argument("--tokenizer", help="for --data FILE: a HF folder or a sentencepiece .model (default: --model)")
     ap.add_argument("--samples", type=int, default=256, help="teacher sequences to sample")
@@ -270,6 +274,7 @@ def main(argv=None) -> None:
                  "anchor": args.anchor, "anchor_weight": args.anchor_weight, "schedule": args.schedule,
                  "data": args.data, "samples": int(data.shape[0]), "seq_len": args.seq_len, "batch": args.batch,
                  "lr": args.lr, "learn_params": args.learn_params, "act_int8": args.act_int8,
+                 "init_codes": str(args.init_codes) if args.init_codes else None,
                  "device": args.device, "seconds": round(seconds, 1)}
         out = export(student, quantizers, args.model, args.out / "export", args.group, train)
         print(f"edge-qat: exported {out}", file=sys.stderr)

@@ -181,3 +181,30 @@ def test_low_views_do_not_drag_the_8bit_view_away(tmp_path):
     kl8, kl2 = _kl_at(m, qs, base, windows, 8), _kl_at(m, qs, base, windows, 2)
     assert kl8 < 2.5 * kl8_ptq, (kl8, kl8_ptq)  # 0.068 against 0.036 here
     assert kl2 < kl2_ptq, (kl2, kl2_ptq)
+
+
+def test_init_codes_starts_at_the_given_codes(tmp_path):
+    # Codes that are not the min/max ones a run starts from by default (weights moved off their
+    # grid, as GPTQ moves them): a run started at them with rate 0 must export them unchanged,
+    # parameters included, so that every view of the student was the given checkpoint's view.
+    m = load_model(MODEL)
+    qs = quantize_model(m, 64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 3e-3)
+    given = export(m, qs, MODEL, tmp_path / "given", 64, {"steps": 0})
+    out = tmp_path / "run"
+    train_main(["--model", str(MODEL), "--out", str(out), "--samples", "4", "--seq-len", "16", "--batch", "2",
+                "--steps", "2", "--lr", "0", "--init-codes", str(given), "--device", "cpu"])
+    a, b = load_file(given / "model.safetensors"), load_file(out / "export" / "model.safetensors")
+    assert set(a) == set(b)
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    default = load_file(export(load_model(MODEL), quantize_model(load_model(MODEL), 64), MODEL, tmp_path / "d", 64, {}) / "model.safetensors")
+    assert not torch.equal(default["model.layers.0.mlp.up_proj.weight.qcodes"], a["model.layers.0.mlp.up_proj.weight.qcodes"])
+    man = json.loads((out / "export" / "edge-qat.json").read_text())
+    assert man["train"]["init_codes"] == str(given)
+
+    with pytest.raises(SystemExit, match="--group 64"):
+        train_main(["--model", str(MODEL), "--out", str(tmp_path / "g"), "--samples", "2", "--seq-len", "8", "--batch", "1",
+                    "--steps", "1", "--group", "32", "--init-codes", str(given), "--device", "cpu"])
