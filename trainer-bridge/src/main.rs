@@ -61,6 +61,8 @@ Examples:
   edge-pack stories260K.bin --allow-no-tokenizer --rtn-baseline 4 -o rtn4.edge
   edge-pack ./qat-out --calibrate-self -o smollm2-qat.edge
       -> an edge-qat export's trained codes as they are, with a sensitivity profile
+  edge-pack smollm2.edge --export-codes gptq-codes/
+      -> a pack's codes as an edge-qat export (no config), for `edge_qat.train --init-codes`
 
 The input format is detected from the contents: a GGUF file, a Hugging Face folder
 (config.json + model.safetensors or a sharded index, F32/F16/BF16; with edge-qat.json, an
