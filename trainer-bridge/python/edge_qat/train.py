@@ -263,6 +263,7 @@ def main(argv=None) -> None:
             seconds += time.perf_counter() - t0
             rec["seconds"] = round(seconds, 3)
             logf.write(json.dumps(rec) + "\n")
+            logf.flush()  # so that a running job's log can be followed
             bar.set_postfix(loss=f"{loss.item():.4f}")
             bar.update(1)
             if step % args.ckpt_every == 0 or step == args.steps:
