@@ -14,7 +14,11 @@
 # (GPTQ across the views), each with a sensitivity profile; and every export, packed as trained,
 # named after its run folder. DATA=FILE evaluates on the first WINDOWS windows of a text file
 # instead (e.g. ../shared/data/wikitext-2-raw/wiki.test.raw; the model needs its tokenizer).
-# Writes OUT/sweep.{json,svg} and prints the table. Quality only.
+# BYTES=SIZES adds plans of the first export at those weight-byte budgets (comma-separated, e.g.
+# llama.cpp files' sizes: 91726912,105454144 for SmolLM2's Q4_0 and Q4_K_M). A run started at
+# the GPTQ pack's codes: `edge-pack OUT/ptq-gptq.edge --export-codes DIR`, then
+# `python -m edge_qat.train ... --init-codes DIR`. Writes OUT/sweep.{json,svg} and prints the
+# table. Quality only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: benches/qat-sweep.sh OUT EXPORT_DIR [EXPORT_DIR ...]}
@@ -60,4 +64,4 @@ fi
 # The first export is --model (its plans are swept too); the rest and the PTQ packs compare.
 others=("${qat[@]:1}" "$OUT/ptq-gptq.edge" "$OUT/ptq-allviews.edge" "$OUT/ptq-minmax.edge")
 "$E" eval --sweep -m "${qat[0]}" --compare "$(IFS=,; echo "${others[*]}")" --kl-base "$OUT/base.edge" "${data[@]}" \
-  --ctx "$CTX" --budgets 3,4 --out "$OUT"
+  --ctx "$CTX" --budgets 3,4 ${BYTES:+--byte-budgets "$BYTES"} --out "$OUT"
