@@ -360,6 +360,12 @@ pub fn export_codes(pack: &Path, out: &Path) -> anyhow::Result<usize> {
             blobs.push((format!("{name}{suffix}"), Dtype::F16, shape(p), b));
         }
     }
+    // Gemma's norms are stored as 1 + w (the import's `hf_norm_minus_one`): back to w.
+    if arch.hf_norm_minus_one {
+        for t in plain.iter_mut().filter(|t| arch.locate(&t.name).is_some_and(|(_, s)| s.role == edge_runtime::arch::Role::Norm)) {
+            t.data.iter_mut().for_each(|w| *w -= 1.0);
+        }
+    }
     for t in &plain {
         if let Some(name) = arch.to_hf(&t.name) {
             blobs.push((name, Dtype::F32, shape(t), bytemuck::cast_slice(&t.data).to_vec()));
