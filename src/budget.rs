@@ -142,7 +142,7 @@ pub fn select(ck: &Checkpoint<'_>, arch: &Arch, config: &Config, path: &Path, fl
         load: ck
             .tensors
             .iter()
-            .filter(|t| t.encoding == edge_runtime::format::Encoding::Nested8)
+            .filter(|t| t.encoding.is_grouped())
             .map(|t| t.segments.iter().map(|s| s.bytes.len() as u64).sum::<u64>())
             .max()
             .unwrap_or(0),

@@ -146,7 +146,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     if args.verify {
         for t in &ck.tensors {
             let planes_read = match (t.encoding, args.bits) {
-                (Encoding::Nested8, Some(b)) => edge_runtime::blocks::nested8_planes_for_view(b).unwrap_or(6),
+                (Encoding::Nested8 | Encoding::Nested8Super, Some(b)) => edge_runtime::blocks::nested8_planes_for_view(b).unwrap_or(6),
                 _ => usize::MAX,
             };
             let mut plane = 0;

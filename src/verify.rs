@@ -51,7 +51,7 @@ fn jobs(ck: &Checkpoint<'_>, plan: &ViewPlan, every_view: bool) -> Vec<Job> {
     let mut out = Vec::new();
     for t in &ck.tensors {
         let planes = match t.encoding {
-            Encoding::Nested8 if !every_view => {
+            Encoding::Nested8 | Encoding::Nested8Super if !every_view => {
                 edge_runtime::blocks::nested8_planes_for_view(plan.bits_for(t.name).unwrap_or(8)).unwrap_or(6)
             }
             _ => usize::MAX,

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use edge_runtime::format::Encoding;
 use edge_runtime::arch::Arch;
 use edge_runtime::plan::{self, Footprint, Planner, ViewPlan};
 use edge_runtime::{Checkpoint, Config};
@@ -61,7 +60,7 @@ pub struct Selection {
 
 /// Whether `ck` has nested-plane tensors, the only ones views apply to.
 pub fn has_nested(ck: &Checkpoint<'_>) -> bool {
-    ck.tensors.iter().any(|t| t.encoding == Encoding::Nested8)
+    ck.tensors.iter().any(|t| t.encoding.is_grouped())
 }
 
 /// The encoding of a checkpoint's matrices when they are dense (`f16`, `f32`, `bf16`).

@@ -6,17 +6,19 @@
 //! GFLOP/s (2 · rows · cols · n); the model estimate uses n = 512 (pp512). Then the per-token decode time of every matrix of
 //! SmolLM2-135M (30 layers + the tied head) at each view. Fastest of several runs (shared machine).
 //! `VIEWS=4,5,6,8` in the environment measures only those views; `NO_PREFILL=1` only decode;
-//! `COLD=1` adds the decode of a matrix larger than the caches; `GROUP=128` sets the group size (default 64).
+//! `COLD=1` adds the decode of a matrix larger than the caches; `GROUP=128` sets the group size (default 64);
+//! `SUPER=1` stores the group parameters in super-blocks (`blocks::SuperParams`) instead of f16 pairs.
 
 use std::time::Instant;
 
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, ParamsRef, SuperParams, NESTED8_VIEWS};
 use edge_runtime::kernels::dispatch::view_index;
 use edge_runtime::kernels::{Kernels, Nested8, QActs};
 use half::f16;
 
 struct Tensor {
     params: Vec<GroupParams>,
+    supers: Option<Vec<SuperParams>>,
     planes: [Vec<u8>; 6],
     stride: usize,
 }
@@ -35,7 +37,13 @@ fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
     let params = (0..rows * stride / group)
         .map(|g| GroupParams { scale: f16::from_f32(0.01 + (g % 7) as f32 * 1e-3), min: f16::from_f32(-1.0) })
         .collect();
-    Tensor { params, planes: pack_nested8_planes(&codes), stride }
+    let supers = std::env::var("SUPER").is_ok().then(|| {
+        let blocks = (rows * stride / group).div_ceil(SuperParams::GROUPS);
+        (0..blocks)
+            .map(|b| SuperParams::new(f16::from_f32(1e-3), f16::from_f32(1.0 / 32.0), core::array::from_fn(|j| (10 + (b + j) % 7) as u8), [-32; 8]))
+            .collect()
+    });
+    Tensor { params, supers, planes: pack_nested8_planes(&codes), stride }
 }
 
 /// The view with the form table `k` reads, as a load for it makes (the runs at 2, 3 and 4
@@ -43,7 +51,11 @@ fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
 /// 4-bit kernels read the planes).
 fn view<'t>(k: &Kernels, t: &'t Tensor, group: usize, bits: u8) -> Nested8<'t> {
     let refs: Vec<&[u8]> = t.planes.iter().map(|p| p.as_slice()).collect();
-    let w = Nested8::stored(&t.params, &refs, group, bits, t.stride).expect("a valid view");
+    let params = match &t.supers {
+        Some(s) => ParamsRef::Super(s),
+        None => ParamsRef::F16(&t.params),
+    };
+    let w = Nested8::stored(params, &refs, group, bits, t.stride).expect("a valid view");
     if std::env::var("PLANES").is_ok() && bits <= 4 {
         w
     } else {
@@ -52,7 +64,7 @@ fn view<'t>(k: &Kernels, t: &'t Tensor, group: usize, bits: u8) -> Nested8<'t> {
 }
 
 fn view_bytes(w: &Nested8<'_>) -> usize {
-    w.params.len() * 4 + w.planes.iter().map(|p| p.len()).sum::<usize>()
+    w.params.bytes().len() + w.planes.iter().map(|p| p.len()).sum::<usize>()
 }
 
 /// The fastest run: the machine is shared, and a run that another process preempted says

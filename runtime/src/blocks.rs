@@ -33,6 +33,20 @@
 //! ```
 //! (NaN codes 0). The packer's min/max codes and the Python trainer (`trainer-bridge/python`)
 //! both use it; the shared test vectors (`trainer-bridge/examples/contract_vectors.rs`) pin it.
+//!
+//! # Group parameters
+//! Every formula above reads a group's `(scale, min)` as f32 ([`Affine`]). They are stored one
+//! of two ways ([`ParamsRef`]):
+//! - [`GroupParams`] (`Encoding::Nested8`): an f16 pair per group, `scale.to_f32()`, `min.to_f32()`;
+//! - [`SuperParams`] (`Encoding::Nested8Super`): the tensor's groups, in flat order, in
+//!   super-blocks of [`SuperParams::GROUPS`] (the last one padded), each holding f16 `d` and
+//!   `dmin` and per group a 6-bit scale code `s` (0..=63) and a 6-bit signed minimum code `m`
+//!   (-32..=31):
+//!   ```text
+//!   scale = f32(d) * s        min = f32(dmin) * m        (both exact in f32: 11 x 6 bits)
+//!   ```
+//!   so smaller groups cost no more parameter bytes (16 bytes per 8 groups: 0.5 bits per weight
+//!   at groups of 32, where f16 pairs cost 1.0).
 
 use half::{bf16, f16};
 
@@ -48,7 +62,7 @@ pub enum TensorBlocks<'a> {
     /// Nested 8-bit codes (see the module docs).
     Nested8 {
         /// (rows, row_stride / group_size) group scales and minima.
-        params: &'a [GroupParams],
+        params: ParamsRef<'a>,
         /// The planes of [`NESTED8_PLANES`] in file order (empty where the tensor has none).
         planes: [&'a [u8]; 6],
         /// Codes per group (a row has `row_stride / group_size` groups).
@@ -70,6 +84,143 @@ impl GroupParams {
     pub const SIZE: usize = 4;
 }
 const _: () = assert!(core::mem::size_of::<GroupParams>() == GroupParams::SIZE);
+
+/// A group's `(scale, min)` as every reconstruction reads them (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affine {
+    pub scale: f32,
+    pub min: f32,
+}
+
+impl From<GroupParams> for Affine {
+    #[inline]
+    fn from(p: GroupParams) -> Self {
+        Affine { scale: p.scale.to_f32(), min: p.min.to_f32() }
+    }
+}
+
+/// The parameters of [`SuperParams::GROUPS`] consecutive groups of
+/// `Encoding::Nested8Super` (see the module docs). Group `j`'s codes: `s_j = lo[j] & 63`;
+/// `m_j + 32 = lo[j] >> 6 | (nibble j of hi) << 2`, nibble `j` being bits `4(j % 2)..` of `hi[j / 2]`.
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct SuperParams {
+    pub d: f16,
+    pub dmin: f16,
+    pub lo: [u8; 8],
+    pub hi: [u8; 4],
+}
+
+impl SuperParams {
+    pub const SIZE: usize = 16;
+    /// Groups per super-block.
+    pub const GROUPS: usize = 8;
+    /// Largest scale code.
+    pub const S_MAX: u8 = 63;
+    /// Range of the minimum codes.
+    pub const M_MIN: i8 = -32;
+    pub const M_MAX: i8 = 31;
+
+    /// A super-block from its f16 pair and its groups' codes (`s <= 63`, `-32 <= m <= 31`).
+    pub fn new(d: f16, dmin: f16, s: [u8; 8], m: [i8; 8]) -> Self {
+        let mut out = SuperParams { d, dmin, lo: [0; 8], hi: [0; 4] };
+        for j in 0..Self::GROUPS {
+            debug_assert!(s[j] <= Self::S_MAX && (Self::M_MIN..=Self::M_MAX).contains(&m[j]));
+            let u = (m[j] as i16 + 32) as u8 & 63;
+            out.lo[j] = (s[j] & 63) | (u & 3) << 6;
+            out.hi[j / 2] |= (u >> 2) << (4 * (j % 2));
+        }
+        out
+    }
+
+    /// Group `j`'s scale code.
+    #[inline]
+    pub fn s(&self, j: usize) -> u8 {
+        self.lo[j] & 63
+    }
+
+    /// Group `j`'s minimum code.
+    #[inline]
+    pub fn m(&self, j: usize) -> i8 {
+        ((self.lo[j] >> 6) | ((self.hi[j / 2] >> (4 * (j % 2))) & 15) << 2) as i8 - 32
+    }
+
+    /// Group `j`'s parameters.
+    #[inline]
+    pub fn group(&self, j: usize) -> Affine {
+        Affine { scale: self.d.to_f32() * self.s(j) as f32, min: self.dmin.to_f32() * self.m(j) as f32 }
+    }
+}
+const _: () = assert!(core::mem::size_of::<SuperParams>() == SuperParams::SIZE);
+
+/// A tensor's group parameters as stored, in either layout (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub enum ParamsRef<'a> {
+    F16(&'a [GroupParams]),
+    Super(&'a [SuperParams]),
+}
+
+impl<'a> ParamsRef<'a> {
+    /// How many groups the stored parameters cover (a whole number of super-blocks).
+    pub fn groups(&self) -> usize {
+        match self {
+            ParamsRef::F16(p) => p.len(),
+            ParamsRef::Super(p) => p.len() * SuperParams::GROUPS,
+        }
+    }
+
+    /// Group `g`'s parameters (`g < self.groups()`).
+    #[inline]
+    pub fn get(&self, g: usize) -> Affine {
+        match self {
+            ParamsRef::F16(p) => p[g].into(),
+            ParamsRef::Super(p) => p[g / SuperParams::GROUPS].group(g % SuperParams::GROUPS),
+        }
+    }
+
+    /// The stored bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        match *self {
+            ParamsRef::F16(p) => bytemuck::cast_slice(p),
+            ParamsRef::Super(p) => bytemuck::cast_slice(p),
+        }
+    }
+
+    /// Whether any group's scale or minimum is not finite (f16 infinities or NaN).
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            ParamsRef::F16(p) => p.iter().position(|p| !p.scale.is_finite() || !p.min.is_finite()),
+            ParamsRef::Super(p) => p
+                .iter()
+                .position(|p| !p.d.is_finite() || !p.dmin.is_finite())
+                .map(|i| i * SuperParams::GROUPS),
+        }
+    }
+}
+
+impl<'a> From<&'a [GroupParams]> for ParamsRef<'a> {
+    fn from(p: &'a [GroupParams]) -> Self {
+        ParamsRef::F16(p)
+    }
+}
+
+impl<'a> From<&'a alloc::vec::Vec<GroupParams>> for ParamsRef<'a> {
+    fn from(p: &'a alloc::vec::Vec<GroupParams>) -> Self {
+        ParamsRef::F16(p)
+    }
+}
+
+impl<'a> From<&'a [SuperParams]> for ParamsRef<'a> {
+    fn from(p: &'a [SuperParams]) -> Self {
+        ParamsRef::Super(p)
+    }
+}
+
+impl<'a> From<&'a alloc::vec::Vec<SuperParams>> for ParamsRef<'a> {
+    fn from(p: &'a alloc::vec::Vec<SuperParams>) -> Self {
+        ParamsRef::Super(p)
+    }
+}
 
 /// One plane of the nested codes: `bits` adjacent bit positions starting at `shift`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,22 +309,22 @@ const fn spread_table(bits: u32) -> [u32; 256] {
 
 /// `(step, offset)` of a `view_bits` view of a group, per the formulas above.
 #[inline]
-pub fn nested8_step_offset(p: GroupParams, view_bits: u8) -> (f32, f32) {
+pub fn nested8_step_offset(p: impl Into<Affine>, view_bits: u8) -> (f32, f32) {
+    let Affine { scale, min } = p.into();
     let drop = 8 - view_bits as u32;
-    let scale = p.scale.to_f32();
     let step = scale * (1u32 << drop) as f32;
     let centre = ((1u32 << drop) - 1) as f32 * 0.5;
-    (step, p.min.to_f32() + scale * centre)
+    (step, min + scale * centre)
 }
 
 /// The 8-bit code of weight `x` under `p`: `(x - min) / scale` rounded half to even and
 /// clamped to `0..=255` (0 when the scale is not positive, or for NaN), per the module docs.
 #[inline]
-pub fn nested8_quantize(x: f32, p: GroupParams) -> u8 {
-    let scale = p.scale.to_f32();
+pub fn nested8_quantize(x: f32, p: impl Into<Affine>) -> u8 {
+    let Affine { scale, min } = p.into();
     if scale > 0.0 {
         // rintf rounds half to even (core has no rounding without std); `as u8` maps NaN to 0.
-        libm::rintf((x - p.min.to_f32()) / scale).clamp(0.0, 255.0) as u8
+        libm::rintf((x - min) / scale).clamp(0.0, 255.0) as u8
     } else {
         0
     }
@@ -200,17 +351,18 @@ pub fn nested8_code(planes: &[&[u8]], view_bits: u8, i: usize) -> u8 {
 /// Scalar reference dequantization of `out.len()` weights starting at flat index `start`
 /// (in the padded layout; a multiple of `group_size`). This is the contract every kernel
 /// matches.
-pub fn dequant_nested8(
-    params: &[GroupParams],
+pub fn dequant_nested8<'a>(
+    params: impl Into<ParamsRef<'a>>,
     planes: &[&[u8]],
     group_size: usize,
     view_bits: u8,
     start: usize,
     out: &mut [f32],
 ) {
+    let params = params.into();
     for (j, o) in out.iter_mut().enumerate() {
         let i = start + j;
-        let (step, offset) = nested8_step_offset(params[i / group_size], view_bits);
+        let (step, offset) = nested8_step_offset(params.get(i / group_size), view_bits);
         *o = nested8_code(planes, view_bits, i) as f32 * step + offset;
     }
 }
@@ -435,17 +587,42 @@ mod tests {
     }
 
     #[test]
+    fn super_blocks_hold_every_code_and_decode_exactly() {
+        let d = f16::from_f32(0.013);
+        let dmin = f16::from_f32(-0.0071);
+        for (s0, m0) in [(0u8, -32i8), (63, 31), (17, -1), (1, 0)] {
+            let s: [u8; 8] = core::array::from_fn(|j| (s0 as usize + 9 * j) as u8 % 64);
+            let m: [i8; 8] = core::array::from_fn(|j| ((m0 as i32 + 32 + 13 * j as i32) % 64 - 32) as i8);
+            let sp = SuperParams::new(d, dmin, s, m);
+            for j in 0..8 {
+                assert_eq!((sp.s(j), sp.m(j)), (s[j], m[j]), "group {j}");
+                let a = sp.group(j);
+                // 11-bit f16 times a 6-bit code: exact in f32.
+                assert_eq!(a.scale as f64, d.to_f64() * s[j] as f64);
+                assert_eq!(a.min as f64, dmin.to_f64() * m[j] as f64);
+            }
+            let params = [sp, sp];
+            let r = ParamsRef::from(&params[..]);
+            assert_eq!(r.groups(), 16);
+            assert_eq!(r.get(11), sp.group(3));
+            assert_eq!(r.bytes().len(), 32);
+        }
+        let bad = [SuperParams::new(f16::INFINITY, f16::ONE, [0; 8], [0; 8])];
+        assert_eq!(ParamsRef::from(&bad[..]).first_non_finite(), Some(0));
+    }
+
+    #[test]
     fn view_reconstructs_bucket_centre() {
         let p = GroupParams { scale: f16::from_f32(0.5), min: f16::from_f32(-64.0) };
         let codes = [0u8, 255, 128, 77, 8, 16, 250, 3];
         let planes = pack_nested8_planes(&codes);
         let refs: alloc::vec::Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
         let mut out = [0f32; 8];
-        dequant_nested8(&[p], &refs, 8, 8, 0, &mut out);
+        dequant_nested8(&[p][..], &refs, 8, 8, 0, &mut out);
         for (o, &q) in out.iter().zip(&codes) {
             assert_eq!(*o, q as f32 * 0.5 - 64.0);
         }
-        dequant_nested8(&[p], &refs, 8, 2, 0, &mut out);
+        dequant_nested8(&[p][..], &refs, 8, 2, 0, &mut out);
         // 2-bit view of code 255 is 3: bucket [192, 255], centre 223.5.
         assert_eq!(out[1], 223.5 * 0.5 - 64.0);
         assert_eq!(out[0], 31.5 * 0.5 - 64.0);

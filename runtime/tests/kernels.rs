@@ -4,7 +4,7 @@
 mod support;
 use support::rand_f32;
 
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams, TensorBlocks, NESTED8_VIEWS};
+use edge_runtime::blocks::{pack_nested8_planes, GroupParams, SuperParams, TensorBlocks, NESTED8_VIEWS};
 use edge_runtime::format::{Checkpoint, CheckpointWriter, Encoding, TensorData};
 use edge_runtime::kernels::{self, reference, Matrix};
 use half::{bf16, f16};
@@ -15,7 +15,7 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
         Encoding::F32 => vec![bytemuck::cast_slice(&v).to_vec()],
         Encoding::F16 => vec![bytemuck::cast_slice(&v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()).to_vec()],
         Encoding::Bf16 => vec![bytemuck::cast_slice(&v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).to_vec()],
-        Encoding::Nested8 => {
+        Encoding::Nested8 | Encoding::Nested8Super => {
             // Rows padded to whole groups, as the format stores them.
             let padded = cols.div_ceil(group) * group;
             let mut codes = vec![0u8; rows * padded];
@@ -27,12 +27,21 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
             let params: Vec<GroupParams> = (0..rows * padded / group)
                 .map(|g| GroupParams { scale: f16::from_f32(0.008 + g as f32 * 1e-4), min: f16::from_f32(-1.0) })
                 .collect();
-            let mut s = vec![bytemuck::cast_slice(&params).to_vec()];
+            let mut s = vec![match enc {
+                // The same scales to f32 rounding, as 6-bit codes (minimum -32 · 1/32 = -1).
+                Encoding::Nested8Super => bytemuck::cast_slice(
+                    &(0..params.len().div_ceil(8))
+                        .map(|b| SuperParams::new(f16::from_f32(5e-4), f16::from_f32(1.0 / 32.0), core::array::from_fn(|j| (16 + (8 * b + j) % 40) as u8), [-32; 8]))
+                        .collect::<Vec<_>>(),
+                )
+                .to_vec(),
+                _ => bytemuck::cast_slice(&params).to_vec(),
+            }];
             s.extend(pack_nested8_planes(&codes));
             s
         }
     };
-    TensorData { name: name.into(), encoding: enc, shape: vec![rows as u64, cols as u64], group_size: if enc == Encoding::Nested8 { group as u32 } else { 0 }, segments }
+    TensorData { name: name.into(), encoding: enc, shape: vec![rows as u64, cols as u64], group_size: if enc.is_grouped() { group as u32 } else { 0 }, segments }
 }
 
 use edge_runtime::backend::cpu::matrix;
@@ -60,7 +69,7 @@ fn matvec_and_matmul_match_reference() {
     // spanning several matmul tiles.
     // (3, 20) and (4, 44) have rows that are not a whole number of 8-weight groups (padded).
     let shapes = [(3usize, 8usize), (5, 32), (7, 96), (130, 64), (3, 20), (4, 44)];
-    let encs = [Encoding::F32, Encoding::F16, Encoding::Bf16, Encoding::Nested8];
+    let encs = [Encoding::F32, Encoding::F16, Encoding::Bf16, Encoding::Nested8, Encoding::Nested8Super];
     let mut w = CheckpointWriter::new();
     for (i, &(r, c)) in shapes.iter().enumerate() {
         for (j, &e) in encs.iter().enumerate() {
@@ -72,7 +81,7 @@ fn matvec_and_matmul_match_reference() {
     for (i, &(rows, cols)) in shapes.iter().enumerate() {
         for j in 0..encs.len() {
             let t = ck.tensor(&format!("t{i}_{j}")).unwrap();
-            let views: &[Option<u8>] = if t.encoding == Encoding::Nested8 {
+            let views: &[Option<u8>] = if t.encoding.is_grouped() {
                 &[Some(2), Some(3), Some(4), Some(5), Some(6), Some(8)]
             } else {
                 &[None]
@@ -207,7 +216,7 @@ fn from_blocks_checks_the_blocks_against_the_shape() {
         for (p, s) in planes.iter_mut().zip(&stored).take(n_planes) {
             *p = s;
         }
-        TensorBlocks::Nested8 { params: &params, planes, group_size: 32, row_stride }
+        TensorBlocks::Nested8 { params: (&params).into(), planes, group_size: 32, row_stride }
     };
     for v in NESTED8_VIEWS {
         let m = Matrix::from_blocks(4, 64, nested(6, 64), Some(v)).unwrap();

@@ -10,7 +10,7 @@
 //!   with inputs where every float operation is exact (so any integer error shows as a
 //!   mismatch). Tables listed in `BIT_EXACT` promise equality everywhere and are held to it.
 
-use edge_runtime::blocks::{low_nibbles, nested8_planes_for_view, pack_nested8_planes, repack_top, GroupParams};
+use edge_runtime::blocks::{low_nibbles, nested8_planes_for_view, pack_nested8_planes, repack_top, GroupParams, ParamsRef, SuperParams};
 use std::sync::Arc;
 
 /// The form a test reads a view in: its stored planes, or a form `Nested8::prepare` makes at
@@ -90,6 +90,8 @@ fn tables() -> Vec<Kernels> {
 /// 0..=255 and random group parameters.
 struct Tensor {
     params: Vec<GroupParams>,
+    /// Super-block parameters instead of `params`, when set.
+    supers: Option<Vec<SuperParams>>,
     planes: [Vec<u8>; 6],
     group: usize,
     stride: usize,
@@ -111,7 +113,25 @@ impl Tensor {
                 min: f16::from_f32(-2.0 * rng.f32().abs()),
             })
             .collect();
-        Tensor { params, planes: pack_nested8_planes(&codes), group, stride, cols }
+        Tensor { params, supers: None, planes: pack_nested8_planes(&codes), group, stride, cols }
+    }
+
+    /// [`Tensor::random`] with random super-block parameters (every scale and minimum code).
+    fn random_super(rows: usize, cols: usize, group: usize, rng: &mut Rng) -> Self {
+        let mut t = Tensor::random(rows, cols, group, rng);
+        let blocks = t.params.len().div_ceil(SuperParams::GROUPS);
+        t.supers = Some(
+            (0..blocks)
+                .map(|_| {
+                    let d = f16::from_f32(0.0005 + 0.002 * (rng.f32() + 1.0));
+                    let dmin = f16::from_f32(0.06 * rng.f32().abs());
+                    let s = core::array::from_fn(|_| rng.below(64) as u8);
+                    let m = core::array::from_fn(|_| rng.below(64) as i8 - 32);
+                    SuperParams::new(d, dmin, s, m)
+                })
+                .collect(),
+        );
+        t
     }
 
     /// A tensor whose float terms are exact: scale 1, min chosen so every offset is an
@@ -136,7 +156,11 @@ impl Tensor {
         let refs: Vec<&[u8]> = self.planes.iter().map(|p| p.as_slice()).collect();
         let repacked = (form == Form::Runs).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
         let low = (form == Form::Nibbles).then(|| Arc::from(low_nibbles(&refs, numel)));
-        Nested8 { params: &self.params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
+        let params = match &self.supers {
+            Some(s) => ParamsRef::Super(s),
+            None => ParamsRef::F16(&self.params),
+        };
+        Nested8 { params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
     }
 }
 
@@ -188,7 +212,7 @@ fn term_scale(w: &Nested8<'_>, acts: &QActs, rows: usize) -> Vec<f32> {
         for r in 0..rows {
             let mut s = 0f32;
             for g in 0..gpr {
-                let (step, offset) = edge_runtime::blocks::nested8_step_offset(w.params[r * gpr + g], w.view_bits);
+                let (step, offset) = edge_runtime::blocks::nested8_step_offset(w.params.get(r * gpr + g), w.view_bits);
                 let d = acts.d_row(t)[g];
                 let q = &acts.q_row(t)[g * w.group_size..(g + 1) * w.group_size];
                 let qa: i32 = q.iter().map(|v| (*v as i32).abs()).sum();
@@ -238,52 +262,78 @@ fn nested8_products_match_reference() {
             for &cols in &[group, 4 * group, 5 * group + 40, 576 + group / 2, 9 * group - 1] {
                 for &rows in &[1usize, 3, 70] {
                     let t = Tensor::random(rows + 2, cols, group, &mut rng);
-                    for &(view, prep) in &VIEWS {
-                        let w = t.view(view, prep);
-                        let vi = view_index(view);
-                        // Decode: rows 1..=rows (not starting at 0), and the last row too.
-                        let x = acts_input(1, t.cols, group, &mut rng);
-                        let mut want_a = QActs::default();
-                        (Kernels::SCALAR.quantize_acts)(&x, 1, cols, group, &mut want_a);
-                        // Activations for views read from runs are quantized for the runs alone, as
-                        // `kernels::matvec` does; the 2-bit view on its planes gets them too,
-                        // which its table must notice (and still compute exactly).
-                        let runs_only = prep == Form::Runs || view == 2;
-                        let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
-                        (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
-                        for first in [1usize, 2] {
-                            let mut want = vec![0f32; rows];
-                            (Kernels::SCALAR.nested8_matvec[vi])(&w, &want_a, first, &mut want);
-                            let mut got = vec![f32::NAN; rows];
-                            (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
-                            let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
-                            let what = format!("matvec view {view} (form {prep:?}) group {group} cols {cols} rows {rows} first {first}");
-                            assert_close(k.name, exact, &got, &want, scale, &what);
-                        }
-                        // Prefill.
-                        for &n in &[1usize, 2, 3, 7, 9, 40, 64] {
-                            if n == 64 && rows > 3 && cols > 600 {
-                                continue; // keep the reference's runtime down
-                            }
-                            let x = acts_input(n, t.cols, group, &mut rng);
-                            let mut want_a = QActs::default();
-                            (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want_a);
-                            let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
-                            (k.quantize_acts)(&x, n, cols, group, &mut got_a);
-                            let first = 2;
-                            let mut want = vec![0f32; n * rows];
-                            (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, first, &mut want);
-                            let mut got = vec![f32::NAN; n * rows];
-                            (k.nested8_matmul[vi])(&w, &got_a, first, &mut got);
-                            let all = term_scale(&w, &want_a, rows + 2);
-                            let scale: Vec<f32> =
-                                (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
-                            let what = format!("matmul view {view} (form {prep:?}) group {group} cols {cols} rows {rows} tokens {n}");
-                            assert_close(k.name, exact, &got, &want, &scale, &what);
-                        }
-                    }
+                    compare_products(k, exact, &t, rows, &[1, 2, 3, 7, 9, 40, 64], &mut rng);
                 }
             }
+        }
+    }
+}
+
+/// Super-block group parameters: every view, decode and prefill, at group sizes and row
+/// lengths whose rows start inside a super-block (18 groups of 32 to a 576-wide row).
+#[test]
+fn super_params_products_match_reference() {
+    let mut rng = Rng(0x5EED_0F5B);
+    let tables = tables();
+    for k in &tables {
+        let exact = BIT_EXACT.contains(&k.name);
+        for &group in &[8usize, 32, 64, 96] {
+            for &cols in &[group, 8 * group, 5 * group + 40, 576, 9 * group - 1] {
+                for &rows in &[1usize, 3, 70] {
+                    let t = Tensor::random_super(rows + 2, cols, group, &mut rng);
+                    compare_products(k, exact, &t, rows, &[1, 3, 9, 40], &mut rng);
+                }
+            }
+        }
+    }
+}
+
+/// Rows 1..=rows and 2..rows + 2 of `t` (which has rows + 2) through table `k` against the
+/// reference, every view and form, decode and prefill of `ns` tokens.
+fn compare_products(k: &Kernels, exact: bool, t: &Tensor, rows: usize, ns: &[usize], rng: &mut Rng) {
+    let (group, cols) = (t.group, t.cols);
+    for &(view, prep) in &VIEWS {
+        let w = t.view(view, prep);
+        let vi = view_index(view);
+        // Decode: rows 1..=rows (not starting at 0), and the last row too.
+        let x = acts_input(1, t.cols, group, rng);
+        let mut want_a = QActs::default();
+        (Kernels::SCALAR.quantize_acts)(&x, 1, cols, group, &mut want_a);
+        // Activations for views read from runs are quantized for the runs alone, as
+        // `kernels::matvec` does; the 2-bit view on its planes gets them too,
+        // which its table must notice (and still compute exactly).
+        let runs_only = prep == Form::Runs || view == 2;
+        let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
+        (k.quantize_acts)(&x, 1, cols, group, &mut got_a);
+        for first in [1usize, 2] {
+            let mut want = vec![0f32; rows];
+            (Kernels::SCALAR.nested8_matvec[vi])(&w, &want_a, first, &mut want);
+            let mut got = vec![f32::NAN; rows];
+            (k.nested8_matvec[vi])(&w, &got_a, first, &mut got);
+            let scale = &term_scale(&w, &want_a, rows + 2)[first..first + rows];
+            let what = format!("matvec view {view} (form {prep:?}) group {group} cols {cols} rows {rows} first {first}");
+            assert_close(k.name, exact, &got, &want, scale, &what);
+        }
+        // Prefill.
+        for &n in ns {
+            if n == 64 && rows > 3 && cols > 600 {
+                continue; // keep the reference's runtime down
+            }
+            let x = acts_input(n, t.cols, group, rng);
+            let mut want_a = QActs::default();
+            (Kernels::SCALAR.quantize_acts)(&x, n, cols, group, &mut want_a);
+            let mut got_a = QActs { runs_order_only: runs_only, ..QActs::default() };
+            (k.quantize_acts)(&x, n, cols, group, &mut got_a);
+            let first = 2;
+            let mut want = vec![0f32; n * rows];
+            (Kernels::SCALAR.nested8_matmul[vi])(&w, &want_a, first, &mut want);
+            let mut got = vec![f32::NAN; n * rows];
+            (k.nested8_matmul[vi])(&w, &got_a, first, &mut got);
+            let all = term_scale(&w, &want_a, rows + 2);
+            let scale: Vec<f32> =
+                (0..n).flat_map(|tk| all[tk * (rows + 2) + first..tk * (rows + 2) + first + rows].to_vec()).collect();
+            let what = format!("matmul view {view} (form {prep:?}) group {group} cols {cols} rows {rows} tokens {n}");
+            assert_close(k.name, exact, &got, &want, &scale, &what);
         }
     }
 }

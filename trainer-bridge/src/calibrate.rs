@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use edge_runtime::kv::{KvBits, KvFormat};
 use edge_runtime::arch;
-use edge_runtime::blocks::{nested8_step_offset, GroupParams};
+use edge_runtime::blocks::{nested8_step_offset, Affine, GroupParams, SuperParams};
 use edge_runtime::format::CheckpointWriter;
 use edge_runtime::kernels::{self, Matrix, WeightView};
 use edge_runtime::model::{Logits, ModelOptions, Observer, Site};
@@ -48,7 +48,7 @@ use edge_runtime::{Checkpoint, Config, Model};
 
 use half::f16;
 
-use crate::quant::{NestedObjective, OBJECTIVE_VIEWS};
+use crate::quant::{NestedCoding, NestedObjective, NestedParams, ParamLayout, OBJECTIVE_VIEWS};
 use crate::threads;
 
 /// The file name of the evaluation text, which must never be calibrated on.
@@ -510,8 +510,9 @@ pub fn gptq_nested8(
     group: usize,
     factor: &GptqFactor,
     target: GptqTarget,
-    objective: NestedObjective,
-) -> Result<(Vec<GroupParams>, Vec<u8>)> {
+    coding: NestedCoding,
+) -> Result<(NestedParams, Vec<u8>)> {
+    let NestedCoding { objective, layout } = coding;
     if group == 0 || !group.is_multiple_of(8) || cols == 0 {
         bail!("group size {group} is not a positive multiple of 8 (tensor '{name}')");
     }
@@ -537,22 +538,53 @@ pub fn gptq_nested8(
             m
         })
         .collect();
+    // Super-blocks: each block's (d, dmin) is fixed first, from the groups' wanted parameters
+    // on the uncompensated weights; GPTQ then codes each group's parameters under it.
+    let mut supers = match layout {
+        ParamLayout::Super => Some(crate::quant::super_blocks(&crate::quant::quantize_nested8(name, data, cols, group, objective)?.0)),
+        ParamLayout::F16 => None,
+    };
     let mut params = vec![GroupParams { scale: f16::ZERO, min: f16::ZERO }; rows * gpr];
+    let mut sm = vec![(0u8, 0i8); rows * gpr];
     let mut codes = vec![0u8; rows * padded];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
     let rows_per = rows.div_ceil(threads).max(1);
-    let ctx = GptqCtx { cols, group, padded, gpr, at: &factor.at, blocks: &blocks, target, objective, weights: factor.view_weights };
+    let ctx = GptqCtx {
+        cols,
+        group,
+        padded,
+        gpr,
+        at: &factor.at,
+        blocks: &blocks,
+        target,
+        objective,
+        weights: factor.view_weights,
+        supers: supers.as_deref(),
+    };
     std::thread::scope(|s| {
         let chunks = params
             .chunks_mut(rows_per * gpr)
+            .zip(sm.chunks_mut(rows_per * gpr))
             .zip(codes.chunks_mut(rows_per * padded))
             .zip(data.chunks(rows_per * cols));
-        for ((p, c), w) in chunks {
+        for (i, (((p, m), c), w)) in chunks.enumerate() {
             let ctx = &ctx;
-            s.spawn(move || ctx.run(w, p, c));
+            s.spawn(move || ctx.run(w, i * rows_per * gpr, p, m, c));
         }
     });
-    Ok((params, codes))
+    Ok(match supers.as_mut() {
+        Some(blocks) => {
+            for (b, chunk) in blocks.iter_mut().zip(sm.chunks(SuperParams::GROUPS)) {
+                let (mut s, mut m) = ([0u8; 8], [0i8; 8]);
+                for (j, &(sj, mj)) in chunk.iter().enumerate() {
+                    (s[j], m[j]) = (sj, mj);
+                }
+                *b = SuperParams::new(b.d, b.dmin, s, m);
+            }
+            (NestedParams::Super(supers.unwrap_or_default()), codes)
+        }
+        None => (NestedParams::F16(params), codes),
+    })
 }
 
 struct GptqCtx<'a> {
@@ -565,6 +597,8 @@ struct GptqCtx<'a> {
     target: GptqTarget,
     objective: NestedObjective,
     weights: [f32; 4],
+    /// The super-blocks' `(d, dmin)`, for [`ParamLayout::Super`].
+    supers: Option<&'a [SuperParams]>,
 }
 
 impl GptqCtx<'_> {
@@ -577,8 +611,9 @@ impl GptqCtx<'_> {
         }
     }
 
-    /// Quantize rows `w` (rows x cols) into `params` and `codes`.
-    fn run(&self, w: &[f32], params: &mut [GroupParams], codes: &mut [u8]) {
+    /// Quantize rows `w` (rows x cols), whose first group is group `g0` of the tensor, into
+    /// `params` (f16 layout) or `sm` (the super-block layout's codes) and `codes`.
+    fn run(&self, w: &[f32], g0: usize, params: &mut [GroupParams], sm: &mut [(u8, i8)], codes: &mut [u8]) {
         let (cols, group) = (self.cols, self.group);
         let rows = w.len() / cols;
         let streams = self.streams();
@@ -606,10 +641,23 @@ impl GptqCtx<'_> {
                         wbar[s][k - b0] = wrow[k] + pre[s][r * cols + k];
                     }
                 }
-                let p = crate::quant::group_params(&wbar[param_stream][..width], self.objective);
-                params[r * self.gpr + g] = p;
-                let scale = p.scale.to_f32();
-                let (min, inv) = (p.min.to_f32(), if scale > 0.0 { 1.0 / scale } else { 0.0 });
+                let wanted = crate::quant::group_params(&wbar[param_stream][..width], self.objective);
+                let p: Affine = match self.supers {
+                    Some(blocks) => {
+                        let gi = g0 + r * self.gpr + g;
+                        let b = &blocks[gi / SuperParams::GROUPS];
+                        let (lo, hi) = crate::quant::span_of(wanted);
+                        let (s, m) = crate::quant::super_codes(lo, hi, b.d, b.dmin);
+                        sm[r * self.gpr + g] = (s, m);
+                        SuperParams::new(b.d, b.dmin, [s; 8], [m; 8]).group(0)
+                    }
+                    None => {
+                        params[r * self.gpr + g] = wanted;
+                        wanted.into()
+                    }
+                };
+                let (scale, min) = (p.scale, p.min);
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                 let so: [(f32, f32); 4] = OBJECTIVE_VIEWS.map(|b| nested8_step_offset(p, b));
                 for k in b0..b1 {
                     let j = k - b0;
@@ -813,13 +861,13 @@ mod tests {
         }
     }
 
-    fn dequant(params: &[GroupParams], codes: &[u8], rows: usize, cols: usize, group: usize, bits: u8) -> Vec<f32> {
+    fn dequant(params: edge_runtime::blocks::ParamsRef<'_>, codes: &[u8], rows: usize, cols: usize, group: usize, bits: u8) -> Vec<f32> {
         let padded = cols.div_ceil(group) * group;
         let mut out = Vec::with_capacity(rows * cols);
         for r in 0..rows {
             for c in 0..cols {
                 let i = r * padded + c;
-                let (step, offset) = nested8_step_offset(params[i / group], bits);
+                let (step, offset) = nested8_step_offset(params.get(i / group), bits);
                 out.push((codes[i] >> (8 - bits)) as f32 * step + offset);
             }
         }
@@ -833,17 +881,28 @@ mod tests {
         let f = GptqFactor::new(&h, cols, 0.01).unwrap();
         let mut r = rng(21);
         let w: Vec<f32> = (0..rows * cols).map(|_| r() * 0.05).collect();
-        let (p0, c0) = crate::quant::quantize_nested8("w", &w, cols, group, NestedObjective::AllViews).unwrap();
-        for target in [GptqTarget::View(4), GptqTarget::View(2), GptqTarget::Joint] {
-            let (p, c) = gptq_nested8("w", &w, cols, group, &f, target, NestedObjective::AllViews).unwrap();
+        // Both parameter layouts, each against the plain codes of the same layout.
+        for (layout, target) in [ParamLayout::F16, ParamLayout::Super]
+            .into_iter()
+            .flat_map(|l| [GptqTarget::View(4), GptqTarget::View(2), GptqTarget::Joint].map(|t| (l, t)))
+        {
+            let coding = NestedCoding { objective: NestedObjective::AllViews, layout };
+            let (p0, c0) = crate::quant::quantize_nested("w", &w, cols, group, coding).unwrap();
+            let (p, c) = gptq_nested8("w", &w, cols, group, &f, target, coding).unwrap();
+            assert_eq!(matches!(p, NestedParams::Super(_)), layout == ParamLayout::Super);
             for bits in [2u8, 3, 4, 8] {
-                let base = proxy_loss(&w, &dequant(&p0, &c0, rows, cols, group, bits), &h, cols);
-                let got = proxy_loss(&w, &dequant(&p, &c, rows, cols, group, bits), &h, cols);
-                eprintln!("{target:?} {bits}-bit: {got:.4e} vs {base:.4e} ({:.3})", got / base);
+                let base = proxy_loss(&w, &dequant(p0.as_ref(), &c0, rows, cols, group, bits), &h, cols);
+                let got = proxy_loss(&w, &dequant(p.as_ref(), &c, rows, cols, group, bits), &h, cols);
+                eprintln!("{layout:?} {target:?} {bits}-bit: {got:.4e} vs {base:.4e} ({:.3})", got / base);
                 match target {
                     GptqTarget::View(b) if b == bits => assert!(got < 0.2 * base, "{target:?} at {bits} bits: {got} vs {base}"),
                     // Joint: the 8- and 4-bit views gain, the 2- and 3-bit views (whose
                     // buckets the finer views' choices move) lose little.
+                    // (Super-blocks fix each group's scale and minimum to 6-bit steps chosen
+                    // before the compensation moves the weights: less to gain.)
+                    GptqTarget::Joint if bits >= 4 && layout == ParamLayout::Super => {
+                        assert!(got < 0.98 * base, "joint at {bits} bits: {got} vs {base}")
+                    }
                     GptqTarget::Joint if bits >= 4 => assert!(got < 0.95 * base, "joint at {bits} bits: {got} vs {base}"),
                     GptqTarget::Joint => assert!(got < 1.25 * base, "joint at {bits} bits: {got} vs {base}"),
                     _ => {}
@@ -855,8 +914,8 @@ mod tests {
         let h = hessian(cols, 100, 4);
         let f = GptqFactor::new(&h, cols, 0.01).unwrap();
         let w: Vec<f32> = (0..8 * cols).map(|_| r() * 0.05).collect();
-        let (p, c) = gptq_nested8("w", &w, cols, 32, &f, GptqTarget::Joint, NestedObjective::AllViews).unwrap();
-        assert_eq!((p.len(), c.len()), (16, 8 * 64));
+        let (p, c) = gptq_nested8("w", &w, cols, 32, &f, GptqTarget::Joint, NestedCoding::default()).unwrap();
+        assert_eq!((p.as_ref().groups(), c.len()), (16, 8 * 64));
         assert!(c.chunks(64).all(|row| row[44..].iter().all(|&q| q == 0)), "padding codes are 0");
     }
 }

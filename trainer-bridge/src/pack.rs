@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
-use edge_runtime::blocks::{pack_nested8_planes, GroupParams};
+use edge_runtime::blocks::{pack_nested8_planes, ParamsRef};
+use crate::quant::{NestedCoding, NestedParams, ParamLayout};
 use edge_runtime::format::{keys, CheckpointWriter, Encoding, MetaValue, TensorData};
 use edge_runtime::Checkpoint;
 use half::{bf16, f16};
@@ -87,6 +88,8 @@ pub struct PackOptions {
     pub progress: bool,
     /// How nested codes are chosen (q8 only).
     pub objective: crate::quant::NestedObjective,
+    /// How q8 group parameters are stored.
+    pub params: ParamLayout,
     /// Calibrate (q8 only): GPTQ-style codes from calibration activations and the
     /// sensitivity profile (`edge.sensitivity`).
     pub calibration: Option<CalibrationOptions>,
@@ -105,6 +108,7 @@ impl Default for PackOptions {
             force: false,
             progress: false,
             objective: crate::quant::NestedObjective::default(),
+            params: ParamLayout::F16,
             calibration: None,
             rtn_baseline: None,
         }
@@ -195,7 +199,7 @@ pub fn encode_tensor(
     group_size: u32,
     objective: crate::quant::NestedObjective,
 ) -> anyhow::Result<TensorData> {
-    encode_tensor_with(t, encoding, group_size, objective, None)
+    encode_tensor_with(t, encoding, group_size, objective, ParamLayout::F16, None)
 }
 
 /// [`encode_tensor`], with nested codes chosen by GPTQ when `gptq` gives the factor of the
@@ -205,11 +209,13 @@ pub fn encode_tensor_with(
     encoding: WeightEncoding,
     group_size: u32,
     objective: crate::quant::NestedObjective,
+    layout: ParamLayout,
     gptq: Option<(&GptqFactor, GptqTarget)>,
 ) -> anyhow::Result<TensorData> {
     let is_matrix = t.shape.len() == 2;
     let enc = if is_matrix { encoding } else { WeightEncoding::F32 };
     let mut group = 0u32;
+    let mut encoding = enc.encoding();
     let segments = match enc {
         WeightEncoding::F32 => vec![t.data.iter().flat_map(|x| x.to_le_bytes()).collect()],
         WeightEncoding::F16 => {
@@ -225,16 +231,19 @@ pub fn encode_tensor_with(
             let cols = *t.shape.last().unwrap_or(&0) as usize;
             let (params, codes) = match gptq {
                 Some((f, target)) if target != GptqTarget::Off => {
-                    calibrate::gptq_nested8(&t.name, &t.data, cols, group_size as usize, f, target, objective)?
+                    calibrate::gptq_nested8(&t.name, &t.data, cols, group_size as usize, f, target, NestedCoding { objective, layout })?
                 }
-                _ => crate::quant::quantize_nested8(&t.name, &t.data, cols, group_size as usize, objective)?,
+                _ => crate::quant::quantize_nested(&t.name, &t.data, cols, group_size as usize, NestedCoding { objective, layout })?,
             };
-            nested8_segments(&params, &codes)
+            if let NestedParams::Super(_) = params {
+                encoding = Encoding::Nested8Super;
+            }
+            nested8_segments(params.as_ref(), &codes)
         }
     };
     Ok(TensorData {
         name: t.name.clone(),
-        encoding: enc.encoding(),
+        encoding,
         shape: t.shape.clone(),
         group_size: group,
         segments,
@@ -242,19 +251,10 @@ pub fn encode_tensor_with(
 }
 
 /// The segments of a nested 8-bit tensor: its group parameters, then its planes.
-fn nested8_segments(params: &[GroupParams], codes: &[u8]) -> Vec<Vec<u8>> {
-    let mut segs = Vec::with_capacity(5);
-    segs.push(
-        params
-            .iter()
-            .flat_map(|p| {
-                let mut b = [0u8; 4];
-                b[..2].copy_from_slice(&p.scale.to_bits().to_le_bytes());
-                b[2..].copy_from_slice(&p.min.to_bits().to_le_bytes());
-                b
-            })
-            .collect(),
-    );
+fn nested8_segments(params: ParamsRef<'_>, codes: &[u8]) -> Vec<Vec<u8>> {
+    let mut segs = Vec::with_capacity(7);
+    // Both layouts are plain little-endian f16 and byte fields (`blocks.rs`).
+    segs.push(params.bytes().to_vec());
     segs.extend(pack_nested8_planes(codes));
     segs
 }
@@ -266,6 +266,9 @@ fn check_qat_options(q: &QatImport, opts: &PackOptions) -> anyhow::Result<()> {
     }
     if opts.encoding != WeightEncoding::Nested8 {
         bail!("an edge-qat export holds 8-bit codes: pack it as q8 (drop --encoding {}, q8 is its default)", opts.encoding.name());
+    }
+    if opts.params != ParamLayout::F16 {
+        bail!("an edge-qat export's group parameters are f16 pairs as trained; coding them into super-blocks would re-quantize the codes: drop --params");
     }
     if opts.group_size != q.group_size {
         bail!("the edge-qat export's codes are in groups of {}, not {}: drop --group-size (or pass -g {})", q.group_size, opts.group_size, q.group_size);
@@ -444,6 +447,9 @@ pub fn pack_model_with(
     if opts.calibration.is_some() && opts.encoding != WeightEncoding::Nested8 {
         bail!("calibration needs the q8 encoding (nested bit planes), not {}", opts.encoding.name());
     }
+    if opts.params != ParamLayout::F16 && opts.encoding != WeightEncoding::Nested8 {
+        bail!("--params super codes the group parameters of q8 weights; {} weights have none (add --encoding q8)", opts.encoding.name());
+    }
     if let Some(b) = opts.rtn_baseline {
         if !edge_runtime::blocks::is_nested8_view(b) {
             bail!("the round-to-nearest baseline takes 2, 3, 4, 5, 6 or 8 bits, not {b}");
@@ -555,7 +561,7 @@ pub fn pack_model_with(
                 encoding: Encoding::Nested8,
                 shape: t.shape.clone(),
                 group_size: opts.group_size,
-                segments: nested8_segments(&c.params, &c.codes),
+                segments: nested8_segments((&c.params).into(), &c.codes),
             }
         } else if let Some(bits) = opts.rtn_baseline.filter(|_| t.shape.len() == 2) {
             let cols = t.shape[1] as usize;
@@ -582,7 +588,7 @@ pub fn pack_model_with(
                 }
             }
             gptq_matrices += gptq.is_some() as usize;
-            encode_tensor_with(t, opts.encoding, opts.group_size, opts.objective, gptq)?
+            encode_tensor_with(t, opts.encoding, opts.group_size, opts.objective, opts.params, gptq)?
         };
         w.add_tensor(td).map_err(|e| anyhow!("{e}"))?;
         bar.inc(1);

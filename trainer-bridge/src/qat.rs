@@ -316,6 +316,9 @@ pub fn export_codes(pack: &Path, out: &Path) -> anyhow::Result<usize> {
             plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
             continue;
         };
+        if t.encoding == Encoding::Nested8Super {
+            bail!("'{at}': tensor '{}' has super-block group parameters, which edge-qat does not train yet; export a pack made with -e q8", t.name);
+        }
         if t.encoding != Encoding::Nested8 {
             plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
             continue;
@@ -401,7 +404,7 @@ fn values_f32(t: &edge_runtime::format::TensorInfo<'_>) -> anyhow::Result<Source
         Encoding::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Encoding::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Encoding::Bf16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Encoding::Nested8 => bail!("tensor '{}' is nested, not dense", t.name),
+        Encoding::Nested8 | Encoding::Nested8Super => bail!("tensor '{}' is nested, not dense", t.name),
     };
     Ok(SourceTensor { name: t.name.into(), shape: t.shape.clone(), data })
 }

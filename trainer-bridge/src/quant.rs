@@ -5,7 +5,7 @@
 //! packer optimises is exactly what the runtime computes.
 
 use anyhow::bail;
-use edge_runtime::blocks::{nested8_quantize, nested8_step_offset, GroupParams};
+use edge_runtime::blocks::{nested8_quantize, nested8_step_offset, Affine, GroupParams, ParamsRef, SuperParams};
 use half::f16;
 
 /// The views the packer's code choice weighs (the range search and GPTQ's joint objective):
@@ -26,11 +26,103 @@ pub enum NestedObjective {
     AllViews,
 }
 
-/// Nearest codes for `w` given f16 parameters: the contract's [`nested8_quantize`].
-pub fn codes_for(w: &[f32], p: GroupParams, codes: &mut [u8]) {
+/// Nearest codes for `w` given a group's parameters: the contract's [`nested8_quantize`].
+pub fn codes_for(w: &[f32], p: impl Into<Affine>, codes: &mut [u8]) {
+    let p = p.into();
     for (c, &x) in codes.iter_mut().zip(w) {
         *c = nested8_quantize(x, p);
     }
+}
+
+/// How a nested tensor's group parameters are stored (`Encoding::Nested8` or `Nested8Super`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParamLayout {
+    /// An f16 (scale, min) per group.
+    #[default]
+    F16,
+    /// 6-bit codes under an f16 pair per 8 groups ([`SuperParams`]).
+    Super,
+}
+
+/// How a nested tensor's codes are chosen and its group parameters stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NestedCoding {
+    pub objective: NestedObjective,
+    pub layout: ParamLayout,
+}
+
+/// A nested tensor's group parameters, in either layout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NestedParams {
+    F16(Vec<GroupParams>),
+    Super(Vec<SuperParams>),
+}
+
+impl NestedParams {
+    pub fn as_ref(&self) -> ParamsRef<'_> {
+        match self {
+            NestedParams::F16(p) => ParamsRef::F16(p),
+            NestedParams::Super(p) => ParamsRef::Super(p),
+        }
+    }
+}
+
+/// The 8-bit span `[min, min + 255 scale]` of f16 parameters.
+pub fn span_of(p: GroupParams) -> (f32, f32) {
+    let a = Affine::from(p);
+    (a.min, a.min + 255.0 * a.scale)
+}
+
+/// The least f16 at or above `x >= 0`.
+fn f16_up(x: f32) -> f16 {
+    let h = f16::from_f32(x);
+    if h.to_f32() < x {
+        f16::from_bits(h.to_bits() + 1)
+    } else {
+        h
+    }
+}
+
+/// Group codes `(s, m)` under a super-block's `(d, dmin)` for the wanted span `[lo, hi]`: the
+/// minimum code rounded down (`dmin · m <= lo` unless it saturates at -32), then the least
+/// scale code whose span from there reaches `hi` (saturating at 63; 1 at least when `d > 0`).
+pub fn super_codes(lo: f32, hi: f32, d: f16, dmin: f16) -> (u8, i8) {
+    let (d, dmin) = (d.to_f32(), dmin.to_f32());
+    let m = if dmin > 0.0 { (lo / dmin).floor().clamp(SuperParams::M_MIN as f32, SuperParams::M_MAX as f32) } else { 0.0 };
+    let need = (hi - dmin * m) / 255.0;
+    let s = if d > 0.0 { (need / d).ceil().clamp(1.0, SuperParams::S_MAX as f32) } else { 0.0 };
+    (s as u8, m as i8)
+}
+
+/// The super-block for groups whose wanted 8-bit spans are `spans` (at most 8; missing groups
+/// get zero codes): `dmin` puts the largest minimum's code at 31 in magnitude (f16 rounded to
+/// nearest), then `d` (f16 rounded up) lets the widest span from its coded minimum fit 63 scale
+/// steps, so no weight inside its span clips. The same choice as `ptq_study`'s `sb6` variant.
+pub fn super_params(spans: &[(f32, f32)]) -> SuperParams {
+    assert!(spans.len() <= SuperParams::GROUPS);
+    let big = spans.iter().map(|s| s.0.abs()).fold(0f32, f32::max);
+    let dmin = if big > 0.0 { f16::from_f32(big / SuperParams::M_MAX as f32) } else { f16::ZERO };
+    let need = spans
+        .iter()
+        .map(|&(lo, hi)| {
+            let (_, m) = super_codes(lo, hi, f16::ZERO, dmin);
+            (hi - dmin.to_f32() * m as f32) / 255.0
+        })
+        .fold(0f32, f32::max);
+    let d = if need > 0.0 { f16_up(need / SuperParams::S_MAX as f32) } else { f16::ZERO };
+    let (mut s, mut m) = ([0u8; 8], [0i8; 8]);
+    for (j, &(lo, hi)) in spans.iter().enumerate() {
+        (s[j], m[j]) = super_codes(lo, hi, d, dmin);
+    }
+    SuperParams::new(d, dmin, s, m)
+}
+
+/// Super-blocks over a tensor's groups (flat order) from each group's wanted f16 parameters.
+pub fn super_blocks(wanted: &[GroupParams]) -> Vec<SuperParams> {
+    wanted
+        .chunks(SuperParams::GROUPS)
+        .map(|c| super_params(&c.iter().map(|&p| span_of(p)).collect::<Vec<_>>()))
+        .collect()
 }
 
 /// f16 parameters spanning `[lo, hi]` with 255 steps (rounded to nearest f16; weights just
@@ -101,8 +193,8 @@ fn search_code(x: f32, min: f32, inv: f32) -> i32 {
     ((((x - min) * inv).clamp(0.0, 255.0) + 8_388_608.0).to_bits() & 0xff) as i32
 }
 
-fn inv_scale(p: GroupParams) -> f32 {
-    let scale = p.scale.to_f32();
+fn inv_scale(p: Affine) -> f32 {
+    let scale = p.scale;
     if scale > 0.0 {
         1.0 / scale
     } else {
@@ -111,8 +203,9 @@ fn inv_scale(p: GroupParams) -> f32 {
 }
 
 /// Nearest 8-bit codes under `p`, exactly as the range search evaluates them.
-fn search_codes(w: &[f32], p: GroupParams, codes: &mut [u8]) {
-    let (min, inv) = (p.min.to_f32(), inv_scale(p));
+fn search_codes(w: &[f32], p: impl Into<Affine>, codes: &mut [u8]) {
+    let p = p.into();
+    let (min, inv) = (p.min, inv_scale(p));
     for (c, &x) in codes.iter_mut().zip(w) {
         *c = search_code(x, min, inv) as u8;
     }
@@ -121,7 +214,7 @@ fn search_codes(w: &[f32], p: GroupParams, codes: &mut [u8]) {
 /// Squared error of each view (2, 3, 4, 8) of the codes [`search_codes`] picks under `p`,
 /// without storing the codes. Eight independent lanes, so that it vectorizes.
 fn search_errors(w: &[f32], p: GroupParams) -> [f32; 4] {
-    let (min, inv) = (p.min.to_f32(), inv_scale(p));
+    let (min, inv) = (p.min.to_f32(), inv_scale(p.into()));
     let so: [(f32, f32); 4] = OBJECTIVE_VIEWS.map(|b| nested8_step_offset(p, b));
     let mut acc = [[0f32; 8]; 4];
     let chunks = w.chunks_exact(8);
@@ -301,6 +394,39 @@ pub fn quantize_nested8(
     Ok((params, codes))
 }
 
+/// [`quantize_nested8`] in either parameter layout. With [`ParamLayout::Super`] each group's
+/// wanted parameters (as the objective chooses them) are coded into super-blocks
+/// ([`super_blocks`]) and the codes chosen again under the coded parameters, the way the
+/// objective chooses codes (nearest, or the range search's rounding).
+pub fn quantize_nested(
+    name: &str,
+    data: &[f32],
+    cols: usize,
+    group: usize,
+    coding: NestedCoding,
+) -> anyhow::Result<(NestedParams, Vec<u8>)> {
+    let NestedCoding { objective, layout } = coding;
+    let (wanted, mut codes) = quantize_nested8(name, data, cols, group, objective)?;
+    if layout == ParamLayout::F16 {
+        return Ok((NestedParams::F16(wanted), codes));
+    }
+    let supers = super_blocks(&wanted);
+    let params = ParamsRef::Super(&supers);
+    let padded = codes.len() / (data.len() / cols);
+    for (r, wrow) in data.chunks(cols).enumerate() {
+        for (g, wg) in wrow.chunks(group).enumerate() {
+            let first = r * padded + g * group;
+            let p = params.get(first / group);
+            let cg = &mut codes[first..first + wg.len()];
+            match objective {
+                NestedObjective::MinMax => codes_for(wg, p, cg),
+                NestedObjective::AllViews => search_codes(wg, p, cg),
+            }
+        }
+    }
+    Ok((NestedParams::Super(supers), codes))
+}
+
 /// Round-to-nearest baseline: asymmetric `bits`-bit quantization per group with f16
 /// (scale, min) from the group's min and max; returns the reconstructed weights.
 pub fn rtn_fake_quant(w: &[f32], bits: u8, group: usize, out: &mut [f32]) {
@@ -330,6 +456,60 @@ mod tests {
             ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
         (0..n).map(|_| ((-2.0 * u().ln()).sqrt() * (std::f64::consts::TAU * u()).cos()) as f32 * 0.02).collect()
+    }
+
+    #[test]
+    fn super_blocks_code_every_wanted_span() {
+        // One block of wildly different groups (a tiny one, a zero one, positive and negative
+        // minima), then a partial block.
+        let spans = [(-0.5f32, 0.4f32), (-0.001, 0.002), (0.0, 0.0), (0.1, 0.3), (-0.02, -0.01), (-1.3, 0.9), (0.5, 0.6), (-0.2, 0.25)];
+        let mut wanted: Vec<GroupParams> = spans.iter().map(|&(lo, hi)| covering_params(lo, hi)).collect();
+        wanted.extend([covering_params(-0.03, 0.05), covering_params(-0.07, 0.01)]);
+        let supers = super_blocks(&wanted);
+        assert_eq!(supers.len(), 2);
+        let params = ParamsRef::Super(&supers);
+        for (g, &p) in wanted.iter().enumerate() {
+            let (lo, hi) = span_of(p);
+            let a = params.get(g);
+            let (s, m) = (supers[g / 8].s(g % 8), supers[g / 8].m(g % 8));
+            assert!(s <= SuperParams::S_MAX && (SuperParams::M_MIN..=SuperParams::M_MAX).contains(&m));
+            assert!(a.min <= lo, "group {g}: coded minimum {} above {lo}", a.min);
+            assert!(a.min + 255.0 * a.scale >= hi - 1e-6 * (hi - lo).abs(), "group {g}: span ends at {} below {hi}", a.min + 255.0 * a.scale);
+            // A weight in the wanted span is coded without clipping: within half a step.
+            for x in [lo, hi, 0.5 * (lo + hi)] {
+                let q = nested8_quantize(x, a);
+                assert!((q as f32 * a.scale + a.min - x).abs() <= 0.5 * a.scale * 1.0001 + 1e-9, "group {g}: {x} coded as {q}");
+            }
+        }
+        // The missing groups of the partial block are zero.
+        assert!((2..8).all(|j| supers[1].s(j) == 0 && supers[1].m(j) == 0));
+    }
+
+    #[test]
+    fn super_blocks_of_32_beat_f16_groups_of_64_at_equal_bytes() {
+        // Rows whose groups differ in spread (the per-group ranges the 6-bit codes must follow).
+        let (rows, cols) = (64, 512);
+        let mut w = gauss(rows * cols, 7);
+        for (i, x) in w.iter_mut().enumerate() {
+            *x *= 1.0 + 3.0 * ((i / 32) % 5) as f32 / 4.0;
+        }
+        for objective in [NestedObjective::MinMax, NestedObjective::AllViews] {
+            let (pf, cf) = quantize_nested("w", &w, cols, 64, NestedCoding { objective, layout: ParamLayout::F16 }).unwrap();
+            let (ps, cs) = quantize_nested("w", &w, cols, 32, NestedCoding { objective, layout: ParamLayout::Super }).unwrap();
+            assert_eq!(pf.as_ref().bytes().len(), ps.as_ref().bytes().len(), "the same parameter bytes");
+            let err = |p: ParamsRef<'_>, c: &[u8], group: usize, bits: u8| -> f64 {
+                let mut out = vec![0f32; w.len()];
+                let planes = edge_runtime::blocks::pack_nested8_planes(c);
+                let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+                edge_runtime::blocks::dequant_nested8(p, &refs, group, bits, 0, &mut out);
+                sq_err(&w, &out)
+            };
+            for bits in [2u8, 3, 4, 5, 6, 8] {
+                let (f, s) = (err(pf.as_ref(), &cf, 64, bits), err(ps.as_ref(), &cs, 32, bits));
+                eprintln!("{objective:?} {bits}-bit: super/32 {s:.4e} f16/64 {f:.4e} ({:.3})", s / f);
+                assert!(s < f, "{objective:?} at {bits} bits: super-blocks of 32 {s} against f16 groups of 64 {f}");
+            }
+        }
     }
 
     /// The exhaustive all-views search (every pair of moves of 2.5% from -5% to +20%): the

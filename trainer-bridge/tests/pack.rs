@@ -9,7 +9,7 @@ use std::process::Command;
 use edge_pack::hf::load_hf;
 use edge_pack::llama2c::load_llama2c;
 use edge_pack::quant::quantize_nested8;
-use edge_pack::quant::NestedObjective;
+use edge_pack::quant::{NestedObjective, ParamLayout};
 use edge_pack::{pack_file, pack_model, PackOptions, WeightEncoding};
 use edge_runtime::format::{keys, Encoding};
 use edge_runtime::kernels::WeightView;
@@ -127,7 +127,7 @@ fn mmap_and_read_give_identical_logits() {
 // ---------------------------------------------------------------- nested 8-bit codes
 
 /// Dequantize every nested tensor at 8 bits and check each weight is within half a step.
-fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::SourceModel, group: u32) {
+fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::SourceModel, group: u32, encoding: Encoding) {
     let mut checked = 0;
     for src in &model.tensors {
         let t = ck.tensor(&src.name).unwrap();
@@ -139,26 +139,26 @@ fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::Source
             assert_eq!(row, src.data, "norm {} must be exact", src.name);
             continue;
         }
-        assert_eq!(t.encoding, Encoding::Nested8, "{}", src.name);
+        assert_eq!(t.encoding, encoding, "{}", src.name);
         assert_eq!(t.group_size, group);
         let m = edge_runtime::backend::cpu::matrix(t, Some(8)).unwrap();
         let WeightView::Nested8(edge_runtime::kernels::Nested8 { params, .. }) = m.view else { panic!("not nested") };
-        assert_eq!(params.len(), src.data.len() / group as usize);
+        assert_eq!(params.groups().div_ceil(8), (src.data.len() / group as usize).div_ceil(8));
         let mut row = vec![0f32; m.cols];
         for r in 0..m.rows {
             m.dequant_row(r, &mut row);
             for (c, &got) in row.iter().enumerate() {
                 let i = r * m.cols + c;
                 let w = src.data[i];
-                let p = params[i / group as usize];
-                let scale = p.scale.to_f32();
+                let p = params.get(i / group as usize);
+                let scale = p.scale;
                 // Half a step, plus the f32 rounding of `q * scale + min`.
-                let tol = 0.5 * scale + 4.0 * f32::EPSILON * (w.abs() + p.min.to_f32().abs() + 255.0 * scale);
+                let tol = 0.5 * scale + 4.0 * f32::EPSILON * (w.abs() + p.min.abs() + 255.0 * scale);
                 assert!(
                     (got - w).abs() <= tol,
                     "{} [{r}, {c}]: source {w}, 8-bit view {got}, scale {scale}, min {}",
                     src.name,
-                    p.min.to_f32()
+                    p.min
                 );
                 checked += 1;
             }
@@ -170,16 +170,18 @@ fn check_nested8_within_half_step(ck: &Checkpoint<'_>, model: &edge_pack::Source
 #[test]
 fn nested8_every_weight_within_half_a_step() {
     let dir = tempfile::tempdir().unwrap();
-    for (seed, tied, group) in [(1, true, 64u32), (2, false, 32), (3, false, 8), (4, true, 16)] {
+    let (f16, sup) = (ParamLayout::F16, ParamLayout::Super);
+    for (seed, tied, group, params) in [(1, true, 64u32, f16), (2, false, 32, f16), (3, false, 8, f16), (4, true, 16, f16), (5, false, 32, sup), (6, true, 8, sup)] {
         let model = synthetic_model(seed, tied);
         let out = dir.path().join(format!("q8-{seed}.edge"));
-        let o = PackOptions { group_size: group, objective: NestedObjective::MinMax, ..opts(WeightEncoding::Nested8) };
+        let o = PackOptions { group_size: group, objective: NestedObjective::MinMax, params, ..opts(WeightEncoding::Nested8) };
         let report = pack_model(&model, &out, &o).unwrap();
         assert_eq!(report.group_size, group);
         let bytes = read_bytes(&out);
         let ck = Checkpoint::parse(bytes.as_bytes()).unwrap();
         ck.verify().unwrap();
-        check_nested8_within_half_step(&ck, &model, group);
+        let encoding = if params == sup { Encoding::Nested8Super } else { Encoding::Nested8 };
+        check_nested8_within_half_step(&ck, &model, group, encoding);
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Encoding {
     /// 8-bit codes stored as nested bit planes with per-group (scale, min) in f16.
     /// A `k`-bit view (k in 2, 3, 4, 5, 6, 8) reads only a prefix of the planes; see [`crate::blocks`].
     Nested8 = 3,
+    /// The same planes, with the group parameters as 6-bit codes under an f16 pair per 8 groups
+    /// ([`crate::blocks::SuperParams`]).
+    Nested8Super = 4,
 }
 
 impl Encoding {
@@ -63,6 +66,7 @@ impl Encoding {
             1 => Some(Encoding::F16),
             2 => Some(Encoding::Bf16),
             3 => Some(Encoding::Nested8),
+            4 => Some(Encoding::Nested8Super),
             _ => None,
         }
     }
@@ -73,12 +77,13 @@ impl Encoding {
             Encoding::F16 => "f16",
             Encoding::Bf16 => "bf16",
             Encoding::Nested8 => "nested8",
+            Encoding::Nested8Super => "nested8-super",
         }
     }
 
     /// Whether the encoding stores values in groups along the last dimension.
     pub fn is_grouped(self) -> bool {
-        matches!(self, Encoding::Nested8)
+        matches!(self, Encoding::Nested8 | Encoding::Nested8Super)
     }
 }
 
@@ -88,7 +93,8 @@ impl Encoding {
 pub enum SegmentKind {
     /// Plain values (dense encodings).
     Values = 0,
-    /// Per-group quantization parameters ([`crate::blocks::GroupParams`] per group).
+    /// Per-group quantization parameters ([`crate::blocks::GroupParams`] per group, or
+    /// [`crate::blocks::SuperParams`] per 8 groups).
     GroupParams = 1,
     /// One bit plane (or a run of adjacent bit positions) of the nested codes.
     Plane = 2,
@@ -133,7 +139,7 @@ pub fn expected_segments(
     match encoding {
         Encoding::F32 => out.push(dense(4)?),
         Encoding::F16 | Encoding::Bf16 => out.push(dense(2)?),
-        Encoding::Nested8 => {
+        Encoding::Nested8 | Encoding::Nested8Super => {
             let cols = *shape.last()?;
             let g = group_size as u64;
             // Every plane of a group fills whole bytes; a row whose length is not a multiple
@@ -147,7 +153,7 @@ pub fn expected_segments(
                 kind: SegmentKind::GroupParams,
                 bits: 0,
                 shift: 0,
-                len: groups.checked_mul(crate::blocks::GroupParams::SIZE as u64)?,
+                len: nested8_params_bytes(encoding, groups)?,
             });
             for plane in crate::blocks::NESTED8_PLANES {
                 out.push(SegmentSpec {
@@ -160,6 +166,15 @@ pub fn expected_segments(
         }
     }
     Some(out)
+}
+
+/// Bytes of the group-parameter segment of a nested tensor of `groups` groups.
+pub fn nested8_params_bytes(encoding: Encoding, groups: u64) -> Option<u64> {
+    use crate::blocks::{GroupParams, SuperParams};
+    match encoding {
+        Encoding::Nested8Super => groups.div_ceil(SuperParams::GROUPS as u64).checked_mul(SuperParams::SIZE as u64),
+        _ => groups.checked_mul(GroupParams::SIZE as u64),
+    }
 }
 
 /// Codes stored per row of a nested tensor with `cols` columns: rounded up to whole groups.

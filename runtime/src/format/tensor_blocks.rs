@@ -4,7 +4,7 @@
 use alloc::format;
 
 use super::{nested8_padded_cols, Encoding, SegmentKind, TensorInfo};
-use crate::blocks::TensorBlocks;
+use crate::blocks::{ParamsRef, TensorBlocks};
 use crate::error::{Error, Result};
 
 impl<'a> TensorInfo<'a> {
@@ -27,7 +27,7 @@ impl<'a> TensorInfo<'a> {
             Encoding::F32 => TensorBlocks::F32(cast(self.name, segment(SegmentKind::Values, "values")?)?),
             Encoding::F16 => TensorBlocks::F16(cast(self.name, segment(SegmentKind::Values, "values")?)?),
             Encoding::Bf16 => TensorBlocks::Bf16(cast(self.name, segment(SegmentKind::Values, "values")?)?),
-            Encoding::Nested8 => {
+            Encoding::Nested8 | Encoding::Nested8Super => {
                 let params = segment(SegmentKind::GroupParams, "group params")?;
                 let mut planes: [&[u8]; 6] = [&[]; 6];
                 for (slot, plane) in planes.iter_mut().zip(self.planes()) {
@@ -38,7 +38,11 @@ impl<'a> TensorInfo<'a> {
                     return Err(Error::Corrupt { what: format!("tensor '{}' has a group size of 0", self.name) });
                 }
                 let row_stride = nested8_padded_cols(cols as u64, group_size as u64) as usize;
-                TensorBlocks::Nested8 { params: cast(self.name, params)?, planes, group_size, row_stride }
+                let params = match self.encoding {
+                    Encoding::Nested8Super => ParamsRef::Super(cast(self.name, params)?),
+                    _ => ParamsRef::F16(cast(self.name, params)?),
+                };
+                TensorBlocks::Nested8 { params, planes, group_size, row_stride }
             }
         };
         Ok((rows, cols, blocks))
@@ -55,7 +59,7 @@ impl TensorInfo<'_> {
             TensorBlocks::F32(v) => v.iter().position(|x| !x.is_finite()),
             TensorBlocks::F16(v) => v.iter().position(|x| !x.is_finite()),
             TensorBlocks::Bf16(v) => v.iter().position(|x| !x.is_finite()),
-            TensorBlocks::Nested8 { params, .. } => params.iter().position(|p| !p.scale.is_finite() || !p.min.is_finite()),
+            TensorBlocks::Nested8 { params, .. } => params.first_non_finite(),
         })
     }
 }

@@ -40,14 +40,14 @@ pub use vector::dot;
 use alloc::format;
 use alloc::vec::Vec;
 
-use crate::blocks::{self, GroupParams, TensorBlocks};
+use crate::blocks::{self, ParamsRef, TensorBlocks};
 use crate::error::{Error, Result};
 
 impl<'a> Nested8<'a> {
     /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
     /// file order; those past the view's are not read), with the form the active kernel table
     /// reads made now (see [`Nested8::for_active_table`]).
-    pub fn new(params: &'a [GroupParams], all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
+    pub fn new(params: impl Into<ParamsRef<'a>>, all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
         Ok(Nested8::stored(params, all, group_size, view_bits, row_stride)?.for_active_table())
     }
 
@@ -118,8 +118,8 @@ impl<'a> Matrix<'a> {
                     return Err(Error::InvalidArgument { what: format!("rows of {row_stride} codes are shorter than {cols} columns") });
                 }
                 let codes = rows.checked_mul(row_stride).ok_or_else(too_large)?;
-                if params.len() < codes / group_size {
-                    return Err(short("group params", params.len(), codes / group_size));
+                if params.groups() < codes / group_size {
+                    return Err(short("group params", params.groups(), codes / group_size));
                 }
                 let n = blocks::nested8_planes_for_view(w.view_bits).unwrap_or(0);
                 for (p, (plane, spec)) in w.planes.iter().zip(blocks::NESTED8_PLANES).take(n).enumerate() {

@@ -38,7 +38,7 @@ fn row_dots(w: &Nested8<'_>, row: usize, acts: &QActs, out: &mut [f32], stride: 
     for g in 0..w.row_stride / gs {
         let first = row * w.row_stride + g * gs;
         unpack_codes(w, first, codes);
-        let (step, offset) = blocks::nested8_step_offset(w.params[first / gs], w.view_bits);
+        let (step, offset) = blocks::nested8_step_offset(w.params.get(first / gs), w.view_bits);
         for t in 0..acts.n {
             let xq = &acts.q_row(t)[g * gs..(g + 1) * gs];
             let isum: i32 = codes.iter().zip(xq).map(|(&c, &x)| c as i32 * x as i32).sum();

@@ -57,7 +57,7 @@ pub fn nested8_row_dot(w: &Nested8<'_>, row: usize, acts: &QActs, t: usize) -> f
     for g in 0..w.row_stride / gs {
         let first = row * w.row_stride + g * gs;
         let isum = nested8_group_isum(w, first, &xq[g * gs..]);
-        let (step, offset) = blocks::nested8_step_offset(w.params[first / gs], w.view_bits);
+        let (step, offset) = blocks::nested8_step_offset(w.params.get(first / gs), w.view_bits);
         acc += d[g] * (step * isum as f32 + offset * sum[g] as f32);
     }
     acc

@@ -113,7 +113,7 @@ fn vector<'a>(t: &TensorInfo<'a>) -> Result<&'a [f32]> {
 fn reads(t: &TensorInfo<'_>, bits: Option<u8>, replaced: &core::ops::Range<usize>) -> Vec<FileRange> {
     let range = |s: &crate::format::Segment<'_>| (s.file_offset, s.bytes.len() as u64);
     match t.encoding {
-        Encoding::Nested8 => {
+        Encoding::Nested8 | Encoding::Nested8Super => {
             let n = crate::blocks::nested8_planes_for_view(bits.unwrap_or(8)).unwrap_or(0);
             let params = t.segment(SegmentKind::GroupParams).map(range);
             let planes = t.planes().enumerate().filter(|(i, _)| *i < n && !replaced.contains(i)).map(|(_, s)| range(s));

@@ -17,7 +17,7 @@ use crate::format::{expected_segments, Checkpoint, Encoding, SegmentKind};
 pub fn view_bytes(encoding: Encoding, shape: &[u64], group_size: u32, bits: Option<u8>) -> Option<u64> {
     let segments = expected_segments(encoding, shape, group_size)?;
     match encoding {
-        Encoding::Nested8 => {
+        Encoding::Nested8 | Encoding::Nested8Super => {
             let planes = nested8_planes_for_view(bits.unwrap_or(8))?;
             let params = segments.iter().filter(|s| s.kind == SegmentKind::GroupParams).map(|s| s.len).sum::<u64>();
             Some(params + segments.iter().filter(|s| s.kind == SegmentKind::Plane).take(planes).map(|s| s.len).sum::<u64>())

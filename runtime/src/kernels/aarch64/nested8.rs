@@ -170,7 +170,7 @@ fn fast_path(w: &Nested8<'_>, acts: &QActs, first: usize, rows: usize) -> bool {
         };
         assert!(plane.len() * 8 >= end * bits, "plane shorter than the rows read");
     }
-    assert!(w.params.len() >= end / gs, "group params shorter than the rows read");
+    assert!(w.params.groups() >= end / gs, "group params shorter than the rows read");
     true
 }
 
@@ -263,7 +263,7 @@ unsafe fn matvec_body<const V: u8, D: Dot>(w: &Nested8<'_>, acts: &QActs, first:
     let blocks = if xt.is_some() { w.row_stride / BLOCK } else { 0 };
     for (ri, o) in out.iter_mut().enumerate() {
         let base = (first + ri) * w.row_stride;
-        let params = &w.params[base / gs..];
+        let g0 = base / gs;
         let mut acc = 0f32;
         let (mut isum, mut left, mut g) = (0i32, gs, 0usize);
         // Add one 32-code chunk's sum; at a group's end, its float term.
@@ -271,7 +271,7 @@ unsafe fn matvec_body<const V: u8, D: Dot>(w: &Nested8<'_>, acts: &QActs, first:
             isum += s;
             left -= 32;
             if left == 0 {
-                let (step, offset) = blocks::nested8_step_offset(params[g], V);
+                let (step, offset) = blocks::nested8_step_offset(w.params.get(g0 + g), V);
                 acc += d[g] * (step * isum as f32 + offset * sum[g] as f32);
                 (isum, left, g) = (0, gs, g + 1);
             }
@@ -325,7 +325,7 @@ unsafe fn matmul_tokens<const V: u8, D: Dot, const TB: usize>(
     let (d, sum) = (&acts.d[t0 * nb..], &acts.sum[t0 * nb..]);
     for ri in 0..len {
         let base = (first + ri) * w.row_stride;
-        let params = &w.params[base / gs..];
+        let g0 = base / gs;
         let mut acc = [0f32; TB];
         let (mut isum, mut left, mut g) = ([0i32; TB], gs, 0usize);
         // Add one 32-code chunk's sums (one per token); at a group's end, its float terms.
@@ -335,7 +335,7 @@ unsafe fn matmul_tokens<const V: u8, D: Dot, const TB: usize>(
             }
             left -= 32;
             if left == 0 {
-                let (step, offset) = blocks::nested8_step_offset(params[g], V);
+                let (step, offset) = blocks::nested8_step_offset(w.params.get(g0 + g), V);
                 for t in 0..TB {
                     let b = t * nb + g;
                     acc[t] += d[b] * (step * isum[t] as f32 + offset * sum[b] as f32);
@@ -491,7 +491,7 @@ unsafe fn i8mm_matmul_pairs<const V: u8, const PB: usize>(
                     }
                 }
             }
-            let so = bases.map(|b| blocks::nested8_step_offset(w.params[b / gs + g], V));
+            let so = bases.map(|b| blocks::nested8_step_offset(w.params.get(b / gs + g), V));
             for p in 0..PB {
                 let mut isum = [0i32; 4];
                 vst1q_s32(isum.as_mut_ptr(), group_isum::<V>(top[p], low[p]));

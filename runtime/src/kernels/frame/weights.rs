@@ -7,7 +7,7 @@ use alloc::sync::Arc;
 use half::{bf16, f16};
 
 use super::Kernels;
-use crate::blocks::{self, GroupParams, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES};
+use crate::blocks::{self, ParamsRef, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES};
 use crate::error::{Error, Result};
 
 /// How a matrix's values are stored.
@@ -32,7 +32,7 @@ pub struct Matrix<'a> {
 #[derive(Debug, Clone)]
 pub struct Nested8<'a> {
     /// (rows, row_stride / group_size) group scales and minima.
-    pub params: &'a [GroupParams],
+    pub params: ParamsRef<'a>,
     /// The stored planes the view reads (`blocks::nested8_planes_for_view(view_bits)` of them);
     /// the others are empty. Plane `p` holds `NESTED8_PLANES[p].bits` bits per code, LSB first;
     /// row `r`'s bits start at code index `r * row_stride`, a whole byte in every plane.
@@ -88,7 +88,8 @@ impl<'s> Prepared<'s> {
 impl<'a> Nested8<'a> {
     /// The `view_bits` view of a nested tensor whose planes are `all` (the stored planes, in
     /// file order; those past the view's are not read), read from its stored planes.
-    pub fn stored(params: &'a [GroupParams], all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
+    pub fn stored(params: impl Into<ParamsRef<'a>>, all: &[&'a [u8]], group_size: usize, view_bits: u8, row_stride: usize) -> Result<Self> {
+        let params = params.into();
         let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
             what: format!("no {view_bits}-bit view exists (choose 2, 3, 4, 5, 6 or 8)"),
         })?;
@@ -193,7 +194,7 @@ impl<'a> Matrix<'a> {
             WeightView::F16(w) => w.len() * 2,
             WeightView::Bf16(w) => w.len() * 2,
             WeightView::Nested8(Nested8 { params, planes, .. }) => {
-                params.len() * GroupParams::SIZE + planes.iter().map(|p| p.len()).sum::<usize>()
+                params.bytes().len() + planes.iter().map(|p| p.len()).sum::<usize>()
             }
         }
     }
@@ -205,7 +206,7 @@ impl<'a> Matrix<'a> {
             WeightView::F16(w) => f(bytemuck::cast_slice(w)),
             WeightView::Bf16(w) => f(bytemuck::cast_slice(w)),
             WeightView::Nested8(ref n) => {
-                f(bytemuck::cast_slice(n.params));
+                f(n.params.bytes());
                 // A prepared form replaces the planes it was made from (see
                 // [`Matrix::replaced_planes`]).
                 match n.prepared() {
@@ -262,10 +263,10 @@ impl<'a> Matrix<'a> {
 }
 
 /// [`dequant_nested8_row`] of a view whose codes come from its runs ([`Prepared::Runs`]).
-fn dequant_runs_row(params: &[GroupParams], runs: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
+fn dequant_runs_row(params: ParamsRef<'_>, runs: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
     for (g, chunk) in out.chunks_mut(group_size).enumerate() {
         let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
+        let (step, offset) = blocks::nested8_step_offset(params.get(first / group_size), view_bits);
         for (j, o) in chunk.iter_mut().enumerate() {
             *o = blocks::top_code(view_bits, runs, first + j) as f32 * step + offset;
         }
@@ -276,7 +277,7 @@ fn dequant_runs_row(params: &[GroupParams], runs: &[u8], group_size: usize, view
 /// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once. `planes` are
 /// laid out as `specs` say (the stored planes, or an 8-bit view's planes 0..3 and nibbles).
 fn dequant_nested8_row(
-    params: &[GroupParams],
+    params: ParamsRef<'_>,
     planes: &[&[u8]],
     specs: &[PlaneSpec],
     group_size: usize,
@@ -288,7 +289,7 @@ fn dequant_nested8_row(
     let drop = 8 - view_bits;
     for (g, chunk) in out.chunks_mut(group_size).enumerate() {
         let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params[first / group_size], view_bits);
+        let (step, offset) = blocks::nested8_step_offset(params.get(first / group_size), view_bits);
         for (j, o) in chunk.iter_mut().enumerate() {
             let i = first + j;
             let mut q = 0u8;

@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::blocks::{self, GroupParams};
+use crate::blocks::{self, GroupParams, ParamsRef, SuperParams};
 use crate::kernels::frame::{Nested8, Prepared};
 
 /// Codes per superchunk: the unit of the decode kernels and of part A's slots, and the length
@@ -72,7 +72,7 @@ pub(super) fn check_bounds(w: &Nested8<'_>, src: &[&[u8]; 4], view: u8, runs: bo
             assert!(src[s].len() * 8 >= codes * source_bits(view, runs, s), "plane too short for the rows asked");
         }
     }
-    assert!(w.params.len() >= codes / w.group_size, "group params too short for the rows asked");
+    assert!(w.params.groups() >= codes / w.group_size, "group params too short for the rows asked");
 }
 
 /// 8×8 transpose of i32: lane `j` of output `d` is lane `d` of input `j`.
@@ -140,7 +140,12 @@ pub(super) unsafe fn dpbusd(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
 /// The CPU supports AVX2 and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn load_params8(params: &[GroupParams], i: usize) -> (__m256, __m256) {
+pub(super) unsafe fn load_params8(params: ParamsRef<'_>, i: usize) -> (__m256, __m256) {
+    let params = match params {
+        ParamsRef::F16(p) => p,
+        // SAFETY: the caller guarantees the features.
+        ParamsRef::Super(p) => return unsafe { load_super8(p, i) },
+    };
     let v = if i + 8 <= params.len() {
         // SAFETY: 8 params (32 bytes) from i lie inside the slice.
         unsafe { _mm256_loadu_si256(params.as_ptr().add(i) as *const __m256i) }
@@ -153,6 +158,56 @@ pub(super) unsafe fn load_params8(params: &[GroupParams], i: usize) -> (__m256, 
     };
     // SAFETY: F16C is enabled here.
     unsafe { params_to_f32(v) }
+}
+
+/// Scales and minima of super-block parameters' groups `i..i + 8` (zero past the end), exactly
+/// as [`SuperParams::group`] computes them.
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_super8(params: &[SuperParams], i: usize) -> (__m256, __m256) {
+    let (k, off) = (i / SuperParams::GROUPS, i % SuperParams::GROUPS);
+    let block = |k: usize| match params.get(k) {
+        // SAFETY: the caller guarantees the features.
+        Some(sp) => unsafe { super8(sp) },
+        None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+    };
+    let (s0, m0) = block(k);
+    if off == 0 {
+        return (s0, m0);
+    }
+    // Lane j is group off + j: lane off + j of block k, or lane off + j - 8 of block k + 1.
+    let (s1, m1) = block(k + 1);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let idx = _mm256_add_epi32(lane, _mm256_set1_epi32(off as i32));
+    let next = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+    let idx = _mm256_and_si256(idx, _mm256_set1_epi32(7));
+    let pick = |a: __m256, b: __m256| {
+        _mm256_blendv_ps(_mm256_permutevar8x32_ps(a, idx), _mm256_permutevar8x32_ps(b, idx), next)
+    };
+    (pick(s0, s1), pick(m0, m1))
+}
+
+/// The 8 groups' scales and minima of one super-block.
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn super8(sp: &SuperParams) -> (__m256, __m256) {
+    // SAFETY: lo is 8 bytes.
+    let lo = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(sp.lo.as_ptr() as *const __m128i) });
+    let hi = _mm256_set1_epi32(u32::from_le_bytes(sp.hi) as i32);
+    // Lane j: nibble j of hi (bits 4j..4j + 4 of the little-endian word).
+    let nib = _mm256_and_si256(_mm256_srlv_epi32(hi, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)), _mm256_set1_epi32(15));
+    let s = _mm256_and_si256(lo, _mm256_set1_epi32(63));
+    let m = _mm256_sub_epi32(_mm256_or_si256(_mm256_srli_epi32::<6>(lo), _mm256_slli_epi32::<2>(nib)), _mm256_set1_epi32(32));
+    (
+        _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sp.d.to_f32())),
+        _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(sp.dmin.to_f32())),
+    )
 }
 
 /// Scales and minima of 8 groups given as u32 lanes `scale | min << 16`.

@@ -53,7 +53,7 @@
 use core::arch::x86_64::*;
 
 use super::common::{
-    check_bounds, dpbusd, load_params8, params_to_f32, reads_source, source_bits, sources, transpose8x8, SC,
+    check_bounds, dpbusd, load_params8, reads_source, source_bits, sources, transpose8x8, SC,
 };
 use super::quantize::{part_a_slots, Layout, PREFILL_MIN_TOKENS, SC_AUX};
 use super::runs::{run_fields, MAX_RUN_WORDS};
@@ -536,16 +536,17 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
             }
         }
         for gi in full..gpr {
-            let mut pv = [0u32; RB];
+            let (mut sv, mut mv) = ([0f32; RB], [0f32; RB]);
             let mut iv = [0i32; RB];
             for r in 0..nr {
-                pv[r] = bytemuck::cast(w.params[(row0 + r) * gpr + gi]);
+                let p = w.params.get((row0 + r) * gpr + gi);
+                (sv[r], mv[r]) = (p.scale, p.min);
                 // SAFETY: r · gpr + gi < nr · gpr, written above.
                 iv[r] = unsafe { *sb.add(r * gpr + gi) };
             }
-            // SAFETY: pv and iv are 8 lanes; F16C is enabled here.
+            // SAFETY: sv, mv and iv are 8 lanes.
             acc = unsafe {
-                let (scale, min) = params_to_f32(_mm256_loadu_si256(pv.as_ptr() as *const __m256i));
+                let (scale, min) = (_mm256_loadu_ps(sv.as_ptr()), _mm256_loadu_ps(mv.as_ptr()));
                 let isum = _mm256_loadu_si256(iv.as_ptr() as *const __m256i);
                 _mm256_add_ps(acc, terms(scale, min, step_mul, centre, isum, _mm256_set1_ps(d[gi]), _mm256_set1_ps(sum[gi] as f32)))
             };
