@@ -190,6 +190,33 @@ unsafe fn load_super8(params: &[SuperParams], i: usize) -> (__m256, __m256) {
     (pick(s0, s1), pick(m0, m1))
 }
 
+/// Scales and minima of super-block groups `first..first + n` into `scale` and `min` from
+/// entry `lead` on, whole super-blocks at a time (entries before `lead` and after the range
+/// belong to the neighbouring groups, or are zero past the last block); returns `lead`
+/// (`first mod 8`).
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C; `scale` and `min` are writable for `lead + n` rounded up
+/// to a multiple of 8 floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn decode_super(params: &[SuperParams], first: usize, n: usize, scale: *mut f32, min: *mut f32) -> usize {
+    let (k0, lead) = (first / SuperParams::GROUPS, first % SuperParams::GROUPS);
+    for i in 0..(lead + n).div_ceil(SuperParams::GROUPS) {
+        let (s, m) = match params.get(k0 + i) {
+            // SAFETY: the caller guarantees the features.
+            Some(sp) => unsafe { super8(sp) },
+            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+        };
+        // SAFETY: 8 (i + 1) <= lead + n rounded up to 8, writable (the caller).
+        unsafe {
+            _mm256_storeu_ps(scale.add(8 * i), s);
+            _mm256_storeu_ps(min.add(8 * i), m);
+        }
+    }
+    lead
+}
+
 /// The 8 groups' scales and minima of one super-block.
 ///
 /// # Safety
