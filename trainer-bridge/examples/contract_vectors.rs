@@ -11,10 +11,12 @@
 //! padded to whole groups) with the packer's min/max parameters (`quant::covering_params`) and
 //! the contract's codes (`blocks::nested8_quantize`), then reconstructed by the runtime's
 //! reference `dequant_nested8` at every view. Floats travel as their bit patterns (f32 as u32,
-//! f16 as u16); every NaN is written as 0x7fc00000.
+//! f16 as u16); every NaN is written as 0x7fc00000. Cases with `"params": "super"` hold
+//! super-block parameters instead (`--params super`: `d`, `dmin` per block of 8 groups, `s`, `m`
+//! per group), chosen by the packer from the same min/max spans (`quant::super_blocks`).
 
-use edge_pack::quant::{quantize_group, NestedObjective};
-use edge_runtime::blocks::{dequant_nested8, pack_nested8_planes, GroupParams, NESTED8_VIEWS};
+use edge_pack::quant::{quantize_group, quantize_nested, NestedCoding, NestedObjective, NestedParams, ParamLayout};
+use edge_runtime::blocks::{dequant_nested8, pack_nested8_planes, GroupParams, ParamsRef, NESTED8_VIEWS};
 use half::f16;
 
 /// xorshift64: deterministic, no dependency.
@@ -72,6 +74,34 @@ fn case(name: &str, rows: usize, cols: usize, group: usize, w: &[f32]) -> String
     .to_string()
 }
 
+/// One case with super-block parameters (min/max spans, `quant::quantize_nested`).
+fn case_super(name: &str, rows: usize, cols: usize, group: usize, w: &[f32]) -> String {
+    let coding = NestedCoding { objective: NestedObjective::MinMax, layout: ParamLayout::Super };
+    let (NestedParams::Super(supers), codes) = quantize_nested(name, w, cols, group, coding).expect("finite weights") else {
+        unreachable!("super-block layout asked")
+    };
+    let planes = pack_nested8_planes(&codes);
+    let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+    let padded = cols.div_ceil(group) * group;
+    let mut recon = serde_json::Map::new();
+    for &v in &NESTED8_VIEWS {
+        let mut out = vec![0f32; rows * padded];
+        dequant_nested8(ParamsRef::Super(&supers), &refs, group, v, 0, &mut out);
+        recon.insert(v.to_string(), out.iter().map(|&x| bits32(x)).collect::<Vec<_>>().into());
+    }
+    let groups = rows * padded / group;
+    serde_json::json!({
+        "name": name, "rows": rows, "cols": cols, "group_size": group, "params": "super",
+        "weights": w.iter().map(|&x| bits32(x)).collect::<Vec<_>>(),
+        "d": supers.iter().map(|b| b.d.to_bits()).collect::<Vec<_>>(),
+        "dmin": supers.iter().map(|b| b.dmin.to_bits()).collect::<Vec<_>>(),
+        "s": (0..groups).map(|g| supers[g / 8].s(g % 8)).collect::<Vec<_>>(),
+        "m": (0..groups).map(|g| supers[g / 8].m(g % 8)).collect::<Vec<_>>(),
+        "codes": codes, "recon": recon,
+    })
+    .to_string()
+}
+
 /// Groups of `group` weights that stress the contract's corners, one group per row.
 fn edge_rows(group: usize) -> Vec<(&'static str, Vec<f32>)> {
     let fill = |f: &dyn Fn(usize) -> f32| (0..group).map(f).collect::<Vec<f32>>();
@@ -116,6 +146,14 @@ pub fn vectors_json() -> String {
     // A partial last group: 13 weights in a group of 32.
     let w: Vec<f32> = (0..45).map(|i| (i as f32 * 0.37).sin()).collect();
     cases.push(case("partial last group", 1, 45, group, &w));
+    // Super-block parameters: rows of 18 groups (blocks across rows), a partial last block,
+    // groups of very different spans in one block, and the edge rows stacked into one tensor.
+    for (group, rows, cols) in [(32usize, 3usize, 576usize), (8, 5, 44), (64, 2, 200)] {
+        let w: Vec<f32> = (0..rows * cols).map(|i| rng.gauss() * 10f32.powi((i / group % 5) as i32 - 3) + if i % 7 == 0 { 0.01 } else { 0.0 }).collect();
+        cases.push(case_super(&format!("super g{group}"), rows, cols, group, &w));
+    }
+    let finite: Vec<f32> = edges.iter().filter(|(n, _)| !n.contains("beyond") && !n.contains("edge") && !n.contains("overflow")).flat_map(|(_, w)| w.clone()).collect();
+    cases.push(case_super("super edge rows", finite.len() / group, group, group, &finite));
     format!(
         "{{\"format\": \"edge-run nested8 contract vectors\", \"version\": 1, \"views\": [2, 3, 4, 5, 6, 8],\n\"cases\": [\n{}\n]}}\n",
         cases.join(",\n")

@@ -14,6 +14,14 @@ Every operation below is one eager torch f32 op (eager ops never fuse a multiply
 so the results equal the Rust ones bit for bit; `tests/test_contract.py` checks that against
 vectors the Rust side writes. Default group parameters are the packer's min/max ones
 (`covering_params` in `trainer-bridge/src/quant.rs`), mirrored exactly.
+
+Super-block parameters (`edge-pack --params super`, blocks.rs `SuperParams`): the tensor's groups
+in flat order go 8 to a block holding f16 (d, dmin); group j has a scale code s (0..63) and a
+minimum code m (-32..31), and
+
+    scale = d * s        min = dmin * m                          (exact in f32)
+
+`super_group_params` decodes them; `super_init_params` mirrors the packer's min/max choice.
 """
 
 from __future__ import annotations
@@ -126,3 +134,51 @@ def reconstruct(q: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, group: i
     step, offset = step_offset(scale, mn, k)
     qk = view_codes(q, k).to(torch.float32).reshape(rows, p // group, group)
     return ((qk * step.unsqueeze(-1)) + offset.unsqueeze(-1)).reshape(rows, p)
+
+
+SUPER_GROUPS = 8
+
+
+def super_group_params(d: torch.Tensor, dmin: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """blocks.rs `SuperParams::group`: per-group (scale, min), f32 [groups], from the blocks'
+    f16-valued (d, dmin) [blocks] and the groups' codes s, m [groups] (flat order)."""
+    idx = torch.arange(s.numel()) // SUPER_GROUPS
+    return d.to(torch.float32)[idx] * s.to(torch.float32), dmin.to(torch.float32)[idx] * m.to(torch.float32)
+
+
+def _f16_up(x: torch.Tensor) -> torch.Tensor:
+    """The least f16 at or above x >= 0 (quant.rs `f16_up`), as f32."""
+    b = _f16_bits(x)
+    return _from_f16_bits(torch.where(_from_f16_bits(b) < x, b + 1, b))
+
+
+def super_init_params(w: torch.Tensor, group: int) -> tuple[torch.Tensor, ...]:
+    """The packer's min/max super-blocks of w [rows, cols] (quant.rs `super_blocks` over
+    `covering_params`): (d, dmin) [blocks] f16-valued f32, (s, m) [groups] int64, flat order."""
+    scale, mn = init_params(w, group)
+    lo = mn.reshape(-1)
+    hi = lo + scale.reshape(-1) * 255.0
+    n = lo.numel()
+    blocks = -(-n // SUPER_GROUPS)
+    pad = blocks * SUPER_GROUPS - n
+    lo_b = torch.nn.functional.pad(lo, (0, pad)).reshape(blocks, SUPER_GROUPS)
+    hi_b = torch.nn.functional.pad(hi, (0, pad)).reshape(blocks, SUPER_GROUPS)
+    real = torch.nn.functional.pad(torch.ones(n, dtype=torch.bool), (0, pad)).reshape(blocks, SUPER_GROUPS)
+    big = torch.where(real, lo_b.abs(), torch.zeros_like(lo_b)).amax(dim=1, keepdim=True)
+    dmin = torch.where(big > 0, f16_round(_div(big, 31.0)), torch.zeros_like(big))
+
+    def codes_under(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        safe = torch.where(dmin > 0, dmin, torch.ones_like(dmin))
+        m = torch.where(dmin > 0, torch.floor(lo_b / safe).clamp(-32.0, 31.0), torch.zeros_like(lo_b))
+        need = _div(hi_b - dmin * m, 255.0)
+        dsafe = torch.where(d > 0, d, torch.ones_like(d))
+        s = torch.where(d > 0, torch.ceil(need / dsafe).clamp(1.0, 63.0), torch.zeros_like(need))
+        return s, m, need
+
+    _, _, need = codes_under(torch.zeros_like(dmin))
+    top = torch.where(real, need, torch.zeros_like(need)).amax(dim=1, keepdim=True)
+    d = torch.where(top > 0, _f16_up(_div(top, 63.0)), torch.zeros_like(top))
+    s, m, _ = codes_under(d)
+    s = torch.where(real, s, torch.zeros_like(s)).reshape(-1)[:n]
+    m = torch.where(real, m, torch.zeros_like(m)).reshape(-1)[:n]
+    return d.reshape(-1), dmin.reshape(-1), s.to(torch.int64), m.to(torch.int64)

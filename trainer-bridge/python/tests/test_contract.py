@@ -10,7 +10,9 @@ import torch
 from edge_qat import contract
 
 DATA = Path(__file__).parent / "data" / "contract_vectors.json"
-CASES = json.loads(DATA.read_text())["cases"]
+ALL = json.loads(DATA.read_text())["cases"]
+CASES = [c for c in ALL if c.get("params") != "super"]
+SUPER = [c for c in ALL if c.get("params") == "super"]
 
 
 def f32_bits(x: torch.Tensor) -> np.ndarray:
@@ -38,10 +40,33 @@ def test_case_bit_exact(case):
         np.testing.assert_array_equal(f32_bits(r).ravel(), np.array(case["recon"][str(k)], dtype=np.uint32), f"view {k}")
 
 
+@pytest.mark.parametrize("case", SUPER, ids=[c["name"] for c in SUPER])
+def test_super_case_bit_exact(case):
+    rows, cols, g = case["rows"], case["cols"], case["group_size"]
+    w = torch.from_numpy(np.array(case["weights"], dtype=np.uint32).view(np.float32).reshape(rows, cols))
+    # The packer's choice of super-blocks, mirrored.
+    d, dmin, s, m = contract.super_init_params(w, g)
+    np.testing.assert_array_equal(f16_bits(d), np.array(case["d"], dtype=np.uint16), "d")
+    np.testing.assert_array_equal(f16_bits(dmin), np.array(case["dmin"], dtype=np.uint16), "dmin")
+    np.testing.assert_array_equal(s.numpy(), np.array(case["s"]), "s")
+    np.testing.assert_array_equal(m.numpy(), np.array(case["m"]), "m")
+    # The contract: decoded parameters, codes and every view.
+    scale, mn = contract.super_group_params(d, dmin, s, m)
+    scale, mn = scale.reshape(rows, -1), mn.reshape(rows, -1)
+    q = contract.codes(w, scale, mn, g)
+    np.testing.assert_array_equal(q.numpy().ravel(), np.array(case["codes"], dtype=np.uint8), "codes")
+    for k in contract.VIEWS:
+        r = contract.reconstruct(q, scale, mn, g, k)
+        np.testing.assert_array_equal(f32_bits(r).ravel(), np.array(case["recon"][str(k)], dtype=np.uint32), f"view {k}")
+
+
 def test_vectors_cover_the_edges():
     names = {c["name"] for c in CASES}
     for n in ["zeros", "ties", "negative zero", "tiny subnormal range", "f16 overflow of min", "partial last group"]:
         assert n in names
+    # Super-block cases whose rows start inside a block, and a partial last block.
+    assert any(c["cols"] // c["group_size"] % 8 for c in SUPER)
+    assert any((c["rows"] * -(-c["cols"] // c["group_size"])) % 8 for c in SUPER)
     # Ties really are ties: the file holds codes that round-half-away would have made odd.
     ties = next(c for c in CASES if c["name"] == "ties")
     w = np.array(ties["weights"], dtype=np.uint32).view(np.float32)
