@@ -38,7 +38,7 @@ fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
         .map(|g| GroupParams { scale: f16::from_f32(0.01 + (g % 7) as f32 * 1e-3), min: f16::from_f32(-1.0) })
         .collect();
     let supers = std::env::var("SUPER").is_ok().then(|| {
-        let blocks = (rows * stride / group).div_ceil(SuperParams::GROUPS);
+        let blocks = rows * SuperParams::per_row(stride / group);
         (0..blocks)
             .map(|b| SuperParams::new(f16::from_f32(1e-3), f16::from_f32(1.0 / 32.0), core::array::from_fn(|j| (10 + (b + j) % 7) as u8), [-32; 8]))
             .collect()
@@ -52,7 +52,7 @@ fn tensor(rows: usize, cols: usize, group: usize) -> Tensor {
 fn view<'t>(k: &Kernels, t: &'t Tensor, group: usize, bits: u8) -> Nested8<'t> {
     let refs: Vec<&[u8]> = t.planes.iter().map(|p| p.as_slice()).collect();
     let params = match &t.supers {
-        Some(s) => ParamsRef::Super(s),
+        Some(s) => ParamsRef::Super { blocks: s, groups_per_row: t.stride / group },
         None => ParamsRef::F16(&t.params),
     };
     let w = Nested8::stored(params, &refs, group, bits, t.stride).expect("a valid view");

@@ -38,15 +38,16 @@
 //! Every formula above reads a group's `(scale, min)` as f32 ([`Affine`]). They are stored one
 //! of two ways ([`ParamsRef`]):
 //! - [`GroupParams`] (`Encoding::Nested8`): an f16 pair per group, `scale.to_f32()`, `min.to_f32()`;
-//! - [`SuperParams`] (`Encoding::Nested8Super`): the tensor's groups, in flat order, in
-//!   super-blocks of [`SuperParams::GROUPS`] (the last one padded), each holding f16 `d` and
+//! - [`SuperParams`] (`Encoding::Nested8Super`): each row's groups in super-blocks of
+//!   [`SuperParams::GROUPS`] (the row's last one padded with zero codes; a block never spans two
+//!   rows, so a super-block is one range of columns in every row), each holding f16 `d` and
 //!   `dmin` and per group a 6-bit scale code `s` (0..=63) and a 6-bit signed minimum code `m`
 //!   (-32..=31):
 //!   ```text
 //!   scale = f32(d) * s        min = f32(dmin) * m        (both exact in f32: 11 x 6 bits)
 //!   ```
 //!   so smaller groups cost no more parameter bytes (16 bytes per 8 groups: 0.5 bits per weight
-//!   at groups of 32, where f16 pairs cost 1.0).
+//!   at groups of 32 in rows of a multiple of 256 weights, where f16 pairs cost 1.0).
 
 use half::{bf16, f16};
 
@@ -150,6 +151,11 @@ impl SuperParams {
     pub fn group(&self, j: usize) -> Affine {
         Affine { scale: self.d.to_f32() * self.s(j) as f32, min: self.dmin.to_f32() * self.m(j) as f32 }
     }
+
+    /// Super-blocks per row of `groups_per_row` groups.
+    pub const fn per_row(groups_per_row: usize) -> usize {
+        groups_per_row.div_ceil(Self::GROUPS)
+    }
 }
 const _: () = assert!(core::mem::size_of::<SuperParams>() == SuperParams::SIZE);
 
@@ -157,24 +163,28 @@ const _: () = assert!(core::mem::size_of::<SuperParams>() == SuperParams::SIZE);
 #[derive(Debug, Clone, Copy)]
 pub enum ParamsRef<'a> {
     F16(&'a [GroupParams]),
-    Super(&'a [SuperParams]),
+    /// [`SuperParams::per_row`] blocks per row of `groups_per_row` groups.
+    Super { blocks: &'a [SuperParams], groups_per_row: usize },
 }
 
 impl<'a> ParamsRef<'a> {
     /// How many groups the stored parameters cover (a whole number of super-blocks).
     pub fn groups(&self) -> usize {
-        match self {
+        match *self {
             ParamsRef::F16(p) => p.len(),
-            ParamsRef::Super(p) => p.len() * SuperParams::GROUPS,
+            ParamsRef::Super { blocks, groups_per_row } => blocks.len() / SuperParams::per_row(groups_per_row).max(1) * groups_per_row,
         }
     }
 
     /// Group `g`'s parameters (`g < self.groups()`).
     #[inline]
     pub fn get(&self, g: usize) -> Affine {
-        match self {
+        match *self {
             ParamsRef::F16(p) => p[g].into(),
-            ParamsRef::Super(p) => p[g / SuperParams::GROUPS].group(g % SuperParams::GROUPS),
+            ParamsRef::Super { blocks, groups_per_row: gpr } => {
+                let c = g % gpr;
+                blocks[g / gpr * SuperParams::per_row(gpr) + c / SuperParams::GROUPS].group(c % SuperParams::GROUPS)
+            }
         }
     }
 
@@ -182,7 +192,7 @@ impl<'a> ParamsRef<'a> {
     pub fn bytes(&self) -> &'a [u8] {
         match *self {
             ParamsRef::F16(p) => bytemuck::cast_slice(p),
-            ParamsRef::Super(p) => bytemuck::cast_slice(p),
+            ParamsRef::Super { blocks, .. } => bytemuck::cast_slice(blocks),
         }
     }
 
@@ -190,10 +200,10 @@ impl<'a> ParamsRef<'a> {
     pub fn first_non_finite(&self) -> Option<usize> {
         match self {
             ParamsRef::F16(p) => p.iter().position(|p| !p.scale.is_finite() || !p.min.is_finite()),
-            ParamsRef::Super(p) => p
-                .iter()
-                .position(|p| !p.d.is_finite() || !p.dmin.is_finite())
-                .map(|i| i * SuperParams::GROUPS),
+            ParamsRef::Super { blocks, groups_per_row: gpr } => {
+                let per = SuperParams::per_row(*gpr);
+                blocks.iter().position(|p| !p.d.is_finite() || !p.dmin.is_finite()).map(|i| i / per * gpr + i % per * SuperParams::GROUPS)
+            }
         }
     }
 }
@@ -210,17 +220,6 @@ impl<'a> From<&'a alloc::vec::Vec<GroupParams>> for ParamsRef<'a> {
     }
 }
 
-impl<'a> From<&'a [SuperParams]> for ParamsRef<'a> {
-    fn from(p: &'a [SuperParams]) -> Self {
-        ParamsRef::Super(p)
-    }
-}
-
-impl<'a> From<&'a alloc::vec::Vec<SuperParams>> for ParamsRef<'a> {
-    fn from(p: &'a alloc::vec::Vec<SuperParams>) -> Self {
-        ParamsRef::Super(p)
-    }
-}
 
 /// One plane of the nested codes: `bits` adjacent bit positions starting at `shift`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -601,14 +600,20 @@ mod tests {
                 assert_eq!(a.scale as f64, d.to_f64() * s[j] as f64);
                 assert_eq!(a.min as f64, dmin.to_f64() * m[j] as f64);
             }
+            // Two rows of 6 groups: one block each, the last two slots padding.
             let params = [sp, sp];
-            let r = ParamsRef::from(&params[..]);
-            assert_eq!(r.groups(), 16);
-            assert_eq!(r.get(11), sp.group(3));
+            let r = ParamsRef::Super { blocks: &params, groups_per_row: 6 };
+            assert_eq!(r.groups(), 12);
+            assert_eq!(r.get(9), sp.group(3));
             assert_eq!(r.bytes().len(), 32);
+            // Rows of 10 groups: two blocks per row; group 10 is row 1's first.
+            let r = ParamsRef::Super { blocks: &[sp, sp, sp, sp], groups_per_row: 10 };
+            assert_eq!((r.groups(), r.get(10), r.get(19)), (20, sp.group(0), sp.group(1)));
         }
         let bad = [SuperParams::new(f16::INFINITY, f16::ONE, [0; 8], [0; 8])];
-        assert_eq!(ParamsRef::from(&bad[..]).first_non_finite(), Some(0));
+        assert_eq!(ParamsRef::Super { blocks: &bad, groups_per_row: 3 }.first_non_finite(), Some(0));
+        let later = [SuperParams::new(f16::ONE, f16::ONE, [0; 8], [0; 8]), bad[0]];
+        assert_eq!(ParamsRef::Super { blocks: &later, groups_per_row: 12 }.first_non_finite(), Some(8));
     }
 
     #[test]

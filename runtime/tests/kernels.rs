@@ -30,7 +30,7 @@ fn tensor(name: &str, enc: Encoding, rows: usize, cols: usize, group: usize, see
             let mut s = vec![match enc {
                 // The same scales to f32 rounding, as 6-bit codes (minimum -32 · 1/32 = -1).
                 Encoding::Nested8Super => bytemuck::cast_slice(
-                    &(0..params.len().div_ceil(8))
+                    &(0..rows * (padded / group).div_ceil(8))
                         .map(|b| SuperParams::new(f16::from_f32(5e-4), f16::from_f32(1.0 / 32.0), core::array::from_fn(|j| (16 + (8 * b + j) % 40) as u8), [-32; 8]))
                         .collect::<Vec<_>>(),
                 )

@@ -119,7 +119,7 @@ impl Tensor {
     /// [`Tensor::random`] with random super-block parameters (every scale and minimum code).
     fn random_super(rows: usize, cols: usize, group: usize, rng: &mut Rng) -> Self {
         let mut t = Tensor::random(rows, cols, group, rng);
-        let blocks = t.params.len().div_ceil(SuperParams::GROUPS);
+        let blocks = rows * SuperParams::per_row(t.stride / group);
         t.supers = Some(
             (0..blocks)
                 .map(|_| {
@@ -157,7 +157,7 @@ impl Tensor {
         let repacked = (form == Form::Runs).then(|| Arc::from(repack_top(view_bits, &refs, numel)));
         let low = (form == Form::Nibbles).then(|| Arc::from(low_nibbles(&refs, numel)));
         let params = match &self.supers {
-            Some(s) => ParamsRef::Super(s),
+            Some(s) => ParamsRef::Super { blocks: s, groups_per_row: self.stride / self.group },
             None => ParamsRef::F16(&self.params),
         };
         Nested8 { params, planes, group_size: self.group, view_bits, row_stride: self.stride, repacked, low }
@@ -270,7 +270,7 @@ fn nested8_products_match_reference() {
 }
 
 /// Super-block group parameters: every view, decode and prefill, at group sizes and row
-/// lengths whose rows start inside a super-block (18 groups of 32 to a 576-wide row).
+/// lengths whose last block is partial (18 groups of 32 to a 576-wide row) or whole.
 #[test]
 fn super_params_products_match_reference() {
     let mut rng = Rng(0x5EED_0F5B);

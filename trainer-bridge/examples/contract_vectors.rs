@@ -77,7 +77,7 @@ fn case(name: &str, rows: usize, cols: usize, group: usize, w: &[f32]) -> String
 /// One case with super-block parameters (min/max spans, `quant::quantize_nested`).
 fn case_super(name: &str, rows: usize, cols: usize, group: usize, w: &[f32]) -> String {
     let coding = NestedCoding { objective: NestedObjective::MinMax, layout: ParamLayout::Super };
-    let (NestedParams::Super(supers), codes) = quantize_nested(name, w, cols, group, coding).expect("finite weights") else {
+    let (NestedParams::Super { blocks: supers, groups_per_row: gpr }, codes) = quantize_nested(name, w, cols, group, coding).expect("finite weights") else {
         unreachable!("super-block layout asked")
     };
     let planes = pack_nested8_planes(&codes);
@@ -86,7 +86,7 @@ fn case_super(name: &str, rows: usize, cols: usize, group: usize, w: &[f32]) -> 
     let mut recon = serde_json::Map::new();
     for &v in &NESTED8_VIEWS {
         let mut out = vec![0f32; rows * padded];
-        dequant_nested8(ParamsRef::Super(&supers), &refs, group, v, 0, &mut out);
+        dequant_nested8(ParamsRef::Super { blocks: &supers, groups_per_row: gpr }, &refs, group, v, 0, &mut out);
         recon.insert(v.to_string(), out.iter().map(|&x| bits32(x)).collect::<Vec<_>>().into());
     }
     let groups = rows * padded / group;
@@ -95,8 +95,8 @@ fn case_super(name: &str, rows: usize, cols: usize, group: usize, w: &[f32]) -> 
         "weights": w.iter().map(|&x| bits32(x)).collect::<Vec<_>>(),
         "d": supers.iter().map(|b| b.d.to_bits()).collect::<Vec<_>>(),
         "dmin": supers.iter().map(|b| b.dmin.to_bits()).collect::<Vec<_>>(),
-        "s": (0..groups).map(|g| supers[g / 8].s(g % 8)).collect::<Vec<_>>(),
-        "m": (0..groups).map(|g| supers[g / 8].m(g % 8)).collect::<Vec<_>>(),
+        "s": (0..groups).map(|g| supers[g / gpr * gpr.div_ceil(8) + g % gpr / 8].s(g % gpr % 8)).collect::<Vec<_>>(),
+        "m": (0..groups).map(|g| supers[g / gpr * gpr.div_ceil(8) + g % gpr / 8].m(g % gpr % 8)).collect::<Vec<_>>(),
         "codes": codes, "recon": recon,
     })
     .to_string()
@@ -146,9 +146,9 @@ pub fn vectors_json() -> String {
     // A partial last group: 13 weights in a group of 32.
     let w: Vec<f32> = (0..45).map(|i| (i as f32 * 0.37).sin()).collect();
     cases.push(case("partial last group", 1, 45, group, &w));
-    // Super-block parameters: rows of 5 groups (blocks across rows), a partial last block,
+    // Super-block parameters: rows of 5 and 10 groups (a partial block ending each row), a partial last block,
     // groups of very different spans in one block, and the edge rows stacked into one tensor.
-    for (group, rows, cols) in [(32usize, 3usize, 160usize), (8, 5, 44), (64, 2, 136)] {
+    for (group, rows, cols) in [(32usize, 3usize, 160usize), (8, 3, 76), (64, 2, 136)] {
         let w: Vec<f32> = (0..rows * cols).map(|i| rng.gauss() * 10f32.powi((i / group % 5) as i32 - 3) + if i % 7 == 0 { 0.01 } else { 0.0 }).collect();
         cases.push(case_super(&format!("super g{group}"), rows, cols, group, &w));
     }

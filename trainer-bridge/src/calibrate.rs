@@ -541,7 +541,7 @@ pub fn gptq_nested8(
     // Super-blocks: each block's (d, dmin) is fixed first, from the groups' wanted parameters
     // on the uncompensated weights; GPTQ then codes each group's parameters under it.
     let mut supers = match layout {
-        ParamLayout::Super => Some(crate::quant::super_blocks(&crate::quant::quantize_nested8(name, data, cols, group, objective)?.0)),
+        ParamLayout::Super => Some(crate::quant::super_blocks(&crate::quant::quantize_nested8(name, data, cols, group, objective)?.0, gpr)),
         ParamLayout::F16 => None,
     };
     let mut params = vec![GroupParams { scale: f16::ZERO, min: f16::ZERO }; rows * gpr];
@@ -574,14 +574,14 @@ pub fn gptq_nested8(
     });
     Ok(match supers.as_mut() {
         Some(blocks) => {
-            for (b, chunk) in blocks.iter_mut().zip(sm.chunks(SuperParams::GROUPS)) {
+            for (b, chunk) in blocks.iter_mut().zip(sm.chunks(gpr).flat_map(|row| row.chunks(SuperParams::GROUPS))) {
                 let (mut s, mut m) = ([0u8; 8], [0i8; 8]);
                 for (j, &(sj, mj)) in chunk.iter().enumerate() {
                     (s[j], m[j]) = (sj, mj);
                 }
                 *b = SuperParams::new(b.d, b.dmin, s, m);
             }
-            (NestedParams::Super(supers.unwrap_or_default()), codes)
+            (NestedParams::Super { blocks: supers.unwrap_or_default(), groups_per_row: gpr }, codes)
         }
         None => (NestedParams::F16(params), codes),
     })
@@ -644,8 +644,8 @@ impl GptqCtx<'_> {
                 let wanted = crate::quant::group_params(&wbar[param_stream][..width], self.objective);
                 let p: Affine = match self.supers {
                     Some(blocks) => {
-                        let gi = g0 + r * self.gpr + g;
-                        let b = &blocks[gi / SuperParams::GROUPS];
+                        let row = g0 / self.gpr + r;
+                        let b = &blocks[row * SuperParams::per_row(self.gpr) + g / SuperParams::GROUPS];
                         let (lo, hi) = crate::quant::span_of(wanted);
                         let (s, m) = crate::quant::super_codes(lo, hi, b.d, b.dmin);
                         sm[r * self.gpr + g] = (s, m);
@@ -889,7 +889,7 @@ mod tests {
             let coding = NestedCoding { objective: NestedObjective::AllViews, layout };
             let (p0, c0) = crate::quant::quantize_nested("w", &w, cols, group, coding).unwrap();
             let (p, c) = gptq_nested8("w", &w, cols, group, &f, target, coding).unwrap();
-            assert_eq!(matches!(p, NestedParams::Super(_)), layout == ParamLayout::Super);
+            assert_eq!(matches!(p, NestedParams::Super { .. }), layout == ParamLayout::Super);
             for bits in [2u8, 3, 4, 8] {
                 let base = proxy_loss(&w, &dequant(p0.as_ref(), &c0, rows, cols, group, bits), &h, cols);
                 let got = proxy_loss(&w, &dequant(p.as_ref(), &c, rows, cols, group, bits), &h, cols);

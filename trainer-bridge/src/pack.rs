@@ -235,7 +235,7 @@ pub fn encode_tensor_with(
                 }
                 _ => crate::quant::quantize_nested(&t.name, &t.data, cols, group_size as usize, NestedCoding { objective, layout })?,
             };
-            if let NestedParams::Super(_) = params {
+            if let NestedParams::Super { .. } = params {
                 encoding = Encoding::Nested8Super;
             }
             nested8_segments(params.as_ref(), &codes)

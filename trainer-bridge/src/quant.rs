@@ -55,14 +55,15 @@ pub struct NestedCoding {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NestedParams {
     F16(Vec<GroupParams>),
-    Super(Vec<SuperParams>),
+    /// [`SuperParams::per_row`] blocks per row of `groups_per_row` groups.
+    Super { blocks: Vec<SuperParams>, groups_per_row: usize },
 }
 
 impl NestedParams {
     pub fn as_ref(&self) -> ParamsRef<'_> {
         match self {
             NestedParams::F16(p) => ParamsRef::F16(p),
-            NestedParams::Super(p) => ParamsRef::Super(p),
+            NestedParams::Super { blocks, groups_per_row } => ParamsRef::Super { blocks, groups_per_row: *groups_per_row },
         }
     }
 }
@@ -117,10 +118,12 @@ pub fn super_params(spans: &[(f32, f32)]) -> SuperParams {
     SuperParams::new(d, dmin, s, m)
 }
 
-/// Super-blocks over a tensor's groups (flat order) from each group's wanted f16 parameters.
-pub fn super_blocks(wanted: &[GroupParams]) -> Vec<SuperParams> {
+/// Super-blocks over a tensor's rows of `groups_per_row` groups from each group's wanted f16
+/// parameters (row-major).
+pub fn super_blocks(wanted: &[GroupParams], groups_per_row: usize) -> Vec<SuperParams> {
     wanted
-        .chunks(SuperParams::GROUPS)
+        .chunks(groups_per_row)
+        .flat_map(|row| row.chunks(SuperParams::GROUPS))
         .map(|c| super_params(&c.iter().map(|&p| span_of(p)).collect::<Vec<_>>()))
         .collect()
 }
@@ -410,9 +413,10 @@ pub fn quantize_nested(
     if layout == ParamLayout::F16 {
         return Ok((NestedParams::F16(wanted), codes));
     }
-    let supers = super_blocks(&wanted);
-    let params = ParamsRef::Super(&supers);
     let padded = codes.len() / (data.len() / cols);
+    let groups_per_row = padded / group;
+    let blocks = super_blocks(&wanted, groups_per_row);
+    let params = ParamsRef::Super { blocks: &blocks, groups_per_row };
     for (r, wrow) in data.chunks(cols).enumerate() {
         for (g, wg) in wrow.chunks(group).enumerate() {
             let first = r * padded + g * group;
@@ -424,7 +428,7 @@ pub fn quantize_nested(
             }
         }
     }
-    Ok((NestedParams::Super(supers), codes))
+    Ok((NestedParams::Super { blocks, groups_per_row }, codes))
 }
 
 /// Round-to-nearest baseline: asymmetric `bits`-bit quantization per group with f16
@@ -465,9 +469,10 @@ mod tests {
         let spans = [(-0.5f32, 0.4f32), (-0.001, 0.002), (0.0, 0.0), (0.1, 0.3), (-0.02, -0.01), (-1.3, 0.9), (0.5, 0.6), (-0.2, 0.25)];
         let mut wanted: Vec<GroupParams> = spans.iter().map(|&(lo, hi)| covering_params(lo, hi)).collect();
         wanted.extend([covering_params(-0.03, 0.05), covering_params(-0.07, 0.01)]);
-        let supers = super_blocks(&wanted);
+        // One row of 10 groups: two blocks, the second holding two.
+        let supers = super_blocks(&wanted, 10);
         assert_eq!(supers.len(), 2);
-        let params = ParamsRef::Super(&supers);
+        let params = ParamsRef::Super { blocks: &supers, groups_per_row: 10 };
         for (g, &p) in wanted.iter().enumerate() {
             let (lo, hi) = span_of(p);
             let a = params.get(g);

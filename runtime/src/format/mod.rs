@@ -148,12 +148,11 @@ pub fn expected_segments(
                 return None;
             }
             let padded = numel / cols * nested8_padded_cols(cols, g);
-            let groups = padded / g;
             out.push(SegmentSpec {
                 kind: SegmentKind::GroupParams,
                 bits: 0,
                 shift: 0,
-                len: nested8_params_bytes(encoding, groups)?,
+                len: nested8_params_bytes(encoding, numel / cols, nested8_padded_cols(cols, g) / g)?,
             });
             for plane in crate::blocks::NESTED8_PLANES {
                 out.push(SegmentSpec {
@@ -168,12 +167,13 @@ pub fn expected_segments(
     Some(out)
 }
 
-/// Bytes of the group-parameter segment of a nested tensor of `groups` groups.
-pub fn nested8_params_bytes(encoding: Encoding, groups: u64) -> Option<u64> {
+/// Bytes of the group-parameter segment of a nested tensor of `rows` rows of `groups_per_row`
+/// groups.
+pub fn nested8_params_bytes(encoding: Encoding, rows: u64, groups_per_row: u64) -> Option<u64> {
     use crate::blocks::{GroupParams, SuperParams};
     match encoding {
-        Encoding::Nested8Super => groups.div_ceil(SuperParams::GROUPS as u64).checked_mul(SuperParams::SIZE as u64),
-        _ => groups.checked_mul(GroupParams::SIZE as u64),
+        Encoding::Nested8Super => rows.checked_mul(groups_per_row.div_ceil(SuperParams::GROUPS as u64))?.checked_mul(SuperParams::SIZE as u64),
+        _ => rows.checked_mul(groups_per_row)?.checked_mul(GroupParams::SIZE as u64),
     }
 }
 

@@ -39,7 +39,7 @@ impl<'a> TensorInfo<'a> {
                 }
                 let row_stride = nested8_padded_cols(cols as u64, group_size as u64) as usize;
                 let params = match self.encoding {
-                    Encoding::Nested8Super => ParamsRef::Super(cast(self.name, params)?),
+                    Encoding::Nested8Super => ParamsRef::Super { blocks: cast(self.name, params)?, groups_per_row: row_stride / group_size },
                     _ => ParamsRef::F16(cast(self.name, params)?),
                 };
                 TensorBlocks::Nested8 { params, planes, group_size, row_stride }

@@ -111,6 +111,12 @@ mod tests {
         assert_eq!(view_bytes(Encoding::Nested8, &[4, 100], 64, Some(7)), None);
         assert_eq!(view_bytes(Encoding::F16, &[4, 100], 0, Some(2)), Some(800));
         assert_eq!(view_bytes(Encoding::F32, &[100], 0, None), Some(400));
+        // Super-block parameters: 16 bytes per 8 groups of a row, the row's last block padded.
+        // 3 rows of 576 in groups of 32 (18 groups: 3 blocks a row) and of 512 (16: 2 blocks).
+        let sup = |cols: u64, b| view_bytes(Encoding::Nested8Super, &[3, cols], 32, Some(b)).unwrap();
+        assert_eq!(sup(576, 4), 3 * 3 * 16 + 3 * 576 * 4 / 8);
+        assert_eq!(sup(512, 2), 3 * 2 * 16 + 3 * 512 * 2 / 8);
+        assert_eq!(view_bytes(Encoding::Nested8Super, &[3, 512], 64, Some(8)), Some(3 * 16 + 3 * 512));
     }
 
     use crate::arch::config::tests::tiny as config;

@@ -15,9 +15,9 @@ so the results equal the Rust ones bit for bit; `tests/test_contract.py` checks 
 vectors the Rust side writes. Default group parameters are the packer's min/max ones
 (`covering_params` in `trainer-bridge/src/quant.rs`), mirrored exactly.
 
-Super-block parameters (`edge-pack --params super`, blocks.rs `SuperParams`): the tensor's groups
-in flat order go 8 to a block holding f16 (d, dmin); group j has a scale code s (0..63) and a
-minimum code m (-32..31), and
+Super-block parameters (`edge-pack --params super`, blocks.rs `SuperParams`): each row's groups go
+8 to a block (the row's last block padded) holding f16 (d, dmin); group j has a scale code s
+(0..63) and a minimum code m (-32..31), and
 
     scale = d * s        min = dmin * m                          (exact in f32)
 
@@ -139,10 +139,14 @@ def reconstruct(q: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, group: i
 SUPER_GROUPS = 8
 
 
-def super_group_params(d: torch.Tensor, dmin: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def super_group_params(
+    d: torch.Tensor, dmin: torch.Tensor, s: torch.Tensor, m: torch.Tensor, groups_per_row: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """blocks.rs `SuperParams::group`: per-group (scale, min), f32 [groups], from the blocks'
-    f16-valued (d, dmin) [blocks] and the groups' codes s, m [groups] (flat order)."""
-    idx = torch.arange(s.numel()) // SUPER_GROUPS
+    f16-valued (d, dmin) [rows * blocks per row] and the groups' codes s, m [groups] (row-major)."""
+    g = torch.arange(s.numel())
+    per_row = -(-groups_per_row // SUPER_GROUPS)
+    idx = (g // groups_per_row) * per_row + (g % groups_per_row) // SUPER_GROUPS
     return d.to(torch.float32)[idx] * s.to(torch.float32), dmin.to(torch.float32)[idx] * m.to(torch.float32)
 
 
@@ -154,16 +158,18 @@ def _f16_up(x: torch.Tensor) -> torch.Tensor:
 
 def super_init_params(w: torch.Tensor, group: int) -> tuple[torch.Tensor, ...]:
     """The packer's min/max super-blocks of w [rows, cols] (quant.rs `super_blocks` over
-    `covering_params`): (d, dmin) [blocks] f16-valued f32, (s, m) [groups] int64, flat order."""
+    `covering_params`): (d, dmin) [rows * blocks per row] f16-valued f32, (s, m) [groups] int64,
+    row-major."""
     scale, mn = init_params(w, group)
-    lo = mn.reshape(-1)
-    hi = lo + scale.reshape(-1) * 255.0
-    n = lo.numel()
-    blocks = -(-n // SUPER_GROUPS)
-    pad = blocks * SUPER_GROUPS - n
-    lo_b = torch.nn.functional.pad(lo, (0, pad)).reshape(blocks, SUPER_GROUPS)
-    hi_b = torch.nn.functional.pad(hi, (0, pad)).reshape(blocks, SUPER_GROUPS)
-    real = torch.nn.functional.pad(torch.ones(n, dtype=torch.bool), (0, pad)).reshape(blocks, SUPER_GROUPS)
+    rows, gpr = mn.shape
+    per_row = -(-gpr // SUPER_GROUPS)
+    pad = per_row * SUPER_GROUPS - gpr
+    blocks = rows * per_row
+    lo_r = mn
+    hi_r = mn + scale * 255.0
+    lo_b = torch.nn.functional.pad(lo_r, (0, pad)).reshape(blocks, SUPER_GROUPS)
+    hi_b = torch.nn.functional.pad(hi_r, (0, pad)).reshape(blocks, SUPER_GROUPS)
+    real = torch.nn.functional.pad(torch.ones(rows, gpr, dtype=torch.bool), (0, pad)).reshape(blocks, SUPER_GROUPS)
     big = torch.where(real, lo_b.abs(), torch.zeros_like(lo_b)).amax(dim=1, keepdim=True)
     dmin = torch.where(big > 0, f16_round(_div(big, 31.0)), torch.zeros_like(big))
 
@@ -179,6 +185,6 @@ def super_init_params(w: torch.Tensor, group: int) -> tuple[torch.Tensor, ...]:
     top = torch.where(real, need, torch.zeros_like(need)).amax(dim=1, keepdim=True)
     d = torch.where(top > 0, _f16_up(_div(top, 63.0)), torch.zeros_like(top))
     s, m, _ = codes_under(d)
-    s = torch.where(real, s, torch.zeros_like(s)).reshape(-1)[:n]
-    m = torch.where(real, m, torch.zeros_like(m)).reshape(-1)[:n]
+    s = s.reshape(rows, -1)[:, :gpr].reshape(-1)
+    m = m.reshape(rows, -1)[:, :gpr].reshape(-1)
     return d.reshape(-1), dmin.reshape(-1), s.to(torch.int64), m.to(torch.int64)

@@ -144,7 +144,7 @@ pub(super) unsafe fn load_params8(params: ParamsRef<'_>, i: usize) -> (__m256, _
     let params = match params {
         ParamsRef::F16(p) => p,
         // SAFETY: the caller guarantees the features.
-        ParamsRef::Super(p) => return unsafe { load_super8(p, i) },
+        ParamsRef::Super { blocks, groups_per_row } => return unsafe { load_super8(blocks, groups_per_row, i) },
     };
     let v = if i + 8 <= params.len() {
         // SAFETY: 8 params (32 bytes) from i lie inside the slice.
@@ -160,61 +160,32 @@ pub(super) unsafe fn load_params8(params: ParamsRef<'_>, i: usize) -> (__m256, _
     unsafe { params_to_f32(v) }
 }
 
-/// Scales and minima of super-block parameters' groups `i..i + 8` (zero past the end), exactly
-/// as [`SuperParams::group`] computes them.
+/// Scales and minima of groups `i..i + 8` of super-block parameters in rows of `gpr` groups,
+/// exactly as [`SuperParams::group`] computes them. Callers start at a multiple of 8 within a
+/// row (one block); lanes past the row's end are zero.
 ///
 /// # Safety
 /// The CPU supports AVX2 and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn load_super8(params: &[SuperParams], i: usize) -> (__m256, __m256) {
-    let (k, off) = (i / SuperParams::GROUPS, i % SuperParams::GROUPS);
-    let block = |k: usize| match params.get(k) {
+unsafe fn load_super8(blocks: &[SuperParams], gpr: usize, i: usize) -> (__m256, __m256) {
+    let c = i % gpr;
+    if !c.is_multiple_of(SuperParams::GROUPS) {
+        // Not a block's first group (no kernel asks this): lane by lane.
+        let params = ParamsRef::Super { blocks, groups_per_row: gpr };
+        let (mut s, mut m) = ([0f32; 8], [0f32; 8]);
+        for j in 0..8.min(params.groups().saturating_sub(i)) {
+            let a = params.get(i + j);
+            (s[j], m[j]) = (a.scale, a.min);
+        }
+        // SAFETY: 8 floats each.
+        return unsafe { (_mm256_loadu_ps(s.as_ptr()), _mm256_loadu_ps(m.as_ptr())) };
+    }
+    match blocks.get(i / gpr * SuperParams::per_row(gpr) + c / SuperParams::GROUPS) {
         // SAFETY: the caller guarantees the features.
         Some(sp) => unsafe { super8(sp) },
         None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
-    };
-    let (s0, m0) = block(k);
-    if off == 0 {
-        return (s0, m0);
     }
-    // Lane j is group off + j: lane off + j of block k, or lane off + j - 8 of block k + 1.
-    let (s1, m1) = block(k + 1);
-    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let idx = _mm256_add_epi32(lane, _mm256_set1_epi32(off as i32));
-    let next = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
-    let idx = _mm256_and_si256(idx, _mm256_set1_epi32(7));
-    let pick = |a: __m256, b: __m256| {
-        _mm256_blendv_ps(_mm256_permutevar8x32_ps(a, idx), _mm256_permutevar8x32_ps(b, idx), next)
-    };
-    (pick(s0, s1), pick(m0, m1))
-}
-
-/// Scales and minima of super-block groups `first..first + n` into `scale` and `min` from
-/// entry `lead` on, whole super-blocks at a time (entries before `lead` and after the range
-/// belong to the neighbouring groups, or are zero past the last block); returns `lead`
-/// (`first mod 8`).
-///
-/// # Safety
-/// The CPU supports AVX2 and F16C; `scale` and `min` are writable for `lead + n` rounded up
-/// to a multiple of 8 floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) unsafe fn decode_super(params: &[SuperParams], first: usize, n: usize, scale: *mut f32, min: *mut f32) -> usize {
-    let (k0, lead) = (first / SuperParams::GROUPS, first % SuperParams::GROUPS);
-    for i in 0..(lead + n).div_ceil(SuperParams::GROUPS) {
-        let (s, m) = match params.get(k0 + i) {
-            // SAFETY: the caller guarantees the features.
-            Some(sp) => unsafe { super8(sp) },
-            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
-        };
-        // SAFETY: 8 (i + 1) <= lead + n rounded up to 8, writable (the caller).
-        unsafe {
-            _mm256_storeu_ps(scale.add(8 * i), s);
-            _mm256_storeu_ps(min.add(8 * i), m);
-        }
-    }
-    lead
 }
 
 /// The 8 groups' scales and minima of one super-block.
