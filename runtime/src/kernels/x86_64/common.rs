@@ -195,17 +195,42 @@ unsafe fn load_super8(blocks: &[SuperParams], gpr: usize, i: usize) -> (__m256, 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn super8(sp: &SuperParams) -> (__m256, __m256) {
-    // SAFETY: lo is 8 bytes.
-    let lo = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(sp.lo.as_ptr() as *const __m128i) });
-    let hi = _mm256_set1_epi32(u32::from_le_bytes(sp.hi) as i32);
+    // SAFETY: a SuperParams is 16 bytes: d, dmin (bytes 0..4), lo (4..12), hi (12..16).
+    let v = unsafe { _mm_loadu_si128(sp as *const SuperParams as *const __m128i) };
+    let lo = _mm256_cvtepu8_epi32(_mm_srli_si128::<4>(v));
+    let hi = _mm256_broadcastd_epi32(_mm_srli_si128::<12>(v));
     // Lane j: nibble j of hi (bits 4j..4j + 4 of the little-endian word).
     let nib = _mm256_and_si256(_mm256_srlv_epi32(hi, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)), _mm256_set1_epi32(15));
     let s = _mm256_and_si256(lo, _mm256_set1_epi32(63));
     let m = _mm256_sub_epi32(_mm256_or_si256(_mm256_srli_epi32::<6>(lo), _mm256_slli_epi32::<2>(nib)), _mm256_set1_epi32(32));
-    (
-        _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sp.d.to_f32())),
-        _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(sp.dmin.to_f32())),
-    )
+    // Lanes 0 and 1: d and dmin as f32 (exact widening).
+    let dd = _mm_cvtph_ps(v);
+    let d = _mm256_broadcastss_ps(dd);
+    let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+    (_mm256_mul_ps(_mm256_cvtepi32_ps(s), d), _mm256_mul_ps(_mm256_cvtepi32_ps(m), dmin))
+}
+
+/// Scales and minima of rows `row0..row0 + rows` of super-block parameters (rows of `gpr`
+/// groups) into `scale` and `min`: row `r`'s group `g` at `r · stride + g`, `stride = 8 ·
+/// SuperParams::per_row(gpr)` (the entries past a row's groups are its last block's zero padding);
+/// returns `stride`. Decoding a block once serves all its groups.
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C; `scale` and `min` are writable for `rows · stride` floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn decode_super_rows(blocks: &[SuperParams], gpr: usize, row0: usize, rows: usize, scale: *mut f32, min: *mut f32) -> usize {
+    let per = SuperParams::per_row(gpr);
+    let blocks = &blocks[row0 * per..(row0 + rows) * per];
+    for (i, sp) in blocks.iter().enumerate() {
+        // SAFETY: the caller guarantees the features; 8 (i + 1) <= rows · stride, writable.
+        unsafe {
+            let (s, m) = super8(sp);
+            _mm256_storeu_ps(scale.add(8 * i), s);
+            _mm256_storeu_ps(min.add(8 * i), m);
+        }
+    }
+    8 * per
 }
 
 /// Scales and minima of 8 groups given as u32 lanes `scale | min << 16`.

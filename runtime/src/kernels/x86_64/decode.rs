@@ -53,10 +53,11 @@
 use core::arch::x86_64::*;
 
 use super::common::{
-    check_bounds, dpbusd, load_params8, reads_source, source_bits, sources, transpose8x8, SC,
+    check_bounds, decode_super_rows, dpbusd, load_params8, reads_source, source_bits, sources, transpose8x8, SC,
 };
 use super::quantize::{part_a_slots, Layout, PREFILL_MIN_TOKENS, SC_AUX};
 use super::runs::{run_fields, MAX_RUN_WORDS};
+use crate::blocks::ParamsRef;
 use crate::kernels::acts::QActs;
 use crate::kernels::frame::{Nested8, Prepared};
 use crate::kernels::portable;
@@ -457,6 +458,16 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
     // groups, or `8 · nsc >= nr · rs / 32` subgroups before the fold, after the `lead` ones).
     let mut sub = core::mem::MaybeUninit::<[i32; MAX_SUB + 16]>::uninit();
     let sp = sub.as_mut_ptr() as *mut i32;
+    // Super-block parameters: a block of rows decoded once (row r's group k at r · stride + k),
+    // rather than each 8 groups again for every use. Written before read, as `sub`:
+    // nr · stride <= nr · (gpr + 7) <= MAX_SUB + 56.
+    let supers = match w.params {
+        ParamsRef::Super { blocks, .. } => Some(blocks),
+        ParamsRef::F16(_) => None,
+    };
+    let mut s_scale = core::mem::MaybeUninit::<[f32; MAX_SUB + 64]>::uninit();
+    let mut s_min = core::mem::MaybeUninit::<[f32; MAX_SUB + 64]>::uninit();
+    let (ssp, smp) = (s_scale.as_mut_ptr() as *mut f32, s_min.as_mut_ptr() as *mut f32);
     // Sums stored per superchunk: groups (32, 64, 128 codes) or subgroups (other sizes).
     let unit = if matches!(per, 1 | 2 | 4) { g } else { 32 };
     let full = gpr / 8 * 8;
@@ -513,6 +524,8 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
                 unsafe { *sb.add(k) = (0..per).map(|i| *sb.add(k * per + i)).sum() };
             }
         }
+        // SAFETY: nr · stride <= MAX_SUB + 56 floats (above).
+        let stride = supers.map_or(0, |b| unsafe { decode_super_rows(b, gpr, row0, nr, ssp, smp) });
         // Lane r of `acc` sums row row0 + r's group terms in group order.
         let mut acc = _mm256_setzero_ps();
         for g8 in (0..full).step_by(8) {
@@ -527,7 +540,11 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
                 // SAFETY: r · gpr + g8 + 8 <= nr · gpr, written above; F16C is enabled here.
                 *t = unsafe {
                     let isum = _mm256_loadu_si256(sb.add(r * gpr + g8) as *const __m256i);
-                    let (scale, min) = load_params8(w.params, (row0 + r) * gpr + g8);
+                    let (scale, min) = match supers {
+                        // r · stride + g8 + 8 <= r · stride + gpr, decoded above.
+                        Some(_) => (_mm256_loadu_ps(ssp.add(r * stride + g8)), _mm256_loadu_ps(smp.add(r * stride + g8))),
+                        None => load_params8(w.params, (row0 + r) * gpr + g8),
+                    };
                     _mm256_castps_si256(terms(scale, min, step_mul, centre, isum, dv, sv))
                 };
             }
@@ -539,8 +556,14 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
             let (mut sv, mut mv) = ([0f32; RB], [0f32; RB]);
             let mut iv = [0i32; RB];
             for r in 0..nr {
-                let p = w.params.get((row0 + r) * gpr + gi);
-                (sv[r], mv[r]) = (p.scale, p.min);
+                (sv[r], mv[r]) = match supers {
+                    // SAFETY: r · stride + gi < (r + 1) · stride, decoded above.
+                    Some(_) => unsafe { (*ssp.add(r * stride + gi), *smp.add(r * stride + gi)) },
+                    None => {
+                        let p = w.params.get((row0 + r) * gpr + gi);
+                        (p.scale, p.min)
+                    }
+                };
                 // SAFETY: r · gpr + gi < nr · gpr, written above.
                 iv[r] = unsafe { *sb.add(r * gpr + gi) };
             }
