@@ -220,6 +220,9 @@ fn summary(r: &PackReport) -> String {
     let enc = match (r.group_size, &r.baseline) {
         (0, _) => r.encoding.name().to_string(),
         (g, Some(_)) => format!("a round-to-nearest baseline in f16 (groups of {g})"),
+        (g, None) if r.params == edge_pack::quant::ParamLayout::Super => {
+            format!("{} (groups of {g}, parameters in super-blocks of 8 groups)", r.encoding.name())
+        }
         (g, None) => format!("{} (groups of {g})", r.encoding.name()),
     };
     let mut s = format!(
@@ -275,6 +278,10 @@ fn json(r: &PackReport) -> String {
         "source": r.source,
         "encoding": r.encoding.name(),
         "group_size": r.group_size,
+        "group_params": match r.params {
+            edge_pack::quant::ParamLayout::F16 => "f16",
+            edge_pack::quant::ParamLayout::Super => "super",
+        },
         "params": r.n_params,
         "tokenizer": r.has_tokenizer,
     })

@@ -128,6 +128,8 @@ pub struct PackReport {
     pub encoding: WeightEncoding,
     /// Group size of grouped encodings; 0 for dense ones.
     pub group_size: u32,
+    /// How the group parameters of nested tensors are stored.
+    pub params: ParamLayout,
     /// Number of weights.
     pub n_params: u64,
     /// Whether a tokenizer was embedded.
@@ -669,6 +671,7 @@ pub fn pack_model_with(
         source: model.source.clone(),
         encoding: opts.encoding,
         group_size: if grouped { opts.group_size } else { 0 },
+        params: opts.params,
         n_params,
         has_tokenizer: tokenizer_json.is_some(),
         calibration,

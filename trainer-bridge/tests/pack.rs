@@ -573,6 +573,16 @@ fn cli_packs_with_default_output_summary_and_json() {
     assert_eq!(v["bytes"].as_u64().unwrap(), std::fs::metadata(dir.path().join("stories260K-hf.edge")).unwrap().len());
     assert!(v["seconds"].as_f64().unwrap() >= 0.0);
 
+    // Super-block parameters: groups of 32 by default, said in the report and in the file.
+    let (code, stdout, stderr) =
+        cli(&os![hf.as_os_str(), "--allow-no-tokenizer", "--json", "-q", "-e", "q8", "--params", "super", "-o", "s.edge"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((v["encoding"].as_str(), v["group_size"].as_u64(), v["group_params"].as_str()), (Some("q8"), Some(32), Some("super")));
+    let sb = read_bytes(&dir.path().join("s.edge"));
+    let ck = Checkpoint::parse(sb.as_bytes()).unwrap();
+    assert_eq!(ck.tensor("blk.0.attn_q.weight").unwrap().encoding, Encoding::Nested8Super);
+
     // -q alone prints nothing; -o and --force work.
     let o = dir.path().join("q.edge");
     let (code, stdout, stderr) =
@@ -590,7 +600,7 @@ fn cli_help_and_version() {
     let (code, stdout, _) = cli(&os!["--help"], dir.path());
     assert_eq!(code, 0);
     for needle in
-        ["--encoding", "--group-size", "--tokenizer", "--allow-no-tokenizer", "--force", "--json", "Examples:"]
+        ["--encoding", "--group-size", "--params", "--tokenizer", "--allow-no-tokenizer", "--force", "--json", "Examples:"]
     {
         assert!(stdout.contains(needle), "--help lacks {needle}");
     }
@@ -618,6 +628,8 @@ fn cli_bad_inputs_fail_with_one_line() {
     // stories260K's rows are 64 wide: a group of 4096 would pad each to 4096 codes.
     assert_cli_error(&os![bin.as_os_str(), "--allow-no-tokenizer", "-e", "q8", "-g", "4096"], cwd, "is wider than the rows of");
     assert_cli_error(&os![bin.as_os_str(), "--encoding", "q5"], cwd, "q5");
+    assert_cli_error(&os![bin.as_os_str(), "--allow-no-tokenizer", "--params", "super", "-e", "f16"], cwd, "--params super codes the group parameters of q8");
+    assert_cli_error(&os![bin.as_os_str(), "--params", "k6"], cwd, "k6");
     assert_cli_error(&os!["--bogus"], cwd, "--bogus");
     assert_cli_error(&os![], cwd, "INPUT");
 

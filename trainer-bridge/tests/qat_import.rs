@@ -180,6 +180,7 @@ fn the_cli_packs_an_export_by_default_as_its_codes_and_profiles_it() {
         (&["-e", "f16"][..], "pack it as q8"),
         (&["--calibrate-self", "--gptq", "joint"][..], "--gptq off"),
         (&["--rtn-baseline", "4"][..], "trained codes"),
+        (&["--params", "super"][..], "drop --params"),
     ] {
         let bad = dir.path().join("bad.edge");
         let mut a = vec![e, "-o", bad.to_str().unwrap(), "--allow-no-tokenizer", "-q"];
@@ -325,8 +326,16 @@ fn a_packs_codes_exported_and_packed_again_are_the_same_pack() {
     let dir = tempfile::tempdir().unwrap();
     let f16 = dir.path().join("f16.edge");
     pack_file(&fixtures.join("tiny-llama3"), &f16, &PackOptions { allow_no_tokenizer: true, ..Default::default() }).unwrap();
+    // Super-block parameters are not what edge-qat trains (f16 pairs per group).
+    let sup = dir.path().join("super.edge");
+    let super_opts = PackOptions { group_size: 16, params: edge_pack::quant::ParamLayout::Super, ..q8_opts() };
+    pack_file(&fixtures.join("tiny-llama3"), &sup, &super_opts).unwrap();
     let out = dir.path().join("out");
-    for (input, want) in [(f16.clone(), "-e q8"), (fixtures.join("tiny-llama3/config.json"), "not an .edge checkpoint")] {
+    for (input, want) in [
+        (f16.clone(), "-e q8"),
+        (fixtures.join("tiny-llama3/config.json"), "not an .edge checkpoint"),
+        (sup.clone(), "super-block group parameters"),
+    ] {
         let (ok, err) = edge_pack(&[input.to_str().unwrap(), "--export-codes", out.to_str().unwrap()]);
         assert!(!ok && err.contains(want) && err.trim().lines().count() == 1, "{err}");
         assert!(!out.join("edge-qat.json").exists());
