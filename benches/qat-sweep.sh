@@ -4,7 +4,7 @@
 # --sweep --compare`), on sequences the float model samples itself (the model may have no
 # tokenizer, and held-out text of its domain may not exist).
 #
-#   benches/qat-sweep.sh OUT [EXPORT_DIR ...]
+#   benches/qat-sweep.sh OUT EXPORT_DIR [EXPORT_DIR ...]
 #
 # MODEL: the float Hugging Face folder the exports were trained from (default
 # ../shared/models/stories260K-hf). WINDOWS (20) sequences of CTX (128) tokens, sampled at
@@ -17,14 +17,13 @@
 # BYTES=SIZES adds plans of the first export at those weight-byte budgets (comma-separated, e.g.
 # llama.cpp files' sizes: 91726912,105454144 for SmolLM2's Q4_0 and Q4_K_M). A run started at
 # the GPTQ pack's codes: `edge-pack OUT/ptq-gptq.edge --export-codes DIR`, then
-# `python -m edge_qat.train ... --init-codes DIR`. SUPER=1 adds the three post-training packs
-# with super-block group parameters (`--params super`, groups of 32, the same bytes:
-# `ptq-*-super`). With no export the GPTQ pack (its super-block one with SUPER=1) is the model
-# swept. Writes OUT/sweep.{json,svg} and prints the table. Quality only.
+# `python -m edge_qat.train ... --init-codes DIR`. Writes OUT/sweep.{json,svg} and prints the
+# table. Quality only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: benches/qat-sweep.sh OUT [EXPORT_DIR ...]}
+OUT=${1:?usage: benches/qat-sweep.sh OUT EXPORT_DIR [EXPORT_DIR ...]}
 shift
+[ $# -ge 1 ] || { echo "qat-sweep: give at least one edge-qat export folder" >&2; exit 2; }
 MODEL=${MODEL:-../shared/models/stories260K-hf}
 WINDOWS=${WINDOWS:-20}
 CTX=${CTX:-128}
@@ -39,14 +38,6 @@ PACK=(--allow-no-tokenizer --force)
 "$P" "$MODEL" --calibrate-self --gptq off --objective min-max -o "$OUT/ptq-minmax.edge" "${PACK[@]}" >/dev/null
 "$P" "$MODEL" --calibrate-self --gptq off -o "$OUT/ptq-allviews.edge" "${PACK[@]}" >/dev/null
 "$P" "$MODEL" --calibrate-self -o "$OUT/ptq-gptq.edge" "${PACK[@]}" >/dev/null
-ptq=("$OUT/ptq-gptq.edge" "$OUT/ptq-allviews.edge" "$OUT/ptq-minmax.edge")
-if [ -n "${SUPER:-}" ]; then
-  S=(--params super "${PACK[@]}")
-  "$P" "$MODEL" --calibrate-self --gptq off --objective min-max -o "$OUT/ptq-minmax-super.edge" "${S[@]}" >/dev/null
-  "$P" "$MODEL" --calibrate-self --gptq off -o "$OUT/ptq-allviews-super.edge" "${S[@]}" >/dev/null
-  "$P" "$MODEL" --calibrate-self -o "$OUT/ptq-gptq-super.edge" "${S[@]}" >/dev/null
-  ptq=("$OUT/ptq-gptq-super.edge" "$OUT/ptq-allviews-super.edge" "$OUT/ptq-minmax-super.edge" "${ptq[@]}")
-fi
 qat=()
 for x in "$@"; do
   name=$(basename "$(dirname "$(realpath "$x")")")
@@ -70,9 +61,7 @@ else
   data=(--token-ids --data "$ids")
 fi
 
-# The first export (else the first post-training pack) is --model (its plans are swept too);
-# the rest compare.
-all=("${qat[@]}" "${ptq[@]}")
-others=("${all[@]:1}")
-"$E" eval --sweep -m "${all[0]}" --compare "$(IFS=,; echo "${others[*]}")" --kl-base "$OUT/base.edge" "${data[@]}" \
+# The first export is --model (its plans are swept too); the rest and the PTQ packs compare.
+others=("${qat[@]:1}" "$OUT/ptq-gptq.edge" "$OUT/ptq-allviews.edge" "$OUT/ptq-minmax.edge")
+"$E" eval --sweep -m "${qat[0]}" --compare "$(IFS=,; echo "${others[*]}")" --kl-base "$OUT/base.edge" "${data[@]}" \
   --ctx "$CTX" --budgets 3,4 ${BYTES:+--byte-budgets "$BYTES"} --out "$OUT"
