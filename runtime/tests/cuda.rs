@@ -83,7 +83,7 @@ fn nested_products_match_the_reference_at_every_view() {
         for view in NESTED8_VIEWS {
             let m = g.upload_nested8(&params, &refs, rows, padded, group, view).unwrap();
             let got = g.nested8_product(&m, &qa).unwrap();
-            let w = Nested8 { params: &params, planes: refs, group_size: group, view_bits: view, row_stride: padded, repacked: None, low: None };
+            let w = Nested8 { params: (&params).into(), planes: refs, group_size: group, view_bits: view, row_stride: padded, repacked: None, low: None };
             for t in 0..n {
                 for r in 0..rows {
                     let want = reference::nested8_row_dot(&w, r, &qa, t);
