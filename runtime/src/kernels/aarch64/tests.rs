@@ -72,7 +72,7 @@ impl Tensor {
         }
         // The 8-bit kernels read the nibble plane, as `Nested8::prepare` builds it.
         let low = (view_bits == 8).then(|| alloc::sync::Arc::from(blocks::low_nibbles(&planes, self.planes[0].len() * 4)));
-        Nested8 { params: &self.params, planes, group_size: self.group_size, view_bits, row_stride: self.row_stride, repacked: None, low }
+        Nested8 { params: (&self.params).into(), planes, group_size: self.group_size, view_bits, row_stride: self.row_stride, repacked: None, low }
     }
 }
 
