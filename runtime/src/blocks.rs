@@ -149,7 +149,13 @@ impl SuperParams {
     /// Group `j`'s parameters.
     #[inline]
     pub fn group(&self, j: usize) -> Affine {
-        Affine { scale: self.d.to_f32() * self.s(j) as f32, min: self.dmin.to_f32() * self.m(j) as f32 }
+        Self::affine(self.d, self.dmin, self.s(j), self.m(j))
+    }
+
+    /// The parameters a group with codes `s`, `m` has under `(d, dmin)` (see the module docs).
+    #[inline]
+    pub fn affine(d: f16, dmin: f16, s: u8, m: i8) -> Affine {
+        Affine { scale: d.to_f32() * s as f32, min: dmin.to_f32() * m as f32 }
     }
 
     /// Super-blocks per row of `groups_per_row` groups.

@@ -649,7 +649,7 @@ impl GptqCtx<'_> {
                         let (lo, hi) = crate::quant::span_of(wanted);
                         let (s, m) = crate::quant::super_codes(lo, hi, b.d, b.dmin);
                         sm[r * self.gpr + g] = (s, m);
-                        SuperParams::new(b.d, b.dmin, [s; 8], [m; 8]).group(0)
+                        SuperParams::affine(b.d, b.dmin, s, m)
                     }
                     None => {
                         params[r * self.gpr + g] = wanted;
