@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use edge_pack::quant::ParamLayout;
 
 fn torch_python() -> Option<PathBuf> {
     let candidates = [std::env::var_os("EDGE_QAT_PYTHON").map(PathBuf::from), Some("/work/venv-torch/bin/python".into()), Some("python3".into())];
@@ -65,17 +66,28 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-/// Train `steps` steps on the float model in `hf`, export, pack without re-quantizing, and
-/// compare `edge-run eval --logits-out` with the PyTorch model's logits at every view.
-fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str) {
+/// Train `steps` steps on the float model in `hf` with group parameters in `layout`, export,
+/// pack without re-quantizing, and compare `edge-run eval --logits-out` with the PyTorch
+/// model's logits at every view.
+fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str, layout: ParamLayout) {
     let d = tempfile::tempdir().unwrap();
     let run_dir = d.path().join("run");
     let (model, out) = (hf.to_str().unwrap(), run_dir.to_str().unwrap());
-    edge_qat(py, &["edge_qat.train", "--model", model, "--out", out, "--steps", steps, "--samples", "8", "--seq-len", "32", "--batch", batch, "--seed", "0", "--device", "cpu"]);
+    let params = edge_pack::qat::layout_name(layout);
+    edge_qat(py, &["edge_qat.train", "--model", model, "--out", out, "--steps", steps, "--samples", "8", "--seq-len", "32", "--batch", batch, "--seed", "0", "--device", "cpu", "--params", params]);
     let export = run_dir.join("export");
     let packed = d.path().join("qat.edge");
-    let opts = edge_pack::PackOptions { allow_no_tokenizer: true, encoding: edge_pack::WeightEncoding::Nested8, ..Default::default() };
+    let opts = edge_pack::PackOptions { allow_no_tokenizer: true, encoding: edge_pack::WeightEncoding::Nested8, params: layout, group_size: 0, ..Default::default() };
+    let opts = edge_pack::PackOptions { group_size: edge_pack::qat::QatImport::open(&export).unwrap().group_size, ..opts };
     edge_pack::pack_file(&export, &packed, &opts).expect("packing the export");
+    // Stored in the trained layout, not converted.
+    let bytes = std::fs::read(&packed).unwrap();
+    let ck = edge_runtime::Checkpoint::parse(&bytes).unwrap();
+    let want = match layout {
+        ParamLayout::F16 => edge_runtime::format::Encoding::Nested8,
+        ParamLayout::Super => edge_runtime::format::Encoding::Nested8Super,
+    };
+    assert!(ck.tensors.iter().filter(|t| t.shape.len() == 2).all(|t| t.encoding == want), "{params}: not every matrix is {want:?}");
 
     let tokens = [1u32, 403, 11, 50, 200, 7, 99, 300, 12, 45, 88, 1, 2, 3, 4, 5];
     let ids = d.path().join("ids.json");
@@ -121,7 +133,15 @@ fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str) {
 #[test]
 fn qat_export_runs_in_edge_run_as_in_pytorch() {
     let Some((py, hf)) = prerequisites("stories260K-hf") else { return };
-    check_export(&py, &hf, "3", "4");
+    check_export(&py, &hf, "3", "4", ParamLayout::F16);
+}
+
+/// The same with super-block group parameters (`--params super`, groups of 32): the trainer's
+/// fixed super-blocks and its codes under them go into the pack as they are.
+#[test]
+fn qat_export_with_super_block_parameters_runs_in_edge_run_as_in_pytorch() {
+    let Some((py, hf)) = prerequisites("stories260K-hf") else { return };
+    check_export(&py, &hf, "3", "4", ParamLayout::Super);
 }
 
 /// SmolLM2-135M: its float model made from the Q4_1 GGUF (`edge_qat.models`, as the package's
@@ -137,5 +157,5 @@ fn qat_export_of_smollm2_runs_in_edge_run_as_in_pytorch() {
     let d = tempfile::tempdir().unwrap();
     let hf = d.path().join("smollm2-f32");
     edge_qat(&py, &["edge_qat.models", gguf_dir.to_str().unwrap(), hf.to_str().unwrap()]);
-    check_export(&py, &hf, "2", "2");
+    check_export(&py, &hf, "2", "2", ParamLayout::F16);
 }

@@ -111,8 +111,9 @@ struct Cli {
     /// weight at groups of 64, 1.0 at 32); `super`, 6-bit codes under an f16 pair per 8 groups,
     /// as llama.cpp's K-quants (0.5 bits a weight at groups of 32, 0.25 at 64): smaller groups,
     /// better at every view, for the same bytes. With `super`, --group-size defaults to 32.
-    #[arg(long, value_enum, default_value_t = ParamsArg::F16)]
-    params: ParamsArg,
+    /// [default: f16; an edge-qat export's own]
+    #[arg(long, value_enum)]
+    params: Option<ParamsArg>,
 
     /// Calibrate on windows of this text file (implies --encoding q8): GPTQ-style codes from its
     /// activations, and the per-layer sensitivity profile stored in the checkpoint. Never the
@@ -339,12 +340,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         rtn_baseline,
         group_size: cli.group_size.unwrap_or(match (&qat, cli.params) {
             (Some(q), _) => q.group_size,
-            (None, ParamsArg::Super) => 32,
-            (None, ParamsArg::F16) => 64,
+            (None, Some(ParamsArg::Super)) => 32,
+            (None, _) => 64,
         }),
-        params: match cli.params {
-            ParamsArg::F16 => edge_pack::quant::ParamLayout::F16,
-            ParamsArg::Super => edge_pack::quant::ParamLayout::Super,
+        params: match (cli.params, &qat) {
+            (Some(ParamsArg::F16), _) => edge_pack::quant::ParamLayout::F16,
+            (Some(ParamsArg::Super), _) => edge_pack::quant::ParamLayout::Super,
+            (None, Some(q)) => q.params,
+            (None, None) => edge_pack::quant::ParamLayout::F16,
         },
         tokenizer: cli.tokenizer.clone(),
         allow_no_tokenizer: cli.allow_no_tokenizer,

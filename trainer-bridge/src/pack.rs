@@ -269,8 +269,9 @@ fn check_qat_options(q: &QatImport, opts: &PackOptions) -> anyhow::Result<()> {
     if opts.encoding != WeightEncoding::Nested8 {
         bail!("an edge-qat export holds 8-bit codes: pack it as q8 (drop --encoding {}, q8 is its default)", opts.encoding.name());
     }
-    if opts.params != ParamLayout::F16 {
-        bail!("an edge-qat export's group parameters are f16 pairs as trained; coding them into super-blocks would re-quantize the codes: drop --params");
+    if opts.params != q.params {
+        let (theirs, ours) = (crate::qat::layout_name(q.params), crate::qat::layout_name(opts.params));
+        bail!("the edge-qat export's group parameters are {theirs} as trained; storing them as {ours} would re-quantize the codes: drop --params (or pass --params {theirs})");
     }
     if opts.group_size != q.group_size {
         bail!("the edge-qat export's codes are in groups of {}, not {}: drop --group-size (or pass -g {})", q.group_size, opts.group_size, q.group_size);
@@ -560,10 +561,13 @@ pub fn pack_model_with(
         let td = if let Some(c) = imported.and_then(|q| q.codes.get(&t.name)) {
             TensorData {
                 name: t.name.clone(),
-                encoding: Encoding::Nested8,
+                encoding: match c.params {
+                    NestedParams::F16(_) => Encoding::Nested8,
+                    NestedParams::Super { .. } => Encoding::Nested8Super,
+                },
                 shape: t.shape.clone(),
                 group_size: opts.group_size,
-                segments: nested8_segments((&c.params).into(), &c.codes),
+                segments: nested8_segments(c.params.as_ref(), &c.codes),
             }
         } else if let Some(bits) = opts.rtn_baseline.filter(|_| t.shape.len() == 2) {
             let cols = t.shape[1] as usize;

@@ -8,6 +8,16 @@
 //! edge-qat.json       {"format": "edge-qat", "version": 1, "group_size": g,
 //!                      "cols": {NAME: cols}, "quantized": [NAME], "base": ..., "train": {...}}
 //! ```
+//! With `"group_params": "super"` in the manifest (absent: `"f16"`, the layout above) the group
+//! parameters are super-blocks (`blocks.rs` `SuperParams`, `edge-pack --params super`) instead
+//! of `.qscale` and `.qmin`: with `gpr = padded_cols / g` groups a row and `b = ceil(gpr / 8)`
+//! blocks a row,
+//! ```text
+//!                     NAME.qd       F16   [rows, b]      each block's d    (scale = d * s)
+//!                     NAME.qdmin    F16   [rows, b]      each block's dmin (min = dmin * m)
+//!                     NAME.qs       U8    [rows, gpr]    each group's scale code, 0..63
+//!                     NAME.qm       I8    [rows, gpr]    each group's minimum code, -32..31
+//! ```
 //! (NAME: the base model's Hugging Face names.) The packer stores exactly these codes and
 //! parameters, never re-quantizing them: the QAT model was trained against them, so the
 //! runtime's views must be the trained model's views. The folder is read by the Hugging Face
@@ -20,13 +30,14 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use edge_runtime::arch::Arch;
-use edge_runtime::blocks::{nested8_step_offset, GroupParams};
+use edge_runtime::blocks::{nested8_step_offset, GroupParams, ParamsRef, SuperParams};
 use edge_runtime::Config;
 use half::f16;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::Value;
 
+use crate::quant::{NestedParams, ParamLayout};
 use crate::source::{SourceModel, SourceTensor};
 
 /// The manifest's file name; a folder holding it is an edge-qat export.
@@ -36,7 +47,16 @@ pub const VERSION: u64 = 1;
 /// Checkpoint metadata: the manifest's format, version, group size, base and `train` block.
 pub const QAT_KEY: &str = "edge.qat";
 
-const SUFFIXES: [&str; 3] = [".qcodes", ".qscale", ".qmin"];
+/// The parts of a quantized tensor: its codes, then f16 pairs, then super-block parts.
+const SUFFIXES: [&str; 7] = [".qcodes", ".qscale", ".qmin", ".qd", ".qdmin", ".qs", ".qm"];
+
+/// The manifest's name for a parameter layout.
+pub fn layout_name(l: ParamLayout) -> &'static str {
+    match l {
+        ParamLayout::F16 => "f16",
+        ParamLayout::Super => "super",
+    }
+}
 
 /// Whether `path` is an edge-qat export (a folder with [`MANIFEST`]).
 pub fn is_export(path: &Path) -> bool {
@@ -52,8 +72,8 @@ pub struct ImportedCodes {
     pub padded_cols: usize,
     /// `[rows, padded_cols]`.
     pub codes: Vec<u8>,
-    /// `[rows, padded_cols / group_size]`.
-    pub params: Vec<GroupParams>,
+    /// `rows · padded_cols / group_size` groups, in the export's layout.
+    pub params: NestedParams,
 }
 
 /// The three raw parts of one quantized tensor, as read from safetensors.
@@ -62,12 +82,18 @@ struct Parts {
     codes: Option<(Vec<usize>, Vec<u8>)>,
     scale: Option<(Vec<usize>, Vec<f16>)>,
     min: Option<(Vec<usize>, Vec<f16>)>,
+    d: Option<(Vec<usize>, Vec<f16>)>,
+    dmin: Option<(Vec<usize>, Vec<f16>)>,
+    s: Option<(Vec<usize>, Vec<u8>)>,
+    m: Option<(Vec<usize>, Vec<u8>)>,
 }
 
 /// An edge-qat export being read: its manifest, then its codes by canonical tensor name.
 pub struct QatImport {
     dir: String,
     pub group_size: u32,
+    /// How the export stores its group parameters (the manifest's `group_params`).
+    pub params: ParamLayout,
     cols: BTreeMap<String, u64>,
     quantized: Vec<String>,
     /// `edge.qat` metadata (JSON).
@@ -115,6 +141,14 @@ impl QatImport {
             .iter()
             .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("'{at}': 'quantized' must list tensor names")))
             .collect::<anyhow::Result<_>>()?;
+        let params = match m.get("group_params") {
+            None => ParamLayout::F16,
+            Some(v) => match v.as_str() {
+                Some("f16") => ParamLayout::F16,
+                Some("super") => ParamLayout::Super,
+                _ => bail!("'{at}': group_params {v} is not \"f16\" or \"super\"; export with a matching edge-qat or update edge-pack"),
+            },
+        };
         if let Some(n) = quantized.iter().find(|n| !cols.contains_key(*n)) {
             bail!("'{at}' lists '{n}' as quantized but gives no cols for it");
         }
@@ -122,6 +156,7 @@ impl QatImport {
             "format": "edge-qat",
             "version": VERSION,
             "group_size": group_size,
+            "group_params": layout_name(params),
             "base": m.get("base").cloned().unwrap_or(Value::Null),
             "train": m.get("train").cloned().unwrap_or(Value::Null),
         })
@@ -129,6 +164,7 @@ impl QatImport {
         Ok(QatImport {
             dir: dir.display().to_string(),
             group_size,
+            params,
             cols,
             quantized,
             metadata,
@@ -147,18 +183,25 @@ impl QatImport {
         }
         let shape = view.shape().to_vec();
         let p = self.parts.entry(base.to_owned()).or_default();
-        let want = if suffix == ".qcodes" { Dtype::U8 } else { Dtype::F16 };
+        let want = match suffix {
+            ".qcodes" | ".qs" => Dtype::U8,
+            ".qm" => Dtype::I8,
+            _ => Dtype::F16,
+        };
         if view.dtype() != want {
             bail!("tensor '{hf_name}' has dtype {:?}; an edge-qat export stores it as {want:?}", view.dtype());
         }
+        let bytes = || (shape.clone(), view.data().to_vec());
+        let halves =
+            || (shape.clone(), view.data().chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect());
         let dup = match suffix {
-            ".qcodes" => p.codes.replace((shape, view.data().to_vec())).is_some(),
-            _ => {
-                let v: Vec<f16> =
-                    view.data().chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
-                let slot = if suffix == ".qscale" { &mut p.scale } else { &mut p.min };
-                slot.replace((shape, v)).is_some()
-            }
+            ".qcodes" => p.codes.replace(bytes()).is_some(),
+            ".qs" => p.s.replace(bytes()).is_some(),
+            ".qm" => p.m.replace(bytes()).is_some(),
+            ".qscale" => p.scale.replace(halves()).is_some(),
+            ".qmin" => p.min.replace(halves()).is_some(),
+            ".qd" => p.d.replace(halves()).is_some(),
+            _ => p.dmin.replace(halves()).is_some(),
         };
         if dup {
             bail!("tensor '{hf_name}' appears twice in '{}'", self.dir);
@@ -181,10 +224,8 @@ impl QatImport {
         let expected = arch.tensors(&untied);
         for hf in std::mem::take(&mut self.quantized) {
             let missing = |what: &str| anyhow!("'{}' lacks '{hf}{what}' of quantized tensor '{hf}'; re-export it", self.dir);
-            let parts = self.parts.remove(&hf).ok_or_else(|| missing(".qcodes"))?;
-            let (cshape, codes) = parts.codes.ok_or_else(|| missing(".qcodes"))?;
-            let (sshape, scale) = parts.scale.ok_or_else(|| missing(".qscale"))?;
-            let (mshape, min) = parts.min.ok_or_else(|| missing(".qmin"))?;
+            let mut parts = self.parts.remove(&hf).ok_or_else(|| missing(".qcodes"))?;
+            let (cshape, codes) = parts.codes.take().ok_or_else(|| missing(".qcodes"))?;
             let canon = arch
                 .from_hf(&hf)
                 .ok_or_else(|| anyhow!("'{}' quantizes '{hf}', which a {} model does not have", self.dir, arch.name))?;
@@ -205,11 +246,6 @@ impl QatImport {
             if cshape != [rows, padded] {
                 bail!("'{hf}.qcodes' has shape {cshape:?}, expected [{rows}, {padded}] ({cols} cols padded to groups of {g})");
             }
-            for (what, s) in [("qscale", &sshape), ("qmin", &mshape)] {
-                if *s != [rows, groups] {
-                    bail!("'{hf}.{what}' has shape {s:?}, expected [{rows}, {groups}] (groups of {g} per row)");
-                }
-            }
             if padded > cols {
                 for (r, row) in codes.chunks(padded).enumerate() {
                     if let Some(j) = row[cols..].iter().position(|&c| c != 0) {
@@ -217,18 +253,13 @@ impl QatImport {
                     }
                 }
             }
-            for (what, v) in [("qscale", &scale), ("qmin", &min)] {
-                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    bail!("'{hf}.{what}' holds a non-finite value ({}) at group {i}", v[i]);
-                }
-            }
-            let params: Vec<GroupParams> =
-                scale.iter().zip(&min).map(|(&scale, &min)| GroupParams { scale, min }).collect();
+            let params = self.params_of(&hf, &mut parts, rows, groups)?;
+            let pr = params.as_ref();
             // The 8-bit view, by the runtime's contract.
             let mut data = Vec::with_capacity(rows * cols);
             for r in 0..rows {
                 for c in 0..cols {
-                    let (step, offset) = nested8_step_offset(params[r * groups + c / g], 8);
+                    let (step, offset) = nested8_step_offset(pr.get(r * groups + c / g), 8);
                     data.push(codes[r * padded + c] as f32 * step + offset);
                 }
             }
@@ -247,6 +278,75 @@ impl QatImport {
         Ok(())
     }
 
+    /// The group parameters of quantized tensor `hf` (`rows` rows of `groups` groups) from its
+    /// parts, in the manifest's layout, checked.
+    fn params_of(&self, hf: &str, p: &mut Parts, rows: usize, groups: usize) -> anyhow::Result<NestedParams> {
+        let dir = &self.dir;
+        let layout = layout_name(self.params);
+        let need = |part: &mut Option<(Vec<usize>, Vec<f16>)>, what: &str, width: usize| -> anyhow::Result<Vec<f16>> {
+            let (shape, v) = part
+                .take()
+                .ok_or_else(|| anyhow!("'{dir}' lacks '{hf}.{what}' of quantized tensor '{hf}' ({layout} group parameters); re-export it"))?;
+            if shape != [rows, width] {
+                bail!("'{hf}.{what}' has shape {shape:?}, expected [{rows}, {width}]");
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                bail!("'{hf}.{what}' holds a non-finite value ({}) at entry {i}", v[i]);
+            }
+            Ok(v)
+        };
+        let need_codes = |part: &mut Option<(Vec<usize>, Vec<u8>)>, what: &str| -> anyhow::Result<Vec<u8>> {
+            let (shape, v) = part
+                .take()
+                .ok_or_else(|| anyhow!("'{dir}' lacks '{hf}.{what}' of quantized tensor '{hf}' ({layout} group parameters); re-export it"))?;
+            if shape != [rows, groups] {
+                bail!("'{hf}.{what}' has shape {shape:?}, expected [{rows}, {groups}] (one code per group)");
+            }
+            Ok(v)
+        };
+        let params = match self.params {
+            ParamLayout::F16 => {
+                let scale = need(&mut p.scale, "qscale", groups)?;
+                let min = need(&mut p.min, "qmin", groups)?;
+                NestedParams::F16(scale.iter().zip(&min).map(|(&scale, &min)| GroupParams { scale, min }).collect())
+            }
+            ParamLayout::Super => {
+                let per = SuperParams::per_row(groups);
+                let d = need(&mut p.d, "qd", per)?;
+                let dmin = need(&mut p.dmin, "qdmin", per)?;
+                let s = need_codes(&mut p.s, "qs")?;
+                let m: Vec<i8> = need_codes(&mut p.m, "qm")?.into_iter().map(|b| b as i8).collect();
+                if let Some(i) = s.iter().position(|&c| c > SuperParams::S_MAX) {
+                    bail!("'{hf}.qs' holds scale code {} at group {i}; scale codes are 0..{}", s[i], SuperParams::S_MAX);
+                }
+                if let Some(i) = m.iter().position(|c| !(SuperParams::M_MIN..=SuperParams::M_MAX).contains(c)) {
+                    bail!("'{hf}.qm' holds minimum code {} at group {i}; minimum codes are {}..{}", m[i], SuperParams::M_MIN, SuperParams::M_MAX);
+                }
+                // A row's last block pads its missing groups with zero codes, as the packer does.
+                let mut blocks = Vec::with_capacity(rows * per);
+                for r in 0..rows {
+                    for b in 0..per {
+                        let (mut sb, mut mb) = ([0u8; SuperParams::GROUPS], [0i8; SuperParams::GROUPS]);
+                        for j in 0..SuperParams::GROUPS.min(groups - b * SuperParams::GROUPS) {
+                            let g = r * groups + b * SuperParams::GROUPS + j;
+                            (sb[j], mb[j]) = (s[g], m[g]);
+                        }
+                        blocks.push(SuperParams::new(d[r * per + b], dmin[r * per + b], sb, mb));
+                    }
+                }
+                NestedParams::Super { blocks, groups_per_row: groups }
+            }
+        };
+        let stray = match self.params {
+            ParamLayout::F16 => [(".qd", p.d.is_some()), (".qdmin", p.dmin.is_some()), (".qs", p.s.is_some()), (".qm", p.m.is_some())],
+            ParamLayout::Super => [(".qscale", p.scale.is_some()), (".qmin", p.min.is_some()), ("", false), ("", false)],
+        };
+        if let Some((what, _)) = stray.iter().find(|(_, there)| *there) {
+            bail!("'{dir}' holds '{hf}{what}', a part of the other group-parameter layout than its {MANIFEST} names ({layout}); re-export it");
+        }
+        Ok(params)
+    }
+
     /// Put the q and k rows of the codes and parameters into the runtime's interleaved order,
     /// as the importer does with values (the one place that knows the permutation), and drop
     /// the codes of tensors the model no longer has (a tied head).
@@ -263,17 +363,37 @@ impl QatImport {
                 .collect()
         };
         let mut codes = as_f32(|c| (c.padded_cols, c.codes.iter().map(|&q| q as f32).collect()));
-        let mut scale = as_f32(|c| (c.params.len() / c.rows, c.params.iter().map(|p| p.scale.to_f32()).collect()));
-        let mut min = as_f32(|c| (c.params.len() / c.rows, c.params.iter().map(|p| p.min.to_f32()).collect()));
-        for set in [&mut codes, &mut scale, &mut min] {
+        // Either layout's parameters are whole per row: their bytes move as u16 words.
+        let mut params = as_f32(|c| {
+            let words = params_words(c.params.as_ref());
+            (words.len() / c.rows, words)
+        });
+        for set in [&mut codes, &mut params] {
             crate::source::interleave_qk(set, config)?;
         }
-        for ((c, s), m) in codes.into_iter().zip(scale).zip(min) {
+        for (c, p) in codes.into_iter().zip(params) {
             let e = self.codes.get_mut(&c.name).expect("built from these codes");
             e.codes = c.data.iter().map(|&q| q as u8).collect();
-            e.params = s.data.iter().zip(&m.data).map(|(&s, &m)| GroupParams { scale: f16::from_f32(s), min: f16::from_f32(m) }).collect();
+            e.params = params_from_words(&e.params, &p.data);
         }
         Ok(())
+    }
+}
+
+/// A tensor's stored group parameters as little-endian u16 words, each exact in an f32.
+fn params_words(p: ParamsRef<'_>) -> Vec<f32> {
+    p.bytes().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32).collect()
+}
+
+/// Parameters in the layout of `like` from [`params_words`].
+fn params_from_words(like: &NestedParams, words: &[f32]) -> NestedParams {
+    let bytes: Vec<u8> = words.iter().flat_map(|&w| (w as u16).to_le_bytes()).collect();
+    match like {
+        NestedParams::F16(_) => NestedParams::F16(bytes.chunks_exact(GroupParams::SIZE).map(bytemuck::pod_read_unaligned).collect()),
+        NestedParams::Super { groups_per_row, .. } => NestedParams::Super {
+            blocks: bytes.chunks_exact(SuperParams::SIZE).map(bytemuck::pod_read_unaligned).collect(),
+            groups_per_row: *groups_per_row,
+        },
     }
 }
 
@@ -288,7 +408,8 @@ pub fn load_qat(dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<(SourceM
 
 /// Write the nested codes of the `.edge` checkpoint at `pack` into `out` as an edge-qat export
 /// without its Hugging Face config and tokenizer: `model.safetensors` (each nested matrix as
-/// `NAME.qcodes`, `.qscale`, `.qmin`; every other tensor as F32) and [`MANIFEST`], under
+/// `NAME.qcodes` and its group parameters in the pack's layout, `.qscale` and `.qmin` or the
+/// super-block parts; every other tensor as F32) and [`MANIFEST`], under
 /// Hugging Face names and in rotate-half q/k order. The QAT trainer starts from it
 /// (`python -m edge_qat.train --init-codes DIR`), so training can begin at a post-training
 /// pack's codes (GPTQ's, say) rather than at min/max ones. Returns the matrices written.
@@ -309,41 +430,52 @@ pub fn export_codes(pack: &Path, out: &Path) -> anyhow::Result<usize> {
     let config = Config::from_checkpoint(&ck).map_err(|e| anyhow!("'{at}': {e}"))?;
 
     let mut group_size = None;
-    let (mut codes, mut scale, mut min, mut plain) = (vec![], vec![], vec![], vec![]);
+    let mut layout = None;
+    let (mut codes, mut words, mut plain) = (vec![], vec![], vec![]);
     for t in &ck.tensors {
         t.verify().map_err(|e| anyhow!("'{at}': {e}; the file is damaged, pack it again"))?;
         let [rows, cols] = t.shape[..] else {
             plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
             continue;
         };
-        if t.encoding == Encoding::Nested8Super {
-            bail!("'{at}': tensor '{}' has super-block group parameters, which edge-qat does not train yet; export a pack made with -e q8", t.name);
-        }
-        if t.encoding != Encoding::Nested8 {
-            plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
-            continue;
+        let this = match t.encoding {
+            Encoding::Nested8 => ParamLayout::F16,
+            Encoding::Nested8Super => ParamLayout::Super,
+            _ => {
+                plain.push(values_f32(t).with_context(|| format!("'{at}'"))?);
+                continue;
+            }
+        };
+        if *layout.get_or_insert(this) != this {
+            bail!("'{at}' mixes f16 and super-block group parameters; an edge-qat export has one layout");
         }
         let g = t.group_size as u64;
         if *group_size.get_or_insert(g) != g {
             bail!("'{at}' mixes group sizes ({} and {g}); an edge-qat export has one", group_size.unwrap_or(g));
         }
         let padded = edge_runtime::format::nested8_padded_cols(cols, g);
-        let params: Vec<GroupParams> = t
-            .segment(SegmentKind::GroupParams)
-            .map(|s| s.bytes.chunks_exact(GroupParams::SIZE).map(bytemuck::pod_read_unaligned).collect())
-            .ok_or_else(|| anyhow!("'{at}': tensor '{}' has no group parameters", t.name))?;
+        let gpr = (padded / g) as usize;
+        let seg = t.segment(SegmentKind::GroupParams).ok_or_else(|| anyhow!("'{at}': tensor '{}' has no group parameters", t.name))?;
+        let params = match this {
+            ParamLayout::F16 => NestedParams::F16(seg.bytes.chunks_exact(GroupParams::SIZE).map(bytemuck::pod_read_unaligned).collect()),
+            ParamLayout::Super => NestedParams::Super {
+                blocks: seg.bytes.chunks_exact(SuperParams::SIZE).map(bytemuck::pod_read_unaligned).collect(),
+                groups_per_row: gpr,
+            },
+        };
         let planes: Vec<&[u8]> = t.planes().map(|s| s.bytes).collect();
         let n = (rows * padded) as usize;
         let tensor = |width: u64, data: Vec<f32>| SourceTensor { name: t.name.into(), shape: vec![rows, width], data };
         codes.push(tensor(padded, (0..n).map(|i| nested8_code(&planes, 8, i) as f32).collect()));
-        scale.push(tensor(padded / g, params.iter().map(|p| p.scale.to_f32()).collect()));
-        min.push(tensor(padded / g, params.iter().map(|p| p.min.to_f32()).collect()));
+        let w = params_words(params.as_ref());
+        words.push((tensor(w.len() as u64 / rows, w), params));
     }
-    let Some(group_size) = group_size else {
+    let (Some(group_size), Some(layout)) = (group_size, layout) else {
         bail!("'{at}' has no nested 8-bit matrices (it was packed as floats); pack the model with `-e q8` first");
     };
-    // Codes (< 256) and f16 values are exact in f32, so the permutation moves them unchanged.
-    for set in [&mut codes, &mut scale, &mut min, &mut plain] {
+    // Codes (< 256) and u16 words are exact in f32, so the permutation moves them unchanged.
+    let (mut words, like): (Vec<SourceTensor>, Vec<NestedParams>) = words.into_iter().unzip();
+    for set in [&mut codes, &mut words, &mut plain] {
         crate::source::rotate_half_qk(set, &config)?;
     }
 
@@ -352,15 +484,31 @@ pub fn export_codes(pack: &Path, out: &Path) -> anyhow::Result<usize> {
     let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
     let mut cols = serde_json::Map::new();
     let mut quantized = vec![];
-    for ((c, s), m) in codes.iter().zip(&scale).zip(&min) {
+    for ((c, w), like) in codes.iter().zip(&words).zip(&like) {
         let name = hf(&c.name)?;
         let logical = ck.tensors.iter().find(|t| t.name == c.name).map_or(0, |t| t.shape[1]);
         cols.insert(name.clone(), logical.into());
         quantized.push(Value::from(name.clone()));
         blobs.push((format!("{name}.qcodes"), Dtype::U8, shape(c), c.data.iter().map(|&q| q as u8).collect()));
-        for (suffix, p) in [(".qscale", s), (".qmin", m)] {
-            let b = p.data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
-            blobs.push((format!("{name}{suffix}"), Dtype::F16, shape(p), b));
+        let rows = c.shape[0] as usize;
+        let halves = |v: &mut dyn Iterator<Item = f16>| v.flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        match params_from_words(like, &w.data) {
+            NestedParams::F16(p) => {
+                let groups = p.len() / rows;
+                blobs.push((format!("{name}.qscale"), Dtype::F16, vec![rows, groups], halves(&mut p.iter().map(|p| p.scale))));
+                blobs.push((format!("{name}.qmin"), Dtype::F16, vec![rows, groups], halves(&mut p.iter().map(|p| p.min))));
+            }
+            NestedParams::Super { blocks, groups_per_row: gpr } => {
+                let per = SuperParams::per_row(gpr);
+                blobs.push((format!("{name}.qd"), Dtype::F16, vec![rows, per], halves(&mut blocks.iter().map(|b| b.d))));
+                blobs.push((format!("{name}.qdmin"), Dtype::F16, vec![rows, per], halves(&mut blocks.iter().map(|b| b.dmin))));
+                // Each row's groups, without its last block's padding.
+                let group = |r: usize, k: usize| (&blocks[r * per + k / SuperParams::GROUPS], k % SuperParams::GROUPS);
+                let s = (0..rows).flat_map(|r| (0..gpr).map(move |k| (r, k))).map(|(r, k)| { let (b, j) = group(r, k); b.s(j) }).collect();
+                let m = (0..rows).flat_map(|r| (0..gpr).map(move |k| (r, k))).map(|(r, k)| { let (b, j) = group(r, k); b.m(j) as u8 }).collect();
+                blobs.push((format!("{name}.qs"), Dtype::U8, vec![rows, gpr], s));
+                blobs.push((format!("{name}.qm"), Dtype::I8, vec![rows, gpr], m));
+            }
         }
     }
     // Gemma's norms are stored as 1 + w (the import's `hf_norm_minus_one`): back to w.
@@ -383,6 +531,7 @@ pub fn export_codes(pack: &Path, out: &Path) -> anyhow::Result<usize> {
         "format": "edge-qat",
         "version": VERSION,
         "group_size": group_size,
+        "group_params": layout_name(layout),
         "cols": cols,
         "quantized": quantized,
         "base": pack.display().to_string(),

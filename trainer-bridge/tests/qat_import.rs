@@ -12,7 +12,7 @@ mod pack_util;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use edge_pack::quant::{quantize_nested8, NestedObjective};
+use edge_pack::quant::{quantize_nested8, NestedObjective, ParamLayout};
 use edge_pack::{pack_file, PackOptions, WeightEncoding};
 use edge_runtime::blocks::pack_nested8_planes;
 use edge_runtime::format::{Encoding, SegmentKind};
@@ -290,7 +290,7 @@ fn assert_same_tensors(a: &Path, b: &Path) -> usize {
             }
         }
     }
-    ca.tensors.iter().filter(|t| t.encoding == Encoding::Nested8).count()
+    ca.tensors.iter().filter(|t| matches!(t.encoding, Encoding::Nested8 | Encoding::Nested8Super)).count()
 }
 
 #[test]
@@ -304,37 +304,47 @@ fn a_packs_codes_exported_and_packed_again_are_the_same_pack() {
     } else {
         eprintln!("SKIPPED: shared models missing (stories260K-hf); codes export checked on tiny fixtures only");
     }
+    // Both group-parameter layouts: super-blocks at groups of 16 on the tiny models' 32-wide
+    // rows are one padded block a row, and stories260K's 172-wide rows at 32 end in a partial
+    // group and a partial block.
     for model in models {
-        let dir = tempfile::tempdir().unwrap();
-        // All-views codes (not min-max): the export must carry the codes, not re-derive them.
-        let group_size = if model == stories_hf() { 64 } else { 16 }; // the tiny models' rows are 32 wide
-        let opts = PackOptions { objective: NestedObjective::AllViews, group_size, ..q8_opts() };
-        let first = dir.path().join("first.edge");
-        pack_file(&model, &first, &opts).unwrap();
-        let codes = dir.path().join("codes");
-        let (ok, err) = edge_pack(&[first.to_str().unwrap(), "--export-codes", codes.to_str().unwrap(), "-q"]);
-        assert!(ok, "{}: {err}", model.display());
-        std::fs::copy(model.join("config.json"), codes.join("config.json")).unwrap();
-        let again = dir.path().join("again.edge");
-        pack_file(&codes, &again, &PackOptions { group_size, ..q8_opts() }).unwrap();
-        let nested = assert_same_tensors(&first, &again);
-        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(codes.join("edge-qat.json")).unwrap()).unwrap();
-        assert_eq!(manifest["quantized"].as_array().unwrap().len(), nested, "{}", model.display());
+        for layout in [ParamLayout::F16, ParamLayout::Super] {
+            let dir = tempfile::tempdir().unwrap();
+            // All-views codes (not min-max): the export must carry the codes, not re-derive them.
+            let group_size = match (model == stories_hf(), layout) {
+                (true, ParamLayout::F16) => 64,
+                (true, ParamLayout::Super) => 32,
+                (false, _) => 16, // the tiny models' rows are 32 wide
+            };
+            let opts = PackOptions { objective: NestedObjective::AllViews, group_size, params: layout, ..q8_opts() };
+            let first = dir.path().join("first.edge");
+            pack_file(&model, &first, &opts).unwrap();
+            let codes = dir.path().join("codes");
+            let (ok, err) = edge_pack(&[first.to_str().unwrap(), "--export-codes", codes.to_str().unwrap(), "-q"]);
+            assert!(ok, "{}: {err}", model.display());
+            std::fs::copy(model.join("config.json"), codes.join("config.json")).unwrap();
+            let again = dir.path().join("again.edge");
+            pack_file(&codes, &again, &PackOptions { group_size, params: layout, ..q8_opts() }).unwrap();
+            let nested = assert_same_tensors(&first, &again);
+            let manifest: Value = serde_json::from_str(&std::fs::read_to_string(codes.join("edge-qat.json")).unwrap()).unwrap();
+            assert_eq!(manifest["quantized"].as_array().unwrap().len(), nested, "{}", model.display());
+            assert_eq!(manifest["group_params"], edge_pack::qat::layout_name(layout), "{}", model.display());
+            // The export's layout is the pack's, whatever the options say (the CLI's default);
+            // asking for the other one is refused.
+            let other = if layout == ParamLayout::F16 { ParamLayout::Super } else { ParamLayout::F16 };
+            let err = format!("{:#}", pack_file(&codes, &dir.path().join("x.edge"), &PackOptions { group_size, params: other, ..q8_opts() }).unwrap_err());
+            assert!(err.contains("re-quantize the codes"), "{err}");
+        }
     }
 
     // What has no codes is refused in one line, and nothing is written.
     let dir = tempfile::tempdir().unwrap();
     let f16 = dir.path().join("f16.edge");
     pack_file(&fixtures.join("tiny-llama3"), &f16, &PackOptions { allow_no_tokenizer: true, ..Default::default() }).unwrap();
-    // Super-block parameters are not what edge-qat trains (f16 pairs per group).
-    let sup = dir.path().join("super.edge");
-    let super_opts = PackOptions { group_size: 16, params: edge_pack::quant::ParamLayout::Super, ..q8_opts() };
-    pack_file(&fixtures.join("tiny-llama3"), &sup, &super_opts).unwrap();
     let out = dir.path().join("out");
     for (input, want) in [
         (f16.clone(), "-e q8"),
         (fixtures.join("tiny-llama3/config.json"), "not an .edge checkpoint"),
-        (sup.clone(), "super-block group parameters"),
     ] {
         let (ok, err) = edge_pack(&[input.to_str().unwrap(), "--export-codes", out.to_str().unwrap()]);
         assert!(!ok && err.contains(want) && err.trim().lines().count() == 1, "{err}");
@@ -342,4 +352,70 @@ fn a_packs_codes_exported_and_packed_again_are_the_same_pack() {
     }
     let (ok, err) = edge_pack(&[f16.to_str().unwrap(), "--export-codes", out.to_str().unwrap(), "-o", "x.edge"]);
     assert!(!ok && err.contains("--export-codes") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
+fn malformed_super_block_exports_are_refused_in_one_line() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf");
+    let model = fixtures.join("tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PackOptions { group_size: 16, params: ParamLayout::Super, ..q8_opts() };
+    let packed = dir.path().join("super.edge");
+    pack_file(&model, &packed, &opts).unwrap();
+    let codes = dir.path().join("codes");
+    let (ok, err) = edge_pack(&[packed.to_str().unwrap(), "--export-codes", codes.to_str().unwrap(), "-q"]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(codes.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Tensors = st.iter().map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(codes.join("edge-qat.json")).unwrap()).unwrap();
+    let q = "model.layers.0.mlp.down_proj.weight";
+    assert_eq!(tensors[&format!("{q}.qs")].0, Dtype::U8);
+    assert_eq!(tensors[&format!("{q}.qm")].0, Dtype::I8);
+    type Edit = Box<dyn Fn(&mut Tensors, &mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        ("layout name", Box::new(|_: &mut Tensors, m: &mut Value| m["group_params"] = json!("q4")), "not \"f16\" or \"super\""),
+        ("no qd", Box::new(move |t: &mut Tensors, _: &mut Value| _ = t.remove(&format!("{q}.qd"))), ".qd"),
+        ("scale code", Box::new(move |t: &mut Tensors, _: &mut Value| t.get_mut(&format!("{q}.qs")).unwrap().2[1] = 64), "scale codes are 0..63"),
+        ("min code", Box::new(move |t: &mut Tensors, _: &mut Value| t.get_mut(&format!("{q}.qm")).unwrap().2[0] = 40), "minimum codes are -32..31"),
+        (
+            "stray f16 part",
+            Box::new(move |t: &mut Tensors, _: &mut Value| {
+                let d = t[&format!("{q}.qd")].clone();
+                t.insert(format!("{q}.qscale"), d);
+            }),
+            "other group-parameter layout",
+        ),
+        (
+            "f16 manifest",
+            Box::new(|_: &mut Tensors, m: &mut Value| m["group_params"] = json!("f16")),
+            ".qscale",
+        ),
+        (
+            "qd shape",
+            Box::new(move |t: &mut Tensors, _: &mut Value| {
+                let e = t.get_mut(&format!("{q}.qd")).unwrap();
+                e.1 = vec![e.1[0] / 2, e.1[1] * 2];
+            }),
+            "qd' has shape [32, 2], expected [64, 1]",
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let (mut t, mut m) = (tensors.clone(), manifest.clone());
+        edit(&mut t, &mut m);
+        let out_dir = d.path().join("export");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        std::fs::copy(model.join("config.json"), out_dir.join("config.json")).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            t.iter().map(|(n, (dt, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &out_dir.join("model.safetensors")).unwrap();
+        std::fs::write(out_dir.join("edge-qat.json"), m.to_string()).unwrap();
+        let out = d.path().join("out.edge");
+        let params = if m["group_params"] == "f16" { ParamLayout::F16 } else { ParamLayout::Super };
+        let err = format!("{:#}", pack_file(&out_dir, &out, &PackOptions { params, ..opts.clone() }).expect_err(what));
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(!err.contains('\n'), "{what}: {err}");
+        assert!(!out.exists(), "{what} left an output");
+    }
 }

@@ -6,9 +6,12 @@ An export folder (read by `edge-pack`'s edge-qat import; the format is fixed):
     model.safetensors   NAME (F32) for every tensor not quantized; for a quantized tensor
                         NAME.qcodes (U8 [rows, padded_cols]), NAME.qscale and NAME.qmin
                         (F16 [rows, padded_cols / g]) and no NAME. A tied embedding/head is
-                        the one tensor model.embed_tokens.weight.
-    edge-qat.json       {"format": "edge-qat", "version": 1, "group_size": g, "cols": {NAME: cols},
-                         "quantized": [NAME, ...], "base": "...", "train": {...}}
+                        the one tensor model.embed_tokens.weight. With super-block group
+                        parameters ("group_params": "super"), NAME.qd and NAME.qdmin (F16
+                        [rows, ceil(groups / 8)]), NAME.qs (U8 [rows, groups]) and NAME.qm (I8
+                        [rows, groups]) instead of NAME.qscale and NAME.qmin.
+    edge-qat.json       {"format": "edge-qat", "version": 1, "group_size": g, "group_params": "f16" | "super",
+                         "cols": {NAME: cols}, "quantized": [NAME, ...], "base": "...", "train": {...}}
 
     python -m edge_qat.export logits --export DIR --view 4 --tokens 1,5,9 --out logits.npy
 """
@@ -29,8 +32,11 @@ from . import contract
 from .models import COPIED
 
 
+PARTS = (".qcodes", ".qscale", ".qmin", ".qd", ".qdmin", ".qs", ".qm")
+
+
 def export(model: torch.nn.Module, quantizers: dict, base: str | Path, out: str | Path, group: int, train: dict) -> Path:
-    """Write the export of a fake-quantized model (its codes and f16 parameters as trained)."""
+    """Write the export of a fake-quantized model (its codes and group parameters as trained)."""
     base, out = Path(base), Path(out)
     tensors: dict[str, torch.Tensor] = {}
     cols: dict[str, int] = {}
@@ -39,14 +45,16 @@ def export(model: torch.nn.Module, quantizers: dict, base: str | Path, out: str 
             continue
         w = p.detach().to("cpu", torch.float32)
         if name in quantizers:
-            q, s, m = quantizers[name].export(w)
-            tensors[name + ".qcodes"] = q.contiguous()
-            tensors[name + ".qscale"] = s.cpu().contiguous()
-            tensors[name + ".qmin"] = m.cpu().contiguous()
+            for suffix, t in quantizers[name].export(w).items():
+                tensors[f"{name}.{suffix}"] = t.cpu().contiguous()
             cols[name] = int(w.shape[1])
         else:
             tensors[name] = w.contiguous()
-    manifest = {"format": "edge-qat", "version": 1, "group_size": group, "cols": cols,
+    layouts = {q.layout for q in quantizers.values()}
+    if len(layouts) > 1:
+        raise ValueError(f"quantizers mix group parameter layouts {sorted(layouts)}; an export has one")
+    manifest = {"format": "edge-qat", "version": 1, "group_size": group,
+                "group_params": layouts.pop() if layouts else "f16", "cols": cols,
                 "quantized": sorted(cols), "base": str(base), "train": train}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,6 +71,22 @@ def export(model: torch.nn.Module, quantizers: dict, base: str | Path, out: str 
     return out
 
 
+def stored_params(st: dict, name: str, man: dict) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    """Quantized tensor `name`'s group (scale, min), f32 [rows, groups], from an export's tensors
+    `st` and manifest `man`; the third item is its super-block parts (d, dmin, s, m: flat, as
+    `contract.super_group_params` takes them), or None for f16 pairs."""
+    layout = man.get("group_params", "f16")
+    if layout == "f16":
+        return st[name + ".qscale"].float(), st[name + ".qmin"].float(), None
+    if layout != "super":
+        raise SystemExit(f"edge-qat: error: group_params {layout!r} is not 'f16' or 'super'")
+    rows, gpr = st[name + ".qs"].shape
+    parts = (st[name + ".qd"].float().reshape(-1), st[name + ".qdmin"].float().reshape(-1),
+             st[name + ".qs"].to(torch.int64).reshape(-1), st[name + ".qm"].to(torch.int64).reshape(-1))
+    scale, mn = contract.super_group_params(*parts, gpr)
+    return scale.reshape(rows, gpr), mn.reshape(rows, gpr), parts
+
+
 def load_export(folder: str | Path, views, device: str = "cpu") -> torch.nn.Module:
     """The export's model with every quantized tensor replaced by its reconstruction at `views`
     (an int for all tensors, or {NAME: view}; a name left out stays at 8 bits)."""
@@ -76,11 +100,12 @@ def load_export(folder: str | Path, views, device: str = "cpu") -> torch.nn.Modu
     st = load_file(folder / "model.safetensors")
     state = {}
     for name, w in st.items():
-        if not name.endswith((".qcodes", ".qscale", ".qmin")):
+        if not name.endswith(PARTS):
             state[name] = w
     for name in man["quantized"]:
         k = views.get(name, 8) if isinstance(views, dict) else views
-        q, s, m = st[name + ".qcodes"], st[name + ".qscale"].float(), st[name + ".qmin"].float()
+        q = st[name + ".qcodes"]
+        s, m, _ = stored_params(st, name, man)
         state[name] = contract.reconstruct(q, s, m, g, k)[:, : man["cols"][name]]
     cfg = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -114,21 +139,29 @@ def init_from_codes(model: torch.nn.Module, quantizers: dict, folder: str | Path
     for name, wq in quantizers.items():
         if name not in man["quantized"]:
             raise SystemExit(f"edge-qat: error: --init-codes {folder} has no codes for {name}; export them from a q8 pack of this model")
+        layout = man.get("group_params", "f16")
+        if layout != wq.layout:
+            raise SystemExit(f"edge-qat: error: --init-codes {folder} has {layout} group parameters, this run {wq.layout}: "
+                             f"pass --params {layout}")
         if man["group_size"] != wq.group:
             raise SystemExit(f"edge-qat: error: --init-codes {folder} has groups of {man['group_size']}, this run {wq.group}: "
                              f"pass --group {man['group_size']}")
-        q, sc, mn = st[name + ".qcodes"], st[name + ".qscale"].float(), st[name + ".qmin"].float()
+        q = st[name + ".qcodes"]
+        sc, mn, parts = stored_params(st, name, man)
         w = params[name]
         if q.shape[0] != w.shape[0] or man["cols"][name] != w.shape[1]:
             raise SystemExit(f"edge-qat: error: --init-codes {folder}: {name} is {q.shape[0]}x{man['cols'][name]}, "
                              f"the model's {tuple(w.shape)}: codes of another model?")
         w.data.copy_(contract.reconstruct(q, sc, mn, wq.group, 8)[:, : w.shape[1]].to(w.device))
-        wq.scale.data.copy_(sc.to(wq.scale.device))
-        wq.min.data.copy_(mn.to(wq.min.device))
+        if parts is not None:
+            wq.set_super(*parts)
+        else:
+            wq.scale.data.copy_(sc.to(wq.scale.device))
+            wq.min.data.copy_(mn.to(wq.min.device))
         n += 1
     # The rest (norms; trained ones in a run's export) as stored.
     for name, t in st.items():
-        if not name.endswith((".qcodes", ".qscale", ".qmin")) and name in params:
+        if not name.endswith(PARTS) and name in params:
             if t.shape != params[name].shape:
                 raise SystemExit(f"edge-qat: error: --init-codes {folder}: {name} has shape {tuple(t.shape)}, the model's {tuple(params[name].shape)}")
             params[name].data.copy_(t.to(params[name].device, params[name].dtype))

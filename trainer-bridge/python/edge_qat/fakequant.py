@@ -65,12 +65,27 @@ class _RoundF16(torch.autograd.Function):
 
 
 class WeightQuantizer(nn.Module):
-    """The group parameters of one weight tensor and the view it is read at."""
+    """The group parameters of one weight tensor and the view it is read at.
 
-    def __init__(self, weight: torch.Tensor, group: int, learnable: bool = False):
+    `layout` is how the runtime stores them: "f16" (an f16 scale and minimum per group) or
+    "super" (`edge-pack --params super`: 6-bit codes under an f16 pair per 8 groups). Super-block
+    parameters are fixed at the packer's min/max choice (not learnable); `scale` and `min` then
+    hold their exact decoded values, and `sd`, `sdmin`, `ss`, `sm` the stored codes."""
+
+    def __init__(self, weight: torch.Tensor, group: int, learnable: bool = False, layout: str = "f16"):
         super().__init__()
         self.group = group
         self.rows, self.cols = weight.shape
+        self.layout = layout
+        if layout == "super":
+            if learnable:
+                raise ValueError("super-block group parameters are fixed: drop --learn-params or use --params f16")
+            self.set_super(*contract.super_init_params(weight.detach().to(torch.float32), group))
+            self.learnable = False
+            self.view: int | None = FULL
+            return
+        if layout != "f16":
+            raise ValueError(f"group parameter layout {layout!r} is not 'f16' or 'super'")
         scale, mn = contract.init_params(weight, group)
         if learnable:
             self.scale = nn.Parameter(scale)
@@ -80,6 +95,20 @@ class WeightQuantizer(nn.Module):
             self.register_buffer("min", mn)
         self.learnable = learnable
         self.view: int | None = FULL
+
+    def set_super(self, d: torch.Tensor, dmin: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> None:
+        """Take super-block parameters: (d, dmin) [rows * blocks per row] f16-valued, (s, m)
+        [rows * groups per row] integer codes, row-major."""
+        gpr = contract.padded_cols(self.cols, self.group) // self.group
+        scale, mn = contract.super_group_params(d, dmin, s, m, gpr)
+        for name, t in (("scale", scale.reshape(self.rows, gpr)), ("min", mn.reshape(self.rows, gpr)),
+                        ("sd", d.reshape(self.rows, -1)), ("sdmin", dmin.reshape(self.rows, -1)),
+                        ("ss", s.reshape(self.rows, gpr)), ("sm", m.reshape(self.rows, gpr))):
+            t = t.detach().to(torch.float32 if name in ("scale", "min", "sd", "sdmin") else torch.int64)
+            if name in self._buffers:
+                self._buffers[name] = t.to(self._buffers[name].device)
+            else:
+                self.register_buffer(name, t)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The f16 (scale, min) as f32 (rounded to f16 with a straight-through gradient)."""
@@ -95,11 +124,19 @@ class WeightQuantizer(nn.Module):
         gs = 1.0 / math.sqrt(self.group * ((1 << self.view) - 1))
         return _FakeQuant.apply(w, s, m, self.group, self.view, gs)
 
-    def export(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(codes uint8 [rows, padded_cols], scale f16, min f16) of w: what the runtime reads."""
+    def export(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the runtime reads of w, by export suffix: `qcodes` (uint8 [rows, padded_cols]),
+        then `qscale`, `qmin` (f16 [rows, groups]) or, for super-block parameters, `qd`, `qdmin`
+        (f16 [rows, blocks]), `qs` (uint8 [rows, groups]), `qm` (int8 [rows, groups])."""
         with torch.no_grad():
             s, m = self.params()
-            return contract.codes(w, s, m, self.group), s.to(torch.float16), m.to(torch.float16)
+            out = {"qcodes": contract.codes(w, s, m, self.group)}
+            if self.layout == "super":
+                out.update(qd=self.sd.to(torch.float16), qdmin=self.sdmin.to(torch.float16),
+                           qs=self.ss.to(torch.uint8), qm=self.sm.to(torch.int8))
+            else:
+                out.update(qscale=s.to(torch.float16), qmin=m.to(torch.float16))
+            return out
 
 
 @torch.no_grad()
@@ -147,8 +184,10 @@ def _embedding_forward(self, ids):
     return nn.functional.embedding(ids, self.wq(self.weight), self.padding_idx)
 
 
-def quantize_model(model: nn.Module, group: int = 64, learnable: bool = False, act_int8: bool = False) -> dict[str, WeightQuantizer]:
-    """Attach a WeightQuantizer to every nn.Linear and nn.Embedding of `model` (in place).
+def quantize_model(model: nn.Module, group: int = 64, learnable: bool = False, act_int8: bool = False,
+                   layout: str = "f16") -> dict[str, WeightQuantizer]:
+    """Attach a WeightQuantizer (group parameters in `layout`, "f16" or "super") to every
+    nn.Linear and nn.Embedding of `model` (in place).
     Returns {HF tensor name: quantizer}; a tied embedding/head is one entry (the embedding's
     name) shared by both modules. Starts at full precision (see `set_views`)."""
     by_param: dict[int, tuple[str, WeightQuantizer]] = {}
@@ -158,7 +197,7 @@ def quantize_model(model: nn.Module, group: int = 64, learnable: bool = False, a
             continue
         key = id(mod.weight)
         if key not in by_param:
-            wq = WeightQuantizer(mod.weight.detach(), group, learnable).to(mod.weight.device)
+            wq = WeightQuantizer(mod.weight.detach(), group, learnable, layout).to(mod.weight.device)
             by_param[key] = (f"{name}.weight", wq)
             out[f"{name}.weight"] = wq
         mod.wq = by_param[key][1]

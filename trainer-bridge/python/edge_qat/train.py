@@ -146,7 +146,8 @@ def build(args):
     student = copy.deepcopy(teacher).train()
     for p in student.parameters():
         p.requires_grad_(True)
-    quantizers = quantize_model(student, args.group, learnable=args.learn_params, act_int8=args.act_int8)
+    quantizers = quantize_model(student, args.group, learnable=args.learn_params, act_int8=args.act_int8,
+                                layout=getattr(args, "params", "f16"))
     if getattr(args, "init_codes", None):
         init_from_codes(student, quantizers, args.init_codes)
     # Group scales are 1e-4..1e-2 (a weight range / 255): at the weights' rate Adam would change
@@ -171,7 +172,10 @@ def main(argv=None) -> None:
     ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine", help="rate over the run (cosine: --lr down to 0)")
     ap.add_argument("--anchor", default="8", help="view (8, 6, ..., fp) the whole model is also distilled at every step, or 'none'")
     ap.add_argument("--anchor-weight", type=float, default=8.0, help="weight of the anchor's KL against the drawn views' KL")
-    ap.add_argument("--group", type=int, default=64, help="group size (a multiple of 8)")
+    ap.add_argument("--group", type=int, help="group size (a multiple of 8) [default: 64; 32 with --params super]")
+    ap.add_argument("--params", choices=["f16", "super"], default="f16",
+                    help="group parameters as the runtime stores them: an f16 scale and minimum per group, or 6-bit codes "
+                         "under an f16 pair per 8 groups (edge-pack --params super; fixed at min/max, not learnable)")
     ap.add_argument("--views", default="2:1,3:1,4:1,5:1,6:1,8:1,fp:1", help="view distribution, VIEW:WEIGHT,... (VIEW in 2,3,4,5,6,8,fp)")
     ap.add_argument("--granularity", choices=["tensor", "layer", "model"], default="layer")
     ap.add_argument("--learn-params", action="store_true", help="learn group scale and min (LSQ), rounded to f16 in the forward pass")
@@ -188,6 +192,10 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args(argv)
+    if args.group is None:
+        args.group = 32 if args.params == "super" else 64
+    if args.params == "super" and args.learn_params:
+        raise SystemExit("edge-qat: error: super-block group parameters are fixed (min/max): drop --learn-params or use --params f16")
     if args.group <= 0 or args.group % 8:
         raise SystemExit(f"edge-qat: error: --group {args.group} is not a positive multiple of 8")
     views, probs = parse_views(args.views)
@@ -274,7 +282,7 @@ def main(argv=None) -> None:
         train = {"steps": step, "seed": args.seed, "views": args.views, "granularity": args.granularity,
                  "anchor": args.anchor, "anchor_weight": args.anchor_weight, "schedule": args.schedule,
                  "data": args.data, "samples": int(data.shape[0]), "seq_len": args.seq_len, "batch": args.batch,
-                 "lr": args.lr, "learn_params": args.learn_params, "act_int8": args.act_int8,
+                 "lr": args.lr, "learn_params": args.learn_params, "act_int8": args.act_int8, "params": args.params,
                  "init_codes": str(args.init_codes) if args.init_codes else None,
                  "device": args.device, "seconds": round(seconds, 1)}
         out = export(student, quantizers, args.model, args.out / "export", args.group, train)

@@ -208,3 +208,59 @@ def test_init_codes_starts_at_the_given_codes(tmp_path):
     with pytest.raises(SystemExit, match="--group 64"):
         train_main(["--model", str(MODEL), "--out", str(tmp_path / "g"), "--samples", "2", "--seq-len", "8", "--batch", "1",
                     "--steps", "1", "--group", "32", "--init-codes", str(given), "--device", "cpu"])
+
+
+def test_super_block_parameters_are_the_contract_and_export_as_stored(tmp_path):
+    m = load_model(MODEL)
+    qs = quantize_model(m, 32, layout="super")
+    name = "model.layers.0.mlp.down_proj.weight"  # 172 columns: 6 groups of 32, one partial block a row
+    w = dict(m.named_parameters())[name]
+    q = qs[name]
+    d, dmin, s, mm = contract.super_init_params(w.detach(), 32)
+    scale, mn = contract.super_group_params(d, dmin, s, mm, 6)
+    scale, mn = scale.reshape(64, 6), mn.reshape(64, 6)
+    assert torch.equal(q.scale, scale) and torch.equal(q.min, mn)
+    for k in contract.VIEWS:
+        q.view = k
+        ref = contract.reconstruct(contract.codes(w, scale, mn, 32), scale, mn, 32, k)[:, : w.shape[1]]
+        assert torch.equal(q(w), ref), k
+    q.view = None
+    with pytest.raises(ValueError, match="fixed"):
+        quantize_model(load_model(MODEL), 32, learnable=True, layout="super")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    out = export(m, qs, MODEL, tmp_path / "exp", 32, {"steps": 0})
+    man = json.loads((out / "edge-qat.json").read_text())
+    assert man["group_params"] == "super" and man["group_size"] == 32
+    st = load_file(out / "model.safetensors")
+    assert f"{name}.qscale" not in st
+    assert st[f"{name}.qd"].dtype == torch.float16 and st[f"{name}.qd"].shape == (64, 1)
+    assert st[f"{name}.qs"].dtype == torch.uint8 and st[f"{name}.qs"].shape == (64, 6)
+    assert st[f"{name}.qm"].dtype == torch.int8 and int(st[f"{name}.qm"].min()) >= -32
+    params = dict(m.named_parameters())
+    ids = torch.tensor([[1, 403, 11, 90, 7, 300, 2]])
+    for k in (2, 4, 8):
+        set_views(qs, k)
+        e = load_export(out, k)
+        ep = dict(e.named_parameters())
+        for n, qq in qs.items():
+            assert torch.equal(ep[n], qq(params[n]).detach()), (n, k)
+        with torch.no_grad():
+            assert torch.equal(e(ids).logits, m(ids).logits)
+    set_views(qs, None)
+
+    # A run started at these codes with rate 0 exports them unchanged; a run in the other
+    # layout is refused.
+    run = tmp_path / "run"
+    train_main(["--model", str(MODEL), "--out", str(run), "--samples", "4", "--seq-len", "16", "--batch", "2",
+                "--steps", "2", "--lr", "0", "--params", "super", "--init-codes", str(out), "--device", "cpu"])
+    a, b = load_file(out / "model.safetensors"), load_file(run / "export" / "model.safetensors")
+    assert set(a) == set(b)
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    with pytest.raises(SystemExit, match="--params super"):
+        train_main(["--model", str(MODEL), "--out", str(tmp_path / "f"), "--samples", "2", "--seq-len", "8", "--batch", "1",
+                    "--steps", "1", "--group", "32", "--init-codes", str(out), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="fixed"):
+        train_main(["--model", str(MODEL), "--out", str(tmp_path / "l"), "--params", "super", "--learn-params", "--device", "cpu"])
