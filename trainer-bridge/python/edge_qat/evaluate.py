@@ -48,13 +48,16 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m edge_qat.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the float model (HF folder)")
     ap.add_argument("--export", help="an edge-qat export; without it, the base model's min/max codes (PTQ)")
-    ap.add_argument("--group", type=int, default=64, help="group size of the PTQ codes")
+    ap.add_argument("--group", type=int, help="group size of the PTQ codes [default: 64; 32 with --params super]")
+    ap.add_argument("--params", choices=["f16", "super"], default="f16", help="group parameter layout of the PTQ codes")
     ap.add_argument("--text", required=True, help="a text file, or 'teacher': sequences sampled from the float model (seed --seed, not the training data's)")
     ap.add_argument("--tokenizer", help="for a text file: HF folder or sentencepiece .model (default --base)")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--ctx", type=int, default=128)
     a = ap.parse_args(argv)
+    if a.group is None:
+        a.group = 32 if a.params == "super" else 64
     base = load_model(a.base)
     windows = eval_windows(base, a.text, a.tokenizer or a.base, a.windows, a.ctx, a.seed)
     folder = a.export
@@ -62,7 +65,7 @@ def main(argv=None) -> None:
     if folder is None:
         tmp = tempfile.TemporaryDirectory()
         m = load_model(a.base)
-        folder = export(m, quantize_model(m, a.group), a.base, Path(tmp.name) / "ptq", a.group, {"ptq": "minmax"})
+        folder = export(m, quantize_model(m, a.group, layout=a.params), a.base, Path(tmp.name) / "ptq", a.group, {"ptq": "minmax"})
     out = {"float": view_metrics(base, base, windows)}
     for k in reversed(contract.VIEWS):
         out[str(k)] = view_metrics(load_export(folder, k), base, windows)
