@@ -124,6 +124,22 @@ class WeightQuantizer(nn.Module):
         gs = 1.0 / math.sqrt(self.group * ((1 << self.view) - 1))
         return _FakeQuant.apply(w, s, m, self.group, self.view, gs)
 
+    def freeze_top(self, w: torch.Tensor, k: int) -> None:
+        """Hold the top k bits of w's codes: from now on `project` keeps each weight inside the
+        span of the 8-bit codes that share its current top k bits, so every view of k bits or
+        fewer stays what it is while the views above it train."""
+        if self.learnable:
+            raise ValueError("freezing the top bits needs fixed group parameters")
+        q = contract.codes(w.detach().to(torch.float32), self.scale, self.min, self.group).to(torch.float32)
+        top = torch.floor(q / float(1 << (8 - k))) * float(1 << (8 - k))
+        rows, p = q.shape
+        s, m = self.scale.unsqueeze(-1), self.min.unsqueeze(-1)
+        lo = contract.grouped(top, self.group) * s + m
+        hi = contract.grouped(top + float((1 << (8 - k)) - 1), self.group) * s + m
+        self.register_buffer("top_lo", lo.reshape(rows, p))
+        self.register_buffer("top_hi", hi.reshape(rows, p))
+        self.top_bits = k
+
     def export(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the runtime reads of w, by export suffix: `qcodes` (uint8 [rows, padded_cols]),
         then `qscale`, `qmin` (f16 [rows, groups]) or, for super-block parameters, `qd`, `qdmin`
@@ -145,13 +161,18 @@ def project(model: nn.Module, quantizers: dict[str, WeightQuantizer]) -> None:
     [min, min + 255 * scale] (after an optimizer step). A weight that left the span would have
     its code clamped and no straight-through gradient, so it could never come back, while its
     full-precision value, which the anchor and the fp draw see, went on drifting with Adam's
-    momentum. Learned parameters move the span instead (LSQ), so those are left alone."""
+    momentum. Learned parameters move the span instead (LSQ), so those are left alone. A
+    quantizer whose top bits are frozen (`WeightQuantizer.freeze_top`) clamps into that code
+    span instead."""
     params = dict(model.named_parameters())
     for name, q in quantizers.items():
         if q.learnable:
             continue
         w = params[name]
         rows, cols = w.shape
+        if "top_lo" in q._buffers:
+            w.data.copy_(torch.minimum(torch.maximum(w.data, q.top_lo[:, :cols]), q.top_hi[:, :cols]))
+            continue
         lo = q.min.unsqueeze(-1)
         hi = lo + q.scale.unsqueeze(-1) * 255.0
         wg = contract.grouped(w.data, q.group)

@@ -150,6 +150,16 @@ def build(args):
                                 layout=getattr(args, "params", "f16"))
     if getattr(args, "init_codes", None):
         init_from_codes(student, quantizers, args.init_codes)
+    k = getattr(args, "freeze_top", None)
+    if k:
+        # Only the codes' bits below the top k train: the other tensors (norms) are frozen too,
+        # so every view of k bits or fewer is exactly the starting checkpoint's.
+        params = dict(student.named_parameters())
+        for p in student.parameters():
+            p.requires_grad_(False)
+        for name, q in quantizers.items():
+            q.freeze_top(params[name], k)
+            params[name].requires_grad_(True)
     # Group scales are 1e-4..1e-2 (a weight range / 255): at the weights' rate Adam would change
     # them by whole percents a step, so learned group parameters get their own multiple of it.
     weights = [p for n, p in student.named_parameters() if p.requires_grad and ".wq." not in n]
@@ -183,6 +193,9 @@ def main(argv=None) -> None:
     ap.add_argument("--act-int8", action="store_true", help="emulate the runtime's int8 activations before nested matmuls")
     ap.add_argument("--init-codes", type=Path, help="start at these codes instead of min/max ones: an export, or "
                     "`edge-pack PACK.edge --export-codes DIR` of a post-training pack (GPTQ's, say)")
+    ap.add_argument("--freeze-top", type=int, metavar="K", help="with --init-codes: keep the top K bits of every code (so every "
+                    "view of K bits or fewer, and the norms) as given and train only the bits below them, at views above K "
+                    "(e.g. after `edge_qat.refit --keep K` of a run that favoured the low views)")
     ap.add_argument("--data", default="teacher", help="'teacher' (sequences sampled from the float model) or a text file")
     ap.add_argument("--tokenizer", help="for --data FILE: a HF folder or a sentencepiece .model (default: --model)")
     ap.add_argument("--samples", type=int, default=256, help="teacher sequences to sample")
@@ -200,6 +213,18 @@ def main(argv=None) -> None:
         raise SystemExit(f"edge-qat: error: --group {args.group} is not a positive multiple of 8")
     views, probs = parse_views(args.views)
     anchor = parse_anchor(args.anchor)
+    if args.freeze_top is not None:
+        k = args.freeze_top
+        if not 1 <= k <= 7:
+            raise SystemExit(f"edge-qat: error: --freeze-top {k} is not 1..7")
+        if not args.init_codes:
+            raise SystemExit("edge-qat: error: --freeze-top keeps the bits of given codes: pass --init-codes DIR")
+        if args.learn_params:
+            raise SystemExit("edge-qat: error: --freeze-top needs fixed group parameters: drop --learn-params")
+        low = [v for v in views if v is not FULL and v <= k] + ([anchor] if anchor not in (False, FULL) and anchor <= k else [])
+        if low:
+            raise SystemExit(f"edge-qat: error: --freeze-top {k} leaves views of {k} bits or fewer as given: "
+                             f"draw (--views) and anchor (--anchor) above {k} bits, e.g. --views 5:1,6:1,8:1")
     args.out.mkdir(parents=True, exist_ok=True)
 
     random.seed(args.seed)
@@ -283,7 +308,7 @@ def main(argv=None) -> None:
                  "anchor": args.anchor, "anchor_weight": args.anchor_weight, "schedule": args.schedule,
                  "data": args.data, "samples": int(data.shape[0]), "seq_len": args.seq_len, "batch": args.batch,
                  "lr": args.lr, "learn_params": args.learn_params, "act_int8": args.act_int8, "params": args.params,
-                 "init_codes": str(args.init_codes) if args.init_codes else None,
+                 "init_codes": str(args.init_codes) if args.init_codes else None, "freeze_top": args.freeze_top,
                  "device": args.device, "seconds": round(seconds, 1)}
         out = export(student, quantizers, args.model, args.out / "export", args.group, train)
         print(f"edge-qat: exported {out}", file=sys.stderr)

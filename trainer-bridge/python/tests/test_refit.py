@@ -74,3 +74,37 @@ def test_refit_refuses_another_model_and_a_bad_keep(tmp_path):
     with pytest.raises(SystemExit, match="another model"):
         refit_main(["--export", str(ptq), "--base", str(MODEL), "--out", str(other)])
     assert not other.exists()
+
+
+def test_freeze_top_trains_only_the_bits_below_the_kept_views(tmp_path):
+    # A run started at moved codes with their top 4 bits frozen: its export keeps every view of
+    # 4 bits or fewer (codes' top bits, group parameters, norms) bit for bit, trains the rest.
+    from edge_qat.train import main as train_main
+
+    m = load_model(MODEL)
+    qs = quantize_model(m, 64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 2e-2 * p.abs().mean())
+    given = export(m, qs, MODEL, tmp_path / "given", 64, {"steps": 0})
+    out = tmp_path / "run"
+    args = ["--model", str(MODEL), "--out", str(out), "--samples", "8", "--seq-len", "32", "--batch", "4",
+            "--steps", "6", "--lr", "1e-3", "--init-codes", str(given), "--device", "cpu"]
+    train_main(args + ["--freeze-top", "4", "--views", "5:1,6:1,8:1,fp:1"])
+    a, b = load_file(given / "model.safetensors"), load_file(out / "export" / "model.safetensors")
+    assert set(a) == set(b)
+    changed = 0
+    for n in a:
+        if n.endswith(".qcodes"):
+            assert torch.equal(a[n] >> 4, b[n] >> 4), n
+            changed += int((a[n] != b[n]).sum())
+        else:
+            assert torch.equal(a[n], b[n]), n  # group parameters and norms
+    assert changed > 1000, changed
+    for bad, msg in ((["--freeze-top", "4", "--views", "4:1,8:1"], "views of 4 bits or fewer"),
+                     (["--freeze-top", "4", "--views", "8:1", "--anchor", "3"], "views of 4 bits or fewer"),
+                     (["--freeze-top", "8"], "not 1..7")):
+        with pytest.raises(SystemExit, match=msg):
+            train_main(args[:-4] + ["--device", "cpu"] + bad + ["--init-codes", str(given)])
+    with pytest.raises(SystemExit, match="--init-codes"):
+        train_main(args[:-4] + ["--device", "cpu", "--freeze-top", "4", "--views", "8:1"])
