@@ -50,6 +50,21 @@ def test_fake_quant_is_the_contract_and_ste_gradients_flow(model):
     set_views(qs, None)
 
 
+def _assert_export_is_the_model(out: Path, m, qs) -> None:
+    """Every view of the export `out` is the fake-quantized model's: weights and logits, bit for bit."""
+    params = dict(m.named_parameters())
+    ids = torch.tensor([[1, 403, 11, 90, 7, 300, 2]])
+    for k in (2, 4, 8):
+        set_views(qs, k)
+        e = load_export(out, k)
+        ep = dict(e.named_parameters())
+        for n, q in qs.items():
+            assert torch.equal(ep[n], q(params[n]).detach()), (n, k)
+        with torch.no_grad():
+            assert torch.equal(e(ids).logits, m(ids).logits)
+    set_views(qs, None)
+
+
 def test_export_round_trip(tmp_path, model):
     m = load_model(MODEL)
     qs = quantize_model(m, 32)
@@ -64,17 +79,7 @@ def test_export_round_trip(tmp_path, model):
     assert st["model.layers.0.mlp.down_proj.weight.qcodes"].shape == (64, 192)
     assert st["model.layers.0.mlp.down_proj.weight.qscale"].dtype == torch.float16
     assert st["model.norm.weight"].dtype == torch.float32
-    params = dict(m.named_parameters())
-    ids = torch.tensor([[1, 403, 11, 90, 7, 300, 2]])
-    for k in (2, 4, 8):
-        set_views(qs, k)
-        e = load_export(out, k)
-        ep = dict(e.named_parameters())
-        for n, q in qs.items():
-            assert torch.equal(ep[n], q(params[n]).detach()), (n, k)
-        with torch.no_grad():
-            assert torch.equal(e(ids).logits, m(ids).logits)
-    set_views(qs, None)
+    _assert_export_is_the_model(out, m, qs)
 
 
 def test_resume_gives_the_same_state(tmp_path):
@@ -238,17 +243,7 @@ def test_super_block_parameters_are_the_contract_and_export_as_stored(tmp_path):
     assert st[f"{name}.qd"].dtype == torch.float16 and st[f"{name}.qd"].shape == (64, 1)
     assert st[f"{name}.qs"].dtype == torch.uint8 and st[f"{name}.qs"].shape == (64, 6)
     assert st[f"{name}.qm"].dtype == torch.int8 and int(st[f"{name}.qm"].min()) >= -32
-    params = dict(m.named_parameters())
-    ids = torch.tensor([[1, 403, 11, 90, 7, 300, 2]])
-    for k in (2, 4, 8):
-        set_views(qs, k)
-        e = load_export(out, k)
-        ep = dict(e.named_parameters())
-        for n, qq in qs.items():
-            assert torch.equal(ep[n], qq(params[n]).detach()), (n, k)
-        with torch.no_grad():
-            assert torch.equal(e(ids).logits, m(ids).logits)
-    set_views(qs, None)
+    _assert_export_is_the_model(out, m, qs)
 
     # A run started at these codes with rate 0 exports them unchanged; a run in the other
     # layout is refused.
