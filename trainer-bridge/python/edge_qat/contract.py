@@ -126,6 +126,13 @@ def view_codes(q: torch.Tensor, k: int) -> torch.Tensor:
     return q >> (8 - k)
 
 
+def top_bucket(q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and last 8-bit codes (int32) that share each code's top k bits: the span a code
+    can move in without changing any view of k bits or fewer."""
+    lo = (q.to(torch.int32) >> (8 - k)) << (8 - k)
+    return lo, lo + ((1 << (8 - k)) - 1)
+
+
 def reconstruct(q: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, group: int, k: int) -> torch.Tensor:
     """The k-bit view's weights [rows, padded_cols] (f32) of codes q [rows, padded_cols]."""
     if k not in VIEWS:

@@ -130,15 +130,11 @@ class WeightQuantizer(nn.Module):
         fewer stays what it is while the views above it train."""
         if self.learnable:
             raise ValueError("freezing the top bits needs fixed group parameters")
-        q = contract.codes(w.detach().to(torch.float32), self.scale, self.min, self.group).to(torch.float32)
-        top = torch.floor(q / float(1 << (8 - k))) * float(1 << (8 - k))
+        q = contract.codes(w.detach().to(torch.float32), self.scale, self.min, self.group)
         rows, p = q.shape
         s, m = self.scale.unsqueeze(-1), self.min.unsqueeze(-1)
-        lo = contract.grouped(top, self.group) * s + m
-        hi = contract.grouped(top + float((1 << (8 - k)) - 1), self.group) * s + m
-        self.register_buffer("top_lo", lo.reshape(rows, p))
-        self.register_buffer("top_hi", hi.reshape(rows, p))
-        self.top_bits = k
+        for name, c in zip(("top_lo", "top_hi"), contract.top_bucket(q, k)):
+            self.register_buffer(name, (contract.grouped(c.to(torch.float32), self.group) * s + m).reshape(rows, p))
 
     def export(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the runtime reads of w, by export suffix: `qcodes` (uint8 [rows, padded_cols]),

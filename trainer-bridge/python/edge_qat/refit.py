@@ -33,9 +33,8 @@ def refit_codes(q: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, mn: torch
     if keep not in range(1, 9):
         raise ValueError(f"keep {keep} is not 1..8")
     nearest = contract.codes(w, scale, mn, group).to(torch.int32)
-    span = (1 << (8 - keep)) - 1
-    hi = (q.to(torch.int32) >> (8 - keep)) << (8 - keep)
-    out = hi + (nearest - hi).clamp(0, span)
+    lo, hi = contract.top_bucket(q, keep)
+    out = torch.minimum(torch.maximum(nearest, lo), hi)
     out[:, w.shape[1]:] = q[:, w.shape[1]:].to(torch.int32)  # padding as stored
     return out.to(torch.uint8)
 
