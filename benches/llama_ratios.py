@@ -59,6 +59,8 @@ def uniform_table(rounds: list) -> list:
     for view, qtype in PAIRS:
         if any((view, test) not in o for o in docs for test, _, _ in TESTS):
             continue  # rounds of an older script, without the 6- and 5-bit views
+        if qtype is not None and not all((d / f"llama-{qtype}.json").is_file() for d in rounds):
+            qtype = None  # that file was left out of TYPES: ours alone
         row = {"ours": view, "llama.cpp": qtype}
         for test, _, _ in TESTS:
             a = [tps(o[(view, test)]) for o in docs]
