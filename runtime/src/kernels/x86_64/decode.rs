@@ -25,7 +25,9 @@
 //! (codes up to 63: a `maddubs` lane holds up to 2 · 63 · 127, so two of them fit in i16 at 6
 //! bits, four at 5, and each accumulator is widened on its own). The 8-bit runs hold whole
 //! codes, one `vpdpbusd` per word (the `avx512vnni` table reads them; without VNNI each word is
-//! split into nibbles, as `maddubs` would saturate on whole codes).
+//! split into nibbles, as `maddubs` would saturate on whole codes). Without VNNI the runs are
+//! prefetched [`PREFETCH_BYTES`] ahead. Both x86 tables prepare runs for every view; the
+//! planes (and the 8-bit nibble plane) are read when a matrix comes without them.
 //!
 //! # Rows, groups and the float sum
 //! Group sums are exact integers; each group's float term `d · (step · isum + offset · sum)` is
@@ -408,6 +410,14 @@ unsafe fn terms(scale: __m256, min: __m256, step_mul: __m256, centre: __m256, is
 /// Rows per decode block: lane `r` of the accumulator is row `r` of the block.
 const RB: usize = 8;
 
+/// How far ahead of the superchunk being read (in bytes of its runs) the `avx2` table asks for
+/// the runs' cache lines. On two cores without VNNI a 4- or 8-bit matrix read from memory ran
+/// at 65-75% of one core's bandwidth: the stride prefetchers alone did not keep enough lines in
+/// flight between the products. 8 KiB ahead took those from-memory reads 15-30% faster and
+/// cost about 5% in cache (`docs/RESULTS.md`). The `avx512vnni` table, measured at the roofline
+/// without it, does not prefetch.
+const PREFETCH_BYTES: usize = 8192;
+
 /// Most subgroup sums one decode block holds (rows of up to 8192 columns go 8 to a block,
 /// longer ones fewer, up to 65536 columns; see [`usable`]). The buffer is on the stack of every
 /// call: keep it small.
@@ -492,6 +502,14 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
         for j in 0..nsc {
             let c = s0 + j * SC;
             let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
+            if RUNS && !VNNI {
+                // The run PREFETCH_BYTES ahead: `32 · V` bytes, one request per cache line.
+                let p = src[3].as_ptr().wrapping_add(byte(3, c) + PREFETCH_BYTES);
+                // A prefetch never faults: past the end of the runs it fetches nothing of use.
+                for k in 0..len(3).div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * k) as *const i8);
+                }
+            }
             let v = if j + 1 < nsc || end_inside {
                 // SAFETY: the superchunk's bytes lie inside the sources (check_bounds covers the
                 // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.

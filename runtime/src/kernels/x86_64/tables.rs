@@ -7,10 +7,10 @@
 //! | `quantize_acts`    | [`avx2_quantize_acts`] (parts A-C)   | same                          |
 //! | matvec, views 2-4  | decode from the runs or the planes   | same with `vpdpbusd`          |
 //! | matvec, views 5, 6 | decode from the runs                 | same with `vpdpbusd`          |
-//! | matvec, view 8     | decode from planes 0-2 and nibbles   | from the runs, `vpdpbusd`     |
+//! | matvec, view 8     | from the runs, each code as 2 nibbles | from the runs, `vpdpbusd`    |
 //! | matmul, every view | prefill micro-kernel                 | [`super::prefill512`]: 512-bit |
 //! | `repack`           | [`avx2_repack_top`] (2-6)            | same, and 8                   |
-//! | `nibbles`          | [`blocks::low_nibbles`]              | none (view 8 reads runs)      |
+//! | `nibbles`          | none (view 8 reads runs)             | same                          |
 //! | `attend_head`, `swiglu` | [`super::elementwise`]; f16/int8/int4 caches: [`super::attend_stored`] | same |
 //! | `softmax_rows`     | [`super::elementwise`], for AVX2     | for AVX-512                   |
 //!
@@ -142,14 +142,17 @@ fn avx512_softmax_rows(s: &mut [f32], width: usize, first: usize) {
     unsafe { avx512_softmax_rows_impl(s, width, first) }
 }
 
-/// The AVX2 table (install only after probing the CPU).
+/// The AVX2 table (install only after probing the CPU). Every view from 2 to 8 bits reads
+/// runs: at 8 bits one stream of whole codes instead of planes 0-2 and a nibble plane (four
+/// streams) decoded 1.4-1.6x faster in cache and, with the runs prefetched, 15-30% faster from
+/// memory (`docs/RESULTS.md`).
 pub(super) const TABLE: Kernels = Kernels {
     name: "avx2",
     quantize_acts: avx2_quantize,
     nested8_matvec: [avx2_matvec_v2, avx2_matvec_v3, avx2_matvec_v4, avx2_matvec_v5, avx2_matvec_v6, avx2_matvec_v8],
     nested8_matmul: [avx2_matmul_v2, avx2_matmul_v3, avx2_matmul_v4, avx2_matmul_v5, avx2_matmul_v6, avx2_matmul_v8],
     repack: Some(avx2_repack),
-    nibbles: Some(blocks::low_nibbles),
+    nibbles: None,
     attend_head: avx2_attend_head,
     swiglu: avx2_swiglu,
     geglu: avx2_geglu,
@@ -159,11 +162,10 @@ pub(super) const TABLE: Kernels = Kernels {
 
 /// The AVX-512 VNNI table (install only after probing the CPU): the AVX2 table with
 /// `vpdpbusd` (256-bit, EVEX) for the integer sums of decode, and the 512-bit prefill. Its
-/// 8-bit view reads whole codes from runs (one `vpdpbusd` per 32 codes; `maddubs` would
-/// saturate on them), one stream instead of the planes' four.
+/// 8-bit view reads whole codes from runs (one `vpdpbusd` per 32 codes), as the AVX2 table
+/// does with two `maddubs` per 32 codes (one per nibble: whole codes would saturate it).
 pub(super) const TABLE_AVX512: Kernels = Kernels {
     name: "avx512vnni",
-    nibbles: None,
     nested8_matvec: [avx512_matvec_v2, avx512_matvec_v3, avx512_matvec_v4, avx512_matvec_v5, avx512_matvec_v6, avx512_matvec_v8],
     nested8_matmul: [avx512_matmul_v2, avx512_matmul_v3, avx512_matmul_v4, avx512_matmul_v5, avx512_matmul_v6, avx512_matmul_v8],
     softmax_rows: avx512_softmax_rows,
