@@ -27,8 +27,12 @@
 # shared host) and the tables give the median of rounds 2..ROUNDS (round 1 warms caches and
 # clocks; with one round, that round): uniform views against Q8_0, Q4_0, Q3_K_M and Q2_K (6 and 5 bits: ours only), then
 # the plans against the file of their size, with the plans' weight bytes and the bytes one
-# decoded token reads. Writes OUT_DIR/round-N/*.json and prints both tables
-# (benches/llama_ratios.py). A pack without a profile gets no plan rows (a note says so).
+# decoded token reads. The uniform table also gives each side's share of the decode roofline:
+# tokens/s x the bytes a decoded token reads (ours: `read_bytes_per_token`; llama.cpp's file:
+# `edge-run inspect FILE --json`'s `decode_bytes`, OUT_DIR/gguf-TYPE.json) over the bandwidth
+# `membw THREADS 1024` measures before and after the rounds (OUT_DIR/membw-*.txt; their mean).
+# Writes OUT_DIR/round-N/*.json and prints both tables (benches/llama_ratios.py). A pack without
+# a profile gets no plan rows (a note says so).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:?usage: benches/llama-compare.sh OUT_DIR [ROUNDS]}"
@@ -46,7 +50,8 @@ for f in "$llama/llama-bench" "$llama/llama-quantize"; do
 done
 [ -f "$gguf" ] || { echo "error: $gguf missing: ../shared/models must sit beside the checkout (or fetch it: ../shared/models/fetch.sh)" >&2; exit 1; }
 mkdir -p "$out"
-(cd "$here" && cargo build --release --locked --workspace --bins >&2)
+(cd "$here" && cargo build --release --locked --workspace --bins >&2 && cargo build --release --locked -p edge-runtime --example membw >&2)
+membw="$here/target/release/examples/membw"
 
 pack="${EDGE_PACK:-$out/$name.edge}"
 [ -f "$pack" ] || "$edge_pack" "$gguf" "${pack_flags[@]}" -o "$pack"
@@ -67,9 +72,13 @@ for t in "${types[@]}"; do
   # The file's tensor bytes, as llama-bench reports them (one token of decode: seconds).
   [ -s "$out/size-$t.json" ] || "$llama/llama-bench" -m "$f" -t "$threads" -p 0 -n 1 -r 1 -o json >"$out/size-$t.json" 2>/dev/null
   size[$t]="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["model_size"])' "$out/size-$t.json")"
+  # What one decoded token of it reads (all but an untied embedding's other rows): the roofline's bytes.
+  [ -s "$out/gguf-$t.json" ] || "$edge_run" inspect "$f" --json >"$out/gguf-$t.json"
   echo "llama.cpp $t: model_size ${size[$t]} bytes" >&2
 done
 
+# The decode roofline's bandwidth: THREADS threads streaming 1 GiB, before and after the rounds.
+"$membw" "$threads" 1024 >"$out/membw-before.txt"
 for r in $(seq 1 "$rounds"); do
   d="$out/round-$r"
   mkdir -p "$d"
@@ -84,4 +93,5 @@ for r in $(seq 1 "$rounds"); do
     "$llama/llama-bench" -m "$out/$name-$t.gguf" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json >"$d/llama-$t.json" 2>/dev/null
   done
 done
+"$membw" "$threads" 1024 >"$out/membw-after.txt"
 PROMPT="$pp" GEN="$tg" python3 "$here/benches/llama_ratios.py" "$out" "$(( rounds > 1 ? 2 : 1 ))" "$rounds"

@@ -11,7 +11,10 @@ table cell gives the median over the rounds of those per-round ratios.
 Two Markdown tables (or one JSON document with --json: {"uniform": [...], "plans": [...]}):
 1. Uniform views against the llama.cpp file of the nearest width (8-bit vs Q8_0, 4 vs Q4_0,
    3 vs Q3_K_M, 2 vs Q2_K; 6 and 5 bits ours only), with the median tokens/s of each side and
-   every round's ratio, for pp512 and tg128.
+   every round's ratio, for pp512 and tg128; then, where OUT_DIR has membw-before.txt or
+   membw-after.txt and gguf-TYPE.json (llama-compare.sh writes them), the bytes a decoded token
+   reads on each side and each side's share of the decode roofline (median decode tokens/s x
+   those bytes / the measured bandwidth).
 2. For each llama.cpp file, the plan the sensitivity profile picks for that file's size
    (llama-bench's `model_size`) against that file: pp512 and tg128 ratios as median (min-max
    over the rounds), the file's bytes, the plan's weight bytes and the bytes one decoded token
@@ -53,9 +56,28 @@ def tps(row: dict) -> float:
     return row["tokens_per_second"]["median"]
 
 
+def bandwidth(out: Path):
+    """Mean of the membw runs' medians (bytes/s) in OUT_DIR, or None."""
+    vals = []
+    for name in ("membw-before.txt", "membw-after.txt"):
+        f = out / name
+        if f.is_file():
+            for word, nxt in zip(f.read_text().split(), f.read_text().split()[1:]):
+                if nxt == "GB/s" and word.replace(".", "", 1).isdigit():
+                    vals.append(float(word) * 1e9)
+                    break
+    return sum(vals) / len(vals) if vals else None
+
+
+def their_decode_bytes(out: Path, qtype: str):
+    f = out / f"gguf-{qtype}.json"
+    return json.loads(f.read_text()).get("decode_bytes") if f.is_file() else None
+
+
 def uniform_table(rounds: list) -> list:
     table = []
     docs = [ours(d / "edge.json") for d in rounds]
+    bw = bandwidth(rounds[0].parent)
     for view, qtype in PAIRS:
         if any((view, test) not in o for o in docs for test, _, _ in TESTS):
             continue  # rounds of an older script, without the 6- and 5-bit views
@@ -70,6 +92,13 @@ def uniform_table(rounds: list) -> list:
                 per = [x / y for x, y in zip(a, b)]
                 cell.update(theirs=statistics.median(b), ratio_per_round=per, ratio=statistics.median(per))
             row[test] = cell
+        tg = TESTS[1][0]
+        mine = docs[0][(view, tg)].get("read_bytes_per_token")
+        theirs_b = their_decode_bytes(rounds[0].parent, qtype) if qtype else None
+        if bw and mine:
+            row["roofline"] = {"bandwidth": bw, "ours_bytes": mine, "ours_share": row[tg]["ours"] * mine / bw}
+            if theirs_b and "theirs" in row[tg]:
+                row["roofline"].update(theirs_bytes=theirs_b, theirs_share=row[tg]["theirs"] * theirs_b / bw)
         table.append(row)
     return table
 
@@ -125,6 +154,20 @@ def print_uniform(table: list) -> None:
             per = ", ".join(f"{r:.2f}" for r in t["ratio_per_round"])
             cells.append(f"{t['ours']:.1f} / {t['theirs']:.1f} | **{t['ratio']:.2f}** ({per})")
         print(f"| {row['ours']} | {row['llama.cpp'] or '-'} | " + " | ".join(cells) + " |")
+    roof = [r for r in table if "roofline" in r]
+    if roof:
+        print()
+        print(f"Decode roofline at {roof[0]['roofline']['bandwidth'] / 1e9:.2f} GB/s (membw): bytes a decoded token reads and share, ours / theirs")
+        print()
+        print("| ours | llama.cpp | read/token ours / theirs | share ours / theirs | byte ratio |")
+        print("|---|---|---|---:|---:|")
+        for row in roof:
+            f = row["roofline"]
+            if "theirs_bytes" in f:
+                print(f"| {row['ours']} | {row['llama.cpp']} | {mb(f['ours_bytes'])} / {mb(f['theirs_bytes'])} "
+                      f"| {100 * f['ours_share']:.0f}% / {100 * f['theirs_share']:.0f}% | {f['theirs_bytes'] / f['ours_bytes']:.2f} |")
+            else:
+                print(f"| {row['ours']} | - | {mb(f['ours_bytes'])} / - | {100 * f['ours_share']:.0f}% / - | - |")
 
 
 def print_plans(table: list) -> None:

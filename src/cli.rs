@@ -120,8 +120,9 @@ pub enum Command {
         after_help = BENCH_HELP
     )]
     Bench(BenchArgs),
-    /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums.
-    #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json\n  edge-run inspect model.edge --verify --bits 4    # only what the 4-bit view reads")]
+    /// Describe a checkpoint: config, tokenizer, metadata, tensors, checksums. A GGUF file:
+    /// its tensors by type and the bytes one decoded token reads.
+    #[command(after_help = "Examples:\n  edge-run inspect model.edge\n  edge-run inspect model.edge --verify --json\n  edge-run inspect model.edge --verify --bits 4    # only what the 4-bit view reads\n  edge-run inspect model-Q4_0.gguf --json           # llama.cpp's file: bytes per type, per decoded token")]
     Inspect(InspectArgs),
     /// List the known boards (board-configs/*.toml, built in) and the one this machine is.
     #[command(after_help = "Examples:\n  edge-run boards\n  edge-run boards --json\n  edge-run -m model.edge --board rpi5-8gb -p \"Hello\"")]
@@ -838,7 +839,7 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct InspectArgs {
-    /// The .edge checkpoint to describe.
+    /// The .edge checkpoint (or GGUF file) to describe.
     #[arg(value_name = "MODEL", required_unless_present = "model_opt")]
     pub model: Option<PathBuf>,
 

@@ -130,6 +130,12 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             path.display()
         );
     }
+    if matches!(edge_pack::detect_format(path), Ok(edge_pack::SourceFormat::Gguf)) {
+        if args.verify {
+            bail!("'{}' is a GGUF file, which holds no checksums to verify; --verify checks .edge checkpoints", path.display());
+        }
+        return crate::inspect_gguf::run(path, args.json);
+    }
     let bytes = loader::open_bytes(path, !args.no_mmap)?;
     let ck = parse_for_inspect(path, bytes.as_bytes())?;
     let file_len = bytes.as_bytes().len() as u64;

@@ -11,6 +11,7 @@ mod budget;
 mod eval;
 mod generate;
 mod inspect;
+mod inspect_gguf;
 mod sweep;
 
 // What the commands share.

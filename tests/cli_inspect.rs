@@ -108,12 +108,51 @@ fn verify_names_the_tensor_with_a_flipped_byte() {
 }
 
 #[test]
-fn inspect_of_a_gguf_says_to_pack_it() {
+fn inspect_of_a_gguf_counts_its_tensors_and_what_a_token_reads() {
     if !have_models() {
         return;
     }
-    let e = run(["inspect", smollm_gguf().to_str().unwrap()]).one_line_error();
-    assert!(e.contains("GGUF") && e.contains("edge-pack"), "{e}");
+    let g = smollm_gguf();
+    let v = run(["inspect", g.to_str().unwrap(), "--json"]).json();
+    assert_eq!(v["format"], "gguf");
+    assert_eq!(v["architecture"], "llama");
+    // The same file packed: as many tensors, as many parameters.
+    let packed = run(["inspect", smollm_f16().to_str().unwrap(), "--json"]).json();
+    assert_eq!(v["tensors"].as_u64().unwrap() as usize, packed["tensors"].as_array().unwrap().len());
+    let types = v["types"].as_object().unwrap();
+    let sum = |k: &str| types.values().map(|t| t[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("bytes"), v["bytes"].as_u64().unwrap());
+    // Tensor data fills the file after its header, up to alignment padding.
+    let len = std::fs::metadata(&g).unwrap().len();
+    let bytes = v["bytes"].as_u64().unwrap();
+    assert!(bytes < len && len - bytes < 8 << 20, "{bytes} of {len}");
+    // Tied: the embedding is the head, read whole by every token.
+    assert_eq!(v["tied_embeddings"], true);
+    assert_eq!(v["decode_bytes"], v["bytes"]);
+    let text = run(["inspect", g.to_str().unwrap()]);
+    let text = &text.ok().stdout;
+    assert!(text.contains("Q4_1") && text.contains("read per decoded token"), "{text}");
+    let e = run(["inspect", "--verify", g.to_str().unwrap()]).one_line_error();
+    assert!(e.contains("GGUF") && e.contains("--verify"), "{e}");
+}
+
+#[path = "../trainer-bridge/tests/common/gguf_writer.rs"]
+mod gguf_writer;
+
+#[test]
+fn inspect_of_an_untied_gguf_leaves_out_all_but_a_row_of_the_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [false, true] {
+        let c = gguf_writer::Tiny { tied, ..Default::default() };
+        let p = dir.path().join(format!("tiny-{tied}.gguf"));
+        std::fs::write(&p, gguf_writer::tiny_llama(c).to_bytes()).unwrap();
+        let v = run(["inspect", p.to_str().unwrap(), "--json"]).json();
+        let (bytes, decode) = (v["bytes"].as_u64().unwrap(), v["decode_bytes"].as_u64().unwrap());
+        assert_eq!(v["tied_embeddings"], tied);
+        // All F32: the embedding is vocab x dim floats.
+        let embedding = c.vocab * c.dim * 4;
+        assert_eq!(decode, if tied { bytes } else { bytes - embedding }, "tied {tied}");
+    }
 }
 
 #[test]
