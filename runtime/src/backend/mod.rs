@@ -46,6 +46,14 @@ pub trait Preparing<M>: core::fmt::Debug + Sized {
 
     /// The prepared matrix, what is left of the work done first.
     fn finish(self) -> PreparedMatrix<M>;
+
+    /// The stored planes (indices within 0..6) the copy made so far replaces, the codes `0..n`
+    /// it covers (their bytes in those planes will not be read again once the matrix is
+    /// complete) and the matrix's codes. `None` while no copy is being made (or a backend does
+    /// not say).
+    fn replaced_so_far(&self) -> Option<(core::ops::Range<usize>, usize, usize)> {
+        None
+    }
 }
 
 /// A [`Preparing`] made whole at once, for a backend whose preparation does not come in slices.

@@ -123,6 +123,35 @@ fn reads(t: &TensorInfo<'_>, bits: Option<u8>, replaced: &core::ops::Range<usize
     }
 }
 
+/// Bytes of a prepared copy made per step while a first binding releases the planes behind it:
+/// under the allocator's mmap threshold (`memory::return_freed_copies` in the CLI: 256 KiB), so
+/// each step's slice reuses the heap (and the cache) instead of faulting in fresh pages.
+const PREPARE_STEP: usize = 192 << 10;
+/// Releases per matrix, at most (each a slice of its codes; fewer, larger `madvise` calls): the
+/// load's transient is then a sixteenth of the largest matrix's planes beside its copy.
+const RELEASES: usize = 16;
+
+/// [`Backend::prepare`] of `t` at view `bits`, made a slice at a time so that the stored planes
+/// its copy replaces are released (`release(offset, length)`) as the copy grows: a large
+/// matrix (a 1.5B model's 8-bit head: 233 MB of planes, 233 MB of runs) then holds little more
+/// than its copy at the load's peak instead of both. The whole replaced ranges are released
+/// again once complete (`bind`), pages cut by slice edges included.
+fn prepare_releasing<'a, B: Backend>(backend: &B, t: &TensorInfo<'a>, bits: Option<u8>, release: &dyn Fn(u64, u64)) -> Result<crate::backend::PreparedMatrix<B::Matrix<'a>>> {
+    use crate::backend::Preparing as _;
+    let mut p = backend.begin_prepare(t, bits)?;
+    let mut released = 0;
+    while !p.step(PREPARE_STEP) {
+        let Some((planes, done, _)) = p.replaced_so_far().filter(|&(_, done, all)| (done - released) * RELEASES >= all) else { continue };
+        for (i, s) in t.planes().enumerate().filter(|(i, s)| planes.contains(i) && !s.bytes.is_empty()) {
+            let b = crate::blocks::NESTED8_PLANES[i].bits as usize;
+            let (from, to) = (released * b / 8, done * b / 8);
+            release(s.file_offset + from as u64, (to - from) as u64);
+        }
+        released = done;
+    }
+    Ok(p.finish())
+}
+
 /// Whether `b` is already at view `bits` (`None`: 8; a dense matrix has one view).
 fn at_view<M>(b: &Bound<M>, bits: Option<u8>) -> bool {
     b.bits.is_none_or(|v| v == bits.unwrap_or(8))
@@ -284,8 +313,8 @@ impl<'a, B: Backend> Weights<'a, B> {
             }
         }
         // A live change (`reuse`) prepares its few matrices side by side; a first binding goes
-        // one at a time, releasing each copy's stored planes before the next is made (so the
-        // load's transient stays one tensor's planes).
+        // one at a time, releasing each copy's stored planes as it is made (so the load's
+        // transient stays a slice of one tensor's planes: `prepare_releasing`).
         // A matrix read a row at a time is kept as stored (`Backend::prepare_rows`).
         let rows_only = |t: &Tensor| t.spec.rows_only(c);
         let prepared: Vec<Result<crate::backend::PreparedMatrix<B::Matrix<'a>>>> = if reuse.is_some() {
@@ -299,7 +328,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             let p = match reuse {
                 _ if rows_only(t) => backend.prepare_rows(info, *bits)?,
                 Some(_) => prepared.next().expect("one result per job")?,
-                None => backend.prepare(info, *bits)?,
+                None => prepare_releasing(backend, info, *bits, release)?,
             };
             let b = bound::<B>(info, *bits, p);
             if reuse.is_none() {

@@ -131,6 +131,13 @@ impl<'a> PreparingTrait<Matrix<'a>> for Preparing<'a> {
         let replaced_planes = matrix.replaced_planes();
         PreparedMatrix { matrix, replaced_planes }
     }
+
+    fn replaced_so_far(&self) -> Option<(core::ops::Range<usize>, usize, usize)> {
+        match (&self.state, self.nested()) {
+            (State::Making { done, nibbles, numel, .. }, Some(n)) => Some((Nested8::replaced_by(n.view_bits, *nibbles), *done, *numel)),
+            _ => None,
+        }
+    }
 }
 
 impl Preparing<'_> {

@@ -179,9 +179,19 @@ impl<'a> Nested8<'a> {
     /// [`Prepared::Nibbles`], none for [`Prepared::Planes`].
     pub fn replaced_planes(&self) -> core::ops::Range<usize> {
         match self.prepared() {
-            Prepared::Runs(_) => 0..blocks::nested8_planes_for_view(self.view_bits).unwrap_or(0),
-            Prepared::Nibbles(_) => 3..6,
+            Prepared::Runs(_) => Self::replaced_by(self.view_bits, false),
+            Prepared::Nibbles(_) => Self::replaced_by(self.view_bits, true),
             Prepared::Planes => 0..0,
+        }
+    }
+
+    /// The stored planes a `view_bits` view's prepared form replaces: its nibble plane
+    /// (`nibbles`) or its runs (see [`Nested8::replaced_planes`]).
+    pub fn replaced_by(view_bits: u8, nibbles: bool) -> core::ops::Range<usize> {
+        if nibbles {
+            3..6
+        } else {
+            0..blocks::nested8_planes_for_view(view_bits).unwrap_or(0)
         }
     }
 }
