@@ -87,7 +87,7 @@ fn budgets_from_the_smallest_run_to_f16_kv_and_8_bit_weights_fit() {
         let kv = b["kv"].as_str().unwrap().trim_start_matches("int").replace("f16", "16");
         let e = run([
             "eval", "-m", m.to_str().unwrap(), "--plan", plan.to_str().unwrap(), "--kv-bits", &kv,
-            "--kl-base", m.to_str().unwrap(), "--data", w.to_str().unwrap(), "--ctx", "256", "--json",
+            "--kl-base", m.to_str().unwrap(), "--data", w.to_str().unwrap(), "--ctx", "256", "--chunks", "3", "--json",
         ])
         .json();
         let measured = e["kl"]["mean_kl"].as_f64().unwrap();
