@@ -93,13 +93,11 @@ fn check_export(py: &Path, hf: &Path, steps: &str, batch: &str, layout: ParamLay
     let ids = d.path().join("ids.json");
     std::fs::write(&ids, format!("{tokens:?}")).unwrap();
     let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    let torch_logits = |view: u8, dtype: &str| {
-        let out = d.path().join(format!("theirs-{view}-{dtype}.npy"));
-        let (view, tokens) = (view.to_string(), list.join(","));
-        let args = ["edge_qat.export", "logits", "--export", export.to_str().unwrap(), "--view", &view, "--tokens", &tokens];
-        edge_qat(py, &[&args[..], &["--dtype", dtype, "--out", out.to_str().unwrap()]].concat());
-        npy(&out)
-    };
+    // Every view's logits, in f32 and f64, from one Python process (each start imports torch).
+    let theirs = d.path().join("theirs-{view}-{dtype}.npy");
+    let args = ["edge_qat.export", "logits", "--export", export.to_str().unwrap(), "--view", "8,6,5,4,3,2", "--dtype", "f32,f64"];
+    edge_qat(py, &[&args[..], &["--tokens", &list.join(","), "--out", theirs.to_str().unwrap()]].concat());
+    let torch_logits = |view: u8, dtype: &str| npy(&d.path().join(format!("theirs-{view}-{dtype}.npy")));
     for view in [8u8, 6, 5, 4, 3, 2] {
         let ours = d.path().join(format!("ours-{view}.npy"));
         let r = run_env(

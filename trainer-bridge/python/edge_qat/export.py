@@ -14,6 +14,7 @@ An export folder (read by `edge-pack`'s edge-qat import; the format is fixed):
                          "cols": {NAME: cols}, "quantized": [NAME, ...], "base": "...", "train": {...}}
 
     python -m edge_qat.export logits --export DIR --view 4 --tokens 1,5,9 --out logits.npy
+    python -m edge_qat.export logits --export DIR --view 8,4,2 --dtype f32,f64 --tokens 1,5,9 --out 'l-{view}-{dtype}.npy'
 """
 
 from __future__ import annotations
@@ -181,20 +182,34 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     lg = sub.add_parser("logits", help="logits of an export at a view, for comparison with edge-run eval")
     lg.add_argument("--export", required=True, type=Path)
-    lg.add_argument("--view", default="8", help="bits for every tensor (2,3,4,5,6,8) or a JSON file {NAME: bits}")
+    lg.add_argument("--view", default="8", help="bits for every tensor (2,3,4,5,6,8), a comma-separated list of them, "
+                    "or a JSON file {NAME: bits}")
     lg.add_argument("--tokens", required=True, help="comma-separated token ids, or a file of them")
-    lg.add_argument("--out", required=True, type=Path, help="logits .npy (a .json with the shape is written beside it)")
-    lg.add_argument("--dtype", choices=["f32", "f64"], default="f32", help="compute (and write) in f32, as edge-run does, or f64")
+    lg.add_argument("--out", required=True, help="logits .npy (a .json with the shape is written beside it); with several "
+                    "views or dtypes it names each file with {view} and {dtype}")
+    lg.add_argument("--dtype", default="f32", help="compute (and write) in f32, as edge-run does, or f64; or both, f32,f64")
     a = ap.parse_args(argv)
-    views = json.loads(Path(a.view).read_text()) if not a.view.isdigit() else int(a.view)
+    if a.view.replace(",", "").isdigit():
+        views = [int(v) for v in a.view.split(",")]
+    else:
+        views = [json.loads(Path(a.view).read_text())]
+    dtypes = a.dtype.split(",")
+    if not set(dtypes) <= {"f32", "f64"}:
+        ap.error(f"--dtype {a.dtype}: f32, f64 or f32,f64")
+    if len(views) * len(dtypes) > 1 and not ("{view}" in a.out and "{dtype}" in a.out):
+        ap.error("--out: several views or dtypes need {view} and {dtype} in the file name")
     src = Path(a.tokens).read_text() if Path(a.tokens).exists() else a.tokens
     ids = [int(t) for t in src.replace(",", " ").split()]
-    f64 = a.dtype == "f64"
-    out = logits(a.export, views, ids, torch.float64 if f64 else torch.float32)
-    np.save(a.out, out.astype("<f8" if f64 else "<f4"))
-    meta = {"shape": list(out.shape), "dtype": "f64le" if f64 else "f32le", "tokens": ids, "view": views}
-    a.out.with_suffix(".json").write_text(json.dumps(meta) + "\n")
-    print(f"wrote {a.out} {list(out.shape)}", file=sys.stderr)
+    # One process for every file: importing torch costs more than a small model's logits.
+    for view in views:
+        for dtype in dtypes:
+            f64 = dtype == "f64"
+            path = Path(a.out.format(view=view if isinstance(view, int) else "map", dtype=dtype))
+            out = logits(a.export, view, ids, torch.float64 if f64 else torch.float32)
+            np.save(path, out.astype("<f8" if f64 else "<f4"))
+            meta = {"shape": list(out.shape), "dtype": "f64le" if f64 else "f32le", "tokens": ids, "view": view}
+            path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
+            print(f"wrote {path} {list(out.shape)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -259,3 +259,24 @@ def test_super_block_parameters_are_the_contract_and_export_as_stored(tmp_path):
                     "--steps", "1", "--group", "32", "--init-codes", str(out), "--device", "cpu"])
     with pytest.raises(SystemExit, match="fixed"):
         train_main(["--model", str(MODEL), "--out", str(tmp_path / "l"), "--params", "super", "--learn-params", "--device", "cpu"])
+
+
+def test_logits_of_several_views_in_one_call(tmp_path):
+    # `export logits` with lists writes one file per view and dtype, each as a call of its own
+    # would; without {view} and {dtype} in --out it refuses rather than overwrite one file.
+    import numpy as np
+    from edge_qat.export import logits, main as export_main
+
+    out = tmp_path / "r"
+    train_main(["--model", str(MODEL), "--out", str(out), "--samples", "4", "--seq-len", "16", "--batch", "2",
+                "--steps", "1", "--device", "cpu"])
+    exp = out / "export"
+    export_main(["logits", "--export", str(exp), "--view", "8,3", "--dtype", "f32,f64", "--tokens", "1,403,11",
+                 "--out", str(tmp_path / "l-{view}-{dtype}.npy")])
+    for view in (8, 3):
+        for dtype, torch_dtype in (("f32", torch.float32), ("f64", torch.float64)):
+            got = np.load(tmp_path / f"l-{view}-{dtype}.npy")
+            assert np.array_equal(got, logits(exp, view, [1, 403, 11], torch_dtype)), (view, dtype)
+    assert not np.array_equal(np.load(tmp_path / "l-8-f32.npy"), np.load(tmp_path / "l-3-f32.npy"))
+    with pytest.raises(SystemExit):
+        export_main(["logits", "--export", str(exp), "--view", "8,3", "--tokens", "1", "--out", str(tmp_path / "x.npy")])
