@@ -507,43 +507,61 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
         let mut slot = if RUNS { (s0 / SC) % slots } else { 0 };
         let params_next = params_at.wrapping_add((row0 + nr) * params_row);
         let params_lines = (nr * params_row).div_ceil(64);
-        for j in 0..nsc {
-            let c = s0 + j * SC;
-            let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
-            if RUNS && !VNNI {
-                // The run PREFETCH_BYTES ahead: `32 · V` bytes, one request per cache line.
-                let p = src[3].as_ptr().wrapping_add(byte(3, c) + PREFETCH_BYTES);
-                // A prefetch never faults: past the end of the runs it fetches nothing of use.
-                for k in 0..len(3).div_ceil(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * k) as *const i8);
+        if RUNS {
+            // The runs lie inside their source to the last superchunk (`check_bounds`), so
+            // this loop reads them straight, with nothing to check per superchunk.
+            let run = len(3);
+            let mut p = src[3].as_ptr().wrapping_add(byte(3, s0));
+            for j in 0..nsc {
+                let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
+                if !VNNI {
+                    // The run PREFETCH_BYTES ahead: `32 · V` bytes, one request per cache line.
+                    // A prefetch never faults: past the end of the runs it fetches nothing of use.
+                    for k in 0..run.div_ceil(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 64 * k) as *const i8);
+                    }
+                    // The next block's parameters, a line per superchunk.
+                    if j < params_lines {
+                        _mm_prefetch::<_MM_HINT_T0>(params_next.wrapping_add(64 * j) as *const i8);
+                    }
                 }
-                // The next block's parameters, a line per superchunk.
-                if j < params_lines {
-                    _mm_prefetch::<_MM_HINT_T0>(params_next.wrapping_add(64 * j) as *const i8);
+                // SAFETY: run j of the block lies inside the runs (check_bounds covers the
+                // block's rows, whole runs); slot < slots, inside aux; (256 / unit) · (j + 1)
+                // <= 8 · nsc <= MAX_SUB + 16 sums.
+                unsafe {
+                    let v = superchunk::<V, true, VNNI>(load_superchunk::<V, true>([core::ptr::null(), core::ptr::null(), core::ptr::null(), p]), a);
+                    store_sums(per, v, sp, j);
                 }
+                p = p.wrapping_add(run);
+                slot = if slot + 1 == slots { 0 } else { slot + 1 };
             }
-            let v = if j + 1 < nsc || end_inside {
-                // SAFETY: the superchunk's bytes lie inside the sources (check_bounds covers the
-                // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
-                unsafe { superchunk_at::<V, RUNS, VNNI>(&src, c, a) }
-            } else {
-                let mut buf = [[0u8; SC * MAX_RUN_WORDS / 8]; 4];
-                let mut ptr = [core::ptr::null::<u8>(); 4];
-                for (s, pp) in ptr.iter_mut().enumerate().filter(|(s, _)| reads_source(V, RUNS, *s)) {
-                    let bytes = src[s];
-                    // c is inside the block's rows, so off < bytes.len() (check_bounds).
-                    let off = byte(s, c);
-                    let have = (bytes.len() - off).min(len(s));
-                    buf[s][..have].copy_from_slice(&bytes[off..off + have]);
-                    buf[s][have..len(s)].fill(0);
-                    *pp = buf[s].as_ptr();
-                }
-                // SAFETY: each buf[s] holds len(s) bytes; slot < slots, inside aux.
-                unsafe { superchunk::<V, RUNS, VNNI>(load_superchunk::<V, RUNS>(ptr), a) }
-            };
-            // SAFETY: (256 / unit) · (j + 1) <= 8 · nsc <= (lead + nr · rs) / 32 + 8 <= MAX_SUB + 16.
-            unsafe { store_sums(per, v, sp, j) };
-            slot = if slot + 1 == slots { 0 } else { slot + 1 };
+        } else {
+            for j in 0..nsc {
+                let c = s0 + j * SC;
+                let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
+                let v = if j + 1 < nsc || end_inside {
+                    // SAFETY: the superchunk's bytes lie inside the sources (check_bounds covers the
+                    // block's rows, `end_inside` the last superchunk); slot < slots, inside aux.
+                    unsafe { superchunk_at::<V, RUNS, VNNI>(&src, c, a) }
+                } else {
+                    let mut buf = [[0u8; SC * MAX_RUN_WORDS / 8]; 4];
+                    let mut ptr = [core::ptr::null::<u8>(); 4];
+                    for (s, pp) in ptr.iter_mut().enumerate().filter(|(s, _)| reads_source(V, RUNS, *s)) {
+                        let bytes = src[s];
+                        // c is inside the block's rows, so off < bytes.len() (check_bounds).
+                        let off = byte(s, c);
+                        let have = (bytes.len() - off).min(len(s));
+                        buf[s][..have].copy_from_slice(&bytes[off..off + have]);
+                        buf[s][have..len(s)].fill(0);
+                        *pp = buf[s].as_ptr();
+                    }
+                    // SAFETY: each buf[s] holds len(s) bytes; slot < slots, inside aux.
+                    unsafe { superchunk::<V, RUNS, VNNI>(load_superchunk::<V, RUNS>(ptr), a) }
+                };
+                // SAFETY: (256 / unit) · (j + 1) <= 8 · nsc <= (lead + nr · rs) / 32 + 8 <= MAX_SUB + 16.
+                unsafe { store_sums(per, v, sp, j) };
+                slot = if slot + 1 == slots { 0 } else { slot + 1 };
+            }
         }
         // Other group sizes: the subgroup sums are stored in order; fold them in place (group k
         // reads subgroups k · per.., at or after k, never one already overwritten).
