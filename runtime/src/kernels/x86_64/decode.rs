@@ -499,9 +499,6 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
         // SAFETY: lead / unit < 256 / 32 = 8 entries, inside `sub`.
         let sb = unsafe { sp.add(lead / unit) };
         let nsc = (lead + nr * rs).div_ceil(SC);
-        // The last superchunk may run past the rows asked (those lanes are never used) and, at
-        // the end of the tensor, past a source's end: it is then read from a zero-padded copy.
-        let end_inside = (0..4).filter(|&s| reads_source(V, RUNS, s)).all(|s| byte(s, s0 + nsc * SC) <= src[s].len());
         // Superchunk j starts at column (s0 + 256 j) mod rs: slot (s0 / 256 + j) mod slots when
         // s0 is a multiple of 256, slot j when it is a row start (column 0).
         let mut slot = if RUNS { (s0 / SC) % slots } else { 0 };
@@ -536,6 +533,9 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
                 slot = if slot + 1 == slots { 0 } else { slot + 1 };
             }
         } else {
+            // The last superchunk may run past the rows asked (those lanes are never used) and, at
+            // the end of the tensor, past a source's end: it is then read from a zero-padded copy.
+            let end_inside = (0..4).filter(|&s| reads_source(V, RUNS, s)).all(|s| byte(s, s0 + nsc * SC) <= src[s].len());
             for j in 0..nsc {
                 let c = s0 + j * SC;
                 let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
