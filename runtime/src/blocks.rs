@@ -353,6 +353,24 @@ pub fn nested8_code(planes: &[&[u8]], view_bits: u8, i: usize) -> u8 {
     q >> (8 - view_bits)
 }
 
+/// The codes `i0..i0 + q.len()` (`i0` and `q.len()` multiples of 8) with the fields of the
+/// planes `planes` (laid out as `specs` say) in place and the bits of planes not given zero:
+/// [`nested8_code`]'s assembly before its shift, a byte of each plane at a time. Codes past a
+/// plane's end get none of its bits.
+pub fn nested8_codes_into(planes: &[&[u8]], specs: &[PlaneSpec], i0: usize, q: &mut [u8]) {
+    assert!(i0.is_multiple_of(8) && q.len().is_multiple_of(8));
+    q.fill(0);
+    for (plane, spec) in planes.iter().zip(specs) {
+        let bits = spec.bits as usize;
+        let (lo, hi) = ((i0 * bits / 8).min(plane.len()), ((i0 + q.len()) * bits / 8).min(plane.len()));
+        match bits {
+            1 => spread::<1>(q, &plane[lo..hi], spec.shift),
+            2 => spread::<2>(q, &plane[lo..hi], spec.shift),
+            _ => spread::<4>(q, &plane[lo..hi], spec.shift),
+        }
+    }
+}
+
 /// Scalar reference dequantization of `out.len()` weights starting at flat index `start`
 /// (in the padded layout; a multiple of `group_size`). This is the contract every kernel
 /// matches.
@@ -502,6 +520,36 @@ pub fn top_code(view_bits: u8, buf: &[u8], i: usize) -> u8 {
     let rb = run_bytes(view_bits);
     let run = &buf[(i / RUN_CODES) * rb..][..rb];
     let (r, b) = run_slot(i % RUN_CODES);
+    run_field(view_bits, run, r, b)
+}
+
+/// The 256 codes of run `s` of [`repack_top`]'s copy `buf`, in natural order: [`top_code`] of
+/// codes `256·s..256·s + 256`, a run at a time.
+pub fn unpack_run(view_bits: u8, buf: &[u8], s: usize, q: &mut [u8; RUN_CODES]) {
+    fn fields<const V: u8>(run: &[u8], q: &mut [u8; RUN_CODES]) {
+        for b in 0..32 {
+            // As in repack_top: field r of byte b = 4m + c is code 32·PI[m] + 2c + 8·(r / 2) + r mod 2.
+            let base = 32 * RUN_PI[b / 4] + 2 * (b % 4);
+            for r in 0..8 {
+                q[base + 8 * (r / 2) + r % 2] = run_field(V, run, r, b);
+            }
+        }
+    }
+    let rb = run_bytes(view_bits);
+    let run = &buf[s * rb..][..rb];
+    match view_bits {
+        2 => fields::<2>(run, q),
+        3 => fields::<3>(run, q),
+        4 => fields::<4>(run, q),
+        5 => fields::<5>(run, q),
+        6 => fields::<6>(run, q),
+        _ => fields::<8>(run, q),
+    }
+}
+
+/// Field `r` (< 8) of byte `b` (< 32) of one run in [`repack_top`]'s layout.
+#[inline(always)]
+fn run_field(view_bits: u8, run: &[u8], r: usize, b: usize) -> u8 {
     match (view_bits, r) {
         (2, _) => (run[32 * (r / 4) + b] >> (2 * (r % 4))) & 3,
         (3, 0..=5) => (run[32 * (r / 2) + b] >> (3 * (r % 2))) & 7,

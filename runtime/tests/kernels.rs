@@ -230,6 +230,52 @@ fn from_blocks_checks_the_blocks_against_the_shape() {
     assert!(Matrix::from_blocks(2, 64, nested(6, 48), Some(4)).is_err(), "rows of partial groups");
 }
 
+/// A row dequantized (the float path's weights, an embedding lookup) equals the spec,
+/// `blocks::dequant_nested8` over the stored planes, bit for bit: from the planes, from runs and
+/// from the 8-bit nibble plane, for groups of 8 to 96, rows that end inside a run and columns that
+/// are not a multiple of 8, in both parameter encodings.
+#[test]
+fn rows_dequantize_as_the_spec_from_every_form() {
+    use edge_runtime::blocks::{self, low_nibbles, repack_top};
+    let runs = kernels::Kernels { repack: Some(repack_top), nibbles: None, ..kernels::Kernels::PORTABLE };
+    let nibbles = kernels::Kernels { repack: Some(repack_top), nibbles: Some(low_nibbles), ..kernels::Kernels::PORTABLE };
+    for enc in [Encoding::Nested8, Encoding::Nested8Super] {
+        for (group, cols) in [(8, 44), (32, 200), (64, 576), (96, 300)] {
+            let rows = 7;
+            let mut w = CheckpointWriter::new();
+            w.add_tensor(tensor("n", enc, rows, cols, group, 11 + group as u64)).unwrap();
+            let buf = Aligned::write(w);
+            let ck = buf.parse();
+            for v in NESTED8_VIEWS {
+                let m = matrix(ck.tensor("n").unwrap(), Some(v)).unwrap();
+                let kernels::WeightView::Nested8(n) = &m.view else { unreachable!() };
+                let stored = n.unprepared();
+                let mut forms = vec![("planes", stored.clone())];
+                if group % 32 == 0 {
+                    forms.push(("runs", stored.clone().prepare(&runs)));
+                    forms.push(("nibbles", stored.clone().prepare(&nibbles)));
+                }
+                for (form, n) in forms {
+                    let fm = Matrix { view: kernels::WeightView::Nested8(n.clone()), ..m.clone() };
+                    for r in 0..rows {
+                        let mut want = vec![0f32; cols];
+                        blocks::dequant_nested8(stored.params, &stored.planes, group, v, r * stored.row_stride, &mut want);
+                        let mut got = vec![f32::NAN; cols + 3];
+                        fm.dequant_row(r, &mut got);
+                        assert_eq!(
+                            got[..cols].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "{enc:?} group {group} cols {cols} view {v} from {form} ({:?}), row {r}",
+                            n.prepared()
+                        );
+                        assert!(got[cols..].iter().all(|x| x.is_nan()), "wrote past the row's columns");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn replaced_planes_name_what_the_prepared_form_replaced() {
     let mut w = CheckpointWriter::new();

@@ -7,7 +7,7 @@ use alloc::sync::Arc;
 use half::{bf16, f16};
 
 use super::Kernels;
-use crate::blocks::{self, ParamsRef, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES};
+use crate::blocks::{self, ParamsRef, PlaneSpec, NESTED8_KERNEL_PLANES, NESTED8_PLANES, RUN_CODES};
 use crate::error::{Error, Result};
 
 /// How a matrix's values are stored.
@@ -93,8 +93,12 @@ impl<'a> Nested8<'a> {
         let n = blocks::nested8_planes_for_view(view_bits).ok_or_else(|| Error::InvalidArgument {
             what: format!("no {view_bits}-bit view exists (choose 2, 3, 4, 5, 6 or 8)"),
         })?;
-        if all.len() < n || group_size == 0 || !row_stride.is_multiple_of(group_size) {
-            return Err(Error::InvalidArgument { what: format!("a {view_bits}-bit view needs {n} planes and whole groups") });
+        // Groups of a multiple of 8 codes fill whole bytes of every plane (as the format
+        // requires), which the row dequantization reads a byte at a time.
+        if all.len() < n || group_size == 0 || !group_size.is_multiple_of(8) || !row_stride.is_multiple_of(group_size) {
+            return Err(Error::InvalidArgument {
+                what: format!("a {view_bits}-bit view needs {n} planes and whole groups of a multiple of 8 codes"),
+            });
         }
         let mut planes: [&[u8]; 6] = [&[]; 6];
         planes[..n].copy_from_slice(&all[..n]);
@@ -272,20 +276,59 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// [`dequant_nested8_row`] of a view whose codes come from its runs ([`Prepared::Runs`]).
-fn dequant_runs_row(params: ParamsRef<'_>, runs: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
-    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
-        let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params.get(first / group_size), view_bits);
-        for (j, o) in chunk.iter_mut().enumerate() {
-            *o = blocks::top_code(view_bits, runs, first + j) as f32 * step + offset;
+/// Codes a row's dequantization assembles at a time (a multiple of 8, and of [`RUN_CODES`]).
+const CODES_AT_ONCE: usize = RUN_CODES;
+
+/// `out[k] = code(start + k) as f32 · step + offset` group by group, with each group's
+/// `(step, offset)` computed once: the arithmetic of [`blocks::dequant_nested8`]. `codes(i0, q)`
+/// fills `q` with the codes from `i0` (a multiple of 8; `q.len()` one too, at most
+/// [`CODES_AT_ONCE`]), each in the form `code` is applied to.
+fn dequant_groups(
+    params: ParamsRef<'_>,
+    group_size: usize,
+    view_bits: u8,
+    start: usize,
+    out: &mut [f32],
+    code: impl Fn(u8) -> u8,
+    mut codes: impl FnMut(usize, &mut [u8]),
+) {
+    let mut q = [0u8; CODES_AT_ONCE];
+    // Pieces never cross a group or a multiple of CODES_AT_ONCE (a run), and start at multiples
+    // of 8: `start` and group boundaries are multiples of the group size, itself one of 8.
+    let mut k = 0;
+    while k < out.len() {
+        let i = start + k;
+        let (step, offset) = blocks::nested8_step_offset(params.get(i / group_size), view_bits);
+        let group_end = (i / group_size + 1) * group_size - start;
+        let n = (group_end.min(out.len()) - k).min(CODES_AT_ONCE - i % CODES_AT_ONCE);
+        let q = &mut q[..n.next_multiple_of(8)];
+        codes(i, q);
+        for (o, &c) in out[k..k + n].iter_mut().zip(q.iter()) {
+            *o = code(c) as f32 * step + offset;
         }
+        k += n;
     }
 }
 
+/// [`dequant_nested8_row`] of a view whose codes come from its runs ([`Prepared::Runs`]): each
+/// run unpacked once ([`blocks::unpack_run`]).
+fn dequant_runs_row(params: ParamsRef<'_>, runs: &[u8], group_size: usize, view_bits: u8, start: usize, out: &mut [f32]) {
+    let mut run = [0u8; RUN_CODES];
+    let mut held = usize::MAX;
+    dequant_groups(params, group_size, view_bits, start, out, |c| c, |i0, q| {
+        if i0 / RUN_CODES != held {
+            held = i0 / RUN_CODES;
+            blocks::unpack_run(view_bits, runs, held, &mut run);
+        }
+        let from = i0 % RUN_CODES;
+        q.copy_from_slice(&run[from..from + q.len()]);
+    });
+}
+
 /// Row dequantization of nested codes, group by group: the same arithmetic as
-/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once. `planes` are
-/// laid out as `specs` say (the stored planes, or an 8-bit view's planes 0..3 and nibbles).
+/// [`blocks::dequant_nested8`], with each group's `(step, offset)` computed once and the codes
+/// assembled a byte of each plane at a time ([`blocks::nested8_codes_into`]). `planes` are laid
+/// out as `specs` say (the stored planes, or an 8-bit view's planes 0..3 and nibbles).
 fn dequant_nested8_row(
     params: ParamsRef<'_>,
     planes: &[&[u8]],
@@ -297,16 +340,7 @@ fn dequant_nested8_row(
 ) {
     let n_planes = blocks::nested8_planes_for_view(view_bits).unwrap_or(6).min(planes.len());
     let drop = 8 - view_bits;
-    for (g, chunk) in out.chunks_mut(group_size).enumerate() {
-        let first = start + g * group_size;
-        let (step, offset) = blocks::nested8_step_offset(params.get(first / group_size), view_bits);
-        for (j, o) in chunk.iter_mut().enumerate() {
-            let i = first + j;
-            let mut q = 0u8;
-            for (plane, spec) in planes[..n_planes].iter().zip(specs) {
-                q |= blocks::plane_field(plane, spec.bits, i) << spec.shift;
-            }
-            *o = (q >> drop) as f32 * step + offset;
-        }
-    }
+    dequant_groups(params, group_size, view_bits, start, out, |c| c >> drop, |i0, q| {
+        blocks::nested8_codes_into(&planes[..n_planes], specs, i0, q)
+    });
 }

@@ -25,8 +25,8 @@
 //! (codes up to 63: a `maddubs` lane holds up to 2 · 63 · 127, so two of them fit in i16 at 6
 //! bits, four at 5, and each accumulator is widened on its own). The 8-bit runs hold whole
 //! codes, one `vpdpbusd` per word (the `avx512vnni` table reads them; without VNNI each word is
-//! split into nibbles, as `maddubs` would saturate on whole codes). Without VNNI the runs are
-//! prefetched [`PREFETCH_BYTES`] ahead. Both x86 tables prepare runs for every view; the
+//! split into nibbles, as `maddubs` would saturate on whole codes). The runs are prefetched
+//! [`PREFETCH_BYTES`] ahead. Both x86 tables prepare runs for every view; the
 //! planes (and the 8-bit nibble plane) are read when a matrix comes without them.
 //!
 //! # Rows, groups and the float sum
@@ -410,12 +410,12 @@ unsafe fn terms(scale: __m256, min: __m256, step_mul: __m256, centre: __m256, is
 /// Rows per decode block: lane `r` of the accumulator is row `r` of the block.
 const RB: usize = 8;
 
-/// How far ahead of the superchunk being read (in bytes of its runs) the `avx2` table asks for
-/// the runs' cache lines. On two cores without VNNI a 4- or 8-bit matrix read from memory ran
+/// How far ahead of the superchunk being read (in bytes of its runs) both tables ask for the
+/// runs' cache lines. On two AMD cores without VNNI a 4- or 8-bit matrix read from memory ran
 /// at 65-75% of one core's bandwidth: the stride prefetchers alone did not keep enough lines in
 /// flight between the products. 8 KiB ahead took those from-memory reads 15-30% faster and
-/// cost about 5% in cache (`docs/RESULTS.md`). The `avx512vnni` table, measured at the roofline
-/// without it, does not prefetch.
+/// cost about 5% in cache. On an Intel Xeon with VNNI it took a 4-bit matrix read from memory
+/// 16-48% faster and left reads from cache as they were (`docs/RESULTS.md`).
 const PREFETCH_BYTES: usize = 8192;
 
 /// Most subgroup sums one decode block holds (rows of up to 8192 columns go 8 to a block,
@@ -511,16 +511,14 @@ unsafe fn avx2_rows_dot<const V: u8, const RUNS: bool, const VNNI: bool>(
             let mut p = src[3].as_ptr().wrapping_add(byte(3, s0));
             for j in 0..nsc {
                 let a = aux.as_ptr().wrapping_add(slot * SC_AUX);
-                if !VNNI {
-                    // The run PREFETCH_BYTES ahead: `32 · V` bytes, one request per cache line.
-                    // A prefetch never faults: past the end of the runs it fetches nothing of use.
-                    for k in 0..run.div_ceil(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 64 * k) as *const i8);
-                    }
-                    // The next block's parameters, a line per superchunk.
-                    if j < params_lines {
-                        _mm_prefetch::<_MM_HINT_T0>(params_next.wrapping_add(64 * j) as *const i8);
-                    }
+                // The run PREFETCH_BYTES ahead: `32 · V` bytes, one request per cache line.
+                // A prefetch never faults: past the end of the runs it fetches nothing of use.
+                for k in 0..run.div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 64 * k) as *const i8);
+                }
+                // The next block's parameters, a line per superchunk.
+                if j < params_lines {
+                    _mm_prefetch::<_MM_HINT_T0>(params_next.wrapping_add(64 * j) as *const i8);
                 }
                 // SAFETY: run j of the block lies inside the runs (check_bounds covers the
                 // block's rows, whole runs); slot < slots, inside aux; (256 / unit) · (j + 1)
