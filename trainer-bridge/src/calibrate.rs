@@ -297,12 +297,37 @@ pub struct AlignedBytes {
     len: usize,
 }
 
+/// `io::Write` appending to an [`AlignedBytes`]. The buffer grows as a `Vec` does (large blocks
+/// are remapped, not copied), and only the words written are touched.
+struct AlignedSink {
+    bytes: AlignedBytes,
+}
+
+impl std::io::Write for AlignedSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let b = &mut self.bytes;
+        let end = b.len + data.len();
+        if end.div_ceil(16) > b.buf.len() {
+            b.buf.resize(end.div_ceil(16), 0);
+        }
+        bytemuck::cast_slice_mut::<u128, u8>(&mut b.buf)[b.len..end].copy_from_slice(data);
+        b.len = end;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl AlignedBytes {
-    /// Serialise `w` into memory.
+    /// Serialise `w` into memory, straight into the aligned buffer: serialising into bytes and
+    /// copying them would hold the checkpoint twice at once (a model's worth of f32 weights, for
+    /// the model a pack samples its calibration text from).
     pub fn from_writer(w: &CheckpointWriter) -> Result<Self> {
-        let mut v = Vec::new();
-        w.write_to(&mut v, |_, _| {}).map_err(|e| anyhow!("cannot serialise the checkpoint: {e}"))?;
-        Ok(Self::from_bytes(&v))
+        let mut sink = AlignedSink { bytes: AlignedBytes { buf: Vec::new(), len: 0 } };
+        w.write_to(&mut sink, |_, _| {}).map_err(|e| anyhow!("cannot serialise the checkpoint: {e}"))?;
+        Ok(sink.bytes)
     }
 
     pub fn from_bytes(b: &[u8]) -> Self {
@@ -733,6 +758,24 @@ pub fn proxy_loss(w: &[f32], what: &[f32], h: &[f32], n: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_serialised_in_place_is_the_file_it_writes() {
+        use edge_runtime::format::{Encoding, TensorData};
+        let mut w = CheckpointWriter::new();
+        // Segments of odd lengths, so that the writes do not fall on 16-byte words.
+        for (i, n) in [3usize, 17, 1000].into_iter().enumerate() {
+            let data: Vec<u8> = (0..4 * n).map(|k| (k * 31 + i) as u8).collect();
+            w.add_tensor(TensorData { name: format!("t{i}"), encoding: Encoding::F32, shape: vec![n as u64], group_size: 0, segments: vec![data] })
+                .unwrap();
+        }
+        let mut file = Vec::new();
+        w.write_to(&mut file, |_, _| {}).unwrap();
+        let b = AlignedBytes::from_writer(&w).unwrap();
+        assert_eq!(b.as_bytes(), &file[..]);
+        assert_eq!(b.as_bytes().as_ptr() as usize % 16, 0);
+        assert!(Checkpoint::parse(b.as_bytes()).is_ok());
+    }
 
     fn rng(seed: u64) -> impl FnMut() -> f32 {
         let mut s = seed | 1;
