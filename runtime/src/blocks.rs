@@ -415,8 +415,15 @@ pub const fn run_bytes(view_bits: u8) -> usize {
     32 * view_bits as usize
 }
 
-/// Where code `j < 256` of a run sits in [`repack_top`]'s layout: `(field r, byte b)`.
-/// Inverse of `j = 32·RUN_PI[m] + 8·(r / 2) + 2c + r mod 2` with `b = 4m + c`.
+/// The code of a run (< 256) that field `r` of byte `b = 4m + c` holds in [`repack_top`]'s
+/// layout: `32·RUN_PI[m] + 2c + 8·(r / 2) + r mod 2`.
+#[inline(always)]
+fn run_code(r: usize, b: usize) -> usize {
+    32 * RUN_PI[b / 4] + 2 * (b % 4) + 8 * (r / 2) + r % 2
+}
+
+/// Where code `j < 256` of a run sits in [`repack_top`]'s layout: `(field r, byte b)`, the
+/// inverse of [`run_code`].
 fn run_slot(j: usize) -> (usize, usize) {
     let m = RUN_PI.iter().position(|&g| g == j / 32).unwrap_or(0);
     let w = j % 32;
@@ -474,9 +481,7 @@ pub fn repack_top(view_bits: u8, planes: &[&[u8]], numel: usize) -> alloc::vec::
         }
         q.iter_mut().for_each(|c| *c >>= 8 - view_bits);
         for b in 0..32 {
-            // Field r of byte b = 4m + c: code 32·PI[m] + 2c + 8·(r / 2) + r mod 2.
-            let base = 32 * RUN_PI[b / 4] + 2 * (b % 4);
-            let f = |r: usize| q[(base + 8 * (r / 2) + r % 2) % RUN_CODES];
+            let f = |r: usize| q[run_code(r, b)];
             match view_bits {
                 2 => {
                     run[b] = f(0) | f(1) << 2 | f(2) << 4 | f(3) << 6;
@@ -528,10 +533,8 @@ pub fn top_code(view_bits: u8, buf: &[u8], i: usize) -> u8 {
 pub fn unpack_run(view_bits: u8, buf: &[u8], s: usize, q: &mut [u8; RUN_CODES]) {
     fn fields<const V: u8>(run: &[u8], q: &mut [u8; RUN_CODES]) {
         for b in 0..32 {
-            // As in repack_top: field r of byte b = 4m + c is code 32·PI[m] + 2c + 8·(r / 2) + r mod 2.
-            let base = 32 * RUN_PI[b / 4] + 2 * (b % 4);
             for r in 0..8 {
-                q[base + 8 * (r / 2) + r % 2] = run_field(V, run, r, b);
+                q[run_code(r, b)] = run_field(V, run, r, b);
             }
         }
     }

@@ -330,12 +330,6 @@ impl AlignedBytes {
         Ok(sink.bytes)
     }
 
-    pub fn from_bytes(b: &[u8]) -> Self {
-        let mut buf = vec![0u128; b.len().div_ceil(16)];
-        bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..b.len()].copy_from_slice(b);
-        AlignedBytes { buf, len: b.len() }
-    }
-
     pub fn as_bytes(&self) -> &[u8] {
         &bytemuck::cast_slice::<u128, u8>(&self.buf)[..self.len]
     }
