@@ -110,6 +110,24 @@ def text_data(path: Path, tokenizer: str, seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len]).reshape(n, seq_len)
 
 
+def run_data(path: Path, seq_len: int, vocab: int) -> torch.Tensor:
+    """The sequences another run trained on (its OUT/data.pt), so that a second run (a
+    --freeze-top one, say) sees the same data without sampling it again."""
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as e:  # missing, truncated or not a tensor file
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f"edge-qat: error: --data {path} is not a run's data.pt ({why}); pass 'teacher', a text file or a run's OUT/data.pt")
+    if not (isinstance(data, torch.Tensor) and data.dim() == 2 and data.dtype == torch.long and data.numel()):
+        raise SystemExit(f"edge-qat: error: --data {path} holds no [sequences, tokens] token ids; pass a run's OUT/data.pt")
+    if data.shape[1] != seq_len:
+        raise SystemExit(f"edge-qat: error: --data {path} holds sequences of {data.shape[1]} tokens, this run {seq_len}: "
+                         f"pass --seq-len {data.shape[1]}")
+    if int(data.min()) < 0 or int(data.max()) >= vocab:
+        raise SystemExit(f"edge-qat: error: --data {path} has token ids outside this model's {vocab}: it is another model's data")
+    return data
+
+
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of KL(teacher || student)."""
     t = F.log_softmax(teacher_logits.float(), -1)
@@ -196,7 +214,8 @@ def main(argv=None) -> None:
     ap.add_argument("--freeze-top", type=int, metavar="K", help="with --init-codes: keep the top K bits of every code (so every "
                     "view of K bits or fewer, and the norms) as given and train only the bits below them, at views above K "
                     "(e.g. after `edge_qat.refit --keep K` of a run that favoured the low views)")
-    ap.add_argument("--data", default="teacher", help="'teacher' (sequences sampled from the float model) or a text file")
+    ap.add_argument("--data", default="teacher", help="'teacher' (sequences sampled from the float model), a text file, or "
+                    "another run's OUT/data.pt (its sequences again, e.g. for a --freeze-top run)")
     ap.add_argument("--tokenizer", help="for --data FILE: a HF folder or a sentencepiece .model (default: --model)")
     ap.add_argument("--samples", type=int, default=256, help="teacher sequences to sample")
     ap.add_argument("--seed", type=int, default=0)
@@ -240,6 +259,9 @@ def main(argv=None) -> None:
     elif args.data == "teacher":
         bos = teacher.config.bos_token_id if teacher.config.bos_token_id is not None else 1
         data = teacher_data(teacher, args.samples, args.seq_len, bos, args.seed, args.device)
+        torch.save(data, data_file)
+    elif args.data.endswith(".pt"):
+        data = run_data(Path(args.data), args.seq_len, teacher.config.vocab_size)
         torch.save(data, data_file)
     else:
         data = text_data(Path(args.data), args.tokenizer or args.model, args.seq_len)

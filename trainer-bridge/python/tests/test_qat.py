@@ -99,6 +99,24 @@ def test_resume_gives_the_same_state(tmp_path):
     assert la == lb
 
 
+def test_a_second_run_trains_on_the_first_runs_sequences(tmp_path):
+    common = ["--model", str(MODEL), "--batch", "2", "--steps", "1", "--no-export", "--device", "cpu"]
+    train_main(common + ["--out", str(tmp_path / "a"), "--samples", "3", "--seq-len", "16", "--seed", "3"])
+    first = torch.load(tmp_path / "a" / "data.pt")
+    # Another seed would sample other sequences; --data takes the first run's as they are.
+    train_main(common + ["--out", str(tmp_path / "b"), "--seq-len", "16", "--seed", "4", "--data", str(tmp_path / "a" / "data.pt")])
+    assert torch.equal(torch.load(tmp_path / "b" / "data.pt"), first)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a tensor file")
+    for data, seq_len, says in ((tmp_path / "a" / "data.pt", "32", "pass --seq-len 16"), (bad, "16", "is not a run's data.pt"),
+                                (tmp_path / "none.pt", "16", "is not a run's data.pt")):
+        with pytest.raises(SystemExit, match=says):
+            train_main(common + ["--out", str(tmp_path / "c"), "--seq-len", seq_len, "--data", str(data)])
+    torch.save(torch.full((2, 16), 10**6), tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="another model's data"):
+        train_main(common + ["--out", str(tmp_path / "d"), "--seq-len", "16", "--data", str(tmp_path / "other.pt")])
+
+
 def _kl_at(student, quantizers, base, windows, view) -> float:
     from edge_qat.evaluate import view_metrics
 
